@@ -1,0 +1,137 @@
+//! Shared types of sealtrail, at the bottom of the crate graph.
+//!
+//! - [`RunId`], [`SourcePos`]: identity of a run and of a record's origin.
+//! - [`Reason`]: why a record was quarantined (a stable reason code plus the rule that failed).
+//! - [`audit`]: the typed audit events every run emits, and the [`audit::AuditSink`] trait the
+//!   ledger implements (an append-only JSON Lines file until then).
+//! - [`secret`]: [`secret::Secret`] and [`secret::Sensitive`], values whose `Debug`/`Display`
+//!   never print their content.
+//!
+//! ```
+//! use sealtrail_core::{RunId, Reason};
+//! let run = RunId::new();
+//! let r = Reason::new("empty_trade_id", "not_null(trade_id)");
+//! assert_eq!(r.code, "empty_trade_id");
+//! assert!(!run.as_str().is_empty());
+//! ```
+
+pub mod audit;
+pub mod secret;
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Identifier of one run of one pipeline. Time-ordered (UUIDv7) so listings sort by start.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RunId(String);
+
+impl RunId {
+    /// A fresh, time-ordered run id.
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+    /// Wraps an id read back from the state store.
+    pub fn from_string(s: String) -> Self {
+        Self(s)
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a record came from: enough to find it again in the source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourcePos {
+    /// A line of a text file (CSV, JSON Lines). `line` is physical and 1-based (header = 1).
+    FileLine { file: String, line: u64 },
+    /// A row of a columnar file (Parquet), 0-based.
+    FileRow { file: String, row: u64 },
+    /// A row of a database table or query, identified by its key (or cursor) value.
+    TableKey { table: String, key: String },
+}
+
+impl fmt::Display for SourcePos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourcePos::FileLine { file, line } => write!(f, "{file}:{line}"),
+            SourcePos::FileRow { file, row } => write!(f, "{file}#row{row}"),
+            SourcePos::TableKey { table, key } => write!(f, "{table}[{key}]"),
+        }
+    }
+}
+
+/// Why a record was quarantined. `code` is the stable reason code users filter on
+/// (`invalid_isin`), `rule` names the rule and column that failed (`isin_checksum(isin)`).
+/// Neither ever holds a value of the record: reports must not leak sensitive data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reason {
+    pub code: String,
+    pub rule: String,
+}
+
+impl Reason {
+    pub fn new(code: impl Into<String>, rule: impl Into<String>) -> Self {
+        Self { code: code.into(), rule: rule.into() }
+    }
+}
+
+/// Counts of one run or one batch. `rows_in == rows_loaded + rows_quarantined` is the
+/// conservation invariant checked before a run may end successfully.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub rows_in: u64,
+    pub rows_loaded: u64,
+    pub rows_quarantined: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: Counts) {
+        self.rows_in += other.rows_in;
+        self.rows_loaded += other.rows_loaded;
+        self.rows_quarantined += other.rows_quarantined;
+    }
+    /// True when every record is accounted for.
+    pub fn balanced(&self) -> bool {
+        self.rows_in == self.rows_loaded + self.rows_quarantined
+    }
+}
+
+/// Lowercase hex SHA-256 of some bytes; used for spec versions and file fingerprints.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_balance() {
+        let mut c = Counts { rows_in: 10, rows_loaded: 7, rows_quarantined: 3 };
+        assert!(c.balanced());
+        c.add(Counts { rows_in: 1, rows_loaded: 0, rows_quarantined: 0 });
+        assert!(!c.balanced());
+    }
+
+    #[test]
+    fn run_ids_are_time_ordered() {
+        let a = RunId::new();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = RunId::new();
+        assert!(a < b, "{a} should sort before {b}");
+    }
+}

@@ -1,0 +1,842 @@
+//! Stage two: raw spec -> validated [`Pipeline`], with every error reported at once.
+
+use crate::raw::{self, ChecksumScheme, Loc, UnknownColumns};
+use crate::{Diagnostic, Error, Result};
+use sealtrail_core::secret::Secret;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// A validated pipeline, ready to run.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub description: Option<String>,
+    pub spec_path: PathBuf,
+    /// SHA-256 of the spec bytes: the version that ran, recorded with every run.
+    pub spec_sha256: String,
+    pub batch_rows: usize,
+    pub sources: Vec<Source>,
+    /// In dependency order: a transform comes after the one it reads.
+    pub transforms: Vec<Transform>,
+    pub sinks: Vec<Sink>,
+    pub quarantine: Target,
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub connector: SourceConnector,
+    pub columns: Vec<Column>,
+    pub unknown_columns: UnknownColumns,
+    pub checks: Vec<Check>,
+    /// `min`/`max` of a `row_count_between` check, enforced on the whole run.
+    pub row_count: Option<(Option<u64>, Option<u64>)>,
+}
+
+impl Source {
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceConnector {
+    Csv(CsvOptions),
+    Jsonl(FileSet),
+    Parquet(FileSet),
+    Postgres(PgSource),
+}
+
+/// Files to read: an absolute glob pattern.
+#[derive(Debug, Clone)]
+pub struct FileSet {
+    pub pattern: String,
+    pub incremental: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CsvOptions {
+    pub files: FileSet,
+    pub header: bool,
+    pub delimiter: u8,
+    pub quote: u8,
+    pub empty_is_null: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PgSource {
+    pub url: SecretRef,
+    pub from: PgFrom,
+    pub key: Option<String>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PgFrom {
+    Table(String),
+    Query(String),
+}
+
+/// A secret given by reference. Resolved only when a connection is made.
+#[derive(Debug, Clone)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+    /// A literal without any password in it (trust, peer or .pgpass authentication).
+    Literal(Secret),
+}
+
+impl SecretRef {
+    /// Reads the secret. Errors name the reference, never the value.
+    pub fn resolve(&self) -> std::result::Result<Secret, String> {
+        match self {
+            SecretRef::Env(name) => std::env::var(name).map(Secret::new).map_err(|_| {
+                format!("environment variable {name} is not set; export it before running")
+            }),
+            SecretRef::File(p) => std::fs::read_to_string(p)
+                .map(|s| Secret::new(s.trim_end().to_string()))
+                .map_err(|e| format!("cannot read secret file {}: {e}", p.display())),
+            SecretRef::Literal(s) => Ok(s.clone()),
+        }
+    }
+}
+
+/// Arrow-facing column types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Utf8,
+    Int64,
+    Float64,
+    Boolean,
+    Date,
+    /// Microseconds, UTC.
+    Timestamp,
+    Decimal { precision: u8, scale: i8 },
+}
+
+impl ColumnType {
+    pub fn parse(s: &str) -> Option<ColumnType> {
+        let s = s.trim();
+        Some(match s {
+            "string" | "utf8" | "text" => ColumnType::Utf8,
+            "int64" | "bigint" | "long" => ColumnType::Int64,
+            "float64" | "double" => ColumnType::Float64,
+            "bool" | "boolean" => ColumnType::Boolean,
+            "date" => ColumnType::Date,
+            "timestamp" => ColumnType::Timestamp,
+            _ => {
+                let inner = s.strip_prefix("decimal(")?.strip_suffix(')')?;
+                let (p, sc) = inner.split_once(',')?;
+                let precision: u8 = p.trim().parse().ok()?;
+                let scale: i8 = sc.trim().parse().ok()?;
+                if precision == 0 || precision > 38 || scale < 0 || scale as u8 > precision {
+                    return None;
+                }
+                ColumnType::Decimal { precision, scale }
+            }
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub name: String,
+    pub ty: ColumnType,
+    pub required: bool,
+    pub format: Option<String>,
+}
+
+/// A compiled check. Column references are indexes into [`Source::columns`].
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub rule: Rule,
+    /// Reason code recorded in quarantine.
+    pub reason: String,
+    /// Human label naming rule and columns, e.g. `regex(quantity)`; never a value.
+    pub label: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Rule {
+    NotNull(usize),
+    Unique(Vec<usize>),
+    InSet(usize, HashSet<String>),
+    Between(usize, Option<f64>, Option<f64>),
+    Regex(usize, regex::Regex),
+    LengthBetween(usize, Option<u64>, Option<u64>),
+    Parses(usize, ColumnType, Option<String>),
+    GreaterThan(usize, usize),
+    Checksum(usize, ChecksumScheme),
+}
+
+#[derive(Debug, Clone)]
+pub struct Transform {
+    pub name: String,
+    pub sql: String,
+    /// The source or transform it reads (found in the SQL's FROM clause).
+    pub input: String,
+    /// The source at the root of this transform's chain.
+    pub root_source: String,
+}
+
+/// Who may read a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Audience {
+    Public,
+    Analyst,
+    Internal,
+    Restricted,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sink {
+    pub name: String,
+    pub from: String,
+    pub root_source: String,
+    pub audience: Audience,
+    pub target: Target,
+}
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    Delta { uri: String },
+    Parquet { dir: PathBuf },
+    Postgres { url: SecretRef, table: String },
+}
+
+impl Target {
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Delta { uri } => format!("delta {uri}"),
+            Target::Parquet { dir } => format!("parquet {}", dir.display()),
+            Target::Postgres { table, .. } => format!("postgres table {table}"),
+        }
+    }
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    diags: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn err<T>(&mut self, at: &Loc<T>, message: impl Into<String>, hint: impl Into<String>) {
+        self.diags.push(Diagnostic {
+            file: self.file.to_path_buf(),
+            line: at.line,
+            column: at.column,
+            message: message.into(),
+            hint: Some(hint.into()).filter(|h: &String| !h.is_empty()),
+        });
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+}
+
+/// Compiles a raw spec. `path` anchors relative paths; `sha` is the spec's SHA-256.
+pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipeline> {
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    let base = std::path::absolute(&base).unwrap_or(base);
+    let mut cx = Ctx { file: path, diags: Vec::new() };
+
+    if spec.version.value != 1 {
+        cx.err(&spec.version, format!("unsupported spec version {}", spec.version.value), "use `version: 1`");
+    }
+    if !valid_name(&spec.pipeline.value) {
+        cx.err(&spec.pipeline, "pipeline name must start with a letter and hold only letters, digits, `_` and `-`", "rename the pipeline, e.g. `trades_daily`");
+    }
+    let batch_rows = match &spec.batch_rows {
+        Some(b) if b.value == 0 || b.value > 4_000_000 => {
+            cx.err(b, "batch_rows must be between 1 and 4000000", "omit it to use the default of 65536");
+            65_536
+        }
+        Some(b) => b.value as usize,
+        None => 65_536,
+    };
+    if spec.sources.is_empty() {
+        cx.err(&spec.pipeline, "the pipeline has no sources", "add a `sources:` entry");
+    }
+
+    let mut sources = Vec::new();
+    for (name, s) in &spec.sources {
+        if let Some(src) = compile_source(&mut cx, &base, name, s) {
+            sources.push(src);
+        }
+    }
+    let source_names: HashSet<&str> = spec.sources.keys().map(String::as_str).collect();
+
+    // Transforms: the input is the table after FROM; resolve chains to their root source.
+    let mut inputs: BTreeMap<&str, (String, &Loc<raw::TransformSpec>)> = BTreeMap::new();
+    for (name, t) in &spec.transforms {
+        if !valid_name(name) {
+            cx.err(t, format!("transform name `{name}` is not a valid SQL identifier"), "use letters, digits and `_`");
+        }
+        if source_names.contains(name.as_str()) {
+            cx.err(t, format!("transform `{name}` has the same name as a source"), "give it a distinct name");
+        }
+        match from_table(&t.value.sql) {
+            Some(input) => {
+                inputs.insert(name, (input, t));
+            }
+            None => cx.err(t, format!("transform `{name}`: cannot find the table after FROM"), "write one `SELECT ... FROM <source or transform>` statement"),
+        }
+    }
+    let mut transforms = Vec::new();
+    let mut order: Vec<&str> = Vec::new();
+    let mut roots: HashMap<String, String> = source_names.iter().map(|s| (s.to_string(), s.to_string())).collect();
+    // Repeatedly place transforms whose input is known: a topological order, cycles left over.
+    loop {
+        let before = order.len();
+        for (name, (input, _)) in &inputs {
+            if !order.contains(name) {
+                if let Some(root) = roots.get(input).cloned() {
+                    roots.insert(name.to_string(), root);
+                    order.push(name);
+                }
+            }
+        }
+        if order.len() == before {
+            break;
+        }
+    }
+    for (name, (input, at)) in &inputs {
+        if !order.contains(name) {
+            let hint = format!("known inputs: {}", known(&roots));
+            cx.err(*at, format!("transform `{name}` reads `{input}`, which is not a source or a transform (or is part of a cycle)"), hint);
+        }
+    }
+    for name in order {
+        let (input, at) = &inputs[name];
+        transforms.push(Transform {
+            name: name.to_string(),
+            sql: at.value.sql.clone(),
+            input: input.clone(),
+            root_source: roots[name].clone(),
+        });
+    }
+
+    let mut sinks = Vec::new();
+    let mut seen_paths: HashMap<String, String> = HashMap::new();
+    for (name, s) in &spec.sinks {
+        let v = &s.value;
+        let audience = match v.audience.as_deref().unwrap_or("restricted") {
+            "public" => Audience::Public,
+            "analyst" => Audience::Analyst,
+            "internal" => Audience::Internal,
+            "restricted" => Audience::Restricted,
+            other => {
+                cx.err(s, format!("sink `{name}`: unknown audience `{other}`"), "use restricted, internal, analyst or public");
+                Audience::Restricted
+            }
+        };
+        let Some(root) = roots.get(&v.from).cloned() else {
+            cx.err(s, format!("sink `{name}` reads from `{}`, which is not a source or transform", v.from), format!("known: {}", known(&roots)));
+            continue;
+        };
+        let target = compile_target(&mut cx, &base, &format!("sink `{name}`"), s, v.delta.as_ref(), v.parquet.as_ref(), v.postgres.as_ref());
+        if let Some(t) = target {
+            let key = t.describe();
+            if let Some(other) = seen_paths.insert(key.clone(), name.clone()) {
+                cx.err(s, format!("sink `{name}` writes to the same place as sink `{other}` ({key})"), "give each sink its own path or table");
+            }
+            sinks.push(Sink { name: name.clone(), from: v.from.clone(), root_source: root, audience, target: t });
+        }
+    }
+    if spec.sinks.is_empty() {
+        cx.err(&spec.pipeline, "the pipeline has no sinks", "add a `sinks:` entry");
+    }
+    let q = &spec.quarantine;
+    let quarantine = compile_target(&mut cx, &base, "quarantine", q, q.value.delta.as_ref(), q.value.parquet.as_ref(), None);
+    if let Some(t) = &quarantine {
+        if let Some(other) = seen_paths.get(&t.describe()) {
+            cx.err(q, format!("quarantine writes to the same place as sink `{other}`"), "give the quarantine its own path");
+        }
+    }
+
+    if !cx.diags.is_empty() {
+        return Err(Error::Invalid(cx.diags));
+    }
+    Ok(Pipeline {
+        name: spec.pipeline.value,
+        description: spec.description,
+        spec_path: path.to_path_buf(),
+        spec_sha256: sha,
+        batch_rows,
+        sources,
+        transforms,
+        sinks,
+        quarantine: quarantine.ok_or_else(|| Error::Invalid(Vec::new()))?,
+    })
+}
+
+fn known(roots: &HashMap<String, String>) -> String {
+    let mut k: Vec<&str> = roots.keys().map(String::as_str).collect();
+    k.sort();
+    k.join(", ")
+}
+
+/// The first table name after FROM (case-insensitive), unquoted.
+fn from_table(sql: &str) -> Option<String> {
+    let lower = sql.to_ascii_lowercase();
+    let mut idx = None;
+    for (i, _) in lower.match_indices("from") {
+        let before = lower[..i].chars().last();
+        let after = lower[i + 4..].chars().next();
+        if before.is_none_or(|c| c.is_whitespace()) && after.is_some_and(|c| c.is_whitespace()) {
+            idx = Some(i + 4);
+            break;
+        }
+    }
+    let rest = sql[idx?..].trim_start();
+    let name: String = rest
+        .trim_start_matches('"')
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    (!name.is_empty()).then_some(name)
+}
+
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let pb = PathBuf::from(p);
+    if pb.is_absolute() { pb } else { base.join(pb) }
+}
+
+fn secret_ref<T>(cx: &mut Ctx, at: &Loc<T>, base: &Path, what: &str, s: &str) -> Option<SecretRef> {
+    if let Some(name) = s.strip_prefix("env:") {
+        if name.is_empty() {
+            cx.err(at, format!("{what}: `env:` needs a variable name"), "write `env:PG_URL`");
+            return None;
+        }
+        return Some(SecretRef::Env(name.to_string()));
+    }
+    if let Some(p) = s.strip_prefix("file:") {
+        return Some(SecretRef::File(resolve_path(base, p)));
+    }
+    // A URL with user:password@ is a plain secret in the spec: refuse it. The message names
+    // the location only, never the value.
+    let has_password = s
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        || s.contains("password=");
+    if has_password {
+        cx.err(at, format!("{what}: the connection string holds a password in clear"), "move it to an environment variable and write `url: env:NAME` (or `file:PATH`)");
+        return None;
+    }
+    Some(SecretRef::Literal(Secret::new(s.to_string())))
+}
+
+fn compile_target<T>(
+    cx: &mut Ctx,
+    base: &Path,
+    what: &str,
+    at: &Loc<T>,
+    delta: Option<&raw::PathSink>,
+    parquet: Option<&raw::PathSink>,
+    pg: Option<&raw::PgSinkSpec>,
+) -> Option<Target> {
+    let n = delta.is_some() as u8 + parquet.is_some() as u8 + pg.is_some() as u8;
+    if n != 1 {
+        let kinds = if pg.is_some() || what != "quarantine" { "`delta`, `parquet` or `postgres`" } else { "`delta` or `parquet`" };
+        cx.err(at, format!("{what} must set exactly one of {kinds} (found {n})"), "keep one connector per sink");
+        return None;
+    }
+    if let Some(d) = delta {
+        let uri = if d.path.contains("://") {
+            d.path.clone()
+        } else {
+            resolve_path(base, &d.path).to_string_lossy().into_owned()
+        };
+        return Some(Target::Delta { uri });
+    }
+    if let Some(p) = parquet {
+        if p.path.contains("://") {
+            cx.err(at, format!("{what}: parquet sinks write to local folders"), "use a local path, or a delta sink for object storage");
+            return None;
+        }
+        return Some(Target::Parquet { dir: resolve_path(base, &p.path) });
+    }
+    let pg = pg?;
+    let url = secret_ref(cx, at, base, what, &pg.url)?;
+    if !pg.table.split('.').all(valid_name) {
+        cx.err(at, format!("{what}: table name `{}` is not a plain identifier", pg.table), "use `table` or `schema.table` with letters, digits and `_`");
+        return None;
+    }
+    Some(Target::Postgres { url, table: pg.table.clone() })
+}
+
+fn compile_source(cx: &mut Ctx, base: &Path, name: &str, s: &Loc<raw::SourceSpec>) -> Option<Source> {
+    let v = &s.value;
+    let start = cx.diags.len();
+    if !valid_name(name) {
+        cx.err(s, format!("source name `{name}` is not a valid SQL identifier"), "use letters, digits and `_`");
+    }
+    let n = v.csv.is_some() as u8 + v.jsonl.is_some() as u8 + v.parquet.is_some() as u8 + v.postgres.is_some() as u8;
+    let files = |cx: &mut Ctx, path: &str, incremental: bool| {
+        let pattern = resolve_path(base, path).to_string_lossy().into_owned();
+        if let Err(e) = glob::Pattern::new(&pattern) {
+            cx.err(s, format!("source `{name}`: bad path pattern: {e}"), "fix the glob; `*` and `?` are wildcards");
+        }
+        FileSet { pattern, incremental }
+    };
+    let connector = if n != 1 {
+        cx.err(s, format!("source `{name}` must set exactly one of `csv`, `jsonl`, `parquet`, `postgres` (found {n})"), "keep one connector per source");
+        None
+    } else if let Some(c) = &v.csv {
+        let one_char = |cx: &mut Ctx, what: &str, v: &Option<String>, dflt: u8| match v.as_deref() {
+            None => dflt,
+            Some(x) if x.len() == 1 && x.is_ascii() => x.as_bytes()[0],
+            Some(x) => {
+                cx.err(s, format!("source `{name}`: csv {what} `{x}` must be one ASCII character"), "for tab write \"\\t\"");
+                dflt
+            }
+        };
+        let delimiter = one_char(cx, "delimiter", &c.delimiter, b',');
+        let quote = one_char(cx, "quote", &c.quote, b'"');
+        if let Some(enc) = &c.encoding {
+            let e = enc.to_ascii_lowercase().replace('_', "-");
+            if e != "utf-8" && e != "utf8" {
+                cx.err(s, format!("source `{name}`: encoding `{enc}` is not supported"), "convert the file to UTF-8 (e.g. with iconv) and declare `encoding: utf-8`");
+            }
+        }
+        Some(SourceConnector::Csv(CsvOptions {
+            files: files(cx, &c.path, c.incremental),
+            header: c.header,
+            delimiter,
+            quote,
+            empty_is_null: c.empty_is_null,
+        }))
+    } else if let Some(j) = &v.jsonl {
+        Some(SourceConnector::Jsonl(files(cx, &j.path, j.incremental)))
+    } else if let Some(p) = &v.parquet {
+        Some(SourceConnector::Parquet(files(cx, &p.path, p.incremental)))
+    } else if let Some(pg) = &v.postgres {
+        let url = secret_ref(cx, s, base, &format!("source `{name}`"), &pg.url);
+        let from = match (&pg.table, &pg.query) {
+            (Some(t), None) if t.split('.').all(valid_name) => Some(PgFrom::Table(t.clone())),
+            (Some(t), None) => {
+                cx.err(s, format!("source `{name}`: table `{t}` is not a plain identifier"), "use `table` or `schema.table`");
+                None
+            }
+            (None, Some(q)) => Some(PgFrom::Query(q.clone())),
+            _ => {
+                cx.err(s, format!("source `{name}`: set exactly one of `table` and `query`"), "");
+                None
+            }
+        };
+        url.zip(from).map(|(url, from)| SourceConnector::Postgres(PgSource { url, from, key: pg.key.clone(), cursor: pg.cursor.clone() }))
+    } else {
+        None
+    };
+
+    // Columns.
+    let mut columns = Vec::new();
+    let mut seen = HashSet::new();
+    if v.columns.is_empty() {
+        cx.err(s, format!("source `{name}` declares no columns"), "list them under `columns:` with name and type");
+    }
+    for c in &v.columns {
+        let cv = &c.value;
+        if !seen.insert(cv.name.clone()) {
+            cx.err(c, format!("source `{name}`: column `{}` is declared twice", cv.name), "remove the duplicate");
+        }
+        let ty = match cv.ty.as_deref() {
+            None => ColumnType::Utf8,
+            Some(t) => ColumnType::parse(t).unwrap_or_else(|| {
+                cx.err(c, format!("source `{name}`: column `{}` has unknown type `{t}`", cv.name), "use string, int64, float64, bool, date, timestamp or decimal(P,S) with P <= 38");
+                ColumnType::Utf8
+            }),
+        };
+        if cv.format.is_some() && !matches!(ty, ColumnType::Date | ColumnType::Timestamp) {
+            cx.err(c, format!("source `{name}`: `format` applies to date and timestamp columns, not `{}`", cv.name), "remove `format` or change the type");
+        }
+        columns.push(Column { name: cv.name.clone(), ty, required: cv.required, format: cv.format.clone() });
+    }
+
+    // Checks.
+    let mut checks = Vec::new();
+    let mut row_count = None;
+    for c in &v.checks {
+        match compile_check(cx, name, c, &columns) {
+            Some(Ok(chk)) => checks.push(chk),
+            Some(Err(rc)) => row_count = Some(rc),
+            None => {}
+        }
+    }
+    if cx.diags.len() > start {
+        return None;
+    }
+    Some(Source { name: name.to_string(), connector: connector?, columns, unknown_columns: v.unknown_columns, checks, row_count })
+}
+
+type RowCount = (Option<u64>, Option<u64>);
+
+fn compile_check(cx: &mut Ctx, source: &str, at: &Loc<raw::CheckSpec>, columns: &[Column]) -> Option<std::result::Result<Check, RowCount>> {
+    use raw::CheckKind as K;
+    let c = &at.value;
+    let kind_name = serde_json::to_value(c.rule).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let start = cx.diags.len();
+    let col = |cx: &mut Ctx, name: &Option<String>, field: &str| -> Option<usize> {
+        let Some(n) = name else {
+            cx.err(at, format!("source `{source}`: rule `{kind_name}` needs `{field}`"), format!("add `{field}: <column name>`"));
+            return None;
+        };
+        let idx = columns.iter().position(|x| &x.name == n);
+        if idx.is_none() {
+            let names: Vec<&str> = columns.iter().map(|x| x.name.as_str()).collect();
+            cx.err(at, format!("source `{source}`: rule `{kind_name}` refers to column `{n}`, which is not declared"), format!("declared columns: {}", names.join(", ")));
+        }
+        idx
+    };
+    // Fields each rule accepts; anything else set is an error (it would be silently ignored).
+    let allowed: &[&str] = match c.rule {
+        K::NotNull => &["column"],
+        K::Unique => &["column", "columns"],
+        K::InSet => &["column", "values"],
+        K::Between | K::LengthBetween => &["column", "min", "max"],
+        K::Regex => &["column", "pattern"],
+        K::Parses => &["column", "type", "format"],
+        K::GreaterThan => &["column", "other"],
+        K::RowCountBetween => &["min", "max"],
+        K::Checksum => &["column", "scheme"],
+    };
+    let set = [
+        ("column", c.column.is_some()),
+        ("columns", c.columns.is_some()),
+        ("other", c.other.is_some()),
+        ("pattern", c.pattern.is_some()),
+        ("values", c.values.is_some()),
+        ("min", c.min.is_some()),
+        ("max", c.max.is_some()),
+        ("type", c.ty.is_some()),
+        ("format", c.format.is_some()),
+        ("scheme", c.scheme.is_some()),
+    ];
+    for (f, present) in set {
+        if present && !allowed.contains(&f) {
+            cx.err(at, format!("source `{source}`: rule `{kind_name}` does not take `{f}`"), format!("`{kind_name}` takes: {}", allowed.join(", ")));
+        }
+    }
+    let bound = |cx: &mut Ctx, v: Option<f64>| -> Option<u64> {
+        v.map(|x| {
+            if x < 0.0 || x.fract() != 0.0 {
+                cx.err(at, format!("source `{source}`: rule `{kind_name}` needs whole, non-negative bounds"), "");
+            }
+            x as u64
+        })
+    };
+    if matches!(c.rule, K::Between | K::LengthBetween | K::RowCountBetween) && c.min.is_none() && c.max.is_none() {
+        cx.err(at, format!("source `{source}`: rule `{kind_name}` needs `min`, `max` or both"), "");
+    }
+    if let (Some(lo), Some(hi)) = (c.min, c.max) {
+        if lo > hi {
+            cx.err(at, format!("source `{source}`: rule `{kind_name}` has min > max"), "swap them");
+        }
+    }
+    let rule = match c.rule {
+        K::RowCountBetween => {
+            let lo = bound(cx, c.min);
+            let hi = bound(cx, c.max);
+            return (cx.diags.len() == start).then_some(Err((lo, hi)));
+        }
+        K::NotNull => col(cx, &c.column, "column").map(Rule::NotNull),
+        K::Unique => {
+            let names: Vec<Option<String>> = match (&c.column, &c.columns) {
+                (Some(one), None) => vec![Some(one.clone())],
+                (None, Some(many)) if !many.is_empty() => many.iter().cloned().map(Some).collect(),
+                _ => {
+                    cx.err(at, format!("source `{source}`: rule `unique` needs `column` or a non-empty `columns` list"), "`columns: [a, b]` for a compound key");
+                    vec![]
+                }
+            };
+            let idx: Vec<Option<usize>> = names.iter().map(|n| col(cx, n, "columns")).collect();
+            idx.into_iter().collect::<Option<Vec<_>>>().filter(|v| !v.is_empty()).map(Rule::Unique)
+        }
+        K::InSet => {
+            let i = col(cx, &c.column, "column");
+            let vals = c.values.clone().filter(|v| !v.is_empty());
+            if vals.is_none() {
+                cx.err(at, format!("source `{source}`: rule `in_set` needs a non-empty `values` list"), "");
+            }
+            i.zip(vals).map(|(i, v)| Rule::InSet(i, v.into_iter().collect()))
+        }
+        K::Between => col(cx, &c.column, "column").map(|i| Rule::Between(i, c.min, c.max)),
+        K::LengthBetween => {
+            let lo = bound(cx, c.min);
+            let hi = bound(cx, c.max);
+            col(cx, &c.column, "column").map(|i| Rule::LengthBetween(i, lo, hi))
+        }
+        K::Regex => {
+            let i = col(cx, &c.column, "column");
+            let re = match &c.pattern {
+                None => {
+                    cx.err(at, format!("source `{source}`: rule `regex` needs `pattern`"), "");
+                    None
+                }
+                Some(p) => match regex::Regex::new(p) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        let first = e.to_string().lines().last().unwrap_or_default().to_string();
+                        cx.err(at, format!("source `{source}`: pattern does not compile: {first}"), "Rust regex syntax; no look-around or back-references");
+                        None
+                    }
+                },
+            };
+            i.zip(re).map(|(i, r)| Rule::Regex(i, r))
+        }
+        K::Parses => {
+            let i = col(cx, &c.column, "column");
+            let ty = match c.ty.as_deref().map(ColumnType::parse) {
+                Some(Some(t)) => Some(t),
+                Some(None) | None => {
+                    cx.err(at, format!("source `{source}`: rule `parses` needs a valid `type`"), "e.g. `type: timestamp` with `format: \"%Y-%m-%dT%H:%M:%S%.3fZ\"`");
+                    None
+                }
+            };
+            if let Some(f) = &c.format {
+                if chrono::format::StrftimeItems::new(f).any(|it| matches!(it, chrono::format::Item::Error)) {
+                    cx.err(at, format!("source `{source}`: `format` is not a valid chrono format"), "see https://docs.rs/chrono/latest/chrono/format/strftime");
+                }
+            }
+            i.zip(ty).map(|(i, t)| Rule::Parses(i, t, c.format.clone()))
+        }
+        K::GreaterThan => {
+            let a = col(cx, &c.column, "column");
+            let b = col(cx, &c.other, "other");
+            a.zip(b).map(|(a, b)| Rule::GreaterThan(a, b))
+        }
+        K::Checksum => {
+            let i = col(cx, &c.column, "column");
+            if c.scheme.is_none() {
+                cx.err(at, format!("source `{source}`: rule `checksum` needs `scheme`"), "isin, lei, iban or luhn");
+            }
+            i.zip(c.scheme).map(|(i, s)| Rule::Checksum(i, s))
+        }
+    };
+    if cx.diags.len() > start {
+        return None;
+    }
+    let rule = rule?;
+    let cols = match &rule {
+        Rule::Unique(v) => v.iter().map(|i| columns[*i].name.clone()).collect::<Vec<_>>().join(","),
+        Rule::GreaterThan(a, b) => format!("{}>{}", columns[*a].name, columns[*b].name),
+        Rule::NotNull(i)
+        | Rule::InSet(i, _)
+        | Rule::Between(i, ..)
+        | Rule::Regex(i, _)
+        | Rule::LengthBetween(i, ..)
+        | Rule::Parses(i, ..)
+        | Rule::Checksum(i, _) => columns[*i].name.clone(),
+    };
+    let reason = c.reason.clone().unwrap_or_else(|| kind_name.clone());
+    Some(Ok(Check { rule, reason, label: format!("{kind_name}({cols})") }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diags(yaml: &str) -> Vec<Diagnostic> {
+        match crate::parse_str(yaml, Path::new("t.yaml")) {
+            Err(Error::Invalid(d)) => d,
+            other => panic!("expected diagnostics, got {other:?}"),
+        }
+    }
+
+    const GOOD: &str = "version: 1
+pipeline: p
+sources:
+  t:
+    csv: { path: 'in.csv' }
+    columns:
+      - { name: id }
+      - { name: qty, type: int64 }
+    checks:
+      - { rule: not_null, column: id, reason: empty_id }
+      - { rule: unique, column: id }
+transforms:
+  clean:
+    sql: SELECT id, qty FROM t WHERE qty > 0
+sinks:
+  out: { from: clean, parquet: { path: out } }
+quarantine:
+  parquet: { path: q }
+";
+
+    #[test]
+    fn a_good_spec_compiles() {
+        let p = crate::parse_str(GOOD, Path::new("t.yaml")).unwrap();
+        assert_eq!(p.transforms[0].input, "t");
+        assert_eq!(p.sinks[0].root_source, "t");
+        assert_eq!(p.sources[0].checks[0].reason, "empty_id");
+        assert_eq!(p.sources[0].checks[1].reason, "unique");
+        assert_eq!(p.sources[0].checks[1].label, "unique(id)");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_location() {
+        let d = diags(&GOOD.replace("batch", "x").replace("    csv: { path: 'in.csv' }", "    csv: { path: 'in.csv', delimeter: ';' }"));
+        assert_eq!(d.len(), 1);
+        assert!(d[0].message.contains("delimeter"), "{}", d[0]);
+        assert_eq!(d[0].line, 5, "{}", d[0]);
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_at_once() {
+        let bad = GOOD
+            .replace("column: id, reason", "column: idd, reason")
+            .replace("type: int64", "type: integer")
+            .replace("FROM t WHERE", "FROM nope WHERE")
+            .replace("from: clean", "from: gone");
+        let d = diags(&bad);
+        let all: String = d.iter().map(|x| x.to_string() + "\n").collect();
+        assert!(all.contains("`idd`, which is not declared"), "{all}");
+        assert!(all.contains("unknown type `integer`"), "{all}");
+        assert!(all.contains("reads `nope`"), "{all}");
+        assert!(all.contains("reads from `gone`"), "{all}");
+        assert!(d.len() >= 4, "{all}");
+        assert!(d.iter().all(|x| x.line > 0 && x.hint.is_some()), "{all}");
+    }
+
+    #[test]
+    fn plain_password_is_refused_without_echoing_it() {
+        let bad = GOOD.replace("parquet: { path: out }", "postgres: { url: 'postgres://u:s3cr3tpw@db/x', table: t }");
+        let d = diags(&bad);
+        let all: String = d.iter().map(|x| x.to_string()).collect();
+        assert!(all.contains("password in clear"), "{all}");
+        assert!(!all.contains("s3cr3tpw"), "{all}");
+    }
+
+    #[test]
+    fn rule_fields_must_fit_the_rule() {
+        let d = diags(&GOOD.replace("{ rule: unique, column: id }", "{ rule: unique, column: id, pattern: 'x' }"));
+        assert!(d[0].message.contains("does not take `pattern`"), "{}", d[0]);
+    }
+
+    #[test]
+    fn column_types_parse() {
+        assert_eq!(ColumnType::parse("decimal(18,4)"), Some(ColumnType::Decimal { precision: 18, scale: 4 }));
+        assert_eq!(ColumnType::parse("decimal(40,4)"), None);
+        assert_eq!(ColumnType::parse("timestamp"), Some(ColumnType::Timestamp));
+        assert_eq!(ColumnType::parse("nope"), None);
+    }
+
+    #[test]
+    fn from_table_finds_the_input() {
+        assert_eq!(from_table("select a from trades where x"), Some("trades".into()));
+        assert_eq!(from_table("SELECT fromage FROM \"t2\""), Some("t2".into()));
+        assert_eq!(from_table("SELECT 1"), None);
+    }
+
+    #[test]
+    fn schema_is_generated() {
+        let s = crate::json_schema();
+        let text = s.to_string();
+        assert!(text.contains("batch_rows") && text.contains("row_count_between"), "{text}");
+    }
+}

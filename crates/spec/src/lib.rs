@@ -1,0 +1,85 @@
+//! Pipeline specs: YAML in, a validated [`Pipeline`] out.
+//!
+//! Two stages, as in Vector's config compiler:
+//! 1. [`raw`]: serde types mirroring the YAML (`deny_unknown_fields`, spans kept with
+//!    [`raw::Loc`]), from which `sealtrail schema` generates the JSON Schema.
+//! 2. [`compile`]: checks everything that serde cannot (exactly one connector per source,
+//!    rule fields that fit the rule, columns that exist, regexes that compile, secrets that are
+//!    references, sinks reading from something that exists...) and reports *every* problem at
+//!    once as [`Diagnostic`]s naming file, line, column and a hint.
+//!
+//! ```
+//! let yaml = "version: 1\npipeline: demo\nsources:\n  t:\n    csv: { path: 'in/*.csv' }\n    columns: [{ name: id }]\nsinks:\n  out:\n    from: t\n    parquet: { path: out }\nquarantine:\n  parquet: { path: q }\n";
+//! let p = sealtrail_spec::parse_str(yaml, "demo.yaml".as_ref()).unwrap();
+//! assert_eq!(p.name, "demo");
+//! assert_eq!(p.sources[0].columns[0].name, "id");
+//! ```
+
+pub mod compile;
+pub mod raw;
+
+pub use compile::*;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem found in a spec, with where it is and what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Errors of this crate: the spec could not be read, or it is wrong (every problem listed).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read spec {path}: {source}; check the path and its permissions")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render(d: &[Diagnostic]) -> String {
+    let mut s = format!("the spec has {} error{}:", d.len(), if d.len() == 1 { "" } else { "s" });
+    for x in d {
+        s.push('\n');
+        s.push_str(&x.to_string());
+    }
+    s
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Reads, parses and compiles a spec file.
+pub fn load(path: &Path) -> Result<Pipeline> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    parse_str(&text, path)
+}
+
+/// Parses and compiles spec text; `path` names the file in diagnostics and anchors relative
+/// paths in the spec (they are relative to the spec's folder).
+pub fn parse_str(text: &str, path: &Path) -> Result<Pipeline> {
+    let raw = raw::parse(text, path)?;
+    let sha = sealtrail_core::sha256_hex(text.as_bytes());
+    compile::compile(raw, path, sha)
+}
+
+/// The JSON Schema of the spec format, generated from the raw types.
+pub fn json_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(raw::PipelineSpec);
+    serde_json::to_value(schema).unwrap_or_default()
+}

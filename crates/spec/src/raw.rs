@@ -1,0 +1,348 @@
+//! The spec as written: serde types that mirror the YAML one to one.
+//!
+//! Every struct denies unknown keys, so a typo is an error with its location rather than
+//! a silently ignored setting. Connectors are optional fields of which exactly one must be
+//! set (`csv:`, `jsonl:`, ...): that keeps each connector's options precise in the JSON Schema
+//! while serde reads straight from the YAML (no buffering, so spans survive).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::{Diagnostic, Error};
+
+/// A value with the line and column (1-based) where it stands in the spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loc<T> {
+    pub value: T,
+    pub line: u64,
+    pub column: u64,
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Loc<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
+        Ok(Loc { value: s.value, line: s.referenced.line(), column: s.referenced.column() })
+    }
+}
+
+impl<T: JsonSchema> JsonSchema for Loc<T> {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        T::schema_name()
+    }
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        T::schema_id()
+    }
+    fn inline_schema() -> bool {
+        T::inline_schema()
+    }
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        T::json_schema(g)
+    }
+}
+
+/// A sealtrail pipeline: sources with their schema and checks, SQL transforms, sinks, and
+/// where quarantined records go.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// Spec format version. Must be 1.
+    pub version: Loc<u32>,
+    /// Pipeline name: letters, digits, `_` and `-`. Names runs, state and audit events.
+    pub pipeline: Loc<String>,
+    /// Free text for humans.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Records per batch (the unit of validation, transform and commit). Default 65536.
+    #[serde(default)]
+    pub batch_rows: Option<Loc<u64>>,
+    /// Sources by name. Transforms refer to a source by this name as a SQL table.
+    pub sources: BTreeMap<String, Loc<SourceSpec>>,
+    /// SQL transforms by name. Each reads one source or one other transform, batch by batch.
+    #[serde(default)]
+    pub transforms: BTreeMap<String, Loc<TransformSpec>>,
+    /// Sinks by name.
+    pub sinks: BTreeMap<String, Loc<SinkSpec>>,
+    /// Where records that fail a check go, with their raw bytes, position and reasons.
+    pub quarantine: Loc<QuarantineSpec>,
+}
+
+/// One source: exactly one connector (`csv`, `jsonl`, `parquet` or `postgres`), the declared
+/// columns, and the checks every record must pass.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    #[serde(default)]
+    pub csv: Option<CsvSpec>,
+    #[serde(default)]
+    pub jsonl: Option<FileSpec>,
+    #[serde(default)]
+    pub parquet: Option<FileSpec>,
+    #[serde(default)]
+    pub postgres: Option<PgSourceSpec>,
+    /// The expected columns, in order for headerless CSV.
+    pub columns: Vec<Loc<ColumnSpec>>,
+    /// What to do with columns the source has but `columns` does not declare.
+    #[serde(default)]
+    pub unknown_columns: UnknownColumns,
+    /// Checks in order; the first one a record fails gives its primary reason.
+    #[serde(default)]
+    pub checks: Vec<Loc<CheckSpec>>,
+}
+
+/// CSV files (RFC 4180).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSpec {
+    /// File path or glob, relative to the spec's folder.
+    pub path: String,
+    /// First line is a header with column names. Default true.
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// Field separator, one ASCII character. Default `,`.
+    #[serde(default)]
+    pub delimiter: Option<String>,
+    /// Quote character, one ASCII character. Default `"`.
+    #[serde(default)]
+    pub quote: Option<String>,
+    /// Declared text encoding. Only `utf-8` is supported; lines that are not valid UTF-8 are
+    /// quarantined as `invalid_utf8`.
+    #[serde(default)]
+    pub encoding: Option<String>,
+    /// An empty field is read as null. Default true.
+    #[serde(default = "yes")]
+    pub empty_is_null: bool,
+    /// Only read files not loaded by an earlier successful run.
+    #[serde(default)]
+    pub incremental: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// JSON Lines or Parquet files.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// File path or glob, relative to the spec's folder.
+    pub path: String,
+    /// Only read files not loaded by an earlier successful run.
+    #[serde(default)]
+    pub incremental: bool,
+}
+
+/// A PostgreSQL table or query.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PgSourceSpec {
+    /// Connection URL as a reference: `env:NAME` or `file:PATH`. A literal URL is accepted
+    /// only when it carries no password.
+    pub url: String,
+    /// Table to read (optionally `schema.table`). Exactly one of `table` and `query`.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Query to read.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Column identifying a row in quarantine positions (defaults to `cursor`).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Incremental mode: only rows whose `cursor` is greater than the last loaded value.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownColumns {
+    /// Fail the run (CSV header) or quarantine the record (JSON Lines). The default.
+    #[default]
+    Reject,
+    /// Ignore them.
+    Drop,
+}
+
+/// A declared column.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnSpec {
+    pub name: String,
+    /// `string` (default), `int64`, `float64`, `bool`, `date`, `timestamp` or
+    /// `decimal(P,S)`.
+    #[serde(default, rename = "type")]
+    pub ty: Option<String>,
+    /// The column must be present in the source (header, keys, table).
+    #[serde(default)]
+    pub required: bool,
+    /// chrono format for `date` and `timestamp` columns, e.g. `%Y-%m-%dT%H:%M:%S%.3fZ`.
+    /// Default: ISO 8601 / RFC 3339.
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// `column` is not null (and not empty).
+    NotNull,
+    /// The value of `columns` (or `column`) was not seen in an earlier record of the run that
+    /// passed every check before this one. The first occurrence is kept.
+    Unique,
+    /// `column` is one of `values` (exact, case-sensitive).
+    InSet,
+    /// `column` parses as a number in [`min`, `max`].
+    Between,
+    /// `column` matches `pattern` (Rust regex syntax; anchor it with `^...$`).
+    Regex,
+    /// `column` has between `min` and `max` characters.
+    LengthBetween,
+    /// `column` parses as `type` (`date`, `timestamp`, `int64`, ...) with `format`.
+    Parses,
+    /// `column` is greater than `other` (numbers, or ISO dates and timestamps).
+    GreaterThan,
+    /// The run read between `min` and `max` records; otherwise the run fails.
+    RowCountBetween,
+    /// `column` passes the check digit of `scheme` (isin, lei, iban, luhn).
+    Checksum,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumScheme {
+    Isin,
+    Lei,
+    Iban,
+    Luhn,
+}
+
+/// One check. Which fields apply depends on `rule`; `check` says which ones are missing or
+/// do not belong.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckSpec {
+    pub rule: CheckKind,
+    #[serde(default)]
+    pub column: Option<String>,
+    #[serde(default)]
+    pub columns: Option<Vec<String>>,
+    #[serde(default)]
+    pub other: Option<String>,
+    #[serde(default)]
+    pub pattern: Option<String>,
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+    #[serde(default, rename = "type")]
+    pub ty: Option<String>,
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub scheme: Option<ChecksumScheme>,
+    /// Reason code recorded in quarantine. Default: the rule name.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A SQL transform over one input, applied batch by batch (projections, filters,
+/// expressions; no joins or aggregations across batches).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransformSpec {
+    /// One SELECT statement reading `FROM` a source or another transform.
+    pub sql: String,
+}
+
+/// One sink: where `from` (a source or transform) is written.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// The source or transform whose rows this sink receives.
+    pub from: String,
+    /// Who may read it: `restricted`, `internal`, `analyst` or `public`. Default `restricted`.
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub delta: Option<PathSink>,
+    #[serde(default)]
+    pub parquet: Option<PathSink>,
+    #[serde(default)]
+    pub postgres: Option<PgSinkSpec>,
+}
+
+/// Quarantine target: exactly one of `parquet` or `delta`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineSpec {
+    #[serde(default)]
+    pub delta: Option<PathSink>,
+    #[serde(default)]
+    pub parquet: Option<PathSink>,
+}
+
+/// A Delta table or a Parquet folder.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PathSink {
+    /// Local path (relative to the spec's folder) or, for Delta, an `s3://` URL.
+    pub path: String,
+}
+
+/// A PostgreSQL table, written with COPY.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PgSinkSpec {
+    /// Connection URL as a reference: `env:NAME` or `file:PATH` (or a literal without password).
+    pub url: String,
+    /// Target table; created when missing, otherwise its columns must match.
+    pub table: String,
+}
+
+/// Parses YAML into the raw types. Syntax and shape errors (unknown keys, wrong types) come
+/// back as one diagnostic at the spot serde stopped.
+pub fn parse(text: &str, path: &Path) -> Result<PipelineSpec, Error> {
+    let opts = serde_saphyr::Options { with_snippet: false, ..Default::default() };
+    serde_saphyr::from_str_with_options(text, opts).map_err(|e| {
+        let msg = e.to_string();
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .or_else(|| locate_unknown_key(text, &msg))
+            .unwrap_or((1, 1));
+        // serde-saphyr appends " at line X column Y"; the diagnostic prefix already says it.
+        let msg = match msg.rfind(" at line ") {
+            Some(i) => msg[..i].to_string(),
+            None => msg,
+        };
+        let hint = if msg.contains("unknown field") {
+            Some("remove or correct the key; `sealtrail schema` lists every allowed key".into())
+        } else {
+            Some("see `sealtrail schema` for the expected shape".into())
+        };
+        Error::Invalid(vec![Diagnostic { file: path.to_path_buf(), line, column, message: msg, hint }])
+    })
+}
+
+/// serde reports an unknown field without a position; find where that key is written.
+fn locate_unknown_key(text: &str, msg: &str) -> Option<(u64, u64)> {
+    let key = msg.strip_prefix("unknown field `")?.split('`').next()?;
+    for (n, line) in text.lines().enumerate() {
+        let mut from = 0;
+        while let Some(i) = line[from..].find(key) {
+            let at = from + i;
+            let before = line[..at].chars().last();
+            let after = line[at + key.len()..].trim_start();
+            if before.is_none_or(|c| c.is_whitespace() || c == '{' || c == ',' || c == '-')
+                && after.starts_with(':')
+            {
+                return Some((n as u64 + 1, at as u64 + 1));
+            }
+            from = at + key.len();
+        }
+    }
+    None
+}
