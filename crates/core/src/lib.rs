@@ -16,6 +16,7 @@
 //! ```
 
 pub mod audit;
+pub mod record;
 pub mod secret;
 
 use serde::{Deserialize, Serialize};
