@@ -1,0 +1,191 @@
+//! Sinks with idempotent per-batch commits.
+//!
+//! ```text
+//!   open_sink ──▶ SinkWriter ──commit(key, batches)──▶ already committed? ──yes──▶ Ok(false)
+//!                                                          │ no
+//!                                                          ▼
+//!                                          write data ──▶ atomic publish (with the key) ──▶ Ok(true)
+//! ```
+//!
+//! - Parquet: one file per (run, source, batch), written under a hidden temporary name,
+//!   fsynced, then renamed into place. The file name is the key: present means committed.
+//! - Delta Lake: one table version per batch, carrying a Delta application transaction
+//!   (`txn` action) with app id `sealtrail/<pipeline>/<source>/<run>` and version = batch.
+//!   The txn version is the key: Delta readers and writers agree on it atomically.
+
+use crate::{Error, Result};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use deltalake::DeltaTable;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{StructType, Transaction};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use sealtrail_spec::Target;
+use std::path::{Path, PathBuf};
+
+/// Identifies one batch commit of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitKey {
+    pub pipeline: String,
+    pub run_id: String,
+    pub source: String,
+    pub batch: u64,
+}
+
+impl CommitKey {
+    /// The Delta application id of a run's commits.
+    pub fn app_id(&self) -> String {
+        format!("sealtrail/{}/{}/{}", self.pipeline, self.source, self.run_id)
+    }
+    fn file_name(&self) -> String {
+        format!("part-{}-{}-{:06}.zstd.parquet", self.run_id, self.source, self.batch)
+    }
+}
+
+/// Parquet writer settings shared by every Parquet and Delta file sealtrail writes.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build()
+}
+
+#[derive(Debug)]
+pub enum SinkWriter {
+    Parquet { name: String, dir: PathBuf, schema: SchemaRef },
+    Delta { name: String, uri: String, table: Box<DeltaTable>, schema: SchemaRef },
+}
+
+fn sink_err(name: &str, reason: impl std::fmt::Display) -> Error {
+    Error::Sink { sink: name.to_string(), reason: reason.to_string() }
+}
+
+/// Opens (creating when missing) the sink `name` for rows of `schema`. An existing Delta
+/// table must have exactly these columns and types.
+pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result<SinkWriter> {
+    match target {
+        Target::Parquet { dir } => {
+            std::fs::create_dir_all(dir).map_err(|e| sink_err(name, format!("cannot create folder {}: {e}", dir.display())))?;
+            Ok(SinkWriter::Parquet { name: name.into(), dir: dir.clone(), schema })
+        }
+        Target::Delta { uri } => {
+            let url = if uri.contains("://") {
+                url::Url::parse(uri).map_err(|e| sink_err(name, format!("bad table URL {uri}: {e}")))?
+            } else {
+                std::fs::create_dir_all(uri).map_err(|e| sink_err(name, format!("cannot create folder {uri}: {e}")))?;
+                url::Url::from_directory_path(uri).map_err(|_| sink_err(name, format!("bad table path {uri}")))?
+            };
+            let mut table = DeltaTable::try_from_url(url).await.map_err(|e| sink_err(name, format!("cannot open Delta table {uri}: {e}")))?;
+            let kernel: StructType = schema.as_ref().try_into_kernel().map_err(|e| sink_err(name, e))?;
+            if table.version().is_none() {
+                table = table
+                    .create()
+                    .with_table_name(name)
+                    .with_columns(kernel.fields().cloned())
+                    .await
+                    .map_err(|e| sink_err(name, format!("cannot create Delta table {uri}: {e}")))?;
+            } else {
+                let existing = table.snapshot().map_err(|e| sink_err(name, e))?.schema();
+                let want: Vec<(String, String)> = kernel.fields().map(|f| (f.name().clone(), f.data_type().to_string())).collect();
+                let have: Vec<(String, String)> = existing.fields().map(|f| (f.name().clone(), f.data_type().to_string())).collect();
+                if want != have {
+                    return Err(sink_err(
+                        name,
+                        format!(
+                            "the Delta table at {uri} has columns {} but the pipeline writes {}; point the sink at a new path or migrate the table",
+                            fmt_cols(&have),
+                            fmt_cols(&want)
+                        ),
+                    ));
+                }
+            }
+            Ok(SinkWriter::Delta { name: name.into(), uri: uri.clone(), table: Box::new(table), schema })
+        }
+        Target::Postgres { .. } => Err(sink_err(name, "the postgres sink is not implemented yet; use delta or parquet")),
+    }
+}
+
+fn fmt_cols(c: &[(String, String)]) -> String {
+    c.iter().map(|(n, t)| format!("{n}:{t}")).collect::<Vec<_>>().join(", ")
+}
+
+impl SinkWriter {
+    pub fn name(&self) -> &str {
+        match self {
+            SinkWriter::Parquet { name, .. } | SinkWriter::Delta { name, .. } => name,
+        }
+    }
+
+    pub fn location(&self) -> String {
+        match self {
+            SinkWriter::Parquet { dir, .. } => dir.display().to_string(),
+            SinkWriter::Delta { uri, .. } => uri.clone(),
+        }
+    }
+
+    /// Commits `batches` under `key`. Returns false when `key` was already committed (nothing
+    /// is written again). Empty input commits nothing.
+    pub async fn commit(&mut self, key: &CommitKey, batches: &[RecordBatch]) -> Result<bool> {
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        match self {
+            SinkWriter::Parquet { name, dir, schema } => {
+                let path = dir.join(key.file_name());
+                if path.exists() {
+                    return Ok(false);
+                }
+                if rows == 0 {
+                    return Ok(true);
+                }
+                write_parquet_atomically(&path, schema, batches).map_err(|e| sink_err(name, e))?;
+                Ok(true)
+            }
+            SinkWriter::Delta { name, table, .. } => {
+                let app_id = key.app_id();
+                let done = table
+                    .snapshot()
+                    .map_err(|e| sink_err(name, e))?
+                    .transaction_version(table.log_store().as_ref(), &app_id)
+                    .await
+                    .map_err(|e| sink_err(name, e))?;
+                if done.is_some_and(|v| v >= key.batch as i64) {
+                    return Ok(false);
+                }
+                if rows == 0 {
+                    return Ok(true);
+                }
+                let props = CommitProperties::default().with_application_transaction(Transaction::new(&app_id, key.batch as i64));
+                let mut w = RecordBatchWriter::for_table(table)
+                    .map_err(|e| sink_err(name, e))?
+                    .with_writer_properties(writer_properties())
+                    .with_commit_properties(props);
+                for b in batches {
+                    w.write(b.clone()).await.map_err(|e| sink_err(name, e))?;
+                }
+                w.flush_and_commit(table).await.map_err(|e| sink_err(name, e))?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// Writes a Parquet file under a hidden temporary name (ignored by Parquet readers), fsyncs
+/// it and renames it into place, so a reader never sees a half-written file.
+pub fn write_parquet_atomically(path: &Path, schema: &SchemaRef, batches: &[RecordBatch]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let fname = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{fname}.tmp"));
+    let file = std::fs::File::create(&tmp)?;
+    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(std::io::Error::other)?;
+    for b in batches {
+        w.write(b).map_err(std::io::Error::other)?;
+    }
+    let file = w.into_inner().map_err(std::io::Error::other)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
