@@ -1,1 +1,402 @@
-//! placeholder
+//! The runner: sources -> checks -> typed batches -> SQL transforms -> sinks, exactly once.
+//!
+//! A run, per source, batch by batch:
+//! ```text
+//!  decode thread:  read ─▶ validate (checks, unique state) ─▶ typed Arrow batch ─┐ (bounded
+//!                                                                                 │  channel)
+//!  async side:     already committed? ─yes─▶ skip (counts from state)  ◀─────────┘
+//!                      │ no
+//!                      ▼
+//!                  transforms ─▶ each sink.commit(key) ─▶ quarantine.commit(key)
+//!                      ─▶ state.commit_batch (the commit point) ─▶ audit BatchCommitted
+//! ```
+//! A crash anywhere leaves the run `running`; the next run of the pipeline resumes it with the
+//! same id and inputs, re-reads (rebuilding `unique` state) and skips committed batches, and
+//! each sink skips keys it already holds. So every record is loaded or quarantined exactly once.
+//! A run ends only when `rows_in == rows_loaded + rows_quarantined` over all its batches.
+
+pub mod quarantine;
+pub mod state;
+pub mod transform;
+
+use arrow::array::RecordBatch;
+use sealtrail_connectors::{CommitKey, SinkWriter, open_sink};
+use sealtrail_core::audit::{AuditEvent, AuditSink, now};
+use sealtrail_core::record::Quarantined;
+use sealtrail_core::{Counts, RunId};
+use sealtrail_quality::Validator;
+use sealtrail_spec::{Diagnostic, Pipeline, SourceConnector};
+use state::StateStore;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use transform::Transforms;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec is wrong; every problem is listed.
+    #[error(transparent)]
+    Spec(#[from] sealtrail_spec::Error),
+    /// A source could not be read, or a sink written.
+    #[error(transparent)]
+    Connector(#[from] sealtrail_connectors::Error),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// An earlier run of this pipeline did not finish under a different spec.
+    #[error("run {run_id} of pipeline `{pipeline}` did not finish and was started with another version of the spec; run it with that spec to complete it, or pass --abandon-unfinished to give it up (its committed batches stay loaded)")]
+    UnfinishedRun { run_id: String, pipeline: String },
+    /// Counts do not balance, or a run-level check failed.
+    #[error("integrity check failed for run {run_id}: {reason}")]
+    Integrity { run_id: String, reason: String },
+    #[error("transform failed: {0}")]
+    Transform(String),
+    #[error("audit log: {0}")]
+    Audit(std::io::Error),
+    #[error("internal error (this is a bug): {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Progress callback: (source, rows read so far in this run).
+pub type Progress = Arc<dyn Fn(&str, u64) + Send + Sync>;
+
+pub struct RunOptions {
+    /// `sqlite://...` or `postgres://...`.
+    pub state_url: String,
+    pub audit: Arc<dyn AuditSink>,
+    pub abandon_unfinished: bool,
+    pub progress: Option<Progress>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions").field("abandon_unfinished", &self.abandon_unfinished).finish_non_exhaustive()
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run_id: RunId,
+    pub pipeline: String,
+    pub resumed: bool,
+    pub counts: Counts,
+    pub per_source: Vec<(String, Counts)>,
+    /// Quarantined rows by primary reason code (only batches committed by this process).
+    pub by_reason: BTreeMap<String, u64>,
+    /// (sink name, location).
+    pub sinks: Vec<(String, String)>,
+    pub quarantine: String,
+}
+
+/// Checks a spec beyond compilation: every transform's SQL plans against its input columns.
+/// Returns every problem found.
+pub async fn check(p: &Pipeline) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for s in &p.sources {
+        let schema = sealtrail_quality::typed::source_schema(s);
+        if let Err(errs) = Transforms::plan(p, &s.name, schema).await {
+            for e in errs {
+                out.push(Diagnostic {
+                    file: p.spec_path.clone(),
+                    line: e.at.0,
+                    column: e.at.1,
+                    message: format!("transform `{}`: {}", e.transform, e.message),
+                    hint: Some("fix the SQL; it reads the columns declared for its input (see `columns:` of the source)".into()),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Chooses the inputs of every file source: all matching files, minus those already loaded
+/// for incremental sources. Returns (source, [(path, fingerprint)]).
+async fn choose_inputs(p: &Pipeline, st: &StateStore) -> Result<Vec<(String, Vec<(String, String)>)>> {
+    let mut out = Vec::new();
+    for s in &p.sources {
+        let files = match &s.connector {
+            SourceConnector::Csv(o) => &o.files,
+            SourceConnector::Jsonl(f) | SourceConnector::Parquet(f) => f,
+            SourceConnector::Postgres(_) => {
+                out.push((s.name.clone(), Vec::new()));
+                continue;
+            }
+        };
+        let mut chosen = Vec::new();
+        for path in sealtrail_connectors::files::list(&files.pattern)? {
+            let fp = sealtrail_connectors::files::fingerprint(&path)?;
+            if files.incremental && st.is_loaded(&p.name, &s.name, &fp).await? {
+                continue;
+            }
+            chosen.push((path.display().to_string(), fp));
+        }
+        out.push((s.name.clone(), chosen));
+    }
+    Ok(out)
+}
+
+struct Prepared {
+    valid: RecordBatch,
+    quarantined: Vec<Quarantined>,
+    rows_in: u64,
+}
+
+/// Runs (or resumes) the pipeline.
+pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
+    // Everything that can be checked before touching data is checked first.
+    let diags = check(p).await;
+    if !diags.is_empty() {
+        return Err(Error::Spec(sealtrail_spec::Error::Invalid(diags)));
+    }
+    let st = StateStore::open(&opts.state_url).await?;
+    let (run_id, resumed) = match st.unfinished_run(&p.name).await? {
+        Some(u) if opts.abandon_unfinished => {
+            st.abandon(&u.run_id).await?;
+            (None, false)
+        }
+        Some(u) if u.spec_sha256 != p.spec_sha256 => {
+            return Err(Error::UnfinishedRun { run_id: u.run_id.to_string(), pipeline: p.name.clone() });
+        }
+        Some(u) => (Some(u.run_id), true),
+        None => (None, false),
+    };
+    let run_id = match run_id {
+        Some(r) => {
+            st.mark_running(&r).await?;
+            r
+        }
+        None => {
+            let inputs = choose_inputs(p, &st).await?;
+            // Every input must open (and CSV headers fit the columns) before anything loads.
+            preflight(p, &inputs)?;
+            let r = RunId::new();
+            st.start_run(&r, &p.name, &p.spec_sha256, &inputs).await?;
+            r
+        }
+    };
+    let audit = |e: AuditEvent| opts.audit.record(&e).map_err(Error::Audit);
+    let mut inputs_all = Vec::new();
+    for s in &p.sources {
+        inputs_all.extend(st.run_inputs(&run_id, &s.name).await?);
+    }
+    audit(AuditEvent::RunStarted {
+        run_id: run_id.clone(),
+        pipeline: p.name.clone(),
+        spec_sha256: p.spec_sha256.clone(),
+        resumed,
+        inputs: inputs_all,
+        at: now(),
+    })?;
+    match run_inner(p, opts, &st, &run_id).await {
+        Ok(mut report) => {
+            report.resumed = resumed;
+            audit(AuditEvent::RunEnded { run_id: run_id.clone(), pipeline: p.name.clone(), counts: report.counts, at: now() })?;
+            Ok(report)
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            // Best effort: the original error matters more than a failure to record it.
+            let _ = st.fail(&run_id, &msg).await;
+            let _ = audit(AuditEvent::RunFailed { run_id: run_id.clone(), pipeline: p.name.clone(), error: msg, at: now() });
+            Err(e)
+        }
+    }
+}
+
+fn preflight(p: &Pipeline, inputs: &[(String, Vec<(String, String)>)]) -> Result<()> {
+    for (s, (_, files)) in p.sources.iter().zip(inputs) {
+        for (path, _) in files {
+            // Opening the reader reads and checks the header; no record is consumed.
+            let mut r = sealtrail_connectors::open_source(s, vec![PathBuf::from(path)], 1)?;
+            r.next_batch()?;
+        }
+    }
+    Ok(())
+}
+
+async fn run_inner(p: &Pipeline, opts: &RunOptions, st: &StateStore, run_id: &RunId) -> Result<RunReport> {
+    let mut report = RunReport {
+        run_id: run_id.clone(),
+        pipeline: p.name.clone(),
+        resumed: false,
+        counts: Counts::default(),
+        per_source: Vec::new(),
+        by_reason: BTreeMap::new(),
+        sinks: Vec::new(),
+        quarantine: String::new(),
+    };
+    let mut qsink = open_sink("quarantine", &p.quarantine, quarantine::schema()).await?;
+    report.quarantine = qsink.location();
+    for source in &p.sources {
+        let schema = sealtrail_quality::typed::source_schema(source);
+        let transforms = Transforms::plan(p, &source.name, schema.clone())
+            .await
+            .map_err(|e| Error::Transform(e.into_iter().map(|x| x.message).collect::<Vec<_>>().join("; ")))?;
+        let mut sinks: Vec<(SinkWriter, String)> = Vec::new();
+        for s in p.sinks.iter().filter(|s| s.root_source == source.name) {
+            let sch = transforms.schema_of(&s.from).ok_or_else(|| Error::Internal(format!("no schema for `{}`", s.from)))?;
+            let w = open_sink(&s.name, &s.target, sch).await?;
+            report.sinks.push((s.name.clone(), w.location()));
+            sinks.push((w, s.from.clone()));
+        }
+
+        let inputs: Vec<PathBuf> = st.run_inputs(run_id, &source.name).await?.into_iter().map(PathBuf::from).collect();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Prepared>>(2);
+        let src = source.clone();
+        let batch_rows = p.batch_rows;
+        let decoder = std::thread::Builder::new()
+            .name(format!("decode-{}", source.name))
+            .spawn(move || decode_loop(src, inputs, batch_rows, schema, tx))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+
+        let mut batch_no = 0u64;
+        let mut rows_seen = 0u64;
+        let mut result = Ok(());
+        while let Some(msg) = rx.recv().await {
+            let prepared = match msg {
+                Ok(x) => x,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            rows_seen += prepared.rows_in;
+            if let Err(e) = commit_one(p, st, run_id, &source.name, batch_no, &prepared, &transforms, &mut sinks, &mut qsink, opts, &mut report).await {
+                result = Err(e);
+                break;
+            }
+            if let Some(cb) = &opts.progress {
+                cb(&source.name, rows_seen);
+            }
+            batch_no += 1;
+        }
+        drop(rx);
+        decoder.join().map_err(|_| Error::Internal("the decode thread panicked".into()))?;
+        result?;
+
+        let c = st.totals(run_id, Some(&source.name)).await?;
+        if let Some((lo, hi)) = source.row_count {
+            if lo.is_some_and(|l| c.rows_in < l) || hi.is_some_and(|h| c.rows_in > h) {
+                return Err(Error::Integrity {
+                    run_id: run_id.to_string(),
+                    reason: format!("source `{}` read {} records, outside row_count_between [{}, {}]", source.name, c.rows_in, lo.map_or("-".into(), |v| v.to_string()), hi.map_or("-".into(), |v| v.to_string())),
+                });
+            }
+        }
+        report.per_source.push((source.name.clone(), c));
+    }
+    let total = st.totals(run_id, None).await?;
+    if !total.balanced() {
+        return Err(Error::Integrity {
+            run_id: run_id.to_string(),
+            reason: format!("rows in {} != loaded {} + quarantined {}", total.rows_in, total.rows_loaded, total.rows_quarantined),
+        });
+    }
+    st.succeed(run_id, &p.name, total).await?;
+    report.counts = total;
+    Ok(report)
+}
+
+fn decode_loop(source: sealtrail_spec::Source, inputs: Vec<PathBuf>, batch_rows: usize, schema: arrow::datatypes::SchemaRef, tx: tokio::sync::mpsc::Sender<Result<Prepared>>) {
+    let mut validator = Validator::new(&source);
+    let mut reader = match sealtrail_connectors::open_source(&source, inputs, batch_rows) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(e.into()));
+            return;
+        }
+    };
+    loop {
+        let decoded = match reader.next_batch() {
+            Ok(Some(d)) => d,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e.into()));
+                return;
+            }
+        };
+        let rows_in = decoded.rows_in();
+        let mut v = validator.validate(&decoded.batch);
+        let mut quarantined = decoded.malformed;
+        let typed = sealtrail_quality::typed::to_record_batch(&source, &schema, &decoded.batch, &mut v.passed);
+        let (valid, _rows, bad) = match typed {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Error::Internal(format!("building a batch: {e}"))));
+                return;
+            }
+        };
+        quarantined.extend(v.quarantined);
+        quarantined.extend(bad);
+        // Quarantine in source order, whatever stage caught the record.
+        quarantined.sort_by_key(|q| q.pos);
+        if tx.blocking_send(Ok(Prepared { valid, quarantined, rows_in })).is_err() {
+            return; // the run stopped
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn commit_one(
+    p: &Pipeline,
+    st: &StateStore,
+    run_id: &RunId,
+    source: &str,
+    batch_no: u64,
+    prepared: &Prepared,
+    transforms: &Transforms,
+    sinks: &mut [(SinkWriter, String)],
+    qsink: &mut SinkWriter,
+    opts: &RunOptions,
+    report: &mut RunReport,
+) -> Result<()> {
+    let counts = Counts {
+        rows_in: prepared.rows_in,
+        rows_loaded: prepared.valid.num_rows() as u64,
+        rows_quarantined: prepared.quarantined.len() as u64,
+    };
+    if !counts.balanced() {
+        return Err(Error::Integrity { run_id: run_id.to_string(), reason: format!("batch {batch_no} of `{source}` does not balance: {counts:?}") });
+    }
+    if let Some(done) = st.batch(run_id, source, batch_no).await? {
+        if done != counts {
+            return Err(Error::Integrity {
+                run_id: run_id.to_string(),
+                reason: format!("batch {batch_no} of `{source}` re-read with different counts ({counts:?}) than committed ({done:?}); the input changed since the run started"),
+            });
+        }
+        return Ok(());
+    }
+    let key = CommitKey { pipeline: p.name.clone(), run_id: run_id.to_string(), source: source.to_string(), batch: batch_no };
+    let outputs = transforms.apply(&prepared.valid).await.map_err(|e| Error::Transform(e.to_string()))?;
+    let mut names = Vec::new();
+    for (w, from) in sinks.iter_mut() {
+        let rows: &[RecordBatch] = if from == source { std::slice::from_ref(&prepared.valid) } else { outputs.get(from).map(Vec::as_slice).unwrap_or(&[]) };
+        w.commit(&key, rows).await?;
+        names.push(w.name().to_string());
+    }
+    let qb = quarantine::to_batch(run_id.as_str(), source, &prepared.quarantined).map_err(|e| Error::Internal(e.to_string()))?;
+    qsink.commit(&key, std::slice::from_ref(&qb)).await?;
+    st.commit_batch(run_id, source, batch_no, counts).await?;
+
+    let mut by_reason: HashMap<&str, u64> = HashMap::new();
+    for q in &prepared.quarantined {
+        *by_reason.entry(q.reasons.first().map(|r| r.code.as_str()).unwrap_or("unknown")).or_default() += 1;
+    }
+    for (k, v) in &by_reason {
+        *report.by_reason.entry(k.to_string()).or_default() += v;
+    }
+    opts.audit
+        .record(&AuditEvent::BatchCommitted { run_id: run_id.clone(), batch: batch_no, counts, sinks: names, at: now() })
+        .map_err(Error::Audit)?;
+    if !prepared.quarantined.is_empty() {
+        let mut by: Vec<(String, u64)> = by_reason.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        by.sort();
+        opts.audit
+            .record(&AuditEvent::RecordsQuarantined { run_id: run_id.clone(), batch: batch_no, rows: counts.rows_quarantined, by_reason: by, at: now() })
+            .map_err(Error::Audit)?;
+    }
+    Ok(())
+}

@@ -177,6 +177,8 @@ pub struct Transform {
     pub input: String,
     /// The source at the root of this transform's chain.
     pub root_source: String,
+    /// Line and column of the transform in the spec.
+    pub at: (u64, u64),
 }
 
 /// Who may read a sink.
@@ -317,6 +319,7 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
             sql: at.value.sql.clone(),
             input: input.clone(),
             root_source: roots[name].clone(),
+            at: (at.line, at.column),
         });
     }
 

@@ -1,0 +1,257 @@
+//! Run state: runs, their inputs, committed batches, loaded files and incremental cursors.
+//!
+//! Embedded SQLite by default (`sqlite://<home>/state.db`), PostgreSQL when a
+//! `postgres://` URL is given; the same SQL serves both through sqlx's `Any` driver.
+//!
+//! Run lifecycle (the `status` column):
+//! ```text
+//!   running ──all batches committed, counts balance──▶ succeeded
+//!      │  └──error──▶ failed ──next run of the pipeline resumes it──▶ running
+//!      └──process killed: stays running; the next run resumes it (same id, same inputs)
+//!   running/failed ──`--abandon-unfinished`──▶ abandoned
+//! ```
+
+use sealtrail_core::{Counts, RunId};
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+use sqlx::Row;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+#[error("run state store: {0}")]
+pub struct StateError(String);
+
+impl From<sqlx::Error> for StateError {
+    fn from(e: sqlx::Error) -> Self {
+        StateError(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, StateError>;
+
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    pool: AnyPool,
+    url_kind: &'static str,
+}
+
+/// A run that did not finish.
+#[derive(Debug, Clone)]
+pub struct Unfinished {
+    pub run_id: RunId,
+    pub spec_sha256: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRow {
+    pub run_id: String,
+    pub pipeline: String,
+    pub status: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub counts: Counts,
+    pub error: Option<String>,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS sealtrail_runs (run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, spec_sha256 TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, rows_in BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT, error TEXT)",
+    "CREATE TABLE IF NOT EXISTS sealtrail_run_inputs (run_id TEXT NOT NULL, source TEXT NOT NULL, seq BIGINT NOT NULL, input TEXT NOT NULL, fingerprint TEXT NOT NULL, PRIMARY KEY (run_id, source, seq))",
+    "CREATE TABLE IF NOT EXISTS sealtrail_batches (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, rows_in BIGINT NOT NULL, rows_loaded BIGINT NOT NULL, rows_quarantined BIGINT NOT NULL, committed_at TEXT NOT NULL, PRIMARY KEY (run_id, source, batch))",
+    "CREATE TABLE IF NOT EXISTS sealtrail_loaded_files (pipeline TEXT NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (pipeline, source, fingerprint))",
+];
+
+impl StateStore {
+    /// Opens the store at `url` (`sqlite://path` or `postgres://...`), creating tables.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let url_kind = if url.starts_with("sqlite:") { "sqlite" } else { "postgres" };
+        let url = if url_kind == "sqlite" && !url.contains("mode=") {
+            if let Some(path) = url.strip_prefix("sqlite://") {
+                if let Some(dir) = Path::new(path).parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| StateError(format!("cannot create {}: {e}", dir.display())))?;
+                }
+            }
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_string()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if url_kind == "sqlite" { 1 } else { 4 })
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .map_err(|e| StateError(format!("cannot open the run state store ({url_kind}): {e}; check --state-url / SEALTRAIL_STATE_URL")))?;
+        if url_kind == "sqlite" {
+            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA synchronous=FULL").execute(&pool).await?;
+        }
+        for ddl in SCHEMA {
+            sqlx::query(ddl).execute(&pool).await?;
+        }
+        Ok(Self { pool, url_kind })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.url_kind
+    }
+
+    pub async fn unfinished_run(&self, pipeline: &str) -> Result<Option<Unfinished>> {
+        let row = sqlx::query("SELECT run_id, spec_sha256, status FROM sealtrail_runs WHERE pipeline = $1 AND status IN ('running', 'failed') ORDER BY started_at DESC LIMIT 1")
+            .bind(pipeline)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Unfinished { run_id: RunId::from_string(r.get(0)), spec_sha256: r.get(1), status: r.get(2) }))
+    }
+
+    pub async fn abandon(&self, run: &RunId) -> Result<()> {
+        sqlx::query("UPDATE sealtrail_runs SET status = 'abandoned', ended_at = $2 WHERE run_id = $1")
+            .bind(run.as_str())
+            .bind(sealtrail_core::audit::now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a new run with its inputs, in one transaction.
+    pub async fn start_run(&self, run: &RunId, pipeline: &str, spec_sha: &str, inputs: &[(String, Vec<(String, String)>)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO sealtrail_runs (run_id, pipeline, spec_sha256, status, started_at) VALUES ($1, $2, $3, 'running', $4)")
+            .bind(run.as_str())
+            .bind(pipeline)
+            .bind(spec_sha)
+            .bind(sealtrail_core::audit::now())
+            .execute(&mut *tx)
+            .await?;
+        for (source, files) in inputs {
+            for (seq, (input, fp)) in files.iter().enumerate() {
+                sqlx::query("INSERT INTO sealtrail_run_inputs (run_id, source, seq, input, fingerprint) VALUES ($1, $2, $3, $4, $5)")
+                    .bind(run.as_str())
+                    .bind(source.as_str())
+                    .bind(seq as i64)
+                    .bind(input.as_str())
+                    .bind(fp.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn mark_running(&self, run: &RunId) -> Result<()> {
+        sqlx::query("UPDATE sealtrail_runs SET status = 'running', error = NULL WHERE run_id = $1").bind(run.as_str()).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The inputs recorded for a run's source, in read order.
+    pub async fn run_inputs(&self, run: &RunId, source: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT input FROM sealtrail_run_inputs WHERE run_id = $1 AND source = $2 ORDER BY seq")
+            .bind(run.as_str())
+            .bind(source)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    pub async fn is_loaded(&self, pipeline: &str, source: &str, fingerprint: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM sealtrail_loaded_files WHERE pipeline = $1 AND source = $2 AND fingerprint = $3")
+            .bind(pipeline)
+            .bind(source)
+            .bind(fingerprint)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Counts of a committed batch, if it was committed.
+    pub async fn batch(&self, run: &RunId, source: &str, batch: u64) -> Result<Option<Counts>> {
+        let row = sqlx::query("SELECT rows_in, rows_loaded, rows_quarantined FROM sealtrail_batches WHERE run_id = $1 AND source = $2 AND batch = $3")
+            .bind(run.as_str())
+            .bind(source)
+            .bind(batch as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| counts(r.get(0), r.get(1), r.get(2))))
+    }
+
+    /// Records a batch as committed to every sink: the commit point of a batch.
+    pub async fn commit_batch(&self, run: &RunId, source: &str, batch: u64, c: Counts) -> Result<()> {
+        sqlx::query("INSERT INTO sealtrail_batches (run_id, source, batch, rows_in, rows_loaded, rows_quarantined, committed_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            .bind(run.as_str())
+            .bind(source)
+            .bind(batch as i64)
+            .bind(c.rows_in as i64)
+            .bind(c.rows_loaded as i64)
+            .bind(c.rows_quarantined as i64)
+            .bind(sealtrail_core::audit::now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Sum over the committed batches of a run (of one source, or all with `None`).
+    pub async fn totals(&self, run: &RunId, source: Option<&str>) -> Result<Counts> {
+        let row = sqlx::query("SELECT CAST(COALESCE(SUM(rows_in), 0) AS BIGINT), CAST(COALESCE(SUM(rows_loaded), 0) AS BIGINT), CAST(COALESCE(SUM(rows_quarantined), 0) AS BIGINT) FROM sealtrail_batches WHERE run_id = $1 AND ($2 = '' OR source = $2)")
+            .bind(run.as_str())
+            .bind(source.unwrap_or(""))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(counts(row.get(0), row.get(1), row.get(2)))
+    }
+
+    /// Marks the run succeeded and its files loaded, in one transaction.
+    pub async fn succeed(&self, run: &RunId, pipeline: &str, c: Counts) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE sealtrail_runs SET status = 'succeeded', ended_at = $2, rows_in = $3, rows_loaded = $4, rows_quarantined = $5, error = NULL WHERE run_id = $1")
+            .bind(run.as_str())
+            .bind(sealtrail_core::audit::now())
+            .bind(c.rows_in as i64)
+            .bind(c.rows_loaded as i64)
+            .bind(c.rows_quarantined as i64)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO sealtrail_loaded_files (pipeline, source, fingerprint, run_id) SELECT $1, source, fingerprint, run_id FROM sealtrail_run_inputs WHERE run_id = $2 ON CONFLICT DO NOTHING")
+            .bind(pipeline)
+            .bind(run.as_str())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn fail(&self, run: &RunId, error: &str) -> Result<()> {
+        sqlx::query("UPDATE sealtrail_runs SET status = 'failed', ended_at = $2, error = $3 WHERE run_id = $1")
+            .bind(run.as_str())
+            .bind(sealtrail_core::audit::now())
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Recent runs, newest first.
+    pub async fn runs(&self, pipeline: Option<&str>, limit: i64) -> Result<Vec<RunRow>> {
+        let rows = sqlx::query("SELECT run_id, pipeline, status, started_at, ended_at, rows_in, rows_loaded, rows_quarantined, error FROM sealtrail_runs WHERE ($1 = '' OR pipeline = $1) ORDER BY started_at DESC LIMIT $2")
+            .bind(pipeline.unwrap_or(""))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| RunRow {
+                run_id: r.get(0),
+                pipeline: r.get(1),
+                status: r.get(2),
+                started_at: r.get(3),
+                ended_at: r.get(4),
+                counts: counts(r.get::<Option<i64>, _>(5).unwrap_or(0), r.get::<Option<i64>, _>(6).unwrap_or(0), r.get::<Option<i64>, _>(7).unwrap_or(0)),
+                error: r.get(8),
+            })
+            .collect())
+    }
+}
+
+fn counts(a: i64, b: i64, c: i64) -> Counts {
+    Counts { rows_in: a as u64, rows_loaded: b as u64, rows_quarantined: c as u64 }
+}

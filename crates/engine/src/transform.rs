@@ -1,0 +1,97 @@
+//! SQL transforms over batches, with DataFusion.
+//!
+//! Each transform is one SELECT over one input (a source or an earlier transform), applied to
+//! every batch on its own: projections, filters and expressions. Because a batch never sees
+//! another, aggregations and joins across the run are out of scope for this stateless shape.
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::SessionContext;
+use sealtrail_spec::{Pipeline, Transform};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The transforms of one source, ready to run per batch.
+#[derive(Debug)]
+pub struct Transforms {
+    source: String,
+    source_schema: SchemaRef,
+    chain: Vec<Transform>,
+    /// Output schema of every transform (planned once, at check time).
+    pub schemas: HashMap<String, SchemaRef>,
+}
+
+/// A transform whose SQL does not plan against its input's columns.
+#[derive(Debug)]
+pub struct PlanError {
+    pub transform: String,
+    pub at: (u64, u64),
+    pub message: String,
+}
+
+fn session() -> SessionContext {
+    // One partition per batch and no repartitioning: batches are small and already parallel
+    // across the pipeline's threads.
+    let cfg = datafusion::prelude::SessionConfig::new().with_target_partitions(1).with_batch_size(65_536);
+    SessionContext::new_with_config(cfg)
+}
+
+impl Transforms {
+    /// Plans every transform rooted at `source` against an empty table of its schema, so a
+    /// spec with a bad column or a type error fails before any data moves.
+    pub async fn plan(p: &Pipeline, source: &str, source_schema: SchemaRef) -> Result<Self, Vec<PlanError>> {
+        let ctx = session();
+        let chain: Vec<Transform> = p.transforms.iter().filter(|t| t.root_source == source).cloned().collect();
+        let mut schemas = HashMap::new();
+        let mut errors = Vec::new();
+        let empty = |s: SchemaRef| MemTable::try_new(s, vec![vec![]]);
+        if let Ok(t) = empty(source_schema.clone()) {
+            let _ = ctx.register_table(source, Arc::new(t));
+        }
+        for t in &chain {
+            let planned = async {
+                let df = ctx.sql(&t.sql).await?;
+                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                ctx.register_table(t.name.as_str(), Arc::new(empty(schema.clone())?))?;
+                Ok::<_, datafusion::error::DataFusionError>(schema)
+            };
+            match planned.await {
+                Ok(s) => {
+                    schemas.insert(t.name.clone(), s);
+                }
+                Err(e) => errors.push(PlanError { transform: t.name.clone(), at: t.at, message: first_line(&e.to_string()) }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self { source: source.to_string(), source_schema, chain, schemas })
+    }
+
+    /// Output schema of `name` (the source itself or one of its transforms).
+    pub fn schema_of(&self, name: &str) -> Option<SchemaRef> {
+        if name == self.source { Some(self.source_schema.clone()) } else { self.schemas.get(name).cloned() }
+    }
+
+    /// Runs the chain over one batch; returns the rows of every transform by name.
+    pub async fn apply(&self, batch: &RecordBatch) -> datafusion::error::Result<HashMap<String, Vec<RecordBatch>>> {
+        let mut out = HashMap::new();
+        if self.chain.is_empty() {
+            return Ok(out);
+        }
+        let ctx = session();
+        ctx.register_table(self.source.as_str(), Arc::new(MemTable::try_new(self.source_schema.clone(), vec![vec![batch.clone()]])?))?;
+        for t in &self.chain {
+            let rows = ctx.sql(&t.sql).await?.collect().await?;
+            let schema = self.schemas[&t.name].clone();
+            ctx.register_table(t.name.as_str(), Arc::new(MemTable::try_new(schema, vec![rows.clone()])?))?;
+            out.insert(t.name.clone(), rows);
+        }
+        Ok(out)
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or_default().to_string()
+}
