@@ -127,7 +127,7 @@ impl CsvReader {
             f.nfields = ncols;
             return Ok(f);
         }
-        let Some((start, end, _)) = next_record(&mut f, self.opts.quote, &mut self.fields, self.opts.delimiter)? else {
+        let Some((start, end, header_lines)) = next_record(&mut f, self.opts.quote, &mut self.fields, self.opts.delimiter)? else {
             return Err(Error::Schema { input: name.to_string(), source_name: self.source.name.clone(), reason: "the file is empty but a header line is expected".into() });
         };
         let header = std::str::from_utf8(&f.buf[start..end]).map_err(|_| Error::Schema {
@@ -173,6 +173,7 @@ impl CsvReader {
             }
         }
         f.nfields = names.len();
+        f.line_no += header_lines.max(1);
         f.pos = end;
         consume_terminator(&mut f);
         Ok(f)
