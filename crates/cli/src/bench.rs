@@ -26,31 +26,57 @@ pub struct BenchArgs {
 fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
 pub async fn run(a: BenchArgs) -> Result<()> {
     let csv = std::path::absolute(&a.csv)?;
-    let manifest = a.manifest.clone().unwrap_or_else(|| csv.with_extension("manifest.json"));
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?)?;
+    let manifest = a
+        .manifest
+        .clone()
+        .unwrap_or_else(|| csv.with_extension("manifest.json"));
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&manifest)
+            .with_context(|| format!("reading {}", manifest.display()))?,
+    )?;
     let _ = std::fs::remove_dir_all(&a.work);
     std::fs::create_dir_all(&a.work)?;
     let work = std::path::absolute(&a.work)?;
     let spec_text = include_str!("../../../examples/trades.yaml")
         .replace("data/trades_*.csv", &csv.display().to_string())
-        .replace("delta: { path: out/trades_clean }", &format!("{}: {{ path: out/clean }}", a.sink));
+        .replace(
+            "delta: { path: out/trades_clean }",
+            &format!("{}: {{ path: out/clean }}", a.sink),
+        );
     let spec_path = work.join("bench.yaml");
     std::fs::write(&spec_path, spec_text)?;
     let p = sealtrail_spec::load(&spec_path)?;
     let audit = sealtrail_core::audit::JsonlAuditLog::open(&work.join("audit.jsonl"))?;
-    let opts = sealtrail_engine::RunOptions { state_url: format!("sqlite://{}", work.join("state.db").display()), audit: Arc::new(audit), abandon_unfinished: true, progress: None };
+    let opts = sealtrail_engine::RunOptions {
+        state_url: format!("sqlite://{}", work.join("state.db").display()),
+        audit: Arc::new(audit),
+        abandon_unfinished: true,
+        progress: None,
+    };
     let t = std::time::Instant::now();
     let r = sealtrail_engine::run(&p, &opts).await?;
     let secs = t.elapsed().as_secs_f64();
     let rows = r.counts.rows_in as f64;
-    println!("rows_in {}  loaded {}  quarantined {}", r.counts.rows_in, r.counts.rows_loaded, r.counts.rows_quarantined);
-    println!("seconds {secs:.2}  rows/s {:.0}  peak RSS {:.0} MiB  sink {}", rows / secs, peak_rss_mib(), a.sink);
+    println!(
+        "rows_in {}  loaded {}  quarantined {}",
+        r.counts.rows_in, r.counts.rows_loaded, r.counts.rows_quarantined
+    );
+    println!(
+        "seconds {secs:.2}  rows/s {:.0}  peak RSS {:.0} MiB  sink {}",
+        rows / secs,
+        peak_rss_mib(),
+        a.sink
+    );
     let want = &m["expected"]["quarantine_by_reason"];
     let mut ok = r.counts.rows_in == m["expected"]["rows_in"].as_u64().unwrap_or(0);
     for (k, v) in want.as_object().into_iter().flatten() {

@@ -84,10 +84,21 @@ struct StateArgs {
 
 impl StateArgs {
     fn home(&self, spec: Option<&Path>) -> PathBuf {
-        self.home.clone().unwrap_or_else(|| spec.and_then(Path::parent).map(|d| d.join(".sealtrail")).unwrap_or_else(|| PathBuf::from(".sealtrail")))
+        self.home.clone().unwrap_or_else(|| {
+            spec.and_then(Path::parent)
+                .map(|d| d.join(".sealtrail"))
+                .unwrap_or_else(|| PathBuf::from(".sealtrail"))
+        })
     }
     fn url(&self, home: &Path) -> String {
-        self.state_url.clone().unwrap_or_else(|| format!("sqlite://{}", std::path::absolute(home.join("state.db")).unwrap_or_else(|_| home.join("state.db")).display()))
+        self.state_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                std::path::absolute(home.join("state.db"))
+                    .unwrap_or_else(|_| home.join("state.db"))
+                    .display()
+            )
+        })
     }
 }
 
@@ -117,11 +128,18 @@ fn exit_code(e: &anyhow::Error) -> i32 {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SEALTRAIL_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEALTRAIL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -140,7 +158,11 @@ fn main() {
 async fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Demo { dir, rows } => demo(&dir, rows).await,
-        Cmd::Run { spec, state, abandon_unfinished } => {
+        Cmd::Run {
+            spec,
+            state,
+            abandon_unfinished,
+        } => {
             let p = sealtrail_spec::load(&spec)?;
             let home = state.home(Some(&spec));
             let report = run_pipeline(&p, &home, &state.url(&home), abandon_unfinished).await?;
@@ -149,16 +171,35 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Check { specs } => check(&specs).await,
         Cmd::Schema => {
-            println!("{}", serde_json::to_string_pretty(&sealtrail_spec::json_schema())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&sealtrail_spec::json_schema())?
+            );
             Ok(())
         }
-        Cmd::Runs { pipeline, limit, state } => {
+        Cmd::Runs {
+            pipeline,
+            limit,
+            state,
+        } => {
             let home = state.home(None);
             let st = sealtrail_engine::state::StateStore::open(&state.url(&home)).await?;
             let runs = st.runs(pipeline.as_deref(), limit).await?;
-            println!("{:<38} {:<12} {:<10} {:>10} {:>10} {:>11}  started", "run", "pipeline", "status", "rows in", "loaded", "quarantined");
+            println!(
+                "{:<38} {:<12} {:<10} {:>10} {:>10} {:>11}  started",
+                "run", "pipeline", "status", "rows in", "loaded", "quarantined"
+            );
             for r in runs {
-                println!("{:<38} {:<12} {:<10} {:>10} {:>10} {:>11}  {}", r.run_id, r.pipeline, r.status, r.counts.rows_in, r.counts.rows_loaded, r.counts.rows_quarantined, r.started_at);
+                println!(
+                    "{:<38} {:<12} {:<10} {:>10} {:>10} {:>11}  {}",
+                    r.run_id,
+                    r.pipeline,
+                    r.status,
+                    r.counts.rows_in,
+                    r.counts.rows_loaded,
+                    r.counts.rows_quarantined,
+                    r.started_at
+                );
                 if let Some(e) = r.error {
                     println!("    error: {e}");
                 }
@@ -187,15 +228,22 @@ async fn check(specs: &[PathBuf]) -> Result<()> {
             println!("{}: ok", s.display());
         } else {
             bad += 1;
-            eprintln!("{}: {} error{}", s.display(), diags.len(), if diags.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "{}: {} error{}",
+                s.display(),
+                diags.len(),
+                if diags.len() == 1 { "" } else { "s" }
+            );
             for d in diags {
                 eprintln!("{d}");
             }
         }
     }
     if bad > 0 {
-        return Err(sealtrail_engine::Error::Spec(sealtrail_spec::Error::Invalid(Vec::new())))
-            .with_context(|| format!("{bad} spec(s) have errors"));
+        return Err(sealtrail_engine::Error::Spec(
+            sealtrail_spec::Error::Invalid(Vec::new()),
+        ))
+        .with_context(|| format!("{bad} spec(s) have errors"));
     }
     Ok(())
 }
@@ -206,21 +254,32 @@ fn progress_bar(label: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
-    pb.set_style(ProgressStyle::with_template("{spinner} {prefix}: {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {prefix}: {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     pb.set_prefix(label.to_string());
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
     pb
 }
 
-async fn run_pipeline(p: &sealtrail_spec::Pipeline, home: &Path, state_url: &str, abandon: bool) -> Result<RunReport> {
-    let audit = JsonlAuditLog::open(&home.join("audit.jsonl")).with_context(|| format!("opening the audit log in {}", home.display()))?;
+async fn run_pipeline(
+    p: &sealtrail_spec::Pipeline,
+    home: &Path,
+    state_url: &str,
+    abandon: bool,
+) -> Result<RunReport> {
+    let audit = JsonlAuditLog::open(&home.join("audit.jsonl"))
+        .with_context(|| format!("opening the audit log in {}", home.display()))?;
     let pb = progress_bar(&p.name);
     let pb2 = pb.clone();
     let opts = RunOptions {
         state_url: state_url.to_string(),
         audit: Arc::new(audit),
         abandon_unfinished: abandon,
-        progress: Some(Arc::new(move |src: &str, rows: u64| pb2.set_message(format!("{src}: {rows} records read")))),
+        progress: Some(Arc::new(move |src: &str, rows: u64| {
+            pb2.set_message(format!("{src}: {rows} records read"))
+        })),
     };
     let r = sealtrail_engine::run(p, &opts).await;
     pb.finish_and_clear();
@@ -228,8 +287,16 @@ async fn run_pipeline(p: &sealtrail_spec::Pipeline, home: &Path, state_url: &str
 }
 
 fn print_report(r: &RunReport) {
-    println!("pipeline {}  run {}{}", r.pipeline, r.run_id, if r.resumed { " (resumed)" } else { "" });
-    println!("  rows in {:>10}   loaded {:>10}   quarantined {:>8}", r.counts.rows_in, r.counts.rows_loaded, r.counts.rows_quarantined);
+    println!(
+        "pipeline {}  run {}{}",
+        r.pipeline,
+        r.run_id,
+        if r.resumed { " (resumed)" } else { "" }
+    );
+    println!(
+        "  rows in {:>10}   loaded {:>10}   quarantined {:>8}",
+        r.counts.rows_in, r.counts.rows_loaded, r.counts.rows_quarantined
+    );
     for (reason, n) in &r.by_reason {
         println!("    quarantined {n:>6} × {reason}");
     }
@@ -241,12 +308,31 @@ fn print_report(r: &RunReport) {
 
 async fn demo(dir: &Path, rows: usize) -> Result<()> {
     let data = dir.join("data");
-    println!("Generating {rows} trades and {} customers in {}", (rows / 10).max(10), data.display());
+    println!(
+        "Generating {rows} trades and {} customers in {}",
+        (rows / 10).max(10),
+        data.display()
+    );
     let (_, exp_t) = synth::trades(&data, rows, 42)?;
     let (_, exp_c) = synth::customers(&data, (rows / 10).max(10), 42)?;
-    let specs = [("trades.yaml", include_str!("../../../examples/trades.yaml"), exp_t), ("customers.yaml", include_str!("../../../examples/customers.yaml"), exp_c)];
+    let specs = [
+        (
+            "trades.yaml",
+            include_str!("../../../examples/trades.yaml"),
+            exp_t,
+        ),
+        (
+            "customers.yaml",
+            include_str!("../../../examples/customers.yaml"),
+            exp_c,
+        ),
+    ];
     let home = dir.join(".sealtrail");
-    let url = StateArgs { home: Some(home.clone()), state_url: None }.url(&home);
+    let url = StateArgs {
+        home: Some(home.clone()),
+        state_url: None,
+    }
+    .url(&home);
     for (file, text, expected) in specs {
         let path = dir.join(file);
         std::fs::write(&path, text)?;
@@ -256,14 +342,19 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
         print_report(&r);
         let got: std::collections::BTreeMap<String, u64> = r.by_reason.clone();
         if !r.resumed && got != expected {
-            anyhow::bail!("quarantine counts {got:?} differ from what the generator injected {expected:?}; this is a bug");
+            anyhow::bail!(
+                "quarantine counts {got:?} differ from what the generator injected {expected:?}; this is a bug"
+            );
         }
     }
     println!("\nAudit log: {}", home.join("audit.jsonl").display());
     println!("\nNext, try:");
     println!("  sealtrail runs --home {}", home.display());
     println!("  sealtrail check {}", dir.join("trades.yaml").display());
-    println!("  python3 -c \"import deltalake; print(deltalake.DeltaTable('{}').to_pyarrow_table().num_rows)\"", dir.join("out/trades_clean").display());
+    println!(
+        "  python3 -c \"import deltalake; print(deltalake.DeltaTable('{}').to_pyarrow_table().num_rows)\"",
+        dir.join("out/trades_clean").display()
+    );
     println!("  sealtrail demo --rows 2000000   # a bigger run");
     Ok(())
 }

@@ -2,18 +2,25 @@
 //! back by Python's `deltalake`/`pyarrow`, real PostgreSQL, SIGKILL in the middle of runs.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Once;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sealtrail"));
-    c.env_remove("SEALTRAIL_HOME").env_remove("SEALTRAIL_STATE_URL");
+    c.env_remove("SEALTRAIL_HOME")
+        .env_remove("SEALTRAIL_STATE_URL");
     c
 }
 
 fn run_ok(c: &mut Command) -> String {
     let out = c.output().expect("spawn sealtrail");
-    assert!(out.status.success(), "failed: {:?}\nstdout:\n{}\nstderr:\n{}", c, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        c,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -25,10 +32,27 @@ fn root() -> PathBuf {
 fn python() -> Command {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let ok = Command::new("python3").args(["-c", "import deltalake, pyarrow, faker"]).status().is_ok_and(|s| s.success());
+        let ok = Command::new("python3")
+            .args(["-c", "import deltalake, pyarrow, faker"])
+            .status()
+            .is_ok_and(|s| s.success());
         if !ok {
-            let st = Command::new("python3").args(["-m", "pip", "install", "-q", "deltalake", "pyarrow", "Faker==40.54.0"]).status().expect("python3 is required");
-            assert!(st.success(), "pip install deltalake pyarrow Faker failed; the tests need PyPI");
+            let st = Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "deltalake",
+                    "pyarrow",
+                    "Faker==40.54.0",
+                ])
+                .status()
+                .expect("python3 is required");
+            assert!(
+                st.success(),
+                "pip install deltalake pyarrow Faker failed; the tests need PyPI"
+            );
         }
     });
     Command::new("python3")
@@ -36,14 +60,23 @@ fn python() -> Command {
 
 fn py(script: &str) -> String {
     let out = python().args(["-c", script]).output().expect("python3");
-    assert!(out.status.success(), "python failed:\n{}\n{}", script, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n{}",
+        script,
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A folder with generated data and a copy of an example spec.
 fn project(spec: &str, rows: usize) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    run_ok(bin().args(["generate", "--rows", &rows.to_string(), "--dir"]).arg(dir.path().join("data")));
+    run_ok(
+        bin()
+            .args(["generate", "--rows", &rows.to_string(), "--dir"])
+            .arg(dir.path().join("data")),
+    );
     let text = std::fs::read_to_string(root().join("examples").join(spec)).unwrap();
     let path = dir.path().join(spec);
     std::fs::write(&path, text).unwrap();
@@ -51,8 +84,14 @@ fn project(spec: &str, rows: usize) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn counts(stdout: &str) -> (u64, u64, u64) {
-    let line = stdout.lines().find(|l| l.trim_start().starts_with("rows in")).unwrap_or_else(|| panic!("no counts in {stdout}"));
-    let n: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("rows in"))
+        .unwrap_or_else(|| panic!("no counts in {stdout}"));
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
     (n[0], n[1], n[2])
 }
 
@@ -108,21 +147,40 @@ print(t.num_rows, q.num_rows)
 fn quarantine_matches_the_reference_generator_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let st = python().arg(root().join("../shared/gen_trades.py")).args(["20000", "--out"]).arg(&data).output().unwrap();
+    let st = python()
+        .arg(root().join("../shared/gen_trades.py"))
+        .args(["20000", "--out"])
+        .arg(&data)
+        .output()
+        .unwrap();
     if !st.status.success() && !root().join("../shared/gen_trades.py").exists() {
         panic!("gen_trades.py not found beside the project (../shared)");
     }
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
     let spec = dir.path().join("trades.yaml");
-    std::fs::write(&spec, std::fs::read_to_string(root().join("examples/trades.yaml")).unwrap()).unwrap();
+    std::fs::write(
+        &spec,
+        std::fs::read_to_string(root().join("examples/trades.yaml")).unwrap(),
+    )
+    .unwrap();
     let out = run_ok(bin().arg("run").arg(&spec));
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(data.join("trades_20000.manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(data.join("trades_20000.manifest.json")).unwrap(),
+    )
+    .unwrap();
     let (rin, loaded, q) = counts(&out);
     assert_eq!(rin, m["expected"]["rows_in"].as_u64().unwrap());
     assert_eq!(loaded, m["expected"]["rows_valid"].as_u64().unwrap());
     assert_eq!(q, m["expected"]["rows_quarantined"].as_u64().unwrap());
     for (reason, n) in m["expected"]["quarantine_by_reason"].as_object().unwrap() {
-        assert!(out.contains(&format!("{:>6} × {reason}", n.as_u64().unwrap())), "{reason}: {out}");
+        assert!(
+            out.contains(&format!("{:>6} × {reason}", n.as_u64().unwrap())),
+            "{reason}: {out}"
+        );
     }
 }
 
@@ -131,13 +189,25 @@ fn quarantine_matches_the_reference_generator_manifest() {
 #[test]
 fn sigkill_then_rerun_loads_every_record_exactly_once() {
     let (dir, spec) = project("trades.yaml", 30_000);
-    let text = std::fs::read_to_string(&spec).unwrap().replace("batch_rows: 65536", "batch_rows: 400");
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("batch_rows: 65536", "batch_rows: 400");
     std::fs::write(&spec, text).unwrap();
     let audit = dir.path().join(".sealtrail/audit.jsonl");
-    let committed = || std::fs::read_to_string(&audit).map(|s| s.matches("\"batch_committed\"").count()).unwrap_or(0);
+    let committed = || {
+        std::fs::read_to_string(&audit)
+            .map(|s| s.matches("\"batch_committed\"").count())
+            .unwrap_or(0)
+    };
     let mut kills = 0;
     for target in [1usize, 4, 9, 17, 26, 40] {
-        let mut child = bin().arg("run").arg(&spec).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = bin()
+            .arg("run")
+            .arg(&spec)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         let start = std::time::Instant::now();
         loop {
             if child.try_wait().unwrap().is_some() {
@@ -178,12 +248,20 @@ print(len(ids) + len(lines), len(lines))
 fn spec_errors_are_reported_all_at_once_with_locations() {
     let (dir, spec) = project("trades.yaml", 100);
     let text = std::fs::read_to_string(&spec).unwrap();
-    let bad = text.replace("column: isin, scheme: isin", "column: isinn, scheme: isin").replace("type: int64", "type: integer").replace("FROM trades", "FROM trade");
+    let bad = text
+        .replace("column: isin, scheme: isin", "column: isinn, scheme: isin")
+        .replace("type: int64", "type: integer")
+        .replace("FROM trades", "FROM trade");
     std::fs::write(&spec, bad).unwrap();
     let out = bin().arg("check").arg(&spec).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    for want in ["`isinn`, which is not declared", "unknown type `integer`", "reads `trade`", "hint:"] {
+    for want in [
+        "`isinn`, which is not declared",
+        "unknown type `integer`",
+        "reads `trade`",
+        "hint:",
+    ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
     assert!(err.contains("trades.yaml:"), "{err}");
@@ -192,7 +270,10 @@ fn spec_errors_are_reported_all_at_once_with_locations() {
     let out = bin().arg("check").arg(&spec).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("trades.yaml:6:1: unknown field `batch_row`"), "{err}");
+    assert!(
+        err.contains("trades.yaml:6:1: unknown field `batch_row`"),
+        "{err}"
+    );
     drop(dir);
 }
 
@@ -201,31 +282,61 @@ fn unreadable_or_mismatched_sources_fail_and_write_nothing() {
     let (dir, spec) = project("trades.yaml", 100);
     // A header that lacks a required column: nothing may be written anywhere.
     let csv = dir.path().join("data/trades_100.csv");
-    let body = std::fs::read_to_string(&csv).unwrap_or_else(|_| String::from_utf8_lossy(&std::fs::read(&csv).unwrap()).into_owned());
-    std::fs::write(dir.path().join("data/trades_zz.csv"), body.replacen("trade_id,", "tradeid,", 1)).unwrap();
+    let body = std::fs::read_to_string(&csv)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&std::fs::read(&csv).unwrap()).into_owned());
+    std::fs::write(
+        dir.path().join("data/trades_zz.csv"),
+        body.replacen("trade_id,", "tradeid,", 1),
+    )
+    .unwrap();
     let out = bin().arg("run").arg(&spec).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("required column(s) trade_id missing") && err.contains("trades_zz.csv"), "{err}");
-    assert!(!dir.path().join("out").exists(), "output written by a failed run");
+    assert!(
+        err.contains("required column(s) trade_id missing") && err.contains("trades_zz.csv"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("out").exists(),
+        "output written by a failed run"
+    );
     // A path without wildcards that does not exist.
-    std::fs::write(&spec, std::fs::read_to_string(&spec).unwrap().replace("data/trades_*.csv", "data/nope.csv")).unwrap();
+    std::fs::write(
+        &spec,
+        std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace("data/trades_*.csv", "data/nope.csv"),
+    )
+    .unwrap();
     let out = bin().arg("run").arg(&spec).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("nope.csv") && err.contains("no such file"), "{err}");
+    assert!(
+        err.contains("nope.csv") && err.contains("no such file"),
+        "{err}"
+    );
     assert!(!dir.path().join("out").exists());
 }
 
 #[test]
 fn secrets_in_specs_are_refused_without_being_echoed() {
     let (_dir, spec) = project("trades.yaml", 100);
-    let text = std::fs::read_to_string(&spec).unwrap().replace("delta: { path: out/trades_clean }", "postgres: { url: 'postgres://etl:Sup3rS3cret@db/x', table: trades }");
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "delta: { path: out/trades_clean }",
+        "postgres: { url: 'postgres://etl:Sup3rS3cret@db/x', table: trades }",
+    );
     std::fs::write(&spec, text).unwrap();
     let out = bin().arg("check").arg(&spec).output().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.status.code(), Some(2), "{all}");
-    assert!(all.contains("password in clear") && all.contains("env:NAME"), "{all}");
+    assert!(
+        all.contains("password in clear") && all.contains("env:NAME"),
+        "{all}"
+    );
     assert!(!all.contains("Sup3rS3cret"), "{all}");
 }
 
@@ -245,16 +356,26 @@ fn incremental_files_are_loaded_once() {
 
 #[test]
 fn run_state_works_in_postgres() {
-    let url = std::env::var("SEALTRAIL_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let url = std::env::var("SEALTRAIL_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let (dir, spec) = project("trades.yaml", 3000);
     // A pipeline name unique to this test run: the state tables are shared.
     let name = format!("trades_pg_{}", std::process::id());
-    std::fs::write(&spec, std::fs::read_to_string(&spec).unwrap().replace("pipeline: trades", &format!("pipeline: {name}"))).unwrap();
+    std::fs::write(
+        &spec,
+        std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace("pipeline: trades", &format!("pipeline: {name}")),
+    )
+    .unwrap();
     let out = run_ok(bin().arg("run").arg(&spec).args(["--state-url", &url]));
     let (rin, ..) = counts(&out);
     assert_eq!(rin, 3000);
     let runs = run_ok(bin().args(["runs", "--pipeline", &name, "--state-url", &url]));
-    assert!(runs.contains("succeeded") && runs.contains("3000"), "{runs}");
+    assert!(
+        runs.contains("succeeded") && runs.contains("3000"),
+        "{runs}"
+    );
     drop(dir);
 }
 
@@ -271,12 +392,18 @@ fn audit_events_cover_the_run() {
     let (dir, spec) = project("trades.yaml", 1000);
     run_ok(bin().arg("run").arg(&spec));
     let text = std::fs::read_to_string(dir.path().join(".sealtrail/audit.jsonl")).unwrap();
-    let events: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(events.first().unwrap()["event"], "run_started");
     assert_eq!(events.last().unwrap()["event"], "run_ended");
     assert!(events.iter().any(|e| e["event"] == "records_quarantined"));
     // No record values in the audit log: no e-mail, IBAN or trade id from the input.
     for leak in ["@example", "@bank.example", "WEST", "TRD-"] {
-        assert!(!text.contains(leak), "record values ({leak}) leaked into the audit log");
+        assert!(
+            !text.contains(leak),
+            "record values ({leak}) leaked into the audit log"
+        );
     }
 }

@@ -113,22 +113,51 @@ fn unescape_into(s: &str, quote: char, out: &mut String) {
 
 impl CsvReader {
     pub fn new(source: Source, opts: CsvOptions, inputs: Vec<PathBuf>, batch_rows: usize) -> Self {
-        Self { source, opts, inputs: inputs.into(), batch_rows: batch_rows.max(1), cur: None, fields: Vec::new() }
+        Self {
+            source,
+            opts,
+            inputs: inputs.into(),
+            batch_rows: batch_rows.max(1),
+            cur: None,
+            fields: Vec::new(),
+        }
     }
 
     fn open(&mut self, path: PathBuf) -> Result<OpenFile> {
         let name: Arc<str> = path.display().to_string().into();
-        let unreadable = |e: std::io::Error| Error::Unreadable { input: name.to_string(), reason: e.to_string() };
+        let unreadable = |e: std::io::Error| Error::Unreadable {
+            input: name.to_string(),
+            reason: e.to_string(),
+        };
         let file = std::fs::File::open(&path).map_err(unreadable)?;
-        let mut f = OpenFile { name: name.clone(), file, buf: Vec::new(), pos: 0, eof: false, line_no: 1, map: Vec::new(), nfields: 0 };
+        let mut f = OpenFile {
+            name: name.clone(),
+            file,
+            buf: Vec::new(),
+            pos: 0,
+            eof: false,
+            line_no: 1,
+            map: Vec::new(),
+            nfields: 0,
+        };
         let ncols = self.source.columns.len();
         if !self.opts.header {
             f.map = (0..ncols).map(Some).collect();
             f.nfields = ncols;
             return Ok(f);
         }
-        let Some((start, end, header_lines)) = next_record(&mut f, self.opts.quote, &mut self.fields, self.opts.delimiter)? else {
-            return Err(Error::Schema { input: name.to_string(), source_name: self.source.name.clone(), reason: "the file is empty but a header line is expected".into() });
+        let Some((start, end, header_lines)) = next_record(
+            &mut f,
+            self.opts.quote,
+            &mut self.fields,
+            self.opts.delimiter,
+        )?
+        else {
+            return Err(Error::Schema {
+                input: name.to_string(),
+                source_name: self.source.name.clone(),
+                reason: "the file is empty but a header line is expected".into(),
+            });
         };
         let header = std::str::from_utf8(&f.buf[start..end]).map_err(|_| Error::Schema {
             input: name.to_string(),
@@ -136,17 +165,30 @@ impl CsvReader {
             reason: "the header line is not valid UTF-8".into(),
         })?;
         let header = header.strip_prefix('\u{feff}').unwrap_or(header);
-        split(header.as_bytes(), self.opts.delimiter, self.opts.quote, &mut self.fields);
+        split(
+            header.as_bytes(),
+            self.opts.delimiter,
+            self.opts.quote,
+            &mut self.fields,
+        );
         let names: Vec<String> = self
             .fields
             .iter()
             .map(|&(a, b, q)| {
                 let mut s = String::new();
-                if q { unescape_into(&header[a..b], self.opts.quote as char, &mut s) } else { s.push_str(&header[a..b]) }
+                if q {
+                    unescape_into(&header[a..b], self.opts.quote as char, &mut s)
+                } else {
+                    s.push_str(&header[a..b])
+                }
                 s
             })
             .collect();
-        let schema_err = |reason: String| Error::Schema { input: name.to_string(), source_name: self.source.name.clone(), reason };
+        let schema_err = |reason: String| Error::Schema {
+            input: name.to_string(),
+            source_name: self.source.name.clone(),
+            reason,
+        };
         for (i, n) in names.iter().enumerate() {
             if names[..i].contains(n) {
                 return Err(schema_err(format!("the header names column `{n}` twice")));
@@ -161,10 +203,17 @@ impl CsvReader {
             f.map.push(at);
         }
         if !missing.is_empty() {
-            return Err(schema_err(format!("required column(s) {} missing from the header", missing.join(", "))));
+            return Err(schema_err(format!(
+                "required column(s) {} missing from the header",
+                missing.join(", ")
+            )));
         }
         if self.source.unknown_columns == UnknownColumns::Reject {
-            let unknown: Vec<&str> = names.iter().filter(|n| self.source.column_index(n).is_none()).map(String::as_str).collect();
+            let unknown: Vec<&str> = names
+                .iter()
+                .filter(|n| self.source.column_index(n).is_none())
+                .map(String::as_str)
+                .collect();
             if !unknown.is_empty() {
                 return Err(schema_err(format!(
                     "undeclared column(s) {}; declare them under `columns:` or set `unknown_columns: drop`",
@@ -193,17 +242,28 @@ fn consume_terminator(f: &mut OpenFile) {
 /// Finds the next record in the buffer, reading more as needed. Returns its byte range in
 /// `f.buf` (terminator excluded) and leaves `f.pos` at its end; `None` at end of file.
 /// The third value is the number of physical lines it spans (0 when it is cut short).
-fn next_record(f: &mut OpenFile, quote: u8, scratch: &mut Vec<(usize, usize, bool)>, delim: u8) -> Result<Option<(usize, usize, u64)>> {
+fn next_record(
+    f: &mut OpenFile,
+    quote: u8,
+    scratch: &mut Vec<(usize, usize, bool)>,
+    delim: u8,
+) -> Result<Option<(usize, usize, u64)>> {
     let mut scan_from = f.pos;
     let mut lines = 1u64;
     loop {
         match memchr::memchr(b'\n', &f.buf[scan_from..]) {
             Some(k) => {
                 let mut end = scan_from + k;
-                let line_end = if end > f.pos && f.buf[end - 1] == b'\r' { end - 1 } else { end };
+                let line_end = if end > f.pos && f.buf[end - 1] == b'\r' {
+                    end - 1
+                } else {
+                    end
+                };
                 // Only records that open a quote can continue on the next line.
                 let rec = &f.buf[f.pos..line_end];
-                if memchr::memchr(quote, rec).is_some() && matches!(split(rec, delim, quote, scratch), Split::Open) {
+                if memchr::memchr(quote, rec).is_some()
+                    && matches!(split(rec, delim, quote, scratch), Split::Open)
+                {
                     if line_end - f.pos < MAX_RECORD_BYTES && (end + 1 < f.buf.len() || !f.eof) {
                         scan_from = end + 1;
                         lines += 1;
@@ -214,7 +274,11 @@ fn next_record(f: &mut OpenFile, quote: u8, scratch: &mut Vec<(usize, usize, boo
                     }
                     // Too long or file ends inside quotes: cut at the first line.
                     end = f.pos + memchr::memchr(b'\n', &f.buf[f.pos..]).unwrap_or(0);
-                    let le = if end > f.pos && f.buf[end - 1] == b'\r' { end - 1 } else { end };
+                    let le = if end > f.pos && f.buf[end - 1] == b'\r' {
+                        end - 1
+                    } else {
+                        end
+                    };
                     let start = f.pos;
                     f.pos = le;
                     return Ok(Some((start, le, 0)));
@@ -232,8 +296,13 @@ fn next_record(f: &mut OpenFile, quote: u8, scratch: &mut Vec<(usize, usize, boo
                 let start = f.pos;
                 let end = f.buf.len();
                 let rec = &f.buf[start..end];
-                let open = memchr::memchr(quote, rec).is_some() && matches!(split(rec, delim, quote, scratch), Split::Open);
-                let end = if open { start + memchr::memchr(b'\n', rec).unwrap_or(rec.len()) } else { end };
+                let open = memchr::memchr(quote, rec).is_some()
+                    && matches!(split(rec, delim, quote, scratch), Split::Open);
+                let end = if open {
+                    start + memchr::memchr(b'\n', rec).unwrap_or(rec.len())
+                } else {
+                    end
+                };
                 f.pos = end;
                 return Ok(Some((start, end, if open { 0 } else { lines })));
             }
@@ -258,7 +327,12 @@ fn refill(f: &mut OpenFile, scan_from: &mut usize) -> Result<()> {
             }
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::Unreadable { input: f.name.to_string(), reason: e.to_string() }),
+            Err(e) => {
+                return Err(Error::Unreadable {
+                    input: f.name.to_string(),
+                    reason: e.to_string(),
+                });
+            }
         }
     }
     f.buf.truncate(filled);
@@ -269,17 +343,34 @@ impl SourceReader for CsvReader {
     fn next_batch(&mut self) -> Result<Option<Decoded>> {
         loop {
             if self.cur.is_none() {
-                let Some(path) = self.inputs.pop_front() else { return Ok(None) };
+                let Some(path) = self.inputs.pop_front() else {
+                    return Ok(None);
+                };
                 self.cur = Some(self.open(path)?);
             }
             let ncols = self.source.columns.len();
-            let (delim, quote, empty_is_null) = (self.opts.delimiter, self.opts.quote, self.opts.empty_is_null);
+            let (delim, quote, empty_is_null) = (
+                self.opts.delimiter,
+                self.opts.quote,
+                self.opts.empty_is_null,
+            );
             let Some(f) = self.cur.as_mut() else { continue };
-            let mut batch = RawBatch::with_capacity(f.name.clone(), PosKind::Line, ncols, self.batch_rows, self.batch_rows * 64);
+            let mut batch = RawBatch::with_capacity(
+                f.name.clone(),
+                PosKind::Line,
+                ncols,
+                self.batch_rows,
+                self.batch_rows * 64,
+            );
             let mut malformed = Vec::new();
             let mut rows = 0;
-            while rows < self.batch_rows && batch.text_len() < RawBatch::MAX_TEXT_BYTES - MAX_RECORD_BYTES * 2 {
-                let Some((start, end, lines)) = next_record(f, quote, &mut self.fields, delim)? else { break };
+            while rows < self.batch_rows
+                && batch.text_len() < RawBatch::MAX_TEXT_BYTES - MAX_RECORD_BYTES * 2
+            {
+                let Some((start, end, lines)) = next_record(f, quote, &mut self.fields, delim)?
+                else {
+                    break;
+                };
                 let line_no = f.line_no;
                 f.line_no += lines.max(1);
                 consume_terminator(f);
@@ -350,7 +441,11 @@ mod tests {
                 v.iter()
                     .map(|&(a, b, q)| {
                         let mut s = String::new();
-                        if q { unescape_into(&line[a..b], '"', &mut s) } else { s.push_str(&line[a..b]) }
+                        if q {
+                            unescape_into(&line[a..b], '"', &mut s)
+                        } else {
+                            s.push_str(&line[a..b])
+                        }
                         s
                     })
                     .collect(),
@@ -362,7 +457,10 @@ mod tests {
     fn rfc4180_fields() {
         assert_eq!(fields("a,b,c").unwrap(), ["a", "b", "c"]);
         assert_eq!(fields("a,,").unwrap(), ["a", "", ""]);
-        assert_eq!(fields("\"x,y\",\"say \"\"hi\"\"\",\"\"").unwrap(), ["x,y", "say \"hi\"", ""]);
+        assert_eq!(
+            fields("\"x,y\",\"say \"\"hi\"\"\",\"\"").unwrap(),
+            ["x,y", "say \"hi\"", ""]
+        );
         assert_eq!(fields("a\"b,c").unwrap(), ["a\"b", "c"]);
         assert_eq!(fields("\"ab\"cd,e").unwrap(), ["abcd", "e"]);
         assert_eq!(fields("").unwrap(), [""]);

@@ -9,9 +9,15 @@ use std::path::PathBuf;
 pub fn list(pattern: &str) -> Result<Vec<PathBuf>> {
     let wild = pattern.contains(['*', '?', '[']);
     let mut out = Vec::new();
-    let paths = glob::glob(pattern).map_err(|e| Error::Unreadable { input: pattern.into(), reason: e.to_string() })?;
+    let paths = glob::glob(pattern).map_err(|e| Error::Unreadable {
+        input: pattern.into(),
+        reason: e.to_string(),
+    })?;
     for p in paths {
-        let p = p.map_err(|e| Error::Unreadable { input: pattern.into(), reason: e.to_string() })?;
+        let p = p.map_err(|e| Error::Unreadable {
+            input: pattern.into(),
+            reason: e.to_string(),
+        })?;
         if p.is_file() {
             out.push(p);
         }
@@ -19,7 +25,9 @@ pub fn list(pattern: &str) -> Result<Vec<PathBuf>> {
     if out.is_empty() && !wild {
         return Err(Error::Unreadable {
             input: pattern.into(),
-            reason: "no such file; check `path` in the spec (relative paths start at the spec's folder)".into(),
+            reason:
+                "no such file; check `path` in the spec (relative paths start at the spec's folder)"
+                    .into(),
         });
     }
     out.sort();
@@ -29,7 +37,10 @@ pub fn list(pattern: &str) -> Result<Vec<PathBuf>> {
 /// Identity of a file's content for incremental loads: path, size and modification time.
 /// A file rewritten in place gets a new fingerprint and is loaded again.
 pub fn fingerprint(p: &std::path::Path) -> Result<String> {
-    let m = std::fs::metadata(p).map_err(|e| Error::Unreadable { input: p.display().to_string(), reason: e.to_string() })?;
+    let m = std::fs::metadata(p).map_err(|e| Error::Unreadable {
+        input: p.display().to_string(),
+        reason: e.to_string(),
+    })?;
     let mtime = m
         .modified()
         .ok()

@@ -26,7 +26,13 @@ pub struct JsonlReader {
 
 impl JsonlReader {
     pub fn new(source: Source, inputs: Vec<PathBuf>, batch_rows: usize) -> Self {
-        Self { source, inputs: inputs.into(), batch_rows: batch_rows.max(1), cur: None, line: Vec::new() }
+        Self {
+            source,
+            inputs: inputs.into(),
+            batch_rows: batch_rows.max(1),
+            cur: None,
+            line: Vec::new(),
+        }
     }
 }
 
@@ -34,21 +40,32 @@ impl SourceReader for JsonlReader {
     fn next_batch(&mut self) -> Result<Option<Decoded>> {
         loop {
             if self.cur.is_none() {
-                let Some(path) = self.inputs.pop_front() else { return Ok(None) };
+                let Some(path) = self.inputs.pop_front() else {
+                    return Ok(None);
+                };
                 let name: Arc<str> = path.display().to_string().into();
-                let f = std::fs::File::open(&path).map_err(|e| Error::Unreadable { input: name.to_string(), reason: e.to_string() })?;
+                let f = std::fs::File::open(&path).map_err(|e| Error::Unreadable {
+                    input: name.to_string(),
+                    reason: e.to_string(),
+                })?;
                 self.cur = Some((name, std::io::BufReader::with_capacity(1 << 20, f), 0));
             }
             let ncols = self.source.columns.len();
-            let Some((name, reader, line_no)) = self.cur.as_mut() else { continue };
+            let Some((name, reader, line_no)) = self.cur.as_mut() else {
+                continue;
+            };
             let mut batch = RawBatch::new(name.clone(), PosKind::Line, ncols);
             let mut malformed = Vec::new();
             let mut rows = 0;
             while rows < self.batch_rows {
                 self.line.clear();
-                let n = reader
-                    .read_until(b'\n', &mut self.line)
-                    .map_err(|e| Error::Unreadable { input: name.to_string(), reason: e.to_string() })?;
+                let n =
+                    reader
+                        .read_until(b'\n', &mut self.line)
+                        .map_err(|e| Error::Unreadable {
+                            input: name.to_string(),
+                            reason: e.to_string(),
+                        })?;
                 if n == 0 {
                     break;
                 }
@@ -72,20 +89,27 @@ impl SourceReader for JsonlReader {
                     malformed.push(bad("invalid_utf8", "decode(utf-8)".into()));
                     continue;
                 }
-                let obj = match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw) {
-                    Ok(o) => o,
-                    Err(_) => {
-                        malformed.push(bad("invalid_json", "json(object)".into()));
-                        continue;
-                    }
-                };
-                if self.source.unknown_columns == UnknownColumns::Reject {
-                    if let Some(k) = obj.keys().find(|k| self.source.column_index(k).is_none()) {
-                        malformed.push(bad("unknown_column", format!("columns({k})")));
-                        continue;
-                    }
+                let obj =
+                    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw)
+                    {
+                        Ok(o) => o,
+                        Err(_) => {
+                            malformed.push(bad("invalid_json", "json(object)".into()));
+                            continue;
+                        }
+                    };
+                if self.source.unknown_columns == UnknownColumns::Reject
+                    && let Some(k) = obj.keys().find(|k| self.source.column_index(k).is_none())
+                {
+                    malformed.push(bad("unknown_column", format!("columns({k})")));
+                    continue;
                 }
-                if let Some(c) = self.source.columns.iter().find(|c| c.required && !obj.contains_key(&c.name)) {
+                if let Some(c) = self
+                    .source
+                    .columns
+                    .iter()
+                    .find(|c| c.required && !obj.contains_key(&c.name))
+                {
                     malformed.push(bad("missing_column", format!("required({})", c.name)));
                     continue;
                 }

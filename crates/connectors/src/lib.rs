@@ -29,7 +29,11 @@ pub enum Error {
     Unreadable { input: String, reason: String },
     /// The input's shape does not fit the declared columns (header, table columns).
     #[error("{input} does not match the declared columns of source `{source_name}`: {reason}")]
-    Schema { input: String, source_name: String, reason: String },
+    Schema {
+        input: String,
+        source_name: String,
+        reason: String,
+    },
     #[error("sink `{sink}` failed: {reason}")]
     Sink { sink: String, reason: String },
     #[error("source `{source_name}`: {reason}")]
@@ -60,10 +64,23 @@ pub trait SourceReader: Send {
 
 /// Opens `source` over the given input files (chosen by the engine: all, or only new ones).
 /// Database sources are opened by the engine (they are async); see the engine's `pg` module.
-pub fn open_source(source: &Source, inputs: Vec<PathBuf>, batch_rows: usize) -> Result<Box<dyn SourceReader>> {
+pub fn open_source(
+    source: &Source,
+    inputs: Vec<PathBuf>,
+    batch_rows: usize,
+) -> Result<Box<dyn SourceReader>> {
     match &source.connector {
-        SourceConnector::Csv(opts) => Ok(Box::new(csv::CsvReader::new(source.clone(), opts.clone(), inputs, batch_rows))),
-        SourceConnector::Jsonl(_) => Ok(Box::new(jsonl::JsonlReader::new(source.clone(), inputs, batch_rows))),
+        SourceConnector::Csv(opts) => Ok(Box::new(csv::CsvReader::new(
+            source.clone(),
+            opts.clone(),
+            inputs,
+            batch_rows,
+        ))),
+        SourceConnector::Jsonl(_) => Ok(Box::new(jsonl::JsonlReader::new(
+            source.clone(),
+            inputs,
+            batch_rows,
+        ))),
         SourceConnector::Parquet(_) | SourceConnector::Postgres(_) => Err(Error::Unsupported {
             source_name: source.name.clone(),
             reason: "this connector is not implemented yet; use csv or jsonl".into(),

@@ -39,10 +39,16 @@ pub struct CommitKey {
 impl CommitKey {
     /// The Delta application id of a run's commits.
     pub fn app_id(&self) -> String {
-        format!("sealtrail/{}/{}/{}", self.pipeline, self.source, self.run_id)
+        format!(
+            "sealtrail/{}/{}/{}",
+            self.pipeline, self.source, self.run_id
+        )
     }
     fn file_name(&self) -> String {
-        format!("part-{}-{}-{:06}.zstd.parquet", self.run_id, self.source, self.batch)
+        format!(
+            "part-{}-{}-{:06}.zstd.parquet",
+            self.run_id, self.source, self.batch
+        )
     }
 }
 
@@ -56,12 +62,24 @@ pub fn writer_properties() -> WriterProperties {
 
 #[derive(Debug)]
 pub enum SinkWriter {
-    Parquet { name: String, dir: PathBuf, schema: SchemaRef },
-    Delta { name: String, uri: String, table: Box<DeltaTable>, schema: SchemaRef },
+    Parquet {
+        name: String,
+        dir: PathBuf,
+        schema: SchemaRef,
+    },
+    Delta {
+        name: String,
+        uri: String,
+        table: Box<DeltaTable>,
+        schema: SchemaRef,
+    },
 }
 
 fn sink_err(name: &str, reason: impl std::fmt::Display) -> Error {
-    Error::Sink { sink: name.to_string(), reason: reason.to_string() }
+    Error::Sink {
+        sink: name.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Opens (creating when missing) the sink `name` for rows of `schema`. An existing Delta
@@ -69,18 +87,32 @@ fn sink_err(name: &str, reason: impl std::fmt::Display) -> Error {
 pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result<SinkWriter> {
     match target {
         Target::Parquet { dir } => {
-            std::fs::create_dir_all(dir).map_err(|e| sink_err(name, format!("cannot create folder {}: {e}", dir.display())))?;
-            Ok(SinkWriter::Parquet { name: name.into(), dir: dir.clone(), schema })
+            std::fs::create_dir_all(dir).map_err(|e| {
+                sink_err(name, format!("cannot create folder {}: {e}", dir.display()))
+            })?;
+            Ok(SinkWriter::Parquet {
+                name: name.into(),
+                dir: dir.clone(),
+                schema,
+            })
         }
         Target::Delta { uri } => {
             let url = if uri.contains("://") {
-                url::Url::parse(uri).map_err(|e| sink_err(name, format!("bad table URL {uri}: {e}")))?
+                url::Url::parse(uri)
+                    .map_err(|e| sink_err(name, format!("bad table URL {uri}: {e}")))?
             } else {
-                std::fs::create_dir_all(uri).map_err(|e| sink_err(name, format!("cannot create folder {uri}: {e}")))?;
-                url::Url::from_directory_path(uri).map_err(|_| sink_err(name, format!("bad table path {uri}")))?
+                std::fs::create_dir_all(uri)
+                    .map_err(|e| sink_err(name, format!("cannot create folder {uri}: {e}")))?;
+                url::Url::from_directory_path(uri)
+                    .map_err(|_| sink_err(name, format!("bad table path {uri}")))?
             };
-            let mut table = DeltaTable::try_from_url(url).await.map_err(|e| sink_err(name, format!("cannot open Delta table {uri}: {e}")))?;
-            let kernel: StructType = schema.as_ref().try_into_kernel().map_err(|e| sink_err(name, e))?;
+            let mut table = DeltaTable::try_from_url(url)
+                .await
+                .map_err(|e| sink_err(name, format!("cannot open Delta table {uri}: {e}")))?;
+            let kernel: StructType = schema
+                .as_ref()
+                .try_into_kernel()
+                .map_err(|e| sink_err(name, e))?;
             if table.version().is_none() {
                 table = table
                     .create()
@@ -90,8 +122,14 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
                     .map_err(|e| sink_err(name, format!("cannot create Delta table {uri}: {e}")))?;
             } else {
                 let existing = table.snapshot().map_err(|e| sink_err(name, e))?.schema();
-                let want: Vec<(String, String)> = kernel.fields().map(|f| (f.name().clone(), f.data_type().to_string())).collect();
-                let have: Vec<(String, String)> = existing.fields().map(|f| (f.name().clone(), f.data_type().to_string())).collect();
+                let want: Vec<(String, String)> = kernel
+                    .fields()
+                    .map(|f| (f.name().clone(), f.data_type().to_string()))
+                    .collect();
+                let have: Vec<(String, String)> = existing
+                    .fields()
+                    .map(|f| (f.name().clone(), f.data_type().to_string()))
+                    .collect();
                 if want != have {
                     return Err(sink_err(
                         name,
@@ -103,14 +141,25 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
                     ));
                 }
             }
-            Ok(SinkWriter::Delta { name: name.into(), uri: uri.clone(), table: Box::new(table), schema })
+            Ok(SinkWriter::Delta {
+                name: name.into(),
+                uri: uri.clone(),
+                table: Box::new(table),
+                schema,
+            })
         }
-        Target::Postgres { .. } => Err(sink_err(name, "the postgres sink is not implemented yet; use delta or parquet")),
+        Target::Postgres { .. } => Err(sink_err(
+            name,
+            "the postgres sink is not implemented yet; use delta or parquet",
+        )),
     }
 }
 
 fn fmt_cols(c: &[(String, String)]) -> String {
-    c.iter().map(|(n, t)| format!("{n}:{t}")).collect::<Vec<_>>().join(", ")
+    c.iter()
+        .map(|(n, t)| format!("{n}:{t}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl SinkWriter {
@@ -157,7 +206,8 @@ impl SinkWriter {
                 if rows == 0 {
                     return Ok(true);
                 }
-                let props = CommitProperties::default().with_application_transaction(Transaction::new(&app_id, key.batch as i64));
+                let props = CommitProperties::default()
+                    .with_application_transaction(Transaction::new(&app_id, key.batch as i64));
                 let mut w = RecordBatchWriter::for_table(table)
                     .map_err(|e| sink_err(name, e))?
                     .with_writer_properties(writer_properties())
@@ -165,7 +215,9 @@ impl SinkWriter {
                 for b in batches {
                     w.write(b.clone()).await.map_err(|e| sink_err(name, e))?;
                 }
-                w.flush_and_commit(table).await.map_err(|e| sink_err(name, e))?;
+                w.flush_and_commit(table)
+                    .await
+                    .map_err(|e| sink_err(name, e))?;
                 Ok(true)
             }
         }
@@ -174,12 +226,20 @@ impl SinkWriter {
 
 /// Writes a Parquet file under a hidden temporary name (ignored by Parquet readers), fsyncs
 /// it and renames it into place, so a reader never sees a half-written file.
-pub fn write_parquet_atomically(path: &Path, schema: &SchemaRef, batches: &[RecordBatch]) -> std::io::Result<()> {
+pub fn write_parquet_atomically(
+    path: &Path,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let fname = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let fname = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{fname}.tmp"));
     let file = std::fs::File::create(&tmp)?;
-    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties())).map_err(std::io::Error::other)?;
+    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))
+        .map_err(std::io::Error::other)?;
     for b in batches {
         w.write(b).map_err(std::io::Error::other)?;
     }

@@ -92,8 +92,14 @@ impl JsonlAuditLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { path: path.to_path_buf(), file: Mutex::new(file) })
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+        })
     }
     pub fn path(&self) -> &Path {
         &self.path
@@ -139,7 +145,11 @@ mod tests {
         let ev = AuditEvent::RunEnded {
             run_id: run.clone(),
             pipeline: "p".into(),
-            counts: Counts { rows_in: 3, rows_loaded: 2, rows_quarantined: 1 },
+            counts: Counts {
+                rows_in: 3,
+                rows_loaded: 2,
+                rows_quarantined: 1,
+            },
             at: now(),
         };
         log.record(&ev).unwrap();

@@ -85,7 +85,10 @@ pub struct Reason {
 
 impl Reason {
     pub fn new(code: impl Into<String>, rule: impl Into<String>) -> Self {
-        Self { code: code.into(), rule: rule.into() }
+        Self {
+            code: code.into(),
+            rule: rule.into(),
+        }
     }
 }
 
@@ -122,9 +125,17 @@ mod tests {
 
     #[test]
     fn counts_balance() {
-        let mut c = Counts { rows_in: 10, rows_loaded: 7, rows_quarantined: 3 };
+        let mut c = Counts {
+            rows_in: 10,
+            rows_loaded: 7,
+            rows_quarantined: 3,
+        };
         assert!(c.balanced());
-        c.add(Counts { rows_in: 1, rows_loaded: 0, rows_quarantined: 0 });
+        c.add(Counts {
+            rows_in: 1,
+            rows_loaded: 0,
+            rows_quarantined: 0,
+        });
         assert!(!c.balanced());
     }
 

@@ -51,7 +51,13 @@ impl RawBatch {
         }
     }
 
-    pub fn with_capacity(input: Arc<str>, pos_kind: PosKind, ncols: usize, rows: usize, bytes: usize) -> Self {
+    pub fn with_capacity(
+        input: Arc<str>,
+        pos_kind: PosKind,
+        ncols: usize,
+        rows: usize,
+        bytes: usize,
+    ) -> Self {
         let mut b = Self::new(input, pos_kind, ncols);
         b.text.reserve(bytes);
         b.raw.reserve(bytes);
@@ -109,7 +115,11 @@ impl RawBatch {
     #[inline]
     pub fn get(&self, row: usize, col: usize) -> Option<&str> {
         let (s, e) = self.spans[row * self.ncols + col];
-        if s == NULL { None } else { Some(&self.text[s as usize..e as usize]) }
+        if s == NULL {
+            None
+        } else {
+            Some(&self.text[s as usize..e as usize])
+        }
     }
 
     pub fn position(&self, row: usize) -> u64 {

@@ -43,7 +43,9 @@ pub enum Error {
     #[error(transparent)]
     State(#[from] state::StateError),
     /// An earlier run of this pipeline did not finish under a different spec.
-    #[error("run {run_id} of pipeline `{pipeline}` did not finish and was started with another version of the spec; run it with that spec to complete it, or pass --abandon-unfinished to give it up (its committed batches stay loaded)")]
+    #[error(
+        "run {run_id} of pipeline `{pipeline}` did not finish and was started with another version of the spec; run it with that spec to complete it, or pass --abandon-unfinished to give it up (its committed batches stay loaded)"
+    )]
     UnfinishedRun { run_id: String, pipeline: String },
     /// Counts do not balance, or a run-level check failed.
     #[error("integrity check failed for run {run_id}: {reason}")]
@@ -71,7 +73,9 @@ pub struct RunOptions {
 
 impl std::fmt::Debug for RunOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunOptions").field("abandon_unfinished", &self.abandon_unfinished).finish_non_exhaustive()
+        f.debug_struct("RunOptions")
+            .field("abandon_unfinished", &self.abandon_unfinished)
+            .finish_non_exhaustive()
     }
 }
 
@@ -113,7 +117,10 @@ pub async fn check(p: &Pipeline) -> Vec<Diagnostic> {
 
 /// Chooses the inputs of every file source: all matching files, minus those already loaded
 /// for incremental sources. Returns (source, [(path, fingerprint)]).
-async fn choose_inputs(p: &Pipeline, st: &StateStore) -> Result<Vec<(String, Vec<(String, String)>)>> {
+async fn choose_inputs(
+    p: &Pipeline,
+    st: &StateStore,
+) -> Result<Vec<(String, Vec<(String, String)>)>> {
     let mut out = Vec::new();
     for s in &p.sources {
         let files = match &s.connector {
@@ -157,7 +164,10 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
             (None, false)
         }
         Some(u) if u.spec_sha256 != p.spec_sha256 => {
-            return Err(Error::UnfinishedRun { run_id: u.run_id.to_string(), pipeline: p.name.clone() });
+            return Err(Error::UnfinishedRun {
+                run_id: u.run_id.to_string(),
+                pipeline: p.name.clone(),
+            });
         }
         Some(u) => (Some(u.run_id), true),
         None => (None, false),
@@ -192,14 +202,24 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
     match run_inner(p, opts, &st, &run_id).await {
         Ok(mut report) => {
             report.resumed = resumed;
-            audit(AuditEvent::RunEnded { run_id: run_id.clone(), pipeline: p.name.clone(), counts: report.counts, at: now() })?;
+            audit(AuditEvent::RunEnded {
+                run_id: run_id.clone(),
+                pipeline: p.name.clone(),
+                counts: report.counts,
+                at: now(),
+            })?;
             Ok(report)
         }
         Err(e) => {
             let msg = e.to_string();
             // Best effort: the original error matters more than a failure to record it.
             let _ = st.fail(&run_id, &msg).await;
-            let _ = audit(AuditEvent::RunFailed { run_id: run_id.clone(), pipeline: p.name.clone(), error: msg, at: now() });
+            let _ = audit(AuditEvent::RunFailed {
+                run_id: run_id.clone(),
+                pipeline: p.name.clone(),
+                error: msg,
+                at: now(),
+            });
             Err(e)
         }
     }
@@ -216,7 +236,12 @@ fn preflight(p: &Pipeline, inputs: &[(String, Vec<(String, String)>)]) -> Result
     Ok(())
 }
 
-async fn run_inner(p: &Pipeline, opts: &RunOptions, st: &StateStore, run_id: &RunId) -> Result<RunReport> {
+async fn run_inner(
+    p: &Pipeline,
+    opts: &RunOptions,
+    st: &StateStore,
+    run_id: &RunId,
+) -> Result<RunReport> {
     let mut report = RunReport {
         run_id: run_id.clone(),
         pipeline: p.name.clone(),
@@ -233,16 +258,30 @@ async fn run_inner(p: &Pipeline, opts: &RunOptions, st: &StateStore, run_id: &Ru
         let schema = sealtrail_quality::typed::source_schema(source);
         let transforms = Transforms::plan(p, &source.name, schema.clone())
             .await
-            .map_err(|e| Error::Transform(e.into_iter().map(|x| x.message).collect::<Vec<_>>().join("; ")))?;
+            .map_err(|e| {
+                Error::Transform(
+                    e.into_iter()
+                        .map(|x| x.message)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+            })?;
         let mut sinks: Vec<(SinkWriter, String)> = Vec::new();
         for s in p.sinks.iter().filter(|s| s.root_source == source.name) {
-            let sch = transforms.schema_of(&s.from).ok_or_else(|| Error::Internal(format!("no schema for `{}`", s.from)))?;
+            let sch = transforms
+                .schema_of(&s.from)
+                .ok_or_else(|| Error::Internal(format!("no schema for `{}`", s.from)))?;
             let w = open_sink(&s.name, &s.target, sch).await?;
             report.sinks.push((s.name.clone(), w.location()));
             sinks.push((w, s.from.clone()));
         }
 
-        let inputs: Vec<PathBuf> = st.run_inputs(run_id, &source.name).await?.into_iter().map(PathBuf::from).collect();
+        let inputs: Vec<PathBuf> = st
+            .run_inputs(run_id, &source.name)
+            .await?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Prepared>>(2);
         let src = source.clone();
         let batch_rows = p.batch_rows;
@@ -263,7 +302,21 @@ async fn run_inner(p: &Pipeline, opts: &RunOptions, st: &StateStore, run_id: &Ru
                 }
             };
             rows_seen += prepared.rows_in;
-            if let Err(e) = commit_one(p, st, run_id, &source.name, batch_no, &prepared, &transforms, &mut sinks, &mut qsink, opts, &mut report).await {
+            if let Err(e) = commit_one(
+                p,
+                st,
+                run_id,
+                &source.name,
+                batch_no,
+                &prepared,
+                &transforms,
+                &mut sinks,
+                &mut qsink,
+                opts,
+                &mut report,
+            )
+            .await
+            {
                 result = Err(e);
                 break;
             }
@@ -273,17 +326,25 @@ async fn run_inner(p: &Pipeline, opts: &RunOptions, st: &StateStore, run_id: &Ru
             batch_no += 1;
         }
         drop(rx);
-        decoder.join().map_err(|_| Error::Internal("the decode thread panicked".into()))?;
+        decoder
+            .join()
+            .map_err(|_| Error::Internal("the decode thread panicked".into()))?;
         result?;
 
         let c = st.totals(run_id, Some(&source.name)).await?;
-        if let Some((lo, hi)) = source.row_count {
-            if lo.is_some_and(|l| c.rows_in < l) || hi.is_some_and(|h| c.rows_in > h) {
-                return Err(Error::Integrity {
-                    run_id: run_id.to_string(),
-                    reason: format!("source `{}` read {} records, outside row_count_between [{}, {}]", source.name, c.rows_in, lo.map_or("-".into(), |v| v.to_string()), hi.map_or("-".into(), |v| v.to_string())),
-                });
-            }
+        if let Some((lo, hi)) = source.row_count
+            && (lo.is_some_and(|l| c.rows_in < l) || hi.is_some_and(|h| c.rows_in > h))
+        {
+            return Err(Error::Integrity {
+                run_id: run_id.to_string(),
+                reason: format!(
+                    "source `{}` read {} records, outside row_count_between [{}, {}]",
+                    source.name,
+                    c.rows_in,
+                    lo.map_or("-".into(), |v| v.to_string()),
+                    hi.map_or("-".into(), |v| v.to_string())
+                ),
+            });
         }
         report.per_source.push((source.name.clone(), c));
     }
@@ -291,7 +352,10 @@ async fn run_inner(p: &Pipeline, opts: &RunOptions, st: &StateStore, run_id: &Ru
     if !total.balanced() {
         return Err(Error::Integrity {
             run_id: run_id.to_string(),
-            reason: format!("rows in {} != loaded {} + quarantined {}", total.rows_in, total.rows_loaded, total.rows_quarantined),
+            reason: format!(
+                "rows in {} != loaded {} + quarantined {}",
+                total.rows_in, total.rows_loaded, total.rows_quarantined
+            ),
         });
     }
     st.succeed(run_id, &p.name, total).await?;
@@ -299,7 +363,13 @@ async fn run_inner(p: &Pipeline, opts: &RunOptions, st: &StateStore, run_id: &Ru
     Ok(report)
 }
 
-fn decode_loop(source: sealtrail_spec::Source, inputs: Vec<PathBuf>, batch_rows: usize, schema: arrow::datatypes::SchemaRef, tx: tokio::sync::mpsc::Sender<Result<Prepared>>) {
+fn decode_loop(
+    source: sealtrail_spec::Source,
+    inputs: Vec<PathBuf>,
+    batch_rows: usize,
+    schema: arrow::datatypes::SchemaRef,
+    tx: tokio::sync::mpsc::Sender<Result<Prepared>>,
+) {
     let mut validator = Validator::new(&source);
     let mut reader = match sealtrail_connectors::open_source(&source, inputs, batch_rows) {
         Ok(r) => r,
@@ -320,7 +390,12 @@ fn decode_loop(source: sealtrail_spec::Source, inputs: Vec<PathBuf>, batch_rows:
         let rows_in = decoded.rows_in();
         let mut v = validator.validate(&decoded.batch);
         let mut quarantined = decoded.malformed;
-        let typed = sealtrail_quality::typed::to_record_batch(&source, &schema, &decoded.batch, &mut v.passed);
+        let typed = sealtrail_quality::typed::to_record_batch(
+            &source,
+            &schema,
+            &decoded.batch,
+            &mut v.passed,
+        );
         let (valid, _rows, bad) = match typed {
             Ok(x) => x,
             Err(e) => {
@@ -332,7 +407,14 @@ fn decode_loop(source: sealtrail_spec::Source, inputs: Vec<PathBuf>, batch_rows:
         quarantined.extend(bad);
         // Quarantine in source order, whatever stage caught the record.
         quarantined.sort_by_key(|q| q.pos);
-        if tx.blocking_send(Ok(Prepared { valid, quarantined, rows_in })).is_err() {
+        if tx
+            .blocking_send(Ok(Prepared {
+                valid,
+                quarantined,
+                rows_in,
+            }))
+            .is_err()
+        {
             return; // the run stopped
         }
     }
@@ -358,44 +440,84 @@ async fn commit_one(
         rows_quarantined: prepared.quarantined.len() as u64,
     };
     if !counts.balanced() {
-        return Err(Error::Integrity { run_id: run_id.to_string(), reason: format!("batch {batch_no} of `{source}` does not balance: {counts:?}") });
+        return Err(Error::Integrity {
+            run_id: run_id.to_string(),
+            reason: format!("batch {batch_no} of `{source}` does not balance: {counts:?}"),
+        });
     }
     if let Some(done) = st.batch(run_id, source, batch_no).await? {
         if done != counts {
             return Err(Error::Integrity {
                 run_id: run_id.to_string(),
-                reason: format!("batch {batch_no} of `{source}` re-read with different counts ({counts:?}) than committed ({done:?}); the input changed since the run started"),
+                reason: format!(
+                    "batch {batch_no} of `{source}` re-read with different counts ({counts:?}) than committed ({done:?}); the input changed since the run started"
+                ),
             });
         }
         return Ok(());
     }
-    let key = CommitKey { pipeline: p.name.clone(), run_id: run_id.to_string(), source: source.to_string(), batch: batch_no };
-    let outputs = transforms.apply(&prepared.valid).await.map_err(|e| Error::Transform(e.to_string()))?;
+    let key = CommitKey {
+        pipeline: p.name.clone(),
+        run_id: run_id.to_string(),
+        source: source.to_string(),
+        batch: batch_no,
+    };
+    let outputs = transforms
+        .apply(&prepared.valid)
+        .await
+        .map_err(|e| Error::Transform(e.to_string()))?;
     let mut names = Vec::new();
     for (w, from) in sinks.iter_mut() {
-        let rows: &[RecordBatch] = if from == source { std::slice::from_ref(&prepared.valid) } else { outputs.get(from).map(Vec::as_slice).unwrap_or(&[]) };
+        let rows: &[RecordBatch] = if from == source {
+            std::slice::from_ref(&prepared.valid)
+        } else {
+            outputs.get(from).map(Vec::as_slice).unwrap_or(&[])
+        };
         w.commit(&key, rows).await?;
         names.push(w.name().to_string());
     }
-    let qb = quarantine::to_batch(run_id.as_str(), source, &prepared.quarantined).map_err(|e| Error::Internal(e.to_string()))?;
+    let qb = quarantine::to_batch(run_id.as_str(), source, &prepared.quarantined)
+        .map_err(|e| Error::Internal(e.to_string()))?;
     qsink.commit(&key, std::slice::from_ref(&qb)).await?;
     st.commit_batch(run_id, source, batch_no, counts).await?;
 
     let mut by_reason: HashMap<&str, u64> = HashMap::new();
     for q in &prepared.quarantined {
-        *by_reason.entry(q.reasons.first().map(|r| r.code.as_str()).unwrap_or("unknown")).or_default() += 1;
+        *by_reason
+            .entry(
+                q.reasons
+                    .first()
+                    .map(|r| r.code.as_str())
+                    .unwrap_or("unknown"),
+            )
+            .or_default() += 1;
     }
     for (k, v) in &by_reason {
         *report.by_reason.entry(k.to_string()).or_default() += v;
     }
     opts.audit
-        .record(&AuditEvent::BatchCommitted { run_id: run_id.clone(), batch: batch_no, counts, sinks: names, at: now() })
+        .record(&AuditEvent::BatchCommitted {
+            run_id: run_id.clone(),
+            batch: batch_no,
+            counts,
+            sinks: names,
+            at: now(),
+        })
         .map_err(Error::Audit)?;
     if !prepared.quarantined.is_empty() {
-        let mut by: Vec<(String, u64)> = by_reason.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut by: Vec<(String, u64)> = by_reason
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         by.sort();
         opts.audit
-            .record(&AuditEvent::RecordsQuarantined { run_id: run_id.clone(), batch: batch_no, rows: counts.rows_quarantined, by_reason: by, at: now() })
+            .record(&AuditEvent::RecordsQuarantined {
+                run_id: run_id.clone(),
+                batch: batch_no,
+                rows: counts.rows_quarantined,
+                by_reason: by,
+                at: now(),
+            })
             .map_err(Error::Audit)?;
     }
     Ok(())

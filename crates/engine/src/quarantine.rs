@@ -29,7 +29,11 @@ pub fn schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
-pub fn to_batch(run_id: &str, source: &str, rows: &[Quarantined]) -> Result<RecordBatch, arrow::error::ArrowError> {
+pub fn to_batch(
+    run_id: &str,
+    source: &str,
+    rows: &[Quarantined],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
     let n = rows.len();
     let mut run = StringBuilder::with_capacity(n, n * 36);
     let mut src = StringBuilder::new();
@@ -56,9 +60,26 @@ pub fn to_batch(run_id: &str, source: &str, rows: &[Quarantined]) -> Result<Reco
             }
         }
         key.append_option(q.key.as_deref());
-        reason.append_value(q.reasons.first().map(|r| r.code.as_str()).unwrap_or("unknown"));
-        reasons.append_value(q.reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>().join(";"));
-        rules.append_value(q.reasons.iter().map(|r| r.rule.as_str()).collect::<Vec<_>>().join(";"));
+        reason.append_value(
+            q.reasons
+                .first()
+                .map(|r| r.code.as_str())
+                .unwrap_or("unknown"),
+        );
+        reasons.append_value(
+            q.reasons
+                .iter()
+                .map(|r| r.code.as_str())
+                .collect::<Vec<_>>()
+                .join(";"),
+        );
+        rules.append_value(
+            q.reasons
+                .iter()
+                .map(|r| r.rule.as_str())
+                .collect::<Vec<_>>()
+                .join(";"),
+        );
         raw.append_value(&q.raw);
     }
     RecordBatch::try_new(

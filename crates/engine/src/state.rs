@@ -13,8 +13,8 @@
 
 use sealtrail_core::{Counts, RunId};
 use sqlx::AnyPool;
-use sqlx::any::AnyPoolOptions;
 use sqlx::Row;
+use sqlx::any::AnyPoolOptions;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,12 +65,17 @@ impl StateStore {
     /// Opens the store at `url` (`sqlite://path` or `postgres://...`), creating tables.
     pub async fn open(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
-        let url_kind = if url.starts_with("sqlite:") { "sqlite" } else { "postgres" };
+        let url_kind = if url.starts_with("sqlite:") {
+            "sqlite"
+        } else {
+            "postgres"
+        };
         let url = if url_kind == "sqlite" && !url.contains("mode=") {
-            if let Some(path) = url.strip_prefix("sqlite://") {
-                if let Some(dir) = Path::new(path).parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| StateError(format!("cannot create {}: {e}", dir.display())))?;
-                }
+            if let Some(path) = url.strip_prefix("sqlite://")
+                && let Some(dir) = Path::new(path).parent()
+            {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StateError(format!("cannot create {}: {e}", dir.display())))?;
             }
             format!("{url}?mode=rwc")
         } else {
@@ -83,8 +88,12 @@ impl StateStore {
             .await
             .map_err(|e| StateError(format!("cannot open the run state store ({url_kind}): {e}; check --state-url / SEALTRAIL_STATE_URL")))?;
         if url_kind == "sqlite" {
-            sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
-            sqlx::query("PRAGMA synchronous=FULL").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA synchronous=FULL")
+                .execute(&pool)
+                .await?;
         }
         for ddl in SCHEMA {
             sqlx::query(ddl).execute(&pool).await?;
@@ -101,20 +110,32 @@ impl StateStore {
             .bind(pipeline)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| Unfinished { run_id: RunId::from_string(r.get(0)), spec_sha256: r.get(1), status: r.get(2) }))
+        Ok(row.map(|r| Unfinished {
+            run_id: RunId::from_string(r.get(0)),
+            spec_sha256: r.get(1),
+            status: r.get(2),
+        }))
     }
 
     pub async fn abandon(&self, run: &RunId) -> Result<()> {
-        sqlx::query("UPDATE sealtrail_runs SET status = 'abandoned', ended_at = $2 WHERE run_id = $1")
-            .bind(run.as_str())
-            .bind(sealtrail_core::audit::now())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE sealtrail_runs SET status = 'abandoned', ended_at = $2 WHERE run_id = $1",
+        )
+        .bind(run.as_str())
+        .bind(sealtrail_core::audit::now())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Records a new run with its inputs, in one transaction.
-    pub async fn start_run(&self, run: &RunId, pipeline: &str, spec_sha: &str, inputs: &[(String, Vec<(String, String)>)]) -> Result<()> {
+    pub async fn start_run(
+        &self,
+        run: &RunId,
+        pipeline: &str,
+        spec_sha: &str,
+        inputs: &[(String, Vec<(String, String)>)],
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO sealtrail_runs (run_id, pipeline, spec_sha256, status, started_at) VALUES ($1, $2, $3, 'running', $4)")
             .bind(run.as_str())
@@ -140,17 +161,22 @@ impl StateStore {
     }
 
     pub async fn mark_running(&self, run: &RunId) -> Result<()> {
-        sqlx::query("UPDATE sealtrail_runs SET status = 'running', error = NULL WHERE run_id = $1").bind(run.as_str()).execute(&self.pool).await?;
+        sqlx::query("UPDATE sealtrail_runs SET status = 'running', error = NULL WHERE run_id = $1")
+            .bind(run.as_str())
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     /// The inputs recorded for a run's source, in read order.
     pub async fn run_inputs(&self, run: &RunId, source: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT input FROM sealtrail_run_inputs WHERE run_id = $1 AND source = $2 ORDER BY seq")
-            .bind(run.as_str())
-            .bind(source)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT input FROM sealtrail_run_inputs WHERE run_id = $1 AND source = $2 ORDER BY seq",
+        )
+        .bind(run.as_str())
+        .bind(source)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -176,7 +202,13 @@ impl StateStore {
     }
 
     /// Records a batch as committed to every sink: the commit point of a batch.
-    pub async fn commit_batch(&self, run: &RunId, source: &str, batch: u64, c: Counts) -> Result<()> {
+    pub async fn commit_batch(
+        &self,
+        run: &RunId,
+        source: &str,
+        batch: u64,
+        c: Counts,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO sealtrail_batches (run_id, source, batch, rows_in, rows_loaded, rows_quarantined, committed_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(run.as_str())
             .bind(source)
@@ -245,7 +277,11 @@ impl StateStore {
                 status: r.get(2),
                 started_at: r.get(3),
                 ended_at: r.get(4),
-                counts: counts(r.get::<Option<i64>, _>(5).unwrap_or(0), r.get::<Option<i64>, _>(6).unwrap_or(0), r.get::<Option<i64>, _>(7).unwrap_or(0)),
+                counts: counts(
+                    r.get::<Option<i64>, _>(5).unwrap_or(0),
+                    r.get::<Option<i64>, _>(6).unwrap_or(0),
+                    r.get::<Option<i64>, _>(7).unwrap_or(0),
+                ),
                 error: r.get(8),
             })
             .collect())
@@ -253,5 +289,9 @@ impl StateStore {
 }
 
 fn counts(a: i64, b: i64, c: i64) -> Counts {
-    Counts { rows_in: a as u64, rows_loaded: b as u64, rows_quarantined: c as u64 }
+    Counts {
+        rows_in: a as u64,
+        rows_loaded: b as u64,
+        rows_quarantined: c as u64,
+    }
 }

@@ -33,16 +33,27 @@ pub struct PlanError {
 fn session() -> SessionContext {
     // One partition per batch and no repartitioning: batches are small and already parallel
     // across the pipeline's threads.
-    let cfg = datafusion::prelude::SessionConfig::new().with_target_partitions(1).with_batch_size(65_536);
+    let cfg = datafusion::prelude::SessionConfig::new()
+        .with_target_partitions(1)
+        .with_batch_size(65_536);
     SessionContext::new_with_config(cfg)
 }
 
 impl Transforms {
     /// Plans every transform rooted at `source` against an empty table of its schema, so a
     /// spec with a bad column or a type error fails before any data moves.
-    pub async fn plan(p: &Pipeline, source: &str, source_schema: SchemaRef) -> Result<Self, Vec<PlanError>> {
+    pub async fn plan(
+        p: &Pipeline,
+        source: &str,
+        source_schema: SchemaRef,
+    ) -> Result<Self, Vec<PlanError>> {
         let ctx = session();
-        let chain: Vec<Transform> = p.transforms.iter().filter(|t| t.root_source == source).cloned().collect();
+        let chain: Vec<Transform> = p
+            .transforms
+            .iter()
+            .filter(|t| t.root_source == source)
+            .cloned()
+            .collect();
         let mut schemas = HashMap::new();
         let mut errors = Vec::new();
         let empty = |s: SchemaRef| MemTable::try_new(s, vec![vec![]]);
@@ -60,32 +71,57 @@ impl Transforms {
                 Ok(s) => {
                     schemas.insert(t.name.clone(), s);
                 }
-                Err(e) => errors.push(PlanError { transform: t.name.clone(), at: t.at, message: first_line(&e.to_string()) }),
+                Err(e) => errors.push(PlanError {
+                    transform: t.name.clone(),
+                    at: t.at,
+                    message: first_line(&e.to_string()),
+                }),
             }
         }
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Self { source: source.to_string(), source_schema, chain, schemas })
+        Ok(Self {
+            source: source.to_string(),
+            source_schema,
+            chain,
+            schemas,
+        })
     }
 
     /// Output schema of `name` (the source itself or one of its transforms).
     pub fn schema_of(&self, name: &str) -> Option<SchemaRef> {
-        if name == self.source { Some(self.source_schema.clone()) } else { self.schemas.get(name).cloned() }
+        if name == self.source {
+            Some(self.source_schema.clone())
+        } else {
+            self.schemas.get(name).cloned()
+        }
     }
 
     /// Runs the chain over one batch; returns the rows of every transform by name.
-    pub async fn apply(&self, batch: &RecordBatch) -> datafusion::error::Result<HashMap<String, Vec<RecordBatch>>> {
+    pub async fn apply(
+        &self,
+        batch: &RecordBatch,
+    ) -> datafusion::error::Result<HashMap<String, Vec<RecordBatch>>> {
         let mut out = HashMap::new();
         if self.chain.is_empty() {
             return Ok(out);
         }
         let ctx = session();
-        ctx.register_table(self.source.as_str(), Arc::new(MemTable::try_new(self.source_schema.clone(), vec![vec![batch.clone()]])?))?;
+        ctx.register_table(
+            self.source.as_str(),
+            Arc::new(MemTable::try_new(
+                self.source_schema.clone(),
+                vec![vec![batch.clone()]],
+            )?),
+        )?;
         for t in &self.chain {
             let rows = ctx.sql(&t.sql).await?.collect().await?;
             let schema = self.schemas[&t.name].clone();
-            ctx.register_table(t.name.as_str(), Arc::new(MemTable::try_new(schema, vec![rows.clone()])?))?;
+            ctx.register_table(
+                t.name.as_str(),
+                Arc::new(MemTable::try_new(schema, vec![rows.clone()])?),
+            )?;
             out.insert(t.name.clone(), rows);
         }
         Ok(out)

@@ -23,7 +23,7 @@ fn luhn_digits(rev: impl Iterator<Item = u8>) -> bool {
         }
         sum += d;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// ISIN (ISO 6466): 2 letters, 9 alphanumerics, 1 check digit; letters become their
@@ -32,7 +32,9 @@ pub fn isin(s: &str) -> bool {
     let b = s.as_bytes();
     if b.len() != 12
         || !b[..2].iter().all(u8::is_ascii_uppercase)
-        || !b[2..11].iter().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        || !b[2..11]
+            .iter()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
         || !b[11].is_ascii_digit()
     {
         return false;
@@ -77,7 +79,11 @@ pub fn lei(s: &str) -> bool {
 /// four characters to the end gives a number that is 1 mod 97. Spaces are not accepted.
 pub fn iban(s: &str) -> bool {
     let b = s.as_bytes();
-    if b.len() < 15 || b.len() > 34 || !b[..2].iter().all(u8::is_ascii_uppercase) || !b[2..4].iter().all(u8::is_ascii_digit) {
+    if b.len() < 15
+        || b.len() > 34
+        || !b[..2].iter().all(u8::is_ascii_uppercase)
+        || !b[2..4].iter().all(u8::is_ascii_digit)
+    {
         return false;
     }
     mod97(b[4..].iter().chain(&b[..4]).copied()) == Some(1)

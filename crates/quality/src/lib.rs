@@ -82,7 +82,10 @@ impl std::hash::Hasher for IdentityHasher {
 impl Validator {
     pub fn new(source: &Source) -> Self {
         let seen = source.checks.iter().map(|_| HashSet::default()).collect();
-        Self { source: source.clone(), seen }
+        Self {
+            source: source.clone(),
+            seen,
+        }
     }
 
     pub fn source(&self) -> &Source {
@@ -92,7 +95,10 @@ impl Validator {
     /// Checks every record of `batch` (whose columns are the source's declared columns).
     pub fn validate(&mut self, batch: &RawBatch) -> Validated {
         let n = batch.len();
-        let mut out = Validated { passed: vec![true; n], quarantined: Vec::new() };
+        let mut out = Validated {
+            passed: vec![true; n],
+            quarantined: Vec::new(),
+        };
         let mut failed: Vec<usize> = Vec::new();
         for row in 0..n {
             failed.clear();
@@ -164,16 +170,20 @@ fn eval(rule: &Rule, b: &RawBatch, row: usize) -> bool {
         // Null values pass every rule but not_null: absence is not_null's business, so a
         // record missing an optional value gets one clear reason, not several.
         Rule::InSet(c, set) => b.get(row, *c).is_none_or(|v| set.contains(v)),
-        Rule::Between(c, lo, hi) => b.get(row, *c).is_none_or(|v| match v.trim().parse::<f64>() {
-            Ok(x) if x.is_finite() => lo.is_none_or(|l| x >= l) && hi.is_none_or(|h| x <= h),
-            _ => false,
-        }),
+        Rule::Between(c, lo, hi) => b
+            .get(row, *c)
+            .is_none_or(|v| match v.trim().parse::<f64>() {
+                Ok(x) if x.is_finite() => lo.is_none_or(|l| x >= l) && hi.is_none_or(|h| x <= h),
+                _ => false,
+            }),
         Rule::Regex(c, re) => b.get(row, *c).is_none_or(|v| re.is_match(v)),
         Rule::LengthBetween(c, lo, hi) => b.get(row, *c).is_none_or(|v| {
             let n = v.chars().count() as u64;
             lo.is_none_or(|l| n >= l) && hi.is_none_or(|h| n <= h)
         }),
-        Rule::Parses(c, ty, fmt) => b.get(row, *c).is_none_or(|v| typed::parses(v, *ty, fmt.as_deref())),
+        Rule::Parses(c, ty, fmt) => b
+            .get(row, *c)
+            .is_none_or(|v| typed::parses(v, *ty, fmt.as_deref())),
         Rule::GreaterThan(a, o) => match (b.get(row, *a), b.get(row, *o)) {
             (Some(x), Some(y)) => greater(x, y),
             _ => true,
@@ -205,7 +215,10 @@ mod tests {
         let spec = format!(
             "version: 1\npipeline: p\nsources:\n  t:\n    csv: {{ path: x.csv }}\n    columns: [{{ name: id }}, {{ name: a }}, {{ name: b }}]\n    checks:\n{checks}\nsinks:\n  o: {{ from: t, parquet: {{ path: o }} }}\nquarantine: {{ parquet: {{ path: q }} }}\n"
         );
-        sealtrail_spec::parse_str(&spec, "p.yaml".as_ref()).unwrap().sources.remove(0)
+        sealtrail_spec::parse_str(&spec, "p.yaml".as_ref())
+            .unwrap()
+            .sources
+            .remove(0)
     }
 
     fn batch(rows: &[[Option<&str>; 3]]) -> RawBatch {
@@ -221,14 +234,23 @@ mod tests {
 
     #[test]
     fn unique_keeps_the_first_and_ignores_rejected_rows() {
-        let s = source("      - { rule: not_null, column: a, reason: no_a }\n      - { rule: unique, column: id, reason: dup }");
+        let s = source(
+            "      - { rule: not_null, column: a, reason: no_a }\n      - { rule: unique, column: id, reason: dup }",
+        );
         let mut v = Validator::new(&s);
         // Row 0 fails not_null: its id must not block row 1. Row 2 duplicates row 1.
-        let out = v.validate(&batch(&[[Some("k"), None, None], [Some("k"), Some("x"), None], [Some("k"), Some("y"), None]]));
+        let out = v.validate(&batch(&[
+            [Some("k"), None, None],
+            [Some("k"), Some("x"), None],
+            [Some("k"), Some("y"), None],
+        ]));
         assert_eq!(out.passed, vec![false, true, false]);
         assert_eq!(out.quarantined[1].reasons[0].code, "dup");
         // State spans batches.
-        let out = v.validate(&batch(&[[Some("k"), Some("z"), None], [Some("j"), Some("z"), None]]));
+        let out = v.validate(&batch(&[
+            [Some("k"), Some("z"), None],
+            [Some("j"), Some("z"), None],
+        ]));
         assert_eq!(out.passed, vec![false, true]);
     }
 
@@ -236,7 +258,11 @@ mod tests {
     fn compound_unique_is_length_prefixed() {
         let s = source("      - { rule: unique, columns: [a, b] }");
         let mut v = Validator::new(&s);
-        let out = v.validate(&batch(&[[None, Some("ab"), Some("c")], [None, Some("a"), Some("bc")], [None, Some("a"), Some("bc")]]));
+        let out = v.validate(&batch(&[
+            [None, Some("ab"), Some("c")],
+            [None, Some("a"), Some("bc")],
+            [None, Some("a"), Some("bc")],
+        ]));
         assert_eq!(out.passed, vec![true, true, false]);
     }
 
@@ -246,8 +272,15 @@ mod tests {
             "      - { rule: regex, column: a, pattern: '^[0-9]+$', reason: bad_a }\n      - { rule: in_set, column: b, values: [X, Y], reason: bad_b }\n      - { rule: length_between, column: id, min: 1, max: 3 }\n      - { rule: greater_than, column: a, other: id }",
         );
         let mut v = Validator::new(&s);
-        let out = v.validate(&batch(&[[Some("zzzz"), Some("q"), Some("z")], [Some("5"), Some("12"), Some("X")]]));
-        let codes: Vec<&str> = out.quarantined[0].reasons.iter().map(|r| r.code.as_str()).collect();
+        let out = v.validate(&batch(&[
+            [Some("zzzz"), Some("q"), Some("z")],
+            [Some("5"), Some("12"), Some("X")],
+        ]));
+        let codes: Vec<&str> = out.quarantined[0]
+            .reasons
+            .iter()
+            .map(|r| r.code.as_str())
+            .collect();
         assert_eq!(codes, ["bad_a", "bad_b", "length_between", "greater_than"]);
         assert_eq!(out.quarantined[0].reasons[0].rule, "regex(a)");
         assert_eq!(out.passed, vec![false, true]);
@@ -265,7 +298,11 @@ mod tests {
             [Some("US0378331005"), Some("NaN"), None],
         ]));
         assert_eq!(out.passed, vec![true, false, false]);
-        let codes: Vec<&str> = out.quarantined[0].reasons.iter().map(|r| r.code.as_str()).collect();
+        let codes: Vec<&str> = out.quarantined[0]
+            .reasons
+            .iter()
+            .map(|r| r.code.as_str())
+            .collect();
         assert_eq!(codes, ["between", "checksum", "parses"]);
     }
 }

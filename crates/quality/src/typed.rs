@@ -6,8 +6,8 @@
 //! timestamps are on every hot path of a trades job; any other format goes through chrono.
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder, Int64Builder,
+    RecordBatch, StringBuilder, TimestampMicrosecondBuilder,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use sealtrail_core::Reason;
@@ -32,7 +32,11 @@ pub fn arrow_type(t: ColumnType) -> DataType {
 /// presence, and Delta/Parquet readers cope better with nullable fields).
 pub fn source_schema(source: &Source) -> SchemaRef {
     Arc::new(Schema::new(
-        source.columns.iter().map(|c| Field::new(&c.name, arrow_type(c.ty), true)).collect::<Vec<_>>(),
+        source
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, arrow_type(c.ty), true))
+            .collect::<Vec<_>>(),
     ))
 }
 
@@ -107,7 +111,11 @@ fn iso_date(b: &[u8]) -> Option<i64> {
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
-    let (y, m, d) = (digits(&b[..4])? as i64, digits(&b[5..7])?, digits(&b[8..10])?);
+    let (y, m, d) = (
+        digits(&b[..4])? as i64,
+        digits(&b[5..7])?,
+        digits(&b[8..10])?,
+    );
     if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
         return None;
     }
@@ -131,7 +139,11 @@ fn iso_timestamp(b: &[u8], frac_digits: Option<usize>) -> Option<i64> {
         return None;
     }
     let days = iso_date(&b[..10])?;
-    let (h, mi, s) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
+    let (h, mi, s) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
     if h > 23 || mi > 59 || s > 59 {
         return None;
     }
@@ -164,13 +176,17 @@ fn parse_timestamp(v: &str, format: Option<&str>) -> Option<i64> {
         Some(ISO_MS) => iso_timestamp(b, Some(3)),
         Some("%Y-%m-%dT%H:%M:%SZ") => iso_timestamp(b, Some(0)),
         None => iso_timestamp(b, None).or_else(|| {
-            chrono::DateTime::parse_from_rfc3339(v).ok().map(|t| t.timestamp_micros())
+            chrono::DateTime::parse_from_rfc3339(v)
+                .ok()
+                .map(|t| t.timestamp_micros())
         }),
         Some(f) => {
             if let Ok(t) = chrono::DateTime::parse_from_str(v, f) {
                 return Some(t.timestamp_micros());
             }
-            chrono::NaiveDateTime::parse_from_str(v, f).ok().map(|t| t.and_utc().timestamp_micros())
+            chrono::NaiveDateTime::parse_from_str(v, f)
+                .ok()
+                .map(|t| t.and_utc().timestamp_micros())
         }
     }
 }
@@ -223,7 +239,9 @@ impl Builder {
             ColumnType::Float64 => Builder::F64(Float64Builder::with_capacity(rows)),
             ColumnType::Boolean => Builder::Bool(BooleanBuilder::with_capacity(rows)),
             ColumnType::Date => Builder::Date(Date32Builder::with_capacity(rows)),
-            ColumnType::Timestamp => Builder::Ts(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC")),
+            ColumnType::Timestamp => {
+                Builder::Ts(TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"))
+            }
             ColumnType::Decimal { precision, scale } => {
                 Builder::Dec(Decimal128Builder::with_capacity(rows), precision, scale)
             }
@@ -273,7 +291,11 @@ pub fn to_record_batch(
     passed: &mut [bool],
 ) -> Result<(RecordBatch, Vec<u32>, Vec<Quarantined>), arrow::error::ArrowError> {
     let n = passed.iter().filter(|p| **p).count();
-    let mut builders: Vec<Builder> = source.columns.iter().map(|c| Builder::new(c.ty, n)).collect();
+    let mut builders: Vec<Builder> = source
+        .columns
+        .iter()
+        .map(|c| Builder::new(c.ty, n))
+        .collect();
     let mut rows = Vec::with_capacity(n);
     let mut bad = Vec::new();
     let mut vals: Vec<Value> = Vec::with_capacity(source.columns.len());
@@ -305,7 +327,10 @@ pub fn to_record_batch(
             bad.push(crate::quarantine(batch, row, failed));
         }
     }
-    let arrays = builders.into_iter().map(Builder::finish).collect::<Result<Vec<_>, _>>()?;
+    let arrays = builders
+        .into_iter()
+        .map(Builder::finish)
+        .collect::<Result<Vec<_>, _>>()?;
     let rb = RecordBatch::try_new(schema.clone(), arrays)?;
     Ok((rb, rows, bad))
 }
@@ -316,8 +341,16 @@ mod tests {
 
     #[test]
     fn timestamps_fast_path_matches_chrono() {
-        for s in ["2025-03-14T09:26:53.589Z", "2024-02-29T23:59:59.999Z", "1970-01-01T00:00:00.000Z", "1969-12-31T23:59:59.001Z"] {
-            let chrono = chrono::NaiveDateTime::parse_from_str(s, ISO_MS).unwrap().and_utc().timestamp_micros();
+        for s in [
+            "2025-03-14T09:26:53.589Z",
+            "2024-02-29T23:59:59.999Z",
+            "1970-01-01T00:00:00.000Z",
+            "1969-12-31T23:59:59.001Z",
+        ] {
+            let chrono = chrono::NaiveDateTime::parse_from_str(s, ISO_MS)
+                .unwrap()
+                .and_utc()
+                .timestamp_micros();
             assert_eq!(parse_timestamp(s, Some(ISO_MS)), Some(chrono), "{s}");
             assert_eq!(parse_timestamp(s, None), Some(chrono), "{s}");
         }
@@ -325,7 +358,18 @@ mod tests {
 
     #[test]
     fn impossible_instants_are_rejected() {
-        for s in ["2025-02-29T10:00:00.000Z", "2025-06-31T10:00:00.000Z", "2025-13-45T25:61:00.000Z", "2025-01-01T24:00:00.000Z", "2025-01-01T10:00:60.000Z", "not-a-date", "", "31/12/2025 25:00", "2025-01-01T10:00:00.00Z", "2025-01-01T10:00:00.000"] {
+        for s in [
+            "2025-02-29T10:00:00.000Z",
+            "2025-06-31T10:00:00.000Z",
+            "2025-13-45T25:61:00.000Z",
+            "2025-01-01T24:00:00.000Z",
+            "2025-01-01T10:00:60.000Z",
+            "not-a-date",
+            "",
+            "31/12/2025 25:00",
+            "2025-01-01T10:00:00.00Z",
+            "2025-01-01T10:00:00.000",
+        ] {
             assert_eq!(parse_timestamp(s, Some(ISO_MS)), None, "{s}");
         }
         assert!(parse_timestamp("2025-01-01T10:00:00+02:00", None).is_some());
@@ -349,7 +393,10 @@ mod tests {
         assert_eq!(parse_date("1970-01-02", None), Some(1));
         assert_eq!(parse_date("2000-02-29", None), Some(11_016));
         assert_eq!(parse_date("1900-02-29", None), None);
-        assert_eq!(parse_date("14/03/2025", Some("%d/%m/%Y")), parse_date("2025-03-14", None));
+        assert_eq!(
+            parse_date("14/03/2025", Some("%d/%m/%Y")),
+            parse_date("2025-03-14", None)
+        );
     }
 
     proptest::proptest! {

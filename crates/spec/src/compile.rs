@@ -111,7 +111,10 @@ pub enum ColumnType {
     Date,
     /// Microseconds, UTC.
     Timestamp,
-    Decimal { precision: u8, scale: i8 },
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
 }
 
 impl ColumnType {
@@ -235,33 +238,59 @@ impl Ctx<'_> {
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
 }
 
 /// Compiles a raw spec. `path` anchors relative paths; `sha` is the spec's SHA-256.
 pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipeline> {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
     let base = std::path::absolute(&base).unwrap_or(base);
-    let mut cx = Ctx { file: path, diags: Vec::new() };
+    let mut cx = Ctx {
+        file: path,
+        diags: Vec::new(),
+    };
 
     if spec.version.value != 1 {
-        cx.err(&spec.version, format!("unsupported spec version {}", spec.version.value), "use `version: 1`");
+        cx.err(
+            &spec.version,
+            format!("unsupported spec version {}", spec.version.value),
+            "use `version: 1`",
+        );
     }
     if !valid_name(&spec.pipeline.value) {
-        cx.err(&spec.pipeline, "pipeline name must start with a letter and hold only letters, digits, `_` and `-`", "rename the pipeline, e.g. `trades_daily`");
+        cx.err(
+            &spec.pipeline,
+            "pipeline name must start with a letter and hold only letters, digits, `_` and `-`",
+            "rename the pipeline, e.g. `trades_daily`",
+        );
     }
     let batch_rows = match &spec.batch_rows {
         Some(b) if b.value == 0 || b.value > 4_000_000 => {
-            cx.err(b, "batch_rows must be between 1 and 4000000", "omit it to use the default of 65536");
+            cx.err(
+                b,
+                "batch_rows must be between 1 and 4000000",
+                "omit it to use the default of 65536",
+            );
             65_536
         }
         Some(b) => b.value as usize,
         None => 65_536,
     };
     if spec.sources.is_empty() {
-        cx.err(&spec.pipeline, "the pipeline has no sources", "add a `sources:` entry");
+        cx.err(
+            &spec.pipeline,
+            "the pipeline has no sources",
+            "add a `sources:` entry",
+        );
     }
 
     let mut sources = Vec::new();
@@ -276,30 +305,45 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
     let mut inputs: BTreeMap<&str, (String, &Loc<raw::TransformSpec>)> = BTreeMap::new();
     for (name, t) in &spec.transforms {
         if !valid_name(name) {
-            cx.err(t, format!("transform name `{name}` is not a valid SQL identifier"), "use letters, digits and `_`");
+            cx.err(
+                t,
+                format!("transform name `{name}` is not a valid SQL identifier"),
+                "use letters, digits and `_`",
+            );
         }
         if source_names.contains(name.as_str()) {
-            cx.err(t, format!("transform `{name}` has the same name as a source"), "give it a distinct name");
+            cx.err(
+                t,
+                format!("transform `{name}` has the same name as a source"),
+                "give it a distinct name",
+            );
         }
         match from_table(&t.value.sql) {
             Some(input) => {
                 inputs.insert(name, (input, t));
             }
-            None => cx.err(t, format!("transform `{name}`: cannot find the table after FROM"), "write one `SELECT ... FROM <source or transform>` statement"),
+            None => cx.err(
+                t,
+                format!("transform `{name}`: cannot find the table after FROM"),
+                "write one `SELECT ... FROM <source or transform>` statement",
+            ),
         }
     }
     let mut transforms = Vec::new();
     let mut order: Vec<&str> = Vec::new();
-    let mut roots: HashMap<String, String> = source_names.iter().map(|s| (s.to_string(), s.to_string())).collect();
+    let mut roots: HashMap<String, String> = source_names
+        .iter()
+        .map(|s| (s.to_string(), s.to_string()))
+        .collect();
     // Repeatedly place transforms whose input is known: a topological order, cycles left over.
     loop {
         let before = order.len();
         for (name, (input, _)) in &inputs {
-            if !order.contains(name) {
-                if let Some(root) = roots.get(input).cloned() {
-                    roots.insert(name.to_string(), root);
-                    order.push(name);
-                }
+            if !order.contains(name)
+                && let Some(root) = roots.get(input).cloned()
+            {
+                roots.insert(name.to_string(), root);
+                order.push(name);
             }
         }
         if order.len() == before {
@@ -333,32 +377,77 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
             "internal" => Audience::Internal,
             "restricted" => Audience::Restricted,
             other => {
-                cx.err(s, format!("sink `{name}`: unknown audience `{other}`"), "use restricted, internal, analyst or public");
+                cx.err(
+                    s,
+                    format!("sink `{name}`: unknown audience `{other}`"),
+                    "use restricted, internal, analyst or public",
+                );
                 Audience::Restricted
             }
         };
         let Some(root) = roots.get(&v.from).cloned() else {
-            cx.err(s, format!("sink `{name}` reads from `{}`, which is not a source or transform", v.from), format!("known: {}", known(&roots)));
+            cx.err(
+                s,
+                format!(
+                    "sink `{name}` reads from `{}`, which is not a source or transform",
+                    v.from
+                ),
+                format!("known: {}", known(&roots)),
+            );
             continue;
         };
-        let target = compile_target(&mut cx, &base, &format!("sink `{name}`"), s, v.delta.as_ref(), v.parquet.as_ref(), v.postgres.as_ref());
+        let target = compile_target(
+            &mut cx,
+            &base,
+            &format!("sink `{name}`"),
+            s,
+            v.delta.as_ref(),
+            v.parquet.as_ref(),
+            v.postgres.as_ref(),
+        );
         if let Some(t) = target {
             let key = t.describe();
             if let Some(other) = seen_paths.insert(key.clone(), name.clone()) {
-                cx.err(s, format!("sink `{name}` writes to the same place as sink `{other}` ({key})"), "give each sink its own path or table");
+                cx.err(
+                    s,
+                    format!("sink `{name}` writes to the same place as sink `{other}` ({key})"),
+                    "give each sink its own path or table",
+                );
             }
-            sinks.push(Sink { name: name.clone(), from: v.from.clone(), root_source: root, audience, target: t });
+            sinks.push(Sink {
+                name: name.clone(),
+                from: v.from.clone(),
+                root_source: root,
+                audience,
+                target: t,
+            });
         }
     }
     if spec.sinks.is_empty() {
-        cx.err(&spec.pipeline, "the pipeline has no sinks", "add a `sinks:` entry");
+        cx.err(
+            &spec.pipeline,
+            "the pipeline has no sinks",
+            "add a `sinks:` entry",
+        );
     }
     let q = &spec.quarantine;
-    let quarantine = compile_target(&mut cx, &base, "quarantine", q, q.value.delta.as_ref(), q.value.parquet.as_ref(), None);
-    if let Some(t) = &quarantine {
-        if let Some(other) = seen_paths.get(&t.describe()) {
-            cx.err(q, format!("quarantine writes to the same place as sink `{other}`"), "give the quarantine its own path");
-        }
+    let quarantine = compile_target(
+        &mut cx,
+        &base,
+        "quarantine",
+        q,
+        q.value.delta.as_ref(),
+        q.value.parquet.as_ref(),
+        None,
+    );
+    if let Some(t) = &quarantine
+        && let Some(other) = seen_paths.get(&t.describe())
+    {
+        cx.err(
+            q,
+            format!("quarantine writes to the same place as sink `{other}`"),
+            "give the quarantine its own path",
+        );
     }
 
     if !cx.diags.is_empty() {
@@ -412,7 +501,11 @@ fn resolve_path(base: &Path, p: &str) -> PathBuf {
 fn secret_ref<T>(cx: &mut Ctx, at: &Loc<T>, base: &Path, what: &str, s: &str) -> Option<SecretRef> {
     if let Some(name) = s.strip_prefix("env:") {
         if name.is_empty() {
-            cx.err(at, format!("{what}: `env:` needs a variable name"), "write `env:PG_URL`");
+            cx.err(
+                at,
+                format!("{what}: `env:` needs a variable name"),
+                "write `env:PG_URL`",
+            );
             return None;
         }
         return Some(SecretRef::Env(name.to_string()));
@@ -428,7 +521,11 @@ fn secret_ref<T>(cx: &mut Ctx, at: &Loc<T>, base: &Path, what: &str, s: &str) ->
         .is_some_and(|(userinfo, _)| userinfo.contains(':'))
         || s.contains("password=");
     if has_password {
-        cx.err(at, format!("{what}: the connection string holds a password in clear"), "move it to an environment variable and write `url: env:NAME` (or `file:PATH`)");
+        cx.err(
+            at,
+            format!("{what}: the connection string holds a password in clear"),
+            "move it to an environment variable and write `url: env:NAME` (or `file:PATH`)",
+        );
         return None;
     }
     Some(SecretRef::Literal(Secret::new(s.to_string())))
@@ -445,8 +542,16 @@ fn compile_target<T>(
 ) -> Option<Target> {
     let n = delta.is_some() as u8 + parquet.is_some() as u8 + pg.is_some() as u8;
     if n != 1 {
-        let kinds = if pg.is_some() || what != "quarantine" { "`delta`, `parquet` or `postgres`" } else { "`delta` or `parquet`" };
-        cx.err(at, format!("{what} must set exactly one of {kinds} (found {n})"), "keep one connector per sink");
+        let kinds = if pg.is_some() || what != "quarantine" {
+            "`delta`, `parquet` or `postgres`"
+        } else {
+            "`delta` or `parquet`"
+        };
+        cx.err(
+            at,
+            format!("{what} must set exactly one of {kinds} (found {n})"),
+            "keep one connector per sink",
+        );
         return None;
     }
     if let Some(d) = delta {
@@ -459,33 +564,68 @@ fn compile_target<T>(
     }
     if let Some(p) = parquet {
         if p.path.contains("://") {
-            cx.err(at, format!("{what}: parquet sinks write to local folders"), "use a local path, or a delta sink for object storage");
+            cx.err(
+                at,
+                format!("{what}: parquet sinks write to local folders"),
+                "use a local path, or a delta sink for object storage",
+            );
             return None;
         }
-        return Some(Target::Parquet { dir: resolve_path(base, &p.path) });
+        return Some(Target::Parquet {
+            dir: resolve_path(base, &p.path),
+        });
     }
     let pg = pg?;
     let url = secret_ref(cx, at, base, what, &pg.url)?;
     if !pg.table.split('.').all(valid_name) {
-        cx.err(at, format!("{what}: table name `{}` is not a plain identifier", pg.table), "use `table` or `schema.table` with letters, digits and `_`");
+        cx.err(
+            at,
+            format!(
+                "{what}: table name `{}` is not a plain identifier",
+                pg.table
+            ),
+            "use `table` or `schema.table` with letters, digits and `_`",
+        );
         return None;
     }
-    Some(Target::Postgres { url, table: pg.table.clone() })
+    Some(Target::Postgres {
+        url,
+        table: pg.table.clone(),
+    })
 }
 
-fn compile_source(cx: &mut Ctx, base: &Path, name: &str, s: &Loc<raw::SourceSpec>) -> Option<Source> {
+fn compile_source(
+    cx: &mut Ctx,
+    base: &Path,
+    name: &str,
+    s: &Loc<raw::SourceSpec>,
+) -> Option<Source> {
     let v = &s.value;
     let start = cx.diags.len();
     if !valid_name(name) {
-        cx.err(s, format!("source name `{name}` is not a valid SQL identifier"), "use letters, digits and `_`");
+        cx.err(
+            s,
+            format!("source name `{name}` is not a valid SQL identifier"),
+            "use letters, digits and `_`",
+        );
     }
-    let n = v.csv.is_some() as u8 + v.jsonl.is_some() as u8 + v.parquet.is_some() as u8 + v.postgres.is_some() as u8;
+    let n = v.csv.is_some() as u8
+        + v.jsonl.is_some() as u8
+        + v.parquet.is_some() as u8
+        + v.postgres.is_some() as u8;
     let files = |cx: &mut Ctx, path: &str, incremental: bool| {
         let pattern = resolve_path(base, path).to_string_lossy().into_owned();
         if let Err(e) = glob::Pattern::new(&pattern) {
-            cx.err(s, format!("source `{name}`: bad path pattern: {e}"), "fix the glob; `*` and `?` are wildcards");
+            cx.err(
+                s,
+                format!("source `{name}`: bad path pattern: {e}"),
+                "fix the glob; `*` and `?` are wildcards",
+            );
         }
-        FileSet { pattern, incremental }
+        FileSet {
+            pattern,
+            incremental,
+        }
     };
     let connector = if n != 1 {
         cx.err(s, format!("source `{name}` must set exactly one of `csv`, `jsonl`, `parquet`, `postgres` (found {n})"), "keep one connector per source");
@@ -495,7 +635,11 @@ fn compile_source(cx: &mut Ctx, base: &Path, name: &str, s: &Loc<raw::SourceSpec
             None => dflt,
             Some(x) if x.len() == 1 && x.is_ascii() => x.as_bytes()[0],
             Some(x) => {
-                cx.err(s, format!("source `{name}`: csv {what} `{x}` must be one ASCII character"), "for tab write \"\\t\"");
+                cx.err(
+                    s,
+                    format!("source `{name}`: csv {what} `{x}` must be one ASCII character"),
+                    "for tab write \"\\t\"",
+                );
                 dflt
             }
         };
@@ -504,7 +648,11 @@ fn compile_source(cx: &mut Ctx, base: &Path, name: &str, s: &Loc<raw::SourceSpec
         if let Some(enc) = &c.encoding {
             let e = enc.to_ascii_lowercase().replace('_', "-");
             if e != "utf-8" && e != "utf8" {
-                cx.err(s, format!("source `{name}`: encoding `{enc}` is not supported"), "convert the file to UTF-8 (e.g. with iconv) and declare `encoding: utf-8`");
+                cx.err(
+                    s,
+                    format!("source `{name}`: encoding `{enc}` is not supported"),
+                    "convert the file to UTF-8 (e.g. with iconv) and declare `encoding: utf-8`",
+                );
             }
         }
         Some(SourceConnector::Csv(CsvOptions {
@@ -523,16 +671,31 @@ fn compile_source(cx: &mut Ctx, base: &Path, name: &str, s: &Loc<raw::SourceSpec
         let from = match (&pg.table, &pg.query) {
             (Some(t), None) if t.split('.').all(valid_name) => Some(PgFrom::Table(t.clone())),
             (Some(t), None) => {
-                cx.err(s, format!("source `{name}`: table `{t}` is not a plain identifier"), "use `table` or `schema.table`");
+                cx.err(
+                    s,
+                    format!("source `{name}`: table `{t}` is not a plain identifier"),
+                    "use `table` or `schema.table`",
+                );
                 None
             }
             (None, Some(q)) => Some(PgFrom::Query(q.clone())),
             _ => {
-                cx.err(s, format!("source `{name}`: set exactly one of `table` and `query`"), "");
+                cx.err(
+                    s,
+                    format!("source `{name}`: set exactly one of `table` and `query`"),
+                    "",
+                );
                 None
             }
         };
-        url.zip(from).map(|(url, from)| SourceConnector::Postgres(PgSource { url, from, key: pg.key.clone(), cursor: pg.cursor.clone() }))
+        url.zip(from).map(|(url, from)| {
+            SourceConnector::Postgres(PgSource {
+                url,
+                from,
+                key: pg.key.clone(),
+                cursor: pg.cursor.clone(),
+            })
+        })
     } else {
         None
     };
@@ -541,12 +704,20 @@ fn compile_source(cx: &mut Ctx, base: &Path, name: &str, s: &Loc<raw::SourceSpec
     let mut columns = Vec::new();
     let mut seen = HashSet::new();
     if v.columns.is_empty() {
-        cx.err(s, format!("source `{name}` declares no columns"), "list them under `columns:` with name and type");
+        cx.err(
+            s,
+            format!("source `{name}` declares no columns"),
+            "list them under `columns:` with name and type",
+        );
     }
     for c in &v.columns {
         let cv = &c.value;
         if !seen.insert(cv.name.clone()) {
-            cx.err(c, format!("source `{name}`: column `{}` is declared twice", cv.name), "remove the duplicate");
+            cx.err(
+                c,
+                format!("source `{name}`: column `{}` is declared twice", cv.name),
+                "remove the duplicate",
+            );
         }
         let ty = match cv.ty.as_deref() {
             None => ColumnType::Utf8,
@@ -556,9 +727,21 @@ fn compile_source(cx: &mut Ctx, base: &Path, name: &str, s: &Loc<raw::SourceSpec
             }),
         };
         if cv.format.is_some() && !matches!(ty, ColumnType::Date | ColumnType::Timestamp) {
-            cx.err(c, format!("source `{name}`: `format` applies to date and timestamp columns, not `{}`", cv.name), "remove `format` or change the type");
+            cx.err(
+                c,
+                format!(
+                    "source `{name}`: `format` applies to date and timestamp columns, not `{}`",
+                    cv.name
+                ),
+                "remove `format` or change the type",
+            );
         }
-        columns.push(Column { name: cv.name.clone(), ty, required: cv.required, format: cv.format.clone() });
+        columns.push(Column {
+            name: cv.name.clone(),
+            ty,
+            required: cv.required,
+            format: cv.format.clone(),
+        });
     }
 
     // Checks.
@@ -574,19 +757,38 @@ fn compile_source(cx: &mut Ctx, base: &Path, name: &str, s: &Loc<raw::SourceSpec
     if cx.diags.len() > start {
         return None;
     }
-    Some(Source { name: name.to_string(), connector: connector?, columns, unknown_columns: v.unknown_columns, checks, row_count })
+    Some(Source {
+        name: name.to_string(),
+        connector: connector?,
+        columns,
+        unknown_columns: v.unknown_columns,
+        checks,
+        row_count,
+    })
 }
 
 type RowCount = (Option<u64>, Option<u64>);
 
-fn compile_check(cx: &mut Ctx, source: &str, at: &Loc<raw::CheckSpec>, columns: &[Column]) -> Option<std::result::Result<Check, RowCount>> {
+fn compile_check(
+    cx: &mut Ctx,
+    source: &str,
+    at: &Loc<raw::CheckSpec>,
+    columns: &[Column],
+) -> Option<std::result::Result<Check, RowCount>> {
     use raw::CheckKind as K;
     let c = &at.value;
-    let kind_name = serde_json::to_value(c.rule).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let kind_name = serde_json::to_value(c.rule)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
     let start = cx.diags.len();
     let col = |cx: &mut Ctx, name: &Option<String>, field: &str| -> Option<usize> {
         let Some(n) = name else {
-            cx.err(at, format!("source `{source}`: rule `{kind_name}` needs `{field}`"), format!("add `{field}: <column name>`"));
+            cx.err(
+                at,
+                format!("source `{source}`: rule `{kind_name}` needs `{field}`"),
+                format!("add `{field}: <column name>`"),
+            );
             return None;
         };
         let idx = columns.iter().position(|x| &x.name == n);
@@ -622,24 +824,45 @@ fn compile_check(cx: &mut Ctx, source: &str, at: &Loc<raw::CheckSpec>, columns: 
     ];
     for (f, present) in set {
         if present && !allowed.contains(&f) {
-            cx.err(at, format!("source `{source}`: rule `{kind_name}` does not take `{f}`"), format!("`{kind_name}` takes: {}", allowed.join(", ")));
+            cx.err(
+                at,
+                format!("source `{source}`: rule `{kind_name}` does not take `{f}`"),
+                format!("`{kind_name}` takes: {}", allowed.join(", ")),
+            );
         }
     }
     let bound = |cx: &mut Ctx, v: Option<f64>| -> Option<u64> {
         v.map(|x| {
             if x < 0.0 || x.fract() != 0.0 {
-                cx.err(at, format!("source `{source}`: rule `{kind_name}` needs whole, non-negative bounds"), "");
+                cx.err(
+                    at,
+                    format!(
+                        "source `{source}`: rule `{kind_name}` needs whole, non-negative bounds"
+                    ),
+                    "",
+                );
             }
             x as u64
         })
     };
-    if matches!(c.rule, K::Between | K::LengthBetween | K::RowCountBetween) && c.min.is_none() && c.max.is_none() {
-        cx.err(at, format!("source `{source}`: rule `{kind_name}` needs `min`, `max` or both"), "");
+    if matches!(c.rule, K::Between | K::LengthBetween | K::RowCountBetween)
+        && c.min.is_none()
+        && c.max.is_none()
+    {
+        cx.err(
+            at,
+            format!("source `{source}`: rule `{kind_name}` needs `min`, `max` or both"),
+            "",
+        );
     }
-    if let (Some(lo), Some(hi)) = (c.min, c.max) {
-        if lo > hi {
-            cx.err(at, format!("source `{source}`: rule `{kind_name}` has min > max"), "swap them");
-        }
+    if let (Some(lo), Some(hi)) = (c.min, c.max)
+        && lo > hi
+    {
+        cx.err(
+            at,
+            format!("source `{source}`: rule `{kind_name}` has min > max"),
+            "swap them",
+        );
     }
     let rule = match c.rule {
         K::RowCountBetween => {
@@ -658,15 +881,23 @@ fn compile_check(cx: &mut Ctx, source: &str, at: &Loc<raw::CheckSpec>, columns: 
                 }
             };
             let idx: Vec<Option<usize>> = names.iter().map(|n| col(cx, n, "columns")).collect();
-            idx.into_iter().collect::<Option<Vec<_>>>().filter(|v| !v.is_empty()).map(Rule::Unique)
+            idx.into_iter()
+                .collect::<Option<Vec<_>>>()
+                .filter(|v| !v.is_empty())
+                .map(Rule::Unique)
         }
         K::InSet => {
             let i = col(cx, &c.column, "column");
             let vals = c.values.clone().filter(|v| !v.is_empty());
             if vals.is_none() {
-                cx.err(at, format!("source `{source}`: rule `in_set` needs a non-empty `values` list"), "");
+                cx.err(
+                    at,
+                    format!("source `{source}`: rule `in_set` needs a non-empty `values` list"),
+                    "",
+                );
             }
-            i.zip(vals).map(|(i, v)| Rule::InSet(i, v.into_iter().collect()))
+            i.zip(vals)
+                .map(|(i, v)| Rule::InSet(i, v.into_iter().collect()))
         }
         K::Between => col(cx, &c.column, "column").map(|i| Rule::Between(i, c.min, c.max)),
         K::LengthBetween => {
@@ -678,14 +909,22 @@ fn compile_check(cx: &mut Ctx, source: &str, at: &Loc<raw::CheckSpec>, columns: 
             let i = col(cx, &c.column, "column");
             let re = match &c.pattern {
                 None => {
-                    cx.err(at, format!("source `{source}`: rule `regex` needs `pattern`"), "");
+                    cx.err(
+                        at,
+                        format!("source `{source}`: rule `regex` needs `pattern`"),
+                        "",
+                    );
                     None
                 }
                 Some(p) => match regex::Regex::new(p) {
                     Ok(r) => Some(r),
                     Err(e) => {
                         let first = e.to_string().lines().last().unwrap_or_default().to_string();
-                        cx.err(at, format!("source `{source}`: pattern does not compile: {first}"), "Rust regex syntax; no look-around or back-references");
+                        cx.err(
+                            at,
+                            format!("source `{source}`: pattern does not compile: {first}"),
+                            "Rust regex syntax; no look-around or back-references",
+                        );
                         None
                     }
                 },
@@ -697,14 +936,23 @@ fn compile_check(cx: &mut Ctx, source: &str, at: &Loc<raw::CheckSpec>, columns: 
             let ty = match c.ty.as_deref().map(ColumnType::parse) {
                 Some(Some(t)) => Some(t),
                 Some(None) | None => {
-                    cx.err(at, format!("source `{source}`: rule `parses` needs a valid `type`"), "e.g. `type: timestamp` with `format: \"%Y-%m-%dT%H:%M:%S%.3fZ\"`");
+                    cx.err(
+                        at,
+                        format!("source `{source}`: rule `parses` needs a valid `type`"),
+                        "e.g. `type: timestamp` with `format: \"%Y-%m-%dT%H:%M:%S%.3fZ\"`",
+                    );
                     None
                 }
             };
-            if let Some(f) = &c.format {
-                if chrono::format::StrftimeItems::new(f).any(|it| matches!(it, chrono::format::Item::Error)) {
-                    cx.err(at, format!("source `{source}`: `format` is not a valid chrono format"), "see https://docs.rs/chrono/latest/chrono/format/strftime");
-                }
+            if let Some(f) = &c.format
+                && chrono::format::StrftimeItems::new(f)
+                    .any(|it| matches!(it, chrono::format::Item::Error))
+            {
+                cx.err(
+                    at,
+                    format!("source `{source}`: `format` is not a valid chrono format"),
+                    "see https://docs.rs/chrono/latest/chrono/format/strftime",
+                );
             }
             i.zip(ty).map(|(i, t)| Rule::Parses(i, t, c.format.clone()))
         }
@@ -716,7 +964,11 @@ fn compile_check(cx: &mut Ctx, source: &str, at: &Loc<raw::CheckSpec>, columns: 
         K::Checksum => {
             let i = col(cx, &c.column, "column");
             if c.scheme.is_none() {
-                cx.err(at, format!("source `{source}`: rule `checksum` needs `scheme`"), "isin, lei, iban or luhn");
+                cx.err(
+                    at,
+                    format!("source `{source}`: rule `checksum` needs `scheme`"),
+                    "isin, lei, iban or luhn",
+                );
             }
             i.zip(c.scheme).map(|(i, s)| Rule::Checksum(i, s))
         }
@@ -726,7 +978,11 @@ fn compile_check(cx: &mut Ctx, source: &str, at: &Loc<raw::CheckSpec>, columns: 
     }
     let rule = rule?;
     let cols = match &rule {
-        Rule::Unique(v) => v.iter().map(|i| columns[*i].name.clone()).collect::<Vec<_>>().join(","),
+        Rule::Unique(v) => v
+            .iter()
+            .map(|i| columns[*i].name.clone())
+            .collect::<Vec<_>>()
+            .join(","),
         Rule::GreaterThan(a, b) => format!("{}>{}", columns[*a].name, columns[*b].name),
         Rule::NotNull(i)
         | Rule::InSet(i, _)
@@ -737,7 +993,11 @@ fn compile_check(cx: &mut Ctx, source: &str, at: &Loc<raw::CheckSpec>, columns: 
         | Rule::Checksum(i, _) => columns[*i].name.clone(),
     };
     let reason = c.reason.clone().unwrap_or_else(|| kind_name.clone());
-    Some(Ok(Check { rule, reason, label: format!("{kind_name}({cols})") }))
+    Some(Ok(Check {
+        rule,
+        reason,
+        label: format!("{kind_name}({cols})"),
+    }))
 }
 
 #[cfg(test)]
@@ -783,7 +1043,10 @@ quarantine:
 
     #[test]
     fn unknown_key_is_an_error_with_location() {
-        let d = diags(&GOOD.replace("batch", "x").replace("    csv: { path: 'in.csv' }", "    csv: { path: 'in.csv', delimeter: ';' }"));
+        let d = diags(&GOOD.replace("batch", "x").replace(
+            "    csv: { path: 'in.csv' }",
+            "    csv: { path: 'in.csv', delimeter: ';' }",
+        ));
         assert_eq!(d.len(), 1);
         assert!(d[0].message.contains("delimeter"), "{}", d[0]);
         assert_eq!(d[0].line, 5, "{}", d[0]);
@@ -808,7 +1071,10 @@ quarantine:
 
     #[test]
     fn plain_password_is_refused_without_echoing_it() {
-        let bad = GOOD.replace("parquet: { path: out }", "postgres: { url: 'postgres://u:s3cr3tpw@db/x', table: t }");
+        let bad = GOOD.replace(
+            "parquet: { path: out }",
+            "postgres: { url: 'postgres://u:s3cr3tpw@db/x', table: t }",
+        );
         let d = diags(&bad);
         let all: String = d.iter().map(|x| x.to_string()).collect();
         assert!(all.contains("password in clear"), "{all}");
@@ -817,13 +1083,22 @@ quarantine:
 
     #[test]
     fn rule_fields_must_fit_the_rule() {
-        let d = diags(&GOOD.replace("{ rule: unique, column: id }", "{ rule: unique, column: id, pattern: 'x' }"));
+        let d = diags(&GOOD.replace(
+            "{ rule: unique, column: id }",
+            "{ rule: unique, column: id, pattern: 'x' }",
+        ));
         assert!(d[0].message.contains("does not take `pattern`"), "{}", d[0]);
     }
 
     #[test]
     fn column_types_parse() {
-        assert_eq!(ColumnType::parse("decimal(18,4)"), Some(ColumnType::Decimal { precision: 18, scale: 4 }));
+        assert_eq!(
+            ColumnType::parse("decimal(18,4)"),
+            Some(ColumnType::Decimal {
+                precision: 18,
+                scale: 4
+            })
+        );
         assert_eq!(ColumnType::parse("decimal(40,4)"), None);
         assert_eq!(ColumnType::parse("timestamp"), Some(ColumnType::Timestamp));
         assert_eq!(ColumnType::parse("nope"), None);
@@ -831,7 +1106,10 @@ quarantine:
 
     #[test]
     fn from_table_finds_the_input() {
-        assert_eq!(from_table("select a from trades where x"), Some("trades".into()));
+        assert_eq!(
+            from_table("select a from trades where x"),
+            Some("trades".into())
+        );
         assert_eq!(from_table("SELECT fromage FROM \"t2\""), Some("t2".into()));
         assert_eq!(from_table("SELECT 1"), None);
     }
@@ -840,6 +1118,9 @@ quarantine:
     fn schema_is_generated() {
         let s = crate::json_schema();
         let text = s.to_string();
-        assert!(text.contains("batch_rows") && text.contains("row_count_between"), "{text}");
+        assert!(
+            text.contains("batch_rows") && text.contains("row_count_between"),
+            "{text}"
+        );
     }
 }

@@ -35,7 +35,14 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )?;
         if let Some(h) = &self.hint {
             write!(f, "\n  hint: {h}")?;
         }
@@ -47,13 +54,20 @@ impl fmt::Display for Diagnostic {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read spec {path}: {source}; check the path and its permissions")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}", render(.0))]
     Invalid(Vec<Diagnostic>),
 }
 
 fn render(d: &[Diagnostic]) -> String {
-    let mut s = format!("the spec has {} error{}:", d.len(), if d.len() == 1 { "" } else { "s" });
+    let mut s = format!(
+        "the spec has {} error{}:",
+        d.len(),
+        if d.len() == 1 { "" } else { "s" }
+    );
     for x in d {
         s.push('\n');
         s.push_str(&x.to_string());
@@ -65,8 +79,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Reads, parses and compiles a spec file.
 pub fn load(path: &Path) -> Result<Pipeline> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| Error::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_str(&text, path)
 }
 

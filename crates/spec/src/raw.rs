@@ -23,7 +23,11 @@ pub struct Loc<T> {
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Loc<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = serde_saphyr::Spanned::<T>::deserialize(d)?;
-        Ok(Loc { value: s.value, line: s.referenced.line(), column: s.referenced.column() })
+        Ok(Loc {
+            value: s.value,
+            line: s.referenced.line(),
+            column: s.referenced.column(),
+        })
     }
 }
 
@@ -305,7 +309,10 @@ pub struct PgSinkSpec {
 /// Parses YAML into the raw types. Syntax and shape errors (unknown keys, wrong types) come
 /// back as one diagnostic at the spot serde stopped.
 pub fn parse(text: &str, path: &Path) -> Result<PipelineSpec, Error> {
-    let opts = serde_saphyr::Options { with_snippet: false, ..Default::default() };
+    let opts = serde_saphyr::Options {
+        with_snippet: false,
+        ..Default::default()
+    };
     serde_saphyr::from_str_with_options(text, opts).map_err(|e| {
         let msg = e.to_string();
         let (line, column) = e
@@ -323,7 +330,13 @@ pub fn parse(text: &str, path: &Path) -> Result<PipelineSpec, Error> {
         } else {
             Some("see `sealtrail schema` for the expected shape".into())
         };
-        Error::Invalid(vec![Diagnostic { file: path.to_path_buf(), line, column, message: msg, hint }])
+        Error::Invalid(vec![Diagnostic {
+            file: path.to_path_buf(),
+            line,
+            column,
+            message: msg,
+            hint,
+        }])
     })
 }
 
