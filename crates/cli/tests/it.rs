@@ -148,13 +148,13 @@ fn quarantine_matches_the_reference_generator_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let st = python()
-        .arg(root().join("../shared/gen_trades.py"))
+        .arg(root().join("bench/gen_trades.py"))
         .args(["20000", "--out"])
         .arg(&data)
         .output()
         .unwrap();
-    if !st.status.success() && !root().join("../shared/gen_trades.py").exists() {
-        panic!("gen_trades.py not found beside the project (../shared)");
+    if !st.status.success() && !root().join("bench/gen_trades.py").exists() {
+        panic!("bench/gen_trades.py is missing from the checkout");
     }
     assert!(
         st.status.success(),
