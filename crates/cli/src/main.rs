@@ -130,7 +130,9 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEALTRAIL_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                // delta-kernel logs an ERROR when it opens a table folder that has no log
+                // yet, which is how every new Delta sink starts; it is not an error for us.
+                .unwrap_or_else(|_| "warn,buoyant_kernel::snapshot::builder=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();

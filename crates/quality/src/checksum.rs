@@ -75,7 +75,7 @@ pub fn lei(s: &str) -> bool {
     b.len() == 20 && b[18..].iter().all(u8::is_ascii_digit) && mod97(b.iter().copied()) == Some(1)
 }
 
-/// IBAN (ISO 13616): country letters, 2 check digits, 11..30 alphanumerics; moving the first
+/// IBAN (ISO 13616): country letters, check digits 02..=98, 11..30 alphanumerics; moving the first
 /// four characters to the end gives a number that is 1 mod 97. Spaces are not accepted.
 pub fn iban(s: &str) -> bool {
     let b = s.as_bytes();
@@ -84,6 +84,11 @@ pub fn iban(s: &str) -> bool {
         || !b[..2].iter().all(u8::is_ascii_uppercase)
         || !b[2..4].iter().all(u8::is_ascii_digit)
     {
+        return false;
+    }
+    // Check digits 00, 01 and 99 can satisfy mod 97 too, but ISO 13616 never issues them.
+    let check = (b[2] - b'0') * 10 + (b[3] - b'0');
+    if !(2..=98).contains(&check) {
         return false;
     }
     mod97(b[4..].iter().chain(&b[..4]).copied()) == Some(1)
@@ -111,6 +116,12 @@ mod tests {
         assert!(!lei("5493001KJTIIGC8Y1R13"));
         assert!(!iban("GB82WEST12345698765433"));
         assert!(!iban("GB82 WEST 1234 5698 7654 32"));
+        // Mod 97 accepts 00 where 97 is the valid pair; ISO 13616 does not.
+        let valid97 = (0..100_000u32)
+            .map(|n| format!("DE97{n:018}"))
+            .find(|s| iban(s))
+            .unwrap();
+        assert!(!iban(&valid97.replacen("97", "00", 1)));
         assert!(!luhn("4111111111111112"));
         assert!(!luhn(""));
         assert!(!isin(""));
