@@ -242,10 +242,9 @@ async fn check(specs: &[PathBuf]) -> Result<()> {
         }
     }
     if bad > 0 {
-        return Err(sealtrail_engine::Error::Spec(
-            sealtrail_spec::Error::Invalid(Vec::new()),
-        ))
-        .with_context(|| format!("{bad} spec(s) have errors"));
+        // The diagnostics are printed above; the error only sets exit code 2 and says how many.
+        eprintln!("{bad} spec(s) have errors; fix them and run `sealtrail check` again");
+        std::process::exit(exit::USER);
     }
     Ok(())
 }
