@@ -14,12 +14,12 @@
 pub mod csv;
 pub mod files;
 pub mod jsonl;
+pub mod parquet_src;
+pub mod pg;
 pub mod sink;
 
 use sealtrail_core::record::{Quarantined, RawBatch};
 use sealtrail_spec::{Source, SourceConnector};
-use std::path::PathBuf;
-
 pub use sink::{CommitKey, SinkWriter, open_sink};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,28 +62,50 @@ pub trait SourceReader: Send {
     fn next_batch(&mut self) -> Result<Option<Decoded>>;
 }
 
-/// Opens `source` over the given input files (chosen by the engine: all, or only new ones).
-/// Database sources are opened by the engine (they are async); see the engine's `pg` module.
+/// A source with nothing to read.
+impl SourceReader for std::iter::Empty<Decoded> {
+    fn next_batch(&mut self) -> Result<Option<Decoded>> {
+        Ok(None)
+    }
+}
+
+/// Opens `source` over the given inputs, chosen by the engine when the run started: file
+/// paths (all, or only new ones), or for PostgreSQL one [`pg::PgInput`] descriptor.
 pub fn open_source(
     source: &Source,
-    inputs: Vec<PathBuf>,
+    inputs: Vec<String>,
     batch_rows: usize,
 ) -> Result<Box<dyn SourceReader>> {
+    let inputs_as_paths = || inputs.iter().map(std::path::PathBuf::from).collect();
     match &source.connector {
         SourceConnector::Csv(opts) => Ok(Box::new(csv::CsvReader::new(
             source.clone(),
             opts.clone(),
-            inputs,
+            inputs_as_paths(),
             batch_rows,
         ))),
         SourceConnector::Jsonl(_) => Ok(Box::new(jsonl::JsonlReader::new(
             source.clone(),
-            inputs,
+            inputs_as_paths(),
             batch_rows,
         ))),
-        SourceConnector::Parquet(_) | SourceConnector::Postgres(_) => Err(Error::Unsupported {
-            source_name: source.name.clone(),
-            reason: "this connector is not implemented yet; use csv or jsonl".into(),
-        }),
+        SourceConnector::Parquet(_) => Ok(Box::new(parquet_src::ParquetReader::new(
+            source.clone(),
+            inputs_as_paths(),
+            batch_rows,
+        ))),
+        SourceConnector::Postgres(pg) => match inputs.as_slice() {
+            [] => Ok(Box::new(std::iter::empty::<Decoded>())),
+            [one] => Ok(Box::new(pg::PgReader::new(
+                source.clone(),
+                pg.clone(),
+                one,
+                batch_rows,
+            )?)),
+            _ => Err(Error::Unsupported {
+                source_name: source.name.clone(),
+                reason: "a PostgreSQL source reads one input per run".into(),
+            }),
+        },
     }
 }

@@ -12,6 +12,8 @@
 //! - Delta Lake: one table version per batch, carrying a Delta application transaction
 //!   (`txn` action) with app id `sealtrail/<pipeline>/<source>/<run>` and version = batch.
 //!   The txn version is the key: Delta readers and writers agree on it atomically.
+//! - PostgreSQL: COPY and the key row in `sealtrail_sink_commits` in one transaction (see
+//!   [`crate::pg`]).
 
 use crate::{Error, Result};
 use arrow::array::RecordBatch;
@@ -73,6 +75,7 @@ pub enum SinkWriter {
         table: Box<DeltaTable>,
         schema: SchemaRef,
     },
+    Postgres(Box<crate::pg::PgSink>),
 }
 
 fn sink_err(name: &str, reason: impl std::fmt::Display) -> Error {
@@ -148,10 +151,9 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
                 schema,
             })
         }
-        Target::Postgres { .. } => Err(sink_err(
-            name,
-            "the postgres sink is not implemented yet; use delta or parquet",
-        )),
+        Target::Postgres { url, table } => Ok(SinkWriter::Postgres(Box::new(
+            crate::pg::PgSink::open(name, url, table, schema).await?,
+        ))),
     }
 }
 
@@ -166,6 +168,7 @@ impl SinkWriter {
     pub fn name(&self) -> &str {
         match self {
             SinkWriter::Parquet { name, .. } | SinkWriter::Delta { name, .. } => name,
+            SinkWriter::Postgres(pg) => pg.name(),
         }
     }
 
@@ -173,6 +176,7 @@ impl SinkWriter {
         match self {
             SinkWriter::Parquet { dir, .. } => dir.display().to_string(),
             SinkWriter::Delta { uri, .. } => uri.clone(),
+            SinkWriter::Postgres(pg) => pg.location(),
         }
     }
 
@@ -220,6 +224,7 @@ impl SinkWriter {
                     .map_err(|e| sink_err(name, e))?;
                 Ok(true)
             }
+            SinkWriter::Postgres(pg) => pg.commit(&key.app_id(), key.batch, batches).await,
         }
     }
 }

@@ -5,8 +5,9 @@
 //! quarantined rows), then exactly one of [`AuditEvent::RunEnded`] or [`AuditEvent::RunFailed`].
 //! Events hold counts, ids, positions and reason codes, never record values.
 //!
-//! The ledger (tamper-evident Merkle log) implements [`AuditSink`]; until it lands,
-//! [`JsonlAuditLog`] appends one JSON object per line to a file and fsyncs each event.
+//! The ledger (`sealtrail-ledger`, a tamper-evident Merkle log) implements [`AuditSink`] and
+//! is what the CLI uses. [`JsonlAuditLog`] appends one JSON object per line to a file and
+//! fsyncs each event: a plain sink for embedding the engine without a ledger.
 
 use crate::{Counts, RunId};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,8 @@ pub enum AuditEvent {
     },
     BatchCommitted {
         run_id: RunId,
+        /// The source the batch was read from (batch numbers count per source).
+        source: String,
         batch: u64,
         counts: Counts,
         sinks: Vec<String>,

@@ -20,6 +20,7 @@ pub struct RawBatch {
     /// What `positions` count: physical lines (text files) or rows.
     pub pos_kind: PosKind,
     ncols: usize,
+    key_col: Option<usize>,
     text: String,
     spans: Vec<(u32, u32)>,
     positions: Vec<u64>,
@@ -33,7 +34,7 @@ pub enum PosKind {
     Line,
     /// 0-based row index.
     Row,
-    /// A key value, kept as the record's first raw field (database sources).
+    /// 0-based row index of the read, with a key column naming the row (database sources).
     Key,
 }
 
@@ -43,6 +44,7 @@ impl RawBatch {
             input,
             pos_kind,
             ncols,
+            key_col: None,
             text: String::new(),
             spans: Vec::new(),
             positions: Vec::new(),
@@ -65,6 +67,15 @@ impl RawBatch {
         b.positions.reserve(rows);
         b.raw_spans.reserve(rows);
         b
+    }
+
+    /// Names the column whose value identifies a row (for [`PosKind::Key`] batches).
+    pub fn set_key_column(&mut self, col: usize) {
+        self.key_col = Some(col);
+    }
+    /// The identifying key of `row`, when the batch has a key column and the value is not null.
+    pub fn key(&self, row: usize) -> Option<&str> {
+        self.get(row, self.key_col?)
     }
 
     pub fn ncols(&self) -> usize {
@@ -134,6 +145,34 @@ impl RawBatch {
     pub const MAX_TEXT_BYTES: usize = (u32::MAX - 1) as usize;
 }
 
+/// The canonical encoding of a record read from a typed source (Parquet, PostgreSQL), used as
+/// its "raw bytes" in quarantine and for its commitment: a compact JSON object whose keys are
+/// the declared column names in declared order and whose values are the field text as JSON
+/// strings, or `null`. Strings are escaped as serde_json writes them: `"` and `\\` and the
+/// control characters below U+0020 only (as `\\n`, `\\t`, ... or `\\u00XX`), everything else
+/// as UTF-8. See `docs/spec.md` ("Canonical row encoding").
+pub fn canonical_row(names: &[&str], values: &[Option<&str>]) -> Vec<u8> {
+    debug_assert_eq!(names.len(), values.len());
+    let mut out = Vec::with_capacity(16 * names.len());
+    out.push(b'{');
+    for (i, (n, v)) in names.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Serialising a &str cannot fail.
+        let _ = serde_json::to_writer(&mut out, n);
+        out.push(b':');
+        match v {
+            Some(v) => {
+                let _ = serde_json::to_writer(&mut out, v);
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+    }
+    out.push(b'}');
+    out
+}
+
 /// A record that failed, with everything needed to find, understand and repair it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Quarantined {
@@ -169,5 +208,16 @@ mod tests {
         assert_eq!(b.get(1, 1), Some("y"));
         assert_eq!(b.raw(1), b"\"x\",y");
         assert_eq!(b.position(1), 3);
+    }
+
+    #[test]
+    fn canonical_row_is_json_in_declared_order() {
+        let out = canonical_row(&["b", "a", "c"], &[Some("x\"y"), None, Some("é\n")]);
+        assert_eq!(
+            out,
+            "{\"b\":\"x\\\"y\",\"a\":null,\"c\":\"é\\n\"}".as_bytes()
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["c"], "é\n");
     }
 }

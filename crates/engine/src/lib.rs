@@ -28,7 +28,6 @@ use sealtrail_quality::Validator;
 use sealtrail_spec::{Diagnostic, Pipeline, SourceConnector};
 use state::StateStore;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use transform::Transforms;
 
@@ -115,8 +114,10 @@ pub async fn check(p: &Pipeline) -> Vec<Diagnostic> {
     out
 }
 
-/// Chooses the inputs of every file source: all matching files, minus those already loaded
-/// for incremental sources. Returns (source, [(path, fingerprint)]).
+/// Chooses the inputs of every source: all matching files, minus those already loaded for
+/// incremental file sources; for PostgreSQL, the range of rows to read (after the cursor
+/// value where the last succeeded run stopped, up to the current maximum).
+/// Returns (source, [(input, fingerprint)]).
 async fn choose_inputs(
     p: &Pipeline,
     st: &StateStore,
@@ -126,8 +127,18 @@ async fn choose_inputs(
         let files = match &s.connector {
             SourceConnector::Csv(o) => &o.files,
             SourceConnector::Jsonl(f) | SourceConnector::Parquet(f) => f,
-            SourceConnector::Postgres(_) => {
-                out.push((s.name.clone(), Vec::new()));
+            SourceConnector::Postgres(pg) => {
+                use sealtrail_connectors::pg::{PgInput, plan_input};
+                let last = match &pg.cursor {
+                    Some(_) => st
+                        .last_loaded_input(&p.name, &s.name)
+                        .await?
+                        .and_then(|i| PgInput::decode(&i)),
+                    None => None,
+                };
+                let input = plan_input(s, pg, last).await?;
+                let fp = format!("pg:{}", input.upto.as_deref().unwrap_or("full"));
+                out.push((s.name.clone(), vec![(input.encode(), fp)]));
                 continue;
             }
         };
@@ -227,9 +238,12 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
 
 fn preflight(p: &Pipeline, inputs: &[(String, Vec<(String, String)>)]) -> Result<()> {
     for (s, (_, files)) in p.sources.iter().zip(inputs) {
+        if matches!(s.connector, SourceConnector::Postgres(_)) {
+            continue; // checked by plan_input when the range was chosen
+        }
         for (path, _) in files {
             // Opening the reader reads and checks the header; no record is consumed.
-            let mut r = sealtrail_connectors::open_source(s, vec![PathBuf::from(path)], 1)?;
+            let mut r = sealtrail_connectors::open_source(s, vec![path.clone()], 1)?;
             r.next_batch()?;
         }
     }
@@ -276,12 +290,7 @@ async fn run_inner(
             sinks.push((w, s.from.clone()));
         }
 
-        let inputs: Vec<PathBuf> = st
-            .run_inputs(run_id, &source.name)
-            .await?
-            .into_iter()
-            .map(PathBuf::from)
-            .collect();
+        let inputs = st.run_inputs(run_id, &source.name).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Prepared>>(2);
         let src = source.clone();
         let batch_rows = p.batch_rows;
@@ -365,7 +374,7 @@ async fn run_inner(
 
 fn decode_loop(
     source: sealtrail_spec::Source,
-    inputs: Vec<PathBuf>,
+    inputs: Vec<String>,
     batch_rows: usize,
     schema: arrow::datatypes::SchemaRef,
     tx: tokio::sync::mpsc::Sender<Result<Prepared>>,
@@ -498,6 +507,7 @@ async fn commit_one(
     opts.audit
         .record(&AuditEvent::BatchCommitted {
             run_id: run_id.clone(),
+            source: source.to_string(),
             batch: batch_no,
             counts,
             sinks: names,

@@ -180,6 +180,17 @@ impl StateStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// The last input of `source` read by a succeeded run of `pipeline` (for database sources:
+    /// where the incremental cursor stands).
+    pub async fn last_loaded_input(&self, pipeline: &str, source: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT i.input FROM sealtrail_run_inputs i JOIN sealtrail_runs r ON r.run_id = i.run_id WHERE r.pipeline = $1 AND i.source = $2 AND r.status = 'succeeded' ORDER BY r.ended_at DESC, i.seq DESC LIMIT 1")
+            .bind(pipeline)
+            .bind(source)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     pub async fn is_loaded(&self, pipeline: &str, source: &str, fingerprint: &str) -> Result<bool> {
         let row = sqlx::query("SELECT 1 FROM sealtrail_loaded_files WHERE pipeline = $1 AND source = $2 AND fingerprint = $3")
             .bind(pipeline)

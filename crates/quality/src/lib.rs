@@ -138,8 +138,7 @@ impl Validator {
 
 /// A quarantine record for row `row` of `batch`.
 pub fn quarantine(batch: &RawBatch, row: usize, reasons: Vec<Reason>) -> Quarantined {
-    let key = matches!(batch.pos_kind, sealtrail_core::record::PosKind::Key)
-        .then(|| String::from_utf8_lossy(batch.raw(row)).into_owned());
+    let key = batch.key(row).map(str::to_owned);
     Quarantined {
         input: batch.input.clone(),
         pos_kind: batch.pos_kind,

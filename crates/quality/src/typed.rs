@@ -175,11 +175,13 @@ fn parse_timestamp(v: &str, format: Option<&str>) -> Option<i64> {
     match format {
         Some(ISO_MS) => iso_timestamp(b, Some(3)),
         Some("%Y-%m-%dT%H:%M:%SZ") => iso_timestamp(b, Some(0)),
-        None => iso_timestamp(b, None).or_else(|| {
-            chrono::DateTime::parse_from_rfc3339(v)
-                .ok()
-                .map(|t| t.timestamp_micros())
-        }),
+        None => iso_timestamp(b, None)
+            .or_else(|| {
+                chrono::DateTime::parse_from_rfc3339(v)
+                    .ok()
+                    .map(|t| t.timestamp_micros())
+            })
+            .or_else(|| sql_timestamp(v)),
         Some(f) => {
             if let Ok(t) = chrono::DateTime::parse_from_str(v, f) {
                 return Some(t.timestamp_micros());
@@ -189,6 +191,42 @@ fn parse_timestamp(v: &str, format: Option<&str>) -> Option<i64> {
                 .map(|t| t.and_utc().timestamp_micros())
         }
     }
+}
+
+/// The spellings databases and Arrow tools print: `YYYY-MM-DD HH:MM:SS[.f]` or with `T`,
+/// then an optional offset `+HH`, `+HHMM` or `+HH:MM` (PostgreSQL prints `+00`). Without an
+/// offset the time is taken as UTC.
+fn sql_timestamp(v: &str) -> Option<i64> {
+    if v.len() < 19 || !matches!(v.as_bytes()[10], b' ' | b'T') {
+        return None;
+    }
+    let (date, time) = (&v[..10], &v[11..]);
+    let split = time.rfind(['+', '-']).filter(|&i| i >= 8);
+    let (clock, offset) = match split {
+        Some(i) => (&time[..i], Some(&time[i..])),
+        None => (time.strip_suffix('Z').unwrap_or(time), None),
+    };
+    let naive =
+        chrono::NaiveDateTime::parse_from_str(&format!("{date}T{clock}"), "%Y-%m-%dT%H:%M:%S%.f")
+            .ok()?;
+    let off_secs = match offset {
+        None => 0,
+        Some(o) => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            let d: String = o[1..].chars().filter(|c| *c != ':').collect();
+            if !d.bytes().all(|c| c.is_ascii_digit()) || !matches!(d.len(), 2 | 4) {
+                return None;
+            }
+            let h: i64 = d[..2].parse().ok()?;
+            let m: i64 = if d.len() == 4 {
+                d[2..].parse().ok()?
+            } else {
+                0
+            };
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    Some(naive.and_utc().timestamp_micros() - off_secs * 1_000_000)
 }
 
 /// `-?digits(.digits)?` -> unscaled i128. More fraction digits than `scale`, or more integer
@@ -354,6 +392,23 @@ mod tests {
             assert_eq!(parse_timestamp(s, Some(ISO_MS)), Some(chrono), "{s}");
             assert_eq!(parse_timestamp(s, None), Some(chrono), "{s}");
         }
+    }
+
+    #[test]
+    fn database_spellings_parse_with_their_offsets() {
+        let base = parse_timestamp("2024-05-06T07:08:09.123456Z", None).unwrap();
+        for s in [
+            "2024-05-06 07:08:09.123456+00",
+            "2024-05-06 09:08:09.123456+02",
+            "2024-05-06 04:38:09.123456-02:30",
+            "2024-05-06T07:08:09.123456",
+            "2024-05-06 07:08:09.123456",
+            "2024-05-06T07:08:09.123456+0000",
+        ] {
+            assert_eq!(parse_timestamp(s, None), Some(base), "{s}");
+        }
+        assert_eq!(parse_timestamp("2024-05-06 07:08:09+0", None), None);
+        assert_eq!(parse_timestamp("2024-05-06 07:08:09+0x", None), None);
     }
 
     #[test]

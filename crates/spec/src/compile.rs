@@ -743,6 +743,19 @@ fn compile_source(
             format: cv.format.clone(),
         });
     }
+    if let Some(pg) = &v.postgres {
+        for (what, col) in [("key", &pg.key), ("cursor", &pg.cursor)] {
+            if let Some(col) = col
+                && !columns.iter().any(|c| &c.name == col)
+            {
+                cx.err(
+                    s,
+                    format!("source `{name}`: {what} column `{col}` is not declared"),
+                    "declare it under `columns:` (it is read like any other column)",
+                );
+            }
+        }
+    }
 
     // Checks.
     let mut checks = Vec::new();

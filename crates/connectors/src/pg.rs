@@ -1,0 +1,656 @@
+//! PostgreSQL source (table or query, full or incremental on a cursor column) and sink (COPY).
+//!
+//! Source:
+//! ```text
+//!  run start:  plan_input ── SELECT max(cursor) ──▶ PgInput { after: last loaded, upto: max }
+//!              (recorded as the run's input, so a resumed run reads exactly the same range)
+//!  reading:    BEGIN REPEATABLE READ READ ONLY; DECLARE cursor FOR
+//!                SELECT col::text, ... FROM (<table or query>) q
+//!                WHERE cursor > after AND cursor <= upto ORDER BY cursor, key
+//!              FETCH FORWARD batch_rows ... until empty; COMMIT
+//! ```
+//! Values are read as PostgreSQL's own text output (session `TimeZone = UTC`,
+//! `DateStyle = ISO`), so every source goes through the same checks and typed conversion. A
+//! record's raw bytes are its canonical encoding ([`canonical_row`]); its position is the row's
+//! index in the read and its key the value of the `key` column.
+//!
+//! Sink: one transaction per batch: insert the commit key into `sealtrail_sink_commits`
+//! (primary key: table, app id, batch; a key already there means the batch is loaded, and the
+//! transaction is rolled back), then `COPY ... FROM STDIN (FORMAT csv)`, then COMMIT. The rows
+//! and the key become visible together or not at all.
+
+use crate::{Decoded, Error, Result, SourceReader};
+use arrow::array::{Array, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use sealtrail_core::record::{PosKind, RawBatch, canonical_row};
+use sealtrail_spec::raw::UnknownColumns;
+use sealtrail_spec::{PgFrom, PgSource, SecretRef, Source};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Connection, Executor, Row};
+use std::fmt::Write;
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// What one run reads from a PostgreSQL source; stored as the run's input (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgInput {
+    /// Human-readable name of the relation: `table public.trades` or `query of source x`.
+    pub what: String,
+    /// Incremental: rows with cursor greater than this (none on the first run).
+    pub after: Option<String>,
+    /// Incremental: rows with cursor at most this (the maximum seen when the run started).
+    pub upto: Option<String>,
+    /// The cursor column's PostgreSQL type, to compare the bounds as values, not text.
+    pub cursor_type: Option<String>,
+}
+
+impl PgInput {
+    pub fn encode(&self) -> String {
+        // Serialising plain strings cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+    pub fn decode(s: &str) -> Option<Self> {
+        serde_json::from_str(s).ok()
+    }
+}
+
+/// Connects, naming the source or sink (never the URL) on failure.
+pub async fn connect(url: &SecretRef, what: &str) -> Result<PgConnection> {
+    let secret = url.resolve().map_err(|reason| Error::Unreadable {
+        input: what.to_string(),
+        reason,
+    })?;
+    // The URL may hold a password: errors below must not echo it, only say what failed.
+    let opts = PgConnectOptions::from_str(secret.expose()).map_err(|_| Error::Unreadable {
+        input: what.to_string(),
+        reason: "the connection URL is not a valid postgres:// URL".into(),
+    })?;
+    let mut conn = PgConnection::connect_with(&opts)
+        .await
+        .map_err(|e| Error::Unreadable {
+            input: what.to_string(),
+            reason: format!("cannot connect to PostgreSQL: {}", redact_db_error(&e)),
+        })?;
+    conn.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'; SET extra_float_digits = 1")
+        .await
+        .map_err(|e| Error::Unreadable {
+            input: what.to_string(),
+            reason: redact_db_error(&e),
+        })?;
+    Ok(conn)
+}
+
+/// A database error without anything from the connection string.
+fn redact_db_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(d) => d.message().to_string(),
+        sqlx::Error::Io(io) => format!("network error: {}", io.kind()),
+        sqlx::Error::Tls(_) => "TLS error".into(),
+        sqlx::Error::PoolTimedOut => "timed out".into(),
+        sqlx::Error::Configuration(_) => "bad connection settings".into(),
+        other => {
+            let s = other.to_string();
+            // sqlx error texts do not carry URLs, but be strict: no '@' or "://".
+            if s.contains("://") || s.contains('@') {
+                "connection failed".into()
+            } else {
+                s
+            }
+        }
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// `schema.table` with each part quoted.
+fn quote_table(s: &str) -> String {
+    s.split('.').map(quote_ident).collect::<Vec<_>>().join(".")
+}
+
+/// A SQL string literal (standard_conforming_strings is on since PostgreSQL 9.1).
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn relation(source: &Source, pg: &PgSource) -> (String, String) {
+    match &pg.from {
+        PgFrom::Table(t) => (
+            format!("SELECT * FROM {}", quote_table(t)),
+            format!("table {t}"),
+        ),
+        PgFrom::Query(q) => (
+            q.trim().trim_end_matches(';').to_string(),
+            format!("query of source {}", source.name),
+        ),
+    }
+}
+
+/// Decides what a new run reads: for an incremental source, the rows after the last loaded
+/// cursor value up to the current maximum. Also checks the relation's columns against the
+/// declared ones, so a wrong column fails before anything loads.
+pub async fn plan_input(source: &Source, pg: &PgSource, last: Option<PgInput>) -> Result<PgInput> {
+    let (rel, what) = relation(source, pg);
+    let mut conn = connect(&pg.url, &what).await?;
+    check_columns(&mut conn, source, &rel, &what).await?;
+    let mut input = PgInput {
+        what: what.clone(),
+        after: None,
+        upto: None,
+        cursor_type: None,
+    };
+    if let Some(c) = &pg.cursor {
+        let sql = format!(
+            "SELECT max(q.{c})::text, pg_typeof(max(q.{c}))::text FROM ({rel}) q",
+            c = quote_ident(c)
+        );
+        let row = sqlx::query(&sql)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| Error::Unreadable {
+                input: what.clone(),
+                reason: redact_db_error(&e),
+            })?;
+        let max: Option<String> = row.try_get(0).ok().flatten();
+        input.cursor_type = row.try_get(1).ok();
+        input.after = last.and_then(|l| l.upto);
+        input.upto = max.or_else(|| input.after.clone());
+    }
+    let _ = conn.close().await;
+    Ok(input)
+}
+
+async fn check_columns(
+    conn: &mut PgConnection,
+    source: &Source,
+    rel: &str,
+    what: &str,
+) -> Result<()> {
+    let d = conn
+        .describe(&format!("SELECT * FROM ({rel}) q"))
+        .await
+        .map_err(|e| Error::Unreadable {
+            input: what.to_string(),
+            reason: redact_db_error(&e),
+        })?;
+    let have: Vec<String> = d
+        .columns()
+        .iter()
+        .map(|c| sqlx::Column::name(c).to_string())
+        .collect();
+    let schema_err = |reason: String| Error::Schema {
+        input: what.to_string(),
+        source_name: source.name.clone(),
+        reason,
+    };
+    if let Some(c) = source.columns.iter().find(|c| !have.contains(&c.name)) {
+        return Err(schema_err(format!(
+            "column `{}` is declared but the relation has only {}",
+            c.name,
+            have.join(", ")
+        )));
+    }
+    if source.unknown_columns == UnknownColumns::Reject
+        && let Some(h) = have.iter().find(|h| source.column_index(h).is_none())
+    {
+        return Err(schema_err(format!(
+            "the relation has column `{h}`, which is not declared; declare it or set `unknown_columns: drop`"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads one PostgreSQL input. Runs its own single-threaded Tokio runtime: sources are
+/// synchronous iterators on the engine's decode thread.
+pub struct PgReader {
+    source: Source,
+    pg: PgSource,
+    input: PgInput,
+    name: Arc<str>,
+    batch_rows: usize,
+    rt: tokio::runtime::Runtime,
+    conn: Option<PgConnection>,
+    done: bool,
+    next_row: u64,
+    key_col: Option<usize>,
+}
+
+impl std::fmt::Debug for PgReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgReader")
+            .field("source", &self.source.name)
+            .field("input", &self.input)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgReader {
+    pub fn new(source: Source, pg: PgSource, input: &str, batch_rows: usize) -> Result<Self> {
+        let input = PgInput::decode(input).ok_or_else(|| Error::Unreadable {
+            input: input.to_string(),
+            reason: "not a PostgreSQL input descriptor (state store damaged?)".into(),
+        })?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Unreadable {
+                input: input.what.clone(),
+                reason: e.to_string(),
+            })?;
+        let key_col = pg
+            .key
+            .as_deref()
+            .or(pg.cursor.as_deref())
+            .and_then(|k| source.column_index(k));
+        Ok(Self {
+            name: input.what.clone().into(),
+            source,
+            pg,
+            input,
+            batch_rows: batch_rows.max(1),
+            rt,
+            conn: None,
+            done: false,
+            next_row: 0,
+            key_col,
+        })
+    }
+
+    fn unreadable(&self, e: &sqlx::Error) -> Error {
+        Error::Unreadable {
+            input: self.name.to_string(),
+            reason: redact_db_error(e),
+        }
+    }
+
+    fn select_sql(&self) -> String {
+        let (rel, _) = relation(&self.source, &self.pg);
+        let cols = self
+            .source
+            .columns
+            .iter()
+            .map(|c| format!("q.{}::text", quote_ident(&c.name)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = format!("SELECT {cols} FROM ({rel}) q");
+        if let Some(c) = &self.pg.cursor {
+            let c = quote_ident(c);
+            let ty = self.input.cursor_type.as_deref().unwrap_or("text");
+            match (&self.input.after, &self.input.upto) {
+                (_, None) => sql.push_str(" WHERE false"),
+                (None, Some(u)) => {
+                    let _ = write!(sql, " WHERE q.{c} <= CAST({} AS {ty})", quote_literal(u));
+                }
+                (Some(a), Some(u)) => {
+                    let _ = write!(
+                        sql,
+                        " WHERE q.{c} > CAST({} AS {ty}) AND q.{c} <= CAST({} AS {ty})",
+                        quote_literal(a),
+                        quote_literal(u)
+                    );
+                }
+            }
+        }
+        // A deterministic order, so a resumed run cuts the same batches.
+        let mut order: Vec<String> = Vec::new();
+        for c in [&self.pg.cursor, &self.pg.key].into_iter().flatten() {
+            let q = format!("q.{}", quote_ident(c));
+            if !order.contains(&q) {
+                order.push(q);
+            }
+        }
+        if order.is_empty() {
+            order = (1..=self.source.columns.len())
+                .map(|i| i.to_string())
+                .collect();
+        }
+        let _ = write!(sql, " ORDER BY {}", order.join(", "));
+        sql
+    }
+}
+
+impl SourceReader for PgReader {
+    fn next_batch(&mut self) -> Result<Option<Decoded>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.conn.is_none() {
+            let sql = self.select_sql();
+            let conn = self.rt.block_on(async {
+                let mut conn = connect(&self.pg.url, &self.name).await?;
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await
+                    .map_err(|e| self.unreadable(&e))?;
+                conn.execute(format!("DECLARE sealtrail_read NO SCROLL CURSOR FOR {sql}").as_str())
+                    .await
+                    .map_err(|e| self.unreadable(&e))?;
+                Ok::<_, Error>(conn)
+            })?;
+            self.conn = Some(conn);
+        }
+        let fetch = format!("FETCH FORWARD {} FROM sealtrail_read", self.batch_rows);
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        let rows = self
+            .rt
+            .block_on(sqlx::query(&fetch).fetch_all(&mut *conn))
+            .map_err(|e| Error::Unreadable {
+                input: self.name.to_string(),
+                reason: redact_db_error(&e),
+            })?;
+        if rows.is_empty() {
+            self.done = true;
+            if let Some(mut c) = self.conn.take() {
+                let _ = self.rt.block_on(async {
+                    let _ = c.execute("COMMIT").await;
+                    c.close().await
+                });
+            }
+            return Ok(None);
+        }
+        let ncols = self.source.columns.len();
+        let names: Vec<&str> = self
+            .source
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        let mut batch =
+            RawBatch::with_capacity(self.name.clone(), PosKind::Key, ncols, rows.len(), 0);
+        if let Some(k) = self.key_col {
+            batch.set_key_column(k);
+        }
+        let mut values: Vec<Option<String>> = vec![None; ncols];
+        for row in &rows {
+            for (i, v) in values.iter_mut().enumerate() {
+                *v = row
+                    .try_get::<Option<String>, _>(i)
+                    .map_err(|e| Error::Unreadable {
+                        input: self.name.to_string(),
+                        reason: redact_db_error(&e),
+                    })?;
+            }
+            let refs: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
+            batch.begin(self.next_row, &canonical_row(&names, &refs));
+            for v in &refs {
+                batch.push(*v);
+            }
+            self.next_row += 1;
+        }
+        Ok(Some(Decoded {
+            batch,
+            malformed: Vec::new(),
+        }))
+    }
+}
+
+/// The PostgreSQL column type for an Arrow type, or None when sealtrail cannot write it.
+fn pg_type(dt: &DataType) -> Option<String> {
+    Some(match dt {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
+        DataType::Int64 => "bigint".into(),
+        DataType::Int32 | DataType::UInt16 => "integer".into(),
+        DataType::Int16 | DataType::Int8 | DataType::UInt8 => "smallint".into(),
+        DataType::UInt32 => "bigint".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Float32 => "real".into(),
+        DataType::Boolean => "boolean".into(),
+        DataType::Date32 => "date".into(),
+        DataType::Timestamp(
+            TimeUnit::Microsecond | TimeUnit::Millisecond | TimeUnit::Second,
+            Some(_),
+        ) => "timestamp with time zone".into(),
+        DataType::Timestamp(
+            TimeUnit::Microsecond | TimeUnit::Millisecond | TimeUnit::Second,
+            None,
+        ) => "timestamp without time zone".into(),
+        DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
+        DataType::Binary | DataType::LargeBinary => "bytea".into(),
+        _ => return None,
+    })
+}
+
+/// Writes batches into a PostgreSQL table with COPY, one transaction per commit key.
+pub struct PgSink {
+    name: String,
+    table: String,
+    conn: PgConnection,
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for PgSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgSink")
+            .field("name", &self.name)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sink_err(name: &str, reason: impl std::fmt::Display) -> Error {
+    Error::Sink {
+        sink: name.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+const COMMITS_DDL: &str = "CREATE TABLE IF NOT EXISTS sealtrail_sink_commits (\
+    target TEXT NOT NULL, app_id TEXT NOT NULL, batch BIGINT NOT NULL, \
+    rows BIGINT NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
+    PRIMARY KEY (target, app_id, batch))";
+
+impl PgSink {
+    /// Connects, then creates the table from `schema` when missing, or checks that its columns
+    /// have exactly these names, order and types.
+    pub async fn open(name: &str, url: &SecretRef, table: &str, schema: SchemaRef) -> Result<Self> {
+        let mut conn = connect(url, &format!("sink {name}")).await?;
+        let db = |e: sqlx::Error| sink_err(name, redact_db_error(&e));
+        let mut want = Vec::new();
+        for f in schema.fields() {
+            let t = pg_type(f.data_type()).ok_or_else(|| {
+                sink_err(
+                    name,
+                    format!(
+                        "column `{}` has type {} which the postgres sink cannot write; cast it in the transform's SQL",
+                        f.name(),
+                        f.data_type()
+                    ),
+                )
+            })?;
+            want.push((f.name().clone(), t));
+        }
+        conn.execute(COMMITS_DDL).await.map_err(db)?;
+        let (schema_name, tname) = match table.split_once('.') {
+            Some((s, t)) => (Some(s.to_string()), t.to_string()),
+            None => (None, table.to_string()),
+        };
+        let rows = sqlx::query(
+            "SELECT column_name::text, data_type::text, numeric_precision, numeric_scale \
+             FROM information_schema.columns \
+             WHERE table_name = $1 AND table_schema = coalesce($2, current_schema()) \
+             ORDER BY ordinal_position",
+        )
+        .bind(&tname)
+        .bind(&schema_name)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(db)?;
+        if rows.is_empty() {
+            let cols = want
+                .iter()
+                .map(|(n, t)| format!("{} {t}", quote_ident(n)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            conn.execute(
+                format!("CREATE TABLE IF NOT EXISTS {} ({cols})", quote_table(table)).as_str(),
+            )
+            .await
+            .map_err(db)?;
+        } else {
+            let have: Vec<(String, String)> = rows
+                .iter()
+                .map(|r| {
+                    let n: String = r.get(0);
+                    let t: String = r.get(1);
+                    let t = if t == "numeric" {
+                        let p: Option<i32> = r.get(2);
+                        let s: Option<i32> = r.get(3);
+                        match (p, s) {
+                            (Some(p), Some(s)) => format!("numeric({p},{s})"),
+                            _ => t,
+                        }
+                    } else {
+                        t
+                    };
+                    (n, t)
+                })
+                .collect();
+            if have != want {
+                let show = |c: &[(String, String)]| {
+                    c.iter()
+                        .map(|(n, t)| format!("{n} {t}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(sink_err(
+                    name,
+                    format!(
+                        "table {table} has columns ({}) but the pipeline writes ({}); point the sink at a new table or migrate it",
+                        show(&have),
+                        show(&want)
+                    ),
+                ));
+            }
+        }
+        Ok(Self {
+            name: name.to_string(),
+            table: table.to_string(),
+            conn,
+            schema,
+        })
+    }
+
+    pub fn location(&self) -> String {
+        format!("postgres table {}", self.table)
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Commits `batches` under (`app_id`, `batch`); false when that key is already loaded.
+    pub async fn commit(
+        &mut self,
+        app_id: &str,
+        batch: u64,
+        batches: &[RecordBatch],
+    ) -> Result<bool> {
+        let name = self.name.clone();
+        let db = |e: sqlx::Error| sink_err(&name, redact_db_error(&e));
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let mut tx = self.conn.begin().await.map_err(db)?;
+        let fresh = sqlx::query(
+            "INSERT INTO sealtrail_sink_commits (target, app_id, batch, rows) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.table)
+        .bind(app_id)
+        .bind(batch as i64)
+        .bind(rows as i64)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            tx.rollback().await.map_err(db)?;
+            return Ok(false);
+        }
+        if rows > 0 {
+            let cols = self
+                .schema
+                .fields()
+                .iter()
+                .map(|f| quote_ident(f.name()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let stmt = format!(
+                "COPY {} ({cols}) FROM STDIN (FORMAT csv)",
+                quote_table(&self.table)
+            );
+            let mut copy = tx.copy_in_raw(&stmt).await.map_err(db)?;
+            let mut buf = Vec::with_capacity(1 << 20);
+            for b in batches {
+                let mut start = 0;
+                while start < b.num_rows() {
+                    let end = encode_csv(b, start, &mut buf).map_err(|e| sink_err(&name, e))?;
+                    copy.send(std::mem::take(&mut buf)).await.map_err(db)?;
+                    start = end;
+                }
+            }
+            let n = copy.finish().await.map_err(db)?;
+            if n != rows as u64 {
+                return Err(sink_err(
+                    &name,
+                    format!("COPY wrote {n} rows instead of {rows}; nothing was committed"),
+                ));
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(true)
+    }
+}
+
+/// Encodes rows of `b` from `start` as PostgreSQL CSV into `out` until about 1 MiB; returns
+/// the next row. Non-null values are always quoted (an unquoted empty field is NULL).
+fn encode_csv(
+    b: &RecordBatch,
+    start: usize,
+    out: &mut Vec<u8>,
+) -> std::result::Result<usize, String> {
+    let opts = FormatOptions::default().with_display_error(false);
+    let fmts = b
+        .columns()
+        .iter()
+        .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    let mut s = String::new();
+    let mut row = start;
+    while row < b.num_rows() && out.len() < (1 << 20) {
+        for (i, f) in fmts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            if b.column(i).is_null(row) {
+                continue;
+            }
+            s.clear();
+            if let DataType::Binary | DataType::LargeBinary = b.column(i).data_type() {
+                // bytea hex input format.
+                let v = arrow::array::AsArray::as_binary_opt::<i32>(b.column(i).as_ref())
+                    .map(|a| a.value(row).to_vec())
+                    .unwrap_or_default();
+                s.push_str("\\x");
+                for byte in v {
+                    let _ = write!(s, "{byte:02x}");
+                }
+            } else {
+                write!(s, "{}", f.value(row)).map_err(|e| e.to_string())?;
+            }
+            out.push(b'"');
+            for &c in s.as_bytes() {
+                if c == b'"' {
+                    out.push(b'"');
+                }
+                out.push(c);
+            }
+            out.push(b'"');
+        }
+        out.push(b'\n');
+        row += 1;
+    }
+    Ok(row)
+}
