@@ -56,7 +56,11 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     let spec_path = work.join("bench.yaml");
     std::fs::write(&spec_path, spec_text)?;
     let p = sealtrail_spec::load(&spec_path)?;
-    let audit = sealtrail_core::audit::JsonlAuditLog::open(&work.join("audit.jsonl"))?;
+    let log = crate::ledger_cmd::open_writer(
+        &work.join(".sealtrail"),
+        sealtrail_ledger::log::OpenMode::FailClosed,
+    )?;
+    let audit = sealtrail_ledger::audit::LedgerAudit::new(log);
     let opts = sealtrail_engine::RunOptions {
         state_url: format!("sqlite://{}", work.join("state.db").display()),
         audit: Arc::new(audit),

@@ -1,12 +1,12 @@
 //! `sealtrail`: the command-line interface. Thin: parsing arguments, printing, exit codes.
 
 mod bench;
+mod ledger_cmd;
 mod synth;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sealtrail_core::audit::JsonlAuditLog;
 use sealtrail_engine::{RunOptions, RunReport};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -59,6 +59,14 @@ enum Cmd {
     },
     /// Run the reference trades job on a gen_trades.py file and print rows/s and peak memory.
     Bench(bench::BenchArgs),
+    /// The tamper-evident ledger: init, verify, prove, show, recover, bench.
+    Ledger {
+        /// Folder holding `ledger/`, `ledger.key` and `ledger.pub` (default `.sealtrail`).
+        #[arg(long, env = "SEALTRAIL_HOME", global = true)]
+        home: Option<PathBuf>,
+        #[command(subcommand)]
+        cmd: ledger_cmd::LedgerCmd,
+    },
     /// Generate synthetic input files without running anything.
     Generate {
         /// Folder to write into.
@@ -209,6 +217,14 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Bench(args) => bench::run(args).await,
+        Cmd::Ledger { home, cmd } => {
+            let home = home.unwrap_or_else(|| PathBuf::from(".sealtrail"));
+            let code = ledger_cmd::run(&home, cmd)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
         Cmd::Generate { dir, rows, seed } => {
             let (t, _) = synth::trades(&dir, rows, seed)?;
             let (c, _) = synth::customers(&dir, (rows / 10).max(10), seed)?;
@@ -270,8 +286,10 @@ async fn run_pipeline(
     state_url: &str,
     abandon: bool,
 ) -> Result<RunReport> {
-    let audit = JsonlAuditLog::open(&home.join("audit.jsonl"))
-        .with_context(|| format!("opening the audit log in {}", home.display()))?;
+    // Every audit event goes to the ledger, durably and signed, before the run goes on.
+    let log = ledger_cmd::open_writer(home, sealtrail_ledger::log::OpenMode::FailClosed)
+        .with_context(|| format!("opening the ledger in {}", home.display()))?;
+    let audit = sealtrail_ledger::audit::LedgerAudit::new(log);
     let pb = progress_bar(&p.name);
     let pb2 = pb.clone();
     let opts = RunOptions {
@@ -348,8 +366,23 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
             );
         }
     }
-    println!("\nAudit log: {}", home.join("audit.jsonl").display());
+    println!(
+        "\nLedger: every run and batch above is an entry in {}",
+        ledger_cmd::paths(&home).dir.display()
+    );
+    match ledger_cmd::verify_cmd(&home, None, Some(home.join("demo-verifier.seen")), 2)? {
+        ledger_cmd::Outcome::Verified => {}
+        _ => anyhow::bail!("the ledger did not verify; this is a bug"),
+    }
     println!("\nNext, try:");
+    println!(
+        "  sealtrail ledger show --home {} --type batch_committed --limit 5",
+        home.display()
+    );
+    println!(
+        "  sealtrail ledger prove --home {} --entry 0",
+        home.display()
+    );
     println!("  sealtrail runs --home {}", home.display());
     println!("  sealtrail check {}", dir.join("trades.yaml").display());
     println!(

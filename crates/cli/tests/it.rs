@@ -193,19 +193,24 @@ fn sigkill_then_rerun_loads_every_record_exactly_once() {
         .unwrap()
         .replace("batch_rows: 65536", "batch_rows: 400");
     std::fs::write(&spec, text).unwrap();
-    let audit = dir.path().join(".sealtrail/audit.jsonl");
-    let committed = || {
-        std::fs::read_to_string(&audit)
-            .map(|s| s.matches("\"batch_committed\"").count())
+    // Progress is read from the ledger's checkpoint: its second line is the entry count
+    // (about two entries per committed batch).
+    let checkpoint = dir.path().join(".sealtrail/ledger/checkpoint");
+    let entries = || {
+        std::fs::read_to_string(&checkpoint)
+            .ok()
+            .and_then(|s| s.lines().nth(1).and_then(|n| n.parse::<usize>().ok()))
             .unwrap_or(0)
     };
+    let home = dir.path().join(".sealtrail");
     let mut kills = 0;
-    for target in [1usize, 4, 9, 17, 26, 40] {
+    let mut recovered = 0;
+    for target in [2usize, 9, 19, 35, 53, 81] {
         let mut child = bin()
             .arg("run")
             .arg(&spec)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let start = std::time::Instant::now();
@@ -213,16 +218,28 @@ fn sigkill_then_rerun_loads_every_record_exactly_once() {
             if child.try_wait().unwrap().is_some() {
                 break;
             }
-            if committed() >= target || start.elapsed().as_secs() > 120 {
+            if entries() >= target || start.elapsed().as_secs() > 120 {
                 child.kill().unwrap(); // SIGKILL on Unix
                 kills += 1;
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        child.wait().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        // A kill in the middle of a ledger append leaves a torn tail: the next run refuses
+        // to start (fail closed) until the operator recovers it explicitly.
+        if err.contains("ledger recover") {
+            run_ok(bin().args(["ledger", "recover", "--home"]).arg(&home));
+            recovered += 1;
+        }
     }
     assert!(kills >= 3, "the runs finished before they could be killed");
+    let first = bin().arg("run").arg(&spec).output().unwrap();
+    if String::from_utf8_lossy(&first.stderr).contains("ledger recover") {
+        run_ok(bin().args(["ledger", "recover", "--home"]).arg(&home));
+        recovered += 1;
+    }
     let out = run_ok(bin().arg("run").arg(&spec));
     assert!(out.contains("(resumed)"), "{out}");
     let d = dir.path().display();
@@ -242,6 +259,21 @@ print(len(ids) + len(lines), len(lines))
     assert_eq!(n[0], 30_000, "every record loaded or quarantined once");
     // The generator injects 0.5% defects: round(30000 * 0.005 / 9) = 17 per kind, 153 in all.
     assert_eq!(n[1], 153);
+    // The ledger verifies after the kills and recoveries, and records each recovery.
+    let v = run_ok(
+        bin()
+            .args(["ledger", "verify", "--home"])
+            .arg(&home)
+            .arg("--state")
+            .arg(dir.path().join("seen")),
+    );
+    assert!(v.starts_with("verified:"), "{v}");
+    let shown = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "recovery", "--home"])
+            .arg(&home),
+    );
+    assert_eq!(shown.lines().count(), recovered, "{shown}");
 }
 
 #[test]
@@ -391,19 +423,319 @@ fn schema_is_json_and_describes_the_spec() {
 fn audit_events_cover_the_run() {
     let (dir, spec) = project("trades.yaml", 1000);
     run_ok(bin().arg("run").arg(&spec));
-    let text = std::fs::read_to_string(dir.path().join(".sealtrail/audit.jsonl")).unwrap();
-    let events: Vec<serde_json::Value> = text
+    let home = dir.path().join(".sealtrail");
+    let shown = run_ok(bin().args(["ledger", "show", "--home"]).arg(&home));
+    let kinds: Vec<&str> = shown
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
+        .map(|l| l.split_whitespace().nth(2).unwrap())
         .collect();
-    assert_eq!(events.first().unwrap()["event"], "run_started");
-    assert_eq!(events.last().unwrap()["event"], "run_ended");
-    assert!(events.iter().any(|e| e["event"] == "records_quarantined"));
-    // No record values in the audit log: no e-mail, IBAN or trade id from the input.
+    assert_eq!(kinds.first(), Some(&"run_started"), "{shown}");
+    assert_eq!(kinds.last(), Some(&"run_ended"), "{shown}");
+    assert!(kinds.contains(&"batch_committed") && kinds.contains(&"records_quarantined"));
+    let filtered = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "run_ended", "--home"])
+            .arg(&home),
+    );
+    assert_eq!(filtered.lines().count(), 1, "{filtered}");
+    assert!(filtered.contains("in=1000"), "{filtered}");
+    // No record values in the ledger: no e-mail, IBAN or trade id from the input.
+    let mut bytes = Vec::new();
+    for e in glob_files(&home.join("ledger")) {
+        bytes.extend(std::fs::read(e).unwrap());
+    }
+    let text = String::from_utf8_lossy(&bytes);
     for leak in ["@example", "@bank.example", "WEST", "TRD-"] {
         assert!(
             !text.contains(leak),
-            "record values ({leak}) leaked into the audit log"
+            "record values ({leak}) leaked into the ledger"
         );
     }
+    // It verifies, and an inclusion proof of the first entry checks against the checkpoint.
+    let v = run_ok(
+        bin()
+            .args(["ledger", "verify", "--home"])
+            .arg(&home)
+            .arg("--state")
+            .arg(dir.path().join("seen")),
+    );
+    assert!(v.starts_with("verified:"), "{v}");
+    let proof: serde_json::Value = serde_json::from_str(&run_ok(
+        bin()
+            .args(["ledger", "prove", "--entry", "1", "--home"])
+            .arg(&home),
+    ))
+    .unwrap();
+    assert_eq!(proof["index"], 1);
+    assert!(
+        proof["checkpoint"]
+            .as_str()
+            .unwrap()
+            .contains("sealtrail.local/ledger")
+    );
+}
+
+fn glob_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(glob_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn pg_url() -> String {
+    std::env::var("SEALTRAIL_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Runs SQL statements against the test database (a real PostgreSQL).
+fn pg(sql: &str) -> Vec<Vec<Option<String>>> {
+    use sqlx::{Connection, Row};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = sqlx::PgConnection::connect(&pg_url())
+            .await
+            .expect("PostgreSQL at SEALTRAIL_TEST_PG (default 127.0.0.1:5432/test)");
+        let mut out = Vec::new();
+        for stmt in sql.split(";\n").filter(|s| !s.trim().is_empty()) {
+            for r in sqlx::query(stmt).fetch_all(&mut c).await.unwrap() {
+                out.push(
+                    (0..r.len())
+                        .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
+                        .collect(),
+                );
+            }
+        }
+        out
+    })
+}
+
+fn pg_one(sql: &str) -> String {
+    pg(sql)[0][0].clone().unwrap_or_default()
+}
+
+/// Inserts trades `from..to` into `table`: every 25th has a bad ISIN, every 40th no quantity.
+fn pg_insert_trades(table: &str, from: u32, to: u32) {
+    pg(&format!(
+        "INSERT INTO {table} (id, isin, qty, price, ts, buy) \
+         SELECT i, CASE WHEN i % 25 = 0 THEN 'US0378331006' ELSE 'US0378331005' END, \
+                CASE WHEN i % 40 = 0 THEN NULL ELSE i * 10 END, \
+                (i * 1.25)::numeric(18,4), \
+                timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second 250 milliseconds', \
+                i % 2 = 0 \
+         FROM generate_series({from}, {to} - 1) AS i"
+    ));
+}
+
+#[test]
+fn postgres_table_to_postgres_table_incrementally_exactly_once() {
+    let ns = format!("st_it_{}", std::process::id());
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\n\
+         CREATE SCHEMA {ns};\n\
+         CREATE TABLE {ns}.src (id bigint PRIMARY KEY, isin text, qty bigint, price numeric(18,4), ts timestamptz, buy boolean)"
+    ));
+    pg_insert_trades(&format!("{ns}.src"), 1, 1001);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("pg.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"version: 1
+pipeline: pg_{ns}
+sources:
+  src:
+    postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.src, key: id, cursor: id }}
+    columns:
+      - {{ name: id, type: int64, required: true }}
+      - {{ name: isin }}
+      - {{ name: qty, type: int64 }}
+      - {{ name: price, type: "decimal(18,4)" }}
+      - {{ name: ts, type: timestamp }}
+      - {{ name: buy, type: boolean }}
+    checks:
+      - {{ rule: not_null, column: qty, reason: missing_quantity }}
+      - {{ rule: checksum, column: isin, scheme: isin, reason: invalid_isin }}
+sinks:
+  out:
+    from: src
+    audience: internal
+    postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.out }}
+quarantine:
+  parquet: {{ path: out/quarantine }}
+"#
+        ),
+    )
+    .unwrap();
+    let run = || {
+        counts(&run_ok(
+            bin().arg("run").arg(&spec).env("ST_TEST_PG_URL", pg_url()),
+        ))
+    };
+    // 1000 rows: 40 bad ISINs (every 25th), 25 without quantity (every 40th), 5 both.
+    assert_eq!(run(), (1000, 940, 60));
+    // The loaded values equal the source values, typed (numeric, timestamptz, boolean).
+    assert_eq!(
+        pg_one(&format!(
+            "SELECT count(*)::text FROM {ns}.out o JOIN {ns}.src s USING (id) \
+             WHERE o.price = s.price AND o.ts = s.ts AND o.buy = s.buy AND o.qty = s.qty AND o.isin = s.isin"
+        )),
+        "940"
+    );
+    assert_eq!(
+        pg_one(&format!(
+            "SELECT string_agg(column_name || ' ' || data_type, ', ' ORDER BY ordinal_position) \
+             FROM information_schema.columns WHERE table_schema = '{ns}' AND table_name = 'out'"
+        )),
+        "id bigint, isin text, qty bigint, price numeric, ts timestamp with time zone, buy boolean"
+    );
+    // Nothing new: nothing read.
+    assert_eq!(run(), (0, 0, 0));
+    // New rows past the cursor: only they are read.
+    pg_insert_trades(&format!("{ns}.src"), 1001, 1501);
+    let (rin, loaded, q) = run();
+    assert_eq!((rin, loaded + q), (500, 500));
+    assert_eq!(
+        pg_one(&format!(
+            "SELECT count(*)::text || '/' || count(DISTINCT id)::text FROM {ns}.out"
+        )),
+        format!("{}/{}", 940 + loaded, 940 + loaded)
+    );
+    // The quarantine names each bad row by its key, with the canonical row as raw bytes.
+    let got = py(&format!(
+        "import pyarrow.parquet as pq, json\n\
+         t = pq.read_table('{}').to_pylist()\n\
+         r = [x for x in t if x['key'] == '25'][0]\n\
+         print(len(t), r['reason'], r['input'], json.loads(r['raw'])['isin'])",
+        dir.path().join("out/quarantine").display()
+    ));
+    assert_eq!(
+        got,
+        format!("{} invalid_isin table {ns}.src US0378331006", 60 + q)
+    );
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
+#[test]
+fn postgres_errors_name_the_source_and_never_the_password() {
+    let ns = format!("st_err_{}", std::process::id());
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\n\
+         CREATE SCHEMA {ns};\n\
+         CREATE TABLE {ns}.src (id bigint, name text)"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("pg.yaml");
+    let write = |cols: &str| {
+        std::fs::write(
+            &spec,
+            format!(
+                "version: 1\npipeline: e_{ns}\nsources:\n  src:\n    postgres: {{ url: env:ST_URL, table: {ns}.src, key: id }}\n    columns: [{cols}]\nsinks:\n  out: {{ from: src, audience: internal, parquet: {{ path: out/x }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+            ),
+        )
+        .unwrap()
+    };
+    // A declared column the table does not have.
+    write("{ name: id, type: int64 }, { name: nme }");
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("ST_URL", pg_url())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("column `nme` is declared"), "{err}");
+    assert!(!dir.path().join("out").exists());
+    // Wrong credentials on an unreachable port: the message says what failed, not the secret.
+    write("{ name: id, type: int64 }, { name: name }");
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("ST_URL", "postgres://alice:Sup3rS3cret@127.0.0.1:1/test")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
+    assert!(
+        !err.contains("Sup3rS3cret") && !err.contains("alice"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out").exists());
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
+#[test]
+fn parquet_files_are_a_source_with_typed_values_and_row_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let d = dir.path().display();
+    // Written by pyarrow: a real third-party Parquet file, with an extra column to drop.
+    py(&format!(
+        "import pyarrow as pa, pyarrow.parquet as pq, datetime as dt, decimal\n\
+         n = 300\n\
+         t = pa.table({{\n\
+           'id': pa.array(range(n), pa.int64()),\n\
+           'isin': ['US0378331005' if i % 30 else 'US0378331006' for i in range(n)],\n\
+           'price': pa.array([decimal.Decimal(i) / 4 for i in range(n)], pa.decimal128(18, 4)),\n\
+           'ts': pa.array([dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(seconds=i) for i in range(n)], pa.timestamp('us', tz='UTC')),\n\
+           'day': pa.array([dt.date(2026, 1, 1) + dt.timedelta(days=i) for i in range(n)], pa.date32()),\n\
+           'qty': pa.array([None if i % 50 == 7 else i for i in range(n)], pa.int32()),\n\
+           'extra': ['x'] * n,\n\
+         }})\n\
+         pq.write_table(t, '{d}/in/a.parquet', row_group_size=64)\n\
+         pq.write_table(t.slice(0, 10), '{d}/in/b.parquet')"
+    ));
+    let spec = dir.path().join("pq.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: pq\nbatch_rows: 100\nsources:\n  s:\n    parquet: { path: in/*.parquet, incremental: true }\n    unknown_columns: drop\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: isin }\n      - { name: price, type: \"decimal(18,4)\" }\n      - { name: ts, type: timestamp }\n      - { name: day, type: date }\n      - { name: qty, type: int64 }\n    checks:\n      - { rule: checksum, column: isin, scheme: isin, reason: invalid_isin }\n      - { rule: not_null, column: qty, reason: missing_quantity }\n      - { rule: unique, column: id, reason: duplicate_id }\nsinks:\n  out: { from: s, audience: internal, parquet: { path: out/data } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    // a: 10 bad ISINs + 6 without qty; b: rows 0..10 again: 1 bad ISIN + 1 no qty + 8 duplicates.
+    let (rin, loaded, q) = counts(&run_ok(bin().arg("run").arg(&spec)));
+    assert_eq!((rin, loaded, q), (310, 284, 26));
+    let got = py(&format!(
+        "import pyarrow.parquet as pq, pyarrow.compute as pc\n\
+         src = pq.read_table('{d}/in/a.parquet')\n\
+         out = pq.read_table('{d}/out/data')\n\
+         j = out.join(src, 'id', right_suffix='_s')\n\
+         same = all(r['price'] == r['price_s'] and r['ts'] == r['ts_s'] and r['day'] == r['day_s'] for r in j.to_pylist())\n\
+         q = pq.read_table('{d}/out/q').to_pylist()\n\
+         first = sorted((x['input'].endswith('a.parquet'), x['row'], x['reason']) for x in q)[-1]\n\
+         print(out.num_rows, j.num_rows, same, out.schema.field('ts').type, first)"
+    ));
+    assert_eq!(
+        got,
+        "284 284 True timestamp[us, tz=UTC] (True, 270, 'invalid_isin')"
+    );
+    // Incremental: nothing new.
+    assert_eq!(counts(&run_ok(bin().arg("run").arg(&spec))).0, 0);
+    // A file that is not Parquet fails the run, names the file, and writes nothing.
+    std::fs::write(dir.path().join("in/c.parquet"), b"PAR1 not really").unwrap();
+    let before = std::fs::read_dir(dir.path().join("out/data"))
+        .unwrap()
+        .count();
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("c.parquet") && err.contains("not a readable Parquet file"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("out/data"))
+            .unwrap()
+            .count(),
+        before
+    );
 }

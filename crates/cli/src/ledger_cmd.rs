@@ -1,0 +1,516 @@
+//! `sealtrail ledger ...`: create, verify, prove, list and benchmark the tamper-evident ledger.
+//!
+//! Files under the home folder (default `.sealtrail`):
+//! ```text
+//!   ledger/            the log, in the C2SP tlog-tiles layout (publishable as is)
+//!   ledger.key         the checkpoint signing key (mode 0600, never printed)
+//!   ledger.pub         the verifier key: give it to auditors
+//! ```
+
+use anyhow::{Context, Result, anyhow, bail};
+use base64::Engine;
+use sealtrail_ledger::entry::{Entry, Event, kind_name};
+use sealtrail_ledger::log::{LogError, LogWriter, OpenMode};
+use sealtrail_ledger::merkle::{self, NodeSource};
+use sealtrail_ledger::note::{NoteSigner, NoteVerifier};
+use sealtrail_ledger::tiles::{self, TILE_WIDTH, TileKind, TileReader};
+use sealtrail_ledger::verify::{self, VerifyError};
+use std::path::{Path, PathBuf};
+
+/// Exit codes of `ledger verify`.
+pub mod exit {
+    pub const TAMPERED: i32 = 4;
+    pub const UNREADABLE: i32 = 3;
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum LedgerCmd {
+    /// Create the ledger and its signing key (the key is written with mode 0600, never shown).
+    Init {
+        /// Checkpoint origin: a name for this log, e.g. `bank.example/sealtrail/prod`.
+        #[arg(long, default_value = "sealtrail.local/ledger")]
+        origin: String,
+    },
+    /// Recompute everything from the stored bytes and check it: signature, entries, chain,
+    /// tiles, root, and consistency with the last checkpoint this verifier accepted.
+    /// Exit 0: verified; 4: tampered; 3: could not read.
+    Verify {
+        /// Verifier key (`name+id+key`), or a file holding it (default `<home>/ledger.pub`).
+        #[arg(long)]
+        key: Option<String>,
+        /// The verifier's own memory of the last accepted checkpoint (default: a file per log
+        /// under `~/.sealtrail-verifier/`).
+        #[arg(long)]
+        state: Option<PathBuf>,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// Print an inclusion proof for an entry, or a consistency proof between two tree sizes.
+    Prove {
+        /// The entry's sequence number.
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        entry: Option<u64>,
+        /// Older tree size.
+        #[arg(long, requires = "to")]
+        from: Option<u64>,
+        /// Newer tree size (at most the current one).
+        #[arg(long, requires = "from")]
+        to: Option<u64>,
+    },
+    /// List entries, optionally filtered.
+    Show {
+        /// Only entries of this type (run_started, batch_committed, run_ended, ...).
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Only entries of this run.
+        #[arg(long)]
+        run: Option<String>,
+        /// Only entries at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only entries before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+        /// At most this many entries (the latest).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Discard an unacknowledged tail left by a crash, recording the discard as an entry.
+    Recover,
+    /// Append synthetic entries with durable group commits and print entries/s.
+    Bench {
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        /// Entries per group commit.
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
+        /// Approximate entry size in bytes.
+        #[arg(long, default_value_t = 256)]
+        payload: usize,
+    },
+}
+
+pub struct Paths {
+    pub dir: PathBuf,
+    pub key: PathBuf,
+    pub public: PathBuf,
+}
+
+pub fn paths(home: &Path) -> Paths {
+    Paths {
+        dir: home.join("ledger"),
+        key: home.join("ledger.key"),
+        public: home.join("ledger.pub"),
+    }
+}
+
+/// Creates the signing key if missing; returns the signer.
+pub fn init(home: &Path, origin: &str) -> Result<NoteSigner> {
+    let p = paths(home);
+    if p.key.exists() {
+        return load_signer(home);
+    }
+    std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut *seed);
+    let signer = NoteSigner::from_seed(origin, &seed).map_err(|e| anyhow!("{e}"))?;
+    write_private(&p.key, signer.to_secret_string().as_bytes())?;
+    std::fs::write(
+        &p.public,
+        format!("{}\n", signer.verifier().to_key_string()),
+    )?;
+    Ok(signer)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| format!("creating {}", path.display()))
+}
+
+pub fn load_signer(home: &Path) -> Result<NoteSigner> {
+    let p = paths(home).key;
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&p).with_context(|| {
+        format!(
+            "reading the ledger key {}; create it with `sealtrail ledger init`",
+            p.display()
+        )
+    })?);
+    // The parse error never includes the key text.
+    NoteSigner::parse(&text)
+        .map_err(|e| anyhow!("the ledger key {} is not valid: {e}", p.display()))
+}
+
+fn load_verifier(home: &Path, key: Option<&str>) -> Result<NoteVerifier> {
+    let text = match key {
+        Some(k) if k.contains('+') && !Path::new(k).exists() => k.to_string(),
+        Some(k) => std::fs::read_to_string(k).with_context(|| format!("reading {k}"))?,
+        None => {
+            let p = paths(home).public;
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?
+        }
+    };
+    NoteVerifier::parse(text.trim()).map_err(|e| anyhow!("verifier key: {e}"))
+}
+
+/// Opens the ledger for writing, creating it (and its key) on first use.
+pub fn open_writer(home: &Path, mode: OpenMode) -> Result<LogWriter> {
+    let signer = init(home, "sealtrail.local/ledger")?;
+    let origin = signer.name().to_string();
+    LogWriter::open(&paths(home).dir, &origin, signer, mode).map_err(anyhow::Error::from)
+}
+
+fn b64(h: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(h)
+}
+
+fn default_state(v: &NoteVerifier) -> PathBuf {
+    let base = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let id = sealtrail_core::sha256_hex(v.to_key_string().as_bytes());
+    base.join(".sealtrail-verifier")
+        .join(format!("{}.seen", &id[..16]))
+}
+
+/// Result of `ledger verify`, for the exit code.
+pub enum Outcome {
+    Verified,
+    Tampered,
+    Unreadable,
+}
+
+pub fn verify_cmd(
+    home: &Path,
+    key: Option<&str>,
+    state: Option<PathBuf>,
+    threads: usize,
+) -> Result<Outcome> {
+    let v = load_verifier(home, key)?;
+    let state = state.unwrap_or_else(|| default_state(&v));
+    let seen = std::fs::read_to_string(&state).ok().and_then(|s| {
+        let (size, root) = s.trim().split_once(' ')?;
+        let root = base64::engine::general_purpose::STANDARD
+            .decode(root)
+            .ok()?;
+        Some((
+            size.parse().ok()?,
+            <[u8; 32]>::try_from(root.as_slice()).ok()?,
+        ))
+    });
+    let dir = paths(home).dir;
+    let t = std::time::Instant::now();
+    match verify::verify(&dir, &v, seen, threads) {
+        Ok(ok) => {
+            let secs = t.elapsed().as_secs_f64();
+            println!(
+                "verified: {} entries, root {}, signed by {} ({:.0} entries/s)",
+                ok.size,
+                b64(&ok.root),
+                v.name(),
+                ok.size as f64 / secs.max(1e-9)
+            );
+            if let Some(parent) = state.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&state, format!("{} {}\n", ok.size, b64(&ok.root)))
+                .with_context(|| format!("saving the verifier state {}", state.display()))?;
+            print!("{}", ok.checkpoint);
+            Ok(Outcome::Verified)
+        }
+        Err(VerifyError::Tampered(t)) => {
+            println!("TAMPERED: {t}");
+            Ok(Outcome::Tampered)
+        }
+        Err(VerifyError::Unreadable(e)) => {
+            println!("could not read the ledger: {e}");
+            Ok(Outcome::Unreadable)
+        }
+    }
+}
+
+/// Runs a ledger subcommand; returns the process exit code.
+pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
+    match cmd {
+        LedgerCmd::Init { origin } => {
+            if paths(home).key.exists() {
+                bail!(
+                    "a ledger key already exists at {}; refusing to replace it",
+                    paths(home).key.display()
+                );
+            }
+            let signer = init(home, &origin)?;
+            let mut w = LogWriter::open(&paths(home).dir, &origin, signer, OpenMode::FailClosed)?;
+            w.sign_checkpoint()?;
+            println!("created the ledger in {}", paths(home).dir.display());
+            println!(
+                "signing key: {} (mode 0600; keep it secret)",
+                paths(home).key.display()
+            );
+            println!(
+                "verifier key (give it to auditors): {}",
+                std::fs::read_to_string(paths(home).public)?.trim()
+            );
+            Ok(0)
+        }
+        LedgerCmd::Verify {
+            key,
+            state,
+            threads,
+        } => Ok(match verify_cmd(home, key.as_deref(), state, threads)? {
+            Outcome::Verified => 0,
+            Outcome::Tampered => exit::TAMPERED,
+            Outcome::Unreadable => exit::UNREADABLE,
+        }),
+        LedgerCmd::Recover => {
+            if !paths(home).key.exists() {
+                bail!(
+                    "no ledger key at {}; nothing to recover",
+                    paths(home).key.display()
+                );
+            }
+            match open_writer(home, OpenMode::FailClosed) {
+                Ok(w) => println!(
+                    "nothing to recover: the ledger has {} entries and no torn tail",
+                    w.size()
+                ),
+                Err(e)
+                    if matches!(
+                        e.downcast_ref::<LogError>(),
+                        Some(LogError::TornTail { .. })
+                    ) =>
+                {
+                    let w = open_writer(home, OpenMode::Recover)?;
+                    println!(
+                        "recovered: discarded the unacknowledged tail; the discard is entry {}",
+                        w.size() - 1
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+            Ok(0)
+        }
+        LedgerCmd::Prove { entry, from, to } => {
+            let v = load_verifier(home, None)?;
+            let dir = paths(home).dir;
+            let (cp, note) = sealtrail_ledger::log::read_checkpoint(&dir, &v)?
+                .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
+            let r = TileReader::new(&dir, cp.size);
+            if let Some(i) = entry {
+                if i >= cp.size {
+                    bail!("entry {i} is not in the ledger (size {})", cp.size);
+                }
+                let leaf = r.node(0, i)?;
+                let proof = merkle::inclusion_proof(&r, i, cp.size)?;
+                merkle::verify_inclusion(i, cp.size, &leaf, &proof, &cp.root)?;
+                let out = serde_json::json!({
+                    "type": "inclusion",
+                    "index": i,
+                    "tree_size": cp.size,
+                    "leaf_hash": b64(&leaf),
+                    "proof": proof.iter().map(|h| b64(h)).collect::<Vec<_>>(),
+                    "root": b64(&cp.root),
+                    "checkpoint": note,
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else if let (Some(a), Some(b)) = (from, to) {
+                if a == 0 || a > b || b > cp.size {
+                    bail!("need 0 < --from <= --to <= {} (the current size)", cp.size);
+                }
+                let rb = TileReader::new(&dir, b);
+                let ra = TileReader::new(&dir, a);
+                let root_a = merkle::subtree(&ra, 0, a)?;
+                let root_b = merkle::subtree(&rb, 0, b)?;
+                let proof = merkle::consistency_proof(&rb, a, b)?;
+                merkle::verify_consistency(a, b, &root_a, &root_b, &proof)?;
+                let out = serde_json::json!({
+                    "type": "consistency",
+                    "size1": a,
+                    "size2": b,
+                    "root1": b64(&root_a),
+                    "root2": b64(&root_b),
+                    "proof": proof.iter().map(|h| b64(h)).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                bail!("pass --entry N, or --from A --to B");
+            }
+            Ok(0)
+        }
+        LedgerCmd::Show {
+            kind,
+            run,
+            since,
+            until,
+            limit,
+        } => {
+            let v = load_verifier(home, None)?;
+            let dir = paths(home).dir;
+            let (cp, _) = sealtrail_ledger::log::read_checkpoint(&dir, &v)?
+                .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
+            let parse_t = |s: &Option<String>| -> Result<Option<i64>> {
+                s.as_deref()
+                    .map(|s| {
+                        chrono::DateTime::parse_from_rfc3339(s)
+                            .map(|t| t.timestamp_micros())
+                            .map_err(|e| anyhow!("`{s}` is not an RFC 3339 time: {e}"))
+                    })
+                    .transpose()
+            };
+            let (since, until) = (parse_t(&since)?, parse_t(&until)?);
+            if let Some(k) = &kind
+                && !(1..=12).any(|i| kind_name(i) == Some(k.as_str()))
+            {
+                bail!(
+                    "unknown entry type `{k}`; types: {}",
+                    (1..=12)
+                        .filter_map(kind_name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            let mut shown = std::collections::VecDeque::new();
+            for id in tiles::tiles_for(TileKind::Entries, cp.size) {
+                let p = dir.join(id.rel_path());
+                let b = std::fs::read(&p).or_else(|_| {
+                    std::fs::read(
+                        dir.join(
+                            tiles::TileId {
+                                width: TILE_WIDTH as u16,
+                                ..id
+                            }
+                            .rel_path(),
+                        ),
+                    )
+                })?;
+                let list = tiles::parse_bundle(&b).ok_or_else(|| {
+                    anyhow!(
+                        "{} is damaged; run `sealtrail ledger verify`",
+                        id.rel_path()
+                    )
+                })?;
+                for e in list.into_iter().take(usize::from(id.width)) {
+                    let e = Entry::decode(e)?;
+                    if kind.as_deref().is_some_and(|k| k != e.event.name())
+                        || run.as_deref().is_some_and(|r| e.event.run_id() != Some(r))
+                        || since.is_some_and(|s| e.time_micros < s)
+                        || until.is_some_and(|u| e.time_micros >= u)
+                    {
+                        continue;
+                    }
+                    shown.push_back(e);
+                    if shown.len() > limit {
+                        shown.pop_front();
+                    }
+                }
+            }
+            for e in shown {
+                println!("{}", describe(&e));
+            }
+            Ok(0)
+        }
+        LedgerCmd::Bench {
+            entries,
+            batch,
+            payload,
+        } => {
+            let mut w = open_writer(home, OpenMode::FailClosed)?;
+            let pad = "x".repeat(payload.saturating_sub(100));
+            let t = std::time::Instant::now();
+            let mut done = 0u64;
+            while done < entries {
+                let n = (entries - done).min(batch as u64);
+                let evs = (0..n)
+                    .map(|i| Event::RunFailed {
+                        run_id: format!("bench-{}", done + i),
+                        error: pad.clone(),
+                    })
+                    .collect();
+                let a = w.append(evs)?;
+                done += n;
+                // Acknowledged: durable and signed. The crash tests read these lines.
+                println!("acknowledged {}", a.size);
+            }
+            let secs = t.elapsed().as_secs_f64();
+            eprintln!(
+                "appended {entries} entries of ~{payload} B in {secs:.2} s: {:.0} entries/s (group commit of {batch})",
+                entries as f64 / secs
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn describe(e: &Entry) -> String {
+    let t = chrono::DateTime::from_timestamp_micros(e.time_micros)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default();
+    let body = match &e.event {
+        Event::RunStarted {
+            run_id,
+            pipeline,
+            resumed,
+            inputs,
+            ..
+        } => format!(
+            "run {run_id} pipeline {pipeline} resumed={resumed} inputs={}",
+            inputs.len()
+        ),
+        Event::RunEnded {
+            run_id,
+            rows_in,
+            rows_loaded,
+            rows_quarantined,
+        } => {
+            format!("run {run_id} in={rows_in} loaded={rows_loaded} quarantined={rows_quarantined}")
+        }
+        Event::BatchCommitted {
+            run_id,
+            source,
+            batch,
+            rows_in,
+            rows_loaded,
+            rows_quarantined,
+            sinks,
+            ..
+        } => format!(
+            "run {run_id} {source}#{batch} in={rows_in} loaded={rows_loaded} quarantined={rows_quarantined} sinks={}",
+            sinks.join(",")
+        ),
+        Event::RecordsQuarantined {
+            run_id,
+            batch,
+            by_reason,
+        } => format!(
+            "run {run_id} batch {batch} {}",
+            by_reason
+                .iter()
+                .map(|(r, n)| format!("{r}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        Event::RunFailed { run_id, error } => format!("run {run_id} error: {error}"),
+        Event::Recovery {
+            discarded_entries,
+            note,
+            ..
+        } => format!("discarded {discarded_entries} entries: {note}"),
+        other => format!("{other:?}"),
+    };
+    format!("{:>8}  {t}  {:<19}  {body}", e.seq, e.event.name())
+}

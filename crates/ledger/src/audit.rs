@@ -1,0 +1,105 @@
+//! The engine's audit events, recorded in the ledger.
+
+use crate::entry::{Event, Hash};
+use crate::log::LogWriter;
+use sealtrail_core::audit::{AuditEvent, AuditSink};
+use std::sync::Mutex;
+
+/// An [`AuditSink`] that appends every event to the ledger, durably and signed, before the
+/// engine goes on.
+#[derive(Debug)]
+pub struct LedgerAudit {
+    log: Mutex<LogWriter>,
+}
+
+impl LedgerAudit {
+    pub fn new(log: LogWriter) -> Self {
+        Self {
+            log: Mutex::new(log),
+        }
+    }
+
+    pub fn into_inner(self) -> LogWriter {
+        self.log.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn hash_from_hex(s: &str) -> Hash {
+    let mut h = [0u8; 32];
+    if let Ok(b) = hex::decode(s)
+        && b.len() == 32
+    {
+        h.copy_from_slice(&b);
+    }
+    h
+}
+
+/// The ledger entry for an audit event.
+pub fn to_event(e: &AuditEvent) -> Event {
+    match e {
+        AuditEvent::RunStarted {
+            run_id,
+            pipeline,
+            spec_sha256,
+            resumed,
+            inputs,
+            ..
+        } => Event::RunStarted {
+            run_id: run_id.to_string(),
+            pipeline: pipeline.clone(),
+            spec_sha256: hash_from_hex(spec_sha256),
+            resumed: *resumed,
+            inputs: inputs.clone(),
+        },
+        AuditEvent::BatchCommitted {
+            run_id,
+            source,
+            batch,
+            counts,
+            sinks,
+            ..
+        } => Event::BatchCommitted {
+            run_id: run_id.to_string(),
+            source: source.clone(),
+            batch: *batch,
+            rows_in: counts.rows_in,
+            rows_loaded: counts.rows_loaded,
+            rows_quarantined: counts.rows_quarantined,
+            sinks: sinks.clone(),
+            input_root: [0; 32],
+            output_root: [0; 32],
+        },
+        AuditEvent::RecordsQuarantined {
+            run_id,
+            batch,
+            by_reason,
+            ..
+        } => Event::RecordsQuarantined {
+            run_id: run_id.to_string(),
+            batch: *batch,
+            by_reason: by_reason.clone(),
+        },
+        AuditEvent::RunFailed { run_id, error, .. } => Event::RunFailed {
+            run_id: run_id.to_string(),
+            error: error.clone(),
+        },
+        AuditEvent::RunEnded { run_id, counts, .. } => Event::RunEnded {
+            run_id: run_id.to_string(),
+            rows_in: counts.rows_in,
+            rows_loaded: counts.rows_loaded,
+            rows_quarantined: counts.rows_quarantined,
+        },
+    }
+}
+
+impl AuditSink for LedgerAudit {
+    fn record(&self, event: &AuditEvent) -> std::io::Result<()> {
+        let mut log = self
+            .log
+            .lock()
+            .map_err(|_| std::io::Error::other("the ledger lock is poisoned"))?;
+        log.append(vec![to_event(event)])
+            .map(|_| ())
+            .map_err(std::io::Error::other)
+    }
+}

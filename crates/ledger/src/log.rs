@@ -1,0 +1,429 @@
+//! The ledger writer: group-committed appends to a tlog-tiles folder, signed checkpoints,
+//! crash recovery.
+//!
+//! ```text
+//!  append(events) ─▶ encode + chain (prev = leaf hash of the entry before)
+//!                 ─▶ leaf hashes into the compact range; completed nodes at levels 0, 8, 16..
+//!                    fill tiles; full tiles and bundles are written as they complete
+//!                 ─▶ partial tiles and bundle of the new right edge written
+//!                 ─▶ checkpoint signed and written (the commit point) ─▶ Ok(first seq)
+//! ```
+//! Every file is fsynced before the checkpoint names it. An I/O error poisons the writer:
+//! after a failed fsync the state of the disk is unknown, so it refuses every further append
+//! until reopened (which re-reads what is durable).
+//!
+//! On open, files beyond the checkpoint's size are a torn tail from a crash. By default the
+//! open fails ([`OpenMode::FailClosed`]) and says so; [`OpenMode::Recover`] removes them and
+//! appends a [`Event::Recovery`] entry that records how many entries were discarded and a
+//! hash of their bytes.
+
+use crate::entry::{Entry, Event, MAX_ENTRY_BYTES};
+use crate::merkle::{CompactRange, Hash, NodeSource, leaf_hash};
+use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
+use crate::tiles::{self, TILE_WIDTH, TileId, TileKind, TileReader};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("ledger I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the ledger writer is poisoned by an earlier I/O error; reopen the ledger")]
+    Poisoned,
+    #[error(
+        "the ledger at {dir} has {files} file(s) beyond its checkpoint (size {size}): a crash left an unacknowledged tail; run `sealtrail ledger recover` to discard it (the discard is recorded in the ledger)"
+    )]
+    TornTail {
+        dir: String,
+        size: u64,
+        files: usize,
+    },
+    #[error("the checkpoint is not valid: {0}")]
+    Checkpoint(String),
+    #[error("an entry is {0} bytes; the limit is 65535")]
+    TooLarge(usize),
+    #[error("reading tiles: {0}")]
+    Tiles(#[from] tiles::TileError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Refuse to open a log with a torn tail.
+    FailClosed,
+    /// Discard a torn tail and record the discard as an entry.
+    Recover,
+}
+
+/// What a successful append made durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub first_seq: u64,
+    pub size: u64,
+    pub root: Hash,
+    pub checkpoint: String,
+}
+
+/// The single writer of a ledger folder.
+#[derive(Debug)]
+pub struct LogWriter {
+    dir: PathBuf,
+    origin: String,
+    signer: NoteSigner,
+    range: CompactRange,
+    last_leaf: Hash,
+    /// Right-edge tile contents: per tile level, the hashes of the incomplete tile.
+    edge: Vec<Vec<Hash>>,
+    bundle: Vec<Vec<u8>>,
+    poisoned: bool,
+}
+
+/// Reads and verifies the checkpoint of the ledger in `dir`; None when there is none.
+pub fn read_checkpoint(
+    dir: &Path,
+    verifier: &NoteVerifier,
+) -> Result<Option<(Checkpoint, String)>, LogError> {
+    let path = dir.join("checkpoint");
+    let note = match std::fs::read_to_string(&path) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let text = verifier
+        .open(&note)
+        .map_err(|e| LogError::Checkpoint(e.to_string()))?;
+    let cp = Checkpoint::parse(text).map_err(|e| LogError::Checkpoint(e.to_string()))?;
+    Ok(Some((cp, note)))
+}
+
+/// Every tile file under `dir`, with its path; stray temporary files are reported as `None`.
+pub fn list_tiles(dir: &Path) -> Result<Vec<(String, Option<TileId>)>, LogError> {
+    let mut out = Vec::new();
+    let root = dir.join("tile");
+    if !root.exists() {
+        return Ok(out);
+    }
+    let mut stack = vec![root];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(io(&d))? {
+            let e = e.map_err(io(&d))?;
+            let p = e.path();
+            if e.file_type().map_err(io(&p))?.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(dir)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                let id = TileId::parse(&rel);
+                out.push((rel, id));
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl LogWriter {
+    /// Opens (creating when empty) the ledger in `dir`, signing checkpoints with `signer`
+    /// under the checkpoint origin `origin`.
+    pub fn open(
+        dir: &Path,
+        origin: &str,
+        signer: NoteSigner,
+        mode: OpenMode,
+    ) -> Result<Self, LogError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let verifier = signer.verifier();
+        let (size, root) = match read_checkpoint(dir, &verifier)? {
+            Some((cp, _)) => {
+                if cp.origin != origin {
+                    return Err(LogError::Checkpoint(format!(
+                        "origin is `{}`, expected `{origin}`",
+                        cp.origin
+                    )));
+                }
+                (cp.size, Some(cp.root))
+            }
+            None => (0, None),
+        };
+        // Files beyond the checkpoint: a torn tail.
+        let torn: Vec<(String, Option<TileId>)> = list_tiles(dir)?
+            .into_iter()
+            .filter(|(_, id)| !id.is_some_and(|id| id.within(size)))
+            .collect();
+        let mut discarded = (0u64, Sha256::new());
+        if !torn.is_empty() {
+            if mode == OpenMode::FailClosed {
+                return Err(LogError::TornTail {
+                    dir: dir.display().to_string(),
+                    size,
+                    files: torn.len(),
+                });
+            }
+            // Count and hash the discarded entries (the widest torn bundle of each index).
+            let mut widest: std::collections::BTreeMap<u64, (u16, String)> = Default::default();
+            for (rel, id) in &torn {
+                if let Some(id) = id
+                    && id.kind == TileKind::Entries
+                    && widest.get(&id.index).is_none_or(|(w, _)| *w < id.width)
+                {
+                    widest.insert(id.index, (id.width, rel.clone()));
+                }
+            }
+            for (index, (_, rel)) in &widest {
+                let b = std::fs::read(dir.join(rel)).unwrap_or_default();
+                if let Some(entries) = tiles::parse_bundle(&b) {
+                    for (i, e) in entries.iter().enumerate() {
+                        if index * TILE_WIDTH + i as u64 >= size {
+                            discarded.0 += 1;
+                            discarded.1.update(e);
+                        }
+                    }
+                }
+            }
+            for (rel, _) in &torn {
+                let p = dir.join(rel);
+                std::fs::remove_file(&p).map_err(io(&p))?;
+            }
+        }
+        let mut w = Self {
+            dir: dir.to_path_buf(),
+            origin: origin.to_string(),
+            signer,
+            range: CompactRange::default(),
+            last_leaf: [0; 32],
+            edge: Vec::new(),
+            bundle: Vec::new(),
+            poisoned: false,
+        };
+        if size > 0 {
+            w.load_edge(size)?;
+            if Some(w.range.root()) != root {
+                return Err(LogError::Checkpoint(
+                    "the tiles do not hash to the checkpoint's root; run `sealtrail ledger verify`"
+                        .into(),
+                ));
+            }
+        }
+        if !torn.is_empty() {
+            let digest: Hash = discarded.1.finalize().into();
+            w.append(vec![Event::Recovery {
+                discarded_entries: discarded.0,
+                discarded_sha256: digest,
+                note: format!(
+                    "removed {} file(s) beyond checkpoint size {size}",
+                    torn.len()
+                ),
+            }])?;
+        }
+        Ok(w)
+    }
+
+    /// Rebuilds the right edge (compact range, incomplete tiles and bundle) of the tree of
+    /// `size` entries from the tiles on disk.
+    fn load_edge(&mut self, size: u64) -> Result<(), LogError> {
+        let r = TileReader::new(&self.dir, size);
+        // Compact range: one complete subtree per set bit of size, largest first.
+        let mut stack = Vec::new();
+        let mut start = 0u64;
+        for bit in (0..64u8).rev() {
+            if size & (1 << bit) != 0 {
+                stack.push(r.node(bit, start >> bit)?);
+                start += 1 << bit;
+            }
+        }
+        self.range = CompactRange::from_parts(size, stack);
+        self.last_leaf = r.node(0, size - 1)?;
+        let mut level = 0u8;
+        loop {
+            let n = size.checked_shr(u32::from(level) * 8).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            let part = n % TILE_WIDTH;
+            let hashes = if part > 0 {
+                r.tile(level, n / TILE_WIDTH)?.as_ref().clone()
+            } else {
+                Vec::new()
+            };
+            self.edge.push(hashes);
+            level += 1;
+        }
+        let part = size % TILE_WIDTH;
+        if part > 0 {
+            let id = TileId {
+                kind: TileKind::Entries,
+                index: size / TILE_WIDTH,
+                width: part as u16,
+            };
+            let p = self.dir.join(id.rel_path());
+            let b = std::fs::read(&p).map_err(io(&p))?;
+            let entries = tiles::parse_bundle(&b)
+                .filter(|e| e.len() == part as usize)
+                .ok_or_else(|| {
+                    LogError::Checkpoint(format!("{} is not a valid bundle", id.rel_path()))
+                })?;
+            self.bundle = entries.into_iter().map(<[u8]>::to_vec).collect();
+        }
+        Ok(())
+    }
+
+    pub fn size(&self) -> u64 {
+        self.range.size()
+    }
+    pub fn root(&self) -> Hash {
+        self.range.root()
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends `events` as one group commit: durable and signed when this returns Ok.
+    pub fn append(&mut self, events: Vec<Event>) -> Result<Appended, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        let r = self.append_inner(events);
+        if r.is_err() {
+            self.poisoned = true;
+        }
+        r
+    }
+
+    fn append_inner(&mut self, events: Vec<Event>) -> Result<Appended, LogError> {
+        let first_seq = self.size();
+        let now = now_micros();
+        let mut encoded = Vec::with_capacity(events.len());
+        let mut prev = self.last_leaf;
+        for (i, event) in events.into_iter().enumerate() {
+            let e = Entry {
+                seq: first_seq + i as u64,
+                prev,
+                time_micros: now,
+                event,
+            };
+            let b = e.encode();
+            if b.len() > MAX_ENTRY_BYTES {
+                return Err(LogError::TooLarge(b.len()));
+            }
+            prev = leaf_hash(&b);
+            encoded.push((b, prev));
+        }
+        let mut full: Vec<(TileId, Vec<u8>)> = Vec::new();
+        for (bytes, leaf) in encoded {
+            let edge = &mut self.edge;
+            let mut completed: Vec<(u8, u64, Hash)> = Vec::new();
+            self.range.push_visit(leaf, |level, index, h| {
+                if level % 8 == 0 {
+                    completed.push((level / 8, index, *h));
+                }
+            });
+            for (l, index, h) in completed {
+                let l = l as usize;
+                if edge.len() <= l {
+                    edge.resize(l + 1, Vec::new());
+                }
+                edge[l].push(h);
+                debug_assert_eq!(index % TILE_WIDTH, edge[l].len() as u64 - 1);
+                if edge[l].len() as u64 == TILE_WIDTH {
+                    full.push((
+                        TileId {
+                            kind: TileKind::Hashes(l as u8),
+                            index: index / TILE_WIDTH,
+                            width: TILE_WIDTH as u16,
+                        },
+                        tiles::encode_hashes(&edge[l]),
+                    ));
+                    edge[l].clear();
+                }
+            }
+            self.bundle.push(bytes);
+            if self.bundle.len() as u64 == TILE_WIDTH {
+                let index = (self.range.size() - 1) / TILE_WIDTH;
+                full.push((
+                    TileId {
+                        kind: TileKind::Entries,
+                        index,
+                        width: TILE_WIDTH as u16,
+                    },
+                    tiles::encode_bundle(&self.bundle),
+                ));
+                self.bundle.clear();
+            }
+            self.last_leaf = leaf;
+        }
+        let size = self.range.size();
+        // The new right edge, as partial tiles.
+        for (l, hashes) in self.edge.iter().enumerate() {
+            if !hashes.is_empty() {
+                let n = size >> (8 * l);
+                full.push((
+                    TileId {
+                        kind: TileKind::Hashes(l as u8),
+                        index: n / TILE_WIDTH,
+                        width: hashes.len() as u16,
+                    },
+                    tiles::encode_hashes(hashes),
+                ));
+            }
+        }
+        if !self.bundle.is_empty() {
+            full.push((
+                TileId {
+                    kind: TileKind::Entries,
+                    index: size / TILE_WIDTH,
+                    width: self.bundle.len() as u16,
+                },
+                tiles::encode_bundle(&self.bundle),
+            ));
+        }
+        for (id, bytes) in &full {
+            let p = self.dir.join(id.rel_path());
+            tiles::write_once(&p, bytes).map_err(io(&p))?;
+        }
+        let checkpoint = self.sign_checkpoint()?;
+        Ok(Appended {
+            first_seq,
+            size,
+            root: self.range.root(),
+            checkpoint,
+        })
+    }
+
+    /// Signs and writes the checkpoint for the current tree (also used to re-sign when idle).
+    pub fn sign_checkpoint(&mut self) -> Result<String, LogError> {
+        let cp = Checkpoint {
+            origin: self.origin.clone(),
+            size: self.range.size(),
+            root: self.range.root(),
+            extensions: Vec::new(),
+        };
+        let note = self
+            .signer
+            .sign(&cp.to_text())
+            .map_err(|e| LogError::Checkpoint(e.to_string()))?;
+        let p = self.dir.join("checkpoint");
+        tiles::write_replace(&p, note.as_bytes()).map_err(|e| {
+            self.poisoned = true;
+            io(&p)(e)
+        })?;
+        Ok(note)
+    }
+}
+
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,349 @@
+//! The C2SP tlog-tiles layout on local disk (<https://c2sp.org/tlog-tiles>).
+//!
+//! ```text
+//!  <dir>/checkpoint                    signed note: origin, size, root
+//!  <dir>/tile/<L>/<N>[.p/<W>]          Merkle tile: W (<= 256) hashes at tree level 8L
+//!  <dir>/tile/entries/<N>[.p/<W>]      entry bundle: W entries, each u16 length + bytes
+//! ```
+//! `<N>` is the tile index in groups of three decimal digits, all but the last prefixed with
+//! `x` (`1234067` -> `x001/x234/067`). A full tile has 256 hashes (or entries); the rightmost
+//! incomplete one is written as a partial tile of width W. Files are written once, under a
+//! temporary name, fsynced and renamed; the checkpoint is written last and is the commit
+//! point: anything beyond its size is an unacknowledged (torn) tail.
+
+use crate::merkle::{Hash, NodeSource};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const TILE_WIDTH: u64 = 256;
+pub const TILE_HEIGHT: u8 = 8;
+
+/// Which kind of tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TileKind {
+    /// Merkle hashes at tree level `8 * L`.
+    Hashes(u8),
+    Entries,
+}
+
+/// One tile file: kind, index, and width (256 = full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TileId {
+    pub kind: TileKind,
+    pub index: u64,
+    pub width: u16,
+}
+
+fn index_path(mut n: u64) -> String {
+    let mut parts = vec![format!("{:03}", n % 1000)];
+    n /= 1000;
+    while n > 0 {
+        parts.push(format!("x{:03}", n % 1000));
+        n /= 1000;
+    }
+    parts.reverse();
+    parts.join("/")
+}
+
+impl TileId {
+    /// The path relative to the log's folder.
+    pub fn rel_path(&self) -> String {
+        let kind = match self.kind {
+            TileKind::Hashes(l) => l.to_string(),
+            TileKind::Entries => "entries".to_string(),
+        };
+        let mut p = format!("tile/{kind}/{}", index_path(self.index));
+        if u64::from(self.width) < TILE_WIDTH {
+            p.push_str(&format!(".p/{}", self.width));
+        }
+        p
+    }
+
+    /// Parses a path relative to the log folder; None when it is not a tile path.
+    pub fn parse(rel: &str) -> Option<Self> {
+        let rest = rel.strip_prefix("tile/")?;
+        let (kind, rest) = rest.split_once('/')?;
+        let kind = if kind == "entries" {
+            TileKind::Entries
+        } else {
+            let l: u8 = kind.parse().ok()?;
+            if l.to_string() != kind || l > 63 {
+                return None;
+            }
+            TileKind::Hashes(l)
+        };
+        let (idx, width) = match rest.split_once(".p/") {
+            Some((i, w)) => {
+                let w: u16 = w.parse().ok()?;
+                if w == 0
+                    || u64::from(w) >= TILE_WIDTH
+                    || w.to_string() != rest.split_once(".p/")?.1
+                {
+                    return None;
+                }
+                (i, w)
+            }
+            None => (rest, TILE_WIDTH as u16),
+        };
+        let parts: Vec<&str> = idx.split('/').collect();
+        let mut n: u64 = 0;
+        for (i, p) in parts.iter().enumerate() {
+            let digits = if i + 1 < parts.len() {
+                p.strip_prefix('x')?
+            } else {
+                p
+            };
+            if digits.len() != 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            n = n
+                .checked_mul(1000)?
+                .checked_add(digits.parse::<u64>().ok()?)?;
+        }
+        Some(Self {
+            kind,
+            index: n,
+            width,
+        })
+    }
+
+    /// Is this tile part of the tree of `size` entries (full tiles wholly inside it,
+    /// partial tiles no wider than what the tree has at that position)?
+    pub fn within(&self, size: u64) -> bool {
+        let n = match self.kind {
+            TileKind::Hashes(l) => size
+                .checked_shr(u32::from(l) * u32::from(TILE_HEIGHT))
+                .unwrap_or(0),
+            TileKind::Entries => size,
+        };
+        self.index
+            .checked_mul(TILE_WIDTH)
+            .and_then(|s| s.checked_add(u64::from(self.width)))
+            .is_some_and(|end| end <= n)
+    }
+}
+
+/// The tiles of the tree of `size` entries that cover `kind` (full tiles, then the partial one).
+pub fn tiles_for(kind: TileKind, size: u64) -> Vec<TileId> {
+    let n = match kind {
+        TileKind::Hashes(l) => size
+            .checked_shr(u32::from(l) * u32::from(TILE_HEIGHT))
+            .unwrap_or(0),
+        TileKind::Entries => size,
+    };
+    let mut out: Vec<TileId> = (0..n / TILE_WIDTH)
+        .map(|index| TileId {
+            kind,
+            index,
+            width: TILE_WIDTH as u16,
+        })
+        .collect();
+    if n % TILE_WIDTH > 0 {
+        out.push(TileId {
+            kind,
+            index: n / TILE_WIDTH,
+            width: (n % TILE_WIDTH) as u16,
+        });
+    }
+    out
+}
+
+/// Splits an entry bundle into entries.
+pub fn parse_bundle(b: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    let mut rest = b;
+    while !rest.is_empty() {
+        if rest.len() < 2 {
+            return None;
+        }
+        let n = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+        if rest.len() < 2 + n {
+            return None;
+        }
+        out.push(&rest[2..2 + n]);
+        rest = &rest[2 + n..];
+    }
+    Some(out)
+}
+
+pub fn encode_bundle(entries: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.iter().map(|e| e.len() + 2).sum());
+    for e in entries {
+        out.extend_from_slice(&(e.len() as u16).to_be_bytes());
+        out.extend_from_slice(e);
+    }
+    out
+}
+
+pub fn encode_hashes(h: &[Hash]) -> Vec<u8> {
+    h.concat()
+}
+
+pub fn parse_hashes(b: &[u8]) -> Option<Vec<Hash>> {
+    if !b.len().is_multiple_of(32) {
+        return None;
+    }
+    Some(
+        b.chunks_exact(32)
+            .map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(c);
+                h
+            })
+            .collect(),
+    )
+}
+
+/// Writes `bytes` at `path` durably and atomically: temporary file, fsync, rename, fsync of
+/// the folder. A file already there with the same bytes is left alone (a rewrite after a
+/// retry); different bytes are an error: tiles are write-once.
+pub fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Ok(old) = std::fs::read(path) {
+        if old == bytes {
+            return Ok(());
+        }
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!(
+                "{} exists with other content; tiles are write-once",
+                path.display()
+            ),
+        ));
+    }
+    write_replace(path, bytes)
+}
+
+/// Like [`write_once`] but replaces the file (the checkpoint).
+pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Reads Merkle hashes of the tree of `size` entries from the tiles in `dir`.
+#[derive(Debug)]
+pub struct TileReader {
+    dir: PathBuf,
+    size: u64,
+    cache: RefCell<HashMap<TileId, std::rc::Rc<Vec<Hash>>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TileError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a valid tile")]
+    Malformed(String),
+    #[error("node ({level}, {index}) is not in the tree of size {size}")]
+    OutOfRange { level: u8, index: u64, size: u64 },
+}
+
+impl TileReader {
+    pub fn new(dir: &Path, size: u64) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            size,
+            cache: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The hashes of the tile at tree level `8 * level` holding node `index`, as wide as the
+    /// tree of `size` has it.
+    pub fn tile(&self, level: u8, tile_index: u64) -> Result<std::rc::Rc<Vec<Hash>>, TileError> {
+        let avail = self.size.checked_shr(u32::from(level) * 8).unwrap_or(0);
+        let width = (avail.saturating_sub(tile_index * TILE_WIDTH)).min(TILE_WIDTH);
+        if width == 0 {
+            return Err(TileError::OutOfRange {
+                level: level * 8,
+                index: tile_index * TILE_WIDTH,
+                size: self.size,
+            });
+        }
+        let id = TileId {
+            kind: TileKind::Hashes(level),
+            index: tile_index,
+            width: width as u16,
+        };
+        if let Some(t) = self.cache.borrow().get(&id) {
+            return Ok(t.clone());
+        }
+        let rel = id.rel_path();
+        let path = self.dir.join(&rel);
+        // A partial tile may have been replaced by the full one: take the full one's prefix.
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && width < TILE_WIDTH => {
+                let full = TileId {
+                    width: TILE_WIDTH as u16,
+                    ..id
+                };
+                let b = std::fs::read(self.dir.join(full.rel_path())).map_err(|source| {
+                    TileError::Io {
+                        path: rel.clone(),
+                        source,
+                    }
+                })?;
+                b.get(..width as usize * 32)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default()
+            }
+            Err(source) => return Err(TileError::Io { path: rel, source }),
+        };
+        let hashes = parse_hashes(&bytes)
+            .filter(|h| h.len() == width as usize)
+            .ok_or(TileError::Malformed(rel))?;
+        let rc = std::rc::Rc::new(hashes);
+        self.cache.borrow_mut().insert(id, rc.clone());
+        Ok(rc)
+    }
+}
+
+impl NodeSource for TileReader {
+    type Error = TileError;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, TileError> {
+        let out_of_range = TileError::OutOfRange {
+            level,
+            index,
+            size: self.size,
+        };
+        // (index + 1) * 2^level, refusing overflow (a shift would silently drop bits).
+        let end = 1u64
+            .checked_shl(u32::from(level))
+            .and_then(|w| index.checked_add(1)?.checked_mul(w))
+            .ok_or(TileError::OutOfRange {
+                level,
+                index,
+                size: self.size,
+            })?;
+        if end > self.size {
+            return Err(out_of_range);
+        }
+        let (l, r) = (level / TILE_HEIGHT, level % TILE_HEIGHT);
+        let first = index << r;
+        let tile = self.tile(l, first / TILE_WIDTH)?;
+        let off = (first % TILE_WIDTH) as usize;
+        let count = 1usize << r;
+        let hashes = tile.get(off..off + count).ok_or(out_of_range)?;
+        Ok(crate::merkle::root(hashes))
+    }
+}

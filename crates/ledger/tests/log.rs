@@ -1,0 +1,293 @@
+//! The ledger on disk: appends, reopen, recovery, and tampering of every kind caught by the
+//! verifier with the right diagnosis.
+
+use sealtrail_ledger::entry::{Entry, Event};
+use sealtrail_ledger::log::{LogError, LogWriter, OpenMode};
+use sealtrail_ledger::merkle::{self, NodeSource};
+use sealtrail_ledger::note::NoteSigner;
+use sealtrail_ledger::tiles::{self, TileId, TileKind, TileReader};
+use sealtrail_ledger::verify::{Tamper, VerifyError, verify};
+use std::path::Path;
+
+const ORIGIN: &str = "test.example/ledger";
+
+fn signer() -> NoteSigner {
+    NoteSigner::from_seed(ORIGIN, &[3; 32]).unwrap()
+}
+
+fn ev(i: u64) -> Event {
+    Event::RunEnded {
+        run_id: format!("run-{i}"),
+        rows_in: i,
+        rows_loaded: i,
+        rows_quarantined: 0,
+    }
+}
+
+/// A log of `n` entries appended in groups of `group`.
+fn build(dir: &Path, n: u64, group: u64) -> LogWriter {
+    let mut w = LogWriter::open(dir, ORIGIN, signer(), OpenMode::FailClosed).unwrap();
+    let mut i = 0;
+    while i < n {
+        let k = group.min(n - i);
+        w.append((i..i + k).map(ev).collect()).unwrap();
+        i += k;
+    }
+    w
+}
+
+fn check(dir: &Path) -> Result<u64, VerifyError> {
+    verify(dir, &signer().verifier(), None, 2).map(|v| v.size)
+}
+
+fn tampered(dir: &Path) -> Tamper {
+    match verify(dir, &signer().verifier(), None, 2) {
+        Err(VerifyError::Tampered(t)) => t,
+        other => panic!("expected tampering, got {other:?}"),
+    }
+}
+
+fn bundle_path(dir: &Path, index: u64, width: u16) -> std::path::PathBuf {
+    dir.join(
+        TileId {
+            kind: TileKind::Entries,
+            index,
+            width,
+        }
+        .rel_path(),
+    )
+}
+
+/// Rewrites bundle `index` (full) through `f` over its entries.
+fn edit_bundle(dir: &Path, index: u64, f: impl FnOnce(&mut Vec<Vec<u8>>)) {
+    let p = bundle_path(dir, index, 256);
+    let b = std::fs::read(&p).unwrap();
+    let mut list: Vec<Vec<u8>> = tiles::parse_bundle(&b)
+        .unwrap()
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+    f(&mut list);
+    std::fs::write(&p, tiles::encode_bundle(&list)).unwrap();
+}
+
+#[test]
+fn appends_reopen_and_verify_across_tile_boundaries() {
+    let d = tempfile::tempdir().unwrap();
+    let w = build(d.path(), 700, 97);
+    assert_eq!(w.size(), 700);
+    let root = w.root();
+    drop(w);
+    // Reopen: the right edge is rebuilt from the tiles and appends continue the same tree.
+    let mut w = LogWriter::open(d.path(), ORIGIN, signer(), OpenMode::FailClosed).unwrap();
+    assert_eq!((w.size(), w.root()), (700, root));
+    w.append((700..66_000).map(ev).collect()).unwrap();
+    assert_eq!(check(d.path()).unwrap(), 66_000);
+    // The tree on disk equals a tree built in memory from the same entry bytes.
+    let r = TileReader::new(d.path(), 66_000);
+    let mut leaves = Vec::new();
+    for id in tiles::tiles_for(TileKind::Entries, 66_000) {
+        let b = std::fs::read(d.path().join(id.rel_path())).unwrap();
+        for e in tiles::parse_bundle(&b).unwrap() {
+            leaves.push(merkle::leaf_hash(e));
+        }
+    }
+    let mem = merkle::MemTree::new(leaves);
+    assert_eq!(merkle::subtree(&r, 0, 66_000).unwrap(), mem.root());
+    assert_eq!(w.root(), mem.root());
+    for i in [0, 255, 256, 65_535, 65_536, 65_999] {
+        let p = merkle::inclusion_proof(&r, i, 66_000).unwrap();
+        assert_eq!(p, mem.inclusion_proof(i).unwrap());
+        merkle::verify_inclusion(i, 66_000, &r.node(0, i).unwrap(), &p, &w.root()).unwrap();
+    }
+    // Level-1 and level-2 tiles exist (65536 entries complete a level-2 node).
+    assert!(d.path().join("tile/2/000.p/1").exists());
+}
+
+#[test]
+fn entries_are_chained_and_numbered() {
+    let d = tempfile::tempdir().unwrap();
+    build(d.path(), 300, 300);
+    let b = std::fs::read(bundle_path(d.path(), 1, 44)).unwrap();
+    let list = tiles::parse_bundle(&b).unwrap();
+    let e0 = Entry::decode(list[0]).unwrap();
+    let e1 = Entry::decode(list[1]).unwrap();
+    assert_eq!((e0.seq, e1.seq), (256, 257));
+    assert_eq!(e1.prev, merkle::leaf_hash(list[0]));
+}
+
+#[test]
+fn a_modified_entry_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    build(d.path(), 600, 600);
+    edit_bundle(d.path(), 1, |l| {
+        let last = l[10].len() - 1;
+        l[10][last] ^= 1; // the last byte of run_id... still decodes, different bytes
+    });
+    assert_eq!(
+        tampered(d.path()),
+        Tamper::Modified {
+            seq: 266,
+            what: "its bytes no longer hash to the leaf hash in the tree tiles".into()
+        }
+    );
+}
+
+#[test]
+fn a_modified_entry_with_rewritten_tiles_breaks_the_chain_or_the_root() {
+    let d = tempfile::tempdir().unwrap();
+    build(d.path(), 600, 600);
+    edit_bundle(d.path(), 0, |l| {
+        let last = l[5].len() - 1;
+        l[5][last] ^= 1;
+    });
+    // The attacker also fixes the leaf tile: the next entry's prev no longer matches.
+    let b = std::fs::read(bundle_path(d.path(), 0, 256)).unwrap();
+    let leaves: Vec<_> = tiles::parse_bundle(&b)
+        .unwrap()
+        .into_iter()
+        .map(merkle::leaf_hash)
+        .collect();
+    std::fs::write(d.path().join("tile/0/000"), tiles::encode_hashes(&leaves)).unwrap();
+    assert_eq!(tampered(d.path()), Tamper::ChainBroken { seq: 6 });
+}
+
+#[test]
+fn deleted_inserted_reordered_and_truncated_entries_are_told_apart() {
+    type Mangle = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Mangle, Tamper)> = vec![
+        (
+            "delete",
+            Box::new(|p: &Path| {
+                edit_bundle(p, 0, |l| {
+                    l.remove(7);
+                })
+            }),
+            Tamper::Deleted { seq: 7, found: 8 },
+        ),
+        (
+            "duplicate",
+            Box::new(|p: &Path| {
+                edit_bundle(p, 0, |l| {
+                    let x = l[3].clone();
+                    l.insert(4, x);
+                })
+            }),
+            Tamper::Inserted { pos: 4, claims: 3 },
+        ),
+        (
+            "swap",
+            Box::new(|p: &Path| edit_bundle(p, 1, |l| l.swap(2, 9))),
+            Tamper::Reordered {
+                pos: 258,
+                found: 265,
+            },
+        ),
+        (
+            "truncate",
+            Box::new(|p: &Path| std::fs::remove_file(bundle_path(p, 2, 88)).unwrap()),
+            Tamper::Truncated {
+                want: 600,
+                have: 512,
+            },
+        ),
+        (
+            "tile",
+            Box::new(|p: &Path| {
+                let t = p.join("tile/1/000.p/2");
+                let mut b = std::fs::read(&t).unwrap();
+                b[0] ^= 0x80;
+                std::fs::write(t, b).unwrap();
+            }),
+            Tamper::TileMismatch {
+                path: "tile/1/000.p/2".into(),
+            },
+        ),
+    ];
+    for (name, mangle, want) in cases {
+        let d = tempfile::tempdir().unwrap();
+        build(d.path(), 600, 600);
+        assert_eq!(check(d.path()).unwrap(), 600);
+        mangle(d.path());
+        assert_eq!(tampered(d.path()), want, "{name}");
+    }
+}
+
+#[test]
+fn swapped_or_foreign_checkpoints_and_rewritten_history_are_caught() {
+    let d = tempfile::tempdir().unwrap();
+    let mut w = build(d.path(), 300, 300);
+    let old_note = std::fs::read(d.path().join("checkpoint")).unwrap();
+    let seen = verify(d.path(), &signer().verifier(), None, 2).unwrap();
+    w.append((300..400).map(ev).collect()).unwrap();
+    drop(w);
+    // An older checkpoint put back: the log shrank from the verifier's point of view.
+    let new_note = std::fs::read(d.path().join("checkpoint")).unwrap();
+    let seen_new = verify(d.path(), &signer().verifier(), None, 2).unwrap();
+    std::fs::write(d.path().join("checkpoint"), &old_note).unwrap();
+    match verify(
+        d.path(),
+        &signer().verifier(),
+        Some((seen_new.size, seen_new.root)),
+        2,
+    ) {
+        Err(VerifyError::Tampered(Tamper::Shrunk {
+            seen: 400,
+            now: 300,
+        })) => {}
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(d.path().join("checkpoint"), &new_note).unwrap();
+    // A checkpoint signed by another key.
+    let other = NoteSigner::from_seed(ORIGIN, &[4; 32]).unwrap();
+    let text = signer()
+        .verifier()
+        .open(std::str::from_utf8(&new_note).unwrap())
+        .unwrap()
+        .to_string();
+    std::fs::write(d.path().join("checkpoint"), other.sign(&text).unwrap()).unwrap();
+    assert!(matches!(tampered(d.path()), Tamper::BadSignature(_)));
+    // History rewritten by someone holding the key: a whole new log of the same size.
+    let d2 = tempfile::tempdir().unwrap();
+    let mut w2 = LogWriter::open(d2.path(), ORIGIN, signer(), OpenMode::FailClosed).unwrap();
+    w2.append((0..400).map(|i| ev(i + 1)).collect()).unwrap();
+    match verify(
+        d2.path(),
+        &signer().verifier(),
+        Some((seen.size, seen.root)),
+        2,
+    ) {
+        Err(VerifyError::Tampered(Tamper::HistoryRewritten { size: 300, .. })) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_torn_tail_fails_closed_and_recovery_is_recorded() {
+    let d = tempfile::tempdir().unwrap();
+    let w = build(d.path(), 300, 300);
+    drop(w);
+    // Simulate a crash after the data files of an append but before its checkpoint.
+    let cp = std::fs::read(d.path().join("checkpoint")).unwrap();
+    let mut w = LogWriter::open(d.path(), ORIGIN, signer(), OpenMode::FailClosed).unwrap();
+    w.append((300..320).map(ev).collect()).unwrap();
+    drop(w);
+    std::fs::write(d.path().join("checkpoint"), cp).unwrap();
+    match LogWriter::open(d.path(), ORIGIN, signer(), OpenMode::FailClosed) {
+        Err(LogError::TornTail { size: 300, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    let w = LogWriter::open(d.path(), ORIGIN, signer(), OpenMode::Recover).unwrap();
+    assert_eq!(w.size(), 301);
+    drop(w);
+    assert_eq!(check(d.path()).unwrap(), 301);
+    let b = std::fs::read(bundle_path(d.path(), 1, 45)).unwrap();
+    let last = Entry::decode(tiles::parse_bundle(&b).unwrap()[44]).unwrap();
+    match last.event {
+        Event::Recovery {
+            discarded_entries: 20,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+}
