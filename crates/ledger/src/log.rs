@@ -387,10 +387,14 @@ impl LogWriter {
                 tiles::encode_bundle(&self.bundle),
             ));
         }
+        let mut paths = Vec::with_capacity(full.len());
         for (id, bytes) in &full {
             let p = self.dir.join(id.rel_path());
             tiles::write_once(&p, bytes).map_err(io(&p))?;
+            paths.push(p);
         }
+        // Every new name durable before the checkpoint refers to it.
+        tiles::sync_dirs(&self.dir, paths.iter().map(PathBuf::as_path)).map_err(io(&self.dir))?;
         let checkpoint = self.sign_checkpoint()?;
         Ok(Appended {
             first_seq,

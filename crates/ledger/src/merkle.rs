@@ -84,6 +84,11 @@ impl CompactRange {
         self.size
     }
 
+    /// The complete-subtree hashes, largest (leftmost) first.
+    pub fn parts(&self) -> &[Hash] {
+        &self.stack
+    }
+
     /// Appends a leaf hash; calls `visit(level, index, hash)` for every node completed,
     /// the leaf itself included (level 0).
     pub fn push_visit(&mut self, leaf: Hash, mut visit: impl FnMut(u8, u64, &Hash)) {
@@ -111,12 +116,18 @@ impl CompactRange {
 
     /// The root of the tree so far.
     pub fn root(&self) -> Hash {
-        let mut it = self.stack.iter().rev();
-        let Some(first) = it.next() else {
-            return empty_root();
-        };
-        it.fold(*first, |acc, l| node_hash(l, &acc))
+        fold_parts(self.stack.iter())
     }
+}
+
+/// The root over complete subtrees given left to right, each no larger than the one before
+/// (the right edge of a tree): folded from the right.
+pub fn fold_parts<'a>(parts: impl DoubleEndedIterator<Item = &'a Hash>) -> Hash {
+    let mut it = parts.rev();
+    let Some(first) = it.next() else {
+        return empty_root();
+    };
+    it.fold(*first, |acc, l| node_hash(l, &acc))
 }
 
 /// Hashes of complete subtrees: `node(level, index)` is the root over leaves

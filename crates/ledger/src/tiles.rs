@@ -196,9 +196,10 @@ pub fn parse_hashes(b: &[u8]) -> Option<Vec<Hash>> {
     )
 }
 
-/// Writes `bytes` at `path` durably and atomically: temporary file, fsync, rename, fsync of
-/// the folder. A file already there with the same bytes is left alone (a rewrite after a
-/// retry); different bytes are an error: tiles are write-once.
+/// Writes `bytes` at `path` atomically: temporary file, fsync, rename. The folder entry is
+/// durable only after [`sync_dirs`] of its folder (done once per append for all files). A file
+/// already there with the same bytes is left alone (a rewrite after a retry); different bytes
+/// are an error: tiles are write-once.
 pub fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Ok(old) = std::fs::read(path) {
         if old == bytes {
@@ -212,11 +213,10 @@ pub fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
             ),
         ));
     }
-    write_replace(path, bytes)
+    write_file(path, bytes)
 }
 
-/// Like [`write_once`] but replaces the file (the checkpoint).
-pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let name = path
@@ -229,8 +229,65 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
     }
+    crash_point();
     std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    crash_point();
+    Ok(())
+}
+
+/// Fsyncs every folder from the files' folders up to `root`, each once, so new names (and
+/// new folders) are durable.
+pub fn sync_dirs<'a>(
+    root: &Path,
+    files: impl IntoIterator<Item = &'a Path>,
+) -> std::io::Result<()> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let mut d = f.parent();
+        while let Some(x) = d {
+            if !dirs.insert(x.to_path_buf()) || x == root || !x.starts_with(root) {
+                break;
+            }
+            d = x.parent();
+        }
+    }
+    for d in dirs.iter().rev() {
+        std::fs::File::open(d)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Writes `path` atomically and durably, replacing it (the checkpoint).
+pub fn write_replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_file(path, bytes)?;
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// Crash testing: with `SEALTRAIL_FAULT_KILL_AFTER_WRITES=N` in the environment, the process
+/// SIGKILLs itself at the N-th write step (after a file is written and fsynced, and after it
+/// is renamed into place). The crash tests use it to stop the writer between every pair of
+/// writes. Without the variable this is one relaxed atomic load.
+fn crash_point() {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LIMIT: OnceLock<Option<u64>> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let Some(limit) = *LIMIT.get_or_init(|| {
+        std::env::var("SEALTRAIL_FAULT_KILL_AFTER_WRITES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    }) else {
+        return;
+    };
+    if COUNT.fetch_add(1, Ordering::Relaxed) + 1 >= limit {
+        // No unsafe code in this crate: ask kill(1) to deliver SIGKILL to us, then wait for it.
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &std::process::id().to_string()])
+            .status();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
 }
 
 /// Reads Merkle hashes of the tree of `size` entries from the tiles in `dir`.

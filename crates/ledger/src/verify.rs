@@ -141,24 +141,59 @@ pub fn verify(
     }
     classify_sequence(&entries, size)?;
 
-    // 4. Tree and tiles, 5. consistency with what this verifier saw.
-    let mut range = CompactRange::default();
-    let mut levels: Vec<Vec<Hash>> = Vec::new();
-    let mut seen_root = None;
-    for (i, (_, _, leaf)) in entries.iter().enumerate() {
-        range.push_visit(*leaf, |level, _, h| {
+    // 4. Tree and tiles, 5. consistency with what this verifier saw. The roots of full
+    // 256-leaf tiles (the level-8 nodes) are computed in parallel; the levels above from them.
+    let leaves: Vec<Hash> = entries.iter().map(|e| e.2).collect();
+    let tile_roots: Vec<Hash> = std::thread::scope(|s| {
+        let full = &leaves[..leaves.len() - leaves.len() % TILE_WIDTH as usize];
+        let per = full
+            .len()
+            .div_ceil(threads)
+            .div_ceil(TILE_WIDTH as usize)
+            .max(1)
+            * TILE_WIDTH as usize;
+        let handles: Vec<_> = full
+            .chunks(per)
+            .map(|part| {
+                s.spawn(move || {
+                    part.chunks(TILE_WIDTH as usize)
+                        .map(crate::merkle::root)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let mut levels: Vec<Vec<Hash>> = vec![leaves];
+    let mut upper = CompactRange::default();
+    for r in &tile_roots {
+        upper.push_visit(*r, |level, _, h| {
             if level % 8 == 0 {
-                let l = usize::from(level / 8);
+                let l = 1 + usize::from(level / 8);
                 if levels.len() <= l {
                     levels.resize(l + 1, Vec::new());
                 }
                 levels[l].push(*h);
             }
         });
-        if seen.is_some_and(|(s, _)| s == i as u64 + 1) {
-            seen_root = Some(range.root());
-        }
     }
+    // The root of the first `n` leaves: complete subtrees of >= 256 leaves from the tile roots,
+    // then those of the remaining leaves.
+    let root_at = |n: u64| -> Hash {
+        let full = (n / TILE_WIDTH) as usize;
+        let mut hi = CompactRange::default();
+        for r in &tile_roots[..full] {
+            hi.push(*r);
+        }
+        let mut lo = CompactRange::default();
+        for l in &levels[0][full * TILE_WIDTH as usize..n as usize] {
+            lo.push(*l);
+        }
+        crate::merkle::fold_parts(hi.parts().iter().chain(lo.parts()))
+    };
     for (l, hashes) in levels.iter().enumerate() {
         if l == 1 {
             check_chain(&entries)?;
@@ -211,16 +246,12 @@ pub fn verify(
     if levels.len() <= 1 {
         check_chain(&entries)?;
     }
-    let root = range.root();
+    let root = root_at(size);
     if root != cp.root {
         return Err(Tamper::RootMismatch { size }.into());
     }
     if let Some((s, r)) = seen {
-        let now = if s == 0 {
-            crate::merkle::empty_root()
-        } else {
-            seen_root.unwrap_or(root)
-        };
+        let now = root_at(s);
         if s > 0 && now != r {
             return Err(Tamper::HistoryRewritten {
                 size: s,
