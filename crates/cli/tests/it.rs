@@ -807,8 +807,8 @@ fn the_ledger_survives_sigkill_between_every_pair_of_writes() {
             .unwrap();
         let acked: u64 = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter_map(|l| l.strip_prefix("acknowledged ")?.parse().ok())
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("acknowledged ")?.parse().ok())
             .unwrap_or(600);
         let was_killed = out.status.signal() == Some(9);
         // What is durable verifies (no fork: consistent with what the verifier saw before).
