@@ -88,6 +88,9 @@ pub enum LedgerCmd {
         /// Approximate entry size in bytes.
         #[arg(long, default_value_t = 256)]
         payload: usize,
+        /// Then generate and verify this many inclusion proofs (random entries).
+        #[arg(long, default_value_t = 0)]
+        proofs: u64,
     },
 }
 
@@ -428,6 +431,7 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
             entries,
             batch,
             payload,
+            proofs,
         } => {
             let mut w = open_writer(home, OpenMode::FailClosed)?;
             let pad = "x".repeat(payload.saturating_sub(100));
@@ -451,6 +455,31 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
                 "appended {entries} entries of ~{payload} B in {secs:.2} s: {:.0} entries/s (group commit of {batch})",
                 entries as f64 / secs
             );
+            if proofs > 0 {
+                let (size, root) = (w.size(), w.root());
+                let r = TileReader::new(&paths(home).dir, size);
+                let mut x = 0x9e37_79b9_7f4a_7c15u64;
+                let mut made = Vec::with_capacity(proofs as usize);
+                let t = std::time::Instant::now();
+                for _ in 0..proofs {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let i = x % size;
+                    made.push((i, r.node(0, i)?, merkle::inclusion_proof(&r, i, size)?));
+                }
+                let gen_secs = t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                for (i, leaf, p) in &made {
+                    merkle::verify_inclusion(*i, size, leaf, p, &root)?;
+                }
+                let ver_secs = t.elapsed().as_secs_f64();
+                eprintln!(
+                    "inclusion proofs over {size} entries: generated {:.0}/s (from tiles on disk), verified {:.0}/s",
+                    proofs as f64 / gen_secs,
+                    proofs as f64 / ver_secs
+                );
+            }
             Ok(0)
         }
     }
