@@ -8,7 +8,7 @@
 //!                      │ no
 //!                      ▼
 //!                  transforms ─▶ each sink.commit(key) ─▶ quarantine.commit(key)
-//!                      ─▶ state.commit_batch (the commit point) ─▶ audit BatchCommitted
+//!                      ─▶ audit BatchCommitted ─▶ state.commit_batch (the commit point)
 //! ```
 //! A crash anywhere leaves the run `running`; the next run of the pipeline resumes it with the
 //! same id and inputs, re-reads (rebuilding `unique` state) and skips committed batches, and
@@ -488,8 +488,6 @@ async fn commit_one(
     let qb = quarantine::to_batch(run_id.as_str(), source, &prepared.quarantined)
         .map_err(|e| Error::Internal(e.to_string()))?;
     qsink.commit(&key, std::slice::from_ref(&qb)).await?;
-    st.commit_batch(run_id, source, batch_no, counts).await?;
-
     let mut by_reason: HashMap<&str, u64> = HashMap::new();
     for q in &prepared.quarantined {
         *by_reason
@@ -530,5 +528,9 @@ async fn commit_one(
             })
             .map_err(Error::Audit)?;
     }
+    // The commit point comes after the audit events: a crash in between re-runs this batch
+    // (the sinks skip it) and records its events again, so the ledger may hold a batch twice
+    // (same run, source and batch number) but never misses one.
+    st.commit_batch(run_id, source, batch_no, counts).await?;
     Ok(())
 }

@@ -200,7 +200,9 @@ impl W {
     }
 }
 
-struct R<'a>(&'a [u8]);
+/// Reads an entry. With `keep == false` text fields are checked (length, UTF-8) but not
+/// copied: [`Entry::check`] validates without allocating per field.
+struct R<'a>(&'a [u8], bool);
 
 impl<'a> R<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
@@ -238,7 +240,8 @@ impl<'a> R<'a> {
     fn str(&mut self) -> Result<String, DecodeError> {
         let n = self.u32()? as usize;
         let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Utf8)
+        let s = std::str::from_utf8(b).map_err(|_| DecodeError::Utf8)?;
+        Ok(if self.1 { s.to_owned() } else { String::new() })
     }
     /// A count, bounded by the bytes left (each item takes at least `min` bytes), so a
     /// hostile count cannot make the decoder allocate.
@@ -389,7 +392,17 @@ impl Entry {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = R(bytes);
+        Self::read(bytes, true)
+    }
+
+    /// Validates `bytes` exactly as [`Entry::decode`] does and returns the entry's sequence
+    /// number and `prev`, without copying its text fields (the verifier's fast path).
+    pub fn check(bytes: &[u8]) -> Result<(u64, Hash), DecodeError> {
+        Self::read(bytes, false).map(|e| (e.seq, e.prev))
+    }
+
+    fn read(bytes: &[u8], keep: bool) -> Result<Self, DecodeError> {
+        let mut r = R(bytes, keep);
         let v = r.u8()?;
         if v != VERSION {
             return Err(DecodeError::Version(v));
@@ -573,6 +586,7 @@ mod tests {
             };
             let b = e.encode();
             assert_eq!(Entry::decode(&b).unwrap(), e);
+            assert_eq!(Entry::check(&b).unwrap(), (e.seq, e.prev));
             assert_eq!(e.event.kind() as usize, i + 1);
             assert_ne!(e.event.name(), "unknown");
             // Every strict prefix is rejected, and so is any trailing byte.
@@ -588,7 +602,7 @@ mod tests {
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = Entry::decode(&b);
+            prop_assert_eq!(Entry::decode(&b).map(|e| (e.seq, e.prev)), Entry::check(&b));
         }
 
         #[test]

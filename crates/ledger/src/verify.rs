@@ -341,8 +341,8 @@ fn read_bundles(
         };
         for (k, e) in list.iter().take(take).enumerate() {
             let pos = first + k as u64;
-            match Entry::decode(e) {
-                Ok(entry) => out.push((entry.seq, entry.prev, leaf_hash(e))),
+            match Entry::check(e) {
+                Ok((seq, prev)) => out.push((seq, prev, leaf_hash(e))),
                 Err(err) => {
                     return Err(Tamper::Modified {
                         seq: pos,
