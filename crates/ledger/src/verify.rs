@@ -144,6 +144,26 @@ pub fn verify(
     // 4. Tree and tiles, 5. consistency with what this verifier saw. The roots of full
     // 256-leaf tiles (the level-8 nodes) are computed in parallel; the levels above from them.
     let leaves: Vec<Hash> = entries.iter().map(|e| e.2).collect();
+    // The leaf tiles, compared in parallel: the first difference names a modified entry.
+    let leaf_tiles = tiles::tiles_for(TileKind::Hashes(0), size);
+    let per = leaf_tiles.len().div_ceil(threads).max(1);
+    let found: Vec<Result<(), VerifyError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = leaf_tiles
+            .chunks(per)
+            .map(|ids| s.spawn(|| compare_tiles(dir, ids, &leaves)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(VerifyError::Unreadable("a verify worker panicked".into()))
+                })
+            })
+            .collect()
+    });
+    for f in found {
+        f?;
+    }
     let tile_roots: Vec<Hash> = std::thread::scope(|s| {
         let full = &leaves[..leaves.len() - leaves.len() % TILE_WIDTH as usize];
         let per = full
@@ -194,10 +214,8 @@ pub fn verify(
         }
         crate::merkle::fold_parts(hi.parts().iter().chain(lo.parts()))
     };
-    for (l, hashes) in levels.iter().enumerate() {
-        if l == 1 {
-            check_chain(&entries)?;
-        }
+    check_chain(&entries)?;
+    for (l, hashes) in levels.iter().enumerate().skip(1) {
         for id in tiles::tiles_for(TileKind::Hashes(l as u8), size) {
             let start = (id.index * TILE_WIDTH) as usize;
             let want = tiles::encode_hashes(&hashes[start..start + usize::from(id.width)]);
@@ -218,22 +236,6 @@ pub fn verify(
             match have {
                 Ok(b) if b == want => {}
                 Ok(_) => {
-                    // Name the first entry whose leaf hash differs when it is a leaf tile.
-                    if l == 0
-                        && let Ok(b) = std::fs::read(&p)
-                        && let Some(stored) = tiles::parse_hashes(&b)
-                        && let Some(k) = stored
-                            .iter()
-                            .zip(&hashes[start..])
-                            .position(|(a, b)| a != b)
-                    {
-                        return Err(Tamper::Modified {
-                            seq: (start + k) as u64,
-                            what: "its bytes no longer hash to the leaf hash in the tree tiles"
-                                .into(),
-                        }
-                        .into());
-                    }
                     return Err(Tamper::TileMismatch {
                         path: id.rel_path(),
                     }
@@ -242,9 +244,6 @@ pub fn verify(
                 Err(e) => return Err(VerifyError::Unreadable(format!("{}: {e}", id.rel_path()))),
             }
         }
-    }
-    if levels.len() <= 1 {
-        check_chain(&entries)?;
     }
     let root = root_at(size);
     if root != cp.root {
@@ -267,6 +266,49 @@ pub fn verify(
         root,
         checkpoint: note,
     })
+}
+
+/// Compares stored leaf tiles with the leaf hashes; names the first entry that differs.
+fn compare_tiles(dir: &Path, ids: &[TileId], leaves: &[Hash]) -> Result<(), VerifyError> {
+    for id in ids {
+        let start = (id.index * TILE_WIDTH) as usize;
+        let want = &leaves[start..start + usize::from(id.width)];
+        let bytes = std::fs::read(dir.join(id.rel_path()))
+            .or_else(|_| {
+                // A partial tile may have been superseded by the full one.
+                std::fs::read(
+                    dir.join(
+                        TileId {
+                            width: TILE_WIDTH as u16,
+                            ..*id
+                        }
+                        .rel_path(),
+                    ),
+                )
+            })
+            .map_err(|e| VerifyError::Unreadable(format!("{}: {e}", id.rel_path())))?;
+        let stored = tiles::parse_hashes(&bytes).unwrap_or_default();
+        if stored.len() < want.len() {
+            return Err(Tamper::TileMismatch {
+                path: id.rel_path(),
+            }
+            .into());
+        }
+        if let Some(k) = stored.iter().zip(want).position(|(a, b)| a != b) {
+            return Err(Tamper::Modified {
+                seq: (start + k) as u64,
+                what: "its bytes no longer hash to the leaf hash in the tree tiles".into(),
+            }
+            .into());
+        }
+        if stored.len() > want.len() && u64::from(id.width) == TILE_WIDTH {
+            return Err(Tamper::TileMismatch {
+                path: id.rel_path(),
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Each entry's `prev` is the leaf hash of the entry before (zeros for the first).
