@@ -71,11 +71,13 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     let r = sealtrail_engine::run(&p, &opts).await?;
     let secs = t.elapsed().as_secs_f64();
     let rows = r.counts.rows_in as f64;
-    println!(
+    outln!(
         "rows_in {}  loaded {}  quarantined {}",
-        r.counts.rows_in, r.counts.rows_loaded, r.counts.rows_quarantined
+        r.counts.rows_in,
+        r.counts.rows_loaded,
+        r.counts.rows_quarantined
     );
-    println!(
+    outln!(
         "seconds {secs:.2}  rows/s {:.0}  peak RSS {:.0} MiB  sink {}",
         rows / secs,
         peak_rss_mib(),
@@ -87,12 +89,12 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         let got = r.by_reason.get(k).copied().unwrap_or(0);
         if Some(got) != v.as_u64() {
             ok = false;
-            println!("  MISMATCH {k}: got {got}, manifest {v}");
+            outln!("  MISMATCH {k}: got {got}, manifest {v}");
         }
     }
     if !ok {
         bail!("quarantine counts differ from the manifest");
     }
-    println!("quarantine counts match the manifest exactly");
+    outln!("quarantine counts match the manifest exactly");
     Ok(())
 }

@@ -221,7 +221,7 @@ pub fn verify_cmd(
     match verify::verify(&dir, &v, seen, threads) {
         Ok(ok) => {
             let secs = t.elapsed().as_secs_f64();
-            println!(
+            outln!(
                 "verified: {} entries, root {}, signed by {} ({:.0} entries/s)",
                 ok.size,
                 b64(&ok.root),
@@ -233,15 +233,15 @@ pub fn verify_cmd(
             }
             std::fs::write(&state, format!("{} {}\n", ok.size, b64(&ok.root)))
                 .with_context(|| format!("saving the verifier state {}", state.display()))?;
-            print!("{}", ok.checkpoint);
+            outln!("{}", ok.checkpoint.trim_end());
             Ok(Outcome::Verified)
         }
         Err(VerifyError::Tampered(t)) => {
-            println!("TAMPERED: {t}");
+            outln!("TAMPERED: {t}");
             Ok(Outcome::Tampered)
         }
         Err(VerifyError::Unreadable(e)) => {
-            println!("could not read the ledger: {e}");
+            outln!("could not read the ledger: {e}");
             Ok(Outcome::Unreadable)
         }
     }
@@ -260,12 +260,12 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
             let signer = init(home, &origin)?;
             let mut w = LogWriter::open(&paths(home).dir, &origin, signer, OpenMode::FailClosed)?;
             w.sign_checkpoint()?;
-            println!("created the ledger in {}", paths(home).dir.display());
-            println!(
+            outln!("created the ledger in {}", paths(home).dir.display());
+            outln!(
                 "signing key: {} (mode 0600; keep it secret)",
                 paths(home).key.display()
             );
-            println!(
+            outln!(
                 "verifier key (give it to auditors): {}",
                 std::fs::read_to_string(paths(home).public)?.trim()
             );
@@ -288,7 +288,7 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
                 );
             }
             match open_writer(home, OpenMode::FailClosed) {
-                Ok(w) => println!(
+                Ok(w) => outln!(
                     "nothing to recover: the ledger has {} entries and no torn tail",
                     w.size()
                 ),
@@ -299,7 +299,7 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
                     ) =>
                 {
                     let w = open_writer(home, OpenMode::Recover)?;
-                    println!(
+                    outln!(
                         "recovered: discarded the unacknowledged tail; the discard is entry {}",
                         w.size() - 1
                     );
@@ -330,7 +330,7 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
                     "root": b64(&cp.root),
                     "checkpoint": note,
                 });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                outln!("{}", serde_json::to_string_pretty(&out)?);
             } else if let (Some(a), Some(b)) = (from, to) {
                 if a == 0 || a > b || b > cp.size {
                     bail!("need 0 < --from <= --to <= {} (the current size)", cp.size);
@@ -349,7 +349,7 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
                     "root2": b64(&root_b),
                     "proof": proof.iter().map(|h| b64(h)).collect::<Vec<_>>(),
                 });
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                outln!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 bail!("pass --entry N, or --from A --to B");
             }
@@ -423,7 +423,7 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
                 }
             }
             for e in shown {
-                println!("{}", describe(&e));
+                outln!("{}", describe(&e));
             }
             Ok(0)
         }
@@ -448,7 +448,7 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
                 let a = w.append(evs)?;
                 done += n;
                 // Acknowledged: durable and signed. The crash tests read these lines.
-                println!("acknowledged {}", a.size);
+                outln!("acknowledged {}", a.size);
             }
             let secs = t.elapsed().as_secs_f64();
             eprintln!(

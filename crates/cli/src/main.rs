@@ -1,5 +1,18 @@
 //! `sealtrail`: the command-line interface. Thin: parsing arguments, printing, exit codes.
 
+/// `println!` that ends the process quietly when stdout is closed (`sealtrail ... | head`)
+/// instead of panicking on the broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod bench;
 mod ledger_cmd;
 mod synth;
@@ -181,7 +194,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         }
         Cmd::Check { specs } => check(&specs).await,
         Cmd::Schema => {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&sealtrail_spec::json_schema())?
             );
@@ -195,12 +208,17 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             let home = state.home(None);
             let st = sealtrail_engine::state::StateStore::open(&state.url(&home)).await?;
             let runs = st.runs(pipeline.as_deref(), limit).await?;
-            println!(
+            outln!(
                 "{:<38} {:<12} {:<10} {:>10} {:>10} {:>11}  started",
-                "run", "pipeline", "status", "rows in", "loaded", "quarantined"
+                "run",
+                "pipeline",
+                "status",
+                "rows in",
+                "loaded",
+                "quarantined"
             );
             for r in runs {
-                println!(
+                outln!(
                     "{:<38} {:<12} {:<10} {:>10} {:>10} {:>11}  {}",
                     r.run_id,
                     r.pipeline,
@@ -211,7 +229,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                     r.started_at
                 );
                 if let Some(e) = r.error {
-                    println!("    error: {e}");
+                    outln!("    error: {e}");
                 }
             }
             Ok(())
@@ -228,7 +246,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Generate { dir, rows, seed } => {
             let (t, _) = synth::trades(&dir, rows, seed)?;
             let (c, _) = synth::customers(&dir, (rows / 10).max(10), seed)?;
-            println!("wrote {} and {}", t.display(), c.display());
+            outln!("wrote {} and {}", t.display(), c.display());
             Ok(())
         }
     }
@@ -243,7 +261,7 @@ async fn check(specs: &[PathBuf]) -> Result<()> {
             Ok(p) => sealtrail_engine::check(&p).await,
         };
         if diags.is_empty() {
-            println!("{}: ok", s.display());
+            outln!("{}: ok", s.display());
         } else {
             bad += 1;
             eprintln!(
@@ -306,28 +324,30 @@ async fn run_pipeline(
 }
 
 fn print_report(r: &RunReport) {
-    println!(
+    outln!(
         "pipeline {}  run {}{}",
         r.pipeline,
         r.run_id,
         if r.resumed { " (resumed)" } else { "" }
     );
-    println!(
+    outln!(
         "  rows in {:>10}   loaded {:>10}   quarantined {:>8}",
-        r.counts.rows_in, r.counts.rows_loaded, r.counts.rows_quarantined
+        r.counts.rows_in,
+        r.counts.rows_loaded,
+        r.counts.rows_quarantined
     );
     for (reason, n) in &r.by_reason {
-        println!("    quarantined {n:>6} × {reason}");
+        outln!("    quarantined {n:>6} × {reason}");
     }
     for (name, loc) in &r.sinks {
-        println!("  sink {name:<16} -> {loc}");
+        outln!("  sink {name:<16} -> {loc}");
     }
-    println!("  quarantine            -> {}", r.quarantine);
+    outln!("  quarantine            -> {}", r.quarantine);
 }
 
 async fn demo(dir: &Path, rows: usize) -> Result<()> {
     let data = dir.join("data");
-    println!(
+    outln!(
         "Generating {rows} trades and {} customers in {}",
         (rows / 10).max(10),
         data.display()
@@ -357,7 +377,7 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
         std::fs::write(&path, text)?;
         let p = sealtrail_spec::load(&path)?;
         let r = run_pipeline(&p, &home, &url, false).await?;
-        println!();
+        outln!();
         print_report(&r);
         let got: std::collections::BTreeMap<String, u64> = r.by_reason.clone();
         if !r.resumed && got != expected {
@@ -366,7 +386,7 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
             );
         }
     }
-    println!(
+    outln!(
         "\nLedger: every run and batch above is an entry in {}",
         ledger_cmd::paths(&home).dir.display()
     );
@@ -374,21 +394,21 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
         ledger_cmd::Outcome::Verified => {}
         _ => anyhow::bail!("the ledger did not verify; this is a bug"),
     }
-    println!("\nNext, try:");
-    println!(
+    outln!("\nNext, try:");
+    outln!(
         "  sealtrail ledger show --home {} --type batch_committed --limit 5",
         home.display()
     );
-    println!(
+    outln!(
         "  sealtrail ledger prove --home {} --entry 0",
         home.display()
     );
-    println!("  sealtrail runs --home {}", home.display());
-    println!("  sealtrail check {}", dir.join("trades.yaml").display());
-    println!(
+    outln!("  sealtrail runs --home {}", home.display());
+    outln!("  sealtrail check {}", dir.join("trades.yaml").display());
+    outln!(
         "  python3 -c \"import deltalake; print(deltalake.DeltaTable('{}').to_pyarrow_table().num_rows)\"",
         dir.join("out/trades_clean").display()
     );
-    println!("  sealtrail demo --rows 2000000   # a bigger run");
+    outln!("  sealtrail demo --rows 2000000   # a bigger run");
     Ok(())
 }

@@ -878,3 +878,43 @@ fn the_ledger_survives_sigkill_between_every_pair_of_writes() {
     }
     assert!(killed > 20, "only {killed} crash points were exercised");
 }
+
+#[test]
+fn a_closed_stdout_ends_quietly_instead_of_panicking() {
+    use std::io::BufRead;
+    let d = tempfile::tempdir().unwrap();
+    let home = d.path().join("home");
+    run_ok(
+        bin()
+            .args([
+                "ledger",
+                "bench",
+                "--entries",
+                "3000",
+                "--batch",
+                "10",
+                "--home",
+            ])
+            .arg(&home),
+    );
+    // Like `sealtrail ledger show | head -1`: read one line, then close the pipe.
+    let mut child = bin()
+        .args(["ledger", "show", "--limit", "3000", "--home"])
+        .arg(&home)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("run_failed"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("panicked"),
+        "{:?} {err}",
+        out.status
+    );
+}
