@@ -191,6 +191,17 @@ fn default_state(v: &NoteVerifier) -> PathBuf {
         .join(format!("{}.seen", &id[..16]))
 }
 
+fn parse_seen(s: &str) -> Option<verify::Seen> {
+    let (size, root) = s.trim().split_once(' ')?;
+    let root = base64::engine::general_purpose::STANDARD
+        .decode(root)
+        .ok()?;
+    Some((
+        size.parse().ok()?,
+        <[u8; 32]>::try_from(root.as_slice()).ok()?,
+    ))
+}
+
 /// Result of `ledger verify`, for the exit code.
 pub enum Outcome {
     Verified,
@@ -206,16 +217,18 @@ pub fn verify_cmd(
 ) -> Result<Outcome> {
     let v = load_verifier(home, key)?;
     let state = state.unwrap_or_else(|| default_state(&v));
-    let seen = std::fs::read_to_string(&state).ok().and_then(|s| {
-        let (size, root) = s.trim().split_once(' ')?;
-        let root = base64::engine::general_purpose::STANDARD
-            .decode(root)
-            .ok()?;
-        Some((
-            size.parse().ok()?,
-            <[u8; 32]>::try_from(root.as_slice()).ok()?,
-        ))
-    });
+    // No state file: first verification. A damaged one is an error, not a fresh start: ignoring
+    // it would silently switch off the check against rewritten history.
+    let seen = match std::fs::read_to_string(&state) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => bail!("cannot read the verifier state {}: {e}", state.display()),
+        Ok(s) => Some(parse_seen(&s).ok_or_else(|| {
+            anyhow!(
+                "the verifier state {} is damaged (expected `<size> <base64 root>`); restore it, or delete it to trust the current log from scratch",
+                state.display()
+            )
+        })?),
+    };
     let dir = paths(home).dir;
     let t = std::time::Instant::now();
     match verify::verify(&dir, &v, seen, threads) {

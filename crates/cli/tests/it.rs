@@ -465,6 +465,17 @@ fn audit_events_cover_the_run() {
             .arg(dir.path().join("seen")),
     );
     assert!(v.starts_with("verified:"), "{v}");
+    // A damaged verifier state is refused, not silently ignored.
+    std::fs::write(dir.path().join("seen"), "garbage").unwrap();
+    let out = bin()
+        .args(["ledger", "verify", "--home"])
+        .arg(&home)
+        .arg("--state")
+        .arg(dir.path().join("seen"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is damaged"), "{err}");
     let proof: serde_json::Value = serde_json::from_str(&run_ok(
         bin()
             .args(["ledger", "prove", "--entry", "1", "--home"])

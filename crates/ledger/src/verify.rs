@@ -14,8 +14,9 @@
 //! The first failure is reported with the entry it concerns and what is wrong.
 
 use crate::entry::Entry;
-use crate::log::{list_tiles, read_checkpoint};
+use crate::log::list_tiles;
 use crate::merkle::{CompactRange, Hash, leaf_hash};
+use crate::note::Checkpoint;
 use crate::note::NoteVerifier;
 use crate::tiles::{self, TILE_WIDTH, TileId, TileKind};
 use std::path::Path;
@@ -98,12 +99,13 @@ pub fn verify(
     let note_path = dir.join("checkpoint");
     let note = std::fs::read_to_string(&note_path)
         .map_err(|e| VerifyError::Unreadable(format!("{}: {e}", note_path.display())))?;
-    if let Err(e) = key.open(&note) {
-        return Err(Tamper::BadSignature(e.to_string()).into());
-    }
-    let (cp, _) = read_checkpoint(dir, key)
-        .map_err(|e| VerifyError::Unreadable(e.to_string()))?
-        .ok_or_else(|| VerifyError::Unreadable("no checkpoint".into()))?;
+    let text = key
+        .open(&note)
+        .map_err(|e| Tamper::BadSignature(e.to_string()))?;
+    // Signed but not a checkpoint: whoever holds the key wrote something else there.
+    let cp = Checkpoint::parse(text).map_err(|e| {
+        VerifyError::Unreadable(format!("the signed checkpoint does not parse: {e}"))
+    })?;
     let size = cp.size;
     if let Some((seen_size, _)) = seen
         && seen_size > size
@@ -120,20 +122,7 @@ pub fn verify(
     let stored = stored_bundles(dir)?;
     let threads = threads.max(1);
     let chunk = bundles.len().div_ceil(threads).max(1);
-    let results: Vec<Result<Scanned, VerifyError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = bundles
-            .chunks(chunk)
-            .map(|part| s.spawn(|| read_bundles(dir, part, &stored)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(VerifyError::Unreadable("a verify worker panicked".into()))
-                })
-            })
-            .collect()
-    });
+    let results = par_chunks(&bundles, chunk, |part| read_bundles(dir, part, &stored));
     // (seq claimed, prev, leaf hash) per position.
     let mut entries: Vec<(u64, Hash, Hash)> = Vec::with_capacity(size as usize);
     for r in results {
@@ -147,21 +136,7 @@ pub fn verify(
     // The leaf tiles, compared in parallel: the first difference names a modified entry.
     let leaf_tiles = tiles::tiles_for(TileKind::Hashes(0), size);
     let per = leaf_tiles.len().div_ceil(threads).max(1);
-    let found: Vec<Result<(), VerifyError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = leaf_tiles
-            .chunks(per)
-            .map(|ids| s.spawn(|| compare_tiles(dir, ids, &leaves)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(VerifyError::Unreadable("a verify worker panicked".into()))
-                })
-            })
-            .collect()
-    });
-    for f in found {
+    for f in par_chunks(&leaf_tiles, per, |ids| compare_tiles(dir, ids, &leaves)) {
         f?;
     }
     let tile_roots: Vec<Hash> = std::thread::scope(|s| {
@@ -265,6 +240,25 @@ pub fn verify(
         size,
         root,
         checkpoint: note,
+    })
+}
+
+/// Runs `f` on chunks of `items` (`per` each) on scoped threads; results in chunk order.
+fn par_chunks<T: Sync, R: Send>(
+    items: &[T],
+    per: usize,
+    f: impl Fn(&[T]) -> Result<R, VerifyError> + Sync,
+) -> Vec<Result<R, VerifyError>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items.chunks(per.max(1)).map(|c| s.spawn(|| f(c))).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(VerifyError::Unreadable("a verify worker panicked".into()))
+                })
+            })
+            .collect()
     })
 }
 
