@@ -58,6 +58,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     let p = sealtrail_spec::load(&spec_path)?;
     let log = crate::ledger_cmd::open_writer(
         &work.join(".sealtrail"),
+        &crate::ledger_cmd::LedgerArgs::default(),
         sealtrail_ledger::log::OpenMode::FailClosed,
     )?;
     let audit = sealtrail_ledger::audit::LedgerAudit::new(log);

@@ -10,9 +10,10 @@
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use sealtrail_ledger::entry::{Entry, Event, kind_name};
-use sealtrail_ledger::log::{LogError, LogWriter, OpenMode};
+use sealtrail_ledger::log::{LedgerLog, LogError, LogWriter, OpenMode};
 use sealtrail_ledger::merkle::{self, NodeSource};
-use sealtrail_ledger::note::{NoteSigner, NoteVerifier};
+use sealtrail_ledger::note::{Checkpoint, NoteSigner, NoteVerifier};
+use sealtrail_ledger::pg::PgLedger;
 use sealtrail_ledger::tiles::{self, TILE_WIDTH, TileKind, TileReader};
 use sealtrail_ledger::verify::{self, VerifyError};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,77 @@ use std::path::{Path, PathBuf};
 pub mod exit {
     pub const TAMPERED: i32 = 4;
     pub const UNREADABLE: i32 = 3;
+    pub const STALE: i32 = 5;
+}
+
+/// Where the ledger lives: the tiles folder `<home>/ledger/` (default) or PostgreSQL.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LedgerArgs {
+    /// Keep the ledger in PostgreSQL (`postgres://...`) instead of `<home>/ledger/`, so writers
+    /// on several machines share it. The signing key stays in `<home>/ledger.key` on each.
+    #[arg(
+        long,
+        env = "SEALTRAIL_LEDGER_URL",
+        hide_env_values = true,
+        global = true
+    )]
+    pub ledger_url: Option<String>,
+    /// Schema of the ledger tables in PostgreSQL.
+    #[arg(
+        long,
+        env = "SEALTRAIL_LEDGER_SCHEMA",
+        global = true,
+        default_value = sealtrail_ledger::pg::DEFAULT_SCHEMA
+    )]
+    pub ledger_schema: String,
+}
+
+impl Default for LedgerArgs {
+    fn default() -> Self {
+        Self {
+            ledger_url: None,
+            ledger_schema: sealtrail_ledger::pg::DEFAULT_SCHEMA.into(),
+        }
+    }
+}
+
+/// This process, as named in the rows a PostgreSQL ledger writer inserts.
+fn writer_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    format!("sealtrail@{host}:{}", std::process::id())
+}
+
+impl LedgerArgs {
+    fn pg(&self, signer: Option<NoteSigner>) -> Result<Option<PgLedger>> {
+        self.ledger_url
+            .as_deref()
+            .map(|url| PgLedger::connect(url, &self.ledger_schema, signer, &writer_name()))
+            .transpose()
+            .map_err(anyhow::Error::from)
+    }
+
+    /// A folder to read the ledger from: `<home>/ledger/`, or a fresh export of the PostgreSQL
+    /// ledger (kept alive by the returned guard).
+    fn readable(&self, home: &Path) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+        match self.pg(None)? {
+            None => Ok((paths(home).dir, None)),
+            Some(l) => {
+                let t = tempfile::tempdir()?;
+                let e = l.export(t.path())?;
+                if e.first_gap.is_some() || e.beyond_checkpoint > 0 {
+                    bail!(
+                        "the PostgreSQL ledger was changed outside sealtrail; run `sealtrail ledger verify` for the diagnosis"
+                    );
+                }
+                Ok((t.path().to_path_buf(), Some(t)))
+            }
+        }
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -30,10 +102,14 @@ pub enum LedgerCmd {
         /// Checkpoint origin: a name for this log, e.g. `bank.example/sealtrail/prod`.
         #[arg(long, default_value = "sealtrail.local/ledger")]
         origin: String,
+        /// With --ledger-url: let this existing database role append (SELECT and INSERT only;
+        /// never UPDATE, DELETE or TRUNCATE).
+        #[arg(long)]
+        writer_role: Option<String>,
     },
     /// Recompute everything from the stored bytes and check it: signature, entries, chain,
     /// tiles, root, and consistency with the last checkpoint this verifier accepted.
-    /// Exit 0: verified; 4: tampered; 3: could not read.
+    /// Exit 0: verified; 4: tampered; 3: could not read; 5: older than --max-age.
     Verify {
         /// Verifier key (`name+id+key`), or a file holding it (default `<home>/ledger.pub`).
         #[arg(long)]
@@ -45,6 +121,24 @@ pub enum LedgerCmd {
         /// Worker threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Also require the checkpoint to have been signed within this many minutes (a live
+        /// writer re-signs at least that often, see `ledger sign --every`). Exit 5 when older.
+        #[arg(long)]
+        max_age: Option<u64>,
+    },
+    /// Sign a fresh checkpoint of the current tree, stamped with the time; with --every, keep
+    /// doing so, so an idle ledger still proves it is alive and unchanged.
+    Sign {
+        /// Re-sign every this many minutes until stopped.
+        #[arg(long)]
+        every: Option<u64>,
+    },
+    /// Write the PostgreSQL ledger as a tlog-tiles folder (for publishing, or for any
+    /// tlog-tiles client). The tiles folder ledger is already in that layout.
+    Export {
+        /// An empty or new folder.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Print an inclusion proof for an entry, or a consistency proof between two tree sizes.
     Prove {
@@ -171,8 +265,18 @@ fn load_verifier(home: &Path, key: Option<&str>) -> Result<NoteVerifier> {
     NoteVerifier::parse(text.trim()).map_err(|e| anyhow!("verifier key: {e}"))
 }
 
-/// Opens the ledger for writing, creating it (and its key) on first use.
-pub fn open_writer(home: &Path, mode: OpenMode) -> Result<LogWriter> {
+/// Opens the ledger for writing: the tiles folder, created (with its key) on first use, or the
+/// PostgreSQL ledger, which `sealtrail ledger init --ledger-url ...` must have created.
+pub fn open_writer(home: &Path, la: &LedgerArgs, mode: OpenMode) -> Result<Box<dyn LedgerLog>> {
+    if la.ledger_url.is_some() {
+        let signer = load_signer(home)?;
+        return Ok(Box::new(la.pg(Some(signer))?.expect("a ledger URL")));
+    }
+    Ok(Box::new(open_file_writer(home, mode)?))
+}
+
+/// Opens the tiles folder for writing, creating it (and its key) on first use.
+pub fn open_file_writer(home: &Path, mode: OpenMode) -> Result<LogWriter> {
     let signer = init(home, "sealtrail.local/ledger")?;
     let origin = signer.name().to_string();
     LogWriter::open(&paths(home).dir, &origin, signer, mode).map_err(anyhow::Error::from)
@@ -207,13 +311,16 @@ pub enum Outcome {
     Verified,
     Tampered,
     Unreadable,
+    Stale,
 }
 
 pub fn verify_cmd(
     home: &Path,
+    la: &LedgerArgs,
     key: Option<&str>,
     state: Option<PathBuf>,
     threads: usize,
+    max_age: Option<u64>,
 ) -> Result<Outcome> {
     let v = load_verifier(home, key)?;
     let state = state.unwrap_or_else(|| default_state(&v));
@@ -229,9 +336,16 @@ pub fn verify_cmd(
             )
         })?),
     };
-    let dir = paths(home).dir;
     let t = std::time::Instant::now();
-    match verify::verify(&dir, &v, seen, threads) {
+    let result = match la.pg(None) {
+        Ok(None) => verify::verify(&paths(home).dir, &v, seen, threads),
+        Ok(Some(l)) => {
+            let tmp = tempfile::tempdir()?;
+            l.verify(tmp.path(), &v, seen, threads)
+        }
+        Err(e) => Err(VerifyError::Unreadable(format!("{e:#}"))),
+    };
+    match result {
         Ok(ok) => {
             let secs = t.elapsed().as_secs_f64();
             outln!(
@@ -247,6 +361,31 @@ pub fn verify_cmd(
             std::fs::write(&state, format!("{} {}\n", ok.size, b64(&ok.root)))
                 .with_context(|| format!("saving the verifier state {}", state.display()))?;
             outln!("{}", ok.checkpoint.trim_end());
+            if let Some(minutes) = max_age {
+                let signed = v
+                    .open(&ok.checkpoint)
+                    .ok()
+                    .and_then(|t| Checkpoint::parse(t).ok())
+                    .and_then(|cp| {
+                        cp.time()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    });
+                let age = signed.map(|t| chrono::Utc::now().signed_duration_since(t));
+                match age {
+                    Some(a) if a.num_seconds() <= (minutes as i64) * 60 => {}
+                    Some(a) => {
+                        outln!(
+                            "STALE: the checkpoint was signed {} minutes ago (limit {minutes}); is the writer re-signing (`sealtrail ledger sign --every`)?",
+                            a.num_minutes()
+                        );
+                        return Ok(Outcome::Stale);
+                    }
+                    None => {
+                        outln!("STALE: the checkpoint carries no signing time");
+                        return Ok(Outcome::Stale);
+                    }
+                }
+            }
             Ok(Outcome::Verified)
         }
         Err(VerifyError::Tampered(t)) => {
@@ -261,9 +400,35 @@ pub fn verify_cmd(
 }
 
 /// Runs a ledger subcommand; returns the process exit code.
-pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
+pub fn run(home: &Path, la: &LedgerArgs, cmd: LedgerCmd) -> Result<i32> {
     match cmd {
-        LedgerCmd::Init { origin } => {
+        LedgerCmd::Init {
+            origin,
+            writer_role,
+        } if la.ledger_url.is_some() => {
+            // Each writer machine holds a copy of the key; an existing one is reused.
+            let signer = init(home, &origin)?;
+            let l = la.pg(Some(signer))?.expect("a ledger URL");
+            l.init()?;
+            outln!(
+                "the ledger is ready in PostgreSQL, schema {}",
+                la.ledger_schema
+            );
+            if let Some(role) = writer_role {
+                l.grant_writer(&role)?;
+                outln!("role {role} may append (SELECT, INSERT); it cannot change or delete");
+            }
+            outln!(
+                "signing key: {} (mode 0600; copy it to each writer machine, keep it secret)",
+                paths(home).key.display()
+            );
+            outln!(
+                "verifier key (give it to auditors): {}",
+                std::fs::read_to_string(paths(home).public)?.trim()
+            );
+            Ok(0)
+        }
+        LedgerCmd::Init { origin, .. } => {
             if paths(home).key.exists() {
                 bail!(
                     "a ledger key already exists at {}; refusing to replace it",
@@ -288,11 +453,51 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
             key,
             state,
             threads,
-        } => Ok(match verify_cmd(home, key.as_deref(), state, threads)? {
-            Outcome::Verified => 0,
-            Outcome::Tampered => exit::TAMPERED,
-            Outcome::Unreadable => exit::UNREADABLE,
-        }),
+            max_age,
+        } => Ok(
+            match verify_cmd(home, la, key.as_deref(), state, threads, max_age)? {
+                Outcome::Verified => 0,
+                Outcome::Tampered => exit::TAMPERED,
+                Outcome::Unreadable => exit::UNREADABLE,
+                Outcome::Stale => exit::STALE,
+            },
+        ),
+        LedgerCmd::Sign { every } => {
+            let mut w = open_writer(home, la, OpenMode::FailClosed)?;
+            loop {
+                let note = w.resign()?;
+                outln!("{}", note.trim_end());
+                let Some(minutes) = every else { break };
+                std::thread::sleep(std::time::Duration::from_secs(minutes.max(1) * 60));
+            }
+            Ok(0)
+        }
+        LedgerCmd::Export { out } => {
+            let Some(l) = la.pg(None)? else {
+                bail!(
+                    "{} is already a tlog-tiles folder; publish it as is (export is for --ledger-url)",
+                    paths(home).dir.display()
+                );
+            };
+            let e = l.export(&out)?;
+            outln!(
+                "exported {} entries (checkpoint size {}) to {}",
+                e.entries,
+                e.size,
+                out.display()
+            );
+            if e.first_gap.is_some() || e.beyond_checkpoint > 0 {
+                outln!("the table was changed outside sealtrail; run `sealtrail ledger verify`");
+                return Ok(exit::TAMPERED);
+            }
+            Ok(0)
+        }
+        LedgerCmd::Recover if la.ledger_url.is_some() => {
+            outln!(
+                "nothing to recover: a PostgreSQL ledger appends each group in one transaction, so a crash leaves no torn tail"
+            );
+            Ok(0)
+        }
         LedgerCmd::Recover => {
             if !paths(home).key.exists() {
                 bail!(
@@ -300,7 +505,7 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
                     paths(home).key.display()
                 );
             }
-            match open_writer(home, OpenMode::FailClosed) {
+            match open_file_writer(home, OpenMode::FailClosed) {
                 Ok(w) => outln!(
                     "nothing to recover: the ledger has {} entries and no torn tail",
                     w.size()
@@ -311,7 +516,7 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
                         Some(LogError::TornTail { .. })
                     ) =>
                 {
-                    let w = open_writer(home, OpenMode::Recover)?;
+                    let w = open_file_writer(home, OpenMode::Recover)?;
                     outln!(
                         "recovered: discarded the unacknowledged tail; the discard is entry {}",
                         w.size() - 1
@@ -323,7 +528,7 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
         }
         LedgerCmd::Prove { entry, from, to } => {
             let v = load_verifier(home, None)?;
-            let dir = paths(home).dir;
+            let (dir, _export) = la.readable(home)?;
             let (cp, note) = sealtrail_ledger::log::read_checkpoint(&dir, &v)?
                 .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
             let r = TileReader::new(&dir, cp.size);
@@ -376,7 +581,7 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
             limit,
         } => {
             let v = load_verifier(home, None)?;
-            let dir = paths(home).dir;
+            let (dir, _export) = la.readable(home)?;
             let (cp, _) = sealtrail_ledger::log::read_checkpoint(&dir, &v)?
                 .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
             let parse_t = |s: &Option<String>| -> Result<Option<i64>> {
@@ -446,7 +651,10 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
             payload,
             proofs,
         } => {
-            let mut w = open_writer(home, OpenMode::FailClosed)?;
+            if proofs > 0 && la.ledger_url.is_some() {
+                bail!("--proofs measures proofs from tiles on disk; use it without --ledger-url");
+            }
+            let mut w = open_writer(home, la, OpenMode::FailClosed)?;
             let pad = "x".repeat(payload.saturating_sub(100));
             let t = std::time::Instant::now();
             let mut done = 0u64;
@@ -469,6 +677,8 @@ pub fn run(home: &Path, cmd: LedgerCmd) -> Result<i32> {
                 entries as f64 / secs
             );
             if proofs > 0 {
+                drop(w);
+                let w = open_file_writer(home, OpenMode::FailClosed)?;
                 let (size, root) = (w.size(), w.root());
                 let r = TileReader::new(&paths(home).dir, size);
                 let mut x = 0x9e37_79b9_7f4a_7c15u64;

@@ -72,11 +72,13 @@ enum Cmd {
     },
     /// Run the reference trades job on a gen_trades.py file and print rows/s and peak memory.
     Bench(bench::BenchArgs),
-    /// The tamper-evident ledger: init, verify, prove, show, recover, bench.
+    /// The tamper-evident ledger: init, verify, sign, export, prove, show, recover, bench.
     Ledger {
         /// Folder holding `ledger/`, `ledger.key` and `ledger.pub` (default `.sealtrail`).
         #[arg(long, env = "SEALTRAIL_HOME", global = true)]
         home: Option<PathBuf>,
+        #[command(flatten)]
+        ledger: ledger_cmd::LedgerArgs,
         #[command(subcommand)]
         cmd: ledger_cmd::LedgerCmd,
     },
@@ -101,6 +103,8 @@ struct StateArgs {
     /// Run state store: `sqlite://PATH` (default `<home>/state.db`) or `postgres://...`.
     #[arg(long, env = "SEALTRAIL_STATE_URL", hide_env_values = true)]
     state_url: Option<String>,
+    #[command(flatten)]
+    ledger: ledger_cmd::LedgerArgs,
 }
 
 impl StateArgs {
@@ -188,7 +192,14 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         } => {
             let p = sealtrail_spec::load(&spec)?;
             let home = state.home(Some(&spec));
-            let report = run_pipeline(&p, &home, &state.url(&home), abandon_unfinished).await?;
+            let report = run_pipeline(
+                &p,
+                &home,
+                &state.ledger,
+                &state.url(&home),
+                abandon_unfinished,
+            )
+            .await?;
             print_report(&report);
             Ok(())
         }
@@ -235,9 +246,9 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Bench(args) => bench::run(args).await,
-        Cmd::Ledger { home, cmd } => {
+        Cmd::Ledger { home, ledger, cmd } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".sealtrail"));
-            let code = ledger_cmd::run(&home, cmd)?;
+            let code = ledger_cmd::run(&home, &ledger, cmd)?;
             if code != 0 {
                 std::process::exit(code);
             }
@@ -301,12 +312,19 @@ fn progress_bar(label: &str) -> ProgressBar {
 async fn run_pipeline(
     p: &sealtrail_spec::Pipeline,
     home: &Path,
+    ledger: &ledger_cmd::LedgerArgs,
     state_url: &str,
     abandon: bool,
 ) -> Result<RunReport> {
     // Every audit event goes to the ledger, durably and signed, before the run goes on.
-    let log = ledger_cmd::open_writer(home, sealtrail_ledger::log::OpenMode::FailClosed)
-        .with_context(|| format!("opening the ledger in {}", home.display()))?;
+    let log = ledger_cmd::open_writer(home, ledger, sealtrail_ledger::log::OpenMode::FailClosed)
+        .with_context(|| match &ledger.ledger_url {
+            Some(_) => format!(
+                "opening the ledger in PostgreSQL (schema {})",
+                ledger.ledger_schema
+            ),
+            None => format!("opening the ledger in {}", home.display()),
+        })?;
     let audit = sealtrail_ledger::audit::LedgerAudit::new(log);
     let pb = progress_bar(&p.name);
     let pb2 = pb.clone();
@@ -370,13 +388,14 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
     let url = StateArgs {
         home: Some(home.clone()),
         state_url: None,
+        ledger: ledger_cmd::LedgerArgs::default(),
     }
     .url(&home);
     for (file, text, expected) in specs {
         let path = dir.join(file);
         std::fs::write(&path, text)?;
         let p = sealtrail_spec::load(&path)?;
-        let r = run_pipeline(&p, &home, &url, false).await?;
+        let r = run_pipeline(&p, &home, &ledger_cmd::LedgerArgs::default(), &url, false).await?;
         outln!();
         print_report(&r);
         let got: std::collections::BTreeMap<String, u64> = r.by_reason.clone();
@@ -390,7 +409,14 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
         "\nLedger: every run and batch above is an entry in {}",
         ledger_cmd::paths(&home).dir.display()
     );
-    match ledger_cmd::verify_cmd(&home, None, Some(home.join("demo-verifier.seen")), 2)? {
+    match ledger_cmd::verify_cmd(
+        &home,
+        &ledger_cmd::LedgerArgs::default(),
+        None,
+        Some(home.join("demo-verifier.seen")),
+        2,
+        None,
+    )? {
         ledger_cmd::Outcome::Verified => {}
         _ => anyhow::bail!("the ledger did not verify; this is a bug"),
     }

@@ -23,6 +23,7 @@ use crate::{Decoded, Error, Result, SourceReader};
 use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use sealtrail_core::db::redact_db_error;
 use sealtrail_core::record::{PosKind, RawBatch, canonical_row};
 use sealtrail_spec::raw::UnknownColumns;
 use sealtrail_spec::{PgFrom, PgSource, SecretRef, Source};
@@ -80,26 +81,6 @@ pub async fn connect(url: &SecretRef, what: &str) -> Result<PgConnection> {
             reason: redact_db_error(&e),
         })?;
     Ok(conn)
-}
-
-/// A database error without anything from the connection string.
-fn redact_db_error(e: &sqlx::Error) -> String {
-    match e {
-        sqlx::Error::Database(d) => d.message().to_string(),
-        sqlx::Error::Io(io) => format!("network error: {}", io.kind()),
-        sqlx::Error::Tls(_) => "TLS error".into(),
-        sqlx::Error::PoolTimedOut => "timed out".into(),
-        sqlx::Error::Configuration(_) => "bad connection settings".into(),
-        other => {
-            let s = other.to_string();
-            // sqlx error texts do not carry URLs, but be strict: no '@' or "://".
-            if s.contains("://") || s.contains('@') {
-                "connection failed".into()
-            } else {
-                s
-            }
-        }
-    }
 }
 
 fn quote_ident(s: &str) -> String {

@@ -1,7 +1,7 @@
 //! The engine's audit events, recorded in the ledger.
 
 use crate::entry::{Event, Hash};
-use crate::log::LogWriter;
+use crate::log::LedgerLog;
 use sealtrail_core::audit::{AuditEvent, AuditSink};
 use std::sync::Mutex;
 
@@ -9,18 +9,15 @@ use std::sync::Mutex;
 /// engine goes on.
 #[derive(Debug)]
 pub struct LedgerAudit {
-    log: Mutex<LogWriter>,
+    log: Mutex<Box<dyn LedgerLog>>,
 }
 
 impl LedgerAudit {
-    pub fn new(log: LogWriter) -> Self {
+    /// Records into any ledger backend: the tiles folder or PostgreSQL.
+    pub fn new(log: Box<dyn LedgerLog>) -> Self {
         Self {
             log: Mutex::new(log),
         }
-    }
-
-    pub fn into_inner(self) -> LogWriter {
-        self.log.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -6,5 +6,6 @@ pub mod entry;
 pub mod log;
 pub mod merkle;
 pub mod note;
+pub mod pg;
 pub mod tiles;
 pub mod verify;

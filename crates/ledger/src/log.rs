@@ -45,6 +45,8 @@ pub enum LogError {
     Checkpoint(String),
     #[error("an entry is {0} bytes; the limit is 65535")]
     TooLarge(usize),
+    #[error("ledger database: {0}")]
+    Db(String),
     #[error("reading tiles: {0}")]
     Tiles(#[from] tiles::TileError),
 }
@@ -73,17 +75,159 @@ pub struct Appended {
     pub checkpoint: String,
 }
 
+/// The right edge of a tree being built in the tlog-tiles layout: the compact range, the
+/// incomplete hash tile of each level and the incomplete entry bundle. The file writer and
+/// the export of the PostgreSQL backend both build tiles with it, so both lay out identical
+/// bytes for identical entries.
+#[derive(Debug, Default)]
+pub struct TileBuilder {
+    range: CompactRange,
+    last_leaf: Hash,
+    edge: Vec<Vec<Hash>>,
+    bundle: Vec<Vec<u8>>,
+}
+
+impl TileBuilder {
+    pub fn size(&self) -> u64 {
+        self.range.size()
+    }
+    pub fn root(&self) -> Hash {
+        self.range.root()
+    }
+    /// The leaf hash of the last entry (the `prev` of the next one); zero when empty.
+    pub fn last_leaf(&self) -> Hash {
+        self.last_leaf
+    }
+
+    /// Adds one entry (its bytes and leaf hash); every tile it completes is pushed to `full`.
+    pub fn push(&mut self, bytes: Vec<u8>, leaf: Hash, full: &mut Vec<(TileId, Vec<u8>)>) {
+        let edge = &mut self.edge;
+        let mut completed: Vec<(u8, u64, Hash)> = Vec::new();
+        self.range.push_visit(leaf, |level, index, h| {
+            if level % 8 == 0 {
+                completed.push((level / 8, index, *h));
+            }
+        });
+        for (l, index, h) in completed {
+            let l = l as usize;
+            if edge.len() <= l {
+                edge.resize(l + 1, Vec::new());
+            }
+            edge[l].push(h);
+            debug_assert_eq!(index % TILE_WIDTH, edge[l].len() as u64 - 1);
+            if edge[l].len() as u64 == TILE_WIDTH {
+                full.push((
+                    TileId {
+                        kind: TileKind::Hashes(l as u8),
+                        index: index / TILE_WIDTH,
+                        width: TILE_WIDTH as u16,
+                    },
+                    tiles::encode_hashes(&edge[l]),
+                ));
+                edge[l].clear();
+            }
+        }
+        self.bundle.push(bytes);
+        if self.bundle.len() as u64 == TILE_WIDTH {
+            let index = (self.range.size() - 1) / TILE_WIDTH;
+            full.push((
+                TileId {
+                    kind: TileKind::Entries,
+                    index,
+                    width: TILE_WIDTH as u16,
+                },
+                tiles::encode_bundle(&self.bundle),
+            ));
+            self.bundle.clear();
+        }
+        self.last_leaf = leaf;
+    }
+
+    /// The partial tiles and bundle of the right edge.
+    pub fn edge_tiles(&self, out: &mut Vec<(TileId, Vec<u8>)>) {
+        let size = self.range.size();
+        for (l, hashes) in self.edge.iter().enumerate() {
+            if !hashes.is_empty() {
+                let n = size >> (8 * l);
+                out.push((
+                    TileId {
+                        kind: TileKind::Hashes(l as u8),
+                        index: n / TILE_WIDTH,
+                        width: hashes.len() as u16,
+                    },
+                    tiles::encode_hashes(hashes),
+                ));
+            }
+        }
+        if !self.bundle.is_empty() {
+            out.push((
+                TileId {
+                    kind: TileKind::Entries,
+                    index: size / TILE_WIDTH,
+                    width: self.bundle.len() as u16,
+                },
+                tiles::encode_bundle(&self.bundle),
+            ));
+        }
+    }
+}
+
+/// Encodes `events` as entries `first_seq..`, chained from `prev`, all stamped `time_micros`;
+/// returns each entry's bytes and leaf hash.
+pub fn encode_events(
+    first_seq: u64,
+    mut prev: Hash,
+    time_micros: i64,
+    events: Vec<Event>,
+) -> Result<Vec<(Vec<u8>, Hash)>, LogError> {
+    let mut encoded = Vec::with_capacity(events.len());
+    for (i, event) in events.into_iter().enumerate() {
+        let b = Entry {
+            seq: first_seq + i as u64,
+            prev,
+            time_micros,
+            event,
+        }
+        .encode();
+        if b.len() > MAX_ENTRY_BYTES {
+            return Err(LogError::TooLarge(b.len()));
+        }
+        prev = leaf_hash(&b);
+        encoded.push((b, prev));
+    }
+    Ok(encoded)
+}
+
+/// The checkpoint for a tree, stamped with the signing time as a `time` extension line, so a
+/// re-signed idle log yields a fresh note (see `docs/ledger-format.md` section 4).
+pub fn stamped_checkpoint(origin: &str, size: u64, root: Hash) -> Checkpoint {
+    Checkpoint {
+        origin: origin.to_string(),
+        size,
+        root,
+        extensions: vec![format!(
+            "time {}",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )],
+    }
+}
+
+/// What every ledger backend does for the engine: append a group of events durably and
+/// signed, and re-sign the current tree (for idle logs).
+pub trait LedgerLog: Send + std::fmt::Debug {
+    /// Appends `events` as one group commit: durable and signed when this returns Ok.
+    fn append(&mut self, events: Vec<Event>) -> Result<Appended, LogError>;
+    /// Signs a fresh checkpoint of the current tree; returns the note.
+    fn resign(&mut self) -> Result<String, LogError>;
+}
+
 /// The single writer of a ledger folder.
 #[derive(Debug)]
 pub struct LogWriter {
     dir: PathBuf,
     origin: String,
     signer: NoteSigner,
-    range: CompactRange,
-    last_leaf: Hash,
-    /// Right-edge tile contents: per tile level, the hashes of the incomplete tile.
-    edge: Vec<Vec<Hash>>,
-    bundle: Vec<Vec<u8>>,
+    tb: TileBuilder,
     poisoned: bool,
 }
 
@@ -200,15 +344,12 @@ impl LogWriter {
             dir: dir.to_path_buf(),
             origin: origin.to_string(),
             signer,
-            range: CompactRange::default(),
-            last_leaf: [0; 32],
-            edge: Vec::new(),
-            bundle: Vec::new(),
+            tb: TileBuilder::default(),
             poisoned: false,
         };
         if size > 0 {
             w.load_edge(size)?;
-            if Some(w.range.root()) != root {
+            if Some(w.tb.root()) != root {
                 return Err(LogError::Checkpoint(
                     "the tiles do not hash to the checkpoint's root; run `sealtrail ledger verify`"
                         .into(),
@@ -242,8 +383,8 @@ impl LogWriter {
                 start += 1 << bit;
             }
         }
-        self.range = CompactRange::from_parts(size, stack);
-        self.last_leaf = r.node(0, size - 1)?;
+        self.tb.range = CompactRange::from_parts(size, stack);
+        self.tb.last_leaf = r.node(0, size - 1)?;
         let mut level = 0u8;
         loop {
             let n = size.checked_shr(u32::from(level) * 8).unwrap_or(0);
@@ -256,7 +397,7 @@ impl LogWriter {
             } else {
                 Vec::new()
             };
-            self.edge.push(hashes);
+            self.tb.edge.push(hashes);
             level += 1;
         }
         let part = size % TILE_WIDTH;
@@ -273,16 +414,16 @@ impl LogWriter {
                 .ok_or_else(|| {
                     LogError::Checkpoint(format!("{} is not a valid bundle", id.rel_path()))
                 })?;
-            self.bundle = entries.into_iter().map(<[u8]>::to_vec).collect();
+            self.tb.bundle = entries.into_iter().map(<[u8]>::to_vec).collect();
         }
         Ok(())
     }
 
     pub fn size(&self) -> u64 {
-        self.range.size()
+        self.tb.size()
     }
     pub fn root(&self) -> Hash {
-        self.range.root()
+        self.tb.root()
     }
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -302,93 +443,14 @@ impl LogWriter {
 
     fn append_inner(&mut self, events: Vec<Event>) -> Result<Appended, LogError> {
         let first_seq = self.size();
-        let now = now_micros();
-        let mut encoded = Vec::with_capacity(events.len());
-        let mut prev = self.last_leaf;
-        for (i, event) in events.into_iter().enumerate() {
-            let e = Entry {
-                seq: first_seq + i as u64,
-                prev,
-                time_micros: now,
-                event,
-            };
-            let b = e.encode();
-            if b.len() > MAX_ENTRY_BYTES {
-                return Err(LogError::TooLarge(b.len()));
-            }
-            prev = leaf_hash(&b);
-            encoded.push((b, prev));
-        }
-        let mut full: Vec<(TileId, Vec<u8>)> = Vec::new();
+        let encoded = encode_events(first_seq, self.tb.last_leaf, now_micros(), events)?;
+        let mut files: Vec<(TileId, Vec<u8>)> = Vec::new();
         for (bytes, leaf) in encoded {
-            let edge = &mut self.edge;
-            let mut completed: Vec<(u8, u64, Hash)> = Vec::new();
-            self.range.push_visit(leaf, |level, index, h| {
-                if level % 8 == 0 {
-                    completed.push((level / 8, index, *h));
-                }
-            });
-            for (l, index, h) in completed {
-                let l = l as usize;
-                if edge.len() <= l {
-                    edge.resize(l + 1, Vec::new());
-                }
-                edge[l].push(h);
-                debug_assert_eq!(index % TILE_WIDTH, edge[l].len() as u64 - 1);
-                if edge[l].len() as u64 == TILE_WIDTH {
-                    full.push((
-                        TileId {
-                            kind: TileKind::Hashes(l as u8),
-                            index: index / TILE_WIDTH,
-                            width: TILE_WIDTH as u16,
-                        },
-                        tiles::encode_hashes(&edge[l]),
-                    ));
-                    edge[l].clear();
-                }
-            }
-            self.bundle.push(bytes);
-            if self.bundle.len() as u64 == TILE_WIDTH {
-                let index = (self.range.size() - 1) / TILE_WIDTH;
-                full.push((
-                    TileId {
-                        kind: TileKind::Entries,
-                        index,
-                        width: TILE_WIDTH as u16,
-                    },
-                    tiles::encode_bundle(&self.bundle),
-                ));
-                self.bundle.clear();
-            }
-            self.last_leaf = leaf;
+            self.tb.push(bytes, leaf, &mut files);
         }
-        let size = self.range.size();
-        // The new right edge, as partial tiles.
-        for (l, hashes) in self.edge.iter().enumerate() {
-            if !hashes.is_empty() {
-                let n = size >> (8 * l);
-                full.push((
-                    TileId {
-                        kind: TileKind::Hashes(l as u8),
-                        index: n / TILE_WIDTH,
-                        width: hashes.len() as u16,
-                    },
-                    tiles::encode_hashes(hashes),
-                ));
-            }
-        }
-        if !self.bundle.is_empty() {
-            full.push((
-                TileId {
-                    kind: TileKind::Entries,
-                    index: size / TILE_WIDTH,
-                    width: self.bundle.len() as u16,
-                },
-                tiles::encode_bundle(&self.bundle),
-            ));
-        }
-        let mut paths = Vec::with_capacity(full.len());
-        for (id, bytes) in &full {
+        self.tb.edge_tiles(&mut files);
+        let mut paths = Vec::with_capacity(files.len());
+        for (id, bytes) in &files {
             let p = self.dir.join(id.rel_path());
             tiles::write_once(&p, bytes).map_err(io(&p))?;
             paths.push(p);
@@ -398,20 +460,16 @@ impl LogWriter {
         let checkpoint = self.sign_checkpoint()?;
         Ok(Appended {
             first_seq,
-            size,
-            root: self.range.root(),
+            size: self.size(),
+            root: self.root(),
             checkpoint,
         })
     }
 
-    /// Signs and writes the checkpoint for the current tree (also used to re-sign when idle).
+    /// Signs and writes a fresh checkpoint for the current tree (also used to re-sign when
+    /// idle).
     pub fn sign_checkpoint(&mut self) -> Result<String, LogError> {
-        let cp = Checkpoint {
-            origin: self.origin.clone(),
-            size: self.range.size(),
-            root: self.range.root(),
-            extensions: Vec::new(),
-        };
+        let cp = stamped_checkpoint(&self.origin, self.size(), self.root());
         let note = self
             .signer
             .sign(&cp.to_text())
@@ -422,6 +480,18 @@ impl LogWriter {
             io(&p)(e)
         })?;
         Ok(note)
+    }
+}
+
+impl LedgerLog for LogWriter {
+    fn append(&mut self, events: Vec<Event>) -> Result<Appended, LogError> {
+        LogWriter::append(self, events)
+    }
+    fn resign(&mut self) -> Result<String, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        self.sign_checkpoint()
     }
 }
 

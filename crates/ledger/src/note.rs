@@ -258,6 +258,11 @@ impl Checkpoint {
         s
     }
 
+    /// The signing time from the `time` extension line (RFC 3339), when present.
+    pub fn time(&self) -> Option<&str> {
+        self.extensions.iter().find_map(|e| e.strip_prefix("time "))
+    }
+
     pub fn parse(text: &str) -> Result<Self, NoteError> {
         let mut lines = text
             .strip_suffix('\n')

@@ -52,6 +52,10 @@ pub enum Tamper {
         seen: String,
         now: String,
     },
+    #[error(
+        "{rows} entries are stored beyond the checkpoint's size {size}: they were added outside sealtrail"
+    )]
+    BeyondCheckpoint { size: u64, rows: u64 },
     #[error("the log shrank: this verifier accepted size {seen}, the checkpoint now says {now}")]
     Shrunk { seen: u64, now: u64 },
 }

@@ -77,7 +77,7 @@ fn example() -> String {
         origin: "example.com/ledger".into(),
         size: 3,
         root,
-        extensions: vec![],
+        extensions: vec!["time 2026-01-01T00:00:00Z".into()],
     };
     let note = signer.sign(&cp.to_text()).unwrap();
     out.push_str(&format!(
