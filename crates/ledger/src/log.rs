@@ -449,12 +449,12 @@ impl LogWriter {
             self.tb.push(bytes, leaf, &mut files);
         }
         self.tb.edge_tiles(&mut files);
-        let mut paths = Vec::with_capacity(files.len());
-        for (id, bytes) in &files {
-            let p = self.dir.join(id.rel_path());
-            tiles::write_once(&p, bytes).map_err(io(&p))?;
-            paths.push(p);
-        }
+        let named: Vec<(PathBuf, &[u8])> = files
+            .iter()
+            .map(|(id, bytes)| (self.dir.join(id.rel_path()), bytes.as_slice()))
+            .collect();
+        tiles::write_all_once(&named).map_err(io(&self.dir))?;
+        let paths: Vec<PathBuf> = named.into_iter().map(|(p, _)| p).collect();
         // Every new name durable before the checkpoint refers to it.
         tiles::sync_dirs(&self.dir, paths.iter().map(PathBuf::as_path)).map_err(io(&self.dir))?;
         let checkpoint = self.sign_checkpoint()?;

@@ -121,52 +121,38 @@ pub fn verify(
         .into());
     }
 
-    // 2. Bundles in parallel.
+    // 2.-4. Entries, sequence, chain and leaf tiles, in parallel over runs of bundles. The
+    // fast pass keeps only one hash per full tile; at the first anomaly it gives up and the
+    // diagnosing pass (which holds every leaf) names exactly what is wrong.
+    let threads = threads.max(1);
     let bundles = tiles::tiles_for(TileKind::Entries, size);
     let stored = stored_bundles(dir)?;
-    let threads = threads.max(1);
+    // Leaves kept for the roots over partial tiles: where the checkpoint's tree and the tree
+    // this verifier saw end.
+    let mut keep = vec![size / TILE_WIDTH];
+    if let Some((s, _)) = seen {
+        keep.push(s / TILE_WIDTH);
+    }
     let chunk = bundles.len().div_ceil(threads).max(1);
-    let results = par_chunks(&bundles, chunk, |part| read_bundles(dir, part, &stored));
-    // (seq claimed, prev, leaf hash) per position.
-    let mut entries: Vec<(u64, Hash, Hash)> = Vec::with_capacity(size as usize);
-    for r in results {
-        entries.extend(r?);
-    }
-    classify_sequence(&entries, size)?;
-
-    // 4. Tree and tiles, 5. consistency with what this verifier saw. The roots of full
-    // 256-leaf tiles (the level-8 nodes) are computed in parallel; the levels above from them.
-    let leaves: Vec<Hash> = entries.iter().map(|e| e.2).collect();
-    // The leaf tiles, compared in parallel: the first difference names a modified entry.
-    let leaf_tiles = tiles::tiles_for(TileKind::Hashes(0), size);
-    let per = leaf_tiles.len().div_ceil(threads).max(1);
-    for f in par_chunks(&leaf_tiles, per, |ids| compare_tiles(dir, ids, &leaves)) {
-        f?;
-    }
-    let tile_roots: Vec<Hash> = std::thread::scope(|s| {
-        let full = &leaves[..leaves.len() - leaves.len() % TILE_WIDTH as usize];
-        let per = full
-            .len()
-            .div_ceil(threads)
-            .div_ceil(TILE_WIDTH as usize)
-            .max(1)
-            * TILE_WIDTH as usize;
-        let handles: Vec<_> = full
-            .chunks(per)
-            .map(|part| {
-                s.spawn(move || {
-                    part.chunks(TILE_WIDTH as usize)
-                        .map(crate::merkle::root)
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    let mut levels: Vec<Vec<Hash>> = vec![leaves];
+    let spans: Option<Vec<Span>> = par_chunks(&bundles, chunk, |part| {
+        Ok(scan_span(dir, part, &stored, &keep))
+    })
+    .into_iter()
+    .map(|r| r.ok().flatten())
+    .collect();
+    let (tile_roots, kept) = match spans.filter(|s| spans_link(s, size)) {
+        Some(spans) => {
+            let mut roots = Vec::with_capacity((size / TILE_WIDTH) as usize);
+            let mut kept = std::collections::HashMap::new();
+            for s in spans {
+                roots.extend(s.tile_roots);
+                kept.extend(s.kept);
+            }
+            (roots, kept)
+        }
+        None => diagnose(dir, size, &bundles, &stored, threads, &keep)?,
+    };
+    let mut levels: Vec<Vec<Hash>> = vec![Vec::new()];
     let mut upper = CompactRange::default();
     for r in &tile_roots {
         upper.push_visit(*r, |level, _, h| {
@@ -182,18 +168,18 @@ pub fn verify(
     // The root of the first `n` leaves: complete subtrees of >= 256 leaves from the tile roots,
     // then those of the remaining leaves.
     let root_at = |n: u64| -> Hash {
-        let full = (n / TILE_WIDTH) as usize;
+        let full = n / TILE_WIDTH;
         let mut hi = CompactRange::default();
-        for r in &tile_roots[..full] {
+        for r in &tile_roots[..full as usize] {
             hi.push(*r);
         }
         let mut lo = CompactRange::default();
-        for l in &levels[0][full * TILE_WIDTH as usize..n as usize] {
+        let part = (n % TILE_WIDTH) as usize;
+        for l in kept.get(&full).map_or(&[][..], |v| &v[..part.min(v.len())]) {
             lo.push(*l);
         }
         crate::merkle::fold_parts(hi.parts().iter().chain(lo.parts()))
     };
-    check_chain(&entries)?;
     for (l, hashes) in levels.iter().enumerate().skip(1) {
         for id in tiles::tiles_for(TileKind::Hashes(l as u8), size) {
             let start = (id.index * TILE_WIDTH) as usize;
@@ -245,6 +231,157 @@ pub fn verify(
         root,
         checkpoint: note,
     })
+}
+
+/// What the fast pass learned from a run of consecutive bundles in which all was well.
+struct Span {
+    /// `prev` of the first entry, and the leaf hash of the last: to link spans.
+    first_prev: Hash,
+    last_leaf: Hash,
+    entries: u64,
+    /// The root of each full tile of 256 leaves (the level-8 nodes).
+    tile_roots: Vec<Hash>,
+    /// The leaves of the asked-for tiles.
+    kept: Vec<(u64, Vec<Hash>)>,
+}
+
+/// The fast pass over `ids`: every entry decodes and has its position as number, chains to the
+/// one before, and hashes to the stored leaf tile. None at the first anomaly of any kind.
+fn scan_span(
+    dir: &Path,
+    ids: &[TileId],
+    stored: &std::collections::HashMap<u64, Vec<u16>>,
+    keep: &[u64],
+) -> Option<Span> {
+    let mut span = Span {
+        first_prev: [0; 32],
+        last_leaf: [0; 32],
+        entries: 0,
+        tile_roots: Vec::with_capacity(ids.len()),
+        kept: Vec::new(),
+    };
+    let mut leaves: Vec<Hash> = Vec::with_capacity(TILE_WIDTH as usize);
+    for id in ids {
+        let widths = stored.get(&id.index)?;
+        let full = TileId {
+            width: TILE_WIDTH as u16,
+            ..*id
+        };
+        let exact = widths.contains(&id.width);
+        if !exact && !widths.contains(&(TILE_WIDTH as u16)) {
+            return None;
+        }
+        let bytes = std::fs::read(dir.join(if exact { *id } else { full }.rel_path())).ok()?;
+        let list = tiles::parse_bundle(&bytes)?;
+        let width = usize::from(id.width);
+        if list.len() < width || (exact && list.len() != width) {
+            return None;
+        }
+        leaves.clear();
+        let first = id.index * TILE_WIDTH;
+        for (k, e) in list[..width].iter().enumerate() {
+            let (seq, prev) = Entry::check(e).ok()?;
+            if seq != first + k as u64 {
+                return None;
+            }
+            if span.entries == 0 {
+                span.first_prev = prev;
+            } else if prev != span.last_leaf {
+                return None;
+            }
+            span.last_leaf = leaf_hash(e);
+            span.entries += 1;
+            leaves.push(span.last_leaf);
+        }
+        // The leaf tile (a partial one may have been superseded by the full one).
+        let own = TileId {
+            kind: TileKind::Hashes(0),
+            ..*id
+        };
+        let tile = std::fs::read(dir.join(own.rel_path()))
+            .or_else(|_| {
+                std::fs::read(
+                    dir.join(
+                        TileId {
+                            width: TILE_WIDTH as u16,
+                            ..own
+                        }
+                        .rel_path(),
+                    ),
+                )
+            })
+            .ok()?;
+        let hashes = tiles::parse_hashes(&tile)?;
+        if hashes.len() < width
+            || hashes[..width] != leaves[..]
+            || (hashes.len() > width && id.width as u64 == TILE_WIDTH)
+        {
+            return None;
+        }
+        if id.width as u64 == TILE_WIDTH {
+            span.tile_roots.push(crate::merkle::root(&leaves));
+        }
+        if keep.contains(&id.index) {
+            span.kept.push((id.index, leaves.clone()));
+        }
+    }
+    Some(span)
+}
+
+/// Spans cover exactly `size` entries and chain into each other from the zero hash.
+fn spans_link(spans: &[Span], size: u64) -> bool {
+    let mut prev = [0u8; 32];
+    let mut n = 0;
+    for s in spans.iter().filter(|s| s.entries > 0) {
+        if s.first_prev != prev {
+            return false;
+        }
+        prev = s.last_leaf;
+        n += s.entries;
+    }
+    n == size
+}
+
+/// The diagnosing pass: holds every leaf, names the first problem exactly. When it finds
+/// none, returns what the fast pass would have.
+#[allow(clippy::type_complexity)]
+fn diagnose(
+    dir: &Path,
+    size: u64,
+    bundles: &[TileId],
+    stored: &std::collections::HashMap<u64, Vec<u16>>,
+    threads: usize,
+    keep: &[u64],
+) -> Result<(Vec<Hash>, std::collections::HashMap<u64, Vec<Hash>>), VerifyError> {
+    let chunk = bundles.len().div_ceil(threads).max(1);
+    let results = par_chunks(bundles, chunk, |part| read_bundles(dir, part, stored));
+    // (seq claimed, prev, leaf hash) per position.
+    let mut entries: Vec<(u64, Hash, Hash)> = Vec::with_capacity(size as usize);
+    for r in results {
+        entries.extend(r?);
+    }
+    classify_sequence(&entries, size)?;
+    let leaves: Vec<Hash> = entries.iter().map(|e| e.2).collect();
+    // The leaf tiles: the first difference names a modified entry.
+    let leaf_tiles = tiles::tiles_for(TileKind::Hashes(0), size);
+    let per = leaf_tiles.len().div_ceil(threads).max(1);
+    for f in par_chunks(&leaf_tiles, per, |ids| compare_tiles(dir, ids, &leaves)) {
+        f?;
+    }
+    check_chain(&entries)?;
+    let tile_roots = leaves
+        .chunks_exact(TILE_WIDTH as usize)
+        .map(crate::merkle::root)
+        .collect();
+    let kept = keep
+        .iter()
+        .map(|&t| {
+            let start = ((t * TILE_WIDTH) as usize).min(leaves.len());
+            let end = (start + TILE_WIDTH as usize).min(leaves.len());
+            (t, leaves[start..end].to_vec())
+        })
+        .collect();
+    Ok((tile_roots, kept))
 }
 
 /// Runs `f` on chunks of `items` (`per` each) on scoped threads; results in chunk order.
@@ -428,4 +565,67 @@ fn classify_sequence(entries: &[(u64, Hash, Hash)], size: u64) -> Result<(), Tam
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::Event;
+    use crate::log::{LogWriter, OpenMode};
+    use crate::note::NoteSigner;
+
+    /// The fast pass must find on a sound log exactly what the reference (diagnosing) pass
+    /// finds: the same tile roots and the same kept leaves, for sizes around tile boundaries.
+    #[test]
+    fn the_fast_pass_and_the_diagnosing_pass_agree_on_a_sound_log() {
+        for n in [1u64, 255, 256, 257, 513, 1000] {
+            let dir = tempfile::tempdir().unwrap();
+            let signer = NoteSigner::from_seed("t.example/l", &[5; 32]).unwrap();
+            let mut w =
+                LogWriter::open(dir.path(), "t.example/l", signer, OpenMode::FailClosed).unwrap();
+            let mut i = 0;
+            while i < n {
+                let k = 97.min(n - i);
+                w.append(
+                    (i..i + k)
+                        .map(|j| Event::RunFailed {
+                            run_id: format!("r{j}"),
+                            error: "x".repeat((j % 50) as usize),
+                        })
+                        .collect(),
+                )
+                .unwrap();
+                i += k;
+            }
+            let bundles = tiles::tiles_for(TileKind::Entries, n);
+            let stored = stored_bundles(dir.path()).unwrap();
+            let keep = [n / TILE_WIDTH, 1];
+            for threads in [1, 2, 3] {
+                let chunk = bundles.len().div_ceil(threads).max(1);
+                let spans: Vec<Span> = bundles
+                    .chunks(chunk)
+                    .map(|c| scan_span(dir.path(), c, &stored, &keep).expect("sound"))
+                    .collect();
+                assert!(spans_link(&spans, n), "n={n}");
+                let (roots, kept) =
+                    diagnose(dir.path(), n, &bundles, &stored, threads, &keep).unwrap();
+                let fast_roots: Vec<Hash> =
+                    spans.iter().flat_map(|s| s.tile_roots.clone()).collect();
+                assert_eq!(fast_roots, roots, "n={n}");
+                for (t, leaves) in spans.into_iter().flat_map(|s| s.kept) {
+                    assert_eq!(kept[&t], leaves, "n={n} tile {t}");
+                }
+            }
+            assert_eq!(
+                verify(dir.path(), &w_verifier(), None, 2).unwrap().root,
+                w.root()
+            );
+        }
+    }
+
+    fn w_verifier() -> NoteVerifier {
+        NoteSigner::from_seed("t.example/l", &[5; 32])
+            .unwrap()
+            .verifier()
+    }
 }
