@@ -270,7 +270,9 @@ fn load_verifier(home: &Path, key: Option<&str>) -> Result<NoteVerifier> {
 pub fn open_writer(home: &Path, la: &LedgerArgs, mode: OpenMode) -> Result<Box<dyn LedgerLog>> {
     if la.ledger_url.is_some() {
         let signer = load_signer(home)?;
-        return Ok(Box::new(la.pg(Some(signer))?.expect("a ledger URL")));
+        if let Some(l) = la.pg(Some(signer))? {
+            return Ok(Box::new(l));
+        }
     }
     Ok(Box::new(open_file_writer(home, mode)?))
 }
@@ -408,7 +410,9 @@ pub fn run(home: &Path, la: &LedgerArgs, cmd: LedgerCmd) -> Result<i32> {
         } if la.ledger_url.is_some() => {
             // Each writer machine holds a copy of the key; an existing one is reused.
             let signer = init(home, &origin)?;
-            let l = la.pg(Some(signer))?.expect("a ledger URL");
+            let l = la
+                .pg(Some(signer))?
+                .ok_or_else(|| anyhow!("--ledger-url is required here"))?;
             l.init()?;
             outln!(
                 "the ledger is ready in PostgreSQL, schema {}",

@@ -221,7 +221,10 @@ pub trait LedgerLog: Send + std::fmt::Debug {
     fn resign(&mut self) -> Result<String, LogError>;
 }
 
-/// The single writer of a ledger folder.
+/// A writer of a ledger folder. Several processes on one machine may hold one each (two runs
+/// sharing a home folder, or `ledger sign --every` beside them): every append and re-sign
+/// takes an exclusive lock on `<dir>/lock` and first catches up with what the others made
+/// durable, so they extend one log instead of forking it.
 #[derive(Debug)]
 pub struct LogWriter {
     dir: PathBuf,
@@ -287,6 +290,8 @@ impl LogWriter {
         mode: OpenMode,
     ) -> Result<Self, LogError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // Held while the tail is judged: another process's append in flight is not torn.
+        let _lock = lock(dir)?;
         let verifier = signer.verifier();
         let (size, root) = match read_checkpoint(dir, &verifier)? {
             Some((cp, _)) => {
@@ -358,7 +363,7 @@ impl LogWriter {
         }
         if !torn.is_empty() {
             let digest: Hash = discarded.1.finalize().into();
-            w.append(vec![Event::Recovery {
+            w.append_locked(vec![Event::Recovery {
                 discarded_entries: discarded.0,
                 discarded_sha256: digest,
                 note: format!(
@@ -442,6 +447,40 @@ impl LogWriter {
     }
 
     fn append_inner(&mut self, events: Vec<Event>) -> Result<Appended, LogError> {
+        let _lock = lock(&self.dir)?;
+        self.catch_up()?;
+        self.append_locked(events)
+    }
+
+    /// Reloads the right edge when another writer moved the checkpoint since this one last
+    /// wrote. Called with the lock held.
+    fn catch_up(&mut self) -> Result<(), LogError> {
+        let Some((cp, _)) = read_checkpoint(&self.dir, &self.signer.verifier())? else {
+            return Ok(());
+        };
+        if cp.size == self.size() && cp.root == self.root() {
+            return Ok(());
+        }
+        if cp.size < self.size() {
+            return Err(LogError::Checkpoint(format!(
+                "the checkpoint went back from size {} to {}; run `sealtrail ledger verify`",
+                self.size(),
+                cp.size
+            )));
+        }
+        self.tb = TileBuilder::default();
+        self.load_edge(cp.size)?;
+        if self.root() != cp.root {
+            return Err(LogError::Checkpoint(
+                "the tiles do not hash to the checkpoint's root; run `sealtrail ledger verify`"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Appends with the lock held and the edge current.
+    fn append_locked(&mut self, events: Vec<Event>) -> Result<Appended, LogError> {
         let first_seq = self.size();
         let encoded = encode_events(first_seq, self.tb.last_leaf, now_micros(), events)?;
         let mut files: Vec<(TileId, Vec<u8>)> = Vec::new();
@@ -457,7 +496,7 @@ impl LogWriter {
         let paths: Vec<PathBuf> = named.into_iter().map(|(p, _)| p).collect();
         // Every new name durable before the checkpoint refers to it.
         tiles::sync_dirs(&self.dir, paths.iter().map(PathBuf::as_path)).map_err(io(&self.dir))?;
-        let checkpoint = self.sign_checkpoint()?;
+        let checkpoint = self.sign_locked()?;
         Ok(Appended {
             first_seq,
             size: self.size(),
@@ -466,9 +505,15 @@ impl LogWriter {
         })
     }
 
-    /// Signs and writes a fresh checkpoint for the current tree (also used to re-sign when
-    /// idle).
+    /// Signs and writes a fresh checkpoint of the current tree (the newest on disk, whoever
+    /// wrote it): re-signing an idle log.
     pub fn sign_checkpoint(&mut self) -> Result<String, LogError> {
+        let _lock = lock(&self.dir)?;
+        self.catch_up()?;
+        self.sign_locked()
+    }
+
+    fn sign_locked(&mut self) -> Result<String, LogError> {
         let cp = stamped_checkpoint(&self.origin, self.size(), self.root());
         let note = self
             .signer
@@ -493,6 +538,19 @@ impl LedgerLog for LogWriter {
         }
         self.sign_checkpoint()
     }
+}
+
+/// Takes the exclusive lock of the ledger folder (blocking until other writers release it).
+fn lock(dir: &Path) -> Result<std::fs::File, LogError> {
+    let p = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(io(&p))?;
+    f.lock().map_err(io(&p))?;
+    Ok(f)
 }
 
 pub fn now_micros() -> i64 {

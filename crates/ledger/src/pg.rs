@@ -297,9 +297,9 @@ impl PgLedger {
     /// every entry up to the newest checkpoint, read in one consistent snapshot, and that
     /// checkpoint. `sealtrail ledger verify` then checks it like any other.
     pub fn export(&self, dir: &Path) -> Result<Exported, LogError> {
-        if dir.join("checkpoint").exists() {
+        if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
             return Err(LogError::Checkpoint(format!(
-                "{} already holds a ledger; export into an empty folder",
+                "{} is not empty; export into an empty or new folder",
                 dir.display()
             )));
         }

@@ -291,3 +291,60 @@ fn a_torn_tail_fails_closed_and_recovery_is_recorded() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Two writers of one folder (two runs sharing a home, or `ledger sign --every` beside a run)
+/// take turns through the folder lock and catch up with each other: one log, no fork.
+#[test]
+fn two_writers_of_one_folder_extend_one_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    LogWriter::open(&d, ORIGIN, signer(), OpenMode::FailClosed).unwrap();
+    let handles: Vec<_> = (0..2u64)
+        .map(|w| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let mut l = LogWriter::open(&d, ORIGIN, signer(), OpenMode::FailClosed).unwrap();
+                let mut acked = Vec::new();
+                for i in 0..30u64 {
+                    let a = l
+                        .append(vec![ev(w * 1000 + i), ev(w * 1000 + i + 500)])
+                        .unwrap();
+                    acked.push((a.size, a.root));
+                    if i % 10 == 0 {
+                        l.sign_checkpoint().unwrap();
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    let acked: Vec<(u64, [u8; 32])> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(check(&d).unwrap(), 120);
+    let r = TileReader::new(&d, 120);
+    for (size, root) in acked {
+        assert_eq!(merkle::subtree(&r, 0, size).unwrap(), root, "size {size}");
+    }
+    let mut runs: Vec<String> = Vec::new();
+    for i in 0..120 {
+        let id = TileId {
+            kind: TileKind::Entries,
+            index: 0,
+            width: 120,
+        };
+        let b = std::fs::read(d.join(id.rel_path())).unwrap();
+        let e = Entry::decode(tiles::parse_bundle(&b).unwrap()[i]).unwrap();
+        if let Event::RunEnded { run_id, .. } = e.event {
+            runs.push(run_id);
+        }
+    }
+    runs.sort();
+    runs.dedup();
+    assert_eq!(
+        runs.len(),
+        120,
+        "every acknowledged entry is in the log once"
+    );
+}
