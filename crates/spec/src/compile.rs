@@ -1066,6 +1066,25 @@ quarantine:
     }
 
     #[test]
+    fn shape_mismatches_are_said_in_the_authors_words() {
+        let d = diags("version: 1\npipeline: p\nsources:\n  - csv: { path: x }\n");
+        assert_eq!((d.len(), d[0].line), (1, 4), "{:?}", d);
+        assert!(
+            d[0].message.starts_with("expected a mapping here"),
+            "{}",
+            d[0]
+        );
+        let d = diags(
+            "version: 1\npipeline: p\nsources:\n  t:\n    csv: { path: x }\n    columns:\n      name: id\n",
+        );
+        assert!(d[0].message.starts_with("expected a list here"), "{}", d[0]);
+        assert_eq!(d[0].line, 7, "{}", d[0]);
+        let d = diags("version: 1\npipeline: p\nbatch_rows: lots\nsources: {}\n");
+        assert_eq!(d[0].message, "expected a whole number here", "{}", d[0]);
+        assert_eq!((d[0].line, d[0].column), (3, 13), "{}", d[0]);
+    }
+
+    #[test]
     fn every_semantic_error_is_reported_at_once() {
         let bad = GOOD
             .replace("column: id, reason", "column: idd, reason")

@@ -325,10 +325,23 @@ pub fn parse(text: &str, path: &Path) -> Result<PipelineSpec, Error> {
             Some(i) => msg[..i].to_string(),
             None => msg,
         };
+        // The YAML parser's words for a shape mismatch, in the spec author's words.
+        let msg = match msg.as_str() {
+            m if m.contains("expected mapping start") => {
+                "expected a mapping here (`key: value` lines, or `{ key: value }`), found a list or a single value".to_string()
+            }
+            m if m.contains("expected sequence start") => {
+                "expected a list here (`- item` lines, or `[a, b]`), found a mapping or a single value".to_string()
+            }
+            m if m.starts_with("invalid u64") || m.starts_with("invalid i64") => {
+                "expected a whole number here".to_string()
+            }
+            _ => msg,
+        };
         let hint = if msg.contains("unknown field") {
             Some("remove or correct the key; `sealtrail schema` lists every allowed key".into())
         } else {
-            Some("see `sealtrail schema` for the expected shape".into())
+            Some("see `sealtrail schema` for the expected shape, or an example in `examples/`".into())
         };
         Error::Invalid(vec![Diagnostic {
             file: path.to_path_buf(),
