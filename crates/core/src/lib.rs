@@ -16,6 +16,7 @@
 //! ```
 
 pub mod audit;
+pub mod class;
 pub mod db;
 pub mod record;
 pub mod secret;

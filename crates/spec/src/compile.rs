@@ -2,6 +2,7 @@
 
 use crate::raw::{self, ChecksumScheme, Loc, UnknownColumns};
 use crate::{Diagnostic, Error, Result};
+use sealtrail_core::class::{Kind, Tag};
 use sealtrail_core::secret::Secret;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,106 @@ pub struct Source {
     pub checks: Vec<Check>,
     /// `min`/`max` of a `row_count_between` check, enforced on the whole run.
     pub row_count: Option<(Option<u64>, Option<u64>)>,
+    /// Protection policies in spec order (tag and kind selectors are resolved against the
+    /// classification by `sealtrail-protect`).
+    pub protect: Vec<PolicyRule>,
+    /// Name of the raw-record digest column, if asked for.
+    pub digest: Option<String>,
+    /// Line and column of the source in the spec.
+    pub at: (u64, u64),
+}
+
+/// Which columns a policy applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    Column(String),
+    Tag(Tag),
+    Kind(Kind),
+}
+
+/// A compiled protection policy.
+#[derive(Debug, Clone)]
+pub struct PolicyRule {
+    pub selector: Selector,
+    pub action: Action,
+    /// Output column name (`as:`); `None` replaces the column under its own name.
+    pub output: Option<String>,
+    pub at: (u64, u64),
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Drop,
+    Keep,
+    Mask {
+        keep_first: usize,
+        keep_last: usize,
+        fixed: Option<String>,
+        digits_only: bool,
+        with: Option<char>,
+    },
+    Token {
+        key: KeySource,
+    },
+    Fpe {
+        key: KeySource,
+        tweak: String,
+    },
+    Encrypt {
+        key: KeySource,
+        subject: Option<String>,
+        bare: bool,
+    },
+    Hash,
+    Generalise(Generalise),
+    Derive(Derive),
+    Redact {
+        with: String,
+        patterns: Vec<regex::Regex>,
+    },
+}
+
+impl Action {
+    /// The action's name as written in specs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Drop => "drop",
+            Action::Keep => "keep",
+            Action::Mask { .. } => "mask",
+            Action::Token { .. } => "token",
+            Action::Fpe { .. } => "fpe",
+            Action::Encrypt { .. } => "encrypt",
+            Action::Hash => "hash",
+            Action::Generalise(_) => "generalise",
+            Action::Derive(_) => "derive",
+            Action::Redact { .. } => "redact",
+        }
+    }
+}
+
+/// Where a key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A named key of the keyring (created on first use).
+    Keyring(String),
+    /// Raw key material (64 hex characters) from the environment or a file.
+    External(SecretRef),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Generalise {
+    Year,
+    Month,
+    Band(Vec<f64>),
+    District,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derive {
+    HasValue,
+    EmailDomain,
+    AgeBand,
+    CountryOfIban,
 }
 
 impl Source {
@@ -147,6 +248,9 @@ pub struct Column {
     pub ty: ColumnType,
     pub required: bool,
     pub format: Option<String>,
+    /// What the spec says the column holds (`class:`/`tag:`), overriding the classifier.
+    pub class: Option<(Tag, Option<Kind>)>,
+    pub at: (u64, u64),
 }
 
 /// A compiled check. Column references are indexes into [`Source::columns`].
@@ -736,11 +840,14 @@ fn compile_source(
                 "remove `format` or change the type",
             );
         }
+        let class = declared_class(cx, name, c);
         columns.push(Column {
             name: cv.name.clone(),
             ty,
             required: cv.required,
             format: cv.format.clone(),
+            class,
+            at: (c.line, c.column),
         });
     }
     if let Some(pg) = &v.postgres {
@@ -767,6 +874,20 @@ fn compile_source(
             None => {}
         }
     }
+    let protect = v
+        .protect
+        .iter()
+        .filter_map(|p| compile_policy(cx, base, name, p, &columns))
+        .collect();
+    if let Some(d) = &v.digest
+        && (!valid_name(d) || columns.iter().any(|c| &c.name == d))
+    {
+        cx.err(
+            s,
+            format!("source `{name}`: digest column `{d}` must be a new, valid column name"),
+            "e.g. `digest: record_digest`",
+        );
+    }
     if cx.diags.len() > start {
         return None;
     }
@@ -777,6 +898,328 @@ fn compile_source(
         unknown_columns: v.unknown_columns,
         checks,
         row_count,
+        protect,
+        digest: v.digest.clone(),
+        at: (s.line, s.column),
+    })
+}
+
+fn declared_class(
+    cx: &mut Ctx,
+    source: &str,
+    c: &Loc<raw::ColumnSpec>,
+) -> Option<(Tag, Option<Kind>)> {
+    let cv = &c.value;
+    let kind = match cv.class.as_deref() {
+        None => None,
+        Some("none") => Some(None),
+        Some(k) => match k.parse::<Kind>() {
+            Ok(k) => Some(Some(k)),
+            Err(e) => {
+                cx.err(
+                    c,
+                    format!("source `{source}`: column `{}`: {e}", cv.name),
+                    "or `class: none` for a column that is not sensitive",
+                );
+                return None;
+            }
+        },
+    };
+    let tag = match cv.tag.as_deref().map(str::parse::<Tag>) {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            cx.err(
+                c,
+                format!("source `{source}`: column `{}`: {e}", cv.name),
+                "",
+            );
+            return None;
+        }
+    };
+    match (kind, tag) {
+        (None, None) => None,
+        (Some(k), t) => Some((t.unwrap_or(k.map_or(Tag::None, Kind::default_tag)), k)),
+        (None, Some(t)) => Some((t, None)),
+    }
+}
+
+fn compile_policy(
+    cx: &mut Ctx,
+    base: &Path,
+    source: &str,
+    at: &Loc<raw::PolicySpec>,
+    columns: &[Column],
+) -> Option<PolicyRule> {
+    use raw::ActionKind as A;
+    let p = &at.value;
+    let start = cx.diags.len();
+    let action_name = serde_json::to_value(p.action)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let what = format!("source `{source}`: policy `{action_name}`");
+    let selector = match (&p.column, &p.tag, &p.kind) {
+        (Some(c), None, None) => {
+            if !columns.iter().any(|x| &x.name == c) {
+                let names: Vec<&str> = columns.iter().map(|x| x.name.as_str()).collect();
+                cx.err(
+                    at,
+                    format!("{what} refers to column `{c}`, which is not declared"),
+                    format!("declared columns: {}", names.join(", ")),
+                );
+            }
+            Selector::Column(c.clone())
+        }
+        (None, Some(t), None) => match t.parse::<Tag>() {
+            Ok(Tag::None) | Err(_) => {
+                cx.err(
+                    at,
+                    format!("{what}: `tag` must be pii, financial or proprietary"),
+                    "",
+                );
+                Selector::Tag(Tag::None)
+            }
+            Ok(t) => Selector::Tag(t),
+        },
+        (None, None, Some(k)) => match k.parse::<Kind>() {
+            Ok(k) => Selector::Kind(k),
+            Err(e) => {
+                cx.err(at, format!("{what}: {e}"), "");
+                Selector::Kind(Kind::FreeText)
+            }
+        },
+        _ => {
+            cx.err(
+                at,
+                format!("{what} must select by exactly one of `column`, `tag` and `kind`"),
+                "e.g. `column: customer_email` or `kind: card_pan`",
+            );
+            return None;
+        }
+    };
+    let allowed: &[&str] = match p.action {
+        A::Drop | A::Keep | A::Hash => &[],
+        A::Mask => &[
+            "keep_first",
+            "keep_last",
+            "fixed",
+            "digits_only",
+            "mask_char",
+        ],
+        A::Token => &["key", "domain"],
+        A::Fpe => &["key", "domain"],
+        A::Encrypt => &["key", "subject", "format"],
+        A::Generalise => &["to", "bands"],
+        A::Derive => &["derive"],
+        A::Redact => &["with", "patterns"],
+    };
+    let set = [
+        ("keep_first", p.keep_first.is_some()),
+        ("keep_last", p.keep_last.is_some()),
+        ("fixed", p.fixed.is_some()),
+        ("digits_only", p.digits_only.is_some()),
+        ("mask_char", p.mask_char.is_some()),
+        ("key", p.key.is_some()),
+        ("domain", p.domain.is_some()),
+        ("subject", p.subject.is_some()),
+        ("format", p.format.is_some()),
+        ("to", p.to.is_some()),
+        ("bands", p.bands.is_some()),
+        ("derive", p.derive.is_some()),
+        ("with", p.with.is_some()),
+        ("patterns", p.patterns.is_some()),
+    ];
+    for (f, present) in set {
+        if present && !allowed.contains(&f) {
+            let takes = if allowed.is_empty() {
+                "nothing else".to_string()
+            } else {
+                allowed.join(", ")
+            };
+            cx.err(
+                at,
+                format!("{what} does not take `{f}`"),
+                format!("`{action_name}` takes: {takes}"),
+            );
+        }
+    }
+    if p.action == A::Drop && p.output.is_some() {
+        cx.err(
+            at,
+            format!("{what}: a dropped column has no output, so `as` means nothing"),
+            "remove `as`",
+        );
+    }
+    if let Some(o) = &p.output
+        && !valid_name(o)
+    {
+        cx.err(
+            at,
+            format!("{what}: output name `{o}` is not a valid column name"),
+            "use letters, digits and `_`",
+        );
+    }
+    if p.output.is_some() && !matches!(selector, Selector::Column(_)) {
+        cx.err(
+            at,
+            format!("{what}: `as` needs `column` (a tag or kind may select several columns)"),
+            "",
+        );
+    }
+    let domain = p
+        .domain
+        .clone()
+        .or_else(|| p.column.clone())
+        .unwrap_or_else(|| match &selector {
+            Selector::Kind(k) => k.name().to_string(),
+            Selector::Tag(t) => t.name().to_string(),
+            Selector::Column(c) => c.clone(),
+        });
+    let key = |cx: &mut Ctx, dflt: String| -> KeySource {
+        match p.key.as_deref() {
+            None => KeySource::Keyring(dflt),
+            Some(k) if k.starts_with("env:") || k.starts_with("file:") => {
+                match secret_ref(cx, at, base, &what, k) {
+                    Some(r) => KeySource::External(r),
+                    None => KeySource::Keyring(dflt),
+                }
+            }
+            Some(k) if valid_name(k) => KeySource::Keyring(k.to_string()),
+            Some(_) => {
+                // Never echo it: it may be key material pasted in by mistake.
+                cx.err(at, format!("{what}: `key` must be a keyring key name or a reference (`env:NAME`, `file:PATH`)"), "key material never goes in a spec; export it and write `key: env:NAME`");
+                KeySource::Keyring(dflt)
+            }
+        }
+    };
+    let action = match p.action {
+        A::Drop => Action::Drop,
+        A::Keep => Action::Keep,
+        A::Hash => Action::Hash,
+        A::Mask => {
+            let with = match p.mask_char.as_deref() {
+                None => Some('*'),
+                Some("") => None,
+                Some(c) if c.chars().count() == 1 => c.chars().next(),
+                Some(_) => {
+                    cx.err(at, format!("{what}: `mask_char` must be one character, or \"\" to keep only the kept characters"), "");
+                    None
+                }
+            };
+            if p.fixed.is_some() && (p.keep_first.is_some() || p.keep_last.is_some()) {
+                cx.err(
+                    at,
+                    format!(
+                        "{what}: `fixed` replaces the whole value; it cannot keep characters too"
+                    ),
+                    "remove `fixed` or the `keep_*` fields",
+                );
+            }
+            Action::Mask {
+                keep_first: p.keep_first.unwrap_or(0) as usize,
+                keep_last: p.keep_last.unwrap_or(0) as usize,
+                fixed: p.fixed.clone(),
+                digits_only: p.digits_only.unwrap_or(false),
+                with,
+            }
+        }
+        A::Token => Action::Token {
+            key: key(cx, format!("token-{domain}")),
+        },
+        A::Fpe => Action::Fpe {
+            key: key(cx, format!("fpe-{domain}")),
+            tweak: domain.clone(),
+        },
+        A::Encrypt => {
+            let bare = match p.format.as_deref() {
+                None | Some("sealtrail") => false,
+                Some("bare") => true,
+                Some(f) => {
+                    cx.err(
+                        at,
+                        format!("{what}: unknown format `{f}`"),
+                        "use `sealtrail` (names the key; the default) or `bare`",
+                    );
+                    false
+                }
+            };
+            if let Some(sub) = &p.subject {
+                if !columns.iter().any(|x| &x.name == sub) {
+                    cx.err(at, format!("{what}: subject column `{sub}` is not declared"), "name the column holding the data subject's id, e.g. `subject: customer_id`");
+                }
+                if bare || p.key.is_some() {
+                    cx.err(at, format!("{what}: a subject-keyed value uses the subject's own key, named in the ciphertext"), "remove `key` and `format`");
+                }
+            }
+            Action::Encrypt {
+                key: key(cx, "data".into()),
+                subject: p.subject.clone(),
+                bare,
+            }
+        }
+        A::Generalise => match (p.to.as_deref(), &p.bands) {
+            (Some("year"), None) => Action::Generalise(Generalise::Year),
+            (Some("month"), None) => Action::Generalise(Generalise::Month),
+            (Some("district"), None) => Action::Generalise(Generalise::District),
+            (Some("band"), Some(b)) if !b.is_empty() && b.windows(2).all(|w| w[0] < w[1]) => {
+                Action::Generalise(Generalise::Band(b.clone()))
+            }
+            (Some("band"), _) => {
+                cx.err(
+                    at,
+                    format!("{what}: `to: band` needs `bands`, ascending"),
+                    "e.g. `bands: [1000, 10000, 100000]`",
+                );
+                Action::Drop
+            }
+            _ => {
+                cx.err(
+                    at,
+                    format!("{what}: `to` must be year, month, band or district"),
+                    "`bands` goes with `to: band` only",
+                );
+                Action::Drop
+            }
+        },
+        A::Derive => {
+            match p.derive.as_deref() {
+                Some("has_value") | Some("has_email") => Action::Derive(Derive::HasValue),
+                Some("email_domain") => Action::Derive(Derive::EmailDomain),
+                Some("age_band") => Action::Derive(Derive::AgeBand),
+                Some("country_of_iban") => Action::Derive(Derive::CountryOfIban),
+                other => {
+                    cx.err(at, format!("{what}: {}", match other { Some(o) => format!("unknown derivation `{o}`"), None => "needs `derive`".into() }), "one of has_value (alias has_email), email_domain, age_band, country_of_iban");
+                    Action::Drop
+                }
+            }
+        }
+        A::Redact => {
+            let mut patterns = Vec::new();
+            for pat in p.patterns.iter().flatten() {
+                match regex::Regex::new(pat) {
+                    Ok(r) => patterns.push(r),
+                    Err(e) => cx.err(
+                        at,
+                        format!(
+                            "{what}: pattern does not compile: {}",
+                            e.to_string().lines().last().unwrap_or_default()
+                        ),
+                        "Rust regex syntax",
+                    ),
+                }
+            }
+            Action::Redact {
+                with: p.with.clone().unwrap_or_else(|| "[REDACTED]".into()),
+                patterns,
+            }
+        }
+    };
+    (cx.diags.len() == start).then(|| PolicyRule {
+        selector,
+        action,
+        output: p.output.clone(),
+        at: (at.line, at.column),
     })
 }
 

@@ -93,6 +93,102 @@ pub struct SourceSpec {
     /// Checks in order; the first one a record fails gives its primary reason.
     #[serde(default)]
     pub checks: Vec<Loc<CheckSpec>>,
+    /// Protection policies, applied to every record that passed the checks, before any
+    /// transform or sink sees it. A column with a policy no longer exists raw downstream
+    /// (unless a `keep` policy says so); its policies' outputs take its place.
+    #[serde(default)]
+    pub protect: Vec<Loc<PolicySpec>>,
+    /// Adds a column of this name holding the lowercase hex SHA-256 of each record's raw
+    /// source bytes (the line, for CSV and JSON Lines).
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+/// What protection actions exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Remove the column.
+    Drop,
+    /// Deliver the value raw. Only sinks whose audience is cleared for the column's tag may
+    /// receive it (`restricted` for PII and financial data).
+    Keep,
+    /// Keep `keep_first` and/or `keep_last` characters and mask the rest with `mask_char`
+    /// (default `*`; `""` keeps only the kept characters), or replace all by `fixed`.
+    Mask,
+    /// Deterministic token: lowercase hex HMAC-SHA256 under `key` (a keyring key, default
+    /// `token-<domain>`). Equal values give equal tokens, so joins still work.
+    Token,
+    /// Format-preserving encryption (NIST FF1, AES-256, radix 10) of the value's digits; other
+    /// characters stay. Reversible with the key. Needs at least 6 digits.
+    Fpe,
+    /// AES-256-GCM with a random nonce. The ciphertext names its key (`st1:<key id>:...`)
+    /// unless `format: bare`. With `subject:`, each data subject gets its own key, which
+    /// `sealtrail keys shred` can destroy.
+    Encrypt,
+    /// Lowercase hex SHA-256 (unkeyed; prefer `token` for guessable values).
+    Hash,
+    /// Coarsen: `to: year` or `month` (dates), `band` (amounts, with `bands`), `district`
+    /// (postcodes).
+    Generalise,
+    /// A new, non-sensitive value computed from the column: `derive: has_value`,
+    /// `email_domain`, `age_band` (from a date of birth) or `country_of_iban`.
+    Derive,
+    /// Free text: replace every sensitive span (email, phone, card, IBAN, SSN) by `with`
+    /// (default `[REDACTED]`); with `patterns`, replace the matches of each regex in order.
+    Redact,
+}
+
+/// One protection policy: which columns (`column`, or every column classified with `tag` or
+/// `kind`), what to do, and the output column's name (`as`; default the column's own).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    #[serde(default)]
+    pub column: Option<String>,
+    /// `pii`, `financial` or `proprietary`.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// A kind such as `email`, `card_pan`, `iban` (see `sealtrail classify`).
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub action: ActionKind,
+    #[serde(default, rename = "as")]
+    pub output: Option<String>,
+    #[serde(default)]
+    pub keep_first: Option<u32>,
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+    #[serde(default)]
+    pub fixed: Option<String>,
+    #[serde(default)]
+    pub digits_only: Option<bool>,
+    #[serde(default)]
+    pub mask_char: Option<String>,
+    /// A keyring key name, or a raw 32-byte key as a reference (`env:NAME`, `file:PATH`) holding
+    /// 64 hex characters.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Token/FPE domain: values tokenised in one domain join with each other. Default: the
+    /// column name.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Column holding the data subject's id (per-subject keys, crypto-shredding).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// `sealtrail` (default) or `bare`.
+    #[serde(default)]
+    pub format: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub bands: Option<Vec<f64>>,
+    #[serde(default)]
+    pub derive: Option<String>,
+    #[serde(default)]
+    pub with: Option<String>,
+    #[serde(default)]
+    pub patterns: Option<Vec<String>>,
 }
 
 /// CSV files (RFC 4180).
@@ -184,6 +280,14 @@ pub struct ColumnSpec {
     /// Default: ISO 8601 / RFC 3339.
     #[serde(default)]
     pub format: Option<String>,
+    /// What the column holds, overriding the classifier: a kind (`email`, `card_pan`,
+    /// `person_name`, ...) or `none` for a column that is not sensitive.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// The column's tag, overriding the kind's default: `pii`, `financial`, `proprietary`,
+    /// `none`.
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, JsonSchema)]

@@ -1,0 +1,597 @@
+//! The keyring: envelope encryption of data keys under a master key.
+//!
+//! - The **master key** (32 bytes) never sits in a spec or the keyring. It comes from
+//!   `SEALTRAIL_MASTER_KEY` (64 hex characters), or the file named by
+//!   `SEALTRAIL_MASTER_KEY_FILE`, or, as the embedded default for a single machine, the file
+//!   `master.key` in the sealtrail home (created with mode 0600 on first use, with a warning).
+//! - **Data keys** are random 32-byte keys, each stored only wrapped: AES-256-GCM under the
+//!   master key with the key's id (`name@version`) as associated data, so a wrapped key cannot be
+//!   moved to another name or version. A named key has versions; new writes use the active one,
+//!   old ciphertexts name theirs and stay decryptable (rotation).
+//! - **Subject keys** encrypt one data subject's values (`encrypt` with `subject:`). A subject
+//!   is known in the keyring only by a keyed hash of its id. `shred` deletes the subject's wrapped
+//!   key: from then on nobody can decrypt that subject's values, while every other value, and
+//!   the ledger, are untouched.
+//!
+//! The keyring file (`keyring.json`) is rewritten atomically (temporary file, fsync, rename)
+//! under an exclusive lock, so concurrent runs and `keys` commands do not lose each other's keys.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use zeroize::{Zeroize, Zeroizing};
+
+/// 32 bytes of key material, zeroized on drop, never printed.
+#[derive(Clone)]
+pub struct KeyBytes(Zeroizing<[u8; 32]>);
+
+impl KeyBytes {
+    pub fn random() -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        rand::rng().fill_bytes(k.as_mut());
+        Self(k)
+    }
+    /// From 64 hex characters. The error never repeats the input.
+    pub fn from_hex(s: &str) -> Result<Self, KeyError> {
+        let s = s.trim();
+        let mut k = Zeroizing::new([0u8; 32]);
+        if s.len() != 64 || hex::decode_to_slice(s, k.as_mut()).is_err() {
+            return Err(KeyError::Malformed);
+        }
+        Ok(Self(k))
+    }
+    pub fn from_slice(b: &[u8]) -> Result<Self, KeyError> {
+        let arr: [u8; 32] = b.try_into().map_err(|_| KeyError::Malformed)?;
+        Ok(Self(Zeroizing::new(arr)))
+    }
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KeyBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyBytes(«redacted»)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("a key must be 64 hexadecimal characters (32 bytes)")]
+    Malformed,
+    #[error(
+        "no master key: set SEALTRAIL_MASTER_KEY (64 hex characters) or SEALTRAIL_MASTER_KEY_FILE"
+    )]
+    NoMaster,
+    #[error(
+        "the master key does not open this keyring ({0}); supply the master key it was created with"
+    )]
+    WrongMaster(PathBuf),
+    #[error("keyring {path}: {msg}")]
+    File { path: PathBuf, msg: String },
+    #[error("no key `{0}` in the keyring; see `sealtrail keys list`")]
+    Unknown(String),
+    #[error("key `{0}` is used for {1}, not {2}")]
+    Purpose(String, &'static str, &'static str),
+    #[error("the key for this data subject was shredded; the value cannot be decrypted")]
+    Shredded,
+    #[error("key `{0}` cannot be rotated: {1}")]
+    NoRotate(String, &'static str),
+    #[error("a wrapped key in the keyring failed authentication: the keyring was altered")]
+    Tampered,
+}
+
+/// What a data key is for. Token and FPE keys are deterministic by design, so rotating them
+/// would change every output; only encryption keys rotate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    Encrypt,
+    Token,
+    Fpe,
+}
+
+impl Purpose {
+    pub fn name(self) -> &'static str {
+        match self {
+            Purpose::Encrypt => "encrypt",
+            Purpose::Token => "token",
+            Purpose::Fpe => "fpe",
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    format: u32,
+    /// HMAC of a fixed label under the master key: tells a wrong master key apart from damage.
+    check: String,
+    keys: BTreeMap<String, Named>,
+    subjects: BTreeMap<String, Wrapped>,
+    /// Subject hash -> when it was shredded (kept so a later write cannot resurrect it).
+    shredded: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Named {
+    purpose: Purpose,
+    active: u32,
+    versions: BTreeMap<u32, Wrapped>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wrapped {
+    /// base64(nonce ‖ ciphertext ‖ tag) of the key under the master key.
+    wrapped: String,
+    created: String,
+}
+
+/// One key as listed (no material).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub name: String,
+    pub purpose: Purpose,
+    pub active: u32,
+    pub versions: Vec<u32>,
+}
+
+/// The master key and where it came from.
+#[derive(Debug)]
+pub struct Master {
+    key: KeyBytes,
+    pub origin: String,
+}
+
+impl Master {
+    pub fn new(key: KeyBytes, origin: impl Into<String>) -> Self {
+        Self {
+            key,
+            origin: origin.into(),
+        }
+    }
+    /// From `SEALTRAIL_MASTER_KEY`, `SEALTRAIL_MASTER_KEY_FILE`, or `<home>/master.key`
+    /// (created when `create_local` and no other source is set). Returns whether a local key
+    /// was just created, so the caller can warn.
+    pub fn locate(home: &Path, create_local: bool) -> Result<(Self, bool), KeyError> {
+        if let Ok(hex) = std::env::var("SEALTRAIL_MASTER_KEY") {
+            return Ok((
+                Self::new(KeyBytes::from_hex(&hex)?, "SEALTRAIL_MASTER_KEY"),
+                false,
+            ));
+        }
+        let (path, named) = match std::env::var_os("SEALTRAIL_MASTER_KEY_FILE") {
+            Some(p) => (PathBuf::from(p), true),
+            None => (home.join("master.key"), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(mut s) => {
+                let k = KeyBytes::from_hex(&s);
+                s.zeroize();
+                Ok((Self::new(k?, path.display().to_string()), false))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create_local && !named => {
+                let k = KeyBytes::random();
+                let mut hex = Zeroizing::new(hex::encode(k.expose()));
+                hex.push('\n');
+                write_private(&path, hex.as_bytes()).map_err(|e| KeyError::File {
+                    path: path.clone(),
+                    msg: e.to_string(),
+                })?;
+                Ok((Self::new(k, path.display().to_string()), true))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KeyError::NoMaster),
+            Err(e) => Err(KeyError::File {
+                path,
+                msg: e.to_string(),
+            }),
+        }
+    }
+
+    fn check_value(&self) -> String {
+        hex::encode(&hmac(self.key.expose(), b"sealtrail keyring check v1")[..16])
+    }
+
+    /// Keyed hash naming a data subject in the keyring (never the subject id itself).
+    pub fn subject_id(&self, subject: &str) -> String {
+        let k = hmac(self.key.expose(), b"sealtrail subject id key v1");
+        hex::encode(&hmac(&k, subject.as_bytes())[..16])
+    }
+
+    fn wrap(&self, id: &str, key: &KeyBytes) -> String {
+        B64.encode(seal(&self.key, id.as_bytes(), key.expose()))
+    }
+
+    fn unwrap(&self, id: &str, wrapped: &str) -> Result<KeyBytes, KeyError> {
+        let bytes = B64.decode(wrapped).map_err(|_| KeyError::Tampered)?;
+        let plain =
+            Zeroizing::new(open(&self.key, id.as_bytes(), &bytes).ok_or(KeyError::Tampered)?);
+        KeyBytes::from_slice(&plain)
+    }
+}
+
+pub(crate) fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length; new_from_slice cannot fail.
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    m.update(msg);
+    m.finalize().into_bytes().into()
+}
+
+/// AES-256-GCM with a fresh random nonce: nonce ‖ ciphertext ‖ tag.
+pub(crate) fn seal(key: &KeyBytes, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    seal_with(&Aes256Gcm::new(key.expose().into()), aad, plain)
+}
+
+pub(crate) fn seal_with(c: &Aes256Gcm, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; 12];
+    rand::rng().fill_bytes(&mut nonce);
+    let ct = c
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad })
+        // Only fails for inputs beyond 64 GiB.
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(12 + ct.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+pub(crate) fn open(key: &KeyBytes, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    open_with(&Aes256Gcm::new(key.expose().into()), aad, sealed)
+}
+
+/// Authenticates and decrypts; the tag comparison inside aes-gcm is constant-time.
+pub(crate) fn open_with(c: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < 12 + 16 {
+        return None;
+    }
+    let (nonce, ct) = sealed.split_at(12);
+    c.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
+        .ok()
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// An open keyring.
+#[derive(Debug)]
+pub struct Keyring {
+    path: PathBuf,
+    master: Master,
+    file: File,
+}
+
+impl Keyring {
+    /// Opens (or creates) the keyring at `path`; a wrong master key is told apart from a
+    /// damaged file.
+    pub fn open(path: &Path, master: Master) -> Result<Self, KeyError> {
+        let mut k = Self {
+            path: path.to_path_buf(),
+            master,
+            file: File::default(),
+        };
+        k.modify(|_, _| Ok(()))?;
+        Ok(k)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn master(&self) -> &Master {
+        &self.master
+    }
+
+    fn err(&self, msg: impl std::fmt::Display) -> KeyError {
+        KeyError::File {
+            path: self.path.clone(),
+            msg: msg.to_string(),
+        }
+    }
+
+    fn load(&self) -> Result<File, KeyError> {
+        match std::fs::read(&self.path) {
+            Ok(b) => {
+                let f: File = serde_json::from_slice(&b).map_err(|e| self.err(e))?;
+                if f.check != self.master.check_value() {
+                    return Err(KeyError::WrongMaster(self.path.clone()));
+                }
+                Ok(f)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(File {
+                format: 1,
+                check: self.master.check_value(),
+                ..Default::default()
+            }),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// Re-reads the file under an exclusive lock, applies `f`, and writes it back if `f` says
+    /// it changed something.
+    fn modify<T>(
+        &mut self,
+        f: impl FnOnce(&Master, &mut File) -> Result<T, KeyError>,
+    ) -> Result<T, KeyError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path.with_extension("lock"))
+            .map_err(|e| self.err(e))?;
+        lock.lock().map_err(|e| self.err(e))?;
+        let mut file = self.load()?;
+        let before = serde_json::to_vec(&file).map_err(|e| self.err(e))?;
+        let out = f(&self.master, &mut file)?;
+        let after = serde_json::to_vec_pretty(&file).map_err(|e| self.err(e))?;
+        if !self.path.exists() || serde_json::to_vec(&file).map_err(|e| self.err(e))? != before {
+            let tmp = self.path.with_extension("json.tmp");
+            let _ = std::fs::remove_file(&tmp);
+            write_private(&tmp, &after).map_err(|e| self.err(e))?;
+            std::fs::rename(&tmp, &self.path).map_err(|e| self.err(e))?;
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        self.file = file;
+        Ok(out)
+    }
+
+    /// The active version of key `name` for `purpose`, created on first use.
+    pub fn active(&mut self, name: &str, purpose: Purpose) -> Result<(String, KeyBytes), KeyError> {
+        if let Some(n) = self.file.keys.get(name) {
+            if n.purpose != purpose {
+                return Err(KeyError::Purpose(
+                    name.into(),
+                    n.purpose.name(),
+                    purpose.name(),
+                ));
+            }
+            let id = format!("{name}@{}", n.active);
+            let w = n.versions.get(&n.active).ok_or(KeyError::Tampered)?;
+            return Ok((id.clone(), self.master.unwrap(&id, &w.wrapped)?));
+        }
+        let name = name.to_string();
+        self.modify(move |m, f| {
+            let n = f.keys.entry(name.clone()).or_insert_with(|| {
+                let id = format!("{name}@1");
+                Named {
+                    purpose,
+                    active: 1,
+                    versions: BTreeMap::from([(
+                        1,
+                        Wrapped {
+                            wrapped: m.wrap(&id, &KeyBytes::random()),
+                            created: sealtrail_core::audit::now(),
+                        },
+                    )]),
+                }
+            });
+            if n.purpose != purpose {
+                return Err(KeyError::Purpose(
+                    name.clone(),
+                    n.purpose.name(),
+                    purpose.name(),
+                ));
+            }
+            let id = format!("{name}@{}", n.active);
+            let w = n.versions.get(&n.active).ok_or(KeyError::Tampered)?;
+            Ok((id.clone(), m.unwrap(&id, &w.wrapped)?))
+        })
+    }
+
+    /// A key by its id (`name@version`), for decryption.
+    pub fn by_id(&self, id: &str) -> Result<KeyBytes, KeyError> {
+        if let Some(h) = id.strip_prefix("subject:") {
+            if self.file.shredded.contains_key(h) {
+                return Err(KeyError::Shredded);
+            }
+            let w = self.file.subjects.get(h).ok_or(KeyError::Shredded)?;
+            return self.master.unwrap(id, &w.wrapped);
+        }
+        let (name, v) = id
+            .rsplit_once('@')
+            .and_then(|(n, v)| Some((n, v.parse::<u32>().ok()?)))
+            .ok_or_else(|| KeyError::Unknown(id.into()))?;
+        let w = self
+            .file
+            .keys
+            .get(name)
+            .and_then(|n| n.versions.get(&v))
+            .ok_or_else(|| KeyError::Unknown(id.into()))?;
+        self.master.unwrap(id, &w.wrapped)
+    }
+
+    /// Keys of these subjects, created for those that have none. Returns (key id, key) per
+    /// subject, or `None` for a subject that was shredded (its new values cannot be encrypted
+    /// either: they are written as null). One write for the whole set.
+    pub fn subject_keys(
+        &mut self,
+        subjects: &[&str],
+    ) -> Result<Vec<Option<(String, KeyBytes)>>, KeyError> {
+        let ids: Vec<String> = subjects.iter().map(|s| self.master.subject_id(s)).collect();
+        let missing = ids
+            .iter()
+            .any(|h| !self.file.subjects.contains_key(h) && !self.file.shredded.contains_key(h));
+        if missing {
+            let ids2 = ids.clone();
+            self.modify(move |m, f| {
+                for h in ids2 {
+                    if !f.subjects.contains_key(&h) && !f.shredded.contains_key(&h) {
+                        let w = m.wrap(&format!("subject:{h}"), &KeyBytes::random());
+                        f.subjects.insert(
+                            h,
+                            Wrapped {
+                                wrapped: w,
+                                created: sealtrail_core::audit::now(),
+                            },
+                        );
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        ids.into_iter()
+            .map(|h| {
+                if self.file.shredded.contains_key(&h) {
+                    return Ok(None);
+                }
+                let id = format!("subject:{h}");
+                let w = self.file.subjects.get(&h).ok_or(KeyError::Tampered)?;
+                Ok(Some((id.clone(), self.master.unwrap(&id, &w.wrapped)?)))
+            })
+            .collect()
+    }
+
+    /// Deletes a subject's key. Returns its keyed hash and whether it had a key.
+    pub fn shred(&mut self, subject: &str) -> Result<(String, bool), KeyError> {
+        let h = self.master.subject_id(subject);
+        let h2 = h.clone();
+        let had = self.modify(move |_, f| {
+            let had = f.subjects.remove(&h2).is_some();
+            f.shredded.insert(h2, sealtrail_core::audit::now());
+            Ok(had)
+        })?;
+        Ok((h, had))
+    }
+
+    /// Adds a new version of an encryption key and makes it active. Returns the new key id.
+    pub fn rotate(&mut self, name: &str) -> Result<String, KeyError> {
+        let name = name.to_string();
+        self.modify(move |m, f| {
+            let n = f
+                .keys
+                .get_mut(&name)
+                .ok_or_else(|| KeyError::Unknown(name.clone()))?;
+            if n.purpose != Purpose::Encrypt {
+                return Err(KeyError::NoRotate(
+                    name.clone(),
+                    "token and FPE keys are deterministic; a new version would change every output and break joins",
+                ));
+            }
+            let v = n.versions.keys().max().copied().unwrap_or(0) + 1;
+            let id = format!("{name}@{v}");
+            n.versions.insert(v, Wrapped {
+                wrapped: m.wrap(&id, &KeyBytes::random()),
+                created: sealtrail_core::audit::now(),
+            });
+            n.active = v;
+            Ok(id)
+        })
+    }
+
+    pub fn list(&self) -> Vec<KeyInfo> {
+        self.file
+            .keys
+            .iter()
+            .map(|(name, n)| KeyInfo {
+                name: name.clone(),
+                purpose: n.purpose,
+                active: n.active,
+                versions: n.versions.keys().copied().collect(),
+            })
+            .collect()
+    }
+
+    /// (subjects with a key, subjects shredded).
+    pub fn subject_counts(&self) -> (usize, usize) {
+        (self.file.subjects.len(), self.file.shredded.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(dir: &Path) -> Keyring {
+        let k = KeyBytes::from_hex(&"11".repeat(32)).unwrap();
+        Keyring::open(&dir.join("keyring.json"), Master::new(k, "test")).unwrap()
+    }
+
+    #[test]
+    fn keys_persist_rotate_and_stay_readable() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = ring(d.path());
+        let (id1, k1) = r.active("email", Purpose::Encrypt).unwrap();
+        assert_eq!(id1, "email@1");
+        let id2 = r.rotate("email").unwrap();
+        assert_eq!(id2, "email@2");
+        let r2 = ring(d.path());
+        assert_eq!(r2.by_id("email@1").unwrap().expose(), k1.expose());
+        assert_ne!(r2.by_id("email@2").unwrap().expose(), k1.expose());
+        let raw = std::fs::read_to_string(d.path().join("keyring.json")).unwrap();
+        assert!(!raw.contains(&hex::encode(k1.expose())));
+        r.active("acct", Purpose::Token).unwrap();
+        assert!(matches!(r.rotate("acct"), Err(KeyError::NoRotate(..))));
+        assert!(matches!(
+            r.active("acct", Purpose::Fpe),
+            Err(KeyError::Purpose(..))
+        ));
+    }
+
+    #[test]
+    fn wrong_master_and_tampering_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        ring(d.path()).active("email", Purpose::Encrypt).unwrap();
+        let other = Master::new(KeyBytes::from_hex(&"22".repeat(32)).unwrap(), "other");
+        assert!(matches!(
+            Keyring::open(&d.path().join("keyring.json"), other),
+            Err(KeyError::WrongMaster(_))
+        ));
+        // Move version 1's wrapped key to a new name: the AAD binding refuses it.
+        let p = d.path().join("keyring.json");
+        let s = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("\"email\"", "\"other\"");
+        std::fs::write(&p, s).unwrap();
+        assert!(matches!(
+            ring(d.path()).by_id("other@1"),
+            Err(KeyError::Tampered)
+        ));
+    }
+
+    #[test]
+    fn shredding_forgets_one_subject() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = ring(d.path());
+        let ks = r.subject_keys(&["c-1", "c-2"]).unwrap();
+        let (id1, _) = ks[0].clone().unwrap();
+        let (id2, _) = ks[1].clone().unwrap();
+        assert!(!id1.contains("c-1"));
+        r.shred("c-1").unwrap();
+        let r = ring(d.path());
+        assert!(matches!(r.by_id(&id1), Err(KeyError::Shredded)));
+        assert!(r.by_id(&id2).is_ok());
+        let mut r = r;
+        assert!(r.subject_keys(&["c-1"]).unwrap()[0].is_none());
+    }
+
+    #[test]
+    fn malformed_keys_are_not_echoed() {
+        let e = KeyBytes::from_hex("not-a-key-secret")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("secret"));
+    }
+}

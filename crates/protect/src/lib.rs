@@ -1,0 +1,11 @@
+//! Data protection: classification, policies, tokens, encryption, the keyring.
+//!
+//! - [`detect`]: what a column holds, from its name and sampled values, with validators.
+//! - [`ops`]: the actions on one value (token, FF1, AES-256-GCM, mask, redact, ...).
+//! - [`keyring`]: envelope encryption of data keys, rotation, per-subject keys, shredding.
+//! - [`plan`]: a source's policies resolved against its classification, applied to batches,
+//!   and the tags each output column carries (for the release check).
+
+pub mod detect;
+pub mod keyring;
+pub mod ops;
