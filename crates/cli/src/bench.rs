@@ -64,6 +64,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     let audit = sealtrail_ledger::audit::LedgerAudit::new(log);
     let opts = sealtrail_engine::RunOptions {
         state_url: format!("sqlite://{}", work.join("state.db").display()),
+        keyring: crate::protect_cmd::shared_keyring(&work.join(".sealtrail"))?,
         audit: Arc::new(audit),
         abandon_unfinished: true,
         progress: None,

@@ -15,6 +15,7 @@ macro_rules! outln {
 
 mod bench;
 mod ledger_cmd;
+mod protect_cmd;
 mod synth;
 
 use anyhow::{Context, Result};
@@ -81,6 +82,42 @@ enum Cmd {
         ledger: ledger_cmd::LedgerArgs,
         #[command(subcommand)]
         cmd: ledger_cmd::LedgerCmd,
+    },
+    /// Classify every source column of a spec (tag, kind, confidence) from a sample of its data,
+    /// and show which policy protects it.
+    Classify {
+        spec: PathBuf,
+        /// Records to sample from each source's first input.
+        #[arg(long, default_value_t = 1000)]
+        rows: usize,
+    },
+    /// The keyring: list keys, rotate an encryption key, shred a data subject's key.
+    Keys {
+        #[arg(long, env = "SEALTRAIL_HOME", global = true)]
+        home: Option<PathBuf>,
+        #[command(flatten)]
+        ledger: ledger_cmd::LedgerArgs,
+        #[command(subcommand)]
+        cmd: protect_cmd::KeysCmd,
+    },
+    /// Decrypt values for an authorised user; every use is recorded in the ledger.
+    Decrypt {
+        #[arg(long, env = "SEALTRAIL_HOME")]
+        home: Option<PathBuf>,
+        #[command(flatten)]
+        ledger: ledger_cmd::LedgerArgs,
+        #[command(flatten)]
+        args: protect_cmd::DecryptArgs,
+    },
+    /// Quarantined records: list them, or show their (encrypted) raw content to an authorised
+    /// user, recorded in the ledger.
+    Quarantine {
+        #[arg(long, env = "SEALTRAIL_HOME", global = true)]
+        home: Option<PathBuf>,
+        #[command(flatten)]
+        ledger: ledger_cmd::LedgerArgs,
+        #[command(subcommand)]
+        cmd: protect_cmd::QuarantineCmd,
     },
     /// Generate synthetic input files without running anything.
     Generate {
@@ -254,6 +291,22 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Classify { spec, rows } => protect_cmd::classify(&spec, rows),
+        Cmd::Keys { home, ledger, cmd } => protect_cmd::keys(
+            &home.unwrap_or_else(|| PathBuf::from(".sealtrail")),
+            &ledger,
+            cmd,
+        ),
+        Cmd::Decrypt { home, ledger, args } => protect_cmd::decrypt(
+            &home.unwrap_or_else(|| PathBuf::from(".sealtrail")),
+            &ledger,
+            args,
+        ),
+        Cmd::Quarantine { home, ledger, cmd } => protect_cmd::quarantine(
+            &home.unwrap_or_else(|| PathBuf::from(".sealtrail")),
+            &ledger,
+            cmd,
+        ),
         Cmd::Generate { dir, rows, seed } => {
             let (t, _) = synth::trades(&dir, rows, seed)?;
             let (c, _) = synth::customers(&dir, (rows / 10).max(10), seed)?;
@@ -330,6 +383,7 @@ async fn run_pipeline(
     let pb2 = pb.clone();
     let opts = RunOptions {
         state_url: state_url.to_string(),
+        keyring: protect_cmd::shared_keyring(home)?,
         audit: Arc::new(audit),
         abandon_unfinished: abandon,
         progress: Some(Arc::new(move |src: &str, rows: u64| {

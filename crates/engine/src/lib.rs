@@ -24,11 +24,15 @@ use sealtrail_connectors::{CommitKey, SinkWriter, open_sink};
 use sealtrail_core::audit::{AuditEvent, AuditSink, now};
 use sealtrail_core::record::Quarantined;
 use sealtrail_core::{Counts, RunId};
+use sealtrail_protect::keyring::{Keyring, Purpose};
+use sealtrail_protect::ops::Sealer;
+use sealtrail_protect::plan::{self as protect, ColumnState, Protector, Resolution};
 use sealtrail_quality::Validator;
+use sealtrail_spec::Source;
 use sealtrail_spec::{Diagnostic, Pipeline, SourceConnector};
 use state::StateStore;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use transform::Transforms;
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,8 @@ pub enum Error {
     Transform(String),
     #[error("audit log: {0}")]
     Audit(std::io::Error),
+    #[error("protection keys: {0}")]
+    Keys(String),
     #[error("internal error (this is a bug): {0}")]
     Internal(String),
 }
@@ -65,6 +71,8 @@ pub type Progress = Arc<dyn Fn(&str, u64) + Send + Sync>;
 pub struct RunOptions {
     /// `sqlite://...` or `postgres://...`.
     pub state_url: String,
+    /// Keys for protection policies and for the quarantine's encrypted raw records.
+    pub keyring: Arc<Mutex<Keyring>>,
     pub audit: Arc<dyn AuditSink>,
     pub abandon_unfinished: bool,
     pub progress: Option<Progress>,
@@ -93,25 +101,158 @@ pub struct RunReport {
     pub quarantine: String,
 }
 
-/// Checks a spec beyond compilation: every transform's SQL plans against its input columns.
-/// Returns every problem found.
+/// Checks a spec beyond compilation, with columns classified from their names (and the
+/// spec's declarations): every sensitive column has a protection policy, every transform's
+/// SQL plans against its input's (protected) columns, and no sink receives a raw sensitive
+/// column its audience is not cleared for. Returns every problem found.
 pub async fn check(p: &Pipeline) -> Vec<Diagnostic> {
+    check_with(p, &HashMap::new()).await.1
+}
+
+/// Samples of each source's values, by source name then column (declared order).
+pub type Samples = HashMap<String, Vec<Vec<String>>>;
+
+/// [`check`] with value samples for the classifier. Also returns each source's resolution.
+pub async fn check_with(
+    p: &Pipeline,
+    samples: &Samples,
+) -> (HashMap<String, (Resolution, Transforms)>, Vec<Diagnostic>) {
     let mut out = Vec::new();
+    let mut ok = HashMap::new();
+    let diag = |at: (u64, u64), message: String, hint: String| Diagnostic {
+        file: p.spec_path.clone(),
+        line: at.0,
+        column: at.1,
+        message,
+        hint: Some(hint),
+    };
     for s in &p.sources {
-        let schema = sealtrail_quality::typed::source_schema(s);
-        if let Err(errs) = Transforms::plan(p, &s.name, schema).await {
-            for e in errs {
+        let classes = protect::classify_source(s, samples.get(&s.name).map_or(&[], Vec::as_slice));
+        let res = match protect::resolve(s, &classes) {
+            Ok(r) => r,
+            Err(problems) => {
+                out.extend(problems.into_iter().map(|x| diag(x.at, x.message, x.hint)));
+                continue;
+            }
+        };
+        let schema = protect::output_schema(&sealtrail_quality::typed::source_schema(s), &res);
+        match Transforms::plan(p, &s.name, schema).await {
+            Err(errs) => {
+                for e in errs {
+                    out.push(diag(
+                        e.at,
+                        format!("transform `{}`: {}", e.transform, e.message),
+                        "fix the SQL; it reads the columns declared for its input (see `columns:` of the source), after protection (`protect:` outputs replace the raw columns)".into(),
+                    ));
+                }
+            }
+            Ok(t) => {
+                out.extend(release_check(p, s, &res.states, &t));
+                ok.insert(s.name.clone(), (res, t));
+            }
+        }
+    }
+    (ok, out)
+}
+
+/// The release check ("push, don't pull"): follow every sink column back through the SQL
+/// transforms to the protection stage; a raw sensitive column may reach only an audience
+/// cleared for its tag.
+fn release_check(
+    p: &Pipeline,
+    source: &Source,
+    states: &[ColumnState],
+    t: &Transforms,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for sink in p.sinks.iter().filter(|k| k.root_source == source.name) {
+        let Some(schema) = t.schema_of(&sink.from) else {
+            continue;
+        };
+        for f in schema.fields() {
+            for (path, st) in trace(&source.name, states, t, &sink.from, f.name()) {
+                if sink.audience.cleared_for(st.tag) {
+                    continue;
+                }
+                let what = st.kind.map_or(String::new(), |k| format!(" ({k})"));
                 out.push(Diagnostic {
                     file: p.spec_path.clone(),
-                    line: e.at.0,
-                    column: e.at.1,
-                    message: format!("transform `{}`: {}", e.transform, e.message),
-                    hint: Some("fix the SQL; it reads the columns declared for its input (see `columns:` of the source)".into()),
+                    line: sink.at.0,
+                    column: sink.at.1,
+                    message: format!(
+                        "sink `{}` (audience {}) would receive `{}` unprotected: {}{what} data, via {} -> sink {}.{}",
+                        sink.name,
+                        sink.audience.name(),
+                        f.name(),
+                        st.tag,
+                        path.join(" -> "),
+                        sink.name,
+                        f.name()
+                    ),
+                    hint: Some(format!(
+                        "protect `{}` under the source's `protect:` (token, mask, encrypt, drop...), leave it out of the SQL, or send it to a sink whose audience is cleared for {} data (`restricted`)",
+                        st.origin, st.tag
+                    )),
                 });
             }
         }
     }
     out
+}
+
+/// The raw sensitive protection-stage columns that column `col` of `table` is computed from,
+/// each with its path (`source.col -> transform.col ...`).
+fn trace<'a>(
+    source: &str,
+    states: &'a [ColumnState],
+    t: &Transforms,
+    table: &str,
+    col: &str,
+) -> Vec<(Vec<String>, &'a ColumnState)> {
+    if table == source {
+        return states
+            .iter()
+            .filter(|s| s.name == col && s.protected_by.is_none() && s.tag.is_sensitive())
+            .map(|s| (vec![format!("{source}.{col}")], s))
+            .collect();
+    }
+    let (Some(deps), Some(input)) = (
+        t.lineage
+            .get(table)
+            .and_then(|l| l.iter().find(|(n, _)| n == col)),
+        t.input_of(table),
+    ) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for d in &deps.1 {
+        for (mut path, s) in trace(source, states, t, input, d) {
+            path.push(format!("{table}.{col}"));
+            out.push((path, s));
+        }
+    }
+    out
+}
+
+/// Reads up to `n` records of the first input of `source` and returns each column's values.
+pub fn sample(source: &Source, inputs: &[String], n: usize) -> Vec<Vec<String>> {
+    let mut cols = vec![Vec::new(); source.columns.len()];
+    if matches!(source.connector, SourceConnector::Postgres(_)) || inputs.is_empty() {
+        return cols;
+    }
+    let Ok(mut r) = sealtrail_connectors::open_source(source, vec![inputs[0].clone()], n) else {
+        return cols;
+    };
+    if let Ok(Some(d)) = r.next_batch() {
+        for row in 0..d.batch.len() {
+            for (ci, c) in cols.iter_mut().enumerate() {
+                if let Some(v) = d.batch.get(row, ci) {
+                    c.push(v.to_string());
+                }
+            }
+        }
+    }
+    cols
 }
 
 /// Chooses the inputs of every source: all matching files, minus those already loaded for
@@ -268,18 +409,35 @@ async fn run_inner(
     };
     let mut qsink = open_sink("quarantine", &p.quarantine, quarantine::schema()).await?;
     report.quarantine = qsink.location();
+    // The classifier sees a sample of each source's values: a column whose values turn out
+    // sensitive must be protected before anything loads (the same check as `sealtrail check`,
+    // so an edited spec or a changed feed cannot bypass it).
+    let mut samples = Samples::new();
+    for source in &p.sources {
+        let inputs = st.run_inputs(run_id, &source.name).await?;
+        samples.insert(source.name.clone(), sample(source, &inputs, 1000));
+    }
+    let (mut planned, diags) = check_with(p, &samples).await;
+    if !diags.is_empty() {
+        return Err(Error::Spec(sealtrail_spec::Error::Invalid(diags)));
+    }
+    let qsealer = {
+        let mut ring = opts
+            .keyring
+            .lock()
+            .map_err(|_| Error::Keys("keyring lock poisoned".into()))?;
+        let (id, key) = ring
+            .active("quarantine", Purpose::Encrypt)
+            .map_err(|e| Error::Keys(e.to_string()))?;
+        Sealer::new(&id, &key)
+    };
     for source in &p.sources {
         let schema = sealtrail_quality::typed::source_schema(source);
-        let transforms = Transforms::plan(p, &source.name, schema.clone())
-            .await
-            .map_err(|e| {
-                Error::Transform(
-                    e.into_iter()
-                        .map(|x| x.message)
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                )
-            })?;
+        let (resolution, transforms) = planned
+            .remove(&source.name)
+            .ok_or_else(|| Error::Internal(format!("source `{}` was not planned", source.name)))?;
+        let protector = Protector::new(source, &schema, &resolution, opts.keyring.clone())
+            .map_err(|e| Error::Keys(e.to_string()))?;
         let mut sinks: Vec<(SinkWriter, String)> = Vec::new();
         for s in p.sinks.iter().filter(|s| s.root_source == source.name) {
             let sch = transforms
@@ -296,7 +454,7 @@ async fn run_inner(
         let batch_rows = p.batch_rows;
         let decoder = std::thread::Builder::new()
             .name(format!("decode-{}", source.name))
-            .spawn(move || decode_loop(src, inputs, batch_rows, schema, tx))
+            .spawn(move || decode_loop(src, inputs, batch_rows, schema, protector, tx))
             .map_err(|e| Error::Internal(e.to_string()))?;
 
         let mut batch_no = 0u64;
@@ -321,6 +479,7 @@ async fn run_inner(
                 &transforms,
                 &mut sinks,
                 &mut qsink,
+                &qsealer,
                 opts,
                 &mut report,
             )
@@ -377,6 +536,7 @@ fn decode_loop(
     inputs: Vec<String>,
     batch_rows: usize,
     schema: arrow::datatypes::SchemaRef,
+    protector: Protector,
     tx: tokio::sync::mpsc::Sender<Result<Prepared>>,
 ) {
     let mut validator = Validator::new(&source);
@@ -405,10 +565,38 @@ fn decode_loop(
             &decoded.batch,
             &mut v.passed,
         );
-        let (valid, _rows, bad) = match typed {
+        let (valid, rows, bad) = match typed {
             Ok(x) => x,
             Err(e) => {
                 let _ = tx.blocking_send(Err(Error::Internal(format!("building a batch: {e}"))));
+                return;
+            }
+        };
+        // Protection: the only form in which valid records travel on.
+        let raw = |i: usize| decoded.batch.raw(rows[i] as usize);
+        let valid = match protector.apply(&valid, raw) {
+            Ok((b, failed)) if failed.is_empty() => b,
+            Ok((b, failed)) => {
+                let mut keep = vec![true; b.num_rows()];
+                for (i, reason) in failed {
+                    keep[i] = false;
+                    quarantined.push(sealtrail_quality::quarantine(
+                        &decoded.batch,
+                        rows[i] as usize,
+                        vec![reason],
+                    ));
+                }
+                match arrow::compute::filter_record_batch(&b, &keep.into()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx
+                            .blocking_send(Err(Error::Internal(format!("filtering a batch: {e}"))));
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Error::Keys(format!("protecting a batch: {e}"))));
                 return;
             }
         };
@@ -440,6 +628,7 @@ async fn commit_one(
     transforms: &Transforms,
     sinks: &mut [(SinkWriter, String)],
     qsink: &mut SinkWriter,
+    qsealer: &Sealer,
     opts: &RunOptions,
     report: &mut RunReport,
 ) -> Result<()> {
@@ -485,7 +674,7 @@ async fn commit_one(
         w.commit(&key, rows).await?;
         names.push(w.name().to_string());
     }
-    let qb = quarantine::to_batch(run_id.as_str(), source, &prepared.quarantined)
+    let qb = quarantine::to_batch(run_id.as_str(), source, &prepared.quarantined, qsealer)
         .map_err(|e| Error::Internal(e.to_string()))?;
     qsink.commit(&key, std::slice::from_ref(&qb)).await?;
     let mut by_reason: HashMap<&str, u64> = HashMap::new();

@@ -3,11 +3,14 @@
 //! Columns: `run_id`, `source`, `input` (file or table), `line` (physical line, for text
 //! files), `row` (row index, for Parquet), `key` (for tables), `reason` (the first failed
 //! rule's code), `reasons` and `rules` (every failed rule, `;`-separated, in check order),
-//! `raw` (the exact source bytes). Reasons and rules never contain record values.
+//! `raw` (the exact source bytes, encrypted: AES-256-GCM under the keyring's `quarantine` key,
+//! `st1:quarantine@N:` then nonce, ciphertext and tag; `sealtrail quarantine show` decrypts).
+//! Reasons and rules never contain record values.
 
 use arrow::array::{BinaryBuilder, Int64Builder, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sealtrail_core::record::{PosKind, Quarantined};
+use sealtrail_protect::ops::Sealer;
 use std::sync::{Arc, LazyLock};
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -33,6 +36,7 @@ pub fn to_batch(
     run_id: &str,
     source: &str,
     rows: &[Quarantined],
+    sealer: &Sealer,
 ) -> Result<RecordBatch, arrow::error::ArrowError> {
     let n = rows.len();
     let mut run = StringBuilder::with_capacity(n, n * 36);
@@ -80,7 +84,7 @@ pub fn to_batch(
                 .collect::<Vec<_>>()
                 .join(";"),
         );
-        raw.append_value(&q.raw);
+        raw.append_value(sealer.seal_bytes(&q.raw));
     }
     RecordBatch::try_new(
         schema(),

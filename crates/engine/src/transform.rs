@@ -7,9 +7,10 @@
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::datasource::MemTable;
+use datafusion::logical_expr::{Distinct, Expr, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use sealtrail_spec::{Pipeline, Transform};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// The transforms of one source, ready to run per batch.
@@ -20,6 +21,9 @@ pub struct Transforms {
     chain: Vec<Transform>,
     /// Output schema of every transform (planned once, at check time).
     pub schemas: HashMap<String, SchemaRef>,
+    /// Column lineage of every transform: for each output column, the columns of its input
+    /// table it is computed from (derived from the logical plan, not declared).
+    pub lineage: HashMap<String, Vec<(String, BTreeSet<String>)>>,
 }
 
 /// A transform whose SQL does not plan against its input's columns.
@@ -55,6 +59,7 @@ impl Transforms {
             .cloned()
             .collect();
         let mut schemas = HashMap::new();
+        let mut lineage = HashMap::new();
         let mut errors = Vec::new();
         let empty = |s: SchemaRef| MemTable::try_new(s, vec![vec![]]);
         if let Ok(t) = empty(source_schema.clone()) {
@@ -64,12 +69,20 @@ impl Transforms {
             let planned = async {
                 let df = ctx.sql(&t.sql).await?;
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                let plan = df.into_optimized_plan()?;
+                let deps: Vec<(String, BTreeSet<String>)> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .zip(column_deps(&plan))
+                    .collect();
                 ctx.register_table(t.name.as_str(), Arc::new(empty(schema.clone())?))?;
-                Ok::<_, datafusion::error::DataFusionError>(schema)
+                Ok::<_, datafusion::error::DataFusionError>((schema, deps))
             };
             match planned.await {
-                Ok(s) => {
+                Ok((s, d)) => {
                     schemas.insert(t.name.clone(), s);
+                    lineage.insert(t.name.clone(), d);
                 }
                 Err(e) => errors.push(PlanError {
                     transform: t.name.clone(),
@@ -86,7 +99,16 @@ impl Transforms {
             source_schema,
             chain,
             schemas,
+            lineage,
         })
+    }
+
+    /// The table a transform reads.
+    pub fn input_of(&self, name: &str) -> Option<&str> {
+        self.chain
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.input.as_str())
     }
 
     /// Output schema of `name` (the source itself or one of its transforms).
@@ -130,4 +152,61 @@ impl Transforms {
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or_default().to_string()
+}
+
+/// For each output column of `plan`, the names of the scanned table's columns it is computed
+/// from. Nodes that keep their input's columns pass lineage through; projections, aggregates
+/// and windows follow each expression's column references; any other node is taken to mix
+/// every input column into every output (conservative: the release check may over-report,
+/// never under-report).
+pub fn column_deps(plan: &LogicalPlan) -> Vec<BTreeSet<String>> {
+    let exprs_deps = |exprs: &[Expr], input: &LogicalPlan| -> Vec<BTreeSet<String>> {
+        let inner = column_deps(input);
+        exprs
+            .iter()
+            .map(|e| {
+                e.column_refs()
+                    .into_iter()
+                    .filter_map(|c| input.schema().index_of_column(c).ok())
+                    .flat_map(|i| inner.get(i).cloned().unwrap_or_default())
+                    .collect()
+            })
+            .collect()
+    };
+    match plan {
+        LogicalPlan::TableScan(_) => plan
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| BTreeSet::from([f.name().clone()]))
+            .collect(),
+        LogicalPlan::Projection(p) => exprs_deps(&p.expr, &p.input),
+        LogicalPlan::Aggregate(a) => {
+            let all: Vec<Expr> = a.group_expr.iter().chain(&a.aggr_expr).cloned().collect();
+            exprs_deps(&all, &a.input)
+        }
+        LogicalPlan::Window(w) => {
+            let mut v = column_deps(&w.input);
+            v.extend(exprs_deps(&w.window_expr, &w.input));
+            v
+        }
+        LogicalPlan::Filter(_)
+        | LogicalPlan::Sort(_)
+        | LogicalPlan::Limit(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Repartition(_)
+        | LogicalPlan::Distinct(Distinct::All(_)) => plan
+            .inputs()
+            .first()
+            .map(|i| column_deps(i))
+            .unwrap_or_default(),
+        _ => {
+            let all: BTreeSet<String> = plan
+                .inputs()
+                .iter()
+                .flat_map(|i| column_deps(i).into_iter().flatten())
+                .collect();
+            vec![all; plan.schema().fields().len()]
+        }
+    }
 }

@@ -75,7 +75,8 @@ fn is_pan(s: &str) -> bool {
 
 fn is_iban(s: &str) -> bool {
     let compact: String = s.chars().filter(|c| *c != ' ').collect();
-    compact.len() >= 15
+    compact.is_ascii()
+        && compact.len() >= 15
         && compact.len() <= 34
         && is_country(&compact[..2])
         && checksum::iban(&compact)
@@ -265,75 +266,87 @@ fn name_hint(name: &str) -> Option<Kind> {
     }
     let has = |w: &str| words.iter().any(|x| x == w);
     let joined = words.join("_");
-    Some(
-        if has("email") || has("mail") || joined.contains("e_mail") {
-            Kind::Email
-        } else if has("iban") {
-            Kind::Iban
-        } else if has("pan") || joined.contains("card_number") || has("cc") || has("ccn") {
-            Kind::CardPan
-        } else if has("card") && !has("type") && !has("brand") {
-            Kind::CardPan
-        } else if has("isin") {
-            Kind::Isin
-        } else if has("lei") {
-            Kind::Lei
-        } else if has("bic") || has("swift") {
-            Kind::Bic
-        } else if has("phone") || has("tel") || has("telephone") || has("mobile") || has("msisdn") {
-            Kind::Phone
-        } else if has("dob") || has("birth") || has("birthdate") || has("birthday") {
-            Kind::DateOfBirth
-        } else if has("ssn") || has("nino") || has("passport") || joined.contains("national_id") {
-            Kind::NationalId
-        } else if has("tin") && has("tax") || joined.contains("tax_id") {
-            Kind::NationalId
-        } else if has("ip") || joined.contains("remote_addr") {
-            Kind::IpAddress
-        } else if has("address") || has("street") || has("postcode") || has("zip") || has("postal")
-        {
-            Kind::PostalAddress
-        } else if (has("account") || has("acct")) && !has("type") && !has("token") {
-            Kind::AccountNumber
-        } else if has("surname") || has("forename") || joined == "name" || joined == "full_name" {
-            Kind::PersonName
-        } else if has("name")
-            && [
-                "customer",
-                "client",
-                "first",
-                "last",
-                "given",
-                "family",
-                "middle",
-                "holder",
-                "person",
-                "beneficiary",
-                "contact",
-                "employee",
-                "trader",
-                "user",
-                "maiden",
-            ]
-            .iter()
-            .any(|w| has(w))
-        {
-            Kind::PersonName
-        } else if has("notes")
-            || has("note")
-            || has("comment")
-            || has("comments")
-            || has("memo")
-            || has("description")
-            || has("remarks")
-            || has("message")
-            || has("text")
-        {
-            Kind::FreeText
-        } else {
-            return None;
-        },
-    )
+    let any = |ws: &[&str]| ws.iter().any(|w| has(w));
+    const PERSON: [&str; 15] = [
+        "customer",
+        "client",
+        "first",
+        "last",
+        "given",
+        "family",
+        "middle",
+        "holder",
+        "person",
+        "beneficiary",
+        "contact",
+        "employee",
+        "trader",
+        "user",
+        "maiden",
+    ];
+    // First match wins: the most specific names come first.
+    let rules = [
+        (
+            Kind::Email,
+            any(&["email", "mail"]) || joined.contains("e_mail"),
+        ),
+        (Kind::Iban, has("iban")),
+        (
+            Kind::CardPan,
+            any(&["pan", "cc", "ccn"])
+                || joined.contains("card_number")
+                || (has("card") && !any(&["type", "brand"])),
+        ),
+        (Kind::Isin, has("isin")),
+        (Kind::Lei, has("lei")),
+        (Kind::Bic, any(&["bic", "swift"])),
+        (
+            Kind::Phone,
+            any(&["phone", "tel", "telephone", "mobile", "msisdn"]),
+        ),
+        (
+            Kind::DateOfBirth,
+            any(&["dob", "birth", "birthdate", "birthday"]),
+        ),
+        (
+            Kind::NationalId,
+            any(&["ssn", "nino", "passport"])
+                || joined.contains("national_id")
+                || joined.contains("tax_id")
+                || (has("tin") && has("tax")),
+        ),
+        (Kind::IpAddress, has("ip") || joined.contains("remote_addr")),
+        (
+            Kind::PostalAddress,
+            any(&["address", "street", "postcode", "zip", "postal"]),
+        ),
+        (
+            Kind::AccountNumber,
+            any(&["account", "acct"]) && !any(&["type", "token"]),
+        ),
+        (
+            Kind::PersonName,
+            any(&["surname", "forename"])
+                || joined == "name"
+                || joined == "full_name"
+                || (has("name") && any(&PERSON)),
+        ),
+        (
+            Kind::FreeText,
+            any(&[
+                "notes",
+                "note",
+                "comment",
+                "comments",
+                "memo",
+                "description",
+                "remarks",
+                "message",
+                "text",
+            ]),
+        ),
+    ];
+    rules.into_iter().find(|(_, hit)| *hit).map(|(k, _)| k)
 }
 
 /// The classification of one column.

@@ -9,3 +9,4 @@
 pub mod detect;
 pub mod keyring;
 pub mod ops;
+pub mod plan;

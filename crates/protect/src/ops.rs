@@ -296,9 +296,10 @@ pub fn district(v: &str) -> String {
     {
         return out.to_string();
     }
-    let uk = v.len() >= 5 && v.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+    let n = v.chars().count();
+    let uk = v.is_ascii() && n >= 5 && v.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
     if uk {
-        v[..v.len() - 3].to_string()
+        v.chars().take(n - 3).collect()
     } else {
         v.chars().take(3).collect()
     }

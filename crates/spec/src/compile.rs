@@ -304,6 +304,28 @@ pub struct Sink {
     pub root_source: String,
     pub audience: Audience,
     pub target: Target,
+    /// Line and column of the sink in the spec.
+    pub at: (u64, u64),
+}
+
+impl Audience {
+    pub fn name(self) -> &'static str {
+        match self {
+            Audience::Public => "public",
+            Audience::Analyst => "analyst",
+            Audience::Internal => "internal",
+            Audience::Restricted => "restricted",
+        }
+    }
+    /// May this audience receive raw values tagged `tag`? Personal and financial data go to
+    /// `restricted` sinks only; proprietary data to `internal` and `restricted`.
+    pub fn cleared_for(self, tag: Tag) -> bool {
+        match tag {
+            Tag::None => true,
+            Tag::Proprietary => self >= Audience::Internal,
+            Tag::Financial | Tag::Pii => self == Audience::Restricted,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -524,6 +546,7 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
                 root_source: root,
                 audience,
                 target: t,
+                at: (s.line, s.column),
             });
         }
     }
