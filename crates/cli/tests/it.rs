@@ -1138,3 +1138,139 @@ fn a_closed_stdout_ends_quietly_instead_of_panicking() {
         out.status
     );
 }
+
+/// Per-subject keys, decryption on the record, crypto-shredding: after `keys shred`, that
+/// customer's values cannot be decrypted by anyone, every other customer's still can, the
+/// ledger still verifies, and both the decryption and the shredding are ledger entries.
+#[test]
+fn decrypt_is_recorded_and_shredding_forgets_one_subject() {
+    let (dir, spec) = project("customers.yaml", 2000);
+    run_ok(bin().arg("run").arg(&spec));
+    let home = dir.path().join(".sealtrail");
+    let d = dir.path().display();
+    let rows = py(&format!(
+        r#"
+import pyarrow.parquet as pq
+t = pq.read_table('{d}/out/customers').to_pylist()
+r = [x for x in t if x['email_enc'] and x['name_enc']][:2]
+for x in r: print(x['customer_id'], x['email_enc'], x['name_enc'])
+"#
+    ));
+    let rows: Vec<Vec<&str>> = rows.lines().map(|l| l.split(' ').collect()).collect();
+    let (a, b) = (&rows[0], &rows[1]);
+    assert!(a[1].starts_with("st1:subject:"), "{a:?}");
+    let dec = |v: &str| {
+        bin()
+            .args(["decrypt", "--reason", "fraud case 7", "--by", "auditor-1", "--home"])
+            .arg(&home)
+            .arg(v)
+            .output()
+            .unwrap()
+    };
+    let out = dec(a[1]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let email = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(email.contains('@') && !email.contains("st1:"), "{email}");
+    let shred = run_ok(
+        bin()
+            .args(["keys", "shred", a[0], "--by", "dpo", "--home"])
+            .arg(&home),
+    );
+    assert!(shred.contains("shredded the key of subject:"), "{shred}");
+    assert!(!shred.contains(a[0]), "the subject id is not echoed: {shred}");
+    for v in [a[1], a[2]] {
+        let out = dec(v);
+        assert_eq!(out.status.code(), Some(3));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("shredded"));
+    }
+    assert!(dec(b[1]).status.success(), "another subject is untouched");
+    // A new run never re-creates the shredded subject's key: its values are written as null.
+    let v = run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
+    assert!(v.starts_with("verified:"), "{v}");
+    let keys = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "key_event", "--home"])
+            .arg(&home),
+    );
+    assert!(keys.contains("decrypt") && keys.contains("shred"), "{keys}");
+    let access = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "data_access", "--home"])
+            .arg(&home),
+    );
+    assert!(access.contains("fraud case 7"), "{access}");
+    // The keyring holds no subject id and no key in clear.
+    let ring = std::fs::read_to_string(home.join("keyring.json")).unwrap();
+    assert!(!ring.contains(&format!("\"{}\"", a[0])) && !ring.contains(&email));
+}
+
+/// "Push, don't pull": check rejects a sensitive column without a policy, and a raw
+/// sensitive column reaching an audience not cleared for it, naming the path from source to
+/// sink; a run refuses the same spec, and one whose data turns out sensitive, before writing.
+#[test]
+fn release_check_names_the_path_and_runs_refuse_what_check_refuses() {
+    let (dir, spec) = project("customers.yaml", 500);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let check = |t: &str| {
+        std::fs::write(&spec, t).unwrap();
+        let out = bin().arg("check").arg(&spec).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // A raw phone number, computed into another column, for analysts.
+    let leaky = text
+        .replace(
+            "{ column: phone, action: mask, digits_only: true, keep_last: 2, as: phone_masked }",
+            "{ column: phone, action: keep, as: phone_masked }",
+        )
+        .replace("phone_masked, card_masked", "concat(country, phone_masked) AS contact, card_masked");
+    let (code, err) = check(&leaky);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("sink `customers` (audience analyst) would receive `contact` unprotected: pii (phone) data, via customers.phone_masked -> customers_by_country.contact -> sink customers.contact"),
+        "{err}"
+    );
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!dir.path().join("out").exists(), "nothing written");
+    // The same column for a restricted audience is fine.
+    let (code, err) = check(&leaky.replace("audience: analyst", "audience: restricted"));
+    assert_eq!(code, Some(0), "{err}");
+    // No policy for a card number column.
+    let (code, err) = check(&text.replace(
+        "      - { column: card_pan, action: mask, keep_first: 6, keep_last: 4, as: card_masked }\n",
+        "",
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("column `card_pan` holds card_pan (financial"), "{err}");
+    assert!(err.contains("hint: add a policy under `protect:`"), "{err}");
+    // A column whose name says nothing but whose values are emails: check (names only) passes,
+    // the run samples the values and refuses before writing anything.
+    let sneaky = text
+        .replace("{ name: country }", "{ name: country }\n      - { name: ref }")
+        .replace("{ column: email, action: encrypt", "{ column: email, action: encrypt");
+    std::fs::write(&spec, &sneaky).unwrap();
+    let data = dir.path().join("data");
+    for f in std::fs::read_dir(&data).unwrap() {
+        let p = f.unwrap().path();
+        if p.extension().is_some_and(|x| x == "jsonl") {
+            let body = std::fs::read_to_string(&p).unwrap();
+            let out: String = body
+                .lines()
+                .enumerate()
+                .map(|(i, l)| match l.strip_suffix('}') {
+                    Some(x) => format!("{x}, \"ref\": \"person{i}@example.com\"}}\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect();
+            std::fs::write(&p, out).unwrap();
+        }
+    }
+    let (code, err) = check(&sneaky);
+    assert_eq!(code, Some(0), "{err}");
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("column `ref` holds email"), "{err}");
+    assert!(!err.contains("@example.com"), "no value in the message: {err}");
+    assert!(!dir.path().join("out/customers").exists(), "nothing written");
+}
