@@ -70,6 +70,11 @@ fn python() -> Command {
 }
 
 fn py(script: &str) -> String {
+    // Some deltalake/pyarrow builds abort in thread teardown at interpreter exit, after the
+    // script succeeded; leave at once when it is done (a failed assertion exits before this).
+    let script =
+        format!("{script}\nimport os as _os, sys as _sys\n_sys.stdout.flush()\n_os._exit(0)\n");
+    let script = script.as_str();
     let out = python().args(["-c", script]).output().expect("python3");
     assert!(
         out.status.success(),
@@ -1161,14 +1166,25 @@ for x in r: print(x['customer_id'], x['email_enc'], x['name_enc'])
     assert!(a[1].starts_with("st1:subject:"), "{a:?}");
     let dec = |v: &str| {
         bin()
-            .args(["decrypt", "--reason", "fraud case 7", "--by", "auditor-1", "--home"])
+            .args([
+                "decrypt",
+                "--reason",
+                "fraud case 7",
+                "--by",
+                "auditor-1",
+                "--home",
+            ])
             .arg(&home)
             .arg(v)
             .output()
             .unwrap()
     };
     let out = dec(a[1]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let email = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(email.contains('@') && !email.contains("st1:"), "{email}");
     let shred = run_ok(
@@ -1177,7 +1193,10 @@ for x in r: print(x['customer_id'], x['email_enc'], x['name_enc'])
             .arg(&home),
     );
     assert!(shred.contains("shredded the key of subject:"), "{shred}");
-    assert!(!shred.contains(a[0]), "the subject id is not echoed: {shred}");
+    assert!(
+        !shred.contains(a[0]),
+        "the subject id is not echoed: {shred}"
+    );
     for v in [a[1], a[2]] {
         let out = dec(v);
         assert_eq!(out.status.code(), Some(3));
@@ -1214,7 +1233,10 @@ fn release_check_names_the_path_and_runs_refuse_what_check_refuses() {
     let check = |t: &str| {
         std::fs::write(&spec, t).unwrap();
         let out = bin().arg("check").arg(&spec).output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     // A raw phone number, computed into another column, for analysts.
     let leaky = text
@@ -1222,7 +1244,10 @@ fn release_check_names_the_path_and_runs_refuse_what_check_refuses() {
             "{ column: phone, action: mask, digits_only: true, keep_last: 2, as: phone_masked }",
             "{ column: phone, action: keep, as: phone_masked }",
         )
-        .replace("phone_masked, card_masked", "concat(country, phone_masked) AS contact, card_masked");
+        .replace(
+            "phone_masked, card_masked",
+            "concat(country, phone_masked) AS contact, card_masked",
+        );
     let (code, err) = check(&leaky);
     assert_eq!(code, Some(2), "{err}");
     assert!(
@@ -1241,13 +1266,22 @@ fn release_check_names_the_path_and_runs_refuse_what_check_refuses() {
         "",
     ));
     assert_eq!(code, Some(2));
-    assert!(err.contains("column `card_pan` holds card_pan (financial"), "{err}");
+    assert!(
+        err.contains("column `card_pan` holds card_pan (financial"),
+        "{err}"
+    );
     assert!(err.contains("hint: add a policy under `protect:`"), "{err}");
     // A column whose name says nothing but whose values are emails: check (names only) passes,
     // the run samples the values and refuses before writing anything.
     let sneaky = text
-        .replace("{ name: country }", "{ name: country }\n      - { name: ref }")
-        .replace("{ column: email, action: encrypt", "{ column: email, action: encrypt");
+        .replace(
+            "{ name: country }",
+            "{ name: country }\n      - { name: ref }",
+        )
+        .replace(
+            "{ column: email, action: encrypt",
+            "{ column: email, action: encrypt",
+        );
     std::fs::write(&spec, &sneaky).unwrap();
     let data = dir.path().join("data");
     for f in std::fs::read_dir(&data).unwrap() {
@@ -1271,6 +1305,122 @@ fn release_check_names_the_path_and_runs_refuse_what_check_refuses() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("column `ref` holds email"), "{err}");
-    assert!(!err.contains("@example.com"), "no value in the message: {err}");
-    assert!(!dir.path().join("out/customers").exists(), "nothing written");
+    assert!(
+        !err.contains("@example.com"),
+        "no value in the message: {err}"
+    );
+    assert!(
+        !dir.path().join("out/customers").exists(),
+        "nothing written"
+    );
+}
+
+/// Keys and credentials never appear in logs (at every level), errors, the ledger or the
+/// keyring, and a malformed key is refused without being echoed.
+#[test]
+fn secrets_never_reach_logs_errors_or_the_ledger() {
+    let (dir, spec) = project("reference_trades.yaml", 300);
+    std::fs::rename(
+        dir.path().join("data/trades_300.csv"),
+        dir.path().join("data/trades_a.csv"),
+    )
+    .unwrap();
+    let master = "ab".repeat(32);
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("SEALTRAIL_LOG", "trace")
+        .env("SEALTRAIL_MASTER_KEY", &master)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut seen = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(seen.len() > 1000, "trace logging produced output");
+    seen.push_str(&String::from_utf8_lossy(&out.stdout));
+    // A malformed key: the error names the variable, not the value.
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("SEALTRAIL_MASTER_KEY", &master)
+        .env("PEERS_AES_KEY", "0123456789abcdef-not-hex-S3CRET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        err.contains("PEERS_AES_KEY") && !err.contains("S3CRET"),
+        "{err}"
+    );
+    seen.push_str(&err);
+    // Everything sealtrail wrote in its home (ledger, keyring, state).
+    let mut stack = vec![dir.path().join(".sealtrail")];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                seen.push_str(&String::from_utf8_lossy(&std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    for secret in [PEERS_HMAC_KEY, PEERS_AES_KEY, master.as_str(), "S3CRET"] {
+        assert!(!seen.contains(secret), "a secret leaked");
+    }
+}
+
+/// Keys rotate: after `keys rotate`, new ciphertexts name the new version and the old ones
+/// still decrypt; deterministic keys refuse rotation with a reason.
+#[test]
+fn encryption_keys_rotate_and_old_values_stay_readable() {
+    let (dir, spec) = project("trades.yaml", 300);
+    let home = dir.path().join(".sealtrail");
+    run_ok(bin().arg("run").arg(&spec));
+    let d = dir.path().display();
+    let first = |table: &str| {
+        py(&format!(
+            "import deltalake\nt = deltalake.DeltaTable('{d}/out/{table}').to_pyarrow_table()\nprint(sorted(x for x in t.column('email_enc').to_pylist() if x)[0])"
+        ))
+    };
+    let old = first("trades_clean");
+    assert!(old.starts_with("st1:email@1:"), "{old}");
+    let r = run_ok(bin().args(["keys", "rotate", "email", "--home"]).arg(&home));
+    assert!(r.contains("email@2"), "{r}");
+    let out = bin()
+        .args(["keys", "rotate", "token-account", "--home"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("deterministic"));
+    // New data under the new version.
+    run_ok(
+        bin()
+            .args(["generate", "--rows", "200", "--seed", "7", "--dir"])
+            .arg(dir.path().join("data2")),
+    );
+    for f in std::fs::read_dir(dir.path().join("data2")).unwrap() {
+        let p = f.unwrap().path();
+        let name = p
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace("trades_", "trades_new_");
+        std::fs::rename(&p, dir.path().join("data").join(name)).unwrap();
+    }
+    run_ok(bin().arg("run").arg(&spec));
+    let all = py(&format!(
+        "import deltalake\nt = deltalake.DeltaTable('{d}/out/trades_clean').to_pyarrow_table()\nprint(len([x for x in t.column('email_enc').to_pylist() if x and x.startswith('st1:email@2:')]))"
+    ));
+    assert!(all.parse::<u64>().unwrap() > 100, "{all}");
+    let v = run_ok(
+        bin()
+            .args(["decrypt", "--reason", "rotation test", "--home"])
+            .arg(&home)
+            .arg(&old),
+    );
+    assert!(v.trim().contains('@'), "{v}");
 }
