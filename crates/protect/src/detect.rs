@@ -118,7 +118,12 @@ fn is_phone(s: &str) -> bool {
         .split(|c: char| !c.is_ascii_digit())
         .filter(|g| !g.is_empty())
         .count();
-    s.starts_with('+') || s.starts_with('(') || groups >= 3 || (groups == 2 && s.contains(' '))
+    // Grouped numbers without a country or area prefix need ten digits: `12-345-6789` is as
+    // likely a reference code.
+    s.starts_with('+')
+        || s.starts_with('(')
+        || (groups >= 3 && n >= 10)
+        || (groups == 2 && s.contains(' '))
 }
 
 /// A date of birth: a real date, between 100 and 16 years ago.
@@ -428,6 +433,22 @@ pub fn classify_column<S: AsRef<str>>(name: &str, sample: &[S]) -> Classificatio
                 if named { ", and so says the name" } else { "" }
             ),
         );
+    }
+    if let Some((k, c)) = best
+        && share(c) >= 0.5
+    {
+        return Classification::of(k, 0.7, format!("{} of {n} values are valid {k}", pct(c)));
+    }
+    // Addresses are recognisable by a house number and a street word.
+    if hint.is_none() {
+        let c = values.iter().filter(|v| ADDRESS.is_match(v)).count();
+        if share(c) >= 0.6 {
+            return Classification::of(
+                Kind::PostalAddress,
+                0.75,
+                format!("{} of {n} values look like street addresses", pct(c)),
+            );
+        }
     }
     // Free text: sensitive spans embedded in longer text.
     let texty = values

@@ -6,6 +6,7 @@
 //! - [`plan`]: a source's policies resolved against its classification, applied to batches,
 //!   and the tags each output column carries (for the release check).
 
+pub mod corpus;
 pub mod detect;
 pub mod keyring;
 pub mod ops;
