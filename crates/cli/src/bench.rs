@@ -21,6 +21,36 @@ pub struct BenchArgs {
     /// Work folder (emptied first).
     #[arg(long, default_value = "target/bench-work")]
     work: PathBuf,
+    /// `on`: the reference job with A.4 protection (tokens, AES-GCM, masks, redaction,
+    /// digests). `off`: the same checks and columns delivered raw to a restricted sink.
+    #[arg(long, default_value = "on")]
+    protection: String,
+}
+
+/// The reference job without protection: every sensitive column kept raw (restricted sink).
+fn without_protection(spec: &str) -> String {
+    let start = spec.find("    protect:\n").unwrap_or(spec.len());
+    let end = spec.find("transforms:\n").unwrap_or(spec.len());
+    let keep: String = [
+        "account_iban",
+        "customer_name",
+        "customer_email",
+        "customer_phone",
+        "card_pan",
+        "notes",
+        "counterparty_lei",
+    ]
+    .iter()
+    .map(|c| format!("      - {{ column: {c}, action: keep }}\n"))
+    .collect();
+    let sql = "  clean:\n    sql: |\n      SELECT trade_id, trade_ts, trade_date, account_iban, customer_email,\n             customer_phone, card_pan, isin, side, quantity, price, currency, venue_mic,\n             trader_id, counterparty_lei, notes, record_digest\n      FROM trades\nsinks:\n";
+    let after = &spec[end..];
+    let sinks = after.find("sinks:\n").map_or("", |i| &after[i + 7..]);
+    format!(
+        "{}    protect:\n{keep}transforms:\n{sql}{}",
+        &spec[..start],
+        sinks.replace("audience: internal", "audience: restricted")
+    )
 }
 
 fn peak_rss_mib() -> f64 {
@@ -47,12 +77,26 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&a.work);
     std::fs::create_dir_all(&a.work)?;
     let work = std::path::absolute(&a.work)?;
-    let spec_text = include_str!("../../../examples/trades.yaml")
+    // The reference keys come from the environment (WORKLOAD.md A.2); without them the
+    // benchmark uses fixed test-only keys written to files in the work folder.
+    let mut spec_text = include_str!("../../../examples/reference_trades.yaml")
         .replace("data/trades_*.csv", &csv.display().to_string())
         .replace(
-            "delta: { path: out/trades_clean }",
+            "parquet: { path: out/clean.parquet }",
             &format!("{}: {{ path: out/clean }}", a.sink),
         );
+    for (var, fill) in [("PEERS_HMAC_KEY", "11"), ("PEERS_AES_KEY", "22")] {
+        if std::env::var_os(var).is_none() {
+            let f = work.join(var.to_lowercase());
+            std::fs::write(&f, fill.repeat(32))?;
+            spec_text = spec_text.replace(&format!("env:{var}"), &format!("file:{}", f.display()));
+        }
+    }
+    let spec_text = match a.protection.as_str() {
+        "on" => spec_text,
+        "off" => without_protection(&spec_text),
+        other => bail!("--protection must be on or off, not `{other}`"),
+    };
     let spec_path = work.join("bench.yaml");
     std::fs::write(&spec_path, spec_text)?;
     let p = sealtrail_spec::load(&spec_path)?;
@@ -80,10 +124,11 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         r.counts.rows_quarantined
     );
     outln!(
-        "seconds {secs:.2}  rows/s {:.0}  peak RSS {:.0} MiB  sink {}",
+        "seconds {secs:.2}  rows/s {:.0}  peak RSS {:.0} MiB  sink {}  protection {}",
         rows / secs,
         peak_rss_mib(),
-        a.sink
+        a.sink,
+        a.protection
     );
     let want = &m["expected"]["quarantine_by_reason"];
     let mut ok = r.counts.rows_in == m["expected"]["rows_in"].as_u64().unwrap_or(0);

@@ -1424,3 +1424,35 @@ fn encryption_keys_rotate_and_old_values_stay_readable() {
     );
     assert!(v.trim().contains('@'), "{v}");
 }
+
+/// The benchmark command runs the reference job with protection on and off, and checks the
+/// quarantine against the generator's manifest both times (the figures come from release
+/// builds; this only checks that both variants run and balance).
+#[test]
+fn bench_runs_the_reference_job_with_and_without_protection() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = python()
+        .arg(root().join("bench/gen_trades.py"))
+        .args(["3000", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    for p in ["on", "off"] {
+        let out = run_ok(
+            bin()
+                .args(["bench", "--protection", p, "--csv"])
+                .arg(dir.path().join("trades_3000.csv"))
+                .arg("--work")
+                .arg(dir.path().join(format!("work-{p}")))
+                .env_remove("PEERS_HMAC_KEY")
+                .env_remove("PEERS_AES_KEY"),
+        );
+        assert!(out.contains(&format!("protection {p}")), "{out}");
+        assert!(out.contains("rows_in 3000"), "{out}");
+    }
+}
