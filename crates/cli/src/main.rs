@@ -90,6 +90,11 @@ enum Cmd {
         /// Records to sample from each source's first input.
         #[arg(long, default_value_t = 1000)]
         rows: usize,
+        /// Show instead the classification the last run stored with the dataset.
+        #[arg(long)]
+        stored: bool,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// The keyring: list keys, rotate an encryption key, shred a data subject's key.
     Keys {
@@ -291,7 +296,46 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Classify { spec, rows } => protect_cmd::classify(&spec, rows),
+        Cmd::Classify {
+            spec,
+            rows,
+            stored: false,
+            ..
+        } => protect_cmd::classify(&spec, rows),
+        Cmd::Classify { spec, state, .. } => {
+            let p = sealtrail_spec::load(&spec)?;
+            let home = state.home(Some(&spec));
+            let st = sealtrail_engine::state::StateStore::open(&state.url(&home)).await?;
+            let rows = st.classifications(&p.name).await?;
+            if rows.is_empty() {
+                anyhow::bail!(
+                    "no stored classification for pipeline `{}`: it has not run yet with this state store",
+                    p.name
+                );
+            }
+            outln!(
+                "{:<12} {:<20} {:<12} {:<15} {:>5}  {:<38} evidence",
+                "source",
+                "column",
+                "tag",
+                "kind",
+                "conf",
+                "run"
+            );
+            for r in rows {
+                outln!(
+                    "{:<12} {:<20} {:<12} {:<15} {:>5.2}  {:<38} {}",
+                    r.source,
+                    r.column,
+                    r.tag,
+                    r.kind.as_deref().unwrap_or("-"),
+                    r.confidence,
+                    r.run_id,
+                    r.evidence
+                );
+            }
+            Ok(())
+        }
         Cmd::Keys { home, ledger, cmd } => protect_cmd::keys(
             &home.unwrap_or_else(|| PathBuf::from(".sealtrail")),
             &ledger,
@@ -302,6 +346,27 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             &ledger,
             args,
         ),
+        Cmd::Quarantine {
+            home,
+            ledger,
+            cmd: protect_cmd::QuarantineCmd::Replay { spec, source, file },
+        } => {
+            let home = home.unwrap_or_else(|| {
+                spec.parent()
+                    .map(|d| d.join(".sealtrail"))
+                    .unwrap_or_else(|| PathBuf::from(".sealtrail"))
+            });
+            let p = protect_cmd::replay_pipeline(&spec, &source, &file, &home.join("replay"))?;
+            let url = StateArgs {
+                home: Some(home.clone()),
+                state_url: None,
+                ledger: ledger.clone(),
+            }
+            .url(&home);
+            let report = run_pipeline(&p, &home, &ledger, &url, false).await?;
+            print_report(&report);
+            Ok(())
+        }
         Cmd::Quarantine { home, ledger, cmd } => protect_cmd::quarantine(
             &home.unwrap_or_else(|| PathBuf::from(".sealtrail")),
             &ledger,

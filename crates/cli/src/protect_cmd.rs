@@ -58,6 +58,18 @@ pub enum KeysCmd {
         #[arg(long)]
         by: Option<String>,
     },
+    /// Re-encrypt a Parquet output's `st1:` values under the active version of their key
+    /// (after `rotate`), file by file, each replaced atomically. Values of shredded subjects
+    /// stay as they are (unreadable).
+    Reencrypt {
+        /// A Parquet sink folder.
+        path: PathBuf,
+        /// The encrypted column(s).
+        #[arg(long, required = true, num_args = 1..)]
+        column: Vec<String>,
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Destroy a data subject's key: their encrypted values can no longer be decrypted by anyone.
     Shred {
         /// The subject's id, as it appears in the policy's `subject:` column.
@@ -100,6 +112,22 @@ pub fn keys(home: &Path, la: &LedgerArgs, cmd: KeysCmd) -> Result<()> {
             )?;
             outln!("{name}: new writes use {id} (rotated by {who}; recorded in the ledger)");
         }
+        KeysCmd::Reencrypt { path, column, by } => {
+            let (files, values, keys) = reencrypt(&mut ring, &path, &column)?;
+            let (who, h) = actor(&by);
+            let events = keys
+                .iter()
+                .map(|id| Event::KeyEvent {
+                    key_id: id.clone(),
+                    action: "reencrypt".into(),
+                    actor: h,
+                })
+                .collect();
+            record(home, la, events)?;
+            outln!(
+                "re-encrypted {values} value(s) in {files} file(s) under the active keys (by {who}; recorded in the ledger)"
+            );
+        }
         KeysCmd::Shred { subject, by } => {
             let (h, had) = ring.shred(&subject)?;
             let (who, a) = actor(&by);
@@ -124,6 +152,91 @@ pub fn keys(home: &Path, la: &LedgerArgs, cmd: KeysCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Rewrites each Parquet file of `dir` whose `columns` hold values under a non-active key
+/// version. Returns (files rewritten, values re-encrypted, old key ids).
+fn reencrypt(
+    ring: &mut Keyring,
+    dir: &Path,
+    columns: &[String],
+) -> Result<(usize, u64, Vec<String>)> {
+    use arrow::array::{Array, AsArray, StringBuilder};
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "parquet")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    let (mut nfiles, mut nvalues) = (0usize, 0u64);
+    let mut old_ids = std::collections::BTreeSet::new();
+    for f in files {
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&f)?,
+        )?;
+        let schema = reader.schema().clone();
+        for c in columns {
+            if schema.field_with_name(c).is_err() {
+                bail!("{} has no column `{c}`", f.display());
+            }
+        }
+        let mut out = Vec::new();
+        let mut changed = 0u64;
+        for b in reader.build()? {
+            let b = b?;
+            let mut cols = b.columns().to_vec();
+            for c in columns {
+                let i = schema.index_of(c)?;
+                let a = b.column(i).as_string::<i32>();
+                let mut nb = StringBuilder::with_capacity(a.len(), a.values().len());
+                let mut text = String::new();
+                for r in 0..a.len() {
+                    if a.is_null(r) {
+                        nb.append_null();
+                        continue;
+                    }
+                    let v = a.value(r);
+                    let Some(id) = key_id_of(v.as_bytes()) else {
+                        nb.append_value(v);
+                        continue;
+                    };
+                    let name = id.rsplit_once('@').map(|(n, _)| n.to_string());
+                    let active = match &name {
+                        Some(n) if !id.starts_with("subject:") => {
+                            Some(ring.active(n, sealtrail_protect::keyring::Purpose::Encrypt)?)
+                        }
+                        _ => None,
+                    };
+                    match active {
+                        Some((new_id, new_key)) if new_id != id => {
+                            let plain = Sealer::new(id, &ring.by_id(id)?)
+                                .open(v)
+                                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+                            text.clear();
+                            Sealer::new(&new_id, &new_key).seal(&plain, &mut text);
+                            nb.append_value(&text);
+                            old_ids.insert(id.to_string());
+                            changed += 1;
+                        }
+                        _ => nb.append_value(v),
+                    }
+                }
+                cols[i] = std::sync::Arc::new(nb.finish());
+            }
+            out.push(arrow::array::RecordBatch::try_new(schema.clone(), cols)?);
+        }
+        if changed > 0 {
+            sealtrail_connectors::sink::write_parquet_atomically(&f, &schema, &out)?;
+            nfiles += 1;
+            nvalues += changed;
+        }
+    }
+    Ok((nfiles, nvalues, old_ids.into_iter().collect()))
 }
 
 #[derive(clap::Args, Debug)]
@@ -317,6 +430,20 @@ pub enum QuarantineCmd {
         reason: String,
         #[arg(long)]
         by: Option<String>,
+        /// Write the raw records to this file (one per line, mode 0600) for repair, instead
+        /// of printing them.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Load repaired records: FILE holds them in the source's format, one per line (no CSV
+    /// header). They go through the source's checks, protection, transforms and sinks as a
+    /// run of `<pipeline>-replay`, recorded in the ledger like any run.
+    Replay {
+        spec: PathBuf,
+        /// The source the records belong to.
+        #[arg(long)]
+        source: String,
+        file: PathBuf,
     },
 }
 
@@ -385,12 +512,14 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
             }
             outln!("{} quarantined record(s)", rows.len());
         }
+        QuarantineCmd::Replay { .. } => unreachable!("dispatched by main (it runs a pipeline)"),
         QuarantineCmd::Show {
             path,
             line,
             key,
             reason,
             by,
+            out,
         } => {
             if reason.trim().is_empty() {
                 bail!("--reason must say why the raw records are needed");
@@ -433,6 +562,21 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
                 rows: shown.len() as u64,
             });
             record(home, la, events)?;
+            if let Some(out) = out {
+                let mut o = std::fs::OpenOptions::new();
+                o.write(true).create_new(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+                let mut f = o
+                    .open(&out)
+                    .with_context(|| format!("creating {} (it must not exist)", out.display()))?;
+                for (_, plain) in &shown {
+                    std::io::Write::write_all(&mut f, plain)?;
+                    std::io::Write::write_all(&mut f, b"\n")?;
+                }
+                outln!("wrote {} raw record(s) to {}", shown.len(), out.display());
+                return Ok(());
+            }
             for (q, plain) in shown {
                 outln!(
                     "{}:{} [{}] {}",
@@ -448,4 +592,53 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The pipeline narrowed to one source, reading `file` (repaired records, plus the header a
+/// CSV source expects), under the name `<pipeline>-replay`.
+pub fn replay_pipeline(
+    spec: &Path,
+    source: &str,
+    file: &Path,
+    work: &Path,
+) -> Result<sealtrail_spec::Pipeline> {
+    use sealtrail_spec::SourceConnector as C;
+    let mut p = sealtrail_spec::load(spec)?;
+    let Some(s) = p.sources.iter_mut().find(|s| s.name == source) else {
+        let names: Vec<&str> = p.sources.iter().map(|s| s.name.as_str()).collect();
+        bail!(
+            "the spec has no source `{source}`; its sources: {}",
+            names.join(", ")
+        );
+    };
+    let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    std::fs::create_dir_all(work)?;
+    let input = work.join(format!("replay-{}", sealtrail_core::RunId::new()));
+    let mut text = Vec::new();
+    let files = match &mut s.connector {
+        C::Csv(o) => {
+            if o.header {
+                let names: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
+                text.extend(names.join(&(o.delimiter as char).to_string()).as_bytes());
+                text.push(b'\n');
+            }
+            &mut o.files
+        }
+        C::Jsonl(f) => f,
+        C::Parquet(_) | C::Postgres(_) => {
+            bail!("replay reads repaired records as text lines: CSV and JSON Lines sources only")
+        }
+    };
+    text.extend(&body);
+    std::fs::write(&input, &text)?;
+    files.pattern = input.display().to_string();
+    files.incremental = false;
+    p.sources.retain(|s| s.name == source);
+    p.transforms.retain(|t| t.root_source == source);
+    p.sinks.retain(|k| k.root_source == source);
+    p.name = format!("{}-replay", p.name);
+    p.spec_sha256 = sealtrail_core::sha256_hex(
+        format!("{}{}", p.spec_sha256, sealtrail_core::sha256_hex(&text)).as_bytes(),
+    );
+    Ok(p)
 }

@@ -193,6 +193,20 @@ fn reference_job_matches_workload_a4_value_for_value() {
     )
     .unwrap();
     let (rin, loaded, q) = counts(&out);
+    // The classification the run acted on is stored with the dataset.
+    let stored = run_ok(bin().args(["classify", "--stored"]).arg(&spec));
+    assert!(
+        stored
+            .lines()
+            .any(|l| l.contains("card_pan") && l.contains("financial")),
+        "{stored}"
+    );
+    let live = run_ok(bin().arg("classify").arg(&spec));
+    assert!(
+        live.lines()
+            .any(|l| l.contains("notes") && l.contains("free_text") && l.contains("redact")),
+        "{live}"
+    );
     assert_eq!(rin, m["expected"]["rows_in"].as_u64().unwrap());
     assert_eq!(loaded, m["expected"]["rows_valid"].as_u64().unwrap());
     assert_eq!(q, m["expected"]["rows_quarantined"].as_u64().unwrap());
@@ -1423,6 +1437,33 @@ fn encryption_keys_rotate_and_old_values_stay_readable() {
             .arg(&old),
     );
     assert!(v.trim().contains('@'), "{v}");
+    // Re-encrypting the Parquet copy of the analysts' table is not needed (no email there);
+    // the customers' Parquet output is re-encrypted after rotating its key.
+    let (cdir, cspec) = project("customers.yaml", 300);
+    let chome = cdir.path().join(".sealtrail");
+    let cspec_text = std::fs::read_to_string(&cspec).unwrap().replace(
+        "{ column: email, action: encrypt, subject: customer_id, as: email_enc }",
+        "{ column: email, action: encrypt, key: contact, as: email_enc }",
+    );
+    std::fs::write(&cspec, cspec_text).unwrap();
+    run_ok(bin().arg("run").arg(&cspec));
+    run_ok(
+        bin()
+            .args(["keys", "rotate", "contact", "--home"])
+            .arg(&chome),
+    );
+    let r = run_ok(
+        bin()
+            .args(["keys", "reencrypt", "--column", "email_enc", "--home"])
+            .arg(&chome)
+            .arg(cdir.path().join("out/customers")),
+    );
+    assert!(r.starts_with("re-encrypted "), "{r}");
+    let cd = cdir.path().display();
+    let ids = py(&format!(
+        "import pyarrow.parquet as pq\nt = pq.read_table('{cd}/out/customers')\nprint(sorted(set(x.split(':')[1] for x in t.column('email_enc').to_pylist() if x)))"
+    ));
+    assert_eq!(ids, "['contact@2']");
 }
 
 /// The benchmark command runs the reference job with protection on and off, and checks the
@@ -1455,4 +1496,70 @@ fn bench_runs_the_reference_job_with_and_without_protection() {
         assert!(out.contains(&format!("protection {p}")), "{out}");
         assert!(out.contains("rows_in 3000"), "{out}");
     }
+}
+
+/// Quarantine repair loop: list (positions and reasons only), export the raw records of chosen
+/// lines (decrypted, recorded in the ledger), repair them, replay them through the source's
+/// checks, protection and sinks.
+#[test]
+fn quarantined_records_are_listed_exported_repaired_and_replayed() {
+    let (dir, spec) = project("trades.yaml", 2000);
+    run_ok(bin().arg("run").arg(&spec));
+    let q = dir.path().join("out/quarantine/trades");
+    let home = dir.path().join(".sealtrail");
+    let list = run_ok(
+        bin()
+            .args(["quarantine", "list", "--limit", "1000"])
+            .arg(&q),
+    );
+    let lines: Vec<String> = list
+        .lines()
+        .filter(|l| l.contains("unknown_currency"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+        .collect();
+    assert!(!lines.is_empty(), "{list}");
+    assert!(!list.contains('@'), "no content in the listing: {list}");
+    let fix = dir.path().join("fix.csv");
+    let mut cmd = bin();
+    cmd.args(["quarantine", "show", "--reason", "repair", "--home"])
+        .arg(&home)
+        .arg(&q)
+        .arg("--out")
+        .arg(&fix)
+        .arg("--line");
+    cmd.args(&lines);
+    run_ok(&mut cmd);
+    let f = fix.display();
+    py(&format!(
+        r#"
+import csv, io
+rows = list(csv.reader(io.StringIO(open('{f}', encoding='utf-8').read())))
+out = io.StringIO()
+w = csv.writer(out, lineterminator='\n')
+for r in rows:
+    r[12] = 'USD'
+    w.writerow(r)
+open('{f}', 'w', encoding='utf-8').write(out.getvalue())
+"#
+    ));
+    let out = run_ok(
+        bin()
+            .args(["quarantine", "replay", "--source", "trades", "--home"])
+            .arg(&home)
+            .arg(&spec)
+            .arg(&fix),
+    );
+    let (rin, loaded, _) = counts(&out);
+    assert_eq!(
+        (rin, loaded),
+        (lines.len() as u64, lines.len() as u64),
+        "{out}"
+    );
+    assert!(out.contains("pipeline trades-replay"), "{out}");
+    let access = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "data_access", "--home"])
+            .arg(&home),
+    );
+    assert!(access.contains("repair"), "{access}");
 }

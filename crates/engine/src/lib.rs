@@ -109,6 +109,15 @@ pub async fn check(p: &Pipeline) -> Vec<Diagnostic> {
     check_with(p, &HashMap::new()).await.1
 }
 
+/// A source ready to run: its columns' classification, the policies resolved against it, and
+/// its transforms planned over the protected columns.
+#[derive(Debug)]
+pub struct Planned {
+    pub classes: Vec<sealtrail_protect::detect::Classification>,
+    pub resolution: Resolution,
+    pub transforms: Transforms,
+}
+
 /// Samples of each source's values, by source name then column (declared order).
 pub type Samples = HashMap<String, Vec<Vec<String>>>;
 
@@ -116,7 +125,7 @@ pub type Samples = HashMap<String, Vec<Vec<String>>>;
 pub async fn check_with(
     p: &Pipeline,
     samples: &Samples,
-) -> (HashMap<String, (Resolution, Transforms)>, Vec<Diagnostic>) {
+) -> (HashMap<String, Planned>, Vec<Diagnostic>) {
     let mut out = Vec::new();
     let mut ok = HashMap::new();
     let diag = |at: (u64, u64), message: String, hint: String| Diagnostic {
@@ -148,7 +157,14 @@ pub async fn check_with(
             }
             Ok(t) => {
                 out.extend(release_check(p, s, &res.states, &t));
-                ok.insert(s.name.clone(), (res, t));
+                ok.insert(
+                    s.name.clone(),
+                    Planned {
+                        classes,
+                        resolution: res,
+                        transforms: t,
+                    },
+                );
             }
         }
     }
@@ -433,9 +449,28 @@ async fn run_inner(
     };
     for source in &p.sources {
         let schema = sealtrail_quality::typed::source_schema(source);
-        let (resolution, transforms) = planned
+        let Planned {
+            classes,
+            resolution,
+            transforms,
+        } = planned
             .remove(&source.name)
             .ok_or_else(|| Error::Internal(format!("source `{}` was not planned", source.name)))?;
+        let stored: Vec<state::StoredClass> = source
+            .columns
+            .iter()
+            .zip(&classes)
+            .map(|(c, k)| state::StoredClass {
+                source: source.name.clone(),
+                column: c.name.clone(),
+                tag: k.tag.to_string(),
+                kind: k.kind.map(|k| k.to_string()),
+                confidence: k.confidence,
+                evidence: k.evidence.clone(),
+                run_id: run_id.to_string(),
+            })
+            .collect();
+        st.save_classifications(&p.name, run_id, &stored).await?;
         let protector = Protector::new(source, &schema, &resolution, opts.keyring.clone())
             .map_err(|e| Error::Keys(e.to_string()))?;
         let mut sinks: Vec<(SinkWriter, String)> = Vec::new();

@@ -59,7 +59,20 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sealtrail_run_inputs (run_id TEXT NOT NULL, source TEXT NOT NULL, seq BIGINT NOT NULL, input TEXT NOT NULL, fingerprint TEXT NOT NULL, PRIMARY KEY (run_id, source, seq))",
     "CREATE TABLE IF NOT EXISTS sealtrail_batches (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, rows_in BIGINT NOT NULL, rows_loaded BIGINT NOT NULL, rows_quarantined BIGINT NOT NULL, committed_at TEXT NOT NULL, PRIMARY KEY (run_id, source, batch))",
     "CREATE TABLE IF NOT EXISTS sealtrail_loaded_files (pipeline TEXT NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (pipeline, source, fingerprint))",
+    "CREATE TABLE IF NOT EXISTS sealtrail_classifications (pipeline TEXT NOT NULL, source TEXT NOT NULL, col TEXT NOT NULL, tag TEXT NOT NULL, kind TEXT, confidence DOUBLE PRECISION NOT NULL, evidence TEXT NOT NULL, run_id TEXT NOT NULL, classified_at TEXT NOT NULL, PRIMARY KEY (pipeline, source, col))",
 ];
+
+/// A column's classification as stored with the dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredClass {
+    pub source: String,
+    pub column: String,
+    pub tag: String,
+    pub kind: Option<String>,
+    pub confidence: f64,
+    pub evidence: String,
+    pub run_id: String,
+}
 
 impl StateStore {
     /// Opens the store at `url` (`sqlite://path` or `postgres://...`), creating tables.
@@ -261,6 +274,53 @@ impl StateStore {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Records the classification a run acted on, per column (the latest run's wins).
+    pub async fn save_classifications(
+        &self,
+        pipeline: &str,
+        run: &RunId,
+        rows: &[StoredClass],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            sqlx::query("INSERT INTO sealtrail_classifications (pipeline, source, col, tag, kind, confidence, evidence, run_id, classified_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (pipeline, source, col) DO UPDATE SET tag = excluded.tag, kind = excluded.kind, confidence = excluded.confidence, evidence = excluded.evidence, run_id = excluded.run_id, classified_at = excluded.classified_at")
+                .bind(pipeline)
+                .bind(&r.source)
+                .bind(&r.column)
+                .bind(&r.tag)
+                .bind(r.kind.as_deref())
+                .bind(r.confidence)
+                .bind(&r.evidence)
+                .bind(run.as_str())
+                .bind(sealtrail_core::audit::now())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The stored classification of a pipeline's columns.
+    pub async fn classifications(&self, pipeline: &str) -> Result<Vec<StoredClass>> {
+        let rows = sqlx::query("SELECT source, col, tag, kind, confidence, evidence, run_id FROM sealtrail_classifications WHERE pipeline = $1 ORDER BY source, col")
+            .bind(pipeline)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredClass {
+                    source: r.try_get(0)?,
+                    column: r.try_get(1)?,
+                    tag: r.try_get(2)?,
+                    kind: r.try_get(3)?,
+                    confidence: r.try_get(4)?,
+                    evidence: r.try_get(5)?,
+                    run_id: r.try_get(6)?,
+                })
+            })
+            .collect()
     }
 
     pub async fn fail(&self, run: &RunId, error: &str) -> Result<()> {
