@@ -487,9 +487,14 @@ async fn run_inner(
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Prepared>>(2);
         let src = source.clone();
         let batch_rows = p.batch_rows;
+        let (ctx, crx) = std::sync::mpsc::sync_channel::<Result<Checked>>(2);
         let decoder = std::thread::Builder::new()
             .name(format!("decode-{}", source.name))
-            .spawn(move || decode_loop(src, inputs, batch_rows, schema, protector, tx))
+            .spawn(move || decode_loop(src, inputs, batch_rows, schema, ctx))
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        let protect = std::thread::Builder::new()
+            .name(format!("protect-{}", source.name))
+            .spawn(move || protect_loop(protector, crx, tx))
             .map_err(|e| Error::Internal(e.to_string()))?;
 
         let mut batch_no = 0u64;
@@ -529,6 +534,9 @@ async fn run_inner(
             batch_no += 1;
         }
         drop(rx);
+        protect
+            .join()
+            .map_err(|_| Error::Internal("the protection thread panicked".into()))?;
         decoder
             .join()
             .map_err(|_| Error::Internal("the decode thread panicked".into()))?;
@@ -566,19 +574,28 @@ async fn run_inner(
     Ok(report)
 }
 
+/// A batch after decoding, checks and typed conversion, before protection.
+struct Checked {
+    raw: sealtrail_core::record::RawBatch,
+    /// For each row of `valid`, its row in `raw`.
+    rows: Vec<u32>,
+    valid: RecordBatch,
+    quarantined: Vec<Quarantined>,
+    rows_in: u64,
+}
+
 fn decode_loop(
     source: sealtrail_spec::Source,
     inputs: Vec<String>,
     batch_rows: usize,
     schema: arrow::datatypes::SchemaRef,
-    protector: Protector,
-    tx: tokio::sync::mpsc::Sender<Result<Prepared>>,
+    tx: std::sync::mpsc::SyncSender<Result<Checked>>,
 ) {
     let mut validator = Validator::new(&source);
     let mut reader = match sealtrail_connectors::open_source(&source, inputs, batch_rows) {
         Ok(r) => r,
         Err(e) => {
-            let _ = tx.blocking_send(Err(e.into()));
+            let _ = tx.send(Err(e.into()));
             return;
         }
     };
@@ -587,7 +604,7 @@ fn decode_loop(
             Ok(Some(d)) => d,
             Ok(None) => return,
             Err(e) => {
-                let _ = tx.blocking_send(Err(e.into()));
+                let _ = tx.send(Err(e.into()));
                 return;
             }
         };
@@ -603,21 +620,51 @@ fn decode_loop(
         let (valid, rows, bad) = match typed {
             Ok(x) => x,
             Err(e) => {
-                let _ = tx.blocking_send(Err(Error::Internal(format!("building a batch: {e}"))));
+                let _ = tx.send(Err(Error::Internal(format!("building a batch: {e}"))));
                 return;
             }
         };
-        // Protection: the only form in which valid records travel on.
-        let raw = |i: usize| decoded.batch.raw(rows[i] as usize);
-        let valid = match protector.apply(&valid, raw) {
+        quarantined.extend(v.quarantined);
+        quarantined.extend(bad);
+        let checked = Checked {
+            raw: decoded.batch,
+            rows,
+            valid,
+            quarantined,
+            rows_in,
+        };
+        if tx.send(Ok(checked)).is_err() {
+            return; // the run stopped
+        }
+    }
+}
+
+/// The protection stage, on a thread of its own so that it overlaps decoding and encoding:
+/// the only form in which valid records travel on is the protected one.
+fn protect_loop(
+    protector: Protector,
+    rx: std::sync::mpsc::Receiver<Result<Checked>>,
+    tx: tokio::sync::mpsc::Sender<Result<Prepared>>,
+) {
+    for msg in rx {
+        let c = match msg {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        let mut quarantined = c.quarantined;
+        let raw = |i: usize| c.raw.raw(c.rows[i] as usize);
+        let valid = match protector.apply(&c.valid, raw) {
             Ok((b, failed)) if failed.is_empty() => b,
             Ok((b, failed)) => {
                 let mut keep = vec![true; b.num_rows()];
                 for (i, reason) in failed {
                     keep[i] = false;
                     quarantined.push(sealtrail_quality::quarantine(
-                        &decoded.batch,
-                        rows[i] as usize,
+                        &c.raw,
+                        c.rows[i] as usize,
                         vec![reason],
                     ));
                 }
@@ -635,18 +682,14 @@ fn decode_loop(
                 return;
             }
         };
-        quarantined.extend(v.quarantined);
-        quarantined.extend(bad);
         // Quarantine in source order, whatever stage caught the record.
         quarantined.sort_by_key(|q| q.pos);
-        if tx
-            .blocking_send(Ok(Prepared {
-                valid,
-                quarantined,
-                rows_in,
-            }))
-            .is_err()
-        {
+        let prepared = Prepared {
+            valid,
+            quarantined,
+            rows_in: c.rows_in,
+        };
+        if tx.blocking_send(Ok(prepared)).is_err() {
             return; // the run stopped
         }
     }

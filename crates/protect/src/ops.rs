@@ -215,23 +215,21 @@ impl Mask {
             out.push_str(f);
             return;
         }
-        let chars: Vec<char> = if self.digits_only {
-            v.chars().filter(char::is_ascii_digit).collect()
-        } else {
-            v.chars().collect()
-        };
-        let n = chars.len();
+        let keep = |c: &char| !self.digits_only || c.is_ascii_digit();
+        let n = v.chars().filter(keep).count();
         // Never reveal everything: a value no longer than what is kept is masked whole.
         let (first, last) = if self.keep_first + self.keep_last >= n {
             (0, 0)
         } else {
             (self.keep_first, self.keep_last)
         };
-        out.extend(&chars[..first]);
-        if let Some(m) = self.with {
-            out.extend(std::iter::repeat_n(m, n - first - last));
+        for (i, c) in v.chars().filter(keep).enumerate() {
+            if i < first || i >= n - last {
+                out.push(c);
+            } else if let Some(m) = self.with {
+                out.push(m);
+            }
         }
-        out.extend(&chars[n - last..]);
     }
 }
 
