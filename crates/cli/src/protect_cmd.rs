@@ -48,6 +48,33 @@ fn record(home: &Path, la: &LedgerArgs, events: Vec<Event>) -> Result<()> {
     Ok(())
 }
 
+/// Records a decryption: one `key_event` per key used and one `data_access` with the reason.
+fn record_access<'a>(
+    home: &Path,
+    la: &LedgerArgs,
+    by: &Option<String>,
+    keys: impl Iterator<Item = &'a String>,
+    dataset: String,
+    reason: &str,
+    rows: usize,
+) -> Result<()> {
+    let (_, h) = actor(by);
+    let mut events: Vec<Event> = keys
+        .map(|id| Event::KeyEvent {
+            key_id: id.clone(),
+            action: "decrypt".into(),
+            actor: h,
+        })
+        .collect();
+    events.push(Event::DataAccess {
+        actor: h,
+        dataset,
+        purpose: reason.to_string(),
+        rows: rows as u64,
+    });
+    record(home, la, events)
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum KeysCmd {
     /// List the keyring's keys (names, purposes, versions; never material).
@@ -323,22 +350,15 @@ pub fn decrypt(home: &Path, la: &LedgerArgs, a: DecryptArgs) -> Result<()> {
         };
         out.push(String::from_utf8_lossy(&plain).into_owned());
     }
-    let (_, h) = actor(&a.by);
-    let mut events: Vec<Event> = used
-        .keys()
-        .map(|id| Event::KeyEvent {
-            key_id: id.clone(),
-            action: "decrypt".into(),
-            actor: h,
-        })
-        .collect();
-    events.push(Event::DataAccess {
-        actor: h,
-        dataset: "decrypt".into(),
-        purpose: a.reason.clone(),
-        rows: out.len() as u64,
-    });
-    record(home, la, events)?;
+    record_access(
+        home,
+        la,
+        &a.by,
+        used.keys(),
+        "decrypt".into(),
+        &a.reason,
+        out.len(),
+    )?;
     for p in out {
         outln!("{p}");
     }
@@ -546,22 +566,15 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
                     "no quarantined record with line(s) {line:?} or key(s) {key:?}; see `sealtrail quarantine list`"
                 );
             }
-            let (_, h) = actor(&by);
-            let mut events: Vec<Event> = keys
-                .keys()
-                .map(|id| Event::KeyEvent {
-                    key_id: id.clone(),
-                    action: "decrypt".into(),
-                    actor: h,
-                })
-                .collect();
-            events.push(Event::DataAccess {
-                actor: h,
-                dataset: format!("quarantine {}", path.display()),
-                purpose: reason,
-                rows: shown.len() as u64,
-            });
-            record(home, la, events)?;
+            record_access(
+                home,
+                la,
+                &by,
+                keys.keys(),
+                format!("quarantine {}", path.display()),
+                &reason,
+                shown.len(),
+            )?;
             if let Some(out) = out {
                 let mut o = std::fs::OpenOptions::new();
                 o.write(true).create_new(true);
