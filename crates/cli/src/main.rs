@@ -551,6 +551,15 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
     outln!("  sealtrail runs --home {}", home.display());
     outln!("  sealtrail check {}", dir.join("trades.yaml").display());
     outln!(
+        "  sealtrail classify {}   # what each column holds, and its policy",
+        dir.join("trades.yaml").display()
+    );
+    outln!(
+        "  sealtrail quarantine list {}",
+        dir.join("out/quarantine/trades").display()
+    );
+    outln!("  sealtrail keys list --home {}", home.display());
+    outln!(
         "  python3 -c \"import deltalake; print(deltalake.DeltaTable('{}').to_pyarrow_table().num_rows)\"",
         dir.join("out/trades_clean").display()
     );
