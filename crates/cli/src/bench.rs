@@ -53,17 +53,6 @@ fn without_protection(spec: &str) -> String {
     )
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 pub async fn run(a: BenchArgs) -> Result<()> {
     let csv = std::path::absolute(&a.csv)?;
     let manifest = a
@@ -126,7 +115,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     outln!(
         "seconds {secs:.2}  rows/s {:.0}  peak RSS {:.0} MiB  sink {}  protection {}",
         rows / secs,
-        peak_rss_mib(),
+        sealtrail_core::peak_rss_mib(),
         a.sink,
         a.protection
     );

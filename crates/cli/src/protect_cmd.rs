@@ -391,7 +391,7 @@ pub fn classify(spec: &Path, rows: usize) -> Result<()> {
                 .collect(),
             None => Vec::new(),
         };
-        let sample = sealtrail_engine::sample(s, &inputs, rows);
+        let sample = sealtrail_engine::sample(s, &inputs, rows)?;
         let classes = sealtrail_protect::plan::classify_source(s, &sample);
         for (c, k) in s.columns.iter().zip(&classes) {
             let policy: Vec<&str> = s

@@ -250,16 +250,20 @@ fn trace<'a>(
     out
 }
 
-/// Reads up to `n` records of the first input of `source` and returns each column's values.
-pub fn sample(source: &Source, inputs: &[String], n: usize) -> Vec<Vec<String>> {
+/// Reads up to `n` records of the first input of `source` and returns each column's values
+/// (none for PostgreSQL sources, which are classified by name). An input that cannot be read
+/// is an error: classifying it by name alone would silently weaken the check.
+pub fn sample(
+    source: &Source,
+    inputs: &[String],
+    n: usize,
+) -> Result<Vec<Vec<String>>, sealtrail_connectors::Error> {
     let mut cols = vec![Vec::new(); source.columns.len()];
     if matches!(source.connector, SourceConnector::Postgres(_)) || inputs.is_empty() {
-        return cols;
+        return Ok(cols);
     }
-    let Ok(mut r) = sealtrail_connectors::open_source(source, vec![inputs[0].clone()], n) else {
-        return cols;
-    };
-    if let Ok(Some(d)) = r.next_batch() {
+    let mut r = sealtrail_connectors::open_source(source, vec![inputs[0].clone()], n)?;
+    if let Some(d) = r.next_batch()? {
         for row in 0..d.batch.len() {
             for (ci, c) in cols.iter_mut().enumerate() {
                 if let Some(v) = d.batch.get(row, ci) {
@@ -268,7 +272,7 @@ pub fn sample(source: &Source, inputs: &[String], n: usize) -> Vec<Vec<String>> 
             }
         }
     }
-    cols
+    Ok(cols)
 }
 
 /// Chooses the inputs of every source: all matching files, minus those already loaded for
@@ -431,7 +435,7 @@ async fn run_inner(
     let mut samples = Samples::new();
     for source in &p.sources {
         let inputs = st.run_inputs(run_id, &source.name).await?;
-        samples.insert(source.name.clone(), sample(source, &inputs, 1000));
+        samples.insert(source.name.clone(), sample(source, &inputs, 1000)?);
     }
     let (mut planned, diags) = check_with(p, &samples).await;
     if !diags.is_empty() {

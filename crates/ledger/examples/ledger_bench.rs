@@ -22,17 +22,6 @@ fn signer() -> NoteSigner {
     NoteSigner::from_seed(ORIGIN, &[7; 32]).expect("key")
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 fn events(from: u64, n: u64, payload: usize) -> Vec<Event> {
     let pad = "x".repeat(payload.saturating_sub(100));
     (from..from + n)
@@ -67,7 +56,7 @@ fn main() {
             let rate = append(&mut w, n, payload, 4096);
             println!(
                 "append: {n} entries of ~{payload} B, group commit 4096: {rate:.0} entries/s, peak RSS {:.0} MiB",
-                peak_rss_mib()
+                sealtrail_core::peak_rss_mib()
             );
         }
         "verify" => {
@@ -79,7 +68,7 @@ fn main() {
                 "verify: {} entries, 2 threads: {:.0} entries/s, peak RSS {:.0} MiB",
                 v.size,
                 v.size as f64 / t.elapsed().as_secs_f64(),
-                peak_rss_mib()
+                sealtrail_core::peak_rss_mib()
             );
         }
         "pg" => {

@@ -314,7 +314,12 @@ impl Protector {
                 }
                 Action::Encrypt {
                     subject: Some(s), ..
-                } => Op::EncryptSubject(source.column_index(s).unwrap_or(0)),
+                } => Op::EncryptSubject(source.column_index(s).ok_or_else(|| {
+                    BindError::External(format!(
+                        "subject column `{s}` is not declared in source `{}`",
+                        source.name
+                    ))
+                })?),
                 Action::Encrypt { key, bare, .. } => {
                     let (id, k) = match key {
                         KeySource::Keyring(n) => ring()?.active(n, Purpose::Encrypt)?,
