@@ -25,6 +25,10 @@ pub struct BenchArgs {
     /// digests). `off`: the same checks and columns delivered raw to a restricted sink.
     #[arg(long, default_value = "on")]
     protection: String,
+    /// `on`: record commitments, batch Merkle roots and custody records (what every run
+    /// does). `off`: without them, to measure their cost; rows of such a run cannot be proven.
+    #[arg(long, default_value = "on")]
+    custody: String,
 }
 
 /// The reference job without protection: every sensitive column kept raw (restricted sink).
@@ -101,6 +105,12 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         audit: Arc::new(audit),
         abandon_unfinished: true,
         progress: None,
+        skip_commitments_for_benchmark: match a.custody.as_str() {
+            "on" => false,
+            "off" => true,
+            other => bail!("--custody must be on or off, not `{other}`"),
+        },
+        openlineage: None,
     };
     let t = std::time::Instant::now();
     let r = sealtrail_engine::run(&p, &opts).await?;
@@ -113,11 +123,12 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         r.counts.rows_quarantined
     );
     outln!(
-        "seconds {secs:.2}  rows/s {:.0}  peak RSS {:.0} MiB  sink {}  protection {}",
+        "seconds {secs:.2}  rows/s {:.0}  peak RSS {:.0} MiB  sink {}  protection {}  custody {}",
         rows / secs,
         sealtrail_core::peak_rss_mib(),
         a.sink,
-        a.protection
+        a.protection,
+        a.custody
     );
     let want = &m["expected"]["quarantine_by_reason"];
     let mut ok = r.counts.rows_in == m["expected"]["rows_in"].as_u64().unwrap_or(0);

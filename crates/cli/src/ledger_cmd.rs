@@ -78,7 +78,7 @@ impl LedgerArgs {
 
     /// A folder to read the ledger from: `<home>/ledger/`, or a fresh export of the PostgreSQL
     /// ledger (kept alive by the returned guard).
-    fn readable(&self, home: &Path) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
+    pub(crate) fn readable(&self, home: &Path) -> Result<(PathBuf, Option<tempfile::TempDir>)> {
         match self.pg(None)? {
             None => Ok((paths(home).dir, None)),
             Some(l) => {
@@ -253,7 +253,7 @@ pub fn load_signer(home: &Path) -> Result<NoteSigner> {
         .map_err(|e| anyhow!("the ledger key {} is not valid: {e}", p.display()))
 }
 
-fn load_verifier(home: &Path, key: Option<&str>) -> Result<NoteVerifier> {
+pub(crate) fn load_verifier(home: &Path, key: Option<&str>) -> Result<NoteVerifier> {
     let text = match key {
         Some(k) if k.contains('+') && !Path::new(k).exists() => k.to_string(),
         Some(k) => std::fs::read_to_string(k).with_context(|| format!("reading {k}"))?,
@@ -742,11 +742,17 @@ fn describe(e: &Entry) -> String {
             rows_in,
             rows_loaded,
             rows_quarantined,
-            sinks,
+            input_root,
+            outputs,
             ..
         } => format!(
-            "run {run_id} {source}#{batch} in={rows_in} loaded={rows_loaded} quarantined={rows_quarantined} sinks={}",
-            sinks.join(",")
+            "run {run_id} {source}#{batch} in={rows_in} loaded={rows_loaded} quarantined={rows_quarantined} input_root={} sinks={}",
+            &hex::encode(input_root)[..16],
+            outputs
+                .iter()
+                .map(|o| format!("{}:{}:{}", o.sink, o.rows, &hex::encode(o.root)[..16]))
+                .collect::<Vec<_>>()
+                .join(",")
         ),
         Event::RecordsQuarantined {
             run_id,

@@ -14,6 +14,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod custody_cmd;
 mod ledger_cmd;
 mod protect_cmd;
 mod synth;
@@ -53,6 +54,10 @@ enum Cmd {
         /// Give up an unfinished earlier run instead of resuming it.
         #[arg(long)]
         abandon_unfinished: bool,
+        /// Send OpenLineage run events (START, COMPLETE, FAIL) to this file (JSON Lines,
+        /// appended) or HTTP endpoint (`http(s)://...`, POST per event).
+        #[arg(long, env = "SEALTRAIL_OPENLINEAGE", hide_env_values = true)]
+        openlineage: Option<String>,
     },
     /// Check specs: report every error with file, line, column and a hint.
     Check {
@@ -123,6 +128,62 @@ enum Cmd {
         ledger: ledger_cmd::LedgerArgs,
         #[command(subcommand)]
         cmd: protect_cmd::QuarantineCmd,
+    },
+    /// Prove one delivered row: write a self-contained bundle linking the row, its source
+    /// record and its batch to a signed ledger checkpoint (check it with `verify-proof`).
+    Prove {
+        /// The pipeline spec that delivered the row.
+        spec: PathBuf,
+        /// The sink holding the row.
+        #[arg(long)]
+        sink: String,
+        #[command(flatten)]
+        row: custody_cmd::RowSelector,
+        /// Write the bundle here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Check a proof bundle offline with the ledger's public key; with --table, also check
+    /// that the row still sits unchanged in that Delta table or Parquet folder.
+    /// Exit 0: verified; 4: the proof or the row does not check out.
+    VerifyProof {
+        bundle: PathBuf,
+        /// Ledger verifier key (`name+id+key`) or a file holding it (default
+        /// `<home>/ledger.pub`).
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, env = "SEALTRAIL_HOME")]
+        home: Option<PathBuf>,
+        /// The sink's table as it is now (a Delta table or a folder of Parquet files).
+        #[arg(long)]
+        table: Option<PathBuf>,
+    },
+    /// Recompute every row commitment of a sink and compare with the ledger: lists each row
+    /// changed, deleted or added since delivery. Exit 0: as delivered; 4: differences.
+    Audit {
+        spec: PathBuf,
+        #[arg(long)]
+        sink: String,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Lineage: every sink column traced through the SQL and the protection policies to its
+    /// source column; with --id, one record's path through each batch that carried it.
+    Lineage {
+        spec: PathBuf,
+        /// Only this sink.
+        #[arg(long)]
+        sink: Option<String>,
+        /// A record's lineage id (`source:input:position`, the `_sealtrail_id` of its rows).
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        state: StateArgs,
     },
     /// Generate synthetic input files without running anything.
     Generate {
@@ -224,6 +285,14 @@ fn main() {
     }
 }
 
+/// Ends the process with `code` unless it is 0.
+fn exit_with(code: i32) -> Result<()> {
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
 async fn dispatch(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Demo { dir, rows } => demo(&dir, rows).await,
@@ -231,6 +300,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             spec,
             state,
             abandon_unfinished,
+            openlineage,
         } => {
             let p = sealtrail_spec::load(&spec)?;
             let home = state.home(Some(&spec));
@@ -240,6 +310,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 &state.ledger,
                 &state.url(&home),
                 abandon_unfinished,
+                openlineage.as_deref(),
             )
             .await?;
             print_report(&report);
@@ -288,6 +359,36 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Bench(args) => bench::run(args).await,
+        Cmd::Prove {
+            spec,
+            sink,
+            row,
+            out,
+            state,
+        } => exit_with(custody_cmd::prove(&spec, &sink, &row, out.as_deref(), &state).await?),
+        Cmd::VerifyProof {
+            bundle,
+            key,
+            home,
+            table,
+        } => {
+            let home = home.unwrap_or_else(|| PathBuf::from(".sealtrail"));
+            exit_with(
+                custody_cmd::verify_proof(&bundle, key.as_deref(), &home, table.as_deref()).await?,
+            )
+        }
+        Cmd::Lineage {
+            spec,
+            sink,
+            id,
+            state,
+        } => exit_with(custody_cmd::lineage(&spec, sink.as_deref(), id.as_deref(), &state).await?),
+        Cmd::Audit {
+            spec,
+            sink,
+            json,
+            state,
+        } => exit_with(custody_cmd::audit(&spec, &sink, &state, json).await?),
         Cmd::Ledger { home, ledger, cmd } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".sealtrail"));
             let code = ledger_cmd::run(&home, &ledger, cmd)?;
@@ -363,7 +464,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 ledger: ledger.clone(),
             }
             .url(&home);
-            let report = run_pipeline(&p, &home, &ledger, &url, false).await?;
+            let report = run_pipeline(&p, &home, &ledger, &url, false, None).await?;
             print_report(&report);
             Ok(())
         }
@@ -433,6 +534,7 @@ async fn run_pipeline(
     ledger: &ledger_cmd::LedgerArgs,
     state_url: &str,
     abandon: bool,
+    openlineage: Option<&str>,
 ) -> Result<RunReport> {
     // Every audit event goes to the ledger, durably and signed, before the run goes on.
     let log = ledger_cmd::open_writer(home, ledger, sealtrail_ledger::log::OpenMode::FailClosed)
@@ -454,6 +556,12 @@ async fn run_pipeline(
         progress: Some(Arc::new(move |src: &str, rows: u64| {
             pb2.set_message(format!("{src}: {rows} records read"))
         })),
+        skip_commitments_for_benchmark: false,
+        openlineage: openlineage.map(|t| {
+            sealtrail_engine::openlineage::Emitter::new(
+                sealtrail_engine::openlineage::Destination::parse(t),
+            )
+        }),
     };
     let r = sealtrail_engine::run(p, &opts).await;
     pb.finish_and_clear();
@@ -514,7 +622,16 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
         let path = dir.join(file);
         std::fs::write(&path, text)?;
         let p = sealtrail_spec::load(&path)?;
-        let r = run_pipeline(&p, &home, &ledger_cmd::LedgerArgs::default(), &url, false).await?;
+        let lineage = dir.join("openlineage.jsonl").display().to_string();
+        let r = run_pipeline(
+            &p,
+            &home,
+            &ledger_cmd::LedgerArgs::default(),
+            &url,
+            false,
+            Some(&lineage),
+        )
+        .await?;
         outln!();
         print_report(&r);
         let got: std::collections::BTreeMap<String, u64> = r.by_reason.clone();

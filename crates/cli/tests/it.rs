@@ -270,22 +270,28 @@ for no, raw in enumerate(lines[1:], start=2):
         currency=f[12], venue_mic=f[13], trader_id=f[14], counterparty_lei=f[15],
         notes_redacted=PHONE.sub('[REDACTED]', EMAIL.sub('[REDACTED]', f[16])) if f[16] else None,
         record_digest=hashlib.sha256(raw).hexdigest(),
-        raw=f,
+        raw=f, line=no,
     )
 t = pq.read_table('{d}/out/clean.parquet')
-assert t.schema.names == ['trade_id', 'trade_ts', 'trade_date', 'account_token', 'has_email', 'email_domain', 'email_enc', 'phone_masked', 'card_last4', 'isin', 'side', 'quantity', 'price', 'currency', 'venue_mic', 'trader_id', 'counterparty_lei', 'notes_redacted', 'record_digest'], t.schema.names
+assert t.schema.names == ['trade_id', 'trade_ts', 'trade_date', 'account_token', 'has_email', 'email_domain', 'email_enc', 'phone_masked', 'card_last4', 'isin', 'side', 'quantity', 'price', 'currency', 'venue_mic', 'trader_id', 'counterparty_lei', 'notes_redacted', 'record_digest', '_sealtrail_id'], t.schema.names
 assert str(t.schema.field('price').type) == 'decimal128(18, 4)' and str(t.schema.field('quantity').type) == 'int64'
 assert str(t.schema.field('trade_date').type) == 'date32[day]' and 'UTC' in str(t.schema.field('trade_ts').type)
 got = t.to_pylist()
 assert len(got) == len(expect_clean), (len(got), len(expect_clean))
+inputs = set()
 for r in got:
     e = expect_clean[r['trade_id']]
     r = dict(r)
+    # The lineage id names the source, the input file and the record's line.
+    src, ikey, pos = r.pop('_sealtrail_id').split(':')
+    assert (src, len(ikey), pos) == ('trades', 12, str(e['line'])), (src, ikey, pos)
+    inputs.add(ikey)
     if r['email_enc'] is not None:
         ct = base64.b64decode(r['email_enc'], validate=True)
         r['email_enc'] = AK.decrypt(ct[:12], ct[12:], None).decode()
     for k, v in r.items():
         assert v == e[k], (r['trade_id'], k)
+assert len(inputs) == 1, inputs
 qt = ds.dataset('{d}/out/quarantine.parquet', format='parquet').to_table().to_pylist()
 assert {{r['line']: r['reason'] for r in qt}} == expect_q
 assert all(r['raw'].startswith(b'st1:quarantine@1:') for r in qt)
@@ -833,7 +839,13 @@ quarantine:
             "SELECT string_agg(column_name || ' ' || data_type, ', ' ORDER BY ordinal_position) \
              FROM information_schema.columns WHERE table_schema = '{ns}' AND table_name = 'out'"
         )),
-        "id bigint, isin text, qty bigint, price numeric, ts timestamp with time zone, buy boolean"
+        "id bigint, isin text, qty bigint, price numeric, ts timestamp with time zone, buy boolean, _sealtrail_id text"
+    );
+    // Each row names its source row by key.
+    let id = pg_one(&format!("SELECT _sealtrail_id FROM {ns}.out WHERE id = 7"));
+    assert!(
+        id.ends_with(":7") && id.split(':').nth(1).is_some_and(|k| k.len() == 12),
+        "{id}"
     );
     // Nothing new: nothing read.
     assert_eq!(run(), (0, 0, 0));
@@ -1557,4 +1569,410 @@ open('{f}', 'w', encoding='utf-8').write(out.getvalue())
             .arg(&home),
     );
     assert!(access.contains("repair"), "{access}");
+}
+
+/// Chain of custody end to end: a row is proven and the bundle verifies offline; then one value
+/// of one row is changed inside a Delta data file, a row is deleted and a forged row appended,
+/// and `verify-proof --table` and `audit` name exactly those rows.
+#[test]
+fn delivered_rows_are_proven_and_every_tampered_row_is_found() {
+    let (dir, spec) = project("trades.yaml", 3000);
+    run_ok(bin().arg("run").arg(&spec));
+    let d = dir.path().display();
+    let home = dir.path().join(".sealtrail");
+    let table = dir.path().join("out/trades_clean");
+    // Three rows to work with, by trade id and lineage id.
+    let picked = py(&format!(
+        r#"
+import deltalake
+t = deltalake.DeltaTable('{d}/out/trades_clean').to_pyarrow_table().to_pylist()
+t.sort(key=lambda r: r['trade_id'])
+print(' '.join(r['trade_id'] + '=' + r['_sealtrail_id'] for r in (t[10], t[20], t[30])))
+"#
+    ));
+    let rows: Vec<(&str, &str)> = picked
+        .split_whitespace()
+        .map(|p| p.split_once('=').unwrap())
+        .collect();
+    let (changed_trade, changed_id) = rows[0];
+    let (deleted_trade, deleted_id) = rows[1];
+    let (_, kept_id) = rows[2];
+
+    // Audits of untouched sinks pass (Delta and Parquet).
+    for sink in ["trades_clean", "trades_analytics"] {
+        let out = run_ok(bin().arg("audit").arg(&spec).args(["--sink", sink]));
+        assert!(out.contains("every row is as delivered"), "{out}");
+    }
+    // Prove a row by a key column and verify the bundle offline with the public key only.
+    let bundle = dir.path().join("proof.json");
+    run_ok(
+        bin()
+            .arg("prove")
+            .arg(&spec)
+            .args(["--sink", "trades_clean", "--where"])
+            .arg(format!("trade_id={changed_trade}"))
+            .arg("--out")
+            .arg(&bundle),
+    );
+    let pubkey = home.join("ledger.pub");
+    let out = run_ok(
+        bin()
+            .arg("verify-proof")
+            .arg(&bundle)
+            .arg("--key")
+            .arg(&pubkey)
+            .arg("--table")
+            .arg(&table),
+    );
+    assert!(
+        out.contains(&format!("verified: row {changed_id}")),
+        "{out}"
+    );
+    assert!(out.contains("unchanged"), "{out}");
+    // The analyst sink's row of the same record proves too (through two transforms).
+    let out =
+        run_ok(
+            bin()
+                .arg("prove")
+                .arg(&spec)
+                .args(["--sink", "trades_analytics", "--id", kept_id]),
+        );
+    let b: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(b["format"], "sealtrail-proof/1");
+    assert_eq!(b["id"], kept_id);
+
+    // Lineage: of the analyst dataset's columns, and of one record loaded and one quarantined.
+    let out = run_ok(
+        bin()
+            .arg("lineage")
+            .arg(&spec)
+            .args(["--sink", "trades_analytics"]),
+    );
+    assert!(
+        out.lines().any(|l| l.contains("account_token")
+            && l.contains("trades.account_iban")
+            && l.contains("token")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("notional") && l.contains("trades.price") && l.contains("raw")),
+        "{out}"
+    );
+    let out = run_ok(bin().arg("lineage").arg(&spec).args(["--id", kept_id]));
+    assert!(
+        out.contains(
+            "source trades -> transform clean -> transform for_analysts -> sink trades_analytics"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("ledger entry") && out.contains("policy"),
+        "{out}"
+    );
+    let qline = py(&format!(
+        "import pyarrow.dataset as ds\nprint(ds.dataset('{d}/out/quarantine/trades', format='parquet').to_table()['line'][0].as_py())"
+    ));
+    let ikey = kept_id.split(':').nth(1).unwrap();
+    let out = run_ok(
+        bin()
+            .arg("lineage")
+            .arg(&spec)
+            .arg("--id")
+            .arg(format!("trades:{ikey}:{qline}")),
+    );
+    assert!(out.contains("quarantined"), "{out}");
+
+    // A bundle edited in any link does not verify.
+    let text = std::fs::read_to_string(&bundle).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let canon = v["output"]["canonical"].as_str().unwrap().to_string();
+    v["output"]["canonical"] = canon
+        .replacen("\"venue_mic\":\"", "\"venue_mic\":\"X", 1)
+        .into();
+    let forged = dir.path().join("forged.json");
+    std::fs::write(&forged, v.to_string()).unwrap();
+    let o = bin()
+        .arg("verify-proof")
+        .arg(&forged)
+        .arg("--key")
+        .arg(&pubkey)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("NOT VERIFIED"));
+
+    // Tamper: one value in a data file, in place; one row deleted; one forged row added.
+    py(&format!(
+        r#"
+import deltalake, pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
+path = '{d}/out/trades_clean'
+deltalake.DeltaTable(path).delete("trade_id = '{deleted_trade}'")
+one = deltalake.DeltaTable(path).to_pyarrow_table().slice(0, 1)
+one = one.set_column(one.schema.get_field_index('_sealtrail_id'), '_sealtrail_id', pa.array(['trades:000000000000:999999']))
+one = one.set_column(one.schema.get_field_index('trade_id'), 'trade_id', pa.array(['TRD-FORGED']))
+deltalake.write_deltalake(path, one, mode='append')
+# Last, behind Delta's back: one value rewritten inside a data file.
+for f in deltalake.DeltaTable(path).file_uris():
+    t = pq.read_table(f)
+    hit = pc.equal(t['trade_id'].cast(pa.string()), '{changed_trade}')
+    if pc.any(hit).as_py():
+        col = t.schema.get_field_index('venue_mic')
+        t = t.set_column(col, 'venue_mic', pc.if_else(hit, 'XLON', t['venue_mic'].cast(pa.string())))
+        pq.write_table(t, f)
+"#
+    ));
+    // The row no longer matches its proof, and `prove` refuses it now.
+    let o = bin()
+        .arg("verify-proof")
+        .arg(&bundle)
+        .arg("--key")
+        .arg(&pubkey)
+        .arg("--table")
+        .arg(&table)
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{so}");
+    assert!(so.contains("verified: row"), "{so}");
+    assert!(so.contains("CHANGED") && so.contains("venue_mic"), "{so}");
+    assert!(!so.contains("XLON"), "values are never printed: {so}");
+    let o = bin()
+        .arg("prove")
+        .arg(&spec)
+        .args(["--sink", "trades_clean", "--id", changed_id])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    // The audit names exactly the three rows.
+    let o = bin()
+        .arg("audit")
+        .arg(&spec)
+        .args(["--sink", "trades_clean", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(a["changed"], serde_json::json!([changed_id]), "{a}");
+    assert_eq!(a["deleted"], serde_json::json!([deleted_id]), "{a}");
+    assert_eq!(
+        a["added"],
+        serde_json::json!(["trades:000000000000:999999"]),
+        "{a}"
+    );
+    // The other sink is untouched.
+    let out = run_ok(
+        bin()
+            .arg("audit")
+            .arg(&spec)
+            .args(["--sink", "trades_analytics"]),
+    );
+    assert!(out.contains("every row is as delivered"), "{out}");
+}
+
+/// A JSON Schema validator over the official OpenLineage schemas in `testdata/openlineage/`,
+/// every `$id` mapped to its local file (no network).
+struct OpenLineageSchemas {
+    registry: jsonschema::Registry<'static>,
+    ids: Vec<String>,
+}
+
+impl OpenLineageSchemas {
+    fn load() -> Self {
+        let dir = root().join("testdata/openlineage");
+        let mut files = vec![dir.join("OpenLineage.json")];
+        for e in std::fs::read_dir(dir.join("facets")).unwrap() {
+            files.push(e.unwrap().path());
+        }
+        let mut pairs = Vec::new();
+        for f in files {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+            pairs.push((v["$id"].as_str().unwrap().to_string(), v));
+        }
+        let ids = pairs.iter().map(|(i, _)| i.clone()).collect();
+        let registry = jsonschema::Registry::new()
+            .extend(pairs)
+            .unwrap()
+            .prepare()
+            .unwrap();
+        Self { registry, ids }
+    }
+
+    /// Every error of `instance` against the definition `url` (`...json#/$defs/Name`).
+    fn errors(&self, url: &str, instance: &serde_json::Value) -> Vec<String> {
+        let doc = url.split('#').next().unwrap();
+        assert!(
+            self.ids.iter().any(|i| i == doc),
+            "{url} is not one of the official schemas"
+        );
+        let v = jsonschema::options()
+            .with_registry(&self.registry)
+            .should_validate_formats(true)
+            .build(&serde_json::json!({ "$ref": url }))
+            .unwrap();
+        v.iter_errors(instance)
+            .map(|e| format!("{url}: {e} at {}", e.instance_path()))
+            .collect()
+    }
+
+    /// Validates a RunEvent and every facet in it against its own `_schemaURL`.
+    fn check_event(&self, ev: &serde_json::Value) {
+        let mut errs = self.errors(ev["schemaURL"].as_str().unwrap(), ev);
+        let mut facets = Vec::new();
+        for holder in [&ev["run"]["facets"], &ev["job"]["facets"]] {
+            facets.extend(holder.as_object().into_iter().flatten());
+        }
+        for ds in ev["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(ev["outputs"].as_array().unwrap())
+        {
+            facets.extend(ds["facets"].as_object().into_iter().flatten());
+        }
+        for (name, f) in facets {
+            let url = f["_schemaURL"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: no _schemaURL"));
+            errs.extend(self.errors(url, f));
+        }
+        assert!(errs.is_empty(), "{errs:#?}\n{ev:#}");
+    }
+}
+
+/// Every run emits OpenLineage START and COMPLETE (or FAIL) events, to a file or over HTTP,
+/// valid against the official schemas, with column lineage that flags protected columns.
+#[test]
+fn openlineage_events_validate_against_the_official_schemas() {
+    let schemas = OpenLineageSchemas::load();
+    let (dir, spec) = project("trades.yaml", 2000);
+    let file = dir.path().join("lineage.jsonl");
+    run_ok(bin().arg("run").arg(&spec).arg("--openlineage").arg(&file));
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["START", "COMPLETE"]);
+    assert_eq!(events[0]["run"]["runId"], events[1]["run"]["runId"]);
+    for e in &events {
+        schemas.check_event(e);
+    }
+    // The validator does reject what breaks the schemas.
+    let mut bad = events[1].clone();
+    bad.as_object_mut().unwrap().remove("eventTime");
+    assert!(
+        !schemas
+            .errors(bad["schemaURL"].as_str().unwrap(), &bad)
+            .is_empty()
+    );
+    let mut lineage = events[1]["outputs"][0]["facets"]["columnLineage"].clone();
+    lineage["fields"]["isin"]["inputFields"][0]["field"] = serde_json::json!(7);
+    assert!(
+        !schemas
+            .errors(lineage["_schemaURL"].as_str().unwrap(), &lineage)
+            .is_empty()
+    );
+    // Column lineage of the analyst sink: the account token is a masked derivation of the
+    // source IBAN through two transforms; the ISIN passes through unmasked.
+    let analytics = events[1]["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"].as_str().unwrap().ends_with("trades_analytics"))
+        .unwrap();
+    let fields = &analytics["facets"]["columnLineage"]["fields"];
+    let token = &fields["account_token"]["inputFields"][0];
+    assert_eq!(token["field"], "account_iban", "{fields:#}");
+    assert_eq!(token["transformations"][0]["masking"], true);
+    assert!(token["name"].as_str().unwrap().ends_with(".csv"));
+    let isin = &fields["isin"]["inputFields"][0];
+    assert_eq!(isin["field"], "isin");
+    assert_eq!(isin["transformations"][0]["masking"], false);
+    let notional = &fields["notional"]["inputFields"];
+    let from: Vec<&str> = notional
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        from.contains(&"price") && from.contains(&"quantity"),
+        "{from:?}"
+    );
+    // No value of the data is in the events.
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !text.contains("TRD-") && !text.contains('@'),
+        "values leaked"
+    );
+
+    // Over HTTP, to a real listener; and a failing run sends FAIL with its error.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/api/v1/lineage", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        use std::io::{BufRead, Read, Write};
+        let mut bodies = Vec::new();
+        for _ in 0..2 {
+            let (s, _) = listener.accept().unwrap();
+            let mut r = std::io::BufReader::new(s);
+            let mut len = 0usize;
+            let mut line = String::new();
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            r.get_mut()
+                .write_all(
+                    b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .unwrap();
+            bodies.push(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
+        }
+        bodies
+    });
+    // The same pipeline, made to fail after reading: at most 10 records expected.
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let failing = text.replacen(
+        "{ rule: row_count_between, min: 1 }",
+        "{ rule: row_count_between, min: 1, max: 10 }",
+        1,
+    );
+    assert_ne!(failing, text);
+    let fspec = dir.path().join("failing.yaml");
+    std::fs::write(&fspec, failing).unwrap();
+    let out = bin()
+        .arg("run")
+        .arg(&fspec)
+        .arg("--openlineage")
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let got = server.join().unwrap();
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["START", "FAIL"]);
+    for e in &got {
+        schemas.check_event(e);
+    }
+    let msg = got[1]["run"]["facets"]["errorMessage"]["message"]
+        .as_str()
+        .unwrap();
+    assert!(msg.contains("row_count_between"), "{msg}");
 }

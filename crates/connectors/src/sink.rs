@@ -254,3 +254,76 @@ pub fn write_parquet_atomically(
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// The data files that make up a sink's table now: a Parquet sink's part files, or the files
+/// of a Delta table's current snapshot. For reading back what was delivered (`prove`,
+/// `audit`); PostgreSQL sinks are read with SQL instead and are not supported here yet.
+pub async fn sink_files(name: &str, target: &Target) -> Result<Vec<PathBuf>> {
+    match target {
+        Target::Parquet { dir } => {
+            let rd = std::fs::read_dir(dir)
+                .map_err(|e| sink_err(name, format!("cannot list {}: {e}", dir.display())))?;
+            let mut out = Vec::new();
+            for e in rd {
+                let p = e.map_err(|e| sink_err(name, e))?.path();
+                let f = p.file_name().map(|f| f.to_string_lossy().into_owned());
+                if f.is_some_and(|f| f.ends_with(".parquet") && !f.starts_with('.')) {
+                    out.push(p);
+                }
+            }
+            out.sort();
+            Ok(out)
+        }
+        Target::Delta { uri } => {
+            let url = if uri.contains("://") {
+                url::Url::parse(uri)
+                    .map_err(|e| sink_err(name, format!("bad table URL {uri}: {e}")))?
+            } else {
+                url::Url::from_directory_path(
+                    std::path::absolute(uri).map_err(|e| sink_err(name, e))?,
+                )
+                .map_err(|_| sink_err(name, format!("bad table path {uri}")))?
+            };
+            let table = deltalake::open_table(url)
+                .await
+                .map_err(|e| sink_err(name, format!("cannot open Delta table {uri}: {e}")))?;
+            let mut out = Vec::new();
+            for u in table.get_file_uris().map_err(|e| sink_err(name, e))? {
+                // Local files come back as plain paths or file:// URLs.
+                let path = match url::Url::parse(&u) {
+                    Err(_) => PathBuf::from(&u),
+                    Ok(x) if x.scheme() == "file" => x
+                        .to_file_path()
+                        .map_err(|_| sink_err(name, format!("{u} is not a valid file URL")))?,
+                    Ok(_) => {
+                        return Err(sink_err(
+                            name,
+                            format!(
+                                "{u} is not a local file (reading object stores back is not supported yet)"
+                            ),
+                        ));
+                    }
+                };
+                out.push(path);
+            }
+            out.sort();
+            Ok(out)
+        }
+        Target::Postgres { .. } => Err(sink_err(
+            name,
+            "reading a PostgreSQL sink back is not supported yet (Delta and Parquet sinks are)",
+        )),
+    }
+}
+
+/// Reads a whole Parquet file as record batches.
+pub fn read_parquet(path: &Path) -> std::io::Result<Vec<RecordBatch>> {
+    let f = std::fs::File::open(path)?;
+    let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .map_err(std::io::Error::other)?
+        .with_batch_size(65_536)
+        .build()
+        .map_err(std::io::Error::other)?;
+    r.collect::<Result<Vec<_>, _>>()
+        .map_err(std::io::Error::other)
+}

@@ -35,7 +35,15 @@ pub enum AuditEvent {
         source: String,
         batch: u64,
         counts: Counts,
-        sinks: Vec<String>,
+        /// Which versions were in force (lowercase hex SHA-256): the spec file, the
+        /// transforms' SQL, the resolved protection policy.
+        spec_sha256: String,
+        transforms_sha256: String,
+        policy_sha256: String,
+        /// Merkle root of the batch's input record commitments (hex, `docs/custody.md`).
+        input_root: String,
+        /// Per sink: rows written and the Merkle root of their output commitments.
+        outputs: Vec<SinkOutput>,
         at: String,
     },
     RecordsQuarantined {
@@ -61,6 +69,15 @@ pub enum AuditEvent {
     },
 }
 
+/// What one batch wrote to one sink, as committed in the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkOutput {
+    pub sink: String,
+    pub rows: u64,
+    /// Lowercase hex of the Merkle root over the rows' record leaves.
+    pub root: String,
+}
+
 impl AuditEvent {
     pub fn run_id(&self) -> &RunId {
         match self {
@@ -80,7 +97,9 @@ pub fn now() -> String {
 
 /// Where audit events go. Implementations must be durable when `record` returns `Ok`.
 pub trait AuditSink: Send + Sync {
-    fn record(&self, event: &AuditEvent) -> std::io::Result<()>;
+    /// Records `event`; returns its position in the log when the log numbers its entries (the
+    /// ledger's sequence number), so proofs can find it without a scan.
+    fn record(&self, event: &AuditEvent) -> std::io::Result<Option<u64>>;
 }
 
 /// Append-only JSON Lines audit log, fsynced per event.
@@ -122,7 +141,7 @@ impl JsonlAuditLog {
 }
 
 impl AuditSink for JsonlAuditLog {
-    fn record(&self, event: &AuditEvent) -> std::io::Result<()> {
+    fn record(&self, event: &AuditEvent) -> std::io::Result<Option<u64>> {
         let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
         line.push(b'\n');
         // A poisoned lock means another thread panicked mid-write; refuse further appends.
@@ -131,7 +150,8 @@ impl AuditSink for JsonlAuditLog {
             .lock()
             .map_err(|_| std::io::Error::other("audit log writer is poisoned"))?;
         f.write_all(&line)?;
-        f.sync_data()
+        f.sync_data()?;
+        Ok(None)
     }
 }
 

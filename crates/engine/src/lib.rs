@@ -15,6 +15,8 @@
 //! each sink skips keys it already holds. So every record is loaded or quarantined exactly once.
 //! A run ends only when `rows_in == rows_loaded + rows_quarantined` over all its batches.
 
+pub mod custody;
+pub mod openlineage;
 pub mod quarantine;
 pub mod state;
 pub mod transform;
@@ -76,6 +78,11 @@ pub struct RunOptions {
     pub audit: Arc<dyn AuditSink>,
     pub abandon_unfinished: bool,
     pub progress: Option<Progress>,
+    /// For benchmarks only: skip record commitments, batch roots and custody records (the
+    /// lineage ids stay), to measure what they cost. Rows of such a run cannot be proven.
+    pub skip_commitments_for_benchmark: bool,
+    /// Where to send OpenLineage run events, if anywhere.
+    pub openlineage: Option<openlineage::Emitter>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -145,6 +152,19 @@ pub async fn check_with(
             }
         };
         let schema = protect::output_schema(&sealtrail_quality::typed::source_schema(s), &res);
+        if schema.index_of(custody::ID_COLUMN).is_ok() {
+            out.push(diag(
+                s.at,
+                format!(
+                    "source `{}` has a column named `{}`, which sealtrail reserves for lineage ids",
+                    s.name,
+                    custody::ID_COLUMN
+                ),
+                "rename the column (or the `as:` of the policy that produces it)".into(),
+            ));
+            continue;
+        }
+        let schema = custody::with_id_field(&schema);
         match Transforms::plan(p, &s.name, schema).await {
             Err(errs) => {
                 for e in errs {
@@ -157,6 +177,7 @@ pub async fn check_with(
             }
             Ok(t) => {
                 out.extend(release_check(p, s, &res.states, &t));
+                out.extend(custody_check(p, s, &t));
                 ok.insert(
                     s.name.clone(),
                     Planned {
@@ -216,6 +237,71 @@ fn release_check(
     out
 }
 
+/// Every sink must receive each row's lineage id and only columns with a canonical encoding,
+/// or its rows could not be committed to and proven.
+fn custody_check(p: &Pipeline, source: &Source, t: &Transforms) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for sink in p.sinks.iter().filter(|k| k.root_source == source.name) {
+        let Some(schema) = t.schema_of(&sink.from) else {
+            continue;
+        };
+        let diag = |message: String, hint: &str| Diagnostic {
+            file: p.spec_path.clone(),
+            line: sink.at.0,
+            column: sink.at.1,
+            message,
+            hint: Some(hint.into()),
+        };
+        match schema.field_with_name(custody::ID_COLUMN) {
+            Err(_) => out.push(diag(
+                format!(
+                    "sink `{}` would receive rows without `{}`: `{}` does not keep each row's lineage id",
+                    sink.name,
+                    custody::ID_COLUMN,
+                    sink.from
+                ),
+                "transforms keep the id through projections and filters; aggregations and joins cannot name one source record per row yet, so deliver such results from a separate pipeline",
+            )),
+            Ok(f) if f.data_type() != &arrow::datatypes::DataType::Utf8 => out.push(diag(
+                format!(
+                    "sink `{}`: `{}` is {} instead of the lineage id (text)",
+                    sink.name,
+                    custody::ID_COLUMN,
+                    f.data_type()
+                ),
+                "do not compute a column of that name in SQL; the engine carries it",
+            )),
+            Ok(_) => {}
+        }
+        if let Some(deps) = t
+            .lineage
+            .get(&sink.from)
+            .and_then(|l| l.iter().find(|(n, _)| n == custody::ID_COLUMN))
+            && deps.1.iter().any(|d| d != custody::ID_COLUMN)
+        {
+            out.push(diag(
+                format!(
+                    "sink `{}`: `{}` in `{}` is computed from other columns, not carried from the source record",
+                    sink.name,
+                    custody::ID_COLUMN,
+                    sink.from
+                ),
+                "do not compute a column of that name in SQL; the engine carries it",
+            ));
+        }
+        for (col, ty) in custody::unencodable(&schema) {
+            out.push(diag(
+                format!(
+                    "sink `{}`: column `{col}` is {ty}, which has no canonical encoding for record commitments",
+                    sink.name
+                ),
+                "CAST it in SQL to text, a number, a boolean, a date, a timestamp or a decimal",
+            ));
+        }
+    }
+    out
+}
+
 /// The raw sensitive protection-stage columns that column `col` of `table` is computed from,
 /// each with its path (`source.col -> transform.col ...`).
 fn trace<'a>(
@@ -225,10 +311,25 @@ fn trace<'a>(
     table: &str,
     col: &str,
 ) -> Vec<(Vec<String>, &'a ColumnState)> {
+    trace_all(source, states, t, table, col)
+        .into_iter()
+        .filter(|(_, s)| s.protected_by.is_none() && s.tag.is_sensitive())
+        .collect()
+}
+
+/// Every protection-stage column that column `col` of `table` is computed from, each with
+/// its path (`source.col -> transform.col ...`): column lineage through the SQL.
+pub fn trace_all<'a>(
+    source: &str,
+    states: &'a [ColumnState],
+    t: &Transforms,
+    table: &str,
+    col: &str,
+) -> Vec<(Vec<String>, &'a ColumnState)> {
     if table == source {
         return states
             .iter()
-            .filter(|s| s.name == col && s.protected_by.is_none() && s.tag.is_sensitive())
+            .filter(|s| s.name == col)
             .map(|s| (vec![format!("{source}.{col}")], s))
             .collect();
     }
@@ -242,7 +343,7 @@ fn trace<'a>(
     };
     let mut out = Vec::new();
     for d in &deps.1 {
-        for (mut path, s) in trace(source, states, t, input, d) {
+        for (mut path, s) in trace_all(source, states, t, input, d) {
             path.push(format!("{table}.{col}"));
             out.push((path, s));
         }
@@ -317,9 +418,20 @@ async fn choose_inputs(
 }
 
 struct Prepared {
+    /// Protected valid rows, with their lineage ids in [`custody::ID_COLUMN`].
     valid: RecordBatch,
     quarantined: Vec<Quarantined>,
     rows_in: u64,
+    custody: InputCustody,
+}
+
+/// A batch's input records for the chain of custody.
+struct InputCustody {
+    input_key: String,
+    first_pos: u64,
+    last_pos: u64,
+    /// Every record of the batch, loaded or quarantined, in source order: (id, commitment).
+    records: Vec<(String, sealtrail_ledger::entry::Hash)>,
 }
 
 /// Runs (or resumes) the pipeline.
@@ -371,7 +483,36 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         inputs: inputs_all,
         at: now(),
     })?;
-    match run_inner(p, opts, &st, &run_id).await {
+    let lineage = match &opts.openlineage {
+        Some(em) => {
+            let (planned, _) = check_with(p, &Samples::new()).await;
+            let mut by_source = HashMap::new();
+            for s in &p.sources {
+                by_source.insert(s.name.clone(), st.run_inputs(&run_id, &s.name).await?);
+            }
+            let d = openlineage::describe(p, &planned, &by_source);
+            em.emit(&openlineage::event("START", p, run_id.as_str(), &d, None))
+                .await;
+            Some((em, d))
+        }
+        None => None,
+    };
+    let result = run_inner(p, opts, &st, &run_id).await;
+    if let Some((em, d)) = &lineage {
+        let (kind, err) = match &result {
+            Ok(_) => ("COMPLETE", None),
+            Err(e) => ("FAIL", Some(e.to_string())),
+        };
+        em.emit(&openlineage::event(
+            kind,
+            p,
+            run_id.as_str(),
+            d,
+            err.as_deref(),
+        ))
+        .await;
+    }
+    match result {
         Ok(mut report) => {
             report.resumed = resumed;
             audit(AuditEvent::RunEnded {
@@ -475,6 +616,11 @@ async fn run_inner(
             })
             .collect();
         st.save_classifications(&p.name, run_id, &stored).await?;
+        let versions = Versions {
+            spec: p.spec_sha256.clone(),
+            transforms: transforms.version(),
+            policy: policy_version(&resolution),
+        };
         let protector = Protector::new(source, &schema, &resolution, opts.keyring.clone())
             .map_err(|e| Error::Keys(e.to_string()))?;
         let mut sinks: Vec<(SinkWriter, String)> = Vec::new();
@@ -488,13 +634,14 @@ async fn run_inner(
         }
 
         let inputs = st.run_inputs(run_id, &source.name).await?;
+        let commit = !opts.skip_commitments_for_benchmark;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Prepared>>(2);
         let src = source.clone();
         let batch_rows = p.batch_rows;
         let (ctx, crx) = std::sync::mpsc::sync_channel::<Result<Checked>>(2);
         let decoder = std::thread::Builder::new()
             .name(format!("decode-{}", source.name))
-            .spawn(move || decode_loop(src, inputs, batch_rows, schema, ctx))
+            .spawn(move || decode_loop(src, inputs, batch_rows, schema, ctx, commit))
             .map_err(|e| Error::Internal(e.to_string()))?;
         let protect = std::thread::Builder::new()
             .name(format!("protect-{}", source.name))
@@ -524,6 +671,7 @@ async fn run_inner(
                 &mut sinks,
                 &mut qsink,
                 &qsealer,
+                &versions,
                 opts,
                 &mut report,
             )
@@ -586,6 +734,55 @@ struct Checked {
     valid: RecordBatch,
     quarantined: Vec<Quarantined>,
     rows_in: u64,
+    /// For each row of `raw`, its record in `custody.records` (which holds its lineage id).
+    record_of: Vec<u32>,
+    custody: InputCustody,
+}
+
+/// Lineage ids and input commitments of every record of a decoded batch.
+fn input_custody(
+    source: &str,
+    d: &sealtrail_connectors::Decoded,
+    commitments: bool,
+) -> (Vec<u32>, InputCustody) {
+    let commitment = |b: &[u8]| {
+        if commitments {
+            sealtrail_ledger::custody::commitment(b)
+        } else {
+            [0; 32]
+        }
+    };
+    let b = &d.batch;
+    let key = custody::input_key(&b.input);
+    // (position, raw row or usize::MAX for a malformed record, id, commitment)
+    let mut recs: Vec<(u64, usize, String, sealtrail_ledger::entry::Hash)> =
+        Vec::with_capacity(b.len() + d.malformed.len());
+    for r in 0..b.len() {
+        let id = custody::record_id(source, &key, b.pos_kind, b.position(r), b.key(r));
+        recs.push((b.position(r), r, id, commitment(b.raw(r))));
+    }
+    for q in &d.malformed {
+        let k = custody::input_key(&q.input);
+        let id = custody::record_id(source, &k, q.pos_kind, q.pos, q.key.as_deref());
+        recs.push((q.pos, usize::MAX, id, commitment(&q.raw)));
+    }
+    // Records arrive in source order except malformed ones, which come separately.
+    if !d.malformed.is_empty() {
+        recs.sort_by_key(|r| r.0);
+    }
+    let mut record_of = vec![0u32; b.len()];
+    for (k, r) in recs.iter().enumerate() {
+        if r.1 != usize::MAX {
+            record_of[r.1] = k as u32;
+        }
+    }
+    let c = InputCustody {
+        input_key: key,
+        first_pos: recs.first().map_or(0, |r| r.0),
+        last_pos: recs.last().map_or(0, |r| r.0),
+        records: recs.into_iter().map(|(_, _, id, c)| (id, c)).collect(),
+    };
+    (record_of, c)
 }
 
 fn decode_loop(
@@ -594,6 +791,7 @@ fn decode_loop(
     batch_rows: usize,
     schema: arrow::datatypes::SchemaRef,
     tx: std::sync::mpsc::SyncSender<Result<Checked>>,
+    commitments: bool,
 ) {
     let mut validator = Validator::new(&source);
     let mut reader = match sealtrail_connectors::open_source(&source, inputs, batch_rows) {
@@ -613,6 +811,7 @@ fn decode_loop(
             }
         };
         let rows_in = decoded.rows_in();
+        let (record_of, custody) = input_custody(&source.name, &decoded, commitments);
         let mut v = validator.validate(&decoded.batch);
         let mut quarantined = decoded.malformed;
         let typed = sealtrail_quality::typed::to_record_batch(
@@ -636,6 +835,8 @@ fn decode_loop(
             valid,
             quarantined,
             rows_in,
+            record_of,
+            custody,
         };
         if tx.send(Ok(checked)).is_err() {
             return; // the run stopped
@@ -660,9 +861,26 @@ fn protect_loop(
         };
         let mut quarantined = c.quarantined;
         let raw = |i: usize| c.raw.raw(c.rows[i] as usize);
-        let valid = match protector.apply(&c.valid, raw) {
-            Ok((b, failed)) if failed.is_empty() => b,
-            Ok((b, failed)) => {
+        let with_ids = |b: RecordBatch| {
+            let ids = arrow::array::StringArray::from_iter_values(c.rows.iter().map(|&r| {
+                c.custody.records[c.record_of[r as usize] as usize]
+                    .0
+                    .as_str()
+            }));
+            let mut cols = b.columns().to_vec();
+            cols.push(Arc::new(ids));
+            RecordBatch::try_new(custody::with_id_field(&b.schema()), cols)
+        };
+        let valid = match protector
+            .apply(&c.valid, raw)
+            .map(|(b, f)| (with_ids(b), f))
+        {
+            Ok((Err(e), _)) => {
+                let _ = tx.blocking_send(Err(Error::Internal(format!("lineage ids: {e}"))));
+                return;
+            }
+            Ok((Ok(b), failed)) if failed.is_empty() => b,
+            Ok((Ok(b), failed)) => {
                 let mut keep = vec![true; b.num_rows()];
                 for (i, reason) in failed {
                     keep[i] = false;
@@ -692,11 +910,32 @@ fn protect_loop(
             valid,
             quarantined,
             rows_in: c.rows_in,
+            custody: c.custody,
         };
         if tx.blocking_send(Ok(prepared)).is_err() {
             return; // the run stopped
         }
     }
+}
+
+/// The versions in force for a source's batches, as lowercase hex SHA-256.
+#[derive(Debug, Clone)]
+struct Versions {
+    spec: String,
+    transforms: String,
+    policy: String,
+}
+
+/// SHA-256 of the resolved protection of a source: which action produces which column from
+/// which input, with which parameters (key names, never key material).
+fn policy_version(r: &Resolution) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for o in &r.outputs {
+        h.update(format!("{}:{}:{:?}\n", o.input, o.name, o.action).as_bytes());
+    }
+    h.update(format!("digest={:?}", r.digest).as_bytes());
+    hex::encode(h.finalize())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -711,6 +950,7 @@ async fn commit_one(
     sinks: &mut [(SinkWriter, String)],
     qsink: &mut SinkWriter,
     qsealer: &Sealer,
+    versions: &Versions,
     opts: &RunOptions,
     report: &mut RunReport,
 ) -> Result<()> {
@@ -746,16 +986,47 @@ async fn commit_one(
         .apply(&prepared.valid)
         .await
         .map_err(|e| Error::Transform(e.to_string()))?;
-    let mut names = Vec::new();
+    let ic = &prepared.custody;
+    let mut bc = custody::BatchCustody {
+        input: if opts.skip_commitments_for_benchmark {
+            Vec::new()
+        } else {
+            ic.records.clone()
+        },
+        outputs: Vec::new(),
+    };
+    if !opts.skip_commitments_for_benchmark && bc.input.len() as u64 != counts.rows_in {
+        return Err(Error::Internal(format!(
+            "batch {batch_no} of `{source}`: {} input commitments for {} records",
+            bc.input.len(),
+            counts.rows_in
+        )));
+    }
     for (w, from) in sinks.iter_mut() {
         let rows: &[RecordBatch] = if from == source {
             std::slice::from_ref(&prepared.valid)
         } else {
             outputs.get(from).map(Vec::as_slice).unwrap_or(&[])
         };
+        if !opts.skip_commitments_for_benchmark {
+            let commitments = custody::output_commitments(rows).map_err(|e| {
+                Error::Internal(format!("output commitments for sink `{}`: {e}", w.name()))
+            })?;
+            bc.add_sink(w.name(), commitments)
+                .map_err(|e| Error::Transform(e.to_string()))?;
+        }
         w.commit(&key, rows).await?;
-        names.push(w.name().to_string());
     }
+    let hex = |h: &sealtrail_ledger::entry::Hash| hex::encode(h);
+    let sink_roots = bc
+        .outputs
+        .iter()
+        .map(|s| sealtrail_core::audit::SinkOutput {
+            sink: s.sink.clone(),
+            rows: s.rows.len() as u64,
+            root: hex(&bc.output_root(s)),
+        })
+        .collect();
     let qb = quarantine::to_batch(run_id.as_str(), source, &prepared.quarantined, qsealer)
         .map_err(|e| Error::Internal(e.to_string()))?;
     qsink.commit(&key, std::slice::from_ref(&qb)).await?;
@@ -773,13 +1044,18 @@ async fn commit_one(
     for (k, v) in &by_reason {
         *report.by_reason.entry(k.to_string()).or_default() += v;
     }
-    opts.audit
+    let ledger_seq = opts
+        .audit
         .record(&AuditEvent::BatchCommitted {
             run_id: run_id.clone(),
             source: source.to_string(),
             batch: batch_no,
             counts,
-            sinks: names,
+            spec_sha256: versions.spec.clone(),
+            transforms_sha256: versions.transforms.clone(),
+            policy_sha256: versions.policy.clone(),
+            input_root: hex(&bc.input_root()),
+            outputs: sink_roots,
             at: now(),
         })
         .map_err(Error::Audit)?;
@@ -802,6 +1078,15 @@ async fn commit_one(
     // The commit point comes after the audit events: a crash in between re-runs this batch
     // (the sinks skip it) and records its events again, so the ledger may hold a batch twice
     // (same run, source and batch number) but never misses one.
-    st.commit_batch(run_id, source, batch_no, counts).await?;
+    let row = state::CustodyRow {
+        pipeline: p.name.clone(),
+        input_key: ic.input_key.clone(),
+        first_pos: ic.first_pos,
+        last_pos: ic.last_pos,
+        ledger_seq,
+        data: bc.encode(),
+    };
+    st.commit_batch(run_id, source, batch_no, counts, &row)
+        .await?;
     Ok(())
 }

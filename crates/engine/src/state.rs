@@ -59,8 +59,34 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sealtrail_run_inputs (run_id TEXT NOT NULL, source TEXT NOT NULL, seq BIGINT NOT NULL, input TEXT NOT NULL, fingerprint TEXT NOT NULL, PRIMARY KEY (run_id, source, seq))",
     "CREATE TABLE IF NOT EXISTS sealtrail_batches (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, rows_in BIGINT NOT NULL, rows_loaded BIGINT NOT NULL, rows_quarantined BIGINT NOT NULL, committed_at TEXT NOT NULL, PRIMARY KEY (run_id, source, batch))",
     "CREATE TABLE IF NOT EXISTS sealtrail_loaded_files (pipeline TEXT NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (pipeline, source, fingerprint))",
+    // Chain of custody: per committed batch, the record commitments needed to prove any of
+    // its rows (`custody::BatchCustody`), and the ledger entry that holds its roots.
+    "CREATE TABLE IF NOT EXISTS sealtrail_custody (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, pipeline TEXT NOT NULL, input_key TEXT NOT NULL, first_pos BIGINT NOT NULL, last_pos BIGINT NOT NULL, ledger_seq BIGINT, data BYTEA NOT NULL, PRIMARY KEY (run_id, source, batch))",
     "CREATE TABLE IF NOT EXISTS sealtrail_classifications (pipeline TEXT NOT NULL, source TEXT NOT NULL, col TEXT NOT NULL, tag TEXT NOT NULL, kind TEXT, confidence DOUBLE PRECISION NOT NULL, evidence TEXT NOT NULL, run_id TEXT NOT NULL, classified_at TEXT NOT NULL, PRIMARY KEY (pipeline, source, col))",
 ];
+
+/// What [`StateStore::commit_batch`] stores for proofs.
+#[derive(Debug, Clone)]
+pub struct CustodyRow {
+    pub pipeline: String,
+    /// The input part of the batch's lineage ids, and the range of positions it holds.
+    pub input_key: String,
+    pub first_pos: u64,
+    pub last_pos: u64,
+    /// The `batch_committed` ledger entry, when the audit sink numbers its entries.
+    pub ledger_seq: Option<u64>,
+    /// `custody::BatchCustody::encode`.
+    pub data: Vec<u8>,
+}
+
+/// Names a stored custody record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustodyRef {
+    pub run_id: String,
+    pub source: String,
+    pub batch: u64,
+    pub ledger_seq: Option<u64>,
+}
 
 /// A column's classification as stored with the dataset.
 #[derive(Debug, Clone, PartialEq)]
@@ -225,14 +251,17 @@ impl StateStore {
         Ok(row.map(|r| counts(r.get(0), r.get(1), r.get(2))))
     }
 
-    /// Records a batch as committed to every sink: the commit point of a batch.
+    /// Records a batch as committed to every sink, with its custody record, in one
+    /// transaction: the commit point of a batch.
     pub async fn commit_batch(
         &self,
         run: &RunId,
         source: &str,
         batch: u64,
         c: Counts,
+        custody: &CustodyRow,
     ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO sealtrail_batches (run_id, source, batch, rows_in, rows_loaded, rows_quarantined, committed_at) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(run.as_str())
             .bind(source)
@@ -241,9 +270,61 @@ impl StateStore {
             .bind(c.rows_loaded as i64)
             .bind(c.rows_quarantined as i64)
             .bind(sealtrail_core::audit::now())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("INSERT INTO sealtrail_custody (run_id, source, batch, pipeline, input_key, first_pos, last_pos, ledger_seq, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .bind(run.as_str())
+            .bind(source)
+            .bind(batch as i64)
+            .bind(&custody.pipeline)
+            .bind(&custody.input_key)
+            .bind(custody.first_pos as i64)
+            .bind(custody.last_pos as i64)
+            .bind(custody.ledger_seq.map(|s| s as i64))
+            .bind(&custody.data)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(())
+    }
+
+    /// Custody records of `pipeline`, optionally only those of `source` and input key whose
+    /// position range holds `pos`; newest run first.
+    pub async fn custody_index(
+        &self,
+        pipeline: &str,
+        at: Option<(&str, &str, Option<u64>)>,
+    ) -> Result<Vec<CustodyRef>> {
+        let (source, key, pos) = at.unwrap_or(("", "", None));
+        let rows = sqlx::query("SELECT c.run_id, c.source, c.batch, c.ledger_seq FROM sealtrail_custody c JOIN sealtrail_runs r ON r.run_id = c.run_id WHERE c.pipeline = $1 AND ($2 = '' OR (c.source = $2 AND c.input_key = $3)) AND ($4 < 0 OR (c.first_pos <= $4 AND c.last_pos >= $4)) ORDER BY r.started_at DESC, c.run_id DESC, c.source, c.batch")
+            .bind(pipeline)
+            .bind(source)
+            .bind(key)
+            .bind(pos.map_or(-1, |p| p as i64))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| CustodyRef {
+                run_id: r.get(0),
+                source: r.get(1),
+                batch: r.get::<i64, _>(2) as u64,
+                ledger_seq: r.get::<Option<i64>, _>(3).map(|s| s as u64),
+            })
+            .collect())
+    }
+
+    /// The stored custody record of one batch.
+    pub async fn custody(&self, r: &CustodyRef) -> Result<Vec<u8>> {
+        let row = sqlx::query(
+            "SELECT data FROM sealtrail_custody WHERE run_id = $1 AND source = $2 AND batch = $3",
+        )
+        .bind(&r.run_id)
+        .bind(&r.source)
+        .bind(r.batch as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get(0))
     }
 
     /// Sum over the committed batches of a run (of one source, or all with `None`).

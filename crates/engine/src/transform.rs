@@ -13,6 +13,8 @@ use sealtrail_spec::{Pipeline, Transform};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
+use crate::custody::ID_COLUMN;
+
 /// The transforms of one source, ready to run per batch.
 #[derive(Debug)]
 pub struct Transforms {
@@ -67,7 +69,7 @@ impl Transforms {
         }
         for t in &chain {
             let planned = async {
-                let df = ctx.sql(&t.sql).await?;
+                let df = sql_keeping_ids(&ctx, &t.sql).await?;
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
                 let plan = df.into_optimized_plan()?;
                 let deps: Vec<(String, BTreeSet<String>)> = schema
@@ -101,6 +103,19 @@ impl Transforms {
             schemas,
             lineage,
         })
+    }
+
+    /// SHA-256 (hex) over the transforms' names, inputs and SQL, in order.
+    pub fn version(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for t in &self.chain {
+            for part in [&t.name, &t.input, &t.sql] {
+                h.update((part.len() as u64).to_be_bytes());
+                h.update(part.as_bytes());
+            }
+        }
+        hex::encode(h.finalize())
     }
 
     /// The table a transform reads.
@@ -138,7 +153,7 @@ impl Transforms {
             )?),
         )?;
         for t in &self.chain {
-            let rows = ctx.sql(&t.sql).await?.collect().await?;
+            let rows = sql_keeping_ids(&ctx, &t.sql).await?.collect().await?;
             let schema = self.schemas[&t.name].clone();
             ctx.register_table(
                 t.name.as_str(),
@@ -148,6 +163,42 @@ impl Transforms {
         }
         Ok(out)
     }
+}
+
+/// Plans `sql` and makes every projection keep the lineage id column of its input: a SELECT
+/// that lists its columns still delivers each row's `_sealtrail_id`, so no transform can drop
+/// the chain of custody by leaving it out.
+async fn sql_keeping_ids(
+    ctx: &SessionContext,
+    sql: &str,
+) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::Projection;
+    let plan = ctx.sql(sql).await?.into_unoptimized_plan();
+    let plan = plan
+        .transform_up(|node| {
+            let LogicalPlan::Projection(p) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            let has =
+                |s: &datafusion::common::DFSchema| s.fields().iter().any(|f| f.name() == ID_COLUMN);
+            if has(&p.schema) || !has(p.input.schema()) {
+                return Ok(Transformed::no(node));
+            }
+            let (q, _) = p
+                .input
+                .schema()
+                .qualified_field_with_unqualified_name(ID_COLUMN)?;
+            let mut exprs = p.expr.clone();
+            exprs.push(Expr::Column(datafusion::common::Column::new(
+                q.cloned(),
+                ID_COLUMN,
+            )));
+            let np = Projection::try_new(exprs, p.input.clone())?;
+            Ok(Transformed::yes(LogicalPlan::Projection(np)))
+        })?
+        .data;
+    ctx.execute_logical_plan(plan).await
 }
 
 fn first_line(s: &str) -> String {

@@ -1,6 +1,6 @@
 //! The engine's audit events, recorded in the ledger.
 
-use crate::entry::{Event, Hash};
+use crate::entry::{Event, Hash, SinkRoot};
 use crate::log::LedgerLog;
 use sealtrail_core::audit::{AuditEvent, AuditSink};
 use std::sync::Mutex;
@@ -53,7 +53,11 @@ pub fn to_event(e: &AuditEvent) -> Event {
             source,
             batch,
             counts,
-            sinks,
+            spec_sha256,
+            transforms_sha256,
+            policy_sha256,
+            input_root,
+            outputs,
             ..
         } => Event::BatchCommitted {
             run_id: run_id.to_string(),
@@ -62,9 +66,18 @@ pub fn to_event(e: &AuditEvent) -> Event {
             rows_in: counts.rows_in,
             rows_loaded: counts.rows_loaded,
             rows_quarantined: counts.rows_quarantined,
-            sinks: sinks.clone(),
-            input_root: [0; 32],
-            output_root: [0; 32],
+            spec_sha256: hash_from_hex(spec_sha256),
+            transforms_sha256: hash_from_hex(transforms_sha256),
+            policy_sha256: hash_from_hex(policy_sha256),
+            input_root: hash_from_hex(input_root),
+            outputs: outputs
+                .iter()
+                .map(|o| SinkRoot {
+                    sink: o.sink.clone(),
+                    rows: o.rows,
+                    root: hash_from_hex(&o.root),
+                })
+                .collect(),
         },
         AuditEvent::RecordsQuarantined {
             run_id,
@@ -90,13 +103,13 @@ pub fn to_event(e: &AuditEvent) -> Event {
 }
 
 impl AuditSink for LedgerAudit {
-    fn record(&self, event: &AuditEvent) -> std::io::Result<()> {
+    fn record(&self, event: &AuditEvent) -> std::io::Result<Option<u64>> {
         let mut log = self
             .log
             .lock()
             .map_err(|_| std::io::Error::other("the ledger lock is poisoned"))?;
         log.append(vec![to_event(event)])
-            .map(|_| ())
+            .map(|a| Some(a.first_seq))
             .map_err(std::io::Error::other)
     }
 }

@@ -45,11 +45,16 @@ pub enum Event {
         rows_in: u64,
         rows_loaded: u64,
         rows_quarantined: u64,
-        sinks: Vec<String>,
-        /// Merkle roots of the batch's input and output record commitments (zeros until the
-        /// chain-of-custody work fills them).
+        /// SHA-256 of the spec file, of the transforms' SQL and of the resolved protection
+        /// policy in force (see `docs/custody.md`).
+        spec_sha256: Hash,
+        transforms_sha256: Hash,
+        policy_sha256: Hash,
+        /// Merkle root (record leaves, `docs/custody.md`) of every input record of the batch,
+        /// loaded or quarantined, in source order.
         input_root: Hash,
-        output_root: Hash,
+        /// Per sink, in spec order: rows written and the Merkle root of their commitments.
+        outputs: Vec<SinkRoot>,
     },
     /// 4: records of a batch were quarantined, counted by reason code.
     RecordsQuarantined {
@@ -149,6 +154,14 @@ pub fn kind_name(kind: u8) -> Option<&'static str> {
         12 => "recovery",
         _ => return None,
     })
+}
+
+/// What one batch wrote to one sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkRoot {
+    pub sink: String,
+    pub rows: u64,
+    pub root: Hash,
 }
 
 /// One ledger entry.
@@ -298,9 +311,11 @@ impl Entry {
                 rows_in,
                 rows_loaded,
                 rows_quarantined,
-                sinks,
+                spec_sha256,
+                transforms_sha256,
+                policy_sha256,
                 input_root,
-                output_root,
+                outputs,
             } => {
                 w.str(run_id);
                 w.str(source);
@@ -308,9 +323,16 @@ impl Entry {
                 w.u64(*rows_in);
                 w.u64(*rows_loaded);
                 w.u64(*rows_quarantined);
-                w.strs(sinks);
+                w.hash(spec_sha256);
+                w.hash(transforms_sha256);
+                w.hash(policy_sha256);
                 w.hash(input_root);
-                w.hash(output_root);
+                w.0.extend_from_slice(&(outputs.len() as u32).to_be_bytes());
+                for o in outputs {
+                    w.str(&o.sink);
+                    w.u64(o.rows);
+                    w.hash(&o.root);
+                }
             }
             Event::RecordsQuarantined {
                 run_id,
@@ -432,9 +454,22 @@ impl Entry {
                 rows_in: r.u64()?,
                 rows_loaded: r.u64()?,
                 rows_quarantined: r.u64()?,
-                sinks: r.strs()?,
+                spec_sha256: r.hash()?,
+                transforms_sha256: r.hash()?,
+                policy_sha256: r.hash()?,
                 input_root: r.hash()?,
-                output_root: r.hash()?,
+                outputs: {
+                    let n = r.count(44)?;
+                    (0..n)
+                        .map(|_| {
+                            Ok(SinkRoot {
+                                sink: r.str()?,
+                                rows: r.u64()?,
+                                root: r.hash()?,
+                            })
+                        })
+                        .collect::<Result<_, DecodeError>>()?
+                },
             },
             4 => Event::RecordsQuarantined {
                 run_id: r.str()?,
@@ -525,9 +560,15 @@ mod tests {
                 rows_in: 10,
                 rows_loaded: 9,
                 rows_quarantined: 1,
-                sinks: vec!["out".into()],
+                spec_sha256: [4; 32],
+                transforms_sha256: [5; 32],
+                policy_sha256: [6; 32],
                 input_root: [2; 32],
-                output_root: [3; 32],
+                outputs: vec![SinkRoot {
+                    sink: "out".into(),
+                    rows: 9,
+                    root: [3; 32],
+                }],
             },
             Event::RecordsQuarantined {
                 run_id: "r1".into(),

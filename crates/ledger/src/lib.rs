@@ -2,6 +2,7 @@
 //! with C2SP signed checkpoints. See `docs/ledger-format.md`.
 
 pub mod audit;
+pub mod custody;
 pub mod entry;
 pub mod log;
 pub mod merkle;

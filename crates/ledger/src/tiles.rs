@@ -442,3 +442,27 @@ impl NodeSource for TileReader {
         Ok(crate::merkle::root(hashes))
     }
 }
+
+/// The exact bytes of entry `seq` of the tree of `size` entries stored under `dir` (from the
+/// full entry bundle, or the partial one when the tile is not complete yet).
+pub fn read_entry(dir: &Path, size: u64, seq: u64) -> std::io::Result<Vec<u8>> {
+    if seq >= size {
+        return Err(std::io::Error::other(format!(
+            "entry {seq} is not in the tree of {size} entries"
+        )));
+    }
+    let index = seq / TILE_WIDTH;
+    let in_tree = size - index * TILE_WIDTH;
+    let id = |width: u64| TileId {
+        kind: TileKind::Entries,
+        index,
+        width: width as u16,
+    };
+    let b = std::fs::read(dir.join(id(TILE_WIDTH).rel_path()))
+        .or_else(|_| std::fs::read(dir.join(id(in_tree.min(TILE_WIDTH)).rel_path())))?;
+    let list =
+        parse_bundle(&b).ok_or_else(|| std::io::Error::other("an entry bundle is damaged"))?;
+    list.get((seq % TILE_WIDTH) as usize)
+        .map(|e| e.to_vec())
+        .ok_or_else(|| std::io::Error::other(format!("entry {seq} is missing from its bundle")))
+}

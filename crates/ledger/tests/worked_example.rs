@@ -2,7 +2,7 @@
 //! exactly the text generated here (run with SEALTRAIL_PRINT_EXAMPLE=1 to print it).
 
 use base64::Engine;
-use sealtrail_ledger::entry::{Entry, Event};
+use sealtrail_ledger::entry::{Entry, Event, SinkRoot};
 use sealtrail_ledger::merkle::{leaf_hash, node_hash};
 use sealtrail_ledger::note::{Checkpoint, NoteSigner};
 use sealtrail_ledger::tiles;
@@ -28,9 +28,15 @@ fn example() -> String {
             rows_in: 3,
             rows_loaded: 2,
             rows_quarantined: 1,
-            sinks: vec!["out".into()],
-            input_root: [0; 32],
-            output_root: [0; 32],
+            spec_sha256: [0xab; 32],
+            transforms_sha256: [0xcd; 32],
+            policy_sha256: [0xef; 32],
+            input_root: [0x11; 32],
+            outputs: vec![SinkRoot {
+                sink: "out".into(),
+                rows: 2,
+                root: [0x22; 32],
+            }],
         },
         Event::RunEnded {
             run_id: "r1".into(),

@@ -1,0 +1,761 @@
+//! `sealtrail prove`, `verify-proof` and `audit`: the chain of custody of delivered rows.
+
+use crate::StateArgs;
+use crate::ledger_cmd::load_verifier;
+use anyhow::{Context, Result, anyhow, bail};
+use arrow::array::{Array, AsArray, RecordBatch};
+use sealtrail_engine::custody::{self, BatchCustody};
+use sealtrail_engine::state::{CustodyRef, StateStore};
+use sealtrail_ledger::custody::{
+    BUNDLE_FORMAT, Bundle, EntryProof, RowProof, commitment, inclusion, record_leaf,
+};
+use sealtrail_ledger::entry::{Entry, Event, Hash};
+use sealtrail_ledger::merkle;
+use sealtrail_ledger::tiles::{self, TileReader};
+use sealtrail_spec::{Pipeline, Sink};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Exit code when a proof or an audit finds a difference.
+const TAMPERED: i32 = 4;
+
+/// Which row to prove.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct RowSelector {
+    /// The row's lineage id (its `_sealtrail_id`).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// A column value that identifies the row, as `COLUMN=VALUE` (for example
+    /// `trade_id=TRD-000042`); it must match exactly one row.
+    #[arg(long = "where", value_name = "COLUMN=VALUE")]
+    pub where_: Option<String>,
+}
+
+fn find_sink<'a>(p: &'a Pipeline, name: &str) -> Result<&'a Sink> {
+    p.sinks.iter().find(|s| s.name == name).ok_or_else(|| {
+        anyhow!(
+            "pipeline `{}` has no sink `{name}`; its sinks: {}",
+            p.name,
+            p.sinks
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// Text of a column value for `--where` matching (`None` for null).
+fn cell_text(b: &RecordBatch, col: usize, row: usize) -> Option<String> {
+    let c = b.column(col);
+    if c.is_null(row) {
+        return None;
+    }
+    let s = arrow::compute::cast(&c.slice(row, 1), &arrow::datatypes::DataType::Utf8).ok()?;
+    Some(s.as_string::<i32>().value(0).to_string())
+}
+
+/// A delivered row: its lineage id and canonical encoding.
+struct FoundRow {
+    id: String,
+    canonical: String,
+}
+
+/// Reads the table `files` make up and returns the rows `want` selects.
+fn find_rows(files: &[PathBuf], sel: &RowSelector) -> Result<Vec<FoundRow>> {
+    let cond = match &sel.where_ {
+        Some(w) => {
+            let (c, v) = w
+                .split_once('=')
+                .ok_or_else(|| anyhow!("--where takes COLUMN=VALUE, got `{w}`"))?;
+            Some((c.trim().to_string(), v.to_string()))
+        }
+        None => None,
+    };
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    for f in files {
+        for b in sealtrail_connectors::sink::read_parquet(f)
+            .with_context(|| format!("reading {}", f.display()))?
+        {
+            let ids = custody::id_column(&b).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+            let col = match &cond {
+                Some((c, _)) => Some(b.schema().index_of(c).map_err(|_| {
+                    anyhow!("the sink has no column `{c}`; pick one of its columns for --where")
+                })?),
+                None => None,
+            };
+            for r in 0..b.num_rows() {
+                let hit = match (&sel.id, &cond, col) {
+                    (Some(id), _, _) => ids(r) == Some(id.as_str()),
+                    (_, Some((_, v)), Some(c)) => cell_text(&b, c, r).as_deref() == Some(v),
+                    _ => false,
+                };
+                if hit {
+                    custody::canonical_row(&b, r, &mut buf).map_err(|e| anyhow!(e))?;
+                    out.push(FoundRow {
+                        id: ids(r).unwrap_or_default().to_string(),
+                        canonical: buf.clone(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where a delivered row's lineage id sits in the stored custody records.
+struct Located {
+    at: CustodyRef,
+    custody: BatchCustody,
+    input_index: usize,
+    sink_index: usize,
+    row_index: usize,
+}
+
+async fn locate(st: &StateStore, pipeline: &str, sink: &str, id: &str) -> Result<Located> {
+    let (source, key, pos) = custody::parse_id(id)
+        .ok_or_else(|| anyhow!("`{id}` is not a lineage id (source:input:position)"))?;
+    let refs = st
+        .custody_index(pipeline, Some((source, key, pos.parse().ok())))
+        .await?;
+    for r in refs {
+        let c = BatchCustody::decode(&st.custody(&r).await?).ok_or_else(|| {
+            anyhow!(
+                "the custody record of run {} batch {} is damaged",
+                r.run_id,
+                r.batch
+            )
+        })?;
+        let Some(k) = c.input.iter().position(|(i, _)| i == id) else {
+            continue;
+        };
+        let Some(s) = c.outputs.iter().position(|o| o.sink == sink) else {
+            continue;
+        };
+        let Some(j) = c.outputs[s].rows.iter().position(|(i, _)| *i as usize == k) else {
+            continue;
+        };
+        return Ok(Located {
+            at: r,
+            custody: c,
+            input_index: k,
+            sink_index: s,
+            row_index: j,
+        });
+    }
+    bail!(
+        "no committed batch of pipeline `{pipeline}` delivered record {id} to sink `{sink}` (it may have been quarantined, or loaded under another state store)"
+    )
+}
+
+pub async fn prove(
+    spec: &Path,
+    sink: &str,
+    sel: &RowSelector,
+    out: Option<&Path>,
+    state: &StateArgs,
+) -> Result<i32> {
+    let p = sealtrail_spec::load(spec)?;
+    let home = state.home(Some(spec));
+    let sk = find_sink(&p, sink)?;
+    let files = sealtrail_connectors::sink::sink_files(&sk.name, &sk.target).await?;
+    let rows = find_rows(&files, sel)?;
+    let row = match rows.as_slice() {
+        [one] => one,
+        [] => bail!("sink `{sink}` holds no such row"),
+        many => bail!(
+            "{} rows of sink `{sink}` match; prove one of them with --id ({})",
+            many.len(),
+            many.iter()
+                .take(5)
+                .map(|r| r.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let st = StateStore::open(&state.url(&home)).await?;
+    let loc = locate(&st, &p.name, sink, &row.id).await?;
+    let c = &loc.custody;
+    let (_, delivered) = c.outputs[loc.sink_index].rows[loc.row_index];
+    let now = commitment(row.canonical.as_bytes());
+    if !merkle::ct_eq(&now, &delivered) {
+        eprintln!(
+            "row {} of sink `{sink}` is not the row that was delivered: its commitment differs (it was changed after loading); `sealtrail audit` lists every such row",
+            row.id
+        );
+        return Ok(TAMPERED);
+    }
+    let seq = loc.at.ledger_seq.ok_or_else(|| {
+        anyhow!(
+            "batch {} of run {} has no ledger entry recorded (was it run with another audit sink?)",
+            loc.at.batch,
+            loc.at.run_id
+        )
+    })?;
+
+    let input_leaves: Vec<Hash> = c.input.iter().map(|(i, h)| record_leaf(i, h)).collect();
+    let input = inclusion(
+        input_leaves,
+        loc.input_index as u64,
+        &c.input[loc.input_index].1,
+    )?;
+    let sc = &c.outputs[loc.sink_index];
+    let out_leaves: Vec<Hash> = sc
+        .rows
+        .iter()
+        .map(|(k, h)| record_leaf(&c.input[*k as usize].0, h))
+        .collect();
+    let output = inclusion(out_leaves, loc.row_index as u64, &delivered)?;
+
+    let verifier = load_verifier(&home, None)?;
+    let (dir, _guard) = state.ledger.readable(&home)?;
+    let (cp, note) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
+        .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
+    let bytes = tiles::read_entry(&dir, cp.size, seq)?;
+    let entry_path = merkle::inclusion_proof(&TileReader::new(&dir, cp.size), seq, cp.size)?;
+    use base64::Engine;
+    let bundle = Bundle {
+        format: BUNDLE_FORMAT.into(),
+        id: row.id.clone(),
+        pipeline: p.name.clone(),
+        run_id: loc.at.run_id.clone(),
+        source: loc.at.source.clone(),
+        batch: loc.at.batch,
+        output: RowProof {
+            sink: sink.to_string(),
+            canonical: row.canonical.clone(),
+            inclusion: output,
+        },
+        input,
+        entry: EntryProof {
+            index: seq,
+            bytes: base64::engine::general_purpose::STANDARD.encode(&bytes),
+            path: entry_path.iter().map(hex::encode).collect(),
+        },
+        checkpoint: note,
+    };
+    // A bundle that does not verify here is a bug or a damaged store: never hand it out.
+    sealtrail_ledger::custody::verify(&bundle, &verifier).map_err(|e| {
+        anyhow!(
+            "the proof does not verify: {e}; run `sealtrail ledger verify` and `sealtrail audit`"
+        )
+    })?;
+    let text = serde_json::to_string_pretty(&bundle)?;
+    match out {
+        Some(path) => {
+            std::fs::write(path, format!("{text}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            outln!(
+                "wrote the proof of row {} of sink `{sink}` to {} (batch {} of run {}, ledger entry {seq} under the checkpoint of size {})",
+                row.id,
+                path.display(),
+                loc.at.batch,
+                loc.at.run_id,
+                cp.size
+            );
+        }
+        None => outln!("{text}"),
+    }
+    Ok(0)
+}
+
+/// The files of the table at `path`: a Delta table (has `_delta_log/`) or a Parquet folder.
+async fn table_files(path: &Path) -> Result<Vec<PathBuf>> {
+    let target = if path.join("_delta_log").is_dir() {
+        sealtrail_spec::Target::Delta {
+            uri: path.display().to_string(),
+        }
+    } else if path.is_dir() {
+        sealtrail_spec::Target::Parquet {
+            dir: path.to_path_buf(),
+        }
+    } else {
+        bail!(
+            "{} is not a Delta table or a folder of Parquet files",
+            path.display()
+        )
+    };
+    Ok(sealtrail_connectors::sink::sink_files("table", &target).await?)
+}
+
+/// Names of the columns whose values differ between two canonical rows (never the values).
+fn changed_columns(a: &str, b: &str) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(x)), Ok(serde_json::Value::Object(y))) =
+        (serde_json::from_str(a), serde_json::from_str(b))
+    else {
+        return vec!["(the whole row)".into()];
+    };
+    let mut out: Vec<String> = x
+        .iter()
+        .filter(|(k, v)| y.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    out.extend(y.keys().filter(|k| !x.contains_key(*k)).cloned());
+    out
+}
+
+pub async fn verify_proof(
+    bundle: &Path,
+    key: Option<&str>,
+    home: &Path,
+    table: Option<&Path>,
+) -> Result<i32> {
+    let text =
+        std::fs::read_to_string(bundle).with_context(|| format!("reading {}", bundle.display()))?;
+    let b: Bundle = serde_json::from_str(&text).map_err(|e| {
+        anyhow!(
+            "{} is not a proof bundle ({e}); `sealtrail prove` writes them",
+            bundle.display()
+        )
+    })?;
+    let v = load_verifier(home, key)?;
+    let ok = match sealtrail_ledger::custody::verify(&b, &v) {
+        Ok(ok) => ok,
+        Err(e) => {
+            outln!("NOT VERIFIED: {e}");
+            return Ok(TAMPERED);
+        }
+    };
+    outln!(
+        "verified: row {} of sink `{}` (pipeline `{}`, run {}, source `{}` batch {})",
+        b.id,
+        b.output.sink,
+        b.pipeline,
+        b.run_id,
+        b.source,
+        b.batch
+    );
+    outln!(
+        "  input record commitment {} is leaf {} of {} under the batch's input root",
+        b.input.commitment,
+        b.input.index,
+        b.input.size
+    );
+    outln!(
+        "  output row commitment {} is leaf {} of {} under the sink's root",
+        b.output.inclusion.commitment,
+        b.output.inclusion.index,
+        b.output.inclusion.size
+    );
+    outln!(
+        "  batch entry {} is in the ledger tree of {} entries, checkpoint signed by {}{}",
+        ok.entry_index,
+        ok.tree_size,
+        v.name(),
+        ok.checkpoint_time
+            .map(|t| format!(" at {t}"))
+            .unwrap_or_default()
+    );
+    outln!(
+        "  versions in force: spec {}, transforms {}, policy {}",
+        hex::encode(ok.spec_sha256),
+        hex::encode(ok.transforms_sha256),
+        hex::encode(ok.policy_sha256)
+    );
+    let Some(table) = table else {
+        return Ok(0);
+    };
+    let files = table_files(table).await?;
+    let found = find_rows(
+        &files,
+        &RowSelector {
+            id: Some(b.id.clone()),
+            where_: None,
+        },
+    )?;
+    match found.as_slice() {
+        [] => {
+            outln!(
+                "CHANGED: {} no longer holds row {} (deleted)",
+                table.display(),
+                b.id
+            );
+            Ok(TAMPERED)
+        }
+        [one] if one.canonical == b.output.canonical => {
+            outln!(
+                "the row in {} is the proven row, unchanged",
+                table.display()
+            );
+            Ok(0)
+        }
+        [one] => {
+            outln!(
+                "CHANGED: row {} in {} differs from the proven row in column(s): {}",
+                b.id,
+                table.display(),
+                changed_columns(&b.output.canonical, &one.canonical).join(", ")
+            );
+            Ok(TAMPERED)
+        }
+        many => {
+            outln!(
+                "CHANGED: {} holds {} rows with id {} (duplicated)",
+                table.display(),
+                many.len(),
+                b.id
+            );
+            Ok(TAMPERED)
+        }
+    }
+}
+
+/// One difference between a sink and what the ledger says was delivered.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Finding {
+    Changed(String),
+    Deleted(String),
+    Added(String),
+}
+
+/// Recomputes every output commitment of a sink and compares them with the custody records,
+/// which are themselves checked against the ledger's signed roots.
+pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Result<i32> {
+    let p = sealtrail_spec::load(spec)?;
+    let home = state.home(Some(spec));
+    let sk = find_sink(&p, sink)?;
+    let st = StateStore::open(&state.url(&home)).await?;
+    let verifier = load_verifier(&home, None)?;
+    let (dir, _guard) = state.ledger.readable(&home)?;
+    let (cp, _) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
+        .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
+    let reader = TileReader::new(&dir, cp.size);
+
+    // What was delivered, per the custody records, each checked against its ledger entry.
+    let mut expected: HashMap<String, Vec<Hash>> = HashMap::new();
+    let mut batches = 0u64;
+    let mut bad_records = Vec::new();
+    for r in st.custody_index(&p.name, None).await? {
+        let c = BatchCustody::decode(&st.custody(&r).await?);
+        let (Some(c), Some(seq)) = (c, r.ledger_seq) else {
+            bad_records.push(format!("run {} batch {}", r.run_id, r.batch));
+            continue;
+        };
+        let Some(sc) = c.outputs.iter().find(|o| o.sink == sink) else {
+            continue;
+        };
+        let bytes = tiles::read_entry(&dir, cp.size, seq)?;
+        let leaf = merkle::leaf_hash(&bytes);
+        let entry_ok = merkle::inclusion_proof(&reader, seq, cp.size)
+            .ok()
+            .is_some_and(|path| {
+                merkle::verify_inclusion(seq, cp.size, &leaf, &path, &cp.root).is_ok()
+            });
+        let root_ok = entry_ok
+            && match Entry::decode(&bytes).map(|e| e.event) {
+                Ok(Event::BatchCommitted {
+                    run_id,
+                    source,
+                    batch,
+                    outputs,
+                    ..
+                }) => {
+                    (run_id, source, batch) == (r.run_id.clone(), r.source.clone(), r.batch)
+                        && outputs.iter().any(|o| {
+                            o.sink == sink
+                                && o.rows == sc.rows.len() as u64
+                                && merkle::ct_eq(&o.root, &c.output_root(sc))
+                        })
+                }
+                _ => false,
+            };
+        if !root_ok {
+            bad_records.push(format!("run {} batch {}", r.run_id, r.batch));
+            continue;
+        }
+        batches += 1;
+        for (k, h) in &sc.rows {
+            expected
+                .entry(c.input[*k as usize].0.clone())
+                .or_default()
+                .push(*h);
+        }
+    }
+    if !bad_records.is_empty() {
+        outln!(
+            "NOT VERIFIED: the custody records of {} batch(es) do not match the signed ledger ({}); the state store was changed, so the sink cannot be audited against it",
+            bad_records.len(),
+            bad_records.join(", ")
+        );
+        return Ok(TAMPERED);
+    }
+
+    // What the sink holds now.
+    let files = sealtrail_connectors::sink::sink_files(&sk.name, &sk.target).await?;
+    let mut findings = Vec::new();
+    let mut rows = 0u64;
+    let mut buf = String::new();
+    for f in &files {
+        for b in sealtrail_connectors::sink::read_parquet(f)
+            .with_context(|| format!("reading {}", f.display()))?
+        {
+            let ids = custody::id_column(&b).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+            for r in 0..b.num_rows() {
+                rows += 1;
+                custody::canonical_row(&b, r, &mut buf).map_err(|e| anyhow!(e))?;
+                let c = commitment(buf.as_bytes());
+                let id = ids(r).unwrap_or("");
+                let label = if id.is_empty() {
+                    format!("(no id) {} row {r}", f.display())
+                } else {
+                    id.to_string()
+                };
+                match expected.get_mut(id) {
+                    Some(v) if !v.is_empty() => match v.iter().position(|h| merkle::ct_eq(h, &c)) {
+                        Some(i) => {
+                            v.swap_remove(i);
+                        }
+                        None => {
+                            v.pop();
+                            findings.push(Finding::Changed(label));
+                        }
+                    },
+                    _ => findings.push(Finding::Added(label)),
+                }
+            }
+        }
+    }
+    for (id, left) in expected {
+        for _ in left {
+            findings.push(Finding::Deleted(id.clone()));
+        }
+    }
+    findings.sort();
+    let count = |f: fn(&Finding) -> bool| findings.iter().filter(|x| f(x)).count();
+    let (changed, deleted, added) = (
+        count(|f| matches!(f, Finding::Changed(_))),
+        count(|f| matches!(f, Finding::Deleted(_))),
+        count(|f| matches!(f, Finding::Added(_))),
+    );
+    if json {
+        let list = |want: fn(&Finding) -> Option<&String>| -> Vec<&String> {
+            findings.iter().filter_map(want).collect()
+        };
+        let v = serde_json::json!({
+            "sink": sink,
+            "rows": rows,
+            "batches": batches,
+            "changed": list(|f| if let Finding::Changed(s) = f { Some(s) } else { None }),
+            "deleted": list(|f| if let Finding::Deleted(s) = f { Some(s) } else { None }),
+            "added": list(|f| if let Finding::Added(s) = f { Some(s) } else { None }),
+        });
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        outln!(
+            "sink `{sink}`: {rows} rows read from {} file(s), checked against {batches} committed batch(es) in the signed ledger (tree size {})",
+            files.len(),
+            cp.size
+        );
+        for f in &findings {
+            match f {
+                Finding::Changed(id) => outln!("  CHANGED  {id}"),
+                Finding::Deleted(id) => outln!("  DELETED  {id}"),
+                Finding::Added(id) => outln!("  ADDED    {id}"),
+            }
+        }
+        if findings.is_empty() {
+            outln!("every row is as delivered: no change, deletion or addition");
+        } else {
+            outln!("{changed} changed, {deleted} deleted, {added} added");
+        }
+    }
+    Ok(if findings.is_empty() { 0 } else { TAMPERED })
+}
+
+/// The chain `source -> t1 -> t2 -> sink` a sink reads through.
+fn chain_of(p: &Pipeline, sink: &Sink) -> Vec<String> {
+    let mut out = vec![format!("sink {}", sink.name)];
+    let mut at = sink.from.clone();
+    while let Some(t) = p.transforms.iter().find(|t| t.name == at) {
+        out.push(format!("transform {}", t.name));
+        at = t.input.clone();
+    }
+    out.push(format!("source {at}"));
+    out.reverse();
+    out
+}
+
+/// `sealtrail lineage SPEC [--sink S]`: column lineage of every sink, derived from the SQL plan
+/// and the protection policies; with `--id`: one record's path through every batch that
+/// carried it, with the versions in force.
+pub async fn lineage(
+    spec: &Path,
+    sink: Option<&str>,
+    id: Option<&str>,
+    state: &StateArgs,
+) -> Result<i32> {
+    let p = sealtrail_spec::load(spec)?;
+    if let Some(s) = sink {
+        find_sink(&p, s)?;
+    }
+    let sinks: Vec<&Sink> = p
+        .sinks
+        .iter()
+        .filter(|k| sink.is_none_or(|s| s == k.name))
+        .collect();
+    let Some(id) = id else {
+        let (planned, diags) = sealtrail_engine::check_with(&p, &Default::default()).await;
+        if !diags.is_empty() {
+            bail!(
+                "the spec does not check ({} problem(s)); run `sealtrail check {}`",
+                diags.len(),
+                spec.display()
+            );
+        }
+        for k in sinks {
+            let Some(pl) = planned.get(&k.root_source) else {
+                continue;
+            };
+            let Some(schema) = pl.transforms.schema_of(&k.from) else {
+                continue;
+            };
+            outln!(
+                "sink {} (audience {}): {}",
+                k.name,
+                k.audience.name(),
+                chain_of(&p, k).join(" -> ")
+            );
+            outln!(
+                "  {:<22} {:<22} {:<12} {:<14} path",
+                "column",
+                "from",
+                "delivered",
+                "protection"
+            );
+            for f in schema.fields() {
+                let from = sealtrail_engine::trace_all(
+                    &k.root_source,
+                    &pl.resolution.states,
+                    &pl.transforms,
+                    &k.from,
+                    f.name(),
+                );
+                if from.is_empty() {
+                    let what = if f.name() == custody::ID_COLUMN {
+                        "(lineage id, added by the engine)"
+                    } else {
+                        "(constant)"
+                    };
+                    outln!("  {:<22} {what}", f.name());
+                }
+                for (path, st) in from {
+                    outln!(
+                        "  {:<22} {:<22} {:<12} {:<14} {}",
+                        f.name(),
+                        format!("{}.{}", k.root_source, st.origin),
+                        st.tag.to_string(),
+                        st.protected_by.unwrap_or("raw"),
+                        path.join(" -> ")
+                    );
+                }
+            }
+        }
+        return Ok(0);
+    };
+
+    let home = state.home(Some(spec));
+    let st = StateStore::open(&state.url(&home)).await?;
+    let (source, key, pos) = custody::parse_id(id)
+        .ok_or_else(|| anyhow!("`{id}` is not a lineage id (source:input:position)"))?;
+    let refs = st
+        .custody_index(&p.name, Some((source, key, pos.parse().ok())))
+        .await?;
+    let verifier = load_verifier(&home, None).ok();
+    let ledger = state.ledger.readable(&home).ok();
+    let mut found = 0;
+    for r in refs {
+        let Some(c) = BatchCustody::decode(&st.custody(&r).await?) else {
+            continue;
+        };
+        let Some(k) = c.input.iter().position(|(i, _)| i == id) else {
+            continue;
+        };
+        found += 1;
+        outln!(
+            "record {id}: run {} batch {} of source `{}`, input commitment {}",
+            r.run_id,
+            r.batch,
+            r.source,
+            hex::encode(c.input[k].1)
+        );
+        // The versions in force, from the signed batch entry itself.
+        let entry = match (&verifier, &ledger, r.ledger_seq) {
+            (Some(v), Some((dir, _)), Some(seq)) => sealtrail_ledger::log::read_checkpoint(dir, v)
+                .ok()
+                .flatten()
+                .and_then(|(cp, _)| tiles::read_entry(dir, cp.size, seq).ok())
+                .and_then(|b| Entry::decode(&b).ok()),
+            _ => None,
+        };
+        match entry.map(|e| (e.seq, e.event)) {
+            Some((
+                seq,
+                Event::BatchCommitted {
+                    spec_sha256,
+                    transforms_sha256,
+                    policy_sha256,
+                    ..
+                },
+            )) => {
+                outln!("  ledger entry {seq}: spec {}", hex::encode(spec_sha256));
+                outln!(
+                    "    transforms {}  policy {}",
+                    hex::encode(transforms_sha256),
+                    hex::encode(policy_sha256)
+                );
+                let now = sealtrail_core::sha256_hex(&std::fs::read(spec)?);
+                if now != hex::encode(spec_sha256) {
+                    outln!(
+                        "    (the spec file has changed since: the paths below follow the current spec)"
+                    );
+                }
+            }
+            _ => outln!("  ledger entry: not readable here"),
+        }
+        outln!("  approval: none recorded (approvals come with the control plane)");
+        let mut delivered = false;
+        for o in &c.outputs {
+            let Some(j) = o.rows.iter().position(|(i, _)| *i as usize == k) else {
+                continue;
+            };
+            delivered = true;
+            let path = p
+                .sinks
+                .iter()
+                .find(|s| s.name == o.sink)
+                .map(|s| chain_of(&p, s).join(" -> "))
+                .unwrap_or_else(|| format!("sink {}", o.sink));
+            outln!(
+                "  -> {path}: row {j} of the batch, commitment {}",
+                hex::encode(o.rows[j].1)
+            );
+        }
+        if !delivered {
+            outln!(
+                "  -> quarantined (no sink received it; `sealtrail quarantine list` names the reason)"
+            );
+        }
+    }
+    if found == 0 {
+        bail!(
+            "no committed batch of pipeline `{}` read record {id}",
+            p.name
+        );
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_columns_names_columns_not_values() {
+        let a = r#"{"a":"x","b":1,"c":null}"#;
+        let b = r#"{"a":"x","b":2,"c":null}"#;
+        assert_eq!(changed_columns(a, b), vec!["b".to_string()]);
+        assert_eq!(changed_columns(a, a), Vec::<String>::new());
+    }
+}

@@ -1,0 +1,663 @@
+//! Per-record chain of custody on the engine side: lineage ids, the canonical encoding of
+//! output rows, and what a batch stores so any of its rows can be proven later.
+//!
+//! - A record's lineage id is `source:input:position`: `input` is the first 12 hex digits of
+//!   SHA-256 of the input's name (file path or table), `position` its physical line (text
+//!   files), row index (Parquet) or key (PostgreSQL, else `#row`). It travels with the record
+//!   as the column [`ID_COLUMN`] through protection and every transform, into every sink.
+//! - Input commitments are SHA-256 of the record's source bytes (the raw line, or the
+//!   canonical row encoding of typed sources: [`sealtrail_core::record::canonical_row`]).
+//! - Output commitments are SHA-256 of [`canonical_row`] of the row as delivered.
+//!
+//! The exact encodings are specified in `docs/custody.md`.
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Schema, TimeUnit};
+use sealtrail_core::record::PosKind;
+use sealtrail_ledger::custody::{commitment, records_root};
+use sealtrail_ledger::entry::Hash;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+pub use sealtrail_ledger::custody::ID_COLUMN;
+
+/// The input part of lineage ids: 12 hex digits of SHA-256 of the input's name.
+pub fn input_key(input: &str) -> String {
+    hex::encode(&Sha256::digest(input.as_bytes())[..6])
+}
+
+/// The lineage id of a record.
+pub fn record_id(
+    source: &str,
+    input_key: &str,
+    kind: PosKind,
+    pos: u64,
+    key: Option<&str>,
+) -> String {
+    match (kind, key) {
+        (PosKind::Key, Some(k)) => format!("{source}:{input_key}:{k}"),
+        (PosKind::Key, None) => format!("{source}:{input_key}:#{pos}"),
+        _ => format!("{source}:{input_key}:{pos}"),
+    }
+}
+
+/// Splits a lineage id into (source, input key, position or key).
+pub fn parse_id(id: &str) -> Option<(&str, &str, &str)> {
+    let mut it = id.splitn(3, ':');
+    let (s, i, p) = (it.next()?, it.next()?, it.next()?);
+    (!s.is_empty() && i.len() == 12 && !p.is_empty()).then_some((s, i, p))
+}
+
+/// `schema` with the lineage id column appended (what the protection stage emits).
+pub fn with_id_field(schema: &Schema) -> arrow::datatypes::SchemaRef {
+    let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().iter().cloned().collect();
+    fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(
+        ID_COLUMN,
+        DataType::Utf8,
+        false,
+    )));
+    std::sync::Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// Whether every value of `ty` has a canonical encoding (checked for every sink at `check`).
+pub fn encodable(ty: &DataType) -> bool {
+    use DataType::*;
+    match ty {
+        Null | Boolean | Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64
+        | Float32 | Float64 | Utf8 | LargeUtf8 | Utf8View | Binary | LargeBinary | BinaryView
+        | Date32 | Date64 | Decimal128(..) | Decimal256(..) => true,
+        Timestamp(..) => true,
+        List(f) | LargeList(f) => encodable(f.data_type()),
+        _ => false,
+    }
+}
+
+/// Writes the canonical encoding of row `row` of `batch` into `out` (cleared first): a compact
+/// JSON object with every column in schema order (see `docs/custody.md`).
+pub fn canonical_row(batch: &RecordBatch, row: usize, out: &mut String) -> Result<(), String> {
+    out.clear();
+    out.push('{');
+    for (i, (f, col)) in batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(',');
+        }
+        json_str(f.name(), out);
+        out.push(':');
+        value(col, row, out)?;
+    }
+    out.push('}');
+    Ok(())
+}
+
+/// A JSON string as serde_json writes it (`"`, `\` and control characters escaped).
+fn json_str(s: &str, out: &mut String) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    // Most values need no escape: one vectorisable scan, one copy.
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+fn float(x: f64, out: &mut String) {
+    if x.is_finite() {
+        // Rust's Display: the shortest digits that round-trip, positional notation.
+        let _ = write!(out, "{x}");
+    } else if x.is_nan() {
+        out.push_str("\"NaN\"");
+    } else if x > 0.0 {
+        out.push_str("\"Infinity\"");
+    } else {
+        out.push_str("\"-Infinity\"");
+    }
+}
+
+fn decimal(v: i128, scale: i8, out: &mut String) {
+    // Exactly `scale` fraction digits; a negative scale multiplies.
+    if scale <= 0 {
+        let _ = write!(
+            out,
+            "\"{v}{}\"",
+            "0".repeat(usize::from(scale.unsigned_abs()))
+        );
+        return;
+    }
+    let s = scale as u32;
+    let digits = v.unsigned_abs().to_string();
+    let pad = (s as usize + 1).saturating_sub(digits.len());
+    let digits = format!("{}{digits}", "0".repeat(pad));
+    let (int, frac) = digits.split_at(digits.len() - s as usize);
+    let sign = if v < 0 { "-" } else { "" };
+    let _ = write!(out, "\"{sign}{int}.{frac}\"");
+}
+
+/// Appends `v` in decimal with at least `width` digits (zero-padded); `v` >= 0.
+fn digits(out: &mut String, v: i64, width: usize) {
+    let mut b = itoa::Buffer::new();
+    let s = b.format(v);
+    for _ in s.len()..width {
+        out.push('0');
+    }
+    out.push_str(s);
+}
+
+/// `YYYY-MM-DD` of a day count since 1970-01-01 (proleptic Gregorian, H. Hinnant's
+/// civil_from_days; chrono's formatter costs ~10x more per value).
+fn date(days: i64, out: &mut String) -> Result<(), String> {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    if !(0..=9999).contains(&y) {
+        return Err("a date outside years 0-9999".into());
+    }
+    digits(out, y, 4);
+    out.push('-');
+    digits(out, m, 2);
+    out.push('-');
+    digits(out, d, 2);
+    Ok(())
+}
+
+fn timestamp(v: i64, unit: TimeUnit, out: &mut String) -> Result<(), String> {
+    let (secs, nanos, width) = match unit {
+        TimeUnit::Second => (v, 0, 0),
+        TimeUnit::Millisecond => (v.div_euclid(1_000), v.rem_euclid(1_000), 3),
+        TimeUnit::Microsecond => (v.div_euclid(1_000_000), v.rem_euclid(1_000_000), 6),
+        TimeUnit::Nanosecond => (v.div_euclid(1_000_000_000), v.rem_euclid(1_000_000_000), 9),
+    };
+    let (days, tod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    out.push('"');
+    date(days, out)?;
+    out.push('T');
+    digits(out, tod / 3_600, 2);
+    out.push(':');
+    digits(out, tod / 60 % 60, 2);
+    out.push(':');
+    digits(out, tod % 60, 2);
+    if width > 0 {
+        out.push('.');
+        digits(out, nanos, width);
+    }
+    out.push_str("Z\"");
+    Ok(())
+}
+
+fn value(col: &ArrayRef, row: usize, out: &mut String) -> Result<(), String> {
+    use arrow::datatypes::*;
+    if col.is_null(row) {
+        out.push_str("null");
+        return Ok(());
+    }
+    macro_rules! int {
+        ($t:ty) => {{
+            out.push_str(itoa::Buffer::new().format(col.as_primitive::<$t>().value(row)));
+        }};
+    }
+    match col.data_type() {
+        DataType::Null => out.push_str("null"),
+        DataType::Boolean => out.push_str(if col.as_boolean().value(row) {
+            "true"
+        } else {
+            "false"
+        }),
+        DataType::Int8 => int!(Int8Type),
+        DataType::Int16 => int!(Int16Type),
+        DataType::Int32 => int!(Int32Type),
+        DataType::Int64 => int!(Int64Type),
+        DataType::UInt8 => int!(UInt8Type),
+        DataType::UInt16 => int!(UInt16Type),
+        DataType::UInt32 => int!(UInt32Type),
+        DataType::UInt64 => int!(UInt64Type),
+        DataType::Float32 => float(f64::from(col.as_primitive::<Float32Type>().value(row)), out),
+        DataType::Float64 => float(col.as_primitive::<Float64Type>().value(row), out),
+        DataType::Utf8 => json_str(col.as_string::<i32>().value(row), out),
+        DataType::LargeUtf8 => json_str(col.as_string::<i64>().value(row), out),
+        DataType::Utf8View => json_str(col.as_string_view().value(row), out),
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView => {
+            use base64::Engine;
+            let b: &[u8] = match col.data_type() {
+                DataType::Binary => col.as_binary::<i32>().value(row),
+                DataType::LargeBinary => col.as_binary::<i64>().value(row),
+                _ => col.as_binary_view().value(row),
+            };
+            out.push('"');
+            out.push_str(&base64::engine::general_purpose::STANDARD.encode(b));
+            out.push('"');
+        }
+        DataType::Date32 => {
+            out.push('"');
+            date(i64::from(col.as_primitive::<Date32Type>().value(row)), out)?;
+            out.push('"');
+        }
+        DataType::Date64 => {
+            out.push('"');
+            let ms = col.as_primitive::<Date64Type>().value(row);
+            date(ms.div_euclid(86_400_000), out)?;
+            out.push('"');
+        }
+        DataType::Timestamp(unit, _) => {
+            let v = col
+                .as_any()
+                .downcast_ref::<arrow::array::PrimitiveArray<Int64Type>>()
+                .map(|a| a.value(row));
+            let v = match v {
+                Some(v) => v,
+                None => arrow::compute::cast(col, &DataType::Int64)
+                    .map_err(|e| e.to_string())?
+                    .as_primitive::<Int64Type>()
+                    .value(row),
+            };
+            timestamp(v, *unit, out)?;
+        }
+        DataType::Decimal128(_, s) => {
+            decimal(col.as_primitive::<Decimal128Type>().value(row), *s, out)
+        }
+        DataType::Decimal256(_, s) => {
+            let v = col.as_primitive::<Decimal256Type>().value(row);
+            let v = v
+                .to_i128()
+                .ok_or_else(|| "a Decimal256 beyond 128 bits".to_string())?;
+            decimal(v, *s, out);
+        }
+        DataType::List(_) | DataType::LargeList(_) => {
+            let inner: ArrayRef = match col.data_type() {
+                DataType::List(_) => col.as_list::<i32>().value(row),
+                _ => col.as_list::<i64>().value(row),
+            };
+            out.push('[');
+            for i in 0..inner.len() {
+                if i > 0 {
+                    out.push(',');
+                }
+                value(&inner, i, out)?;
+            }
+            out.push(']');
+        }
+        other => return Err(format!("no canonical encoding for {other}")),
+    }
+    Ok(())
+}
+
+/// The output commitments of `rows` (one sink's rows of one batch): for each row, its
+/// lineage id and the SHA-256 of its canonical encoding.
+pub fn output_commitments(rows: &[RecordBatch]) -> Result<Vec<(String, Hash)>, String> {
+    let mut out = Vec::with_capacity(rows.iter().map(RecordBatch::num_rows).sum());
+    let mut buf = String::with_capacity(512);
+    for b in rows {
+        let ids = id_column(b)?;
+        for r in 0..b.num_rows() {
+            canonical_row(b, r, &mut buf)?;
+            let id = ids(r).ok_or_else(|| format!("a row without `{ID_COLUMN}`"))?;
+            out.push((id.to_string(), commitment(buf.as_bytes())));
+        }
+    }
+    Ok(out)
+}
+
+fn unknown_id(sink: &str) -> String {
+    format!("sink `{sink}` received a row whose `{ID_COLUMN}` is not a record of its batch")
+}
+
+/// One sink's rows of a batch as (input record index, output commitment), computed straight
+/// from the Arrow batches: the hot path of every commit.
+pub fn sink_rows(
+    sink: &str,
+    rows: &[RecordBatch],
+    index: &HashMap<&str, u32>,
+) -> Result<SinkCustody, String> {
+    let mut out = Vec::with_capacity(rows.iter().map(RecordBatch::num_rows).sum());
+    let mut buf = String::with_capacity(1024);
+    for b in rows {
+        let ids = id_column(b)?;
+        for r in 0..b.num_rows() {
+            let k = ids(r)
+                .and_then(|id| index.get(id))
+                .ok_or_else(|| unknown_id(sink))?;
+            canonical_row(b, r, &mut buf)?;
+            out.push((*k, commitment(buf.as_bytes())));
+        }
+    }
+    Ok(SinkCustody {
+        sink: sink.to_string(),
+        rows: out,
+    })
+}
+
+/// Reads the lineage ids of a batch's rows (string column [`ID_COLUMN`], any string type).
+#[allow(clippy::type_complexity)]
+pub fn id_column<'a>(
+    b: &'a RecordBatch,
+) -> Result<Box<dyn Fn(usize) -> Option<&'a str> + 'a>, String> {
+    let i = b
+        .schema()
+        .index_of(ID_COLUMN)
+        .map_err(|_| format!("the rows have no `{ID_COLUMN}` column"))?;
+    let col = b.column(i);
+    let get: Box<dyn Fn(usize) -> Option<&'a str> + 'a> = match col.data_type() {
+        DataType::Utf8 => {
+            let a = col.as_string::<i32>();
+            Box::new(move |r| a.is_valid(r).then(|| a.value(r)))
+        }
+        DataType::LargeUtf8 => {
+            let a = col.as_string::<i64>();
+            Box::new(move |r| a.is_valid(r).then(|| a.value(r)))
+        }
+        DataType::Utf8View => {
+            let a = col.as_string_view();
+            Box::new(move |r| a.is_valid(r).then(|| a.value(r)))
+        }
+        other => return Err(format!("`{ID_COLUMN}` is {other}, not text")),
+    };
+    Ok(get)
+}
+
+/// What one batch stores so its rows can be proven later: the input records' ids and
+/// commitments in source order, and per sink the rows' commitments with, for each, the index
+/// of its input record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchCustody {
+    pub input: Vec<(String, Hash)>,
+    pub outputs: Vec<SinkCustody>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SinkCustody {
+    pub sink: String,
+    /// (index into `input`, output commitment), in the order the rows were written.
+    pub rows: Vec<(u32, Hash)>,
+}
+
+impl BatchCustody {
+    pub fn input_root(&self) -> Hash {
+        records_root(self.input.iter().map(|(i, c)| (i.as_str(), c)))
+    }
+
+    pub fn output_root(&self, s: &SinkCustody) -> Hash {
+        records_root(
+            s.rows
+                .iter()
+                .map(|(i, c)| (self.input[*i as usize].0.as_str(), c)),
+        )
+    }
+
+    /// Each input record's index by lineage id, for [`BatchCustody::add_sink`].
+    pub fn index(&self) -> HashMap<&str, u32> {
+        self.input
+            .iter()
+            .enumerate()
+            .map(|(k, (id, _))| (id.as_str(), k as u32))
+            .collect()
+    }
+
+    /// Adds one sink's rows (id, commitment); each id must name an input record of the batch.
+    pub fn add_sink(&mut self, sink: &str, rows: Vec<(String, Hash)>) -> Result<(), String> {
+        let index = self.index();
+        let rows = rows
+            .into_iter()
+            .map(|(id, c)| {
+                index
+                    .get(id.as_str())
+                    .map(|&k| (k, c))
+                    .ok_or_else(|| unknown_id(sink))
+            })
+            .collect::<Result<_, _>>()?;
+        self.outputs.push(SinkCustody {
+            sink: sink.to_string(),
+            rows,
+        });
+        Ok(())
+    }
+
+    /// Binary form (version 1), stored with the batch's commit:
+    /// `u8 1 | u32 n | n × (u16 len, id, [32]) | u32 s | s × (u16 len, sink, u32 m, m × (u32, [32]))`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.input.len() * 64);
+        out.push(1);
+        out.extend_from_slice(&(self.input.len() as u32).to_be_bytes());
+        for (id, c) in &self.input {
+            out.extend_from_slice(&(id.len() as u16).to_be_bytes());
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(c);
+        }
+        out.extend_from_slice(&(self.outputs.len() as u32).to_be_bytes());
+        for s in &self.outputs {
+            out.extend_from_slice(&(s.sink.len() as u16).to_be_bytes());
+            out.extend_from_slice(s.sink.as_bytes());
+            out.extend_from_slice(&(s.rows.len() as u32).to_be_bytes());
+            for (k, c) in &s.rows {
+                out.extend_from_slice(&k.to_be_bytes());
+                out.extend_from_slice(c);
+            }
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        struct R<'a>(&'a [u8]);
+        impl<'a> R<'a> {
+            fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+                (self.0.len() >= n).then(|| {
+                    let (a, b) = self.0.split_at(n);
+                    self.0 = b;
+                    a
+                })
+            }
+            fn u16(&mut self) -> Option<usize> {
+                self.take(2)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+            }
+            fn u32(&mut self) -> Option<u32> {
+                self.take(4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            fn hash(&mut self) -> Option<Hash> {
+                self.take(32)?.try_into().ok()
+            }
+            fn str(&mut self) -> Option<String> {
+                let n = self.u16()?;
+                String::from_utf8(self.take(n)?.to_vec()).ok()
+            }
+        }
+        let mut r = R(b);
+        if r.take(1)? != [1] {
+            return None;
+        }
+        let n = r.u32()? as usize;
+        let mut input = Vec::with_capacity(n.min(b.len() / 34));
+        for _ in 0..n {
+            input.push((r.str()?, r.hash()?));
+        }
+        let s = r.u32()? as usize;
+        let mut outputs = Vec::new();
+        for _ in 0..s {
+            let sink = r.str()?;
+            let m = r.u32()? as usize;
+            let mut rows = Vec::with_capacity(m.min(b.len() / 36));
+            for _ in 0..m {
+                let k = r.u32()?;
+                if k as usize >= input.len() {
+                    return None;
+                }
+                rows.push((k, r.hash()?));
+            }
+            outputs.push(SinkCustody { sink, rows });
+        }
+        r.0.is_empty().then_some(BatchCustody { input, outputs })
+    }
+}
+
+/// Checks that every sink's schema can be committed to (see [`encodable`]); returns the
+/// offending (column, type) pairs.
+pub fn unencodable(schema: &Schema) -> Vec<(String, DataType)> {
+    schema
+        .fields()
+        .iter()
+        .filter(|f| !encodable(f.data_type()))
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::*;
+    use arrow::datatypes::Field;
+    use std::sync::Arc;
+
+    #[test]
+    fn canonical_rows_are_exact_json() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("s", DataType::Utf8, true),
+            Field::new("i", DataType::Int64, true),
+            Field::new("f", DataType::Float64, true),
+            Field::new("b", DataType::Boolean, true),
+            Field::new("d", DataType::Date32, true),
+            Field::new(
+                "t",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("m", DataType::Decimal128(10, 4), true),
+            Field::new(ID_COLUMN, DataType::Utf8, false),
+        ]));
+        let b = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec![Some("a\"b\n\u{1}é"), None])),
+                Arc::new(Int64Array::from(vec![Some(-42), None])),
+                Arc::new(Float64Array::from(vec![Some(0.1), Some(1e21)])),
+                Arc::new(BooleanArray::from(vec![Some(true), None])),
+                Arc::new(Date32Array::from(vec![Some(20_454), None])),
+                Arc::new(
+                    TimestampMicrosecondArray::from(vec![Some(1_767_225_600_000_001), None])
+                        .with_timezone("UTC"),
+                ),
+                Arc::new(
+                    Decimal128Array::from(vec![Some(-12_345), Some(5)])
+                        .with_precision_and_scale(10, 4)
+                        .unwrap(),
+                ),
+                Arc::new(StringArray::from(vec![
+                    "s:0123456789ab:2",
+                    "s:0123456789ab:3",
+                ])),
+            ],
+        )
+        .unwrap();
+        let mut out = String::new();
+        canonical_row(&b, 0, &mut out).unwrap();
+        assert_eq!(
+            out,
+            r#"{"s":"a\"b\n\u0001é","i":-42,"f":0.1,"b":true,"d":"2026-01-01","t":"2026-01-01T00:00:00.000001Z","m":"-1.2345","_sealtrail_id":"s:0123456789ab:2"}"#
+        );
+        // serde_json reads it back with the same values.
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["s"], "a\"b\n\u{1}é");
+        canonical_row(&b, 1, &mut out).unwrap();
+        assert_eq!(
+            out,
+            r#"{"s":null,"i":null,"f":1000000000000000000000,"b":null,"d":null,"t":null,"m":"0.0005","_sealtrail_id":"s:0123456789ab:3"}"#
+        );
+        let c = output_commitments(&[b]).unwrap();
+        assert_eq!(c[1].0, "s:0123456789ab:3");
+        assert_eq!(c[1].1, commitment(out.as_bytes()));
+    }
+
+    #[test]
+    fn dates_and_timestamps_match_chrono() {
+        let mut out = String::new();
+        for days in (-719_162..2_932_896).step_by(997) {
+            out.clear();
+            date(days, &mut out).unwrap();
+            let want = chrono::DateTime::from_timestamp(days * 86_400, 0)
+                .unwrap()
+                .format("%Y-%m-%d")
+                .to_string();
+            assert_eq!(out, want, "{days}");
+        }
+        for v in [
+            0i64,
+            -1,
+            1_767_225_600_123_456,
+            -86_400_000_001,
+            253_402_300_799_999_999,
+        ] {
+            out.clear();
+            timestamp(v, TimeUnit::Microsecond, &mut out).unwrap();
+            let t = chrono::DateTime::from_timestamp_micros(v).unwrap();
+            assert_eq!(
+                out,
+                format!("\"{}\"", t.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
+                "{v}"
+            );
+        }
+        assert!(date(3_000_000, &mut out).is_err());
+    }
+
+    #[test]
+    fn ids_parse_and_custody_round_trips() {
+        let k = input_key("/data/trades.csv");
+        assert_eq!(k.len(), 12);
+        let id = record_id("trades", &k, PosKind::Line, 17, None);
+        assert_eq!(parse_id(&id), Some(("trades", k.as_str(), "17")));
+        assert_eq!(
+            record_id("t", &k, PosKind::Key, 3, Some("a:b")),
+            format!("t:{k}:a:b")
+        );
+        assert_eq!(parse_id(&format!("t:{k}:a:b")).unwrap().2, "a:b");
+        let mut c = BatchCustody {
+            input: (0..5)
+                .map(|i| (format!("t:{k}:{i}"), commitment(&[i])))
+                .collect(),
+            outputs: Vec::new(),
+        };
+        c.add_sink("o", vec![(format!("t:{k}:3"), [7; 32])])
+            .unwrap();
+        assert!(c.add_sink("p", vec![("t:x:9".into(), [7; 32])]).is_err());
+        let back = BatchCustody::decode(&c.encode()).unwrap();
+        assert_eq!(back, c);
+        assert!(BatchCustody::decode(&c.encode()[..40]).is_none());
+        assert_eq!(
+            c.output_root(&c.outputs[0]),
+            records_root([(c.input[3].0.as_str(), &[7u8; 32])])
+        );
+    }
+}

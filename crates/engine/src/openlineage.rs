@@ -1,0 +1,308 @@
+//! OpenLineage run events: START when a run starts, COMPLETE or FAIL when it ends, with the
+//! job, its input and output datasets, their schemas, and column lineage derived from the SQL
+//! logical plan and the protection policies (protected columns are `masking: true`).
+//!
+//! Events go to a file (one JSON object per line) or are POSTed to an HTTP endpoint (such as
+//! Marquez's `/api/v1/lineage`). Emitting is best effort: an unreachable endpoint is logged
+//! and never fails the run, whose record of truth is the ledger. See `docs/openlineage.md`.
+
+use crate::{Planned, trace_all};
+use sealtrail_spec::{PgFrom, Pipeline, SourceConnector, Target};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+const CORE: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent";
+const SCHEMA_FACET: &str =
+    "https://openlineage.io/spec/facets/1-2-0/SchemaDatasetFacet.json#/$defs/SchemaDatasetFacet";
+const LINEAGE_FACET: &str = "https://openlineage.io/spec/facets/1-2-0/ColumnLineageDatasetFacet.json#/$defs/ColumnLineageDatasetFacet";
+const ERROR_FACET: &str = "https://openlineage.io/spec/facets/1-0-1/ErrorMessageRunFacet.json#/$defs/ErrorMessageRunFacet";
+const ENGINE_FACET: &str = "https://openlineage.io/spec/facets/1-1-1/ProcessingEngineRunFacet.json#/$defs/ProcessingEngineRunFacet";
+const JOB_TYPE_FACET: &str =
+    "https://openlineage.io/spec/facets/2-0-4/JobTypeJobFacet.json#/$defs/JobTypeJobFacet";
+const SQL_FACET: &str =
+    "https://openlineage.io/spec/facets/1-1-0/SQLJobFacet.json#/$defs/SQLJobFacet";
+
+/// The `producer` of every event and facet.
+pub fn producer() -> String {
+    format!(
+        "https://example.invalid/sealtrail/v{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Where events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    File(PathBuf),
+    Http(String),
+}
+
+impl Destination {
+    /// `http://...` or `https://...` is an endpoint; anything else a file path.
+    pub fn parse(s: &str) -> Self {
+        if s.starts_with("http://") || s.starts_with("https://") {
+            Destination::Http(s.to_string())
+        } else {
+            Destination::File(PathBuf::from(s))
+        }
+    }
+}
+
+/// Sends events to a [`Destination`].
+#[derive(Debug, Clone)]
+pub struct Emitter {
+    target: Destination,
+}
+
+impl Emitter {
+    pub fn new(target: Destination) -> Self {
+        Self { target }
+    }
+
+    /// Emits one event; failures are logged, never returned (see the module docs).
+    pub async fn emit(&self, event: &Value) {
+        let body = event.to_string();
+        match &self.target {
+            Destination::File(path) => {
+                let r = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .and_then(|mut f| f.write_all(format!("{body}\n").as_bytes()));
+                if let Err(e) = r {
+                    tracing::warn!("OpenLineage event not written to {}: {e}", path.display());
+                }
+            }
+            Destination::Http(url) => {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(10))
+                    .build();
+                let sent = match client {
+                    Ok(c) => c
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .map(|r| r.status()),
+                    Err(e) => Err(e),
+                };
+                // The URL may carry credentials: name only its host.
+                let host = url::Url::parse(url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_default();
+                match sent {
+                    Ok(s) if s.is_success() => {}
+                    Ok(s) => tracing::warn!("OpenLineage endpoint at {host} answered {s}"),
+                    Err(e) => tracing::warn!(
+                        "OpenLineage endpoint at {host} unreachable: {}",
+                        e.without_url()
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// A dataset as OpenLineage names it.
+fn dataset_of_target(t: &Target) -> (String, String) {
+    match t {
+        Target::Parquet { dir } => ("file".into(), absolute(dir)),
+        Target::Delta { uri } if uri.contains("://") => match url::Url::parse(uri) {
+            Ok(u) => (
+                format!("{}://{}", u.scheme(), u.host_str().unwrap_or_default()),
+                u.path().to_string(),
+            ),
+            Err(_) => ("file".into(), uri.clone()),
+        },
+        Target::Delta { uri } => ("file".into(), absolute(&PathBuf::from(uri))),
+        Target::Postgres { table, .. } => ("postgres".into(), table.clone()),
+    }
+}
+
+fn absolute(p: &std::path::Path) -> String {
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// The datasets a source reads in this run: one per input file, or its table or query.
+fn source_datasets(s: &sealtrail_spec::Source, inputs: &[String]) -> Vec<(String, String)> {
+    match &s.connector {
+        SourceConnector::Postgres(pg) => vec![(
+            "postgres".into(),
+            match &pg.from {
+                PgFrom::Table(t) => t.clone(),
+                PgFrom::Query(_) => format!("query:{}", s.name),
+            },
+        )],
+        _ => inputs
+            .iter()
+            .map(|i| ("file".into(), absolute(std::path::Path::new(i))))
+            .collect(),
+    }
+}
+
+fn schema_facet(schema: &arrow::datatypes::Schema) -> Value {
+    json!({
+        "_producer": producer(),
+        "_schemaURL": SCHEMA_FACET,
+        "fields": schema.fields().iter().map(|f| json!({
+            "name": f.name(),
+            "type": f.data_type().to_string(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// What the events of one run describe.
+#[derive(Debug)]
+pub struct RunDescription {
+    inputs: Vec<Value>,
+    outputs: Vec<Value>,
+    sql: String,
+}
+
+/// Describes the run's datasets and column lineage from the planned sources. `inputs`: the
+/// run's chosen inputs, per source name.
+pub fn describe(
+    p: &Pipeline,
+    planned: &HashMap<String, Planned>,
+    inputs: &HashMap<String, Vec<String>>,
+) -> RunDescription {
+    let mut ins = Vec::new();
+    let mut outs = Vec::new();
+    for s in &p.sources {
+        let Some(pl) = planned.get(&s.name) else {
+            continue;
+        };
+        let datasets = source_datasets(s, inputs.get(&s.name).map_or(&[], Vec::as_slice));
+        let raw_schema = sealtrail_quality::typed::source_schema(s);
+        for (ns, name) in &datasets {
+            ins.push(json!({
+                "namespace": ns,
+                "name": name,
+                "facets": { "schema": schema_facet(&raw_schema) },
+            }));
+        }
+        for sink in p.sinks.iter().filter(|k| k.root_source == s.name) {
+            let Some(schema) = pl.transforms.schema_of(&sink.from) else {
+                continue;
+            };
+            let mut fields = serde_json::Map::new();
+            for f in schema.fields() {
+                let mut input_fields = Vec::new();
+                for (path, st) in trace_all(
+                    &s.name,
+                    &pl.resolution.states,
+                    &pl.transforms,
+                    &sink.from,
+                    f.name(),
+                ) {
+                    let direct = path.len() == 1 && st.name == st.origin && f.name() == &st.name;
+                    let mut t = json!({
+                        "type": "DIRECT",
+                        "subtype": if direct && st.protected_by.is_none() { "IDENTITY" } else { "TRANSFORMATION" },
+                        "masking": st.protected_by.is_some(),
+                    });
+                    if let Some(action) = st.protected_by {
+                        t["description"] = json!(format!("{action} ({})", path.join(" -> ")));
+                    } else if !direct {
+                        t["description"] = json!(path.join(" -> "));
+                    }
+                    for (ns, name) in &datasets {
+                        input_fields.push(json!({
+                            "namespace": ns,
+                            "name": name,
+                            "field": st.origin,
+                            "transformations": [t.clone()],
+                        }));
+                    }
+                }
+                if !input_fields.is_empty() {
+                    fields.insert(f.name().clone(), json!({ "inputFields": input_fields }));
+                }
+            }
+            let (ns, name) = dataset_of_target(&sink.target);
+            outs.push(json!({
+                "namespace": ns,
+                "name": name,
+                "facets": {
+                    "schema": schema_facet(&schema),
+                    "columnLineage": {
+                        "_producer": producer(),
+                        "_schemaURL": LINEAGE_FACET,
+                        "fields": fields,
+                    },
+                },
+            }));
+        }
+    }
+    let sql = p
+        .transforms
+        .iter()
+        .map(|t| format!("-- {}\n{}", t.name, t.sql.trim()))
+        .collect::<Vec<_>>()
+        .join(";\n");
+    RunDescription {
+        inputs: ins,
+        outputs: outs,
+        sql,
+    }
+}
+
+/// One RunEvent. `kind` is START, COMPLETE or FAIL; `error` goes into the FAIL event.
+pub fn event(
+    kind: &str,
+    p: &Pipeline,
+    run_id: &str,
+    d: &RunDescription,
+    error: Option<&str>,
+) -> Value {
+    let mut run_facets = json!({
+        "processing_engine": {
+            "_producer": producer(),
+            "_schemaURL": ENGINE_FACET,
+            "version": env!("CARGO_PKG_VERSION"),
+            "name": "sealtrail",
+        },
+    });
+    if let Some(e) = error {
+        run_facets["errorMessage"] = json!({
+            "_producer": producer(),
+            "_schemaURL": ERROR_FACET,
+            "message": e,
+            "programmingLanguage": "Rust",
+        });
+    }
+    let mut job_facets = json!({
+        "jobType": {
+            "_producer": producer(),
+            "_schemaURL": JOB_TYPE_FACET,
+            "processingType": "BATCH",
+            "integration": "SEALTRAIL",
+            "jobType": "PIPELINE",
+        },
+    });
+    if !d.sql.is_empty() {
+        job_facets["sql"] = json!({
+            "_producer": producer(),
+            "_schemaURL": SQL_FACET,
+            "query": d.sql,
+            "dialect": "datafusion",
+        });
+    }
+    json!({
+        "eventType": kind,
+        "eventTime": sealtrail_core::audit::now(),
+        "producer": producer(),
+        "schemaURL": CORE,
+        "run": { "runId": run_id, "facets": run_facets },
+        "job": { "namespace": "sealtrail", "name": p.name, "facets": job_facets },
+        "inputs": d.inputs,
+        "outputs": d.outputs,
+    })
+}

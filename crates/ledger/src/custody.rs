@@ -1,0 +1,326 @@
+//! Chain of custody: record commitments, per-batch record trees and offline proof bundles.
+//!
+//! Every input record has a commitment, SHA-256 of its canonical source bytes, and every output
+//! row one of its canonical encoding (`docs/custody.md`). A batch's records form an RFC 6962
+//! tree whose leaves carry their own prefix, so a record leaf can never be mistaken for a
+//! ledger leaf (`0x00`) or an inner node (`0x01`):
+//!
+//! ```text
+//!  record leaf = SHA-256(0x02 || u32be(len(id)) || id || commitment)
+//! ```
+//! The batch's `batch_committed` ledger entry holds the roots. A [`Bundle`] carries one row's
+//! path from the row to a signed checkpoint; [`verify`] checks it with nothing but the
+//! ledger's public key.
+
+use crate::entry::{Entry, Event, Hash};
+use crate::merkle::{self, ProofError};
+use crate::note::{Checkpoint, NoteVerifier};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Prefix of record leaves (ledger leaves use `0x00`, inner nodes `0x01`).
+pub const RECORD_LEAF_PREFIX: u8 = 0x02;
+/// The `format` of the bundles this version writes and reads.
+pub const BUNDLE_FORMAT: &str = "sealtrail-proof/1";
+/// The output column that names each row's source record.
+pub const ID_COLUMN: &str = "_sealtrail_id";
+
+/// A record's commitment: SHA-256 of its canonical bytes.
+pub fn commitment(bytes: &[u8]) -> Hash {
+    Sha256::digest(bytes).into()
+}
+
+/// The leaf of record `id` with `commitment` in a batch's record tree.
+pub fn record_leaf(id: &str, commitment: &Hash) -> Hash {
+    let mut h = Sha256::new();
+    h.update([RECORD_LEAF_PREFIX]);
+    h.update((id.len() as u32).to_be_bytes());
+    h.update(id.as_bytes());
+    h.update(commitment);
+    h.finalize().into()
+}
+
+/// Root over `(id, commitment)` records in order (the empty tree's root when there are none).
+pub fn records_root<'a>(records: impl IntoIterator<Item = (&'a str, &'a Hash)>) -> Hash {
+    let mut r = merkle::CompactRange::default();
+    for (id, c) in records {
+        r.push(record_leaf(id, c));
+    }
+    r.root()
+}
+
+/// A record's place in its batch tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inclusion {
+    /// Lowercase hex SHA-256 of the record's canonical bytes.
+    pub commitment: String,
+    /// 0-based position of the record in the batch tree.
+    pub index: u64,
+    /// Leaves in the batch tree.
+    pub size: u64,
+    /// RFC 6962 inclusion path, lowercase hex, leaf to root.
+    pub path: Vec<String>,
+}
+
+/// The output row: its canonical encoding (which holds its values, protected as they were
+/// delivered) and its inclusion in the sink's tree of the batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowProof {
+    pub sink: String,
+    /// The canonical encoding of the row (`docs/custody.md`): a JSON object, kept as text
+    /// because its exact bytes are what is hashed.
+    pub canonical: String,
+    #[serde(flatten)]
+    pub inclusion: Inclusion,
+}
+
+/// The batch's ledger entry and its inclusion under the signed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryProof {
+    pub index: u64,
+    /// The entry's exact bytes, standard base64.
+    pub bytes: String,
+    /// Inclusion path (lowercase hex) in the tree of the checkpoint's size.
+    pub path: Vec<String>,
+}
+
+/// A self-contained proof that one output row came, unchanged, from one input record under a
+/// committed batch of the ledger. See `docs/custody.md` for every field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    pub format: String,
+    /// The record's lineage id (`source:input:position`).
+    pub id: String,
+    pub pipeline: String,
+    pub run_id: String,
+    pub source: String,
+    pub batch: u64,
+    pub output: RowProof,
+    pub input: Inclusion,
+    pub entry: EntryProof,
+    /// The signed checkpoint (C2SP signed note) the entry proof leads to.
+    pub checkpoint: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("not a {BUNDLE_FORMAT} bundle (format `{0}`)")]
+    Format(String),
+    #[error("the checkpoint's signature does not verify with this public key: {0}")]
+    Signature(String),
+    #[error("the checkpoint is malformed: {0}")]
+    Checkpoint(String),
+    #[error("field `{0}` is not valid hex of 32 bytes")]
+    Hex(&'static str),
+    #[error("the ledger entry does not decode: {0}")]
+    Entry(String),
+    #[error("the ledger entry is not the batch named by the bundle: {0}")]
+    WrongEntry(String),
+    #[error("the ledger entry is not in the signed tree: {0}")]
+    EntryInclusion(ProofError),
+    #[error("the input record is not in the batch's input tree: {0}")]
+    InputInclusion(ProofError),
+    #[error("the output row does not match its commitment: the row was changed")]
+    RowChanged,
+    #[error("the output row is not in the sink's tree of the batch: {0}")]
+    OutputInclusion(ProofError),
+    #[error("the output row's `{ID_COLUMN}` is not the bundle's id")]
+    IdMismatch,
+}
+
+/// What a verified bundle establishes.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub entry_index: u64,
+    pub tree_size: u64,
+    pub checkpoint_time: Option<String>,
+    pub spec_sha256: Hash,
+    pub transforms_sha256: Hash,
+    pub policy_sha256: Hash,
+    pub time_micros: i64,
+}
+
+fn hash_of(s: &str, field: &'static str) -> Result<Hash, BundleError> {
+    let b = hex::decode(s).map_err(|_| BundleError::Hex(field))?;
+    b.try_into().map_err(|_| BundleError::Hex(field))
+}
+
+fn path_of(p: &[String], field: &'static str) -> Result<Vec<Hash>, BundleError> {
+    p.iter().map(|h| hash_of(h, field)).collect()
+}
+
+/// Checks every link of `b`: row -> commitment -> sink root, record -> input root, both
+/// roots in the batch entry, entry -> checkpoint root, checkpoint signature.
+pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
+    if b.format != BUNDLE_FORMAT {
+        return Err(BundleError::Format(b.format.clone()));
+    }
+    let text = key
+        .open(&b.checkpoint)
+        .map_err(|e| BundleError::Signature(e.to_string()))?;
+    let cp = Checkpoint::parse(text).map_err(|e| BundleError::Checkpoint(e.to_string()))?;
+
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&b.entry.bytes)
+        .map_err(|e| BundleError::Entry(e.to_string()))?;
+    let entry = Entry::decode(&bytes).map_err(|e| BundleError::Entry(e.to_string()))?;
+    if entry.seq != b.entry.index {
+        return Err(BundleError::WrongEntry(format!(
+            "entry {} claims to be entry {}",
+            b.entry.index, entry.seq
+        )));
+    }
+    merkle::verify_inclusion(
+        b.entry.index,
+        cp.size,
+        &merkle::leaf_hash(&bytes),
+        &path_of(&b.entry.path, "entry.path")?,
+        &cp.root,
+    )
+    .map_err(BundleError::EntryInclusion)?;
+    let Event::BatchCommitted {
+        run_id,
+        source,
+        batch,
+        rows_in,
+        spec_sha256,
+        transforms_sha256,
+        policy_sha256,
+        input_root,
+        outputs,
+        ..
+    } = &entry.event
+    else {
+        return Err(BundleError::WrongEntry(format!(
+            "entry {} is a {} entry",
+            entry.seq,
+            entry.event.name()
+        )));
+    };
+    if (run_id, source, *batch) != (&b.run_id, &b.source, b.batch) {
+        return Err(BundleError::WrongEntry(format!(
+            "it commits run {run_id} source {source} batch {batch}"
+        )));
+    }
+
+    // The input record.
+    if b.input.size != *rows_in {
+        return Err(BundleError::WrongEntry(format!(
+            "the input tree has {} leaves, the batch read {rows_in} records",
+            b.input.size
+        )));
+    }
+    let c_in = hash_of(&b.input.commitment, "input.commitment")?;
+    merkle::verify_inclusion(
+        b.input.index,
+        b.input.size,
+        &record_leaf(&b.id, &c_in),
+        &path_of(&b.input.path, "input.path")?,
+        input_root,
+    )
+    .map_err(BundleError::InputInclusion)?;
+
+    // The output row: its bytes, its id, its place under the sink's root.
+    let c_out = hash_of(&b.output.inclusion.commitment, "output.commitment")?;
+    if !merkle::ct_eq(&commitment(b.output.canonical.as_bytes()), &c_out) {
+        return Err(BundleError::RowChanged);
+    }
+    let row: serde_json::Value =
+        serde_json::from_str(&b.output.canonical).map_err(|_| BundleError::RowChanged)?;
+    if row.get(ID_COLUMN).and_then(|v| v.as_str()) != Some(b.id.as_str()) {
+        return Err(BundleError::IdMismatch);
+    }
+    let Some(sink) = outputs.iter().find(|o| o.sink == b.output.sink) else {
+        return Err(BundleError::WrongEntry(format!(
+            "the batch wrote nothing to sink `{}`",
+            b.output.sink
+        )));
+    };
+    if b.output.inclusion.size != sink.rows {
+        return Err(BundleError::WrongEntry(format!(
+            "the output tree has {} leaves, the batch wrote {} rows to `{}`",
+            b.output.inclusion.size, sink.rows, sink.sink
+        )));
+    }
+    merkle::verify_inclusion(
+        b.output.inclusion.index,
+        b.output.inclusion.size,
+        &record_leaf(&b.id, &c_out),
+        &path_of(&b.output.inclusion.path, "output.path")?,
+        &sink.root,
+    )
+    .map_err(BundleError::OutputInclusion)?;
+
+    Ok(Verified {
+        entry_index: entry.seq,
+        tree_size: cp.size,
+        checkpoint_time: cp.time().map(str::to_owned),
+        spec_sha256: *spec_sha256,
+        transforms_sha256: *transforms_sha256,
+        policy_sha256: *policy_sha256,
+        time_micros: entry.time_micros,
+    })
+}
+
+/// Builds the [`Inclusion`] of leaf `index` among `leaves` (record leaves).
+pub fn inclusion(
+    leaves: Vec<Hash>,
+    index: u64,
+    commitment: &Hash,
+) -> Result<Inclusion, ProofError> {
+    let t = merkle::MemTree::new(leaves);
+    let path = t.inclusion_proof(index)?;
+    Ok(Inclusion {
+        commitment: hex::encode(commitment),
+        index,
+        size: t.size(),
+        path: path.iter().map(hex::encode).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_leaves_differ_from_ledger_leaves_and_bind_the_id() {
+        let c = commitment(b"a,b,c");
+        let l = record_leaf("s:0123:2", &c);
+        let mut data = Vec::new();
+        data.extend_from_slice(&(8u32).to_be_bytes());
+        data.extend_from_slice(b"s:0123:2");
+        data.extend_from_slice(&c);
+        assert_ne!(l, merkle::leaf_hash(&data));
+        assert_ne!(l, record_leaf("s:0123:3", &c));
+        let mut pre = vec![RECORD_LEAF_PREFIX];
+        pre.extend_from_slice(&data);
+        assert_eq!(l, commitment(&pre));
+    }
+
+    #[test]
+    fn records_root_matches_the_tree_and_proofs_verify() {
+        let recs: Vec<(String, Hash)> = (0..7)
+            .map(|i| {
+                (
+                    format!("s:k:{i}"),
+                    commitment(format!("row {i}").as_bytes()),
+                )
+            })
+            .collect();
+        let root = records_root(recs.iter().map(|(i, c)| (i.as_str(), c)));
+        let leaves: Vec<Hash> = recs.iter().map(|(i, c)| record_leaf(i, c)).collect();
+        assert_eq!(root, merkle::root(&leaves));
+        for (k, (id, c)) in recs.iter().enumerate() {
+            let inc = inclusion(leaves.clone(), k as u64, c).unwrap();
+            let path = path_of(&inc.path, "p").unwrap();
+            merkle::verify_inclusion(k as u64, 7, &record_leaf(id, c), &path, &root).unwrap();
+            // The same commitment under another id does not verify.
+            assert!(
+                merkle::verify_inclusion(k as u64, 7, &record_leaf("s:k:99", c), &path, &root)
+                    .is_err()
+            );
+        }
+        assert_eq!(records_root(std::iter::empty()), merkle::empty_root());
+    }
+}
