@@ -4,10 +4,10 @@ use crate::StateArgs;
 use crate::ledger_cmd::load_verifier;
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
-use sealtrail_engine::custody::{self, BatchCustody};
+use sealtrail_engine::custody::{self, BatchCustody, GROUP, RowIds};
 use sealtrail_engine::state::{CustodyRef, StateStore};
 use sealtrail_ledger::custody::{
-    BUNDLE_FORMAT, Bundle, EntryProof, RowProof, commitment, inclusion, record_leaf,
+    BUNDLE_FORMAT, Bundle, Contributor, EntryProof, RowProof, commitment, inclusions, record_leaf,
 };
 use sealtrail_ledger::entry::{Entry, Event, Hash};
 use sealtrail_ledger::merkle;
@@ -23,7 +23,8 @@ const TAMPERED: i32 = 4;
 #[derive(clap::Args, Debug)]
 #[group(required = true, multiple = false)]
 pub struct RowSelector {
-    /// The row's lineage id (its `_sealtrail_id`).
+    /// The row's lineage id (its `_sealtrail_id`; for a row of an aggregation, the `agg:` id
+    /// that `audit` and `prove` print).
     #[arg(long)]
     pub id: Option<String>,
     /// A column value that identifies the row, as `COLUMN=VALUE` (for example
@@ -58,8 +59,20 @@ fn cell_text(b: &RecordBatch, col: usize, row: usize) -> Option<String> {
 
 /// A delivered row: its lineage id and canonical encoding.
 struct FoundRow {
+    /// The row's lineage id (an `agg:` group id for a row of an aggregation).
     id: String,
+    /// The ids of the records it came from (one, or every contributor of an aggregation).
+    members: Vec<String>,
     canonical: String,
+}
+
+/// Whether a row's ids are lineage id `want`.
+fn is_id(ids: Option<RowIds<'_>>, want: &str) -> bool {
+    match ids {
+        Some(RowIds::One(id)) => id == want,
+        Some(many) => many.lineage_id() == want,
+        None => false,
+    }
 }
 
 /// Reads the table `files` make up and returns the rows `want` selects.
@@ -88,14 +101,18 @@ fn find_rows(files: &[PathBuf], sel: &RowSelector) -> Result<Vec<FoundRow>> {
             };
             for r in 0..b.num_rows() {
                 let hit = match (&sel.id, &cond, col) {
-                    (Some(id), _, _) => ids(r) == Some(id.as_str()),
+                    (Some(id), _, _) => is_id(ids(r), id),
                     (_, Some((_, v)), Some(c)) => cell_text(&b, c, r).as_deref() == Some(v),
                     _ => false,
                 };
                 if hit {
                     custody::canonical_row(&b, r, &mut buf).map_err(|e| anyhow!(e))?;
+                    let row_ids = ids(r);
                     out.push(FoundRow {
-                        id: ids(r).unwrap_or_default().to_string(),
+                        id: row_ids.as_ref().map(RowIds::lineage_id).unwrap_or_default(),
+                        members: row_ids
+                            .map(|m| m.members().into_iter().map(str::to_owned).collect())
+                            .unwrap_or_default(),
                         canonical: buf.clone(),
                     });
                 }
@@ -105,18 +122,23 @@ fn find_rows(files: &[PathBuf], sel: &RowSelector) -> Result<Vec<FoundRow>> {
     Ok(out)
 }
 
-/// Where a delivered row's lineage id sits in the stored custody records.
+/// Where a delivered row sits in the stored custody records.
 struct Located {
     at: CustodyRef,
     custody: BatchCustody,
-    input_index: usize,
     sink_index: usize,
     row_index: usize,
 }
 
-async fn locate(st: &StateStore, pipeline: &str, sink: &str, id: &str) -> Result<Located> {
-    let (source, key, pos) = custody::parse_id(id)
-        .ok_or_else(|| anyhow!("`{id}` is not a lineage id (source:input:position)"))?;
+async fn locate(st: &StateStore, pipeline: &str, sink: &str, row: &FoundRow) -> Result<Located> {
+    let id = &row.id;
+    let first = row
+        .members
+        .first()
+        .ok_or_else(|| anyhow!("the row has no `{}`", custody::ID_COLUMN))?;
+    let (source, key, pos) = custody::parse_id(first)
+        .ok_or_else(|| anyhow!("`{first}` is not a lineage id (source:input:position)"))?;
+    let grouped = id != first;
     let refs = st
         .custody_index(pipeline, Some((source, key, pos.parse().ok())))
         .await?;
@@ -128,19 +150,26 @@ async fn locate(st: &StateStore, pipeline: &str, sink: &str, id: &str) -> Result
                 r.batch
             )
         })?;
-        let Some(k) = c.input.iter().position(|(i, _)| i == id) else {
-            continue;
-        };
         let Some(s) = c.outputs.iter().position(|o| o.sink == sink) else {
             continue;
         };
-        let Some(j) = c.outputs[s].rows.iter().position(|(i, _)| *i as usize == k) else {
+        let o = &c.outputs[s];
+        let j = if grouped {
+            o.rows
+                .iter()
+                .position(|(k, _)| k & GROUP != 0 && c.row_id(o, *k) == *id)
+        } else {
+            let Some(k) = c.input.iter().position(|(i, _)| i == id) else {
+                continue;
+            };
+            o.rows.iter().position(|(i, _)| *i as usize == k)
+        };
+        let Some(j) = j else {
             continue;
         };
         return Ok(Located {
             at: r,
             custody: c,
-            input_index: k,
             sink_index: s,
             row_index: j,
         });
@@ -176,9 +205,9 @@ pub async fn prove(
         ),
     };
     let st = StateStore::open(&state.url(&home)).await?;
-    let loc = locate(&st, &p.name, sink, &row.id).await?;
+    let loc = locate(&st, &p.name, sink, row).await?;
     let c = &loc.custody;
-    let (_, delivered) = c.outputs[loc.sink_index].rows[loc.row_index];
+    let (row_key, delivered) = c.outputs[loc.sink_index].rows[loc.row_index];
     let now = commitment(row.canonical.as_bytes());
     if !merkle::ct_eq(&now, &delivered) {
         eprintln!(
@@ -195,19 +224,33 @@ pub async fn prove(
         )
     })?;
 
-    let input_leaves: Vec<Hash> = c.input.iter().map(|(i, h)| record_leaf(i, h)).collect();
-    let input = inclusion(
-        input_leaves,
-        loc.input_index as u64,
-        &c.input[loc.input_index].1,
-    )?;
     let sc = &c.outputs[loc.sink_index];
+    let members = BatchCustody::members(sc, row_key);
+    let input_leaves: Vec<Hash> = c.input.iter().map(|(i, h)| record_leaf(i, h)).collect();
+    let wanted: Vec<(u64, Hash)> = members
+        .iter()
+        .map(|&k| (k as u64, c.input[k as usize].1))
+        .collect();
+    let mut found = inclusions(input_leaves, &wanted)?;
+    let (input, inputs) = if row_key & GROUP != 0 {
+        let list = members
+            .iter()
+            .zip(found)
+            .map(|(&k, inclusion)| Contributor {
+                id: c.input[k as usize].0.clone(),
+                inclusion,
+            })
+            .collect();
+        (None, list)
+    } else {
+        (Some(found.remove(0)), Vec::new())
+    };
     let out_leaves: Vec<Hash> = sc
         .rows
         .iter()
-        .map(|(k, h)| record_leaf(&c.input[*k as usize].0, h))
+        .map(|(k, h)| record_leaf(&c.row_id(sc, *k), h))
         .collect();
-    let output = inclusion(out_leaves, loc.row_index as u64, &delivered)?;
+    let output = inclusions(out_leaves, &[(loc.row_index as u64, delivered)])?.remove(0);
 
     let verifier = load_verifier(&home, None)?;
     let (dir, _guard) = state.ledger.readable(&home)?;
@@ -229,6 +272,7 @@ pub async fn prove(
             inclusion: output,
         },
         input,
+        inputs,
         entry: EntryProof {
             index: seq,
             bytes: base64::engine::general_purpose::STANDARD.encode(&bytes),
@@ -327,12 +371,23 @@ pub async fn verify_proof(
         b.source,
         b.batch
     );
-    outln!(
-        "  input record commitment {} is leaf {} of {} under the batch's input root",
-        b.input.commitment,
-        b.input.index,
-        b.input.size
-    );
+    if let Some(input) = &b.input {
+        outln!(
+            "  input record commitment {} is leaf {} of {} under the batch's input root",
+            input.commitment,
+            input.index,
+            input.size
+        );
+    }
+    for c in &b.inputs {
+        outln!(
+            "  contributing record {} (commitment {}) is leaf {} of {} under the batch's input root",
+            c.id,
+            c.inclusion.commitment,
+            c.inclusion.index,
+            c.inclusion.size
+        );
+    }
     outln!(
         "  output row commitment {} is leaf {} of {} under the sink's root",
         b.output.inclusion.commitment,
@@ -467,10 +522,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         }
         batches += 1;
         for (k, h) in &sc.rows {
-            expected
-                .entry(c.input[*k as usize].0.clone())
-                .or_default()
-                .push(*h);
+            expected.entry(c.row_id(sc, *k)).or_default().push(*h);
         }
     }
     if !bad_records.is_empty() {
@@ -496,13 +548,13 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
                 rows += 1;
                 custody::canonical_row(&b, r, &mut buf).map_err(|e| anyhow!(e))?;
                 let c = commitment(buf.as_bytes());
-                let id = ids(r).unwrap_or("");
+                let id = ids(r).map(|i| i.lineage_id()).unwrap_or_default();
                 let label = if id.is_empty() {
                     format!("(no id) {} row {r}", f.display())
                 } else {
-                    id.to_string()
+                    id.clone()
                 };
-                match expected.get_mut(id) {
+                match expected.get_mut(&id) {
                     Some(v) if !v.is_empty() => match v.iter().position(|h| merkle::ct_eq(h, &c)) {
                         Some(i) => {
                             v.swap_remove(i);
@@ -717,9 +769,14 @@ pub async fn lineage(
         outln!("  approval: none recorded (approvals come with the control plane)");
         let mut delivered = false;
         for o in &c.outputs {
-            let Some(j) = o.rows.iter().position(|(i, _)| *i as usize == k) else {
+            let Some(j) = o
+                .rows
+                .iter()
+                .position(|(i, _)| BatchCustody::members(o, *i).contains(&(k as u32)))
+            else {
                 continue;
             };
+            let grouped = o.rows[j].0 & GROUP != 0;
             delivered = true;
             let path = p
                 .sinks
@@ -731,6 +788,14 @@ pub async fn lineage(
                 "  -> {path}: row {j} of the batch, commitment {}",
                 hex::encode(o.rows[j].1)
             );
+            if grouped {
+                let n = BatchCustody::members(o, o.rows[j].0).len();
+                outln!(
+                    "     aggregated with {} other record(s) into row {}",
+                    n - 1,
+                    c.row_id(o, o.rows[j].0)
+                );
+            }
         }
         if !delivered {
             outln!(

@@ -1976,3 +1976,161 @@ fn openlineage_events_validate_against_the_official_schemas() {
         .unwrap();
     assert!(msg.contains("row_count_between"), "{msg}");
 }
+
+/// Many-to-one transforms: an aggregation and a DISTINCT deliver one row per group, each row
+/// lists its contributing records, and a row proves against all of them.
+#[test]
+fn aggregated_rows_prove_against_every_contributing_record() {
+    let (dir, spec) = project("trades.yaml", 2000);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let text = text.replacen(
+        "\nsinks:\n",
+        r#"
+  by_currency:
+    sql: |
+      SELECT currency, count(*) AS trades, sum(quantity) AS qty FROM clean GROUP BY currency
+  sides:
+    sql: SELECT DISTINCT side FROM clean
+sinks:
+  currency_totals:
+    from: by_currency
+    audience: analyst
+    parquet: { path: out/currency_totals }
+  trade_sides:
+    from: sides
+    audience: analyst
+    parquet: { path: out/trade_sides }
+"#,
+        1,
+    );
+    std::fs::write(&spec, text).unwrap();
+    run_ok(bin().arg("run").arg(&spec));
+    let d = dir.path().display();
+    let home = dir.path().join(".sealtrail");
+    let pubkey = home.join("ledger.pub");
+
+    // One row per group, each listing exactly the records it was computed from.
+    let facts = py(&format!(
+        r#"
+import deltalake, pyarrow.parquet as pq
+clean = deltalake.DeltaTable('{d}/out/trades_clean').to_pyarrow_table().to_pylist()
+tot = pq.read_table('{d}/out/currency_totals').to_pylist()
+sides = pq.read_table('{d}/out/trade_sides').to_pylist()
+by = {{}}
+for r in clean:
+    by.setdefault(r['currency'], set()).add(r['_sealtrail_id'])
+assert len(tot) == len(by), (len(tot), len(by))
+for r in tot:
+    assert set(r['_sealtrail_id']) == by[r['currency']], r['currency']
+    assert r['trades'] == len(r['_sealtrail_id'])
+assert sorted(r['side'] for r in sides) == sorted(set(r['side'] for r in clean)), sides
+assert sum(len(r['_sealtrail_id']) for r in sides) == len(clean)
+eur = [r for r in tot if r['currency'] == 'EUR'][0]
+print(len(eur['_sealtrail_id']), eur['_sealtrail_id'][0])
+"#
+    ));
+    let (eur_n, eur_member) = facts.trim().split_once(' ').unwrap();
+    let eur_n: usize = eur_n.parse().unwrap();
+    assert!(eur_n > 1, "{facts}");
+
+    for sink in ["currency_totals", "trade_sides"] {
+        let out = run_ok(bin().arg("audit").arg(&spec).args(["--sink", sink]));
+        assert!(out.contains("every row is as delivered"), "{out}");
+    }
+    let bundle = dir.path().join("eur.json");
+    run_ok(
+        bin()
+            .arg("prove")
+            .arg(&spec)
+            .args([
+                "--sink",
+                "currency_totals",
+                "--where",
+                "currency=EUR",
+                "--out",
+            ])
+            .arg(&bundle),
+    );
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+    assert!(b["id"].as_str().unwrap().starts_with("agg:"), "{b}");
+    assert!(b.get("input").is_none(), "{b}");
+    assert_eq!(b["inputs"].as_array().unwrap().len(), eur_n);
+    let table = dir.path().join("out/currency_totals");
+    let out = run_ok(
+        bin()
+            .arg("verify-proof")
+            .arg(&bundle)
+            .args(["--key"])
+            .arg(&pubkey)
+            .arg("--table")
+            .arg(&table),
+    );
+    assert!(out.contains("unchanged"), "{out}");
+    assert_eq!(out.matches("contributing record").count(), eur_n, "{out}");
+    let id = b["id"].as_str().unwrap().to_string();
+    let out =
+        run_ok(
+            bin()
+                .arg("prove")
+                .arg(&spec)
+                .args(["--sink", "currency_totals", "--id", &id]),
+        );
+    assert!(out.contains(&id), "proves by its agg: id too");
+
+    // A bundle that drops one contributor, or swaps the row's ids, does not verify.
+    let mut v = b.clone();
+    v["inputs"].as_array_mut().unwrap().pop();
+    let forged = dir.path().join("forged.json");
+    std::fs::write(&forged, v.to_string()).unwrap();
+    let o = bin()
+        .arg("verify-proof")
+        .arg(&forged)
+        .arg("--key")
+        .arg(&pubkey)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("NOT VERIFIED"));
+
+    // One record's lineage shows the aggregated row it went into.
+    let out = run_ok(bin().arg("lineage").arg(&spec).args(["--id", eur_member]));
+    assert!(out.contains("sink currency_totals"), "{out}");
+    assert!(out.contains(&format!("into row {id}")), "{out}");
+
+    // Tamper with the EUR total in its data file: the audit and the proof name it.
+    py(&format!(
+        r#"
+import glob, pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
+for f in glob.glob('{d}/out/currency_totals/**/*.parquet', recursive=True):
+    t = pq.read_table(f)
+    hit = pc.equal(t['currency'], 'EUR')
+    if pc.any(hit).as_py():
+        col = t.schema.get_field_index('qty')
+        t = t.set_column(col, 'qty', pc.if_else(hit, pa.scalar(1, t['qty'].type), t['qty']))
+        pq.write_table(t, f)
+"#
+    ));
+    let o = bin()
+        .arg("audit")
+        .arg(&spec)
+        .args(["--sink", "currency_totals", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(a["changed"], serde_json::json!([id]), "{a}");
+    assert_eq!(a["deleted"], serde_json::json!([]), "{a}");
+    let o = bin()
+        .arg("verify-proof")
+        .arg(&bundle)
+        .arg("--key")
+        .arg(&pubkey)
+        .arg("--table")
+        .arg(&table)
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{so}");
+    assert!(so.contains("CHANGED") && so.contains("qty"), "{so}");
+}

@@ -59,6 +59,12 @@ pub fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_max_row_group_row_count(Some(1 << 20))
+        // Lineage ids are unique per row: a dictionary never pays off and costs an interner
+        // lookup per value before the writer falls back to plain encoding.
+        .set_column_dictionary_enabled(
+            parquet::schema::types::ColumnPath::from(sealtrail_core::LINEAGE_ID_COLUMN),
+            false,
+        )
         .build()
 }
 

@@ -115,6 +115,9 @@ impl Counts {
     }
 }
 
+/// The column that carries each delivered row's lineage id (see `docs/custody.md`).
+pub const LINEAGE_ID_COLUMN: &str = "_sealtrail_id";
+
 /// Lowercase hex SHA-256 of some bytes; used for spec versions and file fingerprints.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;

@@ -14,7 +14,7 @@
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema, TimeUnit};
 use sealtrail_core::record::PosKind;
-use sealtrail_ledger::custody::{commitment, records_root};
+use sealtrail_ledger::custody::{commitment, group_id, records_root};
 use sealtrail_ledger::entry::Hash;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -60,6 +60,16 @@ pub fn with_id_field(schema: &Schema) -> arrow::datatypes::SchemaRef {
     std::sync::Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
+/// Whether `ty` can hold lineage ids: text (one record per row) or a list of text (the
+/// contributing records of an aggregated row).
+pub fn id_type(ty: &DataType) -> bool {
+    match ty {
+        DataType::Utf8 => true,
+        DataType::List(f) | DataType::LargeList(f) => f.data_type() == &DataType::Utf8,
+        _ => false,
+    }
+}
+
 /// Whether every value of `ty` has a canonical encoding (checked for every sink at `check`).
 pub fn encodable(ty: &DataType) -> bool {
     use DataType::*;
@@ -100,8 +110,12 @@ pub fn canonical_row(batch: &RecordBatch, row: usize, out: &mut String) -> Resul
 fn json_str(s: &str, out: &mut String) {
     out.push('"');
     let bytes = s.as_bytes();
-    // Most values need no escape: one vectorisable scan, one copy.
-    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+    // Most values need no escape: one scan without early exit (so it vectorises), one copy.
+    let needs = |c: &[u8]| {
+        c.iter()
+            .fold(false, |a, &b| a | (b < 0x20) | (b == b'"') | (b == b'\\'))
+    };
+    if !bytes.chunks(64).any(needs) {
         out.push_str(s);
         out.push('"');
         return;
@@ -316,62 +330,96 @@ fn value(col: &ArrayRef, row: usize, out: &mut String) -> Result<(), String> {
     Ok(())
 }
 
-/// The output commitments of `rows` (one sink's rows of one batch): for each row, its
-/// lineage id and the SHA-256 of its canonical encoding.
-pub fn output_commitments(rows: &[RecordBatch]) -> Result<Vec<(String, Hash)>, String> {
-    let mut out = Vec::with_capacity(rows.iter().map(RecordBatch::num_rows).sum());
-    let mut buf = String::with_capacity(512);
-    for b in rows {
-        let ids = id_column(b)?;
-        for r in 0..b.num_rows() {
-            canonical_row(b, r, &mut buf)?;
-            let id = ids(r).ok_or_else(|| format!("a row without `{ID_COLUMN}`"))?;
-            out.push((id.to_string(), commitment(buf.as_bytes())));
-        }
-    }
-    Ok(out)
-}
-
 fn unknown_id(sink: &str) -> String {
     format!("sink `{sink}` received a row whose `{ID_COLUMN}` is not a record of its batch")
 }
 
 /// One sink's rows of a batch as (input record index, output commitment), computed straight
-/// from the Arrow batches: the hot path of every commit.
+/// from the Arrow batches: the hot path of every commit. A row of an aggregation lists its
+/// contributing records; it becomes a group (index [`GROUP`] + k of [`SinkCustody::groups`]).
 pub fn sink_rows(
     sink: &str,
     rows: &[RecordBatch],
-    index: &HashMap<&str, u32>,
+    input: &[(String, Hash)],
 ) -> Result<SinkCustody, String> {
+    // Built only when rows come out of input order (a transform that sorts or groups).
+    let index = std::cell::OnceCell::new();
     let mut out = Vec::with_capacity(rows.iter().map(RecordBatch::num_rows).sum());
+    let mut groups = Vec::new();
     let mut buf = String::with_capacity(1024);
+    // Rows of 1:1 transforms come in input order: try the records just after the previous
+    // match (quarantined ones are skipped) before the hash index.
+    let mut next = 0usize;
+    let mut find = |id: &str| -> Result<u32, String> {
+        let window = input.iter().enumerate().skip(next).take(8);
+        if let Some(k) = window.filter(|(_, r)| r.0 == id).map(|(k, _)| k).next() {
+            next = k + 1;
+            return Ok(k as u32);
+        }
+        let index = index.get_or_init(|| {
+            input
+                .iter()
+                .enumerate()
+                .map(|(k, (id, _))| (id.as_str(), k as u32))
+                .collect::<HashMap<&str, u32>>()
+        });
+        let k = index.get(id).copied().ok_or_else(|| unknown_id(sink))?;
+        next = k as usize + 1;
+        Ok(k)
+    };
     for b in rows {
         let ids = id_column(b)?;
         for r in 0..b.num_rows() {
-            let k = ids(r)
-                .and_then(|id| index.get(id))
-                .ok_or_else(|| unknown_id(sink))?;
+            let k = match ids(r) {
+                Some(RowIds::One(id)) => find(id)?,
+                Some(RowIds::Many(list)) if !list.is_empty() => {
+                    let g = list.into_iter().map(&mut find);
+                    groups.push(g.collect::<Result<Vec<_>, _>>()?);
+                    GROUP | (groups.len() - 1) as u32
+                }
+                _ => return Err(unknown_id(sink)),
+            };
             canonical_row(b, r, &mut buf)?;
-            out.push((*k, commitment(buf.as_bytes())));
+            out.push((k, commitment(buf.as_bytes())));
         }
     }
     Ok(SinkCustody {
         sink: sink.to_string(),
         rows: out,
+        groups,
     })
 }
 
-/// Reads the lineage ids of a batch's rows (string column [`ID_COLUMN`], any string type).
-#[allow(clippy::type_complexity)]
-pub fn id_column<'a>(
-    b: &'a RecordBatch,
-) -> Result<Box<dyn Fn(usize) -> Option<&'a str> + 'a>, String> {
-    let i = b
-        .schema()
-        .index_of(ID_COLUMN)
-        .map_err(|_| format!("the rows have no `{ID_COLUMN}` column"))?;
-    let col = b.column(i);
-    let get: Box<dyn Fn(usize) -> Option<&'a str> + 'a> = match col.data_type() {
+/// A row's lineage: the id of its input record or, for a row of an aggregation, the ids of
+/// every record that contributed to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowIds<'a> {
+    One(&'a str),
+    Many(Vec<&'a str>),
+}
+
+impl RowIds<'_> {
+    /// The row's lineage id: the record's id, or the group id of the contributors.
+    pub fn lineage_id(&self) -> String {
+        match self {
+            RowIds::One(id) => id.to_string(),
+            RowIds::Many(ids) => group_id(ids.iter().copied()),
+        }
+    }
+
+    /// The contributing records' ids.
+    pub fn members(&self) -> Vec<&str> {
+        match self {
+            RowIds::One(id) => vec![id],
+            RowIds::Many(ids) => ids.clone(),
+        }
+    }
+}
+
+type StrAt<'a> = Box<dyn Fn(usize) -> Option<&'a str> + 'a>;
+
+fn strings(col: &ArrayRef) -> Option<StrAt<'_>> {
+    Some(match col.data_type() {
         DataType::Utf8 => {
             let a = col.as_string::<i32>();
             Box::new(move |r| a.is_valid(r).then(|| a.value(r)))
@@ -384,9 +432,57 @@ pub fn id_column<'a>(
             let a = col.as_string_view();
             Box::new(move |r| a.is_valid(r).then(|| a.value(r)))
         }
-        other => return Err(format!("`{ID_COLUMN}` is {other}, not text")),
+        _ => return None,
+    })
+}
+
+/// Reads the lineage ids of a batch's rows: the column [`ID_COLUMN`], text (one record per
+/// row) or a list of text (the contributors of an aggregated row).
+#[allow(clippy::type_complexity)]
+pub fn id_column<'a>(
+    b: &'a RecordBatch,
+) -> Result<Box<dyn Fn(usize) -> Option<RowIds<'a>> + 'a>, String> {
+    let i = b
+        .schema()
+        .index_of(ID_COLUMN)
+        .map_err(|_| format!("the rows have no `{ID_COLUMN}` column"))?;
+    let col = b.column(i);
+    let wrong = || {
+        format!(
+            "`{ID_COLUMN}` is {}, not text or a list of text",
+            col.data_type()
+        )
     };
-    Ok(get)
+    if let Some(one) = strings(col) {
+        return Ok(Box::new(move |r| one(r).map(RowIds::One)));
+    }
+    let (offsets, values): (Vec<usize>, &ArrayRef) = match col.data_type() {
+        DataType::List(_) => {
+            let l = col.as_list::<i32>();
+            (
+                l.value_offsets().iter().map(|&o| o as usize).collect(),
+                l.values(),
+            )
+        }
+        DataType::LargeList(_) => {
+            let l = col.as_list::<i64>();
+            (
+                l.value_offsets().iter().map(|&o| o as usize).collect(),
+                l.values(),
+            )
+        }
+        _ => return Err(wrong()),
+    };
+    let inner = strings(values).ok_or_else(wrong)?;
+    Ok(Box::new(move |r| {
+        if col.is_null(r) {
+            return None;
+        }
+        (offsets[r]..offsets[r + 1])
+            .map(&inner)
+            .collect::<Option<Vec<_>>>()
+            .map(RowIds::Many)
+    }))
 }
 
 /// What one batch stores so its rows can be proven later: the input records' ids and
@@ -398,12 +494,26 @@ pub struct BatchCustody {
     pub outputs: Vec<SinkCustody>,
 }
 
+/// The Merkle roots a batch's ledger entry carries: its input records and, in the order of
+/// [`BatchCustody::outputs`], each sink's rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Roots {
+    pub input: Hash,
+    pub outputs: Vec<Hash>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SinkCustody {
     pub sink: String,
-    /// (index into `input`, output commitment), in the order the rows were written.
+    /// (index into `input`, output commitment), in the order the rows were written; an index
+    /// with the [`GROUP`] bit set names `groups[index - GROUP]` instead (a many-to-one row).
     pub rows: Vec<(u32, Hash)>,
+    /// The contributing input records of each many-to-one row, as indexes into `input`.
+    pub groups: Vec<Vec<u32>>,
 }
+
+/// Marks a row index that names a group of contributing records (see [`SinkCustody`]).
+pub const GROUP: u32 = 1 << 31;
 
 impl BatchCustody {
     pub fn input_root(&self) -> Hash {
@@ -411,46 +521,49 @@ impl BatchCustody {
     }
 
     pub fn output_root(&self, s: &SinkCustody) -> Hash {
+        if s.groups.is_empty() {
+            return records_root(
+                s.rows
+                    .iter()
+                    .map(|(i, c)| (self.input[*i as usize].0.as_str(), c)),
+            );
+        }
+        let ids: Vec<String> = s.rows.iter().map(|(k, _)| self.row_id(s, *k)).collect();
         records_root(
-            s.rows
-                .iter()
-                .map(|(i, c)| (self.input[*i as usize].0.as_str(), c)),
+            ids.iter()
+                .map(String::as_str)
+                .zip(s.rows.iter().map(|(_, c)| c)),
         )
     }
 
-    /// Each input record's index by lineage id, for [`BatchCustody::add_sink`].
-    pub fn index(&self) -> HashMap<&str, u32> {
-        self.input
-            .iter()
-            .enumerate()
-            .map(|(k, (id, _))| (id.as_str(), k as u32))
-            .collect()
+    /// The input records (indexes into `input`) behind row index `k` of sink `s`.
+    pub fn members(s: &SinkCustody, k: u32) -> Vec<u32> {
+        if k & GROUP != 0 {
+            s.groups[(k & !GROUP) as usize].clone()
+        } else {
+            vec![k]
+        }
     }
 
-    /// Adds one sink's rows (id, commitment); each id must name an input record of the batch.
-    pub fn add_sink(&mut self, sink: &str, rows: Vec<(String, Hash)>) -> Result<(), String> {
-        let index = self.index();
-        let rows = rows
-            .into_iter()
-            .map(|(id, c)| {
-                index
-                    .get(id.as_str())
-                    .map(|&k| (k, c))
-                    .ok_or_else(|| unknown_id(sink))
-            })
-            .collect::<Result<_, _>>()?;
-        self.outputs.push(SinkCustody {
-            sink: sink.to_string(),
-            rows,
-        });
-        Ok(())
+    /// The lineage id of a row of sink `s` with index `k`: its record's id, or the group id.
+    pub fn row_id(&self, s: &SinkCustody, k: u32) -> String {
+        if k & GROUP != 0 {
+            group_id(
+                s.groups[(k & !GROUP) as usize]
+                    .iter()
+                    .map(|&i| self.input[i as usize].0.as_str()),
+            )
+        } else {
+            self.input[k as usize].0.clone()
+        }
     }
 
-    /// Binary form (version 1), stored with the batch's commit:
-    /// `u8 1 | u32 n | n × (u16 len, id, [32]) | u32 s | s × (u16 len, sink, u32 m, m × (u32, [32]))`.
+    /// Binary form (version 2), stored with the batch's commit:
+    /// `u8 2 | u32 n | n × (u16 len, id, [32]) | u32 s | s × (u16 len, sink, u32 m, m × (u32, [32]),
+    /// u32 g, g × (u32 c, c × u32))`. Version 1 (no groups) still decodes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + self.input.len() * 64);
-        out.push(1);
+        out.push(2);
         out.extend_from_slice(&(self.input.len() as u32).to_be_bytes());
         for (id, c) in &self.input {
             out.extend_from_slice(&(id.len() as u16).to_be_bytes());
@@ -465,6 +578,13 @@ impl BatchCustody {
             for (k, c) in &s.rows {
                 out.extend_from_slice(&k.to_be_bytes());
                 out.extend_from_slice(c);
+            }
+            out.extend_from_slice(&(s.groups.len() as u32).to_be_bytes());
+            for g in &s.groups {
+                out.extend_from_slice(&(g.len() as u32).to_be_bytes());
+                for k in g {
+                    out.extend_from_slice(&k.to_be_bytes());
+                }
             }
         }
         out
@@ -497,7 +617,8 @@ impl BatchCustody {
             }
         }
         let mut r = R(b);
-        if r.take(1)? != [1] {
+        let version = r.take(1)?[0];
+        if version != 1 && version != 2 {
             return None;
         }
         let n = r.u32()? as usize;
@@ -512,13 +633,31 @@ impl BatchCustody {
             let m = r.u32()? as usize;
             let mut rows = Vec::with_capacity(m.min(b.len() / 36));
             for _ in 0..m {
-                let k = r.u32()?;
-                if k as usize >= input.len() {
-                    return None;
-                }
-                rows.push((k, r.hash()?));
+                rows.push((r.u32()?, r.hash()?));
             }
-            outputs.push(SinkCustody { sink, rows });
+            let mut groups = Vec::new();
+            for _ in 0..if version == 2 { r.u32()? } else { 0 } {
+                let c = r.u32()? as usize;
+                let mut g = Vec::with_capacity(c.min(b.len() / 4));
+                for _ in 0..c {
+                    g.push(r.u32()?);
+                }
+                groups.push(g);
+            }
+            let in_input = |k: &u32| (*k as usize) < input.len();
+            let valid = |k: &u32| {
+                if k & GROUP != 0 {
+                    groups
+                        .get((k & !GROUP) as usize)
+                        .is_some_and(|g| !g.is_empty())
+                } else {
+                    in_input(k)
+                }
+            };
+            if !rows.iter().all(|(k, _)| valid(k)) || !groups.iter().flatten().all(in_input) {
+                return None;
+            }
+            outputs.push(SinkCustody { sink, rows, groups });
         }
         r.0.is_empty().then_some(BatchCustody { input, outputs })
     }
@@ -596,9 +735,24 @@ mod tests {
             out,
             r#"{"s":null,"i":null,"f":1000000000000000000000,"b":null,"d":null,"t":null,"m":"0.0005","_sealtrail_id":"s:0123456789ab:3"}"#
         );
-        let c = output_commitments(&[b]).unwrap();
-        assert_eq!(c[1].0, "s:0123456789ab:3");
-        assert_eq!(c[1].1, commitment(out.as_bytes()));
+        let input: Vec<(String, Hash)> = (0..12)
+            .map(|i| {
+                (
+                    format!(
+                        "s:0123456789ab:{}",
+                        [2, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 3][i]
+                    ),
+                    [0; 32],
+                )
+            })
+            .collect();
+        let c = sink_rows("o", std::slice::from_ref(&b), &input).unwrap();
+        assert_eq!(c.sink, "o");
+        // Row 1's record is beyond the sequential window: found through the index.
+        assert_eq!(c.rows[1], (11, commitment(out.as_bytes())));
+        // A row whose id is not a record of the batch is refused, naming no value.
+        let e = sink_rows("o", &[b], &input[..1]).unwrap_err();
+        assert!(e.contains("sink `o`") && !e.contains("0123456789ab"), "{e}");
     }
 
     #[test]
@@ -649,9 +803,11 @@ mod tests {
                 .collect(),
             outputs: Vec::new(),
         };
-        c.add_sink("o", vec![(format!("t:{k}:3"), [7; 32])])
-            .unwrap();
-        assert!(c.add_sink("p", vec![("t:x:9".into(), [7; 32])]).is_err());
+        c.outputs.push(SinkCustody {
+            sink: "o".into(),
+            rows: vec![(3, [7; 32])],
+            groups: Vec::new(),
+        });
         let back = BatchCustody::decode(&c.encode()).unwrap();
         assert_eq!(back, c);
         assert!(BatchCustody::decode(&c.encode()[..40]).is_none());
@@ -659,5 +815,61 @@ mod tests {
             c.output_root(&c.outputs[0]),
             records_root([(c.input[3].0.as_str(), &[7u8; 32])])
         );
+    }
+
+    #[test]
+    fn aggregated_rows_are_groups_of_their_contributors() {
+        let input: Vec<(String, Hash)> = (0..4)
+            .map(|i| (format!("t:0123456789ab:{i}"), commitment(&[i])))
+            .collect();
+        let mut c = BatchCustody {
+            input,
+            outputs: Vec::new(),
+        };
+        // Two aggregated rows: {0, 2} and {1, 3}, ids as DataFusion's array_agg lists them.
+        let mut ids = ListBuilder::new(StringBuilder::new());
+        for g in [[0, 2], [1, 3]] {
+            for i in g {
+                ids.values().append_value(format!("t:0123456789ab:{i}"));
+            }
+            ids.append(true);
+        }
+        let ids = ids.finish();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new(ID_COLUMN, ids.data_type().clone(), true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![2, 2])), Arc::new(ids)],
+        )
+        .unwrap();
+        let get = id_column(&b).unwrap();
+        let first = get(0).unwrap();
+        assert_eq!(first.members(), ["t:0123456789ab:0", "t:0123456789ab:2"]);
+        let s = sink_rows("agg", std::slice::from_ref(&b), &c.input).unwrap();
+        assert_eq!(s.groups, vec![vec![0, 2], vec![1, 3]]);
+        assert_eq!(s.rows[1].0, GROUP | 1);
+        assert_eq!(c.row_id(&s, s.rows[0].0), first.lineage_id());
+        assert_eq!(BatchCustody::members(&s, s.rows[1].0), vec![1, 3]);
+        let mut buf = String::new();
+        canonical_row(&b, 0, &mut buf).unwrap();
+        assert_eq!(
+            buf,
+            r#"{"n":2,"_sealtrail_id":["t:0123456789ab:0","t:0123456789ab:2"]}"#
+        );
+        let root = records_root([
+            (first.lineage_id().as_str(), &commitment(buf.as_bytes())),
+            (get(1).unwrap().lineage_id().as_str(), &s.rows[1].1),
+        ]);
+        c.outputs.push(s);
+        assert_eq!(c.output_root(&c.outputs[0]), root);
+        // Groups survive the stored form; a group naming no record is refused.
+        let bytes = c.encode();
+        assert_eq!(BatchCustody::decode(&bytes).unwrap(), c);
+        c.outputs[0].groups[1] = vec![9];
+        assert!(BatchCustody::decode(&c.encode()).is_none());
+        // A contributor that is not a record of the batch is refused.
+        assert!(sink_rows("agg", std::slice::from_ref(&b), &c.input[..1]).is_err());
     }
 }

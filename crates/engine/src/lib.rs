@@ -260,16 +260,16 @@ fn custody_check(p: &Pipeline, source: &Source, t: &Transforms) -> Vec<Diagnosti
                     custody::ID_COLUMN,
                     sink.from
                 ),
-                "transforms keep the id through projections and filters; aggregations and joins cannot name one source record per row yet, so deliver such results from a separate pipeline",
+                "transforms keep the id through projections, filters and aggregations (as the list of contributing ids); joins and set operations cannot name their source records yet, so deliver such results from a separate pipeline",
             )),
-            Ok(f) if f.data_type() != &arrow::datatypes::DataType::Utf8 => out.push(diag(
+            Ok(f) if !custody::id_type(f.data_type()) => out.push(diag(
                 format!(
-                    "sink `{}`: `{}` is {} instead of the lineage id (text)",
+                    "sink `{}`: `{}` is {} instead of the lineage id (text, or a list of text after an aggregation)",
                     sink.name,
                     custody::ID_COLUMN,
                     f.data_type()
                 ),
-                "do not compute a column of that name in SQL; the engine carries it",
+                "do not compute a column of that name in SQL, and aggregate at most once per transform chain; the engine carries the id",
             )),
             Ok(_) => {}
         }
@@ -666,7 +666,7 @@ async fn run_inner(
                 run_id,
                 &source.name,
                 batch_no,
-                &prepared,
+                prepared,
                 &transforms,
                 &mut sinks,
                 &mut qsink,
@@ -938,6 +938,26 @@ fn policy_version(r: &Resolution) -> String {
     hex::encode(h.finalize())
 }
 
+/// A batch's custody (input records and every sink's output commitments) and its roots.
+fn batch_custody(
+    input: Vec<(String, sealtrail_ledger::entry::Hash)>,
+    per_sink: &[(String, Vec<RecordBatch>)],
+) -> std::result::Result<(custody::BatchCustody, custody::Roots), String> {
+    let mut bc = custody::BatchCustody {
+        input,
+        outputs: Vec::with_capacity(per_sink.len()),
+    };
+    bc.outputs = per_sink
+        .iter()
+        .map(|(sink, rows)| custody::sink_rows(sink, rows, &bc.input))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let roots = custody::Roots {
+        input: bc.input_root(),
+        outputs: bc.outputs.iter().map(|s| bc.output_root(s)).collect(),
+    };
+    Ok((bc, roots))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn commit_one(
     p: &Pipeline,
@@ -945,7 +965,7 @@ async fn commit_one(
     run_id: &RunId,
     source: &str,
     batch_no: u64,
-    prepared: &Prepared,
+    mut prepared: Prepared,
     transforms: &Transforms,
     sinks: &mut [(SinkWriter, String)],
     qsink: &mut SinkWriter,
@@ -986,45 +1006,51 @@ async fn commit_one(
         .apply(&prepared.valid)
         .await
         .map_err(|e| Error::Transform(e.to_string()))?;
-    let ic = &prepared.custody;
-    let mut bc = custody::BatchCustody {
-        input: if opts.skip_commitments_for_benchmark {
-            Vec::new()
-        } else {
-            ic.records.clone()
-        },
-        outputs: Vec::new(),
-    };
-    if !opts.skip_commitments_for_benchmark && bc.input.len() as u64 != counts.rows_in {
+    let ic = &mut prepared.custody;
+    let input = std::mem::take(&mut ic.records);
+    if !opts.skip_commitments_for_benchmark && input.len() as u64 != counts.rows_in {
         return Err(Error::Internal(format!(
             "batch {batch_no} of `{source}`: {} input commitments for {} records",
-            bc.input.len(),
+            input.len(),
             counts.rows_in
         )));
     }
-    for (w, from) in sinks.iter_mut() {
-        let rows: &[RecordBatch] = if from == source {
-            std::slice::from_ref(&prepared.valid)
-        } else {
-            outputs.get(from).map(Vec::as_slice).unwrap_or(&[])
-        };
-        if !opts.skip_commitments_for_benchmark {
-            let commitments = custody::output_commitments(rows).map_err(|e| {
-                Error::Internal(format!("output commitments for sink `{}`: {e}", w.name()))
-            })?;
-            bc.add_sink(w.name(), commitments)
-                .map_err(|e| Error::Transform(e.to_string()))?;
-        }
+    let per_sink: Vec<(String, Vec<RecordBatch>)> = sinks
+        .iter()
+        .map(|(w, from)| {
+            let rows = if from == source {
+                vec![prepared.valid.clone()]
+            } else {
+                outputs.get(from).cloned().unwrap_or_default()
+            };
+            (w.name().to_string(), rows)
+        })
+        .collect();
+    // Output commitments are hashed on a blocking thread while the sinks encode and write the
+    // same (shared, immutable) batches: the two are the heaviest steps of a commit.
+    let hashing = (!opts.skip_commitments_for_benchmark).then(|| {
+        let per_sink = per_sink.clone();
+        tokio::task::spawn_blocking(move || batch_custody(input, &per_sink))
+    });
+    for ((w, _), (_, rows)) in sinks.iter_mut().zip(&per_sink) {
         w.commit(&key, rows).await?;
     }
+    let (bc, roots) = match hashing {
+        Some(h) => h
+            .await
+            .map_err(|e| Error::Internal(format!("hashing output commitments: {e}")))?
+            .map_err(Error::Transform)?,
+        None => (custody::BatchCustody::default(), custody::Roots::default()),
+    };
     let hex = |h: &sealtrail_ledger::entry::Hash| hex::encode(h);
-    let sink_roots = bc
+    let sink_roots = roots
         .outputs
         .iter()
-        .map(|s| sealtrail_core::audit::SinkOutput {
+        .zip(&bc.outputs)
+        .map(|(root, s)| sealtrail_core::audit::SinkOutput {
             sink: s.sink.clone(),
             rows: s.rows.len() as u64,
-            root: hex(&bc.output_root(s)),
+            root: hex(root),
         })
         .collect();
     let qb = quarantine::to_batch(run_id.as_str(), source, &prepared.quarantined, qsealer)
@@ -1054,7 +1080,7 @@ async fn commit_one(
             spec_sha256: versions.spec.clone(),
             transforms_sha256: versions.transforms.clone(),
             policy_sha256: versions.policy.clone(),
-            input_root: hex(&bc.input_root()),
+            input_root: hex(&roots.input),
             outputs: sink_roots,
             at: now(),
         })
@@ -1078,6 +1104,7 @@ async fn commit_one(
     // The commit point comes after the audit events: a crash in between re-runs this batch
     // (the sinks skip it) and records its events again, so the ledger may hold a batch twice
     // (same run, source and batch number) but never misses one.
+    let ic = &prepared.custody;
     let row = state::CustodyRow {
         pipeline: p.name.clone(),
         input_key: ic.input_key.clone(),

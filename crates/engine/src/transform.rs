@@ -2,7 +2,8 @@
 //!
 //! Each transform is one SELECT over one input (a source or an earlier transform), applied to
 //! every batch on its own: projections, filters and expressions. Because a batch never sees
-//! another, aggregations and joins across the run are out of scope for this stateless shape.
+//! another, aggregations group within a batch; aggregations and joins across the run are out of
+//! scope for this stateless shape.
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -167,36 +168,66 @@ impl Transforms {
 
 /// Plans `sql` and makes every projection keep the lineage id column of its input: a SELECT
 /// that lists its columns still delivers each row's `_sealtrail_id`, so no transform can drop
-/// the chain of custody by leaving it out.
+/// the chain of custody by leaving it out. Many-to-one steps keep it too: an aggregation gains
+/// `array_agg(_sealtrail_id) AS _sealtrail_id` (the ids of every record in the group), and a
+/// `SELECT DISTINCT` becomes the same aggregation grouped by all its columns (without the
+/// rewrite, every row's distinct id would make DISTINCT a no-op).
 async fn sql_keeping_ids(
     ctx: &SessionContext,
     sql: &str,
 ) -> datafusion::error::Result<datafusion::prelude::DataFrame> {
     use datafusion::common::tree_node::{Transformed, TreeNode};
-    use datafusion::logical_expr::Projection;
+    use datafusion::common::{Column, DFSchema, plan_err};
+    use datafusion::functions_aggregate::expr_fn::array_agg;
+    use datafusion::logical_expr::{Aggregate, Projection};
+    let has = |s: &DFSchema| s.fields().iter().any(|f| f.name() == ID_COLUMN);
+    let id_of = |s: &DFSchema| -> datafusion::error::Result<Expr> {
+        let (q, _) = s.qualified_field_with_unqualified_name(ID_COLUMN)?;
+        Ok(Expr::Column(Column::new(q.cloned(), ID_COLUMN)))
+    };
     let plan = ctx.sql(sql).await?.into_unoptimized_plan();
     let plan = plan
         .transform_up(|node| {
-            let LogicalPlan::Projection(p) = &node else {
-                return Ok(Transformed::no(node));
-            };
-            let has =
-                |s: &datafusion::common::DFSchema| s.fields().iter().any(|f| f.name() == ID_COLUMN);
-            if has(&p.schema) || !has(p.input.schema()) {
-                return Ok(Transformed::no(node));
+            // A rewritten child changes its parent's columns: nodes that store a schema of
+            // their own (subquery aliases, for example) must see the id too.
+            let node = node.recompute_schema()?;
+            match &node {
+            LogicalPlan::Projection(p) if !has(&p.schema) && has(p.input.schema()) => {
+                let mut exprs = p.expr.clone();
+                exprs.push(id_of(p.input.schema())?);
+                let np = Projection::try_new(exprs, p.input.clone())?;
+                Ok(Transformed::yes(LogicalPlan::Projection(np)))
             }
-            let (q, _) = p
-                .input
-                .schema()
-                .qualified_field_with_unqualified_name(ID_COLUMN)?;
-            let mut exprs = p.expr.clone();
-            exprs.push(Expr::Column(datafusion::common::Column::new(
-                q.cloned(),
-                ID_COLUMN,
-            )));
-            let np = Projection::try_new(exprs, p.input.clone())?;
-            Ok(Transformed::yes(LogicalPlan::Projection(np)))
-        })?
+            LogicalPlan::Aggregate(a) if has(a.input.schema()) => {
+                if has(&a.schema) {
+                    return plan_err!(
+                        "`{ID_COLUMN}` is carried by the engine: do not group by it or aggregate it in SQL"
+                    );
+                }
+                let mut aggr = a.aggr_expr.clone();
+                aggr.push(array_agg(id_of(a.input.schema())?).alias(ID_COLUMN));
+                let na = Aggregate::try_new(a.input.clone(), a.group_expr.clone(), aggr)?;
+                Ok(Transformed::yes(LogicalPlan::Aggregate(na)))
+            }
+            LogicalPlan::Distinct(Distinct::All(input)) if has(input.schema()) => {
+                let group = input
+                    .schema()
+                    .columns()
+                    .into_iter()
+                    .filter(|c| c.name != ID_COLUMN)
+                    .map(Expr::Column)
+                    .collect();
+                let id = array_agg(id_of(input.schema())?).alias(ID_COLUMN);
+                let na = Aggregate::try_new(input.clone(), group, vec![id])?;
+                Ok(Transformed::yes(LogicalPlan::Aggregate(na)))
+            }
+            n if n.inputs().len() > 1 && n.inputs().iter().any(|i| has(i.schema())) => {
+                plan_err!(
+                    "joins and set operations (UNION, INTERSECT, EXCEPT) cannot keep each row's `{ID_COLUMN}` yet; deliver each input through its own transform and sink"
+                )
+            }
+            _ => Ok(Transformed::no(node)),
+        }})?
         .data;
     ctx.execute_logical_plan(plan).await
 }

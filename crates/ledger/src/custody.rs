@@ -24,7 +24,7 @@ pub const RECORD_LEAF_PREFIX: u8 = 0x02;
 /// The `format` of the bundles this version writes and reads.
 pub const BUNDLE_FORMAT: &str = "sealtrail-proof/1";
 /// The output column that names each row's source record.
-pub const ID_COLUMN: &str = "_sealtrail_id";
+pub const ID_COLUMN: &str = sealtrail_core::LINEAGE_ID_COLUMN;
 
 /// A record's commitment: SHA-256 of its canonical bytes.
 pub fn commitment(bytes: &[u8]) -> Hash {
@@ -39,6 +39,21 @@ pub fn record_leaf(id: &str, commitment: &Hash) -> Hash {
     h.update(id.as_bytes());
     h.update(commitment);
     h.finalize().into()
+}
+
+/// Prefix of the lineage ids of many-to-one rows (aggregations, DISTINCT).
+pub const GROUP_ID_PREFIX: &str = "agg:";
+
+/// The lineage id of a row computed from several input records (an aggregation): `agg:` and
+/// the hex SHA-256 over the contributing ids, in the order the row lists them, each as
+/// `u32be(len(id)) || id`.
+pub fn group_id<'a>(ids: impl IntoIterator<Item = &'a str>) -> String {
+    let mut h = Sha256::new();
+    for id in ids {
+        h.update((id.len() as u32).to_be_bytes());
+        h.update(id.as_bytes());
+    }
+    format!("{GROUP_ID_PREFIX}{}", hex::encode(h.finalize()))
 }
 
 /// Root over `(id, commitment)` records in order (the empty tree's root when there are none).
@@ -75,6 +90,14 @@ pub struct RowProof {
     pub inclusion: Inclusion,
 }
 
+/// One contributing input record of a many-to-one row: its id and place in the input tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contributor {
+    pub id: String,
+    #[serde(flatten)]
+    pub inclusion: Inclusion,
+}
+
 /// The batch's ledger entry and its inclusion under the signed checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryProof {
@@ -97,7 +120,13 @@ pub struct Bundle {
     pub source: String,
     pub batch: u64,
     pub output: RowProof,
-    pub input: Inclusion,
+    /// The input record of a one-to-one row (absent for a many-to-one row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Inclusion>,
+    /// The contributing input records of a many-to-one row (an aggregation), in the order its
+    /// `_sealtrail_id` lists them; `id` is their [`group_id`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Contributor>,
     pub entry: EntryProof,
     /// The signed checkpoint (C2SP signed note) the entry proof leads to.
     pub checkpoint: String,
@@ -127,6 +156,8 @@ pub enum BundleError {
     OutputInclusion(ProofError),
     #[error("the output row's `{ID_COLUMN}` is not the bundle's id")]
     IdMismatch,
+    #[error("the bundle's input records do not match its id: {0}")]
+    Contributors(String),
 }
 
 /// What a verified bundle establishes.
@@ -204,22 +235,40 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
         )));
     }
 
-    // The input record.
-    if b.input.size != *rows_in {
-        return Err(BundleError::WrongEntry(format!(
-            "the input tree has {} leaves, the batch read {rows_in} records",
-            b.input.size
-        )));
+    // The input record, or for a many-to-one row every contributing record.
+    let records: Vec<(&str, &Inclusion)> = match (&b.input, b.inputs.as_slice()) {
+        (Some(i), []) => vec![(b.id.as_str(), i)],
+        (None, many) if !many.is_empty() => {
+            if group_id(many.iter().map(|c| c.id.as_str())) != b.id {
+                return Err(BundleError::Contributors(
+                    "the id is not the group id of the listed records".into(),
+                ));
+            }
+            many.iter().map(|c| (c.id.as_str(), &c.inclusion)).collect()
+        }
+        _ => {
+            return Err(BundleError::Contributors(
+                "a bundle has either `input` or a non-empty `inputs`".into(),
+            ));
+        }
+    };
+    for (id, inc) in &records {
+        if inc.size != *rows_in {
+            return Err(BundleError::WrongEntry(format!(
+                "the input tree has {} leaves, the batch read {rows_in} records",
+                inc.size
+            )));
+        }
+        let c_in = hash_of(&inc.commitment, "input.commitment")?;
+        merkle::verify_inclusion(
+            inc.index,
+            inc.size,
+            &record_leaf(id, &c_in),
+            &path_of(&inc.path, "input.path")?,
+            input_root,
+        )
+        .map_err(BundleError::InputInclusion)?;
     }
-    let c_in = hash_of(&b.input.commitment, "input.commitment")?;
-    merkle::verify_inclusion(
-        b.input.index,
-        b.input.size,
-        &record_leaf(&b.id, &c_in),
-        &path_of(&b.input.path, "input.path")?,
-        input_root,
-    )
-    .map_err(BundleError::InputInclusion)?;
 
     // The output row: its bytes, its id, its place under the sink's root.
     let c_out = hash_of(&b.output.inclusion.commitment, "output.commitment")?;
@@ -228,7 +277,18 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
     }
     let row: serde_json::Value =
         serde_json::from_str(&b.output.canonical).map_err(|_| BundleError::RowChanged)?;
-    if row.get(ID_COLUMN).and_then(|v| v.as_str()) != Some(b.id.as_str()) {
+    let listed = match row.get(ID_COLUMN) {
+        Some(serde_json::Value::String(id)) if b.input.is_some() => id == &b.id,
+        Some(serde_json::Value::Array(ids)) if b.input.is_none() => {
+            ids.len() == records.len()
+                && ids
+                    .iter()
+                    .zip(&records)
+                    .all(|(v, (id, _))| v.as_str() == Some(id))
+        }
+        _ => false,
+    };
+    if !listed {
         return Err(BundleError::IdMismatch);
     }
     let Some(sink) = outputs.iter().find(|o| o.sink == b.output.sink) else {
@@ -269,14 +329,23 @@ pub fn inclusion(
     index: u64,
     commitment: &Hash,
 ) -> Result<Inclusion, ProofError> {
+    Ok(inclusions(leaves, &[(index, *commitment)])?.remove(0))
+}
+
+/// The [`Inclusion`]s of several leaves `(index, commitment)` of one tree, built once.
+pub fn inclusions(leaves: Vec<Hash>, wanted: &[(u64, Hash)]) -> Result<Vec<Inclusion>, ProofError> {
     let t = merkle::MemTree::new(leaves);
-    let path = t.inclusion_proof(index)?;
-    Ok(Inclusion {
-        commitment: hex::encode(commitment),
-        index,
-        size: t.size(),
-        path: path.iter().map(hex::encode).collect(),
-    })
+    wanted
+        .iter()
+        .map(|(index, c)| {
+            Ok(Inclusion {
+                commitment: hex::encode(c),
+                index: *index,
+                size: t.size(),
+                path: t.inclusion_proof(*index)?.iter().map(hex::encode).collect(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -322,5 +391,15 @@ mod tests {
             );
         }
         assert_eq!(records_root(std::iter::empty()), merkle::empty_root());
+    }
+
+    #[test]
+    fn group_ids_bind_every_member_and_their_order() {
+        let g = group_id(["s:k:1", "s:k:2"]);
+        assert!(g.starts_with(GROUP_ID_PREFIX) && g.len() == 4 + 64);
+        assert_ne!(g, group_id(["s:k:2", "s:k:1"]));
+        assert_ne!(g, group_id(["s:k:1"]));
+        // Length prefixes: moving a boundary changes the id.
+        assert_ne!(group_id(["ab", "c"]), group_id(["a", "bc"]));
     }
 }
