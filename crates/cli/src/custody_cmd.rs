@@ -7,7 +7,8 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use sealtrail_engine::custody::{self, BatchCustody, GROUP, RowIds};
 use sealtrail_engine::state::{CustodyRef, StateStore};
 use sealtrail_ledger::custody::{
-    BUNDLE_FORMAT, Bundle, Contributor, EntryProof, RowProof, commitment, inclusions, record_leaf,
+    BUNDLE_FORMAT, Bundle, Contributor, EntryProof, GROUP_ID_PREFIX, RowProof, commitment,
+    inclusions, record_leaf,
 };
 use sealtrail_ledger::entry::{Entry, Event, Hash};
 use sealtrail_ledger::merkle;
@@ -190,6 +191,36 @@ pub async fn prove(
     let home = state.home(Some(spec));
     let sk = find_sink(&p, sink)?;
     let files = sealtrail_connectors::sink::sink_files(&sk.name, &sk.target).await?;
+    let st = StateStore::open(&state.url(&home)).await?;
+    // Given a record's lineage id, the custody records name the batch that delivered it, and
+    // a Parquet sink names its files by batch: read that one file, not the whole table.
+    let early = match &sel.id {
+        Some(id) if !id.starts_with(GROUP_ID_PREFIX) => {
+            let stub = FoundRow {
+                id: id.clone(),
+                members: vec![id.clone()],
+                canonical: String::new(),
+            };
+            Some(locate(&st, &p.name, sink, &stub).await?)
+        }
+        _ => None,
+    };
+    let files = match &early {
+        Some(loc) => {
+            let want = sealtrail_connectors::sink::batch_file_name(
+                &loc.at.run_id,
+                &loc.at.source,
+                loc.at.batch,
+            );
+            let hit: Vec<PathBuf> = files
+                .iter()
+                .filter(|f| f.file_name().is_some_and(|n| n.to_string_lossy() == want))
+                .cloned()
+                .collect();
+            if hit.is_empty() { files } else { hit }
+        }
+        None => files,
+    };
     let rows = find_rows(&files, sel)?;
     let row = match rows.as_slice() {
         [one] => one,
@@ -204,8 +235,10 @@ pub async fn prove(
                 .join(", ")
         ),
     };
-    let st = StateStore::open(&state.url(&home)).await?;
-    let loc = locate(&st, &p.name, sink, row).await?;
+    let loc = match early {
+        Some(loc) => loc,
+        None => locate(&st, &p.name, sink, row).await?,
+    };
     let c = &loc.custody;
     let (row_key, delivered) = c.outputs[loc.sink_index].rows[loc.row_index];
     let now = commitment(row.canonical.as_bytes());

@@ -47,11 +47,13 @@ impl CommitKey {
         )
     }
     fn file_name(&self) -> String {
-        format!(
-            "part-{}-{}-{:06}.zstd.parquet",
-            self.run_id, self.source, self.batch
-        )
+        batch_file_name(&self.run_id, &self.source, self.batch)
     }
+}
+
+/// The file a Parquet sink writes for one batch of a run (so `prove` reads only that one).
+pub fn batch_file_name(run_id: &str, source: &str, batch: u64) -> String {
+    format!("part-{run_id}-{source}-{batch:06}.zstd.parquet")
 }
 
 /// Parquet writer settings shared by every Parquet and Delta file sealtrail writes.
