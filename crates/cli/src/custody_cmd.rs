@@ -577,9 +577,10 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             .with_context(|| format!("reading {}", f.display()))?
         {
             let ids = custody::id_column(&b).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+            let enc = custody::RowEncoder::new(&b);
             for r in 0..b.num_rows() {
                 rows += 1;
-                custody::canonical_row(&b, r, &mut buf).map_err(|e| anyhow!(e))?;
+                enc.encode(r, &mut buf).map_err(|e| anyhow!(e))?;
                 let c = commitment(buf.as_bytes());
                 let id = ids(r).map(|i| i.lineage_id()).unwrap_or_default();
                 let label = if id.is_empty() {

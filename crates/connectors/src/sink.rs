@@ -56,18 +56,61 @@ pub fn batch_file_name(run_id: &str, source: &str, batch: u64) -> String {
     format!("part-{run_id}-{source}-{batch:06}.zstd.parquet")
 }
 
-/// Parquet writer settings shared by every Parquet and Delta file sealtrail writes.
-pub fn writer_properties() -> WriterProperties {
-    WriterProperties::builder()
+/// Parquet writer settings shared by every Parquet and Delta file sealtrail writes, tuned to
+/// the rows about to be written: dictionary encoding is turned
+/// off for text and binary columns whose sample is mostly distinct values (ids, tokens,
+/// ciphertexts, digests, free text). For those a dictionary never pays off; the writer would
+/// intern every value until the dictionary page overflows and then fall back to plain
+/// encoding anyway. Low-cardinality columns (currencies, venues) keep their dictionary.
+pub fn writer_properties_for(batches: &[RecordBatch]) -> WriterProperties {
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_max_row_group_row_count(Some(1 << 20))
-        // Lineage ids are unique per row: a dictionary never pays off and costs an interner
-        // lookup per value before the writer falls back to plain encoding.
+        // Lineage ids are unique per row.
         .set_column_dictionary_enabled(
             parquet::schema::types::ColumnPath::from(sealtrail_core::LINEAGE_ID_COLUMN),
             false,
-        )
-        .build()
+        );
+    if let Some(first) = batches.first() {
+        for (f, col) in first.schema().fields().iter().zip(first.columns()) {
+            if mostly_distinct(col.as_ref()) {
+                b = b.set_column_dictionary_enabled(
+                    parquet::schema::types::ColumnPath::from(f.name().as_str()),
+                    false,
+                );
+            }
+        }
+    }
+    b.build()
+}
+
+/// Rows sampled per column to decide on a dictionary.
+const DICTIONARY_SAMPLE: usize = 2048;
+
+/// Whether more than half of the first [`DICTIONARY_SAMPLE`] non-null values of a text or
+/// binary column are distinct. Other types answer false (their dictionaries are cheap).
+fn mostly_distinct(col: &dyn arrow::array::Array) -> bool {
+    use arrow::array::AsArray;
+    use arrow::datatypes::DataType;
+    fn distinct<'a>(vals: impl Iterator<Item = Option<&'a [u8]>>) -> bool {
+        let mut seen = std::collections::HashSet::with_capacity(DICTIONARY_SAMPLE);
+        let mut n = 0usize;
+        for v in vals.flatten().take(DICTIONARY_SAMPLE) {
+            n += 1;
+            seen.insert(v);
+        }
+        n >= 64 && seen.len() * 2 > n
+    }
+    match col.data_type() {
+        DataType::Utf8 => distinct(col.as_string::<i32>().iter().map(|v| v.map(str::as_bytes))),
+        DataType::LargeUtf8 => {
+            distinct(col.as_string::<i64>().iter().map(|v| v.map(str::as_bytes)))
+        }
+        DataType::Utf8View => distinct(col.as_string_view().iter().map(|v| v.map(str::as_bytes))),
+        DataType::Binary => distinct(col.as_binary::<i32>().iter()),
+        DataType::LargeBinary => distinct(col.as_binary::<i64>().iter()),
+        _ => false,
+    }
 }
 
 #[derive(Debug)]
@@ -222,7 +265,7 @@ impl SinkWriter {
                     .with_application_transaction(Transaction::new(&app_id, key.batch as i64));
                 let mut w = RecordBatchWriter::for_table(table)
                     .map_err(|e| sink_err(name, e))?
-                    .with_writer_properties(writer_properties())
+                    .with_writer_properties(writer_properties_for(batches))
                     .with_commit_properties(props);
                 for b in batches {
                     w.write(b.clone()).await.map_err(|e| sink_err(name, e))?;
@@ -251,8 +294,9 @@ pub fn write_parquet_atomically(
         .unwrap_or_default();
     let tmp = dir.join(format!(".{fname}.tmp"));
     let file = std::fs::File::create(&tmp)?;
-    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))
-        .map_err(std::io::Error::other)?;
+    let props = writer_properties_for(batches);
+    let mut w =
+        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(std::io::Error::other)?;
     for b in batches {
         w.write(b).map_err(std::io::Error::other)?;
     }
@@ -334,4 +378,46 @@ pub fn read_parquet(path: &Path) -> std::io::Result<Vec<RecordBatch>> {
         .map_err(std::io::Error::other)?;
     r.collect::<Result<Vec<_>, _>>()
         .map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{ArrayRef, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use std::sync::Arc;
+
+    #[test]
+    fn dictionaries_only_for_repetitive_columns() {
+        let n = 5_000;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("token", DataType::Utf8, false),
+            Field::new("currency", DataType::Utf8, false),
+            Field::new("mostly_null", DataType::Utf8, true),
+        ]));
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("{i:064x}")),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| ["USD", "EUR", "GBP"][i % 3]),
+            )),
+            Arc::new(StringArray::from_iter(
+                (0..n).map(|i| (i % 1000 == 0).then(|| i.to_string())),
+            )),
+        ];
+        let b = RecordBatch::try_new(schema.clone(), cols).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.parquet");
+        write_parquet_atomically(&path, &schema, std::slice::from_ref(&b)).unwrap();
+        let r = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let rg = r.metadata().row_group(0);
+        let dict = |c: usize| rg.column(c).dictionary_page_offset().is_some();
+        assert!(!dict(0), "a column of distinct tokens gets no dictionary");
+        assert!(dict(1), "a column of three currencies keeps its dictionary");
+        // Too few values to judge (5 non-null): the writer's default (dictionary) stays.
+        assert!(dict(2));
+        assert_eq!(read_parquet(&path).unwrap()[0], b);
+    }
 }

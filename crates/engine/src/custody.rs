@@ -84,38 +84,137 @@ pub fn encodable(ty: &DataType) -> bool {
 }
 
 /// Writes the canonical encoding of row `row` of `batch` into `out` (cleared first): a compact
-/// JSON object with every column in schema order (see `docs/custody.md`).
+/// JSON object with every column in schema order (see `docs/custody.md`). For many rows of one
+/// batch, build a [`RowEncoder`] once instead.
 pub fn canonical_row(batch: &RecordBatch, row: usize, out: &mut String) -> Result<(), String> {
-    out.clear();
-    out.push('{');
-    for (i, (f, col)) in batch
-        .schema()
-        .fields()
-        .iter()
-        .zip(batch.columns())
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(',');
-        }
-        json_str(f.name(), out);
-        out.push(':');
-        value(col, row, out)?;
+    RowEncoder::new(batch).encode(row, out)
+}
+
+/// Encodes the rows of one batch canonically, with the per-column work done once: the
+/// `"name":` prefixes, the downcasts, and one scan of each text column's whole value buffer
+/// for characters that need escaping (usually none, so each value is then a plain copy).
+/// This is the hot path of every commit (one call per delivered row) and of `audit`.
+#[derive(Debug)]
+pub struct RowEncoder<'a> {
+    cols: Vec<(String, Col<'a>)>,
+}
+
+#[derive(Debug)]
+enum Col<'a> {
+    /// Utf8 values; `true` when some value may need escaping.
+    Utf8(&'a arrow::array::StringArray, bool),
+    Int64(&'a arrow::array::Int64Array),
+    Boolean(&'a arrow::array::BooleanArray),
+    Date32(&'a arrow::array::Date32Array),
+    /// Any timestamp, as its i64 values and unit.
+    Timestamp(&'a ArrayRef, &'a [i64], TimeUnit),
+    Decimal128(&'a arrow::array::Decimal128Array, i8),
+    /// Everything else, through the general [`value`].
+    Other(&'a ArrayRef),
+}
+
+/// Whether any byte of `b` must be escaped in a JSON string. No early exit, so it vectorises.
+fn needs_escape(b: &[u8]) -> bool {
+    b.chunks(64).any(|c| {
+        c.iter()
+            .fold(false, |a, &x| a | (x < 0x20) | (x == b'"') | (x == b'\\'))
+    })
+}
+
+impl<'a> RowEncoder<'a> {
+    pub fn new(batch: &'a RecordBatch) -> Self {
+        use arrow::datatypes::*;
+        let schema = batch.schema();
+        let cols = schema
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .enumerate()
+            .map(|(i, (f, col))| {
+                let mut prefix = String::from(if i == 0 { "{" } else { "," });
+                json_str(f.name(), &mut prefix);
+                prefix.push(':');
+                let enc = match col.data_type() {
+                    DataType::Utf8 => {
+                        let a = col.as_string::<i32>();
+                        Col::Utf8(a, needs_escape(a.values()))
+                    }
+                    DataType::Int64 => Col::Int64(col.as_primitive::<Int64Type>()),
+                    DataType::Boolean => Col::Boolean(col.as_boolean()),
+                    DataType::Date32 => Col::Date32(col.as_primitive::<Date32Type>()),
+                    DataType::Timestamp(unit, _) => {
+                        let v: &[i64] = match unit {
+                            TimeUnit::Second => col.as_primitive::<TimestampSecondType>().values(),
+                            TimeUnit::Millisecond => {
+                                col.as_primitive::<TimestampMillisecondType>().values()
+                            }
+                            TimeUnit::Microsecond => {
+                                col.as_primitive::<TimestampMicrosecondType>().values()
+                            }
+                            TimeUnit::Nanosecond => {
+                                col.as_primitive::<TimestampNanosecondType>().values()
+                            }
+                        };
+                        Col::Timestamp(col, v, *unit)
+                    }
+                    DataType::Decimal128(_, s) => {
+                        Col::Decimal128(col.as_primitive::<Decimal128Type>(), *s)
+                    }
+                    _ => Col::Other(col),
+                };
+                (prefix, enc)
+            })
+            .collect();
+        Self { cols }
     }
-    out.push('}');
-    Ok(())
+
+    /// Writes the canonical encoding of `row` into `out` (cleared first).
+    pub fn encode(&self, row: usize, out: &mut String) -> Result<(), String> {
+        out.clear();
+        if self.cols.is_empty() {
+            out.push('{');
+        }
+        for (prefix, col) in &self.cols {
+            out.push_str(prefix);
+            match col {
+                Col::Utf8(a, dirty) => {
+                    if a.is_null(row) {
+                        out.push_str("null");
+                    } else if *dirty {
+                        json_str(a.value(row), out);
+                    } else {
+                        out.push('"');
+                        out.push_str(a.value(row));
+                        out.push('"');
+                    }
+                }
+                Col::Int64(a) if a.is_valid(row) => {
+                    out.push_str(itoa::Buffer::new().format(a.value(row)))
+                }
+                Col::Boolean(a) if a.is_valid(row) => {
+                    out.push_str(if a.value(row) { "true" } else { "false" })
+                }
+                Col::Date32(a) if a.is_valid(row) => {
+                    out.push('"');
+                    date(i64::from(a.value(row)), out)?;
+                    out.push('"');
+                }
+                Col::Timestamp(a, v, unit) if a.is_valid(row) => timestamp(v[row], *unit, out)?,
+                Col::Decimal128(a, s) if a.is_valid(row) => decimal(a.value(row), *s, out),
+                Col::Other(a) => value(a, row, out)?,
+                _ => out.push_str("null"),
+            }
+        }
+        out.push('}');
+        Ok(())
+    }
 }
 
 /// A JSON string as serde_json writes it (`"`, `\` and control characters escaped).
 fn json_str(s: &str, out: &mut String) {
     out.push('"');
     let bytes = s.as_bytes();
-    // Most values need no escape: one scan without early exit (so it vectorises), one copy.
-    let needs = |c: &[u8]| {
-        c.iter()
-            .fold(false, |a, &b| a | (b < 0x20) | (b == b'"') | (b == b'\\'))
-    };
-    if !bytes.chunks(64).any(needs) {
+    if !needs_escape(bytes) {
         out.push_str(s);
         out.push('"');
         return;
@@ -159,22 +258,36 @@ fn float(x: f64, out: &mut String) {
 }
 
 fn decimal(v: i128, scale: i8, out: &mut String) {
-    // Exactly `scale` fraction digits; a negative scale multiplies.
+    // Exactly `scale` fraction digits; a negative scale multiplies. No allocation: this runs
+    // for every decimal of every delivered row.
+    let mut b = itoa::Buffer::new();
+    let digits = b.format(v.unsigned_abs());
+    out.push('"');
+    if v < 0 {
+        out.push('-');
+    }
     if scale <= 0 {
-        let _ = write!(
-            out,
-            "\"{v}{}\"",
-            "0".repeat(usize::from(scale.unsigned_abs()))
-        );
+        out.push_str(digits);
+        for _ in 0..scale.unsigned_abs() {
+            out.push('0');
+        }
+        out.push('"');
         return;
     }
-    let s = scale as u32;
-    let digits = v.unsigned_abs().to_string();
-    let pad = (s as usize + 1).saturating_sub(digits.len());
-    let digits = format!("{}{digits}", "0".repeat(pad));
-    let (int, frac) = digits.split_at(digits.len() - s as usize);
-    let sign = if v < 0 { "-" } else { "" };
-    let _ = write!(out, "\"{sign}{int}.{frac}\"");
+    let s = scale as usize;
+    if digits.len() <= s {
+        out.push_str("0.");
+        for _ in digits.len()..s {
+            out.push('0');
+        }
+        out.push_str(digits);
+    } else {
+        let (int, frac) = digits.split_at(digits.len() - s);
+        out.push_str(int);
+        out.push('.');
+        out.push_str(frac);
+    }
+    out.push('"');
 }
 
 /// Appends `v` in decimal with at least `width` digits (zero-padded); `v` >= 0.
@@ -288,16 +401,11 @@ fn value(col: &ArrayRef, row: usize, out: &mut String) -> Result<(), String> {
             out.push('"');
         }
         DataType::Timestamp(unit, _) => {
-            let v = col
-                .as_any()
-                .downcast_ref::<arrow::array::PrimitiveArray<Int64Type>>()
-                .map(|a| a.value(row));
-            let v = match v {
-                Some(v) => v,
-                None => arrow::compute::cast(col, &DataType::Int64)
-                    .map_err(|e| e.to_string())?
-                    .as_primitive::<Int64Type>()
-                    .value(row),
+            let v = match unit {
+                TimeUnit::Second => col.as_primitive::<TimestampSecondType>().value(row),
+                TimeUnit::Millisecond => col.as_primitive::<TimestampMillisecondType>().value(row),
+                TimeUnit::Microsecond => col.as_primitive::<TimestampMicrosecondType>().value(row),
+                TimeUnit::Nanosecond => col.as_primitive::<TimestampNanosecondType>().value(row),
             };
             timestamp(v, *unit, out)?;
         }
@@ -369,6 +477,7 @@ pub fn sink_rows(
     };
     for b in rows {
         let ids = id_column(b)?;
+        let enc = RowEncoder::new(b);
         for r in 0..b.num_rows() {
             let k = match ids(r) {
                 Some(RowIds::One(id)) => find(id)?,
@@ -379,7 +488,7 @@ pub fn sink_rows(
                 }
                 _ => return Err(unknown_id(sink)),
             };
-            canonical_row(b, r, &mut buf)?;
+            enc.encode(r, &mut buf)?;
             out.push((k, commitment(buf.as_bytes())));
         }
     }
@@ -871,5 +980,70 @@ mod tests {
         assert!(BatchCustody::decode(&c.encode()).is_none());
         // A contributor that is not a record of the batch is refused.
         assert!(sink_rows("agg", std::slice::from_ref(&b), &c.input[..1]).is_err());
+    }
+
+    /// The general per-cell path, which the batch encoder's fast paths must match exactly.
+    fn reference_row(b: &RecordBatch, row: usize) -> Result<String, String> {
+        let mut out = String::from("{");
+        for (i, (f, col)) in b.schema().fields().iter().zip(b.columns()).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            json_str(f.name(), &mut out);
+            out.push(':');
+            value(col, row, &mut out)?;
+        }
+        out.push('}');
+        Ok(out)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_batch_encoder_matches_the_general_encoding(
+            rows in proptest::collection::vec(
+                (proptest::option::of("[a-z\"\\\\\n\u{1}é]{0,6}"), proptest::option::of(proptest::prelude::any::<i64>()),
+                 proptest::option::of(-1_000_000i32..1_000_000), proptest::option::of(-(1i128 << 70)..(1i128 << 70))),
+                1..20),
+        ) {
+            let clean: Vec<Option<String>> = rows.iter().map(|r| r.0.as_ref().map(|s| s.replace(['"', '\\', '\n', '\u{1}'], ""))).collect();
+            let ts = |v: &Option<i64>| v.map(|x| x / 4);
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("dirty", DataType::Utf8, true),
+                Field::new("clean \"name\"", DataType::Utf8, true),
+                Field::new("i", DataType::Int64, true),
+                Field::new("b", DataType::Boolean, true),
+                Field::new("d", DataType::Date32, true),
+                Field::new("ts", DataType::Timestamp(TimeUnit::Second, None), true),
+                Field::new("tms", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
+                Field::new("tus", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+                Field::new("tns", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
+                Field::new("m", DataType::Decimal128(38, 4), true),
+                Field::new("m0", DataType::Decimal128(38, 0), true),
+                Field::new("mneg", DataType::Decimal128(38, -2), true),
+            ]));
+            let secs: Vec<Option<i64>> = rows.iter().map(|r| r.2.map(|d| i64::from(d) * 7_919)).collect();
+            let dec = || Decimal128Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>());
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())),
+                Arc::new(StringArray::from(clean)),
+                Arc::new(Int64Array::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+                Arc::new(BooleanArray::from(rows.iter().map(|r| r.1.map(|x| x % 2 == 0)).collect::<Vec<_>>())),
+                Arc::new(Date32Array::from(rows.iter().map(|r| r.2).collect::<Vec<_>>())),
+                Arc::new(TimestampSecondArray::from(secs.clone())),
+                Arc::new(TimestampMillisecondArray::from(secs.iter().map(|s| s.map(|x| x * 1_000 + 7)).collect::<Vec<_>>()).with_timezone("UTC")),
+                Arc::new(TimestampMicrosecondArray::from(rows.iter().map(|r| ts(&r.1).map(|x| x % (1 << 50))).collect::<Vec<_>>())),
+                Arc::new(TimestampNanosecondArray::from(secs.iter().map(|s| s.map(|x| x * 1_000_000_000 - 1)).collect::<Vec<_>>())),
+                Arc::new(dec().with_precision_and_scale(38, 4).unwrap()),
+                Arc::new(dec().with_precision_and_scale(38, 0).unwrap()),
+                Arc::new(dec().with_precision_and_scale(38, -2).unwrap()),
+            ];
+            let b = RecordBatch::try_new(schema, cols).unwrap();
+            let enc = RowEncoder::new(&b);
+            let mut out = String::new();
+            for r in 0..b.num_rows() {
+                let got = enc.encode(r, &mut out).map(|()| out.clone());
+                proptest::prop_assert_eq!(got, reference_row(&b, r));
+            }
+        }
     }
 }

@@ -645,7 +645,7 @@ async fn run_inner(
             .map_err(|e| Error::Internal(e.to_string()))?;
         let protect = std::thread::Builder::new()
             .name(format!("protect-{}", source.name))
-            .spawn(move || protect_loop(protector, crx, tx))
+            .spawn(move || protect_loop(protector, commit, crx, tx))
             .map_err(|e| Error::Internal(e.to_string()))?;
 
         let mut batch_no = 0u64;
@@ -848,6 +848,7 @@ fn decode_loop(
 /// the only form in which valid records travel on is the protected one.
 fn protect_loop(
     protector: Protector,
+    commitments: bool,
     rx: std::sync::mpsc::Receiver<Result<Checked>>,
     tx: tokio::sync::mpsc::Sender<Result<Prepared>>,
 ) {
@@ -860,7 +861,16 @@ fn protect_loop(
             }
         };
         let mut quarantined = c.quarantined;
-        let raw = |i: usize| c.raw.raw(c.rows[i] as usize);
+        // The digest column is SHA-256 of the source bytes: the input commitment, when the
+        // run computes them (always, except in a benchmark's custody-off mode).
+        let raw_sha256 = |i: usize| {
+            let r = c.rows[i] as usize;
+            if commitments {
+                c.custody.records[c.record_of[r] as usize].1
+            } else {
+                sealtrail_ledger::custody::commitment(c.raw.raw(r))
+            }
+        };
         let with_ids = |b: RecordBatch| {
             let ids = arrow::array::StringArray::from_iter_values(c.rows.iter().map(|&r| {
                 c.custody.records[c.record_of[r as usize] as usize]
@@ -872,7 +882,7 @@ fn protect_loop(
             RecordBatch::try_new(custody::with_id_field(&b.schema()), cols)
         };
         let valid = match protector
-            .apply(&c.valid, raw)
+            .apply(&c.valid, raw_sha256)
             .map(|(b, f)| (with_ids(b), f))
         {
             Ok((Err(e), _)) => {

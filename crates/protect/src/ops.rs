@@ -42,11 +42,18 @@ impl Tokenizer {
     }
 }
 
-fn hex_into(bytes: &[u8], out: &mut String) {
+pub(crate) fn hex_into(bytes: &[u8], out: &mut String) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 15) as usize] as char);
+    // Digests and tokens (32 bytes) are formatted on the stack and appended in one copy.
+    let mut buf = [0u8; 64];
+    for chunk in bytes.chunks(32) {
+        for (i, b) in chunk.iter().enumerate() {
+            buf[2 * i] = HEX[(b >> 4) as usize];
+            buf[2 * i + 1] = HEX[(b & 15) as usize];
+        }
+        let hex = &buf[..2 * chunk.len()];
+        // Only ASCII hex digits were written.
+        out.push_str(std::str::from_utf8(hex).unwrap_or_else(|_| unreachable!("ASCII")));
     }
 }
 

@@ -363,13 +363,14 @@ impl Protector {
         self.schema.clone()
     }
 
-    /// Protects `batch`. `raw(i)` is row `i`'s source bytes (for the digest column). Rows an
-    /// action could not protect come back with their reason; their outputs are null and the
-    /// caller must not load them.
-    pub fn apply<'a>(
+    /// Protects `batch`. `raw_sha256(i)` is the SHA-256 of row `i`'s source bytes (for the
+    /// digest column; the engine already holds it as the record's input commitment, so it is
+    /// not hashed twice). Rows an action could not protect come back with their reason; their
+    /// outputs are null and the caller must not load them.
+    pub fn apply(
         &self,
         batch: &RecordBatch,
-        raw: impl Fn(usize) -> &'a [u8],
+        raw_sha256: impl Fn(usize) -> [u8; 32],
     ) -> Result<(RecordBatch, Vec<(usize, Reason)>), arrow::error::ArrowError> {
         let n = batch.num_rows();
         let mut failed: Vec<(usize, Reason)> = Vec::new();
@@ -574,7 +575,7 @@ impl Protector {
             let mut out = String::with_capacity(64);
             for r in 0..n {
                 out.clear();
-                ops::hash(raw(r), &mut out);
+                ops::hex_into(&raw_sha256(r), &mut out);
                 b.append_value(&out);
             }
             cols.push(Arc::new(b.finish()));
