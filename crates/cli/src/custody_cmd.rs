@@ -498,6 +498,39 @@ pub enum Finding {
     Added(String),
 }
 
+/// A row of a sink file as `audit` sees it: its lineage id (`None` when it has none) and the
+/// commitment of its canonical encoding.
+#[derive(Debug)]
+struct SinkRow {
+    row: usize,
+    id: Option<String>,
+    commitment: Hash,
+}
+
+/// Reads one Parquet file of a sink and computes every row's id and commitment.
+fn sink_file_rows(f: &Path) -> Result<Vec<SinkRow>> {
+    let mut out = Vec::new();
+    let mut buf = String::new();
+    let mut row = 0;
+    for b in sealtrail_connectors::sink::read_parquet(f)
+        .with_context(|| format!("reading {}", f.display()))?
+    {
+        let ids = custody::id_column(&b).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+        let enc = custody::RowEncoder::new(&b);
+        for r in 0..b.num_rows() {
+            enc.encode(r, &mut buf).map_err(|e| anyhow!(e))?;
+            let id = ids(r).map(|i| i.lineage_id()).filter(|id| !id.is_empty());
+            out.push(SinkRow {
+                row,
+                id,
+                commitment: commitment(buf.as_bytes()),
+            });
+            row += 1;
+        }
+    }
+    Ok(out)
+}
+
 /// Recomputes every output commitment of a sink and compares them with the custody records,
 /// which are themselves checked against the ledger's signed roots.
 pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Result<i32> {
@@ -567,42 +600,64 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         return Ok(TAMPERED);
     }
 
-    // What the sink holds now.
+    // What the sink holds now: files are decoded and their rows re-encoded and hashed on every
+    // core, a few files ahead of the matching (bounded memory); matching stays in file order.
     let files = sealtrail_connectors::sink::sink_files(&sk.name, &sk.target).await?;
     let mut findings = Vec::new();
     let mut rows = 0u64;
-    let mut buf = String::new();
-    for f in &files {
-        for b in sealtrail_connectors::sink::read_parquet(f)
-            .with_context(|| format!("reading {}", f.display()))?
-        {
-            let ids = custody::id_column(&b).map_err(|e| anyhow!("{}: {e}", f.display()))?;
-            let enc = custody::RowEncoder::new(&b);
-            for r in 0..b.num_rows() {
-                rows += 1;
-                enc.encode(r, &mut buf).map_err(|e| anyhow!(e))?;
-                let c = commitment(buf.as_bytes());
-                let id = ids(r).map(|i| i.lineage_id()).unwrap_or_default();
-                let label = if id.is_empty() {
-                    format!("(no id) {} row {r}", f.display())
-                } else {
-                    id.clone()
-                };
-                match expected.get_mut(&id) {
-                    Some(v) if !v.is_empty() => match v.iter().position(|h| merkle::ct_eq(h, &c)) {
-                        Some(i) => {
-                            v.swap_remove(i);
-                        }
-                        None => {
-                            v.pop();
-                            findings.push(Finding::Changed(label));
-                        }
-                    },
-                    _ => findings.push(Finding::Added(label)),
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcome = std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Vec<SinkRow>>)>(threads);
+        for _ in 0..threads {
+            let (tx, next, files) = (tx.clone(), &next, &files);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(f) = files.get(i) else { return };
+                    if tx.send((i, sink_file_rows(f))).is_err() {
+                        return;
+                    }
                 }
+            });
+        }
+        drop(tx);
+        // Results arrive in any order; match them in file order so reports are stable.
+        let mut pending: HashMap<usize, Result<Vec<SinkRow>>> = HashMap::new();
+        let mut want = 0;
+        for (i, got) in rx {
+            pending.insert(i, got);
+            while let Some(got) = pending.remove(&want) {
+                let f = &files[want];
+                for row in got? {
+                    rows += 1;
+                    let label = || match &row.id {
+                        Some(id) => id.clone(),
+                        None => format!("(no id) {} row {}", f.display(), row.row),
+                    };
+                    let delivered = row.id.as_ref().and_then(|id| expected.get_mut(id));
+                    match delivered {
+                        Some(v) if !v.is_empty() => {
+                            match v.iter().position(|h| merkle::ct_eq(h, &row.commitment)) {
+                                Some(i) => {
+                                    v.swap_remove(i);
+                                }
+                                None => {
+                                    v.pop();
+                                    findings.push(Finding::Changed(label()));
+                                }
+                            }
+                        }
+                        _ => findings.push(Finding::Added(label())),
+                    }
+                }
+                want += 1;
             }
         }
-    }
+        Ok(())
+    });
+    // Stop reading on the first unreadable file; the workers have ended with the scope.
+    outcome?;
     for (id, left) in expected {
         for _ in left {
             findings.push(Finding::Deleted(id.clone()));
