@@ -38,6 +38,29 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// `sealtrail verify-proof BUNDLE --key KEY [--table TABLE]`: its exit code and stdout.
+fn verify_proof(bundle: &Path, key: &Path, table: Option<&Path>) -> (Option<i32>, String) {
+    let mut c = bin();
+    c.arg("verify-proof").arg(bundle).arg("--key").arg(key);
+    if let Some(t) = table {
+        c.arg("--table").arg(t);
+    }
+    let o = c.output().expect("spawn sealtrail");
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+/// Writes `forged` as a bundle beside the test's files and checks `verify-proof` refuses it.
+fn assert_forged_bundle_rejected(dir: &Path, forged: &serde_json::Value, key: &Path) {
+    let path = dir.join("forged.json");
+    std::fs::write(&path, forged.to_string()).unwrap();
+    let (code, out) = verify_proof(&path, key, None);
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("NOT VERIFIED"), "{out}");
+}
+
 /// Python with deltalake, pyarrow and Faker (installed from PyPI on first use).
 fn python() -> Command {
     static ONCE: Once = Once::new();
@@ -1690,17 +1713,7 @@ print(' '.join(r['trade_id'] + '=' + r['_sealtrail_id'] for r in (t[10], t[20], 
     v["output"]["canonical"] = canon
         .replacen("\"venue_mic\":\"", "\"venue_mic\":\"X", 1)
         .into();
-    let forged = dir.path().join("forged.json");
-    std::fs::write(&forged, v.to_string()).unwrap();
-    let o = bin()
-        .arg("verify-proof")
-        .arg(&forged)
-        .arg("--key")
-        .arg(&pubkey)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(4));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("NOT VERIFIED"));
+    assert_forged_bundle_rejected(dir.path(), &v, &pubkey);
 
     // Tamper: one value in a data file, in place; one row deleted; one forged row added.
     py(&format!(
@@ -1723,17 +1736,8 @@ for f in deltalake.DeltaTable(path).file_uris():
 "#
     ));
     // The row no longer matches its proof, and `prove` refuses it now.
-    let o = bin()
-        .arg("verify-proof")
-        .arg(&bundle)
-        .arg("--key")
-        .arg(&pubkey)
-        .arg("--table")
-        .arg(&table)
-        .output()
-        .unwrap();
-    let so = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(4), "{so}");
+    let (code, so) = verify_proof(&bundle, &pubkey, Some(&table));
+    assert_eq!(code, Some(4), "{so}");
     assert!(so.contains("verified: row"), "{so}");
     assert!(so.contains("CHANGED") && so.contains("venue_mic"), "{so}");
     assert!(!so.contains("XLON"), "values are never printed: {so}");
@@ -2081,17 +2085,7 @@ print(len(eur['_sealtrail_id']), eur['_sealtrail_id'][0])
     // A bundle that drops one contributor, or swaps the row's ids, does not verify.
     let mut v = b.clone();
     v["inputs"].as_array_mut().unwrap().pop();
-    let forged = dir.path().join("forged.json");
-    std::fs::write(&forged, v.to_string()).unwrap();
-    let o = bin()
-        .arg("verify-proof")
-        .arg(&forged)
-        .arg("--key")
-        .arg(&pubkey)
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(4));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("NOT VERIFIED"));
+    assert_forged_bundle_rejected(dir.path(), &v, &pubkey);
 
     // One record's lineage shows the aggregated row it went into.
     let out = run_ok(bin().arg("lineage").arg(&spec).args(["--id", eur_member]));
@@ -2121,16 +2115,7 @@ for f in glob.glob('{d}/out/currency_totals/**/*.parquet', recursive=True):
     let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(a["changed"], serde_json::json!([id]), "{a}");
     assert_eq!(a["deleted"], serde_json::json!([]), "{a}");
-    let o = bin()
-        .arg("verify-proof")
-        .arg(&bundle)
-        .arg("--key")
-        .arg(&pubkey)
-        .arg("--table")
-        .arg(&table)
-        .output()
-        .unwrap();
-    let so = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(4), "{so}");
+    let (code, so) = verify_proof(&bundle, &pubkey, Some(&table));
+    assert_eq!(code, Some(4), "{so}");
     assert!(so.contains("CHANGED") && so.contains("qty"), "{so}");
 }

@@ -300,18 +300,9 @@ fn digits(out: &mut String, v: i64, width: usize) {
     out.push_str(s);
 }
 
-/// `YYYY-MM-DD` of a day count since 1970-01-01 (proleptic Gregorian, H. Hinnant's
-/// civil_from_days; chrono's formatter costs ~10x more per value).
+/// `YYYY-MM-DD` of a day count since 1970-01-01 (proleptic Gregorian).
 fn date(days: i64, out: &mut String) -> Result<(), String> {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = sealtrail_core::civil_from_days(days);
     if !(0..=9999).contains(&y) {
         return Err("a date outside years 0-9999".into());
     }
