@@ -7,8 +7,8 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use sealtrail_engine::custody::{self, BatchCustody, GROUP, RowIds};
 use sealtrail_engine::state::{CustodyRef, StateStore};
 use sealtrail_ledger::custody::{
-    BUNDLE_FORMAT, Bundle, Contributor, EntryProof, GROUP_ID_PREFIX, RowProof, commitment,
-    inclusions, record_leaf,
+    BUNDLE_FORMAT, Bundle, ChunkedTree, Contributor, EntryProof, GROUP_ID_PREFIX, RowProof,
+    commitment, inclusions,
 };
 use sealtrail_ledger::entry::{Entry, Event, Hash};
 use sealtrail_ledger::merkle;
@@ -74,6 +74,28 @@ fn is_id(ids: Option<RowIds<'_>>, want: &str) -> bool {
         Some(many) => many.lineage_id() == want,
         None => false,
     }
+}
+
+/// The row at `row` of `file`, when it is lineage id `id`: the row a batch's custody record
+/// places there. `None` when the file holds something else at that place (rows added,
+/// deleted or reordered since); the caller then searches.
+fn row_at(file: &Path, row: usize, id: &str) -> Result<Option<FoundRow>> {
+    let Some(b) = sealtrail_connectors::sink::read_parquet_row(file, row)
+        .with_context(|| format!("reading {}", file.display()))?
+    else {
+        return Ok(None);
+    };
+    let ids = custody::id_column(&b).map_err(|e| anyhow!("{}: {e}", file.display()))?;
+    if !matches!(ids(0), Some(RowIds::One(got)) if got == id) {
+        return Ok(None);
+    }
+    let mut canonical = String::new();
+    custody::canonical_row(&b, 0, &mut canonical).map_err(|e| anyhow!(e))?;
+    Ok(Some(FoundRow {
+        id: id.to_string(),
+        members: vec![id.to_string()],
+        canonical,
+    }))
 }
 
 /// Reads the table `files` make up and returns the rows `want` selects.
@@ -221,7 +243,16 @@ pub async fn prove(
         }
         None => files,
     };
-    let rows = find_rows(&files, sel)?;
+    // The batch's file holds the sink's rows of the batch in custody order: try the row's
+    // own place first (one page per column read), and search only if it is not there.
+    let direct = match (&early, files.as_slice(), &sel.id) {
+        (Some(loc), [file], Some(id)) => row_at(file, loc.row_index, id)?,
+        _ => None,
+    };
+    let rows = match direct {
+        Some(row) => vec![row],
+        None => find_rows(&files, sel)?,
+    };
     let row = match rows.as_slice() {
         [one] => one,
         [] => bail!("sink `{sink}` holds no such row"),
@@ -259,12 +290,42 @@ pub async fn prove(
 
     let sc = &c.outputs[loc.sink_index];
     let members = BatchCustody::members(sc, row_key);
-    let input_leaves: Vec<Hash> = c.input.iter().map(|(i, h)| record_leaf(i, h)).collect();
     let wanted: Vec<(u64, Hash)> = members
         .iter()
         .map(|&k| (k as u64, c.input[k as usize].1))
         .collect();
-    let mut found = inclusions(input_leaves, &wanted)?;
+    // Custody records keep the trees' chunk roots: a path then hashes one chunk's leaves.
+    // Records written before they were kept rebuild the whole trees, side by side.
+    let input_tree = ChunkedTree::new(c.input.len() as u64, c.input_chunks.clone(), |i| {
+        c.input_leaf(i as usize)
+    });
+    let output_tree = ChunkedTree::new(sc.rows.len() as u64, sc.chunks.clone(), |j| {
+        c.output_leaf(sc, j as usize)
+    });
+    let (mut found, output) = match (input_tree, output_tree) {
+        (Some(it), Some(ot)) => (
+            wanted
+                .iter()
+                .map(|(k, h)| it.inclusion(*k, h))
+                .collect::<Result<Vec<_>, _>>()?,
+            ot.inclusion(loc.row_index as u64, &delivered)?,
+        ),
+        _ => {
+            let (found, output) = std::thread::scope(|s| {
+                let input = s.spawn(|| {
+                    let leaves: Vec<Hash> = (0..c.input.len()).map(|i| c.input_leaf(i)).collect();
+                    inclusions(leaves, &wanted)
+                });
+                let leaves: Vec<Hash> = (0..sc.rows.len()).map(|j| c.output_leaf(sc, j)).collect();
+                let output = inclusions(leaves, &[(loc.row_index as u64, delivered)]);
+                (input.join(), output)
+            });
+            (
+                found.map_err(|_| anyhow!("building the batch's input tree panicked"))??,
+                output?.remove(0),
+            )
+        }
+    };
     let (input, inputs) = if row_key & GROUP != 0 {
         let list = members
             .iter()
@@ -278,12 +339,6 @@ pub async fn prove(
     } else {
         (Some(found.remove(0)), Vec::new())
     };
-    let out_leaves: Vec<Hash> = sc
-        .rows
-        .iter()
-        .map(|(k, h)| record_leaf(&c.row_id(sc, *k), h))
-        .collect();
-    let output = inclusions(out_leaves, &[(loc.row_index as u64, delivered)])?.remove(0);
 
     let verifier = load_verifier(&home, None)?;
     let (dir, _guard) = state.ledger.readable(&home)?;

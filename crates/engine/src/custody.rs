@@ -14,8 +14,11 @@
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema, TimeUnit};
 use sealtrail_core::record::PosKind;
-use sealtrail_ledger::custody::{commitment, group_id, records_root};
+use sealtrail_ledger::custody::{
+    ChunkedTree, chunk_roots, commitment, group_id, record_leaf, records_root,
+};
 use sealtrail_ledger::entry::Hash;
+use sealtrail_ledger::merkle;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -487,6 +490,7 @@ pub fn sink_rows(
         sink: sink.to_string(),
         rows: out,
         groups,
+        chunks: Vec::new(),
     })
 }
 
@@ -592,6 +596,9 @@ pub fn id_column<'a>(
 pub struct BatchCustody {
     pub input: Vec<(String, Hash)>,
     pub outputs: Vec<SinkCustody>,
+    /// Chunk roots of the input tree (see [`sealtrail_ledger::custody::chunk_roots`]); empty
+    /// in records written before they were kept, and until [`BatchCustody::seal`].
+    pub input_chunks: Vec<Hash>,
 }
 
 /// The Merkle roots a batch's ledger entry carries: its input records and, in the order of
@@ -610,12 +617,52 @@ pub struct SinkCustody {
     pub rows: Vec<(u32, Hash)>,
     /// The contributing input records of each many-to-one row, as indexes into `input`.
     pub groups: Vec<Vec<u32>>,
+    /// Chunk roots of the sink's tree (as [`BatchCustody::input_chunks`]).
+    pub chunks: Vec<Hash>,
 }
 
 /// Marks a row index that names a group of contributing records (see [`SinkCustody`]).
 pub const GROUP: u32 = 1 << 31;
 
 impl BatchCustody {
+    /// The leaf of input record `i`.
+    pub fn input_leaf(&self, i: usize) -> Hash {
+        let (id, c) = &self.input[i];
+        record_leaf(id, c)
+    }
+
+    /// The leaf of row `j` of sink `s`.
+    pub fn output_leaf(&self, s: &SinkCustody, j: usize) -> Hash {
+        let (k, c) = &s.rows[j];
+        if k & GROUP != 0 {
+            record_leaf(&self.row_id(s, *k), c)
+        } else {
+            record_leaf(&self.input[*k as usize].0, c)
+        }
+    }
+
+    /// Computes and keeps the chunk roots of every tree; returns the trees' roots.
+    pub fn seal(&mut self) -> Roots {
+        let leaves: Vec<Hash> = (0..self.input.len()).map(|i| self.input_leaf(i)).collect();
+        self.input_chunks = chunk_roots(&leaves);
+        let input = ChunkedTree::new(leaves.len() as u64, self.input_chunks.clone(), |i| {
+            leaves[i as usize]
+        })
+        .map_or_else(|| merkle::root(&leaves), |t| t.root());
+        let mut outputs = Vec::with_capacity(self.outputs.len());
+        for j in 0..self.outputs.len() {
+            let s = &self.outputs[j];
+            let leaves: Vec<Hash> = (0..s.rows.len()).map(|r| self.output_leaf(s, r)).collect();
+            let chunks = chunk_roots(&leaves);
+            outputs.push(
+                ChunkedTree::new(leaves.len() as u64, chunks.clone(), |i| leaves[i as usize])
+                    .map_or_else(|| merkle::root(&leaves), |t| t.root()),
+            );
+            self.outputs[j].chunks = chunks;
+        }
+        Roots { input, outputs }
+    }
+
     pub fn input_root(&self) -> Hash {
         records_root(self.input.iter().map(|(i, c)| (i.as_str(), c)))
     }
@@ -658,12 +705,14 @@ impl BatchCustody {
         }
     }
 
-    /// Binary form (version 2), stored with the batch's commit:
-    /// `u8 2 | u32 n | n × (u16 len, id, [32]) | u32 s | s × (u16 len, sink, u32 m, m × (u32, [32]),
-    /// u32 g, g × (u32 c, c × u32))`. Version 1 (no groups) still decodes.
+    /// Binary form (version 3), stored with the batch's commit:
+    /// `u8 3 | u32 n | n × (u16 len, id, [32]) | u32 s | s × (u16 len, sink, u32 m, m × (u32, [32]),
+    /// u32 g, g × (u32 c, c × u32)) | u32 k, k × [32] | s × (u32 k, k × [32])`, the last two
+    /// being the chunk roots of the input tree and of each sink's tree. Versions 1 (no groups)
+    /// and 2 (no chunk roots) still decode.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + self.input.len() * 64);
-        out.push(2);
+        out.push(3);
         out.extend_from_slice(&(self.input.len() as u32).to_be_bytes());
         for (id, c) in &self.input {
             out.extend_from_slice(&(id.len() as u16).to_be_bytes());
@@ -686,6 +735,14 @@ impl BatchCustody {
                     out.extend_from_slice(&k.to_be_bytes());
                 }
             }
+        }
+        let chunks = |out: &mut Vec<u8>, c: &[Hash]| {
+            out.extend_from_slice(&(c.len() as u32).to_be_bytes());
+            c.iter().for_each(|h| out.extend_from_slice(h));
+        };
+        chunks(&mut out, &self.input_chunks);
+        for s in &self.outputs {
+            chunks(&mut out, &s.chunks);
         }
         out
     }
@@ -718,7 +775,7 @@ impl BatchCustody {
         }
         let mut r = R(b);
         let version = r.take(1)?[0];
-        if version != 1 && version != 2 {
+        if !(1..=3).contains(&version) {
             return None;
         }
         let n = r.u32()? as usize;
@@ -736,7 +793,7 @@ impl BatchCustody {
                 rows.push((r.u32()?, r.hash()?));
             }
             let mut groups = Vec::new();
-            for _ in 0..if version == 2 { r.u32()? } else { 0 } {
+            for _ in 0..if version >= 2 { r.u32()? } else { 0 } {
                 let c = r.u32()? as usize;
                 let mut g = Vec::with_capacity(c.min(b.len() / 4));
                 for _ in 0..c {
@@ -757,9 +814,33 @@ impl BatchCustody {
             if !rows.iter().all(|(k, _)| valid(k)) || !groups.iter().flatten().all(in_input) {
                 return None;
             }
-            outputs.push(SinkCustody { sink, rows, groups });
+            outputs.push(SinkCustody {
+                sink,
+                rows,
+                groups,
+                chunks: Vec::new(),
+            });
         }
-        r.0.is_empty().then_some(BatchCustody { input, outputs })
+        let mut chunks = || -> Option<Vec<Hash>> {
+            let k = r.u32()? as usize;
+            let mut c = Vec::with_capacity(k.min(b.len() / 32));
+            for _ in 0..k {
+                c.push(r.hash()?);
+            }
+            Some(c)
+        };
+        let mut input_chunks = Vec::new();
+        if version >= 3 {
+            input_chunks = chunks()?;
+            for o in &mut outputs {
+                o.chunks = chunks()?;
+            }
+        }
+        r.0.is_empty().then_some(BatchCustody {
+            input,
+            outputs,
+            input_chunks,
+        })
     }
 }
 
@@ -901,12 +982,12 @@ mod tests {
             input: (0..5)
                 .map(|i| (format!("t:{k}:{i}"), commitment(&[i])))
                 .collect(),
-            outputs: Vec::new(),
+            ..Default::default()
         };
         c.outputs.push(SinkCustody {
             sink: "o".into(),
             rows: vec![(3, [7; 32])],
-            groups: Vec::new(),
+            ..Default::default()
         });
         let back = BatchCustody::decode(&c.encode()).unwrap();
         assert_eq!(back, c);
@@ -918,13 +999,41 @@ mod tests {
     }
 
     #[test]
+    fn sealing_keeps_chunk_roots_that_rebuild_the_same_trees() {
+        let input: Vec<(String, Hash)> = (0..700u32)
+            .map(|i| (format!("t:0123456789ab:{i}"), commitment(&i.to_be_bytes())))
+            .collect();
+        let mut c = BatchCustody {
+            input,
+            ..Default::default()
+        };
+        c.outputs.push(SinkCustody {
+            sink: "o".into(),
+            // Every other record, each with some output commitment.
+            rows: (0..350u32).map(|k| (2 * k, [k as u8; 32])).collect(),
+            ..Default::default()
+        });
+        let roots = c.seal();
+        assert_eq!(roots.input, c.input_root());
+        assert_eq!(roots.outputs, vec![c.output_root(&c.outputs[0])]);
+        assert_eq!((c.input_chunks.len(), c.outputs[0].chunks.len()), (2, 1));
+        let back = BatchCustody::decode(&c.encode()).unwrap();
+        assert_eq!(back, c);
+        let t = ChunkedTree::new(700, back.input_chunks.clone(), |i| {
+            back.input_leaf(i as usize)
+        })
+        .unwrap();
+        assert_eq!(t.root(), roots.input);
+    }
+
+    #[test]
     fn aggregated_rows_are_groups_of_their_contributors() {
         let input: Vec<(String, Hash)> = (0..4)
             .map(|i| (format!("t:0123456789ab:{i}"), commitment(&[i])))
             .collect();
         let mut c = BatchCustody {
             input,
-            outputs: Vec::new(),
+            ..Default::default()
         };
         // Two aggregated rows: {0, 2} and {1, 3}, ids as DataFusion's array_agg lists them.
         let mut ids = ListBuilder::new(StringBuilder::new());
@@ -964,6 +1073,7 @@ mod tests {
         ]);
         c.outputs.push(s);
         assert_eq!(c.output_root(&c.outputs[0]), root);
+        assert_eq!(c.seal().outputs, vec![root]);
         // Groups survive the stored form; a group naming no record is refused.
         let bytes = c.encode();
         assert_eq!(BatchCustody::decode(&bytes).unwrap(), c);

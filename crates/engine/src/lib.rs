@@ -812,7 +812,15 @@ fn decode_loop(
         };
         let rows_in = decoded.rows_in();
         let (record_of, custody) = input_custody(&source.name, &decoded, commitments);
-        let mut v = validator.validate(&decoded.batch);
+        let mut v = match validator.validate(&decoded.batch) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = tx.send(Err(Error::Internal(format!(
+                    "reading back the keys of `unique` checks from a temporary file: {e}"
+                ))));
+                return;
+            }
+        };
         let mut quarantined = decoded.malformed;
         let typed = sealtrail_quality::typed::to_record_batch(
             &source,
@@ -955,16 +963,13 @@ fn batch_custody(
 ) -> std::result::Result<(custody::BatchCustody, custody::Roots), String> {
     let mut bc = custody::BatchCustody {
         input,
-        outputs: Vec::with_capacity(per_sink.len()),
+        ..Default::default()
     };
     bc.outputs = per_sink
         .iter()
         .map(|(sink, rows)| custody::sink_rows(sink, rows, &bc.input))
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let roots = custody::Roots {
-        input: bc.input_root(),
-        outputs: bc.outputs.iter().map(|s| bc.output_root(s)).collect(),
-    };
+    let roots = bc.seal();
     Ok((bc, roots))
 }
 

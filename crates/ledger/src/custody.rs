@@ -65,6 +65,84 @@ pub fn records_root<'a>(records: impl IntoIterator<Item = (&'a str, &'a Hash)>) 
     r.root()
 }
 
+/// Leaves under each chunk root a custody record keeps: the tree's level-8 nodes.
+pub const CHUNK_LEAVES: usize = 256;
+const CHUNK_LEVEL: u8 = 8;
+
+/// The roots of the complete, aligned [`CHUNK_LEAVES`]-leaf subtrees of the tree over
+/// `leaves` (its level-8 nodes, left to right; a trailing partial chunk has none). Stored with
+/// a batch's custody, they let a proof hash the leaves of one chunk instead of the batch's.
+pub fn chunk_roots(leaves: &[Hash]) -> Vec<Hash> {
+    leaves
+        .chunks_exact(CHUNK_LEAVES)
+        .map(merkle::root)
+        .collect()
+}
+
+/// A record tree known by its chunk roots, its leaves computed on demand by `leaf(index)`.
+/// Inclusion paths then cost one chunk's leaves and the chunk roots, not the whole tree.
+#[derive(Debug)]
+pub struct ChunkedTree<F> {
+    size: u64,
+    top: merkle::MemTree,
+    leaf: F,
+}
+
+impl<F: Fn(u64) -> Hash> ChunkedTree<F> {
+    /// `None` when `chunks` is not the chunk roots of a tree of `size` leaves (a custody
+    /// record written before chunk roots were kept has none).
+    pub fn new(size: u64, chunks: Vec<Hash>, leaf: F) -> Option<Self> {
+        (chunks.len() as u64 == size / CHUNK_LEAVES as u64).then(|| Self {
+            size,
+            top: merkle::MemTree::new(chunks),
+            leaf,
+        })
+    }
+    pub fn root(&self) -> Hash {
+        if self.size == 0 {
+            return merkle::empty_root();
+        }
+        merkle::subtree(self, 0, self.size).unwrap_or_else(|_| merkle::empty_root())
+    }
+    /// The inclusion of leaf `index`, whose record has commitment `c`.
+    pub fn inclusion(&self, index: u64, c: &Hash) -> Result<Inclusion, ProofError> {
+        if index >= self.size {
+            return Err(ProofError::IndexOutOfRange {
+                index,
+                size: self.size,
+            });
+        }
+        Ok(Inclusion {
+            commitment: hex::encode(c),
+            index,
+            size: self.size,
+            path: merkle::inclusion_proof(self, index, self.size)?
+                .iter()
+                .map(hex::encode)
+                .collect(),
+        })
+    }
+}
+
+impl<F: Fn(u64) -> Hash> merkle::NodeSource for ChunkedTree<F> {
+    type Error = ProofError;
+    fn node(&self, level: u8, index: u64) -> Result<Hash, ProofError> {
+        if level >= CHUNK_LEVEL {
+            return merkle::NodeSource::node(&self.top, level - CHUNK_LEVEL, index);
+        }
+        let lo = index << level;
+        let hi = lo + (1 << level);
+        if hi > self.size {
+            return Err(ProofError::IndexOutOfRange {
+                index: hi - 1,
+                size: self.size,
+            });
+        }
+        let leaves: Vec<Hash> = (lo..hi).map(&self.leaf).collect();
+        Ok(merkle::root(&leaves))
+    }
+}
+
 /// A record's place in its batch tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inclusion {
@@ -351,6 +429,38 @@ pub fn inclusions(leaves: Vec<Hash>, wanted: &[(u64, Hash)]) -> Result<Vec<Inclu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunked_trees_prove_like_whole_trees() {
+        for n in [0u64, 1, 2, 255, 256, 257, 511, 512, 1000, 1024, 3000] {
+            let records: Vec<(String, Hash)> = (0..n)
+                .map(|i| (format!("s:0123456789ab:{i}"), commitment(&i.to_le_bytes())))
+                .collect();
+            let leaf = |i: u64| {
+                let (id, c) = &records[i as usize];
+                record_leaf(id, c)
+            };
+            let leaves: Vec<Hash> = (0..n).map(leaf).collect();
+            let whole = merkle::MemTree::new(leaves.clone());
+            let t = ChunkedTree::new(n, chunk_roots(&leaves), leaf).expect("chunks fit");
+            assert_eq!(
+                t.root(),
+                records_root(records.iter().map(|(i, c)| (i.as_str(), c)))
+            );
+            assert!(ChunkedTree::new(n + 256, chunk_roots(&leaves), leaf).is_none());
+            for i in [0, 1, n / 2, n.saturating_sub(2), n.saturating_sub(1)] {
+                if i >= n {
+                    continue;
+                }
+                let c = &records[i as usize].1;
+                let got = t.inclusion(i, c).unwrap();
+                let want = inclusions(leaves.clone(), &[(i, *c)]).unwrap().remove(0);
+                assert_eq!(got, want, "n={n} i={i}");
+                assert_eq!(whole.inclusion_proof(i).unwrap().len(), got.path.len());
+            }
+            assert!(t.inclusion(n, &[0; 32]).is_err());
+        }
+    }
 
     #[test]
     fn record_leaves_differ_from_ledger_leaves_and_bind_the_id() {

@@ -15,19 +15,20 @@
 //! let mut b = RawBatch::new("x.csv".into(), PosKind::Line, 2);
 //! b.begin(2, b"a,1"); b.push(Some("a")); b.push(Some("1"));
 //! b.begin(3, b",2"); b.push(None); b.push(Some("2"));
-//! let out = v.validate(&b);
+//! let out = v.validate(&b).unwrap();
 //! assert_eq!(out.passed, vec![true, false]);
 //! assert_eq!(out.quarantined[0].reasons[0].code, "no_id");
 //! ```
 
 pub mod checksum;
+pub mod keyset;
 pub mod typed;
 
+pub use keyset::KeySet;
 use sealtrail_core::Reason;
 use sealtrail_core::record::{Quarantined, RawBatch};
 use sealtrail_spec::raw::ChecksumScheme;
 use sealtrail_spec::{Rule, Source};
-use std::collections::HashSet;
 use xxhash_rust::xxh3::Xxh3;
 
 /// Outcome of validating one batch.
@@ -44,79 +45,12 @@ pub struct Validator {
     source: Source,
     /// Per `unique` check (indexed like `source.checks`): 128-bit fingerprints of seen keys.
     /// 128 bits make a false duplicate practically impossible (p < 1e-20 at 10^9 keys) at 16
-    /// bytes per key, a third of what storing `TRD-`-style keys would take.
+    /// bytes per key, a third of what storing `TRD-`-style keys would take. Past a million
+    /// keys they spill to temporary files ([`keyset`]), so memory stays bounded.
     seen: Vec<KeySet>,
-}
-
-/// A set of 128-bit key fingerprints, split into 16 hash tables by the top 4 bits. A hash table
-/// doubles when it fills, holding old and new tables at once; with one table of 10M keys that
-/// spike alone is ~430 MiB. With 16 shards a resize holds 1/16 of the keys twice, so peak
-/// memory stays near the steady state (~17-25 bytes per key). (256 shards were measured 40%
-/// slower overall: thousands of large table reallocations, each faulting fresh pages.)
-#[derive(Debug)]
-pub struct KeySet {
-    shards: Vec<HashSet<u128, BuildIdentity>>,
-}
-
-const SHARDS: usize = 16;
-const SHARD_SHIFT: u32 = 124;
-
-impl Default for KeySet {
-    fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| HashSet::default()).collect(),
-        }
-    }
-}
-
-impl KeySet {
-    fn shard(&mut self, k: u128) -> &mut HashSet<u128, BuildIdentity> {
-        &mut self.shards[(k >> SHARD_SHIFT) as usize]
-    }
-    /// Adds `k`; false when it was already present.
-    pub fn insert(&mut self, k: u128) -> bool {
-        self.shard(k).insert(k)
-    }
-    pub fn contains(&self, k: u128) -> bool {
-        self.shards[(k >> SHARD_SHIFT) as usize].contains(&k)
-    }
-    pub fn len(&self) -> usize {
-        self.shards.iter().map(HashSet::len).sum()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// The fingerprints are already uniformly distributed hashes: use them as they are.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct BuildIdentity;
-
-impl std::hash::BuildHasher for BuildIdentity {
-    type Hasher = IdentityHasher;
-    fn build_hasher(&self) -> IdentityHasher {
-        IdentityHasher(0)
-    }
-}
-
-#[derive(Debug, Default)]
-pub struct IdentityHasher(u64);
-
-impl std::hash::Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u128 keys are hashed here; fold whatever arrives.
-        for c in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            self.0 ^= u64::from_le_bytes(w);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = (v as u64) ^ ((v >> 64) as u64);
-    }
+    /// Random per validator: fingerprints (which may reach temporary files) cannot be matched
+    /// against fingerprints of guessed key values.
+    seed: u64,
 }
 
 impl Validator {
@@ -127,6 +61,7 @@ impl Validator {
         Self {
             source: source.clone(),
             seen,
+            seed: rand::random(),
         }
     }
 
@@ -135,7 +70,8 @@ impl Validator {
     }
 
     /// Checks every record of `batch` (whose columns are the source's declared columns).
-    pub fn validate(&mut self, batch: &RawBatch) -> Validated {
+    /// Fails only when the `unique` checks' spilled keys cannot be read back.
+    pub fn validate(&mut self, batch: &RawBatch) -> std::io::Result<Validated> {
         let n = batch.len();
         let mut out = Validated {
             passed: vec![true; n],
@@ -149,11 +85,11 @@ impl Validator {
                     Rule::Unique(cols) => {
                         // Register the key only when every earlier check passed: a record that
                         // is already rejected must not shadow a later good one.
-                        let key = fingerprint(batch, row, cols);
+                        let key = fingerprint(self.seed, batch, row, cols);
                         match key {
                             None => true,
-                            Some(k) if failed.is_empty() => self.seen[ci].insert(k),
-                            Some(k) => !self.seen[ci].contains(k),
+                            Some(k) if failed.is_empty() => self.seen[ci].insert(k)?,
+                            Some(k) => !self.seen[ci].contains(k)?,
                         }
                     }
                     rule => eval(rule, batch, row),
@@ -174,7 +110,7 @@ impl Validator {
                 out.quarantined.push(quarantine(batch, row, reasons));
             }
         }
-        out
+        Ok(out)
     }
 }
 
@@ -193,8 +129,8 @@ pub fn quarantine(batch: &RawBatch, row: usize, reasons: Vec<Reason>) -> Quarant
 
 /// 128-bit fingerprint of a (compound) key; `None` when any part is null (SQL semantics:
 /// nulls are never equal, so they never collide).
-fn fingerprint(batch: &RawBatch, row: usize, cols: &[usize]) -> Option<u128> {
-    let mut h = Xxh3::new();
+fn fingerprint(seed: u64, batch: &RawBatch, row: usize, cols: &[usize]) -> Option<u128> {
+    let mut h = Xxh3::with_seed(seed);
     for &c in cols {
         let v = batch.get(row, c)?;
         // Length-prefix each part so ("ab","c") and ("a","bc") differ.
@@ -249,23 +185,6 @@ fn greater(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn key_set_finds_keys_in_every_shard() {
-        let mut k = KeySet::default();
-        let keys: Vec<u128> = (0..5000u128)
-            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
-            .collect();
-        for &x in &keys {
-            assert!(k.insert(x));
-        }
-        assert_eq!(k.len(), 5000);
-        assert!(k.shards.iter().all(|s| !s.is_empty()));
-        for &x in &keys {
-            assert!(k.contains(x) && !k.insert(x));
-        }
-        assert!(!k.contains(1));
-    }
-
     use super::*;
     use sealtrail_core::record::PosKind;
 
@@ -297,18 +216,22 @@ mod tests {
         );
         let mut v = Validator::new(&s);
         // Row 0 fails not_null: its id must not block row 1. Row 2 duplicates row 1.
-        let out = v.validate(&batch(&[
-            [Some("k"), None, None],
-            [Some("k"), Some("x"), None],
-            [Some("k"), Some("y"), None],
-        ]));
+        let out = v
+            .validate(&batch(&[
+                [Some("k"), None, None],
+                [Some("k"), Some("x"), None],
+                [Some("k"), Some("y"), None],
+            ]))
+            .unwrap();
         assert_eq!(out.passed, vec![false, true, false]);
         assert_eq!(out.quarantined[1].reasons[0].code, "dup");
         // State spans batches.
-        let out = v.validate(&batch(&[
-            [Some("k"), Some("z"), None],
-            [Some("j"), Some("z"), None],
-        ]));
+        let out = v
+            .validate(&batch(&[
+                [Some("k"), Some("z"), None],
+                [Some("j"), Some("z"), None],
+            ]))
+            .unwrap();
         assert_eq!(out.passed, vec![false, true]);
     }
 
@@ -316,11 +239,13 @@ mod tests {
     fn compound_unique_is_length_prefixed() {
         let s = source("      - { rule: unique, columns: [a, b] }");
         let mut v = Validator::new(&s);
-        let out = v.validate(&batch(&[
-            [None, Some("ab"), Some("c")],
-            [None, Some("a"), Some("bc")],
-            [None, Some("a"), Some("bc")],
-        ]));
+        let out = v
+            .validate(&batch(&[
+                [None, Some("ab"), Some("c")],
+                [None, Some("a"), Some("bc")],
+                [None, Some("a"), Some("bc")],
+            ]))
+            .unwrap();
         assert_eq!(out.passed, vec![true, true, false]);
     }
 
@@ -330,10 +255,12 @@ mod tests {
             "      - { rule: regex, column: a, pattern: '^[0-9]+$', reason: bad_a }\n      - { rule: in_set, column: b, values: [X, Y], reason: bad_b }\n      - { rule: length_between, column: id, min: 1, max: 3 }\n      - { rule: greater_than, column: a, other: id }",
         );
         let mut v = Validator::new(&s);
-        let out = v.validate(&batch(&[
-            [Some("zzzz"), Some("q"), Some("z")],
-            [Some("5"), Some("12"), Some("X")],
-        ]));
+        let out = v
+            .validate(&batch(&[
+                [Some("zzzz"), Some("q"), Some("z")],
+                [Some("5"), Some("12"), Some("X")],
+            ]))
+            .unwrap();
         let codes: Vec<&str> = out.quarantined[0]
             .reasons
             .iter()
@@ -350,11 +277,13 @@ mod tests {
             "      - { rule: between, column: a, min: 1, max: 10 }\n      - { rule: checksum, column: id, scheme: isin }\n      - { rule: parses, column: b, type: date }",
         );
         let mut v = Validator::new(&s);
-        let out = v.validate(&batch(&[
-            [Some("US0378331005"), Some("5"), Some("2025-02-28")],
-            [Some("US0378331006"), Some("0"), Some("2025-02-30")],
-            [Some("US0378331005"), Some("NaN"), None],
-        ]));
+        let out = v
+            .validate(&batch(&[
+                [Some("US0378331005"), Some("5"), Some("2025-02-28")],
+                [Some("US0378331006"), Some("0"), Some("2025-02-30")],
+                [Some("US0378331005"), Some("NaN"), None],
+            ]))
+            .unwrap();
         assert_eq!(out.passed, vec![true, false, false]);
         let codes: Vec<&str> = out.quarantined[0]
             .reasons
