@@ -14,11 +14,8 @@
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema, TimeUnit};
 use sealtrail_core::record::PosKind;
-use sealtrail_ledger::custody::{
-    ChunkedTree, chunk_roots, commitment, group_id, record_leaf, records_root,
-};
+use sealtrail_ledger::custody::{chunked_root, commitment, group_id, record_leaf, records_root};
 use sealtrail_ledger::entry::Hash;
-use sealtrail_ledger::merkle;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -644,20 +641,14 @@ impl BatchCustody {
     /// Computes and keeps the chunk roots of every tree; returns the trees' roots.
     pub fn seal(&mut self) -> Roots {
         let leaves: Vec<Hash> = (0..self.input.len()).map(|i| self.input_leaf(i)).collect();
-        self.input_chunks = chunk_roots(&leaves);
-        let input = ChunkedTree::new(leaves.len() as u64, self.input_chunks.clone(), |i| {
-            leaves[i as usize]
-        })
-        .map_or_else(|| merkle::root(&leaves), |t| t.root());
+        let (input, chunks) = chunked_root(&leaves);
+        self.input_chunks = chunks;
         let mut outputs = Vec::with_capacity(self.outputs.len());
         for j in 0..self.outputs.len() {
             let s = &self.outputs[j];
             let leaves: Vec<Hash> = (0..s.rows.len()).map(|r| self.output_leaf(s, r)).collect();
-            let chunks = chunk_roots(&leaves);
-            outputs.push(
-                ChunkedTree::new(leaves.len() as u64, chunks.clone(), |i| leaves[i as usize])
-                    .map_or_else(|| merkle::root(&leaves), |t| t.root()),
-            );
+            let (root, chunks) = chunked_root(&leaves);
+            outputs.push(root);
             self.outputs[j].chunks = chunks;
         }
         Roots { input, outputs }
@@ -1019,7 +1010,7 @@ mod tests {
         assert_eq!((c.input_chunks.len(), c.outputs[0].chunks.len()), (2, 1));
         let back = BatchCustody::decode(&c.encode()).unwrap();
         assert_eq!(back, c);
-        let t = ChunkedTree::new(700, back.input_chunks.clone(), |i| {
+        let t = sealtrail_ledger::custody::ChunkedTree::new(700, back.input_chunks.clone(), |i| {
             back.input_leaf(i as usize)
         })
         .unwrap();

@@ -128,8 +128,8 @@ impl StateStore {
             .map_err(|e| StateError(format!("cannot open the run state store ({url_kind}): {e}; check --state-url / SEALTRAIL_STATE_URL")))?;
         if url_kind == "sqlite" {
             // 64 KiB pages (takes effect when the file is created): a batch's custody record
-            // is megabytes, read back by `prove` as a chain of overflow pages. Memory-mapped
-            // reads halve that again.
+            // is megabytes, read back by `prove` as a chain of overflow pages; memory-mapped
+            // reads spare a copy of each (BENCHMARKS.md, `prove`).
             sqlx::query("PRAGMA page_size=65536").execute(&pool).await?;
             sqlx::query("PRAGMA mmap_size=268435456")
                 .execute(&pool)

@@ -79,6 +79,17 @@ pub fn chunk_roots(leaves: &[Hash]) -> Vec<Hash> {
         .collect()
 }
 
+/// The root of the tree over `leaves` and its chunk roots, each node hashed once.
+pub fn chunked_root(leaves: &[Hash]) -> (Hash, Vec<Hash>) {
+    let chunks = chunk_roots(leaves);
+    let tree = ChunkedTree {
+        size: leaves.len() as u64,
+        top: merkle::MemTree::new(chunks.clone()),
+        leaf: |i: u64| leaves[i as usize],
+    };
+    (tree.root(), chunks)
+}
+
 /// A record tree known by its chunk roots, its leaves computed on demand by `leaf(index)`.
 /// Inclusion paths then cost one chunk's leaves and the chunk roots, not the whole tree.
 #[derive(Debug)]
@@ -447,6 +458,7 @@ mod tests {
                 t.root(),
                 records_root(records.iter().map(|(i, c)| (i.as_str(), c)))
             );
+            assert_eq!(chunked_root(&leaves), (t.root(), chunk_roots(&leaves)));
             assert!(ChunkedTree::new(n + 256, chunk_roots(&leaves), leaf).is_none());
             for i in [0, 1, n / 2, n.saturating_sub(2), n.saturating_sub(1)] {
                 if i >= n {
