@@ -4,11 +4,11 @@ use crate::StateArgs;
 use crate::ledger_cmd::load_verifier;
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
-use sealtrail_engine::custody::{self, BatchCustody, GROUP, RowIds};
+use sealtrail_engine::custody::{self, CustodyView, GROUP, RowIds};
 use sealtrail_engine::state::{CustodyRef, StateStore};
 use sealtrail_ledger::custody::{
-    BUNDLE_FORMAT, Bundle, ChunkedTree, Contributor, EntryProof, GROUP_ID_PREFIX, RowProof,
-    commitment, inclusions,
+    BUNDLE_FORMAT, Bundle, ChunkedTree, Contributor, EntryProof, GROUP_ID_PREFIX, Inclusion,
+    RowProof, commitment, inclusions,
 };
 use sealtrail_ledger::entry::{Entry, Event, Hash};
 use sealtrail_ledger::merkle;
@@ -148,9 +148,24 @@ fn find_rows(files: &[PathBuf], sel: &RowSelector) -> Result<Vec<FoundRow>> {
 /// Where a delivered row sits in the stored custody records.
 struct Located {
     at: CustodyRef,
-    custody: BatchCustody,
+    /// The batch's stored custody record (read in place with [`CustodyView`]).
+    record: Vec<u8>,
     sink_index: usize,
     row_index: usize,
+}
+
+impl Located {
+    fn view(&self) -> Result<CustodyView<'_>> {
+        CustodyView::parse(&self.record).ok_or_else(|| damaged(&self.at))
+    }
+}
+
+fn damaged(r: &CustodyRef) -> anyhow::Error {
+    anyhow!(
+        "the custody record of run {} batch {} is damaged",
+        r.run_id,
+        r.batch
+    )
 }
 
 async fn locate(st: &StateStore, pipeline: &str, sink: &str, row: &FoundRow) -> Result<Located> {
@@ -166,33 +181,28 @@ async fn locate(st: &StateStore, pipeline: &str, sink: &str, row: &FoundRow) -> 
         .custody_index(pipeline, Some((source, key, pos.parse().ok())))
         .await?;
     for r in refs {
-        let c = BatchCustody::decode(&st.custody(&r).await?).ok_or_else(|| {
-            anyhow!(
-                "the custody record of run {} batch {} is damaged",
-                r.run_id,
-                r.batch
-            )
-        })?;
-        let Some(s) = c.outputs.iter().position(|o| o.sink == sink) else {
+        let record = st.custody(&r).await?;
+        let c = CustodyView::parse(&record).ok_or_else(|| damaged(&r))?;
+        let Some((s, o)) = c.sink(sink) else {
             continue;
         };
-        let o = &c.outputs[s];
         let j = if grouped {
-            o.rows
-                .iter()
-                .position(|(k, _)| k & GROUP != 0 && c.row_id(o, *k) == *id)
+            (0..o.len()).find(|&j| {
+                let k = o.row(j).0;
+                k & GROUP != 0 && c.row_id(o, k) == *id
+            })
         } else {
-            let Some(k) = c.input.iter().position(|(i, _)| i == id) else {
+            let Some(k) = c.find_input(id) else {
                 continue;
             };
-            o.rows.iter().position(|(i, _)| *i as usize == k)
+            o.position(k as u32)
         };
         let Some(j) = j else {
             continue;
         };
         return Ok(Located {
             at: r,
-            custody: c,
+            record,
             sink_index: s,
             row_index: j,
         });
@@ -200,6 +210,130 @@ async fn locate(st: &StateStore, pipeline: &str, sink: &str, row: &FoundRow) -> 
     bail!(
         "no committed batch of pipeline `{pipeline}` delivered record {id} to sink `{sink}` (it may have been quarantined, or loaded under another state store)"
     )
+}
+
+/// A row's inclusions in its batch's trees.
+struct Parts {
+    delivered: Hash,
+    /// The input record's inclusion (one record per row) ...
+    input: Option<Inclusion>,
+    /// ... or every contributor's (a row of an aggregation).
+    inputs: Vec<Contributor>,
+    output: Inclusion,
+}
+
+/// The row's proof parts from its batch's whole custody record.
+fn full_parts(loc: &Located) -> Result<Parts> {
+    let c = loc.view()?;
+    let sc = &c.sinks()[loc.sink_index];
+    let (row_key, delivered) = sc.row(loc.row_index);
+    let members = sc.members(row_key);
+    let wanted: Vec<(u64, Hash)> = members
+        .iter()
+        .map(|&k| (k as u64, c.input(k as usize).1))
+        .collect();
+    // Custody records keep the trees' chunk roots: a path then hashes one chunk's leaves.
+    // Records written before they were kept rebuild the whole trees, side by side.
+    let input_tree = ChunkedTree::new(c.inputs() as u64, c.input_chunks(), |i| {
+        c.input_leaf(i as usize)
+    });
+    let output_tree = ChunkedTree::new(sc.len() as u64, sc.chunks(), |j| {
+        c.output_leaf(sc, j as usize)
+    });
+    let (mut found, output) = match (input_tree, output_tree) {
+        (Some(it), Some(ot)) => (
+            wanted
+                .iter()
+                .map(|(k, h)| it.inclusion(*k, h))
+                .collect::<Result<Vec<_>, _>>()?,
+            ot.inclusion(loc.row_index as u64, &delivered)?,
+        ),
+        _ => {
+            let (found, output) = std::thread::scope(|s| {
+                let input = s.spawn(|| {
+                    let leaves: Vec<Hash> = (0..c.inputs()).map(|i| c.input_leaf(i)).collect();
+                    inclusions(leaves, &wanted)
+                });
+                let leaves: Vec<Hash> = (0..sc.len()).map(|j| c.output_leaf(sc, j)).collect();
+                let output = inclusions(leaves, &[(loc.row_index as u64, delivered)]);
+                (input.join(), output)
+            });
+            (
+                found.map_err(|_| anyhow!("building the batch's input tree panicked"))??,
+                output?.remove(0),
+            )
+        }
+    };
+    let (input, inputs) = if row_key & GROUP != 0 {
+        let list = members
+            .iter()
+            .zip(found)
+            .map(|(&k, inclusion)| Contributor {
+                id: c.input(k as usize).0.to_string(),
+                inclusion,
+            })
+            .collect();
+        (None, list)
+    } else {
+        (Some(found.remove(0)), Vec::new())
+    };
+
+    Ok(Parts {
+        delivered,
+        input,
+        inputs,
+        output,
+    })
+}
+
+/// Reads a stored custody record in ranges.
+struct StoredRecord<'a> {
+    st: &'a StateStore,
+    at: &'a CustodyRef,
+    /// Bytes read so far.
+    read: usize,
+}
+
+impl custody::RangeRead for StoredRecord<'_> {
+    type Error = anyhow::Error;
+    async fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let got = self.st.custody_range(self.at, offset, len).await?;
+        self.read += got.len();
+        Ok(got)
+    }
+}
+
+/// The proof parts of record `id`'s row of `sink` read from the newest batch that holds the
+/// record, in ranges; `None` when they do not answer (see [`custody::partial_proof`]).
+async fn fast_proof(
+    st: &StateStore,
+    pipeline: &str,
+    sink: &str,
+    id: &str,
+) -> Result<Option<(CustodyRef, custody::PartialProof)>> {
+    let Some((source, key, pos)) = custody::parse_id(id) else {
+        return Ok(None);
+    };
+    let Ok(pos) = pos.parse::<u64>() else {
+        return Ok(None);
+    };
+    let refs = st
+        .custody_index(pipeline, Some((source, key, Some(pos))))
+        .await?;
+    let Some(at) = refs.into_iter().next() else {
+        return Ok(None);
+    };
+    let mut rec = StoredRecord {
+        st,
+        at: &at,
+        read: 0,
+    };
+    let got = custody::partial_proof(&mut rec, id, sink).await?;
+    match &got {
+        Some(_) => tracing::debug!(bytes = rec.read, "custody record read in parts"),
+        None => tracing::debug!("custody record parts do not answer: reading it whole"),
+    }
+    Ok(got.map(|pp| (at, pp)))
 }
 
 pub async fn prove(
@@ -215,25 +349,35 @@ pub async fn prove(
     let files = sealtrail_connectors::sink::sink_files(&sk.name, &sk.target).await?;
     let st = StateStore::open(&state.url(&home)).await?;
     // Given a record's lineage id, the custody records name the batch that delivered it, and
-    // a Parquet sink names its files by batch: read that one file, not the whole table.
+    // a Parquet sink names its files by batch: read that one file, not the whole table. The
+    // batch's record is read in the parts a proof needs (a few KB of megabytes) when it can
+    // be; otherwise whole.
+    let mut fast = None;
     let early = match &sel.id {
         Some(id) if !id.starts_with(GROUP_ID_PREFIX) => {
-            let stub = FoundRow {
-                id: id.clone(),
-                members: vec![id.clone()],
-                canonical: String::new(),
-            };
-            Some(locate(&st, &p.name, sink, &stub).await?)
+            fast = fast_proof(&st, &p.name, sink, id).await?;
+            if fast.is_some() {
+                None
+            } else {
+                let stub = FoundRow {
+                    id: id.clone(),
+                    members: vec![id.clone()],
+                    canonical: String::new(),
+                };
+                Some(locate(&st, &p.name, sink, &stub).await?)
+            }
         }
         _ => None,
     };
-    let files = match &early {
-        Some(loc) => {
-            let want = sealtrail_connectors::sink::batch_file_name(
-                &loc.at.run_id,
-                &loc.at.source,
-                loc.at.batch,
-            );
+    let place = match (&fast, &early) {
+        (Some((at, pp)), _) => Some((at, pp.row_index)),
+        (None, Some(loc)) => Some((&loc.at, loc.row_index)),
+        _ => None,
+    };
+    let files = match place {
+        Some((at, _)) => {
+            let want =
+                sealtrail_connectors::sink::batch_file_name(&at.run_id, &at.source, at.batch);
             let hit: Vec<PathBuf> = files
                 .iter()
                 .filter(|f| f.file_name().is_some_and(|n| n.to_string_lossy() == want))
@@ -245,8 +389,8 @@ pub async fn prove(
     };
     // The batch's file holds the sink's rows of the batch in custody order: try the row's
     // own place first (one page per column read), and search only if it is not there.
-    let direct = match (&early, files.as_slice(), &sel.id) {
-        (Some(loc), [file], Some(id)) => row_at(file, loc.row_index, id)?,
+    let direct = match (place, files.as_slice(), &sel.id) {
+        (Some((_, row)), [file], Some(id)) => row_at(file, row, id)?,
         _ => None,
     };
     let rows = match direct {
@@ -266,80 +410,40 @@ pub async fn prove(
                 .join(", ")
         ),
     };
-    let loc = match early {
-        Some(loc) => loc,
-        None => locate(&st, &p.name, sink, row).await?,
+    let (at, parts) = match fast {
+        Some((at, pp)) => (
+            at,
+            Parts {
+                delivered: pp.delivered,
+                input: Some(pp.input),
+                inputs: Vec::new(),
+                output: pp.output,
+            },
+        ),
+        None => {
+            let loc = match early {
+                Some(loc) => loc,
+                None => locate(&st, &p.name, sink, row).await?,
+            };
+            let parts = full_parts(&loc)?;
+            (loc.at, parts)
+        }
     };
-    let c = &loc.custody;
-    let (row_key, delivered) = c.outputs[loc.sink_index].rows[loc.row_index];
     let now = commitment(row.canonical.as_bytes());
-    if !merkle::ct_eq(&now, &delivered) {
+    if !merkle::ct_eq(&now, &parts.delivered) {
         eprintln!(
             "row {} of sink `{sink}` is not the row that was delivered: its commitment differs (it was changed after loading); `sealtrail audit` lists every such row",
             row.id
         );
         return Ok(TAMPERED);
     }
-    let seq = loc.at.ledger_seq.ok_or_else(|| {
+    let seq = at.ledger_seq.ok_or_else(|| {
         anyhow!(
             "batch {} of run {} has no ledger entry recorded (was it run with another audit sink?)",
-            loc.at.batch,
-            loc.at.run_id
+            at.batch,
+            at.run_id
         )
     })?;
-
-    let sc = &c.outputs[loc.sink_index];
-    let members = BatchCustody::members(sc, row_key);
-    let wanted: Vec<(u64, Hash)> = members
-        .iter()
-        .map(|&k| (k as u64, c.input[k as usize].1))
-        .collect();
-    // Custody records keep the trees' chunk roots: a path then hashes one chunk's leaves.
-    // Records written before they were kept rebuild the whole trees, side by side.
-    let input_tree = ChunkedTree::new(c.input.len() as u64, c.input_chunks.clone(), |i| {
-        c.input_leaf(i as usize)
-    });
-    let output_tree = ChunkedTree::new(sc.rows.len() as u64, sc.chunks.clone(), |j| {
-        c.output_leaf(sc, j as usize)
-    });
-    let (mut found, output) = match (input_tree, output_tree) {
-        (Some(it), Some(ot)) => (
-            wanted
-                .iter()
-                .map(|(k, h)| it.inclusion(*k, h))
-                .collect::<Result<Vec<_>, _>>()?,
-            ot.inclusion(loc.row_index as u64, &delivered)?,
-        ),
-        _ => {
-            let (found, output) = std::thread::scope(|s| {
-                let input = s.spawn(|| {
-                    let leaves: Vec<Hash> = (0..c.input.len()).map(|i| c.input_leaf(i)).collect();
-                    inclusions(leaves, &wanted)
-                });
-                let leaves: Vec<Hash> = (0..sc.rows.len()).map(|j| c.output_leaf(sc, j)).collect();
-                let output = inclusions(leaves, &[(loc.row_index as u64, delivered)]);
-                (input.join(), output)
-            });
-            (
-                found.map_err(|_| anyhow!("building the batch's input tree panicked"))??,
-                output?.remove(0),
-            )
-        }
-    };
-    let (input, inputs) = if row_key & GROUP != 0 {
-        let list = members
-            .iter()
-            .zip(found)
-            .map(|(&k, inclusion)| Contributor {
-                id: c.input[k as usize].0.clone(),
-                inclusion,
-            })
-            .collect();
-        (None, list)
-    } else {
-        (Some(found.remove(0)), Vec::new())
-    };
-
     let verifier = load_verifier(&home, None)?;
     let (dir, _guard) = state.ledger.readable(&home)?;
     let (cp, note) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
@@ -351,16 +455,16 @@ pub async fn prove(
         format: BUNDLE_FORMAT.into(),
         id: row.id.clone(),
         pipeline: p.name.clone(),
-        run_id: loc.at.run_id.clone(),
-        source: loc.at.source.clone(),
-        batch: loc.at.batch,
+        run_id: at.run_id.clone(),
+        source: at.source.clone(),
+        batch: at.batch,
         output: RowProof {
             sink: sink.to_string(),
             canonical: row.canonical.clone(),
-            inclusion: output,
+            inclusion: parts.output,
         },
-        input,
-        inputs,
+        input: parts.input,
+        inputs: parts.inputs,
         entry: EntryProof {
             index: seq,
             bytes: base64::engine::general_purpose::STANDARD.encode(&bytes),
@@ -383,8 +487,8 @@ pub async fn prove(
                 "wrote the proof of row {} of sink `{sink}` to {} (batch {} of run {}, ledger entry {seq} under the checkpoint of size {})",
                 row.id,
                 path.display(),
-                loc.at.batch,
-                loc.at.run_id,
+                at.batch,
+                at.run_id,
                 cp.size
             );
         }
@@ -604,12 +708,12 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     let mut batches = 0u64;
     let mut bad_records = Vec::new();
     for r in st.custody_index(&p.name, None).await? {
-        let c = BatchCustody::decode(&st.custody(&r).await?);
-        let (Some(c), Some(seq)) = (c, r.ledger_seq) else {
+        let record = st.custody(&r).await?;
+        let (Some(c), Some(seq)) = (CustodyView::parse(&record), r.ledger_seq) else {
             bad_records.push(format!("run {} batch {}", r.run_id, r.batch));
             continue;
         };
-        let Some(sc) = c.outputs.iter().find(|o| o.sink == sink) else {
+        let Some((_, sc)) = c.sink(sink) else {
             continue;
         };
         let bytes = tiles::read_entry(&dir, cp.size, seq)?;
@@ -631,7 +735,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
                     (run_id, source, batch) == (r.run_id.clone(), r.source.clone(), r.batch)
                         && outputs.iter().any(|o| {
                             o.sink == sink
-                                && o.rows == sc.rows.len() as u64
+                                && o.rows == sc.len() as u64
                                 && merkle::ct_eq(&o.root, &c.output_root(sc))
                         })
                 }
@@ -642,8 +746,9 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             continue;
         }
         batches += 1;
-        for (k, h) in &sc.rows {
-            expected.entry(c.row_id(sc, *k)).or_default().push(*h);
+        for j in 0..sc.len() {
+            let (k, h) = sc.row(j);
+            expected.entry(c.row_id(sc, k)).or_default().push(h);
         }
     }
     if !bad_records.is_empty() {
@@ -862,10 +967,11 @@ pub async fn lineage(
     let ledger = state.ledger.readable(&home).ok();
     let mut found = 0;
     for r in refs {
-        let Some(c) = BatchCustody::decode(&st.custody(&r).await?) else {
+        let record = st.custody(&r).await?;
+        let Some(c) = CustodyView::parse(&record) else {
             continue;
         };
-        let Some(k) = c.input.iter().position(|(i, _)| i == id) else {
+        let Some(k) = c.find_input(id) else {
             continue;
         };
         found += 1;
@@ -874,7 +980,7 @@ pub async fn lineage(
             r.run_id,
             r.batch,
             r.source,
-            hex::encode(c.input[k].1)
+            hex::encode(c.input(k).1)
         );
         // The versions in force, from the signed batch entry itself.
         let entry = match (&verifier, &ledger, r.ledger_seq) {
@@ -912,15 +1018,13 @@ pub async fn lineage(
         }
         outln!("  approval: none recorded (approvals come with the control plane)");
         let mut delivered = false;
-        for o in &c.outputs {
-            let Some(j) = o
-                .rows
-                .iter()
-                .position(|(i, _)| BatchCustody::members(o, *i).contains(&(k as u32)))
+        for o in c.sinks() {
+            let Some(j) = (0..o.len()).find(|&j| o.members(o.row(j).0).contains(&(k as u32)))
             else {
                 continue;
             };
-            let grouped = o.rows[j].0 & GROUP != 0;
+            let (key, commitment) = o.row(j);
+            let grouped = key & GROUP != 0;
             delivered = true;
             let path = p
                 .sinks
@@ -930,14 +1034,14 @@ pub async fn lineage(
                 .unwrap_or_else(|| format!("sink {}", o.sink));
             outln!(
                 "  -> {path}: row {j} of the batch, commitment {}",
-                hex::encode(o.rows[j].1)
+                hex::encode(commitment)
             );
             if grouped {
-                let n = BatchCustody::members(o, o.rows[j].0).len();
+                let n = o.members(key).len();
                 outln!(
                     "     aggregated with {} other record(s) into row {}",
                     n - 1,
-                    c.row_id(o, o.rows[j].0)
+                    c.row_id(o, key)
                 );
             }
         }

@@ -14,7 +14,10 @@
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema, TimeUnit};
 use sealtrail_core::record::PosKind;
-use sealtrail_ledger::custody::{chunked_root, commitment, group_id, record_leaf, records_root};
+use sealtrail_ledger::custody::{
+    CHUNK_LEAVES, ChunkedTree, Inclusion, chunked_root, commitment, group_id, record_leaf,
+    records_root,
+};
 use sealtrail_ledger::entry::Hash;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -696,143 +699,669 @@ impl BatchCustody {
         }
     }
 
-    /// Binary form (version 3), stored with the batch's commit:
-    /// `u8 3 | u32 n | n × (u16 len, id, [32]) | u32 s | s × (u16 len, sink, u32 m, m × (u32, [32]),
+    /// Binary form (version 4), stored with the batch's commit: `u8 4 | u32 h | head (h
+    /// bytes, a [`CustodyHead`]) | body`, the body being
+    /// `u32 n | n × (u16 len, id, [32]) | u32 s | s × (u16 len, sink, u32 m, m × (u32, [32]),
     /// u32 g, g × (u32 c, c × u32)) | u32 k, k × [32] | s × (u32 k, k × [32])`, the last two
-    /// being the chunk roots of the input tree and of each sink's tree. Versions 1 (no groups)
-    /// and 2 (no chunk roots) still decode.
+    /// being the chunk roots of the input tree and of each sink's tree. Versions 1 (no groups),
+    /// 2 (no chunk roots) and 3 (no head: `u8 3 | body`) still decode.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + self.input.len() * 64);
-        out.push(3);
-        out.extend_from_slice(&(self.input.len() as u32).to_be_bytes());
-        for (id, c) in &self.input {
-            out.extend_from_slice(&(id.len() as u16).to_be_bytes());
-            out.extend_from_slice(id.as_bytes());
-            out.extend_from_slice(c);
-        }
-        out.extend_from_slice(&(self.outputs.len() as u32).to_be_bytes());
-        for s in &self.outputs {
-            out.extend_from_slice(&(s.sink.len() as u16).to_be_bytes());
-            out.extend_from_slice(s.sink.as_bytes());
-            out.extend_from_slice(&(s.rows.len() as u32).to_be_bytes());
-            for (k, c) in &s.rows {
-                out.extend_from_slice(&k.to_be_bytes());
-                out.extend_from_slice(c);
+        let mut body = Vec::with_capacity(8 + self.input.len() * 64);
+        let mut head = CustodyHead {
+            inputs: self.input.len() as u32,
+            ..Default::default()
+        };
+        body.extend_from_slice(&(self.input.len() as u32).to_be_bytes());
+        for (i, (id, c)) in self.input.iter().enumerate() {
+            if i % CHUNK_LEAVES == 0 {
+                head.input_chunks.push((body.len() as u32, id_position(id)));
             }
-            out.extend_from_slice(&(s.groups.len() as u32).to_be_bytes());
+            body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+            body.extend_from_slice(id.as_bytes());
+            body.extend_from_slice(c);
+        }
+        head.inputs_end = body.len() as u32;
+        body.extend_from_slice(&(self.outputs.len() as u32).to_be_bytes());
+        for s in &self.outputs {
+            body.extend_from_slice(&(s.sink.len() as u16).to_be_bytes());
+            body.extend_from_slice(s.sink.as_bytes());
+            body.extend_from_slice(&(s.rows.len() as u32).to_be_bytes());
+            head.sinks.push(SinkHead {
+                sink: s.sink.clone(),
+                rows: s.rows.len() as u32,
+                rows_at: body.len() as u32,
+                groups: s.groups.len() as u32,
+                first_keys: s.rows.iter().step_by(CHUNK_LEAVES).map(|r| r.0).collect(),
+            });
+            for (k, c) in &s.rows {
+                body.extend_from_slice(&k.to_be_bytes());
+                body.extend_from_slice(c);
+            }
+            body.extend_from_slice(&(s.groups.len() as u32).to_be_bytes());
             for g in &s.groups {
-                out.extend_from_slice(&(g.len() as u32).to_be_bytes());
+                body.extend_from_slice(&(g.len() as u32).to_be_bytes());
                 for k in g {
-                    out.extend_from_slice(&k.to_be_bytes());
+                    body.extend_from_slice(&k.to_be_bytes());
                 }
             }
         }
+        head.roots_at = body.len() as u32;
         let chunks = |out: &mut Vec<u8>, c: &[Hash]| {
             out.extend_from_slice(&(c.len() as u32).to_be_bytes());
             c.iter().for_each(|h| out.extend_from_slice(h));
         };
-        chunks(&mut out, &self.input_chunks);
+        chunks(&mut body, &self.input_chunks);
         for s in &self.outputs {
-            chunks(&mut out, &s.chunks);
+            chunks(&mut body, &s.chunks);
         }
+        let head = head.encode();
+        let mut out = Vec::with_capacity(5 + head.len() + body.len());
+        out.push(4);
+        out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+        out.extend_from_slice(&head);
+        out.extend_from_slice(&body);
         out
     }
 
+    /// Decodes a stored record into owned form (see [`CustodyView`] to read one in place).
     pub fn decode(b: &[u8]) -> Option<Self> {
-        struct R<'a>(&'a [u8]);
-        impl<'a> R<'a> {
-            fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-                (self.0.len() >= n).then(|| {
-                    let (a, b) = self.0.split_at(n);
-                    self.0 = b;
-                    a
-                })
+        CustodyView::parse(b).map(|v| v.to_owned())
+    }
+}
+
+/// A stored custody record read in place: the structure is checked and indexed once, and
+/// ids and commitments are read from the stored bytes when asked for. `prove` reads one row
+/// of a 65,536-record batch this way without materialising the batch's 65,536 ids.
+#[derive(Debug)]
+pub struct CustodyView<'a> {
+    bytes: &'a [u8],
+    /// Byte offset of each input record's entry (`u16 len, id, [32]`).
+    input_at: Vec<u32>,
+    sinks: Vec<SinkView<'a>>,
+    input_chunks: &'a [u8],
+}
+
+/// One sink's part of a [`CustodyView`].
+#[derive(Debug)]
+pub struct SinkView<'a> {
+    pub sink: &'a str,
+    /// `m × (u32 index, [32] commitment)`.
+    rows: &'a [u8],
+    /// The contributing input records of each many-to-one row (as [`SinkCustody::groups`]).
+    pub groups: Vec<Vec<u32>>,
+    chunks: &'a [u8],
+}
+
+/// Bounds-checked reads from a stored record.
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u16(&mut self) -> Option<usize> {
+        self.take(2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn str(&mut self) -> Option<&'a str> {
+        let n = self.u16()?;
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+    /// `count × size` bytes (overflow-checked: the count comes from untrusted bytes).
+    fn array(&mut self, count: u32, size: usize) -> Option<&'a [u8]> {
+        self.take((count as usize).checked_mul(size)?)
+    }
+}
+
+fn hash_at(b: &[u8], at: usize) -> Hash {
+    b[at..at + 32].try_into().expect("32 bytes")
+}
+
+fn hashes(b: &[u8]) -> Vec<Hash> {
+    b.chunks_exact(32)
+        .map(|h| h.try_into().expect("32 bytes"))
+        .collect()
+}
+
+impl<'a> CustodyView<'a> {
+    /// Checks the structure of a stored record (any version, see [`BatchCustody::encode`]) and
+    /// indexes it: every id is UTF-8 and every row names a record (or a non-empty group) of the
+    /// batch. `None` for anything else: the record is damaged.
+    pub fn parse(b: &'a [u8]) -> Option<Self> {
+        let version = *b.first()?;
+        let start = match version {
+            1..=3 => 1,
+            // The head is an index into the body (which is version 3's): it must decode, and
+            // is not otherwise needed to read the whole record.
+            4 => {
+                let h = u32::from_be_bytes(b.get(1..5)?.try_into().ok()?) as usize;
+                CustodyHead::decode(b.get(5..h.checked_add(5)?)?)?;
+                h + 5
             }
-            fn u16(&mut self) -> Option<usize> {
-                self.take(2)
-                    .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
-            }
-            fn u32(&mut self) -> Option<u32> {
-                self.take(4)
-                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            }
-            fn hash(&mut self) -> Option<Hash> {
-                self.take(32)?.try_into().ok()
-            }
-            fn str(&mut self) -> Option<String> {
-                let n = self.u16()?;
-                String::from_utf8(self.take(n)?.to_vec()).ok()
-            }
-        }
-        let mut r = R(b);
-        let version = r.take(1)?[0];
-        if !(1..=3).contains(&version) {
-            return None;
-        }
-        let n = r.u32()? as usize;
-        let mut input = Vec::with_capacity(n.min(b.len() / 34));
+            _ => return None,
+        };
+        let mut r = Reader { b, at: start };
+        let n = r.u32()?;
+        // Each entry takes at least 34 bytes: a count beyond that is damage, not a reason to
+        // reserve memory.
+        let mut input_at = Vec::with_capacity((n as usize).min(b.len() / 34));
         for _ in 0..n {
-            input.push((r.str()?, r.hash()?));
+            input_at.push(u32::try_from(r.at).ok()?);
+            let len = r.u16()?;
+            std::str::from_utf8(r.take(len)?).ok()?;
+            r.take(32)?;
         }
-        let s = r.u32()? as usize;
-        let mut outputs = Vec::new();
-        for _ in 0..s {
+        let mut sinks = Vec::new();
+        for _ in 0..r.u32()? {
             let sink = r.str()?;
-            let m = r.u32()? as usize;
-            let mut rows = Vec::with_capacity(m.min(b.len() / 36));
-            for _ in 0..m {
-                rows.push((r.u32()?, r.hash()?));
-            }
+            let m = r.u32()?;
+            let rows = r.array(m, 36)?;
             let mut groups = Vec::new();
             for _ in 0..if version >= 2 { r.u32()? } else { 0 } {
-                let c = r.u32()? as usize;
-                let mut g = Vec::with_capacity(c.min(b.len() / 4));
-                for _ in 0..c {
-                    g.push(r.u32()?);
-                }
-                groups.push(g);
+                let c = r.u32()?;
+                let g = r.array(c, 4)?;
+                groups.push(
+                    g.chunks_exact(4)
+                        .map(|k| u32::from_be_bytes([k[0], k[1], k[2], k[3]]))
+                        .collect::<Vec<_>>(),
+                );
             }
-            let in_input = |k: &u32| (*k as usize) < input.len();
-            let valid = |k: &u32| {
+            let in_input = |k: &u32| *k < n;
+            let valid = rows.chunks_exact(36).all(|row| {
+                let k = u32::from_be_bytes([row[0], row[1], row[2], row[3]]);
                 if k & GROUP != 0 {
                     groups
                         .get((k & !GROUP) as usize)
                         .is_some_and(|g| !g.is_empty())
                 } else {
-                    in_input(k)
+                    in_input(&k)
                 }
-            };
-            if !rows.iter().all(|(k, _)| valid(k)) || !groups.iter().flatten().all(in_input) {
+            });
+            if !valid || !groups.iter().flatten().all(in_input) {
                 return None;
             }
-            outputs.push(SinkCustody {
+            sinks.push(SinkView {
                 sink,
                 rows,
                 groups,
-                chunks: Vec::new(),
+                chunks: &[],
             });
         }
-        let mut chunks = || -> Option<Vec<Hash>> {
-            let k = r.u32()? as usize;
-            let mut c = Vec::with_capacity(k.min(b.len() / 32));
-            for _ in 0..k {
-                c.push(r.hash()?);
-            }
-            Some(c)
-        };
-        let mut input_chunks = Vec::new();
+        let mut input_chunks: &[u8] = &[];
         if version >= 3 {
-            input_chunks = chunks()?;
-            for o in &mut outputs {
-                o.chunks = chunks()?;
+            let k = r.u32()?;
+            input_chunks = r.array(k, 32)?;
+            for s in &mut sinks {
+                let k = r.u32()?;
+                s.chunks = r.array(k, 32)?;
             }
         }
-        r.0.is_empty().then_some(BatchCustody {
-            input,
-            outputs,
+        (r.at == b.len()).then_some(Self {
+            bytes: b,
+            input_at,
+            sinks,
             input_chunks,
         })
     }
+
+    /// The number of input records.
+    pub fn inputs(&self) -> usize {
+        self.input_at.len()
+    }
+
+    /// Input record `i`: its lineage id and commitment.
+    pub fn input(&self, i: usize) -> (&'a str, Hash) {
+        let at = self.input_at[i] as usize;
+        let len = u16::from_be_bytes([self.bytes[at], self.bytes[at + 1]]) as usize;
+        let id = &self.bytes[at + 2..at + 2 + len];
+        // Checked in `parse`.
+        let id = std::str::from_utf8(id).unwrap_or_default();
+        (id, hash_at(self.bytes, at + 2 + len))
+    }
+
+    /// The index of the input record with lineage id `id`.
+    pub fn find_input(&self, id: &str) -> Option<usize> {
+        let want = id.as_bytes();
+        self.input_at.iter().position(|&at| {
+            let at = at as usize;
+            let len = u16::from_be_bytes([self.bytes[at], self.bytes[at + 1]]) as usize;
+            &self.bytes[at + 2..at + 2 + len] == want
+        })
+    }
+
+    pub fn sinks(&self) -> &[SinkView<'a>] {
+        &self.sinks
+    }
+
+    /// The part of sink `name`, with its index in the record.
+    pub fn sink(&self, name: &str) -> Option<(usize, &SinkView<'a>)> {
+        self.sinks.iter().enumerate().find(|(_, s)| s.sink == name)
+    }
+
+    /// Chunk roots of the input tree (empty in records written before they were kept).
+    pub fn input_chunks(&self) -> Vec<Hash> {
+        hashes(self.input_chunks)
+    }
+
+    /// The leaf of input record `i`.
+    pub fn input_leaf(&self, i: usize) -> Hash {
+        let (id, c) = self.input(i);
+        record_leaf(id, &c)
+    }
+
+    /// The leaf of row `j` of sink `s`.
+    pub fn output_leaf(&self, s: &SinkView<'_>, j: usize) -> Hash {
+        let (k, c) = s.row(j);
+        if k & GROUP != 0 {
+            record_leaf(&self.row_id(s, k), &c)
+        } else {
+            record_leaf(self.input(k as usize).0, &c)
+        }
+    }
+
+    /// The lineage id of a row of sink `s` with index `k`: its record's id, or the group id.
+    pub fn row_id(&self, s: &SinkView<'_>, k: u32) -> String {
+        if k & GROUP != 0 {
+            group_id(
+                s.groups[(k & !GROUP) as usize]
+                    .iter()
+                    .map(|&i| self.input(i as usize).0),
+            )
+        } else {
+            self.input(k as usize).0.to_string()
+        }
+    }
+
+    /// The Merkle root of sink `s`'s rows (what its batch's ledger entry holds).
+    pub fn output_root(&self, s: &SinkView<'_>) -> Hash {
+        let mut r = sealtrail_ledger::merkle::CompactRange::default();
+        for j in 0..s.len() {
+            r.push(self.output_leaf(s, j));
+        }
+        r.root()
+    }
+
+    /// The record in owned form.
+    pub fn to_owned(&self) -> BatchCustody {
+        BatchCustody {
+            input: (0..self.inputs())
+                .map(|i| {
+                    let (id, c) = self.input(i);
+                    (id.to_string(), c)
+                })
+                .collect(),
+            outputs: self
+                .sinks
+                .iter()
+                .map(|s| SinkCustody {
+                    sink: s.sink.to_string(),
+                    rows: (0..s.len()).map(|j| s.row(j)).collect(),
+                    groups: s.groups.clone(),
+                    chunks: s.chunks(),
+                })
+                .collect(),
+            input_chunks: self.input_chunks(),
+        }
+    }
+}
+
+impl SinkView<'_> {
+    /// The number of rows the batch delivered to the sink.
+    pub fn len(&self) -> usize {
+        self.rows.len() / 36
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Row `j`: (index into the input, or [`GROUP`] + group; output commitment).
+    pub fn row(&self, j: usize) -> (u32, Hash) {
+        let r = &self.rows[j * 36..j * 36 + 36];
+        (u32::from_be_bytes([r[0], r[1], r[2], r[3]]), hash_at(r, 4))
+    }
+
+    /// The input records (indexes into the input) behind row index `k`.
+    pub fn members(&self, k: u32) -> Vec<u32> {
+        if k & GROUP != 0 {
+            self.groups[(k & !GROUP) as usize].clone()
+        } else {
+            vec![k]
+        }
+    }
+
+    /// The first row whose index is `k`.
+    pub fn position(&self, k: u32) -> Option<usize> {
+        let want = k.to_be_bytes();
+        self.rows.chunks_exact(36).position(|r| r[..4] == want)
+    }
+
+    /// Chunk roots of the sink's tree (empty in records written before they were kept).
+    pub fn chunks(&self) -> Vec<Hash> {
+        hashes(self.chunks)
+    }
+}
+
+/// The numeric position of a lineage id (its line or row number); `u64::MAX` for a key.
+fn id_position(id: &str) -> u64 {
+    parse_id(id)
+        .and_then(|(_, _, p)| p.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// The index at the front of a stored record (version 4): where each chunk of
+/// [`CHUNK_LEAVES`] input records and of each sink's rows sits in the body, so that proving
+/// one row reads a few kilobytes of a record of megabytes ([`partial_proof`]). Offsets count
+/// from the start of the body. Nothing in it is trusted: a reader checks the id it finds, and
+/// every proof is verified against the signed ledger before it is handed out.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CustodyHead {
+    pub inputs: u32,
+    /// Per chunk of input records: (offset of its first entry, that record's position, or
+    /// `u64::MAX` when its id ends in a key).
+    pub input_chunks: Vec<(u32, u64)>,
+    /// Offset just past the last input entry.
+    pub inputs_end: u32,
+    /// Offset of the chunk roots (the input tree's, then each sink's, each with its count).
+    pub roots_at: u32,
+    pub sinks: Vec<SinkHead>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SinkHead {
+    pub sink: String,
+    pub rows: u32,
+    /// Offset of the first row (`u32 index, [32] commitment`, 36 bytes each).
+    pub rows_at: u32,
+    /// Many-to-one rows (read whole: [`partial_proof`] leaves them to the full reader).
+    pub groups: u32,
+    /// The input index of the first row of each chunk of rows.
+    pub first_keys: Vec<u32>,
+}
+
+/// Bytes of a stored record's front that hold the head of a batch of 65,536 records with a
+/// few sinks: what [`partial_proof`] reads first.
+const HEAD_GUESS: u64 = 8 * 1024;
+
+impl CustodyHead {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.input_chunks.len() * 12);
+        out.extend_from_slice(&self.inputs.to_be_bytes());
+        out.extend_from_slice(&(self.input_chunks.len() as u32).to_be_bytes());
+        for (at, pos) in &self.input_chunks {
+            out.extend_from_slice(&at.to_be_bytes());
+            out.extend_from_slice(&pos.to_be_bytes());
+        }
+        out.extend_from_slice(&self.inputs_end.to_be_bytes());
+        out.extend_from_slice(&self.roots_at.to_be_bytes());
+        out.extend_from_slice(&(self.sinks.len() as u32).to_be_bytes());
+        for s in &self.sinks {
+            out.extend_from_slice(&(s.sink.len() as u16).to_be_bytes());
+            out.extend_from_slice(s.sink.as_bytes());
+            for v in [s.rows, s.rows_at, s.groups, s.first_keys.len() as u32] {
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+            for k in &s.first_keys {
+                out.extend_from_slice(&k.to_be_bytes());
+            }
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        let mut r = Reader { b, at: 0 };
+        let inputs = r.u32()?;
+        let c = r.u32()?;
+        let mut input_chunks = Vec::with_capacity((c as usize).min(b.len() / 12));
+        for _ in 0..c {
+            let at = r.u32()?;
+            let pos = u64::from_be_bytes(r.take(8)?.try_into().ok()?);
+            input_chunks.push((at, pos));
+        }
+        let (inputs_end, roots_at) = (r.u32()?, r.u32()?);
+        let mut sinks = Vec::new();
+        for _ in 0..r.u32()? {
+            let sink = r.str()?.to_string();
+            let (rows, rows_at, groups, k) = (r.u32()?, r.u32()?, r.u32()?, r.u32()?);
+            let first_keys = r
+                .array(k, 4)?
+                .chunks_exact(4)
+                .map(|k| u32::from_be_bytes([k[0], k[1], k[2], k[3]]))
+                .collect();
+            sinks.push(SinkHead {
+                sink,
+                rows,
+                rows_at,
+                groups,
+                first_keys,
+            });
+        }
+        (r.at == b.len()).then_some(Self {
+            inputs,
+            input_chunks,
+            inputs_end,
+            roots_at,
+            sinks,
+        })
+    }
+}
+
+/// One row's inclusion in its batch's input and output trees, read in parts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartialProof {
+    /// The row's place among the sink's rows of the batch.
+    pub row_index: usize,
+    /// The commitment of the row as delivered.
+    pub delivered: Hash,
+    pub input: Inclusion,
+    pub output: Inclusion,
+}
+
+/// Reads bytes `[offset, offset + len)` of a stored record (fewer at its end).
+pub trait RangeRead {
+    type Error;
+    fn read(
+        &mut self,
+        offset: u64,
+        len: u64,
+    ) -> impl std::future::Future<Output = Result<Vec<u8>, Self::Error>>;
+}
+
+/// Input entries starting at input index `first`, parsed from `bytes`.
+fn entries_at(bytes: &[u8], first: usize, into: &mut HashMap<u64, (String, Hash)>) -> Option<()> {
+    let mut r = Reader { b: bytes, at: 0 };
+    let mut i = first as u64;
+    while r.at < bytes.len() {
+        let id = r.str()?.to_string();
+        let c: Hash = r.take(32)?.try_into().ok()?;
+        into.insert(i, (id, c));
+        i += 1;
+    }
+    Some(())
+}
+
+/// The inclusion proofs of the row of sink `sink` that delivered record `id`, read from a
+/// stored record (version 4) in parts: its head, the chunks of input records and rows the
+/// paths hash, and the chunk roots; about 40 KB of a 6 MB record. `Ok(None)` when the parts do
+/// not answer (an older record, rows of an aggregation, an id with a key rather than a
+/// position, the record not delivered to the sink by this batch): the caller then reads the
+/// whole record with [`CustodyView`].
+pub async fn partial_proof<R: RangeRead>(
+    rec: &mut R,
+    id: &str,
+    sink: &str,
+) -> Result<Option<PartialProof>, R::Error> {
+    let pos = id_position(id);
+    let front = rec.read(0, HEAD_GUESS).await?;
+    if front.first() != Some(&4) || front.len() < 5 || pos == u64::MAX {
+        return Ok(None);
+    }
+    let head_len = u32::from_be_bytes([front[1], front[2], front[3], front[4]]) as u64;
+    let body = 5 + head_len;
+    let head_bytes = if body as usize <= front.len() {
+        front[5..body as usize].to_vec()
+    } else {
+        rec.read(5, head_len).await?
+    };
+    let Some(head) = CustodyHead::decode(&head_bytes) else {
+        return Ok(None);
+    };
+    let Some((s, sh)) = head.sinks.iter().enumerate().find(|(_, s)| s.sink == sink) else {
+        return Ok(None);
+    };
+    let chunk = CHUNK_LEAVES;
+    let n = head.inputs as usize;
+    let m = sh.rows as usize;
+    if sh.groups > 0
+        || head.input_chunks.len() != n.div_ceil(chunk)
+        || sh.first_keys.len() != m.div_ceil(chunk)
+    {
+        return Ok(None);
+    }
+    // The chunk whose first record's position is the last at or before the id's.
+    let c = head.input_chunks.partition_point(|(_, p)| *p <= pos);
+    let Some(c) = c.checked_sub(1) else {
+        return Ok(None);
+    };
+    // Input entries of chunks [lo, hi] into `entries`.
+    let mut entries: HashMap<u64, (String, Hash)> = HashMap::new();
+    let chunk_end = |c: usize| {
+        head.input_chunks
+            .get(c + 1)
+            .map_or(head.inputs_end, |(at, _)| *at) as u64
+    };
+    macro_rules! fetch_inputs {
+        ($lo:expr, $hi:expr) => {{
+            let (lo, hi): (usize, usize) = ($lo, $hi);
+            let from = head.input_chunks[lo].0 as u64;
+            let bytes = rec
+                .read(body + from, chunk_end(hi).saturating_sub(from))
+                .await?;
+            if entries_at(&bytes, lo * chunk, &mut entries).is_none() {
+                return Ok(None);
+            }
+        }};
+    }
+    fetch_inputs!(c, c);
+    let Some(k) = (c * chunk..((c + 1) * chunk).min(n))
+        .find(|i| entries.get(&(*i as u64)).is_some_and(|(x, _)| x == id))
+    else {
+        return Ok(None);
+    };
+    // The chunk of rows that holds record k (rows come in input order when there are no groups).
+    let cj = sh.first_keys.partition_point(|&f| f <= k as u32);
+    let Some(cj) = cj.checked_sub(1) else {
+        return Ok(None);
+    };
+    let rows_of = |bytes: &[u8]| -> Vec<(u32, Hash)> {
+        bytes
+            .chunks_exact(36)
+            .map(|r| (u32::from_be_bytes([r[0], r[1], r[2], r[3]]), hash_at(r, 4)))
+            .collect()
+    };
+    let mut rows: HashMap<u64, (u32, Hash)> = HashMap::new();
+    // The row's chunk and, when the tree ends in a partial chunk, that chunk (its leaves are
+    // hashed into every path); the same for the input tree.
+    let mut row_chunks = vec![cj];
+    if !m.is_multiple_of(chunk) && cj != m / chunk {
+        row_chunks.push(m / chunk);
+    }
+    for &rc in &row_chunks {
+        let lo = rc * chunk;
+        let hi = ((rc + 1) * chunk).min(m);
+        let bytes = rec
+            .read(
+                body + sh.rows_at as u64 + lo as u64 * 36,
+                (hi - lo) as u64 * 36,
+            )
+            .await?;
+        if bytes.len() != (hi - lo) * 36 {
+            return Ok(None);
+        }
+        for (i, r) in rows_of(&bytes).into_iter().enumerate() {
+            rows.insert((lo + i) as u64, r);
+        }
+        // The records behind these rows, for their leaves.
+        let (Some(kmin), Some(kmax)) = (
+            (lo..hi)
+                .filter_map(|j| rows.get(&(j as u64)))
+                .map(|r| r.0)
+                .min(),
+            (lo..hi)
+                .filter_map(|j| rows.get(&(j as u64)))
+                .map(|r| r.0)
+                .max(),
+        ) else {
+            return Ok(None);
+        };
+        if kmax as usize >= n {
+            return Ok(None);
+        }
+        fetch_inputs!(kmin as usize / chunk, kmax as usize / chunk);
+    }
+    if !n.is_multiple_of(chunk) && c != n / chunk {
+        fetch_inputs!(n / chunk, n / chunk);
+    }
+    let Some(j) = (cj * chunk..((cj + 1) * chunk).min(m))
+        .find(|j| rows.get(&(*j as u64)).is_some_and(|r| r.0 == k as u32))
+    else {
+        return Ok(None);
+    };
+    // The chunk roots: the input tree's, then each sink's, each with its count.
+    let roots_len = 4
+        + 32 * (n / chunk) as u64
+        + head
+            .sinks
+            .iter()
+            .map(|s| 4 + 32 * (s.rows as usize / chunk) as u64)
+            .sum::<u64>();
+    let tail = rec.read(body + head.roots_at as u64, roots_len).await?;
+    let mut r = Reader { b: &tail, at: 0 };
+    let mut roots = Vec::new();
+    for _ in 0..=head.sinks.len() {
+        let Some(a) = r.u32().and_then(|k| r.array(k, 32)) else {
+            return Ok(None);
+        };
+        roots.push(hashes(a));
+    }
+    let leaf_in = |i: u64| {
+        entries
+            .get(&i)
+            .map_or([0; 32], |(id, c)| record_leaf(id, c))
+    };
+    let leaf_out = |j: u64| {
+        rows.get(&j)
+            .and_then(|(k, c)| entries.get(&(*k as u64)).map(|(id, _)| record_leaf(id, c)))
+            .unwrap_or([0; 32])
+    };
+    let (Some(it), Some(ot)) = (
+        ChunkedTree::new(n as u64, roots[0].clone(), leaf_in),
+        ChunkedTree::new(m as u64, roots[s + 1].clone(), leaf_out),
+    ) else {
+        return Ok(None);
+    };
+    let (input_c, delivered) = (entries[&(k as u64)].1, rows[&(j as u64)].1);
+    let (Ok(input), Ok(output)) = (
+        it.inclusion(k as u64, &input_c),
+        ot.inclusion(j as u64, &delivered),
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(PartialProof {
+        row_index: j,
+        delivered,
+        input,
+        output,
+    }))
 }
 
 /// Checks that every sink's schema can be committed to (see [`encodable`]); returns the
@@ -1136,6 +1665,239 @@ mod tests {
                 let got = enc.encode(r, &mut out).map(|()| out.clone());
                 proptest::prop_assert_eq!(got, reference_row(&b, r));
             }
+        }
+    }
+
+    /// A sealed record with two sinks: one 1:1 (every third record quarantined), one grouped.
+    fn sample_record(n: u32) -> BatchCustody {
+        let input: Vec<(String, Hash)> = (0..n)
+            .map(|i| {
+                (
+                    format!("t:0123456789ab:{}", i + 2),
+                    commitment(&i.to_be_bytes()),
+                )
+            })
+            .collect();
+        let mut c = BatchCustody {
+            input,
+            ..Default::default()
+        };
+        c.outputs.push(SinkCustody {
+            sink: "clean".into(),
+            rows: (0..n)
+                .filter(|k| k % 3 != 1)
+                .map(|k| (k, [k as u8; 32]))
+                .collect(),
+            ..Default::default()
+        });
+        if n >= 4 {
+            c.outputs.push(SinkCustody {
+                sink: "agg".into(),
+                rows: vec![(GROUP, [1; 32]), (GROUP | 1, [2; 32])],
+                groups: vec![vec![0, 2], vec![1, 3]],
+                ..Default::default()
+            });
+        }
+        c.seal();
+        c
+    }
+
+    #[test]
+    fn the_view_reads_what_the_owned_record_holds() {
+        for n in [0, 1, 4, 255, 256, 700] {
+            let c = sample_record(n);
+            let bytes = c.encode();
+            let v = CustodyView::parse(&bytes).unwrap();
+            assert_eq!(v.to_owned(), c);
+            assert_eq!(v.inputs(), n as usize);
+            assert_eq!(v.input_chunks(), c.input_chunks);
+            for (i, (id, h)) in c.input.iter().enumerate() {
+                assert_eq!(v.input(i), (id.as_str(), *h));
+                assert_eq!(v.find_input(id), Some(i));
+                assert_eq!(v.input_leaf(i), c.input_leaf(i));
+            }
+            assert_eq!(v.find_input("t:0123456789ab:1"), None);
+            for (si, s) in c.outputs.iter().enumerate() {
+                let (at, sv) = v.sink(&s.sink).unwrap();
+                assert_eq!(
+                    (at, sv.len(), sv.chunks()),
+                    (si, s.rows.len(), s.chunks.clone())
+                );
+                assert_eq!(v.output_root(sv), c.output_root(s));
+                for (j, &(k, h)) in s.rows.iter().enumerate() {
+                    assert_eq!(sv.row(j), (k, h));
+                    assert_eq!(sv.position(k), Some(j));
+                    assert_eq!(v.output_leaf(sv, j), c.output_leaf(s, j));
+                    assert_eq!(v.row_id(sv, k), c.row_id(s, k));
+                    assert_eq!(sv.members(k), BatchCustody::members(s, k));
+                }
+            }
+            assert!(v.sink("missing").is_none());
+        }
+        // Rows of the quarantined records are not found.
+        let c = sample_record(10);
+        let bytes = c.encode();
+        let v = CustodyView::parse(&bytes).unwrap();
+        assert_eq!(v.sink("clean").unwrap().1.position(1), None);
+    }
+
+    #[test]
+    fn damaged_records_are_refused_not_read() {
+        let c = sample_record(300);
+        let bytes = c.encode();
+        // Every truncation and a trailing byte.
+        for cut in 0..bytes.len() {
+            assert!(CustodyView::parse(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(CustodyView::parse(&longer).is_none());
+        // A version this build does not know.
+        let mut v9 = bytes.clone();
+        v9[0] = 9;
+        assert!(CustodyView::parse(&v9).is_none());
+        // An id that is not UTF-8.
+        let mut bad = bytes.clone();
+        let first = bytes
+            .windows(16)
+            .position(|w| w == b"t:0123456789ab:2")
+            .unwrap();
+        bad[first] = 0xff;
+        assert!(CustodyView::parse(&bad).is_none());
+        // A row naming a record past the batch's input.
+        let mut far = c.clone();
+        far.outputs[0].rows[0].0 = 300;
+        assert!(CustodyView::parse(&far.encode()).is_none());
+    }
+
+    proptest::proptest! {
+        /// Any bytes, and any single-byte change of a valid record: parsing and every
+        /// accessor never panic (the state store can be tampered with).
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            at in 0usize..20_000,
+            byte in proptest::num::u8::ANY,
+        ) {
+            let mut changed = sample_record(40).encode();
+            let i = at % changed.len();
+            changed[i] = byte;
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            for bytes in [junk, changed] {
+                for id in ["t:0123456789ab:2", "t:0123456789ab:30", "t:0123456789ab:41"] {
+                    let mut mem = Mem { b: &bytes, read: 0 };
+                    let _ = rt.block_on(partial_proof(&mut mem, id, "clean"));
+                }
+                if let Some(v) = CustodyView::parse(&bytes) {
+                    for i in 0..v.inputs() {
+                        let (id, _) = v.input(i);
+                        proptest::prop_assert!(v.find_input(id).is_some());
+                        v.input_leaf(i);
+                    }
+                    for s in v.sinks() {
+                        for j in 0..s.len() {
+                            let (k, _) = s.row(j);
+                            v.output_leaf(s, j);
+                            v.row_id(s, k);
+                            s.members(k);
+                        }
+                        v.output_root(s);
+                    }
+                    v.to_owned().encode();
+                }
+            }
+        }
+    }
+
+    /// A stored record in memory, counting the bytes read.
+    struct Mem<'a> {
+        b: &'a [u8],
+        read: usize,
+    }
+
+    impl RangeRead for Mem<'_> {
+        type Error = std::convert::Infallible;
+        async fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, Self::Error> {
+            let from = (offset as usize).min(self.b.len());
+            let to = from.saturating_add(len as usize).min(self.b.len());
+            self.read += to - from;
+            Ok(self.b[from..to].to_vec())
+        }
+    }
+
+    #[test]
+    fn a_row_proven_from_parts_matches_the_whole_record() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for n in [1u32, 4, 255, 256, 257, 700, 5000] {
+            let c = sample_record(n);
+            let bytes = c.encode();
+            let v = CustodyView::parse(&bytes).unwrap();
+            let (_, sv) = v.sink("clean").unwrap();
+            let whole_in =
+                ChunkedTree::new(n as u64, v.input_chunks(), |i| v.input_leaf(i as usize)).unwrap();
+            let whole_out = ChunkedTree::new(sv.len() as u64, sv.chunks(), |j| {
+                v.output_leaf(sv, j as usize)
+            })
+            .unwrap();
+            // Every record of small batches; of the large one, a sample and the chunk edges.
+            let ks = (0..n as usize).filter(|k| n < 300 || k % 97 == 0 || (k + 1) % 256 < 2);
+            for k in ks {
+                let (id, h) = v.input(k);
+                let mut mem = Mem { b: &bytes, read: 0 };
+                let got = rt.block_on(partial_proof(&mut mem, id, "clean")).unwrap();
+                let Some(j) = sv.position(k as u32) else {
+                    // Quarantined: no row to prove.
+                    assert_eq!(got, None, "record {k} of {n}");
+                    continue;
+                };
+                let got = got.unwrap_or_else(|| panic!("record {k} of {n}"));
+                assert_eq!(got.row_index, j);
+                assert_eq!(got.delivered, sv.row(j).1);
+                assert_eq!(got.input, whole_in.inclusion(k as u64, &h).unwrap());
+                assert_eq!(
+                    got.output,
+                    whole_out.inclusion(j as u64, &sv.row(j).1).unwrap()
+                );
+                if n == 5000 {
+                    assert!(
+                        mem.read * 4 < bytes.len(),
+                        "read {} of {}",
+                        mem.read,
+                        bytes.len()
+                    );
+                }
+                // Rows of an aggregation are left to the whole record.
+                let mut mem = Mem { b: &bytes, read: 0 };
+                assert_eq!(
+                    rt.block_on(partial_proof(&mut mem, id, "agg")).unwrap(),
+                    None
+                );
+            }
+            // A record the batch does not hold, a sink it has not, an id with a key.
+            for (id, sink) in [
+                ("t:0123456789ab:999999", "clean"),
+                ("t:0123456789ab:2", "nowhere"),
+                ("t:0123456789ab:#2", "clean"),
+            ] {
+                let mut mem = Mem { b: &bytes, read: 0 };
+                assert_eq!(
+                    rt.block_on(partial_proof(&mut mem, id, sink)).unwrap(),
+                    None
+                );
+            }
+            // The same record without its head (version 3) reads whole, with the same content.
+            let h = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+            let mut v3 = vec![3u8];
+            v3.extend_from_slice(&bytes[5 + h..]);
+            assert_eq!(CustodyView::parse(&v3).unwrap().to_owned(), c);
+            let mut mem = Mem { b: &v3, read: 0 };
+            let id = v.input(0).0;
+            assert_eq!(
+                rt.block_on(partial_proof(&mut mem, id, "clean")).unwrap(),
+                None
+            );
         }
     }
 }

@@ -334,6 +334,23 @@ impl StateStore {
         Ok(row.get(0))
     }
 
+    /// Bytes `[offset, offset + len)` of a stored custody record (fewer at its end): `prove`
+    /// reads the parts of a batch's record one row's proof needs, not its megabytes.
+    pub async fn custody_range(&self, r: &CustodyRef, offset: u64, len: u64) -> Result<Vec<u8>> {
+        // `substr` counts from 1 (SQLite and PostgreSQL alike); both stop at the value's end.
+        let row = sqlx::query(
+            "SELECT substr(data, CAST($4 AS INTEGER), CAST($5 AS INTEGER)) FROM sealtrail_custody WHERE run_id = $1 AND source = $2 AND batch = $3",
+        )
+        .bind(&r.run_id)
+        .bind(&r.source)
+        .bind(r.batch as i64)
+        .bind(offset.saturating_add(1).min(i32::MAX as u64) as i64)
+        .bind(len.min(i32::MAX as u64) as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.get(0))
+    }
+
     /// Sum over the committed batches of a run (of one source, or all with `None`).
     pub async fn totals(&self, run: &RunId, source: Option<&str>) -> Result<Counts> {
         let row = sqlx::query("SELECT CAST(COALESCE(SUM(rows_in), 0) AS BIGINT), CAST(COALESCE(SUM(rows_loaded), 0) AS BIGINT), CAST(COALESCE(SUM(rows_quarantined), 0) AS BIGINT) FROM sealtrail_batches WHERE run_id = $1 AND ($2 = '' OR source = $2)")
