@@ -4,7 +4,7 @@ use crate::StateArgs;
 use crate::ledger_cmd::load_verifier;
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
-use sealtrail_engine::custody::{self, CustodyView, GROUP, RowIds};
+use sealtrail_engine::custody::{self, CustodyView, GROUP, RowIds, SinkView};
 use sealtrail_engine::state::{CustodyRef, StateStore};
 use sealtrail_ledger::custody::{
     BUNDLE_FORMAT, Bundle, ChunkedTree, Contributor, EntryProof, GROUP_ID_PREFIX, Inclusion,
@@ -666,9 +666,39 @@ struct SinkRow {
     commitment: Hash,
 }
 
-/// Reads one Parquet file of a sink and computes every row's id and commitment.
-fn sink_file_rows(f: &Path) -> Result<Vec<SinkRow>> {
-    let mut out = Vec::new();
+/// What auditing one file (and its batch) or one batch without a file found.
+#[derive(Debug, Default)]
+struct Outcome {
+    rows: u64,
+    /// 1 when the item's batch checked out against the ledger.
+    batches: u64,
+    /// The batch whose custody record does not match its ledger entry.
+    bad: Option<String>,
+    /// Which of the batch's rows the file matched at their place.
+    matched: Vec<bool>,
+    /// The file's rows that did not match at their place.
+    unmatched: Vec<SinkRow>,
+    /// The batch's rows no row matched at its place: (lineage id, commitment).
+    expected: Vec<(String, Hash)>,
+}
+
+impl Outcome {
+    fn bad(batch: String) -> Self {
+        Self {
+            bad: Some(batch),
+            ..Self::default()
+        }
+    }
+}
+
+/// Reads one Parquet file of a sink, computes every row's commitment and matches each row
+/// against the row its batch's custody record has at the same place (`expected`, when the
+/// file is a batch's): the rows that match are done with; the others are returned.
+fn audit_file(f: &Path, expected: Option<(&CustodyView<'_>, &SinkView<'_>)>) -> Result<Outcome> {
+    let mut out = Outcome {
+        matched: vec![false; expected.map_or(0, |(_, s)| s.len())],
+        ..Outcome::default()
+    };
     let mut buf = String::new();
     let mut row = 0;
     for b in sealtrail_connectors::sink::read_parquet(f)
@@ -678,20 +708,42 @@ fn sink_file_rows(f: &Path) -> Result<Vec<SinkRow>> {
         let enc = custody::RowEncoder::new(&b);
         for r in 0..b.num_rows() {
             enc.encode(r, &mut buf).map_err(|e| anyhow!(e))?;
-            let id = ids(r).map(|i| i.lineage_id()).filter(|id| !id.is_empty());
-            out.push(SinkRow {
-                row,
-                id,
-                commitment: commitment(buf.as_bytes()),
-            });
+            let h = commitment(buf.as_bytes());
+            let got = ids(r);
+            let at_place = match (expected, &got) {
+                (Some((c, s)), Some(got)) if row < s.len() => {
+                    let (k, want) = s.row(row);
+                    let same_id = match got {
+                        RowIds::One(id) => k & GROUP == 0 && c.input(k as usize).0 == *id,
+                        many => k & GROUP != 0 && c.row_id(s, k) == many.lineage_id(),
+                    };
+                    same_id && merkle::ct_eq(&want, &h)
+                }
+                _ => false,
+            };
+            if at_place {
+                out.matched[row] = true;
+            } else {
+                out.unmatched.push(SinkRow {
+                    row,
+                    id: got.map(|i| i.lineage_id()).filter(|id| !id.is_empty()),
+                    commitment: h,
+                });
+            }
             row += 1;
         }
     }
+    out.rows = row as u64;
     Ok(out)
 }
 
 /// Recomputes every output commitment of a sink and compares them with the custody records,
 /// which are themselves checked against the ledger's signed roots.
+///
+/// A Parquet sink's file of a batch holds the batch's rows in custody order: the file and the
+/// batch's record are matched row by row, on every core, one batch in memory at a time. Rows
+/// that do not match there (changed, moved, added), files of no batch (a Delta sink's) and
+/// batches with no file are then matched by lineage id.
 pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Result<i32> {
     let p = sealtrail_spec::load(spec)?;
     let home = state.home(Some(spec));
@@ -703,54 +755,198 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
     let reader = TileReader::new(&dir, cp.size);
 
-    // What was delivered, per the custody records, each checked against its ledger entry.
-    let mut expected: HashMap<String, Vec<Hash>> = HashMap::new();
-    let mut batches = 0u64;
+    // What the signed ledger says each batch delivered to the sink: (rows, root).
+    let mut batches = Vec::new();
     let mut bad_records = Vec::new();
     for r in st.custody_index(&p.name, None).await? {
-        let record = st.custody(&r).await?;
-        let (Some(c), Some(seq)) = (CustodyView::parse(&record), r.ledger_seq) else {
-            bad_records.push(format!("run {} batch {}", r.run_id, r.batch));
-            continue;
-        };
-        let Some((_, sc)) = c.sink(sink) else {
-            continue;
-        };
-        let bytes = tiles::read_entry(&dir, cp.size, seq)?;
-        let leaf = merkle::leaf_hash(&bytes);
-        let entry_ok = merkle::inclusion_proof(&reader, seq, cp.size)
-            .ok()
-            .is_some_and(|path| {
-                merkle::verify_inclusion(seq, cp.size, &leaf, &path, &cp.root).is_ok()
-            });
-        let root_ok = entry_ok
-            && match Entry::decode(&bytes).map(|e| e.event) {
-                Ok(Event::BatchCommitted {
+        let signed = r.ledger_seq.and_then(|seq| {
+            let bytes = tiles::read_entry(&dir, cp.size, seq).ok()?;
+            let leaf = merkle::leaf_hash(&bytes);
+            let path = merkle::inclusion_proof(&reader, seq, cp.size).ok()?;
+            merkle::verify_inclusion(seq, cp.size, &leaf, &path, &cp.root).ok()?;
+            match Entry::decode(&bytes).ok()?.event {
+                Event::BatchCommitted {
                     run_id,
                     source,
                     batch,
                     outputs,
                     ..
-                }) => {
-                    (run_id, source, batch) == (r.run_id.clone(), r.source.clone(), r.batch)
-                        && outputs.iter().any(|o| {
-                            o.sink == sink
-                                && o.rows == sc.len() as u64
-                                && merkle::ct_eq(&o.root, &c.output_root(sc))
-                        })
+                } if (run_id.as_str(), source.as_str(), batch)
+                    == (r.run_id.as_str(), r.source.as_str(), r.batch) =>
+                {
+                    Some(
+                        outputs
+                            .into_iter()
+                            .find(|o| o.sink == sink)
+                            .map(|o| (o.rows, o.root)),
+                    )
                 }
-                _ => false,
-            };
-        if !root_ok {
-            bad_records.push(format!("run {} batch {}", r.run_id, r.batch));
-            continue;
-        }
-        batches += 1;
-        for j in 0..sc.len() {
-            let (k, h) = sc.row(j);
-            expected.entry(c.row_id(sc, k)).or_default().push(h);
+                _ => None,
+            }
+        });
+        match signed {
+            None => bad_records.push(format!("run {} batch {}", r.run_id, r.batch)),
+            Some(None) => {} // the batch delivered nothing to this sink
+            Some(Some(signed)) => batches.push((r, signed)),
         }
     }
+
+    // Work items: each file (with its batch when its name says which), then each batch that
+    // has no file.
+    let files = sealtrail_connectors::sink::sink_files(&sk.name, &sk.target).await?;
+    let by_name: HashMap<String, usize> = batches
+        .iter()
+        .enumerate()
+        .map(|(i, (r, _))| {
+            (
+                sealtrail_connectors::sink::batch_file_name(&r.run_id, &r.source, r.batch),
+                i,
+            )
+        })
+        .collect();
+    let mut has_file = vec![false; batches.len()];
+    let file_items: Vec<(Option<usize>, Option<usize>)> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let b = f
+                .file_name()
+                .and_then(|n| by_name.get(n.to_string_lossy().as_ref()))
+                .copied();
+            if let Some(b) = b {
+                has_file[b] = true;
+            }
+            (Some(i), b)
+        })
+        .collect();
+    // When no file is a batch's (a Delta sink), every expected row is known once the batches
+    // are read, and the files' rows are matched as they come instead of being held.
+    let stream = !has_file.iter().any(|x| *x);
+    let mut items: Vec<(Option<usize>, Option<usize>)> = (0..batches.len())
+        .filter(|b| !has_file[*b])
+        .map(|b| (None, Some(b)))
+        .collect();
+    items.extend(file_items);
+
+    let rt = tokio::runtime::Handle::current();
+    let work = |(file, batch): (Option<usize>, Option<usize>)| -> Result<Outcome> {
+        let record = match batch {
+            Some(b) => Some(rt.block_on(st.custody(&batches[b].0))?),
+            None => None,
+        };
+        let view = record.as_deref().map(CustodyView::parse);
+        let expected = match (batch, &view) {
+            (Some(b), Some(Some(c))) => {
+                let (rows, root) = &batches[b].1;
+                match c.sink(sink) {
+                    Some((_, s))
+                        if s.len() as u64 == *rows && merkle::ct_eq(&c.output_root(s), root) =>
+                    {
+                        Some((c, s))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if batch.is_some() && expected.is_none() {
+            let r = &batches[batch.unwrap_or_default()].0;
+            return Ok(Outcome::bad(format!("run {} batch {}", r.run_id, r.batch)));
+        }
+        let mut out = match file {
+            Some(f) => audit_file(&files[f], expected)?,
+            None => Outcome::default(),
+        };
+        if let Some((c, s)) = expected {
+            out.batches = 1;
+            out.expected = (0..s.len())
+                .filter(|j| !out.matched.get(*j).copied().unwrap_or(false))
+                .map(|j| {
+                    let (k, h) = s.row(j);
+                    (c.row_id(s, k), h)
+                })
+                .collect();
+        }
+        Ok(out)
+    };
+
+    // Items run on every core, a few ahead of the matching, which goes in item order so that
+    // reports are stable.
+    let mut residual: HashMap<String, Vec<Hash>> = HashMap::new();
+    let mut unmatched: Vec<(usize, SinkRow)> = Vec::new();
+    let mut findings = Vec::new();
+    let classify = |f: usize,
+                    row: SinkRow,
+                    residual: &mut HashMap<String, Vec<Hash>>,
+                    findings: &mut Vec<Finding>| {
+        let label = || match &row.id {
+            Some(id) => id.clone(),
+            None => format!("(no id) {} row {}", files[f].display(), row.row),
+        };
+        match row.id.as_ref().and_then(|id| residual.get_mut(id)) {
+            Some(v) if !v.is_empty() => {
+                match v.iter().position(|h| merkle::ct_eq(h, &row.commitment)) {
+                    Some(i) => {
+                        v.swap_remove(i);
+                    }
+                    None => {
+                        v.pop();
+                        findings.push(Finding::Changed(label()));
+                    }
+                }
+            }
+            _ => findings.push(Finding::Added(label())),
+        }
+    };
+    let (mut rows, mut delivered_batches, mut by_id) = (0u64, 0u64, 0u64);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcome = std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Outcome>)>(threads);
+        for _ in 0..threads {
+            let (tx, next, items, work) = (tx.clone(), &next, &items, &work);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { return };
+                    if tx.send((i, work(*item))).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut pending: HashMap<usize, Result<Outcome>> = HashMap::new();
+        let mut want = 0;
+        for (i, got) in rx {
+            pending.insert(i, got);
+            while let Some(got) = pending.remove(&want) {
+                let got = got?;
+                if let Some(bad) = got.bad {
+                    bad_records.push(bad);
+                }
+                rows += got.rows;
+                delivered_batches += got.batches;
+                for (id, h) in got.expected {
+                    residual.entry(id).or_default().push(h);
+                }
+                if let (Some(f), _) = items[want] {
+                    by_id += got.unmatched.len() as u64;
+                    for r in got.unmatched {
+                        if stream {
+                            classify(f, r, &mut residual, &mut findings);
+                        } else {
+                            unmatched.push((f, r));
+                        }
+                    }
+                }
+                want += 1;
+            }
+        }
+        Ok(())
+    });
+    // Stop on the first unreadable file; the workers have ended with the scope.
+    outcome?;
     if !bad_records.is_empty() {
         outln!(
             "NOT VERIFIED: the custody records of {} batch(es) do not match the signed ledger ({}); the state store was changed, so the sink cannot be audited against it",
@@ -759,70 +955,20 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         );
         return Ok(TAMPERED);
     }
-
-    // What the sink holds now: files are decoded and their rows re-encoded and hashed on every
-    // core, a few files ahead of the matching (bounded memory); matching stays in file order.
-    let files = sealtrail_connectors::sink::sink_files(&sk.name, &sk.target).await?;
-    let mut findings = Vec::new();
-    let mut rows = 0u64;
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let outcome = std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Result<Vec<SinkRow>>)>(threads);
-        for _ in 0..threads {
-            let (tx, next, files) = (tx.clone(), &next, &files);
-            scope.spawn(move || {
-                loop {
-                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(f) = files.get(i) else { return };
-                    if tx.send((i, sink_file_rows(f))).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-        drop(tx);
-        // Results arrive in any order; match them in file order so reports are stable.
-        let mut pending: HashMap<usize, Result<Vec<SinkRow>>> = HashMap::new();
-        let mut want = 0;
-        for (i, got) in rx {
-            pending.insert(i, got);
-            while let Some(got) = pending.remove(&want) {
-                let f = &files[want];
-                for row in got? {
-                    rows += 1;
-                    let label = || match &row.id {
-                        Some(id) => id.clone(),
-                        None => format!("(no id) {} row {}", f.display(), row.row),
-                    };
-                    let delivered = row.id.as_ref().and_then(|id| expected.get_mut(id));
-                    match delivered {
-                        Some(v) if !v.is_empty() => {
-                            match v.iter().position(|h| merkle::ct_eq(h, &row.commitment)) {
-                                Some(i) => {
-                                    v.swap_remove(i);
-                                }
-                                None => {
-                                    v.pop();
-                                    findings.push(Finding::Changed(label()));
-                                }
-                            }
-                        }
-                        _ => findings.push(Finding::Added(label())),
-                    }
-                }
-                want += 1;
-            }
-        }
-        Ok(())
-    });
-    // Stop reading on the first unreadable file; the workers have ended with the scope.
-    outcome?;
-    for (id, left) in expected {
+    tracing::debug!(
+        at_place = rows - by_id,
+        by_id,
+        "sink rows matched to their batch's custody record"
+    );
+    for (f, row) in unmatched {
+        classify(f, row, &mut residual, &mut findings);
+    }
+    for (id, left) in residual {
         for _ in left {
             findings.push(Finding::Deleted(id.clone()));
         }
     }
+    let batches = delivered_batches;
     findings.sort();
     let count = |f: fn(&Finding) -> bool| findings.iter().filter(|x| f(x)).count();
     let (changed, deleted, added) = (

@@ -263,6 +263,8 @@ fn main() {
                 .unwrap_or_else(|_| "warn,buoyant_kernel::snapshot::builder=off".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: logs piped to a file or a collector stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()

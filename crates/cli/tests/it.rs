@@ -1656,10 +1656,25 @@ print(' '.join(r['trade_id'] + '=' + r['_sealtrail_id'] for r in (t[10], t[20], 
     let (deleted_trade, deleted_id) = rows[1];
     let (_, kept_id) = rows[2];
 
-    // Audits of untouched sinks pass (Delta and Parquet).
-    for sink in ["trades_clean", "trades_analytics"] {
-        let out = run_ok(bin().arg("audit").arg(&spec).args(["--sink", sink]));
+    // Audits of untouched sinks pass (Delta and Parquet). A Parquet sink's files are matched
+    // to their batches' custody records row by row; a Delta table's rows by lineage id.
+    for (sink, matched) in [
+        ("trades_clean", " at_place=0 "),
+        ("trades_analytics", " by_id=0\n"),
+    ] {
+        let o = bin()
+            .arg("audit")
+            .arg(&spec)
+            .args(["--sink", sink])
+            .env("SEALTRAIL_LOG", "debug")
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
         assert!(out.contains("every row is as delivered"), "{out}");
+        assert!(err.contains(matched), "{err}");
     }
     // Prove a row by a key column and verify the bundle offline with the public key only.
     let bundle = dir.path().join("proof.json");
@@ -1849,6 +1864,68 @@ for f in deltalake.DeltaTable(path).file_uris():
             .args(["--sink", "trades_analytics"]),
     );
     assert!(out.contains("every row is as delivered"), "{out}");
+
+    // The Parquet sink, whose files are matched to their batches row by row: one value
+    // changed, one row deleted, one forged row added, all in one batch's file.
+    let ids = py(&format!(
+        r#"
+import glob, pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
+f = sorted(glob.glob('{d}/out/trades_analytics/*.parquet'))[0]
+t = pq.read_table(f)
+ids = t['_sealtrail_id'].to_pylist()
+changed, deleted = ids[5], ids[9]
+v = t.schema.get_field_index('venue_mic')
+t = t.set_column(v, t.schema.field(v),
+    pc.if_else(pc.equal(t['_sealtrail_id'], changed), 'XLON', t['venue_mic'].cast(pa.string())))
+t = t.filter(pc.not_equal(t['_sealtrail_id'], deleted))
+i = t.schema.get_field_index('_sealtrail_id')
+forged = t.slice(0, 1).set_column(i, t.schema.field(i), pa.array(['trades:000000000000:888888']))
+pq.write_table(pa.concat_tables([t, forged]), f)
+print(changed, deleted)
+"#
+    ));
+    let (changed, deleted) = ids.trim().split_once(' ').unwrap();
+    let o = bin()
+        .arg("audit")
+        .arg(&spec)
+        .args(["--sink", "trades_analytics", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(a["changed"], serde_json::json!([changed]), "{a}");
+    assert_eq!(a["deleted"], serde_json::json!([deleted]), "{a}");
+    assert_eq!(
+        a["added"],
+        serde_json::json!(["trades:000000000000:888888"]),
+        "{a}"
+    );
+
+    // A custody record changed in the state store no longer matches its signed ledger entry:
+    // the audit refuses to judge the sink against it.
+    py(&format!(
+        r#"
+import sqlite3
+db = sqlite3.connect('{}')
+data = bytearray(db.execute('SELECT data FROM sealtrail_custody LIMIT 1').fetchone()[0])
+# The first commitment of the sink's rows: its name, then u32 rows, then (u32 index, [32]).
+at = data.rfind(b'trades_analytics')
+assert at > 0
+data[at + len('trades_analytics') + 4 + 4] ^= 1
+db.execute('UPDATE sealtrail_custody SET data = ? WHERE rowid = (SELECT rowid FROM sealtrail_custody LIMIT 1)', (bytes(data),))
+db.commit()
+"#,
+        home.join("state.db").display()
+    ));
+    let o = bin()
+        .arg("audit")
+        .arg(&spec)
+        .args(["--sink", "trades_analytics"])
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{so}");
+    assert!(so.contains("NOT VERIFIED"), "{so}");
 }
 
 /// A JSON Schema validator over the official OpenLineage schemas in `testdata/openlineage/`,
