@@ -100,6 +100,17 @@ pub struct StoredClass {
     pub run_id: String,
 }
 
+/// SQLite settings, on every connection. 64 KiB pages (they take effect when the file is
+/// created): a batch's custody record is megabytes, stored as a chain of overflow pages; memory-
+/// mapped reads spare a copy of each (BENCHMARKS.md, `prove`). WAL with full syncs: a commit
+/// the engine reports is on disk.
+const SQLITE_PRAGMAS: [&str; 4] = [
+    "PRAGMA page_size=65536",
+    "PRAGMA mmap_size=268435456",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+];
+
 impl StateStore {
     /// Opens the store at `url` (`sqlite://path` or `postgres://...`), creating tables.
     pub async fn open(url: &str) -> Result<Self> {
@@ -120,27 +131,25 @@ impl StateStore {
         } else {
             url.to_string()
         };
+        let sqlite = url_kind == "sqlite";
         let pool = AnyPoolOptions::new()
-            .max_connections(if url_kind == "sqlite" { 1 } else { 4 })
+            .max_connections(if sqlite { 1 } else { 4 })
             .acquire_timeout(std::time::Duration::from_secs(10))
+            // Per-connection settings go on every connection the pool opens, including those
+            // that replace a connection it closed (idle or past its lifetime).
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        for pragma in SQLITE_PRAGMAS {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
             .connect(&url)
             .await
             .map_err(|e| StateError(format!("cannot open the run state store ({url_kind}): {e}; check --state-url / SEALTRAIL_STATE_URL")))?;
-        if url_kind == "sqlite" {
-            // 64 KiB pages (takes effect when the file is created): a batch's custody record
-            // is megabytes, read back by `prove` as a chain of overflow pages; memory-mapped
-            // reads spare a copy of each (BENCHMARKS.md, `prove`).
-            sqlx::query("PRAGMA page_size=65536").execute(&pool).await?;
-            sqlx::query("PRAGMA mmap_size=268435456")
-                .execute(&pool)
-                .await?;
-            sqlx::query("PRAGMA journal_mode=WAL")
-                .execute(&pool)
-                .await?;
-            sqlx::query("PRAGMA synchronous=FULL")
-                .execute(&pool)
-                .await?;
-        }
         for ddl in SCHEMA {
             sqlx::query(ddl).execute(&pool).await?;
         }
@@ -469,5 +478,42 @@ fn counts(a: i64, b: i64, c: i64) -> Counts {
         rows_in: a as u64,
         rows_loaded: b as u64,
         rows_quarantined: c as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_settings_hold_on_every_connection_the_pool_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("state.db").display());
+        let st = StateStore::open(&url).await.unwrap();
+        // The pool's connection is closed and replaced, as after an idle timeout.
+        for _ in 0..2 {
+            let mut c = st.pool.acquire().await.unwrap();
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut *c)
+                .await
+                .unwrap();
+            let mmap: i64 = sqlx::query_scalar("PRAGMA mmap_size")
+                .fetch_one(&mut *c)
+                .await
+                .unwrap();
+            let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(&mut *c)
+                .await
+                .unwrap();
+            let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+                .fetch_one(&mut *c)
+                .await
+                .unwrap();
+            assert_eq!(
+                (sync, mmap, journal.as_str(), page),
+                (2, 268_435_456, "wal", 65_536)
+            );
+            sqlx::Connection::close(c.detach()).await.unwrap();
+        }
     }
 }
