@@ -1632,6 +1632,21 @@ open('{f}', 'w', encoding='utf-8').write(out.getvalue())
 /// Chain of custody end to end: a row is proven and the bundle verifies offline; then one value
 /// of one row is changed inside a Delta data file, a row is deleted and a forged row appended,
 /// and `verify-proof --table` and `audit` name exactly those rows.
+/// `audit --json` of `sink` exits 4 and names exactly one changed, one deleted and one added row.
+fn assert_audit_finds(spec: &Path, sink: &str, [changed, deleted, added]: [&str; 3]) {
+    let o = bin()
+        .arg("audit")
+        .arg(spec)
+        .args(["--sink", sink, "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(a["changed"], serde_json::json!([changed]), "{a}");
+    assert_eq!(a["deleted"], serde_json::json!([deleted]), "{a}");
+    assert_eq!(a["added"], serde_json::json!([added]), "{a}");
+}
+
 #[test]
 fn delivered_rows_are_proven_and_every_tampered_row_is_found() {
     let (dir, spec) = project("trades.yaml", 3000);
@@ -1841,20 +1856,10 @@ for f in deltalake.DeltaTable(path).file_uris():
         .unwrap();
     assert_eq!(o.status.code(), Some(4));
     // The audit names exactly the three rows.
-    let o = bin()
-        .arg("audit")
-        .arg(&spec)
-        .args(["--sink", "trades_clean", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(4));
-    let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(a["changed"], serde_json::json!([changed_id]), "{a}");
-    assert_eq!(a["deleted"], serde_json::json!([deleted_id]), "{a}");
-    assert_eq!(
-        a["added"],
-        serde_json::json!(["trades:000000000000:999999"]),
-        "{a}"
+    assert_audit_finds(
+        &spec,
+        "trades_clean",
+        [changed_id, deleted_id, "trades:000000000000:999999"],
     );
     // The other sink is untouched.
     let out = run_ok(
@@ -1885,20 +1890,10 @@ print(changed, deleted)
 "#
     ));
     let (changed, deleted) = ids.trim().split_once(' ').unwrap();
-    let o = bin()
-        .arg("audit")
-        .arg(&spec)
-        .args(["--sink", "trades_analytics", "--json"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(4));
-    let a: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(a["changed"], serde_json::json!([changed]), "{a}");
-    assert_eq!(a["deleted"], serde_json::json!([deleted]), "{a}");
-    assert_eq!(
-        a["added"],
-        serde_json::json!(["trades:000000000000:888888"]),
-        "{a}"
+    assert_audit_finds(
+        &spec,
+        "trades_analytics",
+        [changed, deleted, "trades:000000000000:888888"],
     );
 
     // A custody record changed in the state store no longer matches its signed ledger entry:
