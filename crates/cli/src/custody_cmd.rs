@@ -410,67 +410,87 @@ pub async fn prove(
                 .join(", ")
         ),
     };
-    let (at, parts) = match fast {
-        Some((at, pp)) => (
-            at,
-            Parts {
+    let now = commitment(row.canonical.as_bytes());
+    let verifier = load_verifier(&home, None)?;
+    let (dir, _guard) = state.ledger.readable(&home)?;
+    let (cp, note) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
+        .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
+    let make = |at: &CustodyRef, parts: Parts| -> Result<Bundle> {
+        let seq = at.ledger_seq.ok_or_else(|| {
+            anyhow!(
+                "batch {} of run {} has no ledger entry recorded (was it run with another audit sink?)",
+                at.batch,
+                at.run_id
+            )
+        })?;
+        let bytes = tiles::read_entry(&dir, cp.size, seq)?;
+        let entry_path = merkle::inclusion_proof(&TileReader::new(&dir, cp.size), seq, cp.size)?;
+        use base64::Engine;
+        Ok(Bundle {
+            format: BUNDLE_FORMAT.into(),
+            id: row.id.clone(),
+            pipeline: p.name.clone(),
+            run_id: at.run_id.clone(),
+            source: at.source.clone(),
+            batch: at.batch,
+            output: RowProof {
+                sink: sink.to_string(),
+                canonical: row.canonical.clone(),
+                inclusion: parts.output,
+            },
+            input: parts.input,
+            inputs: parts.inputs,
+            entry: EntryProof {
+                index: seq,
+                bytes: base64::engine::general_purpose::STANDARD.encode(&bytes),
+                path: entry_path.iter().map(hex::encode).collect(),
+            },
+            checkpoint: note.clone(),
+        })
+    };
+    // Parts read through a record's head must agree with the row and verify; otherwise the
+    // whole record decides, so a damaged head can neither report a row as changed nor fail
+    // a proof the record supports.
+    let from_parts = match fast {
+        Some((at, pp)) if merkle::ct_eq(&now, &pp.delivered) => {
+            let parts = Parts {
                 delivered: pp.delivered,
                 input: Some(pp.input),
                 inputs: Vec::new(),
                 output: pp.output,
-            },
-        ),
+            };
+            let b = make(&at, parts)?;
+            if sealtrail_ledger::custody::verify(&b, &verifier).is_ok() {
+                Some((at, b))
+            } else {
+                tracing::warn!(
+                    run = %at.run_id,
+                    batch = at.batch,
+                    "the head of this batch's custody record does not match its body; reading the record whole"
+                );
+                None
+            }
+        }
+        _ => None,
+    };
+    let (at, bundle) = match from_parts {
+        Some(found) => found,
         None => {
             let loc = match early {
                 Some(loc) => loc,
                 None => locate(&st, &p.name, sink, row).await?,
             };
             let parts = full_parts(&loc)?;
-            (loc.at, parts)
+            if !merkle::ct_eq(&now, &parts.delivered) {
+                eprintln!(
+                    "row {} of sink `{sink}` is not the row that was delivered: its commitment differs (it was changed after loading); `sealtrail audit` lists every such row",
+                    row.id
+                );
+                return Ok(TAMPERED);
+            }
+            let b = make(&loc.at, parts)?;
+            (loc.at, b)
         }
-    };
-    let now = commitment(row.canonical.as_bytes());
-    if !merkle::ct_eq(&now, &parts.delivered) {
-        eprintln!(
-            "row {} of sink `{sink}` is not the row that was delivered: its commitment differs (it was changed after loading); `sealtrail audit` lists every such row",
-            row.id
-        );
-        return Ok(TAMPERED);
-    }
-    let seq = at.ledger_seq.ok_or_else(|| {
-        anyhow!(
-            "batch {} of run {} has no ledger entry recorded (was it run with another audit sink?)",
-            at.batch,
-            at.run_id
-        )
-    })?;
-    let verifier = load_verifier(&home, None)?;
-    let (dir, _guard) = state.ledger.readable(&home)?;
-    let (cp, note) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
-        .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
-    let bytes = tiles::read_entry(&dir, cp.size, seq)?;
-    let entry_path = merkle::inclusion_proof(&TileReader::new(&dir, cp.size), seq, cp.size)?;
-    use base64::Engine;
-    let bundle = Bundle {
-        format: BUNDLE_FORMAT.into(),
-        id: row.id.clone(),
-        pipeline: p.name.clone(),
-        run_id: at.run_id.clone(),
-        source: at.source.clone(),
-        batch: at.batch,
-        output: RowProof {
-            sink: sink.to_string(),
-            canonical: row.canonical.clone(),
-            inclusion: parts.output,
-        },
-        input: parts.input,
-        inputs: parts.inputs,
-        entry: EntryProof {
-            index: seq,
-            bytes: base64::engine::general_purpose::STANDARD.encode(&bytes),
-            path: entry_path.iter().map(hex::encode).collect(),
-        },
-        checkpoint: note,
     };
     // A bundle that does not verify here is a bug or a damaged store: never hand it out.
     sealtrail_ledger::custody::verify(&bundle, &verifier).map_err(|e| {
@@ -478,6 +498,7 @@ pub async fn prove(
             "the proof does not verify: {e}; run `sealtrail ledger verify` and `sealtrail audit`"
         )
     })?;
+    let seq = bundle.entry.index;
     let text = serde_json::to_string_pretty(&bundle)?;
     match out {
         Some(path) => {

@@ -1735,6 +1735,34 @@ print(' '.join(r['trade_id'] + '=' + r['_sealtrail_id'] for r in (t[10], t[20], 
     let by_where: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
     assert_eq!(by_id, by_where);
+    // A damaged head (the sink's rows said to start one row later) misleads the parts, whose
+    // proof then fails to verify: `prove` reads the record whole and still proves the row.
+    py(&format!(
+        r#"
+import sqlite3, struct
+db = sqlite3.connect('{}')
+rowid, data = db.execute('SELECT rowid, data FROM sealtrail_custody LIMIT 1').fetchone()
+data = bytearray(data)
+head_len = struct.unpack('>I', data[1:5])[0]
+at = data.find(b'trades_clean', 5, 5 + head_len) + len('trades_clean') + 4
+rows_at = struct.unpack('>I', data[at:at + 4])[0]
+data[at:at + 4] = struct.pack('>I', rows_at + 36)
+db.execute('UPDATE sealtrail_custody SET data = ? WHERE rowid = ?', (bytes(data), rowid))
+db.commit()
+"#,
+        home.join("state.db").display()
+    ));
+    let o = bin()
+        .arg("prove")
+        .arg(&spec)
+        .args(["--sink", "trades_clean", "--id", changed_id])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("does not match its body"), "{err}");
+    let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(again, by_where);
     // The analyst sink's row of the same record proves too (through two transforms).
     let out =
         run_ok(
