@@ -600,6 +600,16 @@ print(sorted(r['_sealtrail_id'] for r in t)[123])
         Some(&dir.path().join("out/trades_clean")),
     );
     assert_eq!(code, Some(0), "{out}");
+    // And audit both sinks (workers read the records through the pool concurrently).
+    for sink in ["trades_clean", "trades_analytics"] {
+        let out = run_ok(
+            bin()
+                .arg("audit")
+                .arg(&spec)
+                .args(["--sink", sink, "--state-url", &url]),
+        );
+        assert!(out.contains("every row is as delivered"), "{out}");
+    }
     drop(dir);
 }
 
