@@ -1232,8 +1232,9 @@ pub async fn partial_proof<R: RangeRead>(
     let Some(c) = c.checked_sub(1) else {
         return Ok(None);
     };
-    // Input entries of chunks [lo, hi] into `entries`.
+    // Input entries of chunks [lo, hi] into `entries`; chunks already read are not read again.
     let mut entries: HashMap<u64, (String, Hash)> = HashMap::new();
+    let mut fetched = vec![false; head.input_chunks.len()];
     let chunk_end = |c: usize| {
         head.input_chunks
             .get(c + 1)
@@ -1241,17 +1242,31 @@ pub async fn partial_proof<R: RangeRead>(
     };
     macro_rules! fetch_inputs {
         ($lo:expr, $hi:expr) => {{
-            let (lo, hi): (usize, usize) = ($lo, $hi);
-            let from = head.input_chunks[lo].0 as u64;
-            let bytes = rec
-                .read(body + from, chunk_end(hi).saturating_sub(from))
-                .await?;
-            if entries_at(&bytes, lo * chunk, &mut entries).is_none() {
-                return Ok(None);
+            let (mut lo, mut hi): (usize, usize) = ($lo, $hi);
+            while lo <= hi && fetched[lo] {
+                lo += 1;
+            }
+            while hi > lo && fetched[hi] {
+                hi -= 1;
+            }
+            if lo <= hi {
+                let from = head.input_chunks[lo].0 as u64;
+                let bytes = rec
+                    .read(body + from, chunk_end(hi).saturating_sub(from))
+                    .await?;
+                if entries_at(&bytes, lo * chunk, &mut entries).is_none() {
+                    return Ok(None);
+                }
+                fetched[lo..=hi].iter_mut().for_each(|f| *f = true);
             }
         }};
     }
-    fetch_inputs!(c, c);
+    // The record's chunk and its neighbours, which usually hold the records behind the rows
+    // of the row's chunk too (one read instead of two).
+    fetch_inputs!(
+        c.saturating_sub(1),
+        (c + 1).min(head.input_chunks.len() - 1)
+    );
     let Some(k) = (c * chunk..((c + 1) * chunk).min(n))
         .find(|i| entries.get(&(*i as u64)).is_some_and(|(x, _)| x == id))
     else {
@@ -1269,6 +1284,18 @@ pub async fn partial_proof<R: RangeRead>(
             .collect()
     };
     let mut rows: HashMap<u64, (u32, Hash)> = HashMap::new();
+    let roots_len = 4
+        + 32 * (n / chunk) as u64
+        + head
+            .sinks
+            .iter()
+            .map(|s| 4 + 32 * (s.rows as usize / chunk) as u64)
+            .sum::<u64>();
+    // The chunk roots follow the last sink's rows and its group count (0): when the row's
+    // sink is the last, its trailing chunk and the roots come in one read.
+    let roots_follow =
+        s + 1 == head.sinks.len() && sh.rows_at as u64 + m as u64 * 36 + 4 == head.roots_at as u64;
+    let mut tail = None;
     // The row's chunk and, when the tree ends in a partial chunk, that chunk (its leaves are
     // hashed into every path); the same for the input tree.
     let mut row_chunks = vec![cj];
@@ -1278,14 +1305,21 @@ pub async fn partial_proof<R: RangeRead>(
     for &rc in &row_chunks {
         let lo = rc * chunk;
         let hi = ((rc + 1) * chunk).min(m);
-        let bytes = rec
+        let len = (hi - lo) * 36;
+        let with_roots = roots_follow && hi == m;
+        let extra = if with_roots { 4 + roots_len } else { 0 };
+        let mut bytes = rec
             .read(
                 body + sh.rows_at as u64 + lo as u64 * 36,
-                (hi - lo) as u64 * 36,
+                len as u64 + extra,
             )
             .await?;
-        if bytes.len() != (hi - lo) * 36 {
+        if bytes.len() != len + extra as usize {
             return Ok(None);
+        }
+        if with_roots {
+            tail = Some(bytes.split_off(len + 4));
+            bytes.truncate(len);
         }
         for (i, r) in rows_of(&bytes).into_iter().enumerate() {
             rows.insert((lo + i) as u64, r);
@@ -1317,14 +1351,10 @@ pub async fn partial_proof<R: RangeRead>(
         return Ok(None);
     };
     // The chunk roots: the input tree's, then each sink's, each with its count.
-    let roots_len = 4
-        + 32 * (n / chunk) as u64
-        + head
-            .sinks
-            .iter()
-            .map(|s| 4 + 32 * (s.rows as usize / chunk) as u64)
-            .sum::<u64>();
-    let tail = rec.read(body + head.roots_at as u64, roots_len).await?;
+    let tail = match tail {
+        Some(t) => t,
+        None => rec.read(body + head.roots_at as u64, roots_len).await?,
+    };
     let mut r = Reader { b: &tail, at: 0 };
     let mut roots = Vec::new();
     for _ in 0..=head.sinks.len() {
@@ -1785,7 +1815,7 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             for bytes in [junk, changed] {
                 for id in ["t:0123456789ab:2", "t:0123456789ab:30", "t:0123456789ab:41"] {
-                    let mut mem = Mem { b: &bytes, read: 0 };
+                    let mut mem = Mem { b: &bytes, read: 0, reads: 0 };
                     let _ = rt.block_on(partial_proof(&mut mem, id, "clean"));
                 }
                 if let Some(v) = CustodyView::parse(&bytes) {
@@ -1813,6 +1843,7 @@ mod tests {
     struct Mem<'a> {
         b: &'a [u8],
         read: usize,
+        reads: usize,
     }
 
     impl RangeRead for Mem<'_> {
@@ -1821,6 +1852,7 @@ mod tests {
             let from = (offset as usize).min(self.b.len());
             let to = from.saturating_add(len as usize).min(self.b.len());
             self.read += to - from;
+            self.reads += 1;
             Ok(self.b[from..to].to_vec())
         }
     }
@@ -1845,7 +1877,11 @@ mod tests {
             let ks = (0..n as usize).filter(|k| n < 300 || k % 97 == 0 || (k + 1) % 256 < 2);
             for k in ks {
                 let (id, h) = v.input(k);
-                let mut mem = Mem { b: &bytes, read: 0 };
+                let mut mem = Mem {
+                    b: &bytes,
+                    read: 0,
+                    reads: 0,
+                };
                 let got = rt.block_on(partial_proof(&mut mem, id, "clean")).unwrap();
                 let Some(j) = sv.position(k as u32) else {
                     // Quarantined: no row to prove.
@@ -1867,9 +1903,16 @@ mod tests {
                         mem.read,
                         bytes.len()
                     );
+                    // Head, the record's chunks, the row's chunk, the trailing chunks of rows
+                    // and of records, the roots.
+                    assert!(mem.reads <= 6, "{} reads", mem.reads);
                 }
                 // Rows of an aggregation are left to the whole record.
-                let mut mem = Mem { b: &bytes, read: 0 };
+                let mut mem = Mem {
+                    b: &bytes,
+                    read: 0,
+                    reads: 0,
+                };
                 assert_eq!(
                     rt.block_on(partial_proof(&mut mem, id, "agg")).unwrap(),
                     None
@@ -1881,7 +1924,11 @@ mod tests {
                 ("t:0123456789ab:2", "nowhere"),
                 ("t:0123456789ab:#2", "clean"),
             ] {
-                let mut mem = Mem { b: &bytes, read: 0 };
+                let mut mem = Mem {
+                    b: &bytes,
+                    read: 0,
+                    reads: 0,
+                };
                 assert_eq!(
                     rt.block_on(partial_proof(&mut mem, id, sink)).unwrap(),
                     None
@@ -1892,7 +1939,11 @@ mod tests {
             let mut v3 = vec![3u8];
             v3.extend_from_slice(&bytes[5 + h..]);
             assert_eq!(CustodyView::parse(&v3).unwrap().to_owned(), c);
-            let mut mem = Mem { b: &v3, read: 0 };
+            let mut mem = Mem {
+                b: &v3,
+                read: 0,
+                reads: 0,
+            };
             let id = v.input(0).0;
             assert_eq!(
                 rt.block_on(partial_proof(&mut mem, id, "clean")).unwrap(),
