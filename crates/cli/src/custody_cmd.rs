@@ -870,8 +870,8 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             }
             _ => None,
         };
-        if batch.is_some() && expected.is_none() {
-            let r = &batches[batch.unwrap_or_default()].0;
+        if let (Some(b), None) = (batch, expected) {
+            let r = &batches[b].0;
             return Ok(Outcome::bad(format!("run {} batch {}", r.run_id, r.batch)));
         }
         let mut out = match file {

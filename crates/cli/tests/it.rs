@@ -1774,14 +1774,16 @@ db.commit()
     let again: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(again, by_where);
     // The analyst sink's row of the same record proves too (through two transforms).
-    let out =
-        run_ok(
-            bin()
-                .arg("prove")
-                .arg(&spec)
-                .args(["--sink", "trades_analytics", "--id", kept_id]),
-        );
-    let b: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let prove_kept = || -> serde_json::Value {
+        let out = run_ok(bin().arg("prove").arg(&spec).args([
+            "--sink",
+            "trades_analytics",
+            "--id",
+            kept_id,
+        ]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let b = prove_kept();
     assert_eq!(b["format"], "sealtrail-proof/1");
     assert_eq!(b["id"], kept_id);
     // `prove` reads the row at the place its custody record gives; moved (every row of its
@@ -1796,14 +1798,7 @@ for f in glob.glob('{d}/out/trades_analytics/*.parquet'):
         pq.write_table(pa.concat_tables([t.slice(1), t.slice(0, 1)]), f)
 "#
     ));
-    let moved =
-        run_ok(
-            bin()
-                .arg("prove")
-                .arg(&spec)
-                .args(["--sink", "trades_analytics", "--id", kept_id]),
-        );
-    let m: serde_json::Value = serde_json::from_str(&moved).unwrap();
+    let m = prove_kept();
     assert_eq!(
         m["output"], b["output"],
         "same row, same commitment and path"

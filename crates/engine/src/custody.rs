@@ -677,15 +677,6 @@ impl BatchCustody {
         )
     }
 
-    /// The input records (indexes into `input`) behind row index `k` of sink `s`.
-    pub fn members(s: &SinkCustody, k: u32) -> Vec<u32> {
-        if k & GROUP != 0 {
-            s.groups[(k & !GROUP) as usize].clone()
-        } else {
-            vec![k]
-        }
-    }
-
     /// The lineage id of a row of sink `s` with index `k`: its record's id, or the group id.
     pub fn row_id(&self, s: &SinkCustody, k: u32) -> String {
         if k & GROUP != 0 {
@@ -1610,7 +1601,7 @@ mod tests {
         assert_eq!(s.groups, vec![vec![0, 2], vec![1, 3]]);
         assert_eq!(s.rows[1].0, GROUP | 1);
         assert_eq!(c.row_id(&s, s.rows[0].0), first.lineage_id());
-        assert_eq!(BatchCustody::members(&s, s.rows[1].0), vec![1, 3]);
+        assert_eq!(s.groups[(s.rows[1].0 & !GROUP) as usize], vec![1, 3]);
         let mut buf = String::new();
         canonical_row(&b, 0, &mut buf).unwrap();
         assert_eq!(
@@ -1759,7 +1750,14 @@ mod tests {
                     assert_eq!(sv.position(k), Some(j));
                     assert_eq!(v.output_leaf(sv, j), c.output_leaf(s, j));
                     assert_eq!(v.row_id(sv, k), c.row_id(s, k));
-                    assert_eq!(sv.members(k), BatchCustody::members(s, k));
+                    assert_eq!(
+                        sv.members(k),
+                        if k & GROUP != 0 {
+                            s.groups[(k & !GROUP) as usize].clone()
+                        } else {
+                            vec![k]
+                        }
+                    );
                 }
             }
             assert!(v.sink("missing").is_none());
