@@ -4,11 +4,11 @@ use crate::StateArgs;
 use crate::ledger_cmd::load_verifier;
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
-use sealtrail_engine::custody::{self, CustodyView, GROUP, RowIds, SinkView};
+use sealtrail_engine::custody::{self, CustodyView, GROUP, RowFormat, RowHasher, RowIds, SinkView};
 use sealtrail_engine::state::{CustodyRef, StateStore};
 use sealtrail_ledger::custody::{
-    BUNDLE_FORMAT, Bundle, ChunkedTree, Contributor, EntryProof, GROUP_ID_PREFIX, Inclusion,
-    RowProof, commitment, inclusions,
+    BUNDLE_FORMAT, BUNDLE_FORMAT_V1, Bundle, ChunkedTree, Contributor, EntryProof, GROUP_ID_PREFIX,
+    Inclusion, RowProof, commitment, inclusions,
 };
 use sealtrail_ledger::entry::{Entry, Event, Hash};
 use sealtrail_ledger::merkle;
@@ -58,13 +58,21 @@ fn cell_text(b: &RecordBatch, col: usize, row: usize) -> Option<String> {
     Some(s.as_string::<i32>().value(0).to_string())
 }
 
-/// A delivered row: its lineage id and canonical encoding.
+/// A delivered row: its lineage id and values.
 struct FoundRow {
     /// The row's lineage id (an `agg:` group id for a row of an aggregation).
     id: String,
     /// The ids of the records it came from (one, or every contributor of an aggregation).
     members: Vec<String>,
-    canonical: String,
+    /// The row as it sits in the table (a batch of one row).
+    row: RecordBatch,
+}
+
+impl FoundRow {
+    /// The bytes its commitment is over, in `format`.
+    fn bytes(&self, format: RowFormat) -> Result<Vec<u8>> {
+        custody::encoded_row(format, &self.row, 0).map_err(|e| anyhow!(e))
+    }
 }
 
 /// Whether a row's ids are lineage id `want`.
@@ -89,12 +97,11 @@ fn row_at(file: &Path, row: usize, id: &str) -> Result<Option<FoundRow>> {
     if !matches!(ids(0), Some(RowIds::One(got)) if got == id) {
         return Ok(None);
     }
-    let mut canonical = String::new();
-    custody::canonical_row(&b, 0, &mut canonical).map_err(|e| anyhow!(e))?;
+    drop(ids);
     Ok(Some(FoundRow {
         id: id.to_string(),
         members: vec![id.to_string()],
-        canonical,
+        row: b,
     }))
 }
 
@@ -110,7 +117,6 @@ fn find_rows(files: &[PathBuf], sel: &RowSelector) -> Result<Vec<FoundRow>> {
         None => None,
     };
     let mut out = Vec::new();
-    let mut buf = String::new();
     for f in files {
         for b in sealtrail_connectors::sink::read_parquet(f)
             .with_context(|| format!("reading {}", f.display()))?
@@ -129,14 +135,13 @@ fn find_rows(files: &[PathBuf], sel: &RowSelector) -> Result<Vec<FoundRow>> {
                     _ => false,
                 };
                 if hit {
-                    custody::canonical_row(&b, r, &mut buf).map_err(|e| anyhow!(e))?;
                     let row_ids = ids(r);
                     out.push(FoundRow {
                         id: row_ids.as_ref().map(RowIds::lineage_id).unwrap_or_default(),
                         members: row_ids
                             .map(|m| m.members().into_iter().map(str::to_owned).collect())
                             .unwrap_or_default(),
-                        canonical: buf.clone(),
+                        row: b.slice(r, 1),
                     });
                 }
             }
@@ -168,10 +173,14 @@ fn damaged(r: &CustodyRef) -> anyhow::Error {
     )
 }
 
-async fn locate(st: &StateStore, pipeline: &str, sink: &str, row: &FoundRow) -> Result<Located> {
-    let id = &row.id;
-    let first = row
-        .members
+async fn locate(
+    st: &StateStore,
+    pipeline: &str,
+    sink: &str,
+    id: &str,
+    members: &[String],
+) -> Result<Located> {
+    let first = members
         .first()
         .ok_or_else(|| anyhow!("the row has no `{}`", custody::ID_COLUMN))?;
     let (source, key, pos) = custody::parse_id(first)
@@ -359,12 +368,7 @@ pub async fn prove(
             if fast.is_some() {
                 None
             } else {
-                let stub = FoundRow {
-                    id: id.clone(),
-                    members: vec![id.clone()],
-                    canonical: String::new(),
-                };
-                Some(locate(&st, &p.name, sink, &stub).await?)
+                Some(locate(&st, &p.name, sink, id, std::slice::from_ref(id)).await?)
             }
         }
         _ => None,
@@ -410,12 +414,15 @@ pub async fn prove(
                 .join(", ")
         ),
     };
-    let now = commitment(row.canonical.as_bytes());
     let verifier = load_verifier(&home, None)?;
     let (dir, _guard) = state.ledger.readable(&home)?;
     let (cp, note) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
         .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
-    let make = |at: &CustodyRef, parts: Parts| -> Result<Bundle> {
+    let make = |at: &CustodyRef,
+                parts: Parts,
+                bytes: Vec<u8>,
+                format: RowFormat|
+     -> Result<Bundle> {
         let seq = at.ledger_seq.ok_or_else(|| {
             anyhow!(
                 "batch {} of run {} has no ledger entry recorded (was it run with another audit sink?)",
@@ -423,26 +430,23 @@ pub async fn prove(
                 at.run_id
             )
         })?;
-        let bytes = tiles::read_entry(&dir, cp.size, seq)?;
+        let entry = tiles::read_entry(&dir, cp.size, seq)?;
         let entry_path = merkle::inclusion_proof(&TileReader::new(&dir, cp.size), seq, cp.size)?;
         use base64::Engine;
+        let (format, output) = row_proof(sink, row, bytes, format, parts.output)?;
         Ok(Bundle {
-            format: BUNDLE_FORMAT.into(),
+            format: format.into(),
             id: row.id.clone(),
             pipeline: p.name.clone(),
             run_id: at.run_id.clone(),
             source: at.source.clone(),
             batch: at.batch,
-            output: RowProof {
-                sink: sink.to_string(),
-                canonical: row.canonical.clone(),
-                inclusion: parts.output,
-            },
+            output,
             input: parts.input,
             inputs: parts.inputs,
             entry: EntryProof {
                 index: seq,
-                bytes: base64::engine::general_purpose::STANDARD.encode(&bytes),
+                bytes: base64::engine::general_purpose::STANDARD.encode(&entry),
                 path: entry_path.iter().map(hex::encode).collect(),
             },
             checkpoint: note.clone(),
@@ -452,14 +456,25 @@ pub async fn prove(
     // whole record decides, so a damaged head can neither report a row as changed nor fail
     // a proof the record supports.
     let from_parts = match fast {
-        Some((at, pp)) if merkle::ct_eq(&now, &pp.delivered) => {
+        Some((at, pp)) => {
+            let bytes = row.bytes(pp.row_format)?;
+            if merkle::ct_eq(&commitment(&bytes), &pp.delivered) {
+                Some((at, pp, bytes))
+            } else {
+                None
+            }
+        }
+        None => None,
+    };
+    let from_parts = match from_parts {
+        Some((at, pp, bytes)) => {
             let parts = Parts {
                 delivered: pp.delivered,
                 input: Some(pp.input),
                 inputs: Vec::new(),
                 output: pp.output,
             };
-            let b = make(&at, parts)?;
+            let b = make(&at, parts, bytes, pp.row_format)?;
             if sealtrail_ledger::custody::verify(&b, &verifier).is_ok() {
                 Some((at, b))
             } else {
@@ -471,24 +486,26 @@ pub async fn prove(
                 None
             }
         }
-        _ => None,
+        None => None,
     };
     let (at, bundle) = match from_parts {
         Some(found) => found,
         None => {
             let loc = match early {
                 Some(loc) => loc,
-                None => locate(&st, &p.name, sink, row).await?,
+                None => locate(&st, &p.name, sink, &row.id, &row.members).await?,
             };
             let parts = full_parts(&loc)?;
-            if !merkle::ct_eq(&now, &parts.delivered) {
+            let format = loc.view()?.row_format();
+            let bytes = row.bytes(format)?;
+            if !merkle::ct_eq(&commitment(&bytes), &parts.delivered) {
                 eprintln!(
                     "row {} of sink `{sink}` is not the row that was delivered: its commitment differs (it was changed after loading); `sealtrail audit` lists every such row",
                     row.id
                 );
                 return Ok(TAMPERED);
             }
-            let b = make(&loc.at, parts)?;
+            let b = make(&loc.at, parts, bytes, format)?;
             (loc.at, b)
         }
     };
@@ -518,6 +535,38 @@ pub async fn prove(
     Ok(0)
 }
 
+/// The bundle format and output part of `row` of `sink`, whose commitment is over `bytes` in
+/// `format`.
+fn row_proof(
+    sink: &str,
+    row: &FoundRow,
+    bytes: Vec<u8>,
+    format: RowFormat,
+    inclusion: Inclusion,
+) -> Result<(&'static str, RowProof)> {
+    use base64::Engine;
+    let mut out = RowProof {
+        sink: sink.to_string(),
+        canonical: String::new(),
+        row: String::new(),
+        columns: Vec::new(),
+        inclusion,
+    };
+    Ok(match format {
+        RowFormat::Json => {
+            out.canonical =
+                String::from_utf8(bytes).map_err(|_| anyhow!("a JSON row that is not UTF-8"))?;
+            (BUNDLE_FORMAT_V1, out)
+        }
+        RowFormat::Binary => {
+            out.row = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            let enc = custody::BinEncoder::new(&row.row).map_err(|e| anyhow!(e))?;
+            out.columns = enc.columns().to_vec();
+            (BUNDLE_FORMAT, out)
+        }
+    })
+}
+
 /// The files of the table at `path`: a Delta table (has `_delta_log/`) or a Parquet folder.
 async fn table_files(path: &Path) -> Result<Vec<PathBuf>> {
     let target = if path.join("_delta_log").is_dir() {
@@ -537,20 +586,76 @@ async fn table_files(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(sealtrail_connectors::sink::sink_files("table", &target).await?)
 }
 
-/// Names of the columns whose values differ between two canonical rows (never the values).
-fn changed_columns(a: &str, b: &str) -> Vec<String> {
-    let (Ok(serde_json::Value::Object(x)), Ok(serde_json::Value::Object(y))) =
-        (serde_json::from_str(a), serde_json::from_str(b))
-    else {
-        return vec!["(the whole row)".into()];
+/// Names of the columns whose values differ between the proven row and the row in the table
+/// (never the values): by name, so added, dropped and retyped columns are named too.
+fn changed_columns(proven: &RowProof, now: &FoundRow) -> Vec<String> {
+    let whole = || vec!["(the whole row)".to_string()];
+    if proven.row.is_empty() {
+        // Row format 1: two JSON objects.
+        let Ok(Ok(now)) = now
+            .bytes(RowFormat::Json)
+            .map(|b| serde_json::from_slice(&b))
+        else {
+            return whole();
+        };
+        let (Ok(serde_json::Value::Object(x)), serde_json::Value::Object(y)) =
+            (serde_json::from_str(&proven.canonical), now)
+        else {
+            return whole();
+        };
+        let mut out: Vec<String> = x
+            .iter()
+            .filter(|(k, v)| y.get(*k) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        out.extend(y.keys().filter(|k| !x.contains_key(*k)).cloned());
+        return out;
+    }
+    let Ok(enc) = custody::BinEncoder::new(&now.row) else {
+        return whole();
     };
-    let mut out: Vec<String> = x
+    let (Some(a), Ok(b)) = (proven.bytes(), now.bytes(RowFormat::Binary)) else {
+        return whole();
+    };
+    let (Ok(x), Ok(y)) = (
+        sealtrail_ledger::row::parse(&a, &proven.columns),
+        sealtrail_ledger::row::parse(&b, enc.columns()),
+    ) else {
+        return whole();
+    };
+    let typed =
+        |cols: &[(String, String)], vals: Vec<&[u8]>| -> HashMap<String, (String, Vec<u8>)> {
+            cols.iter()
+                .zip(vals)
+                .map(|((n, t), v)| (n.clone(), (t.clone(), v.to_vec())))
+                .collect()
+        };
+    let (x, y) = (typed(&proven.columns, x), typed(enc.columns(), y));
+    let mut out: Vec<String> = proven
+        .columns
         .iter()
-        .filter(|(k, v)| y.get(*k) != Some(v))
-        .map(|(k, _)| k.clone())
+        .filter(|(n, _)| x.get(n) != y.get(n))
+        .map(|(n, _)| n.clone())
         .collect();
-    out.extend(y.keys().filter(|k| !x.contains_key(*k)).cloned());
+    out.extend(
+        enc.columns()
+            .iter()
+            .filter(|(n, _)| !x.contains_key(n))
+            .map(|(n, _)| n.clone()),
+    );
     out
+}
+
+/// Whether the row in the table is byte for byte the proven row (in the bundle's format).
+fn proven_bytes(proven: &RowProof, now: &FoundRow) -> bool {
+    let format = if proven.row.is_empty() {
+        RowFormat::Json
+    } else {
+        RowFormat::Binary
+    };
+    proven
+        .bytes()
+        .is_some_and(|b| now.bytes(format).is_ok_and(|n| n == b))
 }
 
 pub async fn verify_proof(
@@ -642,7 +747,7 @@ pub async fn verify_proof(
             );
             Ok(TAMPERED)
         }
-        [one] if one.canonical == b.output.canonical => {
+        [one] if proven_bytes(&b.output, one) => {
             outln!(
                 "the row in {} is the proven row, unchanged",
                 table.display()
@@ -654,7 +759,7 @@ pub async fn verify_proof(
                 "CHANGED: row {} in {} differs from the proven row in column(s): {}",
                 b.id,
                 table.display(),
-                changed_columns(&b.output.canonical, &one.canonical).join(", ")
+                changed_columns(&b.output, one).join(", ")
             );
             Ok(TAMPERED)
         }
@@ -679,12 +784,12 @@ pub enum Finding {
 }
 
 /// A row of a sink file as `audit` sees it: its lineage id (`None` when it has none) and the
-/// commitment of its canonical encoding.
+/// commitment of its canonical encoding in each row format the sink's batches use.
 #[derive(Debug)]
 struct SinkRow {
     row: usize,
     id: Option<String>,
-    commitment: Hash,
+    commitments: Vec<(RowFormat, Hash)>,
 }
 
 /// What auditing one file (and its batch) or one batch without a file found.
@@ -699,8 +804,8 @@ struct Outcome {
     matched: Vec<bool>,
     /// The file's rows that did not match at their place.
     unmatched: Vec<SinkRow>,
-    /// The batch's rows no row matched at its place: (lineage id, commitment).
-    expected: Vec<(String, Hash)>,
+    /// The batch's rows no row matched at its place: (lineage id, (format, commitment)).
+    expected: Vec<(String, (RowFormat, Hash))>,
 }
 
 impl Outcome {
@@ -715,21 +820,35 @@ impl Outcome {
 /// Reads one Parquet file of a sink, computes every row's commitment and matches each row
 /// against the row its batch's custody record has at the same place (`expected`, when the
 /// file is a batch's): the rows that match are done with; the others are returned.
-fn audit_file(f: &Path, expected: Option<(&CustodyView<'_>, &SinkView<'_>)>) -> Result<Outcome> {
+/// Rows that do not match at their place get a commitment in each of `formats` (the formats of
+/// the sink's batches), to be matched by id.
+fn audit_file(
+    f: &Path,
+    expected: Option<(&CustodyView<'_>, &SinkView<'_>)>,
+    formats: &[RowFormat],
+) -> Result<Outcome> {
     let mut out = Outcome {
         matched: vec![false; expected.map_or(0, |(_, s)| s.len())],
         ..Outcome::default()
     };
-    let mut buf = String::new();
     let mut row = 0;
+    let ours = expected.map(|(c, _)| c.row_format());
     for b in sealtrail_connectors::sink::read_parquet(f)
         .with_context(|| format!("reading {}", f.display()))?
     {
         let ids = custody::id_column(&b).map_err(|e| anyhow!("{}: {e}", f.display()))?;
-        let enc = custody::RowEncoder::new(&b);
+        let mut hashers = formats
+            .iter()
+            .map(|&fmt| RowHasher::new(fmt, &b).map(|h| (fmt, h)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| anyhow!("{}: {e}", f.display()))?;
         for r in 0..b.num_rows() {
-            enc.encode(r, &mut buf).map_err(|e| anyhow!(e))?;
-            let h = commitment(buf.as_bytes());
+            let mut h = [0u8; 32];
+            for (fmt, hasher) in &mut hashers {
+                if Some(*fmt) == ours {
+                    h = hasher.commitment(r).map_err(|e| anyhow!(e))?;
+                }
+            }
             let got = ids(r);
             let at_place = match (expected, &got) {
                 (Some((c, s)), Some(got)) if row < s.len() => {
@@ -745,10 +864,18 @@ fn audit_file(f: &Path, expected: Option<(&CustodyView<'_>, &SinkView<'_>)>) -> 
             if at_place {
                 out.matched[row] = true;
             } else {
+                let mut commitments = Vec::with_capacity(hashers.len());
+                for (fmt, hasher) in &mut hashers {
+                    let c = match ours {
+                        Some(o) if o == *fmt => h,
+                        _ => hasher.commitment(r).map_err(|e| anyhow!(e))?,
+                    };
+                    commitments.push((*fmt, c));
+                }
                 out.unmatched.push(SinkRow {
                     row,
                     id: got.map(|i| i.lineage_id()).filter(|id| !id.is_empty()),
-                    commitment: h,
+                    commitments,
                 });
             }
             row += 1;
@@ -848,6 +975,16 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         .map(|b| (None, Some(b)))
         .collect();
     items.extend(file_items);
+    // The row formats the batches' commitments use (a record's first byte says which): rows
+    // matched by id are hashed in each.
+    let mut formats = Vec::new();
+    for (r, _) in &batches {
+        let version = st.custody_range(r, 0, 1).await?;
+        let f = custody::record_row_format(version.first().copied().unwrap_or(0));
+        if !formats.contains(&f) {
+            formats.push(f);
+        }
+    }
 
     let rt = tokio::runtime::Handle::current();
     let work = |(file, batch): (Option<usize>, Option<usize>)| -> Result<Outcome> {
@@ -875,7 +1012,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             return Ok(Outcome::bad(format!("run {} batch {}", r.run_id, r.batch)));
         }
         let mut out = match file {
-            Some(f) => audit_file(&files[f], expected)?,
+            Some(f) => audit_file(&files[f], expected, &formats)?,
             None => Outcome::default(),
         };
         if let Some((c, s)) = expected {
@@ -884,7 +1021,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
                 .filter(|j| !out.matched.get(*j).copied().unwrap_or(false))
                 .map(|j| {
                     let (k, h) = s.row(j);
-                    (c.row_id(s, k), h)
+                    (c.row_id(s, k), (c.row_format(), h))
                 })
                 .collect();
         }
@@ -893,12 +1030,12 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
 
     // Items run on every core, a few ahead of the matching, which goes in item order so that
     // reports are stable.
-    let mut residual: HashMap<String, Vec<Hash>> = HashMap::new();
+    let mut residual: HashMap<String, Vec<(RowFormat, Hash)>> = HashMap::new();
     let mut unmatched: Vec<(usize, SinkRow)> = Vec::new();
     let mut findings = Vec::new();
     let classify = |f: usize,
                     row: SinkRow,
-                    residual: &mut HashMap<String, Vec<Hash>>,
+                    residual: &mut HashMap<String, Vec<(RowFormat, Hash)>>,
                     findings: &mut Vec<Finding>| {
         let label = || match &row.id {
             Some(id) => id.clone(),
@@ -906,7 +1043,12 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         };
         match row.id.as_ref().and_then(|id| residual.get_mut(id)) {
             Some(v) if !v.is_empty() => {
-                match v.iter().position(|h| merkle::ct_eq(h, &row.commitment)) {
+                let same = |(f, h): &(RowFormat, Hash)| {
+                    row.commitments
+                        .iter()
+                        .any(|(g, c)| g == f && merkle::ct_eq(h, c))
+                };
+                match v.iter().position(same) {
                     Some(i) => {
                         v.swap_remove(i);
                     }
@@ -1231,11 +1373,44 @@ pub async fn lineage(
 mod tests {
     use super::*;
 
+    fn found(cols: Vec<(&str, arrow::array::ArrayRef)>) -> FoundRow {
+        FoundRow {
+            id: String::new(),
+            members: Vec::new(),
+            row: RecordBatch::try_from_iter(cols).unwrap(),
+        }
+    }
+
     #[test]
     fn changed_columns_names_columns_not_values() {
-        let a = r#"{"a":"x","b":1,"c":null}"#;
-        let b = r#"{"a":"x","b":2,"c":null}"#;
-        assert_eq!(changed_columns(a, b), vec!["b".to_string()]);
-        assert_eq!(changed_columns(a, a), Vec::<String>::new());
+        use arrow::array::{ArrayRef, Int64Array, StringArray};
+        use std::sync::Arc;
+        let s = |v: Option<&str>| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+        let n = |v: i64| Arc::new(Int64Array::from(vec![v])) as ArrayRef;
+        let a = found(vec![("a", s(Some("x"))), ("b", n(1)), ("c", s(None))]);
+        let b = found(vec![("a", s(Some("x"))), ("b", n(2)), ("c", s(None))]);
+        // Column `c` retyped, `d` added.
+        let c = found(vec![
+            ("a", s(Some("x"))),
+            ("b", n(1)),
+            ("c", n(0)),
+            ("d", n(0)),
+        ]);
+        for format in [RowFormat::Json, RowFormat::Binary] {
+            let inc = Inclusion {
+                commitment: String::new(),
+                index: 0,
+                size: 1,
+                path: Vec::new(),
+            };
+            let (_, proven) = row_proof("s", &a, a.bytes(format).unwrap(), format, inc).unwrap();
+            assert!(proven_bytes(&proven, &a), "{format:?}");
+            assert!(!proven_bytes(&proven, &b), "{format:?}");
+            assert_eq!(changed_columns(&proven, &b), ["b"], "{format:?}");
+            assert_eq!(changed_columns(&proven, &a), Vec::<String>::new());
+            assert_eq!(changed_columns(&proven, &c), ["c", "d"], "{format:?}");
+            // Never a value.
+            assert!(!format!("{:?}", changed_columns(&proven, &b)).contains('2'));
+        }
     }
 }

@@ -1727,6 +1727,49 @@ print(' '.join(r['trade_id'] + '=' + r['_sealtrail_id'] for r in (t[10], t[20], 
         "{out}"
     );
     assert!(out.contains("unchanged"), "{out}");
+    // An independent implementation of docs/custody.md (Python, from the table as pyarrow
+    // reads it) encodes the row in row format 2 and gets the bundle's bytes and commitment.
+    let got = py(&format!(
+        r#"
+import base64, decimal, hashlib, json, struct, deltalake, pyarrow as pa, pyarrow.compute as pc
+b = json.load(open('{bundle}'))
+assert b['format'] == 'sealtrail-proof/2', b['format']
+cols = b['output']['columns']
+t = deltalake.DeltaTable('{table}').to_pyarrow_table()
+t = t.filter(pc.equal(t['_sealtrail_id'].cast(pa.string()), b['id']))
+assert t.num_rows == 1 and t.column_names == [n for n, _ in cols], t.column_names
+def val(ty, s):
+    if not s.is_valid:
+        return b'\x00'
+    if ty == 'bool': p = bytes([1 if s.as_py() else 0])
+    elif ty == 'int': p = struct.pack('>q', s.as_py())
+    elif ty == 'uint': p = struct.pack('>Q', s.as_py())
+    elif ty == 'float': p = struct.pack('>d', s.as_py())
+    elif ty in ('string', 'binary'):
+        x = s.as_py()
+        x = x.encode() if ty == 'string' else x
+        p = struct.pack('>I', len(x)) + x
+    elif ty == 'date': p = struct.pack('>i', s.cast(pa.int32()).as_py())
+    elif ty.startswith('timestamp('): p = struct.pack('>q', s.cast(pa.int64()).as_py())
+    elif ty.startswith('decimal('):
+        p = int(s.as_py().scaleb(int(ty[8:-1]))).to_bytes(16, 'big', signed=True)
+    elif ty.startswith('list<'):
+        items = s.values
+        p = struct.pack('>I', len(items)) + b''.join(val(ty[5:-1], items[i]) for i in range(len(items)))
+    else:
+        raise SystemExit('unknown type ' + ty)
+    return b'\x01' + p
+def lp(x):
+    return struct.pack('>I', len(x)) + x
+schema = hashlib.sha256(b''.join(lp(n.encode()) + lp(ty.encode()) for n, ty in cols)).digest()
+row = b'sealtrail-row/2' + bytes(17) + schema + b''.join(val(ty, t[n][0]) for n, ty in cols)
+assert base64.b64decode(b['output']['row']) == row
+print(hashlib.sha256(row).hexdigest() == b['output']['commitment'], len(row), len(cols))
+"#,
+        bundle = bundle.display(),
+        table = table.display()
+    ));
+    assert!(got.starts_with("True "), "{got}");
     // By lineage id, `prove` reads only the parts of the batch's custody record the proof
     // needs; by a column value it reads the whole record. Both give the same bundle.
     let by_id = bin()
@@ -1784,7 +1827,7 @@ db.commit()
         serde_json::from_str(&out).unwrap()
     };
     let b = prove_kept();
-    assert_eq!(b["format"], "sealtrail-proof/1");
+    assert_eq!(b["format"], "sealtrail-proof/2");
     assert_eq!(b["id"], kept_id);
     // `prove` reads the row at the place its custody record gives; moved (every row of its
     // file rotated by one, values untouched), it is searched for and still proven.
@@ -1849,10 +1892,14 @@ for f in glob.glob('{d}/out/trades_analytics/*.parquet'):
     // A bundle edited in any link does not verify.
     let text = std::fs::read_to_string(&bundle).unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let canon = v["output"]["canonical"].as_str().unwrap().to_string();
-    v["output"]["canonical"] = canon
-        .replacen("\"venue_mic\":\"", "\"venue_mic\":\"X", 1)
-        .into();
+    {
+        use base64::Engine;
+        let b64 = &base64::engine::general_purpose::STANDARD;
+        let mut row = b64.decode(v["output"]["row"].as_str().unwrap()).unwrap();
+        let at = row.len() / 2;
+        row[at] ^= 1;
+        v["output"]["row"] = b64.encode(&row).into();
+    }
     assert_forged_bundle_rejected(dir.path(), &v, &pubkey);
 
     // Tamper: one value in a data file, in place; one row deleted; one forged row added.

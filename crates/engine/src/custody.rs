@@ -432,6 +432,308 @@ fn value(col: &ArrayRef, row: usize, out: &mut String) -> Result<(), String> {
     Ok(())
 }
 
+/// How a batch's output rows were encoded for their commitments (`docs/custody.md`). Custody
+/// records say which (records of version 5 and later: [`RowFormat::Binary`]); proofs and
+/// audits re-encode rows the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum RowFormat {
+    /// Row format 1: a compact JSON object with every column's name ([`RowEncoder`]).
+    Json,
+    /// Row format 2: tag, schema digest and length-prefixed binary values ([`BinEncoder`],
+    /// [`sealtrail_ledger::row`]): about a third fewer bytes to hash and no text formatting.
+    #[default]
+    Binary,
+}
+
+/// The row format 2 type name of an Arrow type (`None`: no canonical encoding).
+pub fn row_type(ty: &DataType) -> Option<String> {
+    use DataType::*;
+    Some(match ty {
+        Null => "null".into(),
+        Boolean => "bool".into(),
+        Int8 | Int16 | Int32 | Int64 => "int".into(),
+        UInt8 | UInt16 | UInt32 | UInt64 => "uint".into(),
+        Float32 | Float64 => "float".into(),
+        Utf8 | LargeUtf8 | Utf8View => "string".into(),
+        Binary | LargeBinary | BinaryView => "binary".into(),
+        Date32 | Date64 => "date".into(),
+        Timestamp(u, _) => format!(
+            "timestamp({})",
+            match u {
+                TimeUnit::Second => "s",
+                TimeUnit::Millisecond => "ms",
+                TimeUnit::Microsecond => "us",
+                TimeUnit::Nanosecond => "ns",
+            }
+        ),
+        Decimal128(_, s) | Decimal256(_, s) => format!("decimal({s})"),
+        List(f) | LargeList(f) => format!("list<{}>", row_type(f.data_type())?),
+        _ => return None,
+    })
+}
+
+/// Encodes the rows of one batch in row format 2. The 64 bytes every row starts with (tag and
+/// schema digest) are hashed once per batch; each row then hashes only its values, which are
+/// copied as they are (no escaping, no formatting of numbers or dates).
+#[derive(Debug)]
+pub struct BinEncoder<'a> {
+    cols: Vec<BCol<'a>>,
+    columns: Vec<(String, String)>,
+    /// SHA-256 state after the 64-byte prefix.
+    start: Sha256,
+}
+
+#[derive(Debug)]
+enum BCol<'a> {
+    Utf8(&'a arrow::array::StringArray),
+    Int64(&'a arrow::array::Int64Array),
+    Boolean(&'a arrow::array::BooleanArray),
+    Date32(&'a arrow::array::Date32Array),
+    /// Any timestamp, as its i64 values.
+    Timestamp(&'a ArrayRef, &'a [i64]),
+    Decimal128(&'a arrow::array::Decimal128Array),
+    Other(&'a ArrayRef),
+}
+
+impl<'a> BinEncoder<'a> {
+    /// Fails for a column with no canonical encoding (`check` rejects such sinks).
+    pub fn new(batch: &'a RecordBatch) -> Result<Self, String> {
+        use arrow::datatypes::*;
+        let schema = batch.schema();
+        let mut columns = Vec::with_capacity(batch.num_columns());
+        let mut cols = Vec::with_capacity(batch.num_columns());
+        for (f, col) in schema.fields().iter().zip(batch.columns()) {
+            let ty = row_type(col.data_type())
+                .ok_or_else(|| format!("no canonical encoding for {}", col.data_type()))?;
+            columns.push((f.name().clone(), ty));
+            cols.push(match col.data_type() {
+                DataType::Utf8 => BCol::Utf8(col.as_string::<i32>()),
+                DataType::Int64 => BCol::Int64(col.as_primitive::<Int64Type>()),
+                DataType::Boolean => BCol::Boolean(col.as_boolean()),
+                DataType::Date32 => BCol::Date32(col.as_primitive::<Date32Type>()),
+                DataType::Timestamp(unit, _) => BCol::Timestamp(
+                    col,
+                    match unit {
+                        TimeUnit::Second => col.as_primitive::<TimestampSecondType>().values(),
+                        TimeUnit::Millisecond => {
+                            col.as_primitive::<TimestampMillisecondType>().values()
+                        }
+                        TimeUnit::Microsecond => {
+                            col.as_primitive::<TimestampMicrosecondType>().values()
+                        }
+                        TimeUnit::Nanosecond => {
+                            col.as_primitive::<TimestampNanosecondType>().values()
+                        }
+                    },
+                ),
+                DataType::Decimal128(..) => BCol::Decimal128(col.as_primitive::<Decimal128Type>()),
+                _ => BCol::Other(col),
+            });
+        }
+        let mut start = Sha256::new();
+        start.update(sealtrail_ledger::row::ROW_TAG);
+        start.update(sealtrail_ledger::row::schema_digest(
+            columns.iter().map(|(n, t)| (n.as_str(), t.as_str())),
+        ));
+        Ok(Self {
+            cols,
+            columns,
+            start,
+        })
+    }
+
+    /// The columns' names and row format 2 types, in order.
+    pub fn columns(&self) -> &[(String, String)] {
+        &self.columns
+    }
+
+    /// Appends the values of `row` (everything after the 64-byte prefix) to `out`.
+    fn values(&self, row: usize, out: &mut Vec<u8>) -> Result<(), String> {
+        for col in &self.cols {
+            match col {
+                BCol::Utf8(a) if a.is_valid(row) => {
+                    let v = a.value(row).as_bytes();
+                    out.push(1);
+                    out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                    out.extend_from_slice(v);
+                }
+                BCol::Int64(a) if a.is_valid(row) => {
+                    out.push(1);
+                    out.extend_from_slice(&a.value(row).to_be_bytes());
+                }
+                BCol::Boolean(a) if a.is_valid(row) => {
+                    out.extend_from_slice(&[1, a.value(row) as u8])
+                }
+                BCol::Date32(a) if a.is_valid(row) => {
+                    out.push(1);
+                    out.extend_from_slice(&a.value(row).to_be_bytes());
+                }
+                BCol::Timestamp(a, v) if a.is_valid(row) => {
+                    out.push(1);
+                    out.extend_from_slice(&v[row].to_be_bytes());
+                }
+                BCol::Decimal128(a) if a.is_valid(row) => {
+                    out.push(1);
+                    out.extend_from_slice(&a.value(row).to_be_bytes());
+                }
+                BCol::Other(a) => bin_value(a, row, out)?,
+                _ => out.push(0),
+            }
+        }
+        Ok(())
+    }
+
+    /// The row's whole encoding (prefix and values), written into `out` (cleared first).
+    pub fn encode(&self, row: usize, out: &mut Vec<u8>) -> Result<(), String> {
+        out.clear();
+        out.extend_from_slice(&sealtrail_ledger::row::ROW_TAG);
+        out.extend_from_slice(&sealtrail_ledger::row::schema_digest(
+            self.columns.iter().map(|(n, t)| (n.as_str(), t.as_str())),
+        ));
+        self.values(row, out)
+    }
+
+    /// The row's commitment; `buf` is scratch space.
+    pub fn commitment(&self, row: usize, buf: &mut Vec<u8>) -> Result<Hash, String> {
+        buf.clear();
+        self.values(row, buf)?;
+        let mut h = self.start.clone();
+        h.update(&buf[..]);
+        Ok(h.finalize().into())
+    }
+}
+
+/// Appends one value of any encodable type in row format 2.
+fn bin_value(col: &ArrayRef, row: usize, out: &mut Vec<u8>) -> Result<(), String> {
+    use arrow::datatypes::*;
+    if col.is_null(row) || col.data_type() == &DataType::Null {
+        out.push(0);
+        return Ok(());
+    }
+    out.push(1);
+    macro_rules! int {
+        ($t:ty, $as:ty) => {
+            out.extend_from_slice(&(col.as_primitive::<$t>().value(row) as $as).to_be_bytes())
+        };
+    }
+    let float = |x: f64, out: &mut Vec<u8>| {
+        let bits = if x.is_nan() {
+            sealtrail_ledger::row::NAN_BITS
+        } else {
+            x.to_bits()
+        };
+        out.extend_from_slice(&bits.to_be_bytes());
+    };
+    let bytes = |b: &[u8], out: &mut Vec<u8>| {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    };
+    match col.data_type() {
+        DataType::Boolean => out.push(col.as_boolean().value(row) as u8),
+        DataType::Int8 => int!(Int8Type, i64),
+        DataType::Int16 => int!(Int16Type, i64),
+        DataType::Int32 => int!(Int32Type, i64),
+        DataType::Int64 => int!(Int64Type, i64),
+        DataType::UInt8 => int!(UInt8Type, u64),
+        DataType::UInt16 => int!(UInt16Type, u64),
+        DataType::UInt32 => int!(UInt32Type, u64),
+        DataType::UInt64 => int!(UInt64Type, u64),
+        DataType::Float32 => float(f64::from(col.as_primitive::<Float32Type>().value(row)), out),
+        DataType::Float64 => float(col.as_primitive::<Float64Type>().value(row), out),
+        DataType::Utf8 => bytes(col.as_string::<i32>().value(row).as_bytes(), out),
+        DataType::LargeUtf8 => bytes(col.as_string::<i64>().value(row).as_bytes(), out),
+        DataType::Utf8View => bytes(col.as_string_view().value(row).as_bytes(), out),
+        DataType::Binary => bytes(col.as_binary::<i32>().value(row), out),
+        DataType::LargeBinary => bytes(col.as_binary::<i64>().value(row), out),
+        DataType::BinaryView => bytes(col.as_binary_view().value(row), out),
+        DataType::Date32 => int!(Date32Type, i32),
+        DataType::Date64 => {
+            let days = col
+                .as_primitive::<Date64Type>()
+                .value(row)
+                .div_euclid(86_400_000);
+            let days = i32::try_from(days).map_err(|_| "a date beyond 32-bit days".to_string())?;
+            out.extend_from_slice(&days.to_be_bytes());
+        }
+        DataType::Timestamp(unit, _) => {
+            let v = match unit {
+                TimeUnit::Second => col.as_primitive::<TimestampSecondType>().value(row),
+                TimeUnit::Millisecond => col.as_primitive::<TimestampMillisecondType>().value(row),
+                TimeUnit::Microsecond => col.as_primitive::<TimestampMicrosecondType>().value(row),
+                TimeUnit::Nanosecond => col.as_primitive::<TimestampNanosecondType>().value(row),
+            };
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        DataType::Decimal128(..) => out.extend_from_slice(
+            &col.as_primitive::<Decimal128Type>()
+                .value(row)
+                .to_be_bytes(),
+        ),
+        DataType::Decimal256(..) => {
+            let v = col.as_primitive::<Decimal256Type>().value(row);
+            let v = v
+                .to_i128()
+                .ok_or_else(|| "a Decimal256 beyond 128 bits".to_string())?;
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        DataType::List(_) | DataType::LargeList(_) => {
+            let inner: ArrayRef = match col.data_type() {
+                DataType::List(_) => col.as_list::<i32>().value(row),
+                _ => col.as_list::<i64>().value(row),
+            };
+            out.extend_from_slice(&(inner.len() as u32).to_be_bytes());
+            for i in 0..inner.len() {
+                bin_value(&inner, i, out)?;
+            }
+        }
+        other => return Err(format!("no canonical encoding for {other}")),
+    }
+    Ok(())
+}
+
+/// Row commitments of one batch in either format, with the scratch buffer they need.
+#[derive(Debug)]
+pub enum RowHasher<'a> {
+    Json(RowEncoder<'a>, String),
+    Binary(BinEncoder<'a>, Vec<u8>),
+}
+
+impl<'a> RowHasher<'a> {
+    pub fn new(format: RowFormat, batch: &'a RecordBatch) -> Result<Self, String> {
+        Ok(match format {
+            RowFormat::Json => Self::Json(RowEncoder::new(batch), String::with_capacity(1024)),
+            RowFormat::Binary => Self::Binary(BinEncoder::new(batch)?, Vec::with_capacity(1024)),
+        })
+    }
+
+    /// The commitment of `row`.
+    pub fn commitment(&mut self, row: usize) -> Result<Hash, String> {
+        match self {
+            Self::Json(e, buf) => {
+                e.encode(row, buf)?;
+                Ok(commitment(buf.as_bytes()))
+            }
+            Self::Binary(e, buf) => e.commitment(row, buf),
+        }
+    }
+}
+
+/// The bytes a commitment of `row` of `batch` is over, in `format`.
+pub fn encoded_row(format: RowFormat, batch: &RecordBatch, row: usize) -> Result<Vec<u8>, String> {
+    match format {
+        RowFormat::Json => {
+            let mut s = String::new();
+            canonical_row(batch, row, &mut s)?;
+            Ok(s.into_bytes())
+        }
+        RowFormat::Binary => {
+            let mut out = Vec::new();
+            BinEncoder::new(batch)?.encode(row, &mut out)?;
+            Ok(out)
+        }
+    }
+}
+
 fn unknown_id(sink: &str) -> String {
     format!("sink `{sink}` received a row whose `{ID_COLUMN}` is not a record of its batch")
 }
@@ -443,12 +745,12 @@ pub fn sink_rows(
     sink: &str,
     rows: &[RecordBatch],
     input: &[(String, Hash)],
+    format: RowFormat,
 ) -> Result<SinkCustody, String> {
     // Built only when rows come out of input order (a transform that sorts or groups).
     let index = std::cell::OnceCell::new();
     let mut out = Vec::with_capacity(rows.iter().map(RecordBatch::num_rows).sum());
     let mut groups = Vec::new();
-    let mut buf = String::with_capacity(1024);
     // Rows of 1:1 transforms come in input order: try the records just after the previous
     // match (quarantined ones are skipped) before the hash index.
     let mut next = 0usize;
@@ -471,7 +773,7 @@ pub fn sink_rows(
     };
     for b in rows {
         let ids = id_column(b)?;
-        let enc = RowEncoder::new(b);
+        let mut enc = RowHasher::new(format, b)?;
         for r in 0..b.num_rows() {
             let k = match ids(r) {
                 Some(RowIds::One(id)) => find(id)?,
@@ -482,8 +784,7 @@ pub fn sink_rows(
                 }
                 _ => return Err(unknown_id(sink)),
             };
-            enc.encode(r, &mut buf)?;
-            out.push((k, commitment(buf.as_bytes())));
+            out.push((k, enc.commitment(r)?));
         }
     }
     Ok(SinkCustody {
@@ -599,6 +900,9 @@ pub struct BatchCustody {
     /// Chunk roots of the input tree (see [`sealtrail_ledger::custody::chunk_roots`]); empty
     /// in records written before they were kept, and until [`BatchCustody::seal`].
     pub input_chunks: Vec<Hash>,
+    /// How the output commitments encode rows: [`RowFormat::Binary`] for records of version 5,
+    /// [`RowFormat::Json`] for older ones.
+    pub row_format: RowFormat,
 }
 
 /// The Merkle roots a batch's ledger entry carries: its input records and, in the order of
@@ -690,12 +994,14 @@ impl BatchCustody {
         }
     }
 
-    /// Binary form (version 4), stored with the batch's commit: `u8 4 | u32 h | head (h
+    /// Binary form (version 5), stored with the batch's commit: `u8 5 | u32 h | head (h
     /// bytes, a [`CustodyHead`]) | body`, the body being
     /// `u32 n | n × (u16 len, id, [32]) | u32 s | s × (u16 len, sink, u32 m, m × (u32, [32]),
     /// u32 g, g × (u32 c, c × u32)) | u32 k, k × [32] | s × (u32 k, k × [32])`, the last two
-    /// being the chunk roots of the input tree and of each sink's tree. Versions 1 (no groups),
-    /// 2 (no chunk roots) and 3 (no head: `u8 3 | body`) still decode.
+    /// being the chunk roots of the input tree and of each sink's tree. Version 5 output
+    /// commitments are over rows in [`RowFormat::Binary`]; version 4 (the same layout) and
+    /// versions 1 (no groups), 2 (no chunk roots) and 3 (no head: `u8 3 | body`) are over rows
+    /// in [`RowFormat::Json`] and still decode. A record in JSON rows is written as version 4.
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Vec::with_capacity(8 + self.input.len() * 64);
         let mut head = CustodyHead {
@@ -747,7 +1053,10 @@ impl BatchCustody {
         }
         let head = head.encode();
         let mut out = Vec::with_capacity(5 + head.len() + body.len());
-        out.push(4);
+        out.push(match self.row_format {
+            RowFormat::Json => 4,
+            RowFormat::Binary => 5,
+        });
         out.extend_from_slice(&(head.len() as u32).to_be_bytes());
         out.extend_from_slice(&head);
         out.extend_from_slice(&body);
@@ -770,6 +1079,7 @@ pub struct CustodyView<'a> {
     input_at: Vec<u32>,
     sinks: Vec<SinkView<'a>>,
     input_chunks: &'a [u8],
+    row_format: RowFormat,
 }
 
 /// One sink's part of a [`CustodyView`].
@@ -833,7 +1143,7 @@ impl<'a> CustodyView<'a> {
             1..=3 => 1,
             // The head is an index into the body (which is version 3's): it must decode, and
             // is not otherwise needed to read the whole record.
-            4 => {
+            4 | 5 => {
                 let h = u32::from_be_bytes(b.get(1..5)?.try_into().ok()?) as usize;
                 CustodyHead::decode(b.get(5..h.checked_add(5)?)?)?;
                 h + 5
@@ -901,7 +1211,13 @@ impl<'a> CustodyView<'a> {
             input_at,
             sinks,
             input_chunks,
+            row_format: record_row_format(version),
         })
+    }
+
+    /// How the record's output commitments encode rows.
+    pub fn row_format(&self) -> RowFormat {
+        self.row_format
     }
 
     /// The number of input records.
@@ -1001,7 +1317,17 @@ impl<'a> CustodyView<'a> {
                 })
                 .collect(),
             input_chunks: self.input_chunks(),
+            row_format: self.row_format,
         }
+    }
+}
+
+/// The row format of a stored record whose first byte (its version) is `version`.
+pub fn record_row_format(version: u8) -> RowFormat {
+    if version >= 5 {
+        RowFormat::Binary
+    } else {
+        RowFormat::Json
     }
 }
 
@@ -1153,6 +1479,8 @@ pub struct PartialProof {
     pub row_index: usize,
     /// The commitment of the row as delivered.
     pub delivered: Hash,
+    /// How that commitment encodes the row.
+    pub row_format: RowFormat,
     pub input: Inclusion,
     pub output: Inclusion,
 }
@@ -1193,9 +1521,10 @@ pub async fn partial_proof<R: RangeRead>(
 ) -> Result<Option<PartialProof>, R::Error> {
     let pos = id_position(id);
     let front = rec.read(0, HEAD_GUESS).await?;
-    if front.first() != Some(&4) || front.len() < 5 || pos == u64::MAX {
-        return Ok(None);
-    }
+    let version = match front.first() {
+        Some(v @ (4 | 5)) if front.len() >= 5 && pos != u64::MAX => *v,
+        _ => return Ok(None),
+    };
     let head_len = u32::from_be_bytes([front[1], front[2], front[3], front[4]]) as u64;
     let body = 5 + head_len;
     let head_bytes = if body as usize <= front.len() {
@@ -1380,6 +1709,7 @@ pub async fn partial_proof<R: RangeRead>(
     Ok(Some(PartialProof {
         row_index: j,
         delivered,
+        row_format: record_row_format(version),
         input,
         output,
     }))
@@ -1468,12 +1798,12 @@ mod tests {
                 )
             })
             .collect();
-        let c = sink_rows("o", std::slice::from_ref(&b), &input).unwrap();
+        let c = sink_rows("o", std::slice::from_ref(&b), &input, RowFormat::Json).unwrap();
         assert_eq!(c.sink, "o");
         // Row 1's record is beyond the sequential window: found through the index.
         assert_eq!(c.rows[1], (11, commitment(out.as_bytes())));
         // A row whose id is not a record of the batch is refused, naming no value.
-        let e = sink_rows("o", &[b], &input[..1]).unwrap_err();
+        let e = sink_rows("o", &[b], &input[..1], RowFormat::Binary).unwrap_err();
         assert!(e.contains("sink `o`") && !e.contains("0123456789ab"), "{e}");
     }
 
@@ -1597,7 +1927,7 @@ mod tests {
         let get = id_column(&b).unwrap();
         let first = get(0).unwrap();
         assert_eq!(first.members(), ["t:0123456789ab:0", "t:0123456789ab:2"]);
-        let s = sink_rows("agg", std::slice::from_ref(&b), &c.input).unwrap();
+        let s = sink_rows("agg", std::slice::from_ref(&b), &c.input, RowFormat::Json).unwrap();
         assert_eq!(s.groups, vec![vec![0, 2], vec![1, 3]]);
         assert_eq!(s.rows[1].0, GROUP | 1);
         assert_eq!(c.row_id(&s, s.rows[0].0), first.lineage_id());
@@ -1621,7 +1951,29 @@ mod tests {
         c.outputs[0].groups[1] = vec![9];
         assert!(BatchCustody::decode(&c.encode()).is_none());
         // A contributor that is not a record of the batch is refused.
-        assert!(sink_rows("agg", std::slice::from_ref(&b), &c.input[..1]).is_err());
+        assert!(
+            sink_rows(
+                "agg",
+                std::slice::from_ref(&b),
+                &c.input[..1],
+                RowFormat::Binary
+            )
+            .is_err()
+        );
+        // In row format 2 the id column is a list of strings, and the commitment is over the
+        // encoded row.
+        let s2 = sink_rows("agg", std::slice::from_ref(&b), &c.input, RowFormat::Binary).unwrap();
+        let bytes = encoded_row(RowFormat::Binary, &b, 0).unwrap();
+        assert_eq!(s2.rows[0].1, commitment(&bytes));
+        let cols: Vec<(String, String)> = vec![
+            ("n".into(), "int".into()),
+            (ID_COLUMN.into(), "list<string>".into()),
+        ];
+        let v = sealtrail_ledger::row::parse(&bytes, &cols).unwrap();
+        assert_eq!(
+            sealtrail_ledger::row::strings(v[1]).unwrap(),
+            ["t:0123456789ab:0", "t:0123456789ab:2"]
+        );
     }
 
     /// The general per-cell path, which the batch encoder's fast paths must match exactly.
@@ -1686,6 +2038,21 @@ mod tests {
                 let got = enc.encode(r, &mut out).map(|()| out.clone());
                 proptest::prop_assert_eq!(got, reference_row(&b, r));
             }
+            // Row format 2: every row parses under its columns, its commitment is over its
+            // bytes, and the general per-value path gives the fast paths' bytes.
+            let bin = BinEncoder::new(&b).unwrap();
+            let (mut bytes, mut scratch) = (Vec::new(), Vec::new());
+            for r in 0..b.num_rows() {
+                bin.encode(r, &mut bytes).unwrap();
+                let values = sealtrail_ledger::row::parse(&bytes, bin.columns());
+                proptest::prop_assert!(values.is_ok(), "{:?}", values);
+                proptest::prop_assert_eq!(bin.commitment(r, &mut scratch).unwrap(), commitment(&bytes));
+                let mut general = bytes[..64].to_vec();
+                for c in b.columns() {
+                    bin_value(c, r, &mut general).unwrap();
+                }
+                proptest::prop_assert_eq!(&general, &bytes);
+            }
         }
     }
 
@@ -1721,6 +2088,104 @@ mod tests {
         }
         c.seal();
         c
+    }
+
+    #[test]
+    fn records_say_which_row_format_their_commitments_use() {
+        let c = sample_record(4);
+        let bytes = c.encode();
+        assert_eq!((bytes[0], c.row_format), (5, RowFormat::Binary));
+        assert_eq!(
+            CustodyView::parse(&bytes).unwrap().row_format(),
+            RowFormat::Binary
+        );
+        let mut j = c.clone();
+        j.row_format = RowFormat::Json;
+        let bytes = j.encode();
+        assert_eq!(bytes[0], 4, "records of JSON rows keep version 4");
+        assert_eq!(
+            CustodyView::parse(&bytes).unwrap().row_format(),
+            RowFormat::Json
+        );
+        assert_eq!(BatchCustody::decode(&bytes).unwrap(), j);
+        assert_eq!(record_row_format(3), RowFormat::Json);
+    }
+
+    #[test]
+    fn equivalent_types_encode_alike_in_row_format_2() {
+        use arrow::array::*;
+        let ids = || StringArray::from(vec!["t:0123456789ab:1", "t:0123456789ab:2"]);
+        let a = RecordBatch::try_from_iter(vec![
+            (
+                "s",
+                Arc::new(StringArray::from(vec![Some("x"), None])) as ArrayRef,
+            ),
+            ("n", Arc::new(Int64Array::from(vec![7, -1])) as ArrayRef),
+            (
+                "d",
+                Arc::new(Date32Array::from(vec![19_000, -3])) as ArrayRef,
+            ),
+            (
+                "f",
+                Arc::new(Float64Array::from(vec![f64::NAN, -0.5])) as ArrayRef,
+            ),
+            (ID_COLUMN, Arc::new(ids()) as ArrayRef),
+        ])
+        .unwrap();
+        let b = RecordBatch::try_from_iter(vec![
+            (
+                "s",
+                Arc::new(StringViewArray::from(vec![Some("x"), None])) as ArrayRef,
+            ),
+            ("n", Arc::new(Int32Array::from(vec![7, -1])) as ArrayRef),
+            (
+                "d",
+                Arc::new(Date64Array::from(vec![
+                    19_000 * 86_400_000,
+                    -3 * 86_400_000 + 1,
+                ])) as ArrayRef,
+            ),
+            (
+                "f",
+                Arc::new(Float32Array::from(vec![-f32::NAN, -0.5])) as ArrayRef,
+            ),
+            (
+                ID_COLUMN,
+                Arc::new(LargeStringArray::from(vec![
+                    "t:0123456789ab:1",
+                    "t:0123456789ab:2",
+                ])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        for r in 0..2 {
+            let x = encoded_row(RowFormat::Binary, &a, r).unwrap();
+            assert_eq!(x, encoded_row(RowFormat::Binary, &b, r).unwrap(), "row {r}");
+            let cols = BinEncoder::new(&a).unwrap().columns().to_vec();
+            let v = sealtrail_ledger::row::parse(&x, &cols).unwrap();
+            assert_eq!(sealtrail_ledger::row::string(v[4]), Some(ids().value(r)));
+        }
+        // A renamed column changes every row's bytes (the schema digest), not only a value.
+        let renamed = RecordBatch::try_new(
+            Arc::new(Schema::new(
+                a.schema()
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        let n = if f.name() == "n" { "m" } else { f.name() };
+                        f.as_ref().clone().with_name(n)
+                    })
+                    .collect::<Vec<_>>(),
+            )),
+            a.columns().to_vec(),
+        )
+        .unwrap();
+        let (x, y) = (
+            encoded_row(RowFormat::Binary, &a, 0).unwrap(),
+            encoded_row(RowFormat::Binary, &renamed, 0).unwrap(),
+        );
+        assert_eq!(x[64..], y[64..]);
+        assert_ne!(x[32..64], y[32..64]);
     }
 
     #[test]
@@ -1936,7 +2401,15 @@ mod tests {
             let h = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
             let mut v3 = vec![3u8];
             v3.extend_from_slice(&bytes[5 + h..]);
-            assert_eq!(CustodyView::parse(&v3).unwrap().to_owned(), c);
+            let old = CustodyView::parse(&v3).unwrap().to_owned();
+            assert_eq!(old.row_format, RowFormat::Json);
+            assert_eq!(
+                old,
+                BatchCustody {
+                    row_format: RowFormat::Json,
+                    ..c.clone()
+                }
+            );
             let mut mem = Mem {
                 b: &v3,
                 read: 0,

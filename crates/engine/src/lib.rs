@@ -963,11 +963,12 @@ fn batch_custody(
 ) -> std::result::Result<(custody::BatchCustody, custody::Roots), String> {
     let mut bc = custody::BatchCustody {
         input,
+        row_format: custody::RowFormat::Binary,
         ..Default::default()
     };
     bc.outputs = per_sink
         .iter()
-        .map(|(sink, rows)| custody::sink_rows(sink, rows, &bc.input))
+        .map(|(sink, rows)| custody::sink_rows(sink, rows, &bc.input, bc.row_format))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let roots = bc.seal();
     Ok((bc, roots))

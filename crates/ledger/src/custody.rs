@@ -21,8 +21,12 @@ use sha2::{Digest, Sha256};
 
 /// Prefix of record leaves (ledger leaves use `0x00`, inner nodes `0x01`).
 pub const RECORD_LEAF_PREFIX: u8 = 0x02;
-/// The `format` of the bundles this version writes and reads.
-pub const BUNDLE_FORMAT: &str = "sealtrail-proof/1";
+/// The `format` of the bundles this version writes: rows in the binary canonical encoding
+/// (row format 2, [`crate::row`]).
+pub const BUNDLE_FORMAT: &str = "sealtrail-proof/2";
+/// The `format` of bundles of rows committed in the JSON canonical encoding (row format 1,
+/// batches written before row format 2); still written for such rows and verified.
+pub const BUNDLE_FORMAT_V1: &str = "sealtrail-proof/1";
 /// The output column that names each row's source record.
 pub const ID_COLUMN: &str = sealtrail_core::LINEAGE_ID_COLUMN;
 
@@ -172,11 +176,30 @@ pub struct Inclusion {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowProof {
     pub sink: String,
-    /// The canonical encoding of the row (`docs/custody.md`): a JSON object, kept as text
-    /// because its exact bytes are what is hashed.
+    /// Format 1 only: the row's JSON canonical encoding, kept as text because its exact bytes
+    /// are what is hashed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub canonical: String,
+    /// Format 2: the row's binary canonical encoding ([`crate::row`]), standard base64.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub row: String,
+    /// Format 2: the row's columns in order, each `[name, type]`, which its bytes are read by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<(String, String)>,
     #[serde(flatten)]
     pub inclusion: Inclusion,
+}
+
+impl RowProof {
+    /// The bytes the row's commitment is over (`None` when `row` is not base64).
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        if self.row.is_empty() {
+            return Some(self.canonical.as_bytes().to_vec());
+        }
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.row)
+            .ok()
+    }
 }
 
 /// One contributing input record of a many-to-one row: its id and place in the input tree.
@@ -223,7 +246,7 @@ pub struct Bundle {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("not a {BUNDLE_FORMAT} bundle (format `{0}`)")]
+    #[error("not a {BUNDLE_FORMAT} or {BUNDLE_FORMAT_V1} bundle (format `{0}`)")]
     Format(String),
     #[error("the checkpoint's signature does not verify with this public key: {0}")]
     Signature(String),
@@ -243,6 +266,8 @@ pub enum BundleError {
     RowChanged,
     #[error("the output row is not in the sink's tree of the batch: {0}")]
     OutputInclusion(ProofError),
+    #[error("the output row does not read under its columns: {0}")]
+    Row(String),
     #[error("the output row's `{ID_COLUMN}` is not the bundle's id")]
     IdMismatch,
     #[error("the bundle's input records do not match its id: {0}")]
@@ -273,9 +298,11 @@ fn path_of(p: &[String], field: &'static str) -> Result<Vec<Hash>, BundleError> 
 /// Checks every link of `b`: row -> commitment -> sink root, record -> input root, both
 /// roots in the batch entry, entry -> checkpoint root, checkpoint signature.
 pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
-    if b.format != BUNDLE_FORMAT {
-        return Err(BundleError::Format(b.format.clone()));
-    }
+    let binary = match b.format.as_str() {
+        BUNDLE_FORMAT => true,
+        BUNDLE_FORMAT_V1 => false,
+        _ => return Err(BundleError::Format(b.format.clone())),
+    };
     let text = key
         .open(&b.checkpoint)
         .map_err(|e| BundleError::Signature(e.to_string()))?;
@@ -361,21 +388,41 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
 
     // The output row: its bytes, its id, its place under the sink's root.
     let c_out = hash_of(&b.output.inclusion.commitment, "output.commitment")?;
-    if !merkle::ct_eq(&commitment(b.output.canonical.as_bytes()), &c_out) {
+    let row_bytes = match (
+        binary,
+        b.output.canonical.is_empty(),
+        b.output.row.is_empty(),
+    ) {
+        (true, true, false) | (false, false, true) => b.output.bytes(),
+        _ => None,
+    }
+    .ok_or(BundleError::RowChanged)?;
+    if !merkle::ct_eq(&commitment(&row_bytes), &c_out) {
         return Err(BundleError::RowChanged);
     }
-    let row: serde_json::Value =
-        serde_json::from_str(&b.output.canonical).map_err(|_| BundleError::RowChanged)?;
-    let listed = match row.get(ID_COLUMN) {
-        Some(serde_json::Value::String(id)) if b.input.is_some() => id == &b.id,
-        Some(serde_json::Value::Array(ids)) if b.input.is_none() => {
-            ids.len() == records.len()
-                && ids
-                    .iter()
-                    .zip(&records)
-                    .all(|(v, (id, _))| v.as_str() == Some(id))
+    let ids_match = |ids: Vec<&str>| {
+        ids.len() == records.len() && ids.iter().zip(&records).all(|(v, (id, _))| v == id)
+    };
+    let listed = if binary {
+        let values = crate::row::parse(&row_bytes, &b.output.columns)
+            .map_err(|e| BundleError::Row(e.to_string()))?;
+        let at = b.output.columns.iter().position(|(n, _)| n == ID_COLUMN);
+        match at.map(|i| values[i]) {
+            Some(v) if b.input.is_some() => crate::row::string(v) == Some(b.id.as_str()),
+            Some(v) => crate::row::strings(v).is_some_and(ids_match),
+            None => false,
         }
-        _ => false,
+    } else {
+        let row: serde_json::Value =
+            serde_json::from_slice(&row_bytes).map_err(|_| BundleError::RowChanged)?;
+        match row.get(ID_COLUMN) {
+            Some(serde_json::Value::String(id)) if b.input.is_some() => id == &b.id,
+            Some(serde_json::Value::Array(ids)) if b.input.is_none() => {
+                let ids: Option<Vec<&str>> = ids.iter().map(|v| v.as_str()).collect();
+                ids.is_some_and(ids_match)
+            }
+            _ => false,
+        }
     };
     if !listed {
         return Err(BundleError::IdMismatch);

@@ -8,5 +8,6 @@ pub mod log;
 pub mod merkle;
 pub mod note;
 pub mod pg;
+pub mod row;
 pub mod tiles;
 pub mod verify;
