@@ -111,6 +111,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             other => bail!("--custody must be on or off, not `{other}`"),
         },
         openlineage: None,
+        row_format: Default::default(),
     };
     let t = std::time::Instant::now();
     let r = sealtrail_engine::run(&p, &opts).await?;

@@ -22,6 +22,7 @@ mod synth;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sealtrail_engine::custody::RowFormat;
 use sealtrail_engine::{RunOptions, RunReport};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,10 @@ enum Cmd {
         /// appended) or HTTP endpoint (`http(s)://...`, POST per event).
         #[arg(long, env = "SEALTRAIL_OPENLINEAGE", hide_env_values = true)]
         openlineage: Option<String>,
+        /// Row format of the output commitments: 2 (binary, the default) or 1 (JSON, as
+        /// versions before row format 2 wrote them; for compatibility tests only).
+        #[arg(long, hide = true, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+        row_format: u8,
     },
     /// Check specs: report every error with file, line, column and a hint.
     Check {
@@ -303,6 +308,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             state,
             abandon_unfinished,
             openlineage,
+            row_format,
         } => {
             let p = sealtrail_spec::load(&spec)?;
             let home = state.home(Some(&spec));
@@ -313,6 +319,10 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 &state.url(&home),
                 abandon_unfinished,
                 openlineage.as_deref(),
+                match row_format {
+                    1 => RowFormat::Json,
+                    _ => RowFormat::Binary,
+                },
             )
             .await?;
             print_report(&report);
@@ -466,7 +476,8 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 ledger: ledger.clone(),
             }
             .url(&home);
-            let report = run_pipeline(&p, &home, &ledger, &url, false, None).await?;
+            let report =
+                run_pipeline(&p, &home, &ledger, &url, false, None, RowFormat::default()).await?;
             print_report(&report);
             Ok(())
         }
@@ -537,6 +548,7 @@ async fn run_pipeline(
     state_url: &str,
     abandon: bool,
     openlineage: Option<&str>,
+    row_format: RowFormat,
 ) -> Result<RunReport> {
     // Every audit event goes to the ledger, durably and signed, before the run goes on.
     let log = ledger_cmd::open_writer(home, ledger, sealtrail_ledger::log::OpenMode::FailClosed)
@@ -559,6 +571,7 @@ async fn run_pipeline(
             pb2.set_message(format!("{src}: {rows} records read"))
         })),
         skip_commitments_for_benchmark: false,
+        row_format,
         openlineage: openlineage.map(|t| {
             sealtrail_engine::openlineage::Emitter::new(
                 sealtrail_engine::openlineage::Destination::parse(t),
@@ -632,6 +645,7 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
             &url,
             false,
             Some(&lineage),
+            RowFormat::default(),
         )
         .await?;
         outln!();

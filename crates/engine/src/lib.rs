@@ -81,6 +81,10 @@ pub struct RunOptions {
     /// For benchmarks only: skip record commitments, batch roots and custody records (the
     /// lineage ids stay), to measure what they cost. Rows of such a run cannot be proven.
     pub skip_commitments_for_benchmark: bool,
+    /// How output rows are encoded for their commitments: [`custody::RowFormat::Binary`]
+    /// (row format 2); `Json` writes batches as versions before it did, which only tests of
+    /// their compatibility want.
+    pub row_format: custody::RowFormat,
     /// Where to send OpenLineage run events, if anywhere.
     pub openlineage: Option<openlineage::Emitter>,
 }
@@ -960,10 +964,11 @@ fn policy_version(r: &Resolution) -> String {
 fn batch_custody(
     input: Vec<(String, sealtrail_ledger::entry::Hash)>,
     per_sink: &[(String, Vec<RecordBatch>)],
+    row_format: custody::RowFormat,
 ) -> std::result::Result<(custody::BatchCustody, custody::Roots), String> {
     let mut bc = custody::BatchCustody {
         input,
-        row_format: custody::RowFormat::Binary,
+        row_format,
         ..Default::default()
     };
     bc.outputs = per_sink
@@ -1046,7 +1051,8 @@ async fn commit_one(
     // same (shared, immutable) batches: the two are the heaviest steps of a commit.
     let hashing = (!opts.skip_commitments_for_benchmark).then(|| {
         let per_sink = per_sink.clone();
-        tokio::task::spawn_blocking(move || batch_custody(input, &per_sink))
+        let format = opts.row_format;
+        tokio::task::spawn_blocking(move || batch_custody(input, &per_sink, format))
     });
     for ((w, _), (_, rows)) in sinks.iter_mut().zip(&per_sink) {
         w.commit(&key, rows).await?;
