@@ -121,6 +121,22 @@ impl RawBatch {
     pub fn text_len(&self) -> usize {
         self.text.len()
     }
+    /// Bytes of raw records held.
+    pub fn raw_len(&self) -> usize {
+        self.raw.len()
+    }
+    /// Bytes of field `col` over every record (what a text column of it will hold).
+    pub fn column_bytes(&self, col: usize) -> usize {
+        if col >= self.ncols {
+            return 0;
+        }
+        self.spans
+            .iter()
+            .skip(col)
+            .step_by(self.ncols)
+            .map(|&(s, e)| e.saturating_sub(s) as usize)
+            .sum()
+    }
 
     /// Field `col` of record `row`.
     #[inline]

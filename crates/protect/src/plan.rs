@@ -488,7 +488,18 @@ impl Protector {
                 _ => {
                     let text = as_text(*input)?;
                     let t = text.as_string::<i32>();
-                    let mut b = StringBuilder::with_capacity(n, t.values().len() * 2);
+                    // The output's size, to allocate it once: a batch's column is megabytes,
+                    // and growing it by doubling copies it and fragments the heap.
+                    let text_bytes = t.values().len();
+                    let cap = match op {
+                        Op::Token(_) | Op::Hash => n * 64,
+                        Op::Encrypt(_) => text_bytes / 3 * 4 + n * 64,
+                        Op::Mask(_) | Op::Redact(..) | Op::EmailDomain | Op::CountryOfIban => {
+                            text_bytes
+                        }
+                        _ => text_bytes * 2,
+                    };
+                    let mut b = StringBuilder::with_capacity(n, cap);
                     let mut out = String::with_capacity(128);
                     for r in 0..n {
                         if t.is_null(r) {

@@ -270,9 +270,10 @@ enum Builder {
 }
 
 impl Builder {
-    fn new(t: ColumnType, rows: usize) -> Self {
+    /// `bytes`: what the column's text values take (its buffer is allocated once).
+    fn new(t: ColumnType, rows: usize, bytes: usize) -> Self {
         match t {
-            ColumnType::Utf8 => Builder::Str(StringBuilder::with_capacity(rows, rows * 16)),
+            ColumnType::Utf8 => Builder::Str(StringBuilder::with_capacity(rows, bytes)),
             ColumnType::Int64 => Builder::I64(Int64Builder::with_capacity(rows)),
             ColumnType::Float64 => Builder::F64(Float64Builder::with_capacity(rows)),
             ColumnType::Boolean => Builder::Bool(BooleanBuilder::with_capacity(rows)),
@@ -332,7 +333,14 @@ pub fn to_record_batch(
     let mut builders: Vec<Builder> = source
         .columns
         .iter()
-        .map(|c| Builder::new(c.ty, n))
+        .enumerate()
+        .map(|(i, c)| {
+            let bytes = match c.ty {
+                ColumnType::Utf8 => batch.column_bytes(i),
+                _ => 0,
+            };
+            Builder::new(c.ty, n, bytes)
+        })
         .collect();
     let mut rows = Vec::with_capacity(n);
     let mut bad = Vec::new();
