@@ -116,6 +116,17 @@ enum Col<'a> {
     Other(&'a ArrayRef),
 }
 
+/// The i64 values of a timestamp column of `unit`.
+fn timestamp_values(col: &ArrayRef, unit: TimeUnit) -> &[i64] {
+    use arrow::datatypes::*;
+    match unit {
+        TimeUnit::Second => col.as_primitive::<TimestampSecondType>().values(),
+        TimeUnit::Millisecond => col.as_primitive::<TimestampMillisecondType>().values(),
+        TimeUnit::Microsecond => col.as_primitive::<TimestampMicrosecondType>().values(),
+        TimeUnit::Nanosecond => col.as_primitive::<TimestampNanosecondType>().values(),
+    }
+}
+
 /// Whether any byte of `b` must be escaped in a JSON string. No early exit, so it vectorises.
 fn needs_escape(b: &[u8]) -> bool {
     b.chunks(64).any(|c| {
@@ -146,19 +157,7 @@ impl<'a> RowEncoder<'a> {
                     DataType::Boolean => Col::Boolean(col.as_boolean()),
                     DataType::Date32 => Col::Date32(col.as_primitive::<Date32Type>()),
                     DataType::Timestamp(unit, _) => {
-                        let v: &[i64] = match unit {
-                            TimeUnit::Second => col.as_primitive::<TimestampSecondType>().values(),
-                            TimeUnit::Millisecond => {
-                                col.as_primitive::<TimestampMillisecondType>().values()
-                            }
-                            TimeUnit::Microsecond => {
-                                col.as_primitive::<TimestampMicrosecondType>().values()
-                            }
-                            TimeUnit::Nanosecond => {
-                                col.as_primitive::<TimestampNanosecondType>().values()
-                            }
-                        };
-                        Col::Timestamp(col, v, *unit)
+                        Col::Timestamp(col, timestamp_values(col, *unit), *unit)
                     }
                     DataType::Decimal128(_, s) => {
                         Col::Decimal128(col.as_primitive::<Decimal128Type>(), *s)
@@ -511,21 +510,7 @@ impl<'a> BinEncoder<'a> {
                 DataType::Int64 => BCol::Int64(col.as_primitive::<Int64Type>()),
                 DataType::Boolean => BCol::Boolean(col.as_boolean()),
                 DataType::Date32 => BCol::Date32(col.as_primitive::<Date32Type>()),
-                DataType::Timestamp(unit, _) => BCol::Timestamp(
-                    col,
-                    match unit {
-                        TimeUnit::Second => col.as_primitive::<TimestampSecondType>().values(),
-                        TimeUnit::Millisecond => {
-                            col.as_primitive::<TimestampMillisecondType>().values()
-                        }
-                        TimeUnit::Microsecond => {
-                            col.as_primitive::<TimestampMicrosecondType>().values()
-                        }
-                        TimeUnit::Nanosecond => {
-                            col.as_primitive::<TimestampNanosecondType>().values()
-                        }
-                    },
-                ),
+                DataType::Timestamp(unit, _) => BCol::Timestamp(col, timestamp_values(col, *unit)),
                 DataType::Decimal128(..) => BCol::Decimal128(col.as_primitive::<Decimal128Type>()),
                 _ => BCol::Other(col),
             });

@@ -310,4 +310,32 @@ mod tests {
             assert!(parse(&good[..n], &c).is_err());
         }
     }
+
+    proptest::proptest! {
+        /// Arbitrary values after a valid prefix, under arbitrary columns: parsed or refused,
+        /// never a panic; what parses is split into exactly the bytes given.
+        #[test]
+        fn arbitrary_rows_never_panic(
+            types in proptest::collection::vec(proptest::sample::select(vec![
+                "null", "bool", "int", "uint", "float", "string", "binary", "date",
+                "timestamp(ms)", "decimal(4)", "list<string>", "list<list<int>>", "bogus",
+            ]), 0..6),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+        ) {
+            let c: Vec<(String, String)> = types
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("c{i}"), t.to_string()))
+                .collect();
+            let b = row(&c, &[&tail]);
+            if let Ok(values) = parse(&b, &c) {
+                proptest::prop_assert_eq!(values.len(), c.len());
+                proptest::prop_assert_eq!(64 + values.iter().map(|v| v.len()).sum::<usize>(), b.len());
+                for v in values {
+                    let _ = (string(v), strings(v));
+                }
+            }
+            let _ = (string(&tail), strings(&tail));
+        }
+    }
 }
