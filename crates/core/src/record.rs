@@ -125,17 +125,19 @@ impl RawBatch {
     pub fn raw_len(&self) -> usize {
         self.raw.len()
     }
-    /// Bytes of field `col` over every record (what a text column of it will hold).
-    pub fn column_bytes(&self, col: usize) -> usize {
-        if col >= self.ncols {
-            return 0;
+    /// Bytes of each field over every record (what a text column of it will hold), in one
+    /// pass over the batch.
+    pub fn column_bytes(&self) -> Vec<usize> {
+        let mut out = vec![0usize; self.ncols];
+        if self.ncols == 0 {
+            return out;
         }
-        self.spans
-            .iter()
-            .skip(col)
-            .step_by(self.ncols)
-            .map(|&(s, e)| e.saturating_sub(s) as usize)
-            .sum()
+        for rec in self.spans.chunks_exact(self.ncols) {
+            for (acc, &(s, e)) in out.iter_mut().zip(rec) {
+                *acc += e.saturating_sub(s) as usize;
+            }
+        }
+        out
     }
 
     /// Field `col` of record `row`.
@@ -221,6 +223,13 @@ mod tests {
         assert_eq!(b.get(0, 0), Some("a"));
         assert_eq!(b.get(0, 1), None);
         assert_eq!(b.get(1, 0), Some("x"));
+        // Per-column text sizes (what typed text columns are allocated for); nulls take none.
+        assert_eq!(b.column_bytes(), vec![2, 1]);
+        assert_eq!(b.raw_len(), 2 + 5);
+        assert_eq!(
+            RawBatch::new("e".into(), PosKind::Row, 0).column_bytes(),
+            Vec::<usize>::new()
+        );
         assert_eq!(b.get(1, 1), Some("y"));
         assert_eq!(b.raw(1), b"\"x\",y");
         assert_eq!(b.position(1), 3);

@@ -330,13 +330,14 @@ pub fn to_record_batch(
     passed: &mut [bool],
 ) -> Result<(RecordBatch, Vec<u32>, Vec<Quarantined>), arrow::error::ArrowError> {
     let n = passed.iter().filter(|p| **p).count();
+    let text_bytes = batch.column_bytes();
     let mut builders: Vec<Builder> = source
         .columns
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let bytes = match c.ty {
-                ColumnType::Utf8 => batch.column_bytes(i),
+                ColumnType::Utf8 => text_bytes.get(i).copied().unwrap_or(0),
                 _ => 0,
             };
             Builder::new(c.ty, n, bytes)
