@@ -846,8 +846,11 @@ fn decode_loop(
         };
         quarantined.extend(v.quarantined);
         quarantined.extend(bad);
+        // Typed and checked: from here on only records' raw bytes are needed.
+        let mut raw = decoded.batch;
+        raw.release_fields();
         let checked = Checked {
-            raw: decoded.batch,
+            raw,
             rows,
             valid,
             quarantined,
