@@ -974,16 +974,23 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         .filter(|b| !has_file[*b])
         .map(|b| (None, Some(b)))
         .collect();
+    let unpaired_files = file_items.iter().any(|(_, b)| b.is_none());
     items.extend(file_items);
-    // The row formats the batches' commitments use (a record's first byte says which): rows
-    // matched by id are hashed in each.
+    // Rows matched by id are hashed in each row format the batches use. When every file is a
+    // batch's, only the rows that differ from their record go by id (few): both formats,
+    // without reading the records twice. Otherwise (a Delta sink: every row) the formats in
+    // use, from each record's first byte (SQLite reads a stored value whole even for that).
     let mut formats = Vec::new();
-    for (r, _) in &batches {
-        let version = st.custody_range(r, 0, 1).await?;
-        let f = custody::record_row_format(version.first().copied().unwrap_or(0));
-        if !formats.contains(&f) {
-            formats.push(f);
+    if unpaired_files {
+        for (r, _) in &batches {
+            let version = st.custody_range(r, 0, 1).await?;
+            let f = custody::record_row_format(version.first().copied().unwrap_or(0));
+            if !formats.contains(&f) {
+                formats.push(f);
+            }
         }
+    } else {
+        formats = vec![RowFormat::Json, RowFormat::Binary];
     }
 
     let rt = tokio::runtime::Handle::current();

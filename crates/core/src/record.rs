@@ -158,13 +158,11 @@ impl RawBatch {
     /// Field `col` of record `row`.
     #[inline]
     pub fn get(&self, row: usize, col: usize) -> Option<&str> {
-        let Some(&(s, e)) = self.spans.get(row * self.ncols + col) else {
-            debug_assert!(
-                self.released,
-                "field ({row}, {col}) of {} records",
-                self.len()
-            );
-            return None;
+        // Out of range is a bug (a panic, as indexing would be), except after release.
+        let (s, e) = match self.spans.get(row * self.ncols + col) {
+            Some(&span) => span,
+            None if self.released => return None,
+            None => panic!("field ({row}, {col}) of a batch of {} records", self.len()),
         };
         if s == NULL {
             None

@@ -393,15 +393,7 @@ fn value(col: &ArrayRef, row: usize, out: &mut String) -> Result<(), String> {
             date(ms.div_euclid(86_400_000), out)?;
             out.push('"');
         }
-        DataType::Timestamp(unit, _) => {
-            let v = match unit {
-                TimeUnit::Second => col.as_primitive::<TimestampSecondType>().value(row),
-                TimeUnit::Millisecond => col.as_primitive::<TimestampMillisecondType>().value(row),
-                TimeUnit::Microsecond => col.as_primitive::<TimestampMicrosecondType>().value(row),
-                TimeUnit::Nanosecond => col.as_primitive::<TimestampNanosecondType>().value(row),
-            };
-            timestamp(v, *unit, out)?;
-        }
+        DataType::Timestamp(unit, _) => timestamp(timestamp_values(col, *unit)[row], *unit, out)?,
         DataType::Decimal128(_, s) => {
             decimal(col.as_primitive::<Decimal128Type>().value(row), *s, out)
         }
@@ -641,13 +633,7 @@ fn bin_value(col: &ArrayRef, row: usize, out: &mut Vec<u8>) -> Result<(), String
             out.extend_from_slice(&days.to_be_bytes());
         }
         DataType::Timestamp(unit, _) => {
-            let v = match unit {
-                TimeUnit::Second => col.as_primitive::<TimestampSecondType>().value(row),
-                TimeUnit::Millisecond => col.as_primitive::<TimestampMillisecondType>().value(row),
-                TimeUnit::Microsecond => col.as_primitive::<TimestampMicrosecondType>().value(row),
-                TimeUnit::Nanosecond => col.as_primitive::<TimestampNanosecondType>().value(row),
-            };
-            out.extend_from_slice(&v.to_be_bytes());
+            out.extend_from_slice(&timestamp_values(col, *unit)[row].to_be_bytes())
         }
         DataType::Decimal128(..) => out.extend_from_slice(
             &col.as_primitive::<Decimal128Type>()
