@@ -62,10 +62,11 @@ impl KeySet {
 
     /// Adds `k`; false when it was already present.
     pub fn insert(&mut self, k: u128) -> std::io::Result<bool> {
-        if self.contains(k)? {
+        // The runs first, then one probe of memory that inserts when absent (looking it up
+        // and then inserting took two cache misses per key of a large table).
+        if self.in_runs(k)? || !self.mem.insert(k) {
             return Ok(false);
         }
-        self.mem.insert(k);
         if self.mem.len() >= self.limit
             && !self.spill_failed
             && let Err(e) = self.spill()
@@ -80,9 +81,10 @@ impl KeySet {
     }
 
     pub fn contains(&mut self, k: u128) -> std::io::Result<bool> {
-        if self.mem.contains(k) {
-            return Ok(true);
-        }
+        Ok(self.mem.contains(k) || self.in_runs(k)?)
+    }
+
+    fn in_runs(&mut self, k: u128) -> std::io::Result<bool> {
         for r in &mut self.runs {
             if r.contains(k)? {
                 return Ok(true);

@@ -385,6 +385,7 @@ pub fn to_record_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::AsArray;
 
     #[test]
     fn timestamps_fast_path_matches_chrono() {
@@ -401,6 +402,57 @@ mod tests {
             assert_eq!(parse_timestamp(s, Some(ISO_MS)), Some(chrono), "{s}");
             assert_eq!(parse_timestamp(s, None), Some(chrono), "{s}");
         }
+    }
+
+    #[test]
+    fn records_with_values_of_the_wrong_type_are_quarantined_with_every_column() {
+        let spec = "version: 1\npipeline: p\nsources:\n  t:\n    csv: { path: x.csv }\n    columns: [{ name: id }, { name: n, type: int64 }, { name: d, type: date }]\nsinks:\n  o: { from: t, parquet: { path: o } }\nquarantine: { parquet: { path: q } }\n";
+        let source = sealtrail_spec::parse_str(spec, "p.yaml".as_ref())
+            .unwrap()
+            .sources
+            .remove(0);
+        let mut b = RawBatch::new("x.csv".into(), sealtrail_core::record::PosKind::Line, 3);
+        let rows: [[Option<&str>; 3]; 5] = [
+            [Some("a"), Some("1"), Some("2024-01-02")],
+            [Some("b"), Some("x"), Some("2024-01-03")],
+            [Some("c"), Some("y"), Some("2024-02-30")],
+            [Some("d"), None, Some("2024-01-04")],
+            [Some("e"), Some("z"), Some("2024-01-05")],
+        ];
+        for (i, r) in rows.iter().enumerate() {
+            b.begin(i as u64 + 2, format!("line{i}").as_bytes());
+            for v in r {
+                b.push(*v);
+            }
+        }
+        // The last record already failed a check: it is neither typed nor quarantined here.
+        let mut passed = vec![true, true, true, true, false];
+        let (rb, rows, bad) =
+            to_record_batch(&source, &source_schema(&source), &b, &mut passed).unwrap();
+        assert_eq!(rows, [0, 3]);
+        assert_eq!(passed, [true, false, false, true, false]);
+        let ids = rb.column(0).as_string::<i32>();
+        assert_eq!(ids.iter().collect::<Vec<_>>(), [Some("a"), Some("d")]);
+        let n = rb.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!(n.iter().collect::<Vec<_>>(), [Some(1), None]);
+        let d = rb.column(2).as_primitive::<arrow::datatypes::Date32Type>();
+        assert_eq!(d.iter().collect::<Vec<_>>(), [Some(19724), Some(19726)]);
+        let got: Vec<(u64, Vec<String>)> = bad
+            .iter()
+            .map(|q| (q.pos, q.reasons.iter().map(|r| r.rule.clone()).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (3, vec!["type(n)".to_string()]),
+                (4, vec!["type(n)".to_string(), "type(d)".to_string()]),
+            ]
+        );
+        assert!(
+            bad.iter()
+                .all(|q| q.reasons.iter().all(|r| r.code == "invalid_type"))
+        );
+        assert_eq!(bad[1].raw, b"line2");
     }
 
     #[test]
