@@ -38,10 +38,37 @@ pub fn record_id(
     pos: u64,
     key: Option<&str>,
 ) -> String {
-    match (kind, key) {
-        (PosKind::Key, Some(k)) => format!("{source}:{input_key}:{k}"),
-        (PosKind::Key, None) => format!("{source}:{input_key}:#{pos}"),
-        _ => format!("{source}:{input_key}:{pos}"),
+    RecordIds::new(source, input_key).id(kind, pos, key)
+}
+
+/// Lineage ids of one input's records: `source:input_key:` formatted once, then each record's
+/// position (or key) appended (the decode thread makes one id per record).
+#[derive(Debug)]
+pub struct RecordIds {
+    prefix: String,
+}
+
+impl RecordIds {
+    pub fn new(source: &str, input_key: &str) -> Self {
+        Self {
+            prefix: format!("{source}:{input_key}:"),
+        }
+    }
+
+    pub fn id(&self, kind: PosKind, pos: u64, key: Option<&str>) -> String {
+        let mut n = itoa::Buffer::new();
+        let tail = match (kind, key) {
+            (PosKind::Key, Some(k)) => k,
+            _ => n.format(pos),
+        };
+        let hash = kind == PosKind::Key && key.is_none();
+        let mut s = String::with_capacity(self.prefix.len() + usize::from(hash) + tail.len());
+        s.push_str(&self.prefix);
+        if hash {
+            s.push('#');
+        }
+        s.push_str(tail);
+        s
     }
 }
 
@@ -1814,6 +1841,15 @@ mod tests {
         let k = input_key("/data/trades.csv");
         assert_eq!(k.len(), 12);
         let id = record_id("trades", &k, PosKind::Line, 17, None);
+        assert_eq!(id, format!("trades:{k}:17"));
+        assert_eq!(
+            record_id("t", &k, PosKind::Key, 4, None),
+            format!("t:{k}:#4")
+        );
+        assert_eq!(
+            record_id("t", &k, PosKind::Row, 0, None),
+            format!("t:{k}:0")
+        );
         assert_eq!(parse_id(&id), Some(("trades", k.as_str(), "17")));
         assert_eq!(
             record_id("t", &k, PosKind::Key, 3, Some("a:b")),

@@ -766,8 +766,9 @@ fn input_custody(
     // (position, raw row or usize::MAX for a malformed record, id, commitment)
     let mut recs: Vec<(u64, usize, String, sealtrail_ledger::entry::Hash)> =
         Vec::with_capacity(b.len() + d.malformed.len());
+    let ids = custody::RecordIds::new(source, &key);
     for r in 0..b.len() {
-        let id = custody::record_id(source, &key, b.pos_kind, b.position(r), b.key(r));
+        let id = ids.id(b.pos_kind, b.position(r), b.key(r));
         recs.push((b.position(r), r, id, commitment(b.raw(r))));
     }
     for q in &d.malformed {
