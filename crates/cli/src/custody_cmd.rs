@@ -980,8 +980,8 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     // batch's, only the rows that differ from their record go by id (few): both formats,
     // without reading the records twice. Otherwise (a Delta sink: every row) the formats in
     // use, from each record's first byte (SQLite reads a stored value whole even for that).
-    let mut formats = Vec::new();
-    if unpaired_files {
+    let formats = if unpaired_files {
+        let mut formats = Vec::new();
         for (r, _) in &batches {
             let version = st.custody_range(r, 0, 1).await?;
             let f = custody::record_row_format(version.first().copied().unwrap_or(0));
@@ -989,9 +989,10 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
                 formats.push(f);
             }
         }
+        formats
     } else {
-        formats = vec![RowFormat::Json, RowFormat::Binary];
-    }
+        vec![RowFormat::Json, RowFormat::Binary]
+    };
 
     let rt = tokio::runtime::Handle::current();
     let work = |(file, batch): (Option<usize>, Option<usize>)| -> Result<Outcome> {

@@ -772,8 +772,13 @@ fn input_custody(
         recs.push((b.position(r), r, id, commitment(b.raw(r))));
     }
     for q in &d.malformed {
-        let k = custody::input_key(&q.input);
-        let id = custody::record_id(source, &k, q.pos_kind, q.pos, q.key.as_deref());
+        // Malformed records come from the batch's input (the key is not hashed again).
+        let id = if q.input == b.input {
+            ids.id(q.pos_kind, q.pos, q.key.as_deref())
+        } else {
+            let k = custody::input_key(&q.input);
+            custody::record_id(source, &k, q.pos_kind, q.pos, q.key.as_deref())
+        };
         recs.push((q.pos, usize::MAX, id, commitment(&q.raw)));
     }
     // Records arrive in source order except malformed ones, which come separately.
