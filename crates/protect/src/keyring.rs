@@ -16,14 +16,13 @@
 //! The keyring file (`keyring.json`) is rewritten atomically (temporary file, fsync, rename)
 //! under an exclusive lock, so concurrent runs and `keys` commands do not lose each other's keys.
 
+use crate::mac::HmacSha256;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, Mac};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -204,8 +203,8 @@ impl Master {
 
     /// Keyed hash naming a data subject in the keyring (never the subject id itself).
     pub fn subject_id(&self, subject: &str) -> String {
-        let k = hmac(self.key.expose(), b"sealtrail subject id key v1");
-        hex::encode(&hmac(&k, subject.as_bytes())[..16])
+        let k = Zeroizing::new(hmac(self.key.expose(), b"sealtrail subject id key v1"));
+        hex::encode(&hmac(&*k, subject.as_bytes())[..16])
     }
 
     fn wrap(&self, id: &str, key: &KeyBytes) -> String {
@@ -221,10 +220,7 @@ impl Master {
 }
 
 pub(crate) fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    // HMAC accepts keys of any length; new_from_slice cannot fail.
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    m.update(msg);
-    m.finalize().into_bytes().into()
+    HmacSha256::new(key).mac(msg)
 }
 
 /// AES-256-GCM with a fresh random nonce: nonce ‖ ciphertext ‖ tag.

@@ -2,6 +2,7 @@
 //!
 //! - [`detect`]: what a column holds, from its name and sampled values, with validators.
 //! - [`ops`]: the actions on one value (token, FF1, AES-256-GCM, mask, redact, ...).
+//! - [`mac`]: HMAC-SHA256 with a keyed state that is zeroized on drop.
 //! - [`keyring`]: envelope encryption of data keys, rotation, per-subject keys, shredding.
 //! - [`plan`]: a source's policies resolved against its classification, applied to batches,
 //!   and the tags each output column carries (for the release check).
@@ -9,5 +10,6 @@
 pub mod corpus;
 pub mod detect;
 pub mod keyring;
+pub mod mac;
 pub mod ops;
 pub mod plan;

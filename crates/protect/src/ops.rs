@@ -8,18 +8,19 @@
 
 use crate::detect;
 use crate::keyring::{KeyBytes, open_with, seal_with};
+use crate::mac::HmacSha256;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use fpe::ff1::{FF1, FlexibleNumeralString};
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 /// Keyed HMAC-SHA256 tokens: lowercase hex. Equal inputs give equal tokens under one key, so
-/// joins on the token work; without the key a token reveals nothing.
+/// joins on the token work; without the key a token reveals nothing. The keyed state is
+/// zeroized on drop ([`HmacSha256`]).
 #[derive(Clone)]
 pub struct Tokenizer {
-    mac: Hmac<Sha256>,
+    mac: HmacSha256,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -31,14 +32,11 @@ impl std::fmt::Debug for Tokenizer {
 impl Tokenizer {
     pub fn new(key: &KeyBytes) -> Self {
         Self {
-            mac: <Hmac<Sha256> as Mac>::new_from_slice(key.expose())
-                .unwrap_or_else(|_| unreachable!("HMAC takes any key length")),
+            mac: HmacSha256::new(key.expose()),
         }
     }
     pub fn token(&self, v: &[u8], out: &mut String) {
-        let mut m = self.mac.clone();
-        m.update(v);
-        hex_into(&m.finalize().into_bytes(), out);
+        hex_into(&self.mac.mac(v), out);
     }
 }
 
