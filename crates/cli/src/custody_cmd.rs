@@ -4,16 +4,17 @@ use crate::StateArgs;
 use crate::ledger_cmd::load_verifier;
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
+use sealtrail_connectors::pg::PgTable;
 use sealtrail_engine::custody::{self, CustodyView, GROUP, RowFormat, RowHasher, RowIds, SinkView};
 use sealtrail_engine::state::{CustodyRef, StateStore};
 use sealtrail_ledger::custody::{
     BUNDLE_FORMAT, BUNDLE_FORMAT_V1, Bundle, ChunkedTree, Contributor, EntryProof, GROUP_ID_PREFIX,
-    Inclusion, RowProof, commitment, inclusions,
+    ID_COLUMN, Inclusion, RowProof, commitment, inclusions,
 };
 use sealtrail_ledger::entry::{Entry, Event, Hash};
 use sealtrail_ledger::merkle;
 use sealtrail_ledger::tiles::{self, TileReader};
-use sealtrail_spec::{Pipeline, Sink};
+use sealtrail_spec::{Pipeline, Sink, Target};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -105,49 +106,109 @@ fn row_at(file: &Path, row: usize, id: &str) -> Result<Option<FoundRow>> {
     }))
 }
 
+/// `COLUMN=VALUE` of `--where`, split.
+fn parse_where(w: &str) -> Result<(String, String)> {
+    let (c, v) = w
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--where takes COLUMN=VALUE, got `{w}`"))?;
+    Ok((c.trim().to_string(), v.to_string()))
+}
+
+/// The rows of `b` that `hit` selects, with their lineage ids.
+fn found_rows(
+    b: &RecordBatch,
+    what: &str,
+    mut hit: impl FnMut(Option<RowIds<'_>>, usize) -> bool,
+    out: &mut Vec<FoundRow>,
+) -> Result<()> {
+    let ids = custody::id_column(b).map_err(|e| anyhow!("{what}: {e}"))?;
+    for r in 0..b.num_rows() {
+        if hit(ids(r), r) {
+            let row_ids = ids(r);
+            out.push(FoundRow {
+                id: row_ids.as_ref().map(RowIds::lineage_id).unwrap_or_default(),
+                members: row_ids
+                    .map(|m| m.members().into_iter().map(str::to_owned).collect())
+                    .unwrap_or_default(),
+                row: b.slice(r, 1),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Reads the table `files` make up and returns the rows `want` selects.
 fn find_rows(files: &[PathBuf], sel: &RowSelector) -> Result<Vec<FoundRow>> {
-    let cond = match &sel.where_ {
-        Some(w) => {
-            let (c, v) = w
-                .split_once('=')
-                .ok_or_else(|| anyhow!("--where takes COLUMN=VALUE, got `{w}`"))?;
-            Some((c.trim().to_string(), v.to_string()))
-        }
-        None => None,
-    };
+    let cond = sel.where_.as_deref().map(parse_where).transpose()?;
     let mut out = Vec::new();
     for f in files {
         for b in sealtrail_connectors::sink::read_parquet(f)
             .with_context(|| format!("reading {}", f.display()))?
         {
-            let ids = custody::id_column(&b).map_err(|e| anyhow!("{}: {e}", f.display()))?;
             let col = match &cond {
                 Some((c, _)) => Some(b.schema().index_of(c).map_err(|_| {
                     anyhow!("the sink has no column `{c}`; pick one of its columns for --where")
                 })?),
                 None => None,
             };
-            for r in 0..b.num_rows() {
-                let hit = match (&sel.id, &cond, col) {
-                    (Some(id), _, _) => is_id(ids(r), id),
+            let what = f.display().to_string();
+            found_rows(
+                &b,
+                &what,
+                |ids, r| match (&sel.id, &cond, col) {
+                    (Some(id), _, _) => is_id(ids, id),
                     (_, Some((_, v)), Some(c)) => cell_text(&b, c, r).as_deref() == Some(v),
                     _ => false,
-                };
-                if hit {
-                    let row_ids = ids(r);
-                    out.push(FoundRow {
-                        id: row_ids.as_ref().map(RowIds::lineage_id).unwrap_or_default(),
-                        members: row_ids
-                            .map(|m| m.members().into_iter().map(str::to_owned).collect())
-                            .unwrap_or_default(),
-                        row: b.slice(r, 1),
-                    });
-                }
-            }
+                },
+                &mut out,
+            )?;
         }
     }
     Ok(out)
+}
+
+/// The rows of a PostgreSQL sink's table that `sel` selects: by `_sealtrail_id`, or by a
+/// column whose PostgreSQL text form is the `--where` value.
+async fn find_pg_rows(t: &mut PgTable, sel: &RowSelector) -> Result<Vec<FoundRow>> {
+    let (col, value) = match (&sel.id, &sel.where_) {
+        (Some(id), _) => (ID_COLUMN.to_string(), id.clone()),
+        (None, Some(w)) => parse_where(w)?,
+        (None, None) => bail!("name the row with --id or --where"),
+    };
+    if t.schema().index_of(&col).is_err() {
+        bail!("the sink has no column `{col}`; pick one of its columns for --where");
+    }
+    let b = t.rows_where(&col, &value).await?;
+    let mut out = Vec::new();
+    found_rows(&b, &t.location(), |ids, _| ids.is_some(), &mut out)?;
+    Ok(out)
+}
+
+/// Where a sink's delivered rows are read back from.
+enum SinkTable {
+    /// Parquet files: a Parquet sink's folder, or the files of a Delta table's snapshot.
+    Files(Vec<PathBuf>),
+    /// A PostgreSQL sink's table, read with SQL.
+    Pg(Box<PgTable>),
+}
+
+impl SinkTable {
+    async fn open(sk: &Sink) -> Result<Self> {
+        Ok(match &sk.target {
+            Target::Postgres { url, table } => {
+                Self::Pg(Box::new(PgTable::open(&sk.name, url, table).await?))
+            }
+            t => Self::Files(sealtrail_connectors::sink::sink_files(&sk.name, t).await?),
+        })
+    }
+
+    /// The rows `sel` selects.
+    async fn find(&mut self, sel: &RowSelector) -> Result<Vec<FoundRow>> {
+        match self {
+            Self::Files(files) => find_rows(files, sel),
+            Self::Pg(t) => find_pg_rows(t, sel).await,
+        }
+    }
 }
 
 /// Where a delivered row sits in the stored custody records.
@@ -355,12 +416,12 @@ pub async fn prove(
     let p = sealtrail_spec::load(spec)?;
     let home = state.home(Some(spec));
     let sk = find_sink(&p, sink)?;
-    let files = sealtrail_connectors::sink::sink_files(&sk.name, &sk.target).await?;
+    let mut table = SinkTable::open(sk).await?;
     let st = StateStore::open(&state.url(&home)).await?;
     // Given a record's lineage id, the custody records name the batch that delivered it, and
-    // a Parquet sink names its files by batch: read that one file, not the whole table. The
-    // batch's record is read in the parts a proof needs (a few KB of megabytes) when it can
-    // be; otherwise whole.
+    // a Parquet sink's file names (a Delta table's log) name each file's batch: read that one
+    // file, not the whole table. The batch's record is read in the parts a proof needs (a few
+    // KB of megabytes) when it can be; otherwise whole.
     let mut fast = None;
     let early = match &sel.id {
         Some(id) if !id.starts_with(GROUP_ID_PREFIX) => {
@@ -378,28 +439,39 @@ pub async fn prove(
         (None, Some(loc)) => Some((&loc.at, loc.row_index)),
         _ => None,
     };
-    let files = match place {
-        Some((at, _)) => {
-            let want =
-                sealtrail_connectors::sink::batch_file_name(&at.run_id, &at.source, at.batch);
-            let hit: Vec<PathBuf> = files
-                .iter()
-                .filter(|f| f.file_name().is_some_and(|n| n.to_string_lossy() == want))
-                .cloned()
-                .collect();
-            if hit.is_empty() { files } else { hit }
+    let rows = match &mut table {
+        SinkTable::Files(files) => {
+            let files = match place {
+                Some((at, _)) => {
+                    let paired = file_batches(
+                        files,
+                        &sk.target,
+                        &p.name,
+                        std::iter::once((at.run_id.as_str(), at.source.as_str(), at.batch)),
+                    );
+                    let hit: Vec<PathBuf> = files
+                        .iter()
+                        .zip(paired)
+                        .filter(|(_, b)| b.is_some())
+                        .map(|(f, _)| f.clone())
+                        .collect();
+                    if hit.is_empty() { files.clone() } else { hit }
+                }
+                None => files.clone(),
+            };
+            // The batch's file holds the sink's rows of the batch in custody order: try the
+            // row's own place first (one page per column read), and search only if it is not
+            // there.
+            let direct = match (place, files.as_slice(), &sel.id) {
+                (Some((_, row)), [file], Some(id)) => row_at(file, row, id)?,
+                _ => None,
+            };
+            match direct {
+                Some(row) => vec![row],
+                None => find_rows(&files, sel)?,
+            }
         }
-        None => files,
-    };
-    // The batch's file holds the sink's rows of the batch in custody order: try the row's
-    // own place first (one page per column read), and search only if it is not there.
-    let direct = match (place, files.as_slice(), &sel.id) {
-        (Some((_, row)), [file], Some(id)) => row_at(file, row, id)?,
-        _ => None,
-    };
-    let rows = match direct {
-        Some(row) => vec![row],
-        None => find_rows(&files, sel)?,
+        t => t.find(sel).await?,
     };
     let row = match rows.as_slice() {
         [one] => one,
@@ -663,6 +735,7 @@ pub async fn verify_proof(
     key: Option<&str>,
     home: &Path,
     table: Option<&Path>,
+    spec: Option<&Path>,
 ) -> Result<i32> {
     let text =
         std::fs::read_to_string(bundle).with_context(|| format!("reading {}", bundle.display()))?;
@@ -727,46 +800,55 @@ pub async fn verify_proof(
         hex::encode(ok.transforms_sha256),
         hex::encode(ok.policy_sha256)
     );
-    let Some(table) = table else {
-        return Ok(0);
+    let sel = RowSelector {
+        id: Some(b.id.clone()),
+        where_: None,
     };
-    let files = table_files(table).await?;
-    let found = find_rows(
-        &files,
-        &RowSelector {
-            id: Some(b.id.clone()),
-            where_: None,
-        },
-    )?;
+    let (table, found) = match (table, spec) {
+        (Some(table), _) => {
+            let files = table_files(table).await?;
+            (table.display().to_string(), find_rows(&files, &sel)?)
+        }
+        (None, Some(spec)) => {
+            let p = sealtrail_spec::load(spec)?;
+            if p.name != b.pipeline {
+                bail!(
+                    "the bundle proves a row of pipeline `{}`, but {} is pipeline `{}`",
+                    b.pipeline,
+                    spec.display(),
+                    p.name
+                );
+            }
+            let sk = find_sink(&p, &b.output.sink)?;
+            let mut t = SinkTable::open(sk).await?;
+            let label = match &t {
+                SinkTable::Pg(pg) => pg.location(),
+                SinkTable::Files(_) => format!("sink `{}`", sk.name),
+            };
+            (label, t.find(&sel).await?)
+        }
+        (None, None) => return Ok(0),
+    };
     match found.as_slice() {
         [] => {
-            outln!(
-                "CHANGED: {} no longer holds row {} (deleted)",
-                table.display(),
-                b.id
-            );
+            outln!("CHANGED: {table} no longer holds row {} (deleted)", b.id);
             Ok(TAMPERED)
         }
         [one] if proven_bytes(&b.output, one) => {
-            outln!(
-                "the row in {} is the proven row, unchanged",
-                table.display()
-            );
+            outln!("the row in {table} is the proven row, unchanged");
             Ok(0)
         }
         [one] => {
             outln!(
-                "CHANGED: row {} in {} differs from the proven row in column(s): {}",
+                "CHANGED: row {} in {table} differs from the proven row in column(s): {}",
                 b.id,
-                table.display(),
                 changed_columns(&b.output, one).join(", ")
             );
             Ok(TAMPERED)
         }
         many => {
             outln!(
-                "CHANGED: {} holds {} rows with id {} (duplicated)",
-                table.display(),
+                "CHANGED: {table} holds {} rows with id {} (duplicated)",
                 many.len(),
                 b.id
             );
@@ -827,21 +909,33 @@ fn audit_file(
     expected: Option<(&CustodyView<'_>, &SinkView<'_>)>,
     formats: &[RowFormat],
 ) -> Result<Outcome> {
+    let batches = sealtrail_connectors::sink::read_parquet(f)
+        .with_context(|| format!("reading {}", f.display()))?;
+    audit_rows(&batches, 0, expected, formats, &f.display().to_string())
+}
+
+/// [`audit_file`] over rows already read: `batches` hold consecutive rows of a table part, the
+/// first of them its row `first`.
+fn audit_rows(
+    batches: &[RecordBatch],
+    first: usize,
+    expected: Option<(&CustodyView<'_>, &SinkView<'_>)>,
+    formats: &[RowFormat],
+    what: &str,
+) -> Result<Outcome> {
     let mut out = Outcome {
         matched: vec![false; expected.map_or(0, |(_, s)| s.len())],
         ..Outcome::default()
     };
     let mut row = 0;
     let ours = expected.map(|(c, _)| c.row_format());
-    for b in sealtrail_connectors::sink::read_parquet(f)
-        .with_context(|| format!("reading {}", f.display()))?
-    {
-        let ids = custody::id_column(&b).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+    for b in batches {
+        let ids = custody::id_column(b).map_err(|e| anyhow!("{what}: {e}"))?;
         let mut hashers = formats
             .iter()
-            .map(|&fmt| RowHasher::new(fmt, &b).map(|h| (fmt, h)))
+            .map(|&fmt| RowHasher::new(fmt, b).map(|h| (fmt, h)))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| anyhow!("{}: {e}", f.display()))?;
+            .map_err(|e| anyhow!("{what}: {e}"))?;
         for r in 0..b.num_rows() {
             let mut h = [0u8; 32];
             for (fmt, hasher) in &mut hashers {
@@ -873,7 +967,7 @@ fn audit_file(
                     commitments.push((*fmt, c));
                 }
                 out.unmatched.push(SinkRow {
-                    row,
+                    row: first + row,
                     id: got.map(|i| i.lineage_id()).filter(|id| !id.is_empty()),
                     commitments,
                 });
@@ -885,13 +979,74 @@ fn audit_file(
     Ok(out)
 }
 
+/// Rows of a PostgreSQL sink's table per `audit` work item.
+const PG_AUDIT_ROWS: usize = 65_536;
+
+/// One part of a sink's table as `audit` reads it.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    /// The sink's file at this index.
+    File(usize),
+    /// The next rows of a PostgreSQL table's scan ([`PG_AUDIT_ROWS`]).
+    PgRows,
+}
+
+/// For each of a sink's files, the batch (index into `batches`: run id, source, batch) it
+/// holds, when one can tell: a Parquet sink names its files by batch, and a local Delta
+/// table's log names the transaction (run and batch) that added each file. A batch claimed by
+/// several files is left unpaired (its rows go by lineage id), since a file of a batch is read
+/// as holding all of the batch's rows in custody order.
+fn file_batches<'a>(
+    files: &[PathBuf],
+    target: &Target,
+    pipeline: &str,
+    batches: impl Iterator<Item = (&'a str, &'a str, u64)>,
+) -> Vec<Option<usize>> {
+    use sealtrail_connectors::sink::{CommitKey, batch_file_name, delta_file_commits};
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    let mut by_commit: HashMap<(String, u64), usize> = HashMap::new();
+    for (i, (run_id, source, batch)) in batches.enumerate() {
+        by_name.insert(batch_file_name(run_id, source, batch), i);
+        let key = CommitKey {
+            pipeline: pipeline.to_string(),
+            run_id: run_id.to_string(),
+            source: source.to_string(),
+            batch,
+        };
+        by_commit.insert((key.app_id(), batch), i);
+    }
+    let commits = match target {
+        Target::Delta { uri } => delta_file_commits(uri),
+        _ => HashMap::new(),
+    };
+    let paired: Vec<Option<usize>> = files
+        .iter()
+        .map(|f| {
+            let name = f.file_name()?.to_string_lossy();
+            by_name
+                .get(name.as_ref())
+                .or_else(|| commits.get(name.as_ref()).and_then(|k| by_commit.get(k)))
+                .copied()
+        })
+        .collect();
+    let mut claims: HashMap<usize, usize> = HashMap::new();
+    for b in paired.iter().flatten() {
+        *claims.entry(*b).or_default() += 1;
+    }
+    paired
+        .into_iter()
+        .map(|b| b.filter(|b| claims.get(b) == Some(&1)))
+        .collect()
+}
+
 /// Recomputes every output commitment of a sink and compares them with the custody records,
 /// which are themselves checked against the ledger's signed roots.
 ///
-/// A Parquet sink's file of a batch holds the batch's rows in custody order: the file and the
-/// batch's record are matched row by row, on every core, one batch in memory at a time. Rows
-/// that do not match there (changed, moved, added), files of no batch (a Delta sink's) and
-/// batches with no file are then matched by lineage id.
+/// A file of a batch (a Parquet sink's, named after it; a Delta table's, whose log names the
+/// batch's transaction) holds the batch's rows in custody order: the file and the batch's
+/// record are matched row by row, on every core, one batch in memory at a time. Rows that do
+/// not match there (changed, moved, added), files of no batch, batches with no file and the
+/// rows of a PostgreSQL table are then matched by lineage id.
 pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Result<i32> {
     let p = sealtrail_spec::load(spec)?;
     let home = state.home(Some(spec));
@@ -940,37 +1095,45 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     }
 
     // Work items: each file (with its batch when its name says which), then each batch that
-    // has no file.
-    let files = sealtrail_connectors::sink::sink_files(&sk.name, &sk.target).await?;
-    let by_name: HashMap<String, usize> = batches
-        .iter()
-        .enumerate()
-        .map(|(i, (r, _))| {
-            (
-                sealtrail_connectors::sink::batch_file_name(&r.run_id, &r.source, r.batch),
-                i,
-            )
-        })
-        .collect();
+    // has no file. A PostgreSQL table has no files: it is read in one snapshot, a chunk of
+    // rows per item, the workers taking the next chunk in turn.
+    let (files, pg) = match SinkTable::open(sk).await? {
+        SinkTable::Files(files) => (files, None),
+        SinkTable::Pg(mut t) => {
+            let rows = t.scan().await?;
+            (Vec::new(), Some((rows, t)))
+        }
+    };
+    let pg_chunks = pg
+        .as_ref()
+        .map_or(0, |(rows, _)| (*rows as usize).div_ceil(PG_AUDIT_ROWS));
+    let pg_label = pg.as_ref().map(|(_, t)| t.location());
+    let pg = pg.map(|(_, t)| std::sync::Mutex::new((t, 0usize)));
     let mut has_file = vec![false; batches.len()];
-    let file_items: Vec<(Option<usize>, Option<usize>)> = files
-        .iter()
+    let paired = file_batches(
+        &files,
+        &sk.target,
+        &p.name,
+        batches
+            .iter()
+            .map(|(r, _)| (r.run_id.as_str(), r.source.as_str(), r.batch)),
+    );
+    let mut file_items: Vec<(Option<Part>, Option<usize>)> = paired
+        .into_iter()
         .enumerate()
-        .map(|(i, f)| {
-            let b = f
-                .file_name()
-                .and_then(|n| by_name.get(n.to_string_lossy().as_ref()))
-                .copied();
+        .map(|(i, b)| {
             if let Some(b) = b {
                 has_file[b] = true;
             }
-            (Some(i), b)
+            (Some(Part::File(i)), b)
         })
         .collect();
-    // When no file is a batch's (a Delta sink), every expected row is known once the batches
-    // are read, and the files' rows are matched as they come instead of being held.
+    file_items.extend((0..pg_chunks).map(|_| (Some(Part::PgRows), None)));
+    // When no file is a batch's (a PostgreSQL table, a Delta table without its JSON log),
+    // every expected row is known once the batches are read, and the rows are matched as they
+    // come instead of being held.
     let stream = !has_file.iter().any(|x| *x);
-    let mut items: Vec<(Option<usize>, Option<usize>)> = (0..batches.len())
+    let mut items: Vec<(Option<Part>, Option<usize>)> = (0..batches.len())
         .filter(|b| !has_file[*b])
         .map(|b| (None, Some(b)))
         .collect();
@@ -978,7 +1141,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     items.extend(file_items);
     // Rows matched by id are hashed in each row format the batches use. When every file is a
     // batch's, only the rows that differ from their record go by id (few): both formats,
-    // without reading the records twice. Otherwise (a Delta sink: every row) the formats in
+    // without reading the records twice. Otherwise (rows of unpaired files) the formats in
     // use, from each record's first byte (SQLite reads a stored value whole even for that).
     let formats = if unpaired_files {
         let mut formats = Vec::new();
@@ -995,7 +1158,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     };
 
     let rt = tokio::runtime::Handle::current();
-    let work = |(file, batch): (Option<usize>, Option<usize>)| -> Result<Outcome> {
+    let work = |(file, batch): (Option<Part>, Option<usize>)| -> Result<Outcome> {
         let record = match batch {
             Some(b) => Some(rt.block_on(st.custody(&batches[b].0))?),
             None => None,
@@ -1020,7 +1183,22 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             return Ok(Outcome::bad(format!("run {} batch {}", r.run_id, r.batch)));
         }
         let mut out = match file {
-            Some(f) => audit_file(&files[f], expected, &formats)?,
+            Some(Part::File(f)) => audit_file(&files[f], expected, &formats)?,
+            Some(Part::PgRows) => match &pg {
+                Some(pg) => {
+                    // The lock orders the reads; the hashing below runs in parallel.
+                    let (rows, first) = {
+                        let mut g = pg.lock().map_err(|_| anyhow!("a reader thread failed"))?;
+                        let first = g.1;
+                        let rows = rt.block_on(g.0.next(PG_AUDIT_ROWS))?;
+                        g.1 += rows.as_ref().map_or(0, RecordBatch::num_rows);
+                        (rows, first)
+                    };
+                    let what = pg_label.as_deref().unwrap_or_default();
+                    audit_rows(rows.as_slice(), first, expected, &formats, what)?
+                }
+                None => Outcome::default(),
+            },
             None => Outcome::default(),
         };
         if let Some((c, s)) = expected {
@@ -1039,15 +1217,22 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     // Items run on every core, a few ahead of the matching, which goes in item order so that
     // reports are stable.
     let mut residual: HashMap<String, Vec<(RowFormat, Hash)>> = HashMap::new();
-    let mut unmatched: Vec<(usize, SinkRow)> = Vec::new();
+    let mut unmatched: Vec<(Part, SinkRow)> = Vec::new();
     let mut findings = Vec::new();
-    let classify = |f: usize,
+    let classify = |f: Part,
                     row: SinkRow,
                     residual: &mut HashMap<String, Vec<(RowFormat, Hash)>>,
                     findings: &mut Vec<Finding>| {
         let label = || match &row.id {
             Some(id) => id.clone(),
-            None => format!("(no id) {} row {}", files[f].display(), row.row),
+            None => match f {
+                Part::File(i) => format!("(no id) {} row {}", files[i].display(), row.row),
+                Part::PgRows => format!(
+                    "(no id) {} row {} of the scan",
+                    pg_label.as_deref().unwrap_or_default(),
+                    row.row
+                ),
+            },
         };
         match row.id.as_ref().and_then(|id| residual.get_mut(id)) {
             Some(v) if !v.is_empty() => {
@@ -1161,9 +1346,12 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
+        let from = match &pg_label {
+            Some(t) => t.clone(),
+            None => format!("{} file(s)", files.len()),
+        };
         outln!(
-            "sink `{sink}`: {rows} rows read from {} file(s), checked against {batches} committed batch(es) in the signed ledger (tree size {})",
-            files.len(),
+            "sink `{sink}`: {rows} rows read from {from}, checked against {batches} committed batch(es) in the signed ledger (tree size {})",
             cp.size
         );
         for f in &findings {

@@ -150,8 +150,8 @@ enum Cmd {
         #[command(flatten)]
         state: StateArgs,
     },
-    /// Check a proof bundle offline with the ledger's public key; with --table, also check
-    /// that the row still sits unchanged in that Delta table or Parquet folder.
+    /// Check a proof bundle offline with the ledger's public key; with --table (or --spec),
+    /// also check that the row still sits unchanged in the sink.
     /// Exit 0: verified; 4: the proof or the row does not check out.
     VerifyProof {
         bundle: PathBuf,
@@ -162,8 +162,13 @@ enum Cmd {
         #[arg(long, env = "SEALTRAIL_HOME")]
         home: Option<PathBuf>,
         /// The sink's table as it is now (a Delta table or a folder of Parquet files).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "spec")]
         table: Option<PathBuf>,
+        /// The pipeline spec: check the row in the bundle's sink as that spec names it (any
+        /// sink, PostgreSQL included; credentials come from the spec's `env:`/`file:`
+        /// references).
+        #[arg(long)]
+        spec: Option<PathBuf>,
     },
     /// Recompute every row commitment of a sink and compare with the ledger: lists each row
     /// changed, deleted or added since delivery. Exit 0: as delivered; 4: differences.
@@ -383,10 +388,18 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             key,
             home,
             table,
+            spec,
         } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".sealtrail"));
             exit_with(
-                custody_cmd::verify_proof(&bundle, key.as_deref(), &home, table.as_deref()).await?,
+                custody_cmd::verify_proof(
+                    &bundle,
+                    key.as_deref(),
+                    &home,
+                    table.as_deref(),
+                    spec.as_deref(),
+                )
+                .await?,
             )
         }
         Cmd::Lineage {

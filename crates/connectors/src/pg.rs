@@ -371,28 +371,417 @@ impl SourceReader for PgReader {
 
 /// The PostgreSQL column type for an Arrow type, or None when sealtrail cannot write it.
 fn pg_type(dt: &DataType) -> Option<String> {
-    Some(match dt {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
+    Some(match delivered_type(dt)? {
+        DataType::Utf8 => "text".into(),
         DataType::Int64 => "bigint".into(),
-        DataType::Int32 | DataType::UInt16 => "integer".into(),
-        DataType::Int16 | DataType::Int8 | DataType::UInt8 => "smallint".into(),
-        DataType::UInt32 => "bigint".into(),
+        DataType::Int32 => "integer".into(),
+        DataType::Int16 => "smallint".into(),
         DataType::Float64 => "double precision".into(),
         DataType::Float32 => "real".into(),
         DataType::Boolean => "boolean".into(),
         DataType::Date32 => "date".into(),
-        DataType::Timestamp(
-            TimeUnit::Microsecond | TimeUnit::Millisecond | TimeUnit::Second,
-            Some(_),
-        ) => "timestamp with time zone".into(),
-        DataType::Timestamp(
-            TimeUnit::Microsecond | TimeUnit::Millisecond | TimeUnit::Second,
-            None,
-        ) => "timestamp without time zone".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamp with time zone".into(),
+        DataType::Timestamp(_, None) => "timestamp without time zone".into(),
         DataType::Decimal128(p, s) => format!("numeric({p},{s})"),
-        DataType::Binary | DataType::LargeBinary => "bytea".into(),
+        DataType::Binary => "bytea".into(),
         _ => return None,
     })
+}
+
+/// The Arrow type a column of type `dt` is delivered to a PostgreSQL sink as: the type its
+/// PostgreSQL column reads back as ([`PgTable`]), so that a row's commitment computed before
+/// the write is the commitment of the row read back (`docs/custody.md`). Unsigned integers
+/// become the signed type PostgreSQL stores them in, timestamps microseconds (a time zone
+/// becomes `UTC`: `timestamptz` keeps the instant, not the zone), large and view strings and
+/// binaries the plain ones. None when sealtrail cannot write the type.
+pub fn delivered_type(dt: &DataType) -> Option<DataType> {
+    Some(match dt {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+        DataType::Int64 | DataType::UInt32 => DataType::Int64,
+        DataType::Int32 | DataType::UInt16 => DataType::Int32,
+        DataType::Int16 | DataType::Int8 | DataType::UInt8 => DataType::Int16,
+        DataType::Float64 => DataType::Float64,
+        DataType::Float32 => DataType::Float32,
+        DataType::Boolean => DataType::Boolean,
+        DataType::Date32 => DataType::Date32,
+        DataType::Timestamp(
+            TimeUnit::Microsecond | TimeUnit::Millisecond | TimeUnit::Second,
+            tz,
+        ) => DataType::Timestamp(TimeUnit::Microsecond, tz.as_ref().map(|_| "UTC".into())),
+        DataType::Decimal128(p, s) => DataType::Decimal128(*p, *s),
+        DataType::Binary | DataType::LargeBinary => DataType::Binary,
+        _ => return None,
+    })
+}
+
+/// `b` in the types a PostgreSQL sink delivers it as ([`delivered_type`]); `b` itself when
+/// they are already its types. Casting changes no value: every cast widens or relabels.
+pub fn deliverable(b: &RecordBatch) -> std::result::Result<RecordBatch, String> {
+    let schema = b.schema();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let t = delivered_type(f.data_type()).ok_or_else(|| {
+            format!(
+                "column `{}` has type {} which the postgres sink cannot write; cast it in the transform's SQL",
+                f.name(),
+                f.data_type()
+            )
+        })?;
+        fields.push(f.as_ref().clone().with_data_type(t));
+    }
+    if fields
+        .iter()
+        .zip(schema.fields())
+        .all(|(a, b)| a.data_type() == b.data_type())
+    {
+        return Ok(b.clone());
+    }
+    let columns = b
+        .columns()
+        .iter()
+        .zip(&fields)
+        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new_with_metadata(
+            fields,
+            schema.metadata().clone(),
+        )),
+        columns,
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// The columns of `table` (`schema.table` or `table`) in order, with their PostgreSQL types
+/// (`numeric(p,s)` spelled out); empty when the table does not exist.
+async fn table_columns(
+    conn: &mut PgConnection,
+    table: &str,
+) -> std::result::Result<Vec<(String, String)>, sqlx::Error> {
+    let (schema_name, tname) = match table.split_once('.') {
+        Some((s, t)) => (Some(s.to_string()), t.to_string()),
+        None => (None, table.to_string()),
+    };
+    let rows = sqlx::query(
+        "SELECT column_name::text, data_type::text, numeric_precision, numeric_scale \
+         FROM information_schema.columns \
+         WHERE table_name = $1 AND table_schema = coalesce($2, current_schema()) \
+         ORDER BY ordinal_position",
+    )
+    .bind(&tname)
+    .bind(&schema_name)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let n: String = r.get(0);
+            let t: String = r.get(1);
+            let t = match (
+                t.as_str(),
+                r.get::<Option<i32>, _>(2),
+                r.get::<Option<i32>, _>(3),
+            ) {
+                ("numeric", Some(p), Some(s)) => format!("numeric({p},{s})"),
+                _ => t,
+            };
+            (n, t)
+        })
+        .collect())
+}
+
+/// How one column of a sink table is selected and read back.
+#[derive(Debug, Clone, Copy)]
+enum ReadAs {
+    Text,
+    Int2,
+    Int4,
+    Int8,
+    Float4,
+    Float8,
+    Bool,
+    Bytea,
+    /// Days since 1970-01-01, selected as an integer.
+    Date,
+    /// Microseconds since 1970-01-01 UTC, selected as a bigint.
+    Micros,
+    /// Selected as text, parsed exactly at this precision and scale.
+    Numeric(u8, i8),
+}
+
+/// A value PostgreSQL holds but sealtrail never writes (an infinite date or timestamp, a NaN
+/// or infinite numeric): read as a value no delivered row can hold, so the row's commitment
+/// differs from every delivered one and `audit` reports it changed.
+const NEVER_DAYS: i32 = i32::MIN;
+const NEVER_MICROS: i64 = i64::MIN;
+const NEVER_DECIMAL: i128 = i128::MIN;
+
+impl ReadAs {
+    /// For a column of PostgreSQL type `pg`: how to read it and the Arrow type it reads as.
+    fn of(pg: &str) -> Option<(Self, DataType)> {
+        let micros =
+            |tz: Option<&str>| DataType::Timestamp(TimeUnit::Microsecond, tz.map(Into::into));
+        Some(match pg {
+            "text" => (Self::Text, DataType::Utf8),
+            "smallint" => (Self::Int2, DataType::Int16),
+            "integer" => (Self::Int4, DataType::Int32),
+            "bigint" => (Self::Int8, DataType::Int64),
+            "real" => (Self::Float4, DataType::Float32),
+            "double precision" => (Self::Float8, DataType::Float64),
+            "boolean" => (Self::Bool, DataType::Boolean),
+            "bytea" => (Self::Bytea, DataType::Binary),
+            "date" => (Self::Date, DataType::Date32),
+            "timestamp with time zone" => (Self::Micros, micros(Some("UTC"))),
+            "timestamp without time zone" => (Self::Micros, micros(None)),
+            _ => {
+                let (p, s) = pg
+                    .strip_prefix("numeric(")?
+                    .strip_suffix(')')?
+                    .split_once(',')?;
+                let (p, s) = (p.parse::<u8>().ok()?, s.parse::<i8>().ok()?);
+                (Self::Numeric(p, s), DataType::Decimal128(p, s))
+            }
+        })
+    }
+
+    /// The select-list expression for column `c` (quoted).
+    fn select(self, c: &str) -> String {
+        match self {
+            Self::Date => format!(
+                "CASE WHEN {c} IS NULL THEN NULL WHEN isfinite({c}) THEN {c} - DATE '1970-01-01' ELSE {NEVER_DAYS} END"
+            ),
+            // EXTRACT returns numeric (exact) since PostgreSQL 14.
+            Self::Micros => format!(
+                "CASE WHEN {c} IS NULL THEN NULL WHEN isfinite({c}) THEN (EXTRACT(EPOCH FROM {c}) * 1000000)::bigint ELSE {NEVER_MICROS} END"
+            ),
+            Self::Numeric(..) => format!("{c}::text"),
+            _ => c.to_string(),
+        }
+    }
+}
+
+/// `s` (PostgreSQL's text of a `numeric(p, scale)`) as the unscaled integer at `scale`;
+/// None when it is not a finite number with at most `scale` fraction digits.
+fn unscaled(s: &str, scale: i8) -> Option<i128> {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, s),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    if int.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let mut v: i128 = 0;
+    for b in int.bytes() {
+        v = v.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
+    }
+    let scale = i32::from(scale);
+    let frac_digits = frac.len() as i32;
+    if frac_digits > scale.max(0) {
+        return None;
+    }
+    for b in frac.bytes() {
+        v = v.checked_mul(10)?.checked_add(i128::from(b - b'0'))?;
+    }
+    if scale >= frac_digits {
+        v = v.checked_mul(10i128.checked_pow((scale - frac_digits) as u32)?)?;
+    } else {
+        // Negative scale: the text is an integer that must be a multiple of 10^-scale.
+        let d = 10i128.checked_pow((-scale) as u32)?;
+        if v % d != 0 {
+            return None;
+        }
+        v /= d;
+    }
+    Some(if neg { -v } else { v })
+}
+
+/// A PostgreSQL sink's table read back as Arrow batches, in the types its rows were
+/// delivered as ([`delivered_type`]), for `prove`, `verify-proof` and `audit`.
+pub struct PgTable {
+    name: String,
+    table: String,
+    conn: PgConnection,
+    schema: SchemaRef,
+    read: Vec<ReadAs>,
+    select: String,
+    scanning: bool,
+}
+
+impl std::fmt::Debug for PgTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTable")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgTable {
+    /// Connects and reads the table's columns: every column, in table order (a column added
+    /// since delivery changes every row's commitment, as it should).
+    pub async fn open(name: &str, url: &SecretRef, table: &str) -> Result<Self> {
+        let mut conn = connect(url, &format!("sink {name}")).await?;
+        let db = |e: sqlx::Error| sink_err(name, redact_db_error(&e));
+        let cols = table_columns(&mut conn, table).await.map_err(db)?;
+        if cols.is_empty() {
+            return Err(sink_err(name, format!("table {table} does not exist")));
+        }
+        let mut fields = Vec::with_capacity(cols.len());
+        let mut read = Vec::with_capacity(cols.len());
+        let mut select = Vec::with_capacity(cols.len());
+        for (n, t) in &cols {
+            let (how, dt) = ReadAs::of(t).ok_or_else(|| {
+                sink_err(
+                    name,
+                    format!("column `{n}` of table {table} has type {t}, which sealtrail never writes: the table was changed since delivery"),
+                )
+            })?;
+            select.push(how.select(&quote_ident(n)));
+            read.push(how);
+            fields.push(arrow::datatypes::Field::new(n, dt, true));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            table: table.to_string(),
+            conn,
+            schema: Arc::new(arrow::datatypes::Schema::new(fields)),
+            read,
+            select: format!("SELECT {} FROM {}", select.join(", "), quote_table(table)),
+            scanning: false,
+        })
+    }
+
+    /// `postgres table NAME`, for reports.
+    pub fn location(&self) -> String {
+        format!("postgres table {}", self.table)
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn err(&self, e: &sqlx::Error) -> Error {
+        sink_err(&self.name, redact_db_error(e))
+    }
+
+    /// The rows whose column `column` has the text `value` (PostgreSQL's text form of the
+    /// value, compared as text), in one batch.
+    pub async fn rows_where(&mut self, column: &str, value: &str) -> Result<RecordBatch> {
+        if self.schema.index_of(column).is_err() {
+            return Err(sink_err(
+                &self.name,
+                format!("table {} has no column `{column}`", self.table),
+            ));
+        }
+        let sql = format!("{} WHERE {}::text = $1", self.select, quote_ident(column));
+        let rows = sqlx::query(&sql)
+            .bind(value)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| self.err(&e))?;
+        self.to_batch(&rows)
+    }
+
+    /// Starts reading the whole table in one snapshot; returns its row count.
+    pub async fn scan(&mut self) -> Result<u64> {
+        self.conn
+            .execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(|e| sink_err(&self.name, redact_db_error(&e)))?;
+        self.scanning = true;
+        let count: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {}",
+            quote_table(&self.table)
+        ))
+        .fetch_one(&mut self.conn)
+        .await
+        .map_err(|e| sink_err(&self.name, redact_db_error(&e)))?;
+        self.conn
+            .execute(
+                format!(
+                    "DECLARE sealtrail_audit NO SCROLL CURSOR FOR {}",
+                    self.select
+                )
+                .as_str(),
+            )
+            .await
+            .map_err(|e| sink_err(&self.name, redact_db_error(&e)))?;
+        Ok(count.max(0) as u64)
+    }
+
+    /// The next at most `rows` rows of the scan; None at its end.
+    pub async fn next(&mut self, rows: usize) -> Result<Option<RecordBatch>> {
+        if !self.scanning {
+            return Ok(None);
+        }
+        let got = sqlx::query(&format!("FETCH FORWARD {rows} FROM sealtrail_audit"))
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| sink_err(&self.name, redact_db_error(&e)))?;
+        if got.is_empty() {
+            self.scanning = false;
+            let _ = self.conn.execute("COMMIT").await;
+            return Ok(None);
+        }
+        self.to_batch(&got).map(Some)
+    }
+
+    fn to_batch(&self, rows: &[sqlx::postgres::PgRow]) -> Result<RecordBatch> {
+        use arrow::array::*;
+        let bad = |e: sqlx::Error| sink_err(&self.name, redact_db_error(&e));
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.read.len());
+        for (i, (how, f)) in self.read.iter().zip(self.schema.fields()).enumerate() {
+            macro_rules! col {
+                ($t:ty, $arr:ty) => {
+                    Arc::new(
+                        rows.iter()
+                            .map(|r| r.try_get::<Option<$t>, _>(i))
+                            .collect::<std::result::Result<$arr, _>>()
+                            .map_err(bad)?,
+                    ) as ArrayRef
+                };
+            }
+            columns.push(match how {
+                ReadAs::Text => col!(String, StringArray),
+                ReadAs::Int2 => col!(i16, Int16Array),
+                ReadAs::Int4 => col!(i32, Int32Array),
+                ReadAs::Int8 => col!(i64, Int64Array),
+                ReadAs::Float4 => col!(f32, Float32Array),
+                ReadAs::Float8 => col!(f64, Float64Array),
+                ReadAs::Bool => col!(bool, BooleanArray),
+                ReadAs::Bytea => col!(Vec<u8>, BinaryArray),
+                ReadAs::Date => col!(i32, Date32Array),
+                ReadAs::Micros => {
+                    let a = rows
+                        .iter()
+                        .map(|r| r.try_get::<Option<i64>, _>(i))
+                        .collect::<std::result::Result<TimestampMicrosecondArray, _>>()
+                        .map_err(bad)?;
+                    match f.data_type() {
+                        DataType::Timestamp(_, Some(tz)) => Arc::new(a.with_timezone(tz.clone())),
+                        _ => Arc::new(a),
+                    }
+                }
+                ReadAs::Numeric(p, s) => {
+                    let a = rows
+                        .iter()
+                        .map(|r| {
+                            r.try_get::<Option<String>, _>(i)
+                                .map(|v| v.map(|v| unscaled(&v, *s).unwrap_or(NEVER_DECIMAL)))
+                        })
+                        .collect::<std::result::Result<Decimal128Array, _>>()
+                        .map_err(bad)?;
+                    // NEVER_DECIMAL is outside every precision: build without validation.
+                    Arc::new(a.with_data_type(DataType::Decimal128(*p, *s)))
+                }
+            });
+        }
+        RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| sink_err(&self.name, e))
+    }
 }
 
 /// Writes batches into a PostgreSQL table with COPY, one transaction per commit key.
@@ -445,22 +834,8 @@ impl PgSink {
             want.push((f.name().clone(), t));
         }
         conn.execute(COMMITS_DDL).await.map_err(db)?;
-        let (schema_name, tname) = match table.split_once('.') {
-            Some((s, t)) => (Some(s.to_string()), t.to_string()),
-            None => (None, table.to_string()),
-        };
-        let rows = sqlx::query(
-            "SELECT column_name::text, data_type::text, numeric_precision, numeric_scale \
-             FROM information_schema.columns \
-             WHERE table_name = $1 AND table_schema = coalesce($2, current_schema()) \
-             ORDER BY ordinal_position",
-        )
-        .bind(&tname)
-        .bind(&schema_name)
-        .fetch_all(&mut conn)
-        .await
-        .map_err(db)?;
-        if rows.is_empty() {
+        let have = table_columns(&mut conn, table).await.map_err(db)?;
+        if have.is_empty() {
             let cols = want
                 .iter()
                 .map(|(n, t)| format!("{} {t}", quote_ident(n)))
@@ -471,41 +846,21 @@ impl PgSink {
             )
             .await
             .map_err(db)?;
-        } else {
-            let have: Vec<(String, String)> = rows
-                .iter()
-                .map(|r| {
-                    let n: String = r.get(0);
-                    let t: String = r.get(1);
-                    let t = if t == "numeric" {
-                        let p: Option<i32> = r.get(2);
-                        let s: Option<i32> = r.get(3);
-                        match (p, s) {
-                            (Some(p), Some(s)) => format!("numeric({p},{s})"),
-                            _ => t,
-                        }
-                    } else {
-                        t
-                    };
-                    (n, t)
-                })
-                .collect();
-            if have != want {
-                let show = |c: &[(String, String)]| {
-                    c.iter()
-                        .map(|(n, t)| format!("{n} {t}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                return Err(sink_err(
-                    name,
-                    format!(
-                        "table {table} has columns ({}) but the pipeline writes ({}); point the sink at a new table or migrate it",
-                        show(&have),
-                        show(&want)
-                    ),
-                ));
-            }
+        } else if have != want {
+            let show = |c: &[(String, String)]| {
+                c.iter()
+                    .map(|(n, t)| format!("{n} {t}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err(sink_err(
+                name,
+                format!(
+                    "table {table} has columns ({}) but the pipeline writes ({}); point the sink at a new table or migrate it",
+                    show(&have),
+                    show(&want)
+                ),
+            ));
         }
         Ok(Self {
             name: name.to_string(),
@@ -634,4 +989,86 @@ fn encode_csv(
         row += 1;
     }
     Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_text_parses_exactly_at_its_scale() {
+        assert_eq!(unscaled("1.2500", 4), Some(12_500));
+        assert_eq!(unscaled("-0.0001", 4), Some(-1));
+        assert_eq!(unscaled("42", 2), Some(4_200));
+        assert_eq!(unscaled("0", 0), Some(0));
+        assert_eq!(
+            unscaled("99999999999999999999999999999999999999", 0),
+            Some(10i128.pow(38) - 1)
+        );
+        // Negative scale: an integer that is a multiple of 10^-scale.
+        assert_eq!(unscaled("12300", -2), Some(123));
+        assert_eq!(unscaled("12345", -2), None);
+        // More fraction digits than the scale, or not a finite number: never a value.
+        assert_eq!(unscaled("1.25", 1), None);
+        for bad in [
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "",
+            "-",
+            ".5",
+            "1e5",
+            "1.2.3",
+            "+1",
+        ] {
+            assert_eq!(unscaled(bad, 4), None, "{bad}");
+        }
+        // Beyond i128: refused, not wrapped.
+        assert_eq!(
+            unscaled("999999999999999999999999999999999999999999", 0),
+            None
+        );
+    }
+
+    #[test]
+    fn every_delivered_type_has_a_column_type_that_reads_back_as_it() {
+        use DataType::*;
+        for dt in [
+            Utf8,
+            LargeUtf8,
+            Utf8View,
+            Int8,
+            Int16,
+            Int32,
+            Int64,
+            UInt8,
+            UInt16,
+            UInt32,
+            Float32,
+            Float64,
+            Boolean,
+            Date32,
+            Timestamp(TimeUnit::Second, None),
+            Timestamp(TimeUnit::Millisecond, Some("+01:00".into())),
+            Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            Decimal128(18, 4),
+            Binary,
+            LargeBinary,
+        ] {
+            let delivered = delivered_type(&dt).unwrap();
+            let pg = pg_type(&dt).unwrap();
+            let (_, back) = ReadAs::of(&pg).unwrap_or_else(|| panic!("{pg}"));
+            assert_eq!(back, delivered, "{dt} -> {pg}");
+            // Delivering twice changes nothing.
+            assert_eq!(delivered_type(&delivered).as_ref(), Some(&delivered));
+        }
+        for dt in [
+            UInt64,
+            Float16,
+            Timestamp(TimeUnit::Nanosecond, None),
+            Date64,
+        ] {
+            assert_eq!(delivered_type(&dt), None, "{dt}");
+        }
+    }
 }

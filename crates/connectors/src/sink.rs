@@ -56,6 +56,71 @@ pub fn batch_file_name(run_id: &str, source: &str, batch: u64) -> String {
     format!("part-{run_id}-{source}-{batch:06}.zstd.parquet")
 }
 
+/// For a Delta table on a local path: the batch each data file was written by, from the JSON
+/// commits in its `_delta_log/`: file name -> (transaction app id, version) of the commit
+/// that added it, for commits that carry exactly one transaction (sealtrail's: app id
+/// [`CommitKey::app_id`], version the batch). A file added by another writer (OPTIMIZE, a
+/// plain append), a file two commits claim, and a file whose JSON commit was cleaned up after
+/// a checkpoint are absent; so is everything of a table that is not local. Nothing here is
+/// trusted: `audit` and `prove` check each row against the batch's custody record and fall
+/// back to lineage ids when it does not match.
+pub fn delta_file_commits(uri: &str) -> std::collections::HashMap<String, (String, u64)> {
+    use std::collections::HashMap;
+    let mut out: HashMap<String, (String, u64)> = HashMap::new();
+    let dir = match url::Url::parse(uri) {
+        Ok(u) if u.scheme() == "file" => match u.to_file_path() {
+            Ok(p) => p,
+            Err(()) => return out,
+        },
+        Ok(_) => return out,
+        Err(_) => PathBuf::from(uri),
+    }
+    .join("_delta_log");
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return out;
+    };
+    let mut commits: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    commits.sort();
+    let mut claimed: HashMap<String, usize> = HashMap::new();
+    for c in commits {
+        let Ok(text) = std::fs::read_to_string(&c) else {
+            continue;
+        };
+        let mut txn = Vec::new();
+        let mut adds = Vec::new();
+        for line in text.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let Some(t) = v.get("txn") {
+                if let (Some(app), Some(ver)) = (
+                    t.get("appId").and_then(|a| a.as_str()),
+                    t.get("version").and_then(|v| v.as_u64()),
+                ) {
+                    txn.push((app.to_string(), ver));
+                }
+            } else if let Some(path) = v.pointer("/add/path").and_then(|p| p.as_str()) {
+                // Paths are URL-encoded; sealtrail's writer names files without escapes.
+                let name = path.rsplit('/').next().unwrap_or(path);
+                if !name.contains('%') {
+                    adds.push(name.to_string());
+                }
+            }
+        }
+        for name in adds {
+            *claimed.entry(name.clone()).or_default() += 1;
+            if let [one] = txn.as_slice() {
+                out.insert(name, one.clone());
+            }
+        }
+    }
+    out.retain(|name, _| claimed.get(name) == Some(&1));
+    out
+}
+
 /// Parquet writer settings shared by every Parquet and Delta file sealtrail writes, tuned to
 /// the rows about to be written: dictionary encoding is turned
 /// off for text and binary columns whose sample is mostly distinct values (ids, tokens,
@@ -247,6 +312,19 @@ impl SinkWriter {
         }
     }
 
+    /// `batches` as this sink delivers them: a PostgreSQL sink's in the types its table reads
+    /// back as ([`crate::pg::delivered_type`]), so that output commitments are over the rows
+    /// `prove` and `audit` read back; the other sinks' unchanged.
+    pub fn deliverable(&self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+        match self {
+            SinkWriter::Postgres(pg) => batches
+                .iter()
+                .map(|b| crate::pg::deliverable(b).map_err(|e| sink_err(pg.name(), e)))
+                .collect(),
+            _ => Ok(batches),
+        }
+    }
+
     /// Commits `batches` under `key`. Returns false when `key` was already committed (nothing
     /// is written again). Empty input commits nothing.
     pub async fn commit(&mut self, key: &CommitKey, batches: &[RecordBatch]) -> Result<bool> {
@@ -325,7 +403,7 @@ pub fn write_parquet_atomically(
 
 /// The data files that make up a sink's table now: a Parquet sink's part files, or the files
 /// of a Delta table's current snapshot. For reading back what was delivered (`prove`,
-/// `audit`); PostgreSQL sinks are read with SQL instead and are not supported here yet.
+/// `audit`); PostgreSQL sinks are read with SQL instead ([`crate::pg::PgTable`]).
 pub async fn sink_files(name: &str, target: &Target) -> Result<Vec<PathBuf>> {
     match target {
         Target::Parquet { dir } => {
@@ -428,6 +506,55 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use std::sync::Arc;
+
+    /// Each file of a Delta table written by sealtrail maps to the transaction (run, batch)
+    /// that added it; files of a commit without one, and files claimed twice, do not map.
+    #[tokio::test]
+    async fn delta_files_map_to_their_batches_through_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().join("t").display().to_string();
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef],
+        )
+        .unwrap();
+        let target = Target::Delta { uri: uri.clone() };
+        let mut w = open_sink("t", &target, schema).await.unwrap();
+        let key = |batch| CommitKey {
+            pipeline: "p".into(),
+            run_id: "r1".into(),
+            source: "s".into(),
+            batch,
+        };
+        for batch in [0, 1] {
+            assert!(
+                w.commit(&key(batch), std::slice::from_ref(&b))
+                    .await
+                    .unwrap()
+            );
+        }
+        let files = sink_files("t", &target).await.unwrap();
+        assert_eq!(files.len(), 2);
+        let map = delta_file_commits(&uri);
+        let mut got: Vec<(String, u64)> = files
+            .iter()
+            .map(|f| map[f.file_name().unwrap().to_string_lossy().as_ref()].clone())
+            .collect();
+        got.sort();
+        assert_eq!(got, vec![(key(0).app_id(), 0), (key(1).app_id(), 1)]);
+        // A commit that claims an existing file again (a replayed log line) unmaps it; a
+        // commit without a transaction maps nothing.
+        let log = dir.path().join("t/_delta_log");
+        let first = std::fs::read_to_string(log.join("00000000000000000001.json")).unwrap();
+        let add = first.lines().find(|l| l.contains("\"add\"")).unwrap();
+        std::fs::write(log.join("00000000000000000003.json"), format!("{add}\n")).unwrap();
+        let map = delta_file_commits(&uri);
+        assert_eq!(map.len(), 1, "{map:?}");
+        assert_eq!(map.values().next().unwrap(), &(key(1).app_id(), 1));
+        // Not a local table: nothing maps.
+        assert!(delta_file_commits("s3://bucket/t").is_empty());
+    }
 
     #[test]
     fn dictionaries_only_for_repetitive_columns() {

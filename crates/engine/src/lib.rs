@@ -1058,9 +1058,9 @@ async fn commit_one(
             } else {
                 outputs.get(from).cloned().unwrap_or_default()
             };
-            (w.name().to_string(), rows)
+            Ok::<_, Error>((w.name().to_string(), w.deliverable(rows)?))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     // Output commitments are hashed on a blocking thread while the sinks encode and write the
     // same (shared, immutable) batches: the two are the heaviest steps of a commit.
     let hashing = (!opts.skip_commitments_for_benchmark).then(|| {
