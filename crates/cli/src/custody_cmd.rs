@@ -980,7 +980,7 @@ fn audit_rows(
 }
 
 /// Rows of a PostgreSQL sink's table per `audit` work item.
-const PG_AUDIT_ROWS: usize = 65_536;
+const PG_AUDIT_ROWS: usize = 16_384;
 
 /// One part of a sink's table as `audit` reads it.
 #[derive(Debug, Clone, Copy)]
