@@ -886,8 +886,97 @@ struct Outcome {
     matched: Vec<bool>,
     /// The file's rows that did not match at their place.
     unmatched: Vec<SinkRow>,
-    /// The batch's rows no row matched at its place: (lineage id, (format, commitment)).
-    expected: Vec<(String, (RowFormat, Hash))>,
+    /// The batch's rows no row matched at its place, keyed by lineage id ([`ById::key`]).
+    expected: Vec<(u128, Expected)>,
+}
+
+/// A delivered row `audit` still has to find by its lineage id.
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    /// Index of its batch (into the audit's batch list) and its place among the batch's rows
+    /// of the sink: where its id is recomputed from if it is never found.
+    batch: u32,
+    row: u32,
+    format: RowFormat,
+    commitment: Hash,
+}
+
+/// The rows to find by lineage id, keyed by a 128-bit hash of the id under a seed drawn for
+/// each audit rather than by the id itself: about 70 bytes per row instead of several
+/// hundred, which is what bounds the memory of auditing a table whose rows cannot be matched
+/// at their place (a PostgreSQL table: every row). The ids of rows never found are recomputed
+/// from their batches' custody records. A collision (2^-128 per pair under a seed nobody
+/// knows in advance) could only mislabel a finding: a row still has to match the commitment,
+/// which covers its `_sealtrail_id`.
+#[derive(Debug)]
+struct ById {
+    seed: u64,
+    /// The first expected row of each key; further rows with the same id (a record delivered
+    /// by two runs) in `more`.
+    first: HashMap<u128, Expected>,
+    more: HashMap<u128, Vec<Expected>>,
+}
+
+impl ById {
+    fn new() -> Self {
+        Self {
+            seed: rand::random(),
+            first: HashMap::new(),
+            more: HashMap::new(),
+        }
+    }
+
+    fn key(seed: u64, id: &str) -> u128 {
+        xxhash_rust::xxh3::xxh3_128_with_seed(id.as_bytes(), seed)
+    }
+
+    fn insert(&mut self, key: u128, e: Expected) {
+        match self.first.entry(key) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(e);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.more.entry(key).or_default().push(e)
+            }
+        }
+    }
+
+    /// Takes an expected row of `key`: one that `same` accepts (`true`), else any (`false`);
+    /// None when no row of that id is expected.
+    fn take(&mut self, key: u128, same: impl Fn(&Expected) -> bool) -> Option<(Expected, bool)> {
+        let first = *self.first.get(&key)?;
+        if !same(&first)
+            && let Some(v) = self.more.get_mut(&key)
+            && let Some(i) = v.iter().position(&same)
+        {
+            let e = v.swap_remove(i);
+            if v.is_empty() {
+                self.more.remove(&key);
+            }
+            return Some((e, true));
+        }
+        // `first` goes (matched, or the row a changed row stands for); a further row of the
+        // same id takes its place.
+        match self.more.get_mut(&key).and_then(Vec::pop) {
+            Some(next) => {
+                self.first.insert(key, next);
+                if self.more.get(&key).is_some_and(Vec::is_empty) {
+                    self.more.remove(&key);
+                }
+            }
+            None => {
+                self.first.remove(&key);
+            }
+        }
+        Some((first, same(&first)))
+    }
+
+    /// The rows never found.
+    fn left(self) -> impl Iterator<Item = Expected> {
+        self.first
+            .into_values()
+            .chain(self.more.into_values().flatten())
+    }
 }
 
 impl Outcome {
@@ -1157,6 +1246,17 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         vec![RowFormat::Json, RowFormat::Binary]
     };
 
+    // The rows still to find, by lineage id (their keys are computed by the workers): every
+    // row of the batches without a file, sized once (growing the table would hold it twice).
+    let mut residual = ById::new();
+    let by_id_rows: u64 = batches
+        .iter()
+        .zip(&has_file)
+        .filter(|(_, has)| !**has)
+        .map(|((_, (rows, _)), _)| *rows)
+        .sum();
+    residual.first.reserve(by_id_rows as usize);
+    let seed = residual.seed;
     let rt = tokio::runtime::Handle::current();
     let work = |(file, batch): (Option<Part>, Option<usize>)| -> Result<Outcome> {
         let record = match batch {
@@ -1201,13 +1301,19 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             },
             None => Outcome::default(),
         };
-        if let Some((c, s)) = expected {
+        if let (Some((c, s)), Some(b)) = (expected, batch) {
             out.batches = 1;
             out.expected = (0..s.len())
                 .filter(|j| !out.matched.get(*j).copied().unwrap_or(false))
                 .map(|j| {
                     let (k, h) = s.row(j);
-                    (c.row_id(s, k), (c.row_format(), h))
+                    let e = Expected {
+                        batch: b as u32,
+                        row: j as u32,
+                        format: c.row_format(),
+                        commitment: h,
+                    };
+                    (ById::key(seed, &c.row_id(s, k)), e)
                 })
                 .collect();
         }
@@ -1216,13 +1322,9 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
 
     // Items run on every core, a few ahead of the matching, which goes in item order so that
     // reports are stable.
-    let mut residual: HashMap<String, Vec<(RowFormat, Hash)>> = HashMap::new();
     let mut unmatched: Vec<(Part, SinkRow)> = Vec::new();
     let mut findings = Vec::new();
-    let classify = |f: Part,
-                    row: SinkRow,
-                    residual: &mut HashMap<String, Vec<(RowFormat, Hash)>>,
-                    findings: &mut Vec<Finding>| {
+    let classify = |f: Part, row: SinkRow, residual: &mut ById, findings: &mut Vec<Finding>| {
         let label = || match &row.id {
             Some(id) => id.clone(),
             None => match f {
@@ -1234,24 +1336,16 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
                 ),
             },
         };
-        match row.id.as_ref().and_then(|id| residual.get_mut(id)) {
-            Some(v) if !v.is_empty() => {
-                let same = |(f, h): &(RowFormat, Hash)| {
-                    row.commitments
-                        .iter()
-                        .any(|(g, c)| g == f && merkle::ct_eq(h, c))
-                };
-                match v.iter().position(same) {
-                    Some(i) => {
-                        v.swap_remove(i);
-                    }
-                    None => {
-                        v.pop();
-                        findings.push(Finding::Changed(label()));
-                    }
-                }
-            }
-            _ => findings.push(Finding::Added(label())),
+        let same = |e: &Expected| {
+            row.commitments
+                .iter()
+                .any(|(g, c)| *g == e.format && merkle::ct_eq(&e.commitment, c))
+        };
+        let key = row.id.as_deref().map(|id| ById::key(residual.seed, id));
+        match key.and_then(|k| residual.take(k, same)) {
+            Some((_, true)) => {}
+            Some((_, false)) => findings.push(Finding::Changed(label())),
+            None => findings.push(Finding::Added(label())),
         }
     };
     let (mut rows, mut delivered_batches, mut by_id) = (0u64, 0u64, 0u64);
@@ -1283,8 +1377,8 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
                 }
                 rows += got.rows;
                 delivered_batches += got.batches;
-                for (id, h) in got.expected {
-                    residual.entry(id).or_default().push(h);
+                for (key, e) in got.expected {
+                    residual.insert(key, e);
                 }
                 if let (Some(f), _) = items[want] {
                     by_id += got.unmatched.len() as u64;
@@ -1319,9 +1413,24 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     for (f, row) in unmatched {
         classify(f, row, &mut residual, &mut findings);
     }
-    for (id, left) in residual {
-        for _ in left {
-            findings.push(Finding::Deleted(id.clone()));
+    // Rows never found: their ids from their batches' records, one batch at a time.
+    let mut left: Vec<Expected> = residual.left().collect();
+    left.sort_by_key(|e| (e.batch, e.row));
+    for group in left.chunk_by(|a, b| a.batch == b.batch) {
+        let r = &batches[group[0].batch as usize].0;
+        let record = st.custody(r).await?;
+        let changed = || {
+            anyhow!(
+                "the custody record of run {} batch {} changed during the audit",
+                r.run_id,
+                r.batch
+            )
+        };
+        let c = CustodyView::parse(&record).ok_or_else(changed)?;
+        let (_, s) = c.sink(sink).ok_or_else(changed)?;
+        for e in group {
+            let (k, _) = s.row(e.row as usize);
+            findings.push(Finding::Deleted(c.row_id(s, k)));
         }
     }
     let batches = delivered_batches;
@@ -1568,6 +1677,42 @@ pub async fn lineage(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The by-id table answers like a map from id to a list of expected rows: a row that
+    /// matches takes its own entry, a changed row takes one of its id's, and the rest are left.
+    #[test]
+    fn by_id_takes_the_matching_row_first() {
+        let mut t = ById::new();
+        let e = |batch, row, c: u8| Expected {
+            batch,
+            row,
+            format: RowFormat::Binary,
+            commitment: [c; 32],
+        };
+        let (a, b) = (ById::key(t.seed, "src:k:1"), ById::key(t.seed, "src:k:2"));
+        assert_ne!(a, b);
+        assert_eq!(ById::key(t.seed, "src:k:1"), a);
+        // Id 1 delivered by three runs, id 2 once.
+        t.insert(a, e(0, 0, 1));
+        t.insert(a, e(1, 0, 2));
+        t.insert(a, e(2, 0, 3));
+        t.insert(b, e(0, 1, 9));
+        let by = |c: u8| move |x: &Expected| x.commitment == [c; 32];
+        // The match is found wherever it sits among the id's rows.
+        assert_eq!(t.take(a, by(2)).map(|(x, m)| (x.batch, m)), Some((1, true)));
+        assert_eq!(t.take(a, by(1)).map(|(x, m)| (x.batch, m)), Some((0, true)));
+        // No match: one of the id's rows is taken, as the changed one.
+        assert_eq!(
+            t.take(a, by(7)).map(|(x, m)| (x.batch, m)),
+            Some((2, false))
+        );
+        assert!(t.take(a, by(3)).is_none());
+        assert!(t.take(ById::key(t.seed, "src:k:3"), by(9)).is_none());
+        let left: Vec<(u32, u32)> = t.left().map(|x| (x.batch, x.row)).collect();
+        assert_eq!(left, vec![(0, 1)]);
+        // Another audit, another seed: keys cannot be prepared in advance.
+        assert_ne!(ById::new().seed, ById::new().seed);
+    }
 
     fn found(cols: Vec<(&str, arrow::array::ArrayRef)>) -> FoundRow {
         FoundRow {
