@@ -1071,8 +1071,8 @@ quarantine:
         "{out}"
     );
 
-    // Tamper: change one value of one row, delete a row, add a forged row (with a copied id
-    // of a row that stays, so only the duplicate is new) and one without an id.
+    // Tamper: change one value of one row, delete a row, add a forged row without an id (a
+    // copy of a row that stays, under a new key).
     let (changed, deleted, kept) = (id_of(7), id_of(8), id_of(9));
     pg(&format!(
         "UPDATE {ns}.out SET fqty = fqty + 1 WHERE id = 7;\n\
