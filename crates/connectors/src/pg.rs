@@ -415,7 +415,8 @@ pub fn delivered_type(dt: &DataType) -> Option<DataType> {
 }
 
 /// `b` in the types a PostgreSQL sink delivers it as ([`delivered_type`]); `b` itself when
-/// they are already its types. Casting changes no value: every cast widens or relabels.
+/// they are already its types. Casting changes no value: every cast widens or relabels, and a
+/// value that would not fit fails the batch (no column type PostgreSQL has could hold it).
 pub fn deliverable(b: &RecordBatch) -> std::result::Result<RecordBatch, String> {
     let schema = b.schema();
     let mut fields = Vec::with_capacity(schema.fields().len());
@@ -440,7 +441,18 @@ pub fn deliverable(b: &RecordBatch) -> std::result::Result<RecordBatch, String> 
         .columns()
         .iter()
         .zip(&fields)
-        .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+        // Not `safe`: a value that does not fit (a timestamp in seconds beyond the range of
+        // microseconds) is an error, never a null.
+        .map(|(c, f)| {
+            arrow::compute::cast_with_options(
+                c,
+                f.data_type(),
+                &arrow::compute::CastOptions {
+                    safe: false,
+                    ..Default::default()
+                },
+            )
+        })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     RecordBatch::try_new(
@@ -691,7 +703,7 @@ impl PgTable {
         self.conn
             .execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
-            .map_err(|e| sink_err(&self.name, redact_db_error(&e)))?;
+            .map_err(|e| self.err(&e))?;
         self.scanning = true;
         let count: i64 = sqlx::query_scalar(&format!(
             "SELECT count(*) FROM {}",
@@ -699,7 +711,7 @@ impl PgTable {
         ))
         .fetch_one(&mut self.conn)
         .await
-        .map_err(|e| sink_err(&self.name, redact_db_error(&e)))?;
+        .map_err(|e| self.err(&e))?;
         self.conn
             .execute(
                 format!(
@@ -709,7 +721,7 @@ impl PgTable {
                 .as_str(),
             )
             .await
-            .map_err(|e| sink_err(&self.name, redact_db_error(&e)))?;
+            .map_err(|e| self.err(&e))?;
         Ok(count.max(0) as u64)
     }
 
@@ -721,7 +733,7 @@ impl PgTable {
         let got = sqlx::query(&format!("FETCH FORWARD {rows} FROM sealtrail_audit"))
             .fetch_all(&mut self.conn)
             .await
-            .map_err(|e| sink_err(&self.name, redact_db_error(&e)))?;
+            .map_err(|e| self.err(&e))?;
         if got.is_empty() {
             self.scanning = false;
             let _ = self.conn.execute("COMMIT").await;
@@ -750,9 +762,7 @@ impl PgTable {
         }
         let mut b = BinaryBuilder::with_capacity(rows.len(), rows.len() * 16);
         for r in rows {
-            let v = r
-                .try_get_raw(i)
-                .map_err(|e| sink_err(&self.name, redact_db_error(&e)))?;
+            let v = r.try_get_raw(i).map_err(|e| self.err(&e))?;
             if v.is_null() {
                 b.append_null();
             } else {
@@ -1108,5 +1118,26 @@ mod tests {
         ] {
             assert_eq!(delivered_type(&dt), None, "{dt}");
         }
+    }
+
+    /// A timestamp in seconds beyond what microseconds can count fails the batch: it is never
+    /// delivered as a null.
+    #[test]
+    fn a_value_that_does_not_fit_fails_instead_of_becoming_null() {
+        use arrow::array::TimestampSecondArray;
+        let batch = |v: Vec<Option<i64>>| {
+            RecordBatch::try_from_iter([(
+                "ts",
+                Arc::new(TimestampSecondArray::from(v)) as ArrayRef,
+            )])
+            .unwrap()
+        };
+        assert!(deliverable(&batch(vec![Some(0), Some(i64::MAX / 1_000)])).is_err());
+        let d = deliverable(&batch(vec![Some(1), None])).unwrap();
+        assert_eq!(d.column(0).null_count(), 1);
+        assert_eq!(
+            d.column(0).data_type(),
+            &DataType::Timestamp(TimeUnit::Microsecond, None)
+        );
     }
 }
