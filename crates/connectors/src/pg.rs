@@ -1140,4 +1140,26 @@ mod tests {
             &DataType::Timestamp(TimeUnit::Microsecond, None)
         );
     }
+
+    proptest::proptest! {
+        /// Any text, any scale: an answer or None, never a panic; and PostgreSQL's text of a
+        /// numeric (exactly `scale` fraction digits) reads back as the value it was written from.
+        #[test]
+        fn numeric_text_round_trips_and_never_panics(
+            junk in "\\PC{0,50}",
+            v in -(10i128.pow(30))..10i128.pow(30),
+            scale in 0i8..=8,
+        ) {
+            let _ = unscaled(&junk, scale);
+            let _ = unscaled(&junk, -scale);
+            let d = 10i128.pow(scale as u32);
+            let (sign, a) = if v < 0 { ("-", -v) } else { ("", v) };
+            let text = if scale == 0 {
+                format!("{sign}{a}")
+            } else {
+                format!("{sign}{}.{:0w$}", a / d, a % d, w = scale as usize)
+            };
+            proptest::prop_assert_eq!(unscaled(&text, scale), Some(v));
+        }
+    }
 }
