@@ -195,7 +195,7 @@ enum SinkTable {
 impl SinkTable {
     async fn open(sk: &Sink) -> Result<Self> {
         Ok(match &sk.target {
-            Target::Postgres { url, table } => {
+            Target::Postgres { url, table, .. } => {
                 Self::Pg(Box::new(PgTable::open(&sk.name, url, table).await?))
             }
             t => Self::Files(sealtrail_connectors::sink::sink_files(&sk.name, t).await?),

@@ -1009,6 +1009,15 @@ quarantine:
         )),
         "id bigint, isin text, uqty bigint, fqty real, price numeric, ts timestamp with time zone, day date, buy boolean, _sealtrail_id text"
     );
+    // The table sealtrail created has its lineage ids indexed, for `prove --id`.
+    assert_eq!(
+        pg_one(&format!(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = '{ns}' AND tablename = 'out'"
+        )),
+        format!(
+            "CREATE INDEX {ns}_out_sealtrail_id_idx ON {ns}.\"out\" USING btree (_sealtrail_id)"
+        )
+    );
     let audit = |expect: i32| -> serde_json::Value {
         let mut c = bin();
         c.arg("audit").arg(&spec).args(["--sink", "out", "--json"]);

@@ -862,9 +862,16 @@ const COMMITS_DDL: &str = "CREATE TABLE IF NOT EXISTS sealtrail_sink_commits (\
     PRIMARY KEY (target, app_id, batch))";
 
 impl PgSink {
-    /// Connects, then creates the table from `schema` when missing, or checks that its columns
+    /// Connects, then creates the table from `schema` when missing (with an index on its
+    /// lineage id column when `index_ids` and the schema has one), or checks that its columns
     /// have exactly these names, order and types.
-    pub async fn open(name: &str, url: &SecretRef, table: &str, schema: SchemaRef) -> Result<Self> {
+    pub async fn open(
+        name: &str,
+        url: &SecretRef,
+        table: &str,
+        schema: SchemaRef,
+        index_ids: bool,
+    ) -> Result<Self> {
         let mut conn = connect(url, &format!("sink {name}")).await?;
         let db = |e: sqlx::Error| sink_err(name, redact_db_error(&e));
         let mut want = Vec::new();
@@ -889,11 +896,19 @@ impl PgSink {
                 .map(|(n, t)| format!("{} {t}", quote_ident(n)))
                 .collect::<Vec<_>>()
                 .join(", ");
-            conn.execute(
-                format!("CREATE TABLE IF NOT EXISTS {} ({cols})", quote_table(table)).as_str(),
-            )
-            .await
-            .map_err(db)?;
+            let mut ddl = format!("CREATE TABLE IF NOT EXISTS {} ({cols})", quote_table(table));
+            let id = sealtrail_core::LINEAGE_ID_COLUMN;
+            if index_ids && schema.index_of(id).is_ok() {
+                // One transaction: the table never exists without its index.
+                let _ = write!(
+                    ddl,
+                    "; CREATE INDEX IF NOT EXISTS {} ON {} ({})",
+                    quote_ident(&format!("{}_sealtrail_id_idx", table.replace('.', "_"))),
+                    quote_table(table),
+                    quote_ident(id)
+                );
+            }
+            conn.execute(ddl.as_str()).await.map_err(db)?;
         } else if have != want {
             let show = |c: &[(String, String)]| {
                 c.iter()

@@ -283,8 +283,12 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
                 schema,
             })
         }
-        Target::Postgres { url, table } => Ok(SinkWriter::Postgres(Box::new(
-            crate::pg::PgSink::open(name, url, table, schema).await?,
+        Target::Postgres {
+            url,
+            table,
+            index_ids,
+        } => Ok(SinkWriter::Postgres(Box::new(
+            crate::pg::PgSink::open(name, url, table, schema, *index_ids).await?,
         ))),
     }
 }

@@ -87,7 +87,9 @@ async fn commits_are_idempotent_and_values_round_trip() {
         .unwrap();
     let url = SecretRef::Literal(Secret::new(url()));
     let b = batch(&[1, 2, 3, 4, 5]);
-    let mut sink = PgSink::open("s", &url, &table, b.schema()).await.unwrap();
+    let mut sink = PgSink::open("s", &url, &table, b.schema(), true)
+        .await
+        .unwrap();
     assert!(
         sink.commit("app/run1", 0, std::slice::from_ref(&b))
             .await
@@ -118,9 +120,11 @@ async fn commits_are_idempotent_and_values_round_trip() {
     assert!(!r0.get::<bool, _>(4));
 
     // Reopening validates the table; a different shape is refused with both column lists.
-    PgSink::open("s", &url, &table, b.schema()).await.unwrap();
+    PgSink::open("s", &url, &table, b.schema(), true)
+        .await
+        .unwrap();
     let other = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
-    let err = PgSink::open("s", &url, &table, other)
+    let err = PgSink::open("s", &url, &table, other, true)
         .await
         .unwrap_err()
         .to_string();
@@ -280,7 +284,9 @@ async fn delivered_types_read_back_exactly() {
     let b = RecordBatch::try_from_iter(cols).unwrap();
     let delivered = deliverable(&b).unwrap();
     let url = SecretRef::Literal(Secret::new(url()));
-    let mut sink = PgSink::open("s", &url, &table, b.schema()).await.unwrap();
+    let mut sink = PgSink::open("s", &url, &table, b.schema(), true)
+        .await
+        .unwrap();
     assert!(
         sink.commit("app/types", 0, std::slice::from_ref(&delivered))
             .await

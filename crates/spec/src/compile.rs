@@ -330,9 +330,18 @@ impl Audience {
 
 #[derive(Debug, Clone)]
 pub enum Target {
-    Delta { uri: String },
-    Parquet { dir: PathBuf },
-    Postgres { url: SecretRef, table: String },
+    Delta {
+        uri: String,
+    },
+    Parquet {
+        dir: PathBuf,
+    },
+    Postgres {
+        url: SecretRef,
+        table: String,
+        /// Index `_sealtrail_id` when creating the table.
+        index_ids: bool,
+    },
 }
 
 impl Target {
@@ -718,6 +727,7 @@ fn compile_target<T>(
     Some(Target::Postgres {
         url,
         table: pg.table.clone(),
+        index_ids: pg.index_lineage_ids.unwrap_or(true),
     })
 }
 

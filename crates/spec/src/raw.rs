@@ -408,6 +408,11 @@ pub struct PgSinkSpec {
     pub url: String,
     /// Target table; created when missing, otherwise its columns must match.
     pub table: String,
+    /// When sealtrail creates the table, also index its `_sealtrail_id` column, so that
+    /// `prove --id` finds a row without scanning the table (default `true`). An existing table
+    /// is left as it is.
+    #[serde(default)]
+    pub index_lineage_ids: Option<bool>,
 }
 
 /// Parses YAML into the raw types. Syntax and shape errors (unknown keys, wrong types) come
