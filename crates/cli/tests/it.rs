@@ -1918,6 +1918,37 @@ print(' '.join(r['trade_id'] + '=' + r['_sealtrail_id'] for r in (t[10], t[20], 
         "{out}"
     );
     assert!(out.contains("unchanged"), "{out}");
+    // The same check through the spec, which names the bundle's sink; a spec of another
+    // pipeline is refused.
+    let out = run_ok(
+        bin()
+            .arg("verify-proof")
+            .arg(&bundle)
+            .arg("--key")
+            .arg(&pubkey)
+            .arg("--spec")
+            .arg(&spec),
+    );
+    assert!(
+        out.contains("the row in sink `trades_clean` is the proven row, unchanged"),
+        "{out}"
+    );
+    let o = bin()
+        .arg("verify-proof")
+        .arg(&bundle)
+        .arg("--key")
+        .arg(&pubkey)
+        .arg("--spec")
+        .arg(root().join("examples/customers.yaml"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("but")
+            && String::from_utf8_lossy(&o.stderr).contains("is pipeline `customers`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // An independent implementation of docs/custody.md (Python, from the table as pyarrow
     // reads it) encodes the row in row format 2 and gets the bundle's bytes and commitment.
     let got = py(&format!(
