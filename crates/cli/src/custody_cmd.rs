@@ -1018,6 +1018,10 @@ fn audit_rows(
     };
     let mut row = 0;
     let ours = expected.map(|(c, _)| c.row_format());
+    // A row not at its place may still be one of the batch's (moved within the file; a
+    // PostgreSQL table whose heap put a short row in an earlier page's gap): the batch's ids,
+    // built at the first such row.
+    let mut batch_ids: Option<HashMap<&str, usize>> = None;
     for b in batches {
         let ids = custody::id_column(b).map_err(|e| anyhow!("{what}: {e}"))?;
         let mut hashers = formats
@@ -1026,34 +1030,57 @@ fn audit_rows(
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| anyhow!("{what}: {e}"))?;
         for r in 0..b.num_rows() {
-            let mut h = [0u8; 32];
+            // A row that has no encoding in a format (a value sealtrail never writes, such as
+            // a timestamp beyond year 9999 for format 1) has no commitment in it: it cannot be
+            // a delivered row of that format, and is reported, never allowed to stop the audit.
+            let mut h = None;
             for (fmt, hasher) in &mut hashers {
                 if Some(*fmt) == ours {
-                    h = hasher.commitment(r).map_err(|e| anyhow!(e))?;
+                    h = hasher.commitment(r).ok();
                 }
             }
             let got = ids(r);
             let at_place = match (expected, &got) {
-                (Some((c, s)), Some(got)) if row < s.len() => {
+                (Some((c, s)), Some(got)) if row < s.len() && !out.matched[row] => {
                     let (k, want) = s.row(row);
                     let same_id = match got {
                         RowIds::One(id) => k & GROUP == 0 && c.input(k as usize).0 == *id,
                         many => k & GROUP != 0 && c.row_id(s, k) == many.lineage_id(),
                     };
-                    same_id && merkle::ct_eq(&want, &h)
+                    same_id && h.is_some_and(|h| merkle::ct_eq(&want, &h))
                 }
                 _ => false,
             };
+            let mut elsewhere = || match (expected, &got, h) {
+                (Some((c, s)), Some(RowIds::One(id)), Some(h)) => {
+                    let ids = batch_ids.get_or_insert_with(|| {
+                        (0..s.len())
+                            .filter_map(|j| {
+                                let (k, _) = s.row(j);
+                                (k & GROUP == 0).then(|| (c.input(k as usize).0, j))
+                            })
+                            .collect()
+                    });
+                    ids.get(id)
+                        .copied()
+                        .filter(|&j| !out.matched[j] && merkle::ct_eq(&s.row(j).1, &h))
+                }
+                _ => None,
+            };
             if at_place {
                 out.matched[row] = true;
+            } else if let Some(j) = elsewhere() {
+                out.matched[j] = true;
             } else {
                 let mut commitments = Vec::with_capacity(hashers.len());
                 for (fmt, hasher) in &mut hashers {
                     let c = match ours {
                         Some(o) if o == *fmt => h,
-                        _ => hasher.commitment(r).map_err(|e| anyhow!(e))?,
+                        _ => hasher.commitment(r).ok(),
                     };
-                    commitments.push((*fmt, c));
+                    if let Some(c) = c {
+                        commitments.push((*fmt, c));
+                    }
                 }
                 out.unmatched.push(SinkRow {
                     row: first + row,
@@ -1068,7 +1095,7 @@ fn audit_rows(
     Ok(out)
 }
 
-/// Rows of a PostgreSQL sink's table per `audit` work item.
+/// Rows of a PostgreSQL sink's table per `audit` work item past the batches' rows.
 const PG_AUDIT_ROWS: usize = 16_384;
 
 /// One part of a sink's table as `audit` reads it.
@@ -1076,8 +1103,53 @@ const PG_AUDIT_ROWS: usize = 16_384;
 enum Part {
     /// The sink's file at this index.
     File(usize),
-    /// The next rows of a PostgreSQL table's scan ([`PG_AUDIT_ROWS`]).
-    PgRows,
+    /// The next `rows` rows of a PostgreSQL table's scan, read as the `seq`-th read.
+    PgRows { seq: usize, rows: usize },
+}
+
+/// A PostgreSQL table's scan shared by `audit`'s workers: each reads its rows in its turn.
+struct PgScan {
+    state: std::sync::Mutex<PgScanState>,
+    turn: std::sync::Condvar,
+}
+
+struct PgScanState {
+    table: Box<PgTable>,
+    /// The read whose turn it is.
+    seq: usize,
+    /// Rows read so far.
+    read: usize,
+}
+
+impl PgScan {
+    /// Waits for read `seq`'s turn, reads `rows` rows and passes the turn on (also when the
+    /// read fails, so no worker waits forever): the rows and the scan position of the first.
+    fn read(
+        &self,
+        rt: &tokio::runtime::Handle,
+        seq: usize,
+        rows: usize,
+    ) -> Result<(Option<RecordBatch>, usize)> {
+        let broken = || anyhow!("a worker reading the table failed");
+        let mut g = self.state.lock().map_err(|_| broken())?;
+        while g.seq != seq {
+            g = self.turn.wait(g).map_err(|_| broken())?;
+        }
+        let first = g.read;
+        // FETCH FORWARD 0 would fetch the current row again.
+        let got = match rows {
+            0 => Ok(None),
+            n => rt.block_on(g.table.next(n)),
+        };
+        g.seq += 1;
+        g.read += got
+            .as_ref()
+            .ok()
+            .and_then(Option::as_ref)
+            .map_or(0, RecordBatch::num_rows);
+        self.turn.notify_all();
+        Ok((got?, first))
+    }
 }
 
 /// For each of a sink's files, the batch (index into `batches`: run id, source, batch) it
@@ -1184,8 +1256,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     }
 
     // Work items: each file (with its batch when its name says which), then each batch that
-    // has no file. A PostgreSQL table has no files: it is read in one snapshot, a chunk of
-    // rows per item, the workers taking the next chunk in turn.
+    // has no file. A PostgreSQL table has no files: it is read in one snapshot, in turns.
     let (files, pg) = match SinkTable::open(sk).await? {
         SinkTable::Files(files) => (files, None),
         SinkTable::Pg(mut t) => {
@@ -1193,12 +1264,50 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             (Vec::new(), Some((rows, t)))
         }
     };
-    let pg_chunks = pg
-        .as_ref()
-        .map_or(0, |(rows, _)| (*rows as usize).div_ceil(PG_AUDIT_ROWS));
     let pg_label = pg.as_ref().map(|(_, t)| t.location());
-    let pg = pg.map(|(_, t)| std::sync::Mutex::new((t, 0usize)));
     let mut has_file = vec![false; batches.len()];
+    // A table sealtrail filled scans in insertion order: the batches' rows in commit order
+    // (their ledger entries' order), each batch's in custody order. So each batch is an item
+    // that reads as many rows as the batch delivered and matches them at their place, like a
+    // batch's file; rows that are not there (changed, moved, or shifted by a deletion) go by
+    // id. Rows past the batches' come in chunks.
+    let mut pg_items: Vec<(Option<Part>, Option<usize>)> = Vec::new();
+    if let Some((count, _)) = &pg {
+        let mut order: Vec<usize> = (0..batches.len()).collect();
+        order.sort_by_key(|&b| batches[b].0.ledger_seq);
+        let mut delivered = 0u64;
+        for b in order {
+            let rows = batches[b].1.0;
+            delivered += rows;
+            has_file[b] = true;
+            let seq = pg_items.len();
+            pg_items.push((
+                Some(Part::PgRows {
+                    seq,
+                    rows: rows as usize,
+                }),
+                Some(b),
+            ));
+        }
+        for _ in 0..(count.saturating_sub(delivered) as usize).div_ceil(PG_AUDIT_ROWS) {
+            let seq = pg_items.len();
+            pg_items.push((
+                Some(Part::PgRows {
+                    seq,
+                    rows: PG_AUDIT_ROWS,
+                }),
+                None,
+            ));
+        }
+    }
+    let pg = pg.map(|(_, table)| PgScan {
+        state: std::sync::Mutex::new(PgScanState {
+            table,
+            seq: 0,
+            read: 0,
+        }),
+        turn: std::sync::Condvar::new(),
+    });
     let paired = file_batches(
         &files,
         &sk.target,
@@ -1217,8 +1326,8 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             (Some(Part::File(i)), b)
         })
         .collect();
-    file_items.extend((0..pg_chunks).map(|_| (Some(Part::PgRows), None)));
-    // When no file is a batch's (a PostgreSQL table, a Delta table without its JSON log),
+    file_items.extend(pg_items);
+    // When no file is a batch's (a Delta table without its JSON log),
     // every expected row is known once the batches are read, and the rows are matched as they
     // come instead of being held.
     let stream = !has_file.iter().any(|x| *x);
@@ -1259,6 +1368,12 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     let seed = residual.seed;
     let rt = tokio::runtime::Handle::current();
     let work = |(file, batch): (Option<Part>, Option<usize>)| -> Result<Outcome> {
+        // A read of the PostgreSQL table happens in its turn whatever comes of its batch: the
+        // next read depends on it.
+        let pg_rows = match (file, &pg) {
+            (Some(Part::PgRows { seq, rows }), Some(pg)) => Some(pg.read(&rt, seq, rows)?),
+            _ => None,
+        };
         let record = match batch {
             Some(b) => Some(rt.block_on(st.custody(&batches[b].0))?),
             None => None,
@@ -1284,16 +1399,8 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         }
         let mut out = match file {
             Some(Part::File(f)) => audit_file(&files[f], expected, &formats)?,
-            Some(Part::PgRows) => match &pg {
-                Some(pg) => {
-                    // The lock orders the reads; the hashing below runs in parallel.
-                    let (rows, first) = {
-                        let mut g = pg.lock().map_err(|_| anyhow!("a reader thread failed"))?;
-                        let first = g.1;
-                        let rows = rt.block_on(g.0.next(PG_AUDIT_ROWS))?;
-                        g.1 += rows.as_ref().map_or(0, RecordBatch::num_rows);
-                        (rows, first)
-                    };
+            Some(Part::PgRows { .. }) => match pg_rows {
+                Some((rows, first)) => {
                     let what = pg_label.as_deref().unwrap_or_default();
                     audit_rows(rows.as_slice(), first, expected, &formats, what)?
                 }
@@ -1329,7 +1436,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             Some(id) => id.clone(),
             None => match f {
                 Part::File(i) => format!("(no id) {} row {}", files[i].display(), row.row),
-                Part::PgRows => format!(
+                Part::PgRows { .. } => format!(
                     "(no id) {} row {} of the scan",
                     pg_label.as_deref().unwrap_or_default(),
                     row.row

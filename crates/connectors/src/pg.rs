@@ -698,10 +698,16 @@ impl PgTable {
         self.to_batch(&rows)
     }
 
-    /// Starts reading the whole table in one snapshot; returns its row count.
+    /// Starts reading the whole table in one snapshot, from its first page; returns its row
+    /// count.
     pub async fn scan(&mut self) -> Result<u64> {
         self.conn
-            .execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            // Without synchronised scans a sequential scan starts at the table's first page,
+            // so a table sealtrail filled comes back in insertion order (with them, it may start
+            // wherever an earlier scan stopped and wrap around).
+            .execute(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL synchronize_seqscans = off",
+            )
             .await
             .map_err(|e| self.err(&e))?;
         self.scanning = true;
