@@ -516,8 +516,10 @@ enum ReadAs {
     Bytea,
     /// Days since 1970-01-01, selected as an integer.
     Date,
-    /// Microseconds since 1970-01-01 UTC, selected as a bigint.
-    Micros,
+    /// Microseconds since 1970-01-01 UTC; `zoned`: `timestamp with time zone`.
+    Micros {
+        zoned: bool,
+    },
     /// Selected as text, parsed exactly at this scale (the precision is the field's).
     Numeric(i8),
 }
@@ -528,6 +530,10 @@ enum ReadAs {
 const NEVER_DAYS: i32 = i32::MIN;
 const NEVER_MICROS: i64 = i64::MIN;
 const NEVER_DECIMAL: i128 = i128::MIN;
+
+/// PostgreSQL's epoch (2000-01-01) in days and microseconds since 1970-01-01.
+const DAYS_1970_TO_2000: i32 = 10_957;
+const MICROS_1970_TO_2000: i64 = 946_684_800_000_000;
 
 impl ReadAs {
     /// For a column of PostgreSQL type `pg`: how to read it and the Arrow type it reads as.
@@ -544,8 +550,8 @@ impl ReadAs {
             "boolean" => (Self::Bool, DataType::Boolean),
             "bytea" => (Self::Bytea, DataType::Binary),
             "date" => (Self::Date, DataType::Date32),
-            "timestamp with time zone" => (Self::Micros, micros(Some("UTC"))),
-            "timestamp without time zone" => (Self::Micros, micros(None)),
+            "timestamp with time zone" => (Self::Micros { zoned: true }, micros(Some("UTC"))),
+            "timestamp without time zone" => (Self::Micros { zoned: false }, micros(None)),
             _ => {
                 let (p, s) = pg
                     .strip_prefix("numeric(")?
@@ -562,8 +568,11 @@ impl ReadAs {
         match self {
             Self::Text | Self::Numeric(..) => "TEXT",
             Self::Int2 => "INT2",
-            Self::Int4 | Self::Date => "INT4",
-            Self::Int8 | Self::Micros => "INT8",
+            Self::Int4 => "INT4",
+            Self::Int8 => "INT8",
+            Self::Date => "DATE",
+            Self::Micros { zoned: true } => "TIMESTAMPTZ",
+            Self::Micros { zoned: false } => "TIMESTAMP",
             Self::Float4 => "FLOAT4",
             Self::Float8 => "FLOAT8",
             Self::Bool => "BOOL",
@@ -573,14 +582,10 @@ impl ReadAs {
 
     /// The select-list expression for column `c` (quoted).
     fn select(self, c: &str) -> String {
+        // Dates and timestamps come as they are: their binary form is days or microseconds
+        // since 2000-01-01 ([`ColumnBuild`] shifts them to 1970). Computing the offsets in SQL
+        // (`EXTRACT(EPOCH ...)` is numeric arithmetic) cost the server ~10 % of an audit.
         match self {
-            Self::Date => format!(
-                "CASE WHEN {c} IS NULL THEN NULL WHEN isfinite({c}) THEN {c} - DATE '1970-01-01' ELSE {NEVER_DAYS} END"
-            ),
-            // EXTRACT returns numeric (exact) since PostgreSQL 14.
-            Self::Micros => format!(
-                "CASE WHEN {c} IS NULL THEN NULL WHEN isfinite({c}) THEN (EXTRACT(EPOCH FROM {c}) * 1000000)::bigint ELSE {NEVER_MICROS} END"
-            ),
             Self::Numeric(..) => format!("{c}::text"),
             _ => c.to_string(),
         }
@@ -835,6 +840,10 @@ enum ColumnBuild {
     F32(arrow::array::Float32Builder),
     F64(arrow::array::Float64Builder),
     Bool(arrow::array::BooleanBuilder),
+    /// Days since 2000-01-01 (a `date`'s binary form), stored as days since 1970-01-01.
+    Days(arrow::array::Int32Builder),
+    /// Microseconds since 2000-01-01 (a timestamp's binary form), stored since 1970-01-01.
+    Micros(arrow::array::Int64Builder),
     /// A numeric's text, parsed exactly at this scale.
     Numeric(arrow::array::Decimal128Builder, i8),
 }
@@ -852,8 +861,10 @@ impl ColumnBuild {
             ReadAs::Text => Self::Text(BinaryBuilder::with_capacity(rows, rows * 16)),
             ReadAs::Bytea => Self::Bytea(BinaryBuilder::with_capacity(rows, rows * 16)),
             ReadAs::Int2 => Self::I16(Int16Builder::with_capacity(rows)),
-            ReadAs::Int4 | ReadAs::Date => Self::I32(Int32Builder::with_capacity(rows)),
-            ReadAs::Int8 | ReadAs::Micros => Self::I64(Int64Builder::with_capacity(rows)),
+            ReadAs::Int4 => Self::I32(Int32Builder::with_capacity(rows)),
+            ReadAs::Int8 => Self::I64(Int64Builder::with_capacity(rows)),
+            ReadAs::Date => Self::Days(Int32Builder::with_capacity(rows)),
+            ReadAs::Micros { .. } => Self::Micros(Int64Builder::with_capacity(rows)),
             ReadAs::Float4 => Self::F32(Float32Builder::with_capacity(rows)),
             ReadAs::Float8 => Self::F64(Float64Builder::with_capacity(rows)),
             ReadAs::Bool => Self::Bool(BooleanBuilder::with_capacity(rows)),
@@ -867,8 +878,8 @@ impl ColumnBuild {
             match self {
                 Self::Text(a) | Self::Bytea(a) => a.append_null(),
                 Self::I16(a) => a.append_null(),
-                Self::I32(a) => a.append_null(),
-                Self::I64(a) => a.append_null(),
+                Self::I32(a) | Self::Days(a) => a.append_null(),
+                Self::I64(a) | Self::Micros(a) => a.append_null(),
                 Self::F32(a) => a.append_null(),
                 Self::F64(a) => a.append_null(),
                 Self::Bool(a) => a.append_null(),
@@ -881,6 +892,15 @@ impl ColumnBuild {
             Self::I16(a) => a.append_value(i16::from_be_bytes(fixed(b)?)),
             Self::I32(a) => a.append_value(i32::from_be_bytes(fixed(b)?)),
             Self::I64(a) => a.append_value(i64::from_be_bytes(fixed(b)?)),
+            // PostgreSQL writes +-infinity as the type's extremes; sealtrail never does.
+            Self::Days(a) => a.append_value(match i32::from_be_bytes(fixed(b)?) {
+                i32::MIN | i32::MAX => NEVER_DAYS,
+                d => d.checked_add(DAYS_1970_TO_2000).unwrap_or(NEVER_DAYS),
+            }),
+            Self::Micros(a) => a.append_value(match i64::from_be_bytes(fixed(b)?) {
+                i64::MIN | i64::MAX => NEVER_MICROS,
+                m => m.checked_add(MICROS_1970_TO_2000).unwrap_or(NEVER_MICROS),
+            }),
             Self::F32(a) => a.append_value(f32::from_be_bytes(fixed(b)?)),
             Self::F64(a) => a.append_value(f64::from_be_bytes(fixed(b)?)),
             Self::Bool(a) => a.append_value(u8::from_be_bytes(fixed(b)?) != 0),
@@ -904,23 +924,24 @@ impl ColumnBuild {
             Self::Bytea(mut a) => Arc::new(a.finish()),
             Self::I16(mut a) => Arc::new(a.finish()),
             // Days and microseconds come as plain integers: the same buffers, retyped.
-            Self::I32(mut a) => match dt {
-                DataType::Date32 => {
-                    let (_, values, nulls) = a.finish().into_parts();
-                    Arc::new(arrow::array::Date32Array::new(values, nulls))
-                }
-                _ => Arc::new(a.finish()),
-            },
-            Self::I64(mut a) => match dt {
-                DataType::Timestamp(_, tz) => {
-                    let (_, values, nulls) = a.finish().into_parts();
-                    Arc::new(
-                        arrow::array::TimestampMicrosecondArray::new(values, nulls)
-                            .with_timezone_opt(tz.clone()),
-                    )
-                }
-                _ => Arc::new(a.finish()),
-            },
+            Self::I32(mut a) => Arc::new(a.finish()),
+            Self::I64(mut a) => Arc::new(a.finish()),
+            // The same buffers, typed as the field's date or timestamp.
+            Self::Days(mut a) => {
+                let (_, values, nulls) = a.finish().into_parts();
+                Arc::new(arrow::array::Date32Array::new(values, nulls))
+            }
+            Self::Micros(mut a) => {
+                let (_, values, nulls) = a.finish().into_parts();
+                let tz = match dt {
+                    DataType::Timestamp(_, tz) => tz.clone(),
+                    _ => None,
+                };
+                Arc::new(
+                    arrow::array::TimestampMicrosecondArray::new(values, nulls)
+                        .with_timezone_opt(tz),
+                )
+            }
             Self::F32(mut a) => Arc::new(a.finish()),
             Self::F64(mut a) => Arc::new(a.finish()),
             Self::Bool(mut a) => Arc::new(a.finish()),
@@ -1170,12 +1191,23 @@ mod tests {
         let a = a.as_primitive::<arrow::datatypes::Int64Type>();
         assert_eq!((a.len(), a.value(0), a.is_null(1)), (2, -2, true));
 
-        let mut d = ColumnBuild::new(ReadAs::Date, 1);
-        d.push(Some(&19_000i32.to_be_bytes())).unwrap();
+        // Dates and timestamps come relative to 2000-01-01; infinities are never values.
+        let mut d = ColumnBuild::new(ReadAs::Date, 2);
+        d.push(Some(&0i32.to_be_bytes())).unwrap();
+        d.push(Some(&i32::MAX.to_be_bytes())).unwrap();
         let d = d.finish(&DataType::Date32).unwrap();
+        let d = d.as_primitive::<arrow::datatypes::Date32Type>();
+        assert_eq!((d.value(0), d.value(1)), (10_957, NEVER_DAYS));
+        let mut t = ColumnBuild::new(ReadAs::Micros { zoned: true }, 2);
+        t.push(Some(&(-1i64).to_be_bytes())).unwrap();
+        t.push(Some(&i64::MIN.to_be_bytes())).unwrap();
+        let utc = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let t = t.finish(&utc).unwrap();
+        assert_eq!(t.data_type(), &utc);
+        let t = t.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
         assert_eq!(
-            d.as_primitive::<arrow::datatypes::Date32Type>().value(0),
-            19_000
+            (t.value(0), t.value(1)),
+            (946_684_799_999_999, NEVER_MICROS)
         );
 
         let mut n = ColumnBuild::new(ReadAs::Numeric(2), 2);
