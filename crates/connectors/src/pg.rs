@@ -514,7 +514,7 @@ enum ReadAs {
     Float8,
     Bool,
     Bytea,
-    /// Days since 1970-01-01, selected as an integer.
+    /// Days since 1970-01-01 (the column as it is: its binary form counts from 2000-01-01).
     Date,
     /// Microseconds since 1970-01-01 UTC; `zoned`: `timestamp with time zone`.
     Micros {
