@@ -29,6 +29,9 @@ pub struct BenchArgs {
     /// does). `off`: without them, to measure their cost; rows of such a run cannot be proven.
     #[arg(long, default_value = "on")]
     custody: String,
+    /// Records per batch, instead of the reference spec's `batch_rows` (65,536)
+    #[arg(long)]
+    batch_rows: Option<usize>,
 }
 
 /// The reference job without protection: every sensitive column kept raw (restricted sink).
@@ -89,6 +92,14 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         "on" => spec_text,
         "off" => without_protection(&spec_text),
         other => bail!("--protection must be on or off, not `{other}`"),
+    };
+    let spec_text = match a.batch_rows {
+        None => spec_text,
+        Some(0) => bail!("--batch-rows must be at least 1"),
+        Some(_) if !spec_text.contains("batch_rows: 65536") => {
+            bail!("the reference spec no longer says `batch_rows: 65536`; update the bench")
+        }
+        Some(n) => spec_text.replace("batch_rows: 65536", &format!("batch_rows: {n}")),
     };
     let spec_path = work.join("bench.yaml");
     std::fs::write(&spec_path, spec_text)?;

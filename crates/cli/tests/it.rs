@@ -1759,17 +1759,23 @@ fn bench_runs_the_reference_job_with_and_without_protection() {
         String::from_utf8_lossy(&st.stderr)
     );
     for p in ["on", "off"] {
-        let out = run_ok(
-            bin()
-                .args(["bench", "--protection", p, "--csv"])
-                .arg(dir.path().join("trades_3000.csv"))
-                .arg("--work")
-                .arg(dir.path().join(format!("work-{p}")))
-                .env_remove("PEERS_HMAC_KEY")
-                .env_remove("PEERS_AES_KEY"),
-        );
+        let work = dir.path().join(format!("work-{p}"));
+        let mut cmd = bin();
+        cmd.args(["bench", "--protection", p, "--csv"])
+            .arg(dir.path().join("trades_3000.csv"))
+            .arg("--work")
+            .arg(&work)
+            .env_remove("PEERS_HMAC_KEY")
+            .env_remove("PEERS_AES_KEY");
+        if p == "off" {
+            cmd.args(["--batch-rows", "1000"]);
+        }
+        let out = run_ok(&mut cmd);
         assert!(out.contains(&format!("protection {p}")), "{out}");
         assert!(out.contains("rows_in 3000"), "{out}");
+        // One Parquet file per batch: 3,000 records in one batch, or in three of 1,000.
+        let files = std::fs::read_dir(work.join("out/clean")).unwrap().count();
+        assert_eq!(files, if p == "off" { 3 } else { 1 }, "{p}");
     }
 }
 
