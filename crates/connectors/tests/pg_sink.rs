@@ -327,3 +327,81 @@ async fn delivered_types_read_back_exactly() {
     assert_eq!(one.num_rows(), 1);
     drop_sink_table(&mut c, &table).await;
 }
+
+/// A table sealtrail creates gets an index on its lineage ids; a table that existed before is
+/// never altered, but the sink says when `prove --id` would have to scan it (no index leads
+/// with `_sealtrail_id`), unless the spec turned lineage indexes off.
+#[tokio::test]
+async fn an_existing_table_without_a_lineage_id_index_is_reported_not_altered() {
+    let table = format!("public.st_idx_{}", std::process::id());
+    let mut c = sqlx::PgConnection::connect(&url()).await.unwrap();
+    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let url = SecretRef::Literal(Secret::new(url()));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("v", DataType::Int64, true),
+        Field::new(sealtrail_core::LINEAGE_ID_COLUMN, DataType::Utf8, true),
+    ]));
+    async fn indexes(c: &mut sqlx::PgConnection, table: &str) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname || '.' || tablename = $1",
+        )
+        .bind(table)
+        .fetch_one(c)
+        .await
+        .unwrap()
+    }
+    // Created by the sink: indexed, nothing to report.
+    let s = PgSink::open("s", &url, &table, schema.clone(), true)
+        .await
+        .unwrap();
+    assert!(!s.lineage_ids_unindexed());
+    assert_eq!(indexes(&mut c, &table).await, 1);
+    drop(s);
+    drop_sink_table(&mut c, &table).await;
+
+    // Created by someone else without the index: reported, and left as it is.
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (v bigint, _sealtrail_id text)"
+    ))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let s = PgSink::open("s", &url, &table, schema.clone(), true)
+        .await
+        .unwrap();
+    assert!(s.lineage_ids_unindexed());
+    assert_eq!(
+        indexes(&mut c, &table).await,
+        0,
+        "an existing table is never altered"
+    );
+    drop(s);
+    // The spec turned lineage indexes off: nothing to report.
+    let s = PgSink::open("s", &url, &table, schema.clone(), false)
+        .await
+        .unwrap();
+    assert!(!s.lineage_ids_unindexed());
+    drop(s);
+    // An index that leads with another column does not serve `prove --id`; one that leads
+    // with the lineage id does, whatever follows it.
+    sqlx::query(&format!("CREATE INDEX ON {table} (v, _sealtrail_id)"))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let s = PgSink::open("s", &url, &table, schema.clone(), true)
+        .await
+        .unwrap();
+    assert!(s.lineage_ids_unindexed());
+    drop(s);
+    sqlx::query(&format!("CREATE INDEX ON {table} (_sealtrail_id, v)"))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let s = PgSink::open("s", &url, &table, schema, true).await.unwrap();
+    assert!(!s.lineage_ids_unindexed());
+    drop(s);
+    drop_sink_table(&mut c, &table).await;
+}

@@ -410,7 +410,7 @@ pub struct PgSinkSpec {
     pub table: String,
     /// When sealtrail creates the table, also index its `_sealtrail_id` column, so that
     /// `prove --id` finds a row without scanning the table (default `true`). An existing table
-    /// is left as it is.
+    /// is left as it is; a run warns when it has no such index.
     #[serde(default)]
     pub index_lineage_ids: Option<bool>,
 }
