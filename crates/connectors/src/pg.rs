@@ -465,9 +465,7 @@ pub fn deliverable(b: &RecordBatch) -> std::result::Result<RecordBatch, String> 
     .map_err(|e| e.to_string())
 }
 
-/// The columns of `table` (`schema.table` or `table`) in order, with their PostgreSQL types
-/// (`numeric(p,s)` spelled out); empty when the table does not exist.
-/// Whether an index of `table` has `column` as its first key column.
+/// Whether a valid, non-partial index of `table` has `column` as its first key column.
 async fn leading_index_on(
     conn: &mut PgConnection,
     table: &str,
@@ -476,7 +474,8 @@ async fn leading_index_on(
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_index i \
          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
-         WHERE i.indrelid = $1::regclass AND a.attname = $2)",
+         WHERE i.indrelid = $1::regclass AND a.attname = $2 \
+         AND i.indisvalid AND i.indpred IS NULL)",
     )
     .bind(quote_table(table))
     .bind(column)
@@ -484,6 +483,8 @@ async fn leading_index_on(
     .await
 }
 
+/// The columns of `table` (`schema.table` or `table`) in order, with their PostgreSQL types
+/// (`numeric(p,s)` spelled out); empty when the table does not exist.
 async fn table_columns(
     conn: &mut PgConnection,
     table: &str,
