@@ -64,6 +64,16 @@ fn batch(ids: &[i64]) -> RecordBatch {
     .unwrap()
 }
 
+/// A connection to the test database, with no table named `table` in it.
+async fn fresh_table(table: &str) -> sqlx::PgConnection {
+    let mut c = sqlx::PgConnection::connect(&url()).await.unwrap();
+    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c
+}
+
 /// Drops a test's sink table and forgets its commit keys.
 async fn drop_sink_table(c: &mut sqlx::PgConnection, table: &str) {
     sqlx::query(&format!("DROP TABLE {table}"))
@@ -80,11 +90,7 @@ async fn drop_sink_table(c: &mut sqlx::PgConnection, table: &str) {
 #[tokio::test]
 async fn commits_are_idempotent_and_values_round_trip() {
     let table = format!("public.st_sink_{}", std::process::id());
-    let mut c = sqlx::PgConnection::connect(&url()).await.unwrap();
-    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-        .execute(&mut c)
-        .await
-        .unwrap();
+    let mut c = fresh_table(&table).await;
     let url = SecretRef::Literal(Secret::new(url()));
     let b = batch(&[1, 2, 3, 4, 5]);
     let mut sink = PgSink::open("s", &url, &table, b.schema(), true)
@@ -143,11 +149,7 @@ async fn delivered_types_read_back_exactly() {
     use arrow::array::*;
     use sealtrail_connectors::pg::{PgTable, deliverable};
     let table = format!("public.st_types_{}", std::process::id());
-    let mut c = sqlx::PgConnection::connect(&url()).await.unwrap();
-    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-        .execute(&mut c)
-        .await
-        .unwrap();
+    let mut c = fresh_table(&table).await;
     let cols: Vec<(&str, ArrayRef)> = vec![
         (
             "s",
@@ -334,11 +336,7 @@ async fn delivered_types_read_back_exactly() {
 #[tokio::test]
 async fn an_existing_table_without_a_lineage_id_index_is_reported_not_altered() {
     let table = format!("public.st_idx_{}", std::process::id());
-    let mut c = sqlx::PgConnection::connect(&url()).await.unwrap();
-    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
-        .execute(&mut c)
-        .await
-        .unwrap();
+    let mut c = fresh_table(&table).await;
     let url = SecretRef::Literal(Secret::new(url()));
     let schema = Arc::new(Schema::new(vec![
         Field::new("v", DataType::Int64, true),
