@@ -593,7 +593,39 @@ async fn run_pipeline(
     };
     let r = sealtrail_engine::run(p, &opts).await;
     pb.finish_and_clear();
+    use sealtrail_engine::Error as E;
+    if let Err(e) = &r
+        && !matches!(e, E::Spec(_) | E::UnfinishedRun { .. })
+    {
+        note_stopped_run(p, state_url).await;
+    }
     Ok(r?)
+}
+
+/// After a failed run: what it left loaded and how to go on (best effort; the run's own error
+/// follows). A run refused before it started (spec, unfinished run) has nothing to say here.
+async fn note_stopped_run(p: &sealtrail_spec::Pipeline, state_url: &str) {
+    let Ok(st) = sealtrail_engine::state::StateStore::open(state_url).await else {
+        return;
+    };
+    let Ok(Some(u)) = st.unfinished_run(&p.name).await else {
+        return;
+    };
+    let Ok(c) = st.totals(&u.run_id, None).await else {
+        return;
+    };
+    let spec = p.spec_path.display();
+    if c.rows_in == 0 {
+        eprintln!(
+            "note: run {} stopped before committing any batch; once the cause is fixed, `sealtrail run {spec}` resumes it",
+            u.run_id
+        );
+    } else {
+        eprintln!(
+            "note: run {} stopped after committing {} records ({} loaded, {} quarantined), which stay loaded; once the cause is fixed, `sealtrail run {spec}` resumes it and loads the rest (the committed batches are read again and must be unchanged), or `--abandon-unfinished` gives it up",
+            u.run_id, c.rows_in, c.rows_loaded, c.rows_quarantined
+        );
+    }
 }
 
 fn print_report(r: &RunReport) {

@@ -79,6 +79,30 @@ pub fn parse_id(id: &str) -> Option<(&str, &str, &str)> {
     (!s.is_empty() && i.len() == 12 && !p.is_empty()).then_some((s, i, p))
 }
 
+/// The index of the first record where `reread` (lineage id and commitment per record, in
+/// source order) differs from the input records of `committed`, or where one of the two ends
+/// before the other; `None` when they are the same.
+pub fn first_difference(committed: &CustodyView<'_>, reread: &[(String, Hash)]) -> Option<usize> {
+    let n = committed.inputs();
+    (0..n.min(reread.len()))
+        .find(|&i| {
+            let (id, c) = committed.input(i);
+            id != reread[i].0 || c != reread[i].1
+        })
+        .or_else(|| (n != reread.len()).then_some(n.min(reread.len())))
+}
+
+/// Where a record is, for a message: `position 17` (a line or row number), or `a keyed
+/// record` for a record identified by its key (key values may be personal data, and messages
+/// go to logs and the ledger).
+pub fn describe_position(id: &str) -> String {
+    match parse_id(id) {
+        Some((_, _, pos)) if pos.bytes().all(|b| b.is_ascii_digit()) => format!("position {pos}"),
+        Some(_) => "a keyed record".to_string(),
+        None => "a record without a lineage id".to_string(),
+    }
+}
+
 /// `schema` with the lineage id column appended (what the protection stage emits).
 pub fn with_id_field(schema: &Schema) -> arrow::datatypes::SchemaRef {
     let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().iter().cloned().collect();
@@ -2095,6 +2119,36 @@ mod tests {
         }
         c.seal();
         c
+    }
+
+    /// What a resumed run compares a committed batch with: the first record whose id or
+    /// commitment differs, or where one list ends before the other.
+    #[test]
+    fn the_first_difference_from_a_committed_batch_is_found() {
+        let c = sample_record(50);
+        let bytes = c.encode();
+        let view = CustodyView::parse(&bytes).unwrap();
+        let same = c.input.clone();
+        assert_eq!(first_difference(&view, &same), None);
+        let mut changed = same.clone();
+        changed[17].1[31] ^= 1;
+        assert_eq!(first_difference(&view, &changed), Some(17));
+        let mut moved = same.clone();
+        moved[3].0 = "t:0123456789ab:999".into();
+        assert_eq!(first_difference(&view, &moved), Some(3));
+        assert_eq!(first_difference(&view, &same[..49]), Some(49));
+        let mut longer = same.clone();
+        longer.push(("t:0123456789ab:52".into(), [0; 32]));
+        assert_eq!(first_difference(&view, &longer), Some(50));
+        assert_eq!(first_difference(&view, &[]), Some(0));
+        // Messages name positions, never key values (they may be personal data).
+        assert_eq!(describe_position("t:0123456789ab:17"), "position 17");
+        assert_eq!(describe_position("t:0123456789ab:C-1042"), "a keyed record");
+        assert_eq!(describe_position("t:0123456789ab:#5"), "a keyed record");
+        assert_eq!(
+            describe_position("nonsense"),
+            "a record without a lineage id"
+        );
     }
 
     #[test]

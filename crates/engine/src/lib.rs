@@ -431,11 +431,59 @@ struct Prepared {
 
 /// A batch's input records for the chain of custody.
 struct InputCustody {
+    /// The input the batch was read from, and its key (part of lineage ids).
+    input: String,
     input_key: String,
     first_pos: u64,
     last_pos: u64,
     /// Every record of the batch, loaded or quarantined, in source order: (id, commitment).
     records: Vec<(String, sealtrail_ledger::entry::Hash)>,
+}
+
+/// On resume, a batch that was already committed is read again (to rebuild the state of
+/// later checks) and skipped; its records must be the ones committed, byte for byte, or the
+/// run would mix two versions of its input (counts alone miss an input rewritten in place).
+/// The custody record stored at the commit holds every input record's lineage id and
+/// commitment; the batch just read must have the same, in the same order. A record stored
+/// without commitments (`skip_commitments_for_benchmark`) has nothing to compare.
+async fn same_records_as_committed(
+    st: &StateStore,
+    run_id: &RunId,
+    source: &str,
+    batch_no: u64,
+    reread: &InputCustody,
+) -> Result<()> {
+    let stored = st
+        .custody(&state::CustodyRef {
+            run_id: run_id.to_string(),
+            source: source.to_string(),
+            batch: batch_no,
+            ledger_seq: None,
+        })
+        .await?;
+    let integrity = |reason: String| Error::Integrity {
+        run_id: run_id.to_string(),
+        reason,
+    };
+    let Some(committed) = custody::CustodyView::parse(&stored) else {
+        return Err(integrity(format!(
+            "the custody record of committed batch {batch_no} of `{source}` in the state store is damaged, so the batch cannot be compared with the input read again; restore the state store from a backup, or pass --abandon-unfinished to give the run up (its committed batches stay loaded)"
+        )));
+    };
+    if committed.inputs() == 0 {
+        return Ok(());
+    }
+    let records = &reread.records;
+    match custody::first_difference(&committed, records) {
+        None => Ok(()),
+        Some(i) => Err(integrity(format!(
+            "batch {batch_no} of `{source}` was read again on resume and differs from what the run committed, from its record {} of {} on ({} of {}); the input changed since the run started. Restore the input as it was, or pass --abandon-unfinished to give the run up (its committed batches stay loaded)",
+            i + 1,
+            committed.inputs(),
+            custody::describe_position(records.get(i).map_or(committed.input(i).0, |r| &r.0)),
+            reread.input,
+        ))),
+    }
 }
 
 /// Runs (or resumes) the pipeline.
@@ -792,6 +840,7 @@ fn input_custody(
         }
     }
     let c = InputCustody {
+        input: b.input.to_string(),
         input_key: key,
         first_pos: recs.first().map_or(0, |r| r.0),
         last_pos: recs.last().map_or(0, |r| r.0),
@@ -1029,7 +1078,7 @@ async fn commit_one(
                 ),
             });
         }
-        return Ok(());
+        return same_records_as_committed(st, run_id, source, batch_no, &prepared.custody).await;
     }
     let key = CommitKey {
         pipeline: p.name.clone(),

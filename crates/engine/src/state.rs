@@ -438,7 +438,9 @@ impl StateStore {
     }
 
     pub async fn fail(&self, run: &RunId, error: &str) -> Result<()> {
-        sqlx::query("UPDATE sealtrail_runs SET status = 'failed', ended_at = $2, error = $3 WHERE run_id = $1")
+        // The counts of the batches committed before the failure: they stay loaded, and
+        // `runs` shows how far the run got.
+        sqlx::query("UPDATE sealtrail_runs SET status = 'failed', ended_at = $2, error = $3, rows_in = (SELECT CAST(COALESCE(SUM(rows_in), 0) AS BIGINT) FROM sealtrail_batches WHERE run_id = $1), rows_loaded = (SELECT CAST(COALESCE(SUM(rows_loaded), 0) AS BIGINT) FROM sealtrail_batches WHERE run_id = $1), rows_quarantined = (SELECT CAST(COALESCE(SUM(rows_quarantined), 0) AS BIGINT) FROM sealtrail_batches WHERE run_id = $1) WHERE run_id = $1")
             .bind(run.as_str())
             .bind(sealtrail_core::audit::now())
             .bind(error)
