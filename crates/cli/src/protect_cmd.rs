@@ -203,10 +203,8 @@ fn reencrypt(
     let (mut nfiles, mut nvalues) = (0usize, 0u64);
     let mut old_ids = std::collections::BTreeSet::new();
     for f in files {
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-            std::fs::File::open(&f)?,
-        )?;
-        let schema = reader.schema().clone();
+        let (schema, batches) = sealtrail_connectors::sink::read_parquet_with_schema(&f)
+            .with_context(|| format!("reading {}", f.display()))?;
         for c in columns {
             if schema.field_with_name(c).is_err() {
                 bail!("{} has no column `{c}`", f.display());
@@ -214,12 +212,13 @@ fn reencrypt(
         }
         let mut out = Vec::new();
         let mut changed = 0u64;
-        for b in reader.build()? {
-            let b = b?;
+        for b in batches {
             let mut cols = b.columns().to_vec();
             for c in columns {
                 let i = schema.index_of(c)?;
-                let a = b.column(i).as_string::<i32>();
+                let Some(a) = b.column(i).as_string_opt::<i32>() else {
+                    bail!("{}: column `{c}` does not hold text", f.display());
+                };
                 let mut nb = StringBuilder::with_capacity(a.len(), a.values().len());
                 let mut text = String::new();
                 for r in 0..a.len() {
@@ -486,20 +485,36 @@ fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
         .collect();
     files.sort();
     for f in files {
-        let file = std::fs::File::open(&f)?;
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
-            .build()?;
-        for b in reader {
-            let b = b?;
-            let col = |n: &str| b.column_by_name(n).context("not a sealtrail quarantine");
-            let input = col("input")?.as_string::<i32>().clone();
+        let batches = sealtrail_connectors::sink::read_parquet(&f)
+            .with_context(|| format!("reading {}", f.display()))?;
+        // Columns of the wrong type are refused, not downcast with a panic: the folder may
+        // hold any Parquet file.
+        let not_quarantine = |n: &str| {
+            anyhow::anyhow!(
+                "{} is not a sealtrail quarantine file (column `{n}` is missing or of another type)",
+                f.display()
+            )
+        };
+        for b in batches {
+            let col = |n: &str| b.column_by_name(n).ok_or_else(|| not_quarantine(n));
+            let text = |n: &str| {
+                col(n)?
+                    .as_string_opt::<i32>()
+                    .cloned()
+                    .ok_or_else(|| not_quarantine(n))
+            };
+            let input = text("input")?;
             let line = col("line")?
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .clone();
-            let key = col("key")?.as_string::<i32>().clone();
-            let reason = col("reason")?.as_string::<i32>().clone();
-            let reasons = col("reasons")?.as_string::<i32>().clone();
-            let raw = col("raw")?.as_binary::<i32>().clone();
+                .as_primitive_opt::<arrow::datatypes::Int64Type>()
+                .cloned()
+                .ok_or_else(|| not_quarantine("line"))?;
+            let key = text("key")?;
+            let reason = text("reason")?;
+            let reasons = text("reasons")?;
+            let raw = col("raw")?
+                .as_binary_opt::<i32>()
+                .cloned()
+                .ok_or_else(|| not_quarantine("raw"))?;
             for r in 0..b.num_rows() {
                 out.push(QRow {
                     input: input.value(r).to_string(),

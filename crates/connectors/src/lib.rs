@@ -13,6 +13,7 @@
 
 pub mod csv;
 pub mod files;
+pub mod guard;
 pub mod jsonl;
 pub mod parquet_src;
 pub mod pg;

@@ -11,6 +11,7 @@
 //! a `required` column missing from the file, or (with `unknown_columns: reject`) a column in
 //! the file that is not declared, fails the run with a schema error and loads nothing.
 
+use crate::guard::guarded;
 use crate::{Decoded, Error, Result, SourceReader};
 use arrow::array::{Array, RecordBatch};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -66,7 +67,8 @@ impl ParquetReader {
             reason,
         };
         let f = std::fs::File::open(path).map_err(|e| unreadable(e.to_string()))?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+        let builder = guarded(|| ParquetRecordBatchReaderBuilder::try_new(f))
+            .map_err(|e| unreadable(e.to_string()))?
             .map_err(|e| unreadable(format!("not a readable Parquet file: {e}")))?;
         let file_schema = builder.schema().clone();
         let schema_err = |reason: String| Error::Schema {
@@ -114,11 +116,14 @@ impl ParquetReader {
             })
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let reader = builder
-            .with_projection(mask)
-            .with_batch_size(self.batch_rows)
-            .build()
-            .map_err(|e| unreadable(e.to_string()))?;
+        let reader = guarded(|| {
+            builder
+                .with_projection(mask)
+                .with_batch_size(self.batch_rows)
+                .build()
+        })
+        .map_err(|e| unreadable(e.to_string()))?
+        .map_err(|e| unreadable(e.to_string()))?;
         Ok(OpenFile {
             name,
             reader,
@@ -140,14 +145,24 @@ impl SourceReader for ParquetReader {
             let Some(cur) = self.cur.as_mut() else {
                 continue;
             };
-            let Some(rb) = cur.reader.next() else {
-                self.cur = None;
-                continue;
+            // Pages that fail to decompress or decode: the file was damaged after it was
+            // written (Parquet pages carry no checksum unless the writer added one, so some
+            // damage reads as other values instead, which only the producer can detect).
+            let (name, from_row) = (cur.name.clone(), cur.next_row);
+            let damaged = |e: &dyn std::fmt::Display| Error::Unreadable {
+                input: name.to_string(),
+                reason: format!(
+                    "the Parquet file is damaged in its rows from row {from_row} on ({e}); replace it with an intact copy"
+                ),
             };
-            let rb = rb.map_err(|e| Error::Unreadable {
-                input: cur.name.to_string(),
-                reason: e.to_string(),
-            })?;
+            let rb = match guarded(|| cur.reader.next()) {
+                Err(e) => return Err(damaged(&e)),
+                Ok(None) => {
+                    self.cur = None;
+                    continue;
+                }
+                Ok(Some(rb)) => rb.map_err(|e| damaged(&e))?,
+            };
             let batch = to_raw(&self.source, cur, &rb)?;
             return Ok(Some(Decoded {
                 batch,

@@ -15,6 +15,7 @@
 //! - PostgreSQL: COPY and the key row in `sealtrail_sink_commits` in one transaction (see
 //!   [`crate::pg`]).
 
+use crate::guard::guarded;
 use crate::{Error, Result};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -466,41 +467,49 @@ pub async fn sink_files(name: &str, target: &Target) -> Result<Vec<PathBuf>> {
     }
 }
 
-/// Reads a whole Parquet file as record batches.
+/// Reads a whole Parquet file as record batches. The file is untrusted (anyone with write
+/// access to the sink can change it): damage is an error, never a panic ([`guarded`]).
 pub fn read_parquet(path: &Path) -> std::io::Result<Vec<RecordBatch>> {
+    Ok(read_parquet_with_schema(path)?.1)
+}
+
+/// [`read_parquet`], with the file's schema (which a file without rows has too).
+pub fn read_parquet_with_schema(path: &Path) -> std::io::Result<(SchemaRef, Vec<RecordBatch>)> {
     let f = std::fs::File::open(path)?;
-    let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-        .map_err(std::io::Error::other)?
-        .with_batch_size(65_536)
-        .build()
-        .map_err(std::io::Error::other)?;
-    r.collect::<Result<Vec<_>, _>>()
-        .map_err(std::io::Error::other)
+    guarded(|| -> parquet::errors::Result<_> {
+        let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)?
+            .with_batch_size(65_536)
+            .build()?;
+        let schema = arrow::array::RecordBatchReader::schema(&r);
+        Ok((schema, r.collect::<Result<Vec<_>, _>>()?))
+    })
+    .map_err(std::io::Error::other)?
+    .map_err(std::io::Error::other)
 }
 
 /// Reads row `row` (0-based) of a Parquet file, decoding only the pages that hold it (the
-/// writer stores page indexes). `None` when the file has fewer rows.
+/// writer stores page indexes). `None` when the file has fewer rows. Damage is an error, never
+/// a panic, as in [`read_parquet`].
 pub fn read_parquet_row(path: &Path, row: usize) -> std::io::Result<Option<RecordBatch>> {
     use parquet::arrow::arrow_reader::{
         ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
     };
     let f = std::fs::File::open(path)?;
-    let b = ParquetRecordBatchReaderBuilder::try_new_with_options(
-        f,
-        ArrowReaderOptions::new()
-            .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
-    )
-    .map_err(std::io::Error::other)?;
-    if (b.metadata().file_metadata().num_rows() as u64) <= row as u64 {
-        return Ok(None);
-    }
-    let sel = RowSelection::from(vec![RowSelector::skip(row), RowSelector::select(1)]);
-    let mut r = b
-        .with_row_selection(sel)
-        .with_batch_size(1)
-        .build()
-        .map_err(std::io::Error::other)?;
-    r.next().transpose().map_err(std::io::Error::other)
+    guarded(|| -> parquet::errors::Result<Option<RecordBatch>> {
+        let b = ParquetRecordBatchReaderBuilder::try_new_with_options(
+            f,
+            ArrowReaderOptions::new()
+                .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Optional),
+        )?;
+        if (b.metadata().file_metadata().num_rows() as u64) <= row as u64 {
+            return Ok(None);
+        }
+        let sel = RowSelection::from(vec![RowSelector::skip(row), RowSelector::select(1)]);
+        let mut r = b.with_row_selection(sel).with_batch_size(1).build()?;
+        Ok(r.next().transpose()?)
+    })
+    .map_err(std::io::Error::other)?
+    .map_err(std::io::Error::other)
 }
 
 #[cfg(test)]
@@ -608,6 +617,54 @@ mod tests {
             "a numeric column of twelve values keeps its dictionary"
         );
         assert_eq!(read_parquet(&path).unwrap()[0], b);
+    }
+
+    /// Every single-byte change of a file's footer (a few values per byte) reads as rows or as
+    /// an error, never as a panic: the parquet crate asserts on some damaged footers, found by
+    /// the fuzz target `parquet_files` (negative column chunk offsets).
+    #[test]
+    fn a_damaged_footer_is_an_error_never_a_panic() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("v", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+        ]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(StringArray::from_iter(
+                    (0..40).map(|i| (i % 7 != 0).then(|| format!("value {i}"))),
+                )) as ArrayRef,
+                Arc::new(arrow::array::Int64Array::from_iter_values(0..40)),
+            ],
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.parquet");
+        write_parquet_atomically(&path, &schema, std::slice::from_ref(&b)).unwrap();
+        let valid = std::fs::read(&path).unwrap();
+        let footer_len = u32::from_le_bytes(valid[valid.len() - 8..][..4].try_into().unwrap());
+        let footer = valid.len() - 8 - footer_len as usize..valid.len() - 8;
+        let damaged = dir.path().join("d.parquet");
+        let (mut errors, mut panics) = (0, 0);
+        for at in footer {
+            for x in [0x01, 0x3f, 0x80, 0xff] {
+                let mut f = valid.clone();
+                f[at] ^= x;
+                std::fs::write(&damaged, &f).unwrap();
+                for r in [
+                    std::panic::catch_unwind(|| read_parquet(&damaged).map(drop)),
+                    std::panic::catch_unwind(|| read_parquet_row(&damaged, 39).map(drop)),
+                ] {
+                    match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => errors += 1,
+                        Err(_) => panics += 1,
+                    }
+                }
+            }
+        }
+        assert_eq!(panics, 0);
+        assert!(errors > 0, "no damage was noticed at all");
     }
 
     #[test]
