@@ -264,7 +264,32 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     exit::EXECUTION
 }
 
+/// Panic reports say where, never what. A panic's message can quote a value (an `unwrap` of
+/// an error that names its input, a card number or a key among them), and stderr ends up in CI
+/// logs and tickets. The location is enough to find the bug; a developer reproducing it on test
+/// data sets `SEALTRAIL_PANIC_DETAILS=1` for the full report (message and backtrace).
+fn withhold_panic_messages() {
+    if std::env::var_os("SEALTRAIL_PANIC_DETAILS").is_some_and(|v| v == "1") {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map_or_else(
+            || "an unknown place".to_string(),
+            |l| format!("{}:{}", l.file(), l.line()),
+        );
+        eprintln!(
+            "error: internal error (a bug in sealtrail) at {at}; its message is withheld because it may quote data. Please report it with the command you ran; SEALTRAIL_PANIC_DETAILS=1 shows the message (on test data only)"
+        );
+    }));
+}
+
 fn main() {
+    withhold_panic_messages();
+    // A debug build panics on request, so that the tests can show what a panic prints.
+    #[cfg(debug_assertions)]
+    if let Some(v) = std::env::var_os("SEALTRAIL_DEBUG_PANIC") {
+        panic!("{}", v.to_string_lossy());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEALTRAIL_LOG")

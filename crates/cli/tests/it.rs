@@ -1760,6 +1760,34 @@ fn secrets_never_reach_logs_errors_or_the_ledger() {
     }
 }
 
+/// A panic (a bug) reports where it happened, never its message, which could quote a value;
+/// `SEALTRAIL_PANIC_DETAILS=1` shows it. (Debug builds panic on request for this test.)
+#[test]
+fn panics_report_their_location_not_their_message() {
+    let value = "4111111111111111 from a record";
+    let out = bin()
+        .env("SEALTRAIL_DEBUG_PANIC", value)
+        .arg("runs")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{err}");
+    assert!(
+        err.contains("internal error (a bug in sealtrail) at crates/cli/src/main.rs:")
+            && err.contains("SEALTRAIL_PANIC_DETAILS=1"),
+        "{err}"
+    );
+    assert!(!err.contains("4111111111111111"), "{err}");
+    let out = bin()
+        .env("SEALTRAIL_DEBUG_PANIC", value)
+        .env("SEALTRAIL_PANIC_DETAILS", "1")
+        .arg("runs")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(value) && !err.contains("withheld"), "{err}");
+}
+
 /// Keys rotate: after `keys rotate`, new ciphertexts name the new version and the old ones
 /// still decrypt; deterministic keys refuse rotation with a reason.
 #[test]
