@@ -888,6 +888,9 @@ struct Outcome {
     unmatched: Vec<SinkRow>,
     /// The batch's rows no row matched at its place, keyed by lineage id ([`ById::key`]).
     expected: Vec<(u128, Expected)>,
+    /// The file could not be read (damaged): what is wrong. Its batch's rows are then looked
+    /// for by id like any missing row, and reported deleted unless found elsewhere.
+    unreadable: Option<String>,
 }
 
 /// A delivered row `audit` still has to find by its lineage id.
@@ -998,8 +1001,17 @@ fn audit_file(
     expected: Option<(&CustodyView<'_>, &SinkView<'_>)>,
     formats: &[RowFormat],
 ) -> Result<Outcome> {
-    let batches = sealtrail_connectors::sink::read_parquet(f)
-        .with_context(|| format!("reading {}", f.display()))?;
+    // A file that cannot be read is a finding, not the end of the audit: the rest of the
+    // sink is still checked, and the rows the file should hold are named.
+    let batches = match sealtrail_connectors::sink::read_parquet(f) {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok(Outcome {
+                unreadable: Some(format!("{}: {e}", f.display())),
+                ..Outcome::default()
+            });
+        }
+    };
     audit_rows(&batches, 0, expected, formats, &f.display().to_string())
 }
 
@@ -1431,6 +1443,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     // reports are stable.
     let mut unmatched: Vec<(Part, SinkRow)> = Vec::new();
     let mut findings = Vec::new();
+    let mut unreadable: Vec<String> = Vec::new();
     let classify = |f: Part, row: SinkRow, residual: &mut ById, findings: &mut Vec<Finding>| {
         let label = || match &row.id {
             Some(id) => id.clone(),
@@ -1482,6 +1495,9 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
                 if let Some(bad) = got.bad {
                     bad_records.push(bad);
                 }
+                if let Some(u) = got.unreadable {
+                    unreadable.push(u);
+                }
                 rows += got.rows;
                 delivered_batches += got.batches;
                 for (key, e) in got.expected {
@@ -1502,7 +1518,8 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         }
         Ok(())
     });
-    // Stop on the first unreadable file; the workers have ended with the scope.
+    // Stop on the first error (the state store, PostgreSQL); the workers have ended with the
+    // scope.
     outcome?;
     if !bad_records.is_empty() {
         outln!(
@@ -1559,6 +1576,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             "changed": list(|f| if let Finding::Changed(s) = f { Some(s) } else { None }),
             "deleted": list(|f| if let Finding::Deleted(s) = f { Some(s) } else { None }),
             "added": list(|f| if let Finding::Added(s) = f { Some(s) } else { None }),
+            "unreadable": unreadable,
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -1570,6 +1588,9 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             "sink `{sink}`: {rows} rows read from {from}, checked against {batches} committed batch(es) in the signed ledger (tree size {})",
             cp.size
         );
+        for u in &unreadable {
+            outln!("  UNREADABLE  {u}");
+        }
         for f in &findings {
             match f {
                 Finding::Changed(id) => outln!("  CHANGED  {id}"),
@@ -1577,13 +1598,25 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
                 Finding::Added(id) => outln!("  ADDED    {id}"),
             }
         }
-        if findings.is_empty() {
+        if findings.is_empty() && unreadable.is_empty() {
             outln!("every row is as delivered: no change, deletion or addition");
         } else {
-            outln!("{changed} changed, {deleted} deleted, {added} added");
+            outln!(
+                "{changed} changed, {deleted} deleted, {added} added{}",
+                match unreadable.len() {
+                    0 => String::new(),
+                    n => format!(
+                        "; {n} file(s) unreadable (damaged), their rows counted as deleted unless found elsewhere"
+                    ),
+                }
+            );
         }
     }
-    Ok(if findings.is_empty() { 0 } else { TAMPERED })
+    Ok(if findings.is_empty() && unreadable.is_empty() {
+        0
+    } else {
+        TAMPERED
+    })
 }
 
 /// The chain `source -> t1 -> t2 -> sink` a sink reads through.

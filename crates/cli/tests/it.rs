@@ -1362,6 +1362,61 @@ fn a_run_stopped_by_a_damaged_input_resumes_only_over_the_same_records() {
     run_ok(bin().args(["ledger", "verify"]).current_dir(dir.path()));
 }
 
+/// A damaged file of a sink does not stop `audit`: the file is reported unreadable, the rows
+/// it held are named as deleted, and the rest of the sink is still checked.
+#[test]
+fn audit_reports_a_damaged_sink_file_and_checks_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let mut csv = String::from("id,v\n");
+    for i in 0..300 {
+        csv.push_str(&format!("{i},value {i}\n"));
+    }
+    std::fs::write(dir.path().join("in/t.csv"), csv).unwrap();
+    let spec = dir.path().join("s.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: damaged_sink\nbatch_rows: 100\nsources:\n  s:\n    csv: { path: in/t.csv }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: v }\nsinks:\n  out: { from: s, audience: internal, parquet: { path: out/data } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    run_ok(bin().arg("run").arg(&spec));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("out/data"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let audit = || {
+        let out = bin()
+            .args(["audit", spec.to_str().unwrap(), "--sink", "out"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(audit().0, Some(0));
+    // The middle file cut in half: its footer is gone.
+    let b = std::fs::read(&files[1]).unwrap();
+    std::fs::write(&files[1], &b[..b.len() / 2]).unwrap();
+    let (code, out) = audit();
+    assert_eq!(code, Some(4), "{out}");
+    let name = files[1].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("  UNREADABLE  ") && l.contains(&name)),
+        "{out}"
+    );
+    assert_eq!(out.matches("  DELETED  s:").count(), 100, "{out}");
+    assert!(
+        out.contains("0 changed, 100 deleted, 0 added; 1 file(s) unreadable"),
+        "{out}"
+    );
+    assert!(out.contains("200 rows read from 3 file(s)"), "{out}");
+}
+
 /// Copies a folder tree.
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
