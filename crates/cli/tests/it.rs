@@ -61,12 +61,15 @@ fn assert_forged_bundle_rejected(dir: &Path, forged: &serde_json::Value, key: &P
     assert!(out.contains("NOT VERIFIED"), "{out}");
 }
 
-/// Python with deltalake, pyarrow and Faker (installed from PyPI on first use).
+/// Python with deltalake, pyarrow, Faker and moto (installed from PyPI on first use).
 fn python() -> Command {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let ok = Command::new("python3")
-            .args(["-c", "import deltalake, pyarrow, faker, cryptography"])
+            .args([
+                "-c",
+                "import deltalake, pyarrow, faker, cryptography, moto, boto3",
+            ])
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
@@ -80,12 +83,13 @@ fn python() -> Command {
                     "pyarrow",
                     "cryptography",
                     "Faker==40.54.0",
+                    "moto[server]==5.2.1",
                 ])
                 .status()
                 .expect("python3 is required");
             assert!(
                 st.success(),
-                "pip install deltalake pyarrow Faker failed; the tests need PyPI"
+                "pip install deltalake pyarrow Faker moto failed; the tests need PyPI"
             );
         }
     });
@@ -1415,6 +1419,146 @@ fn audit_reports_a_damaged_sink_file_and_checks_the_rest() {
         "{out}"
     );
     assert!(out.contains("200 rows read from 3 file(s)"), "{out}");
+}
+
+/// An S3-compatible object store on a free local port (moto's server, a real HTTP S3 API),
+/// stopped when dropped.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start(bucket: &str) -> Self {
+        let _ = python(); // installs moto with the other Python packages
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 -m moto.server");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let s = Self { child, endpoint };
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed().as_secs() < 30,
+                "moto's S3 server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        py(&format!(
+            "import boto3\n\
+             boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='{bucket}')",
+            s.endpoint
+        ));
+        s
+    }
+
+    /// The environment a process needs to reach it.
+    fn env<'a>(&'a self, c: &'a mut Command) -> &'a mut Command {
+        c.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Delta sink on `s3://` (an S3 API served by moto): a run killed with SIGKILL at several
+/// points and resumed loads every record exactly once, and Python's deltalake reads the table
+/// from the object store with the values sealtrail wrote.
+#[test]
+fn an_s3_delta_sink_loads_every_record_exactly_once_across_kills() {
+    let s3 = S3Server::start("lake");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let n = 3_000;
+    let mut csv = String::from("id,v\n");
+    for i in 0..n {
+        csv.push_str(&format!("{i},value {i}\n"));
+    }
+    std::fs::write(dir.path().join("in/t.csv"), csv).unwrap();
+    let spec = dir.path().join("s.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: s3_delta\nbatch_rows: 100\nsources:\n  s:\n    csv: { path: in/t.csv }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: v }\nsinks:\n  out: { from: s, audience: internal, delta: { path: \"s3://lake/tables/t\" } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    let checkpoint = dir.path().join(".sealtrail/ledger/checkpoint");
+    let entries = || {
+        std::fs::read_to_string(&checkpoint)
+            .ok()
+            .and_then(|s| s.lines().nth(1).and_then(|n| n.parse::<usize>().ok()))
+            .unwrap_or(0)
+    };
+    let home = dir.path().join(".sealtrail");
+    let mut kills = 0;
+    for target in [4usize, 17, 33] {
+        let mut child = s3
+            .env(bin().arg("run").arg(&spec))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if entries() >= target || start.elapsed().as_secs() > 120 {
+                child.kill().unwrap();
+                kills += 1;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let out = child.wait_with_output().unwrap();
+        if String::from_utf8_lossy(&out.stderr).contains("ledger recover") {
+            run_ok(bin().args(["ledger", "recover", "--home"]).arg(&home));
+        }
+    }
+    assert!(kills >= 2, "the runs finished before they could be killed");
+    let mut last = s3.env(bin().arg("run").arg(&spec)).output().unwrap();
+    if String::from_utf8_lossy(&last.stderr).contains("ledger recover") {
+        run_ok(bin().args(["ledger", "recover", "--home"]).arg(&home));
+        last = s3.env(bin().arg("run").arg(&spec)).output().unwrap();
+    }
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+    let got = py(&format!(
+        "from deltalake import DeltaTable\n\
+         dt = DeltaTable('s3://lake/tables/t', storage_options={{'AWS_ENDPOINT_URL': '{}', 'AWS_ALLOW_HTTP': 'true', 'AWS_ACCESS_KEY_ID': 'test', 'AWS_SECRET_ACCESS_KEY': 'test', 'AWS_REGION': 'us-east-1'}})\n\
+         t = dt.to_pyarrow_table()\n\
+         ids = t.column('id').to_pylist()\n\
+         ok = all(v == f'value {{i}}' for i, v in zip(ids, t.column('v').to_pylist()))\n\
+         print(len(ids), len(set(ids)), min(ids), max(ids), ok)",
+        s3.endpoint
+    ));
+    assert_eq!(got, format!("{n} {n} 0 {} True", n - 1));
+    run_ok(bin().args(["ledger", "verify"]).current_dir(dir.path()));
 }
 
 /// Copies a folder tree.

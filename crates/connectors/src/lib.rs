@@ -17,6 +17,7 @@ pub mod guard;
 pub mod jsonl;
 pub mod parquet_src;
 pub mod pg;
+pub mod s3;
 pub mod sink;
 
 use sealtrail_core::record::{Quarantined, RawBatch};

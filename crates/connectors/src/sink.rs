@@ -233,6 +233,7 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
             })
         }
         Target::Delta { uri } => {
+            crate::s3::register();
             let url = if uri.contains("://") {
                 url::Url::parse(uri)
                     .map_err(|e| sink_err(name, format!("bad table URL {uri}: {e}")))?
@@ -426,6 +427,7 @@ pub async fn sink_files(name: &str, target: &Target) -> Result<Vec<PathBuf>> {
             Ok(out)
         }
         Target::Delta { uri } => {
+            crate::s3::register();
             let url = if uri.contains("://") {
                 url::Url::parse(uri)
                     .map_err(|e| sink_err(name, format!("bad table URL {uri}: {e}")))?

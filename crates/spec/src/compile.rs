@@ -691,7 +691,15 @@ fn compile_target<T>(
         return None;
     }
     if let Some(d) = delta {
-        let uri = if d.path.contains("://") {
+        let uri = if let Some((scheme, _)) = d.path.split_once("://") {
+            if !matches!(scheme, "s3" | "s3a" | "file") {
+                cx.err(
+                    at,
+                    format!("{what}: Delta tables live in a local folder or on S3, not at `{scheme}://`"),
+                    "use a local path or an `s3://bucket/path` URL (credentials from the AWS_* environment)",
+                );
+                return None;
+            }
             d.path.clone()
         } else {
             resolve_path(base, &d.path).to_string_lossy().into_owned()
@@ -1587,6 +1595,19 @@ quarantine:
         let all: String = d.iter().map(|x| x.to_string()).collect();
         assert!(all.contains("password in clear"), "{all}");
         assert!(!all.contains("s3cr3tpw"), "{all}");
+    }
+
+    #[test]
+    fn delta_tables_are_local_or_on_s3() {
+        let s3 = GOOD.replace("parquet: { path: out }", "delta: { path: 's3://lake/t' }");
+        let p = crate::parse_str(&s3, Path::new("t.yaml")).unwrap();
+        assert!(matches!(&p.sinks[0].target, Target::Delta { uri } if uri == "s3://lake/t"));
+        let gs = GOOD.replace("parquet: { path: out }", "delta: { path: 'gs://lake/t' }");
+        let d = diags(&gs);
+        assert!(
+            d.len() == 1 && d[0].message.contains("not at `gs://`"),
+            "{d:?}"
+        );
     }
 
     #[test]
