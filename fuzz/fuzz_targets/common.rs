@@ -41,7 +41,10 @@ fn drain(mut r: Box<dyn sealtrail_connectors::SourceReader>) {
                     }
                 }
                 for q in &malformed {
-                    assert!(!q.reasons.is_empty(), "a quarantined record without a reason");
+                    assert!(
+                        !q.reasons.is_empty(),
+                        "a quarantined record without a reason"
+                    );
                 }
             }
             Ok(None) => break,

@@ -8,7 +8,14 @@ use sealtrail_ledger::{custody, note::NoteSigner, row};
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     // The first byte picks how many columns; the next ones their types.
     const TYPES: [&str; 8] = [
-        "bool", "int", "string", "binary", "date", "decimal(2)", "list<string>", "float",
+        "bool",
+        "int",
+        "string",
+        "binary",
+        "date",
+        "decimal(2)",
+        "list<string>",
+        "float",
     ];
     let n = data.first().map_or(0, |b| (b % 5) as usize);
     let cols: Vec<(String, String)> = (0..n)

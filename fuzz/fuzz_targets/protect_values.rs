@@ -22,8 +22,14 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     redact(text, "[X]", &mut out);
     let _ = Fpe::new(&key, b"").encrypt(text);
     let mut m = String::new();
-    Mask { keep_first: 2, keep_last: 2, fixed: None, digits_only: true, with: Some('*') }
-        .apply(text, &mut m);
+    Mask {
+        keep_first: 2,
+        keep_last: 2,
+        fixed: None,
+        digits_only: true,
+        with: Some('*'),
+    }
+    .apply(text, &mut m);
     let _ = ops::district(text);
     let _ = ops::email_domain(text);
 });
