@@ -35,6 +35,26 @@ pub struct RowSelector {
     pub where_: Option<String>,
 }
 
+/// `sk` as `prove` and `audit` read it: a Delta table on `s3://` is first copied to a local
+/// temporary folder (data files and log), which lives as long as the returned guard.
+async fn readable_sink(sk: &Sink) -> Result<(Sink, Option<tempfile::TempDir>)> {
+    match &sk.target {
+        Target::Delta { uri } if uri.starts_with("s3://") || uri.starts_with("s3a://") => {
+            let tmp = tempfile::tempdir()?;
+            let n = sealtrail_connectors::s3::mirror(uri, tmp.path())
+                .await
+                .map_err(|e| anyhow!("sink `{}`: {e}", sk.name))?;
+            tracing::info!(sink = %sk.name, objects = n, "copied the S3 table to a local folder to read it");
+            let mut local = sk.clone();
+            local.target = Target::Delta {
+                uri: tmp.path().display().to_string(),
+            };
+            Ok((local, Some(tmp)))
+        }
+        _ => Ok((sk.clone(), None)),
+    }
+}
+
 fn find_sink<'a>(p: &'a Pipeline, name: &str) -> Result<&'a Sink> {
     p.sinks.iter().find(|s| s.name == name).ok_or_else(|| {
         anyhow!(
@@ -415,7 +435,8 @@ pub async fn prove(
 ) -> Result<i32> {
     let p = sealtrail_spec::load(spec)?;
     let home = state.home(Some(spec));
-    let sk = find_sink(&p, sink)?;
+    let (sk, _copy) = readable_sink(find_sink(&p, sink)?).await?;
+    let sk = &sk;
     let mut table = SinkTable::open(sk).await?;
     let st = StateStore::open(&state.url(&home)).await?;
     // Given a record's lineage id, the custody records name the batch that delivered it, and
@@ -819,8 +840,8 @@ pub async fn verify_proof(
                     p.name
                 );
             }
-            let sk = find_sink(&p, &b.output.sink)?;
-            let mut t = SinkTable::open(sk).await?;
+            let (sk, _copy) = readable_sink(find_sink(&p, &b.output.sink)?).await?;
+            let mut t = SinkTable::open(&sk).await?;
             let label = match &t {
                 SinkTable::Pg(pg) => pg.location(),
                 SinkTable::Files(_) => format!("sink `{}`", sk.name),
@@ -1223,7 +1244,8 @@ fn file_batches<'a>(
 pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Result<i32> {
     let p = sealtrail_spec::load(spec)?;
     let home = state.home(Some(spec));
-    let sk = find_sink(&p, sink)?;
+    let (sk, _copy) = readable_sink(find_sink(&p, sink)?).await?;
+    let sk = &sk;
     let st = StateStore::open(&state.url(&home)).await?;
     let verifier = load_verifier(&home, None)?;
     let (dir, _guard) = state.ledger.readable(&home)?;

@@ -1488,7 +1488,7 @@ impl Drop for S3Server {
 /// points and resumed loads every record exactly once, and Python's deltalake reads the table
 /// from the object store with the values sealtrail wrote.
 #[test]
-fn an_s3_delta_sink_loads_every_record_exactly_once_across_kills() {
+fn an_s3_delta_sink_loads_exactly_once_across_kills_and_is_audited_in_the_bucket() {
     let s3 = S3Server::start("lake");
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("in")).unwrap();
@@ -1559,6 +1559,52 @@ fn an_s3_delta_sink_loads_every_record_exactly_once_across_kills() {
     ));
     assert_eq!(got, format!("{n} {n} 0 {} True", n - 1));
     run_ok(bin().args(["ledger", "verify"]).current_dir(dir.path()));
+
+    // `prove` and `audit` read the table back from the object store.
+    let bundle = dir.path().join("p.json");
+    run_ok(
+        s3.env(bin().arg("prove").arg(&spec))
+            .args(["--sink", "out", "--where", "id=1234", "--out"])
+            .arg(&bundle),
+    );
+    let out = run_ok(
+        s3.env(bin().arg("verify-proof").arg(&bundle))
+            .arg("--key")
+            .arg(home.join("ledger.pub"))
+            .arg("--spec")
+            .arg(&spec),
+    );
+    assert!(out.contains("unchanged"), "{out}");
+    let audit = || {
+        let out = s3
+            .env(bin().arg("audit").arg(&spec).args(["--sink", "out"]))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = audit();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(&format!("{n} rows read")), "{out}");
+    // One value changed in one data file, in the bucket itself: found.
+    py(&format!(
+        "import boto3, io, pyarrow as pa, pyarrow.parquet as pq\n\
+         c = boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n\
+         keys = sorted(o['Key'] for o in c.list_objects_v2(Bucket='lake', Prefix='tables/t/')['Contents'] if o['Key'].endswith('.parquet') and '_delta_log' not in o['Key'])\n\
+         t = pq.read_table(io.BytesIO(c.get_object(Bucket='lake', Key=keys[0])['Body'].read()))\n\
+         v = t.column('v').to_pylist(); v[0] = v[0] + ' (edited)'\n\
+         b = io.BytesIO(); pq.write_table(t.set_column(t.schema.get_field_index('v'), 'v', pa.array(v)), b)\n\
+         c.put_object(Bucket='lake', Key=keys[0], Body=b.getvalue())",
+        s3.endpoint
+    ));
+    let (code, out) = audit();
+    assert_eq!(code, Some(4), "{out}");
+    assert!(
+        out.contains("1 changed, 0 deleted, 0 added") && out.matches("  CHANGED  s:").count() == 1,
+        "{out}"
+    );
 }
 
 /// Copies a folder tree.

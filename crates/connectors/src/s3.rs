@@ -80,3 +80,49 @@ impl LogStoreFactory for S3Logs {
         ))
     }
 }
+
+/// Copies every object under the `s3://` table URL `uri` (data files and the whole
+/// `_delta_log`) into the local folder `into`, under the same relative paths, so that `prove`
+/// and `audit` read the table as a local one: the same snapshot, the same log mapping files to
+/// batches. Returns the number of objects copied.
+pub async fn mirror(uri: &str, into: &std::path::Path) -> Result<usize, String> {
+    use deltalake::logstore::object_store::{ObjectStore, ObjectStoreExt};
+    use futures::TryStreamExt;
+    let url = Url::parse(uri).map_err(|e| format!("bad table URL {uri}: {e}"))?;
+    let store = AmazonS3Builder::from_env()
+        .with_url(url.as_str())
+        .build()
+        .map_err(|e| format!("cannot reach {uri}: {e}"))?;
+    let prefix = Path::from_url_path(url.path()).map_err(|e| format!("{uri}: {e}"))?;
+    let objects: Vec<_> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| format!("cannot list {uri}: {e}"))?;
+    for o in &objects {
+        let Some(rel) = o.location.prefix_match(&prefix) else {
+            continue;
+        };
+        let mut local = into.to_path_buf();
+        for part in rel {
+            // Object names come from the store: only plain path parts make local paths.
+            let part = part.as_ref();
+            if part.is_empty() || part == "." || part == ".." {
+                return Err(format!("{uri}: object {} has an unusable name", o.location));
+            }
+            local.push(part);
+        }
+        let bytes = store
+            .get(&o.location)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", o.location))?
+            .bytes()
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", o.location))?;
+        if let Some(dir) = local.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(&local, &bytes).map_err(|e| format!("{}: {e}", local.display()))?;
+    }
+    Ok(objects.len())
+}
