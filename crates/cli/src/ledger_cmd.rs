@@ -202,42 +202,33 @@ pub fn paths(home: &Path) -> Paths {
     }
 }
 
-/// Creates the signing key if missing; returns the signer.
+/// Creates the signing key if missing; returns the signer. Processes starting at once on a
+/// new home agree on one key (the first to create it), and the public key file is written
+/// whole whenever it is missing.
 pub fn init(home: &Path, origin: &str) -> Result<NoteSigner> {
     let p = paths(home);
-    if p.key.exists() {
-        return load_signer(home);
+    let signer = if p.key.exists() {
+        load_signer(home)?
+    } else {
+        std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut *seed);
+        let signer = NoteSigner::from_seed(origin, &seed).map_err(|e| anyhow!("{e}"))?;
+        let created = sealtrail_core::secret::create_private_once(
+            &p.key,
+            signer.to_secret_string().as_bytes(),
+        )
+        .with_context(|| format!("creating {}", p.key.display()))?;
+        if created { signer } else { load_signer(home)? }
+    };
+    if !p.public.exists() {
+        let text = format!("{}\n", signer.verifier().to_key_string());
+        let tmp = home.join(format!(".ledger.pub.{}.tmp", std::process::id()));
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &p.public))
+            .with_context(|| format!("writing {}", p.public.display()))?;
     }
-    std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
-    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
-    rand::RngCore::fill_bytes(&mut rand::rng(), &mut *seed);
-    let signer = NoteSigner::from_seed(origin, &seed).map_err(|e| anyhow!("{e}"))?;
-    write_private(&p.key, signer.to_secret_string().as_bytes())?;
-    std::fs::write(
-        &p.public,
-        format!("{}\n", signer.verifier().to_key_string()),
-    )?;
     Ok(signer)
-}
-
-#[cfg(unix)]
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).with_context(|| format!("creating {}", path.display()))
 }
 
 pub fn load_signer(home: &Path) -> Result<NoteSigner> {

@@ -1421,6 +1421,61 @@ fn audit_reports_a_damaged_sink_file_and_checks_the_rest() {
     assert!(out.contains("200 rows read from 3 file(s)"), "{out}");
 }
 
+/// Two pipelines started at the same moment in a new project folder both create its keys
+/// (ledger signing key, local master key): both runs succeed under the one key that was
+/// created first, and the shared ledger verifies with both runs in it.
+#[test]
+fn runs_started_at_once_in_a_new_home_share_its_keys() {
+    for _ in 0..4 {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("in")).unwrap();
+        let mut csv = String::from("id,v\n");
+        for i in 0..500 {
+            csv.push_str(&format!("{i},value {i}\n"));
+        }
+        std::fs::write(dir.path().join("in/t.csv"), csv).unwrap();
+        let specs: Vec<PathBuf> = ["a", "b"]
+            .iter()
+            .map(|p| {
+                let spec = dir.path().join(format!("{p}.yaml"));
+                std::fs::write(
+                    &spec,
+                    format!("version: 1\npipeline: p{p}\nbatch_rows: 100\nsources:\n  s:\n    csv: {{ path: in/t.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: v }}\nsinks:\n  out: {{ from: s, audience: internal, parquet: {{ path: out/{p} }} }}\nquarantine:\n  parquet: {{ path: out/q{p} }}\n"),
+                )
+                .unwrap();
+                spec
+            })
+            .collect();
+        let children: Vec<_> = specs
+            .iter()
+            .map(|s| {
+                bin()
+                    .arg("run")
+                    .arg(s)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let shown = run_ok(
+            bin()
+                .args(["ledger", "show", "--type", "run_ended"])
+                .current_dir(dir.path()),
+        );
+        assert_eq!(shown.matches("run_ended").count(), 2, "{shown}");
+        run_ok(bin().args(["ledger", "verify"]).current_dir(dir.path()));
+    }
+}
+
 /// An S3-compatible object store on a free local port (moto's server, a real HTTP S3 API),
 /// stopped when dropped.
 struct S3Server {

@@ -183,10 +183,15 @@ impl Master {
                 let k = KeyBytes::random();
                 let mut hex = Zeroizing::new(hex::encode(k.expose()));
                 hex.push('\n');
-                write_private(&path, hex.as_bytes()).map_err(|e| KeyError::File {
-                    path: path.clone(),
-                    msg: e.to_string(),
-                })?;
+                let created = sealtrail_core::secret::create_private_once(&path, hex.as_bytes())
+                    .map_err(|e| KeyError::File {
+                        path: path.clone(),
+                        msg: e.to_string(),
+                    })?;
+                if !created {
+                    // Another process created it a moment ago: use that one.
+                    return Self::locate(home, false);
+                }
                 Ok((Self::new(k, path.display().to_string()), true))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KeyError::NoMaster),
