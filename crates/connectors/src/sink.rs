@@ -243,21 +243,15 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
                 url::Url::from_directory_path(uri)
                     .map_err(|_| sink_err(name, format!("bad table path {uri}")))?
             };
-            let mut table = DeltaTable::try_from_url(url)
+            let table = DeltaTable::try_from_url(url.clone())
                 .await
                 .map_err(|e| sink_err(name, format!("cannot open Delta table {uri}: {e}")))?;
             let kernel: StructType = schema
                 .as_ref()
                 .try_into_kernel()
                 .map_err(|e| sink_err(name, e))?;
-            if table.version().is_none() {
-                table = table
-                    .create()
-                    .with_table_name(name)
-                    .with_columns(kernel.fields().cloned())
-                    .await
-                    .map_err(|e| sink_err(name, format!("cannot create Delta table {uri}: {e}")))?;
-            } else {
+            let (table, created) = create_or_reopen(table, &url, name, &kernel).await?;
+            if !created {
                 let existing = table.snapshot().map_err(|e| sink_err(name, e))?.schema();
                 let want: Vec<(String, String)> = kernel
                     .fields()
@@ -469,6 +463,40 @@ pub async fn sink_files(name: &str, target: &Target) -> Result<Vec<PathBuf>> {
     }
 }
 
+/// Creates the Delta table `table` was opened at, when it has no version yet; returns the table
+/// and whether this call created it. Another writer may have created it since `table` was
+/// opened (two runs starting at once; version 0 is written only if absent): then it is
+/// reopened as that writer left it, for the caller to check like any existing table.
+async fn create_or_reopen(
+    table: DeltaTable,
+    url: &url::Url,
+    name: &str,
+    columns: &StructType,
+) -> Result<(DeltaTable, bool)> {
+    if table.version().is_some() {
+        return Ok((table, false));
+    }
+    let e = match table
+        .create()
+        .with_table_name(name)
+        .with_columns(columns.fields().cloned())
+        .await
+    {
+        Ok(t) => return Ok((t, true)),
+        Err(e) => e,
+    };
+    let again = DeltaTable::try_from_url(url.clone())
+        .await
+        .map_err(|e| sink_err(name, format!("cannot open Delta table {url}: {e}")))?;
+    if again.version().is_none() {
+        return Err(sink_err(
+            name,
+            format!("cannot create Delta table {url}: {e}"),
+        ));
+    }
+    Ok((again, false))
+}
+
 /// Reads a whole Parquet file as record batches. The file is untrusted (anyone with write
 /// access to the sink can change it): damage is an error, never a panic ([`guarded`]).
 pub fn read_parquet(path: &Path) -> std::io::Result<Vec<RecordBatch>> {
@@ -569,6 +597,26 @@ mod tests {
         assert_eq!(map.values().next().unwrap(), &(key(1).app_id(), 1));
         // Not a local table: nothing maps.
         assert!(delta_file_commits("s3://bucket/t").is_empty());
+    }
+
+    /// A writer that opened a new Delta table before another writer created it (two runs
+    /// starting at once) gets the table that writer created, not an error.
+    #[tokio::test]
+    async fn a_table_created_by_another_writer_meanwhile_is_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("t")).unwrap();
+        let url = url::Url::from_directory_path(dir.path().join("t")).unwrap();
+        let schema = Schema::new(vec![Field::new("v", DataType::Utf8, false)]);
+        let kernel: StructType = (&schema).try_into_kernel().unwrap();
+        let stale = DeltaTable::try_from_url(url.clone()).await.unwrap();
+        assert_eq!(stale.version(), None);
+        let fresh = DeltaTable::try_from_url(url.clone()).await.unwrap();
+        let (first, created) = create_or_reopen(fresh, &url, "a", &kernel).await.unwrap();
+        assert!(created);
+        assert_eq!(first.version(), Some(0));
+        let (second, created) = create_or_reopen(stale, &url, "b", &kernel).await.unwrap();
+        assert!(!created);
+        assert_eq!(second.version(), Some(0));
     }
 
     #[test]
