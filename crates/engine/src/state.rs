@@ -111,6 +111,15 @@ const SQLITE_PRAGMAS: [&str; 4] = [
     "PRAGMA synchronous=FULL",
 ];
 
+/// SQLite's "database is locked" / "database table is locked" (SQLITE_BUSY, SQLITE_LOCKED).
+fn is_busy(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|c| c.parse::<i32>().ok())
+        // Primary codes 5 and 6, and their extended forms (BUSY_RECOVERY = 261, ...).
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
 impl StateStore {
     /// Opens the store at `url` (`sqlite://path` or `postgres://...`), creating tables.
     pub async fn open(url: &str) -> Result<Self> {
@@ -141,7 +150,21 @@ impl StateStore {
                 Box::pin(async move {
                     if sqlite {
                         for pragma in SQLITE_PRAGMAS {
-                            sqlx::query(pragma).execute(&mut *conn).await?;
+                            // Another process opening a new store at the same moment holds
+                            // the file's lock while it switches it to WAL; SQLite then
+                            // answers "database is locked" at once rather than waiting.
+                            let mut tries = 0;
+                            loop {
+                                match sqlx::query(pragma).execute(&mut *conn).await {
+                                    Ok(_) => break,
+                                    Err(e) if is_busy(&e) && tries < 200 => {
+                                        tries += 1;
+                                        tokio::time::sleep(std::time::Duration::from_millis(25))
+                                            .await;
+                                    }
+                                    Err(e) => return Err(e),
+                                }
+                            }
                         }
                     }
                     Ok(())
