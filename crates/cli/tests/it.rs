@@ -1645,6 +1645,60 @@ fn an_s3_delta_sink_loads_exactly_once_across_kills_and_is_audited_in_the_bucket
     );
 }
 
+/// Two pipelines appending to one new `s3://` Delta table at the same moment: both create it
+/// at once (one wins, the other joins it) and every batch of both lands once.
+#[test]
+fn two_runs_appending_to_one_new_s3_table_at_once_both_land() {
+    let s3 = S3Server::start("shared");
+    for round in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("in")).unwrap();
+        let mut csv = String::from("id,v\n");
+        for i in 0..1000 {
+            csv.push_str(&format!("{i},value {i}\n"));
+        }
+        std::fs::write(dir.path().join("in/t.csv"), csv).unwrap();
+        let specs: Vec<PathBuf> = ["a", "b"]
+            .iter()
+            .map(|p| {
+                let spec = dir.path().join(format!("{p}.yaml"));
+                std::fs::write(
+                    &spec,
+                    format!("version: 1\npipeline: p{p}\nbatch_rows: 100\nsources:\n  s:\n    csv: {{ path: in/t.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: v }}\nsinks:\n  out: {{ from: s, audience: internal, delta: {{ path: \"s3://shared/t{round}\" }} }}\nquarantine:\n  parquet: {{ path: out/q{p} }}\n"),
+                )
+                .unwrap();
+                spec
+            })
+            .collect();
+        let children: Vec<_> = specs
+            .iter()
+            .map(|spec| {
+                s3.env(bin().arg("run").arg(spec))
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let got = py(&format!(
+            "from deltalake import DeltaTable\n\
+             dt = DeltaTable('s3://shared/t{round}', storage_options={{'AWS_ENDPOINT_URL': '{}', 'AWS_ALLOW_HTTP': 'true', 'AWS_ACCESS_KEY_ID': 'test', 'AWS_SECRET_ACCESS_KEY': 'test', 'AWS_REGION': 'us-east-1'}})\n\
+             ids = dt.to_pyarrow_table().column('id').to_pylist()\n\
+             print(len(ids), len(set(ids)))",
+            s3.endpoint
+        ));
+        assert_eq!(got, "2000 1000", "round {round}");
+    }
+}
+
 /// Copies a folder tree.
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

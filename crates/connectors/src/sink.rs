@@ -343,31 +343,47 @@ impl SinkWriter {
             }
             SinkWriter::Delta { name, table, .. } => {
                 let app_id = key.app_id();
-                let done = table
-                    .snapshot()
-                    .map_err(|e| sink_err(name, e))?
-                    .transaction_version(table.log_store().as_ref(), &app_id)
-                    .await
-                    .map_err(|e| sink_err(name, e))?;
-                if done.is_some_and(|v| v >= key.batch as i64) {
-                    return Ok(false);
+                let mut conflicts = 0;
+                loop {
+                    let done = table
+                        .snapshot()
+                        .map_err(|e| sink_err(name, e))?
+                        .transaction_version(table.log_store().as_ref(), &app_id)
+                        .await
+                        .map_err(|e| sink_err(name, e))?;
+                    if done.is_some_and(|v| v >= key.batch as i64) {
+                        return Ok(false);
+                    }
+                    if rows == 0 {
+                        return Ok(true);
+                    }
+                    let props = CommitProperties::default()
+                        .with_application_transaction(Transaction::new(&app_id, key.batch as i64));
+                    let mut w = RecordBatchWriter::for_table(table)
+                        .map_err(|e| sink_err(name, e))?
+                        .with_writer_properties(writer_properties_for(batches))
+                        .with_commit_properties(props);
+                    for b in batches {
+                        w.write(b.clone()).await.map_err(|e| sink_err(name, e))?;
+                    }
+                    match w.flush_and_commit(table).await {
+                        Ok(_) => return Ok(true),
+                        // Another writer changed the table in a way delta-rs does not merge
+                        // with an append (its metadata: two runs creating one new table at
+                        // once can leave a second metadata version). Reload the table as it
+                        // is now and write again; this attempt's files are in no commit, so
+                        // readers never see them (a VACUUM removes them).
+                        Err(deltalake::DeltaTableError::Transaction {
+                            source:
+                                deltalake::kernel::transaction::TransactionError::CommitConflict(e),
+                        }) if conflicts < 3 => {
+                            conflicts += 1;
+                            tracing::warn!(sink = %name, error = %e, "the Delta table changed during the commit; writing the batch again");
+                            table.update_state().await.map_err(|e| sink_err(name, e))?;
+                        }
+                        Err(e) => return Err(sink_err(name, e)),
+                    }
                 }
-                if rows == 0 {
-                    return Ok(true);
-                }
-                let props = CommitProperties::default()
-                    .with_application_transaction(Transaction::new(&app_id, key.batch as i64));
-                let mut w = RecordBatchWriter::for_table(table)
-                    .map_err(|e| sink_err(name, e))?
-                    .with_writer_properties(writer_properties_for(batches))
-                    .with_commit_properties(props);
-                for b in batches {
-                    w.write(b.clone()).await.map_err(|e| sink_err(name, e))?;
-                }
-                w.flush_and_commit(table)
-                    .await
-                    .map_err(|e| sink_err(name, e))?;
-                Ok(true)
             }
             SinkWriter::Postgres(pg) => pg.commit(&key.app_id(), key.batch, batches).await,
         }
@@ -597,6 +613,56 @@ mod tests {
         assert_eq!(map.values().next().unwrap(), &(key(1).app_id(), 1));
         // Not a local table: nothing maps.
         assert!(delta_file_commits("s3://bucket/t").is_empty());
+    }
+
+    /// A batch whose commit meets a concurrent metadata change (another writer's) is written
+    /// again on the table as it is now, and committed once.
+    #[tokio::test]
+    async fn a_commit_meeting_a_metadata_change_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().join("t").display().to_string();
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef],
+        )
+        .unwrap();
+        let target = Target::Delta { uri: uri.clone() };
+        let mut w = open_sink("t", &target, schema).await.unwrap();
+        // Another writer changes the table's metadata after `w` loaded it.
+        let url = url::Url::from_directory_path(&uri).unwrap();
+        let other = DeltaTable::try_from_url(url.clone()).await.unwrap();
+        other
+            .set_tbl_properties()
+            .with_properties(std::collections::HashMap::from([(
+                "delta.logRetentionDuration".to_string(),
+                "interval 30 days".to_string(),
+            )]))
+            .await
+            .unwrap();
+        let key = CommitKey {
+            pipeline: "p".into(),
+            run_id: "r1".into(),
+            source: "s".into(),
+            batch: 0,
+        };
+        assert!(w.commit(&key, std::slice::from_ref(&b)).await.unwrap());
+        assert!(!w.commit(&key, std::slice::from_ref(&b)).await.unwrap());
+        let t = DeltaTable::try_from_url(url).await.unwrap();
+        assert_eq!(t.version(), Some(2));
+        let rows: usize = sink_files("t", &target)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| {
+                read_parquet(f)
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.num_rows())
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(rows, 2);
     }
 
     /// A writer that opened a new Delta table before another writer created it (two runs
