@@ -660,8 +660,22 @@ fn row_proof(
     })
 }
 
-/// The files of the table at `path`: a Delta table (has `_delta_log/`) or a Parquet folder.
-async fn table_files(path: &Path) -> Result<Vec<PathBuf>> {
+/// The files of the table at `path`: a Delta table (has `_delta_log/`) or a Parquet folder,
+/// or an `s3://` Delta table, copied first to a temporary folder that lives as long as the
+/// returned guard.
+async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Option<tempfile::TempDir>)> {
+    let text = path.to_string_lossy();
+    if text.starts_with("s3://") || text.starts_with("s3a://") {
+        let tmp = tempfile::tempdir()?;
+        sealtrail_connectors::s3::mirror(&text, tmp.path())
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        let target = sealtrail_spec::Target::Delta {
+            uri: tmp.path().display().to_string(),
+        };
+        let files = sealtrail_connectors::sink::sink_files("table", &target).await?;
+        return Ok((files, Some(tmp)));
+    }
     let target = if path.join("_delta_log").is_dir() {
         sealtrail_spec::Target::Delta {
             uri: path.display().to_string(),
@@ -676,7 +690,10 @@ async fn table_files(path: &Path) -> Result<Vec<PathBuf>> {
             path.display()
         )
     };
-    Ok(sealtrail_connectors::sink::sink_files("table", &target).await?)
+    Ok((
+        sealtrail_connectors::sink::sink_files("table", &target).await?,
+        None,
+    ))
 }
 
 /// Names of the columns whose values differ between the proven row and the row in the table
@@ -827,7 +844,7 @@ pub async fn verify_proof(
     };
     let (table, found) = match (table, spec) {
         (Some(table), _) => {
-            let files = table_files(table).await?;
+            let (files, _copy) = table_files(table).await?;
             (table.display().to_string(), find_rows(&files, &sel)?)
         }
         (None, Some(spec)) => {

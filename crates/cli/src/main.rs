@@ -161,7 +161,8 @@ enum Cmd {
         key: Option<String>,
         #[arg(long, env = "SEALTRAIL_HOME")]
         home: Option<PathBuf>,
-        /// The sink's table as it is now (a Delta table or a folder of Parquet files).
+        /// The sink's table as it is now (a Delta table or a folder of Parquet files, or an
+        /// `s3://` Delta table, with the `AWS_*` environment).
         #[arg(long, conflicts_with = "spec")]
         table: Option<PathBuf>,
         /// The pipeline spec: check the row in the bundle's sink as that spec names it (any

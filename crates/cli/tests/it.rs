@@ -1613,6 +1613,13 @@ fn an_s3_delta_sink_loads_exactly_once_across_kills_and_is_audited_in_the_bucket
             .arg(&spec),
     );
     assert!(out.contains("unchanged"), "{out}");
+    let out = run_ok(
+        s3.env(bin().arg("verify-proof").arg(&bundle))
+            .arg("--key")
+            .arg(home.join("ledger.pub"))
+            .args(["--table", "s3://lake/tables/t"]),
+    );
+    assert!(out.contains("unchanged"), "{out}");
     let audit = || {
         let out = s3
             .env(bin().arg("audit").arg(&spec).args(["--sink", "out"]))
