@@ -368,11 +368,13 @@ impl SinkWriter {
                     }
                     match w.flush_and_commit(table).await {
                         Ok(_) => return Ok(true),
-                        // Another writer changed the table in a way delta-rs does not merge
-                        // with an append (its metadata: two runs creating one new table at
-                        // once can leave a second metadata version). Reload the table as it
-                        // is now and write again; this attempt's files are in no commit, so
-                        // readers never see them (a VACUUM removes them).
+                        // Another writer committed something delta-rs does not merge with
+                        // this append: a metadata change (two runs creating one new table at
+                        // once can leave a second metadata version), or this very batch (two
+                        // processes resuming one run). Reload the table as it is now and go
+                        // again: the batch is then found committed, or written anew. This
+                        // attempt's files are in no commit; readers never see them (a VACUUM
+                        // removes them).
                         Err(deltalake::DeltaTableError::Transaction {
                             source:
                                 deltalake::kernel::transaction::TransactionError::CommitConflict(e),
@@ -650,6 +652,44 @@ mod tests {
         assert!(!w.commit(&key, std::slice::from_ref(&b)).await.unwrap());
         let t = DeltaTable::try_from_url(url).await.unwrap();
         assert_eq!(t.version(), Some(2));
+        let rows: usize = sink_files("t", &target)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| {
+                read_parquet(f)
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.num_rows())
+                    .sum::<usize>()
+            })
+            .sum();
+        assert_eq!(rows, 2);
+    }
+
+    /// Two writers committing the same (run, batch) from snapshots taken before either did (two
+    /// processes resuming one run at once): the batch lands once.
+    #[tokio::test]
+    async fn the_same_batch_from_two_writers_lands_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let uri = dir.path().join("t").display().to_string();
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef],
+        )
+        .unwrap();
+        let target = Target::Delta { uri: uri.clone() };
+        let mut w1 = open_sink("t", &target, schema.clone()).await.unwrap();
+        let mut w2 = open_sink("t", &target, schema).await.unwrap();
+        let key = CommitKey {
+            pipeline: "p".into(),
+            run_id: "r1".into(),
+            source: "s".into(),
+            batch: 0,
+        };
+        assert!(w1.commit(&key, std::slice::from_ref(&b)).await.unwrap());
+        assert!(!w2.commit(&key, std::slice::from_ref(&b)).await.unwrap());
         let rows: usize = sink_files("t", &target)
             .await
             .unwrap()
