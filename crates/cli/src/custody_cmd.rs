@@ -35,21 +35,53 @@ pub struct RowSelector {
     pub where_: Option<String>,
 }
 
+/// A local copy of an `s3://` Delta table (see [`readable_sink`]), removed when dropped.
+struct SinkCopy {
+    uri: String,
+    dir: tempfile::TempDir,
+    /// Only the log was copied: data files come when asked for ([`SinkCopy::fetch`]).
+    log_only: bool,
+}
+
+impl SinkCopy {
+    /// Makes sure the data files `files` (paths in the copy) are there.
+    async fn fetch(copy: Option<&Self>, files: &[PathBuf]) -> Result<()> {
+        let Some(c) = copy.filter(|c| c.log_only) else {
+            return Ok(());
+        };
+        for f in files {
+            sealtrail_connectors::s3::fetch(&c.uri, c.dir.path(), f)
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        tracing::info!(files = files.len(), "fetched data files of the S3 table");
+        Ok(())
+    }
+}
+
 /// `sk` as `prove` and `audit` read it: a Delta table on `s3://` is first copied to a local
-/// temporary folder (data files and log), which lives as long as the returned guard.
-async fn readable_sink(sk: &Sink) -> Result<(Sink, Option<tempfile::TempDir>)> {
+/// temporary folder: data files and log, or with `log_only` the log alone (the data files a
+/// proof needs are fetched with [`SinkCopy::fetch`]).
+async fn readable_sink(sk: &Sink, log_only: bool) -> Result<(Sink, Option<SinkCopy>)> {
     match &sk.target {
         Target::Delta { uri } if uri.starts_with("s3://") || uri.starts_with("s3a://") => {
-            let tmp = tempfile::tempdir()?;
-            let n = sealtrail_connectors::s3::mirror(uri, tmp.path())
-                .await
-                .map_err(|e| anyhow!("sink `{}`: {e}", sk.name))?;
-            tracing::info!(sink = %sk.name, objects = n, "copied the S3 table to a local folder to read it");
+            let dir = tempfile::tempdir()?;
+            let n = sealtrail_connectors::s3::mirror(uri, dir.path(), |rel| {
+                !log_only || rel.starts_with("_delta_log/")
+            })
+            .await
+            .map_err(|e| anyhow!("sink `{}`: {e}", sk.name))?;
+            tracing::info!(sink = %sk.name, objects = n, log_only, "copied the S3 table to a local folder to read it");
             let mut local = sk.clone();
             local.target = Target::Delta {
-                uri: tmp.path().display().to_string(),
+                uri: dir.path().display().to_string(),
             };
-            Ok((local, Some(tmp)))
+            let copy = SinkCopy {
+                uri: uri.clone(),
+                dir,
+                log_only,
+            };
+            Ok((local, Some(copy)))
         }
         _ => Ok((sk.clone(), None)),
     }
@@ -435,7 +467,9 @@ pub async fn prove(
 ) -> Result<i32> {
     let p = sealtrail_spec::load(spec)?;
     let home = state.home(Some(spec));
-    let (sk, _copy) = readable_sink(find_sink(&p, sink)?).await?;
+    // With an id, only the file of the row's batch is read: an S3 table's other data files
+    // are not copied.
+    let (sk, copy) = readable_sink(find_sink(&p, sink)?, sel.id.is_some()).await?;
     let sk = &sk;
     let mut table = SinkTable::open(sk).await?;
     let st = StateStore::open(&state.url(&home)).await?;
@@ -480,6 +514,7 @@ pub async fn prove(
                 }
                 None => files.clone(),
             };
+            SinkCopy::fetch(copy.as_ref(), &files).await?;
             // The batch's file holds the sink's rows of the batch in custody order: try the
             // row's own place first (one page per column read), and search only if it is not
             // there.
@@ -667,7 +702,7 @@ async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Option<tempfile::Temp
     let text = path.to_string_lossy();
     if text.starts_with("s3://") || text.starts_with("s3a://") {
         let tmp = tempfile::tempdir()?;
-        sealtrail_connectors::s3::mirror(&text, tmp.path())
+        sealtrail_connectors::s3::mirror(&text, tmp.path(), |_| true)
             .await
             .map_err(|e| anyhow!("{e}"))?;
         let target = sealtrail_spec::Target::Delta {
@@ -857,7 +892,7 @@ pub async fn verify_proof(
                     p.name
                 );
             }
-            let (sk, _copy) = readable_sink(find_sink(&p, &b.output.sink)?).await?;
+            let (sk, _copy) = readable_sink(find_sink(&p, &b.output.sink)?, false).await?;
             let mut t = SinkTable::open(&sk).await?;
             let label = match &t {
                 SinkTable::Pg(pg) => pg.location(),
@@ -1261,7 +1296,7 @@ fn file_batches<'a>(
 pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Result<i32> {
     let p = sealtrail_spec::load(spec)?;
     let home = state.home(Some(spec));
-    let (sk, _copy) = readable_sink(find_sink(&p, sink)?).await?;
+    let (sk, _copy) = readable_sink(find_sink(&p, sink)?, false).await?;
     let sk = &sk;
     let st = StateStore::open(&state.url(&home)).await?;
     let verifier = load_verifier(&home, None)?;

@@ -1620,6 +1620,32 @@ fn an_s3_delta_sink_loads_exactly_once_across_kills_and_is_audited_in_the_bucket
             .args(["--table", "s3://lake/tables/t"]),
     );
     assert!(out.contains("unchanged"), "{out}");
+    // By id, only the log and the file of the row's batch are copied from the bucket.
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+    let id = b["id"].as_str().expect("the bundle names its row's id");
+    let by_id = dir.path().join("p2.json");
+    let o = s3
+        .env(bin().arg("prove").arg(&spec))
+        .args(["--sink", "out", "--id", id, "--out"])
+        .arg(&by_id)
+        .env("SEALTRAIL_LOG", "info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("log_only=true") && err.contains("fetched data files of the S3 table files=1"),
+        "{err}"
+    );
+    let out = run_ok(
+        s3.env(bin().arg("verify-proof").arg(&by_id))
+            .arg("--key")
+            .arg(home.join("ledger.pub"))
+            .arg("--spec")
+            .arg(&spec),
+    );
+    assert!(out.contains("unchanged"), "{out}");
     let audit = || {
         let out = s3
             .env(bin().arg("audit").arg(&spec).args(["--sink", "out"]))

@@ -81,48 +81,97 @@ impl LogStoreFactory for S3Logs {
     }
 }
 
-/// Copies every object under the `s3://` table URL `uri` (data files and the whole
-/// `_delta_log`) into the local folder `into`, under the same relative paths, so that `prove`
-/// and `audit` read the table as a local one: the same snapshot, the same log mapping files to
-/// batches. Returns the number of objects copied.
-pub async fn mirror(uri: &str, into: &std::path::Path) -> Result<usize, String> {
-    use deltalake::logstore::object_store::{ObjectStore, ObjectStoreExt};
+/// Copies the objects under the `s3://` table URL `uri` whose path below the table passes
+/// `keep` (all of them: data files and the whole `_delta_log`; or the log alone, with data
+/// files fetched later by [`fetch`]) into the local folder `into`, under the same relative
+/// paths, so that `prove` and `audit` read the table as a local one: the same snapshot, the
+/// same log mapping files to batches. Returns the number of objects copied.
+pub async fn mirror(
+    uri: &str,
+    into: &std::path::Path,
+    keep: impl Fn(&str) -> bool,
+) -> Result<usize, String> {
+    use deltalake::logstore::object_store::ObjectStore;
     use futures::TryStreamExt;
+    let (store, prefix) = open_store(uri)?;
+    let objects: Vec<_> = store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|e| format!("cannot list {uri}: {e}"))?;
+    let mut copied = 0;
+    for o in &objects {
+        let Some(rel) = o.location.prefix_match(&prefix) else {
+            continue;
+        };
+        let rel: Vec<String> = rel.map(|p| p.as_ref().to_string()).collect();
+        if !keep(&rel.join("/")) {
+            continue;
+        }
+        copy_object(&store, &o.location, &rel, into, uri).await?;
+        copied += 1;
+    }
+    Ok(copied)
+}
+
+/// Copies the one object of the table `uri` that the local path `local` (under `into`, as
+/// [`mirror`] lays it out) stands for, unless it is there already.
+pub async fn fetch(
+    uri: &str,
+    into: &std::path::Path,
+    local: &std::path::Path,
+) -> Result<(), String> {
+    if local.exists() {
+        return Ok(());
+    }
+    let rel: Vec<String> = local
+        .strip_prefix(into)
+        .map_err(|_| format!("{} is not in the copy of {uri}", local.display()))?
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let (store, prefix) = open_store(uri)?;
+    let location = rel.iter().fold(prefix, |p, part| p.join(part.as_str()));
+    copy_object(&store, &location, &rel, into, uri).await
+}
+
+fn open_store(
+    uri: &str,
+) -> Result<(deltalake::logstore::object_store::aws::AmazonS3, Path), String> {
     let url = Url::parse(uri).map_err(|e| format!("bad table URL {uri}: {e}"))?;
     let store = AmazonS3Builder::from_env()
         .with_url(url.as_str())
         .build()
         .map_err(|e| format!("cannot reach {uri}: {e}"))?;
     let prefix = Path::from_url_path(url.path()).map_err(|e| format!("{uri}: {e}"))?;
-    let objects: Vec<_> = store
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(|e| format!("cannot list {uri}: {e}"))?;
-    for o in &objects {
-        let Some(rel) = o.location.prefix_match(&prefix) else {
-            continue;
-        };
-        let mut local = into.to_path_buf();
-        for part in rel {
-            // Object names come from the store: only plain path parts make local paths.
-            let part = part.as_ref();
-            if part.is_empty() || part == "." || part == ".." {
-                return Err(format!("{uri}: object {} has an unusable name", o.location));
-            }
-            local.push(part);
+    Ok((store, prefix))
+}
+
+async fn copy_object(
+    store: &deltalake::logstore::object_store::aws::AmazonS3,
+    location: &Path,
+    rel: &[String],
+    into: &std::path::Path,
+    uri: &str,
+) -> Result<(), String> {
+    use deltalake::logstore::object_store::ObjectStoreExt;
+    let mut local = into.to_path_buf();
+    for part in rel {
+        // Object names come from the store: only plain path parts make local paths.
+        if part.is_empty() || part == "." || part == ".." || part.contains(['/', '\\']) {
+            return Err(format!("{uri}: object {location} has an unusable name"));
         }
-        let bytes = store
-            .get(&o.location)
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", o.location))?
-            .bytes()
-            .await
-            .map_err(|e| format!("cannot read {}: {e}", o.location))?;
-        if let Some(dir) = local.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        std::fs::write(&local, &bytes).map_err(|e| format!("{}: {e}", local.display()))?;
+        local.push(part);
     }
-    Ok(objects.len())
+    let bytes = store
+        .get(location)
+        .await
+        .map_err(|e| format!("cannot read {location}: {e}"))?
+        .bytes()
+        .await
+        .map_err(|e| format!("cannot read {location}: {e}"))?;
+    if let Some(dir) = local.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(&local, &bytes).map_err(|e| format!("{}: {e}", local.display()))
 }
