@@ -1376,23 +1376,58 @@ fn a_run_stopped_by_a_damaged_input_resumes_only_over_the_same_records() {
     run_ok(bin().args(["ledger", "verify"]).current_dir(dir.path()));
 }
 
+/// A project in `dir` with `in/t.csv` (columns id, v; `rows` rows) and, per (pipeline, sink)
+/// pair, a spec `<pipeline>.yaml` reading it in batches of 100 into that sink (YAML of the
+/// sink's connector). Returns the specs' paths.
+fn id_value_project(dir: &Path, rows: usize, pipelines: &[(&str, &str)]) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    let mut csv = String::from("id,v\n");
+    for i in 0..rows {
+        csv.push_str(&format!("{i},value {i}\n"));
+    }
+    std::fs::write(dir.join("in/t.csv"), csv).unwrap();
+    pipelines
+        .iter()
+        .map(|(name, sink)| {
+            let spec = dir.join(format!("{name}.yaml"));
+            std::fs::write(
+                &spec,
+                format!("version: 1\npipeline: {name}\nbatch_rows: 100\nsources:\n  s:\n    csv: {{ path: in/t.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: v }}\nsinks:\n  out: {{ from: s, audience: internal, {sink} }}\nquarantine:\n  parquet: {{ path: out/q_{name} }}\n"),
+            )
+            .unwrap();
+            spec
+        })
+        .collect()
+}
+
+/// Starts every command at once and waits for all; their outputs, in order.
+fn run_at_once(commands: Vec<&mut Command>) -> Vec<std::process::Output> {
+    let children: Vec<_> = commands
+        .into_iter()
+        .map(|c| {
+            c.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
 /// A damaged file of a sink does not stop `audit`: the file is reported unreadable, the rows
 /// it held are named as deleted, and the rest of the sink is still checked.
 #[test]
 fn audit_reports_a_damaged_sink_file_and_checks_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("in")).unwrap();
-    let mut csv = String::from("id,v\n");
-    for i in 0..300 {
-        csv.push_str(&format!("{i},value {i}\n"));
-    }
-    std::fs::write(dir.path().join("in/t.csv"), csv).unwrap();
-    let spec = dir.path().join("s.yaml");
-    std::fs::write(
-        &spec,
-        "version: 1\npipeline: damaged_sink\nbatch_rows: 100\nsources:\n  s:\n    csv: { path: in/t.csv }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: v }\nsinks:\n  out: { from: s, audience: internal, parquet: { path: out/data } }\nquarantine:\n  parquet: { path: out/q }\n",
+    let spec = id_value_project(
+        dir.path(),
+        300,
+        &[("damaged_sink", "parquet: { path: out/data }")],
     )
-    .unwrap();
+    .remove(0);
     run_ok(bin().arg("run").arg(&spec));
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("out/data"))
         .unwrap()
@@ -1439,38 +1474,23 @@ fn audit_reports_a_damaged_sink_file_and_checks_the_rest() {
 fn runs_started_at_once_in_a_new_home_share_its_keys() {
     for _ in 0..4 {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("in")).unwrap();
-        let mut csv = String::from("id,v\n");
-        for i in 0..500 {
-            csv.push_str(&format!("{i},value {i}\n"));
-        }
-        std::fs::write(dir.path().join("in/t.csv"), csv).unwrap();
-        let specs: Vec<PathBuf> = ["a", "b"]
-            .iter()
-            .map(|p| {
-                let spec = dir.path().join(format!("{p}.yaml"));
-                std::fs::write(
-                    &spec,
-                    format!("version: 1\npipeline: p{p}\nbatch_rows: 100\nsources:\n  s:\n    csv: {{ path: in/t.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: v }}\nsinks:\n  out: {{ from: s, audience: internal, parquet: {{ path: out/{p} }} }}\nquarantine:\n  parquet: {{ path: out/q{p} }}\n"),
-                )
-                .unwrap();
-                spec
-            })
-            .collect();
-        let children: Vec<_> = specs
+        let specs = id_value_project(
+            dir.path(),
+            500,
+            &[
+                ("pa", "parquet: { path: out/a }"),
+                ("pb", "parquet: { path: out/b }"),
+            ],
+        );
+        let mut runs: Vec<Command> = specs
             .iter()
             .map(|s| {
-                bin()
-                    .arg("run")
-                    .arg(s)
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
+                let mut c = bin();
+                c.arg("run").arg(s);
+                c
             })
             .collect();
-        for c in children {
-            let out = c.wait_with_output().unwrap();
+        for out in run_at_once(runs.iter_mut().collect()) {
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "{err}");
             // Opening the new state store at the same moment is waited out, not logged.
@@ -1556,19 +1576,13 @@ impl Drop for S3Server {
 fn an_s3_delta_sink_loads_exactly_once_across_kills_and_is_audited_in_the_bucket() {
     let s3 = S3Server::start("lake");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("in")).unwrap();
     let n = 3_000;
-    let mut csv = String::from("id,v\n");
-    for i in 0..n {
-        csv.push_str(&format!("{i},value {i}\n"));
-    }
-    std::fs::write(dir.path().join("in/t.csv"), csv).unwrap();
-    let spec = dir.path().join("s.yaml");
-    std::fs::write(
-        &spec,
-        "version: 1\npipeline: s3_delta\nbatch_rows: 100\nsources:\n  s:\n    csv: { path: in/t.csv }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: v }\nsinks:\n  out: { from: s, audience: internal, delta: { path: \"s3://lake/tables/t\" } }\nquarantine:\n  parquet: { path: out/q }\n",
+    let spec = id_value_project(
+        dir.path(),
+        n,
+        &[("s3_delta", "delta: { path: \"s3://lake/tables/t\" }")],
     )
-    .unwrap();
+    .remove(0);
     let home = dir.path().join(".sealtrail");
     let (kills, _) = kill_runs_at_ledger_sizes(&home, &[4, 17, 33], || {
         let mut c = bin();
@@ -1685,36 +1699,17 @@ fn two_runs_appending_to_one_new_s3_table_at_once_both_land() {
     let s3 = S3Server::start("shared");
     for round in 0..3 {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("in")).unwrap();
-        let mut csv = String::from("id,v\n");
-        for i in 0..1000 {
-            csv.push_str(&format!("{i},value {i}\n"));
-        }
-        std::fs::write(dir.path().join("in/t.csv"), csv).unwrap();
-        let specs: Vec<PathBuf> = ["a", "b"]
-            .iter()
-            .map(|p| {
-                let spec = dir.path().join(format!("{p}.yaml"));
-                std::fs::write(
-                    &spec,
-                    format!("version: 1\npipeline: p{p}\nbatch_rows: 100\nsources:\n  s:\n    csv: {{ path: in/t.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: v }}\nsinks:\n  out: {{ from: s, audience: internal, delta: {{ path: \"s3://shared/t{round}\" }} }}\nquarantine:\n  parquet: {{ path: out/q{p} }}\n"),
-                )
-                .unwrap();
-                spec
-            })
-            .collect();
-        let children: Vec<_> = specs
+        let sink = format!("delta: {{ path: \"s3://shared/t{round}\" }}");
+        let specs = id_value_project(dir.path(), 1000, &[("pa", &sink), ("pb", &sink)]);
+        let mut runs: Vec<Command> = specs
             .iter()
             .map(|spec| {
-                s3.env(bin().arg("run").arg(spec))
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
+                let mut c = bin();
+                s3.env(c.arg("run").arg(spec));
+                c
             })
             .collect();
-        for c in children {
-            let out = c.wait_with_output().unwrap();
+        for out in run_at_once(runs.iter_mut().collect()) {
             assert!(
                 out.status.success(),
                 "{}",

@@ -617,22 +617,52 @@ mod tests {
         assert!(delta_file_commits("s3://bucket/t").is_empty());
     }
 
-    /// A batch whose commit meets a concurrent metadata change (another writer's) is written
-    /// again on the table as it is now, and committed once.
-    #[tokio::test]
-    async fn a_commit_meeting_a_metadata_change_is_written_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let uri = dir.path().join("t").display().to_string();
+    /// A one-column batch of two rows, its schema, and a Delta target in `dir`.
+    fn two_rows_for_delta(dir: &Path) -> (SchemaRef, RecordBatch, Target) {
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
         let b = RecordBatch::try_new(
             schema.clone(),
             vec![Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef],
         )
         .unwrap();
-        let target = Target::Delta { uri: uri.clone() };
+        let uri = dir.join("t").display().to_string();
+        (schema, b, Target::Delta { uri })
+    }
+
+    fn first_batch_of_run_r1() -> CommitKey {
+        CommitKey {
+            pipeline: "p".into(),
+            run_id: "r1".into(),
+            source: "s".into(),
+            batch: 0,
+        }
+    }
+
+    /// Rows in the table's current files.
+    async fn rows_in(target: &Target) -> usize {
+        sink_files("t", target)
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| {
+                read_parquet(f)
+                    .unwrap()
+                    .iter()
+                    .map(|b| b.num_rows())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// A batch whose commit meets a concurrent metadata change (another writer's) is written
+    /// again on the table as it is now, and committed once.
+    #[tokio::test]
+    async fn a_commit_meeting_a_metadata_change_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, b, target) = two_rows_for_delta(dir.path());
         let mut w = open_sink("t", &target, schema).await.unwrap();
         // Another writer changes the table's metadata after `w` loaded it.
-        let url = url::Url::from_directory_path(&uri).unwrap();
+        let url = url::Url::from_directory_path(dir.path().join("t")).unwrap();
         let other = DeltaTable::try_from_url(url.clone()).await.unwrap();
         other
             .set_tbl_properties()
@@ -642,29 +672,12 @@ mod tests {
             )]))
             .await
             .unwrap();
-        let key = CommitKey {
-            pipeline: "p".into(),
-            run_id: "r1".into(),
-            source: "s".into(),
-            batch: 0,
-        };
+        let key = first_batch_of_run_r1();
         assert!(w.commit(&key, std::slice::from_ref(&b)).await.unwrap());
         assert!(!w.commit(&key, std::slice::from_ref(&b)).await.unwrap());
         let t = DeltaTable::try_from_url(url).await.unwrap();
         assert_eq!(t.version(), Some(2));
-        let rows: usize = sink_files("t", &target)
-            .await
-            .unwrap()
-            .iter()
-            .map(|f| {
-                read_parquet(f)
-                    .unwrap()
-                    .iter()
-                    .map(|b| b.num_rows())
-                    .sum::<usize>()
-            })
-            .sum();
-        assert_eq!(rows, 2);
+        assert_eq!(rows_in(&target).await, 2);
     }
 
     /// Two writers committing the same (run, batch) from snapshots taken before either did (two
@@ -672,37 +685,13 @@ mod tests {
     #[tokio::test]
     async fn the_same_batch_from_two_writers_lands_once() {
         let dir = tempfile::tempdir().unwrap();
-        let uri = dir.path().join("t").display().to_string();
-        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
-        let b = RecordBatch::try_new(
-            schema.clone(),
-            vec![Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef],
-        )
-        .unwrap();
-        let target = Target::Delta { uri: uri.clone() };
+        let (schema, b, target) = two_rows_for_delta(dir.path());
         let mut w1 = open_sink("t", &target, schema.clone()).await.unwrap();
         let mut w2 = open_sink("t", &target, schema).await.unwrap();
-        let key = CommitKey {
-            pipeline: "p".into(),
-            run_id: "r1".into(),
-            source: "s".into(),
-            batch: 0,
-        };
+        let key = first_batch_of_run_r1();
         assert!(w1.commit(&key, std::slice::from_ref(&b)).await.unwrap());
         assert!(!w2.commit(&key, std::slice::from_ref(&b)).await.unwrap());
-        let rows: usize = sink_files("t", &target)
-            .await
-            .unwrap()
-            .iter()
-            .map(|f| {
-                read_parquet(f)
-                    .unwrap()
-                    .iter()
-                    .map(|b| b.num_rows())
-                    .sum::<usize>()
-            })
-            .sum();
-        assert_eq!(rows, 2);
+        assert_eq!(rows_in(&target).await, 2);
     }
 
     /// A writer that opened a new Delta table before another writer created it (two runs
