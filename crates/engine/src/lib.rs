@@ -431,7 +431,7 @@ struct Prepared {
 
 /// A batch's input records for the chain of custody.
 struct InputCustody {
-    /// The input the batch was read from, and its key (part of lineage ids).
+    /// The input the batch was read from (named when a resume finds it changed).
     input: String,
     input_key: String,
     first_pos: u64,

@@ -463,10 +463,14 @@ impl StateStore {
     pub async fn fail(&self, run: &RunId, error: &str) -> Result<()> {
         // The counts of the batches committed before the failure: they stay loaded, and
         // `runs` shows how far the run got.
-        sqlx::query("UPDATE sealtrail_runs SET status = 'failed', ended_at = $2, error = $3, rows_in = (SELECT CAST(COALESCE(SUM(rows_in), 0) AS BIGINT) FROM sealtrail_batches WHERE run_id = $1), rows_loaded = (SELECT CAST(COALESCE(SUM(rows_loaded), 0) AS BIGINT) FROM sealtrail_batches WHERE run_id = $1), rows_quarantined = (SELECT CAST(COALESCE(SUM(rows_quarantined), 0) AS BIGINT) FROM sealtrail_batches WHERE run_id = $1) WHERE run_id = $1")
+        let c = self.totals(run, None).await?;
+        sqlx::query("UPDATE sealtrail_runs SET status = 'failed', ended_at = $2, error = $3, rows_in = $4, rows_loaded = $5, rows_quarantined = $6 WHERE run_id = $1")
             .bind(run.as_str())
             .bind(sealtrail_core::audit::now())
             .bind(error)
+            .bind(c.rows_in as i64)
+            .bind(c.rows_loaded as i64)
+            .bind(c.rows_quarantined as i64)
             .execute(&self.pool)
             .await?;
         Ok(())
