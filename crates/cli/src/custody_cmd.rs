@@ -5,6 +5,7 @@ use crate::ledger_cmd::load_verifier;
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
 use sealtrail_connectors::pg::PgTable;
+use sealtrail_connectors::s3::TableCopy;
 use sealtrail_engine::custody::{self, CustodyView, GROUP, RowFormat, RowHasher, RowIds, SinkView};
 use sealtrail_engine::state::{CustodyRef, StateStore};
 use sealtrail_ledger::custody::{
@@ -35,51 +36,19 @@ pub struct RowSelector {
     pub where_: Option<String>,
 }
 
-/// A local copy of an `s3://` Delta table (see [`readable_sink`]), removed when dropped.
-struct SinkCopy {
-    uri: String,
-    dir: tempfile::TempDir,
-    /// Only the log was copied: data files come when asked for ([`SinkCopy::fetch`]).
-    log_only: bool,
-}
-
-impl SinkCopy {
-    /// Makes sure the data files `files` (paths in the copy) are there.
-    async fn fetch(copy: Option<&Self>, files: &[PathBuf]) -> Result<()> {
-        let Some(c) = copy.filter(|c| c.log_only) else {
-            return Ok(());
-        };
-        for f in files {
-            sealtrail_connectors::s3::fetch(&c.uri, c.dir.path(), f)
-                .await
-                .map_err(|e| anyhow!("{e}"))?;
-        }
-        tracing::info!(files = files.len(), "fetched data files of the S3 table");
-        Ok(())
-    }
-}
-
 /// `sk` as `prove` and `audit` read it: a Delta table on `s3://` is first copied to a local
-/// temporary folder: data files and log, or with `log_only` the log alone (the data files a
-/// proof needs are fetched with [`SinkCopy::fetch`]).
-async fn readable_sink(sk: &Sink, log_only: bool) -> Result<(Sink, Option<SinkCopy>)> {
+/// temporary folder, whole, or with `log_only` its log alone (the data files a proof needs
+/// are fetched with [`TableCopy::fetch`]). The copy lives as long as the returned guard.
+async fn readable_sink(sk: &Sink, log_only: bool) -> Result<(Sink, Option<TableCopy>)> {
     match &sk.target {
-        Target::Delta { uri } if uri.starts_with("s3://") || uri.starts_with("s3a://") => {
-            let dir = tempfile::tempdir()?;
-            let n = sealtrail_connectors::s3::mirror(uri, dir.path(), |rel| {
-                !log_only || rel.starts_with("_delta_log/")
-            })
-            .await
-            .map_err(|e| anyhow!("sink `{}`: {e}", sk.name))?;
+        Target::Delta { uri } if sealtrail_connectors::s3::is_s3(uri) => {
+            let (copy, n) = TableCopy::new(uri, !log_only)
+                .await
+                .map_err(|e| anyhow!("sink `{}`: {e}", sk.name))?;
             tracing::info!(sink = %sk.name, objects = n, log_only, "copied the S3 table to a local folder to read it");
             let mut local = sk.clone();
             local.target = Target::Delta {
-                uri: dir.path().display().to_string(),
-            };
-            let copy = SinkCopy {
-                uri: uri.clone(),
-                dir,
-                log_only,
+                uri: copy.dir().display().to_string(),
             };
             Ok((local, Some(copy)))
         }
@@ -514,7 +483,10 @@ pub async fn prove(
                 }
                 None => files.clone(),
             };
-            SinkCopy::fetch(copy.as_ref(), &files).await?;
+            if let Some(c) = &copy {
+                let n = c.fetch(&files).await.map_err(|e| anyhow!("{e}"))?;
+                tracing::info!(files = n, "fetched data files of the S3 table");
+            }
             // The batch's file holds the sink's rows of the batch in custody order: try the
             // row's own place first (one page per column read), and search only if it is not
             // there.
@@ -698,18 +670,17 @@ fn row_proof(
 /// The files of the table at `path`: a Delta table (has `_delta_log/`) or a Parquet folder,
 /// or an `s3://` Delta table, copied first to a temporary folder that lives as long as the
 /// returned guard.
-async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Option<tempfile::TempDir>)> {
+async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Option<TableCopy>)> {
     let text = path.to_string_lossy();
-    if text.starts_with("s3://") || text.starts_with("s3a://") {
-        let tmp = tempfile::tempdir()?;
-        sealtrail_connectors::s3::mirror(&text, tmp.path(), |_| true)
+    if sealtrail_connectors::s3::is_s3(&text) {
+        let (copy, _) = TableCopy::new(&text, true)
             .await
             .map_err(|e| anyhow!("{e}"))?;
         let target = sealtrail_spec::Target::Delta {
-            uri: tmp.path().display().to_string(),
+            uri: copy.dir().display().to_string(),
         };
         let files = sealtrail_connectors::sink::sink_files("table", &target).await?;
-        return Ok((files, Some(tmp)));
+        return Ok((files, Some(copy)));
     }
     let target = if path.join("_delta_log").is_dir() {
         sealtrail_spec::Target::Delta {

@@ -13,7 +13,7 @@
 //! `AWS_ENDPOINT_URL` for an S3-compatible store, `AWS_ALLOW_HTTP=true` for one without TLS):
 //! a spec names no credentials, so none can leak from it.
 
-use deltalake::logstore::object_store::aws::AmazonS3Builder;
+use deltalake::logstore::object_store::aws::{AmazonS3, AmazonS3Builder};
 use deltalake::logstore::object_store::path::Path;
 use deltalake::logstore::{
     LogStore, LogStoreFactory, ObjectStoreFactory, ObjectStoreRef, StorageConfig, default_logstore,
@@ -48,7 +48,7 @@ impl ObjectStoreFactory for S3Stores {
         url: &Url,
         config: &StorageConfig,
     ) -> DeltaResult<(ObjectStoreRef, Path)> {
-        let mut builder = AmazonS3Builder::from_env().with_url(url.as_str());
+        let mut builder = builder(url);
         // Options passed by delta-rs itself (none from the spec).
         for (k, v) in &config.raw {
             if let Ok(key) = k.to_ascii_lowercase().parse() {
@@ -81,97 +81,127 @@ impl LogStoreFactory for S3Logs {
     }
 }
 
-/// Copies the objects under the `s3://` table URL `uri` whose path below the table passes
-/// `keep` (all of them: data files and the whole `_delta_log`; or the log alone, with data
-/// files fetched later by [`fetch`]) into the local folder `into`, under the same relative
-/// paths, so that `prove` and `audit` read the table as a local one: the same snapshot, the
-/// same log mapping files to batches. Returns the number of objects copied.
-pub async fn mirror(
-    uri: &str,
-    into: &std::path::Path,
-    keep: impl Fn(&str) -> bool,
-) -> Result<usize, String> {
-    use deltalake::logstore::object_store::ObjectStore;
-    use futures::TryStreamExt;
-    let (store, prefix) = open_store(uri)?;
-    let objects: Vec<_> = store
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(|e| format!("cannot list {uri}: {e}"))?;
-    let mut copied = 0;
-    for o in &objects {
-        let Some(rel) = o.location.prefix_match(&prefix) else {
-            continue;
+/// Whether `uri` names a table on S3 (what [`register`] makes open).
+pub fn is_s3(uri: &str) -> bool {
+    uri.starts_with("s3://") || uri.starts_with("s3a://")
+}
+
+/// The S3 client for `url`, configured from the `AWS_*` environment.
+fn builder(url: &Url) -> AmazonS3Builder {
+    AmazonS3Builder::from_env().with_url(url.as_str())
+}
+
+/// A local copy of the `s3://` table `uri` in a temporary folder (removed when dropped), laid
+/// out under the same relative paths, so that `prove` and `audit` read the table as a local
+/// one: the same snapshot, the same log mapping files to batches. Either whole, or the
+/// `_delta_log` alone, with data files copied when asked for ([`TableCopy::fetch`]).
+pub struct TableCopy {
+    uri: String,
+    store: AmazonS3,
+    prefix: Path,
+    dir: tempfile::TempDir,
+    whole: bool,
+}
+
+/// By hand: the S3 client's own `Debug` would show its credentials.
+impl std::fmt::Debug for TableCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableCopy")
+            .field("uri", &self.uri)
+            .field("dir", &self.dir.path())
+            .field("whole", &self.whole)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TableCopy {
+    /// Copies the table: whole, or only its log. Returns the copy and the number of objects
+    /// copied.
+    pub async fn new(uri: &str, whole: bool) -> Result<(Self, usize), String> {
+        use deltalake::logstore::object_store::ObjectStore;
+        use futures::TryStreamExt;
+        let url = Url::parse(uri).map_err(|e| format!("bad table URL {uri}: {e}"))?;
+        let store = builder(&url)
+            .build()
+            .map_err(|e| format!("cannot reach {uri}: {e}"))?;
+        let prefix = Path::from_url_path(url.path()).map_err(|e| format!("{uri}: {e}"))?;
+        let dir = tempfile::tempdir().map_err(|e| format!("a temporary folder: {e}"))?;
+        let copy = Self {
+            uri: uri.to_string(),
+            store,
+            prefix,
+            dir,
+            whole,
         };
-        let rel: Vec<String> = rel.map(|p| p.as_ref().to_string()).collect();
-        if !keep(&rel.join("/")) {
-            continue;
+        let objects: Vec<_> = copy
+            .store
+            .list(Some(&copy.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| format!("cannot list {uri}: {e}"))?;
+        let mut copied = 0;
+        for o in &objects {
+            let Some(rel) = o.location.prefix_match(&copy.prefix) else {
+                continue;
+            };
+            let rel: Vec<String> = rel.map(|p| p.as_ref().to_string()).collect();
+            if whole || rel.first().is_some_and(|d| d == "_delta_log") {
+                copy.copy_object(&o.location, &rel).await?;
+                copied += 1;
+            }
         }
-        copy_object(&store, &o.location, &rel, into, uri).await?;
-        copied += 1;
+        Ok((copy, copied))
     }
-    Ok(copied)
-}
 
-/// Copies the one object of the table `uri` that the local path `local` (under `into`, as
-/// [`mirror`] lays it out) stands for, unless it is there already.
-pub async fn fetch(
-    uri: &str,
-    into: &std::path::Path,
-    local: &std::path::Path,
-) -> Result<(), String> {
-    if local.exists() {
-        return Ok(());
+    /// The local folder holding the copy (a Delta table's location).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
-    let rel: Vec<String> = local
-        .strip_prefix(into)
-        .map_err(|_| format!("{} is not in the copy of {uri}", local.display()))?
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect();
-    let (store, prefix) = open_store(uri)?;
-    let location = rel.iter().fold(prefix, |p, part| p.join(part.as_str()));
-    copy_object(&store, &location, &rel, into, uri).await
-}
 
-fn open_store(
-    uri: &str,
-) -> Result<(deltalake::logstore::object_store::aws::AmazonS3, Path), String> {
-    let url = Url::parse(uri).map_err(|e| format!("bad table URL {uri}: {e}"))?;
-    let store = AmazonS3Builder::from_env()
-        .with_url(url.as_str())
-        .build()
-        .map_err(|e| format!("cannot reach {uri}: {e}"))?;
-    let prefix = Path::from_url_path(url.path()).map_err(|e| format!("{uri}: {e}"))?;
-    Ok((store, prefix))
-}
-
-async fn copy_object(
-    store: &deltalake::logstore::object_store::aws::AmazonS3,
-    location: &Path,
-    rel: &[String],
-    into: &std::path::Path,
-    uri: &str,
-) -> Result<(), String> {
-    use deltalake::logstore::object_store::ObjectStoreExt;
-    let mut local = into.to_path_buf();
-    for part in rel {
-        // Object names come from the store: only plain path parts make local paths.
-        if part.is_empty() || part == "." || part == ".." || part.contains(['/', '\\']) {
-            return Err(format!("{uri}: object {location} has an unusable name"));
+    /// Makes sure the data files `locals` (paths in the copy, as the copied log names them)
+    /// are there (a whole copy has them already); returns how many it copied.
+    pub async fn fetch(&self, locals: &[std::path::PathBuf]) -> Result<usize, String> {
+        let mut copied = 0;
+        for local in locals.iter().filter(|l| !self.whole && !l.exists()) {
+            let rel: Vec<String> = local
+                .strip_prefix(self.dir())
+                .map_err(|_| format!("{} is not in the copy of {}", local.display(), self.uri))?
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect();
+            let location = rel
+                .iter()
+                .fold(self.prefix.clone(), |p, part| p.join(part.as_str()));
+            self.copy_object(&location, &rel).await?;
+            copied += 1;
         }
-        local.push(part);
+        Ok(copied)
     }
-    let bytes = store
-        .get(location)
-        .await
-        .map_err(|e| format!("cannot read {location}: {e}"))?
-        .bytes()
-        .await
-        .map_err(|e| format!("cannot read {location}: {e}"))?;
-    if let Some(dir) = local.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+
+    async fn copy_object(&self, location: &Path, rel: &[String]) -> Result<(), String> {
+        use deltalake::logstore::object_store::ObjectStoreExt;
+        let mut local = self.dir().to_path_buf();
+        for part in rel {
+            // Object names come from the store: only plain path parts make local paths.
+            if part.is_empty() || part == "." || part == ".." || part.contains(['/', '\\']) {
+                return Err(format!(
+                    "{}: object {location} has an unusable name",
+                    self.uri
+                ));
+            }
+            local.push(part);
+        }
+        let bytes = self
+            .store
+            .get(location)
+            .await
+            .map_err(|e| format!("cannot read {location}: {e}"))?
+            .bytes()
+            .await
+            .map_err(|e| format!("cannot read {location}: {e}"))?;
+        if let Some(dir) = local.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(&local, &bytes).map_err(|e| format!("{}: {e}", local.display()))
     }
-    std::fs::write(&local, &bytes).map_err(|e| format!("{}: {e}", local.display()))
 }
