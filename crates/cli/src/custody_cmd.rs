@@ -17,6 +17,7 @@ use sealtrail_ledger::merkle;
 use sealtrail_ledger::tiles::{self, TileReader};
 use sealtrail_spec::{Pipeline, Sink, Target};
 use std::collections::HashMap;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 /// Exit code when a proof or an audit finds a difference.
@@ -1045,16 +1046,22 @@ fn audit_file(
     expected: Option<(&CustodyView<'_>, &SinkView<'_>)>,
     formats: &[RowFormat],
 ) -> Result<Outcome> {
-    // A file that cannot be read is a finding, not the end of the audit: the rest of the
-    // sink is still checked, and the rows the file should hold are named.
+    // A damaged file (it does not decode, or is gone since the table was listed) is a
+    // finding, not the end of the audit: the rest of the sink is still checked, and the rows
+    // the file should hold are named. A file the auditor may not read is not damage: that
+    // stops the audit with what to fix.
     let batches = match sealtrail_connectors::sink::read_parquet(f) {
         Ok(b) => b,
-        Err(e) => {
+        Err(e) if matches!(e.kind(), ErrorKind::Other | ErrorKind::NotFound) => {
             return Ok(Outcome {
                 unreadable: Some(format!("{}: {e}", f.display())),
                 ..Outcome::default()
             });
         }
+        Err(e) => bail!(
+            "cannot read {}: {e}; run the audit as a user that can read every file of the sink",
+            f.display()
+        ),
     };
     audit_rows(&batches, 0, expected, formats, &f.display().to_string())
 }

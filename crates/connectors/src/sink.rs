@@ -516,7 +516,8 @@ async fn create_or_reopen(
 }
 
 /// Reads a whole Parquet file as record batches. The file is untrusted (anyone with write
-/// access to the sink can change it): damage is an error, never a panic ([`guarded`]).
+/// access to the sink can change it): damage is an error of kind `Other`, never a panic
+/// ([`guarded`]); opening the file fails with the file system's own kinds.
 pub fn read_parquet(path: &Path) -> std::io::Result<Vec<RecordBatch>> {
     Ok(read_parquet_with_schema(path)?.1)
 }
