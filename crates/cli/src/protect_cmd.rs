@@ -454,8 +454,8 @@ pub enum QuarantineCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Load repaired records: FILE holds them in the source's format, one per line (no CSV
-    /// header). They go through the source's checks, protection, transforms and sinks as a
+    /// Load repaired records: FILE holds them in the source's format and encoding, one per
+    /// line (no CSV header). They go through the source's checks, protection, transforms and sinks as a
     /// run of `<pipeline>-replay`, recorded in the ledger like any run.
     Replay {
         spec: PathBuf,
@@ -647,7 +647,16 @@ pub fn replay_pipeline(
         C::Csv(o) => {
             if o.header {
                 let names: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
-                text.extend(names.join(&(o.delimiter as char).to_string()).as_bytes());
+                // The header in the source's encoding, like the repaired lines that follow it.
+                let header = names.join(&(o.delimiter as char).to_string());
+                let (bytes, _, unmappable) = o.encoding.encode(&header);
+                if unmappable {
+                    bail!(
+                        "the column names of source `{source}` cannot be written in its encoding {}",
+                        o.encoding.name()
+                    );
+                }
+                text.extend(bytes.as_ref());
                 text.push(b'\n');
             }
             &mut o.files

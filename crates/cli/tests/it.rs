@@ -1278,6 +1278,67 @@ fn parquet_files_are_a_source_with_typed_values_and_row_positions() {
     );
 }
 
+/// CSV files in declared legacy encodings (written by Python's own codecs) load as UTF-8 text
+/// with the values Python decodes; a line that does not decode is quarantined as
+/// `invalid_encoding` with its exact bytes, and the lines around it load.
+#[test]
+fn legacy_encoded_csv_files_load_as_utf8_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    py(&format!(
+        "import os\n\
+         os.makedirs('{d}/in')\n\
+         west = [('Zürich', 'Prêt à porter € 12'), ('São Paulo', 'a; \"quoted\" value'), ('Kraków', '')]\n\
+         open('{d}/in/west.csv', 'wb').write(('venue;label\\n' + ''.join(v + ';' + ('\"' + l.replace('\"', '\"\"') + '\"' if ';' in l or '\"' in l else l) + '\\r\\n' for v, l in west)).encode('cp1252', errors='replace'))\n\
+         east = 'venue,label\\n東京,株式会社\\n大阪,ソニー\\n'.encode('shift_jis') + b'\\x82,y\\n' + '名古屋,トヨタ\\n'.encode('shift_jis')\n\
+         open('{d}/in/east.csv', 'wb').write(east)"
+    ));
+    let spec = dir.path().join("enc.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: enc\nsources:\n  west:\n    csv: { path: in/west.csv, encoding: windows-1252, delimiter: ';' }\n    columns:\n      - { name: venue, required: true }\n      - { name: label }\n  east:\n    csv: { path: in/east.csv, encoding: shift_jis }\n    columns:\n      - { name: venue, required: true }\n      - { name: label }\nsinks:\n  w: { from: west, audience: internal, parquet: { path: out/west } }\n  e: { from: east, audience: internal, parquet: { path: out/east } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    assert!(run_ok(bin().arg("check").arg(&spec)).contains(": ok"));
+    let (rin, loaded, q) = counts(&run_ok(bin().arg("run").arg(&spec)));
+    assert_eq!((rin, loaded, q), (7, 6, 1));
+    let got = py(&format!(
+        "import pyarrow.parquet as pq\n\
+         for s in ('west', 'east'):\n\
+         \x20   t = pq.read_table('{d}/out/' + s).to_pylist()\n\
+         \x20   print(sorted((r['venue'], r['label']) for r in t))"
+    ));
+    assert_eq!(
+        got,
+        "[('Kraków', None), ('São Paulo', 'a; \"quoted\" value'), ('Zürich', 'Prêt à porter € 12')]\n\
+         [('名古屋', 'トヨタ'), ('大阪', 'ソニー'), ('東京', '株式会社')]"
+    );
+    let list = run_ok(
+        bin()
+            .args(["quarantine", "list"])
+            .arg(dir.path().join("out/q")),
+    );
+    let bad: Vec<&str> = list.lines().filter(|l| l.contains("east.csv")).collect();
+    assert!(
+        bad.len() == 1
+            && bad[0].split_whitespace().nth(1) == Some("4")
+            && bad[0].contains("invalid_encoding"),
+        "{list}"
+    );
+    // The quarantined line's exact bytes, decrypted by an authorised user.
+    let raw = dir.path().join("raw.txt");
+    run_ok(
+        bin()
+            .args(["quarantine", "show", "--reason", "test", "--home"])
+            .arg(dir.path().join(".sealtrail"))
+            .arg(dir.path().join("out/q"))
+            .arg("--out")
+            .arg(&raw)
+            .args(["--line", "4"]),
+    );
+    assert_eq!(std::fs::read(&raw).unwrap(), b"\x82,y\n");
+}
+
 /// A Parquet input damaged in its 16th row group (past the 1,000 rows the release check
 /// samples) stops the run after 15 committed batches; `runs` and the error say how far it got and how to go on. The resume reads the
 /// committed batches again and refuses an input that changed under them (same counts,

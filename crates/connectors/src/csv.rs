@@ -10,13 +10,19 @@
 //! [`MAX_RECORD_BYTES`]); the record's position is its first line. Line terminators are `\n`
 //! or `\r\n` and are not part of the record.
 //!
-//! Reasons produced here: `invalid_utf8`, `wrong_field_count`, `unterminated_quote`.
+//! Encodings: UTF-8, or any ASCII-compatible legacy encoding the spec declares (the spec checks
+//! that the separator and quote cannot occur inside a multi-byte character). Lines, quotes and
+//! separators are found in the undecoded bytes; each record is then decoded to UTF-8 whole.
+//!
+//! Reasons produced here: `invalid_utf8` (or `invalid_encoding` for a legacy encoding),
+//! `wrong_field_count`, `unterminated_quote`.
 
 use crate::{Decoded, Error, Result, SourceReader};
 use sealtrail_core::Reason;
 use sealtrail_core::record::{PosKind, Quarantined, RawBatch};
 use sealtrail_spec::raw::UnknownColumns;
 use sealtrail_spec::{CsvOptions, Source};
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::Read;
 use std::path::PathBuf;
@@ -97,6 +103,18 @@ fn split(line: &[u8], delim: u8, quote: u8, out: &mut Vec<(usize, usize, bool)>)
     }
 }
 
+/// A record's text: its bytes as they are when the encoding is UTF-8 and they are valid, decoded
+/// to UTF-8 for a legacy encoding; `None` when they do not decode (no replacement characters:
+/// a record that does not decode is quarantined, never loaded altered). The record's source
+/// bytes, which quarantine keeps and commitments hash, are never the decoded text.
+fn decode<'a>(enc: &'static encoding_rs::Encoding, raw: &'a [u8]) -> Option<Cow<'a, str>> {
+    if enc == encoding_rs::UTF_8 {
+        std::str::from_utf8(raw).ok().map(Cow::Borrowed)
+    } else {
+        enc.decode_without_bom_handling_and_without_replacement(raw)
+    }
+}
+
 /// Appends the unescaped content of a quoted field (`""` -> `"`, closing quote dropped).
 fn unescape_into(s: &str, quote: char, out: &mut String) {
     let mut rest = s;
@@ -164,12 +182,13 @@ impl CsvReader {
                 reason: "the file is empty but a header line is expected".into(),
             });
         };
-        let header = std::str::from_utf8(&f.buf[start..end]).map_err(|_| Error::Schema {
+        let enc = self.opts.encoding;
+        let header = decode(enc, &f.buf[start..end]).ok_or_else(|| Error::Schema {
             input: name.to_string(),
             source_name: self.source.name.clone(),
-            reason: "the header line is not valid UTF-8".into(),
+            reason: format!("the header line is not valid {}", enc.name()),
         })?;
-        let header = header.strip_prefix('\u{feff}').unwrap_or(header);
+        let header = header.strip_prefix('\u{feff}').unwrap_or(&header);
         split(
             header.as_bytes(),
             self.opts.delimiter,
@@ -354,10 +373,11 @@ impl SourceReader for CsvReader {
                 self.cur = Some(self.open(path)?);
             }
             let ncols = self.source.columns.len();
-            let (delim, quote, empty_is_null) = (
+            let (delim, quote, empty_is_null, enc) = (
                 self.opts.delimiter,
                 self.opts.quote,
                 self.opts.empty_is_null,
+                self.opts.encoding,
             );
             let Some(f) = self.cur.as_mut() else { continue };
             let mut batch = RawBatch::with_capacity(
@@ -390,15 +410,19 @@ impl SourceReader for CsvReader {
                     raw: raw.to_vec(),
                     reasons: vec![Reason::new(code, rule)],
                 };
-                let Ok(text) = std::str::from_utf8(raw) else {
-                    malformed.push(bad("invalid_utf8", "decode(utf-8)"));
+                let Some(text) = decode(enc, raw) else {
+                    malformed.push(if enc == encoding_rs::UTF_8 {
+                        bad("invalid_utf8", "decode(utf-8)")
+                    } else {
+                        bad("invalid_encoding", &format!("decode({})", enc.name()))
+                    });
                     continue;
                 };
                 if lines == 0 {
                     malformed.push(bad("unterminated_quote", "csv(quote)"));
                     continue;
                 }
-                split(raw, delim, quote, &mut self.fields);
+                split(text.as_bytes(), delim, quote, &mut self.fields);
                 if self.fields.len() != f.nfields {
                     malformed.push(bad("wrong_field_count", "csv(field_count)"));
                     continue;
@@ -472,6 +496,85 @@ mod tests {
         assert_eq!(fields("\"ab\"cd,e").unwrap(), ["abcd", "e"]);
         assert_eq!(fields("").unwrap(), [""]);
         assert!(fields("\"open,b").is_none());
+    }
+
+    /// Reads `bytes` as a CSV file with columns `name, note` in `encoding`: the records'
+    /// fields and raw bytes, and the quarantined lines with their first reason.
+    #[allow(clippy::type_complexity)]
+    fn read_encoded(
+        encoding: &str,
+        bytes: &[u8],
+    ) -> (
+        Vec<(Vec<Option<String>>, Vec<u8>)>,
+        Vec<(u64, String, Vec<u8>)>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "version: 1\npipeline: p\nsources:\n  s:\n    csv: {{ path: in.csv, encoding: {encoding} }}\n    columns:\n      - {{ name: name }}\n      - {{ name: note }}\nsinks:\n  o: {{ from: s, audience: internal, parquet: {{ path: out }} }}\nquarantine:\n  parquet: {{ path: q }}\n"
+        );
+        let p = sealtrail_spec::parse_str(&yaml, &dir.path().join("p.yaml")).unwrap();
+        let file = dir.path().join("in.csv");
+        std::fs::write(&file, bytes).unwrap();
+        let mut r =
+            crate::open_source(&p.sources[0], vec![file.display().to_string()], 100).unwrap();
+        let (mut rows, mut bad) = (Vec::new(), Vec::new());
+        while let Some(d) = r.next_batch().unwrap() {
+            for i in 0..d.batch.len() {
+                let vals = (0..2)
+                    .map(|c| d.batch.get(i, c).map(String::from))
+                    .collect();
+                rows.push((vals, d.batch.raw(i).to_vec()));
+            }
+            for q in d.malformed {
+                bad.push((q.pos, q.reasons[0].code.clone(), q.raw));
+            }
+        }
+        (rows, bad)
+    }
+
+    #[test]
+    fn legacy_encodings_decode_to_utf8_and_keep_the_source_bytes() {
+        let some = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        // windows-1252: ü is 0xFC, ë 0xEB, € 0x80.
+        let (rows, bad) = read_encoded(
+            "windows-1252",
+            b"name,note\nM\xfcller,\x80 5\n\"Zo\xeb, \"\"la\"\"\",x\r\n",
+        );
+        assert!(bad.is_empty());
+        assert_eq!(rows[0].0, some(&["Müller", "€ 5"]));
+        assert_eq!(rows[0].1, b"M\xfcller,\x80 5");
+        assert_eq!(rows[1].0, some(&["Zoë, \"la\"", "x"]));
+        // Shift_JIS: 山田 is 8E 52 93 63 (trail bytes in the ASCII range: `R`, `c`); a lone
+        // lead byte 0x82 before the separator does not decode and is quarantined with its
+        // bytes; the lines around it load.
+        let (rows, bad) = read_encoded(
+            "shift_jis",
+            b"name,note\n\x8e\x52\x93\x63,x\n\x82,y\nok,\x8e\x52\n",
+        );
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].0, some(&["山田", "x"]));
+        assert_eq!(rows[1].0, some(&["ok", "山"]));
+        assert_eq!(
+            bad,
+            [(3, "invalid_encoding".to_string(), b"\x82,y".to_vec())]
+        );
+        // UTF-8 keeps its own reason for lines that do not decode.
+        let (rows, bad) = read_encoded("utf-8", b"name,note\n\xfc,x\na,b\n");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(bad[0].1, "invalid_utf8");
+    }
+
+    #[test]
+    fn a_header_that_does_not_decode_fails_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "version: 1\npipeline: p\nsources:\n  s:\n    csv: { path: in.csv, encoding: euc-kr }\n    columns:\n      - { name: name }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out } }\nquarantine:\n  parquet: { path: q }\n";
+        let p = sealtrail_spec::parse_str(yaml, &dir.path().join("p.yaml")).unwrap();
+        let file = dir.path().join("in.csv");
+        std::fs::write(&file, b"na\xffme\nx\n").unwrap();
+        let mut r =
+            crate::open_source(&p.sources[0], vec![file.display().to_string()], 100).unwrap();
+        let e = r.next_batch().unwrap_err().to_string();
+        assert!(e.contains("header line is not valid EUC-KR"), "{e}");
     }
 
     proptest::proptest! {

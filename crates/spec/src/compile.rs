@@ -161,6 +161,9 @@ pub struct CsvOptions {
     pub header: bool,
     pub delimiter: u8,
     pub quote: u8,
+    /// The files' text encoding: UTF-8 or an ASCII-compatible legacy encoding (WHATWG
+    /// Encoding Standard labels, decoded by `encoding_rs`).
+    pub encoding: &'static encoding_rs::Encoding,
     pub empty_is_null: bool,
 }
 
@@ -739,6 +742,60 @@ fn compile_target<T>(
     })
 }
 
+/// Resolves a CSV source's declared `encoding` (a WHATWG Encoding Standard label, case and
+/// spacing as the standard allows). The reader finds lines, quotes and separators in the
+/// undecoded bytes, so the encoding must be ASCII-compatible, and for the multi-byte legacy
+/// encodings the separator and quote must be bytes that never occur inside a character.
+fn csv_encoding<T>(
+    cx: &mut Ctx,
+    at: &Loc<T>,
+    name: &str,
+    label: &str,
+    delimiter: u8,
+    quote: u8,
+) -> &'static encoding_rs::Encoding {
+    let Some(enc) = encoding_rs::Encoding::for_label_no_replacement(label.trim().as_bytes()) else {
+        cx.err(
+            at,
+            format!("source `{name}`: encoding `{label}` is not a known encoding"),
+            "use a WHATWG label such as utf-8, windows-1252, iso-8859-15, shift_jis, gbk, big5",
+        );
+        return encoding_rs::UTF_8;
+    };
+    if !enc.is_ascii_compatible() {
+        cx.err(
+            at,
+            format!(
+                "source `{name}`: encoding `{label}` ({}) is not supported: sealtrail finds lines \
+                 and fields in the file's bytes, which needs an ASCII-compatible encoding",
+                enc.name()
+            ),
+            "convert the files to UTF-8 first (e.g. `iconv -f UTF-16 -t UTF-8`) and declare `encoding: utf-8`",
+        );
+        return encoding_rs::UTF_8;
+    }
+    if enc != encoding_rs::UTF_8 && !enc.is_single_byte() {
+        // Trail bytes of Shift_JIS, Big5, GBK, gb18030, EUC-KR and EUC-JP characters lie in
+        // 0x30..=0x39 or 0x40..=0xFE; below 0x30 and 0x3A..=0x3F they never occur.
+        let safe = |b: u8| b < 0x30 || (0x3A..=0x3F).contains(&b);
+        for (what, b) in [("delimiter", delimiter), ("quote", quote)] {
+            if !safe(b) {
+                cx.err(
+                    at,
+                    format!(
+                        "source `{name}`: with encoding {} the csv {what} `{}` can be part of a \
+                         two-byte character, so fields could not be split reliably",
+                        enc.name(),
+                        (b as char).escape_default()
+                    ),
+                    "use `,`, `;`, a tab or `\"` (or convert the files to UTF-8)",
+                );
+            }
+        }
+    }
+    enc
+}
+
 fn compile_source(
     cx: &mut Ctx,
     base: &Path,
@@ -790,21 +847,16 @@ fn compile_source(
         };
         let delimiter = one_char(cx, "delimiter", &c.delimiter, b',');
         let quote = one_char(cx, "quote", &c.quote, b'"');
-        if let Some(enc) = &c.encoding {
-            let e = enc.to_ascii_lowercase().replace('_', "-");
-            if e != "utf-8" && e != "utf8" {
-                cx.err(
-                    s,
-                    format!("source `{name}`: encoding `{enc}` is not supported"),
-                    "convert the file to UTF-8 (e.g. with iconv) and declare `encoding: utf-8`",
-                );
-            }
-        }
+        let encoding = match &c.encoding {
+            None => encoding_rs::UTF_8,
+            Some(label) => csv_encoding(cx, s, name, label, delimiter, quote),
+        };
         Some(SourceConnector::Csv(CsvOptions {
             files: files(cx, &c.path, c.incremental),
             header: c.header,
             delimiter,
             quote,
+            encoding,
             empty_is_null: c.empty_is_null,
         }))
     } else if let Some(j) = &v.jsonl {
@@ -1606,6 +1658,57 @@ quarantine:
         let d = diags(&gs);
         assert!(
             d.len() == 1 && d[0].message.contains("not at `gs://`"),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn csv_encodings_are_labels_the_reader_can_split() {
+        let with = |csv: &str| GOOD.replace("csv: { path: 'in.csv' }", csv);
+        let enc = |csv: &str| match &crate::parse_str(&with(csv), Path::new("t.yaml"))
+            .unwrap()
+            .sources[0]
+            .connector
+        {
+            SourceConnector::Csv(o) => o.encoding.name(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(enc("csv: { path: 'in.csv' }"), "UTF-8");
+        assert_eq!(enc("csv: { path: 'in.csv', encoding: UTF8 }"), "UTF-8");
+        // WHATWG: latin1 means windows-1252.
+        assert_eq!(
+            enc("csv: { path: 'in.csv', encoding: latin1 }"),
+            "windows-1252"
+        );
+        assert_eq!(
+            enc("csv: { path: 'in.csv', encoding: Shift_JIS, delimiter: ';' }"),
+            "Shift_JIS"
+        );
+        // Any separator is safe in a single-byte encoding.
+        assert_eq!(
+            enc("csv: { path: 'in.csv', encoding: iso-8859-15, delimiter: '|' }"),
+            "ISO-8859-15"
+        );
+        let d = diags(&with("csv: { path: 'in.csv', encoding: ebcdic }"));
+        assert!(
+            d.len() == 1 && d[0].message.contains("not a known encoding") && d[0].line == 5,
+            "{d:?}"
+        );
+        let d = diags(&with("csv: { path: 'in.csv', encoding: utf-16le }"));
+        assert!(
+            d.len() == 1
+                && d[0].message.contains("UTF-16LE")
+                && d[0].hint.as_deref().unwrap_or("").contains("iconv"),
+            "{d:?}"
+        );
+        let d = diags(&with(
+            "csv: { path: 'in.csv', encoding: big5, delimiter: '|', quote: \"'\" }",
+        ));
+        assert!(
+            d.len() == 1
+                && d[0]
+                    .message
+                    .contains("delimiter `|` can be part of a two-byte"),
             "{d:?}"
         );
     }

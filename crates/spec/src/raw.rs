@@ -206,8 +206,10 @@ pub struct CsvSpec {
     /// Quote character, one ASCII character. Default `"`.
     #[serde(default)]
     pub quote: Option<String>,
-    /// Declared text encoding. Only `utf-8` is supported; lines that are not valid UTF-8 are
-    /// quarantined as `invalid_utf8`.
+    /// Declared text encoding, as a WHATWG Encoding Standard label: `utf-8` (the default) or
+    /// an ASCII-compatible legacy encoding such as `windows-1252`, `iso-8859-15`, `shift_jis`,
+    /// `gbk` or `big5`. Lines that do not decode are quarantined (`invalid_utf8` or
+    /// `invalid_encoding`); values load as UTF-8 text. UTF-16 is not supported.
     #[serde(default)]
     pub encoding: Option<String>,
     /// An empty field is read as null. Default true.
