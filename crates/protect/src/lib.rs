@@ -2,6 +2,7 @@
 //!
 //! - [`detect`]: what a column holds, from its name and sampled values, with validators.
 //! - [`ops`]: the actions on one value (token, FF1, AES-256-GCM, mask, redact, ...).
+//! - [`ff1`]: FF1 for values of up to 38 digits with machine integers.
 //! - [`mac`]: HMAC-SHA256 with a keyed state that is zeroized on drop.
 //! - [`keyring`]: envelope encryption of data keys, rotation, per-subject keys, shredding.
 //! - [`plan`]: a source's policies resolved against its classification, applied to batches,
@@ -9,6 +10,7 @@
 
 pub mod corpus;
 pub mod detect;
+pub mod ff1;
 pub mod keyring;
 pub mod mac;
 pub mod ops;
