@@ -4,6 +4,7 @@
 //! `null` as null, nested arrays and objects as compact JSON. Reasons produced here:
 //! `invalid_utf8`, `invalid_json` (not JSON, or not an object), `unknown_column` (a key not
 //! declared, when `unknown_columns: reject`), `missing_column` (a `required` key absent).
+//! A UTF-8 byte order mark at the start of a file is dropped.
 
 use crate::{Decoded, Error, Result, SourceReader};
 use sealtrail_core::Reason;
@@ -73,6 +74,11 @@ impl SourceReader for JsonlReader {
                 let mut raw: &[u8] = &self.line;
                 raw = raw.strip_suffix(b"\n").unwrap_or(raw);
                 raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+                if *line_no == 1 {
+                    // A byte order mark (Windows tools write one) belongs to the file, not to
+                    // its first record.
+                    raw = raw.strip_prefix(b"\xef\xbb\xbf").unwrap_or(raw);
+                }
                 if raw.iter().all(u8::is_ascii_whitespace) {
                     continue; // blank lines carry no record
                 }
@@ -128,5 +134,32 @@ impl SourceReader for JsonlReader {
             }
             return Ok(Some(Decoded { batch, malformed }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "version: 1\npipeline: p\nsources:\n  s:\n    jsonl: { path: in.jsonl }\n    columns:\n      - { name: a, required: true }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out } }\nquarantine:\n  parquet: { path: q }\n";
+        let p = sealtrail_spec::parse_str(yaml, &dir.path().join("p.yaml")).unwrap();
+        let file = dir.path().join("in.jsonl");
+        std::fs::write(
+            &file,
+            b"\xef\xbb\xbf{\"a\": \"x\"}\r\n\xef\xbb\xbf{\"a\": \"y\"}\n",
+        )
+        .unwrap();
+        let mut r =
+            crate::open_source(&p.sources[0], vec![file.display().to_string()], 100).unwrap();
+        let d = r.next_batch().unwrap().unwrap();
+        assert_eq!((d.batch.len(), d.batch.get(0, 0)), (1, Some("x")));
+        assert_eq!(d.batch.raw(0), b"{\"a\": \"x\"}");
+        // Only the file's first line may start with one: elsewhere it is not JSON.
+        assert_eq!(d.malformed.len(), 1);
+        assert_eq!(
+            (d.malformed[0].pos, d.malformed[0].reasons[0].code.as_str()),
+            (2, "invalid_json")
+        );
     }
 }
