@@ -345,6 +345,25 @@ impl LogWriter {
                 std::fs::remove_file(&p).map_err(io(&p))?;
             }
         }
+        // Partial tiles superseded by a full tile of the checkpoint's tree (left by a crash
+        // between a commit and its pruning, or by versions that kept them).
+        let listed = list_tiles(dir)?;
+        let full: std::collections::HashSet<TileId> = listed
+            .iter()
+            .filter_map(|(_, id)| *id)
+            .filter(|id| u64::from(id.width) == TILE_WIDTH && id.within(size))
+            .collect();
+        for (_, id) in &listed {
+            if let Some(id) = id {
+                let f = TileId {
+                    width: TILE_WIDTH as u16,
+                    ..*id
+                };
+                if u64::from(id.width) < TILE_WIDTH && full.contains(&f) {
+                    tiles::prune_partials(dir, &f).map_err(io(dir))?;
+                }
+            }
+        }
         let mut w = Self {
             dir: dir.to_path_buf(),
             origin: origin.to_string(),
@@ -497,6 +516,13 @@ impl LogWriter {
         // Every new name durable before the checkpoint refers to it.
         tiles::sync_dirs(&self.dir, paths.iter().map(PathBuf::as_path)).map_err(io(&self.dir))?;
         let checkpoint = self.sign_locked()?;
+        // Committed: the partial tiles that this append's full tiles replace can go. A failure
+        // here does not undo the append; what is left is pruned when a writer next opens.
+        for (id, _) in &files {
+            if u64::from(id.width) == TILE_WIDTH {
+                let _ = tiles::prune_partials(&self.dir, id);
+            }
+        }
         Ok(Appended {
             first_seq,
             size: self.size(),

@@ -7,7 +7,8 @@
 //! ```
 //! `<N>` is the tile index in groups of three decimal digits, all but the last prefixed with
 //! `x` (`1234067` -> `x001/x234/067`). A full tile has 256 hashes (or entries); the rightmost
-//! incomplete one is written as a partial tile of width W. Files are written once, under a
+//! incomplete one is written as a partial tile of width W; once the full tile is committed,
+//! the partial tiles it supersedes are deleted. Files are written once, under a
 //! temporary name, fsynced and renamed; the checkpoint is written last and is the commit
 //! point: anything beyond its size is an unacknowledged (torn) tail.
 
@@ -122,6 +123,19 @@ impl TileId {
             .checked_mul(TILE_WIDTH)
             .and_then(|s| s.checked_add(u64::from(self.width)))
             .is_some_and(|end| end <= n)
+    }
+}
+
+/// Deletes the partial tiles that the full tile `full` supersedes (its `<N>.p/` folder). The
+/// tlog-tiles layout lets a log drop them once the full tile exists, and readers here (and
+/// tlog clients) fall back to the full tile's prefix. Kept, they made a log grow with the
+/// square of each tile's entries: every append writes a new partial bundle holding all of the
+/// tile's entries so far (a log appended one entry at a time held ~128x its entries' bytes).
+pub fn prune_partials(dir: &Path, full: &TileId) -> std::io::Result<()> {
+    let p = dir.join(format!("{}.p", full.rel_path()));
+    match std::fs::remove_dir_all(&p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -40,6 +40,8 @@ pub enum Tamper {
     ChainBroken { seq: u64 },
     #[error("tile {path} does not match the entries")]
     TileMismatch { path: String },
+    #[error("partial tile {path} differs from the wider tile that superseded it")]
+    Superseded { path: String },
     #[error(
         "the entries do not hash to the checkpoint's root (size {size}): the checkpoint or the log was rewritten"
     )]
@@ -214,6 +216,7 @@ pub fn verify(
     if root != cp.root {
         return Err(Tamper::RootMismatch { size }.into());
     }
+    check_superseded(dir, size)?;
     if let Some((s, r)) = seen {
         let now = root_at(s);
         if s > 0 && now != r {
@@ -231,6 +234,63 @@ pub fn verify(
         root,
         checkpoint: note,
     })
+}
+
+/// Step 6: partial tiles that a wider tile of the checkpoint's tree supersedes (the rightmost
+/// tile's, kept until it fills, and any a crash left before pruning) must hold what the wider
+/// tile holds: its first W hashes, or its first W entries byte for byte.
+fn check_superseded(dir: &Path, size: u64) -> Result<(), VerifyError> {
+    let listed = list_tiles(dir).map_err(|e| VerifyError::Unreadable(e.to_string()))?;
+    for (rel, id) in listed {
+        let Some(id) = id else { continue };
+        if u64::from(id.width) == TILE_WIDTH || !id.within(size) {
+            continue; // full tiles are checked above; beyond the checkpoint is a torn tail
+        }
+        let n = match id.kind {
+            TileKind::Hashes(l) => size
+                .checked_shr(u32::from(l) * u32::from(tiles::TILE_HEIGHT))
+                .unwrap_or(0),
+            TileKind::Entries => size,
+        };
+        let current = TileId {
+            width: (n - id.index * TILE_WIDTH).min(TILE_WIDTH) as u16,
+            ..id
+        };
+        if current.width == id.width {
+            continue; // the checkpoint's own tile, checked above
+        }
+        let Ok(mine) = std::fs::read(dir.join(&rel)) else {
+            continue; // pruned by a writer since the listing
+        };
+        let full = TileId {
+            width: TILE_WIDTH as u16,
+            ..id
+        };
+        let wider = std::fs::read(dir.join(current.rel_path()))
+            .or_else(|_| std::fs::read(dir.join(full.rel_path())))
+            .map_err(|e| VerifyError::Unreadable(format!("{}: {e}", current.rel_path())))?;
+        let len = match id.kind {
+            TileKind::Hashes(_) => Some(32 * usize::from(id.width)),
+            TileKind::Entries => bundle_prefix_len(&wider, id.width),
+        };
+        if len != Some(mine.len()) || !wider.starts_with(&mine) {
+            return Err(Tamper::Superseded { path: rel }.into());
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of the first `w` entries of a bundle; None when it holds fewer.
+fn bundle_prefix_len(b: &[u8], w: u16) -> Option<usize> {
+    let mut at = 0usize;
+    for _ in 0..w {
+        let n = usize::from(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]));
+        at += 2 + n;
+        if at > b.len() {
+            return None;
+        }
+    }
+    Some(at)
 }
 
 /// What the fast pass learned from a run of consecutive bundles in which all was well.
@@ -498,8 +558,23 @@ fn read_bundles(
             }
             .into());
         };
-        let bytes = std::fs::read(&path)
-            .map_err(|e| VerifyError::Unreadable(format!("{}: {e}", path.display())))?;
+        let full = dir.join(
+            TileId {
+                width: TILE_WIDTH as u16,
+                ..*id
+            }
+            .rel_path(),
+        );
+        let (path, bytes) = match std::fs::read(&path) {
+            Ok(b) => (path, b),
+            // Superseded and pruned by a writer since the listing: the full bundle holds it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path != full => {
+                let b = std::fs::read(&full)
+                    .map_err(|e| VerifyError::Unreadable(format!("{}: {e}", full.display())))?;
+                (full, b)
+            }
+            Err(e) => return Err(VerifyError::Unreadable(format!("{}: {e}", path.display()))),
+        };
         let first = id.index * TILE_WIDTH;
         let Some(list) = tiles::parse_bundle(&bytes) else {
             return Err(Tamper::Modified {

@@ -360,15 +360,19 @@ fn every_changed_byte_of_every_file_is_caught() {
     // tiles full and partial; a partial level-1 tile.
     let size = 600;
     build(dir.path(), size, 37);
+    // Every file in the folder: the checkpoint's tiles, and the partial tiles of the rightmost
+    // tiles that earlier sizes left (superseded, kept until their tile fills).
     let mut files = vec![dir.path().join("checkpoint")];
-    for kind in [TileKind::Entries, TileKind::Hashes(0), TileKind::Hashes(1)] {
-        files.extend(
-            tiles::tiles_for(kind, size)
-                .iter()
-                .map(|t| dir.path().join(t.rel_path())),
-        );
-    }
-    assert_eq!(files.len(), 1 + 3 + 3 + 1, "{files:?}");
+    let listed = sealtrail_ledger::log::list_tiles(dir.path()).unwrap();
+    files.extend(listed.iter().map(|(rel, _)| dir.path().join(rel)));
+    let current = [TileKind::Entries, TileKind::Hashes(0), TileKind::Hashes(1)]
+        .iter()
+        .map(|&k| tiles::tiles_for(k, size).len())
+        .sum::<usize>();
+    assert_eq!(current, 3 + 3 + 1);
+    // Sizes 518, 555 and 592 left partial bundles and leaf tiles of tile 2 (widths 6, 43, 80);
+    // sizes 256-511 a level-1 tile of width 1.
+    assert_eq!(files.len(), 1 + current + 3 + 3 + 1, "{files:?}");
     let mut tried = 0;
     for f in &files {
         let name = f.strip_prefix(dir.path()).unwrap().display().to_string();
@@ -393,4 +397,78 @@ fn every_changed_byte_of_every_file_is_caught() {
     }
     assert!(tried > 1000, "{tried}");
     assert_eq!(check(dir.path()).unwrap(), size);
+}
+
+/// Once a tile fills, the partial tiles it supersedes are deleted (a log appended one entry at
+/// a time grew with the square of each tile's entries); those of the rightmost tile stay until
+/// it fills and are verified as prefixes of it, like any a crash leaves behind, which the next
+/// writer to open the log prunes.
+#[test]
+fn superseded_partial_tiles_are_pruned_once_their_tile_fills_and_verified_until_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 600;
+    drop(build(dir.path(), size, 1));
+    let listed = sealtrail_ledger::log::list_tiles(dir.path()).unwrap();
+    let partial_of = |kind: TileKind, index: u64| {
+        listed
+            .iter()
+            .filter(|(_, id)| {
+                id.is_some_and(|t| t.kind == kind && t.index == index && t.width < 256)
+            })
+            .count()
+    };
+    for kind in [TileKind::Entries, TileKind::Hashes(0)] {
+        assert_eq!(
+            (partial_of(kind, 0), partial_of(kind, 1)),
+            (0, 0),
+            "{kind:?}"
+        );
+        // Widths 1..=88 of the rightmost tile: the checkpoint's and the 87 before it.
+        assert_eq!(partial_of(kind, 2), 88, "{kind:?}");
+    }
+    // Level 1 holds 2 hashes: its partial tile of width 1 is superseded, not yet pruned.
+    assert_eq!(partial_of(TileKind::Hashes(1), 0), 2);
+    assert_eq!(check(dir.path()).unwrap(), size);
+
+    // A superseded partial bundle of the rightmost tile that no longer matches is named.
+    let p = bundle_path(dir.path(), 2, 40);
+    let original = std::fs::read(&p).unwrap();
+    let mut b = original.clone();
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    std::fs::write(&p, &b).unwrap();
+    assert!(
+        matches!(tampered(dir.path()), Tamper::Superseded { ref path } if path.ends_with("002.p/40")),
+        "{:?}",
+        check(dir.path())
+    );
+    std::fs::write(&p, &original).unwrap();
+
+    // A leftover partial of a full tile (a crash between commit and pruning): verified...
+    let full = std::fs::read(bundle_path(dir.path(), 0, 256)).unwrap();
+    let five: Vec<Vec<u8>> = tiles::parse_bundle(&full).unwrap()[..5]
+        .iter()
+        .map(|e| e.to_vec())
+        .collect();
+    let left = bundle_path(dir.path(), 0, 5);
+    std::fs::create_dir_all(left.parent().unwrap()).unwrap();
+    std::fs::write(&left, tiles::encode_bundle(&five)).unwrap();
+    assert_eq!(check(dir.path()).unwrap(), size);
+    let mut other = five.clone();
+    other[4][0] ^= 1;
+    std::fs::write(&left, tiles::encode_bundle(&other)).unwrap();
+    assert!(matches!(tampered(dir.path()), Tamper::Superseded { .. }));
+    std::fs::write(&left, tiles::encode_bundle(&five)).unwrap();
+    // ...and pruned by the next writer to open the log, which goes on appending.
+    let mut w = LogWriter::open(dir.path(), ORIGIN, signer(), OpenMode::FailClosed).unwrap();
+    assert!(!left.parent().unwrap().exists());
+    w.append((600..700).map(ev).collect()).unwrap();
+    assert_eq!(check(dir.path()).unwrap(), 700);
+    // 768 > 700: tile 2 is still the rightmost; nothing of tiles 0 and 1 is partial.
+    let listed = sealtrail_ledger::log::list_tiles(dir.path()).unwrap();
+    assert!(
+        listed.iter().all(|(_, id)| id
+            .is_some_and(|t| t.width == 256 || t.index >= 2 || t.kind == TileKind::Hashes(1))),
+        "{listed:?}"
+    );
 }
