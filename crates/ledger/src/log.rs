@@ -306,9 +306,11 @@ impl LogWriter {
             None => (0, None),
         };
         // Files beyond the checkpoint: a torn tail.
-        let torn: Vec<(String, Option<TileId>)> = list_tiles(dir)?
-            .into_iter()
+        let listed = list_tiles(dir)?;
+        let torn: Vec<(String, Option<TileId>)> = listed
+            .iter()
             .filter(|(_, id)| !id.is_some_and(|id| id.within(size)))
+            .cloned()
             .collect();
         let mut discarded = (0u64, Sha256::new());
         if !torn.is_empty() {
@@ -346,8 +348,8 @@ impl LogWriter {
             }
         }
         // Partial tiles superseded by a full tile of the checkpoint's tree (left by a crash
-        // between a commit and its pruning, or by versions that kept them).
-        let listed = list_tiles(dir)?;
+        // between a commit and its pruning, or by versions that kept them). The listing is
+        // from before the torn tail went, which only held tiles beyond the checkpoint.
         let full: std::collections::HashSet<TileId> = listed
             .iter()
             .filter_map(|(_, id)| *id)
