@@ -1613,13 +1613,33 @@ impl S3Server {
         s
     }
 
+    /// The settings a client needs to reach it (test credentials moto accepts).
+    fn settings(&self) -> [(&str, &str); 5] {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+    }
+
     /// The environment a process needs to reach it.
     fn env<'a>(&'a self, c: &'a mut Command) -> &'a mut Command {
-        c.env("AWS_ENDPOINT_URL", &self.endpoint)
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
+        c.envs(self.settings())
+    }
+
+    /// Python: the `deltalake` table at `uri` in this store.
+    fn py_table(&self, uri: &str) -> String {
+        let opts: Vec<String> = self
+            .settings()
+            .iter()
+            .map(|(k, v)| format!("'{k}': '{v}'"))
+            .collect();
+        format!(
+            "DeltaTable('{uri}', storage_options={{{}}})",
+            opts.join(", ")
+        )
     }
 }
 
@@ -1663,12 +1683,12 @@ fn an_s3_delta_sink_loads_exactly_once_across_kills_and_is_audited_in_the_bucket
     );
     let got = py(&format!(
         "from deltalake import DeltaTable\n\
-         dt = DeltaTable('s3://lake/tables/t', storage_options={{'AWS_ENDPOINT_URL': '{}', 'AWS_ALLOW_HTTP': 'true', 'AWS_ACCESS_KEY_ID': 'test', 'AWS_SECRET_ACCESS_KEY': 'test', 'AWS_REGION': 'us-east-1'}})\n\
+         dt = {}\n\
          t = dt.to_pyarrow_table()\n\
          ids = t.column('id').to_pylist()\n\
          ok = all(v == f'value {{i}}' for i, v in zip(ids, t.column('v').to_pylist()))\n\
          print(len(ids), len(set(ids)), min(ids), max(ids), ok)",
-        s3.endpoint
+        s3.py_table("s3://lake/tables/t")
     ));
     assert_eq!(got, format!("{n} {n} 0 {} True", n - 1));
     run_ok(bin().args(["ledger", "verify"]).current_dir(dir.path()));
@@ -1779,10 +1799,10 @@ fn two_runs_appending_to_one_new_s3_table_at_once_both_land() {
         }
         let got = py(&format!(
             "from deltalake import DeltaTable\n\
-             dt = DeltaTable('s3://shared/t{round}', storage_options={{'AWS_ENDPOINT_URL': '{}', 'AWS_ALLOW_HTTP': 'true', 'AWS_ACCESS_KEY_ID': 'test', 'AWS_SECRET_ACCESS_KEY': 'test', 'AWS_REGION': 'us-east-1'}})\n\
+             dt = {}\n\
              ids = dt.to_pyarrow_table().column('id').to_pylist()\n\
              print(len(ids), len(set(ids)))",
-            s3.endpoint
+            s3.py_table(&format!("s3://shared/t{round}"))
         ));
         assert_eq!(got, "2000 1000", "round {round}");
     }

@@ -508,15 +508,11 @@ mod tests {
         Vec<(Vec<Option<String>>, Vec<u8>)>,
         Vec<(u64, String, Vec<u8>)>,
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let yaml = format!(
-            "version: 1\npipeline: p\nsources:\n  s:\n    csv: {{ path: in.csv, encoding: {encoding} }}\n    columns:\n      - {{ name: name }}\n      - {{ name: note }}\nsinks:\n  o: {{ from: s, audience: internal, parquet: {{ path: out }} }}\nquarantine:\n  parquet: {{ path: q }}\n"
+        let (_dir, mut r) = crate::test_reader(
+            &format!("csv: {{ path: in, encoding: {encoding} }}"),
+            &["name", "note"],
+            bytes,
         );
-        let p = sealtrail_spec::parse_str(&yaml, &dir.path().join("p.yaml")).unwrap();
-        let file = dir.path().join("in.csv");
-        std::fs::write(&file, bytes).unwrap();
-        let mut r =
-            crate::open_source(&p.sources[0], vec![file.display().to_string()], 100).unwrap();
         let (mut rows, mut bad) = (Vec::new(), Vec::new());
         while let Some(d) = r.next_batch().unwrap() {
             for i in 0..d.batch.len() {
@@ -566,13 +562,11 @@ mod tests {
 
     #[test]
     fn a_header_that_does_not_decode_fails_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let yaml = "version: 1\npipeline: p\nsources:\n  s:\n    csv: { path: in.csv, encoding: euc-kr }\n    columns:\n      - { name: name }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out } }\nquarantine:\n  parquet: { path: q }\n";
-        let p = sealtrail_spec::parse_str(yaml, &dir.path().join("p.yaml")).unwrap();
-        let file = dir.path().join("in.csv");
-        std::fs::write(&file, b"na\xffme\nx\n").unwrap();
-        let mut r =
-            crate::open_source(&p.sources[0], vec![file.display().to_string()], 100).unwrap();
+        let (_dir, mut r) = crate::test_reader(
+            "csv: { path: in, encoding: euc-kr }",
+            &["name"],
+            b"na\xffme\nx\n",
+        );
         let e = r.next_batch().unwrap_err().to_string();
         assert!(e.contains("header line is not valid EUC-KR"), "{e}");
     }

@@ -141,17 +141,11 @@ impl SourceReader for JsonlReader {
 mod tests {
     #[test]
     fn a_byte_order_mark_is_not_part_of_the_first_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let yaml = "version: 1\npipeline: p\nsources:\n  s:\n    jsonl: { path: in.jsonl }\n    columns:\n      - { name: a, required: true }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out } }\nquarantine:\n  parquet: { path: q }\n";
-        let p = sealtrail_spec::parse_str(yaml, &dir.path().join("p.yaml")).unwrap();
-        let file = dir.path().join("in.jsonl");
-        std::fs::write(
-            &file,
+        let (_dir, mut r) = crate::test_reader(
+            "jsonl: { path: in }",
+            &["a"],
             b"\xef\xbb\xbf{\"a\": \"x\"}\r\n\xef\xbb\xbf{\"a\": \"y\"}\n",
-        )
-        .unwrap();
-        let mut r =
-            crate::open_source(&p.sources[0], vec![file.display().to_string()], 100).unwrap();
+        );
         let d = r.next_batch().unwrap().unwrap();
         assert_eq!((d.batch.len(), d.batch.get(0, 0)), (1, Some("x")));
         assert_eq!(d.batch.raw(0), b"{\"a\": \"x\"}");

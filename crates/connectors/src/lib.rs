@@ -71,6 +71,30 @@ impl SourceReader for std::iter::Empty<Decoded> {
     }
 }
 
+/// Test support: a reader of `bytes` as the one input of a pipeline whose source `s` reads it
+/// with the connector `connector` (YAML, its path `in`) and declares the string `columns`,
+/// with the temporary folder holding them (keep it while reading).
+#[cfg(test)]
+pub(crate) fn test_reader(
+    connector: &str,
+    columns: &[&str],
+    bytes: &[u8],
+) -> (tempfile::TempDir, Box<dyn SourceReader>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cols: String = columns
+        .iter()
+        .map(|c| format!("      - {{ name: {c} }}\n"))
+        .collect();
+    let yaml = format!(
+        "version: 1\npipeline: p\nsources:\n  s:\n    {connector}\n    columns:\n{cols}sinks:\n  o: {{ from: s, audience: internal, parquet: {{ path: out }} }}\nquarantine:\n  parquet: {{ path: q }}\n"
+    );
+    let p = sealtrail_spec::parse_str(&yaml, &dir.path().join("p.yaml")).unwrap();
+    let file = dir.path().join("in");
+    std::fs::write(&file, bytes).unwrap();
+    let r = open_source(&p.sources[0], vec![file.display().to_string()], 100).unwrap();
+    (dir, r)
+}
+
 /// Opens `source` over the given inputs, chosen by the engine when the run started: file
 /// paths (all, or only new ones), or for PostgreSQL one [`pg::PgInput`] descriptor.
 pub fn open_source(

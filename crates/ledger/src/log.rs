@@ -355,16 +355,18 @@ impl LogWriter {
             .filter_map(|(_, id)| *id)
             .filter(|id| u64::from(id.width) == TILE_WIDTH && id.within(size))
             .collect();
-        for (_, id) in &listed {
-            if let Some(id) = id {
-                let f = TileId {
-                    width: TILE_WIDTH as u16,
-                    ..*id
-                };
-                if u64::from(id.width) < TILE_WIDTH && full.contains(&f) {
-                    tiles::prune_partials(dir, &f).map_err(io(dir))?;
-                }
-            }
+        let superseded: std::collections::HashSet<TileId> = listed
+            .iter()
+            .filter_map(|(_, id)| *id)
+            .filter(|id| u64::from(id.width) < TILE_WIDTH)
+            .map(|id| TileId {
+                width: TILE_WIDTH as u16,
+                ..id
+            })
+            .filter(|f| full.contains(f))
+            .collect();
+        for f in &superseded {
+            tiles::prune_partials(dir, f).map_err(io(dir))?;
         }
         let mut w = Self {
             dir: dir.to_path_buf(),

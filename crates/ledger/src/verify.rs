@@ -241,6 +241,8 @@ pub fn verify(
 /// tile holds: its first W hashes, or its first W entries byte for byte.
 fn check_superseded(dir: &Path, size: u64) -> Result<(), VerifyError> {
     let listed = list_tiles(dir).map_err(|e| VerifyError::Unreadable(e.to_string()))?;
+    // The rightmost tile may have up to 255 partials: read each wider tile once.
+    let mut wider_tiles: std::collections::HashMap<TileId, Vec<u8>> = Default::default();
     for (rel, id) in listed {
         let Some(id) = id else { continue };
         if u64::from(id.width) == TILE_WIDTH || !id.within(size) {
@@ -266,12 +268,17 @@ fn check_superseded(dir: &Path, size: u64) -> Result<(), VerifyError> {
             width: TILE_WIDTH as u16,
             ..id
         };
-        let wider = std::fs::read(dir.join(current.rel_path()))
-            .or_else(|_| std::fs::read(dir.join(full.rel_path())))
-            .map_err(|e| VerifyError::Unreadable(format!("{}: {e}", current.rel_path())))?;
+        let wider = match wider_tiles.entry(current) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                std::fs::read(dir.join(current.rel_path()))
+                    .or_else(|_| std::fs::read(dir.join(full.rel_path())))
+                    .map_err(|e| VerifyError::Unreadable(format!("{}: {e}", current.rel_path())))?,
+            ),
+        };
         let len = match id.kind {
             TileKind::Hashes(_) => Some(32 * usize::from(id.width)),
-            TileKind::Entries => bundle_prefix_len(&wider, id.width),
+            TileKind::Entries => bundle_prefix_len(wider, id.width),
         };
         if len != Some(mine.len()) || !wider.starts_with(&mine) {
             return Err(Tamper::Superseded { path: rel }.into());

@@ -134,15 +134,15 @@ impl ShortFf1 {
         if encrypt {
             for i in 0..10u8 {
                 // Steps 6.v-6.ix: m = u on even rounds, v on odd ones.
-                let m = POW10[if i % 2 == 0 { u } else { v }];
-                let c = add_mod(a, modulo(self.y(l, i, b), m), m);
+                let m = POW10[if i % 2 == 0 { u } else { v }] as u128;
+                let c = ((a as u128 + self.y(l, i, b)) % m) as u64;
                 a = b;
                 b = c;
             }
         } else {
             for i in (0..10u8).rev() {
-                let m = POW10[if i % 2 == 0 { u } else { v }];
-                let c = add_mod(b, m - modulo(self.y(l, i, a), m), m);
+                let m = POW10[if i % 2 == 0 { u } else { v }] as u128;
+                let c = ((b as u128 + m - self.y(l, i, a) % m) % m) as u64;
                 b = a;
                 a = c;
             }
@@ -155,17 +155,6 @@ impl ShortFf1 {
             }
         }
     }
-}
-
-/// `y mod m`.
-fn modulo(y: u128, m: u64) -> u64 {
-    (y % m as u128) as u64
-}
-
-/// `(x + y) mod m` for `x < m` and `y <= m`, without overflow for moduli up to 10^19.
-fn add_mod(x: u64, y: u64, m: u64) -> u64 {
-    let (s, over) = x.overflowing_add(y);
-    if over || s >= m { s.wrapping_sub(m) } else { s }
 }
 
 fn xor(a: &mut [u8; 16], b: &[u8]) {
