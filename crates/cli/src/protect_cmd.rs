@@ -453,6 +453,10 @@ pub enum QuarantineCmd {
         /// of printing them.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The source's encoding (a WHATWG label such as windows-1252 or shift_jis), to print
+        /// records of a source declared in one; bytes that do not decode print as `\xNN`.
+        #[arg(long, default_value = "utf-8")]
+        encoding: String,
     },
     /// Load repaired records: FILE holds them in the source's format and encoding, one per
     /// line (no CSV header). They go through the source's checks, protection, transforms and sinks as a
@@ -555,10 +559,19 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
             reason,
             by,
             out,
+            encoding,
         } => {
             if reason.trim().is_empty() {
                 bail!("--reason must say why the raw records are needed");
             }
+            let Some(encoding) =
+                encoding_rs::Encoding::for_label_no_replacement(encoding.trim().as_bytes())
+            else {
+                bail!(
+                    "--encoding `{encoding}` is not a known encoding; use the source's `encoding:` \
+                     label from the spec (e.g. utf-8, windows-1252, shift_jis)"
+                );
+            };
             let ring = open_keyring(home, false)?;
             let rows = read_quarantine(&path)?;
             let mut shown = Vec::new();
@@ -614,12 +627,61 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
                         .or(q.key.clone())
                         .unwrap_or_else(|| "-".into()),
                     q.reasons,
-                    String::from_utf8_lossy(&plain)
+                    printable(&plain, encoding)
                 );
             }
         }
     }
     Ok(())
+}
+
+/// A raw record as one line of terminal text: decoded from its source's encoding, with the
+/// bytes of a record that does not decode shown as `\xNN` (ASCII kept: every accepted encoding
+/// is ASCII-compatible), and backslashes, control characters and bidirectional overrides
+/// escaped. A quarantined record is untrusted input: printed as is, an escape sequence in it
+/// could drive the terminal, and a lossy decode would hide the very bytes that failed.
+fn printable(raw: &[u8], encoding: &'static encoding_rs::Encoding) -> String {
+    use std::fmt::Write;
+    fn bytes(out: &mut String, raw: &[u8]) {
+        for &b in raw {
+            match b {
+                b'\\' => out.push_str("\\\\"),
+                0x20..=0x7e => out.push(b as char),
+                _ => {
+                    let _ = write!(out, "\\x{b:02x}");
+                }
+            }
+        }
+    }
+    fn text(out: &mut String, text: &str) {
+        for c in text.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                    let _ = write!(out, "\\u{{{:x}}}", c as u32);
+                }
+                c if c.is_control() => {
+                    let _ = write!(out, "\\u{{{:x}}}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    let mut out = String::with_capacity(raw.len() + 8);
+    if encoding == encoding_rs::UTF_8 {
+        // Valid stretches as text, each invalid byte as itself.
+        for chunk in raw.utf8_chunks() {
+            text(&mut out, chunk.valid());
+            bytes(&mut out, chunk.invalid());
+        }
+    } else {
+        match encoding.decode_without_bom_handling_and_without_replacement(raw) {
+            Some(t) => text(&mut out, &t),
+            None => bytes(&mut out, raw),
+        }
+    }
+    out
 }
 
 /// The pipeline narrowed to one source, reading `file` (repaired records, plus the header a
@@ -678,4 +740,34 @@ pub fn replay_pipeline(
         format!("{}{}", p.spec_sha256, sealtrail_core::sha256_hex(&text)).as_bytes(),
     );
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn records_print_as_one_harmless_unambiguous_line() {
+        let utf8 = encoding_rs::UTF_8;
+        assert_eq!(printable("Zürich,12".as_bytes(), utf8), "Zürich,12");
+        // Invalid bytes show as themselves between the valid text around them.
+        assert_eq!(
+            printable(b"Z\xfcrich,\xff\xfe,\xc3\xa9", utf8),
+            "Z\\xfcrich,\\xff\\xfe,é"
+        );
+        // Terminal escapes, other controls, tabs, bidi overrides and backslashes are escaped.
+        assert_eq!(
+            printable("a\x1b]0;x\x07\tb\u{202e}c\\x00\r".as_bytes(), utf8),
+            "a\\u{1b}]0;x\\u{7}\\tb\\u{202e}c\\\\x00\\u{d}"
+        );
+        // A legacy encoding decodes; a record that does not decode keeps ASCII, escapes the rest.
+        let cp1252 = encoding_rs::WINDOWS_1252;
+        assert_eq!(printable(b"Z\xfcrich \x80 5", cp1252), "Zürich € 5");
+        let sjis = encoding_rs::SHIFT_JIS;
+        assert_eq!(printable(b"\x93\x8c\x8b\x9e,1", sjis), "東京,1");
+        assert_eq!(
+            printable(b"\x93\x8c\x82,\x1b", sjis),
+            "\\x93\\x8c\\x82,\\x1b"
+        );
+    }
 }

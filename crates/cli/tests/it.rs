@@ -1288,20 +1288,20 @@ fn legacy_encoded_csv_files_load_as_utf8_text() {
     py(&format!(
         "import os\n\
          os.makedirs('{d}/in')\n\
-         west = [('Zürich', 'Prêt à porter € 12'), ('São Paulo', 'a; \"quoted\" value'), ('Kraków', '')]\n\
+         west = [('Zürich', 'Prêt à porter € 12'), ('São Paulo', 'a; \"quoted\" value'), ('Kraków', ''), ('', '\\x1b[2Jwiped')]\n\
          open('{d}/in/west.csv', 'wb').write(('venue;label\\n' + ''.join(v + ';' + ('\"' + l.replace('\"', '\"\"') + '\"' if ';' in l or '\"' in l else l) + '\\r\\n' for v, l in west)).encode('cp1252', errors='replace'))\n\
-         east = 'venue,label\\n東京,株式会社\\n大阪,ソニー\\n'.encode('shift_jis') + b'\\x82,y\\n' + '名古屋,トヨタ\\n'.encode('shift_jis')\n\
+         east = 'venue,label\\n東京,株式会社\\n大阪,ソニー\\n'.encode('shift_jis') + b'\\x82,y\\n' + '名古屋,トヨタ\\n,ソニー\\n'.encode('shift_jis')\n\
          open('{d}/in/east.csv', 'wb').write(east)"
     ));
     let spec = dir.path().join("enc.yaml");
     std::fs::write(
         &spec,
-        "version: 1\npipeline: enc\nsources:\n  west:\n    csv: { path: in/west.csv, encoding: windows-1252, delimiter: ';' }\n    columns:\n      - { name: venue, required: true }\n      - { name: label }\n  east:\n    csv: { path: in/east.csv, encoding: shift_jis }\n    columns:\n      - { name: venue, required: true }\n      - { name: label }\nsinks:\n  w: { from: west, audience: internal, parquet: { path: out/west } }\n  e: { from: east, audience: internal, parquet: { path: out/east } }\nquarantine:\n  parquet: { path: out/q }\n",
+        "version: 1\npipeline: enc\nsources:\n  west:\n    csv: { path: in/west.csv, encoding: windows-1252, delimiter: ';' }\n    columns:\n      - { name: venue, required: true }\n      - { name: label }\n    checks: [{ rule: not_null, column: venue, reason: no_venue }]\n  east:\n    csv: { path: in/east.csv, encoding: shift_jis }\n    columns:\n      - { name: venue, required: true }\n      - { name: label }\n    checks: [{ rule: not_null, column: venue, reason: no_venue }]\nsinks:\n  w: { from: west, audience: internal, parquet: { path: out/west } }\n  e: { from: east, audience: internal, parquet: { path: out/east } }\nquarantine:\n  parquet: { path: out/q }\n",
     )
     .unwrap();
     assert!(run_ok(bin().arg("check").arg(&spec)).contains(": ok"));
     let (rin, loaded, q) = counts(&run_ok(bin().arg("run").arg(&spec)));
-    assert_eq!((rin, loaded, q), (7, 6, 1));
+    assert_eq!((rin, loaded, q), (9, 6, 3));
     let got = py(&format!(
         "import pyarrow.parquet as pq\n\
          for s in ('west', 'east'):\n\
@@ -1318,7 +1318,10 @@ fn legacy_encoded_csv_files_load_as_utf8_text() {
             .args(["quarantine", "list"])
             .arg(dir.path().join("out/q")),
     );
-    let bad: Vec<&str> = list.lines().filter(|l| l.contains("east.csv")).collect();
+    let bad: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains("invalid_encoding"))
+        .collect();
     assert!(
         bad.len() == 1
             && bad[0].split_whitespace().nth(1) == Some("4")
@@ -1337,6 +1340,24 @@ fn legacy_encoded_csv_files_load_as_utf8_text() {
             .args(["--line", "4"]),
     );
     assert_eq!(std::fs::read(&raw).unwrap(), b"\x82,y\n");
+    // Printed, records decode in the source's encoding; what does not decode shows as `\xNN`,
+    // and a terminal escape in a record is shown, not obeyed.
+    let show = |line: &str, encoding: &str| {
+        run_ok(
+            bin()
+                .args(["quarantine", "show", "--reason", "test", "--home"])
+                .arg(dir.path().join(".sealtrail"))
+                .arg(dir.path().join("out/q"))
+                .args(["--encoding", encoding, "--line", line]),
+        )
+    };
+    assert!(show("4", "shift_jis").contains("east.csv:4 [invalid_encoding] \\x82,y"));
+    assert!(show("6", "shift_jis").contains("east.csv:6 [no_venue] ,ソニー"));
+    let west = show("5", "windows-1252");
+    assert!(
+        west.contains("west.csv:5 [no_venue] ;\\u{1b}[2Jwiped") && !west.contains('\x1b'),
+        "{west}"
+    );
 }
 
 /// A Parquet input damaged in its 16th row group (past the 1,000 rows the release check
