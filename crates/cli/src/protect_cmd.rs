@@ -347,7 +347,7 @@ pub fn decrypt(home: &Path, la: &LedgerArgs, a: DecryptArgs) -> Result<()> {
                 i + 1
             ),
         };
-        out.push(String::from_utf8_lossy(&plain).into_owned());
+        out.push(printable(&plain, encoding_rs::UTF_8));
     }
     record_access(
         home,
@@ -757,8 +757,8 @@ mod tests {
         );
         // Terminal escapes, other controls, tabs, bidi overrides and backslashes are escaped.
         assert_eq!(
-            printable("a\x1b]0;x\x07\tb\u{202e}c\\x00\r".as_bytes(), utf8),
-            "a\\u{1b}]0;x\\u{7}\\tb\\u{202e}c\\\\x00\\u{d}"
+            printable("a\x1b]0;x\x07\tb\u{202e}c\\x00\r\n".as_bytes(), utf8),
+            "a\\u{1b}]0;x\\u{7}\\tb\\u{202e}c\\\\x00\\u{d}\\u{a}"
         );
         // A legacy encoding decodes; a record that does not decode keeps ASCII, escapes the rest.
         let cp1252 = encoding_rs::WINDOWS_1252;
