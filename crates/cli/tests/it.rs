@@ -543,6 +543,8 @@ fn secrets_in_specs_are_refused_without_being_echoed() {
     assert!(!all.contains("Sup3rS3cret"), "{all}");
 }
 
+/// An incremental file is loaded once: not again when it is touched, nor when the project
+/// moves to another folder; a copy under a new name, or new bytes under the old one, are new.
 #[test]
 fn incremental_files_are_loaded_once() {
     let (dir, spec) = project("customers.yaml", 2000);
@@ -550,11 +552,44 @@ fn incremental_files_are_loaded_once() {
     assert_eq!(a, 200);
     let (b, ..) = counts(&run_ok(bin().arg("run").arg(&spec)));
     assert_eq!(b, 0, "nothing new to load");
+    // Touched (a new modification time, the same bytes): read and hashed, not loaded.
     let src = dir.path().join("data/customers_200.jsonl");
-    std::fs::copy(&src, dir.path().join("data/customers_new.jsonl")).unwrap();
-    // Only the new file is read (`unique` state is per run, so its ids load again).
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(counts(&String::from_utf8_lossy(&out.stdout)).0, 0);
+    assert!(
+        err.contains("not loaded") && err.contains("customers_200.jsonl"),
+        "{err}"
+    );
+    // The whole project moved to another folder: its files keep their names and bytes.
+    let moved = dir.path().join("moved");
+    std::fs::create_dir(&moved).unwrap();
+    for name in ["data", "out", ".sealtrail", "customers.yaml"] {
+        std::fs::rename(dir.path().join(name), moved.join(name)).unwrap();
+    }
+    let spec = moved.join("customers.yaml");
+    let (b, ..) = counts(&run_ok(bin().arg("run").arg(&spec)));
+    assert_eq!(b, 0, "a moved project has nothing new to load");
+    // A copy under a new name is new (`unique` state is per run, so its ids load again).
+    let src = moved.join("data/customers_200.jsonl");
+    std::fs::copy(&src, moved.join("data/customers_new.jsonl")).unwrap();
     let (c, l, q) = counts(&run_ok(bin().arg("run").arg(&spec)));
     assert_eq!((c, l + q), (200, 200));
+    // New bytes under a loaded name are new too.
+    let mut bytes = std::fs::read(&src).unwrap();
+    let first = bytes.iter().position(|&b| b == b'\n').unwrap() + 1;
+    bytes.truncate(first);
+    std::fs::write(&src, &bytes).unwrap();
+    let (d, ..) = counts(&run_ok(bin().arg("run").arg(&spec)));
+    assert_eq!(d, 1);
 }
 
 #[test]

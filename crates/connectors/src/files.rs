@@ -1,7 +1,8 @@
-//! Input files: glob expansion and cheap fingerprints for incremental loads.
+//! Input files: glob expansion, and the identities incremental loads keep: a cheap
+//! fingerprint (path, size, modification time) and the content's name and digest.
 
 use crate::{Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Files matching `pattern`, sorted by path so every run reads them in the same order.
 /// A pattern without wildcards that matches nothing is an error (a typo must not load nothing
@@ -48,4 +49,84 @@ pub fn fingerprint(p: &std::path::Path) -> Result<String> {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     Ok(format!("{}|{}|{}", p.display(), m.len(), mtime))
+}
+
+/// The name a file matched its pattern under: its path relative to the pattern's last folder
+/// before the first wildcard (`/p/data/*/t.csv` matching `/p/data/2026/t.csv` gives
+/// `2026/t.csv`), or its file name for a pattern without wildcards. Moving the project, or the
+/// data folder along with the pattern, keeps it.
+pub fn matched_name(pattern: &str, path: &Path) -> String {
+    let mut base = PathBuf::new();
+    for c in Path::new(pattern).components() {
+        if c.as_os_str().to_string_lossy().contains(['*', '?', '[']) {
+            break;
+        }
+        base.push(c);
+    }
+    let rel = if base.as_os_str() == pattern {
+        path.file_name().map(Path::new)
+    } else {
+        path.strip_prefix(&base).ok()
+    };
+    rel.unwrap_or(path).to_string_lossy().into_owned()
+}
+
+/// Lowercase hex SHA-256 of a file's bytes, read in 1 MiB pieces.
+pub fn content_digest(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let unreadable = |e: std::io::Error| Error::Unreadable {
+        input: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let mut f = std::fs::File::open(path).map_err(unreadable)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(unreadable(e)),
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_relative_to_the_fixed_part_of_the_pattern() {
+        let n = |pat: &str, p: &str| matched_name(pat, Path::new(p));
+        assert_eq!(n("/p/data/*.csv", "/p/data/a.csv"), "a.csv");
+        assert_eq!(
+            n("/p/data/*/t_?.csv", "/p/data/2026/t_1.csv"),
+            "2026/t_1.csv"
+        );
+        assert_eq!(n("/p/data/x[0-9].csv", "/p/data/x1.csv"), "x1.csv");
+        assert_eq!(n("/p/data/a.csv", "/p/data/a.csv"), "a.csv");
+        // Moved project, same pattern relative to it: same name.
+        assert_eq!(n("/q/r/data/*.csv", "/q/r/data/a.csv"), "a.csv");
+    }
+
+    #[test]
+    fn content_digests_are_sha256_of_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(
+            content_digest(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let big = vec![7u8; (1 << 20) * 2 + 5];
+        std::fs::write(&p, &big).unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            content_digest(&p).unwrap(),
+            hex::encode(sha2::Sha256::digest(&big))
+        );
+        assert!(content_digest(&dir.path().join("missing")).is_err());
+    }
 }

@@ -383,11 +383,14 @@ pub fn sample(
 /// Chooses the inputs of every source: all matching files, minus those already loaded for
 /// incremental file sources; for PostgreSQL, the range of rows to read (after the cursor
 /// value where the last succeeded run stopped, up to the current maximum).
-/// Returns (source, [(input, fingerprint)]).
+/// An incremental file is new unless a succeeded run loaded it: the same path, size and
+/// modification time (no need to read it), or the same bytes under the same name relative to
+/// the pattern (read and hashed: a file touched, copied again or moved with its project is
+/// not loaded twice).
 async fn choose_inputs(
     p: &Pipeline,
     st: &StateStore,
-) -> Result<Vec<(String, Vec<(String, String)>)>> {
+) -> Result<Vec<(String, Vec<state::ChosenInput>)>> {
     let mut out = Vec::new();
     for s in &p.sources {
         let files = match &s.connector {
@@ -403,18 +406,44 @@ async fn choose_inputs(
                     None => None,
                 };
                 let input = plan_input(s, pg, last).await?;
-                let fp = format!("pg:{}", input.upto.as_deref().unwrap_or("full"));
-                out.push((s.name.clone(), vec![(input.encode(), fp)]));
+                let fingerprint = format!("pg:{}", input.upto.as_deref().unwrap_or("full"));
+                out.push((
+                    s.name.clone(),
+                    vec![state::ChosenInput {
+                        input: input.encode(),
+                        fingerprint,
+                        content: None,
+                    }],
+                ));
                 continue;
             }
         };
+        use sealtrail_connectors::files as fs;
         let mut chosen = Vec::new();
-        for path in sealtrail_connectors::files::list(&files.pattern)? {
-            let fp = sealtrail_connectors::files::fingerprint(&path)?;
-            if files.incremental && st.is_loaded(&p.name, &s.name, &fp).await? {
-                continue;
+        for path in fs::list(&files.pattern)? {
+            let fingerprint = fs::fingerprint(&path)?;
+            let mut content = None;
+            if files.incremental {
+                if st.is_loaded(&p.name, &s.name, &fingerprint).await? {
+                    continue;
+                }
+                let name = fs::matched_name(&files.pattern, &path);
+                let digest = fs::content_digest(&path)?;
+                if let Some(run) = st.loaded_content(&p.name, &s.name, &name, &digest).await? {
+                    tracing::warn!(
+                        source = %s.name,
+                        input = %path.display(),
+                        "not loaded: run {run} loaded the same bytes as `{name}` (the file was touched, copied again or moved); change its name to load it again"
+                    );
+                    continue;
+                }
+                content = Some((name, digest));
             }
-            chosen.push((path.display().to_string(), fp));
+            chosen.push(state::ChosenInput {
+                input: path.display().to_string(),
+                fingerprint,
+                content,
+            });
         }
         out.push((s.name.clone(), chosen));
     }
@@ -590,14 +619,14 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
     }
 }
 
-fn preflight(p: &Pipeline, inputs: &[(String, Vec<(String, String)>)]) -> Result<()> {
+fn preflight(p: &Pipeline, inputs: &[(String, Vec<state::ChosenInput>)]) -> Result<()> {
     for (s, (_, files)) in p.sources.iter().zip(inputs) {
         if matches!(s.connector, SourceConnector::Postgres(_)) {
             continue; // checked by plan_input when the range was chosen
         }
-        for (path, _) in files {
+        for i in files {
             // Opening the reader reads and checks the header; no record is consumed.
-            let mut r = sealtrail_connectors::open_source(s, vec![path.clone()], 1)?;
+            let mut r = sealtrail_connectors::open_source(s, vec![i.input.clone()], 1)?;
             r.next_batch()?;
         }
     }

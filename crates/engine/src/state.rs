@@ -59,11 +59,27 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sealtrail_run_inputs (run_id TEXT NOT NULL, source TEXT NOT NULL, seq BIGINT NOT NULL, input TEXT NOT NULL, fingerprint TEXT NOT NULL, PRIMARY KEY (run_id, source, seq))",
     "CREATE TABLE IF NOT EXISTS sealtrail_batches (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, rows_in BIGINT NOT NULL, rows_loaded BIGINT NOT NULL, rows_quarantined BIGINT NOT NULL, committed_at TEXT NOT NULL, PRIMARY KEY (run_id, source, batch))",
     "CREATE TABLE IF NOT EXISTS sealtrail_loaded_files (pipeline TEXT NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (pipeline, source, fingerprint))",
+    // Incremental files by content: the name a file matched its pattern under and the SHA-256
+    // of its bytes (a file touched, copied again or moved with its project is not new).
+    "CREATE TABLE IF NOT EXISTS sealtrail_run_input_content (run_id TEXT NOT NULL, source TEXT NOT NULL, seq BIGINT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (run_id, source, seq))",
+    "CREATE TABLE IF NOT EXISTS sealtrail_loaded_content (pipeline TEXT NOT NULL, source TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (pipeline, source, name, sha256))",
     // Chain of custody: per committed batch, the record commitments needed to prove any of
     // its rows (`custody::BatchCustody`), and the ledger entry that holds its roots.
     "CREATE TABLE IF NOT EXISTS sealtrail_custody (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, pipeline TEXT NOT NULL, input_key TEXT NOT NULL, first_pos BIGINT NOT NULL, last_pos BIGINT NOT NULL, ledger_seq BIGINT, data BYTEA NOT NULL, PRIMARY KEY (run_id, source, batch))",
     "CREATE TABLE IF NOT EXISTS sealtrail_classifications (pipeline TEXT NOT NULL, source TEXT NOT NULL, col TEXT NOT NULL, tag TEXT NOT NULL, kind TEXT, confidence DOUBLE PRECISION NOT NULL, evidence TEXT NOT NULL, run_id TEXT NOT NULL, classified_at TEXT NOT NULL, PRIMARY KEY (pipeline, source, col))",
 ];
+
+/// An input a new run chose to read.
+#[derive(Debug, Clone)]
+pub struct ChosenInput {
+    /// The file's path, or an encoded PostgreSQL range.
+    pub input: String,
+    /// Path, size and modification time (or the range's upper bound).
+    pub fingerprint: String,
+    /// For incremental files: the name the file matched its pattern under, and the SHA-256 of
+    /// its bytes.
+    pub content: Option<(String, String)>,
+}
 
 /// What [`StateStore::commit_batch`] stores for proofs.
 #[derive(Debug, Clone)]
@@ -212,7 +228,7 @@ impl StateStore {
         run: &RunId,
         pipeline: &str,
         spec_sha: &str,
-        inputs: &[(String, Vec<(String, String)>)],
+        inputs: &[(String, Vec<ChosenInput>)],
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO sealtrail_runs (run_id, pipeline, spec_sha256, status, started_at) VALUES ($1, $2, $3, 'running', $4)")
@@ -223,15 +239,25 @@ impl StateStore {
             .execute(&mut *tx)
             .await?;
         for (source, files) in inputs {
-            for (seq, (input, fp)) in files.iter().enumerate() {
+            for (seq, i) in files.iter().enumerate() {
                 sqlx::query("INSERT INTO sealtrail_run_inputs (run_id, source, seq, input, fingerprint) VALUES ($1, $2, $3, $4, $5)")
                     .bind(run.as_str())
                     .bind(source.as_str())
                     .bind(seq as i64)
-                    .bind(input.as_str())
-                    .bind(fp.as_str())
+                    .bind(i.input.as_str())
+                    .bind(i.fingerprint.as_str())
                     .execute(&mut *tx)
                     .await?;
+                if let Some((name, sha256)) = &i.content {
+                    sqlx::query("INSERT INTO sealtrail_run_input_content (run_id, source, seq, name, sha256) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(run.as_str())
+                        .bind(source.as_str())
+                        .bind(seq as i64)
+                        .bind(name.as_str())
+                        .bind(sha256.as_str())
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
         }
         tx.commit().await?;
@@ -277,6 +303,24 @@ impl StateStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.is_some())
+    }
+
+    /// The succeeded run that loaded a file of this name and content for `source`, if any.
+    pub async fn loaded_content(
+        &self,
+        pipeline: &str,
+        source: &str,
+        name: &str,
+        sha256: &str,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT run_id FROM sealtrail_loaded_content WHERE pipeline = $1 AND source = $2 AND name = $3 AND sha256 = $4")
+            .bind(pipeline)
+            .bind(source)
+            .bind(name)
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
     }
 
     /// Counts of a committed batch, if it was committed.
@@ -405,6 +449,11 @@ impl StateStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query("INSERT INTO sealtrail_loaded_files (pipeline, source, fingerprint, run_id) SELECT $1, source, fingerprint, run_id FROM sealtrail_run_inputs WHERE run_id = $2 ON CONFLICT DO NOTHING")
+            .bind(pipeline)
+            .bind(run.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO sealtrail_loaded_content (pipeline, source, name, sha256, run_id) SELECT $1, source, name, sha256, run_id FROM sealtrail_run_input_content WHERE run_id = $2 ON CONFLICT DO NOTHING")
             .bind(pipeline)
             .bind(run.as_str())
             .execute(&mut *tx)
@@ -543,6 +592,63 @@ mod tests {
                 (2, 268_435_456, "wal", 65_536)
             );
             sqlx::Connection::close(c.detach()).await.unwrap();
+        }
+    }
+
+    /// A file's content identity is recorded when its run succeeds, in SQLite and PostgreSQL.
+    #[tokio::test]
+    async fn loaded_content_is_recorded_when_the_run_succeeds_in_both_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = std::env::var("SEALTRAIL_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+        for url in [sqlite, pg] {
+            let st = StateStore::open(&url).await.unwrap();
+            // The PostgreSQL tables are shared by every test run.
+            let pipeline = format!("content_{}", RunId::new());
+            let run = RunId::new();
+            let inputs = vec![(
+                "s".to_string(),
+                vec![
+                    ChosenInput {
+                        input: "/p/data/a.csv".into(),
+                        fingerprint: "/p/data/a.csv|3|1".into(),
+                        content: Some(("a.csv".into(), "d1".into())),
+                    },
+                    ChosenInput {
+                        input: "/p/data/b.csv".into(),
+                        fingerprint: "/p/data/b.csv|3|1".into(),
+                        content: None,
+                    },
+                ],
+            )];
+            st.start_run(&run, &pipeline, "spec", &inputs)
+                .await
+                .unwrap();
+            let known = |name: &'static str, digest: &'static str| {
+                let (st, pipeline) = (&st, &pipeline);
+                async move {
+                    st.loaded_content(pipeline, "s", name, digest)
+                        .await
+                        .unwrap()
+                }
+            };
+            assert_eq!(
+                known("a.csv", "d1").await,
+                None,
+                "{url}: not before success"
+            );
+            st.succeed(&run, &pipeline, Counts::default())
+                .await
+                .unwrap();
+            assert_eq!(known("a.csv", "d1").await, Some(run.to_string()), "{url}");
+            assert_eq!(known("a.csv", "d2").await, None, "{url}: other bytes");
+            assert_eq!(known("b.csv", "d1").await, None, "{url}: other name");
+            assert!(
+                st.is_loaded(&pipeline, "s", "/p/data/b.csv|3|1")
+                    .await
+                    .unwrap()
+            );
         }
     }
 }
