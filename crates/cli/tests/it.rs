@@ -569,6 +569,11 @@ fn incremental_files_are_loaded_once() {
         err.contains("not loaded") && err.contains("customers_200.jsonl"),
         "{err}"
     );
+    // Said once: the file is now known by its new fingerprint.
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("not loaded"), "{err}");
+    assert_eq!(counts(&String::from_utf8_lossy(&out.stdout)).0, 0);
     // The whole project moved to another folder: its files keep their names and bytes.
     let moved = dir.path().join("moved");
     std::fs::create_dir(&moved).unwrap();

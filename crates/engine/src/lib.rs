@@ -435,6 +435,9 @@ async fn choose_inputs(
                         input = %path.display(),
                         "not loaded: run {run} loaded the same bytes as `{name}` (the file was touched, copied again or moved); change its name to load it again"
                     );
+                    // Said once: from now on the file is known by its new fingerprint.
+                    st.alias_loaded(&p.name, &s.name, &fingerprint, &run)
+                        .await?;
                     continue;
                 }
                 content = Some((name, digest));

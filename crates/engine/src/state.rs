@@ -323,6 +323,25 @@ impl StateStore {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// Records `fingerprint` as loaded by `run`: a file found to hold bytes that run loaded
+    /// (touched, or copied again) is then skipped without being read again.
+    pub async fn alias_loaded(
+        &self,
+        pipeline: &str,
+        source: &str,
+        fingerprint: &str,
+        run: &str,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO sealtrail_loaded_files (pipeline, source, fingerprint, run_id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(pipeline)
+            .bind(source)
+            .bind(fingerprint)
+            .bind(run)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Counts of a committed batch, if it was committed.
     pub async fn batch(&self, run: &RunId, source: &str, batch: u64) -> Result<Option<Counts>> {
         let row = sqlx::query("SELECT rows_in, rows_loaded, rows_quarantined FROM sealtrail_batches WHERE run_id = $1 AND source = $2 AND batch = $3")
@@ -646,6 +665,14 @@ mod tests {
             assert_eq!(known("b.csv", "d1").await, None, "{url}: other name");
             assert!(
                 st.is_loaded(&pipeline, "s", "/p/data/b.csv|3|1")
+                    .await
+                    .unwrap()
+            );
+            st.alias_loaded(&pipeline, "s", "/p/data/a.csv|3|2", run.as_str())
+                .await
+                .unwrap();
+            assert!(
+                st.is_loaded(&pipeline, "s", "/p/data/a.csv|3|2")
                     .await
                     .unwrap()
             );
