@@ -191,17 +191,30 @@ impl TableCopy {
             }
             local.push(part);
         }
-        let bytes = self
+        // Streamed to disk (a data file can be larger than memory), under a temporary name
+        // until it is whole: `fetch` takes a file that exists for a complete copy.
+        use futures::TryStreamExt;
+        use std::io::Write;
+        let unreadable =
+            |e: deltalake::logstore::object_store::Error| format!("cannot read {location}: {e}");
+        let mut stream = self
             .store
             .get(location)
             .await
-            .map_err(|e| format!("cannot read {location}: {e}"))?
-            .bytes()
-            .await
-            .map_err(|e| format!("cannot read {location}: {e}"))?;
+            .map_err(unreadable)?
+            .into_stream();
         if let Some(dir) = local.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
-        std::fs::write(&local, &bytes).map_err(|e| format!("{}: {e}", local.display()))
+        let mut partial = local.clone().into_os_string();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let unwritable = |e: std::io::Error| format!("{}: {e}", partial.display());
+        let mut f = std::fs::File::create(&partial).map_err(unwritable)?;
+        while let Some(chunk) = stream.try_next().await.map_err(unreadable)? {
+            f.write_all(&chunk).map_err(unwritable)?;
+        }
+        drop(f);
+        std::fs::rename(&partial, &local).map_err(|e| format!("{}: {e}", local.display()))
     }
 }
