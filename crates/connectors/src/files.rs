@@ -57,16 +57,18 @@ pub fn fingerprint(p: &std::path::Path) -> Result<String> {
 /// data folder along with the pattern, keeps it.
 pub fn matched_name(pattern: &str, path: &Path) -> String {
     let mut base = PathBuf::new();
+    let mut wild = false;
     for c in Path::new(pattern).components() {
         if c.as_os_str().to_string_lossy().contains(['*', '?', '[']) {
+            wild = true;
             break;
         }
         base.push(c);
     }
-    let rel = if base.as_os_str() == pattern {
-        path.file_name().map(Path::new)
-    } else {
+    let rel = if wild {
         path.strip_prefix(&base).ok()
+    } else {
+        path.file_name().map(Path::new)
     };
     rel.unwrap_or(path).to_string_lossy().into_owned()
 }
@@ -107,6 +109,8 @@ mod tests {
         );
         assert_eq!(n("/p/data/x[0-9].csv", "/p/data/x1.csv"), "x1.csv");
         assert_eq!(n("/p/data/a.csv", "/p/data/a.csv"), "a.csv");
+        assert_eq!(n("/p/./data/a.csv", "/p/./data/a.csv"), "a.csv");
+        assert_eq!(n("/p/./data/*.csv", "/p/./data/a.csv"), "a.csv");
         // Moved project, same pattern relative to it: same name.
         assert_eq!(n("/q/r/data/*.csv", "/q/r/data/a.csv"), "a.csv");
     }
