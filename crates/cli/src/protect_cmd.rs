@@ -539,12 +539,17 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
     match cmd {
         QuarantineCmd::List { path, limit } => {
             let rows = read_quarantine(&path)?;
-            outln!("{:<40} {:>8}  {:<22} reasons", "input", "line", "reason");
+            outln!(
+                "{:<40} {:>8}  {:<22} reasons",
+                "input",
+                "line/key",
+                "reason"
+            );
             for q in rows.iter().take(limit) {
                 outln!(
                     "{:<40} {:>8}  {:<22} {}",
-                    q.input,
-                    q.line.map_or("-".into(), |l| l.to_string()),
+                    printable(q.input.as_bytes(), encoding_rs::UTF_8),
+                    position(q),
                     q.reason,
                     q.reasons
                 );
@@ -621,11 +626,8 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
             for (q, plain) in shown {
                 outln!(
                     "{}:{} [{}] {}",
-                    q.input,
-                    q.line
-                        .map(|l| l.to_string())
-                        .or(q.key.clone())
-                        .unwrap_or_else(|| "-".into()),
+                    printable(q.input.as_bytes(), encoding_rs::UTF_8),
+                    position(q),
                     q.reasons,
                     printable(&plain, encoding)
                 );
@@ -633,6 +635,15 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
         }
     }
     Ok(())
+}
+
+/// A quarantined record's line, or its key (table inputs; escaped: keys are data).
+fn position(q: &QRow) -> String {
+    match (q.line, &q.key) {
+        (Some(l), _) => l.to_string(),
+        (None, Some(k)) => printable(k.as_bytes(), encoding_rs::UTF_8),
+        (None, None) => "-".into(),
+    }
 }
 
 /// A raw record as one line of terminal text: decoded from its source's encoding, with the

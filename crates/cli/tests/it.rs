@@ -998,6 +998,20 @@ quarantine:
         dir.path().join("out/quarantine").display()
     ));
     assert_eq!(got, format!("{} invalid_isin table {ns}.src True", 60 + q));
+    // Listed by key (what `show --key` takes), without content.
+    let list = run_ok(
+        bin()
+            .args(["quarantine", "list", "--limit", "1000"])
+            .arg(dir.path().join("out/quarantine")),
+    );
+    assert!(
+        list.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.ends_with(&["25", "invalid_isin", "invalid_isin"])
+        }),
+        "{list}"
+    );
+    assert!(!list.contains("US0378331006"), "{list}");
     // Shown to an authorised user (and recorded), the raw record is the canonical row.
     let shown = run_ok(
         bin()
