@@ -16,7 +16,7 @@ use sealtrail_ledger::entry::{Entry, Event, Hash};
 use sealtrail_ledger::merkle;
 use sealtrail_ledger::tiles::{self, TileReader};
 use sealtrail_spec::{Pipeline, Sink, Target};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -256,22 +256,37 @@ fn damaged(r: &CustodyRef) -> anyhow::Error {
     )
 }
 
+/// The committed batches that read record `id`, newest first; only those of `run` when given.
+async fn batches_reading(
+    st: &StateStore,
+    pipeline: &str,
+    id: &str,
+    run: Option<&str>,
+) -> Result<Vec<CustodyRef>> {
+    let (source, key, pos) = custody::parse_id(id)
+        .ok_or_else(|| anyhow!("`{id}` is not a lineage id (source:input:position)"))?;
+    let mut refs = st
+        .custody_index(pipeline, Some((source, key, pos.parse().ok())))
+        .await?;
+    if let Some(run) = run {
+        refs.retain(|r| r.run_id == run);
+    }
+    Ok(refs)
+}
+
 async fn locate(
     st: &StateStore,
     pipeline: &str,
     sink: &str,
     id: &str,
     members: &[String],
+    run: Option<&str>,
 ) -> Result<Located> {
     let first = members
         .first()
         .ok_or_else(|| anyhow!("the row has no `{}`", custody::ID_COLUMN))?;
-    let (source, key, pos) = custody::parse_id(first)
-        .ok_or_else(|| anyhow!("`{first}` is not a lineage id (source:input:position)"))?;
     let grouped = id != first;
-    let refs = st
-        .custody_index(pipeline, Some((source, key, pos.parse().ok())))
-        .await?;
+    let refs = batches_reading(st, pipeline, first, run).await?;
     for r in refs {
         let record = st.custody(&r).await?;
         let c = CustodyView::parse(&record).ok_or_else(|| damaged(&r))?;
@@ -299,9 +314,14 @@ async fn locate(
             row_index: j,
         });
     }
-    bail!(
-        "no committed batch of pipeline `{pipeline}` delivered record {id} to sink `{sink}` (it may have been quarantined, or loaded under another state store)"
-    )
+    match run {
+        Some(run) => bail!(
+            "no committed batch of run {run} delivered record {id} to sink `{sink}`; `sealtrail runs` lists the runs, and `sealtrail lineage --id` the runs that read the record"
+        ),
+        None => bail!(
+            "no committed batch of pipeline `{pipeline}` delivered record {id} to sink `{sink}` (it may have been quarantined, or loaded under another state store)"
+        ),
+    }
 }
 
 /// A row's inclusions in its batch's trees.
@@ -395,24 +415,19 @@ impl custody::RangeRead for StoredRecord<'_> {
     }
 }
 
-/// The proof parts of record `id`'s row of `sink` read from the newest batch that holds the
-/// record, in ranges; `None` when they do not answer (see [`custody::partial_proof`]).
+/// The proof parts of record `id`'s row of `sink` read from the first of `refs` (the newest
+/// batch that read the record), in ranges; `None` when they do not answer (see
+/// [`custody::partial_proof`]).
 async fn fast_proof(
     st: &StateStore,
-    pipeline: &str,
     sink: &str,
     id: &str,
+    refs: &[CustodyRef],
 ) -> Result<Option<(CustodyRef, custody::PartialProof)>> {
-    let Some((source, key, pos)) = custody::parse_id(id) else {
+    if custody::parse_id(id).is_none_or(|(_, _, pos)| pos.parse::<u64>().is_err()) {
         return Ok(None);
-    };
-    let Ok(pos) = pos.parse::<u64>() else {
-        return Ok(None);
-    };
-    let refs = st
-        .custody_index(pipeline, Some((source, key, Some(pos))))
-        .await?;
-    let Some(at) = refs.into_iter().next() else {
+    }
+    let Some(at) = refs.first().cloned() else {
         return Ok(None);
     };
     let mut rec = StoredRecord {
@@ -428,10 +443,13 @@ async fn fast_proof(
     Ok(got.map(|pp| (at, pp)))
 }
 
+/// `run`: the run whose delivery of the record to prove, when several delivered it (default:
+/// the newest).
 pub async fn prove(
     spec: &Path,
     sink: &str,
     sel: &RowSelector,
+    run: Option<&str>,
     out: Option<&Path>,
     state: &StateArgs,
 ) -> Result<i32> {
@@ -450,11 +468,20 @@ pub async fn prove(
     let mut fast = None;
     let early = match &sel.id {
         Some(id) if !id.starts_with(GROUP_ID_PREFIX) => {
-            fast = fast_proof(&st, &p.name, sink, id).await?;
+            let refs = batches_reading(&st, &p.name, id, run).await?;
+            let runs: BTreeSet<&str> = refs.iter().map(|r| r.run_id.as_str()).collect();
+            if run.is_none() && runs.len() > 1 {
+                eprintln!(
+                    "note: {} runs read record {id}; this proves the newest delivery (pass --run RUN to prove another's: {})",
+                    runs.len(),
+                    runs.iter().copied().collect::<Vec<_>>().join(", ")
+                );
+            }
+            fast = fast_proof(&st, sink, id, &refs).await?;
             if fast.is_some() {
                 None
             } else {
-                Some(locate(&st, &p.name, sink, id, std::slice::from_ref(id)).await?)
+                Some(locate(&st, &p.name, sink, id, std::slice::from_ref(id), run).await?)
             }
         }
         _ => None,
@@ -594,7 +621,7 @@ pub async fn prove(
         None => {
             let loc = match early {
                 Some(loc) => loc,
-                None => locate(&st, &p.name, sink, &row.id, &row.members).await?,
+                None => locate(&st, &p.name, sink, &row.id, &row.members, run).await?,
             };
             let parts = full_parts(&loc)?;
             let format = loc.view()?.row_format();
@@ -671,7 +698,7 @@ fn row_proof(
 /// The files of the table at `path`: a Delta table (has `_delta_log/`) or a Parquet folder,
 /// or an `s3://` Delta table, copied first to a temporary folder that lives as long as the
 /// returned guard.
-async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Option<TableCopy>)> {
+async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Target, Option<TableCopy>)> {
     let text = path.to_string_lossy();
     if sealtrail_connectors::s3::is_s3(&text) {
         let (copy, _) = TableCopy::new(&text, true)
@@ -681,7 +708,7 @@ async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Option<TableCopy>)> {
             uri: copy.dir().display().to_string(),
         };
         let files = sealtrail_connectors::sink::sink_files("table", &target).await?;
-        return Ok((files, Some(copy)));
+        return Ok((files, target, Some(copy)));
     }
     let target = if path.join("_delta_log").is_dir() {
         sealtrail_spec::Target::Delta {
@@ -699,8 +726,33 @@ async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Option<TableCopy>)> {
     };
     Ok((
         sealtrail_connectors::sink::sink_files("table", &target).await?,
+        target,
         None,
     ))
+}
+
+/// The files among `files` written by the bundle's batch, if they can be told (a Parquet
+/// sink's file names, a Delta table's log); otherwise all of them. A record loaded again (the
+/// same file read by a later run) keeps its lineage id, so only the batch's own file says
+/// which row the bundle proves.
+fn batch_files(files: Vec<PathBuf>, target: &Target, b: &Bundle) -> (Vec<PathBuf>, bool) {
+    let paired = file_batches(
+        &files,
+        target,
+        &b.pipeline,
+        std::iter::once((b.run_id.as_str(), b.source.as_str(), b.batch)),
+    );
+    let hit: Vec<PathBuf> = files
+        .iter()
+        .zip(paired)
+        .filter(|(_, p)| p.is_some())
+        .map(|(f, _)| f.clone())
+        .collect();
+    if hit.is_empty() {
+        (files, false)
+    } else {
+        (hit, true)
+    }
 }
 
 /// Names of the columns whose values differ between the proven row and the row in the table
@@ -849,9 +901,14 @@ pub async fn verify_proof(
         id: Some(b.id.clone()),
         where_: None,
     };
+    // Whether the rows searched are the bundle's batch's alone (else several rows may carry
+    // the id: deliveries of the same record by several runs).
+    let mut in_batch = false;
     let (table, found) = match (table, spec) {
         (Some(table), _) => {
-            let (files, _copy) = table_files(table).await?;
+            let (files, target, _copy) = table_files(table).await?;
+            let (files, narrowed) = batch_files(files, &target, &b);
+            in_batch = narrowed;
             (table.display().to_string(), find_rows(&files, &sel)?)
         }
         (None, Some(spec)) => {
@@ -866,9 +923,14 @@ pub async fn verify_proof(
             }
             let (sk, _copy) = readable_sink(find_sink(&p, &b.output.sink)?, false).await?;
             let mut t = SinkTable::open(&sk).await?;
-            let label = match &t {
+            let label = match &mut t {
                 SinkTable::Pg(pg) => pg.location(),
-                SinkTable::Files(_) => format!("sink `{}`", sk.name),
+                SinkTable::Files(files) => {
+                    let (narrowed, yes) = batch_files(std::mem::take(files), &sk.target, &b);
+                    *files = narrowed;
+                    in_batch = yes;
+                    format!("sink `{}`", sk.name)
+                }
             };
             (label, t.find(&sel).await?)
         }
@@ -891,11 +953,24 @@ pub async fn verify_proof(
             );
             Ok(TAMPERED)
         }
-        many => {
+        many if !in_batch && many.iter().any(|r| proven_bytes(&b.output, r)) => {
             outln!(
-                "CHANGED: {table} holds {} rows with id {} (duplicated)",
+                "the row in {table} is the proven row, unchanged ({} rows carry id {}: the record was delivered more than once; `sealtrail audit` checks every delivery)",
                 many.len(),
                 b.id
+            );
+            Ok(0)
+        }
+        many => {
+            outln!(
+                "CHANGED: {table} holds {} rows with id {}{}",
+                many.len(),
+                b.id,
+                if in_batch {
+                    " in the proven batch's file (duplicated)"
+                } else {
+                    ", none of them the proven row"
+                }
             );
             Ok(TAMPERED)
         }

@@ -144,6 +144,10 @@ enum Cmd {
         sink: String,
         #[command(flatten)]
         row: custody_cmd::RowSelector,
+        /// The run whose delivery of the record to prove, when several runs delivered it (a
+        /// file read again keeps its records' ids); default: the newest.
+        #[arg(long, requires = "id")]
+        run: Option<String>,
         /// Write the bundle here (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -406,9 +410,12 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             spec,
             sink,
             row,
+            run,
             out,
             state,
-        } => exit_with(custody_cmd::prove(&spec, &sink, &row, out.as_deref(), &state).await?),
+        } => exit_with(
+            custody_cmd::prove(&spec, &sink, &row, run.as_deref(), out.as_deref(), &state).await?,
+        ),
         Cmd::VerifyProof {
             bundle,
             key,

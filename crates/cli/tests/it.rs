@@ -1414,6 +1414,90 @@ fn legacy_encoded_csv_files_load_as_utf8_text() {
     );
 }
 
+/// A file read again by a later run keeps its records' lineage ids: `prove --id` proves the
+/// newest delivery and says that there are others, `--run` proves another, and `verify-proof`
+/// checks each bundle against its own batch's row (the other delivery is not a duplicate).
+#[test]
+fn a_record_delivered_by_two_runs_is_proven_per_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    std::fs::write(&input, "id,note\n1,first\n2,b\n").unwrap();
+    let spec = dir.path().join("p.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: twice\nsources:\n  s:\n    csv: { path: in.csv }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: note, class: none }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    let run_id = |out: String| {
+        let w: Vec<&str> = out.split_whitespace().collect();
+        let at = w.iter().position(|x| *x == "run").expect("a run id") + 1;
+        w[at].to_string()
+    };
+    let first = run_id(run_ok(bin().arg("run").arg(&spec)));
+    // The same path read again, one value changed: the same ids, another row.
+    std::fs::write(&input, "id,note\n1,second\n2,b\n").unwrap();
+    let second = run_ok(bin().arg("run").arg(&spec));
+    let second = run_id(second);
+    let table = dir.path().join("out/o");
+    let id = py(&format!(
+        "import pyarrow.parquet as pq\n\
+         print(sorted(set(r['_sealtrail_id'] for r in pq.read_table('{}').to_pylist() if r['id'] == 1)))",
+        table.display()
+    ));
+    let id = id
+        .trim()
+        .trim_start_matches("['")
+        .trim_end_matches("']")
+        .to_string();
+    assert!(!id.contains(','), "one id for both deliveries: {id}");
+    let key = dir.path().join(".sealtrail/ledger.pub");
+    let prove = |run: Option<&str>, out: &Path| {
+        let mut c = bin();
+        c.arg("prove")
+            .arg(&spec)
+            .args(["--sink", "o", "--id", &id])
+            .arg("--out")
+            .arg(out);
+        if let Some(r) = run {
+            c.args(["--run", r]);
+        }
+        c.output().unwrap()
+    };
+    let bundle_run = |p: &Path| {
+        let b: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        b["run_id"].as_str().unwrap().to_string()
+    };
+    let newest = dir.path().join("newest.json");
+    let o = prove(None, &newest);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("2 runs read record") && err.contains("--run"),
+        "{err}"
+    );
+    assert_eq!(bundle_run(&newest), second);
+    let older = dir.path().join("older.json");
+    let o = prove(Some(&first), &older);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(bundle_run(&older), first);
+    for bundle in [&newest, &older] {
+        let (code, out) = verify_proof(bundle, &key, Some(&table));
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("the proven row, unchanged"), "{out}");
+    }
+    // A run that did not deliver the record.
+    let o = prove(
+        Some("01a00000-0000-7000-8000-000000000000"),
+        &dir.path().join("x.json"),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no committed batch of run"),
+        "{err}"
+    );
+}
+
 /// A Parquet input damaged in its 16th row group (past the 1,000 rows the release check
 /// samples) stops the run after 15 committed batches; `runs` and the error say how far it got and how to go on. The resume reads the
 /// committed batches again and refuses an input that changed under them (same counts,
