@@ -532,15 +532,20 @@ pub async fn prove(
     let row = match rows.as_slice() {
         [one] => one,
         [] => bail!("sink `{sink}` holds no such row"),
-        many => bail!(
-            "{} rows of sink `{sink}` match; prove one of them with --id ({})",
+        many if many.iter().all(|r| r.id == many[0].id) => bail!(
+            "{} rows of sink `{sink}` match, all deliveries of record {} by several runs; prove one with --id {} (the newest delivery) and --run RUN for another's",
             many.len(),
-            many.iter()
-                .take(5)
-                .map(|r| r.id.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            many[0].id,
+            many[0].id
         ),
+        many => {
+            let ids: BTreeSet<&str> = many.iter().map(|r| r.id.as_str()).collect();
+            bail!(
+                "{} rows of sink `{sink}` match; prove one of them with --id ({})",
+                many.len(),
+                ids.into_iter().take(5).collect::<Vec<_>>().join(", ")
+            )
+        }
     };
     let verifier = load_verifier(&home, None)?;
     let (dir, _guard) = state.ledger.readable(&home)?;

@@ -1486,6 +1486,18 @@ fn a_record_delivered_by_two_runs_is_proven_per_run() {
         assert_eq!(code, Some(0), "{out}");
         assert!(out.contains("the proven row, unchanged"), "{out}");
     }
+    // Selected by value, the two deliveries point at --id and --run.
+    let o = bin()
+        .arg("prove")
+        .arg(&spec)
+        .args(["--sink", "o", "--where", "id=1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains(&format!("--id {id}")) && err.contains("--run"),
+        "{err}"
+    );
     // A run that did not deliver the record.
     let o = prove(
         Some("01a00000-0000-7000-8000-000000000000"),
