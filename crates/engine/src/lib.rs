@@ -428,7 +428,13 @@ async fn choose_inputs(
                     continue;
                 }
                 let name = fs::matched_name(&files.pattern, &path);
-                let digest = fs::content_digest(&path)?;
+                // Reading a whole file: off the async workers.
+                let digest = {
+                    let path = path.clone();
+                    tokio::task::spawn_blocking(move || fs::content_digest(&path))
+                        .await
+                        .map_err(|e| Error::Internal(format!("hashing an input: {e}")))??
+                };
                 if let Some(run) = st.loaded_content(&p.name, &s.name, &name, &digest).await? {
                     tracing::warn!(
                         source = %s.name,
