@@ -1414,6 +1414,38 @@ fn legacy_encoded_csv_files_load_as_utf8_text() {
     );
 }
 
+/// A zero-byte CSV file (no header, no records) among others is read as holding no records,
+/// with one warning, instead of failing the run and holding back the other files.
+#[test]
+fn an_empty_csv_file_holds_no_records_and_the_others_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("a.csv"), "").unwrap();
+    std::fs::write(input.join("b.csv"), "id,note\n").unwrap();
+    std::fs::write(input.join("c.csv"), "id,note\n1,x\n").unwrap();
+    let spec = dir.path().join("p.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: empty\nsources:\n  s:\n    csv: { path: in/*.csv, incremental: true }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: note, class: none }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    let run = || {
+        let o = bin().arg("run").arg(&spec).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        (counts(&String::from_utf8_lossy(&o.stdout)), err)
+    };
+    let ((rin, loaded, q), err) = run();
+    assert_eq!((rin, loaded, q), (1, 1, 0));
+    assert_eq!(err.matches("the file is empty").count(), 1, "{err}");
+    assert!(err.contains("a.csv"), "{err}");
+    // Loaded (as nothing): not read, nor warned about, again.
+    let ((rin, ..), err) = run();
+    assert_eq!(rin, 0);
+    assert!(!err.contains("the file is empty"), "{err}");
+}
+
 /// A file read again by a later run keeps its records' lineage ids: `prove --id` proves the
 /// newest delivery and says that there are others, `--run` proves another, and `verify-proof`
 /// checks each bundle against its own batch's row (the other delivery is not a duplicate).

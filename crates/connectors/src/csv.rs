@@ -176,11 +176,11 @@ impl CsvReader {
             self.opts.delimiter,
         )?
         else {
-            return Err(Error::Schema {
-                input: name.to_string(),
-                source_name: self.source.name.clone(),
-                reason: "the file is empty but a header line is expected".into(),
-            });
+            // Zero bytes: no header to check and no record to lose. Feeds deliver such files
+            // for "nothing today"; failing the run would hold back every other file. (The
+            // engine warns about it once, when it chooses the run's inputs.)
+            f.map = vec![None; ncols];
+            return Ok(f);
         };
         let enc = self.opts.encoding;
         let header = decode(enc, &f.buf[start..end]).ok_or_else(|| Error::Schema {
@@ -558,6 +558,19 @@ mod tests {
         let (rows, bad) = read_encoded("utf-8", b"name,note\n\xfc,x\na,b\n");
         assert_eq!(rows.len(), 1);
         assert_eq!(bad[0].1, "invalid_utf8");
+    }
+
+    #[test]
+    fn an_empty_file_holds_no_records_and_a_blank_header_misses_the_columns() {
+        let (_dir, mut r) = crate::test_reader("csv: { path: in }", &["name"], b"");
+        assert!(r.next_batch().unwrap().is_none());
+        let (_dir, mut r) = crate::test_reader("csv: { path: in }", &["name"], b"\n");
+        // A line that is not a header (here: empty) is still refused.
+        let e = r.next_batch().map(|_| ()).unwrap_err().to_string();
+        assert!(
+            e.contains("undeclared column") || e.contains("missing"),
+            "{e}"
+        );
     }
 
     #[test]

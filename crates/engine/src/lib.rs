@@ -420,6 +420,7 @@ async fn choose_inputs(
         };
         use sealtrail_connectors::files as fs;
         let mut chosen = Vec::new();
+        let header = matches!(&s.connector, SourceConnector::Csv(o) if o.header);
         for path in fs::list(&files.pattern)? {
             let fingerprint = fs::fingerprint(&path)?;
             let mut content = None;
@@ -447,6 +448,13 @@ async fn choose_inputs(
                     continue;
                 }
                 content = Some((name, digest));
+            }
+            if header && std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+                tracing::warn!(
+                    source = %s.name,
+                    input = %path.display(),
+                    "the file is empty (not even a header line): read as holding no records"
+                );
             }
             chosen.push(state::ChosenInput {
                 input: path.display().to_string(),
