@@ -460,7 +460,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             rows,
             stored: false,
             ..
-        } => protect_cmd::classify(&spec, rows),
+        } => protect_cmd::classify(&spec, rows).await,
         Cmd::Classify { spec, state, .. } => {
             let p = sealtrail_spec::load(&spec)?;
             let home = state.home(Some(&spec));

@@ -365,7 +365,7 @@ pub fn decrypt(home: &Path, la: &LedgerArgs, a: DecryptArgs) -> Result<()> {
 }
 
 /// `sealtrail classify SPEC`: each source column's tag, kind and confidence from a sample.
-pub fn classify(spec: &Path, rows: usize) -> Result<()> {
+pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
     let p = sealtrail_spec::load(spec)?;
     outln!(
         "{:<12} {:<20} {:<12} {:<15} {:>5}  {:<22} evidence",
@@ -377,20 +377,30 @@ pub fn classify(spec: &Path, rows: usize) -> Result<()> {
         "policy"
     );
     for s in &p.sources {
-        let files = match &s.connector {
-            sealtrail_spec::SourceConnector::Csv(o) => Some(&o.files),
-            sealtrail_spec::SourceConnector::Jsonl(f)
-            | sealtrail_spec::SourceConnector::Parquet(f) => Some(f),
-            sealtrail_spec::SourceConnector::Postgres(_) => None,
+        let inputs: Vec<String> = match &s.connector {
+            sealtrail_spec::SourceConnector::Csv(sealtrail_spec::CsvOptions {
+                files: f, ..
+            })
+            | sealtrail_spec::SourceConnector::Jsonl(f)
+            | sealtrail_spec::SourceConnector::Parquet(f) => {
+                sealtrail_connectors::files::list(&f.pattern)?
+                    .into_iter()
+                    .map(|p| p.display().to_string())
+                    .collect()
+            }
+            // The whole table or query (its rows up to now).
+            sealtrail_spec::SourceConnector::Postgres(pg) => {
+                vec![
+                    sealtrail_connectors::pg::plan_input(s, pg, None)
+                        .await?
+                        .encode(),
+                ]
+            }
         };
-        let inputs: Vec<String> = match files {
-            Some(f) => sealtrail_connectors::files::list(&f.pattern)?
-                .into_iter()
-                .map(|p| p.display().to_string())
-                .collect(),
-            None => Vec::new(),
-        };
-        let sample = sealtrail_engine::sample(s, &inputs, rows)?;
+        let source = s.clone();
+        let sample =
+            tokio::task::spawn_blocking(move || sealtrail_engine::sample(&source, &inputs, rows))
+                .await??;
         let classes = sealtrail_protect::plan::classify_source(s, &sample);
         for (c, k) in s.columns.iter().zip(&classes) {
             let policy: Vec<&str> = s

@@ -1446,6 +1446,73 @@ fn an_empty_csv_file_holds_no_records_and_the_others_load() {
     assert!(!err.contains("the file is empty"), "{err}");
 }
 
+/// The release check samples values past files without records, and from PostgreSQL
+/// sources: an innocently named column full of email addresses stops the run (before, a
+/// header-only first file, or any PostgreSQL source, left it classified by its name alone,
+/// and its values were delivered raw).
+#[test]
+fn sensitive_values_are_found_past_empty_files_and_in_postgres_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    std::fs::write(input.join("a.csv"), "id,ref\n").unwrap();
+    let emails: String = (0..50)
+        .map(|i| format!("{i},client{i}@example.com\n"))
+        .collect();
+    std::fs::write(input.join("b.csv"), format!("id,ref\n{emails}")).unwrap();
+    let ns = format!("st_sample_{}", std::process::id());
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns};\nCREATE TABLE {ns}.t (id bigint PRIMARY KEY, ref text);\nINSERT INTO {ns}.t SELECT g, 'client' || g || '@example.com' FROM generate_series(1, 50) g"
+    ));
+    for (name, source) in [
+        ("files", "csv: { path: in/*.csv }".to_string()),
+        (
+            "postgres",
+            format!("postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.t, key: id }}"),
+        ),
+    ] {
+        let spec = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &spec,
+            format!(
+                "version: 1\npipeline: sample_{name}\nsources:\n  s:\n    {source}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: ref }}\nsinks:\n  o: {{ from: s, audience: internal, parquet: {{ path: out/{name} }} }}\nquarantine:\n  parquet: {{ path: out/q{name} }}\n"
+            ),
+        )
+        .unwrap();
+        let o = bin()
+            .arg("run")
+            .arg(&spec)
+            .env("ST_TEST_PG_URL", pg_url())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{name}: the run must stop: {err}");
+        assert!(
+            err.contains("column `ref` holds email") && err.contains("no protection policy"),
+            "{name}: {err}"
+        );
+        assert!(
+            !dir.path().join(format!("out/{name}")).exists(),
+            "{name}: nothing written"
+        );
+        let table = run_ok(
+            bin()
+                .arg("classify")
+                .arg(&spec)
+                .env("ST_TEST_PG_URL", pg_url()),
+        );
+        let line = table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some("ref"))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(
+            line.contains("email") && line.contains("MISSING"),
+            "{name}: {line}"
+        );
+    }
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
 /// A file read again by a later run keeps its records' lineage ids: `prove --id` proves the
 /// newest delivery and says that there are others, `--run` proves another, and `verify-proof`
 /// checks each bundle against its own batch's row (the other delivery is not a duplicate).

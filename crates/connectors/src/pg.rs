@@ -247,7 +247,8 @@ impl PgReader {
         }
     }
 
-    fn select_sql(&self) -> String {
+    /// The read's SELECT (its columns as text, its range) without its ordering.
+    fn select_unordered(&self) -> String {
         let (rel, _) = relation(&self.source, &self.pg);
         let cols = self
             .source
@@ -275,6 +276,11 @@ impl PgReader {
                 }
             }
         }
+        sql
+    }
+
+    fn select_sql(&self) -> String {
+        let mut sql = self.select_unordered();
         // A deterministic order, so a resumed run cuts the same batches.
         let mut order: Vec<String> = Vec::new();
         for c in [&self.pg.cursor, &self.pg.key].into_iter().flatten() {
@@ -291,6 +297,38 @@ impl PgReader {
         let _ = write!(sql, " ORDER BY {}", order.join(", "));
         sql
     }
+}
+
+/// Up to `n` rows of `input` (its range, in no particular order), each column as text or
+/// null: the classifier's sample. A plain `LIMIT` without the read's ordering, so a sample
+/// never sorts the table. Blocks on a runtime of its own: call it off the async workers.
+pub fn sample_rows(
+    source: &Source,
+    pg: &PgSource,
+    input: &str,
+    n: usize,
+) -> Result<Vec<Vec<Option<String>>>> {
+    let r = PgReader::new(source.clone(), pg.clone(), input, n)?;
+    let sql = format!("{} LIMIT {n}", r.select_unordered());
+    let ncols = source.columns.len();
+    r.rt.block_on(async {
+        let mut conn = connect(&r.pg.url, &r.name).await?;
+        let rows = sqlx::query(&sql)
+            .fetch_all(&mut conn)
+            .await
+            .map_err(|e| r.unreadable(&e))?;
+        let _ = conn.close().await;
+        rows.iter()
+            .map(|row| {
+                (0..ncols)
+                    .map(|i| {
+                        row.try_get::<Option<String>, _>(i)
+                            .map_err(|e| r.unreadable(&e))
+                    })
+                    .collect()
+            })
+            .collect()
+    })
 }
 
 impl SourceReader for PgReader {

@@ -355,27 +355,39 @@ pub fn trace_all<'a>(
     out
 }
 
-/// Reads up to `n` records of the first input of `source` and returns each column's values
-/// (none for PostgreSQL sources, which are classified by name). An input that cannot be read
-/// is an error: classifying it by name alone would silently weaken the check.
+/// Reads up to `n` records of `source`'s inputs (for PostgreSQL, of its range, unordered) and
+/// returns each column's values. An input that cannot be read is an error: classifying it by
+/// name alone would silently weaken the check. Blocks: call it off the async workers.
 pub fn sample(
     source: &Source,
     inputs: &[String],
     n: usize,
 ) -> Result<Vec<Vec<String>>, sealtrail_connectors::Error> {
     let mut cols = vec![Vec::new(); source.columns.len()];
-    if matches!(source.connector, SourceConnector::Postgres(_)) || inputs.is_empty() {
+    if let SourceConnector::Postgres(pg) = &source.connector {
+        if let Some(input) = inputs.first() {
+            for row in sealtrail_connectors::pg::sample_rows(source, pg, input, n)? {
+                for (c, v) in cols.iter_mut().zip(row) {
+                    c.extend(v);
+                }
+            }
+        }
         return Ok(cols);
     }
-    let mut r = sealtrail_connectors::open_source(source, vec![inputs[0].clone()], n)?;
-    if let Some(d) = r.next_batch()? {
-        for row in 0..d.batch.len() {
+    // The first `n` records of the inputs in read order: past empty or header-only files, so
+    // that a first file without records does not leave the values unsampled.
+    let mut r = sealtrail_connectors::open_source(source, inputs.to_vec(), n)?;
+    let mut taken = 0;
+    while taken < n {
+        let Some(d) = r.next_batch()? else { break };
+        for row in 0..d.batch.len().min(n - taken) {
             for (ci, c) in cols.iter_mut().enumerate() {
                 if let Some(v) = d.batch.get(row, ci) {
                     c.push(v.to_string());
                 }
             }
         }
+        taken += d.batch.len();
     }
     Ok(cols)
 }
@@ -674,7 +686,12 @@ async fn run_inner(
     let mut samples = Samples::new();
     for source in &p.sources {
         let inputs = st.run_inputs(run_id, &source.name).await?;
-        samples.insert(source.name.clone(), sample(source, &inputs, 1000)?);
+        // Off the async workers: a PostgreSQL sample blocks on a runtime of its own.
+        let s = source.clone();
+        let got = tokio::task::spawn_blocking(move || sample(&s, &inputs, 1000))
+            .await
+            .map_err(|e| Error::Internal(format!("sampling a source: {e}")))??;
+        samples.insert(source.name.clone(), got);
     }
     let (mut planned, diags) = check_with(p, &samples).await;
     if !diags.is_empty() {
