@@ -494,21 +494,13 @@ pub async fn prove(
     let rows = match &mut table {
         SinkTable::Files(files) => {
             let files = match place {
-                Some((at, _)) => {
-                    let paired = file_batches(
-                        files,
-                        &sk.target,
-                        &p.name,
-                        std::iter::once((at.run_id.as_str(), at.source.as_str(), at.batch)),
-                    );
-                    let hit: Vec<PathBuf> = files
-                        .iter()
-                        .zip(paired)
-                        .filter(|(_, b)| b.is_some())
-                        .map(|(f, _)| f.clone())
-                        .collect();
-                    if hit.is_empty() { files.clone() } else { hit }
-                }
+                Some((at, _)) => batch_files(
+                    files,
+                    &sk.target,
+                    &p.name,
+                    (&at.run_id, &at.source, at.batch),
+                )
+                .unwrap_or_else(|| files.clone()),
                 None => files.clone(),
             };
             if let Some(c) = &copy {
@@ -736,16 +728,20 @@ async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Target, Option<TableC
     ))
 }
 
-/// The files among `files` written by the bundle's batch, if they can be told (a Parquet
-/// sink's file names, a Delta table's log); otherwise all of them. A record loaded again (the
-/// same file read by a later run) keeps its lineage id, so only the batch's own file says
-/// which row the bundle proves.
-fn batch_files(files: Vec<PathBuf>, target: &Target, b: &Bundle) -> (Vec<PathBuf>, bool) {
+/// The files among `files` written by one batch (run, source, batch), if they can be told (a
+/// Parquet sink's file names, a Delta table's log). A record loaded again (the same file read
+/// by a later run) keeps its lineage id, so only its batch's own file says which row is meant.
+fn batch_files(
+    files: &[PathBuf],
+    target: &Target,
+    pipeline: &str,
+    (run_id, source, batch): (&str, &str, u64),
+) -> Option<Vec<PathBuf>> {
     let paired = file_batches(
-        &files,
+        files,
         target,
-        &b.pipeline,
-        std::iter::once((b.run_id.as_str(), b.source.as_str(), b.batch)),
+        pipeline,
+        std::iter::once((run_id, source, batch)),
     );
     let hit: Vec<PathBuf> = files
         .iter()
@@ -753,11 +749,7 @@ fn batch_files(files: Vec<PathBuf>, target: &Target, b: &Bundle) -> (Vec<PathBuf
         .filter(|(_, p)| p.is_some())
         .map(|(f, _)| f.clone())
         .collect();
-    if hit.is_empty() {
-        (files, false)
-    } else {
-        (hit, true)
-    }
+    (!hit.is_empty()).then_some(hit)
 }
 
 /// Names of the columns whose values differ between the proven row and the row in the table
@@ -912,8 +904,18 @@ pub async fn verify_proof(
     let (table, found) = match (table, spec) {
         (Some(table), _) => {
             let (files, target, _copy) = table_files(table).await?;
-            let (files, narrowed) = batch_files(files, &target, &b);
-            in_batch = narrowed;
+            let files = match batch_files(
+                &files,
+                &target,
+                &b.pipeline,
+                (&b.run_id, &b.source, b.batch),
+            ) {
+                Some(hit) => {
+                    in_batch = true;
+                    hit
+                }
+                None => files,
+            };
             (table.display().to_string(), find_rows(&files, &sel)?)
         }
         (None, Some(spec)) => {
@@ -931,9 +933,15 @@ pub async fn verify_proof(
             let label = match &mut t {
                 SinkTable::Pg(pg) => pg.location(),
                 SinkTable::Files(files) => {
-                    let (narrowed, yes) = batch_files(std::mem::take(files), &sk.target, &b);
-                    *files = narrowed;
-                    in_batch = yes;
+                    if let Some(hit) = batch_files(
+                        files,
+                        &sk.target,
+                        &b.pipeline,
+                        (&b.run_id, &b.source, b.batch),
+                    ) {
+                        *files = hit;
+                        in_batch = true;
+                    }
                     format!("sink `{}`", sk.name)
                 }
             };
