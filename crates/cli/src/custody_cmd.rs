@@ -16,7 +16,7 @@ use sealtrail_ledger::entry::{Entry, Event, Hash};
 use sealtrail_ledger::merkle;
 use sealtrail_ledger::tiles::{self, TileReader};
 use sealtrail_spec::{Pipeline, Sink, Target};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
@@ -990,6 +990,52 @@ pub async fn verify_proof(
     }
 }
 
+/// For each of `files` that no batch of this pipeline wrote (`paired`), the other pipeline
+/// that did, when the file says which run wrote it (a Parquet sink's file name, a Delta
+/// table's commit) and this state store knows that run as another pipeline's. A file naming
+/// a run nobody knows stays this audit's: a name alone proves nothing.
+async fn other_pipelines_files(
+    st: &StateStore,
+    pipeline: &str,
+    target: &Target,
+    files: &[PathBuf],
+    paired: &[Option<usize>],
+) -> Result<Vec<Option<String>>> {
+    let commits = match target {
+        Target::Delta { uri } => sealtrail_connectors::sink::delta_file_commits(uri),
+        _ => HashMap::new(),
+    };
+    let mut out = Vec::with_capacity(files.len());
+    for (f, b) in files.iter().zip(paired) {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        let run = match (b, &name) {
+            (None, Some(name)) => match commits.get(name) {
+                Some((app, _)) => app.rsplit('/').next().map(str::to_string),
+                None => file_run_id(name).map(str::to_string),
+            },
+            _ => None,
+        };
+        out.push(match run {
+            Some(run) => st
+                .run_pipeline(&run)
+                .await?
+                .filter(|other| other != pipeline),
+            None => None,
+        });
+    }
+    Ok(out)
+}
+
+/// The run id in a Parquet sink's file name (`part-<run id>-<source>-<batch>.zstd.parquet`).
+fn file_run_id(name: &str) -> Option<&str> {
+    let id = name.strip_prefix("part-")?.get(..36)?;
+    let well_formed = id.char_indices().all(|(i, c)| match i {
+        8 | 13 | 18 | 23 => c == '-',
+        _ => c.is_ascii_hexdigit(),
+    });
+    well_formed.then_some(id)
+}
+
 /// One difference between a sink and what the ledger says was delivered.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Finding {
@@ -1468,9 +1514,17 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             .iter()
             .map(|(r, _)| (r.run_id.as_str(), r.source.as_str(), r.batch)),
     );
+    // Files that other pipelines wrote into a sink they share with this one (known to this
+    // state store as their runs) are theirs to audit; any other file's rows count as added.
+    let other = other_pipelines_files(&st, &p.name, &sk.target, &files, &paired).await?;
+    let mut skipped: BTreeMap<&str, usize> = BTreeMap::new();
+    for name in other.iter().flatten() {
+        *skipped.entry(name.as_str()).or_default() += 1;
+    }
     let mut file_items: Vec<(Option<Part>, Option<usize>)> = paired
         .into_iter()
         .enumerate()
+        .filter(|(i, _)| other[*i].is_none())
         .map(|(i, b)| {
             if let Some(b) = b {
                 has_file[b] = true;
@@ -1478,6 +1532,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             (Some(Part::File(i)), b)
         })
         .collect();
+    let audited_files = file_items.len();
     file_items.extend(pg_items);
     // When no file is a batch's (a Delta table without its JSON log),
     // every expected row is known once the batches are read, and the rows are matched as they
@@ -1717,17 +1772,23 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             "deleted": list(|f| if let Finding::Deleted(s) = f { Some(s) } else { None }),
             "added": list(|f| if let Finding::Added(s) = f { Some(s) } else { None }),
             "unreadable": unreadable,
+            "other_pipelines_files": skipped,
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let from = match &pg_label {
             Some(t) => t.clone(),
-            None => format!("{} file(s)", files.len()),
+            None => format!("{audited_files} file(s)"),
         };
         outln!(
             "sink `{sink}`: {rows} rows read from {from}, checked against {batches} committed batch(es) in the signed ledger (tree size {})",
             cp.size
         );
+        for (pipeline, n) in &skipped {
+            outln!(
+                "  skipped {n} file(s) written by pipeline `{pipeline}`, which shares the sink: audit them with its spec"
+            );
+        }
         for u in &unreadable {
             outln!("  UNREADABLE  {u}");
         }

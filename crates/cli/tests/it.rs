@@ -1513,6 +1513,76 @@ fn sensitive_values_are_found_past_empty_files_and_in_postgres_sources() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// Two pipelines loading one Parquet folder and one Delta table: each audit checks its own
+/// pipeline's rows and skips the files its state store knows as the other pipeline's (they
+/// were reported ADDED); a file naming a run nobody knows still counts as added.
+#[test]
+fn pipelines_sharing_a_sink_audit_their_own_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    for (n, rows) in [("a", "1,x\n2,y\n"), ("b", "3,z\n")] {
+        std::fs::write(
+            dir.path().join(format!("{n}.csv")),
+            format!("id,note\n{rows}"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(format!("{n}.yaml")),
+            format!(
+                "version: 1\npipeline: shared_{n}\nsources:\n  s:\n    csv: {{ path: {n}.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: note, class: none }}\nsinks:\n  p: {{ from: s, audience: internal, parquet: {{ path: out/p }} }}\n  d: {{ from: s, audience: internal, delta: {{ path: out/d }} }}\nquarantine:\n  parquet: {{ path: out/q{n} }}\n"
+            ),
+        )
+        .unwrap();
+        run_ok(bin().arg("run").arg(dir.path().join(format!("{n}.yaml"))));
+    }
+    let audit = |n: &str, sink: &str| {
+        let o = bin()
+            .arg("audit")
+            .arg(dir.path().join(format!("{n}.yaml")))
+            .args(["--sink", sink])
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    for sink in ["p", "d"] {
+        for (n, other, rows) in [("a", "b", 2), ("b", "a", 1)] {
+            let (code, out) = audit(n, sink);
+            assert_eq!(code, Some(0), "{n} {sink}: {out}");
+            assert!(
+                out.contains(&format!("{rows} rows read from 1 file(s)"))
+                    && out.contains(&format!(
+                        "skipped 1 file(s) written by pipeline `shared_{other}`"
+                    )),
+                "{n} {sink}: {out}"
+            );
+        }
+    }
+    // A copy of b's file under a run id that no state store knows is not b's: its row is added.
+    let folder = dir.path().join("out/p");
+    let theirs = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            py(&format!(
+                "import pyarrow.parquet as pq\nprint(pq.read_table('{}').column('id').to_pylist())",
+                p.display()
+            ))
+            .trim()
+                == "[3]"
+        })
+        .unwrap();
+    std::fs::copy(
+        &theirs,
+        folder.join("part-01a00000-0000-7000-8000-000000000000-s-000000.zstd.parquet"),
+    )
+    .unwrap();
+    let (code, out) = audit("a", "p");
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("ADDED") && out.contains("1 added"), "{out}");
+}
+
 /// A file read again by a later run keeps its records' lineage ids: `prove --id` proves the
 /// newest delivery and says that there are others, `--run` proves another, and `verify-proof`
 /// checks each bundle against its own batch's row (the other delivery is not a duplicate).

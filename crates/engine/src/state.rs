@@ -342,6 +342,15 @@ impl StateStore {
         Ok(())
     }
 
+    /// The pipeline a run belongs to, if this store knows the run.
+    pub async fn run_pipeline(&self, run: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT pipeline FROM sealtrail_runs WHERE run_id = $1")
+            .bind(run)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Counts of a committed batch, if it was committed.
     pub async fn batch(&self, run: &RunId, source: &str, batch: u64) -> Result<Option<Counts>> {
         let row = sqlx::query("SELECT rows_in, rows_loaded, rows_quarantined FROM sealtrail_batches WHERE run_id = $1 AND source = $2 AND batch = $3")
