@@ -991,9 +991,10 @@ pub async fn verify_proof(
 }
 
 /// For each of `files` that no batch of this pipeline wrote (`paired`), the other pipeline
-/// that did, when the file says which run wrote it (a Parquet sink's file name, a Delta
-/// table's commit) and this state store knows that run as another pipeline's. A file naming
-/// a run nobody knows stays this audit's: a name alone proves nothing.
+/// that did: when the file names the batch that wrote it (a Parquet sink's file name, a Delta
+/// table's commit) and this state store holds that batch as committed by another pipeline's
+/// run. A file naming a batch nobody committed stays this audit's: a name alone proves
+/// nothing.
 async fn other_pipelines_files(
     st: &StateStore,
     pipeline: &str,
@@ -1008,32 +1009,50 @@ async fn other_pipelines_files(
     let mut out = Vec::with_capacity(files.len());
     for (f, b) in files.iter().zip(paired) {
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-        let run = match (b, &name) {
+        let written_by = match (b, &name) {
             (None, Some(name)) => match commits.get(name) {
-                Some((app, _)) => app.rsplit('/').next().map(str::to_string),
-                None => file_run_id(name).map(str::to_string),
+                // `sealtrail/<pipeline>/<source>/<run>`, the batch as the version.
+                Some((app, batch)) => app
+                    .strip_prefix("sealtrail/")
+                    .and_then(|rest| rest.rsplit_once('/'))
+                    .and_then(|(head, run)| {
+                        let (_, source) = head.rsplit_once('/')?;
+                        Some((run.to_string(), source.to_string(), *batch))
+                    }),
+                None => file_batch(name).map(|(r, s, b)| (r.to_string(), s.to_string(), b)),
             },
             _ => None,
         };
-        out.push(match run {
-            Some(run) => st
-                .run_pipeline(&run)
+        let mut other = None;
+        if let Some((run, source, batch)) = written_by
+            && let Some(owner) = st.run_pipeline(&run).await?
+            && owner != pipeline
+            && st
+                .batch(&sealtrail_core::RunId::from_string(run), &source, batch)
                 .await?
-                .filter(|other| other != pipeline),
-            None => None,
-        });
+                .is_some()
+        {
+            other = Some(owner);
+        }
+        out.push(other);
     }
     Ok(out)
 }
 
-/// The run id in a Parquet sink's file name (`part-<run id>-<source>-<batch>.zstd.parquet`).
-fn file_run_id(name: &str) -> Option<&str> {
-    let id = name.strip_prefix("part-")?.get(..36)?;
+/// The batch a Parquet sink's file name says wrote it: `part-<run id>-<source>-<batch>.zstd.parquet`.
+fn file_batch(name: &str) -> Option<(&str, &str, u64)> {
+    let rest = name.strip_prefix("part-")?;
+    let id = rest.get(..36)?;
     let well_formed = id.char_indices().all(|(i, c)| match i {
         8 | 13 | 18 | 23 => c == '-',
         _ => c.is_ascii_hexdigit(),
     });
-    well_formed.then_some(id)
+    let (source, batch) = rest
+        .get(36..)?
+        .strip_prefix('-')?
+        .strip_suffix(".zstd.parquet")?
+        .rsplit_once('-')?;
+    (well_formed && !source.is_empty()).then_some((id, source, batch.parse().ok()?))
 }
 
 /// One difference between a sink and what the ledger says was delivered.
@@ -2018,6 +2037,26 @@ pub async fn lineage(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parquet_file_names_give_back_their_batch() {
+        let run = "01a23478-8217-7149-9cdc-665cae7e7a50";
+        for (source, batch) in [("s", 0), ("trades-eu", 12), ("a-b-c", 123_456_789)] {
+            let name = sealtrail_connectors::sink::batch_file_name(run, source, batch);
+            assert_eq!(file_batch(&name), Some((run, source, batch)), "{name}");
+        }
+        for bad in [
+            "part-01a23478-8217-7149-9cdc-665cae7e7a5-s-000000.zstd.parquet",
+            "part-01a23478x8217-7149-9cdc-665cae7e7a50-s-000000.zstd.parquet",
+            "part-01a23478-8217-7149-9cdc-665cae7e7a50--000000.zstd.parquet",
+            "part-01a23478-8217-7149-9cdc-665cae7e7a50-s-00x000.zstd.parquet",
+            "part-01a23478-8217-7149-9cdc-665cae7e7a50-s-000000.parquet",
+            "01a23478-8217-7149-9cdc-665cae7e7a50-s-000000.zstd.parquet",
+            "part-é",
+        ] {
+            assert_eq!(file_batch(bad), None, "{bad}");
+        }
+    }
 
     /// The by-id table answers like a map from id to a list of expected rows: a row that
     /// matches takes its own entry, a changed row takes one of its id's, and the rest are left.

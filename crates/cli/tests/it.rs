@@ -1581,6 +1581,16 @@ fn pipelines_sharing_a_sink_audit_their_own_rows() {
     let (code, out) = audit("a", "p");
     assert_eq!(code, Some(4), "{out}");
     assert!(out.contains("ADDED") && out.contains("1 added"), "{out}");
+    // Nor is a copy naming b's real run with a batch b never committed.
+    let name = theirs.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::copy(
+        &theirs,
+        folder.join(name.replace("-s-000000.", "-s-000099.")),
+    )
+    .unwrap();
+    let (code, out) = audit("a", "p");
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("2 added"), "{out}");
 }
 
 /// A file read again by a later run keeps its records' lineage ids: `prove --id` proves the
