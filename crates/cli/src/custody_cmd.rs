@@ -903,19 +903,8 @@ pub async fn verify_proof(
     let mut in_batch = false;
     let (table, found) = match (table, spec) {
         (Some(table), _) => {
-            let (files, target, _copy) = table_files(table).await?;
-            let files = match batch_files(
-                &files,
-                &target,
-                &b.pipeline,
-                (&b.run_id, &b.source, b.batch),
-            ) {
-                Some(hit) => {
-                    in_batch = true;
-                    hit
-                }
-                None => files,
-            };
+            let (mut files, target, _copy) = table_files(table).await?;
+            in_batch = to_bundle_batch(&mut files, &target, &b);
             (table.display().to_string(), find_rows(&files, &sel)?)
         }
         (None, Some(spec)) => {
@@ -933,15 +922,7 @@ pub async fn verify_proof(
             let label = match &mut t {
                 SinkTable::Pg(pg) => pg.location(),
                 SinkTable::Files(files) => {
-                    if let Some(hit) = batch_files(
-                        files,
-                        &sk.target,
-                        &b.pipeline,
-                        (&b.run_id, &b.source, b.batch),
-                    ) {
-                        *files = hit;
-                        in_batch = true;
-                    }
+                    in_batch = to_bundle_batch(files, &sk.target, &b);
                     format!("sink `{}`", sk.name)
                 }
             };
@@ -990,6 +971,18 @@ pub async fn verify_proof(
     }
 }
 
+/// Narrows `files` to those of the bundle's batch when they can be told; whether it did.
+fn to_bundle_batch(files: &mut Vec<PathBuf>, target: &Target, b: &Bundle) -> bool {
+    let key = (b.run_id.as_str(), b.source.as_str(), b.batch);
+    match batch_files(files, target, &b.pipeline, key) {
+        Some(hit) => {
+            *files = hit;
+            true
+        }
+        None => false,
+    }
+}
+
 /// For each of `files` that no batch of this pipeline wrote (`paired`), the other pipeline
 /// that did: when the file names the batch that wrote it (a Parquet sink's file name, a Delta
 /// table's commit) and this state store holds that batch as committed by another pipeline's
@@ -1002,28 +995,29 @@ async fn other_pipelines_files(
     files: &[PathBuf],
     paired: &[Option<usize>],
 ) -> Result<Vec<Option<String>>> {
+    use sealtrail_connectors::sink::{CommitKey, delta_file_commits, parse_batch_file_name};
+    let mut out = vec![None; files.len()];
+    if paired.iter().all(Option::is_some) {
+        return Ok(out); // every file is this pipeline's (the Delta log is not read again)
+    }
     let commits = match target {
-        Target::Delta { uri } => sealtrail_connectors::sink::delta_file_commits(uri),
+        Target::Delta { uri } => delta_file_commits(uri),
         _ => HashMap::new(),
     };
-    let mut out = Vec::with_capacity(files.len());
-    for (f, b) in files.iter().zip(paired) {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
-        let written_by = match (b, &name) {
-            (None, Some(name)) => match commits.get(name) {
-                // `sealtrail/<pipeline>/<source>/<run>`, the batch as the version.
-                Some((app, batch)) => app
-                    .strip_prefix("sealtrail/")
-                    .and_then(|rest| rest.rsplit_once('/'))
-                    .and_then(|(head, run)| {
-                        let (_, source) = head.rsplit_once('/')?;
-                        Some((run.to_string(), source.to_string(), *batch))
-                    }),
-                None => file_batch(name).map(|(r, s, b)| (r.to_string(), s.to_string(), b)),
-            },
-            _ => None,
+    for ((f, b), other) in files.iter().zip(paired).zip(&mut out) {
+        let Some(name) = f
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .filter(|_| b.is_none())
+        else {
+            continue;
         };
-        let mut other = None;
+        let written_by = match commits.get(name.as_ref()) {
+            Some((app, batch)) => {
+                CommitKey::from_app_id(app, *batch).map(|k| (k.run_id, k.source, k.batch))
+            }
+            None => parse_batch_file_name(&name).map(|(r, s, b)| (r.to_string(), s.to_string(), b)),
+        };
         if let Some((run, source, batch)) = written_by
             && let Some(owner) = st.run_pipeline(&run).await?
             && owner != pipeline
@@ -1032,27 +1026,10 @@ async fn other_pipelines_files(
                 .await?
                 .is_some()
         {
-            other = Some(owner);
+            *other = Some(owner);
         }
-        out.push(other);
     }
     Ok(out)
-}
-
-/// The batch a Parquet sink's file name says wrote it: `part-<run id>-<source>-<batch>.zstd.parquet`.
-fn file_batch(name: &str) -> Option<(&str, &str, u64)> {
-    let rest = name.strip_prefix("part-")?;
-    let id = rest.get(..36)?;
-    let well_formed = id.char_indices().all(|(i, c)| match i {
-        8 | 13 | 18 | 23 => c == '-',
-        _ => c.is_ascii_hexdigit(),
-    });
-    let (source, batch) = rest
-        .get(36..)?
-        .strip_prefix('-')?
-        .strip_suffix(".zstd.parquet")?
-        .rsplit_once('-')?;
-    (well_formed && !source.is_empty()).then_some((id, source, batch.parse().ok()?))
 }
 
 /// One difference between a sink and what the ledger says was delivered.
@@ -2037,26 +2014,6 @@ pub async fn lineage(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parquet_file_names_give_back_their_batch() {
-        let run = "01a23478-8217-7149-9cdc-665cae7e7a50";
-        for (source, batch) in [("s", 0), ("trades-eu", 12), ("a-b-c", 123_456_789)] {
-            let name = sealtrail_connectors::sink::batch_file_name(run, source, batch);
-            assert_eq!(file_batch(&name), Some((run, source, batch)), "{name}");
-        }
-        for bad in [
-            "part-01a23478-8217-7149-9cdc-665cae7e7a5-s-000000.zstd.parquet",
-            "part-01a23478x8217-7149-9cdc-665cae7e7a50-s-000000.zstd.parquet",
-            "part-01a23478-8217-7149-9cdc-665cae7e7a50--000000.zstd.parquet",
-            "part-01a23478-8217-7149-9cdc-665cae7e7a50-s-00x000.zstd.parquet",
-            "part-01a23478-8217-7149-9cdc-665cae7e7a50-s-000000.parquet",
-            "01a23478-8217-7149-9cdc-665cae7e7a50-s-000000.zstd.parquet",
-            "part-é",
-        ] {
-            assert_eq!(file_batch(bad), None, "{bad}");
-        }
-    }
 
     /// The by-id table answers like a map from id to a list of expected rows: a row that
     /// matches takes its own entry, a changed row takes one of its id's, and the rest are left.

@@ -47,6 +47,18 @@ impl CommitKey {
             self.pipeline, self.source, self.run_id
         )
     }
+    /// The key a Delta commit names by its application id and version (the batch), if the
+    /// id is one [`Self::app_id`] writes.
+    pub fn from_app_id(app_id: &str, batch: u64) -> Option<Self> {
+        let (head, run_id) = app_id.strip_prefix("sealtrail/")?.rsplit_once('/')?;
+        let (pipeline, source) = head.rsplit_once('/')?;
+        (!pipeline.is_empty() && !source.is_empty() && !run_id.is_empty()).then(|| Self {
+            pipeline: pipeline.to_string(),
+            run_id: run_id.to_string(),
+            source: source.to_string(),
+            batch,
+        })
+    }
     fn file_name(&self) -> String {
         batch_file_name(&self.run_id, &self.source, self.batch)
     }
@@ -55,6 +67,27 @@ impl CommitKey {
 /// The file a Parquet sink writes for one batch of a run (so `prove` reads only that one).
 pub fn batch_file_name(run_id: &str, source: &str, batch: u64) -> String {
     format!("part-{run_id}-{source}-{batch:06}.zstd.parquet")
+}
+
+/// The (run id, source, batch) a [`batch_file_name`] names, if `name` is one.
+pub fn parse_batch_file_name(name: &str) -> Option<(&str, &str, u64)> {
+    let rest = name.strip_prefix("part-")?;
+    // Run ids are UUIDs: 36 characters, hyphens at 8, 13, 18 and 23.
+    let id = rest.get(..36)?;
+    let well_formed = id.char_indices().all(|(i, c)| match i {
+        8 | 13 | 18 | 23 => c == '-',
+        _ => c.is_ascii_hexdigit(),
+    });
+    let (source, batch) = rest
+        .get(36..)?
+        .strip_prefix('-')?
+        .strip_suffix(".zstd.parquet")?
+        .rsplit_once('-')?;
+    let batch = batch
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| batch.parse().ok())??;
+    (well_formed && !source.is_empty()).then_some((id, source, batch))
 }
 
 /// For a Delta table on a local path: the batch each data file was written by, from the JSON
@@ -564,6 +597,46 @@ pub fn read_parquet_row(path: &Path, row: usize) -> std::io::Result<Option<Recor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_file_names_and_app_ids_give_back_their_batch() {
+        let run = "01a23478-8217-7149-9cdc-665cae7e7a50";
+        for (source, batch) in [("s", 0), ("trades-eu", 12), ("a-b-c", 123_456_789)] {
+            let name = batch_file_name(run, source, batch);
+            assert_eq!(
+                parse_batch_file_name(&name),
+                Some((run, source, batch)),
+                "{name}"
+            );
+            let key = CommitKey {
+                pipeline: "my-pipe".into(),
+                run_id: run.into(),
+                source: source.into(),
+                batch,
+            };
+            assert_eq!(CommitKey::from_app_id(&key.app_id(), batch), Some(key));
+        }
+        for bad in [
+            "part-01a23478-8217-7149-9cdc-665cae7e7a5-s-000000.zstd.parquet",
+            "part-01a23478x8217-7149-9cdc-665cae7e7a50-s-000000.zstd.parquet",
+            "part-01a23478-8217-7149-9cdc-665cae7e7a50--000000.zstd.parquet",
+            "part-01a23478-8217-7149-9cdc-665cae7e7a50-s-00x000.zstd.parquet",
+            "part-01a23478-8217-7149-9cdc-665cae7e7a50-s-+1.zstd.parquet",
+            "part-01a23478-8217-7149-9cdc-665cae7e7a50-s-000000.parquet",
+            "01a23478-8217-7149-9cdc-665cae7e7a50-s-000000.zstd.parquet",
+            "part-é",
+        ] {
+            assert_eq!(parse_batch_file_name(bad), None, "{bad}");
+        }
+        for bad in [
+            "sealtrail/p/s",
+            "other/p/s/r",
+            "sealtrail//s/r",
+            "sealtrail/p/s/",
+        ] {
+            assert_eq!(CommitKey::from_app_id(bad, 0), None, "{bad}");
+        }
+    }
     use arrow::array::{ArrayRef, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
     use parquet::file::reader::{FileReader, SerializedFileReader};
