@@ -1513,6 +1513,83 @@ fn sensitive_values_are_found_past_empty_files_and_in_postgres_sources() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// The release guard: a sensitive value that turns up past the run's sample (the first 1,000
+/// records look harmless, so the column is classified as nothing) is not delivered to an
+/// audience not cleared for it; its record is quarantined with reason `release_check`, and a
+/// column whose class the spec declares is taken at its word.
+#[test]
+fn sensitive_values_past_the_sample_are_quarantined_not_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (email, iban, phone, declared) = (
+        "late.client@example.com",
+        "GB82WEST12345698765432",
+        "+44 20 7946 0958",
+        "memo.owner@example.com",
+    );
+    let mut csv = String::from("id,ref,status,memo\n");
+    for i in 1..=3000 {
+        let r = match i {
+            2500 => email.to_string(),
+            2700 => iban.to_string(),
+            _ => format!("R-{i}"),
+        };
+        let c = if i == 2600 {
+            format!("call {phone} now")
+        } else {
+            "all good here".to_string()
+        };
+        let m = if i == 2800 {
+            declared.to_string()
+        } else {
+            format!("memo {i}")
+        };
+        csv.push_str(&format!("{i},{r},{c},{m}\n"));
+    }
+    std::fs::write(dir.path().join("in.csv"), csv).unwrap();
+    let spec = dir.path().join("p.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: guarded\nsources:\n  s:\n    csv: { path: in.csv }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: ref }\n      - { name: status }\n      - { name: memo, class: none }\ntransforms:\n  t:\n    sql: SELECT id, upper(ref) AS ref_u, status, memo FROM s\nsinks:\n  o: { from: t, audience: analyst, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    let o = bin().arg("run").arg(&spec).output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}\n{err}");
+    assert_eq!(counts(&out), (3000, 2997, 3), "{out}");
+    for v in [email, iban, phone, declared] {
+        assert!(
+            !out.contains(v) && !err.contains(v),
+            "{v} echoed: {out}\n{err}"
+        );
+    }
+    let list = run_ok(
+        bin()
+            .args(["quarantine", "list", "--limit", "10"])
+            .arg(dir.path().join("out/q")),
+    );
+    let guarded: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains("release_check"))
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(guarded, ["2501", "2601", "2701"], "{list}");
+    assert!(!list.contains('@') && !list.contains("WEST"), "{list}");
+    let o = dir.path().join("out/o");
+    let got = py(&format!(
+        r#"
+import pyarrow.dataset as ds
+t = ds.dataset('{}', format='parquet').to_table().to_pylist()
+text = repr(t)
+print(len(t), '{email}' in text.lower(), '{iban}' in text, '{phone}' in text, '{declared}' in text)
+"#,
+        o.display()
+    ));
+    assert_eq!(got, "2997 False False False True");
+}
+
 /// Two pipelines loading one Parquet folder and one Delta table: each audit checks its own
 /// pipeline's rows and skips the files its state store knows as the other pipeline's (they
 /// were reported ADDED); a file naming a run nobody knows still counts as added.

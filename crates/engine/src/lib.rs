@@ -26,6 +26,7 @@ use sealtrail_connectors::{CommitKey, SinkWriter, open_sink};
 use sealtrail_core::audit::{AuditEvent, AuditSink, now};
 use sealtrail_core::record::Quarantined;
 use sealtrail_core::{Counts, RunId};
+use sealtrail_protect::guard::Guard;
 use sealtrail_protect::keyring::{Keyring, Purpose};
 use sealtrail_protect::ops::Sealer;
 use sealtrail_protect::plan::{self as protect, ColumnState, Protector, Resolution};
@@ -239,6 +240,44 @@ fn release_check(
         }
     }
     out
+}
+
+/// The release guards of a source (see [`sealtrail_protect::guard`]): each raw column that
+/// reaches, through the SQL, a sink whose audience is not cleared for every tag, with the
+/// least cleared such audience.
+fn release_guards(
+    p: &Pipeline,
+    source: &Source,
+    states: &[ColumnState],
+    t: &Transforms,
+) -> Vec<Guard> {
+    // Source column -> (least cleared audience, a sink of that audience).
+    let mut least: BTreeMap<usize, (sealtrail_spec::Audience, &str)> = BTreeMap::new();
+    for sink in p.sinks.iter().filter(|k| k.root_source == source.name) {
+        let Some(schema) = t.schema_of(&sink.from) else {
+            continue;
+        };
+        for f in schema.fields() {
+            for (_, st) in trace_all(&source.name, states, t, &sink.from, f.name()) {
+                let Some(i) = st
+                    .protected_by
+                    .is_none()
+                    .then(|| source.column_index(&st.origin))
+                    .flatten()
+                else {
+                    continue;
+                };
+                let e = least.entry(i).or_insert((sink.audience, &sink.name));
+                if sink.audience < e.0 {
+                    *e = (sink.audience, &sink.name);
+                }
+            }
+        }
+    }
+    least
+        .into_iter()
+        .filter_map(|(i, (audience, sink))| Guard::new(source, i, audience, sink))
+        .collect()
 }
 
 /// Every sink must receive each row's lineage id and only columns with a canonical encoding,
@@ -737,7 +776,8 @@ async fn run_inner(
             policy: policy_version(&resolution),
         };
         let protector = Protector::new(source, &schema, &resolution, opts.keyring.clone())
-            .map_err(|e| Error::Keys(e.to_string()))?;
+            .map_err(|e| Error::Keys(e.to_string()))?
+            .with_guards(release_guards(p, source, &resolution.states, &transforms));
         let mut sinks: Vec<(SinkWriter, String)> = Vec::new();
         for s in p.sinks.iter().filter(|s| s.root_source == source.name) {
             let sch = transforms

@@ -169,6 +169,27 @@ fn is_name_shaped(s: &str) -> bool {
     })
 }
 
+/// A cheap first look (one pass over the bytes): could [`value_kind`] or [`scan_text`] find
+/// anything but public reference data in `v`? Every sensitive kind needs an `@` (emails), a
+/// `:` (IPv6), 15 characters or more (IBANs, and text long enough to embed anything), six
+/// digits or more (card numbers, phones, SSNs, NINOs) or four digits and three dots (IPv4); an
+/// LEI is 20 characters.
+pub fn worth_a_look(v: &str) -> bool {
+    if v.len() >= 15 {
+        return true;
+    }
+    let (mut digits, mut dots) = (0, 0);
+    for b in v.bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            b'@' | b':' => return true,
+            b'.' => dots += 1,
+            _ => {}
+        }
+    }
+    digits >= 6 || (dots >= 3 && digits >= 4)
+}
+
 /// The kind of one value, if a validator recognises it. Checked from the most to the least
 /// specific. Names and addresses are not recognised from a value alone (see
 /// [`classify_column`]).

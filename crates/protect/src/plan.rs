@@ -247,6 +247,22 @@ pub enum BindError {
     External(String),
 }
 
+/// Whether the release guard reads a column of this type: text, and integers (a card or phone
+/// number may be declared as one). Decimals, dates, timestamps and booleans hold no kind the
+/// validators recognise.
+fn guardable(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Int32
+            | DataType::Int64
+            | DataType::UInt32
+            | DataType::UInt64
+    )
+}
+
 /// Policies bound to their keys, ready for batches.
 #[derive(Debug)]
 pub struct Protector {
@@ -255,6 +271,7 @@ pub struct Protector {
     digest: bool,
     keyring: Option<Arc<std::sync::Mutex<Keyring>>>,
     today: i32,
+    guards: Vec<crate::guard::Guard>,
 }
 
 fn external(r: &sealtrail_spec::SecretRef) -> Result<KeyBytes, BindError> {
@@ -356,7 +373,14 @@ impl Protector {
             digest: r.digest.is_some(),
             keyring: Some(keyring),
             today,
+            guards: Vec::new(),
         })
+    }
+
+    /// Checks every value of these raw columns before a batch goes on (see [`crate::guard`]).
+    pub fn with_guards(mut self, guards: Vec<crate::guard::Guard>) -> Self {
+        self.guards = guards;
+        self
     }
 
     pub fn schema(&self) -> SchemaRef {
@@ -580,6 +604,14 @@ impl Protector {
                 }
             };
             cols.push(col);
+        }
+        for g in &self.guards {
+            if !guardable(batch.column(g.column).data_type()) {
+                continue;
+            }
+            let text = as_text(g.column)?;
+            let rejected: HashSet<usize> = failed.iter().map(|f| f.0).collect();
+            failed.extend(g.inspect(text.as_string::<i32>(), |r| rejected.contains(&r)));
         }
         if self.digest {
             let mut b = StringBuilder::with_capacity(n, n * 64);
