@@ -501,7 +501,19 @@ pub async fn prove(
                     (&at.run_id, &at.source, at.batch),
                 )
                 .unwrap_or_else(|| files.clone()),
-                None => files.clone(),
+                // Searched by value: not in the files of a folder or table other pipelines
+                // also load (their rows are not this pipeline's to prove).
+                None => {
+                    let unpaired = vec![None; files.len()];
+                    let other =
+                        other_pipelines_files(&st, &p.name, &sk.target, files, &unpaired).await?;
+                    files
+                        .iter()
+                        .zip(other)
+                        .filter(|(_, o)| o.is_none())
+                        .map(|(f, _)| f.clone())
+                        .collect()
+                }
             };
             if let Some(c) = &copy {
                 let n = c.fetch(&files).await.map_err(|e| anyhow!("{e}"))?;

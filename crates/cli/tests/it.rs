@@ -1596,7 +1596,7 @@ print(len(t), '{email}' in text.lower(), '{iban}' in text, '{phone}' in text, '{
 #[test]
 fn pipelines_sharing_a_sink_audit_their_own_rows() {
     let dir = tempfile::tempdir().unwrap();
-    for (n, rows) in [("a", "1,x\n2,y\n"), ("b", "3,z\n")] {
+    for (n, rows) in [("a", "1,x\n2,y\n"), ("b", "4,w\n3,x\n")] {
         std::fs::write(
             dir.path().join(format!("{n}.csv")),
             format!("id,note\n{rows}"),
@@ -1624,7 +1624,7 @@ fn pipelines_sharing_a_sink_audit_their_own_rows() {
         )
     };
     for sink in ["p", "d"] {
-        for (n, other, rows) in [("a", "b", 2), ("b", "a", 1)] {
+        for (n, other, rows) in [("a", "b", 2), ("b", "a", 2)] {
             let (code, out) = audit(n, sink);
             assert_eq!(code, Some(0), "{n} {sink}: {out}");
             assert!(
@@ -1634,6 +1634,31 @@ fn pipelines_sharing_a_sink_audit_their_own_rows() {
                     )),
                 "{n} {sink}: {out}"
             );
+        }
+    }
+    // `prove --where` finds its own pipeline's row, not the other's with the same value.
+    for sink in ["p", "d"] {
+        // (Record ids end in the line number: `x` is line 2 of a.csv, line 3 of b.csv.)
+        for (n, line) in [("a", "2"), ("b", "3")] {
+            let bundle = dir.path().join(format!("{n}{sink}.json"));
+            run_ok(
+                bin()
+                    .arg("prove")
+                    .arg(dir.path().join(format!("{n}.yaml")))
+                    .args(["--sink", sink, "--where", "note=x", "--out"])
+                    .arg(&bundle),
+            );
+            let b: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+            let got = b["id"].as_str().unwrap_or_default();
+            assert!(
+                got.starts_with("s:") && got.ends_with(&format!(":{line}")),
+                "{n} {sink}: {got}"
+            );
+            let key = dir.path().join(".sealtrail/ledger.pub");
+            let (code, out) =
+                verify_proof(&bundle, &key, Some(&dir.path().join(format!("out/{sink}"))));
+            assert_eq!(code, Some(0), "{n} {sink}: {out}");
         }
     }
     // A copy of b's file under a run id that no state store knows is not b's: its row is added.
@@ -1647,7 +1672,7 @@ fn pipelines_sharing_a_sink_audit_their_own_rows() {
                 p.display()
             ))
             .trim()
-                == "[3]"
+                == "[4, 3]"
         })
         .unwrap();
     std::fs::copy(
@@ -1657,7 +1682,7 @@ fn pipelines_sharing_a_sink_audit_their_own_rows() {
     .unwrap();
     let (code, out) = audit("a", "p");
     assert_eq!(code, Some(4), "{out}");
-    assert!(out.contains("ADDED") && out.contains("1 added"), "{out}");
+    assert!(out.contains("ADDED") && out.contains("2 added"), "{out}");
     // Nor is a copy naming b's real run with a batch b never committed.
     let name = theirs.file_name().unwrap().to_string_lossy().into_owned();
     std::fs::copy(
@@ -1667,7 +1692,7 @@ fn pipelines_sharing_a_sink_audit_their_own_rows() {
     .unwrap();
     let (code, out) = audit("a", "p");
     assert_eq!(code, Some(4), "{out}");
-    assert!(out.contains("2 added"), "{out}");
+    assert!(out.contains("4 added"), "{out}");
 }
 
 /// A file read again by a later run keeps its records' lineage ids: `prove --id` proves the
