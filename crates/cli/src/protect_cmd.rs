@@ -364,18 +364,12 @@ pub fn decrypt(home: &Path, la: &LedgerArgs, a: DecryptArgs) -> Result<()> {
     Ok(())
 }
 
-/// `sealtrail classify SPEC`: each source column's tag, kind and confidence from a sample.
+/// `sealtrail classify SPEC`: each source column's tag, kind and confidence from a sample, the
+/// policy that applies, and for a raw column bound for an audience not cleared for all data,
+/// that the release guard checks its every value at run time (`guard:AUDIENCE`).
 pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
     let p = sealtrail_spec::load(spec)?;
-    outln!(
-        "{:<12} {:<20} {:<12} {:<15} {:>5}  {:<22} evidence",
-        "source",
-        "column",
-        "tag",
-        "kind",
-        "conf",
-        "policy"
-    );
+    let mut samples = sealtrail_engine::Samples::new();
     for s in &p.sources {
         let inputs: Vec<String> = match &s.connector {
             sealtrail_spec::SourceConnector::Csv(sealtrail_spec::CsvOptions {
@@ -401,8 +395,27 @@ pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
         let sample =
             tokio::task::spawn_blocking(move || sealtrail_engine::sample(&source, &inputs, rows))
                 .await??;
-        let classes = sealtrail_protect::plan::classify_source(s, &sample);
-        for (c, k) in s.columns.iter().zip(&classes) {
+        samples.insert(s.name.clone(), sample);
+    }
+    // The guards of the sources that plan (one with a missing policy shows MISSING instead).
+    let (planned, _) = sealtrail_engine::check_with(&p, &samples).await;
+    outln!(
+        "{:<12} {:<20} {:<12} {:<15} {:>5}  {:<22} evidence",
+        "source",
+        "column",
+        "tag",
+        "kind",
+        "conf",
+        "policy"
+    );
+    for s in &p.sources {
+        let sample = samples.get(&s.name).map_or(&[][..], Vec::as_slice);
+        let classes = sealtrail_protect::plan::classify_source(s, sample);
+        let guards = planned
+            .get(&s.name)
+            .map(|pl| sealtrail_engine::release_guards(&p, s, pl))
+            .unwrap_or_default();
+        for (i, (c, k)) in s.columns.iter().zip(&classes).enumerate() {
             let policy: Vec<&str> = s
                 .protect
                 .iter()
@@ -413,6 +426,18 @@ pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
                 })
                 .map(|r| r.action.name())
                 .collect();
+            let mut policy = if policy.is_empty() {
+                if k.tag.is_sensitive() && k.confidence >= sealtrail_protect::detect::THRESHOLD {
+                    "MISSING".to_string()
+                } else {
+                    "-".to_string()
+                }
+            } else {
+                policy.join(",")
+            };
+            if let Some(g) = guards.iter().find(|g| g.column == i) {
+                policy.push_str(&format!(" guard:{}", g.audience.name()));
+            }
             outln!(
                 "{:<12} {:<20} {:<12} {:<15} {:>5.2}  {:<22} {}",
                 s.name,
@@ -420,16 +445,7 @@ pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
                 k.tag,
                 k.kind.map_or("-".to_string(), |k| k.to_string()),
                 k.confidence,
-                if policy.is_empty() {
-                    if k.tag.is_sensitive() && k.confidence >= sealtrail_protect::detect::THRESHOLD
-                    {
-                        "MISSING".to_string()
-                    } else {
-                        "-".to_string()
-                    }
-                } else {
-                    policy.join(",")
-                },
+                policy,
                 k.evidence
             );
         }

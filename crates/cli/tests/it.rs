@@ -1588,6 +1588,18 @@ print(len(t), '{email}' in text.lower(), '{iban}' in text, '{phone}' in text, '{
         o.display()
     ));
     assert_eq!(got, "2997 False False False True");
+    // `classify` says which raw columns the guard watches.
+    let table = run_ok(bin().arg("classify").arg(&spec));
+    let policy = |col: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(col))
+            .unwrap_or_else(|| panic!("{table}"))
+            .to_string()
+    };
+    assert!(policy("ref").contains("guard:analyst"), "{table}");
+    assert!(policy("status").contains("guard:analyst"), "{table}");
+    assert!(!policy("memo").contains("guard"), "{table}");
 }
 
 /// Two pipelines loading one Parquet folder and one Delta table: each audit checks its own

@@ -242,15 +242,14 @@ fn release_check(
     out
 }
 
-/// The release guards of a source (see [`sealtrail_protect::guard`]): each raw column that
-/// reaches, through the SQL, a sink whose audience is not cleared for every tag, with the
-/// least cleared such audience.
-fn release_guards(
-    p: &Pipeline,
-    source: &Source,
-    states: &[ColumnState],
-    t: &Transforms,
-) -> Vec<Guard> {
+/// The release guards of a planned source (see [`sealtrail_protect::guard`]): each raw
+/// column that reaches, through the SQL, a sink whose audience is not cleared for every tag,
+/// with the least cleared such audience.
+pub fn release_guards(p: &Pipeline, source: &Source, planned: &Planned) -> Vec<Guard> {
+    guards_of(p, source, &planned.resolution.states, &planned.transforms)
+}
+
+fn guards_of(p: &Pipeline, source: &Source, states: &[ColumnState], t: &Transforms) -> Vec<Guard> {
     // Source column -> (least cleared audience, a sink of that audience).
     let mut least: BTreeMap<usize, (sealtrail_spec::Audience, &str)> = BTreeMap::new();
     for sink in p.sinks.iter().filter(|k| k.root_source == source.name) {
@@ -777,7 +776,7 @@ async fn run_inner(
         };
         let protector = Protector::new(source, &schema, &resolution, opts.keyring.clone())
             .map_err(|e| Error::Keys(e.to_string()))?
-            .with_guards(release_guards(p, source, &resolution.states, &transforms));
+            .with_guards(guards_of(p, source, &resolution.states, &transforms));
         let mut sinks: Vec<(SinkWriter, String)> = Vec::new();
         for s in p.sinks.iter().filter(|s| s.root_source == source.name) {
             let sch = transforms

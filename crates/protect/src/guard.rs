@@ -107,10 +107,8 @@ impl Guard {
             if !detect::worth_a_look(v) {
                 continue;
             }
-            if let Some(kind) = detect::value_kind(v) {
-                if !self.withheld(kind) {
-                    continue;
-                }
+            // Only the validators of kinds this audience may not receive run.
+            if let Some(kind) = detect::first_kind(v, |k| self.withheld(k)) {
                 if self_evident(kind) {
                     out.push((r, self.reason(kind, false)));
                 } else {
