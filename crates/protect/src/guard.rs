@@ -27,7 +27,7 @@ use crate::detect;
 use arrow::array::{Array, StringArray};
 use sealtrail_core::Reason;
 use sealtrail_core::class::{Kind, Tag};
-use sealtrail_spec::{Audience, Rule, Source};
+use sealtrail_spec::{Audience, ColumnType, Rule, Source};
 
 /// The reason code of rows the guard quarantines.
 pub const REASON: &str = "release_check";
@@ -49,13 +49,16 @@ pub struct Guard {
 
 impl Guard {
     /// The guard of column `column` of `source`, or `None` when nothing it could hold is
-    /// withheld from `audience`, its class is declared, or a check pins its values.
+    /// withheld from `audience`, its class is declared, or a check pins its values. Text and
+    /// integer columns are guarded (a card or phone number may be declared as an integer);
+    /// decimals, floats, dates, timestamps and booleans hold no kind the validators recognise.
     pub fn new(source: &Source, column: usize, audience: Audience, sink: &str) -> Option<Self> {
         let col = source.columns.get(column)?;
         let needed = !audience.cleared_for(Tag::Pii)
             || !audience.cleared_for(Tag::Financial)
             || !audience.cleared_for(Tag::Proprietary);
-        if !needed || col.class.is_some() || pinned(source, column, audience) {
+        let readable = matches!(col.ty, ColumnType::Utf8 | ColumnType::Int64);
+        if !needed || !readable || col.class.is_some() || pinned(source, column, audience) {
             return None;
         }
         Some(Self {
@@ -160,7 +163,7 @@ mod tests {
 
     fn source(extra: &str) -> Source {
         let text = format!(
-            "version: 1\npipeline: p\nsources:\n  s:\n    csv: {{ path: x.csv }}\n    columns:\n      - {{ name: id }}\n      - {{ name: ref }}\n      - {{ name: code, class: none }}\n      - {{ name: ccy }}\n      - {{ name: isin }}\n{extra}sinks:\n  o: {{ from: s, audience: analyst, parquet: {{ path: o }} }}\nquarantine: {{ parquet: {{ path: q }} }}\n"
+            "version: 1\npipeline: p\nsources:\n  s:\n    csv: {{ path: x.csv }}\n    columns:\n      - {{ name: id }}\n      - {{ name: ref }}\n      - {{ name: code, class: none }}\n      - {{ name: ccy }}\n      - {{ name: isin }}\n      - {{ name: n, type: int64 }}\n      - {{ name: d, type: date }}\n{extra}sinks:\n  o: {{ from: s, audience: analyst, parquet: {{ path: o }} }}\nquarantine: {{ parquet: {{ path: q }} }}\n"
         );
         sealtrail_spec::parse_str(&text, "p.yaml".as_ref())
             .unwrap()
@@ -271,6 +274,11 @@ mod tests {
         );
         assert!(Guard::new(&s, 3, Audience::Public, "o").is_none(), "in_set");
         assert!(Guard::new(&s, 4, Audience::Public, "o").is_none(), "isin");
+        assert!(
+            Guard::new(&s, 5, Audience::Public, "o").is_some(),
+            "an integer"
+        );
+        assert!(Guard::new(&s, 6, Audience::Public, "o").is_none(), "a date");
         let s =
             source("    checks:\n      - { rule: in_set, column: ccy, values: [USD, a@b.com] }\n");
         assert!(

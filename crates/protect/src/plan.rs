@@ -247,22 +247,6 @@ pub enum BindError {
     External(String),
 }
 
-/// Whether the release guard reads a column of this type: text, and integers (a card or phone
-/// number may be declared as one). Decimals, dates, timestamps and booleans hold no kind the
-/// validators recognise.
-fn guardable(t: &DataType) -> bool {
-    matches!(
-        t,
-        DataType::Utf8
-            | DataType::LargeUtf8
-            | DataType::Utf8View
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt32
-            | DataType::UInt64
-    )
-}
-
 /// Policies bound to their keys, ready for batches.
 #[derive(Debug)]
 pub struct Protector {
@@ -606,9 +590,6 @@ impl Protector {
             cols.push(col);
         }
         for g in &self.guards {
-            if !guardable(batch.column(g.column).data_type()) {
-                continue;
-            }
             let text = as_text(g.column)?;
             let rejected: HashSet<usize> = failed.iter().map(|f| f.0).collect();
             failed.extend(g.inspect(text.as_string::<i32>(), |r| rejected.contains(&r)));
