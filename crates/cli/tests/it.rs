@@ -1803,15 +1803,12 @@ fn a_record_delivered_by_two_runs_is_proven_per_run() {
     );
 }
 
-/// A Parquet input damaged in its 16th row group (past the 1,000 rows the release check
-/// samples) stops the run after 15 committed batches; `runs` and the error say how far it got and how to go on. The resume reads the
-/// committed batches again and refuses an input that changed under them (same counts,
-/// one value rewritten), then, with the intact file restored, loads the rest: every row once.
-#[test]
-fn a_run_stopped_by_a_damaged_input_resumes_only_over_the_same_records() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("in")).unwrap();
-    let d = dir.path().display();
+/// A project in `dir` whose one Parquet input, `in/t.parquet` (2,000 rows in row groups of
+/// 100), is damaged from row 1,500 on; beside it `intact.parquet`, the file as it should be, and
+/// `changed.parquet`, the same with one value of row 10 changed. Returns the spec.
+fn damaged_parquet_project(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("in")).unwrap();
+    let d = dir.display();
     // Twenty row groups of 100 rows; the damage zeroes the zstd frame magic of row group 15's
     // first compressed page, which the reader reports as an error (not as other values).
     py(&format!(
@@ -1828,12 +1825,24 @@ fn a_run_stopped_by_a_damaged_input_resumes_only_over_the_same_records() {
          b[at:at + 4] = bytes(4)\n\
          open('{d}/in/t.parquet', 'wb').write(b)"
     ));
-    let spec = dir.path().join("s.yaml");
+    let spec = dir.join("s.yaml");
     std::fs::write(
         &spec,
         "version: 1\npipeline: damaged\nbatch_rows: 100\nsources:\n  s:\n    parquet: { path: in/*.parquet }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: v }\nsinks:\n  out: { from: s, audience: internal, parquet: { path: out/data } }\nquarantine:\n  parquet: { path: out/q }\n",
     )
     .unwrap();
+    spec
+}
+
+/// A Parquet input damaged in its 16th row group (past the 1,000 rows the release check
+/// samples) stops the run after 15 committed batches; `runs` and the error say how far it got and how to go on. The resume reads the
+/// committed batches again and refuses an input that changed under them (same counts,
+/// one value rewritten), then, with the intact file restored, loads the rest: every row once.
+#[test]
+fn a_run_stopped_by_a_damaged_input_resumes_only_over_the_same_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = damaged_parquet_project(dir.path());
+    let d = dir.path().display();
     let rows_out = || {
         py(&format!(
             "import pyarrow.parquet as pq\n\
@@ -1899,6 +1908,67 @@ fn a_run_stopped_by_a_damaged_input_resumes_only_over_the_same_records() {
     assert!(out.contains("(resumed)"), "{out}");
     assert_eq!(rows_out(), "2000 2000 True");
     run_ok(bin().args(["ledger", "verify"]).current_dir(dir.path()));
+}
+
+/// A stopped run resumes after its project folder moved: each recorded input no longer where
+/// the run read it is found again under the spec's pattern by its name and size, its records
+/// keep their ids (the committed batches compare equal, `audit` finds every row), and an input
+/// that cannot be found again is named with what to do, never loaded under another name.
+#[test]
+fn a_stopped_run_resumes_after_its_project_moved() {
+    let top = tempfile::tempdir().unwrap();
+    let (before, after) = (top.path().join("before"), top.path().join("after"));
+    let spec = damaged_parquet_project(&before);
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&before, &after).unwrap();
+    let spec = after.join("s.yaml");
+    // Under another name: not found again.
+    std::fs::rename(after.join("in/t.parquet"), after.join("in/u.parquet")).unwrap();
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("t.parquet` of source `s` of unfinished run")
+            && err.contains("is gone, and no file under")
+            && err.contains("--abandon-unfinished"),
+        "{err}"
+    );
+    std::fs::remove_file(after.join("in/u.parquet")).unwrap();
+    // The intact file, where the moved project's pattern finds it: resumed.
+    std::fs::copy(after.join("intact.parquet"), after.join("in/t.parquet")).unwrap();
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    let (o, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{o}\n{err}");
+    assert!(o.contains("(resumed)"), "{o}");
+    assert!(err.contains("the input moved since run"), "{err}");
+    let d = after.display();
+    assert_eq!(
+        py(&format!(
+            "import pyarrow.parquet as pq\n\
+             ids = pq.read_table('{d}/out/data').column('id').to_pylist()\n\
+             print(len(ids), len(set(ids)))"
+        )),
+        "2000 2000"
+    );
+    let o = bin()
+        .arg("audit")
+        .arg(&spec)
+        .args(["--sink", "out"])
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{audit}");
+    assert!(audit.contains("2000 rows read"), "{audit}");
+    run_ok(bin().args(["ledger", "verify"]).current_dir(&after));
 }
 
 /// A project in `dir` with `in/t.csv` (columns id, v; `rows` rows) and, per (pipeline, sink)

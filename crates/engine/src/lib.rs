@@ -62,6 +62,16 @@ pub enum Error {
     Audit(std::io::Error),
     #[error("protection keys: {0}")]
     Keys(String),
+    /// A resumed run's input is no longer where the run read it, nor found again.
+    #[error(
+        "input `{input}` of source `{source_name}` of unfinished run {run_id} is gone, and {found}: put the file back (there, or where the spec's pattern finds it under the same name and size) to resume, or pass --abandon-unfinished to give the run up (its committed batches stay loaded)"
+    )]
+    InputGone {
+        input: String,
+        source_name: String,
+        run_id: String,
+        found: String,
+    },
     #[error("internal error (this is a bug): {0}")]
     Internal(String),
 }
@@ -686,6 +696,81 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
     }
 }
 
+/// Where to read each input a run recorded for `source`, with the recorded name: where it
+/// was, or, for a file no longer there (its project or data folder moved, or mounted
+/// elsewhere, between a stopped run and its resumption), the one file the spec's pattern now
+/// finds under the same name relative to the pattern and with the same size. Its records
+/// keep the input name, and so the ids, the run gave them; the batches the run committed are
+/// read again and compared with their custody records before anything more loads.
+async fn locate_inputs(
+    source: &Source,
+    st: &StateStore,
+    run_id: &RunId,
+) -> Result<Vec<(String, String)>> {
+    use sealtrail_connectors::files as fs;
+    let recorded = st.run_inputs_fingerprinted(run_id, &source.name).await?;
+    let pattern = match &source.connector {
+        SourceConnector::Csv(o) => &o.files.pattern,
+        SourceConnector::Jsonl(f) | SourceConnector::Parquet(f) => &f.pattern,
+        SourceConnector::Postgres(_) => {
+            return Ok(recorded.into_iter().map(|(i, _)| (i.clone(), i)).collect());
+        }
+    };
+    let mut listed: Option<Vec<std::path::PathBuf>> = None;
+    let mut out = Vec::with_capacity(recorded.len());
+    for (input, fingerprint) in recorded {
+        if std::path::Path::new(&input).exists() {
+            out.push((input.clone(), input));
+            continue;
+        }
+        let listed = match &mut listed {
+            Some(l) => l,
+            None => listed.insert(fs::list(pattern)?),
+        };
+        // The fingerprint is `path|size|mtime` (the path may hold `|`).
+        let size = fingerprint.rsplit('|').nth(1).unwrap_or_default();
+        let found: Vec<&std::path::PathBuf> = listed
+            .iter()
+            .filter(|f| {
+                let name = fs::matched_name(pattern, f);
+                let same_name = input == name
+                    || input
+                        .strip_suffix(name.as_str())
+                        .is_some_and(|head| head.ends_with(std::path::MAIN_SEPARATOR));
+                same_name && std::fs::metadata(f).is_ok_and(|m| m.len().to_string() == size)
+            })
+            .collect();
+        match found.as_slice() {
+            [one] => {
+                let read = one.display().to_string();
+                tracing::warn!(
+                    source = %source.name,
+                    input = %input,
+                    now = %read,
+                    "the input moved since run {run_id} started; reading it where it is now, under the name the run recorded"
+                );
+                out.push((read, input));
+            }
+            many => {
+                return Err(Error::InputGone {
+                    input,
+                    source_name: source.name.clone(),
+                    run_id: run_id.to_string(),
+                    found: if many.is_empty() {
+                        format!("no file under `{pattern}` has its name and size")
+                    } else {
+                        format!(
+                            "{} files under `{pattern}` have its name and size",
+                            many.len()
+                        )
+                    },
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn preflight(p: &Pipeline, inputs: &[(String, Vec<state::ChosenInput>)]) -> Result<()> {
     for (s, (_, files)) in p.sources.iter().zip(inputs) {
         if matches!(s.connector, SourceConnector::Postgres(_)) {
@@ -722,8 +807,18 @@ async fn run_inner(
     // sensitive must be protected before anything loads (the same check as `sealtrail check`,
     // so an edited spec or a changed feed cannot bypass it).
     let mut samples = Samples::new();
+    let mut located = HashMap::new();
     for source in &p.sources {
-        let inputs = st.run_inputs(run_id, &source.name).await?;
+        located.insert(
+            source.name.clone(),
+            locate_inputs(source, st, run_id).await?,
+        );
+    }
+    for source in &p.sources {
+        let inputs: Vec<String> = located[&source.name]
+            .iter()
+            .map(|(read, _)| read.clone())
+            .collect();
         // Off the async workers: a PostgreSQL sample blocks on a runtime of its own.
         let s = source.clone();
         let got = tokio::task::spawn_blocking(move || sample(&s, &inputs, 1000))
@@ -787,7 +882,7 @@ async fn run_inner(
             sinks.push((w, s.from.clone()));
         }
 
-        let inputs = st.run_inputs(run_id, &source.name).await?;
+        let inputs = located.remove(&source.name).unwrap_or_default();
         let commit = !opts.skip_commitments_for_benchmark;
         // Batches in flight bound the run's memory (each is tens of megabytes in several
         // forms): every stage works on one while the next works on the one before, the
@@ -951,15 +1046,23 @@ fn input_custody(
     (record_of, c)
 }
 
+/// `inputs`: (where to read it, the name the run recorded): the records of a moved input keep
+/// the name, and so the ids, they had when the run started.
 fn decode_loop(
     source: sealtrail_spec::Source,
-    inputs: Vec<String>,
+    inputs: Vec<(String, String)>,
     batch_rows: usize,
     schema: arrow::datatypes::SchemaRef,
     tx: std::sync::mpsc::SyncSender<Result<Checked>>,
     commitments: bool,
 ) {
     let mut validator = Validator::new(&source);
+    let recorded: HashMap<String, Arc<str>> = inputs
+        .iter()
+        .filter(|(read, name)| read != name)
+        .map(|(read, name)| (read.clone(), Arc::from(name.as_str())))
+        .collect();
+    let inputs = inputs.into_iter().map(|(read, _)| read).collect();
     let mut reader = match sealtrail_connectors::open_source(&source, inputs, batch_rows) {
         Ok(r) => r,
         Err(e) => {
@@ -968,7 +1071,7 @@ fn decode_loop(
         }
     };
     loop {
-        let decoded = match reader.next_batch() {
+        let mut decoded = match reader.next_batch() {
             Ok(Some(d)) => d,
             Ok(None) => return,
             Err(e) => {
@@ -976,6 +1079,12 @@ fn decode_loop(
                 return;
             }
         };
+        if let Some(name) = recorded.get(&*decoded.batch.input) {
+            decoded.batch.input = name.clone();
+            for m in &mut decoded.malformed {
+                m.input = name.clone();
+            }
+        }
         let rows_in = decoded.rows_in();
         let (record_of, custody) = input_custody(&source.name, &decoded, commitments);
         let mut v = match validator.validate(&decoded.batch) {

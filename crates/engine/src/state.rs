@@ -284,6 +284,22 @@ impl StateStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// [`Self::run_inputs`] with the fingerprint each input had when the run chose it.
+    pub async fn run_inputs_fingerprinted(
+        &self,
+        run: &RunId,
+        source: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT input, fingerprint FROM sealtrail_run_inputs WHERE run_id = $1 AND source = $2 ORDER BY seq",
+        )
+        .bind(run.as_str())
+        .bind(source)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// The last input of `source` read by a succeeded run of `pipeline` (for database sources:
     /// where the incremental cursor stands).
     pub async fn last_loaded_input(&self, pipeline: &str, source: &str) -> Result<Option<String>> {
