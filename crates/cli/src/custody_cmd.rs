@@ -1760,6 +1760,36 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             findings.push(Finding::Deleted(c.row_id(s, k)));
         }
     }
+    // A PostgreSQL table several pipelines load: rows whose ids name an input that only other
+    // pipelines' batches read (by this state store) are theirs to audit.
+    let mut other_rows: BTreeMap<String, usize> = BTreeMap::new();
+    if pg_label.is_some() {
+        let mut owners: HashMap<(String, String), Option<String>> = HashMap::new();
+        let mut kept = Vec::with_capacity(findings.len());
+        for f in findings {
+            let Finding::Added(id) = &f else {
+                kept.push(f);
+                continue;
+            };
+            let Some((source, key, _)) = custody::parse_id(id) else {
+                kept.push(f);
+                continue;
+            };
+            let k = (source.to_string(), key.to_string());
+            if !owners.contains_key(&k) {
+                let readers = st.pipelines_reading(source, key).await?;
+                let owner = (!readers.contains(&p.name))
+                    .then(|| readers.into_iter().next())
+                    .flatten();
+                owners.insert(k.clone(), owner);
+            }
+            match &owners[&k] {
+                Some(owner) => *other_rows.entry(owner.clone()).or_default() += 1,
+                None => kept.push(f),
+            }
+        }
+        findings = kept;
+    }
     let batches = delivered_batches;
     findings.sort();
     let count = |f: fn(&Finding) -> bool| findings.iter().filter(|x| f(x)).count();
@@ -1781,6 +1811,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             "added": list(|f| if let Finding::Added(s) = f { Some(s) } else { None }),
             "unreadable": unreadable,
             "other_pipelines_files": skipped,
+            "other_pipelines_rows": other_rows,
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -1795,6 +1826,11 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         for (pipeline, n) in &skipped {
             outln!(
                 "  skipped {n} file(s) written by pipeline `{pipeline}`, which shares the sink: audit them with its spec"
+            );
+        }
+        for (pipeline, n) in &other_rows {
+            outln!(
+                "  skipped {n} row(s) delivered by pipeline `{pipeline}`, which shares the table: audit them with its spec"
             );
         }
         for u in &unreadable {

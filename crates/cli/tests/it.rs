@@ -1707,6 +1707,74 @@ fn pipelines_sharing_a_sink_audit_their_own_rows() {
     assert!(out.contains("4 added"), "{out}");
 }
 
+/// Two pipelines loading one PostgreSQL table: each audit checks its own pipeline's rows and
+/// skips those whose ids name an input only the other pipeline read (they were reported
+/// ADDED); a row naming an input nobody read still counts as added.
+#[test]
+fn pipelines_sharing_a_postgres_table_audit_their_own_rows() {
+    let ns = format!("st_pgshare_{}", std::process::id());
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    for (n, rows) in [("a", "1,x\n2,y\n"), ("b", "3,z\n")] {
+        std::fs::write(
+            dir.path().join(format!("{n}.csv")),
+            format!("id,note\n{rows}"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(format!("{n}.yaml")),
+            format!(
+                "version: 1\npipeline: pgshare_{n}\nsources:\n  s:\n    csv: {{ path: {n}.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: note, class: none }}\nsinks:\n  t: {{ from: s, audience: internal, postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.shared }} }}\nquarantine:\n  parquet: {{ path: out/q{n} }}\n"
+            ),
+        )
+        .unwrap();
+        run_ok(
+            bin()
+                .arg("run")
+                .arg(dir.path().join(format!("{n}.yaml")))
+                .env("ST_TEST_PG_URL", pg_url()),
+        );
+    }
+    let audit = |n: &str| {
+        let o = bin()
+            .arg("audit")
+            .arg(dir.path().join(format!("{n}.yaml")))
+            .args(["--sink", "t", "--json"])
+            .env("ST_TEST_PG_URL", pg_url())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+        (o.status.code(), v)
+    };
+    for (n, other, theirs) in [("a", "b", 1), ("b", "a", 2)] {
+        let (code, v) = audit(n);
+        assert_eq!(code, Some(0), "{n}: {v}");
+        assert_eq!(
+            v["other_pipelines_rows"][format!("pgshare_{other}")],
+            theirs,
+            "{n}: {v}"
+        );
+        assert_eq!(v["rows"], 3, "{n}: {v}");
+    }
+    // A row naming an input no pipeline read is added, for both.
+    pg(&format!(
+        "INSERT INTO {ns}.shared VALUES (9, 'forged', 's:000000000000:2')"
+    ));
+    for n in ["a", "b"] {
+        let (code, v) = audit(n);
+        assert_eq!(code, Some(4), "{n}: {v}");
+        assert_eq!(
+            v["added"],
+            serde_json::json!(["s:000000000000:2"]),
+            "{n}: {v}"
+        );
+    }
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
 /// A file read again by a later run keeps its records' lineage ids: `prove --id` proves the
 /// newest delivery and says that there are others, `--run` proves another, and `verify-proof`
 /// checks each bundle against its own batch's row (the other delivery is not a duplicate).

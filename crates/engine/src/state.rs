@@ -441,6 +441,19 @@ impl StateStore {
             .collect())
     }
 
+    /// The pipelines whose committed batches read records of input `key` of `source` (lineage
+    /// ids `source:key:...`), to tell apart the rows of a table several pipelines load.
+    pub async fn pipelines_reading(&self, source: &str, key: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT c.pipeline FROM sealtrail_custody c WHERE c.source = $1 AND c.input_key = $2 ORDER BY c.pipeline",
+        )
+        .bind(source)
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// The stored custody record of one batch.
     pub async fn custody(&self, r: &CustodyRef) -> Result<Vec<u8>> {
         let row = sqlx::query(
