@@ -531,7 +531,22 @@ pub async fn prove(
                 None => find_rows(&files, sel)?,
             }
         }
-        t => t.find(sel).await?,
+        t => {
+            let mut rows = t.find(sel).await?;
+            // A table other pipelines also load: not the rows only they delivered.
+            if sel.id.is_none() {
+                let mut kept = Vec::with_capacity(rows.len());
+                for r in rows {
+                    // An aggregated row: by its first contributing record.
+                    let id = r.members.first().unwrap_or(&r.id);
+                    if !delivered_only_by_others(&st, &p.name, id).await? {
+                        kept.push(r);
+                    }
+                }
+                rows = kept;
+            }
+            rows
+        }
     };
     let row = match rows.as_slice() {
         [one] => one,
@@ -1042,6 +1057,29 @@ async fn other_pipelines_files(
         }
     }
     Ok(out)
+}
+
+/// The other pipeline whose committed batches read input `key` of `source`, when no batch of
+/// `pipeline` did (the rows of a shared PostgreSQL table carry no batch, only their ids).
+async fn other_owner(
+    st: &StateStore,
+    pipeline: &str,
+    source: &str,
+    key: &str,
+) -> Result<Option<String>> {
+    let readers = st.pipelines_reading(source, key).await?;
+    Ok((!readers.iter().any(|r| r == pipeline))
+        .then(|| readers.into_iter().next())
+        .flatten())
+}
+
+/// Whether the record with lineage id `id` was delivered only by other pipelines (see
+/// [`other_owner`]).
+async fn delivered_only_by_others(st: &StateStore, pipeline: &str, id: &str) -> Result<bool> {
+    Ok(match custody::parse_id(id) {
+        Some((source, key, _)) => other_owner(st, pipeline, source, key).await?.is_some(),
+        None => false,
+    })
 }
 
 /// One difference between a sink and what the ledger says was delivered.
@@ -1777,11 +1815,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             };
             let k = (source.to_string(), key.to_string());
             if !owners.contains_key(&k) {
-                let readers = st.pipelines_reading(source, key).await?;
-                let owner = (!readers.contains(&p.name))
-                    .then(|| readers.into_iter().next())
-                    .flatten();
-                owners.insert(k.clone(), owner);
+                owners.insert(k.clone(), other_owner(&st, &p.name, source, key).await?);
             }
             match &owners[&k] {
                 Some(owner) => *other_rows.entry(owner.clone()).or_default() += 1,

@@ -1772,6 +1772,42 @@ fn pipelines_sharing_a_postgres_table_audit_their_own_rows() {
             "{n}: {v}"
         );
     }
+    // `prove --where` finds its own pipeline's row, not the other's with the same value (one
+    // of each pipeline's rows, and the forged one, hold `x` now).
+    pg(&format!(
+        "UPDATE {ns}.shared SET note = 'x' WHERE id = 3;
+DELETE FROM {ns}.shared WHERE id = 9"
+    ));
+    let mut ids = Vec::new();
+    for n in ["a", "b"] {
+        let bundle = dir.path().join(format!("{n}.json"));
+        let o = bin()
+            .arg("prove")
+            .arg(dir.path().join(format!("{n}.yaml")))
+            .args(["--sink", "t", "--where", "note=x", "--out"])
+            .arg(&bundle)
+            .env("ST_TEST_PG_URL", pg_url())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        if n == "b" {
+            // b's row was changed: found, and refused as no longer what was delivered.
+            assert!(
+                !o.status.success() && err.contains("is not the row that was delivered"),
+                "{err}"
+            );
+            continue;
+        }
+        assert!(o.status.success(), "{err}");
+        let b: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+        ids.push(b["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1);
+    assert!(
+        ids[0].starts_with("s:") && ids[0].ends_with(":2"),
+        "{ids:?}"
+    );
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
