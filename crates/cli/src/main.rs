@@ -544,13 +544,19 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
 async fn check(specs: &[PathBuf]) -> Result<()> {
     let mut bad = 0;
     for s in specs {
-        let diags = match sealtrail_spec::load(s) {
-            Err(sealtrail_spec::Error::Invalid(d)) => d,
+        let (diags, notes) = match sealtrail_spec::load(s) {
+            Err(sealtrail_spec::Error::Invalid(d)) => (d, Vec::new()),
             Err(e) => return Err(e.into()),
-            Ok(p) => sealtrail_engine::check(&p).await,
+            Ok(p) => (
+                sealtrail_engine::check(&p).await,
+                sealtrail_engine::notes(&p).await,
+            ),
         };
         if diags.is_empty() {
             outln!("{}: ok", s.display());
+            for n in notes {
+                outln!("  note: {n}");
+            }
         } else {
             bad += 1;
             eprintln!(

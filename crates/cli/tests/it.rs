@@ -3692,6 +3692,15 @@ sinks:
         1,
     );
     std::fs::write(&spec, text).unwrap();
+    // `check` says that the groups are formed per batch, for these two sinks only.
+    let checked = run_ok(bin().arg("check").arg(&spec));
+    let notes: Vec<&str> = checked.lines().filter(|l| l.contains("note:")).collect();
+    assert_eq!(notes.len(), 2, "{checked}");
+    assert!(
+        notes[0].contains("sink `currency_totals` receives rows of `by_currency` aggregated within each batch of 65536 records")
+            && notes[1].contains("sink `trade_sides`"),
+        "{checked}"
+    );
     run_ok(bin().arg("run").arg(&spec));
     let d = dir.path().display();
     let home = dir.path().join(".sealtrail");

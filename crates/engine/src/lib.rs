@@ -131,6 +131,32 @@ pub async fn check(p: &Pipeline) -> Vec<Diagnostic> {
     check_with(p, &HashMap::new()).await.1
 }
 
+/// What a spec that checks does that its author may not expect, one sentence each: sinks that
+/// receive rows aggregated within each batch (a `GROUP BY` or `DISTINCT` does not group over
+/// the whole input).
+pub async fn notes(p: &Pipeline) -> Vec<String> {
+    let (planned, _) = check_with(p, &HashMap::new()).await;
+    let mut out = Vec::new();
+    for sink in &p.sinks {
+        let Some(schema) = planned
+            .get(&sink.root_source)
+            .and_then(|pl| pl.transforms.schema_of(&sink.from))
+        else {
+            continue;
+        };
+        if schema
+            .field_with_name(custody::ID_COLUMN)
+            .is_ok_and(|f| matches!(f.data_type(), arrow::datatypes::DataType::List(_)))
+        {
+            out.push(format!(
+                "sink `{}` receives rows of `{}` aggregated within each batch of {} records (`batch_rows`), not over the whole input: a group met in several batches is delivered once per batch",
+                sink.name, sink.from, p.batch_rows
+            ));
+        }
+    }
+    out
+}
+
 /// A source ready to run: its columns' classification, the policies resolved against it, and
 /// its transforms planned over the protected columns.
 #[derive(Debug)]
