@@ -2210,16 +2210,61 @@ fn runs_started_at_once_in_a_new_home_share_its_keys() {
 struct S3Server {
     child: std::process::Child,
     endpoint: String,
+    /// A proxy in front of the server, when the store is to ignore `If-None-Match`.
+    proxy: Option<std::process::Child>,
+}
+
+/// An HTTP proxy (argv: upstream port, own port) that drops `If-None-Match` from every request:
+/// an S3-compatible store that ignores conditional writes.
+const LAX_S3_PROXY: &str = r#"
+import http.server, http.client, sys
+UP = ('127.0.0.1', int(sys.argv[1]))
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def forward(self):
+        n = int(self.headers.get('Content-Length') or 0)
+        body = self.rfile.read(n) if n else None
+        drop = ('if-none-match', 'host', 'connection')
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in drop}
+        c = http.client.HTTPConnection(*UP)
+        c.request(self.command, self.path, body=body, headers=headers)
+        r = c.getresponse()
+        data = r.read()
+        self.send_response(r.status, r.reason)
+        for k, v in r.getheaders():
+            if k.lower() not in ('transfer-encoding', 'connection', 'content-length'):
+                self.send_header(k, v)
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        if self.command != 'HEAD':
+            self.wfile.write(data)
+        c.close()
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[2])), H).serve_forever()
+"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed().as_secs() < 30, "{what} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 impl S3Server {
     fn start(bucket: &str) -> Self {
         let _ = python(); // installs moto with the other Python packages
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new("python3")
             .args([
                 "-m",
@@ -2234,15 +2279,12 @@ impl S3Server {
             .spawn()
             .expect("python3 -m moto.server");
         let endpoint = format!("http://127.0.0.1:{port}");
-        let s = Self { child, endpoint };
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed().as_secs() < 30,
-                "moto's S3 server did not start"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        let s = Self {
+            child,
+            endpoint,
+            proxy: None,
+        };
+        wait_for_port(port, "moto's S3 server");
         py(&format!(
             "import boto3\n\
              boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1').create_bucket(Bucket='{bucket}')",
@@ -2281,11 +2323,64 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// [`S3Server::start`] behind [`LAX_S3_PROXY`]: clients reach a store that ignores
+    /// `If-None-Match`.
+    fn start_ignoring_conditional_writes(bucket: &str) -> Self {
+        let mut s = Self::start(bucket);
+        let upstream = s.endpoint.rsplit(':').next().unwrap().to_string();
+        let port = free_port();
+        s.proxy = Some(
+            Command::new("python3")
+                .args(["-c", LAX_S3_PROXY, &upstream, &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("python3 proxy"),
+        );
+        wait_for_port(port, "the S3 proxy");
+        s.endpoint = format!("http://127.0.0.1:{port}");
+        s
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in std::iter::once(&mut self.child).chain(self.proxy.as_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
+}
+
+/// A store that ignores conditional writes would let two writers of one Delta version
+/// overwrite each other: the sink refuses it before anything is written, and names why.
+#[test]
+fn an_s3_store_ignoring_conditional_writes_is_refused_before_anything_is_written() {
+    let s3 = S3Server::start_ignoring_conditional_writes("lax");
+    let dir = tempfile::tempdir().unwrap();
+    let specs = id_value_project(
+        dir.path(),
+        10,
+        &[("lax", "delta: { path: \"s3://lax/t\" }")],
+    );
+    let mut c = bin();
+    s3.env(c.arg("run").arg(&specs[0]));
+    let o = c.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("does not honour conditional writes (`If-None-Match: *`)")
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+    let listed = py(&format!(
+        "import boto3\n\
+         c = boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n\
+         print(c.list_objects_v2(Bucket='lax').get('KeyCount', 0))",
+        s3.endpoint
+    ));
+    assert_eq!(listed, "0");
 }
 
 /// A Delta sink on `s3://` (an S3 API served by moto): a run killed with SIGKILL at several

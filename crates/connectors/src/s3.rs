@@ -91,6 +91,49 @@ fn builder(url: &Url) -> AmazonS3Builder {
     AmazonS3Builder::from_env().with_url(url.as_str())
 }
 
+/// Checks, before anything is written, that the store behind `uri` refuses to create an
+/// object that exists (`If-None-Match: *`): delta-rs commits each table version that way, and a
+/// store that ignores the condition would let two writers of the same version overwrite each
+/// other, one commit silently lost. A probe object under the table (`_sealtrail_probe/`) is
+/// created twice and removed.
+pub async fn check_conditional_writes(uri: &str) -> Result<(), String> {
+    use deltalake::logstore::object_store::{
+        self as os, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    };
+    let url = Url::parse(uri).map_err(|e| format!("bad table URL {uri}: {e}"))?;
+    let store = builder(&url)
+        .build()
+        .map_err(|e| format!("cannot reach {uri}: {e}"))?;
+    let prefix = Path::from_url_path(url.path()).map_err(|e| format!("{uri}: {e}"))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let probe = prefix
+        .join("_sealtrail_probe")
+        .join(format!("{}-{nanos}", std::process::id()).as_str());
+    let create = || PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    store
+        .put_opts(&probe, os::PutPayload::from_static(b"probe"), create())
+        .await
+        .map_err(|e| format!("cannot write to {uri}: {e}"))?;
+    let again = store
+        .put_opts(&probe, os::PutPayload::from_static(b"again"), create())
+        .await;
+    let _ = store.delete(&probe).await;
+    match again {
+        Err(os::Error::AlreadyExists { .. } | os::Error::Precondition { .. }) => Ok(()),
+        Ok(_) => Err(format!(
+            "the store behind {uri} does not honour conditional writes (`If-None-Match: *`): it let an object be created twice, so two writers of the table could overwrite each other's commits and lose one; nothing was written. Use a store that supports them (Amazon S3 does; S3-compatible stores in recent versions)"
+        )),
+        Err(e) => Err(format!(
+            "cannot check that {uri} honours conditional writes: {e}"
+        )),
+    }
+}
+
 /// A local copy of the `s3://` table `uri` in a temporary folder (removed when dropped), laid
 /// out under the same relative paths, so that `prove` and `audit` read the table as a local
 /// one: the same snapshot, the same log mapping files to batches. Either whole, or the

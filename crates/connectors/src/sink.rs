@@ -267,6 +267,11 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
         }
         Target::Delta { uri } => {
             crate::s3::register();
+            if crate::s3::is_s3(uri) {
+                crate::s3::check_conditional_writes(uri)
+                    .await
+                    .map_err(|e| sink_err(name, e))?;
+            }
             let url = if uri.contains("://") {
                 url::Url::parse(uri)
                     .map_err(|e| sink_err(name, format!("bad table URL {uri}: {e}")))?
