@@ -5,6 +5,7 @@
 //! Each action runs N times over a pool of 1,000 generated values; the figure is wall time
 //! divided by N (single thread). BENCHMARKS.md records the results.
 
+use arrow::array::Array;
 use sealtrail_protect::detect;
 use sealtrail_protect::keyring::KeyBytes;
 use sealtrail_protect::ops::{self, Fpe, Mask, Sealer, Tokenizer};
@@ -85,4 +86,46 @@ fn main() {
             o.push('x')
         }
     });
+    // The release guard on a raw column bound for an `internal` sink, per value, on the
+    // reference job's kinds of raw values and on values it stops.
+    let spec = "version: 1\npipeline: p\nsources:\n  s:\n    csv: { path: x.csv }\n    columns: [{ name: c }]\nsinks:\n  o: { from: s, audience: internal, parquet: { path: o } }\nquarantine: { parquet: { path: q } }\n";
+    let source = sealtrail_spec::parse_str(spec, "p.yaml".as_ref())
+        .expect("spec")
+        .sources
+        .remove(0);
+    let guard =
+        sealtrail_protect::guard::Guard::new(&source, 0, sealtrail_spec::Audience::Internal, "o")
+            .expect("a guard");
+    let pools: [(&str, Vec<String>); 4] = [
+        (
+            "guard: short codes",
+            (0..1000).map(|i| format!("TR{:05}", i * 7)).collect(),
+        ),
+        (
+            "guard: trade ids",
+            (0..1000)
+                .map(|i| format!("TRD-{:012}", i * 7_919))
+                .collect(),
+        ),
+        (
+            "guard: LEIs (cleared)",
+            (0..1000)
+                .map(|_| "5493001KJTIIGC8Y1R12".to_string())
+                .collect(),
+        ),
+        ("guard: emails (stopped)", emails.clone()),
+    ];
+    for (name, pool) in pools {
+        let values = arrow::array::StringArray::from(pool);
+        let rounds = (n / values.len()).max(1);
+        let t = Instant::now();
+        let mut stopped = 0;
+        for _ in 0..rounds {
+            stopped += black_box(guard.inspect(black_box(&values), |_| false)).len();
+        }
+        println!(
+            "{name:<28} {:>8.1} ns/value ({stopped} stopped)",
+            t.elapsed().as_nanos() as f64 / (rounds * values.len()) as f64
+        );
+    }
 }
