@@ -1602,27 +1602,39 @@ print(len(t), '{email}' in text.lower(), '{iban}' in text, '{phone}' in text, '{
     assert!(!policy("memo").contains("guard"), "{table}");
 }
 
+/// Pipelines `<prefix>_a` and `<prefix>_b` in `dir`, each loading its CSV of `id,note` rows
+/// into the same `sinks` (YAML lines under `sinks:`), run once each.
+fn two_pipelines_sharing(dir: &Path, prefix: &str, rows: [(&str, &str); 2], sinks: &str) {
+    for (n, rows) in rows {
+        std::fs::write(dir.join(format!("{n}.csv")), format!("id,note\n{rows}")).unwrap();
+        std::fs::write(
+            dir.join(format!("{n}.yaml")),
+            format!(
+                "version: 1\npipeline: {prefix}_{n}\nsources:\n  s:\n    csv: {{ path: {n}.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: note, class: none }}\nsinks:\n{sinks}quarantine:\n  parquet: {{ path: out/q{n} }}\n"
+            ),
+        )
+        .unwrap();
+        run_ok(
+            bin()
+                .arg("run")
+                .arg(dir.join(format!("{n}.yaml")))
+                .env("ST_TEST_PG_URL", pg_url()),
+        );
+    }
+}
+
 /// Two pipelines loading one Parquet folder and one Delta table: each audit checks its own
 /// pipeline's rows and skips the files its state store knows as the other pipeline's (they
 /// were reported ADDED); a file naming a run nobody knows still counts as added.
 #[test]
 fn pipelines_sharing_a_sink_audit_their_own_rows() {
     let dir = tempfile::tempdir().unwrap();
-    for (n, rows) in [("a", "1,x\n2,y\n"), ("b", "4,w\n3,x\n")] {
-        std::fs::write(
-            dir.path().join(format!("{n}.csv")),
-            format!("id,note\n{rows}"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join(format!("{n}.yaml")),
-            format!(
-                "version: 1\npipeline: shared_{n}\nsources:\n  s:\n    csv: {{ path: {n}.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: note, class: none }}\nsinks:\n  p: {{ from: s, audience: internal, parquet: {{ path: out/p }} }}\n  d: {{ from: s, audience: internal, delta: {{ path: out/d }} }}\nquarantine:\n  parquet: {{ path: out/q{n} }}\n"
-            ),
-        )
-        .unwrap();
-        run_ok(bin().arg("run").arg(dir.path().join(format!("{n}.yaml"))));
-    }
+    two_pipelines_sharing(
+        dir.path(),
+        "shared",
+        [("a", "1,x\n2,y\n"), ("b", "4,w\n3,x\n")],
+        "  p: { from: s, audience: internal, parquet: { path: out/p } }\n  d: { from: s, audience: internal, delta: { path: out/d } }\n",
+    );
     let audit = |n: &str, sink: &str| {
         let o = bin()
             .arg("audit")
@@ -1717,26 +1729,14 @@ fn pipelines_sharing_a_postgres_table_audit_their_own_rows() {
         "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
     ));
     let dir = tempfile::tempdir().unwrap();
-    for (n, rows) in [("a", "1,x\n2,y\n"), ("b", "3,z\n")] {
-        std::fs::write(
-            dir.path().join(format!("{n}.csv")),
-            format!("id,note\n{rows}"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join(format!("{n}.yaml")),
-            format!(
-                "version: 1\npipeline: pgshare_{n}\nsources:\n  s:\n    csv: {{ path: {n}.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: note, class: none }}\nsinks:\n  t: {{ from: s, audience: internal, postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.shared }} }}\nquarantine:\n  parquet: {{ path: out/q{n} }}\n"
-            ),
-        )
-        .unwrap();
-        run_ok(
-            bin()
-                .arg("run")
-                .arg(dir.path().join(format!("{n}.yaml")))
-                .env("ST_TEST_PG_URL", pg_url()),
-        );
-    }
+    two_pipelines_sharing(
+        dir.path(),
+        "pgshare",
+        [("a", "1,x\n2,y\n"), ("b", "3,z\n")],
+        &format!(
+            "  t: {{ from: s, audience: internal, postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.shared }} }}\n"
+        ),
+    );
     let audit = |n: &str| {
         let o = bin()
             .arg("audit")
