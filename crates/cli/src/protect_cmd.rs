@@ -502,6 +502,9 @@ struct QRow {
     key: Option<String>,
     reason: String,
     reasons: String,
+    /// Each reason's rule (`regex(quantity)`, the column and kind a release check found...),
+    /// `;`-separated: labels from the spec and the engine, never a value.
+    rules: String,
     raw: Vec<u8>,
 }
 
@@ -541,6 +544,7 @@ fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
             let key = text("key")?;
             let reason = text("reason")?;
             let reasons = text("reasons")?;
+            let rules = text("rules")?;
             let raw = col("raw")?
                 .as_binary_opt::<i32>()
                 .cloned()
@@ -552,6 +556,7 @@ fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
                     key: arrow::array::Array::is_valid(&key, r).then(|| key.value(r).to_string()),
                     reason: reason.value(r).to_string(),
                     reasons: reasons.value(r).to_string(),
+                    rules: rules.value(r).to_string(),
                     raw: raw.value(r).to_vec(),
                 });
             }
@@ -566,18 +571,20 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
         QuarantineCmd::List { path, limit } => {
             let rows = read_quarantine(&path)?;
             outln!(
-                "{:<40} {:>8}  {:<22} reasons",
+                "{:<40} {:>8}  {:<22} {:<22} rules",
                 "input",
                 "line/key",
-                "reason"
+                "reason",
+                "reasons"
             );
             for q in rows.iter().take(limit) {
                 outln!(
-                    "{:<40} {:>8}  {:<22} {}",
+                    "{:<40} {:>8}  {:<22} {:<22} {}",
                     printable(q.input.as_bytes(), encoding_rs::UTF_8),
                     position(q),
                     q.reason,
-                    q.reasons
+                    q.reasons,
+                    printable(q.rules.as_bytes(), encoding_rs::UTF_8)
                 );
             }
             outln!("{} quarantined record(s)", rows.len());

@@ -1007,7 +1007,7 @@ quarantine:
     assert!(
         list.lines().any(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
-            w.ends_with(&["25", "invalid_isin", "invalid_isin"])
+            w.ends_with(&["25", "invalid_isin", "invalid_isin", "checksum(isin)"])
         }),
         "{list}"
     );
@@ -1576,6 +1576,14 @@ fn sensitive_values_past_the_sample_are_quarantined_not_delivered() {
         .map(|l| l.split_whitespace().nth(1).unwrap())
         .collect();
     assert_eq!(guarded, ["2501", "2601", "2701"], "{list}");
+    // The listing says what was found where, without the value.
+    assert!(
+        list.contains(
+            "`ref` holds email (pii) data, which sink `o` (audience analyst) may not receive raw"
+        ) && list.contains("`status` holds text with embedded phone (pii) data")
+            && list.contains("`ref` holds iban (financial) data"),
+        "{list}"
+    );
     assert!(!list.contains('@') && !list.contains("WEST"), "{list}");
     let o = dir.path().join("out/o");
     let got = py(&format!(
