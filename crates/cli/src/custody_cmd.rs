@@ -535,11 +535,12 @@ pub async fn prove(
             let mut rows = t.find(sel).await?;
             // A table other pipelines also load: not the rows only they delivered.
             if sel.id.is_none() {
+                let mut owners = InputOwners::new(&st, &p.name);
                 let mut kept = Vec::with_capacity(rows.len());
                 for r in rows {
                     // An aggregated row: by its first contributing record.
                     let id = r.members.first().unwrap_or(&r.id);
-                    if !delivered_only_by_others(&st, &p.name, id).await? {
+                    if owners.other(id).await?.is_none() {
                         kept.push(r);
                     }
                 }
@@ -1059,27 +1060,41 @@ async fn other_pipelines_files(
     Ok(out)
 }
 
-/// The other pipeline whose committed batches read input `key` of `source`, when no batch of
-/// `pipeline` did (the rows of a shared PostgreSQL table carry no batch, only their ids).
-async fn other_owner(
-    st: &StateStore,
-    pipeline: &str,
-    source: &str,
-    key: &str,
-) -> Result<Option<String>> {
-    let readers = st.pipelines_reading(source, key).await?;
-    Ok((!readers.iter().any(|r| r == pipeline))
-        .then(|| readers.into_iter().next())
-        .flatten())
+/// Who delivered a row of a PostgreSQL table several pipelines load (its rows carry no batch,
+/// only their ids): another pipeline, when the input its id names (source and input key) was
+/// read by that pipeline's committed batches and by none of this pipeline's. One state-store
+/// query per input.
+struct InputOwners<'a> {
+    st: &'a StateStore,
+    pipeline: &'a str,
+    known: HashMap<(String, String), Option<String>>,
 }
 
-/// Whether the record with lineage id `id` was delivered only by other pipelines (see
-/// [`other_owner`]).
-async fn delivered_only_by_others(st: &StateStore, pipeline: &str, id: &str) -> Result<bool> {
-    Ok(match custody::parse_id(id) {
-        Some((source, key, _)) => other_owner(st, pipeline, source, key).await?.is_some(),
-        None => false,
-    })
+impl<'a> InputOwners<'a> {
+    fn new(st: &'a StateStore, pipeline: &'a str) -> Self {
+        Self {
+            st,
+            pipeline,
+            known: HashMap::new(),
+        }
+    }
+
+    /// The other pipeline that alone delivered record `id`, if one did.
+    async fn other(&mut self, id: &str) -> Result<Option<String>> {
+        let Some((source, key, _)) = custody::parse_id(id) else {
+            return Ok(None);
+        };
+        let k = (source.to_string(), key.to_string());
+        if let Some(owner) = self.known.get(&k) {
+            return Ok(owner.clone());
+        }
+        let readers = self.st.pipelines_reading(source, key).await?;
+        let owner = (!readers.iter().any(|r| r == self.pipeline))
+            .then(|| readers.into_iter().next())
+            .flatten();
+        self.known.insert(k, owner.clone());
+        Ok(owner)
+    }
 }
 
 /// One difference between a sink and what the ledger says was delivered.
@@ -1802,23 +1817,15 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     // pipelines' batches read (by this state store) are theirs to audit.
     let mut other_rows: BTreeMap<String, usize> = BTreeMap::new();
     if pg_label.is_some() {
-        let mut owners: HashMap<(String, String), Option<String>> = HashMap::new();
+        let mut owners = InputOwners::new(&st, &p.name);
         let mut kept = Vec::with_capacity(findings.len());
         for f in findings {
-            let Finding::Added(id) = &f else {
-                kept.push(f);
-                continue;
+            let owner = match &f {
+                Finding::Added(id) => owners.other(id).await?,
+                _ => None,
             };
-            let Some((source, key, _)) = custody::parse_id(id) else {
-                kept.push(f);
-                continue;
-            };
-            let k = (source.to_string(), key.to_string());
-            if !owners.contains_key(&k) {
-                owners.insert(k.clone(), other_owner(&st, &p.name, source, key).await?);
-            }
-            match &owners[&k] {
-                Some(owner) => *other_rows.entry(owner.clone()).or_default() += 1,
+            match owner {
+                Some(owner) => *other_rows.entry(owner).or_default() += 1,
                 None => kept.push(f),
             }
         }

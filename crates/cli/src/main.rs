@@ -547,10 +547,10 @@ async fn check(specs: &[PathBuf]) -> Result<()> {
         let (diags, notes) = match sealtrail_spec::load(s) {
             Err(sealtrail_spec::Error::Invalid(d)) => (d, Vec::new()),
             Err(e) => return Err(e.into()),
-            Ok(p) => (
-                sealtrail_engine::check(&p).await,
-                sealtrail_engine::notes(&p).await,
-            ),
+            Ok(p) => {
+                let (planned, diags) = sealtrail_engine::check_with(&p, &Default::default()).await;
+                (diags, sealtrail_engine::notes(&p, &planned))
+            }
         };
         if diags.is_empty() {
             outln!("{}: ok", s.display());

@@ -409,12 +409,13 @@ pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
         "policy"
     );
     for s in &p.sources {
-        let sample = samples.get(&s.name).map_or(&[][..], Vec::as_slice);
-        let classes = sealtrail_protect::plan::classify_source(s, sample);
-        let guards = planned
-            .get(&s.name)
-            .map(|pl| sealtrail_engine::release_guards(&p, s, pl))
-            .unwrap_or_default();
+        let (classes, guards) = match planned.get(&s.name) {
+            Some(pl) => (pl.classes.clone(), pl.guards.as_slice()),
+            None => {
+                let sample = samples.get(&s.name).map_or(&[][..], Vec::as_slice);
+                (sealtrail_protect::plan::classify_source(s, sample), &[][..])
+            }
+        };
         for (i, (c, k)) in s.columns.iter().zip(&classes).enumerate() {
             let policy: Vec<&str> = s
                 .protect

@@ -1643,18 +1643,7 @@ fn pipelines_sharing_a_sink_audit_their_own_rows() {
         [("a", "1,x\n2,y\n"), ("b", "4,w\n3,x\n")],
         "  p: { from: s, audience: internal, parquet: { path: out/p } }\n  d: { from: s, audience: internal, delta: { path: out/d } }\n",
     );
-    let audit = |n: &str, sink: &str| {
-        let o = bin()
-            .arg("audit")
-            .arg(dir.path().join(format!("{n}.yaml")))
-            .args(["--sink", sink])
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-        )
-    };
+    let audit = |n: &str, sink: &str| run_audit(&dir.path().join(format!("{n}.yaml")), &[sink]);
     for sink in ["p", "d"] {
         for (n, other, rows) in [("a", "b", 2), ("b", "a", 2)] {
             let (code, out) = audit(n, sink);
@@ -1746,16 +1735,9 @@ fn pipelines_sharing_a_postgres_table_audit_their_own_rows() {
         ),
     );
     let audit = |n: &str| {
-        let o = bin()
-            .arg("audit")
-            .arg(dir.path().join(format!("{n}.yaml")))
-            .args(["--sink", "t", "--json"])
-            .env("ST_TEST_PG_URL", pg_url())
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (code, out) = run_audit(&dir.path().join(format!("{n}.yaml")), &["t", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
-        (o.status.code(), v)
+        (code, v)
     };
     for (n, other, theirs) in [("a", "b", 1), ("b", "a", 2)] {
         let (code, v) = audit(n);
@@ -2071,14 +2053,8 @@ fn a_stopped_run_resumes_after_its_project_moved() {
         )),
         "2000 2000"
     );
-    let o = bin()
-        .arg("audit")
-        .arg(&spec)
-        .args(["--sink", "out"])
-        .output()
-        .unwrap();
-    let audit = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(0), "{audit}");
+    let (code, audit) = run_audit(&spec, &["out"]);
+    assert_eq!(code, Some(0), "{audit}");
     assert!(audit.contains("2000 rows read"), "{audit}");
     run_ok(bin().args(["ledger", "verify"]).current_dir(&after));
 }
@@ -3164,6 +3140,23 @@ open('{f}', 'w', encoding='utf-8').write(out.getvalue())
 /// Chain of custody end to end: a row is proven and the bundle verifies offline; then one value
 /// of one row is changed inside a Delta data file, a row is deleted and a forged row appended,
 /// and `verify-proof --table` and `audit` name exactly those rows.
+/// `sealtrail audit SPEC --sink ARGS...` (the sink name, then any options), with the test
+/// PostgreSQL's URL in the environment: exit code and standard output.
+fn run_audit(spec: &Path, sink_args: &[&str]) -> (Option<i32>, String) {
+    let o = bin()
+        .arg("audit")
+        .arg(spec)
+        .arg("--sink")
+        .args(sink_args)
+        .env("ST_TEST_PG_URL", pg_url())
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
 /// `audit --json` of `sink` exits 4 and names exactly one changed, one deleted and one added row.
 fn assert_audit_finds(spec: &Path, sink: &str, [changed, deleted, added]: [&[&str]; 3]) {
     let o = bin()
@@ -3550,14 +3543,8 @@ db.commit()
 "#,
         home.join("state.db").display()
     ));
-    let o = bin()
-        .arg("audit")
-        .arg(&spec)
-        .args(["--sink", "trades_analytics"])
-        .output()
-        .unwrap();
-    let so = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(4), "{so}");
+    let (code, so) = run_audit(&spec, &["trades_analytics"]);
+    assert_eq!(code, Some(4), "{so}");
     assert!(so.contains("NOT VERIFIED"), "{so}");
 }
 

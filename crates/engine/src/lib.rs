@@ -133,9 +133,8 @@ pub async fn check(p: &Pipeline) -> Vec<Diagnostic> {
 
 /// What a spec that checks does that its author may not expect, one sentence each: sinks that
 /// receive rows aggregated within each batch (a `GROUP BY` or `DISTINCT` does not group over
-/// the whole input).
-pub async fn notes(p: &Pipeline) -> Vec<String> {
-    let (planned, _) = check_with(p, &HashMap::new()).await;
+/// the whole input). `planned`: what [`check_with`] planned.
+pub fn notes(p: &Pipeline, planned: &HashMap<String, Planned>) -> Vec<String> {
     let mut out = Vec::new();
     for sink in &p.sinks {
         let Some(schema) = planned
@@ -164,6 +163,8 @@ pub struct Planned {
     pub classes: Vec<sealtrail_protect::detect::Classification>,
     pub resolution: Resolution,
     pub transforms: Transforms,
+    /// The release guards of its raw columns bound for audiences not cleared for all data.
+    pub guards: Vec<Guard>,
 }
 
 /// Samples of each source's values, by source name then column (declared order).
@@ -219,12 +220,14 @@ pub async fn check_with(
             Ok(t) => {
                 out.extend(release_check(p, s, &res.states, &t));
                 out.extend(custody_check(p, s, &t));
+                let guards = release_guards(p, s, &res.states, &t);
                 ok.insert(
                     s.name.clone(),
                     Planned {
                         classes,
                         resolution: res,
                         transforms: t,
+                        guards,
                     },
                 );
             }
@@ -278,14 +281,15 @@ fn release_check(
     out
 }
 
-/// The release guards of a planned source (see [`sealtrail_protect::guard`]): each raw
-/// column that reaches, through the SQL, a sink whose audience is not cleared for every tag,
-/// with the least cleared such audience.
-pub fn release_guards(p: &Pipeline, source: &Source, planned: &Planned) -> Vec<Guard> {
-    guards_of(p, source, &planned.resolution.states, &planned.transforms)
-}
-
-fn guards_of(p: &Pipeline, source: &Source, states: &[ColumnState], t: &Transforms) -> Vec<Guard> {
+/// The release guards of a source (see [`sealtrail_protect::guard`]): each raw column that
+/// reaches, through the SQL, a sink whose audience is not cleared for every tag, with the
+/// least cleared such audience.
+fn release_guards(
+    p: &Pipeline,
+    source: &Source,
+    states: &[ColumnState],
+    t: &Transforms,
+) -> Vec<Guard> {
     // Source column -> (least cleared audience, a sink of that audience).
     let mut least: BTreeMap<usize, (sealtrail_spec::Audience, &str)> = BTreeMap::new();
     for sink in p.sinks.iter().filter(|k| k.root_source == source.name) {
@@ -872,6 +876,7 @@ async fn run_inner(
             classes,
             resolution,
             transforms,
+            guards,
         } = planned
             .remove(&source.name)
             .ok_or_else(|| Error::Internal(format!("source `{}` was not planned", source.name)))?;
@@ -897,7 +902,7 @@ async fn run_inner(
         };
         let protector = Protector::new(source, &schema, &resolution, opts.keyring.clone())
             .map_err(|e| Error::Keys(e.to_string()))?
-            .with_guards(guards_of(p, source, &resolution.states, &transforms));
+            .with_guards(guards);
         let mut sinks: Vec<(SinkWriter, String)> = Vec::new();
         for s in p.sinks.iter().filter(|s| s.root_source == source.name) {
             let sch = transforms

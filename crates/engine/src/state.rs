@@ -274,14 +274,8 @@ impl StateStore {
 
     /// The inputs recorded for a run's source, in read order.
     pub async fn run_inputs(&self, run: &RunId, source: &str) -> Result<Vec<String>> {
-        let rows = sqlx::query(
-            "SELECT input FROM sealtrail_run_inputs WHERE run_id = $1 AND source = $2 ORDER BY seq",
-        )
-        .bind(run.as_str())
-        .bind(source)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        let inputs = self.run_inputs_fingerprinted(run, source).await?;
+        Ok(inputs.into_iter().map(|(input, _)| input).collect())
     }
 
     /// [`Self::run_inputs`] with the fingerprint each input had when the run chose it.
