@@ -1,17 +1,19 @@
-//! Arbitrary bytes as a CSV file in a legacy encoding (the first byte picks it): the decoder
-//! never panics, and every record it accepts or quarantines is well-formed.
+//! Arbitrary bytes as a CSV file in a legacy encoding or UTF-16 (the first byte picks it): the
+//! decoder never panics, and every record it accepts or quarantines is well-formed.
 #![no_main]
 
 #[path = "common.rs"]
 mod common;
 
-const ENCODINGS: [&str; 6] = [
+const ENCODINGS: [&str; 8] = [
     "windows-1252",
     "shift_jis",
     "gb18030",
     "big5",
     "euc-kr",
     "euc-jp",
+    "utf-16le",
+    "utf-16be",
 ];
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

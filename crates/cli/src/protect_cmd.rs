@@ -480,8 +480,9 @@ pub enum QuarantineCmd {
         /// of printing them.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// The source's encoding (a WHATWG label such as windows-1252 or shift_jis), to print
-        /// records of a source declared in one; bytes that do not decode print as `\xNN`.
+        /// The source's encoding (a WHATWG label such as windows-1252, shift_jis or
+        /// utf-16le), to print records of a source declared in one (bytes that do not decode
+        /// print as `\xNN`) and to end the lines of `--out` as that encoding does.
         #[arg(long, default_value = "utf-8")]
         encoding: String,
     },
@@ -650,9 +651,12 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
                 let mut f = o
                     .open(&out)
                     .with_context(|| format!("creating {} (it must not exist)", out.display()))?;
+                // One record a line, the line end in the records' encoding (two bytes in
+                // UTF-16), so that the file can be repaired and replayed as it is.
+                let newline = encode_text(encoding, "\n").unwrap_or_else(|| b"\n".to_vec());
                 for (_, plain) in &shown {
                     std::io::Write::write_all(&mut f, plain)?;
-                    std::io::Write::write_all(&mut f, b"\n")?;
+                    std::io::Write::write_all(&mut f, &newline)?;
                 }
                 outln!("wrote {} raw record(s) to {}", shown.len(), out.display());
                 return Ok(());
@@ -681,8 +685,8 @@ fn position(q: &QRow) -> String {
 }
 
 /// A raw record as one line of terminal text: decoded from its source's encoding, with the
-/// bytes of a record that does not decode shown as `\xNN` (ASCII kept: every accepted encoding
-/// is ASCII-compatible), and backslashes, control characters and bidirectional overrides
+/// bytes of a record that does not decode shown as `\xNN` (printable ASCII bytes as themselves),
+/// and backslashes, control characters and bidirectional overrides
 /// escaped. A quarantined record is untrusted input: printed as is, an escape sequence in it
 /// could drive the terminal, and a lossy decode would hide the very bytes that failed.
 fn printable(raw: &[u8], encoding: &'static encoding_rs::Encoding) -> String {
@@ -729,6 +733,22 @@ fn printable(raw: &[u8], encoding: &'static encoding_rs::Encoding) -> String {
     out
 }
 
+/// `text` as a file in `enc` holds it; `None` when a character has no encoding in it.
+/// (`Encoding::encode` writes UTF-8 for the UTF-16 encodings, as the WHATWG standard does for
+/// web forms; a UTF-16 CSV file needs its own code units.)
+fn encode_text(enc: &'static encoding_rs::Encoding, text: &str) -> Option<Vec<u8>> {
+    if enc == encoding_rs::UTF_16LE || enc == encoding_rs::UTF_16BE {
+        let le = enc == encoding_rs::UTF_16LE;
+        return Some(
+            text.encode_utf16()
+                .flat_map(|u| if le { u.to_le_bytes() } else { u.to_be_bytes() })
+                .collect(),
+        );
+    }
+    let (bytes, _, unmappable) = enc.encode(text);
+    (!unmappable).then(|| bytes.into_owned())
+}
+
 /// The pipeline narrowed to one source, reading `file` (repaired records, plus the header a
 /// CSV source expects), under the name `<pipeline>-replay`.
 pub fn replay_pipeline(
@@ -746,7 +766,7 @@ pub fn replay_pipeline(
             names.join(", ")
         );
     };
-    let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     std::fs::create_dir_all(work)?;
     let input = work.join(format!("replay-{}", sealtrail_core::RunId::new()));
     let mut text = Vec::new();
@@ -755,16 +775,20 @@ pub fn replay_pipeline(
             if o.header {
                 let names: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
                 // The header in the source's encoding, like the repaired lines that follow it.
-                let header = names.join(&(o.delimiter as char).to_string());
-                let (bytes, _, unmappable) = o.encoding.encode(&header);
-                if unmappable {
-                    bail!(
+                let header = names.join(&(o.delimiter as char).to_string()) + "\n";
+                text.extend(encode_text(o.encoding, &header).ok_or_else(|| {
+                    anyhow::anyhow!(
                         "the column names of source `{source}` cannot be written in its encoding {}",
                         o.encoding.name()
-                    );
-                }
-                text.extend(bytes.as_ref());
-                text.push(b'\n');
+                    )
+                })?);
+            }
+            // A byte order mark an editor put before the repaired records would otherwise
+            // become part of the first record's first field.
+            if let Some((enc, bom)) = encoding_rs::Encoding::for_bom(&body)
+                && enc == o.encoding
+            {
+                body.drain(..bom);
             }
             &mut o.files
         }

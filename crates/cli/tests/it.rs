@@ -1414,6 +1414,92 @@ fn legacy_encoded_csv_files_load_as_utf8_text() {
     );
 }
 
+/// A spreadsheet's "Unicode text" export (UTF-16 with a byte order mark, tab-separated, CRLF,
+/// written by Python's codec) loads with the values Python wrote: a quoted field over two
+/// lines, characters outside the BMP. A line with an unpaired surrogate is quarantined as
+/// `invalid_encoding` with its exact bytes, shown decoded where it can be, and a repaired
+/// record saved as UTF-16 (with its own byte order mark) replays.
+#[test]
+fn utf16_csv_files_load_quarantine_and_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    py(&format!(
+        "import os\n\
+         os.makedirs('{d}/in')\n\
+         text = 'venue\\tlabel\\r\\nZürich\\t\"two\\r\\nlines\"\\r\\n東京\\t😀 ok\\r\\nbad\\ud800\\tx\\r\\n\\tno venue\\r\\n'\n\
+         open('{d}/in/u.txt', 'wb').write(text.encode('utf-16', 'surrogatepass'))\n\
+         open('{d}/fix.txt', 'wb').write('Genève\\trepaired\\r\\n'.encode('utf-16'))"
+    ));
+    let spec = dir.path().join("u.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: u16\nsources:\n  sheet:\n    csv: { path: in/u.txt, encoding: utf-16, delimiter: \"\\t\" }\n    columns:\n      - { name: venue, required: true }\n      - { name: label }\n    checks: [{ rule: not_null, column: venue, reason: no_venue }]\nsinks:\n  o: { from: sheet, audience: internal, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    assert!(run_ok(bin().arg("check").arg(&spec)).contains(": ok"));
+    let (rin, loaded, q) = counts(&run_ok(bin().arg("run").arg(&spec)));
+    assert_eq!((rin, loaded, q), (4, 2, 2));
+    let read = || {
+        py(&format!(
+            "import pyarrow.parquet as pq\n\
+             print(sorted((r['venue'], r['label']) for r in pq.read_table('{d}/out/o').to_pylist()))"
+        ))
+    };
+    assert_eq!(read(), "[('Zürich', 'two\\r\\nlines'), ('東京', '😀 ok')]");
+    let list = run_ok(
+        bin()
+            .args(["quarantine", "list"])
+            .arg(dir.path().join("out/q")),
+    );
+    // Lines: header 1, Zürich 2-3, 東京 4, the surrogate 5, no venue 6.
+    let reason_of = |line: &str| {
+        list.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(line))
+            .map(|l| l.to_string())
+    };
+    assert!(
+        reason_of("5").is_some_and(|l| l.contains("invalid_encoding")),
+        "{list}"
+    );
+    assert!(
+        reason_of("6").is_some_and(|l| l.contains("no_venue")),
+        "{list}"
+    );
+    let home = dir.path().join(".sealtrail");
+    let show = |line: &str, extra: &[&str]| {
+        run_ok(
+            bin()
+                .args(["quarantine", "show", "--reason", "test", "--home"])
+                .arg(&home)
+                .arg(dir.path().join("out/q"))
+                .args(["--line", line])
+                .args(extra),
+        )
+    };
+    assert!(show("6", &["--encoding", "utf-16le"]).contains("u.txt:6 [no_venue] \\tno venue"));
+    let raw = dir.path().join("raw.bin");
+    show(
+        "5",
+        &["--encoding", "utf-16le", "--out", raw.to_str().unwrap()],
+    );
+    let mut want: Vec<u8> = "bad".encode_utf16().flat_map(u16::to_le_bytes).collect();
+    want.extend([0x00, 0xd8]);
+    want.extend("\tx\n".encode_utf16().flat_map(u16::to_le_bytes));
+    assert_eq!(std::fs::read(&raw).unwrap(), want);
+    let out = run_ok(
+        bin()
+            .args(["quarantine", "replay", "--source", "sheet", "--home"])
+            .arg(&home)
+            .arg(&spec)
+            .arg(dir.path().join("fix.txt")),
+    );
+    assert_eq!(counts(&out), (1, 1, 0), "{out}");
+    assert_eq!(
+        read(),
+        "[('Genève', 'repaired'), ('Zürich', 'two\\r\\nlines'), ('東京', '😀 ok')]"
+    );
+}
+
 /// A zero-byte CSV file (no header, no records) among others is read as holding no records,
 /// with one warning, instead of failing the run and holding back the other files.
 #[test]

@@ -10,9 +10,12 @@
 //! [`MAX_RECORD_BYTES`]); the record's position is its first line. Line terminators are `\n`
 //! or `\r\n` and are not part of the record.
 //!
-//! Encodings: UTF-8, or any ASCII-compatible legacy encoding the spec declares (the spec checks
-//! that the separator and quote cannot occur inside a multi-byte character). Lines, quotes and
-//! separators are found in the undecoded bytes; each record is then decoded to UTF-8 whole.
+//! Encodings: UTF-8, any ASCII-compatible legacy encoding the spec declares (the spec checks
+//! that the separator and quote cannot occur inside a multi-byte character), or UTF-16 (LE or
+//! BE, as spreadsheets export "Unicode text"). Lines are found in the undecoded bytes (for
+//! UTF-16, `\n` code units at even offsets; a byte order mark at the start of the file is
+//! skipped); each record is then decoded to UTF-8 whole and split into fields. A record's
+//! source bytes, which quarantine keeps and its commitment hashes, are always the file's own.
 //!
 //! Reasons produced here: `invalid_utf8` (or `invalid_encoding` for a legacy encoding),
 //! `wrong_field_count`, `unterminated_quote`.
@@ -163,6 +166,31 @@ impl CsvReader {
             map: Vec::new(),
             nfields: 0,
         };
+        if let Units::Utf16 { le } = Units::of(self.opts.encoding) {
+            // A byte order mark is not part of any record, header line or not. The other
+            // order's mark means the spec names the wrong one: every line would decode to
+            // nonsense, so the file is refused rather than quarantined line by line.
+            let mut from = 0;
+            refill(&mut f, &mut from)?;
+            let (ours, theirs) = match le {
+                true => ([0xff, 0xfe], encoding_rs::UTF_16BE),
+                false => ([0xfe, 0xff], encoding_rs::UTF_16LE),
+            };
+            if f.buf.starts_with(&ours) {
+                f.pos = 2;
+            } else if f.buf.starts_with(&[ours[1], ours[0]]) {
+                return Err(Error::Schema {
+                    input: name.to_string(),
+                    source_name: self.source.name.clone(),
+                    reason: format!(
+                        "the file starts with the byte order mark of {}, but the spec declares encoding {}; declare `encoding: {}`",
+                        theirs.name(),
+                        self.opts.encoding.name(),
+                        theirs.name().to_ascii_lowercase()
+                    ),
+                });
+            }
+        }
         let ncols = self.source.columns.len();
         if !self.opts.header {
             f.map = (0..ncols).map(Some).collect();
@@ -171,6 +199,7 @@ impl CsvReader {
         }
         let Some((start, end, header_lines)) = next_record(
             &mut f,
+            self.opts.encoding,
             self.opts.quote,
             &mut self.fields,
             self.opts.delimiter,
@@ -248,18 +277,109 @@ impl CsvReader {
         f.nfields = names.len();
         f.line_no += header_lines.max(1);
         f.pos = end;
-        consume_terminator(&mut f);
+        consume_terminator(&mut f, Units::of(self.opts.encoding));
         Ok(f)
     }
 }
 
-/// Skips the line terminator at `f.pos` (if any) and counts the line.
-fn consume_terminator(f: &mut OpenFile) {
-    if f.pos < f.buf.len() && f.buf[f.pos] == b'\r' && f.buf.get(f.pos + 1) == Some(&b'\n') {
-        f.pos += 1;
+/// How lines end in a file's bytes: a `\n` byte (UTF-8 and the ASCII-compatible legacy
+/// encodings), or a `\n` code unit of UTF-16 (two bytes, at an even offset from the start of
+/// the file; the buffer's start stays at one, as it only ever drops whole records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Units {
+    Bytes,
+    Utf16 { le: bool },
+}
+
+impl Units {
+    fn of(enc: &'static encoding_rs::Encoding) -> Self {
+        if enc == encoding_rs::UTF_16LE {
+            Units::Utf16 { le: true }
+        } else if enc == encoding_rs::UTF_16BE {
+            Units::Utf16 { le: false }
+        } else {
+            Units::Bytes
+        }
     }
-    if f.pos < f.buf.len() && f.buf[f.pos] == b'\n' {
-        f.pos += 1;
+
+    /// Bytes of one code unit.
+    fn width(self) -> usize {
+        match self {
+            Units::Bytes => 1,
+            Units::Utf16 { .. } => 2,
+        }
+    }
+
+    /// Whether the code unit at `at` is the ASCII character `c`.
+    fn is(self, buf: &[u8], at: usize, c: u8) -> bool {
+        match self {
+            Units::Bytes => buf.get(at) == Some(&c),
+            Units::Utf16 { le } => {
+                let want = if le { [c, 0] } else { [0, c] };
+                buf.get(at..at + 2) == Some(&want[..])
+            }
+        }
+    }
+
+    /// Where the first `\n` at or after `from` starts.
+    fn find_lf(self, buf: &[u8], from: usize) -> Option<usize> {
+        match self {
+            Units::Bytes => memchr::memchr(b'\n', &buf[from..]).map(|k| from + k),
+            // The byte 0x0A, then whether it is the unit's low byte at an even offset.
+            Units::Utf16 { le } => memchr::memchr_iter(b'\n', &buf[from..])
+                .filter_map(|k| {
+                    if le {
+                        Some(from + k)
+                    } else {
+                        (from + k).checked_sub(1)
+                    }
+                })
+                .find(|&at| at >= from && (at - from).is_multiple_of(2) && self.is(buf, at, b'\n')),
+        }
+    }
+
+    /// Where the line that ends with the `\n` at `lf` ends once a `\r` before it is dropped
+    /// (not before `start`).
+    fn line_end(self, buf: &[u8], start: usize, lf: usize) -> usize {
+        let w = self.width();
+        if lf >= start + w && self.is(buf, lf - w, b'\r') {
+            lf - w
+        } else {
+            lf
+        }
+    }
+}
+
+/// Whether `rec` opens a quoted field it does not close (the record goes on at the next line).
+/// Byte encodings are split as they are; UTF-16 is decoded first (a record that does not
+/// decode is complete: it is quarantined as it stands).
+fn opens_quote(
+    enc: &'static encoding_rs::Encoding,
+    rec: &[u8],
+    delim: u8,
+    quote: u8,
+    scratch: &mut Vec<(usize, usize, bool)>,
+) -> bool {
+    match Units::of(enc) {
+        Units::Bytes => {
+            memchr::memchr(quote, rec).is_some()
+                && matches!(split(rec, delim, quote, scratch), Split::Open)
+        }
+        Units::Utf16 { .. } => decode(enc, rec).is_some_and(|t| {
+            memchr::memchr(quote, t.as_bytes()).is_some()
+                && matches!(split(t.as_bytes(), delim, quote, scratch), Split::Open)
+        }),
+    }
+}
+
+/// Skips the line terminator at `f.pos` (if any) and counts the line.
+fn consume_terminator(f: &mut OpenFile, u: Units) {
+    let w = u.width();
+    if u.is(&f.buf, f.pos, b'\r') && u.is(&f.buf, f.pos + w, b'\n') {
+        f.pos += w;
+    }
+    if u.is(&f.buf, f.pos, b'\n') {
+        f.pos += w;
     }
 }
 
@@ -268,28 +388,24 @@ fn consume_terminator(f: &mut OpenFile) {
 /// The third value is the number of physical lines it spans (0 when it is cut short).
 fn next_record(
     f: &mut OpenFile,
+    enc: &'static encoding_rs::Encoding,
     quote: u8,
     scratch: &mut Vec<(usize, usize, bool)>,
     delim: u8,
 ) -> Result<Option<(usize, usize, u64)>> {
+    let u = Units::of(enc);
+    let w = u.width();
     let mut scan_from = f.pos;
     let mut lines = 1u64;
     loop {
-        match memchr::memchr(b'\n', &f.buf[scan_from..]) {
-            Some(k) => {
-                let mut end = scan_from + k;
-                let line_end = if end > f.pos && f.buf[end - 1] == b'\r' {
-                    end - 1
-                } else {
-                    end
-                };
+        match u.find_lf(&f.buf, scan_from) {
+            Some(mut end) => {
+                let line_end = u.line_end(&f.buf, f.pos, end);
                 // Only records that open a quote can continue on the next line.
                 let rec = &f.buf[f.pos..line_end];
-                if memchr::memchr(quote, rec).is_some()
-                    && matches!(split(rec, delim, quote, scratch), Split::Open)
-                {
-                    if line_end - f.pos < MAX_RECORD_BYTES && (end + 1 < f.buf.len() || !f.eof) {
-                        scan_from = end + 1;
+                if opens_quote(enc, rec, delim, quote, scratch) {
+                    if line_end - f.pos < MAX_RECORD_BYTES && (end + w < f.buf.len() || !f.eof) {
+                        scan_from = end + w;
                         lines += 1;
                         if scan_from >= f.buf.len() && !f.eof {
                             refill(f, &mut scan_from)?;
@@ -297,12 +413,8 @@ fn next_record(
                         continue;
                     }
                     // Too long or file ends inside quotes: cut at the first line.
-                    end = f.pos + memchr::memchr(b'\n', &f.buf[f.pos..]).unwrap_or(0);
-                    let le = if end > f.pos && f.buf[end - 1] == b'\r' {
-                        end - 1
-                    } else {
-                        end
-                    };
+                    end = u.find_lf(&f.buf, f.pos).unwrap_or(f.pos);
+                    let le = u.line_end(&f.buf, f.pos, end);
                     let start = f.pos;
                     f.pos = le;
                     return Ok(Some((start, le, 0)));
@@ -318,14 +430,12 @@ fn next_record(
                 }
                 // Last line without a terminator.
                 let start = f.pos;
-                let end = f.buf.len();
-                let rec = &f.buf[start..end];
-                let open = memchr::memchr(quote, rec).is_some()
-                    && matches!(split(rec, delim, quote, scratch), Split::Open);
+                let rec = &f.buf[start..];
+                let open = opens_quote(enc, rec, delim, quote, scratch);
                 let end = if open {
-                    start + memchr::memchr(b'\n', rec).unwrap_or(rec.len())
+                    u.find_lf(&f.buf, start).unwrap_or(f.buf.len())
                 } else {
-                    end
+                    f.buf.len()
                 };
                 f.pos = end;
                 return Ok(Some((start, end, if open { 0 } else { lines })));
@@ -379,6 +489,7 @@ impl SourceReader for CsvReader {
                 self.opts.empty_is_null,
                 self.opts.encoding,
             );
+            let units = Units::of(enc);
             let Some(f) = self.cur.as_mut() else { continue };
             let mut batch = RawBatch::with_capacity(
                 f.name.clone(),
@@ -393,13 +504,14 @@ impl SourceReader for CsvReader {
             while rows < self.batch_rows
                 && batch.text_len() < RawBatch::MAX_TEXT_BYTES - MAX_RECORD_BYTES * 2
             {
-                let Some((start, end, lines)) = next_record(f, quote, &mut self.fields, delim)?
+                let Some((start, end, lines)) =
+                    next_record(f, enc, quote, &mut self.fields, delim)?
                 else {
                     break;
                 };
                 let line_no = f.line_no;
                 f.line_no += lines.max(1);
-                consume_terminator(f);
+                consume_terminator(f, units);
                 rows += 1;
                 let raw = &f.buf[start..end];
                 let bad = |code: &str, rule: &str| Quarantined {
@@ -560,6 +672,87 @@ mod tests {
         assert_eq!(bad[0].1, "invalid_utf8");
     }
 
+    fn utf16(s: &str, le: bool) -> Vec<u8> {
+        s.encode_utf16()
+            .flat_map(|u| if le { u.to_le_bytes() } else { u.to_be_bytes() })
+            .collect()
+    }
+
+    #[test]
+    fn utf16_files_split_on_code_units_and_keep_their_source_bytes() {
+        let some = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
+        for le in [true, false] {
+            let enc = if le { "utf-16le" } else { "utf-16be" };
+            let mut file = if le {
+                vec![0xff, 0xfe]
+            } else {
+                vec![0xfe, 0xff]
+            };
+            // `Ċ` (U+010A) holds the byte 0x0A, which is not a line end; `😀` is a surrogate
+            // pair; a quoted field spans two lines; `\r\n` ends a line.
+            file.extend(utf16("name,note\nĊrla,\"a, \"\"b\"\"\nc\"\r\n😀,x\n", le));
+            // An unpaired surrogate does not decode: that line alone is quarantined.
+            let bad_line = if le {
+                vec![0x00, 0xd8, b'y', 0]
+            } else {
+                vec![0xd8, 0x00, 0, b'y']
+            };
+            file.extend(&bad_line);
+            file.extend(utf16("\nlast,ok", le));
+            let (rows, bad) = read_encoded(enc, &file);
+            assert_eq!(rows.len(), 3, "{enc}: {rows:?}");
+            assert_eq!(rows[0].0, some(&["Ċrla", "a, \"b\"\nc"]), "{enc}");
+            assert_eq!(rows[0].1, utf16("Ċrla,\"a, \"\"b\"\"\nc\"", le), "{enc}");
+            assert_eq!(rows[1].0, some(&["😀", "x"]), "{enc}");
+            assert_eq!(rows[2].0, some(&["last", "ok"]), "{enc}");
+            // Physical lines: header 1, the quoted record 2-3, 😀 4, the bad line 5.
+            assert_eq!(
+                bad,
+                [(5, "invalid_encoding".to_string(), bad_line)],
+                "{enc}"
+            );
+        }
+        // A file cut inside a code unit: the last line does not decode and is quarantined.
+        let mut file = utf16("name,note\na,b\nc,d", true);
+        file.pop();
+        let (rows, bad) = read_encoded("utf-16le", &file);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(bad.len(), 1);
+        assert_eq!((bad[0].0, bad[0].1.as_str()), (3, "invalid_encoding"));
+        // The other byte order's mark: the spec names the wrong encoding.
+        let mut file = vec![0xfe, 0xff];
+        file.extend(utf16("name,note\n", false));
+        let (_dir, mut r) = crate::test_reader(
+            "csv: { path: in, encoding: utf-16le }",
+            &["name", "note"],
+            &file,
+        );
+        let e = r.next_batch().unwrap_err().to_string();
+        assert!(
+            e.contains("byte order mark of UTF-16BE") && e.contains("encoding: utf-16be"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn utf16_without_a_header_skips_the_byte_order_mark() {
+        let mut file = vec![0xff, 0xfe];
+        file.extend(utf16("a;b\r\n", true));
+        let (_dir, mut r) = crate::test_reader(
+            "csv: { path: in, encoding: utf-16, header: false, delimiter: ';' }",
+            &["name", "note"],
+            &file,
+        );
+        let d = r.next_batch().unwrap().unwrap();
+        assert_eq!(d.batch.len(), 1);
+        assert_eq!(
+            (d.batch.get(0, 0), d.batch.get(0, 1)),
+            (Some("a"), Some("b"))
+        );
+        assert_eq!(d.batch.raw(0), &utf16("a;b", true)[..]);
+        assert!(r.next_batch().unwrap().is_none());
+    }
+
     #[test]
     fn an_empty_file_holds_no_records_and_a_blank_header_misses_the_columns() {
         let (_dir, mut r) = crate::test_reader("csv: { path: in }", &["name"], b"");
@@ -590,6 +783,39 @@ mod tests {
         fn quoting_round_trips(vals in proptest::collection::vec("[a-z,\" ]{0,8}", 1..6)) {
             let line: Vec<String> = vals.iter().map(|v| if v.contains([',', '"']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v.clone() }).collect();
             proptest::prop_assert_eq!(fields(&line.join(",")).unwrap(), vals);
+        }
+
+        /// Any bytes as a UTF-16 file (drawn from the bytes that matter: line ends, quotes,
+        /// separators, surrogate halves, byte order marks): no panic, every loaded record's
+        /// source bytes decode, and every record comes out once, loaded or quarantined, in
+        /// order of position.
+        #[test]
+        fn utf16_files_of_any_bytes_decode_or_quarantine(
+            body in proptest::collection::vec(proptest::sample::select(vec![0u8, b'\n', b'\r', b'"', b',', b'a', 0xd8, 0xdc, 0xfe, 0xff]), 0..96),
+            le in proptest::prelude::any::<bool>(),
+        ) {
+            let enc = if le { "utf-16le" } else { "utf-16be" };
+            let mut file = utf16("name,note\n", le);
+            file.extend(&body);
+            let (_dir, mut r) = crate::test_reader(
+                &format!("csv: {{ path: in, encoding: {enc} }}"),
+                &["name", "note"],
+                &file,
+            );
+            let mut positions = Vec::new();
+            while let Some(d) = r.next_batch().unwrap() {
+                for i in 0..d.batch.len() {
+                    let e = encoding_rs::Encoding::for_label(enc.as_bytes()).unwrap();
+                    proptest::prop_assert!(decode(e, d.batch.raw(i)).is_some());
+                    positions.push(d.batch.position(i));
+                }
+                positions.extend(d.malformed.iter().map(|q| q.pos));
+            }
+            positions.sort_unstable();
+            let before = positions.len();
+            positions.dedup();
+            proptest::prop_assert_eq!(before, positions.len());
+            proptest::prop_assert!(positions.iter().all(|&p| p >= 2));
         }
 
         #[test]

@@ -744,7 +744,8 @@ fn compile_target<T>(
 
 /// Resolves a CSV source's declared `encoding` (a WHATWG Encoding Standard label, case and
 /// spacing as the standard allows). The reader finds lines, quotes and separators in the
-/// undecoded bytes, so the encoding must be ASCII-compatible, and for the multi-byte legacy
+/// undecoded bytes, so the encoding must be ASCII-compatible or UTF-16 (whose line ends it
+/// finds as code units, splitting each record once decoded), and for the multi-byte legacy
 /// encodings the separator and quote must be bytes that never occur inside a character.
 fn csv_encoding<T>(
     cx: &mut Ctx,
@@ -762,19 +763,21 @@ fn csv_encoding<T>(
         );
         return encoding_rs::UTF_8;
     };
-    if !enc.is_ascii_compatible() {
+    let utf16 = enc == encoding_rs::UTF_16LE || enc == encoding_rs::UTF_16BE;
+    if !enc.is_ascii_compatible() && !utf16 {
         cx.err(
             at,
             format!(
                 "source `{name}`: encoding `{label}` ({}) is not supported: sealtrail finds lines \
-                 and fields in the file's bytes, which needs an ASCII-compatible encoding",
+                 and fields in the file's bytes, which needs UTF-16 or an ASCII-compatible \
+                 encoding",
                 enc.name()
             ),
-            "convert the files to UTF-8 first (e.g. `iconv -f UTF-16 -t UTF-8`) and declare `encoding: utf-8`",
+            "convert the files to UTF-8 first (e.g. `iconv -f ISO-2022-JP -t UTF-8`) and declare `encoding: utf-8`",
         );
         return encoding_rs::UTF_8;
     }
-    if enc != encoding_rs::UTF_8 && !enc.is_single_byte() {
+    if enc != encoding_rs::UTF_8 && !enc.is_single_byte() && !utf16 {
         // Trail bytes of Shift_JIS, Big5, GBK, gb18030, EUC-KR and EUC-JP characters lie in
         // 0x30..=0x39 or 0x40..=0xFE; below 0x30 and 0x3A..=0x3F they never occur.
         let safe = |b: u8| b < 0x30 || (0x3A..=0x3F).contains(&b);
@@ -1694,10 +1697,21 @@ quarantine:
             d.len() == 1 && d[0].message.contains("not a known encoding") && d[0].line == 5,
             "{d:?}"
         );
-        let d = diags(&with("csv: { path: 'in.csv', encoding: utf-16le }"));
+        // UTF-16 (WHATWG: a bare `utf-16` means little-endian) with any separator: fields are
+        // split in the decoded text.
+        assert_eq!(
+            enc("csv: { path: 'in.csv', encoding: utf-16, delimiter: '|' }"),
+            "UTF-16LE"
+        );
+        assert_eq!(
+            enc("csv: { path: 'in.csv', encoding: UTF-16BE }"),
+            "UTF-16BE"
+        );
+        // A stateful encoding (escape sequences switch character sets) stays refused.
+        let d = diags(&with("csv: { path: 'in.csv', encoding: iso-2022-jp }"));
         assert!(
             d.len() == 1
-                && d[0].message.contains("UTF-16LE")
+                && d[0].message.contains("ISO-2022-JP")
                 && d[0].hint.as_deref().unwrap_or("").contains("iconv"),
             "{d:?}"
         );
