@@ -390,9 +390,11 @@ fn kill_runs_at_ledger_sizes(
 #[test]
 fn sigkill_then_rerun_loads_every_record_exactly_once() {
     let (dir, spec) = project("trades.yaml", 30_000);
+    // Incremental: the file's content digest is computed as the (resumed) run reads it.
     let text = std::fs::read_to_string(&spec)
         .unwrap()
-        .replace("batch_rows: 65536", "batch_rows: 400");
+        .replace("batch_rows: 65536", "batch_rows: 400")
+        .replace("header: true }", "header: true, incremental: true }");
     std::fs::write(&spec, text).unwrap();
     let home = dir.path().join(".sealtrail");
     let (kills, mut recovered) = kill_runs_at_ledger_sizes(&home, &[2, 9, 19, 35, 53, 81], || {
@@ -445,6 +447,27 @@ print(len(ids) + len(lines), len(lines))
             .arg(&home),
     );
     assert_eq!(shown.lines().count(), recovered, "{shown}");
+    // The resumed run recorded the file's bytes: touched, it is known and not loaded again.
+    let csv = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "csv"))
+        .unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&csv)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    // (The spec wants at least one record a run: with nothing new, the run says so.)
+    let o = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("not loaded: run")
+            && err.contains("read 0 records, outside row_count_between"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -595,6 +618,71 @@ fn incremental_files_are_loaded_once() {
     std::fs::write(&src, &bytes).unwrap();
     let (d, ..) = counts(&run_ok(bin().arg("run").arg(&spec)));
     assert_eq!(d, 1);
+}
+
+/// A new incremental CSV file is hashed while it loads (not read once more before the run):
+/// the digest the run records is the file's SHA-256, so a touched copy of it is recognised;
+/// new bytes of the same size under a loaded name are hashed before the run, found new and
+/// loaded, and are recognised in turn.
+#[test]
+fn incremental_csv_files_are_hashed_while_they_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let a = input.join("a.csv");
+    std::fs::write(&a, "id,note\n1,x\n2,y\n").unwrap();
+    let spec = dir.path().join("p.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: hashed\nsources:\n  s:\n    csv: { path: in/*.csv, incremental: true }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: note, class: none }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    let run = || {
+        let o = bin().arg("run").arg(&spec).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        (counts(&String::from_utf8_lossy(&o.stdout)).0, err)
+    };
+    let recorded = || {
+        py(&format!(
+            "import hashlib, sqlite3\n\
+             db = sqlite3.connect('{}')\n\
+             got = sorted(r[0] for r in db.execute(\"SELECT sha256 FROM sealtrail_loaded_content WHERE pipeline = 'hashed'\"))\n\
+             print(got == [hashlib.sha256(open('{}', 'rb').read()).hexdigest()], len(got))",
+            dir.path().join(".sealtrail/state.db").display(),
+            a.display()
+        ))
+    };
+    assert_eq!(run().0, 2);
+    assert_eq!(recorded(), "True 1");
+    let touch = || {
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&a)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+    };
+    touch();
+    let (n, err) = run();
+    assert!(
+        n == 0 && err.contains("not loaded") && err.contains("a.csv"),
+        "{err}"
+    );
+    // New bytes, same size, same name: new.
+    std::fs::write(&a, "id,note\n3,x\n4,y\n").unwrap();
+    assert_eq!(run().0, 2);
+    // Its digest (computed before that run) is recorded beside the first one's.
+    let both = py(&format!(
+        "import sqlite3\n\
+         print(sorted(r[0] for r in sqlite3.connect('{}').execute(\"SELECT count(*) FROM sealtrail_loaded_content WHERE pipeline = 'hashed' AND sha256 <> ''\")))",
+        dir.path().join(".sealtrail/state.db").display()
+    ));
+    assert_eq!(both, "[2]");
+    touch();
+    let (n, err) = run();
+    assert!(n == 0 && err.contains("not loaded"), "{err}");
 }
 
 #[test]

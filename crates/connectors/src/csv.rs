@@ -48,12 +48,14 @@ pub struct CsvReader {
     /// size the next batch's buffers once instead of doubling them up to it (the copies and
     /// the freed halves cost time and, through fragmentation, resident memory).
     bytes_per_row: usize,
+    /// Content digests of the files read to their end (incremental sources only).
+    digests: Vec<(Arc<str>, String)>,
 }
 
 #[derive(Debug)]
 struct OpenFile {
     name: Arc<str>,
-    file: std::fs::File,
+    file: crate::files::Hashed<std::fs::File>,
     buf: Vec<u8>,
     pos: usize,
     eof: bool,
@@ -146,6 +148,7 @@ impl CsvReader {
             cur: None,
             fields: Vec::new(),
             bytes_per_row: 64,
+            digests: Vec::new(),
         }
     }
 
@@ -158,7 +161,7 @@ impl CsvReader {
         let file = std::fs::File::open(&path).map_err(unreadable)?;
         let mut f = OpenFile {
             name: name.clone(),
-            file,
+            file: crate::files::Hashed::new(file, self.opts.files.incremental),
             buf: Vec::new(),
             pos: 0,
             eof: false,
@@ -563,12 +566,20 @@ impl SourceReader for CsvReader {
                 }
             }
             if rows == 0 {
+                // At the end of the file: every byte went through the hasher.
+                if let Some(d) = f.file.finish() {
+                    self.digests.push((f.name.clone(), d));
+                }
                 self.cur = None;
                 continue;
             }
             self.bytes_per_row = (batch.raw_len().max(batch.text_len()) / rows).max(16);
             return Ok(Some(Decoded { batch, malformed }));
         }
+    }
+
+    fn content_digests(&mut self) -> Vec<(Arc<str>, String)> {
+        std::mem::take(&mut self.digests)
     }
 }
 

@@ -75,24 +75,60 @@ pub fn matched_name(pattern: &str, path: &Path) -> String {
 
 /// Lowercase hex SHA-256 of a file's bytes, read in 1 MiB pieces.
 pub fn content_digest(path: &Path) -> Result<String> {
-    use sha2::Digest;
     use std::io::Read;
     let unreadable = |e: std::io::Error| Error::Unreadable {
         input: path.display().to_string(),
         reason: e.to_string(),
     };
-    let mut f = std::fs::File::open(path).map_err(unreadable)?;
-    let mut h = sha2::Sha256::new();
+    let f = std::fs::File::open(path).map_err(unreadable)?;
+    let mut f = Hashed::new(f, true);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         match f.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => h.update(&buf[..n]),
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(unreadable(e)),
         }
     }
-    Ok(hex::encode(h.finalize()))
+    Ok(f.finish().unwrap_or_default())
+}
+
+/// A reader that hashes (SHA-256) the bytes read through it, when asked to: the decoders of
+/// incremental files compute a new file's content digest while loading it, instead of reading
+/// the whole file once more before the run.
+#[derive(Debug)]
+pub struct Hashed<R> {
+    inner: R,
+    hasher: Option<sha2::Sha256>,
+}
+
+impl<R> Hashed<R> {
+    pub fn new(inner: R, hash: bool) -> Self {
+        use sha2::Digest;
+        Self {
+            inner,
+            hasher: hash.then(sha2::Sha256::new),
+        }
+    }
+
+    /// Lowercase hex SHA-256 of everything read so far (`None` when not hashing, or asked
+    /// before); meant once the reader has returned end of file.
+    pub fn finish(&mut self) -> Option<String> {
+        use sha2::Digest;
+        self.hasher.take().map(|h| hex::encode(h.finalize()))
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Hashed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.read(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

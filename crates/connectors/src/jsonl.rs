@@ -6,11 +6,12 @@
 //! declared, when `unknown_columns: reject`), `missing_column` (a `required` key absent).
 //! A UTF-8 byte order mark at the start of a file is dropped.
 
+use crate::files::Hashed;
 use crate::{Decoded, Error, Result, SourceReader};
 use sealtrail_core::Reason;
 use sealtrail_core::record::{PosKind, Quarantined, RawBatch};
-use sealtrail_spec::Source;
 use sealtrail_spec::raw::UnknownColumns;
+use sealtrail_spec::{Source, SourceConnector};
 use std::collections::VecDeque;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -21,8 +22,10 @@ pub struct JsonlReader {
     source: Source,
     inputs: VecDeque<PathBuf>,
     batch_rows: usize,
-    cur: Option<(Arc<str>, std::io::BufReader<std::fs::File>, u64)>,
+    cur: Option<(Arc<str>, std::io::BufReader<Hashed<std::fs::File>>, u64)>,
     line: Vec<u8>,
+    /// Content digests of the files read to their end (incremental sources only).
+    digests: Vec<(Arc<str>, String)>,
 }
 
 impl JsonlReader {
@@ -33,6 +36,7 @@ impl JsonlReader {
             batch_rows: batch_rows.max(1),
             cur: None,
             line: Vec::new(),
+            digests: Vec::new(),
         }
     }
 }
@@ -49,6 +53,9 @@ impl SourceReader for JsonlReader {
                     input: name.to_string(),
                     reason: e.to_string(),
                 })?;
+                let hash =
+                    matches!(&self.source.connector, SourceConnector::Jsonl(f) if f.incremental);
+                let f = Hashed::new(f, hash);
                 self.cur = Some((name, std::io::BufReader::with_capacity(1 << 20, f), 0));
             }
             let ncols = self.source.columns.len();
@@ -129,11 +136,19 @@ impl SourceReader for JsonlReader {
                 }
             }
             if rows == 0 && batch.is_empty() && malformed.is_empty() {
+                // At the end of the file: every byte went through the hasher.
+                if let Some(d) = reader.get_mut().finish() {
+                    self.digests.push((name.clone(), d));
+                }
                 self.cur = None;
                 continue;
             }
             return Ok(Some(Decoded { batch, malformed }));
         }
+    }
+
+    fn content_digests(&mut self) -> Vec<(Arc<str>, String)> {
+        std::mem::take(&mut self.digests)
     }
 }
 

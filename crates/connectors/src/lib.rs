@@ -23,6 +23,7 @@ pub mod sink;
 use sealtrail_core::record::{Quarantined, RawBatch};
 use sealtrail_spec::{Source, SourceConnector};
 pub use sink::{CommitKey, SinkWriter, open_sink};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -62,6 +63,13 @@ impl Decoded {
 pub trait SourceReader: Send {
     /// The next batch, or `None` at the end of all inputs.
     fn next_batch(&mut self) -> Result<Option<Decoded>>;
+
+    /// The content digests (lowercase hex SHA-256 of the whole file) of the inputs of an
+    /// incremental file source read to their end since the last call, by input name. Readers
+    /// that do not read their files front to back (Parquet) leave them to the engine.
+    fn content_digests(&mut self) -> Vec<(Arc<str>, String)> {
+        Vec::new()
+    }
 }
 
 /// A source with nothing to read.

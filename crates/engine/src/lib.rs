@@ -476,7 +476,8 @@ pub fn sample(
 /// An incremental file is new unless a succeeded run loaded it: the same path, size and
 /// modification time (no need to read it), or the same bytes under the same name relative to
 /// the pattern (read and hashed: a file touched, copied again or moved with its project is
-/// not loaded twice).
+/// not loaded twice). A file whose name and size match no loaded file's is new without being
+/// read: its digest is computed as the run loads it (CSV and JSON Lines).
 async fn choose_inputs(
     p: &Pipeline,
     st: &StateStore,
@@ -519,14 +520,25 @@ async fn choose_inputs(
                     continue;
                 }
                 let name = fs::matched_name(&files.pattern, &path);
-                // Reading a whole file: off the async workers.
-                let digest = {
+                // Only a file of a loaded file's name and size can hold its bytes; any other
+                // is hashed by the decoder while the run loads it, not read once more here.
+                // (Parquet is read by row group, not front to back: hashed here.)
+                let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+                let parquet = matches!(&s.connector, SourceConnector::Parquet(_));
+                let loaded = st.loaded_sizes(&p.name, &s.name, &name).await?;
+                let maybe_loaded = loaded.iter().any(|l| l.is_none() || *l == size);
+                let digest = if parquet || size.is_none() || maybe_loaded {
+                    // Reading a whole file: off the async workers.
                     let path = path.clone();
                     tokio::task::spawn_blocking(move || fs::content_digest(&path))
                         .await
                         .map_err(|e| Error::Internal(format!("hashing an input: {e}")))??
+                } else {
+                    String::new()
                 };
-                if let Some(run) = st.loaded_content(&p.name, &s.name, &name, &digest).await? {
+                if !digest.is_empty()
+                    && let Some(run) = st.loaded_content(&p.name, &s.name, &name, &digest).await?
+                {
                     tracing::warn!(
                         source = %s.name,
                         input = %path.display(),
@@ -974,10 +986,14 @@ async fn run_inner(
         protect
             .join()
             .map_err(|_| Error::Internal("the protection thread panicked".into()))?;
-        decoder
+        let digests = decoder
             .join()
             .map_err(|_| Error::Internal("the decode thread panicked".into()))?;
         result?;
+        for (input, sha256) in digests {
+            st.set_content_digest(run_id, &source.name, &input, &sha256)
+                .await?;
+        }
 
         let c = st.totals(run_id, Some(&source.name)).await?;
         if let Some((lo, hi)) = source.row_count
@@ -1086,7 +1102,9 @@ fn decode_loop(
     schema: arrow::datatypes::SchemaRef,
     tx: std::sync::mpsc::SyncSender<Result<Checked>>,
     commitments: bool,
-) {
+) -> Vec<(String, String)> {
+    // Content digests of incremental files read to their end, by recorded input name.
+    let mut digests = Vec::new();
     let mut validator = Validator::new(&source);
     let recorded: HashMap<String, Arc<str>> = inputs
         .iter()
@@ -1098,16 +1116,21 @@ fn decode_loop(
         Ok(r) => r,
         Err(e) => {
             let _ = tx.send(Err(e.into()));
-            return;
+            return digests;
         }
     };
     loop {
-        let mut decoded = match reader.next_batch() {
+        let next = reader.next_batch();
+        for (input, d) in reader.content_digests() {
+            let name = recorded.get(&*input).cloned().unwrap_or(input);
+            digests.push((name.to_string(), d));
+        }
+        let mut decoded = match next {
             Ok(Some(d)) => d,
-            Ok(None) => return,
+            Ok(None) => return digests,
             Err(e) => {
                 let _ = tx.send(Err(e.into()));
-                return;
+                return digests;
             }
         };
         if let Some(name) = recorded.get(&*decoded.batch.input) {
@@ -1124,7 +1147,7 @@ fn decode_loop(
                 let _ = tx.send(Err(Error::Internal(format!(
                     "reading back the keys of `unique` checks from a temporary file: {e}"
                 ))));
-                return;
+                return digests;
             }
         };
         let mut quarantined = decoded.malformed;
@@ -1138,7 +1161,7 @@ fn decode_loop(
             Ok(x) => x,
             Err(e) => {
                 let _ = tx.send(Err(Error::Internal(format!("building a batch: {e}"))));
-                return;
+                return digests;
             }
         };
         quarantined.extend(v.quarantined);
@@ -1156,7 +1179,7 @@ fn decode_loop(
             custody,
         };
         if tx.send(Ok(checked)).is_err() {
-            return; // the run stopped
+            return digests; // the run stopped
         }
     }
 }

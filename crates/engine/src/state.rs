@@ -77,7 +77,8 @@ pub struct ChosenInput {
     /// Path, size and modification time (or the range's upper bound).
     pub fingerprint: String,
     /// For incremental files: the name the file matched its pattern under, and the SHA-256 of
-    /// its bytes.
+    /// its bytes (empty when the run computes it while reading the file:
+    /// [`StateStore::set_content_digest`]).
     pub content: Option<(String, String)>,
 }
 
@@ -315,6 +316,50 @@ impl StateStore {
         Ok(row.is_some())
     }
 
+    /// The sizes of the files loaded by succeeded runs under this name for `source` (`None`
+    /// for one whose size cannot be read back): a file of another size cannot hold the same
+    /// bytes, so the run need not hash it before reading it.
+    pub async fn loaded_sizes(
+        &self,
+        pipeline: &str,
+        source: &str,
+        name: &str,
+    ) -> Result<Vec<Option<u64>>> {
+        let rows = sqlx::query("SELECT i.fingerprint FROM sealtrail_loaded_content l JOIN sealtrail_run_input_content c ON c.run_id = l.run_id AND c.source = l.source AND c.name = l.name AND c.sha256 = l.sha256 JOIN sealtrail_run_inputs i ON i.run_id = c.run_id AND i.source = c.source AND i.seq = c.seq WHERE l.pipeline = $1 AND l.source = $2 AND l.name = $3")
+            .bind(pipeline)
+            .bind(source)
+            .bind(name)
+            .fetch_all(&self.pool)
+            .await?;
+        // A fingerprint is `path|size|mtime` (the path may hold `|`).
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let f: String = r.get(0);
+                f.rsplit('|').nth(1).and_then(|s| s.parse().ok())
+            })
+            .collect())
+    }
+
+    /// Records the content digest of an input of `run` whose digest was left to be computed
+    /// while the run read it (recorded empty when the run started).
+    pub async fn set_content_digest(
+        &self,
+        run: &RunId,
+        source: &str,
+        input: &str,
+        sha256: &str,
+    ) -> Result<()> {
+        sqlx::query("UPDATE sealtrail_run_input_content SET sha256 = $4 WHERE run_id = $1 AND source = $2 AND sha256 = '' AND seq IN (SELECT seq FROM sealtrail_run_inputs WHERE run_id = $1 AND source = $2 AND input = $3)")
+            .bind(run.as_str())
+            .bind(source)
+            .bind(input)
+            .bind(sha256)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The succeeded run that loaded a file of this name and content for `source`, if any.
     pub async fn loaded_content(
         &self,
@@ -504,7 +549,9 @@ impl StateStore {
             .bind(run.as_str())
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO sealtrail_loaded_content (pipeline, source, name, sha256, run_id) SELECT $1, source, name, sha256, run_id FROM sealtrail_run_input_content WHERE run_id = $2 ON CONFLICT DO NOTHING")
+        // A digest still empty was never computed (it cannot be after a whole read): such a
+        // file is known by its fingerprint alone.
+        sqlx::query("INSERT INTO sealtrail_loaded_content (pipeline, source, name, sha256, run_id) SELECT $1, source, name, sha256, run_id FROM sealtrail_run_input_content WHERE run_id = $2 AND sha256 <> '' ON CONFLICT DO NOTHING")
             .bind(pipeline)
             .bind(run.as_str())
             .execute(&mut *tx)
