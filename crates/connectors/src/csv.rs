@@ -18,7 +18,8 @@
 //! source bytes, which quarantine keeps and its commitment hashes, are always the file's own.
 //!
 //! Reasons produced here: `invalid_utf8` (or `invalid_encoding` for a legacy encoding),
-//! `wrong_field_count`, `unterminated_quote`.
+//! `wrong_field_count`, `unterminated_quote`, `line_too_long` (a physical line over
+//! [`MAX_LINE_BYTES`]: its first bytes are kept, the rest is read past, never held).
 
 use crate::{Decoded, Error, Result, SourceReader};
 use sealtrail_core::Reason;
@@ -34,6 +35,7 @@ use std::sync::Arc;
 /// A quoted field may not make a record longer than this; beyond it the opening line is
 /// quarantined as `unterminated_quote` (a stray quote must not swallow the rest of a file).
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
+pub use crate::MAX_LINE_BYTES;
 const READ_CHUNK: usize = 4 << 20;
 
 #[derive(Debug)]
@@ -222,19 +224,30 @@ impl CsvReader {
             f.nfields = ncols;
             return Ok(f);
         }
-        let Some((start, end, header_lines)) = next_record(
+        let (start, end, header_lines) = match next_record(
             &mut f,
             self.opts.encoding,
             self.opts.quote,
             &mut self.fields,
             self.opts.delimiter,
-        )?
-        else {
-            // Zero bytes: no header to check and no record to lose. Feeds deliver such files
-            // for "nothing today"; failing the run would hold back every other file. (The
-            // engine warns about it once, when it chooses the run's inputs.)
-            f.map = vec![None; ncols];
-            return Ok(f);
+        )? {
+            Some(Next::Record(start, end, lines)) => (start, end, lines),
+            Some(Next::TooLong(_)) => {
+                return Err(Error::Schema {
+                    input: name.to_string(),
+                    source_name: self.source.name.clone(),
+                    reason: format!(
+                        "the header line is longer than {MAX_LINE_BYTES} bytes (is this a CSV file?)"
+                    ),
+                });
+            }
+            None => {
+                // Zero bytes: no header to check and no record to lose. Feeds deliver such
+                // files for "nothing today"; failing the run would hold back every other file.
+                // (The engine warns about it once, when it chooses the run's inputs.)
+                f.map = vec![None; ncols];
+                return Ok(f);
+            }
         };
         let enc = self.opts.encoding;
         let header = decode(enc, &f.buf[start..end]).ok_or_else(|| Error::Schema {
@@ -439,16 +452,25 @@ fn consume_terminator(f: &mut OpenFile, u: Units) {
     }
 }
 
-/// Finds the next record in the buffer, reading more as needed. Returns its byte range in
-/// `f.buf` (terminator excluded) and leaves `f.pos` at its end; `None` at end of file.
-/// The third value is the number of physical lines it spans (0 when it is cut short).
+/// What [`next_record`] found.
+enum Next {
+    /// A record's byte range in `f.buf` (terminator excluded) and the number of physical
+    /// lines it spans (0 when it is cut short at its first line: an unterminated quote).
+    Record(usize, usize, u64),
+    /// A physical line longer than [`MAX_LINE_BYTES`]: its first [`MAX_LINE_BYTES`] bytes
+    /// (the rest was read past, never held).
+    TooLong(Vec<u8>),
+}
+
+/// Finds the next record in the buffer, reading more as needed, and leaves `f.pos` at its
+/// end (at its terminator); `None` at end of file.
 fn next_record(
     f: &mut OpenFile,
     enc: &'static encoding_rs::Encoding,
     quote: u8,
     scratch: &mut Vec<(usize, usize, bool)>,
     delim: u8,
-) -> Result<Option<(usize, usize, u64)>> {
+) -> Result<Option<Next>> {
     let u = Units::of(enc);
     let w = u.width();
     let mut scan_from = f.pos;
@@ -456,8 +478,11 @@ fn next_record(
     let mut quotes = QuoteScan::default();
     loop {
         match u.find_lf(&f.buf, scan_from) {
-            Some(mut end) => {
+            Some(end) => {
                 let line_end = u.line_end(&f.buf, f.pos, end);
+                if lines == 1 && line_end - f.pos > MAX_LINE_BYTES {
+                    return too_long(f, u, Some(line_end)).map(Some);
+                }
                 // Only records that open a quote can continue on the next line.
                 let rec = &f.buf[f.pos..line_end];
                 if quotes.opens(enc, rec, delim, quote, scratch) {
@@ -470,20 +495,28 @@ fn next_record(
                         continue;
                     }
                     // Too long or file ends inside quotes: cut at the first line.
-                    end = u.find_lf(&f.buf, f.pos).unwrap_or(f.pos);
-                    let le = u.line_end(&f.buf, f.pos, end);
-                    let start = f.pos;
-                    f.pos = le;
-                    return Ok(Some((start, le, 0)));
+                    return Ok(Some(cut_at_first_line(f, u)));
                 }
                 let start = f.pos;
                 f.pos = line_end;
-                return Ok(Some((start, line_end, lines)));
+                return Ok(Some(Next::Record(start, line_end, lines)));
+            }
+            // A line with no end in sight is not held whole: memory stays bounded whatever
+            // the file (a binary file, a document on one line...).
+            None if !f.eof && lines == 1 && f.buf.len() - f.pos > MAX_LINE_BYTES => {
+                return too_long(f, u, None).map(Some);
+            }
+            // A quoted field going on past the record limit: cut at the first line.
+            None if !f.eof && lines > 1 && f.buf.len() - f.pos > MAX_RECORD_BYTES => {
+                return Ok(Some(cut_at_first_line(f, u)));
             }
             None if !f.eof => refill(f, &mut scan_from)?,
             None => {
                 if f.pos >= f.buf.len() {
                     return Ok(None);
+                }
+                if lines == 1 && f.buf.len() - f.pos > MAX_LINE_BYTES {
+                    return too_long(f, u, Some(f.buf.len())).map(Some);
                 }
                 // Last line without a terminator.
                 let start = f.pos;
@@ -495,9 +528,54 @@ fn next_record(
                     f.buf.len()
                 };
                 f.pos = end;
-                return Ok(Some((start, end, if open { 0 } else { lines })));
+                return Ok(Some(Next::Record(start, end, if open { 0 } else { lines })));
             }
         }
+    }
+}
+
+/// The first line of the record at `f.pos`, as a record cut short (its quoted field does not
+/// end within the limits).
+fn cut_at_first_line(f: &mut OpenFile, u: Units) -> Next {
+    let end = u.find_lf(&f.buf, f.pos).unwrap_or(f.pos);
+    let le = u.line_end(&f.buf, f.pos, end);
+    let start = f.pos;
+    f.pos = le;
+    Next::Record(start, le, 0)
+}
+
+/// The line at `f.pos`, longer than [`MAX_LINE_BYTES`]: its head, with `f.pos` moved to its
+/// end (`end`, or found by reading past the rest when not in the buffer yet).
+fn too_long(f: &mut OpenFile, u: Units, end: Option<usize>) -> Result<Next> {
+    let head = f.buf[f.pos..f.pos + MAX_LINE_BYTES].to_vec();
+    match end {
+        Some(end) => f.pos = end,
+        None => skip_line(f, u)?,
+    }
+    Ok(Next::TooLong(head))
+}
+
+/// Reads past the line at `f.pos` without keeping it, up to its terminator (left for
+/// [`consume_terminator`]) or the end of the file.
+fn skip_line(f: &mut OpenFile, u: Units) -> Result<()> {
+    let w = u.width();
+    loop {
+        if let Some(lf) = u.find_lf(&f.buf, f.pos) {
+            f.pos = u.line_end(&f.buf, f.pos, lf);
+            return Ok(());
+        }
+        if f.eof {
+            f.pos = f.buf.len();
+            return Ok(());
+        }
+        // Drop whole code units only (a `\r` at the end may start the terminator).
+        let mut keep = f.buf.len() - (f.buf.len() - f.pos) % w;
+        if u.is(&f.buf, keep.saturating_sub(w), b'\r') {
+            keep -= w;
+        }
+        f.pos = keep.max(f.pos);
+        let mut scan = f.pos;
+        refill(f, &mut scan)?;
     }
 }
 
@@ -559,12 +637,30 @@ impl SourceReader for CsvReader {
             let mut malformed = Vec::new();
             let mut rows = 0;
             while rows < self.batch_rows
-                && batch.text_len() < RawBatch::MAX_TEXT_BYTES - MAX_RECORD_BYTES * 2
+                && batch.text_len().max(batch.raw_len())
+                    < RawBatch::MAX_TEXT_BYTES - (MAX_RECORD_BYTES + MAX_LINE_BYTES) * 2
             {
-                let Some((start, end, lines)) =
-                    next_record(f, enc, quote, &mut self.fields, delim)?
-                else {
-                    break;
+                let (start, end, lines) = match next_record(f, enc, quote, &mut self.fields, delim)?
+                {
+                    Some(Next::Record(start, end, lines)) => (start, end, lines),
+                    Some(Next::TooLong(head)) => {
+                        malformed.push(Quarantined {
+                            input: f.name.clone(),
+                            pos_kind: PosKind::Line,
+                            pos: f.line_no,
+                            key: None,
+                            raw: head,
+                            reasons: vec![Reason::new(
+                                "line_too_long",
+                                format!("line(max {MAX_LINE_BYTES} bytes)"),
+                            )],
+                        });
+                        f.line_no += 1;
+                        consume_terminator(f, units);
+                        rows += 1;
+                        continue;
+                    }
+                    None => break,
                 };
                 let line_no = f.line_no;
                 f.line_no += lines.max(1);
@@ -833,6 +929,50 @@ mod tests {
             bad,
             [(2, "unterminated_quote".to_string(), b"\"stray,x".to_vec())]
         );
+    }
+
+    /// A line over the limit (a binary file, a document on one line) is quarantined with its
+    /// first bytes and read past, never held; the lines around it load, and a last line over
+    /// the limit without a terminator too. In UTF-16 as in UTF-8.
+    #[test]
+    fn a_line_over_the_limit_is_quarantined_with_its_head() {
+        for le in [None, Some(true)] {
+            let enc = if le.is_some() { "utf-16le" } else { "utf-8" };
+            let text = |s: &str| match le {
+                Some(le) => utf16(s, le),
+                None => s.as_bytes().to_vec(),
+            };
+            // Seven characters over the limit, in bytes of the encoding.
+            let long = "x".repeat(MAX_LINE_BYTES / if le.is_some() { 2 } else { 1 } + 7);
+            let mut file = text("name,note\na,b\n");
+            file.extend(text(&long));
+            file.extend(text("\r\nc,d\n"));
+            file.extend(text(&long));
+            let (rows, bad) = read_encoded(enc, &file);
+            assert_eq!(rows.len(), 2, "{enc}");
+            assert_eq!(
+                rows[1].0,
+                [Some("c".to_string()), Some("d".to_string())],
+                "{enc}"
+            );
+            let got: Vec<(u64, &str, usize)> = bad
+                .iter()
+                .map(|(p, r, raw)| (*p, r.as_str(), raw.len()))
+                .collect();
+            assert_eq!(
+                got,
+                [
+                    (3, "line_too_long", MAX_LINE_BYTES),
+                    (5, "line_too_long", MAX_LINE_BYTES)
+                ],
+                "{enc}"
+            );
+        }
+        let mut file = "n".repeat(MAX_LINE_BYTES + 1).into_bytes();
+        file.extend_from_slice(b"\na\n");
+        let (_dir, mut r) = crate::test_reader("csv: { path: in }", &["name"], &file);
+        let e = r.next_batch().map(|_| ()).unwrap_err().to_string();
+        assert!(e.contains("header line is longer than"), "{e}");
     }
 
     #[test]

@@ -59,6 +59,12 @@ impl Decoded {
     }
 }
 
+/// The longest physical line a text decoder (CSV, JSON Lines) reads as a record. A longer
+/// one (a binary file, a whole JSON document on one line) is quarantined as
+/// `line_too_long` with its first `MAX_LINE_BYTES` bytes, the rest read past and never held:
+/// memory stays bounded whatever the input.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
 /// A source being read.
 pub trait SourceReader: Send {
     /// The next batch, or `None` at the end of all inputs.
