@@ -144,6 +144,20 @@ fn decode<'a>(enc: &'static encoding_rs::Encoding, raw: &'a [u8]) -> Option<Cow<
     }
 }
 
+/// A column name from a file, as an error message may show it: control characters (a
+/// terminal escape sequence, NUL bytes) and bidirectional overrides escaped, other text kept.
+fn shown(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                c.escape_unicode().to_string()
+            }
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 /// Appends the unescaped content of a quoted field (`""` -> `"`, closing quote dropped).
 fn unescape_into(s: &str, quote: char, out: &mut String) {
     let mut rest = s;
@@ -193,29 +207,28 @@ impl CsvReader {
             map: Vec::new(),
             nfields: 0,
         };
-        if let Units::Utf16 { le } = Units::of(self.opts.encoding) {
-            // A byte order mark is not part of any record, header line or not. The other
-            // order's mark means the spec names the wrong one: every line would decode to
-            // nonsense, so the file is refused rather than quarantined line by line.
-            let mut from = 0;
-            refill(&mut f, &mut from)?;
-            let (ours, theirs) = match le {
-                true => ([0xff, 0xfe], encoding_rs::UTF_16BE),
-                false => ([0xfe, 0xff], encoding_rs::UTF_16LE),
-            };
-            if f.buf.starts_with(&ours) {
-                f.pos = 2;
-            } else if f.buf.starts_with(&[ours[1], ours[0]]) {
+        // A byte order mark names the file's encoding. UTF-16's is not part of any record,
+        // header line or not (UTF-8's is dropped from the header). Another encoding's mark
+        // means the spec names the wrong one: every line would decode to nonsense, so the
+        // file is refused, saying what to declare, rather than quarantined line by line.
+        let mut from = 0;
+        refill(&mut f, &mut from)?;
+        if let Some((marked, len)) = encoding_rs::Encoding::for_bom(&f.buf) {
+            let declared = self.opts.encoding;
+            if marked != declared {
                 return Err(Error::Schema {
                     input: name.to_string(),
                     source_name: self.source.name.clone(),
                     reason: format!(
                         "the file starts with the byte order mark of {}, but the spec declares encoding {}; declare `encoding: {}`",
-                        theirs.name(),
-                        self.opts.encoding.name(),
-                        theirs.name().to_ascii_lowercase()
+                        marked.name(),
+                        declared.name(),
+                        marked.name().to_ascii_lowercase()
                     ),
                 });
+            }
+            if Units::of(declared) != Units::Bytes {
+                f.pos = len;
             }
         }
         let ncols = self.source.columns.len();
@@ -275,14 +288,24 @@ impl CsvReader {
                 s
             })
             .collect();
+        // ASCII text in UTF-16 without a byte order mark reads as text with a NUL byte between
+        // characters: a header that does not fit says so.
+        let hint = if Units::of(enc) == Units::Bytes && header.contains('\0') {
+            " (the header holds NUL bytes: is the file UTF-16? declare `encoding: utf-16le` or `utf-16be`)"
+        } else {
+            ""
+        };
         let schema_err = |reason: String| Error::Schema {
             input: name.to_string(),
             source_name: self.source.name.clone(),
-            reason,
+            reason: reason + hint,
         };
         for (i, n) in names.iter().enumerate() {
             if names[..i].contains(n) {
-                return Err(schema_err(format!("the header names column `{n}` twice")));
+                return Err(schema_err(format!(
+                    "the header names column `{}` twice",
+                    shown(n)
+                )));
             }
         }
         let mut missing = Vec::new();
@@ -300,10 +323,10 @@ impl CsvReader {
             )));
         }
         if self.source.unknown_columns == UnknownColumns::Reject {
-            let unknown: Vec<&str> = names
+            let unknown: Vec<String> = names
                 .iter()
                 .filter(|n| self.source.column_index(n).is_none())
-                .map(String::as_str)
+                .map(|n| shown(n))
                 .collect();
             if !unknown.is_empty() {
                 return Err(schema_err(format!(
@@ -880,17 +903,45 @@ mod tests {
         assert_eq!(rows.len(), 1);
         assert_eq!(bad.len(), 1);
         assert_eq!((bad[0].0, bad[0].1.as_str()), (3, "invalid_encoding"));
-        // The other byte order's mark: the spec names the wrong encoding.
-        let mut file = vec![0xfe, 0xff];
-        file.extend(utf16("name,note\n", false));
+        // Another encoding's mark: the spec names the wrong encoding, and is told which.
+        let be = [&[0xfe, 0xff][..], &utf16("name,note\n", false)].concat();
+        let le = [&[0xff, 0xfe][..], &utf16("name,note\n", true)].concat();
+        let utf8 = b"\xef\xbb\xbfname,note\n".to_vec();
+        for (declared, file, want) in [
+            (
+                "utf-16le",
+                &be,
+                "of UTF-16BE, but the spec declares encoding UTF-16LE; declare `encoding: utf-16be`",
+            ),
+            (
+                "utf-8",
+                &le,
+                "of UTF-16LE, but the spec declares encoding UTF-8; declare `encoding: utf-16le`",
+            ),
+            (
+                "windows-1252",
+                &utf8,
+                "of UTF-8, but the spec declares encoding windows-1252; declare `encoding: utf-8`",
+            ),
+        ] {
+            let (_dir, mut r) = crate::test_reader(
+                &format!("csv: {{ path: in, encoding: {declared} }}"),
+                &["name", "note"],
+                file,
+            );
+            let e = r.next_batch().unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
+        // Without a mark, UTF-16 read as UTF-8 shows NUL bytes: the error says what they mean.
         let (_dir, mut r) = crate::test_reader(
-            "csv: { path: in, encoding: utf-16le }",
+            "csv: { path: in }",
             &["name", "note"],
-            &file,
+            &utf16("name,note\na,b\n", true),
         );
         let e = r.next_batch().unwrap_err().to_string();
         assert!(
-            e.contains("byte order mark of UTF-16BE") && e.contains("encoding: utf-16be"),
+            e.contains("undeclared column(s) n\\u{0}a\\u{0}m\\u{0}e\\u{0}")
+                && e.contains("(the header holds NUL bytes: is the file UTF-16?"),
             "{e}"
         );
     }
