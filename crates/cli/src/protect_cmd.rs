@@ -416,7 +416,28 @@ pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
                 (sealtrail_protect::plan::classify_source(s, sample), &[][..])
             }
         };
+        // `check` and `run` first classify from names alone: values can add a class, never
+        // clear one the name suggests (a `note` column of harmless samples still needs a
+        // policy or `class: none`). Shown here so that the table says what `check` will.
+        let by_name = sealtrail_protect::plan::classify_source(s, &[]);
         for (i, (c, k)) in s.columns.iter().zip(&classes).enumerate() {
+            let named = &by_name[i];
+            let sensitive = |k: &sealtrail_protect::detect::Classification| {
+                k.tag.is_sensitive() && k.confidence >= sealtrail_protect::detect::THRESHOLD
+            };
+            let k = if sensitive(named) && !sensitive(k) {
+                &sealtrail_protect::detect::Classification {
+                    evidence: format!(
+                        "the name `{}` suggests {} (`check` and `run` go by names first: add a policy, or declare `class: none`); sampled: {}",
+                        c.name,
+                        named.kind.map_or(named.tag.to_string(), |x| x.to_string()),
+                        k.evidence
+                    ),
+                    ..named.clone()
+                }
+            } else {
+                k
+            };
             let policy: Vec<&str> = s
                 .protect
                 .iter()
@@ -428,7 +449,7 @@ pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
                 .map(|r| r.action.name())
                 .collect();
             let mut policy = if policy.is_empty() {
-                if k.tag.is_sensitive() && k.confidence >= sealtrail_protect::detect::THRESHOLD {
+                if sensitive(k) {
                     "MISSING".to_string()
                 } else {
                     "-".to_string()

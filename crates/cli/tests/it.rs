@@ -1784,6 +1784,49 @@ print(len(t), '{email}' in text.lower(), '{iban}' in text, '{phone}' in text, '{
     assert!(!policy("memo").contains("guard"), "{table}");
 }
 
+/// A column whose name suggests a class its sampled values do not show: `classify` says what
+/// `check` will (a policy is missing, because `check` and `run` go by names first), not only
+/// what the sample shows.
+#[test]
+fn classify_says_what_check_will_of_a_column_named_as_sensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows: String = (0..50).map(|i| format!("{i},ok {i}\n")).collect();
+    std::fs::write(dir.path().join("in.csv"), format!("id,notes\n{rows}")).unwrap();
+    let spec = dir.path().join("p.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: named\nsources:\n  s:\n    csv: { path: in.csv }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: notes }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    let table = run_ok(bin().arg("classify").arg(&spec));
+    let notes = table
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("notes"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        notes.contains("MISSING")
+            && notes.contains("the name `notes` suggests free_text")
+            && notes.contains("sampled: free text with no sensitive span"),
+        "{table}"
+    );
+    let o = bin().arg("check").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("column `notes` holds free_text"),
+        "{err}"
+    );
+    // Declared harmless, both agree.
+    std::fs::write(
+        &spec,
+        std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace("{ name: notes }", "{ name: notes, class: none }"),
+    )
+    .unwrap();
+    assert!(!run_ok(bin().arg("classify").arg(&spec)).contains("MISSING"));
+    assert!(run_ok(bin().arg("check").arg(&spec)).contains(": ok"));
+}
+
 /// Pipelines `<prefix>_a` and `<prefix>_b` in `dir`, each loading its CSV of `id,note` rows
 /// into the same `sinks` (YAML lines under `sinks:`), run once each.
 fn two_pipelines_sharing(dir: &Path, prefix: &str, rows: [(&str, &str); 2], sinks: &str) {
