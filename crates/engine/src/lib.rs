@@ -148,7 +148,7 @@ pub fn notes(p: &Pipeline, planned: &HashMap<String, Planned>) -> Vec<String> {
             .is_ok_and(|f| matches!(f.data_type(), arrow::datatypes::DataType::List(_)))
         {
             out.push(format!(
-                "sink `{}` receives rows of `{}` aggregated within each batch of {} records (`batch_rows`), not over the whole input: a group met in several batches is delivered once per batch",
+                "sink `{}` receives rows of `{}` aggregated within each batch of {} records (`batch_rows`; a batch never spans input files), not over the whole input: a group met in several batches is delivered once per batch. To group over everything, aggregate the sink's rows where they land (a view over the table), or raise `batch_rows` above the input's record count (memory grows with it)",
                 sink.name, sink.from, p.batch_rows
             ));
         }
