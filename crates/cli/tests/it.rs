@@ -126,6 +126,17 @@ fn project(spec: &str, rows: usize) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// Gives `path` a modification time an hour from now (the same bytes, a new fingerprint).
+fn touch_later(path: &Path) {
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+}
+
 fn counts(stdout: &str) -> (u64, u64, u64) {
     let line = stdout
         .lines()
@@ -453,13 +464,7 @@ print(len(ids) + len(lines), len(lines))
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "csv"))
         .unwrap();
-    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    std::fs::File::options()
-        .write(true)
-        .open(&csv)
-        .unwrap()
-        .set_modified(later)
-        .unwrap();
+    touch_later(&csv);
     // (The spec wants at least one record a run: with nothing new, the run says so.)
     let o = bin().arg("run").arg(&spec).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -577,13 +582,7 @@ fn incremental_files_are_loaded_once() {
     assert_eq!(b, 0, "nothing new to load");
     // Touched (a new modification time, the same bytes): read and hashed, not loaded.
     let src = dir.path().join("data/customers_200.jsonl");
-    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-    std::fs::File::options()
-        .write(true)
-        .open(&src)
-        .unwrap()
-        .set_modified(later)
-        .unwrap();
+    touch_later(&src);
     let out = bin().arg("run").arg(&spec).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -655,16 +654,7 @@ fn incremental_csv_files_are_hashed_while_they_load() {
     };
     assert_eq!(run().0, 2);
     assert_eq!(recorded(), "True 1");
-    let touch = || {
-        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
-        std::fs::File::options()
-            .write(true)
-            .open(&a)
-            .unwrap()
-            .set_modified(later)
-            .unwrap();
-    };
-    touch();
+    touch_later(&a);
     let (n, err) = run();
     assert!(
         n == 0 && err.contains("not loaded") && err.contains("a.csv"),
@@ -680,7 +670,7 @@ fn incremental_csv_files_are_hashed_while_they_load() {
         dir.path().join(".sealtrail/state.db").display()
     ));
     assert_eq!(both, "[2]");
-    touch();
+    touch_later(&a);
     let (n, err) = run();
     assert!(n == 0 && err.contains("not loaded"), "{err}");
 }
