@@ -2588,6 +2588,29 @@ fn an_s3_delta_sink_loads_exactly_once_across_kills_and_is_audited_in_the_bucket
         &[("s3_delta", "delta: { path: \"s3://lake/tables/t\" }")],
     )
     .remove(0);
+    // Probes of the store's conditional writes: one a killed run left two hours ago (swept
+    // by the next check), one of a run checking right now, and a name no run writes (kept).
+    let boto = format!(
+        "import boto3, os, time\n\
+         c = boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n",
+        s3.endpoint
+    );
+    let probe = |age_s: u64| {
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+            - u128::from(age_s) * 1_000_000_000;
+        format!("tables/t/_sealtrail_probe/7-{at}")
+    };
+    let (stale, fresh, other) = (
+        probe(7200),
+        probe(60),
+        "tables/t/_sealtrail_probe/notes.txt",
+    );
+    py(&format!(
+        "{boto}for k in ('{stale}', '{fresh}', '{other}'):\n    c.put_object(Bucket='lake', Key=k, Body=b'x')"
+    ));
     let home = dir.path().join(".sealtrail");
     let (kills, _) = kill_runs_at_ledger_sizes(&home, &[4, 17, 33], || {
         let mut c = bin();
@@ -2616,6 +2639,13 @@ fn an_s3_delta_sink_loads_exactly_once_across_kills_and_is_audited_in_the_bucket
     ));
     assert_eq!(got, format!("{n} {n} 0 {} True", n - 1));
     run_ok(bin().args(["ledger", "verify"]).current_dir(dir.path()));
+    let probes = py(&format!(
+        "{boto}print(sorted(o['Key'] for o in c.list_objects_v2(Bucket='lake', Prefix='tables/t/_sealtrail_probe/').get('Contents', [])))"
+    ));
+    assert!(
+        !probes.contains(&stale) && probes.contains(&fresh) && probes.contains(other),
+        "{probes}"
+    );
 
     // `prove` and `audit` read the table back from the object store.
     let bundle = dir.path().join("p.json");

@@ -95,7 +95,8 @@ fn builder(url: &Url) -> AmazonS3Builder {
 /// object that exists (`If-None-Match: *`): delta-rs commits each table version that way, and a
 /// store that ignores the condition would let two writers of the same version overwrite each
 /// other, one commit silently lost. A probe object under the table (`_sealtrail_probe/`) is
-/// created twice and removed.
+/// created twice and removed; probes more than an hour old (left by a process killed between
+/// the two) are removed too.
 pub async fn check_conditional_writes(uri: &str) -> Result<(), String> {
     use deltalake::logstore::object_store::{
         self as os, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
@@ -108,8 +109,9 @@ pub async fn check_conditional_writes(uri: &str) -> Result<(), String> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let probe = prefix
-        .join("_sealtrail_probe")
+    let probes = prefix.join("_sealtrail_probe");
+    let probe = probes
+        .clone()
         .join(format!("{}-{nanos}", std::process::id()).as_str());
     let create = || PutOptions {
         mode: PutMode::Create,
@@ -123,6 +125,7 @@ pub async fn check_conditional_writes(uri: &str) -> Result<(), String> {
         .put_opts(&probe, os::PutPayload::from_static(b"again"), create())
         .await;
     let _ = store.delete(&probe).await;
+    sweep_stale_probes(&store, &probes, nanos).await;
     match again {
         Err(os::Error::AlreadyExists { .. } | os::Error::Precondition { .. }) => Ok(()),
         Ok(_) => Err(format!(
@@ -131,6 +134,31 @@ pub async fn check_conditional_writes(uri: &str) -> Result<(), String> {
         Err(e) => Err(format!(
             "cannot check that {uri} honours conditional writes: {e}"
         )),
+    }
+}
+
+/// Removes the probes under `probes` named (`<pid>-<nanoseconds since the epoch>`) more than
+/// an hour before `now`: a run killed between creating its probe and removing it leaves one.
+/// Best effort: a probe that cannot be listed or removed now is removed by a later run. Other
+/// names, and recent probes (of runs checking the store right now), are left alone.
+async fn sweep_stale_probes(store: &AmazonS3, probes: &Path, now: u128) {
+    use deltalake::logstore::object_store::{ObjectStore, ObjectStoreExt};
+    use futures::TryStreamExt;
+    const HOUR: u128 = 3_600 * 1_000_000_000;
+    let Ok(listed) = store.list(Some(probes)).try_collect::<Vec<_>>().await else {
+        return;
+    };
+    for o in listed {
+        let stale = o
+            .location
+            .filename()
+            .and_then(|n| n.split_once('-'))
+            .filter(|(pid, _)| pid.parse::<u32>().is_ok())
+            .and_then(|(_, at)| at.parse::<u128>().ok())
+            .is_some_and(|at| at.saturating_add(HOUR) < now);
+        if stale {
+            let _ = store.delete(&o.location).await;
+        }
     }
 }
 
