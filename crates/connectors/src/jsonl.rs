@@ -104,8 +104,20 @@ impl SourceReader for JsonlReader {
                 raw = raw.strip_suffix(b"\r").unwrap_or(raw);
                 if *line_no == 1 {
                     // A byte order mark (Windows tools write one) belongs to the file, not to
-                    // its first record.
+                    // its first record. A UTF-16 one means a file in the wrong encoding: each
+                    // line would be quarantined, so the file is refused, saying why.
                     raw = raw.strip_prefix(b"\xef\xbb\xbf").unwrap_or(raw);
+                    if let Some((enc, _)) = encoding_rs::Encoding::for_bom(raw) {
+                        return Err(Error::Schema {
+                            input: name.to_string(),
+                            source_name: self.source.name.clone(),
+                            reason: format!(
+                                "the file starts with the byte order mark of {}: JSON Lines files are UTF-8; convert it (e.g. `iconv -f {} -t UTF-8`)",
+                                enc.name(),
+                                enc.name()
+                            ),
+                        });
+                    }
                 }
                 if raw.iter().all(u8::is_ascii_whitespace) {
                     continue; // blank lines carry no record
@@ -263,6 +275,22 @@ mod tests {
         assert_eq!((q.pos, q.reasons[0].code.as_str()), (2, "line_too_long"));
         assert_eq!(q.raw.len(), crate::MAX_LINE_BYTES);
         assert!(q.raw.starts_with(b"[111"));
+    }
+
+    /// A UTF-16 file (a Windows tool's "Unicode" export) is refused with what to do, not
+    /// quarantined line by line.
+    #[test]
+    fn a_utf16_file_is_refused_saying_so() {
+        let file: Vec<u8> = [0xff, 0xfe]
+            .into_iter()
+            .chain("{\"a\": \"x\"}\n".encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let (_dir, mut r) = crate::test_reader("jsonl: { path: in }", &["a"], &file);
+        let e = r.next_batch().map(|_| ()).unwrap_err().to_string();
+        assert!(
+            e.contains("byte order mark of UTF-16LE: JSON Lines files are UTF-8"),
+            "{e}"
+        );
     }
 
     #[test]
