@@ -216,9 +216,8 @@ impl CsvReader {
         if let Some((marked, len)) = encoding_rs::Encoding::for_bom(&f.buf) {
             let declared = self.opts.encoding;
             if marked != declared {
-                return Err(Error::Schema {
+                return Err(Error::Unreadable {
                     input: name.to_string(),
-                    source_name: self.source.name.clone(),
                     reason: format!(
                         "the file starts with the byte order mark of {}, but the spec declares encoding {}; declare `encoding: {}`",
                         marked.name(),
@@ -246,9 +245,8 @@ impl CsvReader {
         )? {
             Some(Next::Record(start, end, lines)) => (start, end, lines),
             Some(Next::TooLong(_)) => {
-                return Err(Error::Schema {
+                return Err(Error::Unreadable {
                     input: name.to_string(),
-                    source_name: self.source.name.clone(),
                     reason: format!(
                         "the header line is longer than {MAX_LINE_BYTES} bytes (is this a CSV file?)"
                     ),

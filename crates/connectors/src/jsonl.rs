@@ -108,9 +108,8 @@ impl SourceReader for JsonlReader {
                     // line would be quarantined, so the file is refused, saying why.
                     raw = raw.strip_prefix(b"\xef\xbb\xbf").unwrap_or(raw);
                     if let Some((enc, _)) = encoding_rs::Encoding::for_bom(raw) {
-                        return Err(Error::Schema {
+                        return Err(Error::Unreadable {
                             input: name.to_string(),
-                            source_name: self.source.name.clone(),
                             reason: format!(
                                 "the file starts with the byte order mark of {}: JSON Lines files are UTF-8; convert it (e.g. `iconv -f {} -t UTF-8`)",
                                 enc.name(),
