@@ -137,6 +137,30 @@ fn touch_later(path: &Path) {
         .unwrap();
 }
 
+/// A pipeline `name` in `dir` loading `in/*.csv` (`id,note`) incrementally into a Parquet
+/// sink: the `in` folder (created, empty) and the spec.
+fn incremental_id_note_project(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let input = dir.join("in");
+    std::fs::create_dir(&input).unwrap();
+    let spec = dir.join("p.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\npipeline: {name}\nsources:\n  s:\n    csv: {{ path: in/*.csv, incremental: true }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: note, class: none }}\nsinks:\n  o: {{ from: s, audience: internal, parquet: {{ path: out/o }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    )
+    .unwrap();
+    (input, spec)
+}
+
+/// `sealtrail run SPEC`, which must succeed: its counts and what it said on stderr.
+fn run_counted(spec: &Path) -> ((u64, u64, u64), String) {
+    let o = bin().arg("run").arg(spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    (counts(&String::from_utf8_lossy(&o.stdout)), err)
+}
+
 fn counts(stdout: &str) -> (u64, u64, u64) {
     let line = stdout
         .lines()
@@ -626,21 +650,12 @@ fn incremental_files_are_loaded_once() {
 #[test]
 fn incremental_csv_files_are_hashed_while_they_load() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
+    let (input, spec) = incremental_id_note_project(dir.path(), "hashed");
     let a = input.join("a.csv");
     std::fs::write(&a, "id,note\n1,x\n2,y\n").unwrap();
-    let spec = dir.path().join("p.yaml");
-    std::fs::write(
-        &spec,
-        "version: 1\npipeline: hashed\nsources:\n  s:\n    csv: { path: in/*.csv, incremental: true }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: note, class: none }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n",
-    )
-    .unwrap();
     let run = || {
-        let o = bin().arg("run").arg(&spec).output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(o.status.success(), "{err}");
-        (counts(&String::from_utf8_lossy(&o.stdout)).0, err)
+        let (counts, err) = run_counted(&spec);
+        (counts.0, err)
     };
     let recorded = || {
         py(&format!(
@@ -1583,23 +1598,11 @@ fn utf16_csv_files_load_quarantine_and_replay() {
 #[test]
 fn an_empty_csv_file_holds_no_records_and_the_others_load() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in");
-    std::fs::create_dir(&input).unwrap();
+    let (input, spec) = incremental_id_note_project(dir.path(), "empty");
     std::fs::write(input.join("a.csv"), "").unwrap();
     std::fs::write(input.join("b.csv"), "id,note\n").unwrap();
     std::fs::write(input.join("c.csv"), "id,note\n1,x\n").unwrap();
-    let spec = dir.path().join("p.yaml");
-    std::fs::write(
-        &spec,
-        "version: 1\npipeline: empty\nsources:\n  s:\n    csv: { path: in/*.csv, incremental: true }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: note, class: none }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n",
-    )
-    .unwrap();
-    let run = || {
-        let o = bin().arg("run").arg(&spec).output().unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).into_owned();
-        assert!(o.status.success(), "{err}");
-        (counts(&String::from_utf8_lossy(&o.stdout)), err)
-    };
+    let run = || run_counted(&spec);
     let ((rin, loaded, q), err) = run();
     assert_eq!((rin, loaded, q), (1, 1, 0));
     assert_eq!(err.matches("the file is empty").count(), 1, "{err}");

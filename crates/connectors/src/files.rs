@@ -51,6 +51,11 @@ pub fn fingerprint(p: &std::path::Path) -> Result<String> {
     Ok(format!("{}|{}|{}", p.display(), m.len(), mtime))
 }
 
+/// The size a [`fingerprint`] records (`path|size|mtime`; the path may hold `|`).
+pub fn fingerprint_size(fingerprint: &str) -> Option<u64> {
+    fingerprint.rsplit('|').nth(1)?.parse().ok()
+}
+
 /// The name a file matched its pattern under: its path relative to the pattern's last folder
 /// before the first wildcard (`/p/data/*/t.csv` matching `/p/data/2026/t.csv` gives
 /// `2026/t.csv`), or its file name for a pattern without wildcards. Moving the project, or the
@@ -134,6 +139,15 @@ impl<R: std::io::Read> std::io::Read for Hashed<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fingerprint_gives_back_its_size_whatever_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a|7|b.csv");
+        std::fs::write(&p, b"12345").unwrap();
+        assert_eq!(fingerprint_size(&fingerprint(&p).unwrap()), Some(5));
+        assert_eq!(fingerprint_size("no size"), None);
+    }
 
     #[test]
     fn names_are_relative_to_the_fixed_part_of_the_pattern() {

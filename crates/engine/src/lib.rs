@@ -523,7 +523,7 @@ async fn choose_inputs(
                 // Only a file of a loaded file's name and size can hold its bytes; any other
                 // is hashed by the decoder while the run loads it, not read once more here.
                 // (Parquet is read by row group, not front to back: hashed here.)
-                let size = std::fs::metadata(&path).map(|m| m.len()).ok();
+                let size = fs::fingerprint_size(&fingerprint);
                 let parquet = matches!(&s.connector, SourceConnector::Parquet(_));
                 let loaded = st.loaded_sizes(&p.name, &s.name, &name).await?;
                 let maybe_loaded = loaded.iter().any(|l| l.is_none() || *l == size);

@@ -331,13 +331,9 @@ impl StateStore {
             .bind(name)
             .fetch_all(&self.pool)
             .await?;
-        // A fingerprint is `path|size|mtime` (the path may hold `|`).
         Ok(rows
             .iter()
-            .map(|r| {
-                let f: String = r.get(0);
-                f.rsplit('|').nth(1).and_then(|s| s.parse().ok())
-            })
+            .map(|r| sealtrail_connectors::files::fingerprint_size(&r.get::<String, _>(0)))
             .collect())
     }
 
