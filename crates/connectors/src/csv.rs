@@ -36,7 +36,11 @@ use std::sync::Arc;
 /// quarantined as `unterminated_quote` (a stray quote must not swallow the rest of a file).
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 pub use crate::MAX_LINE_BYTES;
+/// Bytes read at a time: the first read of a file is [`FIRST_READ`] and each next one doubles,
+/// up to [`READ_CHUNK`]. A small file then costs a small buffer (a source of thousands of small
+/// files, or a fuzzer's inputs, filled 4 MiB with zeroes per file before).
 const READ_CHUNK: usize = 4 << 20;
+const FIRST_READ: usize = 64 << 10;
 
 #[derive(Debug)]
 pub struct CsvReader {
@@ -61,6 +65,8 @@ struct OpenFile {
     buf: Vec<u8>,
     pos: usize,
     eof: bool,
+    /// Bytes the next [`refill`] reads.
+    chunk: usize,
     /// Physical line number of the next line to read (1-based).
     line_no: u64,
     /// For each declared column, its index among the file's fields.
@@ -203,6 +209,7 @@ impl CsvReader {
             buf: Vec::new(),
             pos: 0,
             eof: false,
+            chunk: FIRST_READ,
             line_no: 1,
             map: Vec::new(),
             nfields: 0,
@@ -607,7 +614,8 @@ fn refill(f: &mut OpenFile, scan_from: &mut usize) -> Result<()> {
     *scan_from -= keep;
     f.pos = 0;
     let old = f.buf.len();
-    f.buf.resize(old + READ_CHUNK, 0);
+    f.buf.resize(old + f.chunk, 0);
+    f.chunk = (f.chunk * 2).min(READ_CHUNK);
     let mut filled = old;
     while filled < f.buf.len() {
         match f.file.read(&mut f.buf[filled..]) {
