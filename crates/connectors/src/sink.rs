@@ -891,6 +891,58 @@ mod tests {
         assert!(errors > 0, "no damage was noticed at all");
     }
 
+    /// A text value's length prefix damaged in a plain-encoded page: skipping to a row jumps
+    /// past the page's end, and the parquet crate (59.3) then computes the bytes left as
+    /// `len - offset`. Unchecked, that wraps to an allocation of petabytes, which aborts the
+    /// process (an allocation failure is not a panic the guard could catch); found by the fuzz
+    /// target `parquet_files`. The workspace builds `parquet` with overflow checks in every
+    /// profile (root `Cargo.toml`), so it is a panic there, and an error here.
+    #[test]
+    fn a_damaged_value_length_before_the_row_read_is_an_error() {
+        let n = 40;
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
+        let b = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(StringArray::from_iter_values(
+                (0..n).map(|i| format!("value-{i:04}")),
+            )) as ArrayRef],
+        )
+        .unwrap();
+        let props = WriterProperties::builder()
+            .set_compression(Compression::UNCOMPRESSED)
+            .set_dictionary_enabled(false)
+            .build();
+        let mut valid = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut valid, schema, Some(props)).unwrap();
+        w.write(&b).unwrap();
+        w.close().unwrap();
+        // The plain encoding: a 4-byte little-endian length before each value. Damage the
+        // length of the last value skipped on the way to row 20.
+        let at = valid
+            .windows(14)
+            .position(|x| x == b"\x0a\0\0\0value-0019")
+            .expect("the twentieth value, plain-encoded");
+        let mut f = valid.clone();
+        f[at..at + 4].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+        let dir = tempfile::tempdir().unwrap();
+        let (good, damaged) = (dir.path().join("g.parquet"), dir.path().join("d.parquet"));
+        std::fs::write(&good, &valid).unwrap();
+        std::fs::write(&damaged, &f).unwrap();
+        let row = |p: &Path, r: usize| {
+            read_parquet_row(p, r).map(|b| {
+                b.map(|b| {
+                    arrow::array::AsArray::as_string::<i32>(b.column(0))
+                        .value(0)
+                        .to_string()
+                })
+            })
+        };
+        assert_eq!(row(&good, 20).unwrap().as_deref(), Some("value-0020"));
+        let e = row(&damaged, 20).expect_err("a length past the page's end");
+        assert!(e.to_string().contains("damaged"), "{e}");
+        assert!(read_parquet(&damaged).is_err());
+    }
+
     #[test]
     fn reads_one_row_across_pages() {
         // 200,000 distinct 64-byte values span several 1 MiB data pages.
