@@ -3300,15 +3300,46 @@ fn bench_runs_the_reference_job_with_and_without_protection() {
             .env_remove("PEERS_HMAC_KEY")
             .env_remove("PEERS_AES_KEY");
         if p == "off" {
-            cmd.args(["--batch-rows", "1000"]);
+            cmd.args(["--batch-rows", "1000", "--input", "as-is"]);
         }
         let out = run_ok(&mut cmd);
         assert!(out.contains(&format!("protection {p}")), "{out}");
         assert!(out.contains("rows_in 3000"), "{out}");
+        // `warm` (the default) reads the whole file once before the clock starts.
+        let size = std::fs::metadata(dir.path().join("trades_3000.csv"))
+            .unwrap()
+            .len();
+        let mb = format!(
+            "input read once before timing: {:.0} MB in",
+            size as f64 / 1e6
+        );
+        assert_eq!(out.contains(&mb), p == "on", "{out}");
+        assert!(
+            out.contains(if p == "on" {
+                "input warm"
+            } else {
+                "input as-is"
+            }),
+            "{out}"
+        );
+        assert!(out.contains("CPU-s per million rows"), "{out}");
         // One Parquet file per batch: 3,000 records in one batch, or in three of 1,000.
         let files = std::fs::read_dir(work.join("out/clean")).unwrap().count();
         assert_eq!(files, if p == "off" { 3 } else { 1 }, "{p}");
     }
+    let out = bin()
+        .args(["bench", "--input", "cold", "--csv"])
+        .arg(dir.path().join("trades_3000.csv"))
+        .arg("--work")
+        .arg(dir.path().join("work-bad"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--input must be warm or as-is, not `cold`"),
+        "{err}"
+    );
 }
 
 /// Quarantine repair loop: list (positions and reasons only), export the raw records of chosen
