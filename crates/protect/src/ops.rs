@@ -243,14 +243,53 @@ impl Mask {
             out.push_str(f);
             return;
         }
-        let keep = |c: &char| !self.digits_only || c.is_ascii_digit();
-        let n = v.chars().filter(keep).count();
+        if v.is_ascii() {
+            return self.apply_ascii(v.as_bytes(), out);
+        }
+        self.apply_chars(v, out);
+    }
+
+    /// The same as [`Mask::apply_chars`] on ASCII text, byte by byte and with the kept ends
+    /// copied whole (phone numbers and card numbers are ASCII).
+    fn apply_ascii(&self, v: &[u8], out: &mut String) {
+        let n = if self.digits_only {
+            v.iter().filter(|c| c.is_ascii_digit()).count()
+        } else {
+            v.len()
+        };
+        let (first, last) = self.ends(n);
+        if !self.digits_only {
+            // Every byte counts: the kept ends are slices of `v`, ASCII and so UTF-8.
+            out.push_str(std::str::from_utf8(&v[..first]).unwrap_or_default());
+            if let Some(m) = self.with {
+                out.extend(std::iter::repeat_n(m, n - first - last));
+            }
+            out.push_str(std::str::from_utf8(&v[n - last..]).unwrap_or_default());
+            return;
+        }
+        for (i, &c) in v.iter().filter(|c| c.is_ascii_digit()).enumerate() {
+            if i < first || i >= n - last {
+                out.push(char::from(c));
+            } else if let Some(m) = self.with {
+                out.push(m);
+            }
+        }
+    }
+
+    /// How many characters stay visible at each end of a value of `n` counted characters.
+    fn ends(&self, n: usize) -> (usize, usize) {
         // Never reveal everything: a value no longer than what is kept is masked whole.
-        let (first, last) = if self.keep_first + self.keep_last >= n {
+        if self.keep_first + self.keep_last >= n {
             (0, 0)
         } else {
             (self.keep_first, self.keep_last)
-        };
+        }
+    }
+
+    fn apply_chars(&self, v: &str, out: &mut String) {
+        let keep = |c: &char| !self.digits_only || c.is_ascii_digit();
+        let n = v.chars().filter(keep).count();
+        let (first, last) = self.ends(n);
         for (i, c) in v.chars().filter(keep).enumerate() {
             if i < first || i >= n - last {
                 out.push(c);
@@ -422,6 +461,27 @@ mod tests {
         assert_eq!(key_id_of(&b), Some("email@2"));
         assert_eq!(s.open_bytes(&b).unwrap(), b"raw line");
         assert_eq!(key_id_of(b"st1:subject:ab12:xyz"), Some("subject:ab12"));
+    }
+
+    proptest::proptest! {
+        /// The ASCII path masks exactly as the character path does, for every setting.
+        #[test]
+        fn ascii_masks_equal_the_character_path(
+            v in "[ -~]{0,24}",
+            kf in 0usize..6,
+            kl in 0usize..6,
+            digits_only: bool,
+            with in proptest::option::of(proptest::prop_oneof![
+                proptest::strategy::Just('*'),
+                proptest::strategy::Just('\u{2022}'),
+            ]),
+        ) {
+            let m = Mask { keep_first: kf, keep_last: kl, fixed: None, digits_only, with };
+            let (mut fast, mut slow) = (String::new(), String::new());
+            m.apply(&v, &mut fast);
+            m.apply_chars(&v, &mut slow);
+            proptest::prop_assert_eq!(fast, slow);
+        }
     }
 
     #[test]
