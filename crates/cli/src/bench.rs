@@ -33,9 +33,9 @@ pub struct BenchArgs {
     #[arg(long)]
     batch_rows: Option<usize>,
     /// `warm`: read the CSV once before the clock starts, so that the job reads it from the
-    /// page cache (repeatable figures: this VM's kernel reclaims idle cached pages within
-    /// minutes, and a cold read costs the decode stage up to ~0.5 s a million rows). `as-is`:
-    /// time the job with the file wherever it is.
+    /// page cache (repeatable figures: a kernel may reclaim idle cached pages within minutes,
+    /// as the project's benchmark VM does, and a cold read there cost the decode stage up to
+    /// ~0.5 s a million rows). `as-is`: time the job with the file wherever it is.
     #[arg(long, default_value = "warm")]
     input: String,
 }

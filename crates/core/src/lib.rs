@@ -154,8 +154,8 @@ pub fn peak_rss_mib() -> f64 {
 
 /// CPU time this process has used so far, user and system, in seconds (Linux
 /// `/proc/self/stat`, whose times are in `USER_HZ` = 100 ticks a second on every Linux
-/// architecture sealtrail builds for; zeros where unavailable), for benchmarks: on a shared
-/// VM, CPU seconds per row vary less than the wall clock.
+/// architecture sealtrail builds for; zeros where unavailable), for benchmarks, which print
+/// it beside the wall clock.
 pub fn cpu_seconds() -> (f64, f64) {
     const USER_HZ: f64 = 100.0;
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
