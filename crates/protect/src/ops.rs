@@ -244,30 +244,30 @@ impl Mask {
             return;
         }
         if v.is_ascii() {
-            return self.apply_ascii(v.as_bytes(), out);
+            return self.apply_ascii(v, out);
         }
         self.apply_chars(v, out);
     }
 
     /// The same as [`Mask::apply_chars`] on ASCII text, byte by byte and with the kept ends
     /// copied whole (phone numbers and card numbers are ASCII).
-    fn apply_ascii(&self, v: &[u8], out: &mut String) {
+    fn apply_ascii(&self, v: &str, out: &mut String) {
         let n = if self.digits_only {
-            v.iter().filter(|c| c.is_ascii_digit()).count()
+            v.bytes().filter(u8::is_ascii_digit).count()
         } else {
             v.len()
         };
         let (first, last) = self.ends(n);
         if !self.digits_only {
-            // Every byte counts: the kept ends are slices of `v`, ASCII and so UTF-8.
-            out.push_str(std::str::from_utf8(&v[..first]).unwrap_or_default());
+            // Every byte is a character: the kept ends are byte ranges of `v`.
+            out.push_str(&v[..first]);
             if let Some(m) = self.with {
                 out.extend(std::iter::repeat_n(m, n - first - last));
             }
-            out.push_str(std::str::from_utf8(&v[n - last..]).unwrap_or_default());
+            out.push_str(&v[n - last..]);
             return;
         }
-        for (i, &c) in v.iter().filter(|c| c.is_ascii_digit()).enumerate() {
+        for (i, c) in v.bytes().filter(u8::is_ascii_digit).enumerate() {
             if i < first || i >= n - last {
                 out.push(char::from(c));
             } else if let Some(m) = self.with {
