@@ -15,20 +15,20 @@ pub struct BenchArgs {
     /// Its manifest (`trades_N.manifest.json`); default: beside the CSV.
     #[arg(long)]
     manifest: Option<PathBuf>,
-    /// Output format of the clean rows: parquet or delta.
-    #[arg(long, default_value = "parquet")]
-    sink: String,
+    /// Output format of the clean rows.
+    #[arg(long, value_enum, default_value_t = SinkKind::Parquet)]
+    sink: SinkKind,
     /// Work folder (emptied first).
     #[arg(long, default_value = "target/bench-work")]
     work: PathBuf,
     /// `on`: the reference job with A.4 protection (tokens, AES-GCM, masks, redaction,
     /// digests). `off`: the same checks and columns delivered raw to a restricted sink.
-    #[arg(long, default_value = "on")]
-    protection: String,
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    protection: Switch,
     /// `on`: record commitments, batch Merkle roots and custody records (what every run
     /// does). `off`: without them, to measure their cost; rows of such a run cannot be proven.
-    #[arg(long, default_value = "on")]
-    custody: String,
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    custody: Switch,
     /// Records per batch, instead of the reference spec's `batch_rows` (65,536)
     #[arg(long)]
     batch_rows: Option<usize>,
@@ -36,8 +36,33 @@ pub struct BenchArgs {
     /// page cache (repeatable figures: a kernel may reclaim idle cached pages within minutes,
     /// as the project's benchmark VM does, and a cold read there cost the decode stage up to
     /// ~0.5 s a million rows). `as-is`: time the job with the file wherever it is.
-    #[arg(long, default_value = "warm")]
-    input: String,
+    #[arg(long, value_enum, default_value_t = Input::Warm)]
+    input: Input,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum SinkKind {
+    Parquet,
+    Delta,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Switch {
+    On,
+    Off,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Input {
+    Warm,
+    AsIs,
+}
+
+/// The name a value has on the command line (`as-is`, not `AsIs`).
+fn name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }
 
 /// Reads `path` to its end, returning the bytes read and the seconds taken.
@@ -98,7 +123,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         .replace("data/trades_*.csv", &csv.display().to_string())
         .replace(
             "parquet: { path: out/clean.parquet }",
-            &format!("{}: {{ path: out/clean }}", a.sink),
+            &format!("{}: {{ path: out/clean }}", name(a.sink)),
         );
     for (var, fill) in [("PEERS_HMAC_KEY", "11"), ("PEERS_AES_KEY", "22")] {
         if std::env::var_os(var).is_none() {
@@ -107,10 +132,9 @@ pub async fn run(a: BenchArgs) -> Result<()> {
             spec_text = spec_text.replace(&format!("env:{var}"), &format!("file:{}", f.display()));
         }
     }
-    let spec_text = match a.protection.as_str() {
-        "on" => spec_text,
-        "off" => without_protection(&spec_text),
-        other => bail!("--protection must be on or off, not `{other}`"),
+    let spec_text = match a.protection {
+        Switch::On => spec_text,
+        Switch::Off => without_protection(&spec_text),
     };
     let spec_text = match a.batch_rows {
         None => spec_text,
@@ -135,26 +159,18 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         audit: Arc::new(audit),
         abandon_unfinished: true,
         progress: None,
-        skip_commitments_for_benchmark: match a.custody.as_str() {
-            "on" => false,
-            "off" => true,
-            other => bail!("--custody must be on or off, not `{other}`"),
-        },
+        skip_commitments_for_benchmark: a.custody == Switch::Off,
         openlineage: None,
         row_format: Default::default(),
     };
-    match a.input.as_str() {
-        "warm" => {
-            // The pre-read's speed says how much of the file was cached before it.
-            let (n, s) = read_through(&csv)?;
-            outln!(
-                "input read once before timing: {:.0} MB in {s:.2} s ({:.0} MB/s)",
-                n as f64 / 1e6,
-                n as f64 / 1e6 / s.max(1e-9)
-            );
-        }
-        "as-is" => {}
-        other => bail!("--input must be warm or as-is, not `{other}`"),
+    if a.input == Input::Warm {
+        // The pre-read's speed says how much of the file was cached before it.
+        let (n, s) = read_through(&csv)?;
+        outln!(
+            "input read once before timing: {:.0} MB in {s:.2} s ({:.0} MB/s)",
+            n as f64 / 1e6,
+            n as f64 / 1e6 / s.max(1e-9)
+        );
     }
     let (user0, sys0) = sealtrail_core::cpu_seconds();
     let t = std::time::Instant::now();
@@ -172,10 +188,10 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         "seconds {secs:.2}  rows/s {:.0}  peak RSS {:.0} MiB  sink {}  protection {}  custody {}  input {}",
         rows / secs,
         sealtrail_core::peak_rss_mib(),
-        a.sink,
-        a.protection,
-        a.custody,
-        a.input
+        name(a.sink),
+        name(a.protection),
+        name(a.custody),
+        name(a.input)
     );
     outln!(
         "CPU {:.2} s user + {:.2} s system: {:.2} CPU-s per million rows, {:.2} cores busy",

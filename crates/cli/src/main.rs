@@ -259,7 +259,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         return match e {
             E::Spec(_) | E::UnfinishedRun { .. } => exit::USER,
             E::Integrity { .. } => exit::INTEGRITY,
-            E::Internal(_) => exit::INTERNAL,
+            E::Internal(_) | E::StageStopped { .. } => exit::INTERNAL,
             _ => exit::EXECUTION,
         };
     }

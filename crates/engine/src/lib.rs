@@ -74,6 +74,16 @@ pub enum Error {
     },
     #[error("internal error (this is a bug): {0}")]
     Internal(String),
+    /// A stage's thread stopped on a panic (a bug; the panic hook reports where). What the
+    /// run committed stays, and the run resumes like one that was killed.
+    #[error(
+        "internal error (this is a bug): the {stage} stage of source `{source_name}` of run {run_id} stopped (where is reported apart, without values); the batch it was working on was not committed"
+    )]
+    StageStopped {
+        stage: &'static str,
+        source_name: String,
+        run_id: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -983,12 +993,16 @@ async fn run_inner(
             batch_no += 1;
         }
         drop(rx);
-        protect
-            .join()
-            .map_err(|_| Error::Internal("the protection thread panicked".into()))?;
-        let digests = decoder
-            .join()
-            .map_err(|_| Error::Internal("the decode thread panicked".into()))?;
+        let stopped = |stage| Error::StageStopped {
+            stage,
+            source_name: source.name.clone(),
+            run_id: run_id.to_string(),
+        };
+        // Both threads end once the channels close; join both before reporting either.
+        let protected = protect.join();
+        let decoded = decoder.join();
+        protected.map_err(|_| stopped("protection"))?;
+        let digests = decoded.map_err(|_| stopped("decode"))?;
         result?;
         for (input, sha256) in digests {
             st.set_content_digest(run_id, &source.name, &input, &sha256)
@@ -1112,6 +1126,7 @@ fn decode_loop(
         .map(|(read, name)| (read.clone(), Arc::from(name.as_str())))
         .collect();
     let inputs = inputs.into_iter().map(|(read, _)| read).collect();
+    let mut batch_no = 0u64;
     let mut reader = match sealtrail_connectors::open_source(&source, inputs, batch_rows) {
         Ok(r) => r,
         Err(e) => {
@@ -1178,6 +1193,8 @@ fn decode_loop(
             record_of,
             custody,
         };
+        debug_panic_in("decode", batch_no);
+        batch_no += 1;
         if tx.send(Ok(checked)).is_err() {
             return digests; // the run stopped
         }
@@ -1192,7 +1209,7 @@ fn protect_loop(
     rx: std::sync::mpsc::Receiver<Result<Checked>>,
     tx: tokio::sync::mpsc::Sender<Result<Prepared>>,
 ) {
-    for msg in rx {
+    for (batch_no, msg) in (0u64..).zip(rx) {
         let c = match msg {
             Ok(c) => c,
             Err(e) => {
@@ -1262,11 +1279,27 @@ fn protect_loop(
             rows_in: c.rows_in,
             custody: c.custody,
         };
+        debug_panic_in("protection", batch_no);
         if tx.blocking_send(Ok(prepared)).is_err() {
             return; // the run stopped
         }
     }
 }
+
+/// Debug builds only: `SEALTRAIL_DEBUG_PANIC_STAGE=decode:N` (or `protection:N`) panics in
+/// that stage just before it hands on its batch N (counted from 0 in each run, resumed or
+/// not), so that the tests can show what a bug there leaves behind and that the run resumes.
+#[cfg(debug_assertions)]
+fn debug_panic_in(stage: &str, batch_no: u64) {
+    if let Ok(v) = std::env::var("SEALTRAIL_DEBUG_PANIC_STAGE")
+        && v == format!("{stage}:{batch_no}")
+    {
+        panic!("a panic requested by SEALTRAIL_DEBUG_PANIC_STAGE={v}");
+    }
+}
+
+#[cfg(not(debug_assertions))]
+fn debug_panic_in(_stage: &str, _batch_no: u64) {}
 
 /// The versions in force for a source's batches, as lowercase hex SHA-256.
 #[derive(Debug, Clone)]
