@@ -32,7 +32,7 @@ pub struct RowSelector {
     #[arg(long)]
     pub id: Option<String>,
     /// A column value that identifies the row, as `COLUMN=VALUE` (for example
-    /// `trade_id=TRD-000042`); it must match exactly one row.
+    /// `trade_id=TRD-000000100000`); it must match exactly one row.
     #[arg(long = "where", value_name = "COLUMN=VALUE")]
     pub where_: Option<String>,
 }

@@ -66,6 +66,7 @@ enum Cmd {
     },
     /// Check specs: report every error with file, line, column and a hint.
     Check {
+        /// The pipeline specs (YAML) to check.
         #[arg(required = true)]
         specs: Vec<PathBuf>,
     },
@@ -96,6 +97,7 @@ enum Cmd {
     /// Classify every source column of a spec (tag, kind, confidence) from a sample of its data,
     /// and show which policy protects it.
     Classify {
+        /// The pipeline spec whose sources to sample.
         spec: PathBuf,
         /// Records to sample from each source's first input.
         #[arg(long, default_value_t = 1000)]
@@ -158,6 +160,7 @@ enum Cmd {
     /// also check that the row still sits unchanged in the sink.
     /// Exit 0: verified; 4: the proof or the row does not check out.
     VerifyProof {
+        /// The proof bundle (JSON) that `prove` wrote.
         bundle: PathBuf,
         /// Ledger verifier key (`name+id+key`) or a file holding it (default
         /// `<home>/ledger.pub`).
@@ -178,7 +181,9 @@ enum Cmd {
     /// Recompute every row commitment of a sink and compare with the ledger: lists each row
     /// changed, deleted or added since delivery. Exit 0: as delivered; 4: differences.
     Audit {
+        /// The pipeline spec that delivered the sink's rows.
         spec: PathBuf,
+        /// The sink to audit (a name under the spec's `sinks:`).
         #[arg(long)]
         sink: String,
         /// Print the findings as JSON.
@@ -190,6 +195,7 @@ enum Cmd {
     /// Lineage: every sink column traced through the SQL and the protection policies to its
     /// source column; with --id, one record's path through each batch that carried it.
     Lineage {
+        /// The pipeline spec.
         spec: PathBuf,
         /// Only this sink.
         #[arg(long)]
@@ -766,10 +772,33 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
         home.display()
     );
     outln!("  sealtrail runs --home {}", home.display());
-    outln!("  sealtrail check {}", dir.join("trades.yaml").display());
+    let trades = dir.join("trades.yaml");
+    let clean = dir.join("out/trades_clean");
+    let proof = dir.join("proof.json");
+    outln!(
+        "  sealtrail lineage {} --sink trades_clean   # each column back to its source, and what protected it",
+        trades.display()
+    );
+    outln!(
+        "  sealtrail prove {} --sink trades_clean --where trade_id={} --out {}",
+        trades.display(),
+        synth::trade_id(0),
+        proof.display()
+    );
+    outln!(
+        "  sealtrail verify-proof {} --home {} --table {}   # offline, and the row as it is now",
+        proof.display(),
+        home.display(),
+        clean.display()
+    );
+    outln!(
+        "  sealtrail audit {} --sink trades_clean   # every row against the ledger",
+        trades.display()
+    );
+    outln!("  sealtrail check {}", trades.display());
     outln!(
         "  sealtrail classify {}   # what each column holds, and its policy",
-        dir.join("trades.yaml").display()
+        trades.display()
     );
     outln!(
         "  sealtrail quarantine list {}",
@@ -778,7 +807,7 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
     outln!("  sealtrail keys list --home {}", home.display());
     outln!(
         "  python3 -c \"import deltalake; print(deltalake.DeltaTable('{}').to_pyarrow_table().num_rows)\"",
-        dir.join("out/trades_clean").display()
+        clean.display()
     );
     outln!("  sealtrail demo --rows 2000000   # a bigger run");
     Ok(())

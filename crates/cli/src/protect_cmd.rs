@@ -81,7 +81,9 @@ pub enum KeysCmd {
     List,
     /// Add a new version of an encryption key; new writes use it, old ciphertexts stay readable.
     Rotate {
+        /// The key's name (as `keys list` shows it, without `@version`).
         name: String,
+        /// Who is rotating (recorded in the ledger as a SHA-256 of the name; default `$USER`).
         #[arg(long)]
         by: Option<String>,
     },
@@ -94,6 +96,7 @@ pub enum KeysCmd {
         /// The encrypted column(s).
         #[arg(long, required = true, num_args = 1..)]
         column: Vec<String>,
+        /// Who is re-encrypting (recorded in the ledger as a SHA-256 of the name; default `$USER`).
         #[arg(long)]
         by: Option<String>,
     },
@@ -101,6 +104,7 @@ pub enum KeysCmd {
     Shred {
         /// The subject's id, as it appears in the policy's `subject:` column.
         subject: String,
+        /// Who is shredding (recorded in the ledger as a SHA-256 of the name; default `$USER`).
         #[arg(long)]
         by: Option<String>,
     },
@@ -481,11 +485,13 @@ pub enum QuarantineCmd {
     List {
         /// The quarantine folder (a Parquet quarantine sink).
         path: PathBuf,
+        /// At most this many records, in source order.
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
     /// Show quarantined records' raw content (decrypted; recorded in the ledger).
     Show {
+        /// The quarantine folder (a Parquet quarantine sink).
         path: PathBuf,
         /// Line numbers (text inputs) of the records to show.
         #[arg(long, num_args = 1.., required_unless_present = "key")]
@@ -493,8 +499,10 @@ pub enum QuarantineCmd {
         /// Keys (table inputs) of the records to show.
         #[arg(long, num_args = 1..)]
         key: Vec<String>,
+        /// Why (recorded in the ledger).
         #[arg(long)]
         reason: String,
+        /// Who is looking (recorded in the ledger as a SHA-256 of the name; default `$USER`).
         #[arg(long)]
         by: Option<String>,
         /// Write the raw records to this file (one per line, mode 0600) for repair, instead
@@ -511,10 +519,12 @@ pub enum QuarantineCmd {
     /// line (no CSV header). They go through the source's checks, protection, transforms and sinks as a
     /// run of `<pipeline>-replay`, recorded in the ledger like any run.
     Replay {
+        /// The pipeline spec whose source the records belong to.
         spec: PathBuf,
         /// The source the records belong to.
         #[arg(long)]
         source: String,
+        /// The repaired records (for example what `quarantine show --out` wrote, edited).
         file: PathBuf,
     },
 }

@@ -185,6 +185,11 @@ fn q(s: &str) -> String {
 }
 
 /// Writes `dir/trades_<rows>.csv`; returns expected quarantine counts by reason.
+/// The `trade_id` of generated trade `i` (from 0). Trade 0 is never a defect.
+pub fn trade_id(i: usize) -> String {
+    format!("TRD-{:012}", i as u64 * 7919 + 100_000)
+}
+
 pub fn trades(
     dir: &Path,
     rows: usize,
@@ -215,7 +220,7 @@ pub fn trades(
             None
         };
         let kind = slot.map(|k| TRADE_REASONS[k]);
-        let mut id = format!("TRD-{:012}", i as u64 * 7919 + 100_000);
+        let mut id = trade_id(i);
         let ms = 1_735_722_000_000u64 + i as u64 * 997;
         let secs = (ms / 1000) as i64;
         let dt = chrono_like(secs, ms % 1000);
