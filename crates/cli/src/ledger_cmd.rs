@@ -174,6 +174,7 @@ pub enum LedgerCmd {
     Recover,
     /// Append synthetic entries with durable group commits and print entries/s.
     Bench {
+        /// Number of entries to append.
         #[arg(long, default_value_t = 1_000_000)]
         entries: u64,
         /// Entries per group commit.

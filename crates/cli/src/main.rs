@@ -77,6 +77,7 @@ enum Cmd {
         /// Only runs of this pipeline.
         #[arg(long)]
         pipeline: Option<String>,
+        /// At most this many runs, the newest first.
         #[arg(long, default_value_t = 20)]
         limit: i64,
         #[command(flatten)]
@@ -110,6 +111,8 @@ enum Cmd {
     },
     /// The keyring: list keys, rotate an encryption key, shred a data subject's key.
     Keys {
+        /// Folder holding `keyring.json` (and `master.key`, unless the master key comes from
+        /// the environment) and the ledger that records key events (default `.sealtrail`).
         #[arg(long, env = "SEALTRAIL_HOME", global = true)]
         home: Option<PathBuf>,
         #[command(flatten)]
@@ -119,6 +122,8 @@ enum Cmd {
     },
     /// Decrypt values for an authorised user; every use is recorded in the ledger.
     Decrypt {
+        /// Folder holding the keyring and the ledger that records the decryption (default
+        /// `.sealtrail`).
         #[arg(long, env = "SEALTRAIL_HOME")]
         home: Option<PathBuf>,
         #[command(flatten)]
@@ -129,6 +134,8 @@ enum Cmd {
     /// Quarantined records: list them, or show their (encrypted) raw content to an authorised
     /// user, recorded in the ledger.
     Quarantine {
+        /// Folder holding the keyring and the ledger that records who saw what (default
+        /// `.sealtrail`).
         #[arg(long, env = "SEALTRAIL_HOME", global = true)]
         home: Option<PathBuf>,
         #[command(flatten)]
@@ -166,6 +173,7 @@ enum Cmd {
         /// `<home>/ledger.pub`).
         #[arg(long)]
         key: Option<String>,
+        /// Folder holding `ledger.pub`, when --key is not given (default `.sealtrail`).
         #[arg(long, env = "SEALTRAIL_HOME")]
         home: Option<PathBuf>,
         /// The sink's table as it is now (a Delta table or a folder of Parquet files, or an
@@ -211,8 +219,10 @@ enum Cmd {
         /// Folder to write into.
         #[arg(long, default_value = "data")]
         dir: PathBuf,
+        /// Number of trades (customers: a tenth of it).
         #[arg(long, default_value_t = 100_000)]
         rows: usize,
+        /// Seed of the generator: the same seed makes the same files.
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },

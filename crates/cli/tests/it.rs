@@ -3501,6 +3501,20 @@ fn quarantined_records_are_listed_exported_repaired_and_replayed() {
         .collect();
     assert!(!lines.is_empty(), "{list}");
     assert!(!list.contains('@'), "no content in the listing: {list}");
+    // Run from elsewhere without --home, `show` finds no keyring, and says where it looked.
+    let out = bin()
+        .current_dir(dir.path().join("out"))
+        .args(["quarantine", "show", "--reason", "repair"])
+        .arg(&q)
+        .args(["--line", &lines[0]])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("no master key: there is no .sealtrail/master.key; pass --home"),
+        "{err}"
+    );
     let fix = dir.path().join("fix.csv");
     let mut cmd = bin();
     cmd.args(["quarantine", "show", "--reason", "repair", "--home"])

@@ -66,10 +66,13 @@ impl std::fmt::Debug for KeyBytes {
 pub enum KeyError {
     #[error("a key must be 64 hexadecimal characters (32 bytes)")]
     Malformed,
+    /// No key in the environment and none in the home folder (which may be the wrong one).
     #[error(
-        "no master key: set SEALTRAIL_MASTER_KEY (64 hex characters) or SEALTRAIL_MASTER_KEY_FILE"
+        "no master key: there is no {0}; pass --home (or set SEALTRAIL_HOME) for the folder whose keyring to open, or supply its master key in SEALTRAIL_MASTER_KEY (64 hex characters) or SEALTRAIL_MASTER_KEY_FILE"
     )]
-    NoMaster,
+    NoMaster(PathBuf),
+    #[error("no master key: SEALTRAIL_MASTER_KEY_FILE names {0}, which does not exist")]
+    NoMasterFile(PathBuf),
     #[error(
         "the master key does not open this keyring ({0}); supply the master key it was created with"
     )]
@@ -194,7 +197,10 @@ impl Master {
                 }
                 Ok((Self::new(k, path.display().to_string()), true))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KeyError::NoMaster),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && named => {
+                Err(KeyError::NoMasterFile(path))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KeyError::NoMaster(path)),
             Err(e) => Err(KeyError::File {
                 path,
                 msg: e.to_string(),
