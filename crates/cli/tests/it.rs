@@ -596,7 +596,7 @@ fn a_stage_stopped_by_a_bug_fails_the_run_and_it_resumes() {
                 && err.contains(&format!("stopped after committing {committed} records"))
                 && err.contains("resumes it and loads the rest")
                 && err.contains(&format!(
-                    "the {stage} stage of source `trades` of run {run_id} stopped"
+                    "the {stage} stage of source `trades` of run {run_id} panicked"
                 ))
                 && err.contains("the batch it was working on was not committed")
                 && !err.contains("requested by"),

@@ -77,7 +77,7 @@ pub enum Error {
     /// A stage's thread stopped on a panic (a bug; the panic hook reports where). What the
     /// run committed stays, and the run resumes like one that was killed.
     #[error(
-        "internal error (this is a bug): the {stage} stage of source `{source_name}` of run {run_id} stopped (where is reported apart, without values); the batch it was working on was not committed"
+        "internal error (this is a bug): the {stage} stage of source `{source_name}` of run {run_id} panicked (the panic report gives its location); the batch it was working on was not committed"
     )]
     StageStopped {
         stage: &'static str,
