@@ -656,15 +656,24 @@ fn spec_errors_are_reported_all_at_once_with_locations() {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
     assert!(err.contains("trades.yaml:"), "{err}");
-    // A typo in a key is an error too, with its line.
-    std::fs::write(&spec, text.replace("batch_rows:", "batch_row:")).unwrap();
+    // A typo in a key is an error too, with its line; every one of them at once, with what
+    // was meant, and the other errors of the spec with them.
+    let typos = text
+        .replace("batch_rows:", "batch_row:")
+        .replace("header: true", "heade: true")
+        .replace("type: int64", "type: integer");
+    assert!(typos.contains("heade: true"));
+    std::fs::write(&spec, typos).unwrap();
     let out = bin().arg("check").arg(&spec).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("trades.yaml:8:1: unknown field `batch_row`"),
-        "{err}"
-    );
+    for want in [
+        "trades.yaml:8:1: unknown field `batch_row`\n  hint: did you mean `batch_rows`?",
+        "unknown field `heade` in `sources.trades.csv`\n  hint: did you mean `header`?",
+        "unknown type `integer`",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
     drop(dir);
 }
 

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod compile;
+pub mod keys;
 pub mod raw;
 
 pub use compile::*;
@@ -89,9 +90,62 @@ pub fn load(path: &Path) -> Result<Pipeline> {
 /// Parses and compiles spec text; `path` names the file in diagnostics and anchors relative
 /// paths in the spec (they are relative to the spec's folder).
 pub fn parse_str(text: &str, path: &Path) -> Result<Pipeline> {
-    let raw = raw::parse(text, path)?;
+    let raw = match raw::parse(text, path) {
+        Ok(r) => r,
+        Err(Error::Invalid(first)) => {
+            return Err(Error::Invalid(with_every_unknown_key(text, path, first)));
+        }
+        Err(e) => return Err(e),
+    };
     let sha = sealtrail_core::sha256_hex(text.as_bytes());
     compile::compile(raw, path, sha)
+}
+
+/// serde stops at the first problem of a spec's shape. When the spec has unknown keys, every
+/// one of them is reported, and then everything else the spec gets wrong once they are left
+/// out (the text with them blanked keeps its lines, so the positions hold).
+fn with_every_unknown_key(text: &str, path: &Path, first: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let unknown = keys::unknown_keys(text);
+    if unknown.is_empty() {
+        return first;
+    }
+    let mut out: Vec<Diagnostic> = unknown.iter().map(|k| unknown_key(k, path)).collect();
+    let rest = keys::blank_out(text, &unknown).map(|clean| {
+        raw::parse(&clean, path).and_then(|r| compile::compile(r, path, String::new()))
+    });
+    match rest {
+        Some(Err(Error::Invalid(rest))) => out.extend(rest),
+        Some(_) => {}
+        None => out.extend(first),
+    }
+    out.sort_by_key(|d| (d.line, d.column));
+    out.dedup_by(|a, b| a.line == b.line && a.column == b.column && a.message == b.message);
+    out
+}
+
+fn unknown_key(k: &keys::UnknownKey, path: &Path) -> Diagnostic {
+    let within = if k.within.is_empty() {
+        String::new()
+    } else {
+        format!(" in `{}`", k.within)
+    };
+    let allowed = k
+        .allowed
+        .iter()
+        .map(|a| format!("`{a}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let hint = match k.suggestion() {
+        Some(s) => format!("did you mean `{s}`? Allowed here: {allowed}"),
+        None => format!("remove or correct the key; allowed here: {allowed}"),
+    };
+    Diagnostic {
+        file: path.to_path_buf(),
+        line: k.line,
+        column: k.column,
+        message: format!("unknown field `{}`{within}", k.key),
+        hint: Some(hint),
+    }
 }
 
 /// The JSON Schema of the spec format, generated from the raw types.
