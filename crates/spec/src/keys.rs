@@ -354,6 +354,23 @@ mod tests {
         assert!(clean.contains("{ path: out/o   "), "{clean}");
     }
 
+    /// The shapes an unknown key's entry takes: first of a list item, with a block list at
+    /// its own indentation, first and last of a flow mapping, a flow value over two lines.
+    #[test]
+    fn every_shape_of_entry_is_blanked_whole() {
+        let spec = "version: 1\npipeline: p\nextra:\n- a\n- { b: 1 }\nsources:\n  s:\n    csv: { bogus: [1, \"x,}\"], path: a.csv }\n    columns:\n      - bad: 1\n        name: id\n      - { name: n, wrong: { a: 1,\n          b: 2 } }\nsinks:\n  o: { from: s, parquet: { path: o }, last: 1 }\nquarantine:\n  parquet: { path: q }\n";
+        let keys = unknown_keys(spec);
+        let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(names, ["extra", "bogus", "bad", "wrong", "last"]);
+        let clean = blank_out(spec, &keys).unwrap();
+        assert!(unknown_keys(&clean).is_empty(), "{clean}");
+        let p = crate::raw::parse(&clean, "p.yaml".as_ref()).unwrap();
+        let s = &p.sources["s"].value;
+        let cols: Vec<&str> = s.columns.iter().map(|c| c.value.name.as_str()).collect();
+        assert_eq!(cols, ["id", "n"], "{clean}");
+        assert_eq!(clean.lines().count(), spec.lines().count());
+    }
+
     #[test]
     fn text_that_is_not_yaml_has_no_unknown_keys_to_report() {
         assert!(unknown_keys("sources: [\n").is_empty());
