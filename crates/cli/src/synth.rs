@@ -184,12 +184,12 @@ fn q(s: &str) -> String {
     }
 }
 
-/// Writes `dir/trades_<rows>.csv`; returns expected quarantine counts by reason.
 /// The `trade_id` of generated trade `i` (from 0). Trade 0 is never a defect.
 pub fn trade_id(i: usize) -> String {
     format!("TRD-{:012}", i as u64 * 7919 + 100_000)
 }
 
+/// Writes `dir/trades_<rows>.csv`; returns expected quarantine counts by reason.
 pub fn trades(
     dir: &Path,
     rows: usize,
