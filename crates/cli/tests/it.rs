@@ -483,6 +483,26 @@ fn kill_runs_at_ledger_sizes(
 
 /// Kills the run with SIGKILL at several points, re-runs, and checks every record is loaded
 /// or quarantined exactly once.
+/// Of a `trades.yaml` project in `dir`: records delivered plus quarantined, and quarantined,
+/// after checking (in Python) that no trade id was loaded twice nor any line quarantined twice.
+fn loaded_once(dir: &Path) -> (u64, u64) {
+    let d = dir.display();
+    let res = py(&format!(
+        r#"
+import deltalake, pyarrow.dataset as ds
+t = deltalake.DeltaTable('{d}/out/trades_clean').to_pyarrow_table()
+q = ds.dataset('{d}/out/quarantine/trades', format='parquet').to_table()
+ids = t.column('trade_id').to_pylist()
+lines = q.column('line').to_pylist()
+assert len(ids) == len(set(ids)), 'duplicate loads'
+assert len(lines) == len(set(lines)), 'duplicate quarantine rows'
+print(len(ids) + len(lines), len(lines))
+"#
+    ));
+    let n: Vec<u64> = res.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    (n[0], n[1])
+}
+
 #[test]
 fn sigkill_then_rerun_loads_every_record_exactly_once() {
     let (dir, spec) = project("trades.yaml", 30_000);
@@ -511,23 +531,10 @@ fn sigkill_then_rerun_loads_every_record_exactly_once() {
         run_ok(bin().arg("run").arg(&spec))
     };
     assert!(out.contains("(resumed)"), "{out}");
-    let d = dir.path().display();
-    let res = py(&format!(
-        r#"
-import deltalake, pyarrow.dataset as ds
-t = deltalake.DeltaTable('{d}/out/trades_clean').to_pyarrow_table()
-q = ds.dataset('{d}/out/quarantine/trades', format='parquet').to_table()
-ids = t.column('trade_id').to_pylist()
-lines = q.column('line').to_pylist()
-assert len(ids) == len(set(ids)), 'duplicate loads'
-assert len(lines) == len(set(lines)), 'duplicate quarantine rows'
-print(len(ids) + len(lines), len(lines))
-"#
-    ));
-    let n: Vec<u64> = res.split_whitespace().map(|x| x.parse().unwrap()).collect();
-    assert_eq!(n[0], 30_000, "every record loaded or quarantined once");
+    let (total, quarantined) = loaded_once(dir.path());
+    assert_eq!(total, 30_000, "every record loaded or quarantined once");
     // The generator injects 0.5% defects: round(30000 * 0.005 / 9) = 17 per kind, 153 in all.
-    assert_eq!(n[1], 153);
+    assert_eq!(quarantined, 153);
     // The ledger verifies after the kills and recoveries, and records each recovery.
     let v = run_ok(
         bin()
@@ -619,20 +626,8 @@ fn a_stage_stopped_by_a_bug_fails_the_run_and_it_resumes() {
     assert!(o.status.success() && out.contains("(resumed)"), "{out}");
     assert_eq!(counts(&out).0, 3_000);
     assert_eq!(ledger(), 8);
-    let d = dir.path().display();
-    let res = py(&format!(
-        r#"
-import deltalake, pyarrow.dataset as ds
-t = deltalake.DeltaTable('{d}/out/trades_clean').to_pyarrow_table()
-q = ds.dataset('{d}/out/quarantine/trades', format='parquet').to_table()
-ids = t.column('trade_id').to_pylist()
-lines = q.column('line').to_pylist()
-assert len(ids) == len(set(ids)), 'duplicate loads'
-assert len(lines) == len(set(lines)), 'duplicate quarantine rows'
-print(len(ids) + len(lines))
-"#
-    ));
-    assert_eq!(res, "3000", "every record loaded or quarantined once");
+    let (total, _) = loaded_once(dir.path());
+    assert_eq!(total, 3_000, "every record loaded or quarantined once");
 }
 
 #[test]
