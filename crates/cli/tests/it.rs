@@ -669,6 +669,31 @@ fn spec_errors_are_reported_all_at_once_with_locations() {
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+    // Values of the wrong type and misspelt enumeration values: every one at once, with a
+    // key typo among them, each where it stands.
+    let values = text
+        .replace("batch_rows: 65536", "batch_rows: lots")
+        .replace("header: true", "header: maybe")
+        .replace(
+            "rule: not_null, column: trade_id",
+            "rule: not_nul, column: trade_id",
+        )
+        .replace("min: 0.0001", "min: tiny")
+        .replace("encoding: utf-8", "encodin: utf-8");
+    std::fs::write(&spec, values).unwrap();
+    let out = bin().arg("check").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for want in [
+        "trades.yaml: 5 errors\n",
+        "trades.yaml:8:13: expected a whole number of 0 or more for `batch_rows`, found `lots`",
+        "unknown field `encodin` in `sources.trades.csv`\n  hint: did you mean `encoding`?",
+        "expected true or false for `sources.trades.csv.header`, found `maybe`",
+        "`not_nul` is not a value `sources.trades.checks[0].rule` takes\n  hint: did you mean `not_null`?",
+        "expected a number for `sources.trades.checks[7].min`, found `tiny`",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
     drop(dir);
 }
 

@@ -1606,21 +1606,41 @@ quarantine:
 
     #[test]
     fn shape_mismatches_are_said_in_the_authors_words() {
+        // Every problem of shape at once: a list where a mapping belongs, and the required
+        // keys that are not there.
         let d = diags("version: 1\npipeline: p\nsources:\n  - csv: { path: x }\n");
-        assert_eq!((d.len(), d[0].line), (1, 4), "{:?}", d);
+        let got: Vec<(u64, &str)> = d.iter().map(|x| (x.line, x.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (1, "missing field `sinks`"),
+                (1, "missing field `quarantine`"),
+                (
+                    4,
+                    "expected a mapping (`key: value` lines, or `{ key: value }`) for `sources`, found a list"
+                ),
+            ],
+            "{d:?}"
+        );
+        let d = diags(
+            "version: 1\npipeline: p\nsources:\n  t:\n    csv: { path: x }\n    columns:\n      name: id\nsinks: {}\nquarantine: {}\n",
+        );
+        assert_eq!(d.len(), 1, "{d:?}");
         assert!(
-            d[0].message.starts_with("expected a mapping here"),
+            d[0].message.starts_with("expected a list (`- item` lines, or `[a, b]`) for `sources.t.columns`, found a mapping"),
             "{}",
             d[0]
         );
-        let d = diags(
-            "version: 1\npipeline: p\nsources:\n  t:\n    csv: { path: x }\n    columns:\n      name: id\n",
-        );
-        assert!(d[0].message.starts_with("expected a list here"), "{}", d[0]);
         assert_eq!(d[0].line, 7, "{}", d[0]);
-        let d = diags("version: 1\npipeline: p\nbatch_rows: lots\nsources: {}\n");
-        assert_eq!(d[0].message, "expected a whole number here", "{}", d[0]);
-        assert_eq!((d[0].line, d[0].column), (3, 13), "{}", d[0]);
+        let d = diags(
+            "version: 1\npipeline: p\nbatch_rows: lots\nsources: {}\nsinks: {}\nquarantine: {}\n",
+        );
+        assert_eq!(
+            d[0].message, "expected a whole number of 0 or more for `batch_rows`, found `lots`",
+            "{}",
+            d[0]
+        );
+        assert_eq!((d.len(), d[0].line, d[0].column), (1, 3, 13), "{}", d[0]);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Pipeline> {
     let raw = match raw::parse(text, path) {
         Ok(r) => r,
         Err(Error::Invalid(first)) => {
-            return Err(Error::Invalid(with_every_unknown_key(text, path, first)));
+            return Err(Error::Invalid(with_every_shape_error(text, path, first)));
         }
         Err(e) => return Err(e),
     };
@@ -101,22 +101,43 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Pipeline> {
     compile::compile(raw, path, sha)
 }
 
-/// serde stops at the first problem of a spec's shape. When the spec has unknown keys, every
-/// one of them is reported, and then everything else the spec gets wrong once they are left
-/// out (the text with them blanked keeps its lines, so the positions hold).
-fn with_every_unknown_key(text: &str, path: &Path, first: Vec<Diagnostic>) -> Vec<Diagnostic> {
-    let unknown = keys::unknown_keys(text);
-    if unknown.is_empty() {
+/// serde stops at the first problem of a spec's shape. Every unknown key, wrong value and
+/// missing key is reported instead ([`keys::check`]). When unknown keys are the only such
+/// problems, everything else the spec gets wrong once they are left out is reported too (the
+/// text with them blanked keeps its lines, so the positions hold). When values are wrong, the
+/// spec's meaning (columns that exist, rules that fit...) is checked once they are fixed:
+/// checking it over a value serde could not read would report errors that are not there.
+fn with_every_shape_error(text: &str, path: &Path, first: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let shape = keys::check(text);
+    if shape.unknown.is_empty() && shape.wrong.is_empty() {
         return first;
     }
-    let mut out: Vec<Diagnostic> = unknown.iter().map(|k| unknown_key(k, path)).collect();
-    let rest = keys::blank_out(text, &unknown).map(|clean| {
-        raw::parse(&clean, path).and_then(|r| compile::compile(r, path, String::new()))
-    });
-    match rest {
-        Some(Err(Error::Invalid(rest))) => out.extend(rest),
-        Some(_) => {}
-        None => out.extend(first),
+    let mut out: Vec<Diagnostic> = shape.unknown.iter().map(|k| unknown_key(k, path)).collect();
+    out.extend(shape.wrong.iter().map(|w| Diagnostic {
+        file: path.to_path_buf(),
+        line: w.line,
+        column: w.column,
+        message: w.message.clone(),
+        hint: Some(w.hint.clone()),
+    }));
+    let rest = match keys::blank_out(text, &shape.unknown) {
+        Some(clean) if shape.wrong.is_empty() => raw::parse(&clean, path)
+            .and_then(|r| compile::compile(r, path, String::new()))
+            .err(),
+        Some(clean) => raw::parse(&clean, path).err(),
+        None => Some(Error::Invalid(first)),
+    };
+    if let Some(Error::Invalid(rest)) = rest {
+        for d in rest {
+            // serde's own words for a problem the walk reported already.
+            let said = !shape.wrong.is_empty()
+                && out
+                    .iter()
+                    .any(|o| o.line == d.line || o.message == d.message);
+            if !said {
+                out.push(d);
+            }
+        }
     }
     out.sort_by_key(|d| (d.line, d.column));
     out.dedup_by(|a, b| a.line == b.line && a.column == b.column && a.message == b.message);
