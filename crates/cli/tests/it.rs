@@ -579,8 +579,30 @@ fn a_stage_stopped_by_a_bug_fails_the_run_and_it_resumes() {
         .replace("batch_rows: 65536", "batch_rows: 400");
     std::fs::write(&spec, text).unwrap();
     let mut run_id = String::new();
-    // Batch 3 of the first run, then batch 5 of its resumption (batches 0-2 read again).
-    for (stage, batch, committed) in [("decode", 3, 1200), ("protection", 5, 2000)] {
+    // Batch 3 of the first run, then batch 5 of its resumption (batches 0-2 read again), then
+    // the commit of batch 7 after the sinks and the quarantine wrote it and before the ledger
+    // and the state record it.
+    let stops = [
+        (
+            "decode",
+            3,
+            1200,
+            "the batch it was working on was not committed",
+        ),
+        (
+            "protection",
+            5,
+            2000,
+            "the batch it was working on was not committed",
+        ),
+        (
+            "commit",
+            7,
+            2800,
+            "the batch it was committing may be partly written; resuming the run skips what was written of it and writes the rest, once",
+        ),
+    ];
+    for (stage, batch, committed, left) in stops {
         let out = bin()
             .env("SEALTRAIL_DEBUG_PANIC_STAGE", format!("{stage}:{batch}"))
             .arg("run")
@@ -605,7 +627,7 @@ fn a_stage_stopped_by_a_bug_fails_the_run_and_it_resumes() {
                 && err.contains(&format!(
                     "the {stage} stage of source `trades` of run {run_id} panicked"
                 ))
-                && err.contains("the batch it was working on was not committed")
+                && err.contains(left)
                 && !err.contains("requested by"),
             "{err}"
         );
@@ -619,8 +641,8 @@ fn a_stage_stopped_by_a_bug_fails_the_run_and_it_resumes() {
         .lines()
         .count()
     };
-    // Batches 0-2, then 3 and 4: the stopped ones were not committed.
-    assert_eq!(ledger(), 5);
+    // Batches 0-2, then 3 and 4, then 5 and 6: the stopped ones were not recorded.
+    assert_eq!(ledger(), 7);
     let o = bin().arg("run").arg(&spec).output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success() && out.contains("(resumed)"), "{out}");

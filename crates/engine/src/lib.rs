@@ -22,6 +22,7 @@ pub mod state;
 pub mod transform;
 
 use arrow::array::RecordBatch;
+use futures::FutureExt;
 use sealtrail_connectors::{CommitKey, SinkWriter, open_sink};
 use sealtrail_core::audit::{AuditEvent, AuditSink, now};
 use sealtrail_core::record::Quarantined;
@@ -35,6 +36,7 @@ use sealtrail_spec::Source;
 use sealtrail_spec::{Diagnostic, Pipeline, SourceConnector};
 use state::StateStore;
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use transform::Transforms;
 
@@ -74,15 +76,18 @@ pub enum Error {
     },
     #[error("internal error (this is a bug): {0}")]
     Internal(String),
-    /// A stage's thread stopped on a panic (a bug; the panic hook reports where). What the
-    /// run committed stays, and the run resumes like one that was killed.
+    /// A stage stopped on a panic (a bug; the panic hook reports where): the decode or
+    /// protection thread, or the commit of a batch. What the run committed stays, and the run
+    /// resumes like one that was killed.
     #[error(
-        "internal error (this is a bug): the {stage} stage of source `{source_name}` of run {run_id} panicked (the panic report gives its location); the batch it was working on was not committed"
+        "internal error (this is a bug): the {stage} stage of source `{source_name}` of run {run_id} panicked (the panic report gives its location); {batch}"
     )]
     StageStopped {
         stage: &'static str,
         source_name: String,
         run_id: String,
+        /// What became of the batch it was working on.
+        batch: &'static str,
     },
 }
 
@@ -955,6 +960,12 @@ async fn run_inner(
             .spawn(move || protect_loop(protector, commit, crx, tx))
             .map_err(|e| Error::Internal(e.to_string()))?;
 
+        let stopped = |stage, batch| Error::StageStopped {
+            stage,
+            source_name: source.name.clone(),
+            run_id: run_id.to_string(),
+            batch,
+        };
         let mut batch_no = 0u64;
         let mut rows_seen = 0u64;
         let mut result = Ok(());
@@ -967,7 +978,11 @@ async fn run_inner(
                 }
             };
             rows_seen += prepared.rows_in;
-            if let Err(e) = commit_one(
+            // A panic in the commit (ours, or in DataFusion or a sink's writer under it) stops
+            // the run like the other stages' panics, rather than the process: what was
+            // written of the batch is skipped or completed when the run resumes (the sinks'
+            // commits are idempotent per run and batch), as after a kill.
+            let committed = AssertUnwindSafe(commit_one(
                 p,
                 st,
                 run_id,
@@ -981,11 +996,19 @@ async fn run_inner(
                 &versions,
                 opts,
                 &mut report,
-            )
-            .await
-            {
-                result = Err(e);
-                break;
+            ))
+            .catch_unwind()
+            .await;
+            match committed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    result = Err(e);
+                    break;
+                }
+                Err(_) => {
+                    result = Err(stopped("commit", PARTLY_WRITTEN));
+                    break;
+                }
             }
             if let Some(cb) = &opts.progress {
                 cb(&source.name, rows_seen);
@@ -993,16 +1016,11 @@ async fn run_inner(
             batch_no += 1;
         }
         drop(rx);
-        let stopped = |stage| Error::StageStopped {
-            stage,
-            source_name: source.name.clone(),
-            run_id: run_id.to_string(),
-        };
         // Both threads end once the channels close; join both before reporting either.
         let protected = protect.join();
         let decoded = decoder.join();
-        protected.map_err(|_| stopped("protection"))?;
-        let digests = decoded.map_err(|_| stopped("decode"))?;
+        protected.map_err(|_| stopped("protection", NOT_COMMITTED))?;
+        let digests = decoded.map_err(|_| stopped("decode", NOT_COMMITTED))?;
         result?;
         for (input, sha256) in digests {
             st.set_content_digest(run_id, &source.name, &input, &sha256)
@@ -1040,6 +1058,10 @@ async fn run_inner(
     report.counts = total;
     Ok(report)
 }
+
+/// What a stopped stage left of its batch (see [`Error::StageStopped`]).
+const NOT_COMMITTED: &str = "the batch it was working on was not committed";
+const PARTLY_WRITTEN: &str = "the batch it was committing may be partly written; resuming the run skips what was written of it and writes the rest, once";
 
 /// A batch after decoding, checks and typed conversion, before protection.
 struct Checked {
@@ -1288,7 +1310,9 @@ fn protect_loop(
 
 /// Debug builds only: `SEALTRAIL_DEBUG_PANIC_STAGE=decode:N` (or `protection:N`) panics in
 /// that stage just before it hands on its batch N (counted from 0 in each run, resumed or
-/// not), so that the tests can show what a bug there leaves behind and that the run resumes.
+/// not); `commit:N` panics in the commit of batch N after every sink and the quarantine
+/// wrote it, before the ledger and the state record it. The tests show with it what a bug
+/// there leaves behind and that the run resumes.
 #[cfg(debug_assertions)]
 fn debug_panic_in(stage: &str, batch_no: u64) {
     if let Ok(v) = std::env::var("SEALTRAIL_DEBUG_PANIC_STAGE")
@@ -1439,6 +1463,7 @@ async fn commit_one(
     let qb = quarantine::to_batch(run_id.as_str(), source, &prepared.quarantined, qsealer)
         .map_err(|e| Error::Internal(e.to_string()))?;
     qsink.commit(&key, std::slice::from_ref(&qb)).await?;
+    debug_panic_in("commit", batch_no);
     let mut by_reason: HashMap<&str, u64> = HashMap::new();
     for q in &prepared.quarantined {
         *by_reason
