@@ -69,6 +69,12 @@ enum Cmd {
         /// The pipeline specs (YAML) to check.
         #[arg(required = true)]
         specs: Vec<PathBuf>,
+        /// `text` for people; `json` for editors and CI: one document on standard output,
+        /// `{"ok": .., "specs": [{"file", "ok", "errors": [{"line", "column", "message",
+        /// "hint"}], "notes": [..]}]}` (line and column are null for a spec that cannot be
+        /// read). The exit code is 2 when any spec has errors, in both formats.
+        #[arg(long, value_enum, default_value = "text")]
+        format: CheckFormat,
     },
     /// Print the JSON Schema of pipeline specs (for editor autocompletion).
     Schema,
@@ -379,7 +385,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             print_report(&report);
             Ok(())
         }
-        Cmd::Check { specs } => check(&specs).await,
+        Cmd::Check { specs, format } => check(&specs, format).await,
         Cmd::Schema => {
             outln!(
                 "{}",
@@ -557,38 +563,113 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
     }
 }
 
-async fn check(specs: &[PathBuf]) -> Result<()> {
-    let mut bad = 0;
+/// How `check` prints what it finds.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum CheckFormat {
+    /// `file:line:column: message` and a hint, for people.
+    Text,
+    /// One JSON document on standard output, for editors and CI.
+    Json,
+}
+
+/// What `check` found in one spec.
+struct Checked {
+    file: PathBuf,
+    /// The spec could not be read at all (no position to give).
+    unreadable: Option<String>,
+    diags: Vec<sealtrail_spec::Diagnostic>,
+    notes: Vec<String>,
+}
+
+impl Checked {
+    fn ok(&self) -> bool {
+        self.unreadable.is_none() && self.diags.is_empty()
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut errors: Vec<serde_json::Value> = self
+            .unreadable
+            .iter()
+            .map(
+                |m| serde_json::json!({ "line": null, "column": null, "message": m, "hint": null }),
+            )
+            .collect();
+        errors.extend(self.diags.iter().map(|d| {
+            serde_json::json!({
+                "line": d.line,
+                "column": d.column,
+                "message": d.message,
+                "hint": d.hint,
+            })
+        }));
+        serde_json::json!({
+            "file": self.file.display().to_string(),
+            "ok": self.ok(),
+            "errors": errors,
+            "notes": self.notes,
+        })
+    }
+}
+
+async fn check(specs: &[PathBuf], format: CheckFormat) -> Result<()> {
+    let mut checked = Vec::new();
     for s in specs {
-        let (diags, notes) = match sealtrail_spec::load(s) {
-            Err(sealtrail_spec::Error::Invalid(d)) => (d, Vec::new()),
-            Err(e) => return Err(e.into()),
+        let mut c = Checked {
+            file: s.clone(),
+            unreadable: None,
+            diags: Vec::new(),
+            notes: Vec::new(),
+        };
+        match sealtrail_spec::load(s) {
+            Err(sealtrail_spec::Error::Invalid(d)) => c.diags = d,
+            Err(e) => c.unreadable = Some(e.to_string()),
             Ok(p) => {
                 let (planned, diags) = sealtrail_engine::check_with(&p, &Default::default()).await;
-                (diags, sealtrail_engine::notes(&p, &planned))
+                c.notes = sealtrail_engine::notes(&p, &planned);
+                c.diags = diags;
             }
-        };
-        if diags.is_empty() {
-            outln!("{}: ok", s.display());
-            for n in notes {
-                outln!("  note: {n}");
+        }
+        checked.push(c);
+    }
+    let bad = checked.iter().filter(|c| !c.ok()).count();
+    match format {
+        CheckFormat::Json => {
+            let doc = serde_json::json!({
+                "ok": bad == 0,
+                "specs": checked.iter().map(Checked::to_json).collect::<Vec<_>>(),
+            });
+            outln!("{}", serde_json::to_string_pretty(&doc)?);
+        }
+        CheckFormat::Text => {
+            for c in &checked {
+                if c.ok() {
+                    outln!("{}: ok", c.file.display());
+                    for n in &c.notes {
+                        outln!("  note: {n}");
+                    }
+                } else if let Some(m) = &c.unreadable {
+                    eprintln!("{}: {m}", c.file.display());
+                } else {
+                    eprintln!(
+                        "{}: {} error{}",
+                        c.file.display(),
+                        c.diags.len(),
+                        if c.diags.len() == 1 { "" } else { "s" }
+                    );
+                    for d in &c.diags {
+                        eprintln!("{d}");
+                    }
+                }
             }
-        } else {
-            bad += 1;
-            eprintln!(
-                "{}: {} error{}",
-                s.display(),
-                diags.len(),
-                if diags.len() == 1 { "" } else { "s" }
-            );
-            for d in diags {
-                eprintln!("{d}");
+            if bad > 0 {
+                eprintln!("{bad} spec(s) have errors; fix them and run `sealtrail check` again");
             }
         }
     }
     if bad > 0 {
-        // The diagnostics are printed above; the error only sets exit code 2 and says how many.
-        eprintln!("{bad} spec(s) have errors; fix them and run `sealtrail check` again");
+        // What is wrong is printed above; the exit code says that something is.
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
         std::process::exit(exit::USER);
     }
     Ok(())

@@ -716,6 +716,50 @@ fn spec_errors_are_reported_all_at_once_with_locations() {
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
+    // The same for editors and CI: one JSON document with every spec, good, bad or unreadable.
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, &text).unwrap();
+    let missing = dir.path().join("missing.yaml");
+    let out = bin()
+        .args(["check", "--format", "json"])
+        .args([&spec, &good, &missing])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["ok"], false);
+    let specs = doc["specs"].as_array().unwrap();
+    assert_eq!(specs.len(), 3);
+    let bad = &specs[0];
+    assert_eq!(bad["ok"], false);
+    assert_eq!(bad["file"], spec.display().to_string());
+    let errors = bad["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 5, "{errors:?}");
+    assert_eq!(
+        errors[0],
+        serde_json::json!({
+            "line": 8,
+            "column": 13,
+            "message": "expected a whole number of 0 or more for `batch_rows`, found `lots`",
+            "hint": "see `sealtrail schema` for the expected shape, or an example in `examples/`",
+        })
+    );
+    assert_eq!(
+        errors[1]["hint"].as_str().map(|h| &h[..25]),
+        Some("did you mean `encoding`? ")
+    );
+    assert_eq!(specs[1]["ok"], true);
+    assert!(specs[1]["errors"].as_array().unwrap().is_empty());
+    assert!(specs[1]["notes"].is_array());
+    assert_eq!(specs[2]["ok"], false);
+    assert!(specs[2]["errors"][0]["line"].is_null());
+    assert!(
+        specs[2]["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot read spec"),
+        "{doc}"
+    );
     drop(dir);
 }
 

@@ -415,11 +415,19 @@ impl Walk<'_> {
                     self.wrong(at, msg, SHAPE_HINT.into());
                 }
             }
-            Node::Scalar(kind) => self.scalar(kind, at, &accepts),
+            Node::Scalar(kind) => self.scalar(kind, at, &node.defined, &accepts),
         }
     }
 
-    fn scalar(&mut self, kind: &Scalar, at: &serde_saphyr::Location, accepts: &Accepts) {
+    /// A scalar written at `at`, whose text is at `defined` (elsewhere when `at` is an alias
+    /// of an anchored value).
+    fn scalar(
+        &mut self,
+        kind: &Scalar,
+        at: &serde_saphyr::Location,
+        defined: &serde_saphyr::Location,
+        accepts: &Accepts,
+    ) {
         if !accepts.takes_scalars() {
             // A list or mapping is wanted. An empty value may be read as an empty one (or
             // as the default); anything else is certainly wrong.
@@ -434,7 +442,7 @@ impl Walk<'_> {
             self.wrong(at, msg, SHAPE_HINT.into());
             return;
         }
-        let span = at.span();
+        let span = defined.span();
         let raw = match kind {
             Scalar::Null if span.len() == 0 => "null",
             _ => match self.text.get(span.offset()..span.offset() + span.len()) {
@@ -774,6 +782,20 @@ mod tests {
         let spec = "version: \"1\"\npipeline: 2024\nbatch_rows: 0x10\ndescription:\nsources:\n  s:\n    csv: { path: 1.5, header: off, delimiter: ~ }\n    columns: [{ name: true, required: on }]\n    checks:\n      - { rule: between, column: x, min: 1, max: \"2.5\" }\nsinks: {}\nquarantine: { parquet: { path: q } }\n";
         assert_eq!(wrong(spec), vec![]);
         crate::raw::parse(spec, "p.yaml".as_ref()).unwrap();
+        // An alias is read where its anchor defines the value.
+        let aliased = "version: &v 1\npipeline: p\nbatch_rows: *v\nsources: {}\nsinks: {}\nquarantine: { parquet: { path: &q q } }\ndescription: *q\n";
+        assert_eq!(wrong(aliased), vec![]);
+        crate::raw::parse(aliased, "p.yaml".as_ref()).unwrap();
+        let wrong_alias =
+            "version: 1\npipeline: &p p\nbatch_rows: *p\nsources: {}\nsinks: {}\nquarantine: {}\n";
+        assert_eq!(
+            wrong(wrong_alias),
+            [(
+                3,
+                13,
+                "expected a whole number of 0 or more for `batch_rows`, found `p`".to_string()
+            )]
+        );
     }
 
     #[test]
