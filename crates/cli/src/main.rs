@@ -648,7 +648,8 @@ async fn check(specs: &[PathBuf], format: CheckFormat) -> Result<()> {
                         outln!("  note: {n}");
                     }
                 } else if let Some(m) = &c.unreadable {
-                    eprintln!("{}: {m}", c.file.display());
+                    // It names the file.
+                    eprintln!("{m}");
                 } else {
                     eprintln!(
                         "{}: {} error{}",

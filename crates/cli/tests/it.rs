@@ -760,6 +760,18 @@ fn spec_errors_are_reported_all_at_once_with_locations() {
             .starts_with("cannot read spec"),
         "{doc}"
     );
+    // In text, a spec that cannot be read does not stop the others from being checked.
+    let out = bin().arg("check").args([&missing, &good]).output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stdout.contains("good.yaml: ok"), "{stdout}");
+    assert!(
+        stderr.contains("cannot read spec") && stderr.contains("missing.yaml"),
+        "{stderr}"
+    );
     drop(dir);
 }
 
