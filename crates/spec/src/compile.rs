@@ -1633,14 +1633,64 @@ quarantine:
         );
         assert_eq!(d[0].line, 7, "{}", d[0]);
         let d = diags(
-            "version: 1\npipeline: p\nbatch_rows: lots\nsources: {}\nsinks: {}\nquarantine: {}\n",
+            "version: 2\npipeline: p\nbatch_rows: lots\nsources: {}\nsinks: {}\nquarantine: {}\n",
+        );
+        let got: Vec<(u64, u64, &str)> = d
+            .iter()
+            .map(|x| (x.line, x.column, x.message.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, 10, "unsupported spec version 2"),
+                (2, 11, "the pipeline has no sources"),
+                (2, 11, "the pipeline has no sinks"),
+                (
+                    3,
+                    13,
+                    "expected a whole number of 0 or more for `batch_rows`, found `lots`"
+                ),
+                (
+                    6,
+                    13,
+                    "quarantine must set exactly one of `delta` or `parquet` (found 0)"
+                ),
+            ],
+            "the spec's meaning is checked with the wrong value left out"
+        );
+    }
+
+    /// A wrong value of an optional key is left out (its default applies) and the rest of
+    /// the spec's meaning is checked with it; what that check would say of the mapping that
+    /// held the value is not reported (it would be about the default).
+    #[test]
+    fn errors_of_meaning_are_reported_with_wrong_values() {
+        let bad = GOOD
+            .replace("path: 'in.csv' }", "path: 'in.csv', header: maybe }")
+            .replace("column: id, reason", "column: idd, reason")
+            .replace(
+                "    checks:",
+                "    protect:\n      - column: qty\n        action: mask\n        keep_last: many\n    checks:",
+            );
+        let d = diags(&bad);
+        let got: Vec<(u64, &str)> = d.iter().map(|x| (x.line, x.message.as_str())).collect();
+        assert_eq!(got.len(), 3, "{d:?}");
+        assert_eq!(
+            got[0],
+            (
+                5,
+                "expected true or false for `sources.t.csv.header`, found `maybe`"
+            )
         );
         assert_eq!(
-            d[0].message, "expected a whole number of 0 or more for `batch_rows`, found `lots`",
-            "{}",
-            d[0]
+            got[1],
+            (
+                12,
+                "expected a whole number of 0 or more for `sources.t.protect[0].keep_last`, found `many`"
+            )
         );
-        assert_eq!((d.len(), d[0].line, d[0].column), (1, 3, 13), "{}", d[0]);
+        assert_eq!(got[2].0, 14);
+        assert!(got[2].1.contains("`idd`, which is not declared"), "{d:?}");
     }
 
     #[test]

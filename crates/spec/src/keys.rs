@@ -37,6 +37,21 @@ impl UnknownKey {
     pub fn suggestion(&self) -> Option<&str> {
         closest(&self.key, &self.allowed)
     }
+
+    /// Its entry in the text.
+    pub fn entry(&self) -> Entry {
+        Entry {
+            key: self.key.clone(),
+            offset: self.offset,
+        }
+    }
+}
+
+/// A `key: value` entry of a mapping, by its key and the key's byte offset in the text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    pub offset: usize,
 }
 
 /// The candidate closest to `word`, when it is close enough to be a typo of it.
@@ -56,6 +71,12 @@ pub struct WrongValue {
     pub hint: String,
     pub line: u64,
     pub column: u64,
+    /// The entry whose value this is, when the key is optional: left out of the text, its
+    /// default applies and the rest of the spec can be checked. `None` for a missing key, a
+    /// required key's value, or a list item.
+    pub entry: Option<Entry>,
+    /// The line of the mapping that holds it (where checks of that mapping report).
+    pub map_line: u64,
 }
 
 /// What [`check`] finds, each list in document order.
@@ -191,7 +212,7 @@ pub fn check(text: &str) -> Shape {
         path: Vec::new(),
         out: Shape::default(),
     };
-    w.node(&root, &schema);
+    w.node(&root, &schema, &Place::default());
     w.out.unknown.sort_by_key(|u| u.offset);
     w.out.wrong.sort_by_key(|v| (v.line, v.column));
     w.out
@@ -376,16 +397,18 @@ impl Walk<'_> {
         self.path.join(".").replace(".[", "[")
     }
 
-    fn wrong(&mut self, at: &serde_saphyr::Location, message: String, hint: String) {
+    fn wrong(&mut self, at: &serde_saphyr::Location, message: String, hint: String, from: &Place) {
         self.out.wrong.push(WrongValue {
             message,
             hint,
             line: at.line(),
             column: at.column(),
+            entry: from.entry.clone(),
+            map_line: from.map_line.unwrap_or(at.line()),
         });
     }
 
-    fn node(&mut self, node: &Spanned<Node>, schema: &Value) {
+    fn node(&mut self, node: &Spanned<Node>, schema: &Value, from: &Place) {
         let accepts = Accepts::of(schema, self.root);
         let at = &node.referenced;
         match &node.value {
@@ -397,7 +420,7 @@ impl Walk<'_> {
                 let Some(sub) = s.get("items") else { return };
                 for (i, x) in items.iter().enumerate() {
                     self.path.push(format!("[{i}]"));
-                    self.node(x, sub);
+                    self.node(x, sub, &Place::default());
                     self.path.pop();
                 }
             }
@@ -412,10 +435,10 @@ impl Walk<'_> {
                         accepts.wanted(),
                         self.here()
                     );
-                    self.wrong(at, msg, SHAPE_HINT.into());
+                    self.wrong(at, msg, SHAPE_HINT.into(), from);
                 }
             }
-            Node::Scalar(kind) => self.scalar(kind, at, &node.defined, &accepts),
+            Node::Scalar(kind) => self.scalar(kind, at, &node.defined, &accepts, from),
         }
     }
 
@@ -427,6 +450,7 @@ impl Walk<'_> {
         at: &serde_saphyr::Location,
         defined: &serde_saphyr::Location,
         accepts: &Accepts,
+        from: &Place,
     ) {
         if !accepts.takes_scalars() {
             // A list or mapping is wanted. An empty value may be read as an empty one (or
@@ -439,7 +463,7 @@ impl Walk<'_> {
                 accepts.wanted(),
                 self.here()
             );
-            self.wrong(at, msg, SHAPE_HINT.into());
+            self.wrong(at, msg, SHAPE_HINT.into(), from);
             return;
         }
         let span = defined.span();
@@ -485,7 +509,7 @@ impl Walk<'_> {
                 SHAPE_HINT.to_string(),
             )
         };
-        self.wrong(at, msg, hint);
+        self.wrong(at, msg, hint, from);
     }
 
     fn map(
@@ -496,6 +520,13 @@ impl Walk<'_> {
     ) {
         let props = schema.get("properties").and_then(Value::as_object);
         let extra = schema.get("additionalProperties");
+        let required: Vec<&str> = schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         let unknown_before = self.out.unknown.len();
         for (k, v) in entries {
             let key = &k.value.0;
@@ -504,8 +535,17 @@ impl Walk<'_> {
                 .or_else(|| extra.filter(|e| e.is_object()));
             match sub {
                 Some(sub) => {
+                    let from = Place {
+                        entry: (!required.contains(&key.as_str())).then(|| Entry {
+                            key: key.clone(),
+                            offset: k.referenced.span().offset(),
+                        }),
+                        // The checks of meaning report on the spec's top-level keys where
+                        // each stands, not on the top level as a whole.
+                        map_line: (!self.path.is_empty()).then(|| at.line()),
+                    };
                     self.path.push(key.clone());
-                    self.node(v, sub);
+                    self.node(v, sub, &from);
                     self.path.pop();
                 }
                 None if extra == Some(&Value::Bool(false)) => self.out.unknown.push(UnknownKey {
@@ -520,8 +560,7 @@ impl Walk<'_> {
             }
         }
         // Required keys not written, unless a misspelling of them was just reported.
-        let required = schema.get("required").and_then(Value::as_array);
-        for r in required.into_iter().flatten().filter_map(Value::as_str) {
+        for r in required {
             let written = entries.iter().any(|(k, _)| k.value.0 == r);
             let misspelt = self.out.unknown[unknown_before..]
                 .iter()
@@ -534,10 +573,17 @@ impl Walk<'_> {
                 let msg = format!("missing field `{r}`{within}");
                 let hint =
                     format!("add `{r}:`; it is required here (`sealtrail schema` describes it)");
-                self.wrong(at, msg, hint);
+                self.wrong(at, msg, hint, &Place::default());
             }
         }
     }
+}
+
+/// Where a value stands: the optional entry it is the value of, and its mapping's line.
+#[derive(Default)]
+struct Place {
+    entry: Option<Entry>,
+    map_line: Option<u64>,
 }
 
 const MAPPING: &[&str] = &["properties", "additionalProperties"];
@@ -548,7 +594,7 @@ const SHAPE_HINT: &str =
 /// `text` with each of `keys` and its value replaced by spaces (newlines kept, so every other
 /// line and byte offset stays where it was). `None` when a key is not where its offset says
 /// (the text would be left unchanged or damaged).
-pub fn blank_out(text: &str, keys: &[UnknownKey]) -> Option<String> {
+pub fn blank_out(text: &str, keys: &[Entry]) -> Option<String> {
     let mut b = text.as_bytes().to_vec();
     for k in keys {
         if !text.get(k.offset..)?.starts_with(k.key.as_str()) {
@@ -663,7 +709,8 @@ mod tests {
     #[test]
     fn blanking_the_unknown_keys_leaves_a_valid_spec_with_the_same_lines() {
         let keys = unknown_keys(SPEC);
-        let clean = blank_out(SPEC, &keys).unwrap();
+        let entries: Vec<Entry> = keys.iter().map(UnknownKey::entry).collect();
+        let clean = blank_out(SPEC, &entries).unwrap();
         assert_eq!(clean.len(), SPEC.len());
         assert_eq!(clean.lines().count(), SPEC.lines().count());
         assert!(unknown_keys(&clean).is_empty(), "{clean}");
@@ -682,7 +729,8 @@ mod tests {
         let keys = unknown_keys(spec);
         let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
         assert_eq!(names, ["extra", "bogus", "bad", "wrong", "last"]);
-        let clean = blank_out(spec, &keys).unwrap();
+        let entries: Vec<Entry> = keys.iter().map(UnknownKey::entry).collect();
+        let clean = blank_out(spec, &entries).unwrap();
         assert!(unknown_keys(&clean).is_empty(), "{clean}");
         let p = crate::raw::parse(&clean, "p.yaml".as_ref()).unwrap();
         let s = &p.sources["s"].value;

@@ -102,11 +102,13 @@ pub fn parse_str(text: &str, path: &Path) -> Result<Pipeline> {
 }
 
 /// serde stops at the first problem of a spec's shape. Every unknown key, wrong value and
-/// missing key is reported instead ([`keys::check`]). When unknown keys are the only such
-/// problems, everything else the spec gets wrong once they are left out is reported too (the
-/// text with them blanked keeps its lines, so the positions hold). When values are wrong, the
-/// spec's meaning (columns that exist, rules that fit...) is checked once they are fixed:
-/// checking it over a value serde could not read would report errors that are not there.
+/// missing key is reported instead ([`keys::check`]), and then everything else the spec gets
+/// wrong once they are left out: the text with them blanked keeps its lines, so the positions
+/// hold. A wrong value can be left out when its key is optional (its default applies); what
+/// the checks of the spec's meaning then say about the mapping that held it is not reported
+/// (it would be about the default, not what was written). When a wrong value cannot be left
+/// out (a required key's, a list item, a missing key), the spec's meaning is checked once the
+/// values are fixed.
 fn with_every_shape_error(text: &str, path: &Path, first: Vec<Diagnostic>) -> Vec<Diagnostic> {
     let shape = keys::check(text);
     if shape.unknown.is_empty() && shape.wrong.is_empty() {
@@ -120,20 +122,28 @@ fn with_every_shape_error(text: &str, path: &Path, first: Vec<Diagnostic>) -> Ve
         message: w.message.clone(),
         hint: Some(w.hint.clone()),
     }));
-    let rest = match keys::blank_out(text, &shape.unknown) {
-        Some(clean) if shape.wrong.is_empty() => raw::parse(&clean, path)
+    let mut gone: Vec<keys::Entry> = shape.unknown.iter().map(keys::UnknownKey::entry).collect();
+    let all_gone = shape.wrong.iter().all(|w| w.entry.is_some());
+    if all_gone {
+        gone.extend(shape.wrong.iter().filter_map(|w| w.entry.clone()));
+    }
+    let rest = match keys::blank_out(text, &gone) {
+        Some(clean) if all_gone => raw::parse(&clean, path)
             .and_then(|r| compile::compile(r, path, String::new()))
             .err(),
         Some(clean) => raw::parse(&clean, path).err(),
         None => Some(Error::Invalid(first)),
     };
+    // Lines where what else is found would be about a left-out value, or serde's own words
+    // for a problem the walk reported already.
+    let quiet: Vec<u64> = shape
+        .wrong
+        .iter()
+        .flat_map(|w| [w.line, w.map_line])
+        .collect();
     if let Some(Error::Invalid(rest)) = rest {
         for d in rest {
-            // serde's own words for a problem the walk reported already.
-            let said = !shape.wrong.is_empty()
-                && out
-                    .iter()
-                    .any(|o| o.line == d.line || o.message == d.message);
+            let said = quiet.contains(&d.line) || out.iter().any(|o| o.message == d.message);
             if !said {
                 out.push(d);
             }
