@@ -21,6 +21,7 @@ mod synth;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use futures::FutureExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sealtrail_engine::custody::RowFormat;
 use sealtrail_engine::{RunOptions, RunReport};
@@ -29,7 +30,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Parser, Debug)]
-#[command(name = "sealtrail", version, about = "Move sensitive financial data with checks, quarantine and a chain of custody.", long_about = None)]
+#[command(
+    name = "sealtrail",
+    version,
+    about = "Move sensitive financial data with checks, quarantine and a chain of custody.",
+    long_about = None,
+    after_help = EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -267,6 +274,15 @@ impl StateArgs {
     }
 }
 
+/// The exit codes, as `--help` and the README state them.
+const EXIT_CODES: &str = "Exit codes (for schedulers and scripts):
+  0   done: run loaded, verified, nothing changed
+  2   the command or a spec is wrong: every problem is listed, fix them and run it again
+  3   the work could not be done (a source, sink, database or file; the message says which)
+  4   integrity: a run that does not balance, a ledger, proof or sink whose data was changed
+  5   the ledger's checkpoint is older than `--max-age` (stale)
+  70  a bug in sealtrail: its location is printed; an interrupted run resumes when run again";
+
 /// Exit codes: what kind of failure it was, for schedulers and scripts.
 mod exit {
     pub const USER: i32 = 2;
@@ -312,11 +328,6 @@ fn withhold_panic_messages() {
 
 fn main() {
     withhold_panic_messages();
-    // A debug build panics on request, so that the tests can show what a panic prints.
-    #[cfg(debug_assertions)]
-    if let Some(v) = std::env::var_os("SEALTRAIL_DEBUG_PANIC") {
-        panic!("{}", v.to_string_lossy());
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SEALTRAIL_LOG")
@@ -340,12 +351,26 @@ fn main() {
             std::process::exit(exit::INTERNAL);
         }
     };
-    if let Err(e) = rt.block_on(dispatch(cli.cmd)) {
-        eprintln!("error: {e}");
-        for cause in e.chain().skip(1) {
-            eprintln!("  caused by: {cause}");
+    // A panic anywhere in the command (a bug; the hook has printed where) ends it with the
+    // internal-error code, like a stage's panic in a run, rather than Rust's 101.
+    let command = async {
+        // A debug build panics on request, so that the tests can show what a panic prints.
+        #[cfg(debug_assertions)]
+        if let Some(v) = std::env::var_os("SEALTRAIL_DEBUG_PANIC") {
+            panic!("{}", v.to_string_lossy());
         }
-        std::process::exit(exit_code(&e));
+        dispatch(cli.cmd).await
+    };
+    match rt.block_on(std::panic::AssertUnwindSafe(command).catch_unwind()) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::exit(exit_code(&e));
+        }
+        Err(_) => std::process::exit(exit::INTERNAL),
     }
 }
 

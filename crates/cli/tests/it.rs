@@ -3420,7 +3420,13 @@ fn panics_report_their_location_not_their_message() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(101), "{err}");
+    // The internal-error code, as `--help` states it, not Rust's 101.
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    let help = run_ok(bin().arg("--help"));
+    assert!(
+        help.contains("Exit codes") && help.contains("70  a bug in sealtrail"),
+        "{help}"
+    );
     assert!(
         err.contains("internal error (a bug in sealtrail) at crates/cli/src/main.rs:")
             && err.contains("SEALTRAIL_PANIC_DETAILS=1"),
