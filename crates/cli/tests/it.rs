@@ -660,19 +660,26 @@ fn spec_errors_are_reported_all_at_once_with_locations() {
         .replace("column: isin, scheme: isin", "column: isinn, scheme: isin")
         .replace("type: int64", "type: integer")
         .replace("FROM trades", "FROM trade");
-    std::fs::write(&spec, bad).unwrap();
-    let out = bin().arg("check").arg(&spec).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    for want in [
-        "`isinn`, which is not declared",
-        "unknown type `integer`",
-        "reads `trade`",
-        "hint:",
-    ] {
-        assert!(err.contains(want), "missing {want:?} in:\n{err}");
-    }
-    assert!(err.contains("trades.yaml:"), "{err}");
+    // `check` of `text` fails with exit code 2 and says each of `wanted`.
+    let check_says = |text: &str, wanted: &[&str]| {
+        std::fs::write(&spec, text).unwrap();
+        let out = bin().arg("check").arg(&spec).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        for want in wanted {
+            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+        }
+    };
+    check_says(
+        &bad,
+        &[
+            "`isinn`, which is not declared",
+            "unknown type `integer`",
+            "reads `trade`",
+            "hint:",
+            "trades.yaml:",
+        ],
+    );
     // A typo in a key is an error too, with its line; every one of them at once, with what
     // was meant, and the other errors of the spec with them.
     let typos = text
@@ -680,17 +687,14 @@ fn spec_errors_are_reported_all_at_once_with_locations() {
         .replace("header: true", "heade: true")
         .replace("type: int64", "type: integer");
     assert!(typos.contains("heade: true"));
-    std::fs::write(&spec, typos).unwrap();
-    let out = bin().arg("check").arg(&spec).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    for want in [
-        "trades.yaml:8:1: unknown field `batch_row`\n  hint: did you mean `batch_rows`?",
-        "unknown field `heade` in `sources.trades.csv`\n  hint: did you mean `header`?",
-        "unknown type `integer`",
-    ] {
-        assert!(err.contains(want), "missing {want:?} in:\n{err}");
-    }
+    check_says(
+        &typos,
+        &[
+            "trades.yaml:8:1: unknown field `batch_row`\n  hint: did you mean `batch_rows`?",
+            "unknown field `heade` in `sources.trades.csv`\n  hint: did you mean `header`?",
+            "unknown type `integer`",
+        ],
+    );
     // Values of the wrong type and misspelt enumeration values: every one at once, with a
     // key typo among them, each where it stands.
     let values = text
@@ -702,20 +706,17 @@ fn spec_errors_are_reported_all_at_once_with_locations() {
         )
         .replace("min: 0.0001", "min: tiny")
         .replace("encoding: utf-8", "encodin: utf-8");
-    std::fs::write(&spec, values).unwrap();
-    let out = bin().arg("check").arg(&spec).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    for want in [
-        "trades.yaml: 5 errors\n",
-        "trades.yaml:8:13: expected a whole number of 0 or more for `batch_rows`, found `lots`",
-        "unknown field `encodin` in `sources.trades.csv`\n  hint: did you mean `encoding`?",
-        "expected true or false for `sources.trades.csv.header`, found `maybe`",
-        "`not_nul` is not a value `sources.trades.checks[0].rule` takes\n  hint: did you mean `not_null`?",
-        "expected a number for `sources.trades.checks[7].min`, found `tiny`",
-    ] {
-        assert!(err.contains(want), "missing {want:?} in:\n{err}");
-    }
+    check_says(
+        &values,
+        &[
+            "trades.yaml: 5 errors\n",
+            "trades.yaml:8:13: expected a whole number of 0 or more for `batch_rows`, found `lots`",
+            "unknown field `encodin` in `sources.trades.csv`\n  hint: did you mean `encoding`?",
+            "expected true or false for `sources.trades.csv.header`, found `maybe`",
+            "`not_nul` is not a value `sources.trades.checks[0].rule` takes\n  hint: did you mean `not_null`?",
+            "expected a number for `sources.trades.checks[7].min`, found `tiny`",
+        ],
+    );
     // The same for editors and CI: one JSON document with every spec, good, bad or unreadable.
     let good = dir.path().join("good.yaml");
     std::fs::write(&good, &text).unwrap();

@@ -1660,6 +1660,24 @@ quarantine:
         );
     }
 
+    /// The same error of meaning in two places is reported at both, next to an unknown key.
+    #[test]
+    fn the_same_error_in_two_places_is_reported_twice_with_unknown_keys() {
+        let bad = GOOD
+            .replace(
+                "      - { rule: unique, column: id }",
+                "      - { rule: unique, column: idd }\n      - { rule: unique, column: idd }",
+            )
+            .replace("path: 'in.csv' }", "path: 'in.csv', delimeter: ';' }");
+        let d = diags(&bad);
+        let got: Vec<(u64, &str)> = d.iter().map(|x| (x.line, x.message.as_str())).collect();
+        assert_eq!(got.len(), 3, "{d:?}");
+        assert!(got[0].1.starts_with("unknown field `delimeter`"), "{d:?}");
+        assert_eq!(got[1].1, got[2].1);
+        assert!(got[1].1.contains("`idd`, which is not declared"), "{d:?}");
+        assert_eq!((got[1].0, got[2].0), (11, 12), "{d:?}");
+    }
+
     /// A wrong value of an optional key is left out (its default applies) and the rest of
     /// the spec's meaning is checked with it; what that check would say of the mapping that
     /// held the value is not reported (it would be about the default).

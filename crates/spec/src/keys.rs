@@ -191,13 +191,6 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
-/// Every key of `text` that the spec's schema does not allow where it stands, in document
-/// order. Empty when the text is not YAML this reader understands (the caller then reports
-/// what serde said).
-pub fn unknown_keys(text: &str) -> Vec<UnknownKey> {
-    check(text).unknown
-}
-
 /// Every unknown key, wrong value and missing key of `text`, each list in document order.
 /// Empty when the text is not YAML this reader understands (the caller then reports what
 /// serde said).
@@ -478,36 +471,35 @@ impl Walk<'_> {
         if accepts.reads(raw) {
             return;
         }
-        let shown = match kind {
-            Scalar::Null => "nothing".to_string(),
-            Scalar::Other => {
-                let t = serde_saphyr::from_str::<String>(raw)
-                    .unwrap_or_else(|_| raw.trim().to_string());
+        // The value as written (its text, for a scalar the reader cannot read as text).
+        let written = match kind {
+            Scalar::Null => None,
+            Scalar::Other => Some(
+                serde_saphyr::from_str::<String>(raw).unwrap_or_else(|_| raw.trim().to_string()),
+            ),
+        };
+        let shown = match &written {
+            None => "nothing".to_string(),
+            Some(t) => {
                 let short: String = t.chars().take(40).collect();
-                format!(
-                    "`{}`{}",
-                    short.escape_debug(),
-                    if short.len() < t.len() { "..." } else { "" }
-                )
+                let more = if short.len() < t.len() { "..." } else { "" };
+                format!("`{}`{more}", short.escape_debug())
             }
         };
         let here = self.here();
-        let only_names = accepts.only_names();
-        let (msg, hint) = if only_names && matches!(kind, Scalar::Other) {
-            let word = serde_saphyr::from_str::<String>(raw).unwrap_or_default();
-            let hint = match closest(&word, &accepts.names) {
-                Some(s) => format!(
-                    "did you mean `{s}`? Allowed here: {}",
-                    quoted(&accepts.names)
-                ),
-                None => format!("allowed here: {}", quoted(&accepts.names)),
-            };
-            (format!("{shown} is not a value `{here}` takes"), hint)
-        } else {
-            (
+        let (msg, hint) = match &written {
+            Some(word) if accepts.only_names() => {
+                let allowed = quoted(&accepts.names);
+                let hint = match closest(word, &accepts.names) {
+                    Some(s) => format!("did you mean `{s}`? Allowed here: {allowed}"),
+                    None => format!("allowed here: {allowed}"),
+                };
+                (format!("{shown} is not a value `{here}` takes"), hint)
+            }
+            _ => (
                 format!("expected {} for `{here}`, found {shown}", accepts.wanted()),
                 SHAPE_HINT.to_string(),
-            )
+            ),
         };
         self.wrong(at, msg, hint, from);
     }
@@ -681,6 +673,10 @@ fn blank_block_entry(b: &mut [u8], text: &str, start: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unknown_keys(text: &str) -> Vec<UnknownKey> {
+        check(text).unknown
+    }
 
     const SPEC: &str = "version: 1\npipeline: p\nbatch_row: 10\nsources:\n  s:\n    csv: { path: in/*.csv, delimeter: \";\", header: true }\n    columns:\n      - { name: id, type: int64, requird: true }\n      - name: note\n        clas: none\n        nested:\n          deeper: 1\n      - name: x\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out/o, compresion: zstd } }\nquarantine:\n  parquet: { path: out/q }\n";
 

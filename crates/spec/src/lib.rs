@@ -142,8 +142,12 @@ fn with_every_shape_error(text: &str, path: &Path, first: Vec<Diagnostic>) -> Ve
         .flat_map(|w| [w.line, w.map_line])
         .collect();
     if let Some(Error::Invalid(rest)) = rest {
+        // Compared with the walk's findings only: the same problem of meaning in two places
+        // has the same words twice.
+        let walked = out.len();
         for d in rest {
-            let said = quiet.contains(&d.line) || out.iter().any(|o| o.message == d.message);
+            let said =
+                quiet.contains(&d.line) || out[..walked].iter().any(|o| o.message == d.message);
             if !said {
                 out.push(d);
             }
