@@ -1906,6 +1906,83 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
 }
 
 /// The chain `source -> t1 -> t2 -> sink` a sink reads through.
+/// Why a record that no sink received was not delivered: `Some(true)` when it was quarantined,
+/// `Some(false)` when it was loaded and the transforms left it out, `None` when that cannot be
+/// told (the batch's counts are missing, or its quarantine is a PostgreSQL table).
+///
+/// Told from the batch's counts when they decide it (nothing quarantined; or every loaded record
+/// reached a sink, so the ones that did not are the quarantined ones), otherwise from the
+/// quarantine rows of the batch itself.
+async fn undelivered(
+    p: &Pipeline,
+    st: &StateStore,
+    r: &CustodyRef,
+    c: &CustodyView<'_>,
+    id: &str,
+) -> Option<bool> {
+    let counts = st
+        .batch(
+            &sealtrail_core::RunId::from_string(r.run_id.clone()),
+            &r.source,
+            r.batch,
+        )
+        .await
+        .ok()??;
+    if counts.rows_quarantined == 0 {
+        return Some(false);
+    }
+    let mut reached = vec![false; c.inputs()];
+    for o in c.sinks() {
+        for j in 0..o.len() {
+            for m in o.members(o.row(j).0) {
+                if let Some(x) = reached.get_mut(m as usize) {
+                    *x = true;
+                }
+            }
+        }
+    }
+    if reached.iter().filter(|&&x| x).count() as u64 == counts.rows_loaded {
+        return Some(true);
+    }
+    let path = match &p.quarantine {
+        Target::Parquet { dir } => dir.clone(),
+        Target::Delta { uri } => PathBuf::from(uri),
+        Target::Postgres { .. } => return None,
+    };
+    let (files, target, _copy) = table_files(&path).await.ok()?;
+    let files = batch_files(&files, &target, &p.name, (&r.run_id, &r.source, r.batch))?;
+    let (_, key, pos) = custody::parse_id(id)?;
+    for f in files {
+        for b in sealtrail_connectors::sink::read_parquet(&f).ok()? {
+            if quarantine_holds(&b, key, pos)? {
+                return Some(true);
+            }
+        }
+    }
+    Some(false)
+}
+
+/// Whether a batch of the quarantine table holds the record whose lineage id has input key
+/// `key` and position `pos`; `None` when the batch is not a quarantine table's.
+fn quarantine_holds(b: &RecordBatch, key: &str, pos: &str) -> Option<bool> {
+    use arrow::datatypes::Int64Type;
+    let input = b.column_by_name("input")?.as_string_opt::<i32>()?;
+    let line = b.column_by_name("line")?.as_primitive_opt::<Int64Type>()?;
+    let row = b.column_by_name("row")?.as_primitive_opt::<Int64Type>()?;
+    let keys = b.column_by_name("key")?.as_string_opt::<i32>()?;
+    Some((0..b.num_rows()).any(|i| {
+        let at = if line.is_valid(i) {
+            line.value(i).to_string() == pos
+        } else if keys.is_valid(i) {
+            keys.value(i) == pos
+        } else {
+            // A row index, or a keyed record whose key was null (`#` and its index).
+            row.is_valid(i) && pos.strip_prefix('#').unwrap_or(pos) == row.value(i).to_string()
+        };
+        at && custody::input_key(input.value(i)) == key
+    }))
+}
+
 fn chain_of(p: &Pipeline, sink: &Sink) -> Vec<String> {
     let mut out = vec![format!("sink {}", sink.name)];
     let mut at = sink.from.clone();
@@ -2086,9 +2163,17 @@ pub async fn lineage(
             }
         }
         if !delivered {
-            outln!(
-                "  -> quarantined (no sink received it; `sealtrail quarantine list` names the reason)"
-            );
+            match undelivered(&p, &st, &r, &c, id).await {
+                Some(true) => outln!(
+                    "  -> quarantined (no sink received it; `sealtrail quarantine list` names the reason)"
+                ),
+                Some(false) => outln!(
+                    "  -> loaded, then left out by the transforms (a filter, or a grouping that emitted no row for it): no sink received it"
+                ),
+                None => outln!(
+                    "  -> no sink received it: quarantined (`sealtrail quarantine list` names the reason), or left out by a transform's filter"
+                ),
+            }
         }
     }
     if found == 0 {

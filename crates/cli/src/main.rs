@@ -806,10 +806,19 @@ fn print_report(r: &RunReport) {
     for (reason, n) in &r.by_reason {
         outln!("    quarantined {n:>6} × {reason}");
     }
-    for (name, loc) in &r.sinks {
-        outln!("  sink {name:<16} -> {loc}");
+    for k in &r.sinks {
+        outln!(
+            "  sink {:<16} {:>10} rows -> {}",
+            k.name,
+            k.rows,
+            k.location
+        );
     }
-    outln!("  quarantine            -> {}", r.quarantine);
+    outln!(
+        "  quarantine            {:>10} rows -> {}",
+        r.counts.rows_quarantined,
+        r.quarantine
+    );
 }
 
 async fn demo(dir: &Path, rows: usize) -> Result<()> {

@@ -949,8 +949,20 @@ fn run_state_works_in_postgres() {
     )
     .unwrap();
     let out = run_ok(bin().arg("run").arg(&spec).args(["--state-url", &url]));
-    let (rin, ..) = counts(&out);
+    let (rin, loaded, _) = counts(&out);
     assert_eq!(rin, 3000);
+    // Rows delivered per sink, counted in the PostgreSQL state store.
+    for sink in ["trades_clean", "trades_analytics"] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("sink {sink} ")))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(
+            line.split_whitespace().nth(2),
+            Some(loaded.to_string().as_str()),
+            "{out}"
+        );
+    }
     let runs = run_ok(bin().args(["runs", "--pipeline", &name, "--state-url", &url]));
     assert!(
         runs.contains("succeeded") && runs.contains("3000"),
@@ -4145,6 +4157,7 @@ impl OpenLineageSchemas {
             .chain(ev["outputs"].as_array().unwrap())
         {
             facets.extend(ds["facets"].as_object().into_iter().flatten());
+            facets.extend(ds["outputFacets"].as_object().into_iter().flatten());
         }
         for (name, f) in facets {
             let url = f["_schemaURL"]
@@ -4193,6 +4206,20 @@ fn openlineage_events_validate_against_the_official_schemas() {
             .errors(lineage["_schemaURL"].as_str().unwrap(), &lineage)
             .is_empty()
     );
+    // The events that end a run count the rows delivered to each output; START does not.
+    let loaded: u64 = {
+        let runs = run_ok(bin().arg("runs").current_dir(dir.path()));
+        let line = runs.lines().nth(1).unwrap().to_string();
+        line.split_whitespace().nth(4).unwrap().parse().unwrap()
+    };
+    assert!(loaded > 1900, "{loaded}");
+    for o in events[1]["outputs"].as_array().unwrap() {
+        assert_eq!(
+            o["outputFacets"]["outputStatistics"]["rowCount"], loaded,
+            "{o:#}"
+        );
+    }
+    assert!(events[0]["outputs"][0].get("outputFacets").is_none());
     // Column lineage of the analyst sink: the account token is a masked derivation of the
     // source IBAN through two transforms; the ISIN passes through unmasked.
     let analytics = events[1]["outputs"]
@@ -4290,6 +4317,116 @@ fn openlineage_events_validate_against_the_official_schemas() {
         .as_str()
         .unwrap();
     assert!(msg.contains("row_count_between"), "{msg}");
+}
+
+/// A record a transform filters out is loaded but reaches no sink: the run's summary counts
+/// each sink's rows, OpenLineage reports them, and `lineage --id` tells such a record from a
+/// quarantined one, whether the batch's counts decide it or its quarantine rows must be read
+/// (Parquet and Delta quarantines).
+#[test]
+fn records_left_out_by_a_transform_are_told_from_quarantined_ones() {
+    let schemas = OpenLineageSchemas::load();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    // a.csv: a batch with a record filtered out (line 3) and one quarantined (line 4);
+    // b.csv: only a record filtered out; c.csv: a record quarantined, the other delivered.
+    std::fs::write(input.join("a.csv"), "id,amount\n1,5\n2,-1\n3,x\n4,2\n").unwrap();
+    std::fs::write(input.join("b.csv"), "id,amount\n5,-2\n").unwrap();
+    std::fs::write(input.join("c.csv"), "id,amount\n6,zz\n7,1\n").unwrap();
+    for q in ["parquet", "delta"] {
+        let spec = dir.path().join(format!("{q}.yaml"));
+        std::fs::write(
+            &spec,
+            format!(
+                "version: 1\npipeline: left_{q}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: amount, type: \"decimal(10,2)\" }}\ntransforms:\n  positive:\n    sql: SELECT id, amount FROM s WHERE amount > 0\nsinks:\n  o: {{ from: positive, audience: internal, parquet: {{ path: out/{q} }} }}\nquarantine:\n  {q}: {{ path: out/q{q} }}\n"
+            ),
+        )
+        .unwrap();
+        let events = dir.path().join(format!("{q}.jsonl"));
+        let out = run_ok(
+            bin()
+                .arg("run")
+                .arg(&spec)
+                .arg("--openlineage")
+                .arg(&events),
+        );
+        let words = out.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(words.contains("rows in 7 loaded 5 quarantined 2"), "{out}");
+        let sink = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("sink o"))
+            .unwrap();
+        assert_eq!(
+            sink.split_whitespace().take(4).collect::<Vec<_>>(),
+            ["sink", "o", "3", "rows"],
+            "{out}"
+        );
+        let quarantine = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("quarantine "))
+            .unwrap();
+        assert!(quarantine.contains(" 2 rows -> "), "{out}");
+        let complete: serde_json::Value = serde_json::from_str(
+            std::fs::read_to_string(&events)
+                .unwrap()
+                .lines()
+                .last()
+                .unwrap(),
+        )
+        .unwrap();
+        schemas.check_event(&complete);
+        assert_eq!(
+            complete["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"], 3,
+            "{complete:#}"
+        );
+        let lineage = |file: &str, line: u32| {
+            let path = input.join(file).display().to_string();
+            let key = &sealtrail_core::sha256_hex(path.as_bytes())[..12];
+            let out = run_ok(
+                bin()
+                    .arg("lineage")
+                    .arg(&spec)
+                    .arg("--id")
+                    .arg(format!("s:{key}:{line}")),
+            );
+            let last = out.lines().last().unwrap().trim().to_string();
+            if last.starts_with("-> quarantined") {
+                "quarantined"
+            } else if last.starts_with("-> loaded, then left out by the transforms") {
+                "left out"
+            } else if last.contains("-> sink o: row") {
+                "delivered"
+            } else {
+                panic!("{file}:{line}: {out}")
+            }
+        };
+        let got: Vec<&str> = [
+            ("a.csv", 2),
+            ("a.csv", 3),
+            ("a.csv", 4),
+            ("a.csv", 5),
+            ("b.csv", 2),
+            ("c.csv", 2),
+            ("c.csv", 3),
+        ]
+        .into_iter()
+        .map(|(f, l)| lineage(f, l))
+        .collect();
+        assert_eq!(
+            got,
+            [
+                "delivered",
+                "left out",
+                "quarantined",
+                "delivered",
+                "left out",
+                "quarantined",
+                "delivered"
+            ],
+            "{q}"
+        );
+    }
 }
 
 /// Many-to-one transforms: an aggregation and a DISTINCT deliver one row per group, each row

@@ -133,9 +133,18 @@ pub struct RunReport {
     pub per_source: Vec<(String, Counts)>,
     /// Quarantined rows by primary reason code (only batches committed by this process).
     pub by_reason: BTreeMap<String, u64>,
-    /// (sink name, location).
-    pub sinks: Vec<(String, String)>,
+    pub sinks: Vec<SinkReport>,
     pub quarantine: String,
+}
+
+/// A sink of a run: where it is and how many rows the run delivered to it.
+#[derive(Debug, Clone)]
+pub struct SinkReport {
+    pub name: String,
+    pub location: String,
+    /// Rows of every committed batch of the run (resumed runs included). A transform's filter
+    /// or aggregation makes this differ from the loaded records of the sink's source.
+    pub rows: u64,
 }
 
 /// Checks a spec beyond compilation, with columns classified from their names (and the
@@ -706,8 +715,15 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
                 by_source.insert(s.name.clone(), st.run_inputs(&run_id, &s.name).await?);
             }
             let d = openlineage::describe(p, &planned, &by_source);
-            em.emit(&openlineage::event("START", p, run_id.as_str(), &d, None))
-                .await;
+            em.emit(&openlineage::event(
+                "START",
+                p,
+                run_id.as_str(),
+                &d,
+                None,
+                None,
+            ))
+            .await;
             Some((em, d))
         }
         None => None,
@@ -718,12 +734,15 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
             Ok(_) => ("COMPLETE", None),
             Err(e) => ("FAIL", Some(e.to_string())),
         };
+        // Unknown when the state store cannot be read (the run's own error says why).
+        let delivered = st.delivered(&run_id).await.ok();
         em.emit(&openlineage::event(
             kind,
             p,
             run_id.as_str(),
             d,
             err.as_deref(),
+            delivered.as_ref(),
         ))
         .await;
     }
@@ -936,7 +955,11 @@ async fn run_inner(
                 .schema_of(&s.from)
                 .ok_or_else(|| Error::Internal(format!("no schema for `{}`", s.from)))?;
             let w = open_sink(&s.name, &s.target, sch).await?;
-            report.sinks.push((s.name.clone(), w.location()));
+            report.sinks.push(SinkReport {
+                name: s.name.clone(),
+                location: w.location(),
+                rows: 0,
+            });
             sinks.push((w, s.from.clone()));
         }
 
@@ -1056,6 +1079,10 @@ async fn run_inner(
     }
     st.succeed(run_id, &p.name, total).await?;
     report.counts = total;
+    let delivered = st.delivered(run_id).await?;
+    for s in &mut report.sinks {
+        s.rows = delivered.get(&s.name).copied().unwrap_or(0);
+    }
     Ok(report)
 }
 
@@ -1520,6 +1547,10 @@ async fn commit_one(
         last_pos: ic.last_pos,
         ledger_seq,
         data: bc.encode(),
+        delivered: per_sink
+            .iter()
+            .map(|(name, rows)| (name.clone(), rows.iter().map(|b| b.num_rows() as u64).sum()))
+            .collect(),
     };
     st.commit_batch(run_id, source, batch_no, counts, &row)
         .await?;

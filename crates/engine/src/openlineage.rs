@@ -9,7 +9,7 @@
 use crate::{Planned, trace_all};
 use sealtrail_spec::{PgFrom, Pipeline, SourceConnector, Target};
 use serde_json::{Value, json};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -21,6 +21,7 @@ const ERROR_FACET: &str = "https://openlineage.io/spec/facets/1-0-1/ErrorMessage
 const ENGINE_FACET: &str = "https://openlineage.io/spec/facets/1-1-1/ProcessingEngineRunFacet.json#/$defs/ProcessingEngineRunFacet";
 const JOB_TYPE_FACET: &str =
     "https://openlineage.io/spec/facets/2-0-4/JobTypeJobFacet.json#/$defs/JobTypeJobFacet";
+const OUTPUT_STATS_FACET: &str = "https://openlineage.io/spec/facets/1-0-2/OutputStatisticsOutputDatasetFacet.json#/$defs/OutputStatisticsOutputDatasetFacet";
 const SQL_FACET: &str =
     "https://openlineage.io/spec/facets/1-1-0/SQLJobFacet.json#/$defs/SQLJobFacet";
 
@@ -163,6 +164,8 @@ fn schema_facet(schema: &arrow::datatypes::Schema) -> Value {
 pub struct RunDescription {
     inputs: Vec<Value>,
     outputs: Vec<Value>,
+    /// The sink of each output dataset.
+    sinks: Vec<String>,
     sql: String,
 }
 
@@ -175,6 +178,7 @@ pub fn describe(
 ) -> RunDescription {
     let mut ins = Vec::new();
     let mut outs = Vec::new();
+    let mut sinks = Vec::new();
     for s in &p.sources {
         let Some(pl) = planned.get(&s.name) else {
             continue;
@@ -227,6 +231,7 @@ pub fn describe(
                 }
             }
             let (ns, name) = dataset_of_target(&sink.target);
+            sinks.push(sink.name.clone());
             outs.push(json!({
                 "namespace": ns,
                 "name": name,
@@ -250,17 +255,22 @@ pub fn describe(
     RunDescription {
         inputs: ins,
         outputs: outs,
+        sinks,
         sql,
     }
 }
 
 /// One RunEvent. `kind` is START, COMPLETE or FAIL; `error` goes into the FAIL event.
+/// `delivered`: rows the run's committed batches delivered to each sink, given to the events
+/// that end a run as each output's `outputStatistics` (a failed run's committed batches stay
+/// loaded).
 pub fn event(
     kind: &str,
     p: &Pipeline,
     run_id: &str,
     d: &RunDescription,
     error: Option<&str>,
+    delivered: Option<&BTreeMap<String, u64>>,
 ) -> Value {
     let mut run_facets = json!({
         "processing_engine": {
@@ -295,6 +305,18 @@ pub fn event(
             "dialect": "datafusion",
         });
     }
+    let mut outputs = d.outputs.clone();
+    if let Some(rows) = delivered {
+        for (o, sink) in outputs.iter_mut().zip(&d.sinks) {
+            o["outputFacets"] = json!({
+                "outputStatistics": {
+                    "_producer": producer(),
+                    "_schemaURL": OUTPUT_STATS_FACET,
+                    "rowCount": rows.get(sink).copied().unwrap_or(0),
+                },
+            });
+        }
+    }
     json!({
         "eventType": kind,
         "eventTime": sealtrail_core::audit::now(),
@@ -303,6 +325,6 @@ pub fn event(
         "run": { "runId": run_id, "facets": run_facets },
         "job": { "namespace": "sealtrail", "name": p.name, "facets": job_facets },
         "inputs": d.inputs,
-        "outputs": d.outputs,
+        "outputs": outputs,
     })
 }

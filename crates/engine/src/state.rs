@@ -15,6 +15,7 @@ use sealtrail_core::{Counts, RunId};
 use sqlx::AnyPool;
 use sqlx::Row;
 use sqlx::any::AnyPoolOptions;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,9 @@ const SCHEMA: &[&str] = &[
     // Chain of custody: per committed batch, the record commitments needed to prove any of
     // its rows (`custody::BatchCustody`), and the ledger entry that holds its roots.
     "CREATE TABLE IF NOT EXISTS sealtrail_custody (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, pipeline TEXT NOT NULL, input_key TEXT NOT NULL, first_pos BIGINT NOT NULL, last_pos BIGINT NOT NULL, ledger_seq BIGINT, data BYTEA NOT NULL, PRIMARY KEY (run_id, source, batch))",
+    // Rows each committed batch delivered to each sink (a record a transform filters out, or
+    // aggregates with others, is loaded but is not one row of every sink).
+    "CREATE TABLE IF NOT EXISTS sealtrail_batch_outputs (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, sink TEXT NOT NULL, row_count BIGINT NOT NULL, PRIMARY KEY (run_id, source, batch, sink))",
     "CREATE TABLE IF NOT EXISTS sealtrail_classifications (pipeline TEXT NOT NULL, source TEXT NOT NULL, col TEXT NOT NULL, tag TEXT NOT NULL, kind TEXT, confidence DOUBLE PRECISION NOT NULL, evidence TEXT NOT NULL, run_id TEXT NOT NULL, classified_at TEXT NOT NULL, PRIMARY KEY (pipeline, source, col))",
 ];
 
@@ -94,6 +98,8 @@ pub struct CustodyRow {
     pub ledger_seq: Option<u64>,
     /// `custody::BatchCustody::encode`.
     pub data: Vec<u8>,
+    /// Rows delivered to each sink, by sink name.
+    pub delivered: Vec<(String, u64)>,
 }
 
 /// Names a stored custody record.
@@ -446,6 +452,16 @@ impl StateStore {
             .bind(&custody.data)
             .execute(&mut *tx)
             .await?;
+        for (sink, rows) in &custody.delivered {
+            sqlx::query("INSERT INTO sealtrail_batch_outputs (run_id, source, batch, sink, row_count) VALUES ($1, $2, $3, $4, $5)")
+                .bind(run.as_str())
+                .bind(source)
+                .bind(batch as i64)
+                .bind(sink)
+                .bind(*rows as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -527,6 +543,19 @@ impl StateStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(counts(row.get(0), row.get(1), row.get(2)))
+    }
+
+    /// Rows the run's committed batches delivered to each sink, by sink name. Batches committed
+    /// before sealtrail recorded them count none.
+    pub async fn delivered(&self, run: &RunId) -> Result<BTreeMap<String, u64>> {
+        let rows = sqlx::query("SELECT sink, CAST(SUM(row_count) AS BIGINT) FROM sealtrail_batch_outputs WHERE run_id = $1 GROUP BY sink")
+            .bind(run.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
+            .collect())
     }
 
     /// Marks the run succeeded and its files loaded, in one transaction.
