@@ -1,9 +1,11 @@
 //! JSON Lines decoder: one JSON object per line.
 //!
-//! Values become field text: strings as they are, numbers and booleans in their JSON spelling,
-//! `null` as null, nested arrays and objects as compact JSON. Reasons produced here:
-//! `invalid_utf8`, `invalid_json` (not JSON, or not an object), `unknown_column` (a key not
-//! declared, when `unknown_columns: reject`), `missing_column` (a `required` key absent).
+//! Values become field text: strings as they are, numbers, booleans, nested arrays and objects
+//! in their exact JSON text from the line (a number's digits are never rounded through a
+//! float; one in exponent notation bound for a decimal column is written out in plain digits),
+//! `null` as null. Reasons produced here: `invalid_utf8`, `invalid_json` (not JSON, not an
+//! object, or a key given twice), `unknown_column` (a key not declared, when
+//! `unknown_columns: reject`), `missing_column` (a `required` key absent).
 //! A UTF-8 byte order mark at the start of a file is dropped. A line longer than
 //! [`MAX_LINE_BYTES`] is quarantined as `line_too_long` with its first bytes, the rest read
 //! past and never held.
@@ -13,7 +15,9 @@ use crate::{Decoded, Error, MAX_LINE_BYTES, Result, SourceReader};
 use sealtrail_core::Reason;
 use sealtrail_core::record::{PosKind, Quarantined, RawBatch};
 use sealtrail_spec::raw::UnknownColumns;
-use sealtrail_spec::{Source, SourceConnector};
+use sealtrail_spec::{ColumnType, Source, SourceConnector};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use std::collections::VecDeque;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -65,6 +69,7 @@ impl SourceReader for JsonlReader {
                 continue;
             };
             let mut batch = RawBatch::new(name.clone(), PosKind::Line, ncols);
+            let mut slots: Vec<Option<usize>> = Vec::with_capacity(ncols);
             let mut malformed = Vec::new();
             let mut rows = 0;
             // Field text is addressed with 32-bit offsets: a batch ends well before 4 GiB.
@@ -134,36 +139,68 @@ impl SourceReader for JsonlReader {
                     malformed.push(bad("invalid_utf8", "decode(utf-8)".into()));
                     continue;
                 }
-                let obj =
-                    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw)
-                    {
-                        Ok(o) => o,
-                        Err(_) => {
-                            malformed.push(bad("invalid_json", "json(object)".into()));
-                            continue;
-                        }
-                    };
-                if self.source.unknown_columns == UnknownColumns::Reject
-                    && let Some(k) = obj.keys().find(|k| self.source.column_index(k).is_none())
-                {
-                    malformed.push(bad("unknown_column", format!("columns({k})")));
+                let Ok(Members(members)) = serde_json::from_slice::<Members<'_>>(raw) else {
+                    malformed.push(bad("invalid_json", "json(object)".into()));
                     continue;
+                };
+                // Each declared column's member, by index into `members`; a key given twice is
+                // ambiguous (parsers differ on which value wins), so the record is not loaded.
+                slots.clear();
+                slots.resize(ncols, None);
+                let mut undeclared: Vec<&str> = Vec::new();
+                let mut problem = None;
+                for (i, (k, _)) in members.iter().enumerate() {
+                    match self.source.column_index(k) {
+                        Some(c) if slots[c].is_some() => {
+                            problem = Some(("invalid_json", format!("json(duplicate key {k})")));
+                            break;
+                        }
+                        Some(c) => slots[c] = Some(i),
+                        None if undeclared.contains(&k.as_str()) => {
+                            problem = Some(("invalid_json", format!("json(duplicate key {k})")));
+                            break;
+                        }
+                        None if self.source.unknown_columns == UnknownColumns::Reject => {
+                            problem = Some(("unknown_column", format!("columns({k})")));
+                            break;
+                        }
+                        None => undeclared.push(k),
+                    }
                 }
-                if let Some(c) = self
-                    .source
-                    .columns
-                    .iter()
-                    .find(|c| c.required && !obj.contains_key(&c.name))
+                if problem.is_none()
+                    && let Some(c) = self
+                        .source
+                        .columns
+                        .iter()
+                        .zip(&slots)
+                        .find(|(c, m)| c.required && m.is_none())
                 {
-                    malformed.push(bad("missing_column", format!("required({})", c.name)));
+                    problem = Some(("missing_column", format!("required({})", c.0.name)));
+                }
+                if let Some((code, rule)) = problem {
+                    malformed.push(bad(code, rule));
                     continue;
                 }
                 batch.begin(*line_no, raw);
-                for c in &self.source.columns {
-                    match obj.get(&c.name) {
-                        None | Some(serde_json::Value::Null) => batch.push(None),
-                        Some(serde_json::Value::String(s)) => batch.push(Some(s)),
-                        Some(v) => batch.push(Some(&v.to_string())),
+                for (c, m) in self.source.columns.iter().zip(&slots) {
+                    let Some(v) = m.map(|i| members[i].1.get()) else {
+                        batch.push(None);
+                        continue;
+                    };
+                    match v.as_bytes().first() {
+                        Some(b'n') => batch.push(None),
+                        Some(b'"') => match serde_json::from_str::<&str>(v) {
+                            Ok(s) => batch.push(Some(s)),
+                            // Escapes: the string is unescaped into a new one.
+                            Err(_) => match serde_json::from_str::<String>(v) {
+                                Ok(s) => batch.push(Some(&s)),
+                                Err(_) => batch.push(Some(v)),
+                            },
+                        },
+                        _ => match (c.ty, plain_decimal(v)) {
+                            (ColumnType::Decimal { .. }, Some(d)) => batch.push(Some(&d)),
+                            _ => batch.push(Some(v)),
+                        },
                     }
                 }
             }
@@ -187,6 +224,77 @@ impl SourceReader for JsonlReader {
 /// Reads one line (through its `\n`) into `out`, keeping at most `cap` bytes of it and
 /// reading past the rest. Returns the line's length in the file (0 at the end of the file)
 /// and whether it was longer than `cap` (then `out` holds its first `cap` bytes).
+/// The members of one JSON object, each value as its exact JSON text. Read this way rather
+/// than into `serde_json::Map` so that a key given twice is seen (a map keeps the last value
+/// silently) and numbers keep their digits: through `f64`, a price of 17 significant digits
+/// would load rounded.
+struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Object;
+        impl<'de> Visitor<'de> for Object {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(16));
+                while let Some(k) = m.next_key::<String>()? {
+                    out.push((k, m.next_value::<&'de RawValue>()?));
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(Object)
+    }
+}
+
+/// A JSON number in exponent notation (`1.5E-5`) written out in plain digits (`0.000015`),
+/// exactly, for a decimal column (whose text form has no exponent); `None` for anything else,
+/// or an exponent beyond what a decimal of 38 digits could use.
+fn plain_decimal(v: &str) -> Option<String> {
+    let (mantissa, exp) = v.split_once(['e', 'E'])?;
+    let exp: i64 = exp.parse().ok().filter(|e: &i64| e.abs() <= 100)?;
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = format!("{int}{frac}");
+    // Where the point goes, counted from the left of `digits`.
+    let point = int.len() as i64 + exp;
+    let (int, frac) = if point <= 0 {
+        (
+            "0".to_string(),
+            format!("{}{digits}", "0".repeat((-point) as usize)),
+        )
+    } else if point as usize >= digits.len() {
+        (
+            format!("{digits}{}", "0".repeat(point as usize - digits.len())),
+            String::new(),
+        )
+    } else {
+        let (i, f) = digits.split_at(point as usize);
+        (i.to_string(), f.to_string())
+    };
+    let int = match int.trim_start_matches('0') {
+        "" => "0",
+        t => t,
+    };
+    Some(if frac.is_empty() {
+        format!("{sign}{int}")
+    } else {
+        format!("{sign}{int}.{frac}")
+    })
+}
+
 fn read_line_capped(
     r: &mut impl BufRead,
     out: &mut Vec<u8>,
@@ -252,6 +360,40 @@ mod tests {
             let mut out = Vec::new();
             proptest::prop_assert_eq!(super::read_line_capped(&mut r, &mut out, cap).unwrap(), (0, false));
         }
+
+        /// Writing out an exponent keeps the number's value exactly: the same significant
+        /// digits at the same power of ten, in a form with no exponent.
+        #[test]
+        fn written_out_exponents_keep_the_value(
+            int in "[0-9]{1,12}",
+            frac in proptest::option::of("[0-9]{1,12}"),
+            exp in -40i64..40,
+            upper in proptest::bool::ANY,
+            neg in proptest::bool::ANY,
+        ) {
+            let v = format!(
+                "{}{int}{}{}{exp}",
+                if neg { "-" } else { "" },
+                frac.as_deref().map(|f| format!(".{f}")).unwrap_or_default(),
+                if upper { "E" } else { "e" },
+            );
+            let out = super::plain_decimal(&v).unwrap();
+            proptest::prop_assert!(!out.contains(['e', 'E']), "{}", out);
+            proptest::prop_assert_eq!(out.starts_with('-'), neg);
+            // (significant digits, power of ten of the last one) of `digits` x 10^-scale.
+            let norm = |digits: String, scale: i64| {
+                let t = digits.trim_start_matches('0');
+                let kept = t.trim_end_matches('0');
+                (kept.to_string(), if kept.is_empty() { 0 } else { (t.len() - kept.len()) as i64 - scale })
+            };
+            let frac = frac.unwrap_or_default();
+            let body = out.trim_start_matches('-');
+            let (oi, of) = body.split_once('.').unwrap_or((body, ""));
+            proptest::prop_assert_eq!(
+                norm(format!("{oi}{of}"), of.len() as i64),
+                norm(format!("{int}{frac}"), frac.len() as i64 - exp)
+            );
+        }
     }
 
     /// A line over the limit (a whole document on one line) is quarantined with its first
@@ -308,5 +450,74 @@ mod tests {
             (d.malformed[0].pos, d.malformed[0].reasons[0].code.as_str()),
             (2, "invalid_json")
         );
+    }
+
+    /// Numbers keep their digits (a price of 18 significant digits is not rounded through a
+    /// float), nested values and booleans their JSON text, strings are unescaped, and a number
+    /// in exponent notation bound for a decimal column is written out in plain digits.
+    #[test]
+    fn values_keep_their_exact_text() {
+        let (_dir, mut r) = crate::test_reader(
+            "jsonl: { path: in }",
+            &["a", "b", "c", "d", "e", "px, type: \"decimal(38,10)\""],
+            br#"{"a": 123456789.123456789, "b": {"y": 1, "x": 2.50}, "c": "t\u00e9\"", "d": true, "e": 1e2, "px": 1.5E-5}"#,
+        );
+        let d = r.next_batch().unwrap().unwrap();
+        assert!(d.malformed.is_empty(), "{:?}", d.malformed);
+        let row: Vec<Option<&str>> = (0..6).map(|c| d.batch.get(0, c)).collect();
+        assert_eq!(
+            row,
+            [
+                Some("123456789.123456789"),
+                Some(r#"{"y": 1, "x": 2.50}"#),
+                Some("t\u{e9}\""),
+                Some("true"),
+                Some("1e2"),
+                Some("0.000015"),
+            ]
+        );
+    }
+
+    /// A key given twice is ambiguous (JSON parsers differ on which value wins): the record is
+    /// quarantined, naming the key, never loaded with either value.
+    #[test]
+    fn a_key_given_twice_is_quarantined() {
+        let (_dir, mut r) = crate::test_reader(
+            "jsonl: { path: in }",
+            &["a", "b"],
+            b"{\"a\": \"x\", \"b\": 1, \"a\": \"y\"}\n{\"a\": \"z\"}\n",
+        );
+        let d = r.next_batch().unwrap().unwrap();
+        assert_eq!((d.batch.len(), d.batch.get(0, 0)), (1, Some("z")));
+        assert_eq!(d.malformed.len(), 1);
+        let q = &d.malformed[0];
+        assert_eq!(
+            (
+                q.pos,
+                q.reasons[0].code.as_str(),
+                q.reasons[0].rule.as_str()
+            ),
+            (1, "invalid_json", "json(duplicate key a)")
+        );
+    }
+
+    #[test]
+    fn exponents_are_written_out_exactly() {
+        for (v, want) in [
+            ("1e2", Some("100")),
+            ("1.5E-5", Some("0.000015")),
+            ("-2.50e1", Some("-25.0")),
+            ("12e-1", Some("1.2")),
+            ("12e-2", Some("0.12")),
+            ("0.0e0", Some("0.0")),
+            ("5e-0", Some("5")),
+            ("5E+3", Some("5000")),
+            ("007.5e1", Some("75")),
+            ("1e101", None),
+            ("1.5", None),
+            ("true", None),
+        ] {
+            assert_eq!(super::plain_decimal(v).as_deref(), want, "{v}");
+        }
     }
 }
