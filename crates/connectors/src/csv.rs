@@ -322,16 +322,37 @@ impl CsvReader {
             f.map.push(at);
         }
         if !missing.is_empty() {
+            // A header name that differs only in case or surrounding spaces is named: names
+            // are matched exactly, and `ID` or ` id` is easy to miss in a message.
+            let near: Vec<String> = missing
+                .iter()
+                .filter_map(|m| {
+                    let n = names.iter().find(|n| n.trim().eq_ignore_ascii_case(m))?;
+                    Some(format!("`{}` for `{m}`", shown(n)))
+                })
+                .collect();
+            let near = if near.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (the header has {}: names match exactly, case and spaces included; rename the column in the spec or in the file)",
+                    near.join(", ")
+                )
+            };
             return Err(schema_err(format!(
-                "required column(s) {} missing from the header",
-                missing.join(", ")
+                "required column(s) {} missing from the header{near}",
+                missing
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         if self.source.unknown_columns == UnknownColumns::Reject {
             let unknown: Vec<String> = names
                 .iter()
                 .filter(|n| self.source.column_index(n).is_none())
-                .map(|n| shown(n))
+                .map(|n| format!("`{}`", shown(n)))
                 .collect();
             if !unknown.is_empty() {
                 return Err(schema_err(format!(
@@ -946,8 +967,28 @@ mod tests {
         );
         let e = r.next_batch().unwrap_err().to_string();
         assert!(
-            e.contains("undeclared column(s) n\\u{0}a\\u{0}m\\u{0}e\\u{0}")
+            e.contains("undeclared column(s) `n\\u{0}a\\u{0}m\\u{0}e\\u{0}`")
                 && e.contains("(the header holds NUL bytes: is the file UTF-16?"),
+            "{e}"
+        );
+    }
+
+    /// A required column whose name the header spells in another case, or with spaces around
+    /// it, is named in the error beside the one declared.
+    #[test]
+    fn a_header_name_differing_in_case_or_spaces_is_pointed_out() {
+        let (_dir, mut r) = crate::test_reader(
+            "csv: { path: in }",
+            &[
+                "id, required: true",
+                "note, required: true",
+                "other, required: true",
+            ],
+            b"ID, note ,x\n1,a,b\n",
+        );
+        let e = r.next_batch().unwrap_err().to_string();
+        assert!(
+            e.contains("required column(s) `id`, `note`, `other` missing from the header (the header has `ID` for `id`, ` note ` for `note`: names match exactly"),
             "{e}"
         );
     }
