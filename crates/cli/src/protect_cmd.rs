@@ -494,11 +494,19 @@ pub enum QuarantineCmd {
         /// The quarantine folder (a Parquet quarantine sink).
         path: PathBuf,
         /// Line numbers (text inputs) of the records to show.
-        #[arg(long, num_args = 1.., required_unless_present = "key")]
+        #[arg(long, num_args = 1.., required_unless_present_any = ["key", "row"])]
         line: Vec<i64>,
         /// Keys (table inputs) of the records to show.
         #[arg(long, num_args = 1..)]
         key: Vec<String>,
+        /// Row numbers (0-based: Parquet inputs, and table rows whose key is null) of the
+        /// records to show.
+        #[arg(long, num_args = 1..)]
+        row: Vec<i64>,
+        /// Only records of this input: its name as `quarantine list` prints it, or its last
+        /// path components (`trades_01.csv`, `in/trades_01.csv`).
+        #[arg(long)]
+        input: Option<String>,
         /// Why (recorded in the ledger).
         #[arg(long)]
         reason: String,
@@ -532,6 +540,7 @@ pub enum QuarantineCmd {
 struct QRow {
     input: String,
     line: Option<i64>,
+    row: Option<i64>,
     key: Option<String>,
     reason: String,
     reasons: String,
@@ -574,6 +583,10 @@ fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
                 .as_primitive_opt::<arrow::datatypes::Int64Type>()
                 .cloned()
                 .ok_or_else(|| not_quarantine("line"))?;
+            let row = col("row")?
+                .as_primitive_opt::<arrow::datatypes::Int64Type>()
+                .cloned()
+                .ok_or_else(|| not_quarantine("row"))?;
             let key = text("key")?;
             let reason = text("reason")?;
             let reasons = text("reasons")?;
@@ -586,6 +599,7 @@ fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
                 out.push(QRow {
                     input: input.value(r).to_string(),
                     line: arrow::array::Array::is_valid(&line, r).then(|| line.value(r)),
+                    row: arrow::array::Array::is_valid(&row, r).then(|| row.value(r)),
                     key: arrow::array::Array::is_valid(&key, r).then(|| key.value(r).to_string()),
                     reason: reason.value(r).to_string(),
                     reasons: reasons.value(r).to_string(),
@@ -595,7 +609,7 @@ fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
             }
         }
     }
-    out.sort_by(|a, b| (&a.input, a.line).cmp(&(&b.input, b.line)));
+    out.sort_by(|a, b| (&a.input, a.line, a.row).cmp(&(&b.input, b.line, b.row)));
     Ok(out)
 }
 
@@ -604,15 +618,15 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
         QuarantineCmd::List { path, limit } => {
             let rows = read_quarantine(&path)?;
             outln!(
-                "{:<40} {:>8}  {:<22} {:<22} rules",
+                "{:<40} {:>10}  {:<22} {:<22} rules",
                 "input",
-                "line/key",
+                "position",
                 "reason",
                 "reasons"
             );
             for q in rows.iter().take(limit) {
                 outln!(
-                    "{:<40} {:>8}  {:<22} {:<22} {}",
+                    "{:<40} {:>10}  {:<22} {:<22} {}",
                     printable(q.input.as_bytes(), encoding_rs::UTF_8),
                     position(q),
                     q.reason,
@@ -627,6 +641,8 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
             path,
             line,
             key,
+            row,
+            input,
             reason,
             by,
             out,
@@ -647,9 +663,19 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
             let rows = read_quarantine(&path)?;
             let mut shown = Vec::new();
             let mut keys: BTreeMap<String, u64> = BTreeMap::new();
+            let of_input = |q: &QRow| match &input {
+                None => true,
+                Some(i) => {
+                    let i = i.trim_start_matches('/');
+                    q.input == *i || q.input.ends_with(&format!("/{i}"))
+                }
+            };
             let wanted = |q: &QRow| {
-                q.line.is_some_and(|l| line.contains(&l))
-                    || q.key.as_ref().is_some_and(|k| key.contains(k))
+                of_input(q)
+                    && (q.line.is_some_and(|l| line.contains(&l))
+                        || q.key.as_ref().is_some_and(|k| key.contains(k))
+                        || (q.line.is_none() && q.key.is_none())
+                            && q.row.is_some_and(|r| row.contains(&r)))
             };
             for q in rows.iter().filter(|q| wanted(q)) {
                 let id = key_id_of(&q.raw)
@@ -662,7 +688,10 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
             }
             if shown.is_empty() {
                 bail!(
-                    "no quarantined record with line(s) {line:?} or key(s) {key:?}; see `sealtrail quarantine list`"
+                    "no quarantined record with line(s) {line:?}, key(s) {key:?} or row(s) {row:?}{}; see `sealtrail quarantine list`",
+                    input
+                        .as_ref()
+                        .map_or(String::new(), |i| format!(" in input `{i}`"))
                 );
             }
             record_access(
@@ -706,12 +735,15 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
     Ok(())
 }
 
-/// A quarantined record's line, or its key (table inputs; escaped: keys are data).
+/// Where a quarantined record was: its line, its key, or `row N` (a Parquet row, or a table
+/// row whose key was null), as `quarantine show` selects it (`--line`, `--key`, `--row`). Keys
+/// are data: escaped.
 fn position(q: &QRow) -> String {
-    match (q.line, &q.key) {
-        (Some(l), _) => l.to_string(),
-        (None, Some(k)) => printable(k.as_bytes(), encoding_rs::UTF_8),
-        (None, None) => "-".into(),
+    match (q.line, &q.key, q.row) {
+        (Some(l), ..) => l.to_string(),
+        (None, Some(k), _) => printable(k.as_bytes(), encoding_rs::UTF_8),
+        (None, None, Some(r)) => format!("row {r}"),
+        (None, None, None) => "-".into(),
     }
 }
 

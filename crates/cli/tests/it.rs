@@ -1659,6 +1659,38 @@ fn parquet_files_are_a_source_with_typed_values_and_row_positions() {
         got,
         "284 284 True timestamp[us, tz=UTC] (True, 270, 'invalid_isin')"
     );
+    // The quarantine lists and shows Parquet records by their row, of the input asked for.
+    let q = dir.path().join("out/q");
+    let list = run_ok(bin().args(["quarantine", "list"]).arg(&q));
+    assert!(
+        list.lines()
+            .any(|l| l.contains("a.parquet") && l.contains(" row 270  invalid_isin")),
+        "{list}"
+    );
+    let show = |input: &str| {
+        bin()
+            .args(["quarantine", "show"])
+            .arg(&q)
+            .args(["--row", "270", "--input", input, "--reason", "test", "--home"])
+            .arg(dir.path().join(".sealtrail"))
+            .output()
+            .unwrap()
+    };
+    let o = show("in/a.parquet");
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{shown}");
+    assert_eq!(shown.lines().count(), 1, "{shown}");
+    assert!(
+        shown.contains("a.parquet:row 270 [invalid_isin] {\"id\":"),
+        "{shown}"
+    );
+    let o = show("b.parquet");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("row(s) [270] in input `b.parquet`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // Incremental: nothing new.
     assert_eq!(counts(&run_ok(bin().arg("run").arg(&spec))).0, 0);
     // A file that is not Parquet fails the run, names the file, and writes nothing.
