@@ -524,7 +524,8 @@ pub enum QuarantineCmd {
         encoding: String,
     },
     /// Load repaired records: FILE holds them in the source's format and encoding, one per
-    /// line (no CSV header). They go through the source's checks, protection, transforms and sinks as a
+    /// line (no CSV header; for a Parquet or PostgreSQL source, the JSON objects
+    /// `quarantine show --out` writes). They go through the source's checks, protection, transforms and sinks as a
     /// run of `<pipeline>-replay`, recorded in the ledger like any run.
     Replay {
         /// The pipeline spec whose source the records belong to.
@@ -833,6 +834,15 @@ pub fn replay_pipeline(
     std::fs::create_dir_all(work)?;
     let input = work.join(format!("replay-{}", sealtrail_core::RunId::new()));
     let mut text = Vec::new();
+    // A Parquet or PostgreSQL record is quarantined in the canonical row encoding
+    // (docs/spec.md): a JSON object of the declared columns' text, which reads back, repaired,
+    // as a JSON Lines record with the same values.
+    if matches!(s.connector, C::Parquet(_) | C::Postgres(_)) {
+        s.connector = C::Jsonl(sealtrail_spec::FileSet {
+            pattern: String::new(),
+            incremental: false,
+        });
+    }
     let files = match &mut s.connector {
         C::Csv(o) => {
             if o.header {
@@ -855,10 +865,8 @@ pub fn replay_pipeline(
             }
             &mut o.files
         }
-        C::Jsonl(f) => f,
-        C::Parquet(_) | C::Postgres(_) => {
-            bail!("replay reads repaired records as text lines: CSV and JSON Lines sources only")
-        }
+        C::Jsonl(f) | C::Parquet(f) => f,
+        C::Postgres(_) => bail!("a PostgreSQL source is replayed as JSON Lines"),
     };
     text.extend(&body);
     std::fs::write(&input, &text)?;

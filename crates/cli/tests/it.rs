@@ -1671,7 +1671,9 @@ fn parquet_files_are_a_source_with_typed_values_and_row_positions() {
         bin()
             .args(["quarantine", "show"])
             .arg(&q)
-            .args(["--row", "270", "--input", input, "--reason", "test", "--home"])
+            .args([
+                "--row", "270", "--input", input, "--reason", "test", "--home",
+            ])
             .arg(dir.path().join(".sealtrail"))
             .output()
             .unwrap()
@@ -1684,6 +1686,39 @@ fn parquet_files_are_a_source_with_typed_values_and_row_positions() {
         shown.contains("a.parquet:row 270 [invalid_isin] {\"id\":"),
         "{shown}"
     );
+    // Repaired (a valid ISIN in place of the bad one), the record replays as JSON Lines.
+    let raw = dir.path().join("row270.jsonl");
+    let o = bin()
+        .args(["quarantine", "show"])
+        .arg(&q)
+        .args([
+            "--row",
+            "270",
+            "--input",
+            "a.parquet",
+            "--reason",
+            "repair",
+            "--home",
+        ])
+        .arg(dir.path().join(".sealtrail"))
+        .arg("--out")
+        .arg(&raw)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut rec: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&raw).unwrap().trim()).unwrap();
+    assert_eq!(rec["id"], "270", "{rec}");
+    rec["isin"] = "US0378331005".into();
+    std::fs::write(&raw, format!("{rec}\n")).unwrap();
+    let replayed = run_ok(
+        bin()
+            .args(["quarantine", "replay"])
+            .arg(&spec)
+            .args(["--source", "s"])
+            .arg(&raw),
+    );
+    assert_eq!(counts(&replayed), (1, 1, 0), "{replayed}");
     let o = show("b.parquet");
     assert!(!o.status.success());
     assert!(
