@@ -654,6 +654,9 @@ async fn check(specs: &[PathBuf], format: CheckFormat) -> Result<()> {
                 c.diags = diags;
             }
         }
+        // In the file's order, whichever pass found them (a stable sort: what one line holds
+        // stays in the order it was found).
+        c.diags.sort_by_key(|d| (d.line, d.column));
         checked.push(c);
     }
     let bad = checked.iter().filter(|c| !c.ok()).count();

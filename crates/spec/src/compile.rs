@@ -182,7 +182,7 @@ pub enum PgFrom {
 }
 
 /// A secret given by reference. Resolved only when a connection is made.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SecretRef {
     Env(String),
     File(PathBuf),
@@ -506,7 +506,8 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
     }
 
     let mut sinks = Vec::new();
-    let mut seen_paths: HashMap<String, String> = HashMap::new();
+    // Each sink's target, to refuse two that share or nest their folders (or table).
+    let mut places: Vec<(String, Target)> = Vec::new();
     for (name, s) in &spec.sinks {
         let v = &s.value;
         let audience = match v.audience.as_deref().unwrap_or("restricted") {
@@ -544,14 +545,13 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
             v.postgres.as_ref(),
         );
         if let Some(t) = target {
-            let key = t.describe();
-            if let Some(other) = seen_paths.insert(key.clone(), name.clone()) {
-                cx.err(
-                    s,
-                    format!("sink `{name}` writes to the same place as sink `{other}` ({key})"),
-                    "give each sink its own path or table",
-                );
+            let here = format!("sink `{name}`");
+            if let Some((other, problem)) =
+                places.iter().find_map(|(o, p)| Some((o, overlap(&t, p)?)))
+            {
+                cx.err(s, format!("{here} {problem} {other}"), "give each sink and the quarantine a path or table of its own, side by side (a table inside another's folder is read, or vacuumed, as part of it)");
             }
+            places.push((here, t.clone()));
             sinks.push(Sink {
                 name: name.clone(),
                 from: v.from.clone(),
@@ -579,17 +579,59 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
         q.value.parquet.as_ref(),
         None,
     );
-    if let Some(t) = &quarantine
-        && let Some(other) = seen_paths.get(&t.describe())
-    {
-        cx.err(
-            q,
-            format!("quarantine writes to the same place as sink `{other}`"),
-            "give the quarantine its own path",
-        );
+    if let Some(t) = &quarantine {
+        if let Some((other, problem)) = places.iter().find_map(|(o, p)| Some((o, overlap(t, p)?))) {
+            cx.err(
+                q,
+                format!("quarantine {problem} {other}"),
+                "give the quarantine its own path, beside the sinks' folders",
+            );
+        }
+        places.push(("the quarantine".into(), t.clone()));
+    }
+    // A source whose files include what a sink writes would load the previous runs' output
+    // (and, incremental, every new batch file) again.
+    for src in &sources {
+        let (SourceConnector::Csv(CsvOptions { files, .. })
+        | SourceConnector::Jsonl(files)
+        | SourceConnector::Parquet(files)) = &src.connector
+        else {
+            continue;
+        };
+        let Ok(pattern) =
+            glob::Pattern::new(&normalised(Path::new(&files.pattern)).to_string_lossy())
+        else {
+            continue;
+        };
+        let opts = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
+        for (what, t) in &places {
+            let Some(dir) = local_folder(t) else {
+                continue;
+            };
+            if written_names(t)
+                .iter()
+                .any(|n| pattern.matches_path_with(&dir.join(n), opts))
+            {
+                cx.err(
+                    &spec.sources[&src.name],
+                    format!(
+                        "source `{}` reads files {what} writes (its path `{}` matches files in {}): each run would load the output of the runs before it",
+                        src.name,
+                        files.pattern,
+                        dir.display()
+                    ),
+                    "narrow the source's path, or write the output outside the folders it reads",
+                );
+            }
+        }
     }
 
     if !cx.diags.is_empty() {
+        // In the file's order (the checks above run section by section).
+        cx.diags.sort_by_key(|d| (d.line, d.column));
         return Err(Error::Invalid(cx.diags));
     }
     Ok(Pipeline {
@@ -603,6 +645,88 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
         sinks,
         quarantine: quarantine.ok_or_else(|| Error::Invalid(Vec::new()))?,
     })
+}
+
+/// Whether `a` would write where `b` does: the same table, the same folder, or a folder inside
+/// the other's; in words, for a message ending with `b`'s name.
+fn overlap(a: &Target, b: &Target) -> Option<&'static str> {
+    if let (
+        Target::Postgres {
+            url: ua, table: ta, ..
+        },
+        Target::Postgres {
+            url: ub, table: tb, ..
+        },
+    ) = (a, b)
+    {
+        return (ua == ub && ta == tb).then_some("writes to the same table as");
+    }
+    let (pa, pb) = (place(a)?, place(b)?);
+    let inside = |x: &str, y: &str| x.strip_prefix(y).is_some_and(|r| r.starts_with('/'));
+    if pa == pb {
+        Some("writes to the same place as")
+    } else if inside(&pa, &pb) {
+        Some("writes inside the folder of")
+    } else if inside(&pb, &pa) {
+        Some("writes to a folder that holds the folder of")
+    } else {
+        None
+    }
+}
+
+/// Where a Delta or Parquet target writes: its local folder lexically normalised (`.`, `..`
+/// and trailing separators resolved), or `s3://bucket/prefix`; `None` for a table.
+fn place(t: &Target) -> Option<String> {
+    if let Target::Delta { uri } = t
+        && let Some(("s3" | "s3a", rest)) = uri.split_once("://")
+    {
+        return Some(format!("s3://{}", rest.trim_end_matches('/')));
+    }
+    Some(local_folder(t)?.to_string_lossy().into_owned())
+}
+
+/// The local folder of a Delta or Parquet target, lexically normalised.
+fn local_folder(t: &Target) -> Option<PathBuf> {
+    let path = match t {
+        Target::Delta { uri } => match uri.split_once("://") {
+            Some(("file", rest)) => PathBuf::from(rest),
+            Some(_) => return None,
+            None => PathBuf::from(uri),
+        },
+        Target::Parquet { dir } => dir.clone(),
+        Target::Postgres { .. } => return None,
+    };
+    Some(normalised(&path))
+}
+
+/// `path` with `.` left out and `..` taking off the component before it, as the file system
+/// would resolve them (without following links).
+fn normalised(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Names of files a target writes in its folder, as examples to match source patterns with.
+fn written_names(t: &Target) -> &'static [&'static str] {
+    match t {
+        Target::Parquet { .. } => {
+            &["part-01a23a70-26cf-74f3-82ad-edd24aa12989-s-000000.zstd.parquet"]
+        }
+        _ => &[
+            "part-00000-42c955c6-e0ce-4a71-b183-de2eb6f21c04-c000.zstd.parquet",
+            "_delta_log/00000000000000000000.json",
+            "_delta_log/00000000000000000010.checkpoint.parquet",
+        ],
+    }
 }
 
 fn known(roots: &HashMap<String, String>) -> String {
@@ -1561,6 +1685,116 @@ mod tests {
             Err(Error::Invalid(d)) => d,
             other => panic!("expected diagnostics, got {other:?}"),
         }
+    }
+
+    /// Sinks and the quarantine each write to a place of their own (the same folder however
+    /// spelled, of whatever kind, or one inside another, is refused), and no source reads what
+    /// they write.
+    #[test]
+    fn outputs_neither_share_nor_nest_their_places_nor_feed_a_source() {
+        let spec = |sinks: &str, q: &str, source: &str| {
+            format!(
+                "version: 1\npipeline: p\nsources:\n  s:\n    {source}\n    columns:\n      - {{ name: id }}\nsinks:\n{sinks}quarantine:\n  {q}\n"
+            )
+        };
+        let messages = |yaml: String| -> Vec<String> {
+            match crate::parse_str(&yaml, Path::new("/p/t.yaml")) {
+                Ok(_) => Vec::new(),
+                Err(Error::Invalid(d)) => d.into_iter().map(|d| d.message).collect(),
+                Err(e) => panic!("{e}"),
+            }
+        };
+        let csv = "csv: { path: in/*.csv }";
+        let q = "parquet: { path: q }";
+        let sink = |name: &str, target: &str| format!("  {name}: {{ from: s, {target} }}\n");
+        // Side by side: fine, whichever way the paths are written.
+        let ok = [
+            sink("a", "parquet: { path: out/a }"),
+            sink("b", "delta: { path: ./out/b/ }"),
+        ]
+        .concat();
+        assert_eq!(messages(spec(&ok, q, csv)), Vec::<String>::new());
+        for (sinks, quarantine, want) in [
+            (
+                [
+                    sink("a", "parquet: { path: out/a }"),
+                    sink("b", "delta: { path: ./out/x/../a/ }"),
+                ]
+                .concat(),
+                q,
+                "sink `b` writes to the same place as sink `a`",
+            ),
+            (
+                [
+                    sink("a", "delta: { path: out }"),
+                    sink("b", "delta: { path: out/b }"),
+                ]
+                .concat(),
+                q,
+                "sink `b` writes inside the folder of sink `a`",
+            ),
+            (
+                [
+                    sink("a", "delta: { path: out/a }"),
+                    sink("b", "delta: { path: out }"),
+                ]
+                .concat(),
+                q,
+                "sink `b` writes to a folder that holds the folder of sink `a`",
+            ),
+            (
+                sink("a", "delta: { path: 's3a://bucket/t/' }"),
+                "delta: { path: 's3://bucket/t/q' }",
+                "quarantine writes inside the folder of sink `a`",
+            ),
+            (
+                [
+                    sink("a", "postgres: { url: env:PG, table: r.t }"),
+                    sink("b", "postgres: { url: env:PG, table: r.t }"),
+                ]
+                .concat(),
+                q,
+                "sink `b` writes to the same table as sink `a`",
+            ),
+        ] {
+            let got = messages(spec(&sinks, quarantine, csv));
+            assert!(got.iter().any(|m| m == want), "{want}: {got:?}");
+        }
+        // The same table name in two databases is two tables.
+        let two = [
+            sink("a", "postgres: { url: env:PG1, table: r.t }"),
+            sink("b", "postgres: { url: env:PG2, table: r.t }"),
+        ]
+        .concat();
+        assert_eq!(messages(spec(&two, q, csv)), Vec::<String>::new());
+        // Sources that would read a sink's batch files, a Delta table's log or the quarantine.
+        for (source, sinks, want) in [
+            (
+                "parquet: { path: 'out/**/*.parquet' }",
+                sink("a", "parquet: { path: out/a }"),
+                "source `s` reads files sink `a` writes",
+            ),
+            (
+                "jsonl: { path: './**/*.json' }",
+                sink("a", "delta: { path: lake/t }"),
+                "source `s` reads files sink `a` writes",
+            ),
+            (
+                "parquet: { path: 'q/*' }",
+                sink("a", "delta: { path: lake/t }"),
+                "source `s` reads files the quarantine writes",
+            ),
+        ] {
+            let got = messages(spec(&sinks, q, source));
+            assert!(got.iter().any(|m| m.starts_with(want)), "{source}: {got:?}");
+        }
+        // A pattern that only looks alike does not match: `*` stops at a separator.
+        let near = messages(spec(
+            &sink("a", "parquet: { path: in/out }"),
+            q,
+            "parquet: { path: 'in/*.parquet' }",
+        ));
+        assert_eq!(near, Vec::<String>::new());
     }
 
     const GOOD: &str = "version: 1
