@@ -760,7 +760,7 @@ async fn run_pipeline(
     pb.finish_and_clear();
     use sealtrail_engine::Error as E;
     if let Err(e) = &r
-        && !matches!(e, E::Spec(_) | E::UnfinishedRun { .. })
+        && !matches!(e, E::Spec(_) | E::UnfinishedRun { .. } | E::Busy { .. })
     {
         note_stopped_run(p, state_url).await;
     }

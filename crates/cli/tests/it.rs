@@ -792,7 +792,7 @@ fn unreadable_or_mismatched_sources_fail_and_write_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
-        err.contains("required column(s) trade_id missing") && err.contains("trades_zz.csv"),
+        err.contains("required column(s) `trade_id` missing") && err.contains("trades_zz.csv"),
         "{err}"
     );
     assert!(
@@ -1298,6 +1298,12 @@ quarantine:
         ),
     )
     .unwrap();
+    // `check` says what an incremental cursor cannot see.
+    let checked = run_ok(bin().arg("check").arg(&spec));
+    assert!(
+        checked.contains("note: source `src` reads the rows whose `id` is above the last run's maximum: a row that commits later"),
+        "{checked}"
+    );
     let run = || {
         counts(&run_ok(
             bin().arg("run").arg(&spec).env("ST_TEST_PG_URL", pg_url()),
@@ -4494,6 +4500,42 @@ fn records_left_out_by_a_transform_are_told_from_quarantined_ones() {
             "{q}"
         );
     }
+}
+
+/// While a run of a pipeline goes on, another process's `run` of it is refused (exit 3, naming
+/// the holder) instead of taking the running run for an interrupted one and committing its
+/// batches a second time; the lock is an OS file lock beside the state store (here held by
+/// this test process), gone with its holder.
+#[test]
+fn a_pipeline_being_run_is_not_run_again_at_once() {
+    let (dir, spec) = project("trades.yaml", 200);
+    let locks = dir.path().join(".sealtrail/state.db.run-locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    let key = &sealtrail_core::sha256_hex(b"sealtrail run lock\0trades")[..16];
+    let held = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(locks.join(format!("{key}.lock")))
+        .unwrap();
+    held.lock().unwrap();
+    std::io::Write::write_all(&mut &held, format!("{}\n", std::process::id()).as_bytes()).unwrap();
+    let o = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!(
+            "pipeline `trades` is being run by process {} on this machine; runs of one pipeline go one at a time",
+            std::process::id()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("resumes it"), "no run was started: {err}");
+    assert!(!dir.path().join("out").exists(), "nothing written");
+    drop(held);
+    let (rin, ..) = counts(&run_ok(bin().arg("run").arg(&spec)));
+    assert_eq!(rin, 200);
 }
 
 /// Many-to-one transforms: an aggregation and a DISTINCT deliver one row per group, each row

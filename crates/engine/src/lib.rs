@@ -55,6 +55,11 @@ pub enum Error {
         "run {run_id} of pipeline `{pipeline}` did not finish and was started with another version of the spec; run it with that spec to complete it, or pass --abandon-unfinished to give it up (its committed batches stay loaded)"
     )]
     UnfinishedRun { run_id: String, pipeline: String },
+    /// Another process is running the pipeline.
+    #[error(
+        "pipeline `{pipeline}` is being run by {holder}; runs of one pipeline go one at a time: wait for that run to end (an interrupted run resumes when run again)"
+    )]
+    Busy { pipeline: String, holder: String },
     /// Counts do not balance, or a run-level check failed.
     #[error("integrity check failed for run {run_id}: {reason}")]
     Integrity { run_id: String, reason: String },
@@ -157,7 +162,8 @@ pub async fn check(p: &Pipeline) -> Vec<Diagnostic> {
 
 /// What a spec that checks does that its author may not expect, one sentence each: sinks that
 /// receive rows aggregated within each batch (a `GROUP BY` or `DISTINCT` does not group over
-/// the whole input). `planned`: what [`check_with`] planned.
+/// the whole input), and PostgreSQL sources read incrementally on a cursor (rows that commit
+/// late below the cursor's last maximum are never read). `planned`: what [`check_with`] planned.
 pub fn notes(p: &Pipeline, planned: &HashMap<String, Planned>) -> Vec<String> {
     let mut out = Vec::new();
     for sink in &p.sinks {
@@ -174,6 +180,16 @@ pub fn notes(p: &Pipeline, planned: &HashMap<String, Planned>) -> Vec<String> {
             out.push(format!(
                 "sink `{}` receives rows of `{}` aggregated within each batch of {} records (`batch_rows`; a batch never spans input files), not over the whole input: a group met in several batches is delivered once per batch. To group over everything, aggregate the sink's rows where they land (a view over the table), or raise `batch_rows` above the input's record count (memory grows with it)",
                 sink.name, sink.from, p.batch_rows
+            ));
+        }
+    }
+    for s in &p.sources {
+        if let sealtrail_spec::SourceConnector::Postgres(pg) = &s.connector
+            && let Some(c) = &pg.cursor
+        {
+            out.push(format!(
+                "source `{}` reads the rows whose `{c}` is above the last run's maximum: a row that commits later with a `{c}` at or below it (the same value, or one set by a transaction that committed after the run) is never read; fill `{c}` in commit order (docs/spec.md, PostgreSQL)",
+                s.name
             ));
         }
     }
@@ -666,6 +682,15 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         return Err(Error::Spec(sealtrail_spec::Error::Invalid(diags)));
     }
     let st = StateStore::open(&opts.state_url).await?;
+    // Held to the end of the run: another process must not take this run for an interrupted
+    // one and resume (or abandon) it while it goes on.
+    let _lock = st
+        .lock_pipeline(&p.name)
+        .await?
+        .map_err(|holder| Error::Busy {
+            pipeline: p.name.clone(),
+            holder,
+        })?;
     let (run_id, resumed) = match st.unfinished_run(&p.name).await? {
         Some(u) if opts.abandon_unfinished => {
             st.abandon(&u.run_id).await?;

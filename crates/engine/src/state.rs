@@ -34,6 +34,32 @@ type Result<T> = std::result::Result<T, StateError>;
 pub struct StateStore {
     pool: AnyPool,
     url_kind: &'static str,
+    /// The SQLite file, when the store is one (not in memory).
+    sqlite_file: Option<std::path::PathBuf>,
+}
+
+/// Held while a run of one pipeline goes on, so that no other process starts, resumes or
+/// abandons a run of that pipeline meanwhile (it would take the running run for an
+/// interrupted one). With SQLite, an OS file lock beside the store (`<store>.run-locks/`);
+/// with PostgreSQL, a session advisory lock on a connection of its own, so that runs on other
+/// machines sharing the store are kept out too. Either goes when it is dropped, and when the
+/// process dies however it dies (the kernel drops the file lock, the server ends the session).
+#[derive(Debug)]
+pub struct PipelineLock {
+    _held: Held,
+}
+
+/// What is held (never read: dropping it releases the lock).
+#[derive(Debug)]
+enum Held {
+    File {
+        _file: std::fs::File,
+    },
+    Session {
+        _conn: sqlx::AnyConnection,
+    },
+    /// An in-memory store is this process's own.
+    Nothing,
 }
 
 /// A run that did not finish.
@@ -199,7 +225,80 @@ impl StateStore {
         for ddl in SCHEMA {
             sqlx::query(ddl).execute(&pool).await?;
         }
-        Ok(Self { pool, url_kind })
+        let sqlite_file = url
+            .strip_prefix("sqlite://")
+            .map(|p| p.split('?').next().unwrap_or(p))
+            .filter(|p| !p.is_empty() && !p.contains(":memory:") && !url.contains("mode=memory"))
+            .map(std::path::PathBuf::from);
+        Ok(Self {
+            pool,
+            url_kind,
+            sqlite_file,
+        })
+    }
+
+    /// Takes the run lock of `pipeline`, or says who holds it: `Err(holder)` names the other
+    /// process when it can be told (its pid, for SQLite).
+    pub async fn lock_pipeline(
+        &self,
+        pipeline: &str,
+    ) -> Result<std::result::Result<PipelineLock, String>> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("sealtrail run lock\0{pipeline}").as_bytes());
+        if self.url_kind == "postgres" {
+            let mut conn = self.pool.acquire().await?.detach();
+            let key = i64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
+            let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await?
+                .get(0);
+            return Ok(if got {
+                Ok(PipelineLock {
+                    _held: Held::Session { _conn: conn },
+                })
+            } else {
+                Err("another process, here or on another machine sharing this state store".into())
+            });
+        }
+        let Some(db) = &self.sqlite_file else {
+            return Ok(Ok(PipelineLock {
+                _held: Held::Nothing,
+            }));
+        };
+        let mut dir = db.clone().into_os_string();
+        dir.push(".run-locks");
+        let dir = std::path::PathBuf::from(dir);
+        let io = |e: std::io::Error| StateError(format!("run lock in {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let path = dir.join(format!("{}.lock", hex::encode(&digest[..8])));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match f.try_lock() {
+            Ok(()) => {
+                // Who holds it, for the message another process gives.
+                use std::io::{Seek, Write};
+                f.set_len(0).map_err(io)?;
+                f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+                writeln!(f, "{}", std::process::id()).map_err(io)?;
+                Ok(Ok(PipelineLock {
+                    _held: Held::File { _file: f },
+                }))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                Ok(Err(match pid.trim() {
+                    "" => "another process on this machine".to_string(),
+                    pid => format!("process {pid} on this machine"),
+                }))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
     }
 
     pub fn kind(&self) -> &'static str {
@@ -715,6 +814,48 @@ mod tests {
                 (2, 268_435_456, "wal", 65_536)
             );
             sqlx::Connection::close(c.detach()).await.unwrap();
+        }
+    }
+
+    /// One run of a pipeline at a time, in both backends: a second holder is refused (a store
+    /// opened again stands for another process: the lock belongs to a file description or a
+    /// session), other pipelines are not, and the lock goes with its holder.
+    #[tokio::test]
+    async fn a_pipeline_runs_once_at_a_time_in_both_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = std::env::var("SEALTRAIL_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+        for url in [sqlite, pg] {
+            // The PostgreSQL server is shared by every test run.
+            let name = format!("lock_{}", RunId::new());
+            let (a, b) = (
+                StateStore::open(&url).await.unwrap(),
+                StateStore::open(&url).await.unwrap(),
+            );
+            let held = a.lock_pipeline(&name).await.unwrap().unwrap();
+            let holder = b.lock_pipeline(&name).await.unwrap().unwrap_err();
+            if url.starts_with("sqlite") {
+                assert_eq!(
+                    holder,
+                    format!("process {} on this machine", std::process::id())
+                );
+            } else {
+                assert!(holder.starts_with("another process"), "{holder}");
+            }
+            let other = b.lock_pipeline(&format!("{name}_other")).await.unwrap();
+            assert!(other.is_ok(), "{url}: another pipeline is free");
+            drop(held);
+            // The server ends the dropped session as soon as it reads the closed socket.
+            let mut free = false;
+            for _ in 0..100 {
+                if b.lock_pipeline(&name).await.unwrap().is_ok() {
+                    free = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert!(free, "{url}: released with its holder");
         }
     }
 
