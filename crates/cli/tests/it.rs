@@ -4502,6 +4502,74 @@ fn records_left_out_by_a_transform_are_told_from_quarantined_ones() {
     }
 }
 
+/// CSV and JSON Lines files compressed with gzip or zstd (known by their first bytes) load as
+/// their text, with lines counted in it, and incremental loads know them by their own bytes;
+/// a compressed file that is damaged anywhere stops the run before anything loads.
+#[test]
+fn compressed_inputs_load_as_text_and_a_damaged_one_loads_nothing() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    let gz = |text: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(text).unwrap();
+        e.finish().unwrap()
+    };
+    let csv: String = std::iter::once("id,note\n".to_string())
+        .chain((0..3000).map(|i| format!("{i},n{i}\n")))
+        .chain(["x,bad id\n".to_string()])
+        .collect();
+    std::fs::write(input.join("a.csv.gz"), gz(csv.as_bytes())).unwrap();
+    let lines: String = (3000..3010)
+        .map(|i| format!("{{\"id\": {i}, \"note\": \"j{i}\"}}\n"))
+        .collect();
+    std::fs::write(
+        input.join("b.jsonl.zst"),
+        zstd::encode_all(lines.as_bytes(), 3).unwrap(),
+    )
+    .unwrap();
+    let spec = dir.path().join("p.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: packed\nsources:\n  c:\n    csv: { path: in/*.csv.gz, incremental: true }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: note, class: none }\n  j:\n    jsonl: { path: in/*.jsonl.zst, incremental: true }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: note, class: none }\nsinks:\n  oc: { from: c, audience: internal, parquet: { path: out/c } }\n  oj: { from: j, audience: internal, parquet: { path: out/j } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    let ((rin, loaded, q), _) = run_counted(&spec);
+    assert_eq!((rin, loaded, q), (3011, 3010, 1));
+    // The bad record is named by its line in the text (header = 1).
+    let list = run_ok(
+        bin()
+            .args(["quarantine", "list"])
+            .arg(dir.path().join("out/q")),
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.contains("a.csv.gz") && l.contains(" 3002  invalid_type")),
+        "{list}"
+    );
+    // Touched, the same bytes are not loaded again.
+    touch_later(&input.join("a.csv.gz"));
+    touch_later(&input.join("b.jsonl.zst"));
+    let ((rin, ..), err) = run_counted(&spec);
+    assert_eq!(rin, 0, "{err}");
+    // A new file whose compressed data is damaged near its end: nothing of it loads.
+    let mut damaged = gz(csv.replace("n1", "m1").as_bytes());
+    let at = damaged.len() - 12;
+    damaged[at] ^= 0x55;
+    std::fs::write(input.join("c.csv.gz"), damaged).unwrap();
+    let o = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("c.csv.gz")
+            && err.contains("gzip-compressed and its compressed data is damaged"),
+        "{err}"
+    );
+    let runs = run_ok(bin().arg("runs").current_dir(dir.path()));
+    assert_eq!(runs.lines().count(), 3, "no third run started: {runs}");
+}
+
 /// While a run of a pipeline goes on, another process's `run` of it is refused (exit 3, naming
 /// the holder) instead of taking the running run for an interrupted one and committing its
 /// batches a second time; the lock is an OS file lock beside the state store (here held by

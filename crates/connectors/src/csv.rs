@@ -61,7 +61,7 @@ pub struct CsvReader {
 #[derive(Debug)]
 struct OpenFile {
     name: Arc<str>,
-    file: crate::files::Hashed<std::fs::File>,
+    file: crate::files::InputBytes,
     buf: Vec<u8>,
     pos: usize,
     eof: bool,
@@ -202,10 +202,11 @@ impl CsvReader {
             input: name.to_string(),
             reason: e.to_string(),
         };
-        let file = std::fs::File::open(&path).map_err(unreadable)?;
+        let file = crate::files::InputBytes::open(&path, self.opts.files.incremental)
+            .map_err(unreadable)?;
         let mut f = OpenFile {
             name: name.clone(),
-            file: crate::files::Hashed::new(file, self.opts.files.incremental),
+            file,
             buf: Vec::new(),
             pos: 0,
             eof: false,

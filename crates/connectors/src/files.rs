@@ -136,9 +136,184 @@ impl<R: std::io::Read> std::io::Read for Hashed<R> {
     }
 }
 
+/// An input file's bytes as the text decoders (CSV, JSON Lines) read them: decompressed when
+/// the file is gzip or zstd, known by its first bytes (not its name), and hashed as they come
+/// off the disk, so that an incremental file's content digest is that of the file itself
+/// (what [`content_digest`] computes before a run).
+pub struct InputBytes(Inner);
+
+enum Inner {
+    Plain(Hashed<std::fs::File>),
+    // Boxed: one per open file, and the decoders' states are hundreds of bytes.
+    Gzip(Box<flate2::read::MultiGzDecoder<std::io::BufReader<Hashed<std::fs::File>>>>),
+    Zstd(Box<zstd::stream::read::Decoder<'static, std::io::BufReader<Hashed<std::fs::File>>>>),
+}
+
+impl std::fmt::Debug for InputBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InputBytes({})", self.compression().unwrap_or("plain"))
+    }
+}
+
+impl InputBytes {
+    /// Opens `path`; `hash`: compute the digest of its bytes while reading.
+    pub fn open(path: &Path, hash: bool) -> std::io::Result<Self> {
+        use std::io::Read;
+        let mut magic = [0u8; 4];
+        let mut n = 0;
+        let mut probe = std::fs::File::open(path)?;
+        while n < magic.len() {
+            match probe.read(&mut magic[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let file = Hashed::new(std::fs::File::open(path)?, hash);
+        Ok(Self(match &magic[..n] {
+            [0x1f, 0x8b, ..] => Inner::Gzip(Box::new(flate2::read::MultiGzDecoder::new(
+                std::io::BufReader::new(file),
+            ))),
+            [0x28, 0xb5, 0x2f, 0xfd] => {
+                Inner::Zstd(Box::new(zstd::stream::read::Decoder::new(file)?))
+            }
+            _ => Inner::Plain(file),
+        }))
+    }
+
+    /// `gzip` or `zstd` for a compressed file.
+    pub fn compression(&self) -> Option<&'static str> {
+        match &self.0 {
+            Inner::Plain(_) => None,
+            Inner::Gzip(_) => Some("gzip"),
+            Inner::Zstd(_) => Some("zstd"),
+        }
+    }
+
+    /// Lowercase hex SHA-256 of the file's bytes (`None` when not hashing, or asked before),
+    /// once the decoder has read to its end. What a compressed stream leaves after its end is
+    /// read through the hasher too, so the digest is always of the whole file.
+    pub fn finish(&mut self) -> Option<String> {
+        let file = match &mut self.0 {
+            Inner::Plain(f) => f,
+            Inner::Gzip(d) => d.get_mut().get_mut(),
+            Inner::Zstd(d) => d.get_mut().get_mut(),
+        };
+        std::io::copy(file, &mut std::io::sink()).ok()?;
+        file.finish()
+    }
+}
+
+/// Reads a compressed input to its end, checking its checksums, without keeping anything: the
+/// checksums of gzip (CRC-32 per member) and zstd (per frame, when written) come after the data
+/// they cover, so a damaged file would otherwise be found only once part of it had loaded.
+/// Nothing is read for an uncompressed file.
+pub fn check_compressed(path: &Path) -> Result<()> {
+    let unreadable = |e: std::io::Error| Error::Unreadable {
+        input: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let mut r = InputBytes::open(path, false).map_err(unreadable)?;
+    if r.compression().is_some() {
+        std::io::copy(&mut r, &mut std::io::sink()).map_err(unreadable)?;
+    }
+    Ok(())
+}
+
+impl std::io::Read for InputBytes {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (got, kind) = match &mut self.0 {
+            Inner::Plain(f) => return f.read(buf),
+            Inner::Gzip(d) => (d.read(buf), "gzip"),
+            Inner::Zstd(d) => (d.read(buf), "zstd"),
+        };
+        got.map_err(|e| match e.kind() {
+            std::io::ErrorKind::Interrupted => e,
+            k => std::io::Error::new(
+                k,
+                format!(
+                    "the file is {kind}-compressed and its compressed data is damaged or cut short ({e}); an intact copy of the file is needed"
+                ),
+            ),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Gzip (several members, as `cat a.gz b.gz` makes) and zstd files read as their text, and
+    /// the digest computed while reading is the file's own, what `content_digest` gives.
+    #[test]
+    fn compressed_inputs_read_as_their_text_and_digest_as_their_bytes() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let text: Vec<u8> = (0..50_000)
+            .flat_map(|i| format!("{i},v{i}\n").into_bytes())
+            .collect();
+        let gz = |part: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(part).unwrap();
+            e.finish().unwrap()
+        };
+        let (a, b) = text.split_at(text.len() / 3);
+        for (name, bytes, kind) in [
+            ("plain.csv", text.clone(), None),
+            ("two.csv.gz", [gz(a), gz(b)].concat(), Some("gzip")),
+            (
+                "t.csv.zst",
+                zstd::encode_all(&text[..], 1).unwrap(),
+                Some("zstd"),
+            ),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, &bytes).unwrap();
+            let mut r = InputBytes::open(&path, true).unwrap();
+            assert_eq!(r.compression(), kind, "{name}");
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).unwrap();
+            assert!(got == text, "{name}: not the text");
+            assert_eq!(r.finish(), Some(content_digest(&path).unwrap()), "{name}");
+        }
+    }
+
+    /// A compressed file cut short, or damaged, is an error that says so; never wrong text.
+    #[test]
+    fn a_damaged_compressed_input_is_an_error_saying_so() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let text: Vec<u8> = (0..50_000)
+            .flat_map(|i| format!("{i},v{i}\n").into_bytes())
+            .collect();
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(&text).unwrap();
+        let gz = e.finish().unwrap();
+        let zst = zstd::encode_all(&text[..], 1).unwrap();
+        let mut flipped = gz.clone();
+        flipped[gz.len() / 2] ^= 0xff;
+        for (name, bytes, kind) in [
+            ("cut.csv.gz", gz[..gz.len() / 2].to_vec(), "gzip"),
+            ("flipped.csv.gz", flipped, "gzip"),
+            ("cut.csv.zst", zst[..zst.len() / 2].to_vec(), "zstd"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, &bytes).unwrap();
+            let mut got = Vec::new();
+            let e = InputBytes::open(&path, false)
+                .unwrap()
+                .read_to_end(&mut got)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!(
+                    "the file is {kind}-compressed and its compressed data is damaged or cut short"
+                )),
+                "{name}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn a_fingerprint_gives_back_its_size_whatever_the_path() {

@@ -10,7 +10,7 @@
 //! [`MAX_LINE_BYTES`] is quarantined as `line_too_long` with its first bytes, the rest read
 //! past and never held.
 
-use crate::files::Hashed;
+use crate::files::InputBytes;
 use crate::{Decoded, Error, MAX_LINE_BYTES, Result, SourceReader};
 use sealtrail_core::Reason;
 use sealtrail_core::record::{PosKind, Quarantined, RawBatch};
@@ -28,7 +28,7 @@ pub struct JsonlReader {
     source: Source,
     inputs: VecDeque<PathBuf>,
     batch_rows: usize,
-    cur: Option<(Arc<str>, std::io::BufReader<Hashed<std::fs::File>>, u64)>,
+    cur: Option<(Arc<str>, std::io::BufReader<InputBytes>, u64)>,
     line: Vec<u8>,
     /// Content digests of the files read to their end (incremental sources only).
     digests: Vec<(Arc<str>, String)>,
@@ -55,13 +55,12 @@ impl SourceReader for JsonlReader {
                     return Ok(None);
                 };
                 let name: Arc<str> = path.display().to_string().into();
-                let f = std::fs::File::open(&path).map_err(|e| Error::Unreadable {
+                let hash =
+                    matches!(&self.source.connector, SourceConnector::Jsonl(f) if f.incremental);
+                let f = InputBytes::open(&path, hash).map_err(|e| Error::Unreadable {
                     input: name.to_string(),
                     reason: e.to_string(),
                 })?;
-                let hash =
-                    matches!(&self.source.connector, SourceConnector::Jsonl(f) if f.incremental);
-                let f = Hashed::new(f, hash);
                 self.cur = Some((name, std::io::BufReader::with_capacity(1 << 20, f), 0));
             }
             let ncols = self.source.columns.len();

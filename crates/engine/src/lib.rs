@@ -881,6 +881,12 @@ fn preflight(p: &Pipeline, inputs: &[(String, Vec<state::ChosenInput>)]) -> Resu
             // Opening the reader reads and checks the header; no record is consumed.
             let mut r = sealtrail_connectors::open_source(s, vec![i.input.clone()], 1)?;
             r.next_batch()?;
+            if matches!(
+                s.connector,
+                SourceConnector::Csv(_) | SourceConnector::Jsonl(_)
+            ) {
+                sealtrail_connectors::files::check_compressed(std::path::Path::new(&i.input))?;
+            }
         }
     }
     Ok(())
