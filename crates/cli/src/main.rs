@@ -782,7 +782,7 @@ async fn note_stopped_run(p: &sealtrail_spec::Pipeline, state_url: &str) {
     let spec = p.spec_path.display();
     if c.rows_in == 0 {
         eprintln!(
-            "note: run {} stopped before committing any batch; once the cause is fixed, `sealtrail run {spec}` resumes it",
+            "note: run {} stopped before committing any batch; once the cause is fixed, `sealtrail run {spec}` resumes it (if the fix is an edit of the spec, which a run resumes only unchanged, add --abandon-unfinished to start afresh)",
             u.run_id
         );
     } else {

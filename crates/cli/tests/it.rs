@@ -4570,6 +4570,52 @@ fn compressed_inputs_load_as_text_and_a_damaged_one_loads_nothing() {
     assert_eq!(runs.lines().count(), 3, "no third run started: {runs}");
 }
 
+/// A Delta sink whose table has other columns than the pipeline writes stops the run before any
+/// batch, saying what differs and how to go on: an edit of the spec needs a fresh run, which
+/// the note says how to start.
+#[test]
+fn a_sink_of_other_columns_stops_the_run_saying_how_to_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, spec) = incremental_id_note_project(dir.path(), "widened");
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("parquet: { path: out/o }", "delta: { path: out/t }");
+    std::fs::write(&spec, &text).unwrap();
+    std::fs::write(input.join("a.csv"), "id,note\n1,x\n").unwrap();
+    assert_eq!(run_counted(&spec).0, (1, 1, 0));
+    // A column more in the spec (and the file): the table does not have it.
+    std::fs::write(
+        &spec,
+        text.replace(
+            "      - { name: note, class: none }\n",
+            "      - { name: note, class: none }\n      - { name: amount, type: float64 }\n",
+        ),
+    )
+    .unwrap();
+    std::fs::write(input.join("b.csv"), "id,note,amount\n2,y,1.5\n").unwrap();
+    let o = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("has columns id:long, note:string, _sealtrail_id:string but the pipeline writes id:long, note:string, amount:double, _sealtrail_id:string; point the sink at a new path or migrate the table"),
+        "{err}"
+    );
+    assert!(
+        err.contains("stopped before committing any batch")
+            && err.contains("add --abandon-unfinished to start afresh"),
+        "{err}"
+    );
+    // Pointed at a new table, the edited spec runs once the stopped run is given up.
+    let edited = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("out/t", "out/t2");
+    std::fs::write(&spec, edited).unwrap();
+    let o = bin().arg("run").arg(&spec).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "another version of the spec");
+    let out = run_ok(bin().arg("run").arg(&spec).arg("--abandon-unfinished"));
+    assert_eq!(counts(&out), (1, 1, 0), "{out}");
+}
+
 /// While a run of a pipeline goes on, another process's `run` of it is refused (exit 3, naming
 /// the holder) instead of taking the running run for an interrupted one and committing its
 /// batches a second time; the lock is an OS file lock beside the state store (here held by
