@@ -156,7 +156,9 @@ impl SourceReader for JsonlReader {
                         }
                         Some(c) => slots[c] = Some(i),
                         None if undeclared.contains(&k.as_str()) => {
-                            problem = Some(("invalid_json", format!("json(duplicate key {k})")));
+                            // Not named: an undeclared key is the input's text, not the spec's.
+                            problem =
+                                Some(("invalid_json", "json(duplicate undeclared key)".into()));
                             break;
                         }
                         None if self.source.unknown_columns == UnknownColumns::Reject => {
@@ -196,10 +198,11 @@ impl SourceReader for JsonlReader {
                                 Err(_) => batch.push(Some(v)),
                             },
                         },
-                        _ => match (c.ty, plain_decimal(v)) {
-                            (ColumnType::Decimal { .. }, Some(d)) => batch.push(Some(&d)),
-                            _ => batch.push(Some(v)),
+                        _ if matches!(c.ty, ColumnType::Decimal { .. }) => match plain_decimal(v) {
+                            Some(d) => batch.push(Some(&d)),
+                            None => batch.push(Some(v)),
                         },
+                        _ => batch.push(Some(v)),
                     }
                 }
             }
@@ -482,21 +485,30 @@ mod tests {
     #[test]
     fn a_key_given_twice_is_quarantined() {
         let (_dir, mut r) = crate::test_reader(
-            "jsonl: { path: in }",
+            "jsonl: { path: in }\n    unknown_columns: drop",
             &["a", "b"],
-            b"{\"a\": \"x\", \"b\": 1, \"a\": \"y\"}\n{\"a\": \"z\"}\n",
+            b"{\"a\": \"x\", \"b\": 1, \"a\": \"y\"}\n{\"a\": \"z\"}\n{\"a\": \"w\", \"k@x.io\": 1, \"k@x.io\": 2}\n",
         );
         let d = r.next_batch().unwrap().unwrap();
         assert_eq!((d.batch.len(), d.batch.get(0, 0)), (1, Some("z")));
-        assert_eq!(d.malformed.len(), 1);
-        let q = &d.malformed[0];
+        let got: Vec<(u64, &str, &str)> = d
+            .malformed
+            .iter()
+            .map(|q| {
+                (
+                    q.pos,
+                    q.reasons[0].code.as_str(),
+                    q.reasons[0].rule.as_str(),
+                )
+            })
+            .collect();
+        // An undeclared key is the input's text: not repeated in the rule.
         assert_eq!(
-            (
-                q.pos,
-                q.reasons[0].code.as_str(),
-                q.reasons[0].rule.as_str()
-            ),
-            (1, "invalid_json", "json(duplicate key a)")
+            got,
+            [
+                (1, "invalid_json", "json(duplicate key a)"),
+                (3, "invalid_json", "json(duplicate undeclared key)")
+            ]
         );
     }
 

@@ -227,6 +227,7 @@ impl StateStore {
         }
         let sqlite_file = url
             .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
             .map(|p| p.split('?').next().unwrap_or(p))
             .filter(|p| !p.is_empty() && !p.contains(":memory:") && !url.contains("mode=memory"))
             .map(std::path::PathBuf::from);
@@ -291,10 +292,11 @@ impl StateStore {
                 }))
             }
             Err(std::fs::TryLockError::WouldBlock) => {
+                // A pid, unless the holder has not written it yet.
                 let pid = std::fs::read_to_string(&path).unwrap_or_default();
-                Ok(Err(match pid.trim() {
-                    "" => "another process on this machine".to_string(),
-                    pid => format!("process {pid} on this machine"),
+                Ok(Err(match pid.trim().parse::<u32>() {
+                    Ok(pid) => format!("process {pid} on this machine"),
+                    Err(_) => "another process on this machine".to_string(),
                 }))
             }
             Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
