@@ -6,7 +6,7 @@ use std::io::Write;
 
 pub fn pipeline(source_yaml: &str) -> Pipeline {
     let text = format!(
-        "version: 1\npipeline: fuzz\nsources:\n  s:\n{source_yaml}\n    columns:\n      - {{ name: a, required: true }}\n      - {{ name: b, type: int64 }}\n      - {{ name: c, type: timestamp }}\nsinks:\n  o: {{ from: s, audience: internal, parquet: {{ path: out }} }}\nquarantine:\n  parquet: {{ path: q }}\n"
+        "version: 1\npipeline: fuzz\nsources:\n  s:\n{source_yaml}\n    columns:\n      - {{ name: a, required: true }}\n      - {{ name: b, type: int64 }}\n      - {{ name: c, type: timestamp }}\n      - {{ name: d, type: \"decimal(20,4)\" }}\nsinks:\n  o: {{ from: s, audience: internal, parquet: {{ path: out }} }}\nquarantine:\n  parquet: {{ path: q }}\n"
     );
     sealtrail_spec::parse_str(&text, std::path::Path::new("/fuzz/spec.yaml"))
         .expect("the fuzz spec compiles")
