@@ -306,6 +306,27 @@ impl CsvReader {
             source_name: self.source.name.clone(),
             reason: reason + hint,
         };
+        // A header line that names no declared column, even in another case or with spaces,
+        // is most likely the file's first record (a file without a header line, read with
+        // `header: true`): its fields are data, and an error must not repeat them.
+        let near = |n: &String| {
+            self.source
+                .columns
+                .iter()
+                .any(|c| n.trim().eq_ignore_ascii_case(&c.name))
+        };
+        if !self.source.columns.is_empty() && !names.iter().any(near) {
+            return Err(schema_err(format!(
+                "every declared column is missing from the header line, whose {} field(s) name none of them ({} expected): if the file has no header line, set `header: false` (the fields are not shown here: they may be data)",
+                names.len(),
+                self.source
+                    .columns
+                    .iter()
+                    .map(|c| format!("`{}`", c.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
         for (i, n) in names.iter().enumerate() {
             if names[..i].contains(n) {
                 return Err(schema_err(format!(
@@ -968,7 +989,8 @@ mod tests {
         );
         let e = r.next_batch().unwrap_err().to_string();
         assert!(
-            e.contains("undeclared column(s) `n\\u{0}a\\u{0}m\\u{0}e\\u{0}`")
+            e.contains("every declared column is missing from the header line, whose 2 field(s) name none of them")
+                && !e.contains("n\\u{0}a")
                 && e.contains("(the header holds NUL bytes: is the file UTF-16?"),
             "{e}"
         );
@@ -992,6 +1014,31 @@ mod tests {
             e.contains("required column(s) `id`, `note`, `other` missing from the header (the header has `ID` for `id`, ` note ` for `note`: names match exactly"),
             "{e}"
         );
+    }
+
+    /// A file without a header line read with `header: true`: its first record is taken for
+    /// the header, and the error says what to do without repeating the record's fields.
+    #[test]
+    fn a_first_record_taken_for_a_header_is_not_repeated() {
+        let (_dir, mut r) = crate::test_reader(
+            "csv: { path: in }",
+            &["id", "email"],
+            b"1,alice@example.com\n2,bob@example.org\n",
+        );
+        let e = r.next_batch().unwrap_err().to_string();
+        assert!(
+            e.contains("every declared column is missing from the header line, whose 2 field(s) name none of them (`id`, `email` expected): if the file has no header line, set `header: false`"),
+            "{e}"
+        );
+        assert!(!e.contains("alice"), "{e}");
+        // A real header with one column more names it (it is a column name, not data).
+        let (_dir, mut r) = crate::test_reader(
+            "csv: { path: in }",
+            &["id", "email"],
+            b"id,email,venue\n1,a@b.c,X\n",
+        );
+        let e = r.next_batch().unwrap_err().to_string();
+        assert!(e.contains("undeclared column(s) `venue`"), "{e}");
     }
 
     #[test]
