@@ -244,20 +244,27 @@ impl std::io::Read for InputBytes {
 mod tests {
     use super::*;
 
+    /// 50,000 short CSV lines.
+    fn some_text() -> Vec<u8> {
+        (0..50_000)
+            .flat_map(|i| format!("{i},v{i}\n").into_bytes())
+            .collect()
+    }
+
+    fn gz(text: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(text).unwrap();
+        e.finish().unwrap()
+    }
+
     /// Gzip (several members, as `cat a.gz b.gz` makes) and zstd files read as their text, and
     /// the digest computed while reading is the file's own, what `content_digest` gives.
     #[test]
     fn compressed_inputs_read_as_their_text_and_digest_as_their_bytes() {
-        use std::io::{Read, Write};
+        use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
-        let text: Vec<u8> = (0..50_000)
-            .flat_map(|i| format!("{i},v{i}\n").into_bytes())
-            .collect();
-        let gz = |part: &[u8]| {
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            e.write_all(part).unwrap();
-            e.finish().unwrap()
-        };
+        let text = some_text();
         let (a, b) = text.split_at(text.len() / 3);
         for (name, bytes, kind) in [
             ("plain.csv", text.clone(), None),
@@ -282,14 +289,10 @@ mod tests {
     /// A compressed file cut short, or damaged, is an error that says so; never wrong text.
     #[test]
     fn a_damaged_compressed_input_is_an_error_saying_so() {
-        use std::io::{Read, Write};
+        use std::io::Read;
         let dir = tempfile::tempdir().unwrap();
-        let text: Vec<u8> = (0..50_000)
-            .flat_map(|i| format!("{i},v{i}\n").into_bytes())
-            .collect();
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        e.write_all(&text).unwrap();
-        let gz = e.finish().unwrap();
+        let text = some_text();
+        let gz = gz(&text);
         let zst = zstd::encode_all(&text[..], 1).unwrap();
         let mut flipped = gz.clone();
         flipped[gz.len() / 2] ^= 0xff;
