@@ -1908,7 +1908,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
 /// The chain `source -> t1 -> t2 -> sink` a sink reads through.
 /// Why a record that no sink received was not delivered: `Some(true)` when it was quarantined,
 /// `Some(false)` when it was loaded and the transforms left it out, `None` when that cannot be
-/// told (the batch's counts are missing, or its quarantine is a PostgreSQL table).
+/// told (the batch's counts are missing, or its quarantine cannot be read).
 ///
 /// Told from the batch's counts when they decide it (nothing quarantined; or every loaded record
 /// reached a sink, so the ones that did not are the quarantined ones), otherwise from the
@@ -1947,6 +1947,7 @@ async fn undelivered(
     let path = match &p.quarantine {
         Target::Parquet { dir } => dir.clone(),
         Target::Delta { uri } => PathBuf::from(uri),
+        // `check` refuses a quarantine in a table.
         Target::Postgres { .. } => return None,
     };
     let (files, target, _copy) = table_files(&path).await.ok()?;
