@@ -824,7 +824,65 @@ fn print_report(r: &RunReport) {
     );
 }
 
+/// Marks a folder `demo` made, so that a later `demo` there may clear what it wrote.
+const DEMO_MARK: &str = ".sealtrail-demo";
+
+/// What `demo` writes in its folder (and the proof its suggestions write).
+const DEMO_ENTRIES: &[&str] = &[
+    "data",
+    "out",
+    ".sealtrail",
+    "trades.yaml",
+    "customers.yaml",
+    "openlineage.jsonl",
+    "proof.json",
+];
+
+/// The demo's folder, ready for a run: created and marked when new; cleared of what an earlier
+/// demo wrote there, so that its tables hold one run's rows (a second run of the same data
+/// would append them again); refused when it holds anything else.
+fn demo_folder(dir: &Path) -> Result<()> {
+    if dir.join(DEMO_MARK).is_file() {
+        for e in DEMO_ENTRIES {
+            let p = dir.join(e);
+            let gone = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            match gone {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(anyhow::anyhow!(
+                        "clearing the earlier demo's {}: {e}",
+                        p.display()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        outln!(
+            "Starting afresh in {}: removed the earlier demo's data, outputs, state, ledger and keys",
+            dir.display()
+        );
+        return Ok(());
+    }
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        anyhow::bail!(
+            "{} exists and was not made by `sealtrail demo`; pass --dir with a new folder (the demo writes data, outputs, a ledger and keys there)",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the demo folder {}", dir.display()))?;
+    std::fs::write(
+        dir.join(DEMO_MARK),
+        "Made by `sealtrail demo`: a later demo here removes what the earlier one wrote.\n",
+    )?;
+    Ok(())
+}
+
 async fn demo(dir: &Path, rows: usize) -> Result<()> {
+    demo_folder(dir)?;
     let data = dir.join("data");
     outln!(
         "Generating {rows} trades and {} customers in {}",

@@ -248,6 +248,37 @@ fn demo_runs_and_every_command_it_suggests_works() {
         ran += 1;
     }
     assert_eq!(ran, 12, "every suggestion ran");
+    // Run again, the demo starts afresh in its folder: its tables hold one run's rows.
+    let again = run_ok(
+        bin()
+            .current_dir(dir.path())
+            .args(["demo", "--rows", "3000", "--dir"])
+            .arg(&demo),
+    );
+    assert!(again.contains("Starting afresh in"), "{again}");
+    let (rin, loaded, _) = counts(&again);
+    assert_eq!(rin, 3000, "{again}");
+    let rows = py(&format!(
+        "import deltalake\nprint(deltalake.DeltaTable('{}').to_pyarrow_table().num_rows)",
+        demo.join("out/trades_clean").display()
+    ));
+    assert_eq!(rows, loaded.to_string());
+    // A folder the demo did not make is left alone.
+    let other = dir.path().join("mine");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), "mine").unwrap();
+    let o = bin()
+        .args(["demo", "--rows", "100", "--dir"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("was not made by `sealtrail demo`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
 }
 
 #[test]
