@@ -1335,13 +1335,33 @@ quarantine:
         checked.contains("note: source `src` reads the rows whose `id` is above the last run's maximum: a row that commits later"),
         "{checked}"
     );
+    let events = dir.path().join("lineage.jsonl");
     let run = || {
         counts(&run_ok(
-            bin().arg("run").arg(&spec).env("ST_TEST_PG_URL", pg_url()),
+            bin()
+                .arg("run")
+                .arg(&spec)
+                .arg("--openlineage")
+                .arg(&events)
+                .env("ST_TEST_PG_URL", pg_url()),
         ))
     };
     // 1000 rows: 40 bad ISINs (every 25th), 25 without quantity (every 40th), 5 both.
     assert_eq!(run(), (1000, 940, 60));
+    // OpenLineage: the table is one input dataset, with the records read from it.
+    let complete: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&events)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(complete["eventType"], "COMPLETE");
+    assert_eq!(
+        complete["inputs"][0]["inputFacets"]["inputStatistics"]["rowCount"], 1000,
+        "{complete:#}"
+    );
     // The loaded values equal the source values, typed (numeric, timestamptz, boolean).
     assert_eq!(
         pg_one(&format!(
@@ -4262,6 +4282,7 @@ impl OpenLineageSchemas {
         {
             facets.extend(ds["facets"].as_object().into_iter().flatten());
             facets.extend(ds["outputFacets"].as_object().into_iter().flatten());
+            facets.extend(ds["inputFacets"].as_object().into_iter().flatten());
         }
         for (name, f) in facets {
             let url = f["_schemaURL"]
@@ -4324,6 +4345,14 @@ fn openlineage_events_validate_against_the_official_schemas() {
         );
     }
     assert!(events[0]["outputs"][0].get("outputFacets").is_none());
+    // And the records read from each input (one file of 2,000 here).
+    let inputs = events[1]["inputs"].as_array().unwrap();
+    assert_eq!(inputs.len(), 1, "{inputs:#?}");
+    assert_eq!(
+        inputs[0]["inputFacets"]["inputStatistics"]["rowCount"],
+        2000
+    );
+    assert!(events[0]["inputs"][0].get("inputFacets").is_none());
     // Column lineage of the analyst sink: the account token is a masked derivation of the
     // source IBAN through two transforms; the ISIN passes through unmasked.
     let analytics = events[1]["outputs"]
@@ -4483,6 +4512,28 @@ fn records_left_out_by_a_transform_are_told_from_quarantined_ones() {
         assert_eq!(
             complete["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"], 3,
             "{complete:#}"
+        );
+        // Records read, per input file.
+        let read: Vec<(String, u64)> = complete["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let name = i["name"].as_str().unwrap();
+                let file = name.rsplit('/').next().unwrap().to_string();
+                let n = i["inputFacets"]["inputStatistics"]["rowCount"]
+                    .as_u64()
+                    .unwrap();
+                (file, n)
+            })
+            .collect();
+        assert_eq!(
+            read,
+            [
+                ("a.csv".to_string(), 4),
+                ("b.csv".to_string(), 1),
+                ("c.csv".to_string(), 2)
+            ]
         );
         let lineage = |file: &str, line: u32| {
             let path = input.join(file).display().to_string();

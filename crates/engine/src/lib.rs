@@ -760,14 +760,20 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
             Err(e) => ("FAIL", Some(e.to_string())),
         };
         // Unknown when the state store cannot be read (the run's own error says why).
-        let delivered = st.delivered(&run_id).await.ok();
+        let counted = match (
+            st.delivered(&run_id).await,
+            st.read_per_input(&run_id).await,
+        ) {
+            (Ok(delivered), Ok(read)) => Some(openlineage::Counted { read, delivered }),
+            _ => None,
+        };
         em.emit(&openlineage::event(
             kind,
             p,
             run_id.as_str(),
             d,
             err.as_deref(),
-            delivered.as_ref(),
+            counted.as_ref(),
         ))
         .await;
     }

@@ -21,6 +21,7 @@ const ERROR_FACET: &str = "https://openlineage.io/spec/facets/1-0-1/ErrorMessage
 const ENGINE_FACET: &str = "https://openlineage.io/spec/facets/1-1-1/ProcessingEngineRunFacet.json#/$defs/ProcessingEngineRunFacet";
 const JOB_TYPE_FACET: &str =
     "https://openlineage.io/spec/facets/2-0-4/JobTypeJobFacet.json#/$defs/JobTypeJobFacet";
+const INPUT_STATS_FACET: &str = "https://openlineage.io/spec/facets/1-0-0/InputStatisticsInputDatasetFacet.json#/$defs/InputStatisticsInputDatasetFacet";
 const OUTPUT_STATS_FACET: &str = "https://openlineage.io/spec/facets/1-0-2/OutputStatisticsOutputDatasetFacet.json#/$defs/OutputStatisticsOutputDatasetFacet";
 const SQL_FACET: &str =
     "https://openlineage.io/spec/facets/1-1-0/SQLJobFacet.json#/$defs/SQLJobFacet";
@@ -163,6 +164,9 @@ fn schema_facet(schema: &arrow::datatypes::Schema) -> Value {
 #[derive(Debug)]
 pub struct RunDescription {
     inputs: Vec<Value>,
+    /// The source of each input dataset, and the input part of its records' lineage ids (a
+    /// file's; `None` for a table or query, the source's one dataset).
+    reads: Vec<(String, Option<String>)>,
     outputs: Vec<Value>,
     /// The sink of each output dataset.
     sinks: Vec<String>,
@@ -177,14 +181,25 @@ pub fn describe(
     inputs: &HashMap<String, Vec<String>>,
 ) -> RunDescription {
     let mut ins = Vec::new();
+    let mut reads = Vec::new();
     let mut outs = Vec::new();
     let mut sinks = Vec::new();
     for s in &p.sources {
         let Some(pl) = planned.get(&s.name) else {
             continue;
         };
-        let datasets = source_datasets(s, inputs.get(&s.name).map_or(&[], Vec::as_slice));
+        let files = inputs.get(&s.name).map_or(&[][..], Vec::as_slice);
+        let datasets = source_datasets(s, files);
         let raw_schema = sealtrail_quality::typed::source_schema(s);
+        if matches!(s.connector, SourceConnector::Postgres(_)) {
+            reads.push((s.name.clone(), None));
+        } else {
+            reads.extend(
+                files
+                    .iter()
+                    .map(|f| (s.name.clone(), Some(crate::custody::input_key(f)))),
+            );
+        }
         for (ns, name) in &datasets {
             ins.push(json!({
                 "namespace": ns,
@@ -254,23 +269,32 @@ pub fn describe(
         .join(";\n");
     RunDescription {
         inputs: ins,
+        reads,
         outputs: outs,
         sinks,
         sql,
     }
 }
 
+/// What a run's committed batches read and delivered, for the events that end it (a failed
+/// run's committed batches stay loaded): records read per source and input key (a table's or
+/// query's under an empty key), rows delivered per sink.
+#[derive(Debug, Default)]
+pub struct Counted {
+    pub read: BTreeMap<(String, String), u64>,
+    pub delivered: BTreeMap<String, u64>,
+}
+
 /// One RunEvent. `kind` is START, COMPLETE or FAIL; `error` goes into the FAIL event.
-/// `delivered`: rows the run's committed batches delivered to each sink, given to the events
-/// that end a run as each output's `outputStatistics` (a failed run's committed batches stay
-/// loaded).
+/// `counted` (the events that end a run) becomes each input's `inputStatistics` and each
+/// output's `outputStatistics`.
 pub fn event(
     kind: &str,
     p: &Pipeline,
     run_id: &str,
     d: &RunDescription,
     error: Option<&str>,
-    delivered: Option<&BTreeMap<String, u64>>,
+    counted: Option<&Counted>,
 ) -> Value {
     let mut run_facets = json!({
         "processing_engine": {
@@ -305,14 +329,37 @@ pub fn event(
             "dialect": "datafusion",
         });
     }
+    let mut inputs = d.inputs.clone();
     let mut outputs = d.outputs.clone();
-    if let Some(rows) = delivered {
+    if let Some(c) = counted {
+        for (i, (source, key)) in inputs.iter_mut().zip(&d.reads) {
+            let rows: u64 = match key {
+                Some(k) => c
+                    .read
+                    .get(&(source.clone(), k.clone()))
+                    .copied()
+                    .unwrap_or(0),
+                None => c
+                    .read
+                    .iter()
+                    .filter(|((s, _), _)| s == source)
+                    .map(|(_, n)| n)
+                    .sum(),
+            };
+            i["inputFacets"] = json!({
+                "inputStatistics": {
+                    "_producer": producer(),
+                    "_schemaURL": INPUT_STATS_FACET,
+                    "rowCount": rows,
+                },
+            });
+        }
         for (o, sink) in outputs.iter_mut().zip(&d.sinks) {
             o["outputFacets"] = json!({
                 "outputStatistics": {
                     "_producer": producer(),
                     "_schemaURL": OUTPUT_STATS_FACET,
-                    "rowCount": rows.get(sink).copied().unwrap_or(0),
+                    "rowCount": c.delivered.get(sink).copied().unwrap_or(0),
                 },
             });
         }
@@ -324,7 +371,7 @@ pub fn event(
         "schemaURL": CORE,
         "run": { "runId": run_id, "facets": run_facets },
         "job": { "namespace": "sealtrail", "name": p.name, "facets": job_facets },
-        "inputs": d.inputs,
+        "inputs": inputs,
         "outputs": outputs,
     })
 }

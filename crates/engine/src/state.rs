@@ -659,6 +659,24 @@ impl StateStore {
             .collect())
     }
 
+    /// Records the run's committed batches read, by source and the input key of their lineage
+    /// ids (a batch never spans inputs). Batches without a custody record count none.
+    pub async fn read_per_input(&self, run: &RunId) -> Result<BTreeMap<(String, String), u64>> {
+        let rows = sqlx::query("SELECT b.source, c.input_key, CAST(SUM(b.rows_in) AS BIGINT) FROM sealtrail_batches b JOIN sealtrail_custody c ON c.run_id = b.run_id AND c.source = b.source AND c.batch = b.batch WHERE b.run_id = $1 GROUP BY b.source, c.input_key")
+            .bind(run.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    (r.get::<String, _>(0), r.get::<String, _>(1)),
+                    r.get::<i64, _>(2) as u64,
+                )
+            })
+            .collect())
+    }
+
     /// Marks the run succeeded and its files loaded, in one transaction.
     pub async fn succeed(&self, run: &RunId, pipeline: &str, c: Counts) -> Result<()> {
         let mut tx = self.pool.begin().await?;
