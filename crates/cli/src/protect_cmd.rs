@@ -834,44 +834,39 @@ pub fn replay_pipeline(
     std::fs::create_dir_all(work)?;
     let input = work.join(format!("replay-{}", sealtrail_core::RunId::new()));
     let mut text = Vec::new();
-    // A Parquet or PostgreSQL record is quarantined in the canonical row encoding
-    // (docs/spec.md): a JSON object of the declared columns' text, which reads back, repaired,
-    // as a JSON Lines record with the same values.
-    if matches!(s.connector, C::Parquet(_) | C::Postgres(_)) {
-        s.connector = C::Jsonl(sealtrail_spec::FileSet {
-            pattern: String::new(),
-            incremental: false,
-        });
-    }
-    let files = match &mut s.connector {
-        C::Csv(o) => {
-            if o.header {
-                let names: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
-                // The header in the source's encoding, like the repaired lines that follow it.
-                let header = names.join(&(o.delimiter as char).to_string()) + "\n";
-                text.extend(encode_text(o.encoding, &header).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "the column names of source `{source}` cannot be written in its encoding {}",
-                        o.encoding.name()
-                    )
-                })?);
-            }
-            // A byte order mark an editor put before the repaired records would otherwise
-            // become part of the first record's first field.
-            if let Some((enc, bom)) = encoding_rs::Encoding::for_bom(&body)
-                && enc == o.encoding
-            {
-                body.drain(..bom);
-            }
-            &mut o.files
+    if let C::Csv(o) = &s.connector {
+        if o.header {
+            let names: Vec<&str> = s.columns.iter().map(|c| c.name.as_str()).collect();
+            // The header in the source's encoding, like the repaired lines that follow it.
+            let header = names.join(&(o.delimiter as char).to_string()) + "\n";
+            text.extend(encode_text(o.encoding, &header).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the column names of source `{source}` cannot be written in its encoding {}",
+                    o.encoding.name()
+                )
+            })?);
         }
-        C::Jsonl(f) | C::Parquet(f) => f,
-        C::Postgres(_) => bail!("a PostgreSQL source is replayed as JSON Lines"),
-    };
+        // A byte order mark an editor put before the repaired records would otherwise
+        // become part of the first record's first field.
+        if let Some((enc, bom)) = encoding_rs::Encoding::for_bom(&body)
+            && enc == o.encoding
+        {
+            body.drain(..bom);
+        }
+    }
     text.extend(&body);
     std::fs::write(&input, &text)?;
-    files.pattern = input.display().to_string();
-    files.incremental = false;
+    let files = sealtrail_spec::FileSet {
+        pattern: input.display().to_string(),
+        incremental: false,
+    };
+    match &mut s.connector {
+        C::Csv(o) => o.files = files,
+        // JSON Lines; and a Parquet or PostgreSQL record, which is quarantined in the canonical
+        // row encoding (docs/spec.md): a JSON object of the declared columns' text, read back,
+        // repaired, as a JSON Lines record with the same values.
+        c => *c = C::Jsonl(files),
+    }
     p.sources.retain(|s| s.name == source);
     p.transforms.retain(|t| t.root_source == source);
     p.sinks.retain(|k| k.root_source == source);

@@ -153,6 +153,12 @@ fn incremental_id_note_project(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (input, spec)
 }
 
+/// The last OpenLineage event of a file target (one JSON event per line).
+fn last_event(file: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(file).unwrap();
+    serde_json::from_str(text.lines().last().expect("an event")).unwrap()
+}
+
 /// `sealtrail run SPEC`, which must succeed: its counts and what it said on stderr.
 fn run_counted(spec: &Path) -> ((u64, u64, u64), String) {
     let o = bin().arg("run").arg(spec).output().unwrap();
@@ -1349,14 +1355,7 @@ quarantine:
     // 1000 rows: 40 bad ISINs (every 25th), 25 without quantity (every 40th), 5 both.
     assert_eq!(run(), (1000, 940, 60));
     // OpenLineage: the table is one input dataset, with the records read from it.
-    let complete: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(&events)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap(),
-    )
-    .unwrap();
+    let complete = last_event(&events);
     assert_eq!(complete["eventType"], "COMPLETE");
     assert_eq!(
         complete["inputs"][0]["inputFacets"]["inputStatistics"]["rowCount"], 1000,
@@ -4500,14 +4499,7 @@ fn records_left_out_by_a_transform_are_told_from_quarantined_ones() {
             .find(|l| l.trim_start().starts_with("quarantine "))
             .unwrap();
         assert!(quarantine.contains(" 2 rows -> "), "{out}");
-        let complete: serde_json::Value = serde_json::from_str(
-            std::fs::read_to_string(&events)
-                .unwrap()
-                .lines()
-                .last()
-                .unwrap(),
-        )
-        .unwrap();
+        let complete = last_event(&events);
         schemas.check_event(&complete);
         assert_eq!(
             complete["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"], 3,

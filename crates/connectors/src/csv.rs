@@ -182,6 +182,12 @@ fn unescape_into(s: &str, quote: char, out: &mut String) {
     out.push_str(rest);
 }
 
+/// A header name and a declared column name that differ at most in ASCII case and the spaces
+/// around the header name.
+fn alike(header: &str, declared: &str) -> bool {
+    header.trim().eq_ignore_ascii_case(declared)
+}
+
 impl CsvReader {
     pub fn new(source: Source, opts: CsvOptions, inputs: Vec<PathBuf>, batch_rows: usize) -> Self {
         Self {
@@ -309,13 +315,8 @@ impl CsvReader {
         // A header line that names no declared column, even in another case or with spaces,
         // is most likely the file's first record (a file without a header line, read with
         // `header: true`): its fields are data, and an error must not repeat them.
-        let near = |n: &String| {
-            self.source
-                .columns
-                .iter()
-                .any(|c| n.trim().eq_ignore_ascii_case(&c.name))
-        };
-        if !self.source.columns.is_empty() && !names.iter().any(near) {
+        let names_a_column = |n: &String| self.source.columns.iter().any(|c| alike(n, &c.name));
+        if !self.source.columns.is_empty() && !names.iter().any(names_a_column) {
             return Err(schema_err(format!(
                 "every declared column is missing from the header line, whose {} field(s) name none of them ({} expected): if the file has no header line, set `header: false` (the fields are not shown here: they may be data)",
                 names.len(),
@@ -349,7 +350,7 @@ impl CsvReader {
             let near: Vec<String> = missing
                 .iter()
                 .filter_map(|m| {
-                    let n = names.iter().find(|n| n.trim().eq_ignore_ascii_case(m))?;
+                    let n = names.iter().find(|n| alike(n, m))?;
                     Some(format!("`{}` for `{m}`", shown(n)))
                 })
                 .collect();

@@ -158,19 +158,21 @@ impl std::fmt::Debug for InputBytes {
 impl InputBytes {
     /// Opens `path`; `hash`: compute the digest of its bytes while reading.
     pub fn open(path: &Path, hash: bool) -> std::io::Result<Self> {
-        use std::io::Read;
+        use std::io::{Read, Seek};
         let mut magic = [0u8; 4];
         let mut n = 0;
-        let mut probe = std::fs::File::open(path)?;
+        let mut f = std::fs::File::open(path)?;
         while n < magic.len() {
-            match probe.read(&mut magic[n..]) {
+            match f.read(&mut magic[n..]) {
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        let file = Hashed::new(std::fs::File::open(path)?, hash);
+        // Back to the start: the hasher must see every byte.
+        f.rewind()?;
+        let file = Hashed::new(f, hash);
         Ok(Self(match &magic[..n] {
             [0x1f, 0x8b, ..] => Inner::Gzip(Box::new(flate2::read::MultiGzDecoder::new(
                 std::io::BufReader::new(file),

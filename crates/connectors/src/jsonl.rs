@@ -18,6 +18,7 @@ use sealtrail_spec::raw::UnknownColumns;
 use sealtrail_spec::{ColumnType, Source, SourceConnector};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -182,28 +183,37 @@ impl SourceReader for JsonlReader {
                     malformed.push(bad(code, rule));
                     continue;
                 }
-                batch.begin(*line_no, raw);
+                // Each column's text, decoded before the record begins (a string that does not
+                // unescape quarantines the record instead of loading its raw spelling).
+                let mut values: Vec<Option<Cow<'_, str>>> = Vec::with_capacity(ncols);
                 for (c, m) in self.source.columns.iter().zip(&slots) {
                     let Some(v) = m.map(|i| members[i].1.get()) else {
-                        batch.push(None);
+                        values.push(None);
                         continue;
                     };
-                    match v.as_bytes().first() {
-                        Some(b'n') => batch.push(None),
+                    values.push(match v.as_bytes().first() {
+                        Some(b'n') => None,
                         Some(b'"') => match serde_json::from_str::<&str>(v) {
-                            Ok(s) => batch.push(Some(s)),
+                            Ok(s) => Some(Cow::Borrowed(s)),
                             // Escapes: the string is unescaped into a new one.
                             Err(_) => match serde_json::from_str::<String>(v) {
-                                Ok(s) => batch.push(Some(&s)),
-                                Err(_) => batch.push(Some(v)),
+                                Ok(s) => Some(Cow::Owned(s)),
+                                Err(_) => break,
                             },
                         },
-                        _ if matches!(c.ty, ColumnType::Decimal { .. }) => match plain_decimal(v) {
-                            Some(d) => batch.push(Some(&d)),
-                            None => batch.push(Some(v)),
-                        },
-                        _ => batch.push(Some(v)),
-                    }
+                        _ if matches!(c.ty, ColumnType::Decimal { .. }) => {
+                            Some(plain_decimal(v).map_or(Cow::Borrowed(v), Cow::Owned))
+                        }
+                        _ => Some(Cow::Borrowed(v)),
+                    });
+                }
+                if values.len() < ncols {
+                    malformed.push(bad("invalid_json", "json(string)".into()));
+                    continue;
+                }
+                batch.begin(*line_no, raw);
+                for v in &values {
+                    batch.push(v.as_deref());
                 }
             }
             if rows == 0 && batch.is_empty() && malformed.is_empty() {
