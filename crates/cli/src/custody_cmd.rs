@@ -23,6 +23,126 @@ use std::path::{Path, PathBuf};
 /// Exit code when a proof or an audit finds a difference.
 const TAMPERED: i32 = 4;
 
+/// The signed ledger as `audit`, `prove` and `keys reencrypt` read it: entries under its
+/// checkpoint.
+pub(crate) struct Signed<'a> {
+    dir: &'a Path,
+    size: u64,
+    root: Hash,
+    /// Caches the tiles inclusion proofs read.
+    reader: TileReader,
+}
+
+/// What the signed ledger says a batch's rows in one sink are now.
+#[derive(Debug, Clone)]
+pub(crate) struct SinkState {
+    pub rows: u64,
+    /// The root in force: the batch entry's, or its last revision's.
+    pub root: Hash,
+    /// The `outputs_revised` entries it went through, oldest first.
+    pub revisions: Vec<u64>,
+}
+
+impl<'a> Signed<'a> {
+    /// The ledger in `dir` under the checkpoint `cp` (already verified).
+    pub fn new(dir: &'a Path, cp: &sealtrail_ledger::note::Checkpoint) -> Self {
+        Self {
+            dir,
+            size: cp.size,
+            root: cp.root,
+            reader: TileReader::new(dir, cp.size),
+        }
+    }
+
+    /// Entry `seq`, checked to be in the signed tree.
+    pub fn entry(&self, seq: u64) -> Option<Entry> {
+        let bytes = tiles::read_entry(self.dir, self.size, seq).ok()?;
+        let path = merkle::inclusion_proof(&self.reader, seq, self.size).ok()?;
+        merkle::verify_inclusion(
+            seq,
+            self.size,
+            &merkle::leaf_hash(&bytes),
+            &path,
+            &self.root,
+        )
+        .ok()?;
+        Entry::decode(&bytes).ok()
+    }
+
+    /// The state of batch `r`'s rows in `sink`: its `batch_committed` entry's, then through
+    /// each of the batch's `outputs_revised` entries of the sink that `revisions` (the state
+    /// store's, [`StateStore::revisions`]) names, each of which must be the batch's and follow
+    /// the root before it. `None` when an entry does not check out (the state store does not
+    /// match the ledger); `Some(None)` when the batch delivered nothing to `sink`.
+    pub fn sink_state(
+        &self,
+        r: &CustodyRef,
+        revisions: &[(String, u64)],
+        sink: &str,
+    ) -> Option<Option<SinkState>> {
+        let Event::BatchCommitted {
+            run_id,
+            source,
+            batch,
+            outputs,
+            ..
+        } = self.entry(r.ledger_seq?)?.event
+        else {
+            return None;
+        };
+        if (run_id.as_str(), source.as_str(), batch)
+            != (r.run_id.as_str(), r.source.as_str(), r.batch)
+        {
+            return None;
+        }
+        let Some(o) = outputs.into_iter().find(|o| o.sink == sink) else {
+            return Some(None);
+        };
+        let mut now = SinkState {
+            rows: o.rows,
+            root: o.root,
+            revisions: Vec::new(),
+        };
+        let mut after = r.ledger_seq?;
+        for (_, seq) in revisions.iter().filter(|(s, _)| s == sink) {
+            let Event::OutputsRevised {
+                run_id,
+                source,
+                batch,
+                sink: revised,
+                rows,
+                old_root,
+                new_root,
+                ..
+            } = self.entry(*seq)?.event
+            else {
+                return None;
+            };
+            let same = (run_id.as_str(), source.as_str(), batch, revised.as_str())
+                == (r.run_id.as_str(), r.source.as_str(), r.batch, sink);
+            if !same || *seq <= after || rows != now.rows || !merkle::ct_eq(&old_root, &now.root) {
+                return None;
+            }
+            now.root = new_root;
+            now.revisions.push(*seq);
+            after = *seq;
+        }
+        Some(Some(now))
+    }
+
+    /// The inclusion proof of entry `seq`, as a bundle carries it.
+    pub fn entry_proof(&self, seq: u64) -> Result<EntryProof> {
+        use base64::Engine;
+        let entry = tiles::read_entry(self.dir, self.size, seq)?;
+        let path = merkle::inclusion_proof(&self.reader, seq, self.size)?;
+        Ok(EntryProof {
+            index: seq,
+            bytes: base64::engine::general_purpose::STANDARD.encode(&entry),
+            path: path.iter().map(hex::encode).collect(),
+        })
+    }
+}
+
 /// Which row to prove.
 #[derive(clap::Args, Debug)]
 #[group(required = true, multiple = false)]
@@ -57,7 +177,7 @@ async fn readable_sink(sk: &Sink, log_only: bool) -> Result<(Sink, Option<TableC
     }
 }
 
-fn find_sink<'a>(p: &'a Pipeline, name: &str) -> Result<&'a Sink> {
+pub(crate) fn find_sink<'a>(p: &'a Pipeline, name: &str) -> Result<&'a Sink> {
     p.sinks.iter().find(|s| s.name == name).ok_or_else(|| {
         anyhow!(
             "pipeline `{}` has no sink `{name}`; its sinks: {}",
@@ -571,7 +691,20 @@ pub async fn prove(
     let (dir, _guard) = state.ledger.readable(&home)?;
     let (cp, note) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
         .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
+    let signed = Signed::new(&dir, &cp);
+    // The batches' revisions (rows rewritten in place): a bundle carries their entries.
+    let mut revisions = HashMap::new();
+    for at in [
+        fast.as_ref().map(|(at, _)| at),
+        early.as_ref().map(|l| &l.at),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        revisions.insert(at.clone(), st.revisions(at).await?);
+    }
     let make = |at: &CustodyRef,
+                revisions: &[(String, u64)],
                 parts: Parts,
                 bytes: Vec<u8>,
                 format: RowFormat|
@@ -583,9 +716,6 @@ pub async fn prove(
                 at.run_id
             )
         })?;
-        let entry = tiles::read_entry(&dir, cp.size, seq)?;
-        let entry_path = merkle::inclusion_proof(&TileReader::new(&dir, cp.size), seq, cp.size)?;
-        use base64::Engine;
         let (format, output) = row_proof(sink, row, bytes, format, parts.output)?;
         Ok(Bundle {
             format: format.into(),
@@ -597,11 +727,12 @@ pub async fn prove(
             output,
             input: parts.input,
             inputs: parts.inputs,
-            entry: EntryProof {
-                index: seq,
-                bytes: base64::engine::general_purpose::STANDARD.encode(&entry),
-                path: entry_path.iter().map(hex::encode).collect(),
-            },
+            entry: signed.entry_proof(seq)?,
+            revisions: revisions
+                .iter()
+                .filter(|(s, _)| s == sink)
+                .map(|(_, seq)| signed.entry_proof(*seq))
+                .collect::<Result<_>>()?,
             checkpoint: note.clone(),
         })
     };
@@ -627,7 +758,7 @@ pub async fn prove(
                 inputs: Vec::new(),
                 output: pp.output,
             };
-            let b = make(&at, parts, bytes, pp.row_format)?;
+            let b = make(&at, &revisions[&at], parts, bytes, pp.row_format)?;
             if sealtrail_ledger::custody::verify(&b, &verifier).is_ok() {
                 Some((at, b))
             } else {
@@ -648,6 +779,10 @@ pub async fn prove(
                 Some(loc) => loc,
                 None => locate(&st, &p.name, sink, &row.id, &row.members, run).await?,
             };
+            let revised = match revisions.get(&loc.at) {
+                Some(r) => r.clone(),
+                None => st.revisions(&loc.at).await?,
+            };
             let parts = full_parts(&loc)?;
             let format = loc.view()?.row_format();
             let bytes = row.bytes(format)?;
@@ -658,7 +793,7 @@ pub async fn prove(
                 );
                 return Ok(TAMPERED);
             }
-            let b = make(&loc.at, parts, bytes, format)?;
+            let b = make(&loc.at, &revised, parts, bytes, format)?;
             (loc.at, b)
         }
     };
@@ -759,7 +894,7 @@ async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Target, Option<TableC
 /// The files among `files` written by one batch (run, source, batch), if they can be told (a
 /// Parquet sink's file names, a Delta table's log). A record loaded again (the same file read
 /// by a later run) keeps its lineage id, so only its batch's own file says which row is meant.
-fn batch_files(
+pub(crate) fn batch_files(
     files: &[PathBuf],
     target: &Target,
     pipeline: &str,
@@ -916,6 +1051,16 @@ pub async fn verify_proof(
             .map(|t| format!(" at {t}"))
             .unwrap_or_default()
     );
+    if !ok.revisions.is_empty() {
+        outln!(
+            "  the batch's rows in the sink were rewritten in place since delivery (`keys reencrypt`): `outputs_revised` entries {}, in the same tree, carry the root the row is proven under",
+            ok.revisions
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     outln!(
         "  versions in force: spec {}, transforms {}, policy {}",
         hex::encode(ok.spec_sha256),
@@ -1476,41 +1621,22 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     let (dir, _guard) = state.ledger.readable(&home)?;
     let (cp, _) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
         .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
-    let reader = TileReader::new(&dir, cp.size);
+    let signed = Signed::new(&dir, &cp);
 
-    // What the signed ledger says each batch delivered to the sink: (rows, root).
+    // What the signed ledger says each batch delivered to the sink: (rows, root), as its
+    // batch entry and any later revisions (rows rewritten in place) leave them.
     let mut batches = Vec::new();
     let mut bad_records = Vec::new();
+    let mut revised = 0usize;
     for r in st.custody_index(&p.name, None).await? {
-        let signed = r.ledger_seq.and_then(|seq| {
-            let bytes = tiles::read_entry(&dir, cp.size, seq).ok()?;
-            let leaf = merkle::leaf_hash(&bytes);
-            let path = merkle::inclusion_proof(&reader, seq, cp.size).ok()?;
-            merkle::verify_inclusion(seq, cp.size, &leaf, &path, &cp.root).ok()?;
-            match Entry::decode(&bytes).ok()?.event {
-                Event::BatchCommitted {
-                    run_id,
-                    source,
-                    batch,
-                    outputs,
-                    ..
-                } if (run_id.as_str(), source.as_str(), batch)
-                    == (r.run_id.as_str(), r.source.as_str(), r.batch) =>
-                {
-                    Some(
-                        outputs
-                            .into_iter()
-                            .find(|o| o.sink == sink)
-                            .map(|o| (o.rows, o.root)),
-                    )
-                }
-                _ => None,
-            }
-        });
-        match signed {
+        let revisions = st.revisions(&r).await?;
+        match signed.sink_state(&r, &revisions, sink) {
             None => bad_records.push(format!("run {} batch {}", r.run_id, r.batch)),
             Some(None) => {} // the batch delivered nothing to this sink
-            Some(Some(signed)) => batches.push((r, signed)),
+            Some(Some(now)) => {
+                revised += usize::from(!now.revisions.is_empty());
+                batches.push((r, (now.rows, now.root)));
+            }
         }
     }
 
@@ -1847,6 +1973,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             "sink": sink,
             "rows": rows,
             "batches": batches,
+            "revised_batches": revised,
             "changed": list(|f| if let Finding::Changed(s) = f { Some(s) } else { None }),
             "deleted": list(|f| if let Finding::Deleted(s) = f { Some(s) } else { None }),
             "added": list(|f| if let Finding::Added(s) = f { Some(s) } else { None }),
@@ -1864,6 +1991,11 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             "sink `{sink}`: {rows} rows read from {from}, checked against {batches} committed batch(es) in the signed ledger (tree size {})",
             cp.size
         );
+        if revised > 0 {
+            outln!(
+                "  {revised} of them rewritten in place since delivery (`keys reencrypt`): their rows are checked against the roots of their `outputs_revised` ledger entries"
+            );
+        }
         for (pipeline, n) in &skipped {
             outln!(
                 "  skipped {n} file(s) written by pipeline `{pipeline}`, which shares the sink: audit them with its spec"

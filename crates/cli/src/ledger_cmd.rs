@@ -591,11 +591,13 @@ pub fn run(home: &Path, la: &LedgerArgs, cmd: LedgerCmd) -> Result<i32> {
             };
             let (since, until) = (parse_t(&since)?, parse_t(&until)?);
             if let Some(k) = &kind
-                && !(1..=12).any(|i| kind_name(i) == Some(k.as_str()))
+                && !sealtrail_ledger::entry::KINDS
+                    .filter_map(kind_name)
+                    .any(|n| n == k)
             {
                 bail!(
                     "unknown entry type `{k}`; types: {}",
-                    (1..=12)
+                    sealtrail_ledger::entry::KINDS
                         .filter_map(kind_name)
                         .collect::<Vec<_>>()
                         .join(", ")
@@ -764,6 +766,29 @@ fn describe(e: &Entry) -> String {
             note,
             ..
         } => format!("discarded {discarded_entries} entries: {note}"),
+        Event::KeyEvent {
+            key_id,
+            action,
+            actor,
+        } => format!(
+            "key {key_id} {action} by actor {}",
+            &hex::encode(actor)[..16]
+        ),
+        Event::OutputsRevised {
+            run_id,
+            source,
+            batch,
+            sink,
+            rows,
+            old_root,
+            new_root,
+            action,
+            ..
+        } => format!(
+            "run {run_id} {source}#{batch} sink {sink}: {rows} rows rewritten ({action}) root {} -> {}",
+            &hex::encode(old_root)[..16],
+            &hex::encode(new_root)[..16]
+        ),
         other => format!("{other:?}"),
     };
     format!("{:>8}  {t}  {:<19}  {body}", e.seq, e.event.name())

@@ -17,6 +17,7 @@ mod bench;
 mod custody_cmd;
 mod ledger_cmd;
 mod protect_cmd;
+mod reencrypt_cmd;
 mod synth;
 
 use anyhow::{Context, Result};
@@ -542,11 +543,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Keys { home, ledger, cmd } => protect_cmd::keys(
-            &home.unwrap_or_else(|| PathBuf::from(".sealtrail")),
-            &ledger,
-            cmd,
-        ),
+        Cmd::Keys { home, ledger, cmd } => exit_with(protect_cmd::keys(home, &ledger, cmd).await?),
         Cmd::Decrypt { home, ledger, args } => protect_cmd::decrypt(
             &home.unwrap_or_else(|| PathBuf::from(".sealtrail")),
             &ledger,

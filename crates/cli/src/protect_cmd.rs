@@ -31,7 +31,7 @@ pub fn shared_keyring(home: &Path) -> Result<Arc<Mutex<Keyring>>> {
 
 /// Who is acting: `--by`, else `$USER`. Recorded in the ledger as a SHA-256 (checkable by
 /// anyone who knows the name, without spelling names out in the ledger).
-fn actor(by: &Option<String>) -> (String, [u8; 32]) {
+pub(crate) fn actor(by: &Option<String>) -> (String, [u8; 32]) {
     let name = by
         .clone()
         .or_else(|| std::env::var("USER").ok())
@@ -87,19 +87,11 @@ pub enum KeysCmd {
         #[arg(long)]
         by: Option<String>,
     },
-    /// Re-encrypt a Parquet output's `st1:` values under the active version of their key
-    /// (after `rotate`), file by file, each replaced atomically. Values of shredded subjects
-    /// stay as they are (unreadable).
-    Reencrypt {
-        /// A Parquet sink folder.
-        path: PathBuf,
-        /// The encrypted column(s).
-        #[arg(long, required = true, num_args = 1..)]
-        column: Vec<String>,
-        /// Who is re-encrypting (recorded in the ledger as a SHA-256 of the name; default `$USER`).
-        #[arg(long)]
-        by: Option<String>,
-    },
+    /// Re-encrypt a Parquet sink's `st1:` values under the active version of their key (after
+    /// `rotate`), batch file by batch file, each rewrite recorded in the ledger as a revision
+    /// of the batch's rows (`outputs_revised`), so `audit` and `prove` go on checking them. A
+    /// file that is not as delivered is refused. Values of subject keys stay as they are.
+    Reencrypt(crate::reencrypt_cmd::ReencryptArgs),
     /// Destroy a data subject's key: their encrypted values can no longer be decrypted by anyone.
     Shred {
         /// The subject's id, as it appears in the policy's `subject:` column.
@@ -110,7 +102,13 @@ pub enum KeysCmd {
     },
 }
 
-pub fn keys(home: &Path, la: &LedgerArgs, cmd: KeysCmd) -> Result<()> {
+/// `keys`; returns the exit code. `home` defaults to `.sealtrail` (for `reencrypt`, beside the
+/// spec, as for `audit`).
+pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Result<i32> {
+    if let KeysCmd::Reencrypt(a) = cmd {
+        return crate::reencrypt_cmd::run(home, la, a).await;
+    }
+    let home = &home.unwrap_or_else(|| PathBuf::from(".sealtrail"));
     let mut ring = open_keyring(home, false)?;
     match cmd {
         KeysCmd::List => {
@@ -143,22 +141,7 @@ pub fn keys(home: &Path, la: &LedgerArgs, cmd: KeysCmd) -> Result<()> {
             )?;
             outln!("{name}: new writes use {id} (rotated by {who}; recorded in the ledger)");
         }
-        KeysCmd::Reencrypt { path, column, by } => {
-            let (files, values, keys) = reencrypt(&mut ring, &path, &column)?;
-            let (who, h) = actor(&by);
-            let events = keys
-                .iter()
-                .map(|id| Event::KeyEvent {
-                    key_id: id.clone(),
-                    action: "reencrypt".into(),
-                    actor: h,
-                })
-                .collect();
-            record(home, la, events)?;
-            outln!(
-                "re-encrypted {values} value(s) in {files} file(s) under the active keys (by {who}; recorded in the ledger)"
-            );
-        }
+        KeysCmd::Reencrypt(_) => {} // above
         KeysCmd::Shred { subject, by } => {
             let (h, had) = ring.shred(&subject)?;
             let (who, a) = actor(&by);
@@ -182,91 +165,7 @@ pub fn keys(home: &Path, la: &LedgerArgs, cmd: KeysCmd) -> Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-/// Rewrites each Parquet file of `dir` whose `columns` hold values under a non-active key
-/// version. Returns (files rewritten, values re-encrypted, old key ids).
-fn reencrypt(
-    ring: &mut Keyring,
-    dir: &Path,
-    columns: &[String],
-) -> Result<(usize, u64, Vec<String>)> {
-    use arrow::array::{Array, AsArray, StringBuilder};
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "parquet")
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    files.sort();
-    let (mut nfiles, mut nvalues) = (0usize, 0u64);
-    let mut old_ids = std::collections::BTreeSet::new();
-    for f in files {
-        let (schema, batches) = sealtrail_connectors::sink::read_parquet_with_schema(&f)
-            .with_context(|| format!("reading {}", f.display()))?;
-        for c in columns {
-            if schema.field_with_name(c).is_err() {
-                bail!("{} has no column `{c}`", f.display());
-            }
-        }
-        let mut out = Vec::new();
-        let mut changed = 0u64;
-        for b in batches {
-            let mut cols = b.columns().to_vec();
-            for c in columns {
-                let i = schema.index_of(c)?;
-                let Some(a) = b.column(i).as_string_opt::<i32>() else {
-                    bail!("{}: column `{c}` does not hold text", f.display());
-                };
-                let mut nb = StringBuilder::with_capacity(a.len(), a.values().len());
-                let mut text = String::new();
-                for r in 0..a.len() {
-                    if a.is_null(r) {
-                        nb.append_null();
-                        continue;
-                    }
-                    let v = a.value(r);
-                    let Some(id) = key_id_of(v.as_bytes()) else {
-                        nb.append_value(v);
-                        continue;
-                    };
-                    let name = id.rsplit_once('@').map(|(n, _)| n.to_string());
-                    let active = match &name {
-                        Some(n) if !id.starts_with("subject:") => {
-                            Some(ring.active(n, sealtrail_protect::keyring::Purpose::Encrypt)?)
-                        }
-                        _ => None,
-                    };
-                    match active {
-                        Some((new_id, new_key)) if new_id != id => {
-                            let plain = Sealer::new(id, &ring.by_id(id)?)
-                                .open(v)
-                                .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-                            text.clear();
-                            Sealer::new(&new_id, &new_key).seal(&plain, &mut text);
-                            nb.append_value(&text);
-                            old_ids.insert(id.to_string());
-                            changed += 1;
-                        }
-                        _ => nb.append_value(v),
-                    }
-                }
-                cols[i] = std::sync::Arc::new(nb.finish());
-            }
-            out.push(arrow::array::RecordBatch::try_new(schema.clone(), cols)?);
-        }
-        if changed > 0 {
-            sealtrail_connectors::sink::write_parquet_atomically(&f, &schema, &out)?;
-            nfiles += 1;
-            nvalues += changed;
-        }
-    }
-    Ok((nfiles, nvalues, old_ids.into_iter().collect()))
+    Ok(0)
 }
 
 #[derive(clap::Args, Debug)]

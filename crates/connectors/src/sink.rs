@@ -443,7 +443,19 @@ pub fn write_parquet_atomically(
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{fname}.tmp"));
-    let file = std::fs::File::create(&tmp)?;
+    write_parquet_file(&tmp, schema, batches)?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes `batches` as a new Parquet file at `path` with the sinks' writer properties, and
+/// syncs it to disk (not its folder: the caller renames it into place).
+pub fn write_parquet_file(
+    path: &Path,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> std::io::Result<()> {
+    let file = std::fs::File::create(path)?;
     let props = writer_properties_for(batches);
     let mut w =
         ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(std::io::Error::other)?;
@@ -451,10 +463,7 @@ pub fn write_parquet_atomically(
         w.write(b).map_err(std::io::Error::other)?;
     }
     let file = w.into_inner().map_err(std::io::Error::other)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    file.sync_all()
 }
 
 /// The data files that make up a sink's table now: a Parquet sink's part files, or the files

@@ -1376,9 +1376,10 @@ fn protect_loop(
 /// that stage just before it hands on its batch N (counted from 0 in each run, resumed or
 /// not); `commit:N` panics in the commit of batch N after every sink and the quarantine
 /// wrote it, before the ledger and the state record it. The tests show with it what a bug
-/// there leaves behind and that the run resumes.
+/// there leaves behind and that the run resumes. (`reencrypt:N`: `keys reencrypt` after it
+/// recorded its N-th rewrite, before the file is put in place.)
 #[cfg(debug_assertions)]
-fn debug_panic_in(stage: &str, batch_no: u64) {
+pub fn debug_panic_in(stage: &str, batch_no: u64) {
     if let Ok(v) = std::env::var("SEALTRAIL_DEBUG_PANIC_STAGE")
         && v == format!("{stage}:{batch_no}")
     {
@@ -1387,7 +1388,7 @@ fn debug_panic_in(stage: &str, batch_no: u64) {
 }
 
 #[cfg(not(debug_assertions))]
-fn debug_panic_in(_stage: &str, _batch_no: u64) {}
+pub fn debug_panic_in(_stage: &str, _batch_no: u64) {}
 
 /// The versions in force for a source's batches, as lowercase hex SHA-256.
 #[derive(Debug, Clone)]

@@ -96,6 +96,11 @@ const SCHEMA: &[&str] = &[
     // Rows each committed batch delivered to each sink (a record a transform filters out, or
     // aggregates with others, is loaded but is not one row of every sink).
     "CREATE TABLE IF NOT EXISTS sealtrail_batch_outputs (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, sink TEXT NOT NULL, row_count BIGINT NOT NULL, PRIMARY KEY (run_id, source, batch, sink))",
+    // Custody records of batches whose rows in a sink were rewritten in place after delivery
+    // (`keys reencrypt`): the whole record as it stands after each revision, with the
+    // `outputs_revised` ledger entry that carries the sink's new root. The newest revision is
+    // the batch's record from then on; the original stays in `sealtrail_custody`.
+    "CREATE TABLE IF NOT EXISTS sealtrail_custody_revisions (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, revision BIGINT NOT NULL, sink TEXT NOT NULL, ledger_seq BIGINT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (run_id, source, batch, revision))",
     "CREATE TABLE IF NOT EXISTS sealtrail_classifications (pipeline TEXT NOT NULL, source TEXT NOT NULL, col TEXT NOT NULL, tag TEXT NOT NULL, kind TEXT, confidence DOUBLE PRECISION NOT NULL, evidence TEXT NOT NULL, run_id TEXT NOT NULL, classified_at TEXT NOT NULL, PRIMARY KEY (pipeline, source, col))",
 ];
 
@@ -129,7 +134,7 @@ pub struct CustodyRow {
 }
 
 /// Names a stored custody record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CustodyRef {
     pub run_id: String,
     pub source: String,
@@ -606,17 +611,60 @@ impl StateStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// The stored custody record of one batch.
+    /// The stored custody record of one batch: its newest revision's, if its rows were
+    /// rewritten in place since ([`StateStore::revisions`]).
     pub async fn custody(&self, r: &CustodyRef) -> Result<Vec<u8>> {
         let row = sqlx::query(
-            "SELECT data FROM sealtrail_custody WHERE run_id = $1 AND source = $2 AND batch = $3",
+            "SELECT COALESCE((SELECT data FROM sealtrail_custody_revisions WHERE run_id = $1 AND source = $2 AND batch = $3 ORDER BY revision DESC LIMIT 1), (SELECT data FROM sealtrail_custody WHERE run_id = $1 AND source = $2 AND batch = $3))",
         )
         .bind(&r.run_id)
         .bind(&r.source)
         .bind(r.batch as i64)
         .fetch_one(&self.pool)
         .await?;
-        Ok(row.get(0))
+        row.get::<Option<Vec<u8>>, _>(0).ok_or_else(|| {
+            StateError(format!(
+                "no custody record of run {} batch {}",
+                r.run_id, r.batch
+            ))
+        })
+    }
+
+    /// The revisions of a batch's record, oldest first: (sink, `outputs_revised` ledger entry).
+    pub async fn revisions(&self, r: &CustodyRef) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query(
+            "SELECT sink, ledger_seq FROM sealtrail_custody_revisions WHERE run_id = $1 AND source = $2 AND batch = $3 ORDER BY revision",
+        )
+        .bind(&r.run_id)
+        .bind(&r.source)
+        .bind(r.batch as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get(0), row.get::<i64, _>(1) as u64))
+            .collect())
+    }
+
+    /// Stores `data` as the batch's record after its rows in `sink` were rewritten in place,
+    /// under the `outputs_revised` ledger entry `ledger_seq`.
+    pub async fn add_revision(
+        &self,
+        r: &CustodyRef,
+        sink: &str,
+        ledger_seq: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO sealtrail_custody_revisions (run_id, source, batch, revision, sink, ledger_seq, data) SELECT $1, $2, $3, COALESCE(MAX(revision), 0) + 1, $4, $5, $6 FROM sealtrail_custody_revisions WHERE run_id = $1 AND source = $2 AND batch = $3")
+            .bind(&r.run_id)
+            .bind(&r.source)
+            .bind(r.batch as i64)
+            .bind(sink)
+            .bind(ledger_seq as i64)
+            .bind(data)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Bytes `[offset, offset + len)` of a stored custody record (fewer at its end): `prove`
@@ -624,7 +672,7 @@ impl StateStore {
     pub async fn custody_range(&self, r: &CustodyRef, offset: u64, len: u64) -> Result<Vec<u8>> {
         // `substr` counts from 1 (SQLite and PostgreSQL alike); both stop at the value's end.
         let row = sqlx::query(
-            "SELECT substr(data, CAST($4 AS INTEGER), CAST($5 AS INTEGER)) FROM sealtrail_custody WHERE run_id = $1 AND source = $2 AND batch = $3",
+            "SELECT COALESCE((SELECT substr(data, CAST($4 AS INTEGER), CAST($5 AS INTEGER)) FROM sealtrail_custody_revisions WHERE run_id = $1 AND source = $2 AND batch = $3 ORDER BY revision DESC LIMIT 1), (SELECT substr(data, CAST($4 AS INTEGER), CAST($5 AS INTEGER)) FROM sealtrail_custody WHERE run_id = $1 AND source = $2 AND batch = $3))",
         )
         .bind(&r.run_id)
         .bind(&r.source)
@@ -633,7 +681,12 @@ impl StateStore {
         .bind(len.min(i32::MAX as u64) as i64)
         .fetch_one(&self.pool)
         .await?;
-        Ok(row.get(0))
+        row.get::<Option<Vec<u8>>, _>(0).ok_or_else(|| {
+            StateError(format!(
+                "no custody record of run {} batch {}",
+                r.run_id, r.batch
+            ))
+        })
     }
 
     /// Sum over the committed batches of a run (of one source, or all with `None`).
@@ -941,6 +994,58 @@ mod tests {
                     .await
                     .unwrap()
             );
+        }
+    }
+
+    /// A batch's newest revision is its custody record from then on (whole and in ranges),
+    /// revisions are numbered per batch in order, in SQLite and PostgreSQL alike.
+    #[tokio::test]
+    async fn revisions_supersede_a_custody_record_in_both_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = std::env::var("SEALTRAIL_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+        for url in [sqlite, pg] {
+            let st = StateStore::open(&url).await.unwrap();
+            let pipeline = format!("rev_{}", RunId::new());
+            let run = RunId::new();
+            st.start_run(&run, &pipeline, "spec", &[]).await.unwrap();
+            let custody = CustodyRow {
+                pipeline: pipeline.clone(),
+                input_key: "k".into(),
+                first_pos: 1,
+                last_pos: 2,
+                ledger_seq: Some(7),
+                data: b"original".to_vec(),
+                delivered: vec![("o".into(), 2)],
+            };
+            st.commit_batch(&run, "s", 0, Counts::default(), &custody)
+                .await
+                .unwrap();
+            let r = CustodyRef {
+                run_id: run.to_string(),
+                source: "s".into(),
+                batch: 0,
+                ledger_seq: Some(7),
+            };
+            assert_eq!(st.custody(&r).await.unwrap(), b"original", "{url}");
+            assert!(st.revisions(&r).await.unwrap().is_empty(), "{url}");
+            st.add_revision(&r, "o", 9, b"first revision")
+                .await
+                .unwrap();
+            st.add_revision(&r, "p", 12, b"second").await.unwrap();
+            assert_eq!(st.custody(&r).await.unwrap(), b"second", "{url}");
+            assert_eq!(st.custody_range(&r, 1, 3).await.unwrap(), b"eco", "{url}");
+            assert_eq!(
+                st.revisions(&r).await.unwrap(),
+                vec![("o".to_string(), 9), ("p".to_string(), 12)],
+                "{url}"
+            );
+            let other = CustodyRef {
+                batch: 1,
+                ..r.clone()
+            };
+            assert!(st.custody(&other).await.is_err(), "{url}: no such batch");
         }
     }
 }

@@ -240,6 +240,11 @@ pub struct Bundle {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<Contributor>,
     pub entry: EntryProof,
+    /// The `outputs_revised` entries of the batch's rows in the sink, oldest first, when they
+    /// were rewritten in place after delivery (`keys reencrypt`): each replaces the previous
+    /// root, and the row is proven under the last one's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<EntryProof>,
     /// The signed checkpoint (C2SP signed note) the entry proof leads to.
     pub checkpoint: String,
 }
@@ -272,6 +277,8 @@ pub enum BundleError {
     IdMismatch,
     #[error("the bundle's input records do not match its id: {0}")]
     Contributors(String),
+    #[error("revision {0} of the batch's rows does not chain: {1}")]
+    Revision(usize, String),
 }
 
 /// What a verified bundle establishes.
@@ -284,6 +291,8 @@ pub struct Verified {
     pub transforms_sha256: Hash,
     pub policy_sha256: Hash,
     pub time_micros: i64,
+    /// The `outputs_revised` entries the row was proven through, oldest first.
+    pub revisions: Vec<u64>,
 }
 
 fn hash_of(s: &str, field: &'static str) -> Result<Hash, BundleError> {
@@ -308,24 +317,7 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
         .map_err(|e| BundleError::Signature(e.to_string()))?;
     let cp = Checkpoint::parse(text).map_err(|e| BundleError::Checkpoint(e.to_string()))?;
 
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(&b.entry.bytes)
-        .map_err(|e| BundleError::Entry(e.to_string()))?;
-    let entry = Entry::decode(&bytes).map_err(|e| BundleError::Entry(e.to_string()))?;
-    if entry.seq != b.entry.index {
-        return Err(BundleError::WrongEntry(format!(
-            "entry {} claims to be entry {}",
-            b.entry.index, entry.seq
-        )));
-    }
-    merkle::verify_inclusion(
-        b.entry.index,
-        cp.size,
-        &merkle::leaf_hash(&bytes),
-        &path_of(&b.entry.path, "entry.path")?,
-        &cp.root,
-    )
-    .map_err(BundleError::EntryInclusion)?;
+    let entry = included(&b.entry, &cp)?;
     let Event::BatchCommitted {
         run_id,
         source,
@@ -439,12 +431,49 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
             b.output.inclusion.size, sink.rows, sink.sink
         )));
     }
+    // Rows rewritten in place since: each revision names this batch and sink, keeps the row
+    // count and replaces the root in force.
+    let (mut root, mut after) = (sink.root, entry.seq);
+    for (i, ep) in b.revisions.iter().enumerate() {
+        let e = included(ep, &cp)?;
+        let wrong = |why: String| BundleError::Revision(i + 1, why);
+        let Event::OutputsRevised {
+            run_id,
+            source,
+            batch,
+            sink: revised,
+            rows,
+            old_root,
+            new_root,
+            ..
+        } = &e.event
+        else {
+            return Err(wrong(format!(
+                "entry {} is a {} entry",
+                e.seq,
+                e.event.name()
+            )));
+        };
+        if (run_id, source, *batch, revised) != (&b.run_id, &b.source, b.batch, &sink.sink) {
+            return Err(wrong(format!(
+                "entry {} revises run {run_id} source {source} batch {batch} sink `{revised}`",
+                e.seq
+            )));
+        }
+        if e.seq <= after || *rows != sink.rows || !merkle::ct_eq(old_root, &root) {
+            return Err(wrong(format!(
+                "entry {} does not follow the root in force before it",
+                e.seq
+            )));
+        }
+        (root, after) = (*new_root, e.seq);
+    }
     merkle::verify_inclusion(
         b.output.inclusion.index,
         b.output.inclusion.size,
         &record_leaf(&b.id, &c_out),
         &path_of(&b.output.inclusion.path, "output.path")?,
-        &sink.root,
+        &root,
     )
     .map_err(BundleError::OutputInclusion)?;
 
@@ -456,7 +485,31 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
         transforms_sha256: *transforms_sha256,
         policy_sha256: *policy_sha256,
         time_micros: entry.time_micros,
+        revisions: b.revisions.iter().map(|r| r.index).collect(),
     })
+}
+
+/// The entry `ep` carries, checked to be entry `ep.index` of the checkpoint's tree.
+fn included(ep: &EntryProof, cp: &Checkpoint) -> Result<Entry, BundleError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&ep.bytes)
+        .map_err(|e| BundleError::Entry(e.to_string()))?;
+    let entry = Entry::decode(&bytes).map_err(|e| BundleError::Entry(e.to_string()))?;
+    if entry.seq != ep.index {
+        return Err(BundleError::WrongEntry(format!(
+            "entry {} claims to be entry {}",
+            ep.index, entry.seq
+        )));
+    }
+    merkle::verify_inclusion(
+        ep.index,
+        cp.size,
+        &merkle::leaf_hash(&bytes),
+        &path_of(&ep.path, "entry.path")?,
+        &cp.root,
+    )
+    .map_err(BundleError::EntryInclusion)?;
+    Ok(entry)
 }
 
 /// Builds the [`Inclusion`] of leaf `index` among `leaves` (record leaves).

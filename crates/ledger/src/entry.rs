@@ -100,6 +100,22 @@ pub enum Event {
         discarded_sha256: Hash,
         note: String,
     },
+    /// 13: a batch's rows in one sink were rewritten in place by an authorised operation
+    /// (`keys reencrypt`: the same rows, ids and order, values under another key version).
+    /// The sink's output root of the batch becomes `new_root`; `old_root` is the root it
+    /// replaces (the batch entry's, or the previous revision's), so revisions chain.
+    OutputsRevised {
+        run_id: String,
+        source: String,
+        batch: u64,
+        sink: String,
+        rows: u64,
+        old_root: Hash,
+        new_root: Hash,
+        /// What rewrote them (`reencrypt`).
+        action: String,
+        actor: Hash,
+    },
 }
 
 impl Event {
@@ -117,6 +133,7 @@ impl Event {
             Event::Retention { .. } => 10,
             Event::Erasure { .. } => 11,
             Event::Recovery { .. } => 12,
+            Event::OutputsRevised { .. } => 13,
         }
     }
 
@@ -132,11 +149,15 @@ impl Event {
             | Event::RunEnded { run_id, .. }
             | Event::BatchCommitted { run_id, .. }
             | Event::RecordsQuarantined { run_id, .. }
-            | Event::RunFailed { run_id, .. } => Some(run_id),
+            | Event::RunFailed { run_id, .. }
+            | Event::OutputsRevised { run_id, .. } => Some(run_id),
             _ => None,
         }
     }
 }
+
+/// Every entry kind, in order.
+pub const KINDS: std::ops::RangeInclusive<u8> = 1..=13;
 
 pub fn kind_name(kind: u8) -> Option<&'static str> {
     Some(match kind {
@@ -152,6 +173,7 @@ pub fn kind_name(kind: u8) -> Option<&'static str> {
         10 => "retention",
         11 => "erasure",
         12 => "recovery",
+        13 => "outputs_revised",
         _ => return None,
     })
 }
@@ -409,6 +431,27 @@ impl Entry {
                 w.hash(discarded_sha256);
                 w.str(note);
             }
+            Event::OutputsRevised {
+                run_id,
+                source,
+                batch,
+                sink,
+                rows,
+                old_root,
+                new_root,
+                action,
+                actor,
+            } => {
+                w.str(run_id);
+                w.str(source);
+                w.u64(*batch);
+                w.str(sink);
+                w.u64(*rows);
+                w.hash(old_root);
+                w.hash(new_root);
+                w.str(action);
+                w.hash(actor);
+            }
         }
         w.0
     }
@@ -519,6 +562,17 @@ impl Entry {
                 discarded_sha256: r.hash()?,
                 note: r.str()?,
             },
+            13 => Event::OutputsRevised {
+                run_id: r.str()?,
+                source: r.str()?,
+                batch: r.u64()?,
+                sink: r.str()?,
+                rows: r.u64()?,
+                old_root: r.hash()?,
+                new_root: r.hash()?,
+                action: r.str()?,
+                actor: r.hash()?,
+            },
             k => return Err(DecodeError::Kind(k)),
         };
         if !r.0.is_empty() {
@@ -613,6 +667,17 @@ mod tests {
                 discarded_sha256: [9; 32],
                 note: "torn tail".into(),
             },
+            Event::OutputsRevised {
+                run_id: "r1".into(),
+                source: "s".into(),
+                batch: 3,
+                sink: "o".into(),
+                rows: 9,
+                old_root: [10; 32],
+                new_root: [11; 32],
+                action: "reencrypt".into(),
+                actor: [12; 32],
+            },
         ]
     }
 
@@ -638,6 +703,9 @@ mod tests {
             longer.push(0);
             assert_eq!(Entry::decode(&longer), Err(DecodeError::Trailing(1)));
         }
+        // The sample has one event of every kind, and no kind lies outside `KINDS`.
+        assert_eq!(sample().len(), KINDS.count());
+        assert!(kind_name(*KINDS.end() + 1).is_none());
     }
 
     proptest! {

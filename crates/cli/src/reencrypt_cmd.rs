@@ -1,0 +1,357 @@
+//! `sealtrail keys reencrypt`: a Parquet sink's ciphertexts rewritten under the active
+//! versions of their keys (after `keys rotate`), one batch file at a time.
+//!
+//! Rewriting a delivered file changes its rows' bytes, which is exactly what `audit` and
+//! `prove` exist to detect. So each rewrite is a recorded revision of the batch's rows in the
+//! sink: the file must first be exactly as delivered (a file changed by anyone else is never
+//! re-encrypted, which would launder the change), the new rows' commitments make a new custody
+//! record and output root, an `outputs_revised` ledger entry chains the old root to the new
+//! one, and only then does the new file replace the old. `audit` and `prove` follow the chain.
+
+use crate::custody_cmd::{Signed, batch_files, find_sink};
+use crate::ledger_cmd::{self, LedgerArgs, load_verifier};
+use crate::protect_cmd::{actor, open_keyring};
+use anyhow::{Context, Result, anyhow, bail};
+use arrow::array::{Array, AsArray, RecordBatch, StringBuilder};
+use arrow::datatypes::SchemaRef;
+use sealtrail_engine::custody::{CustodyView, RowFormat, RowHasher};
+use sealtrail_engine::state::StateStore;
+use sealtrail_ledger::entry::{Event, Hash};
+use sealtrail_ledger::merkle;
+use sealtrail_protect::keyring::{Keyring, Purpose};
+use sealtrail_protect::ops::{Sealer, key_id_of};
+use sealtrail_spec::Target;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Exit code when a file is not as delivered.
+const TAMPERED: i32 = 4;
+
+#[derive(clap::Args, Debug)]
+pub struct ReencryptArgs {
+    /// The pipeline spec that delivers the sink.
+    pub spec: PathBuf,
+    /// The sink (a Parquet sink) whose files to rewrite.
+    #[arg(long)]
+    pub sink: String,
+    /// The encrypted column(s).
+    #[arg(long, required = true, num_args = 1..)]
+    pub column: Vec<String>,
+    /// Who is re-encrypting (recorded in the ledger as a SHA-256 of the name; default `$USER`).
+    #[arg(long)]
+    pub by: Option<String>,
+    /// Run state store, where the batches' custody records are: `sqlite://PATH` (default
+    /// `<home>/state.db`) or `postgres://...`.
+    #[arg(long, env = "SEALTRAIL_STATE_URL", hide_env_values = true)]
+    pub state_url: Option<String>,
+}
+
+/// Runs `keys reencrypt`; returns the exit code.
+pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Result<i32> {
+    let p = sealtrail_spec::load(&a.spec)?;
+    let sk = find_sink(&p, &a.sink)?;
+    if !matches!(sk.target, Target::Parquet { .. }) {
+        bail!(
+            "sink `{}` is not a Parquet sink: `keys reencrypt` rewrites the files of Parquet sinks only (a Delta or PostgreSQL sink's rows stay under the key version they were written with, which `decrypt` still reads)",
+            a.sink
+        );
+    }
+    for c in &a.column {
+        if c == sealtrail_engine::custody::ID_COLUMN {
+            bail!("`{c}` holds lineage ids, never ciphertexts");
+        }
+    }
+    let home = home.unwrap_or_else(|| {
+        a.spec
+            .parent()
+            .map(|d| d.join(".sealtrail"))
+            .unwrap_or_else(|| PathBuf::from(".sealtrail"))
+    });
+    let mut ring = open_keyring(&home, false)?;
+    let url = a.state_url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}",
+            std::path::absolute(home.join("state.db"))
+                .unwrap_or_else(|_| home.join("state.db"))
+                .display()
+        )
+    });
+    let st = StateStore::open(&url).await?;
+    // No run of the pipeline (which may be resuming a batch of this sink) and no other
+    // re-encryption (whose revisions would not chain with these) meanwhile.
+    let _lock = st.lock_pipeline(&p.name).await?.map_err(|holder| {
+        anyhow!(
+            "pipeline `{}` is being run or re-encrypted by {holder}; run this again once it has finished",
+            p.name
+        )
+    })?;
+    let verifier = load_verifier(&home, None)?;
+    let (dir, _guard) = la.readable(&home)?;
+    let (cp, _) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
+        .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
+    let signed = Signed::new(&dir, &cp);
+    let files = sealtrail_connectors::sink::sink_files(&sk.name, &sk.target).await?;
+    let (who, actor) = actor(&a.by);
+    let mut log = None;
+    let mut old_ids = BTreeSet::new();
+    let (mut rewritten, mut values, mut finished, mut missing) = (0usize, 0u64, 0usize, 0usize);
+    for r in st.custody_index(&p.name, None).await? {
+        let revisions = st.revisions(&r).await?;
+        let mismatch = || {
+            eprintln!(
+                "error: the custody record of run {} batch {} does not match the signed ledger: the state store was changed; run `sealtrail audit` (nothing more was re-encrypted)",
+                r.run_id, r.batch
+            );
+            Ok(TAMPERED)
+        };
+        let now = match signed.sink_state(&r, &revisions, &a.sink) {
+            None => return mismatch(),
+            Some(None) => continue,
+            Some(Some(now)) => now,
+        };
+        let record = st.custody(&r).await?;
+        let Some(c) = CustodyView::parse(&record) else {
+            return mismatch();
+        };
+        let Some((si, s)) = c.sink(&a.sink) else {
+            return mismatch();
+        };
+        if s.len() as u64 != now.rows || !merkle::ct_eq(&c.output_root(s), &now.root) {
+            return mismatch();
+        }
+        let file = match batch_files(&files, &sk.target, &p.name, (&r.run_id, &r.source, r.batch))
+            .as_deref()
+        {
+            Some([one]) => one.clone(),
+            None => {
+                missing += 1;
+                continue;
+            }
+            Some(_) => bail!(
+                "several files of sink `{}` claim batch {} of run {}: run `sealtrail audit`",
+                a.sink,
+                r.batch,
+                r.run_id
+            ),
+        };
+        let delivered: Vec<Hash> = (0..s.len()).map(|j| s.row(j).1).collect();
+        let pending = pending_name(&file);
+        let (schema, batches) = read(&file)?;
+        if commitments(&batches, c.row_format(), &file)? != delivered {
+            // A rewrite recorded in the ledger and the state store but not yet put in place
+            // (the command was interrupted): its file is complete; finish it.
+            if pending.exists()
+                && commitments(&read(&pending)?.1, c.row_format(), &pending)? == delivered
+            {
+                put_in_place(&pending, &file)?;
+                finished += 1;
+                continue;
+            }
+            eprintln!(
+                "error: {} is not as batch {} of run {} delivered it: nothing in it was re-encrypted (a re-encryption would make the change look authorised). `sealtrail audit {} --sink {}` names the rows; restore the file, then run this again",
+                file.display(),
+                r.batch,
+                r.run_id,
+                a.spec.display(),
+                a.sink
+            );
+            return Ok(TAMPERED);
+        }
+        // A rewrite never recorded (interrupted before its ledger entry) is dropped.
+        if pending.exists() {
+            std::fs::remove_file(&pending)
+                .with_context(|| format!("removing {}", pending.display()))?;
+        }
+        let (out, changed) =
+            reencrypt_batches(&mut ring, &schema, batches, &a.column, &file, &mut old_ids)?;
+        if changed == 0 {
+            continue;
+        }
+        let mut revised = c.to_owned();
+        let rows = &mut revised.outputs[si].rows;
+        for (row, h) in rows
+            .iter_mut()
+            .zip(commitments(&out, c.row_format(), &file)?)
+        {
+            row.1 = h;
+        }
+        let new_root = revised.seal().outputs[si];
+        // The new file first (complete and on disk, under a hidden name), then the ledger
+        // entry, then the state store, then the file in place: an interruption anywhere
+        // leaves either the old file under its old root or a finished rewrite to put in place.
+        sealtrail_connectors::sink::write_parquet_file(&pending, &schema, &out)
+            .with_context(|| format!("writing {}", pending.display()))?;
+        if log.is_none() {
+            log = Some(
+                ledger_cmd::open_writer(&home, la, sealtrail_ledger::log::OpenMode::FailClosed)
+                    .context("opening the ledger to record the re-encryption")?,
+            );
+        }
+        let Some(w) = log.as_mut() else {
+            unreachable!("opened above")
+        };
+        let seq = w
+            .append(vec![Event::OutputsRevised {
+                run_id: r.run_id.clone(),
+                source: r.source.clone(),
+                batch: r.batch,
+                sink: a.sink.clone(),
+                rows: now.rows,
+                old_root: now.root,
+                new_root,
+                action: "reencrypt".into(),
+                actor,
+            }])
+            .map_err(|e| anyhow!("recording in the ledger: {e}"))?
+            .first_seq;
+        st.add_revision(&r, &a.sink, seq, &revised.encode()).await?;
+        sealtrail_engine::debug_panic_in("reencrypt", rewritten as u64);
+        put_in_place(&pending, &file)?;
+        rewritten += 1;
+        values += changed;
+    }
+    if !old_ids.is_empty() {
+        let events = old_ids
+            .iter()
+            .map(|id| Event::KeyEvent {
+                key_id: id.clone(),
+                action: "reencrypt".into(),
+                actor,
+            })
+            .collect();
+        let w = match log.as_mut() {
+            Some(w) => w,
+            None => log.insert(ledger_cmd::open_writer(
+                &home,
+                la,
+                sealtrail_ledger::log::OpenMode::FailClosed,
+            )?),
+        };
+        w.append(events)
+            .map_err(|e| anyhow!("recording in the ledger: {e}"))?;
+    }
+    if rewritten == 0 {
+        outln!(
+            "nothing to re-encrypt: every value of {} in sink `{}` is under its key's active version (or a subject's key)",
+            a.column.join(", "),
+            a.sink
+        );
+    } else {
+        outln!(
+            "re-encrypted {values} value(s) in {rewritten} file(s) of sink `{}` under the active keys (by {who}); each file's batch has an `outputs_revised` ledger entry, so `audit` and `prove` check the new rows",
+            a.sink
+        );
+    }
+    if finished > 0 {
+        outln!("finished {finished} rewrite(s) an interrupted run of this command had recorded");
+    }
+    if missing > 0 {
+        eprintln!(
+            "warning: {missing} committed batch(es) of sink `{}` have no file: `sealtrail audit` reports their rows",
+            a.sink
+        );
+    }
+    Ok(0)
+}
+
+fn read(f: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    sealtrail_connectors::sink::read_parquet_with_schema(f)
+        .with_context(|| format!("reading {}", f.display()))
+}
+
+/// The hidden name a file's rewrite is written under until it is put in place.
+fn pending_name(f: &Path) -> PathBuf {
+    let name = f
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    f.with_file_name(format!(".{name}.reencrypt"))
+}
+
+fn put_in_place(pending: &Path, file: &Path) -> Result<()> {
+    std::fs::rename(pending, file).with_context(|| format!("replacing {}", file.display()))?;
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// Each row's commitment, in file order.
+fn commitments(batches: &[RecordBatch], format: RowFormat, f: &Path) -> Result<Vec<Hash>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let mut h = RowHasher::new(format, b).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+        for r in 0..b.num_rows() {
+            out.push(
+                h.commitment(r)
+                    .map_err(|e| anyhow!("{}: {e}", f.display()))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// `batches` with every `st1:` value of `columns` under a key version that is not its key's
+/// active one sealed again under the active one (subject keys, shredded or not, are left
+/// alone); with the number of values re-encrypted. The old key ids go into `old_ids`.
+fn reencrypt_batches(
+    ring: &mut Keyring,
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    columns: &[String],
+    f: &Path,
+    old_ids: &mut BTreeSet<String>,
+) -> Result<(Vec<RecordBatch>, u64)> {
+    let mut idx = Vec::with_capacity(columns.len());
+    for c in columns {
+        let i = schema
+            .index_of(c)
+            .map_err(|_| anyhow!("{} has no column `{c}`", f.display()))?;
+        idx.push((c, i));
+    }
+    let mut out = Vec::with_capacity(batches.len());
+    let mut changed = 0u64;
+    let mut text = String::new();
+    for b in batches {
+        let mut cols = b.columns().to_vec();
+        for &(c, i) in &idx {
+            let Some(a) = b.column(i).as_string_opt::<i32>() else {
+                bail!("{}: column `{c}` does not hold text", f.display());
+            };
+            let mut nb = StringBuilder::with_capacity(a.len(), a.values().len());
+            for r in 0..a.len() {
+                if a.is_null(r) {
+                    nb.append_null();
+                    continue;
+                }
+                let v = a.value(r);
+                let Some(id) = key_id_of(v.as_bytes()) else {
+                    nb.append_value(v);
+                    continue;
+                };
+                let active = match id.rsplit_once('@') {
+                    Some((name, _)) if !id.starts_with("subject:") => {
+                        Some(ring.active(name, Purpose::Encrypt)?)
+                    }
+                    _ => None,
+                };
+                match active {
+                    Some((new_id, new_key)) if new_id != id => {
+                        let plain = Sealer::new(id, &ring.by_id(id)?)
+                            .open(v)
+                            .map_err(|e| anyhow!("{}: {e}", f.display()))?;
+                        text.clear();
+                        Sealer::new(&new_id, &new_key).seal(&plain, &mut text);
+                        nb.append_value(&text);
+                        old_ids.insert(id.to_string());
+                        changed += 1;
+                    }
+                    _ => nb.append_value(v),
+                }
+            }
+            cols[i] = std::sync::Arc::new(nb.finish());
+        }
+        out.push(RecordBatch::try_new(schema.clone(), cols)?);
+    }
+    Ok((out, changed))
+}
