@@ -2267,6 +2267,7 @@ pub async fn lineage(
             _ => outln!("  ledger entry: not readable here"),
         }
         outln!("  approval: none recorded (approvals come with the control plane)");
+        let revisions = st.revisions(&r).await?;
         let mut delivered = false;
         for o in c.sinks() {
             let Some(j) = (0..o.len()).find(|&j| o.members(o.row(j).0).contains(&(k as u32)))
@@ -2286,6 +2287,17 @@ pub async fn lineage(
                 "  -> {path}: row {j} of the batch, commitment {}",
                 hex::encode(commitment)
             );
+            let revised: Vec<String> = revisions
+                .iter()
+                .filter(|(s, _)| *s == o.sink)
+                .map(|(_, seq)| seq.to_string())
+                .collect();
+            if !revised.is_empty() {
+                outln!(
+                    "     rewritten in place since delivery (`keys reencrypt`): ledger entries {}; the commitment is the row's now",
+                    revised.join(", ")
+                );
+            }
             if grouped {
                 let n = o.members(key).len();
                 outln!(

@@ -3763,6 +3763,11 @@ fn reencrypted_rows_are_a_recorded_revision_that_audit_and_prove_follow() {
         text.contains("3 of them rewritten in place since delivery"),
         "{text}"
     );
+    let l = run_ok(bin().arg("lineage").arg(&spec).args(["--id", id]));
+    assert!(
+        l.contains("rewritten in place since delivery (`keys reencrypt`): ledger entries "),
+        "{l}"
+    );
     let bundle = dir.path().join("p.json");
     run_ok(
         bin()
