@@ -552,22 +552,63 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Quarantine {
             home,
             ledger,
-            cmd: protect_cmd::QuarantineCmd::Replay { spec, source, file },
+            cmd:
+                protect_cmd::QuarantineCmd::Replay {
+                    spec,
+                    source,
+                    file,
+                    again,
+                    state_url,
+                },
         } => {
             let home = home.unwrap_or_else(|| {
                 spec.parent()
                     .map(|d| d.join(".sealtrail"))
                     .unwrap_or_else(|| PathBuf::from(".sealtrail"))
             });
-            let p = protect_cmd::replay_pipeline(&spec, &source, &file, &home.join("replay"))?;
             let url = StateArgs {
                 home: Some(home.clone()),
-                state_url: None,
+                state_url,
                 ledger: ledger.clone(),
             }
             .url(&home);
+            let (p, input) =
+                protect_cmd::replay_pipeline(&spec, &source, &file, &home.join("replay"))?;
+            // The same records under the same spec make the same replay spec version.
+            let st = sealtrail_engine::state::StateStore::open(&url).await?;
+            if !again
+                && let Some((run, at)) = st.succeeded_with_spec(&p.name, &p.spec_sha256).await?
+            {
+                let _ = std::fs::remove_file(&input);
+                if let Some(work) = input.parent() {
+                    let _ = std::fs::remove_dir(work); // only when empty
+                }
+                anyhow::bail!(
+                    "these repaired records were replayed already, by run {run} (ended {at}): they are loaded; pass --again to load them once more"
+                );
+            }
+            drop(st);
             let report =
-                run_pipeline(&p, &home, &ledger, &url, false, None, RowFormat::default()).await?;
+                match run_pipeline(&p, &home, &ledger, &url, false, None, RowFormat::default())
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // A replay that never started leaves nothing to resume from.
+                        if matches!(
+                            e.downcast_ref::<sealtrail_engine::Error>(),
+                            Some(sealtrail_engine::Error::Busy { .. })
+                        ) {
+                            let _ = std::fs::remove_file(&input);
+                        }
+                        return Err(e);
+                    }
+                };
+            // Loaded: the clear copies go, this one and any an interrupted replay of the
+            // pipeline left (the run just finished resumed it, or it had been given up).
+            if let Some(work) = input.parent() {
+                let _ = std::fs::remove_dir_all(work);
+            }
             print_report(&report);
             Ok(())
         }

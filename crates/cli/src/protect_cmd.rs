@@ -434,6 +434,14 @@ pub enum QuarantineCmd {
         source: String,
         /// The repaired records (for example what `quarantine show --out` wrote, edited).
         file: PathBuf,
+        /// Load them even if the same records were replayed before under the same spec
+        /// (by default that is refused: they are loaded already).
+        #[arg(long)]
+        again: bool,
+        /// Run state store of the pipeline: `sqlite://PATH` (default `<home>/state.db`) or
+        /// `postgres://...`, as its runs use.
+        #[arg(long, env = "SEALTRAIL_STATE_URL", hide_env_values = true)]
+        state_url: Option<String>,
     },
 }
 
@@ -712,14 +720,16 @@ fn encode_text(enc: &'static encoding_rs::Encoding, text: &str) -> Option<Vec<u8
     (!unmappable).then(|| bytes.into_owned())
 }
 
-/// The pipeline narrowed to one source, reading `file` (repaired records, plus the header a
-/// CSV source expects), under the name `<pipeline>-replay`.
+/// The pipeline narrowed to one source, reading a copy of `file` (repaired records, plus the
+/// header a CSV source expects) written into `work/<pipeline>/` (a folder per pipeline: an
+/// interrupted replay keeps its copy there to resume from), under the name
+/// `<pipeline>-replay`; with that copy's path.
 pub fn replay_pipeline(
     spec: &Path,
     source: &str,
     file: &Path,
     work: &Path,
-) -> Result<sealtrail_spec::Pipeline> {
+) -> Result<(sealtrail_spec::Pipeline, PathBuf)> {
     use sealtrail_spec::SourceConnector as C;
     let mut p = sealtrail_spec::load(spec)?;
     let Some(s) = p.sources.iter_mut().find(|s| s.name == source) else {
@@ -730,7 +740,8 @@ pub fn replay_pipeline(
         );
     };
     let mut body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    std::fs::create_dir_all(work)?;
+    let work = work.join(&p.name);
+    std::fs::create_dir_all(&work)?;
     let input = work.join(format!("replay-{}", sealtrail_core::RunId::new()));
     let mut text = Vec::new();
     if let C::Csv(o) = &s.connector {
@@ -754,7 +765,19 @@ pub fn replay_pipeline(
         }
     }
     text.extend(&body);
-    std::fs::write(&input, &text)?;
+    // Repaired records in clear: readable by their owner only, and removed once loaded.
+    {
+        use std::io::Write as _;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        o.mode(0o600);
+        o.open(&input)
+            .and_then(|mut f| f.write_all(&text).and_then(|()| f.sync_all()))
+            .with_context(|| format!("writing {}", input.display()))?;
+    }
     let files = sealtrail_spec::FileSet {
         pattern: input.display().to_string(),
         incremental: false,
@@ -769,11 +792,11 @@ pub fn replay_pipeline(
     p.sources.retain(|s| s.name == source);
     p.transforms.retain(|t| t.root_source == source);
     p.sinks.retain(|k| k.root_source == source);
-    p.name = format!("{}-replay", p.name);
+    p.name = sealtrail_spec::replay_name(&p.name);
     p.spec_sha256 = sealtrail_core::sha256_hex(
         format!("{}{}", p.spec_sha256, sealtrail_core::sha256_hex(&text)).as_bytes(),
     );
-    Ok(p)
+    Ok((p, input))
 }
 
 #[cfg(test)]

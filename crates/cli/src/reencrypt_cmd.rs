@@ -119,8 +119,12 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         if s.len() as u64 != now.rows || !merkle::ct_eq(&c.output_root(s), &now.root) {
             return mismatch();
         }
-        let file = match batch_files(&files, &sk.target, &p.name, (&r.run_id, &r.source, r.batch))
-            .as_deref()
+        let file = match batch_files(
+            &files,
+            &sk.target,
+            (&r.pipeline, &r.run_id, &r.source, r.batch),
+        )
+        .as_deref()
         {
             Some([one]) => one.clone(),
             None => {

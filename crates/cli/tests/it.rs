@@ -4087,6 +4087,73 @@ open('{f}', 'w', encoding='utf-8').write(out.getvalue())
             .arg(&home),
     );
     assert!(access.contains("repair"), "{access}");
+    // The clear copy of the repaired records is gone once they are loaded.
+    let left: Vec<_> = glob_files(&home.join("replay"));
+    assert!(left.is_empty(), "{left:?}");
+    // The replayed rows are the pipeline's: its spec audits them (Delta and Parquet sinks,
+    // their files told by the replay's commits and names), proves them and traces them.
+    for sink in ["trades_clean", "trades_analytics"] {
+        let audit = run_ok(bin().arg("audit").arg(&spec).args(["--sink", sink]));
+        assert!(
+            audit.contains("every row is as delivered") && !audit.contains("skipped"),
+            "{audit}"
+        );
+    }
+    let trade = py(&format!(
+        "import csv\nprint(next(csv.reader(open('{f}', encoding='utf-8')))[0])"
+    ));
+    let bundle = dir.path().join("replayed.json");
+    run_ok(
+        bin()
+            .arg("prove")
+            .arg(&spec)
+            .args([
+                "--sink",
+                "trades_clean",
+                "--where",
+                &format!("trade_id={trade}"),
+                "--out",
+            ])
+            .arg(&bundle),
+    );
+    let (code, v) = verify_proof(
+        &bundle,
+        &home.join("ledger.pub"),
+        Some(&dir.path().join("out/trades_clean")),
+    );
+    assert_eq!(code, Some(0), "{v}");
+    assert!(v.contains("(pipeline `trades-replay`"), "{v}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+    let l = run_ok(
+        bin()
+            .arg("lineage")
+            .arg(&spec)
+            .args(["--id", json["id"].as_str().unwrap()]),
+    );
+    assert!(
+        l.contains("replayed repaired records (`quarantine replay`, pipeline `trades-replay`)"),
+        "{l}"
+    );
+    // The same repaired records again are refused (they are loaded); `--again` loads them.
+    let replay = || {
+        let mut c = bin();
+        c.args(["quarantine", "replay", "--source", "trades", "--home"])
+            .arg(&home)
+            .arg(&spec)
+            .arg(&fix);
+        c
+    };
+    let out = replay().output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("these repaired records were replayed already, by run "),
+        "{err}"
+    );
+    assert!(glob_files(&home.join("replay")).is_empty());
+    let out = run_ok(replay().arg("--again"));
+    assert_eq!(counts(&out).1, lines.len() as u64, "{out}");
 }
 
 /// Chain of custody end to end: a row is proven and the bundle verifies offline; then one value

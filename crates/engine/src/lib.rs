@@ -643,6 +643,7 @@ async fn same_records_as_committed(
 ) -> Result<()> {
     let stored = st
         .custody(&state::CustodyRef {
+            pipeline: String::new(), // not part of the record's key
             run_id: run_id.to_string(),
             source: source.to_string(),
             batch: batch_no,

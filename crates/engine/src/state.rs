@@ -136,6 +136,8 @@ pub struct CustodyRow {
 /// Names a stored custody record.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CustodyRef {
+    /// The pipeline whose run committed the batch (the spec's, or its replay's).
+    pub pipeline: String,
     pub run_id: String,
     pub source: String,
     pub batch: u64,
@@ -322,6 +324,21 @@ impl StateStore {
             spec_sha256: r.get(1),
             status: r.get(2),
         }))
+    }
+
+    /// The newest succeeded run of `pipeline` under spec version `spec_sha256`, with when it
+    /// ended: a `quarantine replay` of the same repaired records under the same spec has one.
+    pub async fn succeeded_with_spec(
+        &self,
+        pipeline: &str,
+        spec_sha256: &str,
+    ) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT run_id, ended_at FROM sealtrail_runs WHERE pipeline = $1 AND spec_sha256 = $2 AND status = 'succeeded' ORDER BY started_at DESC LIMIT 1")
+            .bind(pipeline)
+            .bind(spec_sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get::<Option<String>, _>(1).unwrap_or_default())))
     }
 
     pub async fn abandon(&self, run: &RunId) -> Result<()> {
@@ -572,7 +589,8 @@ impl StateStore {
         Ok(())
     }
 
-    /// Custody records of `pipeline`, optionally only those of `source` and input key whose
+    /// Custody records of `pipeline` and of its replays (`quarantine replay`:
+    /// [`sealtrail_spec::replay_name`]), optionally only those of `source` and input key whose
     /// position range holds `pos`; newest run first.
     pub async fn custody_index(
         &self,
@@ -580,16 +598,18 @@ impl StateStore {
         at: Option<(&str, &str, Option<u64>)>,
     ) -> Result<Vec<CustodyRef>> {
         let (source, key, pos) = at.unwrap_or(("", "", None));
-        let rows = sqlx::query("SELECT c.run_id, c.source, c.batch, c.ledger_seq FROM sealtrail_custody c JOIN sealtrail_runs r ON r.run_id = c.run_id WHERE c.pipeline = $1 AND ($2 = '' OR (c.source = $2 AND c.input_key = $3)) AND ($4 < 0 OR (c.first_pos <= $4 AND c.last_pos >= $4)) ORDER BY r.started_at DESC, c.run_id DESC, c.source, c.batch")
+        let rows = sqlx::query("SELECT c.run_id, c.source, c.batch, c.ledger_seq, c.pipeline FROM sealtrail_custody c JOIN sealtrail_runs r ON r.run_id = c.run_id WHERE (c.pipeline = $1 OR c.pipeline = $5) AND ($2 = '' OR (c.source = $2 AND c.input_key = $3)) AND ($4 < 0 OR (c.first_pos <= $4 AND c.last_pos >= $4)) ORDER BY r.started_at DESC, c.run_id DESC, c.source, c.batch")
             .bind(pipeline)
             .bind(source)
             .bind(key)
             .bind(pos.map_or(-1, |p| p as i64))
+            .bind(sealtrail_spec::replay_name(pipeline))
             .fetch_all(&self.pool)
             .await?;
         Ok(rows
             .into_iter()
             .map(|r| CustodyRef {
+                pipeline: r.get(4),
                 run_id: r.get(0),
                 source: r.get(1),
                 batch: r.get::<i64, _>(2) as u64,
@@ -1023,6 +1043,7 @@ mod tests {
                 .await
                 .unwrap();
             let r = CustodyRef {
+                pipeline: pipeline.clone(),
                 run_id: run.to_string(),
                 source: "s".into(),
                 batch: 0,

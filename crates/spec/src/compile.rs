@@ -410,6 +410,15 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
             "pipeline name must start with a letter and hold only letters, digits, `_` and `-`",
             "rename the pipeline, e.g. `trades_daily`",
         );
+    } else if spec.pipeline.value.ends_with(crate::REPLAY_SUFFIX) {
+        cx.err(
+            &spec.pipeline,
+            format!(
+                "pipeline names ending in `{}` are reserved: `quarantine replay` runs a pipeline's repaired records under its name with that ending",
+                crate::REPLAY_SUFFIX
+            ),
+            "rename the pipeline, e.g. `trades_replayed`",
+        );
     }
     let batch_rows = match &spec.batch_rows {
         Some(b) if b.value == 0 || b.value > 4_000_000 => {
@@ -1685,6 +1694,22 @@ mod tests {
             Err(Error::Invalid(d)) => d,
             other => panic!("expected diagnostics, got {other:?}"),
         }
+    }
+
+    /// `quarantine replay` runs a pipeline's repaired records as `<pipeline>-replay`, whose
+    /// batches count as the pipeline's: no spec may take such a name.
+    #[test]
+    fn pipeline_names_ending_in_replay_are_reserved() {
+        let spec = |name: &str| {
+            format!(
+                "version: 1\npipeline: {name}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns:\n      - {{ name: id }}\nsinks:\n  o: {{ from: s, parquet: {{ path: out/o }} }}\nquarantine:\n  parquet: {{ path: q }}\n"
+            )
+        };
+        let d = diags(&spec("trades-replay"));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].message.contains("are reserved"), "{d:?}");
+        assert!(crate::parse_str(&spec("trades_replayed"), Path::new("/p/t.yaml")).is_ok());
+        assert_eq!(crate::replay_name("trades"), "trades-replay");
     }
 
     /// Sinks and the quarantine each write to a place of their own (the same folder however
