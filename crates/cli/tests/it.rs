@@ -3528,6 +3528,18 @@ fn secrets_never_reach_logs_errors_or_the_ledger() {
         "{err}"
     );
     seen.push_str(&err);
+    // The keyring was made under the master key from the environment: without it, a run is
+    // refused with what to supply, and leaves no new local master key (which could never
+    // open the keyring) behind.
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("no master key for the keyring") && err.contains("supply that master key"),
+        "{err}"
+    );
+    assert!(!dir.path().join(".sealtrail/master.key").exists());
+    seen.push_str(&err);
     // Everything sealtrail wrote in its home (ledger, keyring, state).
     let mut stack = vec![dir.path().join(".sealtrail")];
     while let Some(p) = stack.pop() {

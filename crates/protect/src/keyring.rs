@@ -73,6 +73,11 @@ pub enum KeyError {
     NoMaster(PathBuf),
     #[error("no master key: SEALTRAIL_MASTER_KEY_FILE names {0}, which does not exist")]
     NoMasterFile(PathBuf),
+    /// A keyring exists but no master key was supplied: a new local one could never open it.
+    #[error(
+        "no master key for the keyring {0}: it was created under a master key that is neither in SEALTRAIL_MASTER_KEY, nor in a file SEALTRAIL_MASTER_KEY_FILE names, nor in {1}; supply that master key (a new one cannot open the keyring)"
+    )]
+    NoMasterForKeyring(PathBuf, PathBuf),
     #[error(
         "the master key does not open this keyring ({0}); supply the master key it was created with"
     )]
@@ -181,6 +186,18 @@ impl Master {
                 let k = KeyBytes::from_hex(&s);
                 s.zeroize();
                 Ok((Self::new(k?, path.display().to_string()), false))
+            }
+            // A keyring made under another master key (from the environment, say) can never
+            // be opened by a new local one: refuse rather than leave a useless key file behind.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && !named
+                    && home.join("keyring.json").exists() =>
+            {
+                Err(KeyError::NoMasterForKeyring(
+                    home.join("keyring.json"),
+                    path,
+                ))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create_local && !named => {
                 let k = KeyBytes::random();
