@@ -4135,6 +4135,16 @@ open('{f}', 'w', encoding='utf-8').write(out.getvalue())
     );
     assert_eq!(code, Some(0), "{v}");
     assert!(v.contains("(pipeline `trades-replay`"), "{v}");
+    let v = run_ok(
+        bin()
+            .arg("verify-proof")
+            .arg(&bundle)
+            .arg("--key")
+            .arg(home.join("ledger.pub"))
+            .arg("--spec")
+            .arg(&spec),
+    );
+    assert!(v.contains("the proven row, unchanged"), "{v}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
     let l = run_ok(
