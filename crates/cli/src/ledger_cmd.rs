@@ -729,6 +729,14 @@ fn describe(e: &Entry) -> String {
         } => {
             format!("run {run_id} in={rows_in} loaded={rows_loaded} quarantined={rows_quarantined}")
         }
+        Event::RunAbandoned {
+            run_id,
+            rows_in,
+            rows_loaded,
+            rows_quarantined,
+        } => format!(
+            "run {run_id} given up; its committed batches stay: in={rows_in} loaded={rows_loaded} quarantined={rows_quarantined}"
+        ),
         Event::BatchCommitted {
             run_id,
             source,

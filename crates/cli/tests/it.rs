@@ -5057,6 +5057,23 @@ fn a_sink_of_other_columns_stops_the_run_saying_how_to_go_on() {
     assert_eq!(o.status.code(), Some(2), "another version of the spec");
     let out = run_ok(bin().arg("run").arg(&spec).arg("--abandon-unfinished"));
     assert_eq!(counts(&out), (1, 1, 0), "{out}");
+    // Giving the run up is in the ledger, with what it had committed (nothing), before the
+    // new run starts.
+    let home = dir.path().join(".sealtrail");
+    let shown = run_ok(bin().args(["ledger", "show", "--home"]).arg(&home));
+    let kinds: Vec<&str> = shown
+        .lines()
+        .map(|l| l.split_whitespace().nth(2).unwrap())
+        .collect();
+    let at = kinds.iter().position(|k| *k == "run_abandoned").unwrap();
+    assert_eq!(kinds[at + 1], "run_started", "{shown}");
+    let line = shown.lines().nth(at).unwrap();
+    assert!(
+        line.contains("given up; its committed batches stay: in=0 loaded=0 quarantined=0"),
+        "{shown}"
+    );
+    let v = run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
+    assert!(v.starts_with("verified:"), "{v}");
 }
 
 /// While a run of a pipeline goes on, another process's `run` of it is refused (exit 3, naming

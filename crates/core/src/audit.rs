@@ -67,6 +67,14 @@ pub enum AuditEvent {
         counts: Counts,
         at: String,
     },
+    /// An unfinished run was given up (`run --abandon-unfinished`): it will never resume; the
+    /// batches it committed (`counts`) stay loaded.
+    RunAbandoned {
+        run_id: RunId,
+        pipeline: String,
+        counts: Counts,
+        at: String,
+    },
 }
 
 /// What one batch wrote to one sink, as committed in the ledger.
@@ -85,7 +93,8 @@ impl AuditEvent {
             | AuditEvent::BatchCommitted { run_id, .. }
             | AuditEvent::RecordsQuarantined { run_id, .. }
             | AuditEvent::RunFailed { run_id, .. }
-            | AuditEvent::RunEnded { run_id, .. } => run_id,
+            | AuditEvent::RunEnded { run_id, .. }
+            | AuditEvent::RunAbandoned { run_id, .. } => run_id,
         }
     }
 }

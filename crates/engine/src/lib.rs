@@ -694,6 +694,15 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         })?;
     let (run_id, resumed) = match st.unfinished_run(&p.name).await? {
         Some(u) if opts.abandon_unfinished => {
+            // In the ledger first: a run is never given up without a trace of what it left.
+            opts.audit
+                .record(&AuditEvent::RunAbandoned {
+                    run_id: u.run_id.clone(),
+                    pipeline: p.name.clone(),
+                    counts: st.totals(&u.run_id, None).await?,
+                    at: now(),
+                })
+                .map_err(Error::Audit)?;
             st.abandon(&u.run_id).await?;
             (None, false)
         }

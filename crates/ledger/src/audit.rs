@@ -99,6 +99,12 @@ pub fn to_event(e: &AuditEvent) -> Event {
             rows_loaded: counts.rows_loaded,
             rows_quarantined: counts.rows_quarantined,
         },
+        AuditEvent::RunAbandoned { run_id, counts, .. } => Event::RunAbandoned {
+            run_id: run_id.to_string(),
+            rows_in: counts.rows_in,
+            rows_loaded: counts.rows_loaded,
+            rows_quarantined: counts.rows_quarantined,
+        },
     }
 }
 

@@ -116,6 +116,14 @@ pub enum Event {
         action: String,
         actor: Hash,
     },
+    /// 14: an unfinished run was given up (`--abandon-unfinished`): it never resumes; the
+    /// records its committed batches hold (these counts) stay loaded.
+    RunAbandoned {
+        run_id: String,
+        rows_in: u64,
+        rows_loaded: u64,
+        rows_quarantined: u64,
+    },
 }
 
 impl Event {
@@ -134,6 +142,7 @@ impl Event {
             Event::Erasure { .. } => 11,
             Event::Recovery { .. } => 12,
             Event::OutputsRevised { .. } => 13,
+            Event::RunAbandoned { .. } => 14,
         }
     }
 
@@ -150,14 +159,15 @@ impl Event {
             | Event::BatchCommitted { run_id, .. }
             | Event::RecordsQuarantined { run_id, .. }
             | Event::RunFailed { run_id, .. }
-            | Event::OutputsRevised { run_id, .. } => Some(run_id),
+            | Event::OutputsRevised { run_id, .. }
+            | Event::RunAbandoned { run_id, .. } => Some(run_id),
             _ => None,
         }
     }
 }
 
 /// Every entry kind, in order.
-pub const KINDS: std::ops::RangeInclusive<u8> = 1..=13;
+pub const KINDS: std::ops::RangeInclusive<u8> = 1..=14;
 
 pub fn kind_name(kind: u8) -> Option<&'static str> {
     Some(match kind {
@@ -174,6 +184,7 @@ pub fn kind_name(kind: u8) -> Option<&'static str> {
         11 => "erasure",
         12 => "recovery",
         13 => "outputs_revised",
+        14 => "run_abandoned",
         _ => return None,
     })
 }
@@ -452,6 +463,17 @@ impl Entry {
                 w.str(action);
                 w.hash(actor);
             }
+            Event::RunAbandoned {
+                run_id,
+                rows_in,
+                rows_loaded,
+                rows_quarantined,
+            } => {
+                w.str(run_id);
+                w.u64(*rows_in);
+                w.u64(*rows_loaded);
+                w.u64(*rows_quarantined);
+            }
         }
         w.0
     }
@@ -573,6 +595,12 @@ impl Entry {
                 action: r.str()?,
                 actor: r.hash()?,
             },
+            14 => Event::RunAbandoned {
+                run_id: r.str()?,
+                rows_in: r.u64()?,
+                rows_loaded: r.u64()?,
+                rows_quarantined: r.u64()?,
+            },
             k => return Err(DecodeError::Kind(k)),
         };
         if !r.0.is_empty() {
@@ -677,6 +705,12 @@ mod tests {
                 new_root: [11; 32],
                 action: "reencrypt".into(),
                 actor: [12; 32],
+            },
+            Event::RunAbandoned {
+                run_id: "r0".into(),
+                rows_in: 5,
+                rows_loaded: 4,
+                rows_quarantined: 1,
             },
         ]
     }
