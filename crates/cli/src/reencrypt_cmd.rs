@@ -34,8 +34,9 @@ pub struct ReencryptArgs {
     /// The sink (a Parquet sink) whose files to rewrite.
     #[arg(long)]
     pub sink: String,
-    /// The encrypted column(s).
-    #[arg(long, required = true, num_args = 1..)]
+    /// The encrypted column(s) (default: every column of the sink that an `encrypt` policy
+    /// makes and the transforms pass on under its name).
+    #[arg(long, num_args = 1..)]
     pub column: Vec<String>,
     /// Who is re-encrypting (recorded in the ledger as a SHA-256 of the name; default `$USER`).
     #[arg(long)]
@@ -55,6 +56,17 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             "sink `{}` is not a Parquet sink: `keys reencrypt` rewrites the files of Parquet sinks only (a Delta or PostgreSQL sink's rows stay under the key version they were written with, which `decrypt` still reads)",
             a.sink
         );
+    }
+    let mut a = a;
+    if a.column.is_empty() {
+        a.column = encrypted_columns(&p, sk).await?;
+        if a.column.is_empty() {
+            outln!(
+                "nothing to re-encrypt: no column of sink `{}` comes from an `encrypt` policy under its own name (name them with --column)",
+                a.sink
+            );
+            return Ok(0);
+        }
     }
     for c in &a.column {
         if c == sealtrail_engine::custody::ID_COLUMN {
@@ -256,6 +268,42 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         );
     }
     Ok(0)
+}
+
+/// The columns of `sink` that an `encrypt` policy makes and every transform passes on under
+/// the same name (by the column lineage of the SQL plans, as `lineage` shows it).
+async fn encrypted_columns(
+    p: &sealtrail_spec::Pipeline,
+    sink: &sealtrail_spec::Sink,
+) -> Result<Vec<String>> {
+    let (planned, diags) = sealtrail_engine::check_with(p, &Default::default()).await;
+    if !diags.is_empty() {
+        bail!(
+            "the spec does not check ({} problem(s)): run `sealtrail check`, or name the columns with --column",
+            diags.len()
+        );
+    }
+    let Some(pl) = planned.get(&sink.root_source) else {
+        return Ok(Vec::new());
+    };
+    let Some(schema) = pl.transforms.schema_of(&sink.from) else {
+        return Ok(Vec::new());
+    };
+    Ok(schema
+        .fields()
+        .iter()
+        .filter(|f| {
+            let from = sealtrail_engine::trace_all(
+                &sink.root_source,
+                &pl.resolution.states,
+                &pl.transforms,
+                &sink.from,
+                f.name(),
+            );
+            matches!(from.as_slice(), [(_, st)] if st.protected_by == Some("encrypt") && st.name == *f.name())
+        })
+        .map(|f| f.name().clone())
+        .collect())
 }
 
 fn read(f: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
