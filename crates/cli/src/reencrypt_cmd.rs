@@ -15,7 +15,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, AsArray, RecordBatch, StringBuilder};
 use arrow::datatypes::SchemaRef;
 use sealtrail_engine::custody::{CustodyView, RowFormat, RowHasher};
-use sealtrail_engine::state::StateStore;
+use sealtrail_engine::state::{CustodyRef, StateStore};
 use sealtrail_ledger::entry::{Event, Hash};
 use sealtrail_ledger::merkle;
 use sealtrail_protect::keyring::{Keyring, Purpose};
@@ -51,12 +51,16 @@ pub struct ReencryptArgs {
 pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Result<i32> {
     let p = sealtrail_spec::load(&a.spec)?;
     let sk = find_sink(&p, &a.sink)?;
-    if !matches!(sk.target, Target::Parquet { .. }) {
-        bail!(
-            "sink `{}` is not a Parquet sink: `keys reencrypt` rewrites the files of Parquet sinks only (a Delta or PostgreSQL sink's rows stay under the key version they were written with, which `decrypt` still reads)",
+    let place = match &sk.target {
+        Target::Parquet { .. } => Place::Parquet,
+        Target::Delta { uri } if !uri.contains("://") => Place::Delta {
+            dir: std::path::absolute(uri)?,
+        },
+        _ => bail!(
+            "sink `{}` is not a Parquet sink or a local Delta table: `keys reencrypt` rewrites those only (the rows of a PostgreSQL table or an S3 Delta table stay under the key version they were written with, which `decrypt` still reads)",
             a.sink
-        );
-    }
+        ),
+    };
     let mut a = a;
     if a.column.is_empty() {
         a.column = encrypted_columns(&p, sk).await?;
@@ -151,15 +155,15 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             ),
         };
         let delivered: Vec<Hash> = (0..s.len()).map(|j| s.row(j).1).collect();
-        let pending = pending_name(&file);
         let (schema, batches) = read(&file)?;
         if commitments(&batches, c.row_format(), &file)? != delivered {
             // A rewrite recorded in the ledger and the state store but not yet put in place
             // (the command was interrupted): its file is complete; finish it.
-            if pending.exists()
-                && commitments(&read(&pending)?.1, c.row_format(), &pending)? == delivered
+            let recorded = place.pending(&file, &r, revisions.len());
+            if recorded.exists()
+                && commitments(&read(&recorded)?.1, c.row_format(), &recorded)? == delivered
             {
-                put_in_place(&pending, &file)?;
+                place.put(&recorded, &file, &r).await?;
                 finished += 1;
                 continue;
             }
@@ -174,6 +178,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             return Ok(TAMPERED);
         }
         // A rewrite never recorded (interrupted before its ledger entry) is dropped.
+        let pending = place.pending(&file, &r, revisions.len() + 1);
         if pending.exists() {
             std::fs::remove_file(&pending)
                 .with_context(|| format!("removing {}", pending.display()))?;
@@ -192,19 +197,19 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             row.1 = h;
         }
         let new_root = revised.seal().outputs[si];
-        // The new file first (complete and on disk, under a hidden name), then the ledger
-        // entry, then the state store, then the file in place: an interruption anywhere
-        // leaves either the old file under its old root or a finished rewrite to put in place.
+        // The new file first (complete and on disk, under a name no reader reads), then the
+        // ledger entry, then the state store, then the file in place: an interruption
+        // anywhere leaves either the old file under its old root or a finished rewrite to put
+        // in place.
         sealtrail_connectors::sink::write_parquet_file(&pending, &schema, &out)
             .with_context(|| format!("writing {}", pending.display()))?;
-        if log.is_none() {
-            log = Some(
+        sync_dir(&pending)?;
+        let w = match log.as_mut() {
+            Some(w) => w,
+            None => log.insert(
                 ledger_cmd::open_writer(&home, la, sealtrail_ledger::log::OpenMode::FailClosed)
                     .context("opening the ledger to record the re-encryption")?,
-            );
-        }
-        let Some(w) = log.as_mut() else {
-            unreachable!("opened above")
+            ),
         };
         let seq = w
             .append(vec![Event::OutputsRevised {
@@ -222,7 +227,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             .first_seq;
         st.add_revision(&r, &a.sink, seq, &revised.encode()).await?;
         sealtrail_engine::debug_panic_in("reencrypt", rewritten as u64);
-        put_in_place(&pending, &file)?;
+        place.put(&pending, &file, &r).await?;
         rewritten += 1;
         values += changed;
     }
@@ -311,18 +316,68 @@ fn read(f: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         .with_context(|| format!("reading {}", f.display()))
 }
 
-/// The hidden name a file's rewrite is written under until it is put in place.
-fn pending_name(f: &Path) -> PathBuf {
-    let name = f
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    f.with_file_name(format!(".{name}.reencrypt"))
+/// How a sink's batch file is replaced.
+enum Place {
+    /// A Parquet folder: the new file is renamed over the old one.
+    Parquet,
+    /// A local Delta table: one commit removes the old file and adds the new one.
+    Delta { dir: PathBuf },
 }
 
-fn put_in_place(pending: &Path, file: &Path) -> Result<()> {
-    std::fs::rename(pending, file).with_context(|| format!("replacing {}", file.display()))?;
-    let dir = file.parent().unwrap_or(Path::new("."));
+impl Place {
+    /// The name batch `r`'s rewrite as revision `n` of the batch is written under until it is
+    /// put in place: a hidden name in a Parquet folder, a file of no commit in a Delta table
+    /// (readers see only the files the log names).
+    fn pending(&self, file: &Path, r: &CustodyRef, n: usize) -> PathBuf {
+        match self {
+            Place::Parquet => {
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                file.with_file_name(format!(".{name}.reencrypt"))
+            }
+            Place::Delta { dir } => dir.join(format!(
+                "part-sealtrail-{}-{}-{}-r{n}.zstd.parquet",
+                r.run_id, r.source, r.batch
+            )),
+        }
+    }
+
+    /// Puts `pending` in the place of `file`, durably.
+    async fn put(&self, pending: &Path, file: &Path, r: &CustodyRef) -> Result<()> {
+        match self {
+            Place::Parquet => {
+                std::fs::rename(pending, file)
+                    .with_context(|| format!("replacing {}", file.display()))?;
+                sync_dir(file)
+            }
+            Place::Delta { dir } => {
+                let size = std::fs::metadata(pending)?.len();
+                let key = sealtrail_connectors::sink::CommitKey {
+                    pipeline: r.pipeline.clone(),
+                    run_id: r.run_id.clone(),
+                    source: r.source.clone(),
+                    batch: r.batch,
+                };
+                sealtrail_connectors::sink::delta_replace_file(
+                    dir,
+                    file,
+                    pending,
+                    size,
+                    &key.app_id(),
+                    r.batch as i64,
+                )
+                .await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Syncs the folder holding `f` (its entry for `f` is then on disk).
+fn sync_dir(f: &Path) -> Result<()> {
+    let dir = f.parent().unwrap_or(Path::new("."));
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))

@@ -466,6 +466,73 @@ pub fn write_parquet_file(
     file.sync_all()
 }
 
+/// Replaces data file `old` of the local Delta table in folder `dir` with `new`, a complete
+/// Parquet file of `size` bytes already written into that folder (not yet in any commit, so
+/// no reader sees it), in one commit that removes the one and adds the other under the
+/// application transaction `app_id` at `version`, so the log still names the batch each file
+/// holds. The old file stays in the table's history (time travel) until a VACUUM removes it.
+pub async fn delta_replace_file(
+    dir: &Path,
+    old: &Path,
+    new: &Path,
+    size: u64,
+    app_id: &str,
+    version: i64,
+) -> Result<()> {
+    use deltalake::kernel::transaction::CommitBuilder;
+    use deltalake::kernel::{Action, Add, Remove};
+    let err = |e: String| Error::Sink {
+        sink: dir.display().to_string(),
+        reason: e,
+    };
+    let rel = |f: &Path| -> Result<String> {
+        let r = f
+            .strip_prefix(dir)
+            .map_err(|_| err(format!("{} is not inside the table", f.display())))?;
+        r.to_str()
+            .map(|s| s.replace(std::path::MAIN_SEPARATOR, "/"))
+            .ok_or_else(|| err(format!("{} is not a UTF-8 path", f.display())))
+    };
+    let url =
+        url::Url::from_directory_path(std::path::absolute(dir).map_err(|e| err(e.to_string()))?)
+            .map_err(|_| err(format!("bad table path {}", dir.display())))?;
+    let table = deltalake::open_table(url)
+        .await
+        .map_err(|e| err(format!("cannot open the Delta table: {e}")))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let actions = vec![
+        Action::Remove(Remove {
+            path: rel(old)?,
+            data_change: true,
+            deletion_timestamp: Some(now),
+            extended_file_metadata: Some(false),
+            ..Default::default()
+        }),
+        Action::Add(Add {
+            path: rel(new)?,
+            size: size as i64,
+            modification_time: now,
+            data_change: true,
+            ..Default::default()
+        }),
+    ];
+    let props =
+        CommitProperties::default().with_application_transaction(Transaction::new(app_id, version));
+    let snapshot = table.snapshot().map_err(|e| err(e.to_string()))?;
+    CommitBuilder::from(props)
+        .with_actions(actions)
+        .build(
+            Some(snapshot),
+            table.log_store(),
+            deltalake::protocol::DeltaOperation::Update { predicate: None },
+        )
+        .await
+        .map_err(|e| err(format!("committing the rewritten file: {e}")))?;
+    Ok(())
+}
+
 /// The data files that make up a sink's table now: a Parquet sink's part files, or the files
 /// of a Delta table's current snapshot. For reading back what was delivered (`prove`,
 /// `audit`); PostgreSQL sinks are read with SQL instead ([`crate::pg::PgTable`]).
