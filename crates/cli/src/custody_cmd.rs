@@ -10,7 +10,7 @@ use sealtrail_engine::custody::{self, CustodyView, GROUP, RowFormat, RowHasher, 
 use sealtrail_engine::state::{CustodyRef, StateStore};
 use sealtrail_ledger::custody::{
     BUNDLE_FORMAT, BUNDLE_FORMAT_V1, Bundle, ChunkedTree, Contributor, EntryProof, GROUP_ID_PREFIX,
-    ID_COLUMN, Inclusion, RowProof, commitment, inclusions,
+    ID_COLUMN, Inclusion, RowProof, RowsState, commitment, inclusions,
 };
 use sealtrail_ledger::entry::{Entry, Event, Hash};
 use sealtrail_ledger::merkle;
@@ -98,36 +98,24 @@ impl<'a> Signed<'a> {
         let Some(o) = outputs.into_iter().find(|o| o.sink == sink) else {
             return Some(None);
         };
-        let mut now = SinkState {
+        let mut now = RowsState {
             rows: o.rows,
             root: o.root,
-            revisions: Vec::new(),
+            after: r.ledger_seq?,
         };
-        let mut after = r.ledger_seq?;
+        let mut seqs = Vec::new();
         for (_, seq) in revisions.iter().filter(|(s, _)| s == sink) {
-            let Event::OutputsRevised {
-                run_id,
-                source,
-                batch,
-                sink: revised,
-                rows,
-                old_root,
-                new_root,
-                ..
-            } = self.entry(*seq)?.event
-            else {
-                return None;
-            };
-            let same = (run_id.as_str(), source.as_str(), batch, revised.as_str())
-                == (r.run_id.as_str(), r.source.as_str(), r.batch, sink);
-            if !same || *seq <= after || rows != now.rows || !merkle::ct_eq(&old_root, &now.root) {
-                return None;
-            }
-            now.root = new_root;
-            now.revisions.push(*seq);
-            after = *seq;
+            let e = self.entry(*seq)?;
+            now = now
+                .revised(&e, (&r.run_id, &r.source, r.batch, sink))
+                .ok()?;
+            seqs.push(*seq);
         }
-        Some(Some(now))
+        Some(Some(SinkState {
+            rows: now.rows,
+            root: now.root,
+            revisions: seqs,
+        }))
     }
 
     /// The inclusion proof of entry `seq`, as a bundle carries it.

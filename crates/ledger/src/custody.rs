@@ -433,41 +433,18 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
     }
     // Rows rewritten in place since: each revision names this batch and sink, keeps the row
     // count and replaces the root in force.
-    let (mut root, mut after) = (sink.root, entry.seq);
+    let mut state = RowsState {
+        rows: sink.rows,
+        root: sink.root,
+        after: entry.seq,
+    };
     for (i, ep) in b.revisions.iter().enumerate() {
         let e = included(ep, &cp)?;
-        let wrong = |why: String| BundleError::Revision(i + 1, why);
-        let Event::OutputsRevised {
-            run_id,
-            source,
-            batch,
-            sink: revised,
-            rows,
-            old_root,
-            new_root,
-            ..
-        } = &e.event
-        else {
-            return Err(wrong(format!(
-                "entry {} is a {} entry",
-                e.seq,
-                e.event.name()
-            )));
-        };
-        if (run_id, source, *batch, revised) != (&b.run_id, &b.source, b.batch, &sink.sink) {
-            return Err(wrong(format!(
-                "entry {} revises run {run_id} source {source} batch {batch} sink `{revised}`",
-                e.seq
-            )));
-        }
-        if e.seq <= after || *rows != sink.rows || !merkle::ct_eq(old_root, &root) {
-            return Err(wrong(format!(
-                "entry {} does not follow the root in force before it",
-                e.seq
-            )));
-        }
-        (root, after) = (*new_root, e.seq);
+        state = state
+            .revised(&e, (&b.run_id, &b.source, b.batch, &sink.sink))
+            .map_err(|why| BundleError::Revision(i + 1, why))?;
     }
+    let root = state.root;
     merkle::verify_inclusion(
         b.output.inclusion.index,
         b.output.inclusion.size,
@@ -487,6 +464,61 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
         time_micros: entry.time_micros,
         revisions: b.revisions.iter().map(|r| r.index).collect(),
     })
+}
+
+/// A batch's rows in one sink as the ledger leaves them after some of its entries: the row
+/// count and root of its `batch_committed` entry, then of each `outputs_revised` entry that
+/// follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowsState {
+    pub rows: u64,
+    /// The root in force.
+    pub root: Hash,
+    /// The sequence number of the entry that set it.
+    pub after: u64,
+}
+
+impl RowsState {
+    /// The state after revision entry `e` of the rows of (run, source, batch, sink), or why
+    /// `e` is not such a revision: it must be an `outputs_revised` entry of that batch and
+    /// sink, later than the entry in force, of the same row count, starting from the root in
+    /// force.
+    pub fn revised(
+        self,
+        e: &Entry,
+        (run, src, at, sink): (&str, &str, u64, &str),
+    ) -> Result<Self, String> {
+        let Event::OutputsRevised {
+            run_id,
+            source,
+            batch,
+            sink: revised,
+            rows,
+            old_root,
+            new_root,
+            ..
+        } = &e.event
+        else {
+            return Err(format!("entry {} is a {} entry", e.seq, e.event.name()));
+        };
+        if (run_id.as_str(), source.as_str(), *batch, revised.as_str()) != (run, src, at, sink) {
+            return Err(format!(
+                "entry {} revises run {run_id} source {source} batch {batch} sink `{revised}`",
+                e.seq
+            ));
+        }
+        if e.seq <= self.after || *rows != self.rows || !merkle::ct_eq(old_root, &self.root) {
+            return Err(format!(
+                "entry {} does not follow the root in force before it",
+                e.seq
+            ));
+        }
+        Ok(Self {
+            rows: self.rows,
+            root: *new_root,
+            after: e.seq,
+        })
+    }
 }
 
 /// The entry `ep` carries, checked to be entry `ep.index` of the checkpoint's tree.

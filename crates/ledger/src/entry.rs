@@ -331,6 +331,12 @@ impl Entry {
                 rows_in,
                 rows_loaded,
                 rows_quarantined,
+            }
+            | Event::RunAbandoned {
+                run_id,
+                rows_in,
+                rows_loaded,
+                rows_quarantined,
             } => {
                 w.str(run_id);
                 w.u64(*rows_in);
@@ -462,17 +468,6 @@ impl Entry {
                 w.hash(new_root);
                 w.str(action);
                 w.hash(actor);
-            }
-            Event::RunAbandoned {
-                run_id,
-                rows_in,
-                rows_loaded,
-                rows_quarantined,
-            } => {
-                w.str(run_id);
-                w.u64(*rows_in);
-                w.u64(*rows_loaded);
-                w.u64(*rows_quarantined);
             }
         }
         w.0
