@@ -766,6 +766,12 @@ async fn run_pipeline(
     openlineage: Option<&str>,
     row_format: RowFormat,
 ) -> Result<RunReport> {
+    // A spec that does not check touches nothing: no ledger, keyring or master key is made
+    // for it (the engine checks it again, as every run must).
+    let diags = sealtrail_engine::check(p).await;
+    if !diags.is_empty() {
+        return Err(sealtrail_engine::Error::Spec(sealtrail_spec::Error::Invalid(diags)).into());
+    }
     // Every audit event goes to the ledger, durably and signed, before the run goes on.
     let log = ledger_cmd::open_writer(home, ledger, sealtrail_ledger::log::OpenMode::FailClosed)
         .with_context(|| match &ledger.ledger_url {

@@ -717,6 +717,12 @@ fn spec_errors_are_reported_all_at_once_with_locations() {
             "trades.yaml:",
         ],
     );
+    // `run` of a spec that does not check writes nothing: no ledger, keyring or master key is
+    // made for it (a keyring made under one master key traps the next run without it).
+    std::fs::write(&spec, text.replace("FROM trades", "FROM trade")).unwrap();
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!dir.path().join(".sealtrail").exists());
     // A typo in a key is an error too, with its line; every one of them at once, with what
     // was meant, and the other errors of the spec with them.
     let typos = text
