@@ -109,7 +109,8 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
     let files = sealtrail_connectors::sink::sink_files(&sk.name, &sk.target).await?;
     let (who, actor) = actor(&a.by);
     let mut log = None;
-    let mut old_ids = BTreeSet::new();
+    // Old key versions already named by a `key_event` of this command.
+    let mut recorded_ids = BTreeSet::new();
     let (mut rewritten, mut values, mut finished, mut missing) = (0usize, 0u64, 0usize, 0usize);
     for r in st.custody_index(&p.name, None).await? {
         let revisions = st.revisions(&r).await?;
@@ -183,6 +184,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             std::fs::remove_file(&pending)
                 .with_context(|| format!("removing {}", pending.display()))?;
         }
+        let mut old_ids = BTreeSet::new();
         let (out, changed) =
             reencrypt_batches(&mut ring, &schema, batches, &a.column, &file, &mut old_ids)?;
         if changed == 0 {
@@ -211,18 +213,31 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
                     .context("opening the ledger to record the re-encryption")?,
             ),
         };
+        // The revision, and a `key_event` for each old key version it is the first to retire
+        // (so a run stopped by a later file still left every retirement recorded).
+        let mut events = vec![Event::OutputsRevised {
+            run_id: r.run_id.clone(),
+            source: r.source.clone(),
+            batch: r.batch,
+            sink: a.sink.clone(),
+            rows: now.rows,
+            old_root: now.root,
+            new_root,
+            action: "reencrypt".into(),
+            actor,
+        }];
+        for id in old_ids {
+            if !recorded_ids.contains(&id) {
+                events.push(Event::KeyEvent {
+                    key_id: id.clone(),
+                    action: "reencrypt".into(),
+                    actor,
+                });
+                recorded_ids.insert(id);
+            }
+        }
         let seq = w
-            .append(vec![Event::OutputsRevised {
-                run_id: r.run_id.clone(),
-                source: r.source.clone(),
-                batch: r.batch,
-                sink: a.sink.clone(),
-                rows: now.rows,
-                old_root: now.root,
-                new_root,
-                action: "reencrypt".into(),
-                actor,
-            }])
+            .append(events)
             .map_err(|e| anyhow!("recording in the ledger: {e}"))?
             .first_seq;
         st.add_revision(&r, &a.sink, seq, &revised.encode()).await?;
@@ -230,26 +245,6 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         place.put(&pending, &file, &r).await?;
         rewritten += 1;
         values += changed;
-    }
-    if !old_ids.is_empty() {
-        let events = old_ids
-            .iter()
-            .map(|id| Event::KeyEvent {
-                key_id: id.clone(),
-                action: "reencrypt".into(),
-                actor,
-            })
-            .collect();
-        let w = match log.as_mut() {
-            Some(w) => w,
-            None => log.insert(ledger_cmd::open_writer(
-                &home,
-                la,
-                sealtrail_ledger::log::OpenMode::FailClosed,
-            )?),
-        };
-        w.append(events)
-            .map_err(|e| anyhow!("recording in the ledger: {e}"))?;
     }
     if rewritten == 0 {
         outln!(
