@@ -1,5 +1,6 @@
-//! `sealtrail keys reencrypt`: a Parquet sink's ciphertexts rewritten under the active
-//! versions of their keys (after `keys rotate`), one batch file at a time.
+//! `sealtrail keys reencrypt`: a Parquet sink's or a local Delta table's ciphertexts
+//! rewritten under the active versions of their keys (after `keys rotate`), one batch file at
+//! a time.
 //!
 //! Rewriting a delivered file changes its rows' bytes, which is exactly what `audit` and
 //! `prove` exist to detect. So each rewrite is a recorded revision of the batch's rows in the
@@ -31,7 +32,7 @@ const TAMPERED: i32 = 4;
 pub struct ReencryptArgs {
     /// The pipeline spec that delivers the sink.
     pub spec: PathBuf,
-    /// The sink (a Parquet sink) whose files to rewrite.
+    /// The sink (a Parquet sink or a local Delta table) whose files to rewrite.
     #[arg(long)]
     pub sink: String,
     /// The encrypted column(s) (default: every column of the sink that an `encrypt` policy
