@@ -2396,6 +2396,38 @@ DELETE FROM {ns}.shared WHERE id = 9"
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// A source that is not incremental loads its files on every run: the second run of an
+/// unchanged file says that it adds the file's records to the sinks once more, and how to load
+/// only new files; a changed file is new, and is loaded without the warning.
+#[test]
+fn a_file_loaded_again_by_a_source_that_is_not_incremental_is_pointed_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    std::fs::write(&input, "id,note\n1,first\n").unwrap();
+    let spec = dir.path().join("p.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: again\nsources:\n  s:\n    csv: { path: in.csv }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: note, class: none }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    let warned = |o: &std::process::Output| {
+        String::from_utf8_lossy(&o.stderr).contains(
+            "1 of the source's 1 file(s) were loaded by an earlier run and are loaded again",
+        )
+    };
+    let first = bin().arg("run").arg(&spec).output().unwrap();
+    assert!(first.status.success() && !warned(&first));
+    let again = bin().arg("run").arg(&spec).output().unwrap();
+    assert!(again.status.success() && warned(&again), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stderr)
+            .contains("`incremental: true` loads only files not loaded before")
+    );
+    std::fs::write(&input, "id,note\n1,changed\n").unwrap();
+    let changed = bin().arg("run").arg(&spec).output().unwrap();
+    assert!(changed.status.success() && !warned(&changed), "{changed:?}");
+}
+
 /// A file read again by a later run keeps its records' lineage ids: `prove --id` proves the
 /// newest delivery and says that there are others, `--run` proves another, and `verify-proof`
 /// checks each bundle against its own batch's row (the other delivery is not a duplicate).

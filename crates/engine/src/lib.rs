@@ -551,6 +551,8 @@ async fn choose_inputs(
         };
         use sealtrail_connectors::files as fs;
         let mut chosen = Vec::new();
+        // Unchanged files of a source that is not incremental, which earlier runs loaded.
+        let mut reloaded = 0usize;
         let header = matches!(&s.connector, SourceConnector::Csv(o) if o.header);
         for path in fs::list(&files.pattern)? {
             let fingerprint = fs::fingerprint(&path)?;
@@ -590,6 +592,8 @@ async fn choose_inputs(
                     continue;
                 }
                 content = Some((name, digest));
+            } else if st.is_loaded(&p.name, &s.name, &fingerprint).await? {
+                reloaded += 1;
             }
             if header && std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
                 tracing::warn!(
@@ -603,6 +607,13 @@ async fn choose_inputs(
                 fingerprint,
                 content,
             });
+        }
+        if reloaded > 0 {
+            tracing::warn!(
+                source = %s.name,
+                "{reloaded} of the source's {} file(s) were loaded by an earlier run and are loaded again, their records added to the sinks once more: the source is not incremental (`incremental: true` loads only files not loaded before)",
+                chosen.len()
+            );
         }
         out.push((s.name.clone(), chosen));
     }
