@@ -2332,6 +2332,19 @@ pub async fn lineage(
             p.name
         );
     }
+    // Quarantined records repaired and replayed (`quarantine replay` with the origins file of
+    // `quarantine show --out`), either way round.
+    for (run, replayed, original, seq) in st.repairs_of(id).await? {
+        if replayed == id {
+            outln!(
+                "  repairs quarantined record {original} (replay run {run}, ledger entry {seq}): `sealtrail lineage --id {original}` shows where it was quarantined"
+            );
+        } else {
+            outln!(
+                "  repaired, and replayed as record {replayed} by run {run} (ledger entry {seq})"
+            );
+        }
+    }
     Ok(0)
 }
 

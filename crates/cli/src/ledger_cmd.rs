@@ -782,6 +782,10 @@ fn describe(e: &Entry) -> String {
             "key {key_id} {action} by actor {}",
             &hex::encode(actor)[..16]
         ),
+        Event::RecordsRepaired { run_id, pairs } => format!(
+            "run {run_id}: {} replayed record(s) repair quarantined ones",
+            pairs.len()
+        ),
         Event::OutputsRevised {
             run_id,
             source,

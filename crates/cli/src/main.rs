@@ -610,6 +610,13 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 let _ = std::fs::remove_dir_all(work);
             }
             print_report(&report);
+            let linked =
+                link_repairs(&p, &source, &file, &report.run_id, &home, &ledger, &url).await?;
+            if let Some(n) = linked {
+                outln!(
+                    "  repairs        {n} quarantined record(s), each linked to its replayed record in the ledger (`sealtrail lineage --id`)"
+                );
+            }
             Ok(())
         }
         Cmd::Quarantine { home, ledger, cmd } => protect_cmd::quarantine(
@@ -624,6 +631,100 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Links the records replay run `run` loaded from `file` to the quarantined records they
+/// repair, from `FILE.origins` (written by `quarantine show --out`): `records_repaired`
+/// ledger entries of at most ~32 KB of ids each, and the pairs in the state store. `None` without an origins
+/// file, or (with a warning) when it does not describe the file's records.
+async fn link_repairs(
+    p: &sealtrail_spec::Pipeline,
+    source: &str,
+    file: &Path,
+    run: &sealtrail_core::RunId,
+    home: &Path,
+    ledger: &ledger_cmd::LedgerArgs,
+    url: &str,
+) -> Result<Option<usize>> {
+    let side = protect_cmd::origins_path(file);
+    let origins: protect_cmd::Origins = match std::fs::read(&side) {
+        Ok(b) => serde_json::from_slice(&b)
+            .with_context(|| format!("{} is not an origins file", side.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", side.display())),
+    };
+    let Some(connector) = p
+        .sources
+        .iter()
+        .find(|s| s.name == source)
+        .map(|s| &s.connector)
+    else {
+        return Ok(None);
+    };
+    let originals: Option<Vec<String>> = (origins.format == protect_cmd::ORIGINS_FORMAT)
+        .then(|| {
+            origins
+                .records
+                .iter()
+                .map(|o| {
+                    (o.source == source)
+                        .then(|| o.lineage_id(connector))
+                        .flatten()
+                })
+                .collect()
+        })
+        .flatten();
+    // The replay run's records, in order: its batches' input ids.
+    let st = sealtrail_engine::state::StateStore::open(url).await?;
+    let mut refs: Vec<_> = st
+        .custody_index(&p.name, None)
+        .await?
+        .into_iter()
+        .filter(|r| r.run_id == run.as_str())
+        .collect();
+    refs.sort_by_key(|r| r.batch);
+    let mut replayed = Vec::new();
+    for r in &refs {
+        let record = st.custody(r).await?;
+        let c = sealtrail_engine::custody::CustodyView::parse(&record)
+            .ok_or_else(|| anyhow::anyhow!("the custody record of batch {} is damaged", r.batch))?;
+        replayed.extend((0..c.inputs()).map(|i| c.input(i).0.to_string()));
+    }
+    let Some(originals) = originals.filter(|o| o.len() == replayed.len()) else {
+        eprintln!(
+            "warning: {} does not describe the {} record(s) replayed from {} (records were added or removed, or it is of another source): the replayed records are not linked to the quarantined ones",
+            side.display(),
+            replayed.len(),
+            file.display()
+        );
+        return Ok(None);
+    };
+    let pairs: Vec<(String, String)> = replayed.into_iter().zip(originals).collect();
+    let mut log =
+        ledger_cmd::open_writer(home, ledger, sealtrail_ledger::log::OpenMode::FailClosed)
+            .context("opening the ledger to record the repairs")?;
+    // Entries stay far below the ledger's 64 KiB (ids ending in long keys included).
+    let mut chunks: Vec<&[(String, String)]> = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (a, b)) in pairs.iter().enumerate() {
+        if bytes + a.len() + b.len() + 8 > 32 * 1024 && i > start {
+            chunks.push(&pairs[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += a.len() + b.len() + 8;
+    }
+    chunks.push(&pairs[start..]);
+    for chunk in chunks {
+        let seq = log
+            .append(vec![sealtrail_ledger::entry::Event::RecordsRepaired {
+                run_id: run.to_string(),
+                pairs: chunk.to_vec(),
+            }])
+            .map_err(|e| anyhow::anyhow!("recording in the ledger: {e}"))?
+            .first_seq;
+        st.add_repairs(run.as_str(), chunk, seq).await?;
+    }
+    Ok(Some(pairs.len()))
 }
 
 /// How `check` prints what it finds.

@@ -446,6 +446,8 @@ pub enum QuarantineCmd {
 }
 
 struct QRow {
+    run_id: String,
+    source: String,
     input: String,
     line: Option<i64>,
     row: Option<i64>,
@@ -486,6 +488,8 @@ fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
                     .cloned()
                     .ok_or_else(|| not_quarantine(n))
             };
+            let run_id = text("run_id")?;
+            let source = text("source")?;
             let input = text("input")?;
             let line = col("line")?
                 .as_primitive_opt::<arrow::datatypes::Int64Type>()
@@ -505,6 +509,8 @@ fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
                 .ok_or_else(|| not_quarantine("raw"))?;
             for r in 0..b.num_rows() {
                 out.push(QRow {
+                    run_id: run_id.value(r).to_string(),
+                    source: source.value(r).to_string(),
                     input: input.value(r).to_string(),
                     line: arrow::array::Array::is_valid(&line, r).then(|| line.value(r)),
                     row: arrow::array::Array::is_valid(&row, r).then(|| row.value(r)),
@@ -612,6 +618,12 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
                 shown.len(),
             )?;
             if let Some(out) = out {
+                if origins_path(&out).exists() {
+                    bail!(
+                        "{} exists (from an earlier export): remove it, or export to another file",
+                        origins_path(&out).display()
+                    );
+                }
                 let mut o = std::fs::OpenOptions::new();
                 o.write(true).create_new(true);
                 #[cfg(unix)]
@@ -626,7 +638,42 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
                     std::io::Write::write_all(&mut f, plain)?;
                     std::io::Write::write_all(&mut f, &newline)?;
                 }
-                outln!("wrote {} raw record(s) to {}", shown.len(), out.display());
+                f.sync_all()?;
+                // Where each record was quarantined (positions, never content), so that a
+                // replay links each repaired record to the one it repairs.
+                let origins = Origins {
+                    format: ORIGINS_FORMAT.into(),
+                    records: shown
+                        .iter()
+                        .map(|(q, _)| Origin {
+                            run_id: q.run_id.clone(),
+                            source: q.source.clone(),
+                            input: q.input.clone(),
+                            line: q.line,
+                            row: q.row,
+                            key: q.key.clone(),
+                        })
+                        .collect(),
+                };
+                let side = origins_path(&out);
+                let created = sealtrail_core::secret::create_private_once(
+                    &side,
+                    serde_json::to_string_pretty(&origins)?.as_bytes(),
+                )
+                .with_context(|| format!("writing {}", side.display()))?;
+                if !created {
+                    bail!(
+                        "{} exists (from an earlier export): remove it and {}, then export again",
+                        side.display(),
+                        out.display()
+                    );
+                }
+                outln!(
+                    "wrote {} raw record(s) to {}, and where each was quarantined to {} (keep it beside the file: `quarantine replay` links each repaired record to the one it repairs)",
+                    shown.len(),
+                    out.display(),
+                    side.display()
+                );
                 return Ok(());
             }
             for (q, plain) in shown {
@@ -641,6 +688,53 @@ pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()
         }
     }
     Ok(())
+}
+
+/// What `quarantine show --out FILE` writes to `FILE.origins`: where each record of FILE was
+/// quarantined, in FILE's order. Positions only, never content.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct Origins {
+    pub format: String,
+    pub records: Vec<Origin>,
+}
+
+pub const ORIGINS_FORMAT: &str = "sealtrail-origins/1";
+
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct Origin {
+    pub run_id: String,
+    pub source: String,
+    pub input: String,
+    pub line: Option<i64>,
+    pub row: Option<i64>,
+    pub key: Option<String>,
+}
+
+/// The origins file beside repaired records `file`.
+pub fn origins_path(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".origins");
+    PathBuf::from(name)
+}
+
+impl Origin {
+    /// The lineage id the record had: its position in its input as its source reads it (a
+    /// line of a text file, a row of a Parquet file, a table row's key, or `#row` without one).
+    pub fn lineage_id(&self, connector: &sealtrail_spec::SourceConnector) -> Option<String> {
+        use sealtrail_core::record::PosKind;
+        use sealtrail_engine::custody::{input_key, record_id};
+        let k = input_key(&self.input);
+        Some(match connector {
+            sealtrail_spec::SourceConnector::Postgres(_) => match &self.key {
+                Some(key) => record_id(&self.source, &k, PosKind::Key, 0, Some(key)),
+                None => record_id(&self.source, &k, PosKind::Key, self.row? as u64, None),
+            },
+            sealtrail_spec::SourceConnector::Parquet(_) => {
+                record_id(&self.source, &k, PosKind::Row, self.row? as u64, None)
+            }
+            _ => record_id(&self.source, &k, PosKind::Line, self.line? as u64, None),
+        })
+    }
 }
 
 /// Where a quarantined record was: its line, its key, or `row N` (a Parquet row, or a table

@@ -4169,6 +4169,28 @@ open('{f}', 'w', encoding='utf-8').write(out.getvalue())
         "{out}"
     );
     assert!(out.contains("pipeline trades-replay"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "repairs        {} quarantined record(s), each linked",
+            lines.len()
+        )),
+        "{out}"
+    );
+    // The origins file beside the export: positions only, readable by its owner only.
+    let origins = std::fs::read_to_string(dir.path().join("fix.csv.origins")).unwrap();
+    assert!(
+        origins.contains("sealtrail-origins/1") && !origins.contains('@'),
+        "{origins}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("fix.csv.origins"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
     let access = run_ok(
         bin()
             .args(["ledger", "show", "--type", "data_access", "--home"])
@@ -4233,6 +4255,23 @@ open('{f}', 'w', encoding='utf-8').write(out.getvalue())
         l.contains("replayed repaired records (`quarantine replay`, pipeline `trades-replay`)"),
         "{l}"
     );
+    // Each way round: the replayed record names the quarantined one it repairs, and that one
+    // names its repair.
+    let original = l
+        .split("repairs quarantined record ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{l}"))
+        .to_string();
+    let o = run_ok(bin().arg("lineage").arg(&spec).args(["--id", &original]));
+    assert!(
+        o.contains("-> quarantined")
+            && o.contains(&format!(
+                "repaired, and replayed as record {}",
+                json["id"].as_str().unwrap()
+            )),
+        "{o}"
+    );
     // The same repaired records again are refused (they are loaded); `--again` loads them.
     let replay = || {
         let mut c = bin();
@@ -4252,6 +4291,12 @@ open('{f}', 'w', encoding='utf-8').write(out.getvalue())
     assert!(glob_files(&home.join("replay")).is_empty());
     let out = run_ok(replay().arg("--again"));
     assert_eq!(counts(&out).1, lines.len() as u64, "{out}");
+    let repaired = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "records_repaired", "--home"])
+            .arg(&home),
+    );
+    assert_eq!(repaired.lines().count(), 2, "{repaired}");
 }
 
 /// Chain of custody end to end: a row is proven and the bundle verifies offline; then one value

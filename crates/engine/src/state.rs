@@ -101,6 +101,9 @@ const SCHEMA: &[&str] = &[
     // `outputs_revised` ledger entry that carries the sink's new root. The newest revision is
     // the batch's record from then on; the original stays in `sealtrail_custody`.
     "CREATE TABLE IF NOT EXISTS sealtrail_custody_revisions (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, revision BIGINT NOT NULL, sink TEXT NOT NULL, ledger_seq BIGINT NOT NULL, data BYTEA NOT NULL, PRIMARY KEY (run_id, source, batch, revision))",
+    // Records a replay run (`quarantine replay`) loaded, and the quarantined records they
+    // repair, with the `records_repaired` ledger entry that holds the pair.
+    "CREATE TABLE IF NOT EXISTS sealtrail_repairs (run_id TEXT NOT NULL, replayed_id TEXT NOT NULL, original_id TEXT NOT NULL, ledger_seq BIGINT NOT NULL, PRIMARY KEY (run_id, replayed_id))",
     "CREATE TABLE IF NOT EXISTS sealtrail_classifications (pipeline TEXT NOT NULL, source TEXT NOT NULL, col TEXT NOT NULL, tag TEXT NOT NULL, kind TEXT, confidence DOUBLE PRECISION NOT NULL, evidence TEXT NOT NULL, run_id TEXT NOT NULL, classified_at TEXT NOT NULL, PRIMARY KEY (pipeline, source, col))",
 ];
 
@@ -339,6 +342,41 @@ impl StateStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| (r.get(0), r.get::<Option<String>, _>(1).unwrap_or_default())))
+    }
+
+    /// Records that replay run `run` loaded `pairs` (replayed id, quarantined id) under the
+    /// `records_repaired` ledger entry `ledger_seq`.
+    pub async fn add_repairs(
+        &self,
+        run: &str,
+        pairs: &[(String, String)],
+        ledger_seq: u64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (replayed, original) in pairs {
+            sqlx::query("INSERT INTO sealtrail_repairs (run_id, replayed_id, original_id, ledger_seq) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                .bind(run)
+                .bind(replayed)
+                .bind(original)
+                .bind(ledger_seq as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The repairs that involve record `id`, as (replay run, replayed id, quarantined id,
+    /// ledger entry): the one it is (a replayed record) or those it had (a quarantined one).
+    pub async fn repairs_of(&self, id: &str) -> Result<Vec<(String, String, String, u64)>> {
+        let rows = sqlx::query("SELECT run_id, replayed_id, original_id, ledger_seq FROM sealtrail_repairs WHERE replayed_id = $1 OR original_id = $1 ORDER BY ledger_seq")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<i64, _>(3) as u64))
+            .collect())
     }
 
     pub async fn abandon(&self, run: &RunId) -> Result<()> {

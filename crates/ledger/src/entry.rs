@@ -124,6 +124,12 @@ pub enum Event {
         rows_loaded: u64,
         rows_quarantined: u64,
     },
+    /// 15: records a replay run (`quarantine replay`) loaded repair quarantined records:
+    /// (the replayed record's lineage id, the quarantined record's), in replay order.
+    RecordsRepaired {
+        run_id: String,
+        pairs: Vec<(String, String)>,
+    },
 }
 
 impl Event {
@@ -143,6 +149,7 @@ impl Event {
             Event::Recovery { .. } => 12,
             Event::OutputsRevised { .. } => 13,
             Event::RunAbandoned { .. } => 14,
+            Event::RecordsRepaired { .. } => 15,
         }
     }
 
@@ -160,14 +167,15 @@ impl Event {
             | Event::RecordsQuarantined { run_id, .. }
             | Event::RunFailed { run_id, .. }
             | Event::OutputsRevised { run_id, .. }
-            | Event::RunAbandoned { run_id, .. } => Some(run_id),
+            | Event::RunAbandoned { run_id, .. }
+            | Event::RecordsRepaired { run_id, .. } => Some(run_id),
             _ => None,
         }
     }
 }
 
 /// Every entry kind, in order.
-pub const KINDS: std::ops::RangeInclusive<u8> = 1..=14;
+pub const KINDS: std::ops::RangeInclusive<u8> = 1..=15;
 
 pub fn kind_name(kind: u8) -> Option<&'static str> {
     Some(match kind {
@@ -185,6 +193,7 @@ pub fn kind_name(kind: u8) -> Option<&'static str> {
         12 => "recovery",
         13 => "outputs_revised",
         14 => "run_abandoned",
+        15 => "records_repaired",
         _ => return None,
     })
 }
@@ -469,6 +478,14 @@ impl Entry {
                 w.str(action);
                 w.hash(actor);
             }
+            Event::RecordsRepaired { run_id, pairs } => {
+                w.str(run_id);
+                w.0.extend_from_slice(&(pairs.len() as u32).to_be_bytes());
+                for (a, b) in pairs {
+                    w.str(a);
+                    w.str(b);
+                }
+            }
         }
         w.0
     }
@@ -596,6 +613,15 @@ impl Entry {
                 rows_loaded: r.u64()?,
                 rows_quarantined: r.u64()?,
             },
+            15 => Event::RecordsRepaired {
+                run_id: r.str()?,
+                pairs: {
+                    let n = r.count(8)?;
+                    (0..n)
+                        .map(|_| Ok((r.str()?, r.str()?)))
+                        .collect::<Result<_, DecodeError>>()?
+                },
+            },
             k => return Err(DecodeError::Kind(k)),
         };
         if !r.0.is_empty() {
@@ -706,6 +732,10 @@ mod tests {
                 rows_in: 5,
                 rows_loaded: 4,
                 rows_quarantined: 1,
+            },
+            Event::RecordsRepaired {
+                run_id: "r2".into(),
+                pairs: vec![("s:ab:2".into(), "s:cd:17".into())],
             },
         ]
     }
