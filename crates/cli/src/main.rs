@@ -619,11 +619,14 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Quarantine { home, ledger, cmd } => protect_cmd::quarantine(
-            &home.unwrap_or_else(|| PathBuf::from(".sealtrail")),
-            &ledger,
-            cmd,
-        ),
+        Cmd::Quarantine { home, ledger, cmd } => {
+            protect_cmd::quarantine(
+                &home.unwrap_or_else(|| PathBuf::from(".sealtrail")),
+                &ledger,
+                cmd,
+            )
+            .await
+        }
         Cmd::Generate { dir, rows, seed } => {
             let (t, _) = synth::trades(&dir, rows, seed)?;
             let (c, _) = synth::customers(&dir, (rows / 10).max(10), seed)?;

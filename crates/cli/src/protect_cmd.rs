@@ -387,6 +387,10 @@ pub enum QuarantineCmd {
         /// At most this many records, in source order.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Run state store that knows which records were repaired and replayed:
+        /// `sqlite://PATH` (default `<home>/state.db`, when it exists) or `postgres://...`.
+        #[arg(long, env = "SEALTRAIL_STATE_URL", hide_env_values = true)]
+        state_url: Option<String>,
     },
     /// Show quarantined records' raw content (decrypted; recorded in the ledger).
     Show {
@@ -527,28 +531,73 @@ fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
     Ok(out)
 }
 
-pub fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()> {
+pub async fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()> {
     match cmd {
-        QuarantineCmd::List { path, limit } => {
+        QuarantineCmd::List {
+            path,
+            limit,
+            state_url,
+        } => {
             let rows = read_quarantine(&path)?;
+            // Which were repaired and replayed, when a state store that could know is at hand.
+            let db = home.join("state.db");
+            let st = match state_url {
+                Some(u) => Some(sealtrail_engine::state::StateStore::open(&u).await?),
+                None if db.exists() => Some(
+                    sealtrail_engine::state::StateStore::open(&format!(
+                        "sqlite://{}",
+                        std::path::absolute(&db)?.display()
+                    ))
+                    .await?,
+                ),
+                None => None,
+            };
             outln!(
-                "{:<40} {:>10}  {:<22} {:<22} rules",
+                "{:<40} {:>10}  {:<22} {:<22} {:<24} repaired by",
                 "input",
                 "position",
                 "reason",
-                "reasons"
+                "reasons",
+                "rules"
             );
+            let mut repaired = 0;
             for q in rows.iter().take(limit) {
+                let mut by = Vec::new();
+                if let Some(st) = &st {
+                    for id in q.candidate_ids() {
+                        for (run, _, original, _) in st.repairs_of(&id).await? {
+                            if original == id {
+                                by.push(run);
+                            }
+                        }
+                    }
+                }
+                repaired += usize::from(!by.is_empty());
                 outln!(
-                    "{:<40} {:>10}  {:<22} {:<22} {}",
+                    "{:<40} {:>10}  {:<22} {:<22} {:<24} {}",
                     printable(q.input.as_bytes(), encoding_rs::UTF_8),
                     position(q),
                     q.reason,
                     q.reasons,
-                    printable(q.rules.as_bytes(), encoding_rs::UTF_8)
+                    printable(q.rules.as_bytes(), encoding_rs::UTF_8),
+                    if by.is_empty() {
+                        "-".to_string()
+                    } else {
+                        format!("replay run {}", by.join(", "))
+                    }
                 );
             }
-            outln!("{} quarantined record(s)", rows.len());
+            let shown = rows.len().min(limit);
+            outln!(
+                "{} quarantined record(s){}",
+                rows.len(),
+                match &st {
+                    Some(_) => format!(
+                        "; {repaired} of the {shown} listed repaired and replayed (`quarantine replay` with the origins file of `quarantine show --out`)"
+                    ),
+                    None => String::new(),
+                }
+            );
         }
         QuarantineCmd::Replay { .. } => unreachable!("dispatched by main (it runs a pipeline)"),
         QuarantineCmd::Show {
@@ -715,6 +764,24 @@ pub fn origins_path(file: &Path) -> PathBuf {
     let mut name = file.as_os_str().to_owned();
     name.push(".origins");
     PathBuf::from(name)
+}
+
+impl QRow {
+    /// The lineage ids the record may have had: one, except for a row number, which names a
+    /// Parquet row or (with a `#`) a table row without a key.
+    fn candidate_ids(&self) -> Vec<String> {
+        use sealtrail_core::record::PosKind;
+        use sealtrail_engine::custody::{input_key, record_id};
+        let k = input_key(&self.input);
+        let id =
+            |kind, pos: i64, key: Option<&str>| record_id(&self.source, &k, kind, pos as u64, key);
+        match (self.line, &self.key, self.row) {
+            (Some(l), ..) => vec![id(PosKind::Line, l, None)],
+            (None, Some(key), _) => vec![id(PosKind::Key, 0, Some(key))],
+            (None, None, Some(r)) => vec![id(PosKind::Row, r, None), id(PosKind::Key, r, None)],
+            (None, None, None) => Vec::new(),
+        }
+    }
 }
 
 impl Origin {

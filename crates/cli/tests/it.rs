@@ -4176,6 +4176,26 @@ open('{f}', 'w', encoding='utf-8').write(out.getvalue())
         )),
         "{out}"
     );
+    // The listing now says which records were repaired, by which replay run.
+    let listed = run_ok(
+        bin()
+            .args(["quarantine", "list", "--limit", "1000", "--home"])
+            .arg(&home)
+            .arg(&q),
+    );
+    assert!(
+        listed.contains(&format!(
+            "; {} of the {} listed repaired and replayed",
+            lines.len(),
+            listed.lines().count() - 2
+        )),
+        "{listed}"
+    );
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("replay run ")).count(),
+        lines.len(),
+        "{listed}"
+    );
     // The origins file beside the export: positions only, readable by its owner only.
     let origins = std::fs::read_to_string(dir.path().join("fix.csv.origins")).unwrap();
     assert!(
