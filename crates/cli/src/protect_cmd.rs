@@ -552,13 +552,18 @@ pub async fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Res
                 ),
                 None => None,
             };
+            // The last column only when a state store can say which records were repaired.
             outln!(
-                "{:<40} {:>10}  {:<22} {:<22} {:<24} repaired by",
+                "{:<40} {:>10}  {:<22} {:<22} {}",
                 "input",
                 "position",
                 "reason",
                 "reasons",
-                "rules"
+                if st.is_some() {
+                    format!("{:<24} repaired by", "rules")
+                } else {
+                    "rules".to_string()
+                }
             );
             let mut repaired = 0;
             for q in rows.iter().take(limit) {
@@ -573,18 +578,18 @@ pub async fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Res
                     }
                 }
                 repaired += usize::from(!by.is_empty());
+                let rules = printable(q.rules.as_bytes(), encoding_rs::UTF_8);
+                let last = match (&st, by.is_empty()) {
+                    (None, _) => rules,
+                    (Some(_), true) => format!("{rules:<24} -"),
+                    (Some(_), false) => format!("{rules:<24} replay run {}", by.join(", ")),
+                };
                 outln!(
-                    "{:<40} {:>10}  {:<22} {:<22} {:<24} {}",
+                    "{:<40} {:>10}  {:<22} {:<22} {last}",
                     printable(q.input.as_bytes(), encoding_rs::UTF_8),
                     position(q),
                     q.reason,
                     q.reasons,
-                    printable(q.rules.as_bytes(), encoding_rs::UTF_8),
-                    if by.is_empty() {
-                        "-".to_string()
-                    } else {
-                        format!("replay run {}", by.join(", "))
-                    }
                 );
             }
             let shown = rows.len().min(limit);
