@@ -46,6 +46,11 @@ pub struct ReencryptArgs {
     /// `<home>/state.db`) or `postgres://...`.
     #[arg(long, env = "SEALTRAIL_STATE_URL", hide_env_values = true)]
     pub state_url: Option<String>,
+    /// Delta tables: delete each replaced file once the commit that replaces it is made,
+    /// instead of leaving it to a `VACUUM` (its old ciphertexts are then gone from disk, and
+    /// table versions from before the rewrite can no longer be read by time travel).
+    #[arg(long)]
+    pub purge: bool,
 }
 
 /// Runs `keys reencrypt`; returns the exit code.
@@ -56,6 +61,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         Target::Parquet { .. } => Place::Parquet,
         Target::Delta { uri } if !uri.contains("://") => Place::Delta {
             dir: std::path::absolute(uri)?,
+            purge: a.purge,
         },
         _ => bail!(
             "sink `{}` is not a Parquet sink or a local Delta table: `keys reencrypt` rewrites those only (the rows of a PostgreSQL table or an S3 Delta table stay under the key version they were written with, which `decrypt` still reads)",
@@ -316,8 +322,9 @@ fn read(f: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
 enum Place {
     /// A Parquet folder: the new file is renamed over the old one.
     Parquet,
-    /// A local Delta table: one commit removes the old file and adds the new one.
-    Delta { dir: PathBuf },
+    /// A local Delta table: one commit removes the old file and adds the new one; with
+    /// `purge`, the old file is then deleted.
+    Delta { dir: PathBuf, purge: bool },
 }
 
 impl Place {
@@ -333,7 +340,7 @@ impl Place {
                     .unwrap_or_default();
                 file.with_file_name(format!(".{name}.reencrypt"))
             }
-            Place::Delta { dir } => dir.join(format!(
+            Place::Delta { dir, .. } => dir.join(format!(
                 "part-sealtrail-{}-{}-{}-r{n}.zstd.parquet",
                 r.run_id, r.source, r.batch
             )),
@@ -348,7 +355,7 @@ impl Place {
                     .with_context(|| format!("replacing {}", file.display()))?;
                 sync_dir(file)
             }
-            Place::Delta { dir } => {
+            Place::Delta { dir, purge } => {
                 let size = std::fs::metadata(pending)?.len();
                 let key = sealtrail_connectors::sink::CommitKey {
                     pipeline: r.pipeline.clone(),
@@ -365,6 +372,11 @@ impl Place {
                     r.batch as i64,
                 )
                 .await?;
+                if *purge {
+                    std::fs::remove_file(file)
+                        .with_context(|| format!("deleting {}", file.display()))?;
+                    sync_dir(file)?;
+                }
                 Ok(())
             }
         }

@@ -3682,13 +3682,28 @@ fn encryption_keys_rotate_and_old_values_stay_readable() {
     assert!(v.trim().contains('@'), "{v}");
     // The Delta table's older values are sealed again under email@2 (its other encrypted
     // columns have nothing older), one commit per batch file; audit follows the revisions.
+    // With --purge the replaced files are deleted at once: as many data files as before.
+    let data_files = || {
+        std::fs::read_dir(dir.path().join("out/trades_clean"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".parquet")
+            })
+            .count()
+    };
+    let before = data_files();
     let r = run_ok(
         bin()
-            .args(["keys", "reencrypt"])
+            .args(["keys", "reencrypt", "--purge"])
             .arg(&spec)
             .args(["--sink", "trades_clean"]),
     );
     assert!(r.starts_with("re-encrypted "), "{r}");
+    assert_eq!(data_files(), before);
     let versions = py(&format!(
         "import deltalake\nt = deltalake.DeltaTable('{d}/out/trades_clean').to_pyarrow_table()\nprint(t.num_rows, sorted(set(x.split(':')[1] for x in t.column('email_enc').to_pylist() if x)))"
     ));
