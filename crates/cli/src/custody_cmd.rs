@@ -679,17 +679,6 @@ pub async fn prove(
     let (cp, note) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
         .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
     let signed = Signed::new(&dir, &cp);
-    // The batches' revisions (rows rewritten in place): a bundle carries their entries.
-    let mut revisions = HashMap::new();
-    for at in [
-        fast.as_ref().map(|(at, _)| at),
-        early.as_ref().map(|l| &l.at),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        revisions.insert(at.clone(), st.revisions(at).await?);
-    }
     let make = |at: &CustodyRef,
                 revisions: &[(String, u64)],
                 parts: Parts,
@@ -745,7 +734,9 @@ pub async fn prove(
                 inputs: Vec::new(),
                 output: pp.output,
             };
-            let b = make(&at, &revisions[&at], parts, bytes, pp.row_format)?;
+            // A batch whose rows were rewritten in place: the bundle carries its revisions.
+            let revised = st.revisions(&at).await?;
+            let b = make(&at, &revised, parts, bytes, pp.row_format)?;
             if sealtrail_ledger::custody::verify(&b, &verifier).is_ok() {
                 Some((at, b))
             } else {
@@ -766,10 +757,7 @@ pub async fn prove(
                 Some(loc) => loc,
                 None => locate(&st, &p.name, sink, &row.id, &row.members, run).await?,
             };
-            let revised = match revisions.get(&loc.at) {
-                Some(r) => r.clone(),
-                None => st.revisions(&loc.at).await?,
-            };
+            let revised = st.revisions(&loc.at).await?;
             let parts = full_parts(&loc)?;
             let format = loc.view()?.row_format();
             let bytes = row.bytes(format)?;

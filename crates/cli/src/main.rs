@@ -606,8 +606,14 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 };
             // Loaded: the clear copies go, this one and any an interrupted replay of the
             // pipeline left (the run just finished resumed it, or it had been given up).
-            if let Some(work) = input.parent() {
-                let _ = std::fs::remove_dir_all(work);
+            if let Some(work) = input.parent()
+                && let Err(e) = std::fs::remove_dir_all(work)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                eprintln!(
+                    "warning: could not remove {}, which holds the repaired records in clear: {e}; delete it",
+                    work.display()
+                );
             }
             print_report(&report);
             let linked =

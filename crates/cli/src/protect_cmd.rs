@@ -540,17 +540,15 @@ pub async fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Res
         } => {
             let rows = read_quarantine(&path)?;
             // Which were repaired and replayed, when a state store that could know is at hand.
-            let db = home.join("state.db");
-            let st = match state_url {
-                Some(u) => Some(sealtrail_engine::state::StateStore::open(&u).await?),
-                None if db.exists() => Some(
-                    sealtrail_engine::state::StateStore::open(&format!(
-                        "sqlite://{}",
-                        std::path::absolute(&db)?.display()
-                    ))
-                    .await?,
-                ),
-                None => None,
+            let st = if state_url.is_some() || home.join("state.db").exists() {
+                let state = crate::StateArgs {
+                    home: Some(home.to_path_buf()),
+                    state_url,
+                    ledger: la.clone(),
+                };
+                Some(sealtrail_engine::state::StateStore::open(&state.url(home)).await?)
+            } else {
+                None
             };
             // The last column only when a state store can say which records were repaired.
             outln!(
@@ -569,7 +567,7 @@ pub async fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Res
             for q in rows.iter().take(limit) {
                 let mut by = Vec::new();
                 if let Some(st) = &st {
-                    for id in q.candidate_ids() {
+                    for id in q.origin().candidate_ids() {
                         for (run, _, original, _) in st.repairs_of(&id).await? {
                             if original == id {
                                 by.push(run);
@@ -697,17 +695,7 @@ pub async fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Res
                 // replay links each repaired record to the one it repairs.
                 let origins = Origins {
                     format: ORIGINS_FORMAT.into(),
-                    records: shown
-                        .iter()
-                        .map(|(q, _)| Origin {
-                            run_id: q.run_id.clone(),
-                            source: q.source.clone(),
-                            input: q.input.clone(),
-                            line: q.line,
-                            row: q.row,
-                            key: q.key.clone(),
-                        })
-                        .collect(),
+                    records: shown.iter().map(|(q, _)| q.origin()).collect(),
                 };
                 let side = origins_path(&out);
                 let created = sealtrail_core::secret::create_private_once(
@@ -772,8 +760,22 @@ pub fn origins_path(file: &Path) -> PathBuf {
 }
 
 impl QRow {
-    /// The lineage ids the record may have had: one, except for a row number, which names a
-    /// Parquet row or (with a `#`) a table row without a key.
+    /// Where the record was quarantined, as an origins file records it.
+    fn origin(&self) -> Origin {
+        Origin {
+            run_id: self.run_id.clone(),
+            source: self.source.clone(),
+            input: self.input.clone(),
+            line: self.line,
+            row: self.row,
+            key: self.key.clone(),
+        }
+    }
+}
+
+impl Origin {
+    /// The lineage ids the record may have had: one, except for a row number alone, which
+    /// names a Parquet row or (with a `#`) a table row without a key.
     fn candidate_ids(&self) -> Vec<String> {
         use sealtrail_core::record::PosKind;
         use sealtrail_engine::custody::{input_key, record_id};
@@ -787,25 +789,15 @@ impl QRow {
             (None, None, None) => Vec::new(),
         }
     }
-}
 
-impl Origin {
-    /// The lineage id the record had: its position in its input as its source reads it (a
-    /// line of a text file, a row of a Parquet file, a table row's key, or `#row` without one).
+    /// The lineage id the record had, as its source reads it: a row number alone is a table
+    /// row without a key for a PostgreSQL source, a Parquet row otherwise.
     pub fn lineage_id(&self, connector: &sealtrail_spec::SourceConnector) -> Option<String> {
-        use sealtrail_core::record::PosKind;
-        use sealtrail_engine::custody::{input_key, record_id};
-        let k = input_key(&self.input);
-        Some(match connector {
-            sealtrail_spec::SourceConnector::Postgres(_) => match &self.key {
-                Some(key) => record_id(&self.source, &k, PosKind::Key, 0, Some(key)),
-                None => record_id(&self.source, &k, PosKind::Key, self.row? as u64, None),
-            },
-            sealtrail_spec::SourceConnector::Parquet(_) => {
-                record_id(&self.source, &k, PosKind::Row, self.row? as u64, None)
-            }
-            _ => record_id(&self.source, &k, PosKind::Line, self.line? as u64, None),
-        })
+        let mut ids = self.candidate_ids();
+        if ids.len() == 2 && matches!(connector, sealtrail_spec::SourceConnector::Postgres(_)) {
+            return ids.pop();
+        }
+        ids.into_iter().next()
     }
 }
 
@@ -968,6 +960,55 @@ pub fn replay_pipeline(
 #[cfg(test)]
 mod tests {
     use super::printable;
+
+    /// A quarantined record's id from where it was: a row number alone names a table row
+    /// without a key (`#N`) for a PostgreSQL source and a Parquet row otherwise; lines and keys
+    /// name themselves, as the engine's ids do.
+    #[test]
+    fn origins_give_the_ids_the_engine_gave() {
+        use sealtrail_core::record::PosKind;
+        use sealtrail_engine::custody::{input_key, record_id};
+        let spec = |src: &str| {
+            sealtrail_spec::parse_str(
+                &format!("version: 1\npipeline: p\nsources:\n  s:\n    {src}\n    columns:\n      - {{ name: id, class: none }}\nsinks:\n  o: {{ from: s, audience: restricted, parquet: {{ path: out/o }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"),
+                std::path::Path::new("/p/t.yaml"),
+            )
+            .unwrap()
+        };
+        let pg = spec("postgres: { url: env:PGURL, table: t, key: id }");
+        let parquet = spec("parquet: { path: in/*.parquet }");
+        let csv = spec("csv: { path: in/*.csv }");
+        let at = |line, row, key: Option<&str>| super::Origin {
+            run_id: "r".into(),
+            source: "s".into(),
+            input: "in".into(),
+            line,
+            row,
+            key: key.map(str::to_string),
+        };
+        let k = input_key("in");
+        let c = |p: &sealtrail_spec::Pipeline| p.sources[0].connector.clone();
+        assert_eq!(
+            at(None, Some(7), None).lineage_id(&c(&pg)),
+            Some(record_id("s", &k, PosKind::Key, 7, None))
+        );
+        assert_eq!(
+            at(None, Some(7), None).lineage_id(&c(&parquet)),
+            Some(record_id("s", &k, PosKind::Row, 7, None))
+        );
+        assert_eq!(
+            at(None, None, Some("K1")).lineage_id(&c(&pg)),
+            Some(record_id("s", &k, PosKind::Key, 0, Some("K1")))
+        );
+        assert_eq!(
+            at(Some(4), None, None).lineage_id(&c(&csv)),
+            Some(record_id("s", &k, PosKind::Line, 4, None))
+        );
+        assert_ne!(
+            record_id("s", &k, PosKind::Key, 7, None),
+            record_id("s", &k, PosKind::Row, 7, None)
+        );
+    }
 
     #[test]
     fn records_print_as_one_harmless_unambiguous_line() {

@@ -84,21 +84,15 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             bail!("`{c}` holds lineage ids, never ciphertexts");
         }
     }
-    let home = home.unwrap_or_else(|| {
-        a.spec
-            .parent()
-            .map(|d| d.join(".sealtrail"))
-            .unwrap_or_else(|| PathBuf::from(".sealtrail"))
-    });
+    // Home and state store as `audit` finds them: beside the spec unless named.
+    let state = crate::StateArgs {
+        home,
+        state_url: a.state_url.clone(),
+        ledger: la.clone(),
+    };
+    let home = state.home(Some(&a.spec));
     let mut ring = open_keyring(&home, false)?;
-    let url = a.state_url.clone().unwrap_or_else(|| {
-        format!(
-            "sqlite://{}",
-            std::path::absolute(home.join("state.db"))
-                .unwrap_or_else(|_| home.join("state.db"))
-                .display()
-        )
-    });
+    let url = state.url(&home);
     let st = StateStore::open(&url).await?;
     // No run of the pipeline (which may be resuming a batch of this sink) and no other
     // re-encryption (whose revisions would not chain with these) meanwhile.

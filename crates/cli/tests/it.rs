@@ -153,6 +153,22 @@ fn incremental_id_note_project(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (input, spec)
 }
 
+/// A pipeline `name` in `dir` loading `in.csv` (`id,note`, holding `csv`), not incrementally,
+/// into a Parquet sink: the input file and the spec.
+fn one_file_id_note_project(dir: &Path, name: &str, csv: &str) -> (PathBuf, PathBuf) {
+    let input = dir.join("in.csv");
+    std::fs::write(&input, csv).unwrap();
+    let spec = dir.join("p.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\npipeline: {name}\nsources:\n  s:\n    csv: {{ path: in.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: note, class: none }}\nsinks:\n  o: {{ from: s, audience: internal, parquet: {{ path: out/o }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    )
+    .unwrap();
+    (input, spec)
+}
+
 /// The last OpenLineage event of a file target (one JSON event per line).
 fn last_event(file: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(file).unwrap();
@@ -2403,14 +2419,7 @@ DELETE FROM {ns}.shared WHERE id = 9"
 #[test]
 fn a_file_loaded_again_by_a_source_that_is_not_incremental_is_pointed_out() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.csv");
-    std::fs::write(&input, "id,note\n1,first\n").unwrap();
-    let spec = dir.path().join("p.yaml");
-    std::fs::write(
-        &spec,
-        "version: 1\npipeline: again\nsources:\n  s:\n    csv: { path: in.csv }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: note, class: none }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n",
-    )
-    .unwrap();
+    let (input, spec) = one_file_id_note_project(dir.path(), "again", "id,note\n1,first\n");
     let warned = |o: &std::process::Output| {
         String::from_utf8_lossy(&o.stderr).contains(
             "1 of the source's 1 file(s) were loaded by an earlier run and are loaded again",
@@ -2435,14 +2444,7 @@ fn a_file_loaded_again_by_a_source_that_is_not_incremental_is_pointed_out() {
 #[test]
 fn a_record_delivered_by_two_runs_is_proven_per_run() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.csv");
-    std::fs::write(&input, "id,note\n1,first\n2,b\n").unwrap();
-    let spec = dir.path().join("p.yaml");
-    std::fs::write(
-        &spec,
-        "version: 1\npipeline: twice\nsources:\n  s:\n    csv: { path: in.csv }\n    columns:\n      - { name: id, type: int64, required: true }\n      - { name: note, class: none }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n",
-    )
-    .unwrap();
+    let (input, spec) = one_file_id_note_project(dir.path(), "twice", "id,note\n1,first\n2,b\n");
     let run_id = |out: String| {
         let w: Vec<&str> = out.split_whitespace().collect();
         let at = w.iter().position(|x| *x == "run").expect("a run id") + 1;

@@ -137,7 +137,7 @@ pub struct CustodyRow {
 }
 
 /// Names a stored custody record.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustodyRef {
     /// The pipeline whose run committed the batch (the spec's, or its replay's).
     pub pipeline: String,
