@@ -579,9 +579,22 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             if !again
                 && let Some((run, at)) = st.succeeded_with_spec(&p.name, &p.spec_sha256).await?
             {
+                drop(st);
                 let _ = std::fs::remove_file(&input);
                 if let Some(work) = input.parent() {
                     let _ = std::fs::remove_dir(work); // only when empty
+                }
+                // That run loaded them, but its links to the quarantined records may not have
+                // been recorded (the command was interrupted after the run, or the ledger
+                // append failed): record what is missing instead of refusing.
+                if let Some(n) = link_repairs(&p, &source, &file, &run, &home, &ledger, &url)
+                    .await?
+                    .filter(|n| *n > 0)
+                {
+                    outln!(
+                        "these repaired records were replayed already, by run {run} (ended {at}), but {n} of them were not linked to the quarantined records they repair: linked now (`sealtrail lineage --id`)"
+                    );
+                    return Ok(());
                 }
                 anyhow::bail!(
                     "these repaired records were replayed already, by run {run} (ended {at}): they are loaded; pass --again to load them once more"
@@ -616,8 +629,16 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 );
             }
             print_report(&report);
-            let linked =
-                link_repairs(&p, &source, &file, &report.run_id, &home, &ledger, &url).await?;
+            let linked = link_repairs(
+                &p,
+                &source,
+                &file,
+                report.run_id.as_str(),
+                &home,
+                &ledger,
+                &url,
+            )
+            .await?;
             if let Some(n) = linked {
                 outln!(
                     "  repairs        {n} quarantined record(s), each linked to its replayed record in the ledger (`sealtrail lineage --id`)"
@@ -644,13 +665,15 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
 
 /// Links the records replay run `run` loaded from `file` to the quarantined records they
 /// repair, from `FILE.origins` (written by `quarantine show --out`): `records_repaired`
-/// ledger entries of at most ~32 KB of ids each, and the pairs in the state store. `None` without an origins
-/// file, or (with a warning) when it does not describe the file's records.
+/// ledger entries of at most ~32 KB of ids each, and the pairs in the state store. Records the
+/// state store already links are left out, so that a second call finishes what an interrupted
+/// one began. The number linked now; `None` without an origins file, or (with a warning) when
+/// it does not describe the file's records.
 async fn link_repairs(
     p: &sealtrail_spec::Pipeline,
     source: &str,
     file: &Path,
-    run: &sealtrail_core::RunId,
+    run: &str,
     home: &Path,
     ledger: &ledger_cmd::LedgerArgs,
     url: &str,
@@ -689,7 +712,7 @@ async fn link_repairs(
         .custody_index(&p.name, None)
         .await?
         .into_iter()
-        .filter(|r| r.run_id == run.as_str())
+        .filter(|r| r.run_id == run)
         .collect();
     refs.sort_by_key(|r| r.batch);
     let mut replayed = Vec::new();
@@ -708,7 +731,15 @@ async fn link_repairs(
         );
         return Ok(None);
     };
-    let pairs: Vec<(String, String)> = replayed.into_iter().zip(originals).collect();
+    let linked = st.linked_by(run).await?;
+    let pairs: Vec<(String, String)> = replayed
+        .into_iter()
+        .zip(originals)
+        .filter(|(r, _)| !linked.contains(r))
+        .collect();
+    if pairs.is_empty() {
+        return Ok(Some(0));
+    }
     let mut log =
         ledger_cmd::open_writer(home, ledger, sealtrail_ledger::log::OpenMode::FailClosed)
             .context("opening the ledger to record the repairs")?;
@@ -723,7 +754,8 @@ async fn link_repairs(
         bytes += a.len() + b.len() + 8;
     }
     chunks.push(&pairs[start..]);
-    for chunk in chunks {
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        sealtrail_engine::debug_panic_in("link", i as u64);
         let seq = log
             .append(vec![sealtrail_ledger::entry::Event::RecordsRepaired {
                 run_id: run.to_string(),
@@ -731,7 +763,7 @@ async fn link_repairs(
             }])
             .map_err(|e| anyhow::anyhow!("recording in the ledger: {e}"))?
             .first_seq;
-        st.add_repairs(run.as_str(), chunk, seq).await?;
+        st.add_repairs(run, chunk, seq).await?;
     }
     Ok(Some(pairs.len()))
 }

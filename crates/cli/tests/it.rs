@@ -4118,9 +4118,13 @@ fn bench_runs_the_reference_job_with_and_without_protection() {
 /// Quarantine repair loop: list (positions and reasons only), export the raw records of chosen
 /// lines (decrypted, recorded in the ledger), repair them, replay them through the source's
 /// checks, protection and sinks.
-#[test]
-fn quarantined_records_are_listed_exported_repaired_and_replayed() {
-    let (dir, spec) = project("trades.yaml", 2000);
+/// Runs `trades.yaml` over `rows` generated rows, exports its `unknown_currency` quarantined
+/// records with `quarantine show --reason repair --out fix.csv` and repairs them (currency
+/// USD): (project, spec, home, the records' line numbers, the repaired file).
+fn repaired_currency_export(
+    rows: usize,
+) -> (tempfile::TempDir, PathBuf, PathBuf, Vec<String>, PathBuf) {
+    let (dir, spec) = project("trades.yaml", rows);
     run_ok(bin().arg("run").arg(&spec));
     let q = dir.path().join("out/quarantine/trades");
     let home = dir.path().join(".sealtrail");
@@ -4136,20 +4140,6 @@ fn quarantined_records_are_listed_exported_repaired_and_replayed() {
         .collect();
     assert!(!lines.is_empty(), "{list}");
     assert!(!list.contains('@'), "no content in the listing: {list}");
-    // Run from elsewhere without --home, `show` finds no keyring, and says where it looked.
-    let out = bin()
-        .current_dir(dir.path().join("out"))
-        .args(["quarantine", "show", "--reason", "repair"])
-        .arg(&q)
-        .args(["--line", &lines[0]])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success()
-            && err.contains("no master key: there is no .sealtrail/master.key; pass --home"),
-        "{err}"
-    );
     let fix = dir.path().join("fix.csv");
     let mut cmd = bin();
     cmd.args(["quarantine", "show", "--reason", "repair", "--home"])
@@ -4173,6 +4163,28 @@ for r in rows:
 open('{f}', 'w', encoding='utf-8').write(out.getvalue())
 "#
     ));
+    (dir, spec, home, lines, fix)
+}
+
+#[test]
+fn quarantined_records_are_listed_exported_repaired_and_replayed() {
+    let (dir, spec, home, lines, fix) = repaired_currency_export(2000);
+    let q = dir.path().join("out/quarantine/trades");
+    // Run from elsewhere without --home, `show` finds no keyring, and says where it looked.
+    let out = bin()
+        .current_dir(dir.path().join("out"))
+        .args(["quarantine", "show", "--reason", "repair"])
+        .arg(&q)
+        .args(["--line", &lines[0]])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("no master key: there is no .sealtrail/master.key; pass --home"),
+        "{err}"
+    );
+    let f = fix.display();
     let out = run_ok(
         bin()
             .args(["quarantine", "replay", "--source", "trades", "--home"])
@@ -4335,6 +4347,72 @@ open('{f}', 'w', encoding='utf-8').write(out.getvalue())
             .arg(&home),
     );
     assert_eq!(repaired.lines().count(), 2, "{repaired}");
+}
+
+/// A replay whose run loaded the repaired records but whose links to the quarantined records
+/// were never recorded (here the command dies just before the first `records_repaired`
+/// append) is finished by the next replay of the same file: it links them instead of refusing
+/// the file, and then refuses it.
+#[test]
+fn an_interrupted_repair_link_is_recorded_by_the_next_replay() {
+    let (_dir, spec, home, lines, fix) = repaired_currency_export(2000);
+    let replay = || {
+        let mut c = bin();
+        c.args(["quarantine", "replay", "--source", "trades", "--home"])
+            .arg(&home)
+            .arg(&spec)
+            .arg(&fix);
+        c
+    };
+    let out = replay()
+        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "link:0")
+        .output()
+        .unwrap();
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(70), "{stdout}{err}");
+    assert!(err.contains("internal error"), "{err}");
+    // The run itself succeeded: the records are loaded, and not linked.
+    assert_eq!(counts(&stdout).1, lines.len() as u64, "{stdout}");
+    let repaired = || {
+        run_ok(
+            bin()
+                .args(["ledger", "show", "--type", "records_repaired", "--home"])
+                .arg(&home),
+        )
+    };
+    assert_eq!(repaired().lines().count(), 0, "{}", repaired());
+    let out = run_ok(&mut replay());
+    assert!(
+        out.contains(&format!(
+            "but {} of them were not linked to the quarantined records they repair: linked now",
+            lines.len()
+        )),
+        "{out}"
+    );
+    assert_eq!(repaired().lines().count(), 1, "{}", repaired());
+    let listed = run_ok(
+        bin()
+            .args(["quarantine", "list", "--limit", "1000", "--home"])
+            .arg(&home)
+            .arg(spec.parent().unwrap().join("out/quarantine/trades")),
+    );
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("replay run ")).count(),
+        lines.len(),
+        "{listed}"
+    );
+    // Linked and loaded: now the file is refused, and nothing more is appended.
+    let out = replay().output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(repaired().lines().count(), 1);
 }
 
 /// Chain of custody end to end: a row is proven and the bundle verifies offline; then one value

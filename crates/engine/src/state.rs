@@ -366,6 +366,15 @@ impl StateStore {
         Ok(())
     }
 
+    /// The replayed ids of replay run `run` already linked to the records they repair.
+    pub async fn linked_by(&self, run: &str) -> Result<std::collections::HashSet<String>> {
+        let rows = sqlx::query("SELECT replayed_id FROM sealtrail_repairs WHERE run_id = $1")
+            .bind(run)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// The repairs that involve record `id`, as (replay run, replayed id, quarantined id,
     /// ledger entry): the one it is (a replayed record) or those it had (a quarantined one).
     pub async fn repairs_of(&self, id: &str) -> Result<Vec<(String, String, String, u64)>> {
