@@ -2104,6 +2104,24 @@ fn quarantine_holds(b: &RecordBatch, key: &str, pos: &str) -> Option<bool> {
     }))
 }
 
+/// Whether `event` declares replay spec version `version` of `pipeline`, and that version is
+/// indeed the one its spec and records make.
+fn replay_declares(event: &Event, pipeline: &str, version: &Hash) -> bool {
+    let Event::ReplayDeclared {
+        spec_sha256,
+        records_sha256,
+        ..
+    } = event
+    else {
+        return false;
+    };
+    crate::protect_cmd::replay_declared(pipeline, &hex::encode(spec_sha256), *records_sha256)
+        .is_ok_and(|made| {
+            &made == event
+                && matches!(made, Event::ReplayDeclared { replay_spec_sha256, .. } if &replay_spec_sha256 == version)
+        })
+}
+
 fn chain_of(p: &Pipeline, sink: &Sink) -> Vec<String> {
     let mut out = vec![format!("sink {}", sink.name)];
     let mut at = sink.from.clone();
@@ -2221,15 +2239,19 @@ pub async fn lineage(
             hex::encode(c.input(k).1)
         );
         // The versions in force, from the signed batch entry itself.
-        let entry = match (&verifier, &ledger, r.ledger_seq) {
-            (Some(v), Some((dir, _)), Some(seq)) => sealtrail_ledger::log::read_checkpoint(dir, v)
+        let signed_entry = |seq: u64| match (&verifier, &ledger) {
+            (Some(v), Some((dir, _))) => sealtrail_ledger::log::read_checkpoint(dir, v)
                 .ok()
                 .flatten()
                 .and_then(|(cp, _)| tiles::read_entry(dir, cp.size, seq).ok())
                 .and_then(|b| Entry::decode(&b).ok()),
             _ => None,
         };
-        match entry.map(|e| (e.seq, e.event)) {
+        match r
+            .ledger_seq
+            .and_then(signed_entry)
+            .map(|e| (e.seq, e.event))
+        {
             Some((
                 seq,
                 Event::BatchCommitted {
@@ -2251,6 +2273,33 @@ pub async fn lineage(
                         "    replayed repaired records (`quarantine replay`, pipeline `{}`): its spec version is SHA-256 of the spec's and the repaired records' hex SHA-256 (docs/custody.md)",
                         r.pipeline
                     );
+                    let declared = st
+                        .replay_declaration(&hex::encode(spec_sha256))
+                        .await?
+                        .and_then(signed_entry)
+                        .filter(|e| replay_declares(&e.event, &p.name, &spec_sha256));
+                    match declared.map(|e| (e.seq, e.event)) {
+                        Some((
+                            seq,
+                            Event::ReplayDeclared {
+                                spec_sha256: base,
+                                records_sha256,
+                                ..
+                            },
+                        )) => outln!(
+                            "    ledger entry {seq}: the replay of records {} under spec {}{}",
+                            hex::encode(records_sha256),
+                            hex::encode(base),
+                            if now == hex::encode(base) {
+                                " (the spec file's version now)"
+                            } else {
+                                " (the spec file has changed since)"
+                            }
+                        ),
+                        _ => outln!(
+                            "    no replay_declared ledger entry names this version here (replays before it existed have none)"
+                        ),
+                    }
                 } else if now != hex::encode(spec_sha256) {
                     outln!(
                         "    (the spec file has changed since: the paths below follow the current spec)"

@@ -801,6 +801,17 @@ fn describe(e: &Entry) -> String {
             &hex::encode(old_root)[..16],
             &hex::encode(new_root)[..16]
         ),
+        Event::ReplayDeclared {
+            pipeline,
+            spec_sha256,
+            records_sha256,
+            replay_spec_sha256,
+        } => format!(
+            "pipeline {pipeline}: repaired records {} replayed under spec {} as spec version {}",
+            &hex::encode(records_sha256)[..16],
+            &hex::encode(spec_sha256)[..16],
+            &hex::encode(replay_spec_sha256)[..16]
+        ),
         other => format!("{other:?}"),
     };
     format!("{:>8}  {t}  {:<19}  {body}", e.seq, e.event.name())

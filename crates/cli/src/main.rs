@@ -572,7 +572,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 ledger: ledger.clone(),
             }
             .url(&home);
-            let (p, input) =
+            let (p, input, declared) =
                 protect_cmd::replay_pipeline(&spec, &source, &file, &home.join("replay"))?;
             // The same records under the same spec make the same replay spec version.
             let st = sealtrail_engine::state::StateStore::open(&url).await?;
@@ -599,6 +599,22 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 anyhow::bail!(
                     "these repaired records were replayed already, by run {run} (ended {at}): they are loaded; pass --again to load them once more"
                 );
+            }
+            // The ledger says which spec the replay's version stands for before any of its
+            // batches carries it (once per version: a resumed or repeated replay has it).
+            if st.replay_declaration(&p.spec_sha256).await?.is_none() {
+                let mut log = ledger_cmd::open_writer(
+                    &home,
+                    &ledger,
+                    sealtrail_ledger::log::OpenMode::FailClosed,
+                )
+                .context("opening the ledger to declare the replay")?;
+                let seq = log
+                    .append(vec![declared])
+                    .map_err(|e| anyhow::anyhow!("recording in the ledger: {e}"))?
+                    .first_seq;
+                drop(log);
+                st.add_replay_declaration(&p.spec_sha256, seq).await?;
             }
             drop(st);
             let report =

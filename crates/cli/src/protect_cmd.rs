@@ -881,13 +881,18 @@ fn encode_text(enc: &'static encoding_rs::Encoding, text: &str) -> Option<Vec<u8
 /// The pipeline narrowed to one source, reading a copy of `file` (repaired records, plus the
 /// header a CSV source expects) written into `work/<pipeline>/` (a folder per pipeline: an
 /// interrupted replay keeps its copy there to resume from), under the name
-/// `<pipeline>-replay`; with that copy's path.
+/// `<pipeline>-replay`; with that copy's path and the `replay_declared` ledger event that ties
+/// the replay's spec version to the spec's own.
 pub fn replay_pipeline(
     spec: &Path,
     source: &str,
     file: &Path,
     work: &Path,
-) -> Result<(sealtrail_spec::Pipeline, PathBuf)> {
+) -> Result<(
+    sealtrail_spec::Pipeline,
+    PathBuf,
+    sealtrail_ledger::entry::Event,
+)> {
     use sealtrail_spec::SourceConnector as C;
     let mut p = sealtrail_spec::load(spec)?;
     let Some(s) = p.sources.iter_mut().find(|s| s.name == source) else {
@@ -950,11 +955,41 @@ pub fn replay_pipeline(
     p.sources.retain(|s| s.name == source);
     p.transforms.retain(|t| t.root_source == source);
     p.sinks.retain(|k| k.root_source == source);
+    let declared = replay_declared(&p.name, &p.spec_sha256, sha256(&text))?;
     p.name = sealtrail_spec::replay_name(&p.name);
-    p.spec_sha256 = sealtrail_core::sha256_hex(
-        format!("{}{}", p.spec_sha256, sealtrail_core::sha256_hex(&text)).as_bytes(),
-    );
-    Ok((p, input))
+    if let sealtrail_ledger::entry::Event::ReplayDeclared {
+        replay_spec_sha256, ..
+    } = &declared
+    {
+        p.spec_sha256 = hex::encode(replay_spec_sha256);
+    }
+    Ok((p, input, declared))
+}
+
+/// The `replay_declared` event of replaying records with SHA-256 `records` under the spec of
+/// `pipeline` with hex SHA-256 `spec_hex`: the replay's spec version is the SHA-256 of the two
+/// hex digests' text (docs/custody.md, Replayed records).
+pub fn replay_declared(
+    pipeline: &str,
+    spec_hex: &str,
+    records: [u8; 32],
+) -> Result<sealtrail_ledger::entry::Event> {
+    let spec_sha256: [u8; 32] = hex::decode(spec_hex)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| anyhow::anyhow!("the spec's SHA-256 is not 64 hex digits"))?;
+    let replay_spec_sha256 = sha256(format!("{spec_hex}{}", hex::encode(records)).as_bytes());
+    Ok(sealtrail_ledger::entry::Event::ReplayDeclared {
+        pipeline: pipeline.to_string(),
+        spec_sha256,
+        records_sha256: records,
+        replay_spec_sha256,
+    })
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
 }
 
 #[cfg(test)]

@@ -4305,6 +4305,46 @@ fn quarantined_records_are_listed_exported_repaired_and_replayed() {
         l.contains("replayed repaired records (`quarantine replay`, pipeline `trades-replay`)"),
         "{l}"
     );
+    // The replay's spec version is tied, by a signed `replay_declared` entry, to the spec's own
+    // version and the repaired records' digest, and is the SHA-256 of their hex.
+    let after = |marker: &str| {
+        l.split(marker)
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no `{marker}` in {l}"))
+            .to_string()
+    };
+    let version = after(": spec ");
+    let (records, base) = (after(": the replay of records "), after(" under spec "));
+    assert_eq!(
+        base,
+        sealtrail_core::sha256_hex(&std::fs::read(&spec).unwrap()),
+        "{l}"
+    );
+    assert!(l.contains("(the spec file's version now)"), "{l}");
+    assert_eq!(
+        sealtrail_core::sha256_hex(format!("{base}{records}").as_bytes()),
+        version,
+        "{l}"
+    );
+    let declared = || {
+        run_ok(
+            bin()
+                .args(["ledger", "show", "--type", "replay_declared", "--home"])
+                .arg(&home),
+        )
+    };
+    let d = declared();
+    assert_eq!(d.lines().count(), 1, "{d}");
+    assert!(
+        d.contains(&format!(
+            "pipeline trades: repaired records {} replayed under spec {} as spec version {}",
+            &records[..16],
+            &base[..16],
+            &version[..16]
+        )),
+        "{d}"
+    );
     // Each way round: the replayed record names the quarantined one it repairs, and that one
     // names its repair.
     let original = l
@@ -4347,6 +4387,8 @@ fn quarantined_records_are_listed_exported_repaired_and_replayed() {
             .arg(&home),
     );
     assert_eq!(repaired.lines().count(), 2, "{repaired}");
+    // The same version is declared once, however often it is replayed.
+    assert_eq!(declared(), d);
 }
 
 /// A replay whose run loaded the repaired records but whose links to the quarantined records

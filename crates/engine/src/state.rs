@@ -104,6 +104,9 @@ const SCHEMA: &[&str] = &[
     // Records a replay run (`quarantine replay`) loaded, and the quarantined records they
     // repair, with the `records_repaired` ledger entry that holds the pair.
     "CREATE TABLE IF NOT EXISTS sealtrail_repairs (run_id TEXT NOT NULL, replayed_id TEXT NOT NULL, original_id TEXT NOT NULL, ledger_seq BIGINT NOT NULL, PRIMARY KEY (run_id, replayed_id))",
+    // The `replay_declared` ledger entry that ties a replay's spec version to the spec it
+    // replays under.
+    "CREATE TABLE IF NOT EXISTS sealtrail_replays (replay_spec_sha256 TEXT PRIMARY KEY, ledger_seq BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sealtrail_classifications (pipeline TEXT NOT NULL, source TEXT NOT NULL, col TEXT NOT NULL, tag TEXT NOT NULL, kind TEXT, confidence DOUBLE PRECISION NOT NULL, evidence TEXT NOT NULL, run_id TEXT NOT NULL, classified_at TEXT NOT NULL, PRIMARY KEY (pipeline, source, col))",
 ];
 
@@ -363,6 +366,31 @@ impl StateStore {
                 .await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// The `replay_declared` ledger entry of replay spec version `replay_spec_sha256`.
+    pub async fn replay_declaration(&self, replay_spec_sha256: &str) -> Result<Option<u64>> {
+        let row =
+            sqlx::query("SELECT ledger_seq FROM sealtrail_replays WHERE replay_spec_sha256 = $1")
+                .bind(replay_spec_sha256)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|r| r.get::<i64, _>(0) as u64))
+    }
+
+    /// Records that ledger entry `ledger_seq` declares replay spec version `replay_spec_sha256`
+    /// (the first declaration stays).
+    pub async fn add_replay_declaration(
+        &self,
+        replay_spec_sha256: &str,
+        ledger_seq: u64,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO sealtrail_replays (replay_spec_sha256, ledger_seq) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(replay_spec_sha256)
+            .bind(ledger_seq as i64)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

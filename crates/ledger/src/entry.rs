@@ -130,6 +130,17 @@ pub enum Event {
         run_id: String,
         pairs: Vec<(String, String)>,
     },
+    /// 16: repaired records of `pipeline` are about to be replayed (`quarantine replay`):
+    /// the replay's batches carry spec version `replay_spec_sha256`, which is the SHA-256 of
+    /// the ASCII hex of `spec_sha256` (the pipeline's spec) followed by the ASCII hex of
+    /// `records_sha256` (the replay's input bytes). Ties a replay's batches to the spec they
+    /// ran under.
+    ReplayDeclared {
+        pipeline: String,
+        spec_sha256: Hash,
+        records_sha256: Hash,
+        replay_spec_sha256: Hash,
+    },
 }
 
 impl Event {
@@ -150,6 +161,7 @@ impl Event {
             Event::OutputsRevised { .. } => 13,
             Event::RunAbandoned { .. } => 14,
             Event::RecordsRepaired { .. } => 15,
+            Event::ReplayDeclared { .. } => 16,
         }
     }
 
@@ -175,7 +187,7 @@ impl Event {
 }
 
 /// Every entry kind, in order.
-pub const KINDS: std::ops::RangeInclusive<u8> = 1..=15;
+pub const KINDS: std::ops::RangeInclusive<u8> = 1..=16;
 
 pub fn kind_name(kind: u8) -> Option<&'static str> {
     Some(match kind {
@@ -194,6 +206,7 @@ pub fn kind_name(kind: u8) -> Option<&'static str> {
         13 => "outputs_revised",
         14 => "run_abandoned",
         15 => "records_repaired",
+        16 => "replay_declared",
         _ => return None,
     })
 }
@@ -486,6 +499,17 @@ impl Entry {
                     w.str(b);
                 }
             }
+            Event::ReplayDeclared {
+                pipeline,
+                spec_sha256,
+                records_sha256,
+                replay_spec_sha256,
+            } => {
+                w.str(pipeline);
+                w.hash(spec_sha256);
+                w.hash(records_sha256);
+                w.hash(replay_spec_sha256);
+            }
         }
         w.0
     }
@@ -622,6 +646,12 @@ impl Entry {
                         .collect::<Result<_, DecodeError>>()?
                 },
             },
+            16 => Event::ReplayDeclared {
+                pipeline: r.str()?,
+                spec_sha256: r.hash()?,
+                records_sha256: r.hash()?,
+                replay_spec_sha256: r.hash()?,
+            },
             k => return Err(DecodeError::Kind(k)),
         };
         if !r.0.is_empty() {
@@ -736,6 +766,12 @@ mod tests {
             Event::RecordsRepaired {
                 run_id: "r2".into(),
                 pairs: vec![("s:ab:2".into(), "s:cd:17".into())],
+            },
+            Event::ReplayDeclared {
+                pipeline: "p".into(),
+                spec_sha256: [13; 32],
+                records_sha256: [14; 32],
+                replay_spec_sha256: [15; 32],
             },
         ]
     }
