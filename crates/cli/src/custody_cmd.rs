@@ -709,6 +709,7 @@ pub async fn prove(
                 .filter(|(s, _)| s == sink)
                 .map(|(_, seq)| signed.entry_proof(*seq))
                 .collect::<Result<_>>()?,
+            replay: None,
             checkpoint: note.clone(),
         })
     };
@@ -773,11 +774,22 @@ pub async fn prove(
         }
     };
     // A bundle that does not verify here is a bug or a damaged store: never hand it out.
-    sealtrail_ledger::custody::verify(&bundle, &verifier).map_err(|e| {
-        anyhow!(
-            "the proof does not verify: {e}; run `sealtrail ledger verify` and `sealtrail audit`"
-        )
-    })?;
+    let verified = |bundle: &Bundle| {
+        sealtrail_ledger::custody::verify(bundle, &verifier).map_err(|e| {
+            anyhow!(
+                "the proof does not verify: {e}; run `sealtrail ledger verify` and `sealtrail audit`"
+            )
+        })
+    };
+    let ok = verified(&bundle)?;
+    // A replayed row's bundle carries the entry that ties its spec version to the spec's.
+    let mut bundle = bundle;
+    if at.pipeline != p.name
+        && let Some(seq) = st.replay_declaration(&hex::encode(ok.spec_sha256)).await?
+    {
+        bundle.replay = Some(signed.entry_proof(seq)?);
+        verified(&bundle)?;
+    }
     let seq = bundle.entry.index;
     let text = serde_json::to_string_pretty(&bundle)?;
     match out {
@@ -1032,6 +1044,14 @@ pub async fn verify_proof(
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+    }
+    if let Some(r) = &ok.replay {
+        outln!(
+            "  a replay of repaired records {} under spec {}: `replay_declared` entry {}, in the same tree, declares the batch's spec version",
+            hex::encode(r.records_sha256),
+            hex::encode(r.spec_sha256),
+            r.entry_index
         );
     }
     outln!(
@@ -2107,19 +2127,14 @@ fn quarantine_holds(b: &RecordBatch, key: &str, pos: &str) -> Option<bool> {
 /// Whether `event` declares replay spec version `version` of `pipeline`, and that version is
 /// indeed the one its spec and records make.
 fn replay_declares(event: &Event, pipeline: &str, version: &Hash) -> bool {
-    let Event::ReplayDeclared {
+    matches!(event, Event::ReplayDeclared {
+        pipeline: of,
         spec_sha256,
         records_sha256,
-        ..
-    } = event
-    else {
-        return false;
-    };
-    crate::protect_cmd::replay_declared(pipeline, &hex::encode(spec_sha256), *records_sha256)
-        .is_ok_and(|made| {
-            &made == event
-                && matches!(made, Event::ReplayDeclared { replay_spec_sha256, .. } if &replay_spec_sha256 == version)
-        })
+        replay_spec_sha256,
+    } if of == pipeline
+        && replay_spec_sha256 == version
+        && sealtrail_ledger::entry::replay_version(spec_sha256, records_sha256) == *version)
 }
 
 fn chain_of(p: &Pipeline, sink: &Sink) -> Vec<String> {

@@ -955,7 +955,11 @@ pub fn replay_pipeline(
     p.sources.retain(|s| s.name == source);
     p.transforms.retain(|t| t.root_source == source);
     p.sinks.retain(|k| k.root_source == source);
-    let declared = replay_declared(&p.name, &p.spec_sha256, sha256(&text))?;
+    let records = {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(&text).into()
+    };
+    let declared = replay_declared(&p.name, &p.spec_sha256, records)?;
     p.name = sealtrail_spec::replay_name(&p.name);
     if let sealtrail_ledger::entry::Event::ReplayDeclared {
         replay_spec_sha256, ..
@@ -978,18 +982,13 @@ pub fn replay_declared(
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| anyhow::anyhow!("the spec's SHA-256 is not 64 hex digits"))?;
-    let replay_spec_sha256 = sha256(format!("{spec_hex}{}", hex::encode(records)).as_bytes());
+    let replay_spec_sha256 = sealtrail_ledger::entry::replay_version(&spec_sha256, &records);
     Ok(sealtrail_ledger::entry::Event::ReplayDeclared {
         pipeline: pipeline.to_string(),
         spec_sha256,
         records_sha256: records,
         replay_spec_sha256,
     })
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes).into()
 }
 
 #[cfg(test)]

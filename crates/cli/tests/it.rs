@@ -4283,6 +4283,26 @@ fn quarantined_records_are_listed_exported_repaired_and_replayed() {
     );
     assert_eq!(code, Some(0), "{v}");
     assert!(v.contains("(pipeline `trades-replay`"), "{v}");
+    // The bundle carries the `replay_declared` entry that ties the batch's spec version to the
+    // spec's; one that is not such an entry fails the bundle.
+    assert!(
+        v.contains(&format!(
+            "under spec {}: `replay_declared` entry ",
+            sealtrail_core::sha256_hex(&std::fs::read(&spec).unwrap())
+        )),
+        "{v}"
+    );
+    let mut forged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+    forged["replay"] = forged["entry"].clone();
+    let forged_path = dir.path().join("forged-replay.json");
+    std::fs::write(&forged_path, forged.to_string()).unwrap();
+    let (code, v) = verify_proof(&forged_path, &home.join("ledger.pub"), None);
+    assert_eq!(code, Some(4), "{v}");
+    assert!(
+        v.contains("the replay entry does not declare the batch's spec version"),
+        "{v}"
+    );
     let v = run_ok(
         bin()
             .arg("verify-proof")

@@ -245,6 +245,10 @@ pub struct Bundle {
     /// root, and the row is proven under the last one's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revisions: Vec<EntryProof>,
+    /// For a row of a replay of repaired records (pipeline `<pipeline>-replay`): the
+    /// `replay_declared` entry that ties the batch's spec version to the pipeline's spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<EntryProof>,
     /// The signed checkpoint (C2SP signed note) the entry proof leads to.
     pub checkpoint: String,
 }
@@ -279,6 +283,17 @@ pub enum BundleError {
     Contributors(String),
     #[error("revision {0} of the batch's rows does not chain: {1}")]
     Revision(usize, String),
+    #[error("the replay entry does not declare the batch's spec version: {0}")]
+    Replay(String),
+}
+
+/// What a `replay_declared` entry of a bundle establishes about a replayed row's batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayOf {
+    pub entry_index: u64,
+    /// The pipeline's spec, and the replayed records' SHA-256.
+    pub spec_sha256: Hash,
+    pub records_sha256: Hash,
 }
 
 /// What a verified bundle establishes.
@@ -293,6 +308,8 @@ pub struct Verified {
     pub time_micros: i64,
     /// The `outputs_revised` entries the row was proven through, oldest first.
     pub revisions: Vec<u64>,
+    /// For a replayed row whose bundle carries it: the `replay_declared` entry.
+    pub replay: Option<ReplayOf>,
 }
 
 fn hash_of(s: &str, field: &'static str) -> Result<Hash, BundleError> {
@@ -444,6 +461,10 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
             .revised(&e, (&b.run_id, &b.source, b.batch, &sink.sink))
             .map_err(|why| BundleError::Revision(i + 1, why))?;
     }
+    let replay = match &b.replay {
+        Some(ep) => Some(replay_of(&included(ep, &cp)?, b, entry.seq, spec_sha256)?),
+        None => None,
+    };
     let root = state.root;
     merkle::verify_inclusion(
         b.output.inclusion.index,
@@ -463,7 +484,47 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
         policy_sha256: *policy_sha256,
         time_micros: entry.time_micros,
         revisions: b.revisions.iter().map(|r| r.index).collect(),
+        replay,
     })
+}
+
+/// Checks that `e` is a `replay_declared` entry, before batch entry `batch_seq`, of the
+/// pipeline `b` is a replay of, declaring `version` as the digests it holds make it.
+fn replay_of(
+    e: &Entry,
+    b: &Bundle,
+    batch_seq: u64,
+    version: &Hash,
+) -> Result<ReplayOf, BundleError> {
+    let Event::ReplayDeclared {
+        pipeline,
+        spec_sha256,
+        records_sha256,
+        replay_spec_sha256,
+    } = &e.event
+    else {
+        return Err(BundleError::Replay(format!(
+            "entry {} is a {} entry",
+            e.seq,
+            e.event.name()
+        )));
+    };
+    let why = if e.seq >= batch_seq {
+        "it does not precede the batch entry"
+    } else if b.pipeline != format!("{pipeline}-replay") {
+        "it declares a replay of another pipeline"
+    } else if replay_spec_sha256 != version {
+        "it declares another version"
+    } else if crate::entry::replay_version(spec_sha256, records_sha256) != *version {
+        "its spec and records digests do not make the version it declares"
+    } else {
+        return Ok(ReplayOf {
+            entry_index: e.seq,
+            spec_sha256: *spec_sha256,
+            records_sha256: *records_sha256,
+        });
+    };
+    Err(BundleError::Replay(format!("entry {}: {why}", e.seq)))
 }
 
 /// A batch's rows in one sink as the ledger leaves them after some of its entries: the row

@@ -18,6 +18,17 @@ pub const VERSION: u8 = 1;
 
 pub type Hash = [u8; 32];
 
+/// The spec version of a replay (`quarantine replay`) of records with SHA-256 `records`
+/// under the spec with SHA-256 `spec`: the SHA-256 of the two digests' lowercase hex, spec
+/// first (what a `replay_declared` entry declares).
+pub fn replay_version(spec: &Hash, records: &Hash) -> Hash {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(hex::encode(spec));
+    h.update(hex::encode(records));
+    h.finalize().into()
+}
+
 /// What happened. Each variant's fields are encoded in the order written here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
