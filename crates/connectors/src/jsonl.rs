@@ -5,7 +5,8 @@
 //! float; one in exponent notation bound for a decimal column is written out in plain digits),
 //! `null` as null. Reasons produced here: `invalid_utf8`, `invalid_json` (not JSON, not an
 //! object, or a key given twice), `unknown_column` (a key not declared, when
-//! `unknown_columns: reject`), `missing_column` (a `required` key absent).
+//! `unknown_columns: reject`; the rule gives its place in the object, not the key, which is
+//! the input's text), `missing_column` (a `required` key absent).
 //! A UTF-8 byte order mark at the start of a file is dropped. A line longer than
 //! [`MAX_LINE_BYTES`] is quarantined as `line_too_long` with its first bytes, the rest read
 //! past and never held.
@@ -163,7 +164,11 @@ impl SourceReader for JsonlReader {
                             break;
                         }
                         None if self.source.unknown_columns == UnknownColumns::Reject => {
-                            problem = Some(("unknown_column", format!("columns({k})")));
+                            // Its place in the object, not its text (the input's, as above).
+                            problem = Some((
+                                "unknown_column",
+                                format!("columns(undeclared key {})", i + 1),
+                            ));
                             break;
                         }
                         None => undeclared.push(k),
@@ -488,6 +493,30 @@ mod tests {
                 Some("0.000015"),
             ]
         );
+    }
+
+    /// With `unknown_columns: reject`, a record with an undeclared key is quarantined with its
+    /// place in the object: the key is the input's text (here an email), never repeated.
+    #[test]
+    fn an_undeclared_key_is_quarantined_by_its_place() {
+        let (_dir, mut r) = crate::test_reader(
+            "jsonl: { path: in }\n    unknown_columns: reject",
+            &["a", "b"],
+            b"{\"a\": \"x\", \"k@x.io\": 1, \"b\": 2}\n{\"b\": 3, \"a\": \"y\"}\n",
+        );
+        let d = r.next_batch().unwrap().unwrap();
+        assert_eq!((d.batch.len(), d.batch.get(0, 0)), (1, Some("y")));
+        assert_eq!(d.malformed.len(), 1);
+        let q = &d.malformed[0];
+        assert_eq!(
+            (
+                q.pos,
+                q.reasons[0].code.as_str(),
+                q.reasons[0].rule.as_str()
+            ),
+            (1, "unknown_column", "columns(undeclared key 2)")
+        );
+        assert!(!format!("{:?}", q.reasons).contains('@'));
     }
 
     /// A key given twice is ambiguous (JSON parsers differ on which value wins): the record is
