@@ -4166,6 +4166,16 @@ open('{f}', 'w', encoding='utf-8').write(out.getvalue())
     (dir, spec, home, lines, fix)
 }
 
+/// `quarantine replay --source trades` of the repaired records `fix`.
+fn replay_cmd(home: &Path, spec: &Path, fix: &Path) -> Command {
+    let mut c = bin();
+    c.args(["quarantine", "replay", "--source", "trades", "--home"])
+        .arg(home)
+        .arg(spec)
+        .arg(fix);
+    c
+}
+
 #[test]
 fn quarantined_records_are_listed_exported_repaired_and_replayed() {
     let (dir, spec, home, lines, fix) = repaired_currency_export(2000);
@@ -4185,13 +4195,7 @@ fn quarantined_records_are_listed_exported_repaired_and_replayed() {
         "{err}"
     );
     let f = fix.display();
-    let out = run_ok(
-        bin()
-            .args(["quarantine", "replay", "--source", "trades", "--home"])
-            .arg(&home)
-            .arg(&spec)
-            .arg(&fix),
-    );
+    let out = run_ok(&mut replay_cmd(&home, &spec, &fix));
     let (rin, loaded, _) = counts(&out);
     assert_eq!(
         (rin, loaded),
@@ -4383,14 +4387,7 @@ fn quarantined_records_are_listed_exported_repaired_and_replayed() {
         "{o}"
     );
     // The same repaired records again are refused (they are loaded); `--again` loads them.
-    let replay = || {
-        let mut c = bin();
-        c.args(["quarantine", "replay", "--source", "trades", "--home"])
-            .arg(&home)
-            .arg(&spec)
-            .arg(&fix);
-        c
-    };
+    let replay = || replay_cmd(&home, &spec, &fix);
     let out = replay().output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
@@ -4418,14 +4415,7 @@ fn quarantined_records_are_listed_exported_repaired_and_replayed() {
 #[test]
 fn an_interrupted_repair_link_is_recorded_by_the_next_replay() {
     let (_dir, spec, home, lines, fix) = repaired_currency_export(2000);
-    let replay = || {
-        let mut c = bin();
-        c.args(["quarantine", "replay", "--source", "trades", "--home"])
-            .arg(&home)
-            .arg(&spec)
-            .arg(&fix);
-        c
-    };
+    let replay = || replay_cmd(&home, &spec, &fix);
     let out = replay()
         .env("SEALTRAIL_DEBUG_PANIC_STAGE", "link:0")
         .output()
