@@ -2124,19 +2124,6 @@ fn quarantine_holds(b: &RecordBatch, key: &str, pos: &str) -> Option<bool> {
     }))
 }
 
-/// Whether `event` declares replay spec version `version` of `pipeline`, and that version is
-/// indeed the one its spec and records make.
-fn replay_declares(event: &Event, pipeline: &str, version: &Hash) -> bool {
-    matches!(event, Event::ReplayDeclared {
-        pipeline: of,
-        spec_sha256,
-        records_sha256,
-        replay_spec_sha256,
-    } if of == pipeline
-        && replay_spec_sha256 == version
-        && sealtrail_ledger::entry::replay_version(spec_sha256, records_sha256) == *version)
-}
-
 fn chain_of(p: &Pipeline, sink: &Sink) -> Vec<String> {
     let mut out = vec![format!("sink {}", sink.name)];
     let mut at = sink.from.clone();
@@ -2288,30 +2275,28 @@ pub async fn lineage(
                         "    replayed repaired records (`quarantine replay`, pipeline `{}`): its spec version is SHA-256 of the spec's and the repaired records' hex SHA-256 (docs/custody.md)",
                         r.pipeline
                     );
+                    // The same check as a proof bundle's `replay` gets.
                     let declared = st
                         .replay_declaration(&hex::encode(spec_sha256))
                         .await?
                         .and_then(signed_entry)
-                        .filter(|e| replay_declares(&e.event, &p.name, &spec_sha256));
-                    match declared.map(|e| (e.seq, e.event)) {
-                        Some((
-                            seq,
-                            Event::ReplayDeclared {
-                                spec_sha256: base,
-                                records_sha256,
-                                ..
-                            },
-                        )) => outln!(
-                            "    ledger entry {seq}: the replay of records {} under spec {}{}",
-                            hex::encode(records_sha256),
-                            hex::encode(base),
-                            if now == hex::encode(base) {
+                        .and_then(|e| {
+                            sealtrail_ledger::custody::replay_of(&e, &r.pipeline, seq, &spec_sha256)
+                                .ok()
+                        });
+                    match declared {
+                        Some(d) => outln!(
+                            "    ledger entry {}: the replay of records {} under spec {}{}",
+                            d.entry_index,
+                            hex::encode(d.records_sha256),
+                            hex::encode(d.spec_sha256),
+                            if now == hex::encode(d.spec_sha256) {
                                 " (the spec file's version now)"
                             } else {
                                 " (the spec file has changed since)"
                             }
                         ),
-                        _ => outln!(
+                        None => outln!(
                             "    no replay_declared ledger entry names this version here (replays before it existed have none)"
                         ),
                     }

@@ -959,36 +959,20 @@ pub fn replay_pipeline(
         use sha2::Digest as _;
         sha2::Sha256::digest(&text).into()
     };
-    let declared = replay_declared(&p.name, &p.spec_sha256, records)?;
-    p.name = sealtrail_spec::replay_name(&p.name);
-    if let sealtrail_ledger::entry::Event::ReplayDeclared {
-        replay_spec_sha256, ..
-    } = &declared
-    {
-        p.spec_sha256 = hex::encode(replay_spec_sha256);
-    }
-    Ok((p, input, declared))
-}
-
-/// The `replay_declared` event of replaying records with SHA-256 `records` under the spec of
-/// `pipeline` with hex SHA-256 `spec_hex`: the replay's spec version is the SHA-256 of the two
-/// hex digests' text (docs/custody.md, Replayed records).
-pub fn replay_declared(
-    pipeline: &str,
-    spec_hex: &str,
-    records: [u8; 32],
-) -> Result<sealtrail_ledger::entry::Event> {
-    let spec_sha256: [u8; 32] = hex::decode(spec_hex)
+    let spec_sha256 = hex::decode(&p.spec_sha256)
         .ok()
         .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| anyhow::anyhow!("the spec's SHA-256 is not 64 hex digits"))?;
+        .ok_or_else(|| anyhow::anyhow!("the spec's SHA-256 is not 64 hex digits (a bug)"))?;
     let replay_spec_sha256 = sealtrail_ledger::entry::replay_version(&spec_sha256, &records);
-    Ok(sealtrail_ledger::entry::Event::ReplayDeclared {
-        pipeline: pipeline.to_string(),
+    let declared = sealtrail_ledger::entry::Event::ReplayDeclared {
+        pipeline: p.name.clone(),
         spec_sha256,
         records_sha256: records,
         replay_spec_sha256,
-    })
+    };
+    p.name = sealtrail_spec::replay_name(&p.name);
+    p.spec_sha256 = hex::encode(replay_spec_sha256);
+    Ok((p, input, declared))
 }
 
 #[cfg(test)]

@@ -133,6 +133,16 @@ pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
 /// The column that carries each delivered row's lineage id (see `docs/custody.md`).
 pub const LINEAGE_ID_COLUMN: &str = "_sealtrail_id";
 
+/// The name `quarantine replay` runs a pipeline's repaired records under: its batches are
+/// the pipeline's too for `audit`, `prove`, `lineage` and `keys reencrypt`, and a proof
+/// bundle of a replayed row names it. No spec may name a pipeline so.
+pub fn replay_name(pipeline: &str) -> String {
+    format!("{pipeline}{REPLAY_SUFFIX}")
+}
+
+/// See [`replay_name`].
+pub const REPLAY_SUFFIX: &str = "-replay";
+
 /// Lowercase hex SHA-256 of some bytes; used for spec versions and file fingerprints.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;

@@ -462,7 +462,12 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
             .map_err(|why| BundleError::Revision(i + 1, why))?;
     }
     let replay = match &b.replay {
-        Some(ep) => Some(replay_of(&included(ep, &cp)?, b, entry.seq, spec_sha256)?),
+        Some(ep) => Some(replay_of(
+            &included(ep, &cp)?,
+            &b.pipeline,
+            entry.seq,
+            spec_sha256,
+        )?),
         None => None,
     };
     let root = state.root;
@@ -489,10 +494,11 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
 }
 
 /// Checks that `e` is a `replay_declared` entry, before batch entry `batch_seq`, of the
-/// pipeline `b` is a replay of, declaring `version` as the digests it holds make it.
-fn replay_of(
+/// pipeline whose replay is named `replay` ([`sealtrail_core::replay_name`]), declaring
+/// `version` (the batch entry's spec version) as the digests it holds make it.
+pub fn replay_of(
     e: &Entry,
-    b: &Bundle,
+    replay: &str,
     batch_seq: u64,
     version: &Hash,
 ) -> Result<ReplayOf, BundleError> {
@@ -511,7 +517,7 @@ fn replay_of(
     };
     let why = if e.seq >= batch_seq {
         "it does not precede the batch entry"
-    } else if b.pipeline != format!("{pipeline}-replay") {
+    } else if replay != sealtrail_core::replay_name(pipeline) {
         "it declares a replay of another pipeline"
     } else if replay_spec_sha256 != version {
         "it declares another version"

@@ -78,17 +78,11 @@ fn render(d: &[Diagnostic]) -> String {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+// No spec may name a pipeline as a replay is named (`check` refuses names ending in
+// `-replay`).
+pub use sealtrail_core::{REPLAY_SUFFIX, replay_name};
+
 /// Reads, parses and compiles a spec file.
-/// The name `quarantine replay` runs a pipeline's repaired records under: its batches are
-/// the pipeline's too for `audit`, `prove`, `lineage` and `keys reencrypt`. No spec may
-/// name a pipeline so (`check` refuses names ending in `-replay`).
-pub fn replay_name(pipeline: &str) -> String {
-    format!("{pipeline}{REPLAY_SUFFIX}")
-}
-
-/// See [`replay_name`].
-pub const REPLAY_SUFFIX: &str = "-replay";
-
 pub fn load(path: &Path) -> Result<Pipeline> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
