@@ -960,6 +960,37 @@ fn changed_columns(proven: &RowProof, now: &FoundRow) -> Vec<String> {
     out
 }
 
+/// Whether the spec file given to `verify-proof --spec` is the version the proven batch ran
+/// under (for a replayed row, the version its `replay_declared` entry names). Information, not
+/// a verdict: a spec is edited between runs, and the row is found by the spec as it is now.
+fn spec_in_force(
+    spec: &Path,
+    replayed: bool,
+    ok: &sealtrail_ledger::custody::Verified,
+) -> Result<String> {
+    let now = sealtrail_core::sha256_hex(
+        &std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?,
+    );
+    let (then, what) = match (&ok.replay, replayed) {
+        (Some(r), _) => (hex::encode(r.spec_sha256), "the replay was declared under"),
+        (None, false) => (hex::encode(ok.spec_sha256), "the batch ran under"),
+        (None, true) => {
+            return Ok(format!(
+                "{} is version {now}; the row was replayed before replays were declared in the ledger, so the spec version its replay ran under is not known",
+                spec.display()
+            ));
+        }
+    };
+    Ok(if now == then {
+        format!("{} is the spec version {what} ({now})", spec.display())
+    } else {
+        format!(
+            "{} has changed since: it is version {now}, {what} {then}; the row is looked up where the spec names its sink now",
+            spec.display()
+        )
+    })
+}
+
 /// Whether the row in the table is byte for byte the proven row (in the bundle's format).
 fn proven_bytes(proven: &RowProof, now: &FoundRow) -> bool {
     let format = if proven.row.is_empty() {
@@ -1033,6 +1064,7 @@ pub async fn verify_proof(
         ok.tree_size,
         v.name(),
         ok.checkpoint_time
+            .as_ref()
             .map(|t| format!(" at {t}"))
             .unwrap_or_default()
     );
@@ -1084,6 +1116,7 @@ pub async fn verify_proof(
                     p.name
                 );
             }
+            outln!("  {}", spec_in_force(spec, p.name != b.pipeline, &ok)?);
             let (sk, _copy) = readable_sink(find_sink(&p, &b.output.sink)?, false).await?;
             let mut t = SinkTable::open(&sk).await?;
             let label = match &mut t {
