@@ -1694,6 +1694,44 @@ fn postgres_errors_name_the_source_and_never_the_password() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// A run whose sink cannot be opened fails before anything loads and leaves no empty output
+/// folder behind (the quarantine's and the other sinks' are opened first); with the sink
+/// back, the same run resumes and loads every record once.
+#[test]
+fn a_sink_that_cannot_be_opened_leaves_no_empty_folder_behind() {
+    let ns = format!("st_nosink_{}", std::process::id());
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("in/a.csv"), "id,name\n1,x\n2,y\nz,w\n").unwrap();
+    let spec = dir.path().join("s.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\npipeline: {ns}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  a: {{ from: s, audience: internal, parquet: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.b }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("ST_URL", "postgres://postgres@127.0.0.1:1/test")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
+    assert!(!dir.path().join("out").exists(), "{err}");
+    let out = run_ok(bin().arg("run").arg(&spec).env("ST_URL", pg_url()));
+    assert!(out.contains("resum"), "{out}");
+    assert_eq!(pg_one(&format!("SELECT count(*)::text FROM {ns}.b")), "2");
+    let files = |d: &str| std::fs::read_dir(dir.path().join(d)).unwrap().count();
+    assert_eq!((files("out/a"), files("out/q")), (1, 1));
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
 #[test]
 fn parquet_files_are_a_source_with_typed_values_and_row_positions() {
     let dir = tempfile::tempdir().unwrap();
@@ -4317,6 +4355,13 @@ fn quarantined_records_are_listed_exported_repaired_and_replayed() {
             .arg(&spec),
     );
     assert!(v.contains("the proven row, unchanged"), "{v}");
+    assert!(
+        v.contains(&format!(
+            "is the spec version the replay was declared under ({})",
+            sealtrail_core::sha256_hex(&std::fs::read(&spec).unwrap())
+        )),
+        "{v}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
     let l = run_ok(
@@ -4586,6 +4631,34 @@ print(' '.join(r['trade_id'] + '=' + r['_sealtrail_id'] for r in (t[10], t[20], 
     );
     assert!(
         out.contains("the row in sink `trades_clean` is the proven row, unchanged"),
+        "{out}"
+    );
+    let version = sealtrail_core::sha256_hex(&std::fs::read(&spec).unwrap());
+    assert!(
+        out.contains(&format!(
+            "is the spec version the batch ran under ({version})"
+        )),
+        "{out}"
+    );
+    // A spec edited since is named as such (with both versions), and still finds the row.
+    let edited = dir.path().join("edited.yaml");
+    let mut text = std::fs::read_to_string(&spec).unwrap();
+    text.push_str("# edited after the run\n");
+    std::fs::write(&edited, text).unwrap();
+    let out = run_ok(
+        bin()
+            .arg("verify-proof")
+            .arg(&bundle)
+            .arg("--key")
+            .arg(&pubkey)
+            .arg("--spec")
+            .arg(&edited),
+    );
+    assert!(
+        out.contains(&format!(
+            "has changed since: it is version {}, the batch ran under {version};",
+            sealtrail_core::sha256_hex(&std::fs::read(&edited).unwrap())
+        )) && out.contains("is the proven row, unchanged"),
         "{out}"
     );
     let o = bin()

@@ -376,6 +376,11 @@ impl SinkWriter {
                 if rows == 0 {
                     return Ok(true);
                 }
+                // Opening created it, but a failed run of another pipeline writing beside
+                // this one may have taken it away again while it was empty.
+                std::fs::create_dir_all(&*dir).map_err(|e| {
+                    sink_err(name, format!("cannot create folder {}: {e}", dir.display()))
+                })?;
                 write_parquet_atomically(&path, schema, batches).map_err(|e| sink_err(name, e))?;
                 Ok(true)
             }

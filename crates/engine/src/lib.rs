@@ -33,7 +33,7 @@ use sealtrail_protect::ops::Sealer;
 use sealtrail_protect::plan::{self as protect, ColumnState, Protector, Resolution};
 use sealtrail_quality::Validator;
 use sealtrail_spec::Source;
-use sealtrail_spec::{Diagnostic, Pipeline, SourceConnector};
+use sealtrail_spec::{Diagnostic, Pipeline, SourceConnector, Target};
 use state::StateStore;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -774,7 +774,11 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         }
         None => None,
     };
+    let fresh = missing_parquet_folders(p);
     let result = run_inner(p, opts, &st, &run_id).await;
+    if result.is_err() {
+        remove_if_still_empty(&fresh);
+    }
     if let Some((em, d)) = &lineage {
         let (kind, err) = match &result {
             Ok(_) => ("COMPLETE", None),
@@ -820,6 +824,42 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
                 at: now(),
             });
             Err(e)
+        }
+    }
+}
+
+/// The Parquet folders (sinks' and the quarantine's) that do not exist yet, each with the
+/// outermost of its folders that does not: opening a sink creates them, and a run that fails
+/// before writing into them (a later sink cannot be opened, a check fails) takes them away
+/// again, so that a failed first run leaves no empty output behind. A local Delta table is
+/// left as created (its first commit is the table's; another writer may have joined it).
+fn missing_parquet_folders(p: &Pipeline) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+    p.sinks
+        .iter()
+        .map(|s| &s.target)
+        .chain([&p.quarantine])
+        .filter_map(|t| match t {
+            Target::Parquet { dir } if !dir.exists() => {
+                let top = dir
+                    .ancestors()
+                    .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                    .last()?;
+                Some((dir.clone(), top.to_path_buf()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Removes each folder of `fresh` and its parents up to the recorded outermost one, as long as
+/// they are empty (`remove_dir` refuses a folder that holds anything, so nothing written is
+/// lost whoever wrote it).
+fn remove_if_still_empty(fresh: &[(std::path::PathBuf, std::path::PathBuf)]) {
+    for (dir, top) in fresh {
+        for d in dir.ancestors() {
+            if std::fs::remove_dir(d).is_err() || d == top.as_path() {
+                break;
+            }
         }
     }
 }
