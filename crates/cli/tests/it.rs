@@ -2862,8 +2862,11 @@ fn runs_started_at_once_in_a_new_home_share_its_keys() {
 struct S3Server {
     child: std::process::Child,
     endpoint: String,
-    /// A proxy in front of the server, when the store is to ignore `If-None-Match`.
+    /// A proxy in front of the server, when the store is to ignore `If-None-Match` or is
+    /// reached over TLS.
     proxy: Option<std::process::Child>,
+    /// Over TLS: the certificate authority to trust (`SSL_CERT_FILE`).
+    ca: Option<PathBuf>,
 }
 
 /// An HTTP proxy (argv: upstream port, own port) that drops `If-None-Match` from every request:
@@ -2935,6 +2938,7 @@ impl S3Server {
             child,
             endpoint,
             proxy: None,
+            ca: None,
         };
         wait_for_port(port, "moto's S3 server");
         py(&format!(
@@ -2946,18 +2950,24 @@ impl S3Server {
     }
 
     /// The settings a client needs to reach it (test credentials moto accepts).
-    fn settings(&self) -> [(&str, &str); 5] {
-        [
+    fn settings(&self) -> Vec<(&str, &str)> {
+        let mut s = vec![
             ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
-            ("AWS_ALLOW_HTTP", "true"),
             ("AWS_ACCESS_KEY_ID", "test"),
             ("AWS_SECRET_ACCESS_KEY", "test"),
             ("AWS_REGION", "us-east-1"),
-        ]
+        ];
+        if self.ca.is_none() {
+            s.push(("AWS_ALLOW_HTTP", "true"));
+        }
+        s
     }
 
     /// The environment a process needs to reach it.
     fn env<'a>(&'a self, c: &'a mut Command) -> &'a mut Command {
+        if let Some(ca) = &self.ca {
+            c.env("SSL_CERT_FILE", ca);
+        }
         c.envs(self.settings())
     }
 
@@ -2996,6 +3006,111 @@ impl S3Server {
     }
 }
 
+/// Writes a private certificate authority and a server certificate it signed for 127.0.0.1
+/// (Python's `cryptography`) into the folder in argv: `ca.pem`, `server.pem`, `server.key`.
+const TEST_CERTIFICATES: &str = r#"
+import datetime as dt, ipaddress, sys
+from cryptography import x509
+from cryptography.x509.oid import NameOID, ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+out = sys.argv[1]
+now = dt.datetime.now(dt.timezone.utc)
+def name(cn):
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+def cert(subject, key, issuer, issuer_key, ca):
+    b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True))
+    if ca:
+        b = b.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+            content_commitment=False, key_encipherment=False, data_encipherment=False,
+            key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+    else:
+        b = (b.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]), critical=False)
+              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+    return b.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+open(f'{out}/ca.pem', 'wb').write(cert('sealtrail test CA', ca_key, 'sealtrail test CA', ca_key, True))
+open(f'{out}/server.pem', 'wb').write(cert('127.0.0.1', key, 'sealtrail test CA', ca_key, False))
+open(f'{out}/server.key', 'wb').write(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+"#;
+
+/// A TLS front (argv: certificate, key, upstream port, own port): accepts TLS 1.3 only and
+/// passes the decrypted bytes to a plain TCP server on the upstream port, and back.
+const TLS_FRONT: &str = r#"
+import asyncio, ssl, sys
+cert, key, up, port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.load_cert_chain(cert, key)
+async def pipe(r, w):
+    try:
+        while data := await r.read(65536):
+            w.write(data)
+            await w.drain()
+    except Exception:
+        pass
+    finally:
+        try:
+            w.close()
+        except Exception:
+            pass
+async def handle(r, w):
+    try:
+        ur, uw = await asyncio.open_connection('127.0.0.1', up)
+    except Exception:
+        w.close()
+        return
+    await asyncio.gather(pipe(r, uw), pipe(ur, w))
+async def main():
+    s = await asyncio.start_server(handle, '127.0.0.1', port, ssl=ctx)
+    async with s:
+        await s.serve_forever()
+asyncio.run(main())
+"#;
+
+/// A [`TLS_FRONT`] for the plain server on `upstream`, with certificates made in `dir` by
+/// [`TEST_CERTIFICATES`]: the running front, its port and the CA certificate to trust.
+fn tls_front(dir: &Path, upstream: u16) -> (std::process::Child, u16, PathBuf) {
+    let _ = python(); // installs cryptography with the other Python packages
+    let st = Command::new("python3")
+        .args(["-c", TEST_CERTIFICATES])
+        .arg(dir)
+        .status()
+        .expect("python3");
+    assert!(st.success(), "making test certificates failed");
+    let port = free_port();
+    let child = Command::new("python3")
+        .args(["-c", TLS_FRONT])
+        .arg(dir.join("server.pem"))
+        .arg(dir.join("server.key"))
+        .args([upstream.to_string(), port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 TLS front");
+    wait_for_port(port, "the TLS front");
+    (child, port, dir.join("ca.pem"))
+}
+
+impl S3Server {
+    /// [`S3Server::start`] reached over HTTPS (TLS 1.3 only) through [`tls_front`], with a
+    /// certificate from a private CA whose file [`S3Server::env`] names in `SSL_CERT_FILE`
+    /// (where the system's roots are read from).
+    fn start_tls(bucket: &str, certs: &Path) -> Self {
+        let mut s = Self::start(bucket);
+        let upstream: u16 = s.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let (front, port, ca) = tls_front(certs, upstream);
+        s.proxy = Some(front);
+        s.endpoint = format!("https://127.0.0.1:{port}");
+        s.ca = Some(ca);
+        s
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         for c in std::iter::once(&mut self.child).chain(self.proxy.as_mut()) {
@@ -3003,6 +3118,52 @@ impl Drop for S3Server {
             let _ = c.wait();
         }
     }
+}
+
+/// A Delta sink on `s3://` over HTTPS: the store's certificate is checked against the
+/// system's roots (here a private CA named by `SSL_CERT_FILE`, as on a machine whose
+/// administrator installed it). Not trusted, the run fails before writing anything and says
+/// why; trusted, over TLS 1.3, the run loads every row and `audit` reads them back.
+#[test]
+fn an_s3_delta_sink_over_https_checks_the_store_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let s3 = S3Server::start_tls("tls", &certs);
+    let specs = id_value_project(
+        dir.path(),
+        250,
+        &[("tls", "delta: { path: \"s3://tls/t\" }")],
+    );
+    let o = s3
+        .env(bin().arg("run").arg(&specs[0]))
+        .env_remove("SSL_CERT_FILE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("cannot write to s3://tls/t")
+            && err.contains("(invalid peer certificate: UnknownIssuer)")
+            && err.contains("name a PEM file of trusted roots in SSL_CERT_FILE"),
+        "{err}"
+    );
+    let listed = py(&format!(
+        "import boto3\n\
+         c = boto3.client('s3', endpoint_url='{}', verify='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n\
+         print(c.list_objects_v2(Bucket='tls').get('KeyCount', 0))",
+        s3.endpoint,
+        certs.join("ca.pem").display()
+    ));
+    assert_eq!(listed, "0");
+    let out = run_ok(s3.env(bin().arg("run").arg(&specs[0])));
+    let words = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        words.contains("rows in 250 loaded 250 quarantined 0"),
+        "{out}"
+    );
+    let out = run_ok(s3.env(bin().arg("audit").arg(&specs[0]).args(["--sink", "out"])));
+    assert!(out.contains("250 rows read"), "{out}");
 }
 
 /// A store that ignores conditional writes would let two writers of one Delta version
@@ -5117,9 +5278,13 @@ fn openlineage_events_validate_against_the_official_schemas() {
         "values leaked"
     );
 
-    // Over HTTP, to a real listener; and a failing run sends FAIL with its error.
+    // Over HTTPS (TLS 1.3, a certificate from a private CA named by `SSL_CERT_FILE`), to a
+    // real listener behind a TLS front; and a failing run sends FAIL with its error.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/api/v1/lineage", listener.local_addr().unwrap());
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    let (mut front, port, ca) = tls_front(&certs, listener.local_addr().unwrap().port());
+    let url = format!("https://127.0.0.1:{port}/api/v1/lineage");
     let server = std::thread::spawn(move || {
         use std::io::{BufRead, Read, Write};
         let mut bodies = Vec::new();
@@ -5164,10 +5329,13 @@ fn openlineage_events_validate_against_the_official_schemas() {
         .arg(&fspec)
         .arg("--openlineage")
         .arg(&url)
+        .env("SSL_CERT_FILE", &ca)
         .output()
         .unwrap();
     assert!(!out.status.success());
     let got = server.join().unwrap();
+    let _ = front.kill();
+    let _ = front.wait();
     let kinds: Vec<&str> = got
         .iter()
         .map(|e| e["eventType"].as_str().unwrap())

@@ -20,6 +20,7 @@ use deltalake::logstore::{
     logstore_factories, object_store_factories,
 };
 use deltalake::{DeltaResult, DeltaTableError};
+use sealtrail_core::with_root_cause;
 use std::sync::{Arc, Once};
 use url::Url;
 
@@ -120,7 +121,7 @@ pub async fn check_conditional_writes(uri: &str) -> Result<(), String> {
     store
         .put_opts(&probe, os::PutPayload::from_static(b"probe"), create())
         .await
-        .map_err(|e| format!("cannot write to {uri}: {e}"))?;
+        .map_err(|e| format!("cannot write to {uri}: {}", with_root_cause(&e)))?;
     let again = store
         .put_opts(&probe, os::PutPayload::from_static(b"again"), create())
         .await;
@@ -132,7 +133,8 @@ pub async fn check_conditional_writes(uri: &str) -> Result<(), String> {
             "the store behind {uri} does not honour conditional writes (`If-None-Match: *`): it let an object be created twice, so two writers of the table could overwrite each other's commits and lose one; nothing was written. Use a store that supports them (Amazon S3 does; S3-compatible stores in recent versions)"
         )),
         Err(e) => Err(format!(
-            "cannot check that {uri} honours conditional writes: {e}"
+            "cannot check that {uri} honours conditional writes: {}",
+            with_root_cause(&e)
         )),
     }
 }
@@ -209,7 +211,7 @@ impl TableCopy {
             .list(Some(&copy.prefix))
             .try_collect()
             .await
-            .map_err(|e| format!("cannot list {uri}: {e}"))?;
+            .map_err(|e| format!("cannot list {uri}: {}", with_root_cause(&e)))?;
         let mut copied = 0;
         for o in &objects {
             let Some(rel) = o.location.prefix_match(&copy.prefix) else {
@@ -266,8 +268,9 @@ impl TableCopy {
         // until it is whole: `fetch` takes a file that exists for a complete copy.
         use futures::TryStreamExt;
         use std::io::Write;
-        let unreadable =
-            |e: deltalake::logstore::object_store::Error| format!("cannot read {location}: {e}");
+        let unreadable = |e: deltalake::logstore::object_store::Error| {
+            format!("cannot read {location}: {}", with_root_cause(&e))
+        };
         let mut stream = self
             .store
             .get(location)

@@ -27,6 +27,7 @@ use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use sealtrail_core::with_root_cause;
 use sealtrail_spec::Target;
 use std::path::{Path, PathBuf};
 
@@ -281,9 +282,12 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
                 url::Url::from_directory_path(uri)
                     .map_err(|_| sink_err(name, format!("bad table path {uri}")))?
             };
-            let table = DeltaTable::try_from_url(url.clone())
-                .await
-                .map_err(|e| sink_err(name, format!("cannot open Delta table {uri}: {e}")))?;
+            let table = DeltaTable::try_from_url(url.clone()).await.map_err(|e| {
+                sink_err(
+                    name,
+                    format!("cannot open Delta table {uri}: {}", with_root_cause(&e)),
+                )
+            })?;
             let kernel: StructType = schema
                 .as_ref()
                 .try_into_kernel()
@@ -390,10 +394,10 @@ impl SinkWriter {
                 loop {
                     let done = table
                         .snapshot()
-                        .map_err(|e| sink_err(name, e))?
+                        .map_err(|e| sink_err(name, with_root_cause(&e)))?
                         .transaction_version(table.log_store().as_ref(), &app_id)
                         .await
-                        .map_err(|e| sink_err(name, e))?;
+                        .map_err(|e| sink_err(name, with_root_cause(&e)))?;
                     if done.is_some_and(|v| v >= key.batch as i64) {
                         return Ok(false);
                     }
@@ -403,11 +407,13 @@ impl SinkWriter {
                     let props = CommitProperties::default()
                         .with_application_transaction(Transaction::new(&app_id, key.batch as i64));
                     let mut w = RecordBatchWriter::for_table(table)
-                        .map_err(|e| sink_err(name, e))?
+                        .map_err(|e| sink_err(name, with_root_cause(&e)))?
                         .with_writer_properties(writer_properties_for(batches))
                         .with_commit_properties(props);
                     for b in batches {
-                        w.write(b.clone()).await.map_err(|e| sink_err(name, e))?;
+                        w.write(b.clone())
+                            .await
+                            .map_err(|e| sink_err(name, with_root_cause(&e)))?;
                     }
                     match w.flush_and_commit(table).await {
                         Ok(_) => return Ok(true),
@@ -424,9 +430,12 @@ impl SinkWriter {
                         }) if conflicts < 3 => {
                             conflicts += 1;
                             tracing::warn!(sink = %name, error = %e, "the Delta table changed during the commit; writing the batch again");
-                            table.update_state().await.map_err(|e| sink_err(name, e))?;
+                            table
+                                .update_state()
+                                .await
+                                .map_err(|e| sink_err(name, with_root_cause(&e)))?;
                         }
-                        Err(e) => return Err(sink_err(name, e)),
+                        Err(e) => return Err(sink_err(name, with_root_cause(&e))),
                     }
                 }
             }
@@ -568,9 +577,12 @@ pub async fn sink_files(name: &str, target: &Target) -> Result<Vec<PathBuf>> {
                 )
                 .map_err(|_| sink_err(name, format!("bad table path {uri}")))?
             };
-            let table = deltalake::open_table(url)
-                .await
-                .map_err(|e| sink_err(name, format!("cannot open Delta table {uri}: {e}")))?;
+            let table = deltalake::open_table(url).await.map_err(|e| {
+                sink_err(
+                    name,
+                    format!("cannot open Delta table {uri}: {}", with_root_cause(&e)),
+                )
+            })?;
             let mut out = Vec::new();
             for u in table.get_file_uris().map_err(|e| sink_err(name, e))? {
                 // Local files come back as plain paths or file:// URLs.
@@ -622,13 +634,16 @@ async fn create_or_reopen(
         Ok(t) => return Ok((t, true)),
         Err(e) => e,
     };
-    let again = DeltaTable::try_from_url(url.clone())
-        .await
-        .map_err(|e| sink_err(name, format!("cannot open Delta table {url}: {e}")))?;
+    let again = DeltaTable::try_from_url(url.clone()).await.map_err(|e| {
+        sink_err(
+            name,
+            format!("cannot open Delta table {url}: {}", with_root_cause(&e)),
+        )
+    })?;
     if again.version().is_none() {
         return Err(sink_err(
             name,
-            format!("cannot create Delta table {url}: {e}"),
+            format!("cannot create Delta table {url}: {}", with_root_cause(&e)),
         ));
     }
     Ok((again, false))

@@ -143,6 +143,32 @@ pub fn replay_name(pipeline: &str) -> String {
 /// See [`replay_name`].
 pub const REPLAY_SUFFIX: &str = "-replay";
 
+/// `e`'s message followed by its root cause when the message leaves it out. Clients of object
+/// stores and HTTP endpoints wrap the reason a request failed several errors deep ("error
+/// sending request"), and the reason (a certificate the system does not trust, a refused
+/// connection, a name that does not resolve) is what says what to fix. Only for errors whose
+/// causes hold no secrets (object store and HTTP clients: credentials travel in headers).
+pub fn with_root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let msg = e.to_string();
+    let mut root = None;
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        root = Some(c);
+        cause = c.source();
+    }
+    let msg = match root.map(|r| r.to_string()) {
+        Some(r) if !r.is_empty() && !msg.contains(&r) => format!("{msg} ({r})"),
+        _ => msg,
+    };
+    if msg.contains("invalid peer certificate") {
+        format!(
+            "{msg}; the server's certificate is not trusted here: add its certificate authority to the system's trusted roots, or name a PEM file of trusted roots in SSL_CERT_FILE"
+        )
+    } else {
+        msg
+    }
+}
+
 /// Lowercase hex SHA-256 of some bytes; used for spec versions and file fingerprints.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -181,6 +207,53 @@ pub fn cpu_seconds() -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error with a message and an optional cause, like the layers of an HTTP client's.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn the_root_cause_is_added_when_the_message_leaves_it_out() {
+        let e = Layer(
+            "HTTP error: error sending request",
+            Some(Box::new(Layer(
+                "client error (Connect)",
+                Some(Box::new(Layer("Connection refused (os error 111)", None))),
+            ))),
+        );
+        assert_eq!(
+            with_root_cause(&e),
+            "HTTP error: error sending request (Connection refused (os error 111))"
+        );
+        // A message that already says it, or an error without causes, is left as it is.
+        let said = Layer("refused: oops", Some(Box::new(Layer("oops", None))));
+        assert_eq!(with_root_cause(&said), "refused: oops");
+        assert_eq!(with_root_cause(&Layer("alone", None)), "alone");
+        // An untrusted certificate gets a hint of what to do.
+        let tls = Layer(
+            "error sending request",
+            Some(Box::new(Layer(
+                "invalid peer certificate: UnknownIssuer",
+                None,
+            ))),
+        );
+        let m = with_root_cause(&tls);
+        assert!(
+            m.starts_with("error sending request (invalid peer certificate: UnknownIssuer); ")
+                && m.contains("SSL_CERT_FILE"),
+            "{m}"
+        );
+    }
 
     #[test]
     fn cpu_time_is_read_and_grows_with_work() {

@@ -101,7 +101,7 @@ impl Emitter {
                     Ok(s) => tracing::warn!("OpenLineage endpoint at {host} answered {s}"),
                     Err(e) => tracing::warn!(
                         "OpenLineage endpoint at {host} unreachable: {}",
-                        e.without_url()
+                        sealtrail_core::with_root_cause(&e.without_url())
                     ),
                 }
             }
