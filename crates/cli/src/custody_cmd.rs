@@ -963,32 +963,31 @@ fn changed_columns(proven: &RowProof, now: &FoundRow) -> Vec<String> {
 /// Whether the spec file given to `verify-proof --spec` is the version the proven batch ran
 /// under (for a replayed row, the version its `replay_declared` entry names). Information, not
 /// a verdict: a spec is edited between runs, and the row is found by the spec as it is now.
+/// `now` is the loaded spec's version (`Pipeline::spec_sha256`, the SHA-256 of its file).
 fn spec_in_force(
     spec: &Path,
+    now: &str,
     replayed: bool,
     ok: &sealtrail_ledger::custody::Verified,
-) -> Result<String> {
-    let now = sealtrail_core::sha256_hex(
-        &std::fs::read(spec).with_context(|| format!("reading {}", spec.display()))?,
-    );
+) -> String {
     let (then, what) = match (&ok.replay, replayed) {
         (Some(r), _) => (hex::encode(r.spec_sha256), "the replay was declared under"),
         (None, false) => (hex::encode(ok.spec_sha256), "the batch ran under"),
         (None, true) => {
-            return Ok(format!(
+            return format!(
                 "{} is version {now}; the row was replayed before replays were declared in the ledger, so the spec version its replay ran under is not known",
                 spec.display()
-            ));
+            );
         }
     };
-    Ok(if now == then {
+    if now == then {
         format!("{} is the spec version {what} ({now})", spec.display())
     } else {
         format!(
             "{} has changed since: it is version {now}, {what} {then}; the row is looked up where the spec names its sink now",
             spec.display()
         )
-    })
+    }
 }
 
 /// Whether the row in the table is byte for byte the proven row (in the bundle's format).
@@ -1116,7 +1115,10 @@ pub async fn verify_proof(
                     p.name
                 );
             }
-            outln!("  {}", spec_in_force(spec, p.name != b.pipeline, &ok)?);
+            outln!(
+                "  {}",
+                spec_in_force(spec, &p.spec_sha256, p.name != b.pipeline, &ok)
+            );
             let (sk, _copy) = readable_sink(find_sink(&p, &b.output.sink)?, false).await?;
             let mut t = SinkTable::open(&sk).await?;
             let label = match &mut t {
