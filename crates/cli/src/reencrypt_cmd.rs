@@ -1,6 +1,6 @@
-//! `sealtrail keys reencrypt`: a Parquet sink's or a local Delta table's ciphertexts
-//! rewritten under the active versions of their keys (after `keys rotate`), one batch file at
-//! a time.
+//! `sealtrail keys reencrypt`: a Parquet sink's or a Delta table's (local or on S3)
+//! ciphertexts rewritten under the active versions of their keys (after `keys rotate`), one
+//! batch file at a time.
 //!
 //! Rewriting a delivered file changes its rows' bytes, which is exactly what `audit` and
 //! `prove` exist to detect. So each rewrite is a recorded revision of the batch's rows in the
@@ -15,6 +15,7 @@ use crate::protect_cmd::{actor, open_keyring};
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, AsArray, RecordBatch, StringBuilder};
 use arrow::datatypes::SchemaRef;
+use sealtrail_connectors::s3::TableCopy;
 use sealtrail_engine::custody::{CustodyView, RowFormat, RowHasher};
 use sealtrail_engine::state::{CustodyRef, StateStore};
 use sealtrail_ledger::entry::{Event, Hash};
@@ -32,7 +33,7 @@ const TAMPERED: i32 = 4;
 pub struct ReencryptArgs {
     /// The pipeline spec that delivers the sink.
     pub spec: PathBuf,
-    /// The sink (a Parquet sink or a local Delta table) whose files to rewrite.
+    /// The sink (a Parquet sink or a Delta table, local or on S3) whose files to rewrite.
     #[arg(long)]
     pub sink: String,
     /// The encrypted column(s) (default: every column of the sink that an `encrypt` policy
@@ -59,12 +60,31 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
     let sk = find_sink(&p, &a.sink)?;
     let place = match &sk.target {
         Target::Parquet { .. } => Place::Parquet,
+        Target::Delta { uri } if sealtrail_connectors::s3::is_s3(uri) => {
+            // Read through a local copy of the table's log; the data files of the batches are
+            // fetched one at a time, rewritten locally, and uploaded.
+            let (copy, _) = TableCopy::new(uri, false)
+                .await
+                .map_err(|e| anyhow!("sink `{}`: {e}", a.sink))?;
+            Place::Delta {
+                dir: copy.dir().to_path_buf(),
+                table: uri.clone(),
+                purge: a.purge,
+                copy: Some(copy),
+            }
+        }
         Target::Delta { uri } if !uri.contains("://") => Place::Delta {
             dir: std::path::absolute(uri)?,
+            table: uri.clone(),
             purge: a.purge,
+            copy: None,
         },
-        _ => bail!(
-            "sink `{}` is not a Parquet sink or a local Delta table: `keys reencrypt` rewrites those only (the rows of a PostgreSQL table or an S3 Delta table stay under the key version they were written with, which `decrypt` still reads)",
+        Target::Delta { uri } => bail!(
+            "sink `{}` is a Delta table at {uri}: `keys reencrypt` rewrites local and `s3://` tables only",
+            a.sink
+        ),
+        Target::Postgres { .. } => bail!(
+            "sink `{}` is a PostgreSQL table: `keys reencrypt` rewrites Parquet and Delta sinks only (the rows of a PostgreSQL table stay under the key version they were written with, which `decrypt` still reads)",
             a.sink
         ),
     };
@@ -107,7 +127,8 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
     let (cp, _) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
         .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
     let signed = Signed::new(&dir, &cp);
-    let files = sealtrail_connectors::sink::sink_files(&sk.name, &sk.target).await?;
+    let target = place.target(&sk.target);
+    let files = sealtrail_connectors::sink::sink_files(&sk.name, &target).await?;
     let (who, actor) = actor(&a.by);
     let mut log = None;
     // Old key versions already named by a `key_event` of this command.
@@ -139,7 +160,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         }
         let file = match batch_files(
             &files,
-            &sk.target,
+            &target,
             (&r.pipeline, &r.run_id, &r.source, r.batch),
         )
         .as_deref()
@@ -157,12 +178,13 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             ),
         };
         let delivered: Vec<Hash> = (0..s.len()).map(|j| s.row(j).1).collect();
+        place.fetch(&file).await?;
         let (schema, batches) = read(&file)?;
         if commitments(&batches, c.row_format(), &file)? != delivered {
             // A rewrite recorded in the ledger and the state store but not yet put in place
             // (the command was interrupted): its file is complete; finish it.
             let recorded = place.pending(&file, &r, revisions.len());
-            if recorded.exists()
+            if place.find_pending(&recorded).await?
                 && commitments(&read(&recorded)?.1, c.row_format(), &recorded)? == delivered
             {
                 place.put(&recorded, &file, &r).await?;
@@ -181,10 +203,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         }
         // A rewrite never recorded (interrupted before its ledger entry) is dropped.
         let pending = place.pending(&file, &r, revisions.len() + 1);
-        if pending.exists() {
-            std::fs::remove_file(&pending)
-                .with_context(|| format!("removing {}", pending.display()))?;
-        }
+        place.drop_pending(&pending).await?;
         let mut old_ids = BTreeSet::new();
         let (out, changed) =
             reencrypt_batches(&mut ring, &schema, batches, &a.column, &file, &mut old_ids)?;
@@ -207,6 +226,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         sealtrail_connectors::sink::write_parquet_file(&pending, &schema, &out)
             .with_context(|| format!("writing {}", pending.display()))?;
         sync_dir(&pending)?;
+        place.stage(&pending).await?;
         let w = match log.as_mut() {
             Some(w) => w,
             None => log.insert(
@@ -316,12 +336,78 @@ fn read(f: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
 enum Place {
     /// A Parquet folder: the new file is renamed over the old one.
     Parquet,
-    /// A local Delta table: one commit removes the old file and adds the new one; with
-    /// `purge`, the old file is then deleted.
-    Delta { dir: PathBuf, purge: bool },
+    /// A Delta table: one commit removes the old file and adds the new one; with `purge`, the
+    /// old file is then deleted. `dir` is the table's folder, or for a table on S3 the folder
+    /// of `copy`, its local copy, whose files are fetched from and uploaded to the table.
+    Delta {
+        dir: PathBuf,
+        table: String,
+        purge: bool,
+        copy: Option<TableCopy>,
+    },
 }
 
 impl Place {
+    /// The sink's target as its files are read: a table on S3 through its local copy.
+    fn target(&self, target: &Target) -> Target {
+        match self {
+            Place::Delta {
+                dir,
+                copy: Some(_),
+                ..
+            } => Target::Delta {
+                uri: dir.display().to_string(),
+            },
+            _ => target.clone(),
+        }
+    }
+
+    /// Makes sure data file `file` is on the local disk (a table on S3: fetched into the copy).
+    async fn fetch(&self, file: &Path) -> Result<()> {
+        if let Place::Delta { copy: Some(c), .. } = self {
+            c.fetch(&[file.to_path_buf()])
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the rewrite `pending` exists (on S3: fetched into the copy if it does).
+    async fn find_pending(&self, pending: &Path) -> Result<bool> {
+        match self {
+            Place::Delta { copy: Some(c), .. } => c
+                .fetch_if_present(pending)
+                .await
+                .map_err(|e| anyhow!("{e}")),
+            _ => Ok(pending.exists()),
+        }
+    }
+
+    /// Removes the rewrite `pending`, if there is one.
+    async fn drop_pending(&self, pending: &Path) -> Result<()> {
+        match self {
+            Place::Delta { copy: Some(c), .. } => {
+                c.delete(pending).await.map_err(|e| anyhow!("{e}"))
+            }
+            _ => match std::fs::remove_file(pending) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", pending.display()))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// Puts the rewrite `pending`, written and synced on the local disk, where `put` takes it
+    /// from (a table on S3: uploaded beside the table's files, read by no reader until its
+    /// commit).
+    async fn stage(&self, pending: &Path) -> Result<()> {
+        if let Place::Delta { copy: Some(c), .. } = self {
+            c.upload(pending).await.map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(())
+    }
+
     /// The name batch `r`'s rewrite as revision `n` of the batch is written under until it is
     /// put in place: a hidden name in a Parquet folder, a file of no commit in a Delta table
     /// (readers see only the files the log names).
@@ -349,7 +435,20 @@ impl Place {
                     .with_context(|| format!("replacing {}", file.display()))?;
                 sync_dir(file)
             }
-            Place::Delta { dir, purge } => {
+            Place::Delta {
+                dir,
+                table,
+                purge,
+                copy,
+            } => {
+                let rel = |f: &Path| -> Result<String> {
+                    let r = f
+                        .strip_prefix(dir)
+                        .map_err(|_| anyhow!("{} is not inside the table", f.display()))?;
+                    r.to_str()
+                        .map(|s| s.replace(std::path::MAIN_SEPARATOR, "/"))
+                        .ok_or_else(|| anyhow!("{} is not a UTF-8 path", f.display()))
+                };
                 let size = std::fs::metadata(pending)?.len();
                 let key = sealtrail_connectors::sink::CommitKey {
                     pipeline: r.pipeline.clone(),
@@ -358,18 +457,23 @@ impl Place {
                     batch: r.batch,
                 };
                 sealtrail_connectors::sink::delta_replace_file(
-                    dir,
-                    file,
-                    pending,
+                    table,
+                    &rel(file)?,
+                    &rel(pending)?,
                     size,
                     &key.app_id(),
                     r.batch as i64,
                 )
                 .await?;
                 if *purge {
-                    std::fs::remove_file(file)
-                        .with_context(|| format!("deleting {}", file.display()))?;
-                    sync_dir(file)?;
+                    match copy {
+                        Some(c) => c.delete(file).await.map_err(|e| anyhow!("{e}"))?,
+                        None => {
+                            std::fs::remove_file(file)
+                                .with_context(|| format!("deleting {}", file.display()))?;
+                            sync_dir(file)?;
+                        }
+                    }
                 }
                 Ok(())
             }

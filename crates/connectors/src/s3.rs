@@ -231,24 +231,78 @@ impl TableCopy {
         self.dir.path()
     }
 
+    /// The table's URL.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
     /// Makes sure the data files `locals` (paths in the copy, as the copied log names them)
     /// are there (a whole copy has them already); returns how many it copied.
     pub async fn fetch(&self, locals: &[std::path::PathBuf]) -> Result<usize, String> {
         let mut copied = 0;
         for local in locals.iter().filter(|l| !self.whole && !l.exists()) {
-            let rel: Vec<String> = local
-                .strip_prefix(self.dir())
-                .map_err(|_| format!("{} is not in the copy of {}", local.display(), self.uri))?
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect();
-            let location = rel
-                .iter()
-                .fold(self.prefix.clone(), |p, part| p.join(part.as_str()));
+            let (location, rel) = self.location_of(local)?;
             self.copy_object(&location, &rel).await?;
             copied += 1;
         }
         Ok(copied)
+    }
+
+    /// Copies the object at `local`'s place in the table into the copy if the store has one
+    /// (a file no commit names, which the log-only copy does not list); whether it had.
+    pub async fn fetch_if_present(&self, local: &std::path::Path) -> Result<bool, String> {
+        use deltalake::logstore::object_store::{self as os, ObjectStoreExt};
+        let (location, rel) = self.location_of(local)?;
+        match self.store.head(&location).await {
+            Err(os::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(format!("cannot read {location}: {}", with_root_cause(&e))),
+            Ok(_) => self.copy_object(&location, &rel).await.map(|()| true),
+        }
+    }
+
+    /// Uploads the file `local` of the copy to its place in the table (a new data file, which
+    /// no reader sees until a commit names it).
+    pub async fn upload(&self, local: &std::path::Path) -> Result<(), String> {
+        use deltalake::logstore::object_store::{self as os, ObjectStoreExt};
+        let (location, _) = self.location_of(local)?;
+        // Whole in memory: these are the files of one batch, which a run held in memory too.
+        let bytes = std::fs::read(local).map_err(|e| format!("{}: {e}", local.display()))?;
+        self.store
+            .put(&location, os::PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot write {location}: {}", with_root_cause(&e)))
+    }
+
+    /// Deletes the object at `local`'s place in the table (and the copy's file), if there is
+    /// one.
+    pub async fn delete(&self, local: &std::path::Path) -> Result<(), String> {
+        use deltalake::logstore::object_store::{self as os, ObjectStoreExt};
+        let (location, _) = self.location_of(local)?;
+        match self.store.delete(&location).await {
+            Ok(()) | Err(os::Error::NotFound { .. }) => {}
+            Err(e) => return Err(format!("cannot delete {location}: {}", with_root_cause(&e))),
+        }
+        match std::fs::remove_file(local) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("{}: {e}", local.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The object a path in the copy stands for, and its parts relative to the table.
+    fn location_of(&self, local: &std::path::Path) -> Result<(Path, Vec<String>), String> {
+        let rel: Vec<String> = local
+            .strip_prefix(self.dir())
+            .map_err(|_| format!("{} is not in the copy of {}", local.display(), self.uri))?
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let location = rel
+            .iter()
+            .fold(self.prefix.clone(), |p, part| p.join(part.as_str()));
+        Ok((location, rel))
     }
 
     async fn copy_object(&self, location: &Path, rel: &[String]) -> Result<(), String> {

@@ -480,15 +480,16 @@ pub fn write_parquet_file(
     file.sync_all()
 }
 
-/// Replaces data file `old` of the local Delta table in folder `dir` with `new`, a complete
-/// Parquet file of `size` bytes already written into that folder (not yet in any commit, so
-/// no reader sees it), in one commit that removes the one and adds the other under the
-/// application transaction `app_id` at `version`, so the log still names the batch each file
-/// holds. The old file stays in the table's history (time travel) until a VACUUM removes it.
+/// Replaces data file `old` of the Delta table at `table` (a local folder or an `s3://` URL)
+/// with `new`, a complete Parquet file of `size` bytes already written into
+/// the table's location (not yet in any commit, so no reader sees it), both paths relative to
+/// the table, in one commit that removes the one and adds the other under the application
+/// transaction `app_id` at `version`, so the log still names the batch each file holds. The
+/// old file stays in the table's history (time travel) until a VACUUM removes it.
 pub async fn delta_replace_file(
-    dir: &Path,
-    old: &Path,
-    new: &Path,
+    table: &str,
+    old: &str,
+    new: &str,
     size: u64,
     app_id: &str,
     version: i64,
@@ -496,36 +497,26 @@ pub async fn delta_replace_file(
     use deltalake::kernel::transaction::CommitBuilder;
     use deltalake::kernel::{Action, Add, Remove};
     let err = |e: String| Error::Sink {
-        sink: dir.display().to_string(),
+        sink: table.to_string(),
         reason: e,
     };
-    let rel = |f: &Path| -> Result<String> {
-        let r = f
-            .strip_prefix(dir)
-            .map_err(|_| err(format!("{} is not inside the table", f.display())))?;
-        r.to_str()
-            .map(|s| s.replace(std::path::MAIN_SEPARATOR, "/"))
-            .ok_or_else(|| err(format!("{} is not a UTF-8 path", f.display())))
-    };
-    let url =
-        url::Url::from_directory_path(std::path::absolute(dir).map_err(|e| err(e.to_string()))?)
-            .map_err(|_| err(format!("bad table path {}", dir.display())))?;
-    let table = deltalake::open_table(url)
+    crate::s3::register();
+    let table = deltalake::open_table(table_url(table).map_err(err)?)
         .await
-        .map_err(|e| err(format!("cannot open the Delta table: {e}")))?;
+        .map_err(|e| err(format!("cannot open the Delta table: {}", with_root_cause(&e))))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     let actions = vec![
         Action::Remove(Remove {
-            path: rel(old)?,
+            path: old.to_string(),
             data_change: true,
             deletion_timestamp: Some(now),
             extended_file_metadata: Some(false),
             ..Default::default()
         }),
         Action::Add(Add {
-            path: rel(new)?,
+            path: new.to_string(),
             size: size as i64,
             modification_time: now,
             data_change: true,
@@ -543,8 +534,23 @@ pub async fn delta_replace_file(
             deltalake::protocol::DeltaOperation::Update { predicate: None },
         )
         .await
-        .map_err(|e| err(format!("committing the rewritten file: {e}")))?;
+        .map_err(|e| {
+            err(format!(
+                "committing the rewritten file: {}",
+                with_root_cause(&e)
+            ))
+        })?;
     Ok(())
+}
+
+/// The URL of the Delta table at `uri`: a URL as it is, a local folder as a `file://` URL.
+pub fn table_url(uri: &str) -> std::result::Result<url::Url, String> {
+    if uri.contains("://") {
+        url::Url::parse(uri).map_err(|e| format!("bad table URL {uri}: {e}"))
+    } else {
+        let dir = std::path::absolute(uri).map_err(|e| format!("{uri}: {e}"))?;
+        url::Url::from_directory_path(dir).map_err(|()| format!("bad table path {uri}"))
+    }
 }
 
 /// The data files that make up a sink's table now: a Parquet sink's part files, or the files
@@ -568,15 +574,7 @@ pub async fn sink_files(name: &str, target: &Target) -> Result<Vec<PathBuf>> {
         }
         Target::Delta { uri } => {
             crate::s3::register();
-            let url = if uri.contains("://") {
-                url::Url::parse(uri)
-                    .map_err(|e| sink_err(name, format!("bad table URL {uri}: {e}")))?
-            } else {
-                url::Url::from_directory_path(
-                    std::path::absolute(uri).map_err(|e| sink_err(name, e))?,
-                )
-                .map_err(|_| sink_err(name, format!("bad table path {uri}")))?
-            };
+            let url = table_url(uri).map_err(|e| sink_err(name, e))?;
             let table = deltalake::open_table(url).await.map_err(|e| {
                 sink_err(
                     name,
