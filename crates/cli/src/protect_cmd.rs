@@ -87,9 +87,9 @@ pub enum KeysCmd {
         #[arg(long)]
         by: Option<String>,
     },
-    /// Re-encrypt a Parquet sink's or a Delta table's (local or on S3) `st1:` values under the
-    /// active version of their key (after `rotate`), batch file by batch file, each rewrite
-    /// recorded in the ledger as a revision of the batch's rows (`outputs_revised`), so `audit` and `prove` go on checking them. A
+    /// Re-encrypt a sink's `st1:` values (Parquet, Delta local or on S3, PostgreSQL) under the
+    /// active version of their key (after `rotate`), batch by batch, each rewrite recorded in
+    /// the ledger as a revision of the batch's rows (`outputs_revised`), so `audit` and `prove` go on checking them. A
     /// file that is not as delivered is refused. Values of subject keys stay as they are.
     Reencrypt(crate::reencrypt_cmd::ReencryptArgs),
     /// Destroy a data subject's key: their encrypted values can no longer be decrypted by anyone.

@@ -1,6 +1,6 @@
-//! `sealtrail keys reencrypt`: a Parquet sink's or a Delta table's (local or on S3)
-//! ciphertexts rewritten under the active versions of their keys (after `keys rotate`), one
-//! batch file at a time.
+//! `sealtrail keys reencrypt`: a sink's ciphertexts (a Parquet folder, a Delta table local or
+//! on S3, a PostgreSQL table) rewritten under the active versions of their keys (after `keys
+//! rotate`), one batch at a time.
 //!
 //! Rewriting a delivered file changes its rows' bytes, which is exactly what `audit` and
 //! `prove` exist to detect. So each rewrite is a recorded revision of the batch's rows in the
@@ -15,6 +15,7 @@ use crate::protect_cmd::{actor, open_keyring};
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, AsArray, RecordBatch, StringBuilder};
 use arrow::datatypes::SchemaRef;
+use sealtrail_connectors::pg::{PgTable, TextUpdate};
 use sealtrail_connectors::s3::TableCopy;
 use sealtrail_engine::custody::{CustodyView, RowFormat, RowHasher};
 use sealtrail_engine::state::{CustodyRef, StateStore};
@@ -33,7 +34,7 @@ const TAMPERED: i32 = 4;
 pub struct ReencryptArgs {
     /// The pipeline spec that delivers the sink.
     pub spec: PathBuf,
-    /// The sink (a Parquet sink or a Delta table, local or on S3) whose files to rewrite.
+    /// The sink (Parquet, Delta local or on S3, PostgreSQL) whose values to rewrite.
     #[arg(long)]
     pub sink: String,
     /// The encrypted column(s) (default: every column of the sink that an `encrypt` policy
@@ -83,10 +84,13 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             "sink `{}` is a Delta table at {uri}: `keys reencrypt` rewrites local and `s3://` tables only",
             a.sink
         ),
-        Target::Postgres { .. } => bail!(
-            "sink `{}` is a PostgreSQL table: `keys reencrypt` rewrites Parquet and Delta sinks only (the rows of a PostgreSQL table stay under the key version they were written with, which `decrypt` still reads)",
-            a.sink
-        ),
+        Target::Postgres { url, table, .. } => Place::Postgres {
+            table: Box::new(tokio::sync::Mutex::new(
+                PgTable::open(&sk.name, url, table).await?,
+            )),
+            dir: PathBuf::new(), // set below, once the home is known
+            columns: Vec::new(),
+        },
     };
     let mut a = a;
     if a.column.is_empty() {
@@ -111,6 +115,12 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         ledger: la.clone(),
     };
     let home = state.home(Some(&a.spec));
+    let mut place = place;
+    if let Place::Postgres { dir, columns, .. } = &mut place {
+        *dir = home.join("reencrypt");
+        columns.clone_from(&a.column);
+    }
+    let place = place;
     let mut ring = open_keyring(&home, false)?;
     let url = state.url(&home);
     let st = StateStore::open(&url).await?;
@@ -128,12 +138,16 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
     let signed = Signed::new(&dir, &cp);
     let target = place.target(&sk.target);
-    let files = sealtrail_connectors::sink::sink_files(&sk.name, &target).await?;
+    let files = match place {
+        Place::Postgres { .. } => Vec::new(),
+        _ => sealtrail_connectors::sink::sink_files(&sk.name, &target).await?,
+    };
     let (who, actor) = actor(&a.by);
     let mut log = None;
     // Old key versions already named by a `key_event` of this command.
     let mut recorded_ids = BTreeSet::new();
-    let (mut rewritten, mut values, mut finished, mut missing) = (0usize, 0u64, 0usize, 0usize);
+    let (mut rewritten, mut values, mut finished, mut missing, mut skipped) =
+        (0usize, 0u64, 0usize, 0usize, 0usize);
     for r in st.custody_index(&p.name, None).await? {
         let revisions = st.revisions(&r).await?;
         let mismatch = || {
@@ -158,46 +172,87 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         if s.len() as u64 != now.rows || !merkle::ct_eq(&c.output_root(s), &now.root) {
             return mismatch();
         }
-        let file = match batch_files(
-            &files,
-            &target,
-            (&r.pipeline, &r.run_id, &r.source, r.batch),
-        )
-        .as_deref()
-        {
-            Some([one]) => one.clone(),
-            None => {
-                missing += 1;
-                continue;
-            }
-            Some(_) => bail!(
-                "several files of sink `{}` claim batch {} of run {}: run `sealtrail audit`",
-                a.sink,
-                r.batch,
-                r.run_id
-            ),
-        };
         let delivered: Vec<Hash> = (0..s.len()).map(|j| s.row(j).1).collect();
-        place.fetch(&file).await?;
-        let (schema, batches) = read(&file)?;
-        if commitments(&batches, c.row_format(), &file)? != delivered {
+        // The batch's rows in the sink, in custody order: its file (`file`, named in messages
+        // as `label`), or a PostgreSQL table's rows with its lineage ids (`file` is then where
+        // their rewrite waits, in the home folder).
+        let (file, label, schema, batches) = if let Place::Postgres { table, dir, .. } = &place {
+            let ids: Vec<String> = (0..s.len()).map(|j| c.row_id(s, s.row(j).0)).collect();
+            let mut t = table.lock().await;
+            let rows = match t.rows_with_ids(&ids).await? {
+                Ok(rows) => rows,
+                Err(shared) => {
+                    eprintln!(
+                        "warning: {} row(s) of batch {} of run {} share their lineage ids with other rows of {} (a record loaded twice, e.g. by `quarantine replay --again`), so they cannot be addressed by id: left under their key versions, which `decrypt` still reads",
+                        shared.len(),
+                        r.batch,
+                        r.run_id,
+                        t.location()
+                    );
+                    skipped += 1;
+                    continue;
+                }
+            };
+            let label = format!(
+                "the rows of batch {} of run {} in {}",
+                r.batch,
+                r.run_id,
+                t.location()
+            );
+            let file = dir.join(format!(
+                "{}-{}-{}-{}",
+                r.pipeline, r.run_id, r.source, r.batch
+            ));
+            (file, label, t.schema(), vec![rows])
+        } else {
+            let file = match batch_files(
+                &files,
+                &target,
+                (&r.pipeline, &r.run_id, &r.source, r.batch),
+            )
+            .as_deref()
+            {
+                Some([one]) => one.clone(),
+                None => {
+                    missing += 1;
+                    continue;
+                }
+                Some(_) => bail!(
+                    "several files of sink `{}` claim batch {} of run {}: run `sealtrail audit`",
+                    a.sink,
+                    r.batch,
+                    r.run_id
+                ),
+            };
+            place.fetch(&file).await?;
+            let (schema, batches) = read(&file)?;
+            (file.clone(), file.display().to_string(), schema, batches)
+        };
+        if commitments(&batches, c.row_format(), &label)? != delivered {
             // A rewrite recorded in the ledger and the state store but not yet put in place
             // (the command was interrupted): its file is complete; finish it.
             let recorded = place.pending(&file, &r, revisions.len());
             if place.find_pending(&recorded).await?
-                && commitments(&read(&recorded)?.1, c.row_format(), &recorded)? == delivered
+                && commitments(
+                    &read(&recorded)?.1,
+                    c.row_format(),
+                    &recorded.display().to_string(),
+                )? == delivered
             {
                 place.put(&recorded, &file, &r).await?;
                 finished += 1;
                 continue;
             }
+            let (are, them) = match place {
+                Place::Postgres { .. } => ("are", "them"),
+                _ => ("is", "it"),
+            };
             eprintln!(
-                "error: {} is not as batch {} of run {} delivered it: nothing in it was re-encrypted (a re-encryption would make the change look authorised). `sealtrail audit {} --sink {}` names the rows; restore the file, then run this again",
-                file.display(),
+                "error: {label} {are} not as batch {} of run {} delivered {them}: nothing in {them} was re-encrypted (a re-encryption would make the change look authorised). `sealtrail audit {} --sink {}` names the rows; restore {them}, then run this again",
                 r.batch,
                 r.run_id,
                 a.spec.display(),
-                a.sink
+                a.sink,
             );
             return Ok(TAMPERED);
         }
@@ -206,7 +261,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         place.drop_pending(&pending).await?;
         let mut old_ids = BTreeSet::new();
         let (out, changed) =
-            reencrypt_batches(&mut ring, &schema, batches, &a.column, &file, &mut old_ids)?;
+            reencrypt_batches(&mut ring, &schema, batches, &a.column, &label, &mut old_ids)?;
         if changed == 0 {
             continue;
         }
@@ -214,7 +269,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         let rows = &mut revised.outputs[si].rows;
         for (row, h) in rows
             .iter_mut()
-            .zip(commitments(&out, c.row_format(), &file)?)
+            .zip(commitments(&out, c.row_format(), &label)?)
         {
             row.1 = h;
         }
@@ -223,6 +278,9 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         // ledger entry, then the state store, then the file in place: an interruption
         // anywhere leaves either the old file under its old root or a finished rewrite to put
         // in place.
+        if let Some(d) = pending.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
         sealtrail_connectors::sink::write_parquet_file(&pending, &schema, &out)
             .with_context(|| format!("writing {}", pending.display()))?;
         sync_dir(&pending)?;
@@ -274,13 +332,23 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             a.sink
         );
     } else {
+        let what = match place {
+            Place::Postgres { .. } => "batch(es) of rows",
+            _ => "file(s)",
+        };
         outln!(
-            "re-encrypted {values} value(s) in {rewritten} file(s) of sink `{}` under the active keys (by {who}); each file's batch has an `outputs_revised` ledger entry, so `audit` and `prove` check the new rows",
+            "re-encrypted {values} value(s) in {rewritten} {what} of sink `{}` under the active keys (by {who}); each batch has an `outputs_revised` ledger entry, so `audit` and `prove` check the new rows",
             a.sink
         );
     }
     if finished > 0 {
         outln!("finished {finished} rewrite(s) an interrupted run of this command had recorded");
+    }
+    if skipped > 0 {
+        eprintln!(
+            "warning: {skipped} batch(es) of sink `{}` were left as they are (see above)",
+            a.sink
+        );
     }
     if missing > 0 {
         eprintln!(
@@ -345,6 +413,14 @@ enum Place {
         purge: bool,
         copy: Option<TableCopy>,
     },
+    /// A PostgreSQL table: the batch's rows get the rewritten columns' values in one
+    /// transaction, by lineage id; the rewrite waits in a Parquet file in `dir` (in the home
+    /// folder) until then.
+    Postgres {
+        table: Box<tokio::sync::Mutex<PgTable>>,
+        dir: PathBuf,
+        columns: Vec<String>,
+    },
 }
 
 impl Place {
@@ -352,9 +428,7 @@ impl Place {
     fn target(&self, target: &Target) -> Target {
         match self {
             Place::Delta {
-                dir,
-                copy: Some(_),
-                ..
+                dir, copy: Some(_), ..
             } => Target::Delta {
                 uri: dir.display().to_string(),
             },
@@ -424,12 +498,54 @@ impl Place {
                 "part-sealtrail-{}-{}-{}-r{n}.zstd.parquet",
                 r.run_id, r.source, r.batch
             )),
+            Place::Postgres { .. } => {
+                let mut name = file.as_os_str().to_owned();
+                name.push(format!("-r{n}.parquet"));
+                PathBuf::from(name)
+            }
         }
     }
 
     /// Puts `pending` in the place of `file`, durably.
     async fn put(&self, pending: &Path, file: &Path, r: &CustodyRef) -> Result<()> {
         match self {
+            Place::Postgres { table, columns, .. } => {
+                let (_, batches) = read(pending)?;
+                let new = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
+                let text = |b: &RecordBatch, c: &str| -> Result<Vec<Option<String>>> {
+                    let a = b
+                        .column_by_name(c)
+                        .and_then(|a| a.as_string_opt::<i32>())
+                        .ok_or_else(|| anyhow!("{}: no text column `{c}`", pending.display()))?;
+                    Ok(a.iter().map(|v| v.map(str::to_string)).collect())
+                };
+                let ids: Vec<String> = text(&new, sealtrail_engine::custody::ID_COLUMN)?
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let mut t = table.lock().await;
+                let now = match t.rows_with_ids(&ids).await? {
+                    Ok(now) if now.num_rows() == ids.len() && ids.len() == new.num_rows() => now,
+                    _ => bail!(
+                        "{} no longer holds the rows of batch {} of run {} once each: run `sealtrail audit`",
+                        t.location(),
+                        r.batch,
+                        r.run_id
+                    ),
+                };
+                let mut set = Vec::with_capacity(columns.len());
+                for c in columns {
+                    set.push(TextUpdate {
+                        column: c.clone(),
+                        old: text(&now, c)?,
+                        new: text(&new, c)?,
+                    });
+                }
+                t.update_text_columns(&ids, &set).await?;
+                std::fs::remove_file(pending)
+                    .with_context(|| format!("removing {}", pending.display()))?;
+                Ok(())
+            }
             Place::Parquet => {
                 std::fs::rename(pending, file)
                     .with_context(|| format!("replacing {}", file.display()))?;
@@ -490,15 +606,12 @@ fn sync_dir(f: &Path) -> Result<()> {
 }
 
 /// Each row's commitment, in file order.
-fn commitments(batches: &[RecordBatch], format: RowFormat, f: &Path) -> Result<Vec<Hash>> {
+fn commitments(batches: &[RecordBatch], format: RowFormat, f: &str) -> Result<Vec<Hash>> {
     let mut out = Vec::new();
     for b in batches {
-        let mut h = RowHasher::new(format, b).map_err(|e| anyhow!("{}: {e}", f.display()))?;
+        let mut h = RowHasher::new(format, b).map_err(|e| anyhow!("{f}: {e}"))?;
         for r in 0..b.num_rows() {
-            out.push(
-                h.commitment(r)
-                    .map_err(|e| anyhow!("{}: {e}", f.display()))?,
-            );
+            out.push(h.commitment(r).map_err(|e| anyhow!("{f}: {e}"))?);
         }
     }
     Ok(out)
@@ -512,14 +625,14 @@ fn reencrypt_batches(
     schema: &SchemaRef,
     batches: Vec<RecordBatch>,
     columns: &[String],
-    f: &Path,
+    f: &str,
     old_ids: &mut BTreeSet<String>,
 ) -> Result<(Vec<RecordBatch>, u64)> {
     let mut idx = Vec::with_capacity(columns.len());
     for c in columns {
         let i = schema
             .index_of(c)
-            .map_err(|_| anyhow!("{} has no column `{c}`", f.display()))?;
+            .map_err(|_| anyhow!("{f} has no column `{c}`"))?;
         idx.push((c, i));
     }
     let mut out = Vec::with_capacity(batches.len());
@@ -529,7 +642,7 @@ fn reencrypt_batches(
         let mut cols = b.columns().to_vec();
         for &(c, i) in &idx {
             let Some(a) = b.column(i).as_string_opt::<i32>() else {
-                bail!("{}: column `{c}` does not hold text", f.display());
+                bail!("{f}: column `{c}` does not hold text");
             };
             let mut nb = StringBuilder::with_capacity(a.len(), a.values().len());
             for r in 0..a.len() {
@@ -552,7 +665,7 @@ fn reencrypt_batches(
                     Some((new_id, new_key)) if new_id != id => {
                         let plain = Sealer::new(id, &ring.by_id(id)?)
                             .open(v)
-                            .map_err(|e| anyhow!("{}: {e}", f.display()))?;
+                            .map_err(|e| anyhow!("{f}: {e}"))?;
                         text.clear();
                         Sealer::new(&new_id, &new_key).seal(&plain, &mut text);
                         nb.append_value(&text);

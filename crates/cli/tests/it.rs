@@ -4063,7 +4063,8 @@ fn an_s3_delta_table_is_reencrypted_in_the_bucket() {
     let (code, out) = audit();
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("rewritten in place since delivery") && out.contains("every row is as delivered"),
+        out.contains("rewritten in place since delivery")
+            && out.contains("every row is as delivered"),
         "{out}"
     );
     // Interrupted after its first rewrite was recorded (and uploaded), before its commit: the
@@ -4077,7 +4078,10 @@ fn an_s3_delta_table_is_reencrypted_in_the_bucket() {
     assert_eq!(out.status.code(), Some(70));
     assert_eq!(audit().0, Some(4));
     let r = run_ok(&mut reencrypt(&[]));
-    assert!(r.contains("finished 1 rewrite(s)") && r.contains("in 4 file(s)"), "{r}");
+    assert!(
+        r.contains("finished 1 rewrite(s)") && r.contains("in 4 file(s)"),
+        "{r}"
+    );
     let (code, out) = audit();
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(versions(), "500 ['vk@3']");
@@ -4092,6 +4096,121 @@ fn an_s3_delta_table_is_reencrypted_in_the_bucket() {
     let plain = run_ok(
         bin()
             .args(["decrypt", "--reason", "s3 re-encryption test", "--home"])
+            .arg(&home)
+            .arg(&one),
+    );
+    assert_eq!(plain.trim(), "value 42");
+    run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
+}
+
+/// `keys reencrypt` on a PostgreSQL sink: each batch's rows get their values sealed again under
+/// the active key version in one UPDATE by lineage id, as a recorded revision that `audit`
+/// follows; rows changed since delivery are refused (exit 4) and left alone; an interruption
+/// after a rewrite was recorded is finished from the file it waits in.
+#[test]
+fn a_postgres_sink_is_reencrypted_by_lineage_id() {
+    let ns = "reencrypt_pg";
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = id_value_project(
+        dir.path(),
+        500,
+        &[(
+            "pg_keys",
+            &format!("postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.out }}"),
+        )],
+    )
+    .remove(0);
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "      - { name: v }\n",
+        "      - { name: v }\n    protect:\n      - { column: v, action: encrypt, key: vk }\n",
+    );
+    std::fs::write(&spec, text).unwrap();
+    let home = dir.path().join(".sealtrail");
+    let with_pg = |c: &mut Command| {
+        c.env("ST_TEST_PG_URL", pg_url());
+    };
+    let mut c = bin();
+    with_pg(c.arg("run").arg(&spec));
+    run_ok(&mut c);
+    let versions = || {
+        pg(&format!(
+            "SELECT count(*)::text, string_agg(DISTINCT split_part(v, ':', 2), ',') FROM {ns}.out"
+        ))[0]
+            .iter()
+            .map(|x| x.clone().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(versions(), "500 vk@1");
+    let reencrypt = || {
+        let mut c = bin();
+        with_pg(
+            c.args(["keys", "reencrypt"])
+                .arg(&spec)
+                .args(["--sink", "out"]),
+        );
+        c
+    };
+    let rotate = || run_ok(bin().args(["keys", "rotate", "vk", "--home"]).arg(&home));
+    rotate();
+    let r = run_ok(&mut reencrypt());
+    assert!(
+        r.starts_with("re-encrypted 500 value(s) in 5 batch(es) of rows"),
+        "{r}"
+    );
+    assert_eq!(versions(), "500 vk@2");
+    let (code, out) = run_audit(&spec, &["out"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("rewritten in place since delivery")
+            && out.contains("every row is as delivered"),
+        "{out}"
+    );
+    // A row changed in the table since delivery: its batch is refused, nothing is rewritten in
+    // it, and once the row is restored the command goes on.
+    let v7 = pg_one(&format!("SELECT v FROM {ns}.out WHERE id = 7"));
+    pg(&format!(
+        "UPDATE {ns}.out SET v = 'st1:vk@2:forged' WHERE id = 7"
+    ));
+    rotate();
+    let out = reencrypt().output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains(&format!("in postgres table {ns}.out are not as batch ")),
+        "{err}"
+    );
+    assert_eq!(
+        pg_one(&format!(
+            "SELECT count(*)::text FROM {ns}.out WHERE v LIKE 'st1:vk@3:%' AND id < 100"
+        )),
+        "0"
+    );
+    pg(&format!("UPDATE {ns}.out SET v = '{v7}' WHERE id = 7"));
+    // Interrupted after its first rewrite was recorded, before the UPDATE: audit sees the old
+    // rows against the new root until the command, run again, finishes the rewrite.
+    let out = reencrypt()
+        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "reencrypt:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(70));
+    assert_eq!(run_audit(&spec, &["out"]).0, Some(4));
+    let r = run_ok(&mut reencrypt());
+    assert!(r.contains("finished 1 rewrite(s)"), "{r}");
+    let (code, out) = run_audit(&spec, &["out"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(versions(), "500 vk@3");
+    assert!(
+        glob_files(&home.join("reencrypt")).is_empty(),
+        "a rewrite's file was left behind"
+    );
+    let one = pg_one(&format!("SELECT v FROM {ns}.out WHERE id = 42"));
+    let plain = run_ok(
+        bin()
+            .args(["decrypt", "--reason", "pg re-encryption test", "--home"])
             .arg(&home)
             .arg(&one),
     );

@@ -701,6 +701,15 @@ pub struct PgTable {
     scan: Option<CopyScan>,
 }
 
+/// New values of a text column for [`PgTable::update_text_columns`], row by row, with the
+/// values the rows must still hold.
+#[derive(Debug)]
+pub struct TextUpdate {
+    pub column: String,
+    pub old: Vec<Option<String>>,
+    pub new: Vec<Option<String>>,
+}
+
 /// A running scan: the table's rows as a binary COPY stream, read on a task of its own (so
 /// the server sends while the caller decodes and hashes) and handed over in chunks.
 struct CopyScan {
@@ -781,6 +790,111 @@ impl PgTable {
             .await
             .map_err(|e| self.err(&e))?;
         self.to_batch(&rows)
+    }
+
+    /// The rows whose lineage id is one of `ids`, in the order of `ids`, or the ids that more
+    /// than one row of the table carries (such rows cannot be told apart by id). Ids no row
+    /// carries are left out: the batch then has fewer rows.
+    pub async fn rows_with_ids(
+        &mut self,
+        ids: &[String],
+    ) -> Result<std::result::Result<RecordBatch, Vec<String>>> {
+        use arrow::array::AsArray;
+        let id = sealtrail_core::LINEAGE_ID_COLUMN;
+        let Ok(at) = self.schema.index_of(id) else {
+            return Err(sink_err(
+                &self.name,
+                format!("table {} has no column `{id}`", self.table),
+            ));
+        };
+        let sql = format!("{} WHERE {}::text = ANY($1)", self.select, quote_ident(id));
+        let rows = sqlx::query(&sql)
+            .bind(ids)
+            .fetch_all(&mut self.conn)
+            .await
+            .map_err(|e| self.err(&e))?;
+        let b = self.to_batch(&rows)?;
+        let got = arrow::compute::cast(b.column(at), &DataType::Utf8)
+            .map_err(|e| sink_err(&self.name, e))?;
+        let got = got.as_string::<i32>();
+        let mut at_row: std::collections::HashMap<&str, u32> = Default::default();
+        let mut shared = std::collections::BTreeSet::new();
+        for r in 0..got.len() {
+            if got.is_valid(r) && at_row.insert(got.value(r), r as u32).is_some() {
+                shared.insert(got.value(r).to_string());
+            }
+        }
+        if !shared.is_empty() {
+            return Ok(Err(shared.into_iter().collect()));
+        }
+        let order = arrow::array::UInt32Array::from_iter_values(
+            ids.iter().filter_map(|i| at_row.get(i.as_str()).copied()),
+        );
+        let columns = b
+            .columns()
+            .iter()
+            .map(|c| arrow::compute::take(c, &order, None))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| sink_err(&self.name, e))?;
+        RecordBatch::try_new(self.schema.clone(), columns)
+            .map(Ok)
+            .map_err(|e| sink_err(&self.name, e))
+    }
+
+    /// Sets text columns of the rows with lineage ids `ids`: each [`TextUpdate`] gives the
+    /// rows' values now and the values they get, row by row. One statement in one
+    /// transaction, and only if every row is found with its `old` values (otherwise nothing is
+    /// changed and the error says so), so a row changed since it was read is never
+    /// overwritten.
+    pub async fn update_text_columns(
+        &mut self,
+        ids: &[String],
+        columns: &[TextUpdate],
+    ) -> Result<()> {
+        let mut set = Vec::new();
+        let mut arrays = vec!["$1::text[]".to_string()];
+        let mut names = vec!["id".to_string()];
+        let mut same = vec![format!(
+            "t.{}::text = u.id",
+            quote_ident(sealtrail_core::LINEAGE_ID_COLUMN)
+        )];
+        for (i, TextUpdate { column: c, .. }) in columns.iter().enumerate() {
+            set.push(format!("{} = u.n{i}", quote_ident(c)));
+            arrays.push(format!("${}::text[]", 2 + 2 * i));
+            arrays.push(format!("${}::text[]", 3 + 2 * i));
+            names.push(format!("o{i}"));
+            names.push(format!("n{i}"));
+            same.push(format!("t.{} IS NOT DISTINCT FROM u.o{i}", quote_ident(c)));
+        }
+        let sql = format!(
+            "UPDATE {} AS t SET {} FROM unnest({}) AS u({}) WHERE {}",
+            quote_table(&self.table),
+            set.join(", "),
+            arrays.join(", "),
+            names.join(", "),
+            same.join(" AND ")
+        );
+        let name = self.name.clone();
+        let db = |e: sqlx::Error| sink_err(&name, redact_db_error(&e));
+        let mut tx = self.conn.begin().await.map_err(db)?;
+        let mut q = sqlx::query(&sql).bind(ids);
+        for TextUpdate { old, new, .. } in columns {
+            q = q.bind(old).bind(new);
+        }
+        let n = q.execute(&mut *tx).await.map_err(db)?;
+        if n.rows_affected() != ids.len() as u64 {
+            let _ = tx.rollback().await;
+            return Err(sink_err(
+                &self.name,
+                format!(
+                    "{} of {} rows of table {} were found as they were read (changed or deleted meanwhile): nothing was updated",
+                    n.rows_affected(),
+                    ids.len(),
+                    self.table
+                ),
+            ));
+        }
+        tx.commit().await.map_err(db)
     }
 
     /// Starts reading the whole table in one snapshot, from its first page; returns its row

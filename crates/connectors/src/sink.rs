@@ -503,7 +503,12 @@ pub async fn delta_replace_file(
     crate::s3::register();
     let table = deltalake::open_table(table_url(table).map_err(err)?)
         .await
-        .map_err(|e| err(format!("cannot open the Delta table: {}", with_root_cause(&e))))?;
+        .map_err(|e| {
+            err(format!(
+                "cannot open the Delta table: {}",
+                with_root_cause(&e)
+            ))
+        })?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
