@@ -510,8 +510,8 @@ impl Place {
     async fn put(&self, pending: &Path, file: &Path, r: &CustodyRef) -> Result<()> {
         match self {
             Place::Postgres { table, columns, .. } => {
-                let (_, batches) = read(pending)?;
-                let new = arrow::compute::concat_batches(&batches[0].schema(), &batches)?;
+                let (schema, batches) = read(pending)?;
+                let new = arrow::compute::concat_batches(&schema, &batches)?;
                 let text = |b: &RecordBatch, c: &str| -> Result<Vec<Option<String>>> {
                     let a = b
                         .column_by_name(c)

@@ -231,11 +231,6 @@ impl TableCopy {
         self.dir.path()
     }
 
-    /// The table's URL.
-    pub fn uri(&self) -> &str {
-        &self.uri
-    }
-
     /// Makes sure the data files `locals` (paths in the copy, as the copied log names them)
     /// are there (a whole copy has them already); returns how many it copied.
     pub async fn fetch(&self, locals: &[std::path::PathBuf]) -> Result<usize, String> {
