@@ -24,6 +24,14 @@ pub struct StateError(String);
 
 impl From<sqlx::Error> for StateError {
     fn from(e: sqlx::Error) -> Self {
+        // SQLite's SQLITE_CORRUPT (11) and SQLITE_NOTADB (26), extended codes included.
+        let damaged = matches!(&e, sqlx::Error::Database(d)
+            if d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 11 | 26)));
+        if damaged {
+            return StateError(format!(
+                "{e}: the SQLite file is damaged (truncated or overwritten); {DAMAGED_HINT}"
+            ));
+        }
         StateError(e.to_string())
     }
 }
@@ -203,6 +211,29 @@ impl StateStore {
             url.to_string()
         };
         let sqlite = url_kind == "sqlite";
+        let sqlite_file = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .map(|p| p.split('?').next().unwrap_or(p))
+            .filter(|p| !p.is_empty() && !p.contains(":memory:") && !url.contains("mode=memory"))
+            .map(std::path::PathBuf::from);
+        if sqlite {
+            // One connection first, whose errors are reported as they are: the pool would
+            // retry a connection its settings fail on (a damaged file) until its timeout,
+            // and then report only that.
+            use sqlx::Connection;
+            let mut conn = sqlx::AnyConnection::connect(&url).await.map_err(|e| {
+                StateError(format!(
+                    "cannot open the run state store (sqlite): {}; check --state-url / SEALTRAIL_STATE_URL",
+                    StateError::from(e).0
+                ))
+            })?;
+            sqlite_settings(&mut conn).await?;
+            sqlx::query("SELECT count(*) FROM sqlite_master")
+                .execute(&mut conn)
+                .await?;
+            conn.close().await?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 1 } else { 4 })
             .acquire_timeout(std::time::Duration::from_secs(10))
@@ -211,23 +242,7 @@ impl StateStore {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {
-                        for pragma in SQLITE_PRAGMAS {
-                            // Another process opening a new store at the same moment holds
-                            // the file's lock while it switches it to WAL; SQLite then
-                            // answers "database is locked" at once rather than waiting.
-                            let mut tries = 0;
-                            loop {
-                                match sqlx::query(pragma).execute(&mut *conn).await {
-                                    Ok(_) => break,
-                                    Err(e) if is_busy(&e) && tries < 200 => {
-                                        tries += 1;
-                                        tokio::time::sleep(std::time::Duration::from_millis(25))
-                                            .await;
-                                    }
-                                    Err(e) => return Err(e),
-                                }
-                            }
-                        }
+                        sqlite_settings(conn).await?;
                     }
                     Ok(())
                 })
@@ -238,12 +253,6 @@ impl StateStore {
         for ddl in SCHEMA {
             sqlx::query(ddl).execute(&pool).await?;
         }
-        let sqlite_file = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .map(|p| p.split('?').next().unwrap_or(p))
-            .filter(|p| !p.is_empty() && !p.contains(":memory:") && !url.contains("mode=memory"))
-            .map(std::path::PathBuf::from);
         Ok(Self {
             pool,
             url_kind,
@@ -941,6 +950,30 @@ impl StateStore {
     }
 }
 
+/// The settings of every SQLite connection ([`SQLITE_PRAGMAS`]).
+async fn sqlite_settings(conn: &mut sqlx::AnyConnection) -> std::result::Result<(), sqlx::Error> {
+    for pragma in SQLITE_PRAGMAS {
+        // Another process opening a new store at the same moment holds the file's lock while
+        // it switches it to WAL; SQLite then answers "database is locked" at once rather than
+        // waiting.
+        let mut tries = 0;
+        loop {
+            match sqlx::query(pragma).execute(&mut *conn).await {
+                Ok(_) => break,
+                Err(e) if is_busy(&e) && tries < 200 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What to do about a damaged SQLite store.
+const DAMAGED_HINT: &str = "restore it, with its -wal file, from a backup. Do not delete it: a new store would not know which inputs were loaded, and would load them again";
+
 fn counts(a: i64, b: i64, c: i64) -> Counts {
     Counts {
         rows_in: a as u64,
@@ -952,6 +985,60 @@ fn counts(a: i64, b: i64, c: i64) -> Counts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_damaged_sqlite_file_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.db");
+        let url = format!("sqlite://{}", file.display());
+        let st = StateStore::open(&url).await.unwrap();
+        for i in 0..2_000 {
+            sqlx::query("INSERT INTO sealtrail_runs (run_id, pipeline, spec_sha256, status, started_at) VALUES ($1, 'p', $2, 'succeeded', '2026-12-04')")
+                .bind(format!("run-{i}"))
+                .bind("0".repeat(400))
+                .execute(&st.pool)
+                .await
+                .unwrap();
+        }
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&st.pool)
+            .await
+            .unwrap();
+        st.pool.close().await;
+        let len = std::fs::metadata(&file).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        let err = match StateStore::open(&url).await {
+            Err(e) => e,
+            Ok(st) => st.runs(None, 10_000).await.unwrap_err(),
+        }
+        .to_string();
+        assert!(
+            err.contains("malformed") && err.contains("the SQLite file is damaged"),
+            "{err}"
+        );
+        // Bytes that are no database at all.
+        std::fs::write(&file, vec![7u8; 70_000]).unwrap();
+        let err = match StateStore::open(&url).await {
+            Err(e) => e,
+            Ok(st) => st.runs(None, 1).await.unwrap_err(),
+        }
+        .to_string();
+        assert!(
+            err.contains("not a database") && err.contains("the SQLite file is damaged"),
+            "{err}"
+        );
+        // An empty file is a new store.
+        std::fs::write(&file, b"").unwrap();
+        std::fs::remove_file(dir.path().join("state.db-wal")).ok();
+        std::fs::remove_file(dir.path().join("state.db-shm")).ok();
+        let st = StateStore::open(&url).await.unwrap();
+        assert!(st.runs(None, 1).await.unwrap().is_empty());
+    }
 
     #[tokio::test]
     async fn sqlite_settings_hold_on_every_connection_the_pool_opens() {
