@@ -3996,17 +3996,8 @@ fn encryption_keys_rotate_and_old_values_stay_readable() {
 fn an_s3_delta_table_is_reencrypted_in_the_bucket() {
     let s3 = S3Server::start("vault");
     let dir = tempfile::tempdir().unwrap();
-    let spec = id_value_project(
-        dir.path(),
-        500,
-        &[("s3_keys", "delta: { path: \"s3://vault/t\" }")],
-    )
-    .remove(0);
-    let text = std::fs::read_to_string(&spec).unwrap().replace(
-        "      - { name: v }\n",
-        "      - { name: v }\n    protect:\n      - { column: v, action: encrypt, key: vk }\n",
-    );
-    std::fs::write(&spec, text).unwrap();
+    let spec =
+        encrypted_id_value_project(dir.path(), "s3_keys", "delta: { path: \"s3://vault/t\" }");
     let home = dir.path().join(".sealtrail");
     run_ok(s3.env(bin().arg("run").arg(&spec)));
     let objects = || {
@@ -4093,14 +4084,7 @@ fn an_s3_delta_table_is_reencrypted_in_the_bucket() {
          print(dict(zip(t.column('id').to_pylist(), t.column('v').to_pylist()))[42])",
         s3.py_table("s3://vault/t")
     ));
-    let plain = run_ok(
-        bin()
-            .args(["decrypt", "--reason", "s3 re-encryption test", "--home"])
-            .arg(&home)
-            .arg(&one),
-    );
-    assert_eq!(plain.trim(), "value 42");
-    run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
+    decrypts_to(&home, &one, "value 42");
 }
 
 /// `keys reencrypt` on a PostgreSQL sink: each batch's rows get their values sealed again under
@@ -4114,20 +4098,11 @@ fn a_postgres_sink_is_reencrypted_by_lineage_id() {
         "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
     ));
     let dir = tempfile::tempdir().unwrap();
-    let spec = id_value_project(
+    let spec = encrypted_id_value_project(
         dir.path(),
-        500,
-        &[(
-            "pg_keys",
-            &format!("postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.out }}"),
-        )],
-    )
-    .remove(0);
-    let text = std::fs::read_to_string(&spec).unwrap().replace(
-        "      - { name: v }\n",
-        "      - { name: v }\n    protect:\n      - { column: v, action: encrypt, key: vk }\n",
+        "pg_keys",
+        &format!("postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.out }}"),
     );
-    std::fs::write(&spec, text).unwrap();
     let home = dir.path().join(".sealtrail");
     let with_pg = |c: &mut Command| {
         c.env("ST_TEST_PG_URL", pg_url());
@@ -4208,14 +4183,32 @@ fn a_postgres_sink_is_reencrypted_by_lineage_id() {
         "a rewrite's file was left behind"
     );
     let one = pg_one(&format!("SELECT v FROM {ns}.out WHERE id = 42"));
-    let plain = run_ok(
-        bin()
-            .args(["decrypt", "--reason", "pg re-encryption test", "--home"])
-            .arg(&home)
-            .arg(&one),
+    decrypts_to(&home, &one, "value 42");
+}
+
+/// [`id_value_project`] of 500 rows in batches of 100 into `sink`, with `v` encrypted under
+/// the keyring's `vk` key.
+fn encrypted_id_value_project(dir: &Path, name: &str, sink: &str) -> PathBuf {
+    let spec = id_value_project(dir, 500, &[(name, sink)]).remove(0);
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "      - { name: v }\n",
+        "      - { name: v }\n    protect:\n      - { column: v, action: encrypt, key: vk }\n",
     );
-    assert_eq!(plain.trim(), "value 42");
-    run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
+    std::fs::write(&spec, text).unwrap();
+    spec
+}
+
+/// `decrypt` in `home` turns `ciphertext` into `plain`, and the ledger (which records it)
+/// still verifies.
+fn decrypts_to(home: &Path, ciphertext: &str, plain: &str) {
+    let got = run_ok(
+        bin()
+            .args(["decrypt", "--reason", "re-encryption test", "--home"])
+            .arg(home)
+            .arg(ciphertext),
+    );
+    assert_eq!(got.trim(), plain);
+    run_ok(bin().args(["ledger", "verify", "--home"]).arg(home));
 }
 
 /// `customers.yaml` on 300 customers in batches of 100 (three files), e-mails encrypted under
