@@ -4182,6 +4182,27 @@ fn a_postgres_sink_is_reencrypted_by_lineage_id() {
         glob_files(&home.join("reencrypt")).is_empty(),
         "a rewrite's file was left behind"
     );
+    // A rewritten row is proven against its revision, and checked in the table as it is now.
+    let bundle = dir.path().join("p.json");
+    let mut c = bin();
+    with_pg(
+        c.arg("prove")
+            .arg(&spec)
+            .args(["--sink", "out", "--where", "id=42", "--out"])
+            .arg(&bundle),
+    );
+    run_ok(&mut c);
+    let mut c = bin();
+    with_pg(
+        c.arg("verify-proof")
+            .arg(&bundle)
+            .arg("--key")
+            .arg(home.join("ledger.pub"))
+            .arg("--spec")
+            .arg(&spec),
+    );
+    let out = run_ok(&mut c);
+    assert!(out.contains("unchanged"), "{out}");
     let one = pg_one(&format!("SELECT v FROM {ns}.out WHERE id = 42"));
     decrypts_to(&home, &one, "value 42");
 }
