@@ -222,17 +222,22 @@ impl StateStore {
             // retry a connection its settings fail on (a damaged file) until its timeout,
             // and then report only that.
             use sqlx::Connection;
+            let file = sqlite_file
+                .as_deref()
+                .map_or_else(|| "in memory".to_string(), |f| f.display().to_string());
+            let named = |e: sqlx::Error| StateError(format!("{file}: {}", StateError::from(e).0));
             let mut conn = sqlx::AnyConnection::connect(&url).await.map_err(|e| {
                 StateError(format!(
                     "cannot open the run state store (sqlite): {}; check --state-url / SEALTRAIL_STATE_URL",
-                    StateError::from(e).0
+                    named(e).0
                 ))
             })?;
-            sqlite_settings(&mut conn).await?;
+            sqlite_settings(&mut conn).await.map_err(named)?;
             sqlx::query("SELECT count(*) FROM sqlite_master")
                 .execute(&mut conn)
-                .await?;
-            conn.close().await?;
+                .await
+                .map_err(named)?;
+            conn.close().await.map_err(named)?;
         }
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 1 } else { 4 })
@@ -1029,7 +1034,9 @@ mod tests {
         }
         .to_string();
         assert!(
-            err.contains("not a database") && err.contains("the SQLite file is damaged"),
+            err.contains("not a database")
+                && err.contains("the SQLite file is damaged")
+                && err.contains(&file.display().to_string()),
             "{err}"
         );
         // An empty file is a new store.
