@@ -21,7 +21,7 @@ use sealtrail_engine::custody::{CustodyView, RowFormat, RowHasher};
 use sealtrail_engine::state::{CustodyRef, StateStore};
 use sealtrail_ledger::entry::{Event, Hash};
 use sealtrail_ledger::merkle;
-use sealtrail_protect::keyring::{Keyring, Purpose};
+use sealtrail_protect::keyring::{KeyBytes, Keyring, Purpose};
 use sealtrail_protect::ops::{Sealer, key_id_of};
 use sealtrail_spec::Target;
 use std::collections::BTreeSet;
@@ -35,8 +35,16 @@ pub struct ReencryptArgs {
     /// The pipeline spec that delivers the sink.
     pub spec: PathBuf,
     /// The sink (Parquet, Delta local or on S3, PostgreSQL) whose values to rewrite.
-    #[arg(long)]
-    pub sink: String,
+    #[arg(
+        long,
+        required_unless_present = "quarantine",
+        conflicts_with = "quarantine"
+    )]
+    pub sink: Option<String>,
+    /// Instead of a sink, the pipeline's quarantine (a Parquet folder): its records kept for
+    /// repair, under the active version of the `quarantine` key.
+    #[arg(long, conflicts_with_all = ["column", "purge"])]
+    pub quarantine: bool,
     /// The encrypted column(s) (default: every column of the sink that an `encrypt` policy
     /// makes and the transforms pass on under its name).
     #[arg(long, num_args = 1..)]
@@ -58,7 +66,13 @@ pub struct ReencryptArgs {
 /// Runs `keys reencrypt`; returns the exit code.
 pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Result<i32> {
     let p = sealtrail_spec::load(&a.spec)?;
-    let sk = find_sink(&p, &a.sink)?;
+    if a.quarantine {
+        return quarantine(home, la, &p, &a).await;
+    }
+    let Some(sink) = a.sink.clone() else {
+        bail!("name the sink to re-encrypt with --sink, or pass --quarantine");
+    };
+    let sk = find_sink(&p, &sink)?;
     let place = match &sk.target {
         Target::Parquet { .. } => Place::Parquet,
         Target::Delta { uri } if sealtrail_connectors::s3::is_s3(uri) => {
@@ -66,7 +80,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             // fetched one at a time, rewritten locally, and uploaded.
             let (copy, _) = TableCopy::new(uri, false)
                 .await
-                .map_err(|e| anyhow!("sink `{}`: {e}", a.sink))?;
+                .map_err(|e| anyhow!("sink `{}`: {e}", sink))?;
             Place::Delta {
                 dir: copy.dir().to_path_buf(),
                 table: uri.clone(),
@@ -82,7 +96,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         },
         Target::Delta { uri } => bail!(
             "sink `{}` is a Delta table at {uri}: `keys reencrypt` rewrites local and `s3://` tables only",
-            a.sink
+            sink
         ),
         Target::Postgres { url, table, .. } => Place::Postgres {
             table: Box::new(tokio::sync::Mutex::new(
@@ -98,7 +112,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         if a.column.is_empty() {
             outln!(
                 "nothing to re-encrypt: no column of sink `{}` comes from an `encrypt` policy under its own name (name them with --column)",
-                a.sink
+                sink
             );
             return Ok(0);
         }
@@ -157,7 +171,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             );
             Ok(TAMPERED)
         };
-        let now = match signed.sink_state(&r, &revisions, &a.sink) {
+        let now = match signed.sink_state(&r, &revisions, &sink) {
             None => return mismatch(),
             Some(None) => continue,
             Some(Some(now)) => now,
@@ -166,7 +180,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         let Some(c) = CustodyView::parse(&record) else {
             return mismatch();
         };
-        let Some((si, s)) = c.sink(&a.sink) else {
+        let Some((si, s)) = c.sink(&sink) else {
             return mismatch();
         };
         if s.len() as u64 != now.rows || !merkle::ct_eq(&c.output_root(s), &now.root) {
@@ -219,7 +233,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
                 }
                 Some(_) => bail!(
                     "several files of sink `{}` claim batch {} of run {}: run `sealtrail audit`",
-                    a.sink,
+                    sink,
                     r.batch,
                     r.run_id
                 ),
@@ -252,7 +266,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
                 r.batch,
                 r.run_id,
                 a.spec.display(),
-                a.sink,
+                sink,
             );
             return Ok(TAMPERED);
         }
@@ -298,7 +312,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             run_id: r.run_id.clone(),
             source: r.source.clone(),
             batch: r.batch,
-            sink: a.sink.clone(),
+            sink: sink.clone(),
             rows: now.rows,
             old_root: now.root,
             new_root,
@@ -319,7 +333,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             .append(events)
             .map_err(|e| anyhow!("recording in the ledger: {e}"))?
             .first_seq;
-        st.add_revision(&r, &a.sink, seq, &revised.encode()).await?;
+        st.add_revision(&r, &sink, seq, &revised.encode()).await?;
         sealtrail_engine::debug_panic_in("reencrypt", rewritten as u64);
         place.put(&pending, &file, &r).await?;
         rewritten += 1;
@@ -329,7 +343,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         outln!(
             "nothing to re-encrypt: every value of {} in sink `{}` is under its key's active version (or a subject's key)",
             a.column.join(", "),
-            a.sink
+            sink
         );
     } else {
         let what = match place {
@@ -338,7 +352,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         };
         outln!(
             "re-encrypted {values} value(s) in {rewritten} {what} of sink `{}` under the active keys (by {who}); each batch has an `outputs_revised` ledger entry, so `audit` and `prove` check the new rows",
-            a.sink
+            sink
         );
     }
     if finished > 0 {
@@ -347,13 +361,13 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
     if skipped > 0 {
         eprintln!(
             "warning: {skipped} batch(es) of sink `{}` were left as they are (see above)",
-            a.sink
+            sink
         );
     }
     if missing > 0 {
         eprintln!(
             "warning: {missing} committed batch(es) of sink `{}` have no file: `sealtrail audit` reports their rows",
-            a.sink
+            sink
         );
     }
     Ok(0)
@@ -651,28 +665,20 @@ fn reencrypt_batches(
                     continue;
                 }
                 let v = a.value(r);
-                let Some(id) = key_id_of(v.as_bytes()) else {
-                    nb.append_value(v);
-                    continue;
-                };
-                let active = match id.rsplit_once('@') {
-                    Some((name, _)) if !id.starts_with("subject:") => {
-                        Some(ring.active(name, Purpose::Encrypt)?)
-                    }
-                    _ => None,
-                };
-                match active {
-                    Some((new_id, new_key)) if new_id != id => {
-                        let plain = Sealer::new(id, &ring.by_id(id)?)
-                            .open(v)
-                            .map_err(|e| anyhow!("{f}: {e}"))?;
+                match active_if_older(ring, v.as_bytes())? {
+                    Some((id, new_id, new_key)) => {
+                        let plain = zeroize::Zeroizing::new(
+                            Sealer::new(&id, &ring.by_id(&id)?)
+                                .open(v)
+                                .map_err(|e| anyhow!("{f}: {e}"))?,
+                        );
                         text.clear();
                         Sealer::new(&new_id, &new_key).seal(&plain, &mut text);
                         nb.append_value(&text);
-                        old_ids.insert(id.to_string());
+                        old_ids.insert(id);
                         changed += 1;
                     }
-                    _ => nb.append_value(v),
+                    None => nb.append_value(v),
                 }
             }
             cols[i] = std::sync::Arc::new(nb.finish());
@@ -680,4 +686,165 @@ fn reencrypt_batches(
         out.push(RecordBatch::try_new(schema.clone(), cols)?);
     }
     Ok((out, changed))
+}
+
+/// `keys reencrypt --quarantine`: every record kept for repair in the pipeline's quarantine
+/// folder whose `raw` value is sealed under an old version of its key is sealed again under
+/// the active one, file by file (a complete new file renamed over the old one; the records,
+/// reasons and positions stay as they are). Quarantine files are no sink output (no custody
+/// record covers their bytes; a record's commitment covers its plain bytes, which do not
+/// change), so a rewrite needs no revision; each old key version is named by a `key_event`
+/// before the first file that retires it is put in place.
+async fn quarantine(
+    home: Option<PathBuf>,
+    la: &LedgerArgs,
+    p: &sealtrail_spec::Pipeline,
+    a: &ReencryptArgs,
+) -> Result<i32> {
+    let Target::Parquet { dir } = &p.quarantine else {
+        bail!(
+            "the quarantine of pipeline `{}` is not a Parquet folder: `keys reencrypt --quarantine` rewrites those only (its records stay readable under the key version they name)",
+            p.name
+        );
+    };
+    let state = crate::StateArgs {
+        home,
+        state_url: a.state_url.clone(),
+        ledger: la.clone(),
+    };
+    let home = state.home(Some(&a.spec));
+    let mut ring = open_keyring(&home, false)?;
+    let st = StateStore::open(&state.url(&home)).await?;
+    // No run of the pipeline writes into the folder meanwhile.
+    let _lock = st.lock_pipeline(&p.name).await?.map_err(|holder| {
+        anyhow!(
+            "pipeline `{}` is being run or re-encrypted by {holder}; run this again once it has finished",
+            p.name
+        )
+    })?;
+    let (who, actor) = actor(&a.by);
+    let files = match sealtrail_connectors::sink::sink_files("quarantine", &p.quarantine).await {
+        Ok(f) => f,
+        Err(_) if !dir.exists() => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut log = None;
+    let mut recorded_ids = BTreeSet::new();
+    let (mut rewritten, mut values) = (0usize, 0u64);
+    for file in files {
+        let label = file.display().to_string();
+        let (schema, batches) = read(&file)?;
+        let mut old_ids = BTreeSet::new();
+        let mut out = Vec::with_capacity(batches.len());
+        let mut changed = 0u64;
+        for b in batches {
+            let (b, n) = reencrypt_raw(&mut ring, b, &label, &mut old_ids)?;
+            out.push(b);
+            changed += n;
+        }
+        if changed == 0 {
+            continue;
+        }
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pending = file.with_file_name(format!(".{name}.reencrypt"));
+        sealtrail_connectors::sink::write_parquet_file(&pending, &schema, &out)
+            .with_context(|| format!("writing {}", pending.display()))?;
+        sync_dir(&pending)?;
+        let events: Vec<Event> = old_ids
+            .into_iter()
+            .filter(|id| recorded_ids.insert(id.clone()))
+            .map(|key_id| Event::KeyEvent {
+                key_id,
+                action: "reencrypt".into(),
+                actor,
+            })
+            .collect();
+        if !events.is_empty() {
+            let w = match log.as_mut() {
+                Some(w) => w,
+                None => log.insert(
+                    ledger_cmd::open_writer(&home, la, sealtrail_ledger::log::OpenMode::FailClosed)
+                        .context("opening the ledger to record the re-encryption")?,
+                ),
+            };
+            w.append(events)
+                .map_err(|e| anyhow!("recording in the ledger: {e}"))?;
+        }
+        std::fs::rename(&pending, &file).with_context(|| format!("replacing {label}"))?;
+        sync_dir(&file)?;
+        rewritten += 1;
+        values += changed;
+    }
+    if rewritten == 0 {
+        outln!(
+            "nothing to re-encrypt: every quarantined record in {} is under its key's active version",
+            dir.display()
+        );
+    } else {
+        outln!(
+            "re-encrypted {values} quarantined record(s) in {rewritten} file(s) of {} under the active key (by {who}); each old key version retired has a `key_event` ledger entry",
+            dir.display()
+        );
+    }
+    Ok(0)
+}
+
+/// `b` (a quarantine batch) with each `raw` value sealed under a key version that is not its
+/// key's active one sealed again under the active one; with the number of values re-sealed.
+/// The old key ids go into `old_ids`.
+fn reencrypt_raw(
+    ring: &mut Keyring,
+    b: RecordBatch,
+    f: &str,
+    old_ids: &mut BTreeSet<String>,
+) -> Result<(RecordBatch, u64)> {
+    let i = b
+        .schema()
+        .index_of("raw")
+        .map_err(|_| anyhow!("{f} is not a sealtrail quarantine file (no column `raw`)"))?;
+    let Some(a) = b.column(i).as_binary_opt::<i32>() else {
+        bail!("{f} is not a sealtrail quarantine file (column `raw` does not hold bytes)");
+    };
+    let mut nb = arrow::array::BinaryBuilder::with_capacity(a.len(), a.values().len());
+    let mut changed = 0u64;
+    for r in 0..a.len() {
+        if a.is_null(r) {
+            nb.append_null();
+            continue;
+        }
+        let v = a.value(r);
+        match active_if_older(ring, v)? {
+            Some((id, new_id, new_key)) => {
+                let plain = zeroize::Zeroizing::new(
+                    Sealer::new(&id, &ring.by_id(&id)?)
+                        .open_bytes(v)
+                        .map_err(|e| anyhow!("{f}: {e}"))?,
+                );
+                nb.append_value(Sealer::new(&new_id, &new_key).seal_bytes(&plain));
+                old_ids.insert(id);
+                changed += 1;
+            }
+            None => nb.append_value(v),
+        }
+    }
+    let mut cols = b.columns().to_vec();
+    cols[i] = std::sync::Arc::new(nb.finish());
+    Ok((RecordBatch::try_new(b.schema(), cols)?, changed))
+}
+
+/// For a `st1:` ciphertext under a version of a named key that is not the key's active one:
+/// its key id, and the active version's id and key. None for anything else (plain values,
+/// values under the active version, values under subject keys, shredded or not).
+fn active_if_older(ring: &mut Keyring, v: &[u8]) -> Result<Option<(String, String, KeyBytes)>> {
+    let Some(id) = key_id_of(v) else {
+        return Ok(None);
+    };
+    let Some((name, _)) = id.rsplit_once('@').filter(|_| !id.starts_with("subject:")) else {
+        return Ok(None);
+    };
+    let (new_id, new_key) = ring.active(name, Purpose::Encrypt)?;
+    Ok((new_id != id).then(|| (id.to_string(), new_id, new_key)))
 }

@@ -4207,6 +4207,95 @@ fn a_postgres_sink_is_reencrypted_by_lineage_id() {
     decrypts_to(&home, &one, "value 42");
 }
 
+/// `keys reencrypt --quarantine`: after `keys rotate quarantine`, every record kept for repair
+/// is sealed again under the new version, file by file; the records, their positions and what
+/// `quarantine show` reveals stay the same; the old version's retirement is a ledger entry.
+#[test]
+fn quarantined_records_are_reencrypted_after_a_rotation() {
+    let (dir, spec) = project("trades.yaml", 3000);
+    run_ok(bin().arg("run").arg(&spec));
+    let home = dir.path().join(".sealtrail");
+    let q = dir.path().join("out/quarantine/trades");
+    let versions = || {
+        py(&format!(
+            "import pyarrow.parquet as pq\n\
+             t = pq.read_table('{}')\n\
+             print(t.num_rows, sorted(set(x.split(b':')[1].decode() for x in t.column('raw').to_pylist())))",
+            q.display()
+        ))
+    };
+    let before = versions();
+    assert!(before.ends_with(" ['quarantine@1']"), "{before}");
+    let n = before.split(' ').next().unwrap().to_string();
+    let list = || {
+        run_ok(
+            bin()
+                .args(["quarantine", "list", "--limit", "1000"])
+                .arg(&q),
+        )
+    };
+    let listed = list();
+    let line = listed
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            let input = w.next()?;
+            input.ends_with(".csv").then(|| w.next()).flatten()
+        })
+        .expect("a quarantined line")
+        .to_string();
+    let show = || {
+        run_ok(
+            bin()
+                .args(["quarantine", "show"])
+                .arg(&q)
+                .args(["--line", &line, "--reason", "rotation test", "--home"])
+                .arg(&home),
+        )
+    };
+    let shown = show();
+    let reencrypt = || {
+        let mut c = bin();
+        c.args(["keys", "reencrypt"]).arg(&spec).arg("--quarantine");
+        c
+    };
+    let r = run_ok(&mut reencrypt());
+    assert!(r.starts_with("nothing to re-encrypt"), "{r}");
+    run_ok(
+        bin()
+            .args(["keys", "rotate", "quarantine", "--home"])
+            .arg(&home),
+    );
+    let r = run_ok(&mut reencrypt());
+    assert!(
+        r.starts_with(&format!("re-encrypted {n} quarantined record(s) in ")),
+        "{r}"
+    );
+    assert_eq!(versions(), format!("{n} ['quarantine@2']"));
+    assert_eq!(list(), listed);
+    assert_eq!(show(), shown);
+    let r = run_ok(&mut reencrypt());
+    assert!(r.starts_with("nothing to re-encrypt"), "{r}");
+    let keys = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "key_event", "--home"])
+            .arg(&home),
+    );
+    assert!(
+        keys.contains("key quarantine@1 reencrypt by actor "),
+        "{keys}"
+    );
+    run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
+    // A sink and the quarantine are named apart.
+    let o = bin()
+        .args(["keys", "reencrypt"])
+        .arg(&spec)
+        .args(["--quarantine", "--sink", "trades_clean"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
 /// [`id_value_project`] of 500 rows in batches of 100 into `sink`, with `v` encrypted under
 /// the keyring's `vk` key.
 fn encrypted_id_value_project(dir: &Path, name: &str, sink: &str) -> PathBuf {
