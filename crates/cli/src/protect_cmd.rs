@@ -89,8 +89,9 @@ pub enum KeysCmd {
     },
     /// Re-encrypt a sink's `st1:` values (Parquet, Delta local or on S3, PostgreSQL) under the
     /// active version of their key (after `rotate`), batch by batch, each rewrite recorded in
-    /// the ledger as a revision of the batch's rows (`outputs_revised`), so `audit` and `prove` go on checking them. A
-    /// file that is not as delivered is refused. Values of subject keys stay as they are.
+    /// the ledger as a revision of the batch's rows (`outputs_revised`), so `audit` and `prove`
+    /// go on checking them. Rows that are not as delivered are refused. Values of subject keys
+    /// stay as they are. With `--quarantine`, the records kept for repair instead.
     Reencrypt(crate::reencrypt_cmd::ReencryptArgs),
     /// Destroy a data subject's key: their encrypted values can no longer be decrypted by anyone.
     Shred {
