@@ -428,8 +428,8 @@ enum Place {
         copy: Option<TableCopy>,
     },
     /// A PostgreSQL table: the batch's rows get the rewritten columns' values in one
-    /// transaction, by lineage id; the rewrite waits in a Parquet file in `dir` (in the home
-    /// folder) until then.
+    /// transaction, by lineage id; until then the rewrite (a Parquet file, worked on in `dir`
+    /// in the home folder) waits in the database, in `sealtrail_reencrypt_pending`.
     Postgres {
         table: Box<tokio::sync::Mutex<PgTable>>,
         dir: PathBuf,
@@ -460,9 +460,22 @@ impl Place {
         Ok(())
     }
 
-    /// Whether the rewrite `pending` exists (on S3: fetched into the copy if it does).
+    /// Whether the rewrite `pending` exists (on S3, or in PostgreSQL: fetched to the local
+    /// disk if it does).
     async fn find_pending(&self, pending: &Path) -> Result<bool> {
         match self {
+            Place::Postgres { table, .. } => {
+                let Some(bytes) = table.lock().await.pending(&pending_name(pending)).await? else {
+                    return Ok(false);
+                };
+                if let Some(d) = pending.parent() {
+                    std::fs::create_dir_all(d)
+                        .with_context(|| format!("creating {}", d.display()))?;
+                }
+                std::fs::write(pending, bytes)
+                    .with_context(|| format!("writing {}", pending.display()))?;
+                Ok(true)
+            }
             Place::Delta { copy: Some(c), .. } => c
                 .fetch_if_present(pending)
                 .await
@@ -473,6 +486,13 @@ impl Place {
 
     /// Removes the rewrite `pending`, if there is one.
     async fn drop_pending(&self, pending: &Path) -> Result<()> {
+        if let Place::Postgres { table, .. } = self {
+            table
+                .lock()
+                .await
+                .drop_pending(&pending_name(pending))
+                .await?;
+        }
         match self {
             Place::Delta { copy: Some(c), .. } => {
                 c.delete(pending).await.map_err(|e| anyhow!("{e}"))
@@ -490,8 +510,20 @@ impl Place {
     /// from (a table on S3: uploaded beside the table's files, read by no reader until its
     /// commit).
     async fn stage(&self, pending: &Path) -> Result<()> {
-        if let Place::Delta { copy: Some(c), .. } = self {
-            c.upload(pending).await.map_err(|e| anyhow!("{e}"))?;
+        match self {
+            Place::Delta { copy: Some(c), .. } => {
+                c.upload(pending).await.map_err(|e| anyhow!("{e}"))?;
+            }
+            Place::Postgres { table, .. } => {
+                let bytes = std::fs::read(pending)
+                    .with_context(|| format!("reading {}", pending.display()))?;
+                table
+                    .lock()
+                    .await
+                    .stage_pending(&pending_name(pending), &bytes)
+                    .await?;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -555,7 +587,8 @@ impl Place {
                         new: text(&new, c)?,
                     });
                 }
-                t.update_text_columns(&ids, &set).await?;
+                t.update_text_columns(&ids, &set, Some(&pending_name(pending)))
+                    .await?;
                 std::fs::remove_file(pending)
                     .with_context(|| format!("removing {}", pending.display()))?;
                 Ok(())
@@ -609,6 +642,14 @@ impl Place {
             }
         }
     }
+}
+
+/// The name a PostgreSQL rewrite's file is kept under in the database.
+fn pending_name(pending: &Path) -> String {
+    pending
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Syncs the folder holding `f` (its entry for `f` is then on disk).

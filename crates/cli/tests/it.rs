@@ -4173,11 +4173,21 @@ fn a_postgres_sink_is_reencrypted_by_lineage_id() {
         .unwrap();
     assert_eq!(out.status.code(), Some(70));
     assert_eq!(run_audit(&spec, &["out"]).0, Some(4));
+    // The recorded rewrite waits in the database, not only on this disk: finished without
+    // the local working copy.
+    let waiting = || {
+        pg_one(&format!(
+            "SELECT count(*)::text FROM sealtrail_reencrypt_pending WHERE target = '{ns}.out'"
+        ))
+    };
+    assert_eq!(waiting(), "1");
+    std::fs::remove_dir_all(home.join("reencrypt")).unwrap();
     let r = run_ok(&mut reencrypt());
     assert!(r.contains("finished 1 rewrite(s)"), "{r}");
     let (code, out) = run_audit(&spec, &["out"]);
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(versions(), "500 vk@3");
+    assert_eq!(waiting(), "0");
     assert!(
         glob_files(&home.join("reencrypt")).is_empty(),
         "a rewrite's file was left behind"

@@ -845,11 +845,13 @@ impl PgTable {
     /// rows' values now and the values they get, row by row. One statement in one
     /// transaction, and only if every row is found with its `old` values (otherwise nothing is
     /// changed and the error says so), so a row changed since it was read is never
-    /// overwritten.
+    /// overwritten. The pending file `done` ([`PgTable::stage_pending`]) goes in the same
+    /// transaction.
     pub async fn update_text_columns(
         &mut self,
         ids: &[String],
         columns: &[TextUpdate],
+        done: Option<&str>,
     ) -> Result<()> {
         let mut set = Vec::new();
         let mut arrays = vec!["$1::text[]".to_string()];
@@ -894,7 +896,64 @@ impl PgTable {
                 ),
             ));
         }
+        if let Some(name) = done {
+            sqlx::query("DELETE FROM sealtrail_reencrypt_pending WHERE target = $1 AND name = $2")
+                .bind(&self.table)
+                .bind(name)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
         tx.commit().await.map_err(db)
+    }
+
+    /// Keeps the file `name` (a rewrite of rows of this table waiting to be put in place) in
+    /// the database itself, beside the table, replacing one of the same name: what is
+    /// recorded as a revision must not depend on a local disk.
+    pub async fn stage_pending(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.conn
+            .execute(PENDING_DDL)
+            .await
+            .map_err(|e| self.err(&e))?;
+        sqlx::query("INSERT INTO sealtrail_reencrypt_pending (target, name, data) VALUES ($1, $2, $3) ON CONFLICT (target, name) DO UPDATE SET data = EXCLUDED.data")
+            .bind(&self.table)
+            .bind(name)
+            .bind(bytes)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
+    }
+
+    /// The pending file `name` ([`PgTable::stage_pending`]), if there is one.
+    pub async fn pending(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .execute(PENDING_DDL)
+            .await
+            .map_err(|e| self.err(&e))?;
+        sqlx::query_scalar(
+            "SELECT data FROM sealtrail_reencrypt_pending WHERE target = $1 AND name = $2",
+        )
+        .bind(&self.table)
+        .bind(name)
+        .fetch_optional(&mut self.conn)
+        .await
+        .map_err(|e| self.err(&e))
+    }
+
+    /// Removes the pending file `name`, if there is one.
+    pub async fn drop_pending(&mut self, name: &str) -> Result<()> {
+        self.conn
+            .execute(PENDING_DDL)
+            .await
+            .map_err(|e| self.err(&e))?;
+        sqlx::query("DELETE FROM sealtrail_reencrypt_pending WHERE target = $1 AND name = $2")
+            .bind(&self.table)
+            .bind(name)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.err(&e))?;
+        Ok(())
     }
 
     /// Starts reading the whole table in one snapshot, from its first page; returns its row
@@ -1390,6 +1449,12 @@ fn sink_err(name: &str, reason: impl std::fmt::Display) -> Error {
         reason: reason.to_string(),
     }
 }
+
+/// Rewrites of sink rows recorded as revisions but not yet put in place (`keys reencrypt`):
+/// Parquet files of the batch's rows, by table and name.
+const PENDING_DDL: &str = "CREATE TABLE IF NOT EXISTS sealtrail_reencrypt_pending (\
+    target TEXT NOT NULL, name TEXT NOT NULL, data BYTEA NOT NULL, \
+    PRIMARY KEY (target, name))";
 
 const COMMITS_DDL: &str = "CREATE TABLE IF NOT EXISTS sealtrail_sink_commits (\
     target TEXT NOT NULL, app_id TEXT NOT NULL, batch BIGINT NOT NULL, \
