@@ -73,6 +73,29 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         bail!("name the sink to re-encrypt with --sink, or pass --quarantine");
     };
     let sk = find_sink(&p, &sink)?;
+    let mut a = a;
+    if a.column.is_empty() {
+        a.column = encrypted_columns(&p, sk).await?;
+        if a.column.is_empty() {
+            outln!(
+                "nothing to re-encrypt: no column of sink `{}` comes from an `encrypt` policy under its own name (name them with --column)",
+                sink
+            );
+            return Ok(0);
+        }
+    }
+    for c in &a.column {
+        if c == sealtrail_engine::custody::ID_COLUMN {
+            bail!("`{c}` holds lineage ids, never ciphertexts");
+        }
+    }
+    // Home and state store as `audit` finds them: beside the spec unless named.
+    let state = crate::StateArgs {
+        home,
+        state_url: a.state_url.clone(),
+        ledger: la.clone(),
+    };
+    let home = state.home(Some(&a.spec));
     let place = match &sk.target {
         Target::Parquet { .. } => Place::Parquet,
         Target::Delta { uri } if sealtrail_connectors::s3::is_s3(uri) => {
@@ -102,39 +125,10 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             table: Box::new(tokio::sync::Mutex::new(
                 PgTable::open(&sk.name, url, table).await?,
             )),
-            dir: PathBuf::new(), // set below, once the home is known
-            columns: Vec::new(),
+            dir: home.join("reencrypt"),
+            columns: a.column.clone(),
         },
     };
-    let mut a = a;
-    if a.column.is_empty() {
-        a.column = encrypted_columns(&p, sk).await?;
-        if a.column.is_empty() {
-            outln!(
-                "nothing to re-encrypt: no column of sink `{}` comes from an `encrypt` policy under its own name (name them with --column)",
-                sink
-            );
-            return Ok(0);
-        }
-    }
-    for c in &a.column {
-        if c == sealtrail_engine::custody::ID_COLUMN {
-            bail!("`{c}` holds lineage ids, never ciphertexts");
-        }
-    }
-    // Home and state store as `audit` finds them: beside the spec unless named.
-    let state = crate::StateArgs {
-        home,
-        state_url: a.state_url.clone(),
-        ledger: la.clone(),
-    };
-    let home = state.home(Some(&a.spec));
-    let mut place = place;
-    if let Place::Postgres { dir, columns, .. } = &mut place {
-        *dir = home.join("reencrypt");
-        columns.clone_from(&a.column);
-    }
-    let place = place;
     let mut ring = open_keyring(&home, false)?;
     let url = state.url(&home);
     let st = StateStore::open(&url).await?;
@@ -299,13 +293,6 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             .with_context(|| format!("writing {}", pending.display()))?;
         sync_dir(&pending)?;
         place.stage(&pending).await?;
-        let w = match log.as_mut() {
-            Some(w) => w,
-            None => log.insert(
-                ledger_cmd::open_writer(&home, la, sealtrail_ledger::log::OpenMode::FailClosed)
-                    .context("opening the ledger to record the re-encryption")?,
-            ),
-        };
         // The revision, and a `key_event` for each old key version it is the first to retire
         // (so a run stopped by a later file still left every retirement recorded).
         let mut events = vec![Event::OutputsRevised {
@@ -319,20 +306,8 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             action: "reencrypt".into(),
             actor,
         }];
-        for id in old_ids {
-            if !recorded_ids.contains(&id) {
-                events.push(Event::KeyEvent {
-                    key_id: id.clone(),
-                    action: "reencrypt".into(),
-                    actor,
-                });
-                recorded_ids.insert(id);
-            }
-        }
-        let seq = w
-            .append(events)
-            .map_err(|e| anyhow!("recording in the ledger: {e}"))?
-            .first_seq;
+        events.extend(retirements(old_ids, &mut recorded_ids, actor));
+        let seq = append(&mut log, &home, la, events)?;
         st.add_revision(&r, &sink, seq, &revised.encode()).await?;
         sealtrail_engine::debug_panic_in("reencrypt", rewritten as u64);
         place.put(&pending, &file, &r).await?;
@@ -644,6 +619,43 @@ impl Place {
     }
 }
 
+/// A `key_event` (`reencrypt`) for each of `old_ids` not in `recorded` yet (which then holds
+/// them): each old key version is named once, by the first rewrite that retires it.
+fn retirements(
+    old_ids: BTreeSet<String>,
+    recorded: &mut BTreeSet<String>,
+    actor: [u8; 32],
+) -> Vec<Event> {
+    old_ids
+        .into_iter()
+        .filter(|id| recorded.insert(id.clone()))
+        .map(|key_id| Event::KeyEvent {
+            key_id,
+            action: "reencrypt".into(),
+            actor,
+        })
+        .collect()
+}
+
+/// Appends `events` to the ledger, opened on first use; the sequence number of the first.
+fn append(
+    log: &mut Option<Box<dyn sealtrail_ledger::log::LedgerLog>>,
+    home: &Path,
+    la: &LedgerArgs,
+    events: Vec<Event>,
+) -> Result<u64> {
+    let w = match log {
+        Some(w) => w,
+        None => log.insert(
+            ledger_cmd::open_writer(home, la, sealtrail_ledger::log::OpenMode::FailClosed)
+                .context("opening the ledger to record the re-encryption")?,
+        ),
+    };
+    Ok(w.append(events)
+        .map_err(|e| anyhow!("recording in the ledger: {e}"))?
+        .first_seq)
+}
+
 /// The name a PostgreSQL rewrite's file is kept under in the database.
 fn pending_name(pending: &Path) -> String {
     pending
@@ -764,11 +776,14 @@ async fn quarantine(
         )
     })?;
     let (who, actor) = actor(&a.by);
-    let files = match sealtrail_connectors::sink::sink_files("quarantine", &p.quarantine).await {
-        Ok(f) => f,
-        Err(_) if !dir.exists() => Vec::new(),
-        Err(e) => return Err(e.into()),
-    };
+    if !dir.exists() {
+        outln!(
+            "nothing to re-encrypt: there is no quarantine folder {} (no record was quarantined)",
+            dir.display()
+        );
+        return Ok(0);
+    }
+    let files = sealtrail_connectors::sink::sink_files("quarantine", &p.quarantine).await?;
     let mut log = None;
     let mut recorded_ids = BTreeSet::new();
     let (mut rewritten, mut values) = (0usize, 0u64);
@@ -794,25 +809,9 @@ async fn quarantine(
         sealtrail_connectors::sink::write_parquet_file(&pending, &schema, &out)
             .with_context(|| format!("writing {}", pending.display()))?;
         sync_dir(&pending)?;
-        let events: Vec<Event> = old_ids
-            .into_iter()
-            .filter(|id| recorded_ids.insert(id.clone()))
-            .map(|key_id| Event::KeyEvent {
-                key_id,
-                action: "reencrypt".into(),
-                actor,
-            })
-            .collect();
+        let events = retirements(old_ids, &mut recorded_ids, actor);
         if !events.is_empty() {
-            let w = match log.as_mut() {
-                Some(w) => w,
-                None => log.insert(
-                    ledger_cmd::open_writer(&home, la, sealtrail_ledger::log::OpenMode::FailClosed)
-                        .context("opening the ledger to record the re-encryption")?,
-                ),
-            };
-            w.append(events)
-                .map_err(|e| anyhow!("recording in the ledger: {e}"))?;
+            append(&mut log, &home, la, events)?;
         }
         std::fs::rename(&pending, &file).with_context(|| format!("replacing {label}"))?;
         sync_dir(&file)?;

@@ -4120,6 +4120,19 @@ fn a_postgres_sink_is_reencrypted_by_lineage_id() {
             .join(" ")
     };
     assert_eq!(versions(), "500 vk@1");
+    // Nothing was quarantined: nothing in the quarantine to re-encrypt, nor without its folder.
+    let q = || run_ok(bin().args(["keys", "reencrypt", "--quarantine"]).arg(&spec));
+    let r = q();
+    assert!(
+        r.starts_with("nothing to re-encrypt: every quarantined record"),
+        "{r}"
+    );
+    std::fs::remove_dir_all(dir.path().join("out/q_pg_keys")).unwrap();
+    let r = q();
+    assert!(
+        r.starts_with("nothing to re-encrypt: there is no quarantine folder"),
+        "{r}"
+    );
     let reencrypt = || {
         let mut c = bin();
         with_pg(

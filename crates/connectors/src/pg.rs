@@ -889,7 +889,7 @@ impl PgTable {
             return Err(sink_err(
                 &self.name,
                 format!(
-                    "{} of {} rows of table {} were found as they were read (changed or deleted meanwhile): nothing was updated",
+                    "{} of {} rows of table {} were found as they were read (changed or deleted meanwhile): nothing was updated. `sealtrail audit` names the changed rows; restore them, then run this again",
                     n.rows_affected(),
                     ids.len(),
                     self.table
