@@ -383,7 +383,8 @@ pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
 pub enum QuarantineCmd {
     /// List quarantined records: position and reasons, never their content.
     List {
-        /// The quarantine folder (a Parquet quarantine sink).
+        /// The quarantine: its folder (Parquet or Delta) or, for a Delta table on S3, its
+        /// `s3://` URL.
         path: PathBuf,
         /// At most this many records, in source order.
         #[arg(long, default_value_t = 50)]
@@ -395,7 +396,8 @@ pub enum QuarantineCmd {
     },
     /// Show quarantined records' raw content (decrypted; recorded in the ledger).
     Show {
-        /// The quarantine folder (a Parquet quarantine sink).
+        /// The quarantine: its folder (Parquet or Delta) or, for a Delta table on S3, its
+        /// `s3://` URL.
         path: PathBuf,
         /// Line numbers (text inputs) of the records to show.
         #[arg(long, num_args = 1.., required_unless_present_any = ["key", "row"])]
@@ -465,15 +467,40 @@ struct QRow {
     raw: Vec<u8>,
 }
 
-fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
-    use arrow::array::AsArray;
-    let mut out = Vec::new();
+/// The data files of the quarantine at `path`: a Parquet folder's, or those a Delta table's log
+/// names now (a file a rewrite or a compaction replaced stays in the folder until a VACUUM and
+/// is not read), local or on S3 (`s3://...`: copied whole into the returned folder first).
+async fn quarantine_files(
+    path: &Path,
+) -> Result<(Vec<PathBuf>, Option<sealtrail_connectors::s3::TableCopy>)> {
+    use sealtrail_connectors::sink::sink_files;
+    let delta = |uri: &Path| sealtrail_spec::Target::Delta {
+        uri: uri.display().to_string(),
+    };
+    if let Some(uri) = path.to_str().filter(|p| sealtrail_connectors::s3::is_s3(p)) {
+        let (copy, _) = sealtrail_connectors::s3::TableCopy::new(uri, true)
+            .await
+            .map_err(|e| anyhow::anyhow!("the quarantine: {e}"))?;
+        let files = sink_files("quarantine", &delta(copy.dir())).await?;
+        return Ok((files, Some(copy)));
+    }
+    if path.join("_delta_log").is_dir() {
+        return Ok((sink_files("quarantine", &delta(path)).await?, None));
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .with_context(|| format!("reading quarantine folder {}", path.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
         .collect();
     files.sort();
+    Ok((files, None))
+}
+
+async fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
+    use arrow::array::AsArray;
+    let mut out = Vec::new();
+    // The copy of a table on S3 lives as long as its files are read.
+    let (files, _copy) = quarantine_files(path).await?;
     for f in files {
         let batches = sealtrail_connectors::sink::read_parquet(&f)
             .with_context(|| format!("reading {}", f.display()))?;
@@ -539,7 +566,7 @@ pub async fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Res
             limit,
             state_url,
         } => {
-            let rows = read_quarantine(&path)?;
+            let rows = read_quarantine(&path).await?;
             // Which were repaired and replayed, when a state store that could know is at hand.
             let st = if state_url.is_some() || home.join("state.db").exists() {
                 let state = crate::StateArgs {
@@ -627,7 +654,7 @@ pub async fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Res
                 );
             };
             let ring = open_keyring(home, false)?;
-            let rows = read_quarantine(&path)?;
+            let rows = read_quarantine(&path).await?;
             let mut shown = Vec::new();
             let mut keys: BTreeMap<String, u64> = BTreeMap::new();
             let of_input = |q: &QRow| match &input {

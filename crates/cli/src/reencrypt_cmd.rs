@@ -41,9 +41,9 @@ pub struct ReencryptArgs {
         conflicts_with = "quarantine"
     )]
     pub sink: Option<String>,
-    /// Instead of a sink, the pipeline's quarantine (a Parquet folder): its records kept for
-    /// repair, under the active version of the `quarantine` key.
-    #[arg(long, conflicts_with_all = ["column", "purge"])]
+    /// Instead of a sink, the pipeline's quarantine (a Parquet folder or a Delta table): its
+    /// records kept for repair, under the active version of the `quarantine` key.
+    #[arg(long, conflicts_with = "column")]
     pub quarantine: bool,
     /// The encrypted column(s) (default: every column of the sink that an `encrypt` policy
     /// makes and the transforms pass on under its name).
@@ -56,7 +56,8 @@ pub struct ReencryptArgs {
     /// `<home>/state.db`) or `postgres://...`.
     #[arg(long, env = "SEALTRAIL_STATE_URL", hide_env_values = true)]
     pub state_url: Option<String>,
-    /// Delta tables: delete each replaced file once the commit that replaces it is made,
+    /// Delta tables (sinks and quarantines): delete each replaced file once the commit that
+    /// replaces it is made,
     /// instead of leaving it to a `VACUUM` (its old ciphertexts are then gone from disk, and
     /// table versions from before the rewrite can no longer be read by time travel).
     #[arg(long)]
@@ -579,14 +580,6 @@ impl Place {
                 purge,
                 copy,
             } => {
-                let rel = |f: &Path| -> Result<String> {
-                    let r = f
-                        .strip_prefix(dir)
-                        .map_err(|_| anyhow!("{} is not inside the table", f.display()))?;
-                    r.to_str()
-                        .map(|s| s.replace(std::path::MAIN_SEPARATOR, "/"))
-                        .ok_or_else(|| anyhow!("{} is not a UTF-8 path", f.display()))
-                };
                 let size = std::fs::metadata(pending)?.len();
                 let key = sealtrail_connectors::sink::CommitKey {
                     pipeline: r.pipeline.clone(),
@@ -596,11 +589,10 @@ impl Place {
                 };
                 sealtrail_connectors::sink::delta_replace_file(
                     table,
-                    &rel(file)?,
-                    &rel(pending)?,
+                    &relative(dir, file)?,
+                    &relative(dir, pending)?,
                     size,
-                    &key.app_id(),
-                    r.batch as i64,
+                    Some((&key.app_id(), r.batch as i64)),
                 )
                 .await?;
                 if *purge {
@@ -742,24 +734,20 @@ fn reencrypt_batches(
 }
 
 /// `keys reencrypt --quarantine`: every record kept for repair in the pipeline's quarantine
-/// folder whose `raw` value is sealed under an old version of its key is sealed again under
-/// the active one, file by file (a complete new file renamed over the old one; the records,
-/// reasons and positions stay as they are). Quarantine files are no sink output (no custody
-/// record covers their bytes; a record's commitment covers its plain bytes, which do not
-/// change), so a rewrite needs no revision; each old key version is named by a `key_event`
-/// before the first file that retires it is put in place.
+/// (a Parquet folder, or a Delta table local or on S3) whose `raw` value is sealed under an
+/// old version of its key is sealed again under the active one, file by file: in a Parquet
+/// folder a complete new file is renamed over the old one; in a Delta table one commit
+/// replaces the old file with the new one (deleted at once with `--purge`, else left to a
+/// VACUUM). The records, reasons and positions stay as they are. Quarantine files are no sink
+/// output (no custody record covers their bytes; a record's commitment covers its plain
+/// bytes, which do not change), so a rewrite needs no revision; each old key version is
+/// named by a `key_event` before the first file that retires it is put in place.
 async fn quarantine(
     home: Option<PathBuf>,
     la: &LedgerArgs,
     p: &sealtrail_spec::Pipeline,
     a: &ReencryptArgs,
 ) -> Result<i32> {
-    let Target::Parquet { dir } = &p.quarantine else {
-        bail!(
-            "the quarantine of pipeline `{}` is not a Parquet folder: `keys reencrypt --quarantine` rewrites those only (its records stay readable under the key version they name)",
-            p.name
-        );
-    };
     let state = crate::StateArgs {
         home,
         state_url: a.state_url.clone(),
@@ -768,7 +756,7 @@ async fn quarantine(
     let home = state.home(Some(&a.spec));
     let mut ring = open_keyring(&home, false)?;
     let st = StateStore::open(&state.url(&home)).await?;
-    // No run of the pipeline writes into the folder meanwhile.
+    // No run of the pipeline writes into the quarantine meanwhile.
     let _lock = st.lock_pipeline(&p.name).await?.map_err(|holder| {
         anyhow!(
             "pipeline `{}` is being run or re-encrypted by {holder}; run this again once it has finished",
@@ -776,18 +764,18 @@ async fn quarantine(
         )
     })?;
     let (who, actor) = actor(&a.by);
-    if !dir.exists() {
+    let Some(q) = QuarantinePlace::open(&p.quarantine, a.purge).await? else {
         outln!(
-            "nothing to re-encrypt: there is no quarantine folder {} (no record was quarantined)",
-            dir.display()
+            "nothing to re-encrypt: there is no quarantine at {} (no record was quarantined)",
+            at(&p.quarantine)
         );
         return Ok(0);
-    }
-    let files = sealtrail_connectors::sink::sink_files("quarantine", &p.quarantine).await?;
+    };
     let mut log = None;
     let mut recorded_ids = BTreeSet::new();
     let (mut rewritten, mut values) = (0usize, 0u64);
-    for file in files {
+    for file in q.files().await? {
+        q.fetch(&file).await?;
         let label = file.display().to_string();
         let (schema, batches) = read(&file)?;
         let mut old_ids = BTreeSet::new();
@@ -801,35 +789,201 @@ async fn quarantine(
         if changed == 0 {
             continue;
         }
-        let name = file
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let pending = file.with_file_name(format!(".{name}.reencrypt"));
+        let pending = q.pending(&file);
         sealtrail_connectors::sink::write_parquet_file(&pending, &schema, &out)
             .with_context(|| format!("writing {}", pending.display()))?;
         sync_dir(&pending)?;
+        q.stage(&pending).await?;
         let events = retirements(old_ids, &mut recorded_ids, actor);
         if !events.is_empty() {
             append(&mut log, &home, la, events)?;
         }
-        std::fs::rename(&pending, &file).with_context(|| format!("replacing {label}"))?;
-        sync_dir(&file)?;
+        q.put(&pending, &file).await?;
         rewritten += 1;
         values += changed;
     }
     if rewritten == 0 {
         outln!(
             "nothing to re-encrypt: every quarantined record in {} is under its key's active version",
-            dir.display()
+            at(&p.quarantine)
         );
     } else {
         outln!(
             "re-encrypted {values} quarantined record(s) in {rewritten} file(s) of {} under the active key (by {who}); each old key version retired has a `key_event` ledger entry",
-            dir.display()
+            at(&p.quarantine)
         );
     }
     Ok(0)
+}
+
+/// A quarantine's folder or table location, for messages.
+fn at(t: &Target) -> String {
+    match t {
+        Target::Parquet { dir } => dir.display().to_string(),
+        other => other.describe(),
+    }
+}
+
+/// Where a quarantine's files are rewritten, and how a rewrite is put in place.
+enum QuarantinePlace {
+    /// A Parquet folder: the rewrite, under a hidden name beside the file, is renamed over it.
+    Parquet(Target),
+    /// A Delta table: the rewrite, a new data file of the table's folder (or of `copy`, the
+    /// local copy of a table on S3, whose files are fetched and uploaded), replaces the old file
+    /// in one commit. `dir` is the local folder, `table` the table's location, `batches` the
+    /// batch each file of the log holds.
+    Delta {
+        dir: PathBuf,
+        table: String,
+        copy: Option<TableCopy>,
+        batches: std::collections::HashMap<String, (String, u64)>,
+        purge: bool,
+    },
+}
+
+impl QuarantinePlace {
+    /// The quarantine `t` as it is; None when nothing was ever quarantined there.
+    async fn open(t: &Target, purge: bool) -> Result<Option<Self>> {
+        use sealtrail_connectors::sink::delta_file_commits;
+        Ok(match t {
+            Target::Parquet { dir } => dir.exists().then(|| Self::Parquet(t.clone())),
+            Target::Delta { uri } if sealtrail_connectors::s3::is_s3(uri) => {
+                let (copy, _) = TableCopy::new(uri, false)
+                    .await
+                    .map_err(|e| anyhow!("the quarantine: {e}"))?;
+                let dir = copy.dir().to_path_buf();
+                let log = dir.join("_delta_log");
+                let any = std::fs::read_dir(&log).is_ok_and(|mut d| d.next().is_some());
+                any.then(|| Self::Delta {
+                    batches: delta_file_commits(&dir.display().to_string()),
+                    dir,
+                    table: uri.clone(),
+                    copy: Some(copy),
+                    purge,
+                })
+            }
+            Target::Delta { uri } if !uri.contains("://") => {
+                let dir = std::path::absolute(uri)?;
+                dir.join("_delta_log").exists().then(|| Self::Delta {
+                    batches: delta_file_commits(uri),
+                    dir,
+                    table: uri.clone(),
+                    copy: None,
+                    purge,
+                })
+            }
+            Target::Delta { uri } => bail!(
+                "the quarantine is a Delta table at {uri}: `keys reencrypt --quarantine` rewrites Parquet folders and local and `s3://` Delta tables only"
+            ),
+            Target::Postgres { .. } => bail!(
+                "the quarantine is a PostgreSQL table: `keys reencrypt --quarantine` rewrites Parquet folders and Delta tables only"
+            ),
+        })
+    }
+
+    /// The quarantine's data files: a Parquet folder's, or those the Delta log names now.
+    async fn files(&self) -> Result<Vec<PathBuf>> {
+        let t = match self {
+            Self::Parquet(t) => t.clone(),
+            Self::Delta { dir, .. } => Target::Delta {
+                uri: dir.display().to_string(),
+            },
+        };
+        Ok(sealtrail_connectors::sink::sink_files("quarantine", &t).await?)
+    }
+
+    /// Makes sure `file` is on the local disk.
+    async fn fetch(&self, file: &Path) -> Result<()> {
+        if let Self::Delta { copy: Some(c), .. } = self {
+            c.fetch(&[file.to_path_buf()])
+                .await
+                .map_err(|e| anyhow!("the quarantine: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Where the rewrite of `file` is written: a hidden name beside it in a Parquet folder; in
+    /// a Delta table a data file no commit names yet (no reader sees it), under a new name
+    /// (a rewrite an interrupted run of the command left there is never reused: VACUUM
+    /// removes it).
+    fn pending(&self, file: &Path) -> PathBuf {
+        match self {
+            Self::Parquet(_) => {
+                let name = file
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                file.with_file_name(format!(".{name}.reencrypt"))
+            }
+            Self::Delta { dir, .. } => dir.join(format!(
+                "part-sealtrail-quarantine-{}.zstd.parquet",
+                hex::encode(rand::random::<[u8; 12]>())
+            )),
+        }
+    }
+
+    /// Puts the synced rewrite `pending` where the table's commit can name it.
+    async fn stage(&self, pending: &Path) -> Result<()> {
+        if let Self::Delta { copy: Some(c), .. } = self {
+            c.upload(pending)
+                .await
+                .map_err(|e| anyhow!("the quarantine: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Puts `pending` in the place of `file`, durably.
+    async fn put(&self, pending: &Path, file: &Path) -> Result<()> {
+        match self {
+            Self::Parquet(_) => {
+                std::fs::rename(pending, file)
+                    .with_context(|| format!("replacing {}", file.display()))?;
+                sync_dir(file)
+            }
+            Self::Delta {
+                dir,
+                table,
+                copy,
+                batches,
+                purge,
+            } => {
+                let old = relative(dir, file)?;
+                let batch = batches
+                    .get(old.rsplit('/').next().unwrap_or(&old))
+                    .map(|(app, v)| (app.as_str(), *v as i64));
+                let size = std::fs::metadata(pending)?.len();
+                sealtrail_connectors::sink::delta_replace_file(
+                    table,
+                    &old,
+                    &relative(dir, pending)?,
+                    size,
+                    batch,
+                )
+                .await?;
+                if *purge {
+                    match copy {
+                        Some(c) => c.delete(file).await.map_err(|e| anyhow!("{e}"))?,
+                        None => {
+                            std::fs::remove_file(file)
+                                .with_context(|| format!("deleting {}", file.display()))?;
+                            sync_dir(file)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `f`'s path inside the table folder `dir`, as a Delta log names it.
+fn relative(dir: &Path, f: &Path) -> Result<String> {
+    let r = f
+        .strip_prefix(dir)
+        .map_err(|_| anyhow!("{} is not inside the table", f.display()))?;
+    r.to_str()
+        .map(|s| s.replace(std::path::MAIN_SEPARATOR, "/"))
+        .ok_or_else(|| anyhow!("{} is not a UTF-8 path", f.display()))
 }
 
 /// `b` (a quarantine batch) with each `raw` value sealed under a key version that is not its

@@ -3987,6 +3987,126 @@ fn encryption_keys_rotate_and_old_values_stay_readable() {
     assert_eq!(ids, "['contact@2']");
 }
 
+/// A run stopped after its sinks committed a batch that neither the ledger nor the state store
+/// recorded yet leaves that batch to the Delta table's application transaction, which
+/// resuming the run reads to skip it. `keys reencrypt` of the run's earlier batches in
+/// between must not set that transaction back: the resumed run loads nothing twice.
+#[test]
+fn reencrypting_a_stopped_runs_batches_keeps_its_resumption_exactly_once() {
+    let (dir, spec) = project("trades.yaml", 2_000);
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("batch_rows: 65536", "batch_rows: 400");
+    std::fs::write(&spec, text).unwrap();
+    let home = dir.path().join(".sealtrail");
+    let out = bin()
+        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "commit:3")
+        .arg("run")
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(70),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run_ok(bin().args(["keys", "rotate", "email", "--home"]).arg(&home));
+    let r = run_ok(
+        bin()
+            .args(["keys", "reencrypt"])
+            .arg(&spec)
+            .args(["--sink", "trades_clean"]),
+    );
+    assert!(r.starts_with("re-encrypted "), "{r}");
+    let o = bin().arg("run").arg(&spec).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains("(resumed)"),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (total, _) = loaded_once(dir.path());
+    assert_eq!(total, 2_000, "every record loaded or quarantined once");
+    let audit = run_ok(
+        bin()
+            .arg("audit")
+            .arg(&spec)
+            .args(["--sink", "trades_clean"]),
+    );
+    assert!(audit.contains("every row is as delivered"), "{audit}");
+}
+
+/// The batch a stopped run had committed to its sinks, but not recorded, is delivered again
+/// by its resumption with values sealed under new nonces; the sinks keep what they hold, so
+/// the batch's custody record describes the rows read back from each sink (a Parquet batch
+/// file, the file a Delta commit added, in a bucket too, PostgreSQL rows by lineage id), and
+/// `audit` finds every row as delivered.
+#[test]
+fn a_resumed_batch_is_recorded_as_the_sinks_hold_it() {
+    let ns = "resumed_custody";
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
+    ));
+    let s3 = S3Server::start("resumed");
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sink) in [
+        (
+            "resumed_s3",
+            "delta: { path: \"s3://resumed/t\" }".to_string(),
+        ),
+        (
+            "resumed_parquet",
+            "parquet: { path: delivered }".to_string(),
+        ),
+        (
+            "resumed_pg",
+            format!("postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.out }}"),
+        ),
+    ] {
+        let project = dir.path().join(name);
+        std::fs::create_dir(&project).unwrap();
+        let spec = encrypted_id_value_project(&project, name, &sink);
+        let o = s3
+            .env(&mut bin())
+            .env("ST_TEST_PG_URL", pg_url())
+            .env("SEALTRAIL_DEBUG_PANIC_STAGE", "commit:2")
+            .arg("run")
+            .arg(&spec)
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(70),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = s3
+            .env(&mut bin())
+            .env("ST_TEST_PG_URL", pg_url())
+            .arg("run")
+            .arg(&spec)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && out.contains("(resumed)"),
+            "{name}: {out}"
+        );
+        let o = s3
+            .env(&mut bin())
+            .env("ST_TEST_PG_URL", pg_url())
+            .arg("audit")
+            .arg(&spec)
+            .args(["--sink", "out"])
+            .output()
+            .unwrap();
+        let (code, out) = (o.status.code(), String::from_utf8_lossy(&o.stdout));
+        assert_eq!(code, Some(0), "{name}: {out}");
+        assert!(out.contains("500 rows read"), "{name}: {out}");
+    }
+}
+
 /// `keys reencrypt` on a Delta table in an object store: each batch file is fetched, sealed
 /// again under the active key version, uploaded beside the table's files and committed in
 /// place of the old one; `--purge` deletes the old objects; an interruption after a rewrite was
@@ -4130,7 +4250,7 @@ fn a_postgres_sink_is_reencrypted_by_lineage_id() {
     std::fs::remove_dir_all(dir.path().join("out/q_pg_keys")).unwrap();
     let r = q();
     assert!(
-        r.starts_with("nothing to re-encrypt: there is no quarantine folder"),
+        r.starts_with("nothing to re-encrypt: there is no quarantine at"),
         "{r}"
     );
     let reencrypt = || {
@@ -4235,29 +4355,140 @@ fn a_postgres_sink_is_reencrypted_by_lineage_id() {
 /// `quarantine show` reveals stay the same; the old version's retirement is a ledger entry.
 #[test]
 fn quarantined_records_are_reencrypted_after_a_rotation() {
+    let (dir, spec) = reencrypted_quarantine(
+        "parquet: { path: out/quarantine/trades }",
+        &|d| d.join("out/quarantine/trades").into_os_string(),
+        &|d| {
+            format!(
+                "pq.read_table('{}')",
+                d.join("out/quarantine/trades").display()
+            )
+        },
+        &|_| {},
+        &[],
+    );
+    // A sink and the quarantine are named apart.
+    let o = bin()
+        .args(["keys", "reencrypt"])
+        .arg(&spec)
+        .args(["--quarantine", "--sink", "trades_clean"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    drop(dir);
+}
+
+/// A Delta quarantine is re-encrypted by one commit per file; the replaced files stay in the
+/// table's folder for time travel, and `quarantine list` and `show` read only the files the
+/// log names (else each record would be listed twice). With `--purge` they are deleted.
+#[test]
+fn a_delta_quarantine_is_reencrypted_by_commits() {
+    let q = "out/quarantine/trades";
+    let (dir, spec) = reencrypted_quarantine(
+        &format!("delta: {{ path: {q} }}"),
+        &|d| d.join(q).into_os_string(),
+        &|d| format!("DeltaTable('{}').to_pyarrow_table()", d.join(q).display()),
+        &|_| {},
+        &[],
+    );
+    let data_files = || {
+        std::fs::read_dir(dir.path().join(q))
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name();
+                n.to_string_lossy().ends_with(".parquet")
+            })
+            .count()
+    };
+    let files = data_files();
+    assert_eq!(files, 6, "three batch files and their three rewrites");
+    run_ok(
+        bin()
+            .args(["keys", "rotate", "quarantine", "--home"])
+            .arg(dir.path().join(".sealtrail")),
+    );
+    let r = run_ok(
+        bin()
+            .args(["keys", "reencrypt", "--quarantine", "--purge"])
+            .arg(&spec),
+    );
+    assert!(r.starts_with("re-encrypted "), "{r}");
+    assert_eq!(
+        data_files(),
+        files,
+        "each rewrite in place of the file it replaced"
+    );
+}
+
+/// The same for a Delta quarantine in an object store, read back by `quarantine list` and
+/// `show` from its `s3://` URL.
+#[test]
+fn a_delta_quarantine_in_a_bucket_is_reencrypted() {
+    let s3 = S3Server::start("vault");
+    reencrypted_quarantine(
+        "delta: { path: \"s3://vault/q\" }",
+        &|_| "s3://vault/q".into(),
+        &|_| format!("{}.to_pyarrow_table()", s3.py_table("s3://vault/q")),
+        &|c| {
+            s3.env(c);
+        },
+        &["--purge"],
+    );
+}
+
+/// The reference trades pipeline on 3,000 rows in batches of 1,000, its quarantine at `place`
+/// (the spec's `quarantine:` value), run; then `keys reencrypt --quarantine` (with `args`)
+/// before and after `keys rotate quarantine`, checked through `quarantine list` and `show`
+/// of `at(project)`, `table(project)` (the quarantine read by Python as a pyarrow table) and
+/// the ledger. `env` prepares each command (an object store's settings).
+fn reencrypted_quarantine(
+    place: &str,
+    at: &dyn Fn(&Path) -> std::ffi::OsString,
+    table: &dyn Fn(&Path) -> String,
+    env: &dyn Fn(&mut Command),
+    args: &[&str],
+) -> (tempfile::TempDir, PathBuf) {
     let (dir, spec) = project("trades.yaml", 3000);
-    run_ok(bin().arg("run").arg(&spec));
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("batch_rows: 65536", "batch_rows: 1000")
+        .replace("parquet: { path: out/quarantine/trades }", place);
+    std::fs::write(&spec, text).unwrap();
+    let cmd = |args: &[&std::ffi::OsStr]| {
+        let mut c = bin();
+        c.args(args);
+        env(&mut c);
+        c
+    };
+    run_ok(&mut cmd(&["run".as_ref(), spec.as_ref()]));
     let home = dir.path().join(".sealtrail");
-    let q = dir.path().join("out/quarantine/trades");
+    let q = at(dir.path());
     let versions = || {
         py(&format!(
             "import pyarrow.parquet as pq\n\
-             t = pq.read_table('{}')\n\
+             from deltalake import DeltaTable\n\
+             t = {}\n\
              print(t.num_rows, sorted(set(x.split(b':')[1].decode() for x in t.column('raw').to_pylist())))",
-            q.display()
+            table(dir.path())
         ))
     };
     let before = versions();
     assert!(before.ends_with(" ['quarantine@1']"), "{before}");
     let n = before.split(' ').next().unwrap().to_string();
     let list = || {
-        run_ok(
-            bin()
-                .args(["quarantine", "list", "--limit", "1000"])
-                .arg(&q),
-        )
+        run_ok(&mut cmd(&[
+            "quarantine".as_ref(),
+            "list".as_ref(),
+            "--limit".as_ref(),
+            "1000".as_ref(),
+            &q,
+        ]))
     };
     let listed = list();
+    assert!(
+        listed.contains(&format!("\n{n} quarantined record(s)")),
+        "{listed}"
+    );
     let line = listed
         .lines()
         .find_map(|l| {
@@ -4269,17 +4500,15 @@ fn quarantined_records_are_reencrypted_after_a_rotation() {
         .to_string();
     let show = || {
         run_ok(
-            bin()
-                .args(["quarantine", "show"])
-                .arg(&q)
+            cmd(&["quarantine".as_ref(), "show".as_ref(), &q])
                 .args(["--line", &line, "--reason", "rotation test", "--home"])
                 .arg(&home),
         )
     };
     let shown = show();
     let reencrypt = || {
-        let mut c = bin();
-        c.args(["keys", "reencrypt"]).arg(&spec).arg("--quarantine");
+        let mut c = cmd(&["keys".as_ref(), "reencrypt".as_ref(), spec.as_ref()]);
+        c.arg("--quarantine").args(args);
         c
     };
     let r = run_ok(&mut reencrypt());
@@ -4291,7 +4520,9 @@ fn quarantined_records_are_reencrypted_after_a_rotation() {
     );
     let r = run_ok(&mut reencrypt());
     assert!(
-        r.starts_with(&format!("re-encrypted {n} quarantined record(s) in ")),
+        r.starts_with(&format!(
+            "re-encrypted {n} quarantined record(s) in 3 file(s) "
+        )),
         "{r}"
     );
     assert_eq!(versions(), format!("{n} ['quarantine@2']"));
@@ -4309,14 +4540,7 @@ fn quarantined_records_are_reencrypted_after_a_rotation() {
         "{keys}"
     );
     run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
-    // A sink and the quarantine are named apart.
-    let o = bin()
-        .args(["keys", "reencrypt"])
-        .arg(&spec)
-        .args(["--quarantine", "--sink", "trades_clean"])
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    (dir, spec)
 }
 
 /// [`id_value_project`] of 500 rows in batches of 100 into `sink`, with `v` encrypted under

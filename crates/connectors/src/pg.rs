@@ -1428,6 +1428,8 @@ impl ColumnBuild {
 pub struct PgSink {
     name: String,
     table: String,
+    /// For reading a batch back ([`PgSink::delivered`]).
+    url: SecretRef,
     conn: PgConnection,
     schema: SchemaRef,
     /// Set when the table existed, has a lineage id column and no index leads with it.
@@ -1540,6 +1542,7 @@ impl PgSink {
         Ok(Self {
             name: name.to_string(),
             table: table.to_string(),
+            url: url.clone(),
             conn,
             schema,
             unindexed_ids,
@@ -1557,6 +1560,16 @@ impl PgSink {
     }
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The rows with the lineage ids `ids` as the table holds them (in its read-back types,
+    /// in the order of `ids`); None unless exactly one row carries each id.
+    pub async fn delivered(&self, ids: &[String]) -> Result<Option<RecordBatch>> {
+        let mut t = PgTable::open(&self.name, &self.url, &self.table).await?;
+        Ok(t.rows_with_ids(ids)
+            .await?
+            .ok()
+            .filter(|b| b.num_rows() == ids.len()))
     }
 
     /// Commits `batches` under (`app_id`, `batch`); false when that key is already loaded.

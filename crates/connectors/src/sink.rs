@@ -91,10 +91,15 @@ pub fn parse_batch_file_name(name: &str) -> Option<(&str, &str, u64)> {
     (well_formed && !source.is_empty()).then_some((id, source, batch))
 }
 
+/// The commit info field of a `keys reencrypt` commit naming the batch its new file holds:
+/// `{"appId": ..., "version": ...}`, as the batch's own commit's transaction did.
+pub const REWRITE_OF: &str = "sealtrailRewriteOf";
+
 /// For a Delta table on a local path: the batch each data file was written by, from the JSON
 /// commits in its `_delta_log/`: file name -> (transaction app id, version) of the commit
 /// that added it, for commits that carry exactly one transaction (sealtrail's: app id
-/// [`CommitKey::app_id`], version the batch). A file added by another writer (OPTIMIZE, a
+/// [`CommitKey::app_id`], version the batch) or, for a rewrite, name the batch in
+/// [`REWRITE_OF`]. A file added by another writer (OPTIMIZE, a
 /// plain append), a file two commits claim, and a file whose JSON commit was cleaned up after
 /// a checkpoint are absent; so is everything of a table that is not local. Nothing here is
 /// trusted: `audit` and `prove` check each row against the batch's custody record and fall
@@ -130,7 +135,14 @@ pub fn delta_file_commits(uri: &str) -> std::collections::HashMap<String, (Strin
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                 continue;
             };
-            if let Some(t) = v.get("txn") {
+            if let Some(r) = v.pointer(&format!("/commitInfo/{REWRITE_OF}")) {
+                if let (Some(app), Some(ver)) = (
+                    r.get("appId").and_then(|a| a.as_str()),
+                    r.get("version").and_then(|v| v.as_u64()),
+                ) {
+                    txn.push((app.to_string(), ver));
+                }
+            } else if let Some(t) = v.get("txn") {
                 if let (Some(app), Some(ver)) = (
                     t.get("appId").and_then(|a| a.as_str()),
                     t.get("version").and_then(|v| v.as_u64()),
@@ -354,6 +366,84 @@ impl SinkWriter {
         }
     }
 
+    /// The rows an earlier attempt of the run committed under `key` (stopped before the
+    /// state store recorded the batch), as the sink holds them: the batch's Parquet file,
+    /// the Delta file the commit of `key` added, or a PostgreSQL table's rows with the lineage
+    /// ids of `fresh` (the rows this attempt made of the same records). They differ from
+    /// `fresh` where values are sealed with random nonces, so custody must describe these.
+    /// None when they cannot be found as one whole batch.
+    pub async fn delivered(
+        &self,
+        key: &CommitKey,
+        fresh: &[RecordBatch],
+    ) -> Result<Option<Vec<RecordBatch>>> {
+        let read = |name: &str, f: &Path| {
+            read_parquet(f)
+                .map_err(|e| sink_err(name, format!("cannot read {} back: {e}", f.display())))
+        };
+        match self {
+            SinkWriter::Parquet { name, dir, .. } => {
+                let f = dir.join(key.file_name());
+                Ok(if f.exists() {
+                    Some(read(name, &f)?)
+                } else {
+                    None
+                })
+            }
+            SinkWriter::Delta { name, uri, .. } => {
+                let want = (key.app_id(), key.batch);
+                // A table on S3: through a copy of its log, fetching the one file.
+                let copy = if crate::s3::is_s3(uri) {
+                    Some(
+                        crate::s3::TableCopy::new(uri, false)
+                            .await
+                            .map_err(|e| sink_err(name, e))?
+                            .0,
+                    )
+                } else {
+                    None
+                };
+                let local = match &copy {
+                    Some(c) => c.dir().display().to_string(),
+                    None => uri.clone(),
+                };
+                let commits = delta_file_commits(&local);
+                let target = Target::Delta { uri: local };
+                let files: Vec<PathBuf> = sink_files(name, &target)
+                    .await?
+                    .into_iter()
+                    .filter(|f| {
+                        let n = f.file_name().map(|n| n.to_string_lossy().into_owned());
+                        n.and_then(|n| commits.get(&n)) == Some(&want)
+                    })
+                    .collect();
+                let [f] = files.as_slice() else {
+                    return Ok(None);
+                };
+                if let Some(c) = &copy {
+                    c.fetch(std::slice::from_ref(f))
+                        .await
+                        .map_err(|e| sink_err(name, e))?;
+                }
+                Ok(Some(read(name, f)?))
+            }
+            SinkWriter::Postgres(pg) => {
+                let mut ids = Vec::new();
+                for b in fresh {
+                    let Some(col) = b.column_by_name(sealtrail_core::LINEAGE_ID_COLUMN) else {
+                        return Ok(None);
+                    };
+                    let Some(col) = arrow::array::AsArray::as_string_opt::<i32>(col.as_ref())
+                    else {
+                        return Ok(None);
+                    };
+                    ids.extend(col.iter().map(|v| v.unwrap_or_default().to_string()));
+                }
+                Ok(pg.delivered(&ids).await?.map(|b| vec![b]))
+            }
+        }
+    }
+
     /// `batches` as this sink delivers them: a PostgreSQL sink's in the types its table reads
     /// back as ([`crate::pg::delivered_type`]), so that output commitments are over the rows
     /// `prove` and `audit` read back; the other sinks' unchanged.
@@ -483,16 +573,18 @@ pub fn write_parquet_file(
 /// Replaces data file `old` of the Delta table at `table` (a local folder or an `s3://` URL)
 /// with `new`, a complete Parquet file of `size` bytes already written into
 /// the table's location (not yet in any commit, so no reader sees it), both paths relative to
-/// the table, in one commit that removes the one and adds the other under the application
-/// transaction `app_id` at `version`, so the log still names the batch each file holds. The
-/// old file stays in the table's history (time travel) until a VACUUM removes it.
+/// the table, in one commit that names the batch the file holds (`batch`: application id and
+/// version, when it is known) in its commit info ([`REWRITE_OF`]), so that the log still says
+/// which batch each file holds. The commit carries no application transaction: the table's version of `app_id`
+/// is the last batch the run committed, which a stopped run's resumption reads to skip what
+/// it wrote already, and a rewrite of an earlier batch must not set it back. The old file
+/// stays in the table's history (time travel) until a VACUUM removes it.
 pub async fn delta_replace_file(
     table: &str,
     old: &str,
     new: &str,
     size: u64,
-    app_id: &str,
-    version: i64,
+    batch: Option<(&str, i64)>,
 ) -> Result<()> {
     use deltalake::kernel::transaction::CommitBuilder;
     use deltalake::kernel::{Action, Add, Remove};
@@ -528,8 +620,12 @@ pub async fn delta_replace_file(
             ..Default::default()
         }),
     ];
-    let props =
-        CommitProperties::default().with_application_transaction(Transaction::new(app_id, version));
+    let props = CommitProperties::default().with_metadata(batch.map(|(app_id, version)| {
+        (
+            REWRITE_OF.to_string(),
+            serde_json::json!({ "appId": app_id, "version": version }),
+        )
+    }));
     let snapshot = table.snapshot().map_err(|e| err(e.to_string()))?;
     CommitBuilder::from(props)
         .with_actions(actions)
@@ -793,6 +889,63 @@ mod tests {
         assert_eq!(map.values().next().unwrap(), &(key(1).app_id(), 1));
         // Not a local table: nothing maps.
         assert!(delta_file_commits("s3://bucket/t").is_empty());
+    }
+
+    /// A rewritten file (`keys reencrypt`) maps to the batch it replaced, and the rewrite does
+    /// not set the run's application transaction back to that batch (a stopped run's
+    /// resumption reads it to skip the batches it committed).
+    #[tokio::test]
+    async fn a_rewritten_delta_file_keeps_its_batch_and_the_runs_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, b, target) = two_rows_for_delta(dir.path());
+        let Target::Delta { uri } = &target else {
+            unreachable!()
+        };
+        let mut w = open_sink("t", &target, schema.clone()).await.unwrap();
+        let key = |batch| CommitKey {
+            batch,
+            ..first_batch_of_run_r1()
+        };
+        for batch in [0, 1, 2] {
+            assert!(
+                w.commit(&key(batch), std::slice::from_ref(&b))
+                    .await
+                    .unwrap()
+            );
+        }
+        let map = delta_file_commits(uri);
+        let old = map
+            .iter()
+            .find(|(_, v)| v.1 == 0)
+            .map(|(k, _)| k.clone())
+            .unwrap();
+        let new = "part-rewrite-0.zstd.parquet";
+        let path = dir.path().join("t").join(new);
+        write_parquet_file(&path, &schema, std::slice::from_ref(&b)).unwrap();
+        let size = std::fs::metadata(&path).unwrap().len();
+        delta_replace_file(uri, &old, new, size, Some((&key(0).app_id(), 0)))
+            .await
+            .unwrap();
+        let map = delta_file_commits(uri);
+        assert_eq!(map.get(new), Some(&(key(0).app_id(), 0)), "{map:?}");
+        let table = deltalake::open_table(table_url(uri).unwrap())
+            .await
+            .unwrap();
+        let version = table
+            .snapshot()
+            .unwrap()
+            .transaction_version(table.log_store().as_ref(), key(0).app_id())
+            .await
+            .unwrap();
+        assert_eq!(
+            version,
+            Some(2),
+            "the run's last batch, not the rewritten one"
+        );
+        let files = sink_files("t", &target).await.unwrap();
+        assert_eq!(files.len(), 3);
+        assert!(files.iter().any(|f| f.ends_with(new)));
+        assert!(!files.iter().any(|f| f.ends_with(&old)));
     }
 
     /// A one-column batch of two rows, its schema, and a Delta target in `dir`.
