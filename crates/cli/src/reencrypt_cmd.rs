@@ -155,8 +155,8 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
     let mut log = None;
     // Old key versions already named by a `key_event` of this command.
     let mut recorded_ids = BTreeSet::new();
-    let (mut rewritten, mut values, mut finished, mut missing, mut skipped) =
-        (0usize, 0u64, 0usize, 0usize, 0usize);
+    let (mut rewritten, mut values, mut finished, mut missing, mut skipped, mut lost) =
+        (0usize, 0u64, 0usize, 0usize, 0usize, 0usize);
     for r in st.custody_index(&p.name, None).await? {
         let revisions = st.revisions(&r).await?;
         let mismatch = || {
@@ -166,7 +166,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             );
             Ok(TAMPERED)
         };
-        let now = match signed.sink_state(&r, &revisions, &sink) {
+        let mut now = match signed.sink_state(&r, &revisions, &sink) {
             None => return mismatch(),
             Some(None) => continue,
             Some(Some(now)) => now,
@@ -237,7 +237,9 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             let (schema, batches) = read(&file)?;
             (file.clone(), file.display().to_string(), schema, batches)
         };
-        if commitments(&batches, c.row_format(), &label)? != delivered {
+        let held = commitments(&batches, c.row_format(), &label)?;
+        let mut lost_here = 0;
+        if held != delivered {
             // A rewrite recorded in the ledger and the state store but not yet put in place
             // (the command was interrupted): its file is complete; finish it.
             let recorded = place.pending(&file, &r, revisions.len());
@@ -252,21 +254,54 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
                 finished += 1;
                 continue;
             }
-            let (are, them) = match place {
-                Place::Postgres { .. } => ("are", "them"),
-                _ => ("is", "it"),
-            };
-            eprintln!(
-                "error: {label} {are} not as batch {} of run {} delivered {them}: nothing in {them} was re-encrypted (a re-encryption would make the change look authorised). `sealtrail audit {} --sink {}` names the rows; restore {them}, then run this again",
-                r.batch,
-                r.run_id,
-                a.spec.display(),
-                sink,
-            );
-            return Ok(TAMPERED);
+            // That rewrite is gone (removed by a VACUUM, say, or its staged copy dropped) and
+            // the rows are exactly as they were before it was recorded: a revision back to
+            // their root records that they stayed, and they are re-encrypted like any others.
+            if let Some((back, root)) = lost_rewrite(&signed, &now, &c, si, &held) {
+                place.drop_pending(&recorded).await?;
+                let seq = append(
+                    &mut log,
+                    &home,
+                    la,
+                    vec![Event::OutputsRevised {
+                        run_id: r.run_id.clone(),
+                        source: r.source.clone(),
+                        batch: r.batch,
+                        sink: sink.clone(),
+                        rows: now.rows,
+                        old_root: now.root,
+                        new_root: root,
+                        action: LOST.into(),
+                        actor,
+                    }],
+                )?;
+                st.add_revision(&r, &sink, seq, &back.encode()).await?;
+                eprintln!(
+                    "warning: the rewrite of batch {} of run {} that an interrupted run of this command recorded is gone ({} holds the rows as they were before it): recorded that they stayed (`{LOST}`), and they are re-encrypted now",
+                    r.batch, r.run_id, label
+                );
+                now.root = root;
+                lost_here = 1;
+                lost += 1;
+            } else {
+                let (are, them) = match place {
+                    Place::Postgres { .. } => ("are", "them"),
+                    _ => ("is", "it"),
+                };
+                eprintln!(
+                    "error: {label} {are} not as batch {} of run {} delivered {them}: nothing in {them} was re-encrypted (a re-encryption would make the change look authorised). `sealtrail audit {} --sink {}` names the rows; restore {them}, then run this again",
+                    r.batch,
+                    r.run_id,
+                    a.spec.display(),
+                    sink,
+                );
+                return Ok(TAMPERED);
+            }
         }
         // A rewrite never recorded (interrupted before its ledger entry) is dropped.
-        let pending = place.pending(&file, &r, revisions.len() + 1);
+        // Revisions of the batch in every sink, numbered together (this command's own
+        // revision back, when it recorded one above, included).
+        let pending = place.pending(&file, &r, revisions.len() + lost_here + 1);
         place.drop_pending(&pending).await?;
         let mut old_ids = BTreeSet::new();
         let (out, changed) =
@@ -333,6 +368,11 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
     }
     if finished > 0 {
         outln!("finished {finished} rewrite(s) an interrupted run of this command had recorded");
+    }
+    if lost > 0 {
+        outln!(
+            "{lost} recorded rewrite(s) of an interrupted run of this command were gone: recorded as not applied (`{LOST}`) and done again"
+        );
     }
     if skipped > 0 {
         eprintln!(
@@ -609,6 +649,34 @@ impl Place {
             }
         }
     }
+}
+
+/// The action of an `outputs_revised` entry that records a batch's rows as they were before
+/// its last revision, whose rewrite was lost before it was put in place.
+const LOST: &str = "reencrypt_lost";
+
+/// When the last revision of batch rows in force (`now`) was never put in place: the rows'
+/// commitments `held` make exactly the root that revision started from. Then the custody
+/// record of the rows as they are (`c` with `held` as sink `si`'s commitments) and that root.
+fn lost_rewrite(
+    signed: &Signed,
+    now: &crate::custody_cmd::SinkState,
+    c: &CustodyView,
+    si: usize,
+    held: &[Hash],
+) -> Option<(sealtrail_engine::custody::BatchCustody, Hash)> {
+    let Event::OutputsRevised { old_root, .. } = signed.entry(*now.revisions.last()?)?.event else {
+        return None;
+    };
+    let mut back = c.to_owned();
+    let rows = &mut back.outputs.get_mut(si)?.rows;
+    if rows.len() != held.len() {
+        return None;
+    }
+    for (row, h) in rows.iter_mut().zip(held) {
+        row.1 = *h;
+    }
+    merkle::ct_eq(&back.seal().outputs[si], &old_root).then_some((back, old_root))
 }
 
 /// A `key_event` (`reencrypt`) for each of `old_ids` not in `recorded` yet (which then holds

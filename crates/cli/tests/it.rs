@@ -4355,6 +4355,29 @@ fn a_postgres_sink_is_reencrypted_by_lineage_id() {
     assert!(out.contains("unchanged"), "{out}");
     let one = pg_one(&format!("SELECT v FROM {ns}.out WHERE id = 42"));
     decrypts_to(&home, &one, "value 42");
+    // A recorded rewrite lost before it was put in place (its staged copy deleted from the
+    // database, the working copy from the disk): the rows stayed as they were, which running
+    // the command again records (`reencrypt_lost`) before it re-encrypts them.
+    rotate();
+    let out = reencrypt()
+        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "reencrypt:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(70));
+    assert_eq!(waiting(), "1");
+    pg(&format!(
+        "DELETE FROM sealtrail_reencrypt_pending WHERE target = '{ns}.out'"
+    ));
+    let _ = std::fs::remove_dir_all(home.join("reencrypt"));
+    let r = run_ok(&mut reencrypt());
+    assert!(
+        r.contains("1 recorded rewrite(s) of an interrupted run of this command were gone"),
+        "{r}"
+    );
+    let (code, out) = run_audit(&spec, &["out"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(versions(), "500 vk@4");
+    assert_eq!(waiting(), "0");
 }
 
 /// `keys reencrypt --quarantine`: after `keys rotate quarantine`, every record kept for repair
@@ -4829,6 +4852,109 @@ fn reencrypted_rows_are_a_recorded_revision_that_audit_and_prove_follow() {
             .unwrap()
             .any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.'))
     );
+}
+
+/// A rewrite that an interrupted `keys reencrypt` recorded and whose file is then lost (a
+/// cleanup of hidden or uncommitted files) leaves the rows as they were before it: running the
+/// command again records that they stayed (an `outputs_revised` entry back to their root,
+/// `reencrypt_lost`) and re-encrypts them; `audit` follows the whole chain.
+#[test]
+fn a_lost_recorded_rewrite_is_recorded_as_not_applied_and_done_again() {
+    let (dir, spec) = loaded_contact_customers();
+    let home = dir.path().join(".sealtrail");
+    run_ok(
+        bin()
+            .args(["keys", "rotate", "contact", "--home"])
+            .arg(&home),
+    );
+    let reencrypt = || {
+        let mut c = bin();
+        c.args(["keys", "reencrypt"]).arg(&spec).args([
+            "--sink",
+            "customers",
+            "--column",
+            "email_enc",
+        ]);
+        c
+    };
+    let out = reencrypt()
+        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "reencrypt:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(70));
+    let folder = dir.path().join("out/customers");
+    let hidden: Vec<_> = folder
+        .read_dir()
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(hidden.len(), 1, "{hidden:?}");
+    std::fs::remove_file(&hidden[0]).unwrap();
+    assert_eq!(run_audit(&spec, &["customers"]).0, Some(4));
+    let o = reencrypt().output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.contains("1 recorded rewrite(s) of an interrupted run of this command were gone")
+            && out.starts_with("re-encrypted ")
+            && err.contains("recorded that they stayed (`reencrypt_lost`)"),
+        "{out}{err}"
+    );
+    let (code, text) = run_audit(&spec, &["customers"]);
+    assert_eq!(code, Some(0), "{text}");
+    let revs = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "outputs_revised", "--home"])
+            .arg(&home),
+    );
+    assert_eq!(
+        revs.lines()
+            .filter(|l| l.contains("(reencrypt_lost)"))
+            .count(),
+        1,
+        "{revs}"
+    );
+    let ids = py(&format!(
+        "import pyarrow.parquet as pq\nt = pq.read_table('{}')\nprint(sorted(set(x.split(':')[1] for x in t.column('email_enc').to_pylist() if x)))",
+        folder.display()
+    ));
+    assert_eq!(ids, "['contact@2']");
+    // A row of that batch (the second rewritten: batch 1) is proven through all three
+    // revisions: the lost rewrite, the revision back, the rewrite done again.
+    let id = py(&format!(
+        "import glob, pyarrow.parquet as pq\nf = [f for f in glob.glob('{}/*.parquet') if f.endswith('-000001.zstd.parquet')]\nprint(pq.read_table(f[0]).column('_sealtrail_id')[0])",
+        folder.display()
+    ));
+    let bundle = dir.path().join("p.json");
+    run_ok(
+        bin()
+            .arg("prove")
+            .arg(&spec)
+            .args(["--sink", "customers", "--id", &id, "--out"])
+            .arg(&bundle),
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+    assert_eq!(json["revisions"].as_array().unwrap().len(), 3, "{json}");
+    let out = bin()
+        .arg("verify-proof")
+        .arg(&bundle)
+        .arg("--key")
+        .arg(home.join("ledger.pub"))
+        .arg("--table")
+        .arg(&folder)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("the proven row, unchanged"), "{text}");
+    run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
+    let r = run_ok(&mut reencrypt());
+    assert!(r.starts_with("nothing to re-encrypt"), "{r}");
 }
 
 /// The benchmark command runs the reference job with protection on and off, and checks the
