@@ -549,13 +549,7 @@ impl Place {
     /// (readers see only the files the log names).
     fn pending(&self, file: &Path, r: &CustodyRef, n: usize) -> PathBuf {
         match self {
-            Place::Parquet => {
-                let name = file
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                file.with_file_name(format!(".{name}.reencrypt"))
-            }
+            Place::Parquet => hidden_beside(file),
             Place::Delta { dir, .. } => dir.join(format!(
                 "part-sealtrail-{}-{}-{}-r{n}.zstd.parquet",
                 r.run_id, r.source, r.batch
@@ -620,32 +614,14 @@ impl Place {
                 purge,
                 copy,
             } => {
-                let size = std::fs::metadata(pending)?.len();
                 let key = sealtrail_connectors::sink::CommitKey {
                     pipeline: r.pipeline.clone(),
                     run_id: r.run_id.clone(),
                     source: r.source.clone(),
                     batch: r.batch,
                 };
-                sealtrail_connectors::sink::delta_replace_file(
-                    table,
-                    &relative(dir, file)?,
-                    &relative(dir, pending)?,
-                    size,
-                    Some((&key.app_id(), r.batch as i64)),
-                )
-                .await?;
-                if *purge {
-                    match copy {
-                        Some(c) => c.delete(file).await.map_err(|e| anyhow!("{e}"))?,
-                        None => {
-                            std::fs::remove_file(file)
-                                .with_context(|| format!("deleting {}", file.display()))?;
-                            sync_dir(file)?;
-                        }
-                    }
-                }
-                Ok(())
+                let batch = Some((key.app_id(), r.batch as i64));
+                replace_in_delta(dir, table, copy.as_ref(), *purge, file, pending, batch).await
             }
         }
     }
@@ -976,13 +952,7 @@ impl QuarantinePlace {
     /// removes it).
     fn pending(&self, file: &Path) -> PathBuf {
         match self {
-            Self::Parquet(_) => {
-                let name = file
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                file.with_file_name(format!(".{name}.reencrypt"))
-            }
+            Self::Parquet(_) => hidden_beside(file),
             Self::Delta { dir, .. } => dir.join(format!(
                 "part-sealtrail-quarantine-{}.zstd.parquet",
                 hex::encode(rand::random::<[u8; 12]>())
@@ -1015,33 +985,58 @@ impl QuarantinePlace {
                 batches,
                 purge,
             } => {
-                let old = relative(dir, file)?;
-                let batch = batches
-                    .get(old.rsplit('/').next().unwrap_or(&old))
-                    .map(|(app, v)| (app.as_str(), *v as i64));
-                let size = std::fs::metadata(pending)?.len();
-                sealtrail_connectors::sink::delta_replace_file(
-                    table,
-                    &old,
-                    &relative(dir, pending)?,
-                    size,
-                    batch,
-                )
-                .await?;
-                if *purge {
-                    match copy {
-                        Some(c) => c.delete(file).await.map_err(|e| anyhow!("{e}"))?,
-                        None => {
-                            std::fs::remove_file(file)
-                                .with_context(|| format!("deleting {}", file.display()))?;
-                            sync_dir(file)?;
-                        }
-                    }
-                }
-                Ok(())
+                let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+                let batch = name
+                    .and_then(|n| batches.get(&n))
+                    .map(|(app, v)| (app.clone(), *v as i64));
+                replace_in_delta(dir, table, copy.as_ref(), *purge, file, pending, batch).await
             }
         }
     }
+}
+
+/// Replaces `file` of the Delta table at `table` (local folder `dir`, or the folder of `copy`
+/// for a table on S3) with the complete rewrite `pending`, in one commit naming `batch` (its
+/// application id and version) when known; with `purge`, then deletes `file`.
+async fn replace_in_delta(
+    dir: &Path,
+    table: &str,
+    copy: Option<&TableCopy>,
+    purge: bool,
+    file: &Path,
+    pending: &Path,
+    batch: Option<(String, i64)>,
+) -> Result<()> {
+    let size = std::fs::metadata(pending)?.len();
+    sealtrail_connectors::sink::delta_replace_file(
+        table,
+        &relative(dir, file)?,
+        &relative(dir, pending)?,
+        size,
+        batch.as_ref().map(|(app, v)| (app.as_str(), *v)),
+    )
+    .await?;
+    if purge {
+        match copy {
+            Some(c) => c.delete(file).await.map_err(|e| anyhow!("{e}"))?,
+            None => {
+                std::fs::remove_file(file)
+                    .with_context(|| format!("deleting {}", file.display()))?;
+                sync_dir(file)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The hidden name a rewrite of `file` in a Parquet folder is written under (readers of the
+/// folder skip names that start with a dot) until it is renamed over `file`.
+fn hidden_beside(file: &Path) -> PathBuf {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    file.with_file_name(format!(".{name}.reencrypt"))
 }
 
 /// `f`'s path inside the table folder `dir`, as a Delta log names it.

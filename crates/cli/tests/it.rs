@@ -4798,33 +4798,9 @@ fn reencrypted_rows_are_a_recorded_revision_that_audit_and_prove_follow() {
     // A rewrite interrupted after it was recorded (a bug, here on request, before its file is
     // put in place): audit sees the old file against the new root until the command is run
     // again, which finishes the rewrite. In a project of its own.
-    let (dir2, spec2) = loaded_contact_customers();
+    let (dir2, spec2) = contact_rewrite_interrupted();
     let home2 = dir2.path().join(".sealtrail");
-    run_ok(
-        bin()
-            .args(["keys", "rotate", "contact", "--home"])
-            .arg(&home2),
-    );
-    let again = || {
-        let mut c = bin();
-        c.args(["keys", "reencrypt"]).arg(&spec2).args([
-            "--sink",
-            "customers",
-            "--column",
-            "email_enc",
-        ]);
-        c
-    };
-    let out = again()
-        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "reencrypt:1")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(70),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let again = || reencrypt_contact(&spec2);
     let (code, text) = run_audit(&spec2, &["customers"]);
     assert_eq!(code, Some(4), "{text}");
     assert!(
@@ -4854,34 +4830,47 @@ fn reencrypted_rows_are_a_recorded_revision_that_audit_and_prove_follow() {
     );
 }
 
+/// `keys reencrypt` of the `email_enc` column of [`loaded_contact_customers`]' sink.
+fn reencrypt_contact(spec: &Path) -> Command {
+    let mut c = bin();
+    c.args(["keys", "reencrypt"])
+        .arg(spec)
+        .args(["--sink", "customers", "--column", "email_enc"]);
+    c
+}
+
+/// [`loaded_contact_customers`] after `keys rotate contact` and a [`reencrypt_contact`]
+/// stopped (a bug, here on request) after it recorded its second rewrite, before that file is
+/// put in place.
+fn contact_rewrite_interrupted() -> (tempfile::TempDir, PathBuf) {
+    let (dir, spec) = loaded_contact_customers();
+    run_ok(
+        bin()
+            .args(["keys", "rotate", "contact", "--home"])
+            .arg(dir.path().join(".sealtrail")),
+    );
+    let out = reencrypt_contact(&spec)
+        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "reencrypt:1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(70),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (dir, spec)
+}
+
 /// A rewrite that an interrupted `keys reencrypt` recorded and whose file is then lost (a
 /// cleanup of hidden or uncommitted files) leaves the rows as they were before it: running the
 /// command again records that they stayed (an `outputs_revised` entry back to their root,
 /// `reencrypt_lost`) and re-encrypts them; `audit` follows the whole chain.
 #[test]
 fn a_lost_recorded_rewrite_is_recorded_as_not_applied_and_done_again() {
-    let (dir, spec) = loaded_contact_customers();
+    let (dir, spec) = contact_rewrite_interrupted();
     let home = dir.path().join(".sealtrail");
-    run_ok(
-        bin()
-            .args(["keys", "rotate", "contact", "--home"])
-            .arg(&home),
-    );
-    let reencrypt = || {
-        let mut c = bin();
-        c.args(["keys", "reencrypt"]).arg(&spec).args([
-            "--sink",
-            "customers",
-            "--column",
-            "email_enc",
-        ]);
-        c
-    };
-    let out = reencrypt()
-        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "reencrypt:1")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(70));
+    let reencrypt = || reencrypt_contact(&spec);
     let folder = dir.path().join("out/customers");
     let hidden: Vec<_> = folder
         .read_dir()
