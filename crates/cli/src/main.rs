@@ -662,14 +662,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Quarantine { home, ledger, cmd } => {
-            protect_cmd::quarantine(
-                &home.unwrap_or_else(|| PathBuf::from(".sealtrail")),
-                &ledger,
-                cmd,
-            )
-            .await
-        }
+        Cmd::Quarantine { home, ledger, cmd } => protect_cmd::quarantine(home, &ledger, cmd).await,
         Cmd::Generate { dir, rows, seed } => {
             let (t, _) = synth::trades(&dir, rows, seed)?;
             let (c, _) = synth::customers(&dir, (rows / 10).max(10), seed)?;
@@ -1190,8 +1183,8 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
         trades.display()
     );
     outln!(
-        "  sealtrail quarantine list {}",
-        dir.join("out/quarantine/trades").display()
+        "  sealtrail quarantine list {}   # the pipeline's quarantine: positions, reasons, repairs",
+        trades.display()
     );
     outln!("  sealtrail keys list --home {}", home.display());
     outln!(

@@ -383,8 +383,9 @@ pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
 pub enum QuarantineCmd {
     /// List quarantined records: position and reasons, never their content.
     List {
-        /// The quarantine: its folder (Parquet or Delta) or, for a Delta table on S3, its
-        /// `s3://` URL.
+        /// The quarantine: a pipeline spec (its `quarantine:`; the home then defaults to the
+        /// `.sealtrail` folder beside it), the quarantine's folder (Parquet or Delta) or, for a
+        /// Delta table on S3, its `s3://` URL.
         path: PathBuf,
         /// At most this many records, in source order.
         #[arg(long, default_value_t = 50)]
@@ -396,8 +397,9 @@ pub enum QuarantineCmd {
     },
     /// Show quarantined records' raw content (decrypted; recorded in the ledger).
     Show {
-        /// The quarantine: its folder (Parquet or Delta) or, for a Delta table on S3, its
-        /// `s3://` URL.
+        /// The quarantine: a pipeline spec (its `quarantine:`; the home then defaults to the
+        /// `.sealtrail` folder beside it), the quarantine's folder (Parquet or Delta) or, for a
+        /// Delta table on S3, its `s3://` URL.
         path: PathBuf,
         /// Line numbers (text inputs) of the records to show.
         #[arg(long, num_args = 1.., required_unless_present_any = ["key", "row"])]
@@ -559,12 +561,45 @@ async fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
     Ok(out)
 }
 
-pub async fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()> {
+/// The quarantine `named` on the command line: a pipeline spec's (its `quarantine:`), or a
+/// folder or URL as it is; with the spec, when it was one.
+fn quarantine_named(named: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+    let spec = named.is_file() && named.extension().is_some_and(|x| x == "yaml" || x == "yml");
+    if !spec {
+        return Ok((named.to_path_buf(), None));
+    }
+    let p = sealtrail_spec::load(named)?;
+    let at = match &p.quarantine {
+        sealtrail_spec::Target::Parquet { dir } => dir.clone(),
+        sealtrail_spec::Target::Delta { uri } => PathBuf::from(uri),
+        other => bail!(
+            "the quarantine of pipeline `{}` is a {}, which `quarantine` does not read",
+            p.name,
+            other.describe()
+        ),
+    };
+    Ok((at, Some(named.to_path_buf())))
+}
+
+/// Runs `quarantine list` and `show` (`replay` runs a pipeline: `main` dispatches it). `home`
+/// is `--home`; without it, the `.sealtrail` folder beside a spec named as the quarantine, or
+/// in the working folder.
+pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineCmd) -> Result<()> {
+    let named = match &cmd {
+        QuarantineCmd::List { path, .. } | QuarantineCmd::Show { path, .. } => path.clone(),
+        QuarantineCmd::Replay { .. } => unreachable!("dispatched by main (it runs a pipeline)"),
+    };
+    let (path, spec) = quarantine_named(&named)?;
+    let home = crate::StateArgs {
+        home,
+        state_url: None,
+        ledger: la.clone(),
+    }
+    .home(spec.as_deref());
+    let home = home.as_path();
     match cmd {
         QuarantineCmd::List {
-            path,
-            limit,
-            state_url,
+            limit, state_url, ..
         } => {
             let rows = read_quarantine(&path).await?;
             // Which were repaired and replayed, when a state store that could know is at hand.
@@ -632,7 +667,6 @@ pub async fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Res
         }
         QuarantineCmd::Replay { .. } => unreachable!("dispatched by main (it runs a pipeline)"),
         QuarantineCmd::Show {
-            path,
             line,
             key,
             row,
@@ -641,6 +675,7 @@ pub async fn quarantine(home: &Path, la: &LedgerArgs, cmd: QuarantineCmd) -> Res
             by,
             out,
             encoding,
+            ..
         } => {
             if reason.trim().is_empty() {
                 bail!("--reason must say why the raw records are needed");

@@ -4405,7 +4405,38 @@ fn quarantined_records_are_reencrypted_after_a_rotation() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    drop(dir);
+    // The quarantine may be named by its pipeline's spec, from any folder: the home beside the
+    // spec has the keyring and the state store (which adds who repaired each record).
+    let by_folder = run_ok(
+        bin()
+            .args(["quarantine", "list", "--limit", "1000"])
+            .arg(dir.path().join("out/quarantine/trades")),
+    );
+    let by_spec = run_ok(
+        bin()
+            .args(["quarantine", "list", "--limit", "1000"])
+            .arg(&spec)
+            .current_dir(std::env::temp_dir()),
+    );
+    assert!(
+        by_spec.lines().next().unwrap().ends_with("repaired by"),
+        "{by_spec}"
+    );
+    assert_eq!(by_spec.lines().count(), by_folder.lines().count());
+    let line = by_folder
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .to_string();
+    let shown = run_ok(
+        bin()
+            .args(["quarantine", "show"])
+            .arg(&spec)
+            .args(["--line", &line, "--reason", "by spec"])
+            .current_dir(std::env::temp_dir()),
+    );
+    assert!(shown.contains(","), "{shown}");
 }
 
 /// A Delta quarantine is re-encrypted by one commit per file; the replaced files stay in the
