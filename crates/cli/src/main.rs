@@ -148,8 +148,9 @@ enum Cmd {
     /// Quarantined records: list them, or show their (encrypted) raw content to an authorised
     /// user, recorded in the ledger.
     Quarantine {
-        /// Folder holding the keyring and the ledger that records who saw what (default
-        /// `.sealtrail`).
+        /// Folder holding the keyring and the ledger that records who saw what (default: the
+        /// `.sealtrail` folder beside the spec when the quarantine is named by one, else
+        /// `.sealtrail` in the working folder).
         #[arg(long, env = "SEALTRAIL_HOME", global = true)]
         home: Option<PathBuf>,
         #[command(flatten)]
