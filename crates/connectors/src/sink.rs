@@ -575,10 +575,11 @@ pub fn write_parquet_file(
 /// the table's location (not yet in any commit, so no reader sees it), both paths relative to
 /// the table, in one commit that names the batch the file holds (`batch`: application id and
 /// version, when it is known) in its commit info ([`REWRITE_OF`]), so that the log still says
-/// which batch each file holds. The commit carries no application transaction: the table's version of `app_id`
-/// is the last batch the run committed, which a stopped run's resumption reads to skip what
-/// it wrote already, and a rewrite of an earlier batch must not set it back. The old file
-/// stays in the table's history (time travel) until a VACUUM removes it.
+/// which batch each file holds. The commit carries no application transaction: the table's
+/// version of the run's application id is the last batch the run committed, which a stopped
+/// run's resumption reads to skip what it wrote already, and a rewrite of an earlier batch
+/// must not set it back. The old file stays in the table's history (time travel) until a
+/// VACUUM removes it.
 pub async fn delta_replace_file(
     table: &str,
     old: &str,
