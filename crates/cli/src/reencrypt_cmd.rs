@@ -842,6 +842,7 @@ async fn quarantine(
         if !events.is_empty() {
             append(&mut log, &home, la, events)?;
         }
+        sealtrail_engine::debug_panic_in("reencrypt-quarantine", rewritten as u64);
         q.put(&pending, &file).await?;
         rewritten += 1;
         values += changed;

@@ -4468,6 +4468,26 @@ fn a_delta_quarantine_is_reencrypted_by_commits() {
             .args(["keys", "rotate", "quarantine", "--home"])
             .arg(dir.path().join(".sealtrail")),
     );
+    // Stopped after its first rewrite was written and before its commit: the new file is in
+    // the folder but in no commit, so the table and its listing are as they were; running
+    // the command again rewrites every file (the stray one stays for a VACUUM).
+    let list = || {
+        run_ok(
+            bin()
+                .args(["quarantine", "list", "--limit", "1000"])
+                .arg(&spec),
+        )
+    };
+    let listed = list();
+    let out = bin()
+        .args(["keys", "reencrypt", "--quarantine", "--purge"])
+        .arg(&spec)
+        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "reencrypt-quarantine:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(70));
+    assert_eq!(data_files(), files + 1);
+    assert_eq!(list(), listed);
     let r = run_ok(
         bin()
             .args(["keys", "reencrypt", "--quarantine", "--purge"])
@@ -4476,9 +4496,15 @@ fn a_delta_quarantine_is_reencrypted_by_commits() {
     assert!(r.starts_with("re-encrypted "), "{r}");
     assert_eq!(
         data_files(),
-        files,
-        "each rewrite in place of the file it replaced"
+        files + 1,
+        "each rewrite in place of the file it replaced, and the stray file"
     );
+    assert_eq!(list(), listed);
+    let raw = py(&format!(
+        "from deltalake import DeltaTable\nt = DeltaTable('{}').to_pyarrow_table()\nprint(sorted(set(x.split(b':')[1].decode() for x in t.column('raw').to_pylist())))",
+        dir.path().join(q).display()
+    ));
+    assert_eq!(raw, "['quarantine@3']");
 }
 
 /// The same for a Delta quarantine in an object store, read back by `quarantine list` and

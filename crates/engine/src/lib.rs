@@ -1438,7 +1438,8 @@ fn protect_loop(
 /// not); `commit:N` panics in the commit of batch N after every sink and the quarantine
 /// wrote it, before the ledger and the state record it. The tests show with it what a bug
 /// there leaves behind and that the run resumes. (`reencrypt:N`: `keys reencrypt` after it
-/// recorded its N-th rewrite, before the file is put in place; `link:N`: `quarantine replay`
+/// recorded its N-th rewrite, before the file is put in place; `reencrypt-quarantine:N`: `keys
+/// reencrypt --quarantine` before it puts its N-th rewrite in place; `link:N`: `quarantine replay`
 /// before it appends its N-th `records_repaired` entry.)
 #[cfg(debug_assertions)]
 pub fn debug_panic_in(stage: &str, batch_no: u64) {
