@@ -57,9 +57,9 @@ pub struct ReencryptArgs {
     #[arg(long, env = "SEALTRAIL_STATE_URL", hide_env_values = true)]
     pub state_url: Option<String>,
     /// Delta tables (sinks and quarantines): delete each replaced file once the commit that
-    /// replaces it is made,
-    /// instead of leaving it to a `VACUUM` (its old ciphertexts are then gone from disk, and
-    /// table versions from before the rewrite can no longer be read by time travel).
+    /// replaces it is made, instead of leaving it to a `VACUUM` (its old ciphertexts are then
+    /// gone from disk, and table versions from before the rewrite can no longer be read by
+    /// time travel).
     #[arg(long)]
     pub purge: bool,
 }
