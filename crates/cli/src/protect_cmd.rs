@@ -590,6 +590,24 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
         QuarantineCmd::Replay { .. } => unreachable!("dispatched by main (it runs a pipeline)"),
     };
     let (path, spec) = quarantine_named(&named)?;
+    // A spec's quarantine that nothing was written to yet (a folder named on the command line
+    // that does not exist is more likely a typo, and an error below).
+    let local = path
+        .to_str()
+        .is_none_or(|p| !sealtrail_connectors::s3::is_s3(p));
+    if spec.is_some() && local && !path.exists() {
+        let none = format!(
+            "no record was quarantined: there is no quarantine at {} yet",
+            path.display()
+        );
+        match cmd {
+            QuarantineCmd::List { .. } => {
+                outln!("0 quarantined record(s) ({none})");
+                return Ok(());
+            }
+            _ => bail!("{none}"),
+        }
+    }
     let home = crate::StateArgs {
         home,
         state_url: None,

@@ -4247,19 +4247,48 @@ fn a_postgres_sink_is_reencrypted_by_lineage_id() {
             .join(" ")
     };
     assert_eq!(versions(), "500 vk@1");
-    // Nothing was quarantined: nothing in the quarantine to re-encrypt, nor without its folder.
+    // Nothing was quarantined: nothing in the quarantine to re-encrypt, nor without its
+    // folder; `quarantine list` of the spec says so either way, `show` has nothing to show,
+    // and a folder named outright that does not exist is an error.
     let q = || run_ok(bin().args(["keys", "reencrypt", "--quarantine"]).arg(&spec));
+    let list = || run_ok(bin().args(["quarantine", "list"]).arg(&spec));
     let r = q();
     assert!(
         r.starts_with("nothing to re-encrypt: every quarantined record"),
         "{r}"
     );
+    let listed = list();
+    assert!(listed.contains("\n0 quarantined record(s)"), "{listed}");
     std::fs::remove_dir_all(dir.path().join("out/q_pg_keys")).unwrap();
     let r = q();
     assert!(
         r.starts_with("nothing to re-encrypt: there is no quarantine at"),
         "{r}"
     );
+    let listed = list();
+    assert!(
+        listed.starts_with("0 quarantined record(s) (no record was quarantined"),
+        "{listed}"
+    );
+    for args in [
+        vec![
+            "quarantine".into(),
+            "show".into(),
+            spec.clone().into_os_string(),
+            "--line".into(),
+            "2".into(),
+            "--reason".into(),
+            "none".into(),
+        ],
+        vec![
+            "quarantine".into(),
+            "list".into(),
+            dir.path().join("no-such-folder").into_os_string(),
+        ],
+    ] {
+        let o = bin().args(&args).output().unwrap();
+        assert_eq!(o.status.code(), Some(3), "{args:?}");
+    }
     let reencrypt = || {
         let mut c = bin();
         with_pg(
