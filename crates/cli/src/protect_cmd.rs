@@ -486,16 +486,14 @@ async fn quarantine_files(
         let files = sink_files("quarantine", &delta(copy.dir())).await?;
         return Ok((files, Some(copy)));
     }
-    if path.join("_delta_log").is_dir() {
-        return Ok((sink_files("quarantine", &delta(path)).await?, None));
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("reading quarantine folder {}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-        .collect();
-    files.sort();
-    Ok((files, None))
+    let target = if path.join("_delta_log").is_dir() {
+        delta(path)
+    } else {
+        sealtrail_spec::Target::Parquet {
+            dir: path.to_path_buf(),
+        }
+    };
+    Ok((sink_files("quarantine", &target).await?, None))
 }
 
 async fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
