@@ -568,7 +568,7 @@ pub async fn prove(
     let (sk, copy) = readable_sink(find_sink(&p, sink)?, sel.id.is_some()).await?;
     let sk = &sk;
     let mut table = SinkTable::open(sk).await?;
-    let st = StateStore::open(&state.url(&home)).await?;
+    let st = crate::open_state(&state.url(&home)).await?;
     // Given a record's lineage id, the custody records name the batch that delivered it, and
     // a Parquet sink's file names (a Delta table's log) name each file's batch: read that one
     // file, not the whole table. The batch's record is read in the parts a proof needs (a few
@@ -1651,7 +1651,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     let home = state.home(Some(spec));
     let (sk, _copy) = readable_sink(find_sink(&p, sink)?, false).await?;
     let sk = &sk;
-    let st = StateStore::open(&state.url(&home)).await?;
+    let st = crate::open_state(&state.url(&home)).await?;
     let verifier = load_verifier(&home, None)?;
     let (dir, _guard) = state.ledger.readable(&home)?;
     let (cp, _) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
@@ -2250,7 +2250,7 @@ pub async fn lineage(
     };
 
     let home = state.home(Some(spec));
-    let st = StateStore::open(&state.url(&home)).await?;
+    let st = crate::open_state(&state.url(&home)).await?;
     let (source, key, pos) = custody::parse_id(id)
         .ok_or_else(|| anyhow!("`{id}` is not a lineage id (source:input:position)"))?;
     let refs = st

@@ -363,8 +363,17 @@ fn main() {
         }
         dispatch(cli.cmd).await
     };
-    match rt.block_on(std::panic::AssertUnwindSafe(command).catch_unwind()) {
-        Ok(Ok(())) => {}
+    let done = rt.block_on(std::panic::AssertUnwindSafe(command).catch_unwind());
+    rt.block_on(close_states());
+    match done {
+        Ok(Ok(())) => {
+            let code = EXIT_CODE.load(std::sync::atomic::Ordering::Relaxed);
+            if code != 0 {
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                std::process::exit(code);
+            }
+        }
         Ok(Err(e)) => {
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {
@@ -376,12 +385,36 @@ fn main() {
     }
 }
 
-/// Ends the process with `code` unless it is 0.
+/// The exit code a command asked for ([`exit_with`]), taken once it has returned.
+static EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Ends the process with `code` once the command has returned and its state stores are
+/// closed ([`open_state`]).
 fn exit_with(code: i32) -> Result<()> {
-    if code != 0 {
-        std::process::exit(code);
-    }
+    EXIT_CODE.store(code, std::sync::atomic::Ordering::Relaxed);
     Ok(())
+}
+
+/// Every state store the command opened, closed before the process ends.
+static OPENED: std::sync::Mutex<Vec<sealtrail_engine::state::StateStore>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Opens the state store at `url`, to be closed when the command ends, however it ends: SQLite
+/// then folds its write-ahead log into the database and removes it (a process that exits
+/// with connections open leaves it, tens of megabytes after a run or a re-encryption).
+async fn open_state(url: &str) -> Result<sealtrail_engine::state::StateStore> {
+    let st = sealtrail_engine::state::StateStore::open(url).await?;
+    if let Ok(mut v) = OPENED.lock() {
+        v.push(st.clone());
+    }
+    Ok(st)
+}
+
+async fn close_states() {
+    let opened = OPENED.lock().map(|mut v| std::mem::take(&mut *v));
+    for st in opened.unwrap_or_default() {
+        st.close().await;
+    }
 }
 
 async fn dispatch(cmd: Cmd) -> Result<()> {
@@ -426,7 +459,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             state,
         } => {
             let home = state.home(None);
-            let st = sealtrail_engine::state::StateStore::open(&state.url(&home)).await?;
+            let st = open_state(&state.url(&home)).await?;
             let runs = st.runs(pipeline.as_deref(), limit).await?;
             outln!(
                 "{:<38} {:<12} {:<10} {:>10} {:>10} {:>11}  started",
@@ -498,11 +531,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         } => exit_with(custody_cmd::audit(&spec, &sink, &state, json).await?),
         Cmd::Ledger { home, ledger, cmd } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".sealtrail"));
-            let code = ledger_cmd::run(&home, &ledger, cmd)?;
-            if code != 0 {
-                std::process::exit(code);
-            }
-            Ok(())
+            exit_with(ledger_cmd::run(&home, &ledger, cmd)?)
         }
         Cmd::Classify {
             spec,
@@ -513,7 +542,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Classify { spec, state, .. } => {
             let p = sealtrail_spec::load(&spec)?;
             let home = state.home(Some(&spec));
-            let st = sealtrail_engine::state::StateStore::open(&state.url(&home)).await?;
+            let st = open_state(&state.url(&home)).await?;
             let rows = st.classifications(&p.name).await?;
             if rows.is_empty() {
                 anyhow::bail!(
@@ -576,7 +605,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             let (p, input, declared) =
                 protect_cmd::replay_pipeline(&spec, &source, &file, &home.join("replay"))?;
             // The same records under the same spec make the same replay spec version.
-            let st = sealtrail_engine::state::StateStore::open(&url).await?;
+            let st = open_state(&url).await?;
             if !again
                 && let Some((run, at)) = st.succeeded_with_spec(&p.name, &p.spec_sha256).await?
             {
@@ -717,7 +746,7 @@ async fn link_repairs(
         })
         .flatten();
     // The replay run's records, in order: its batches' input ids.
-    let st = sealtrail_engine::state::StateStore::open(url).await?;
+    let st = open_state(url).await?;
     let mut refs: Vec<_> = st
         .custody_index(&p.name, None)
         .await?
@@ -966,7 +995,7 @@ async fn run_pipeline(
 /// After a failed run: what it left loaded and how to go on (best effort; the run's own error
 /// follows). A run refused before it started (spec, unfinished run) has nothing to say here.
 async fn note_stopped_run(p: &sealtrail_spec::Pipeline, state_url: &str) {
-    let Ok(st) = sealtrail_engine::state::StateStore::open(state_url).await else {
+    let Ok(st) = open_state(state_url).await else {
         return;
     };
     let Ok(Some(u)) = st.unfinished_run(&p.name).await else {

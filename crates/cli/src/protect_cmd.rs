@@ -625,7 +625,7 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                     state_url,
                     ledger: la.clone(),
                 };
-                Some(sealtrail_engine::state::StateStore::open(&state.url(home)).await?)
+                Some(crate::open_state(&state.url(home)).await?)
             } else {
                 None
             };

@@ -18,7 +18,7 @@ use arrow::datatypes::SchemaRef;
 use sealtrail_connectors::pg::{PgTable, TextUpdate};
 use sealtrail_connectors::s3::TableCopy;
 use sealtrail_engine::custody::{CustodyView, RowFormat, RowHasher};
-use sealtrail_engine::state::{CustodyRef, StateStore};
+use sealtrail_engine::state::CustodyRef;
 use sealtrail_ledger::entry::{Event, Hash};
 use sealtrail_ledger::merkle;
 use sealtrail_protect::keyring::{KeyBytes, Keyring, Purpose};
@@ -132,7 +132,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
     };
     let mut ring = open_keyring(&home, false)?;
     let url = state.url(&home);
-    let st = StateStore::open(&url).await?;
+    let st = crate::open_state(&url).await?;
     // No run of the pipeline (which may be resuming a batch of this sink) and no other
     // re-encryption (whose revisions would not chain with these) meanwhile.
     let _lock = st.lock_pipeline(&p.name).await?.map_err(|holder| {
@@ -799,7 +799,7 @@ async fn quarantine(
     };
     let home = state.home(Some(&a.spec));
     let mut ring = open_keyring(&home, false)?;
-    let st = StateStore::open(&state.url(&home)).await?;
+    let st = crate::open_state(&state.url(&home)).await?;
     // No run of the pipeline writes into the quarantine meanwhile.
     let _lock = st.lock_pipeline(&p.name).await?.map_err(|holder| {
         anyhow!(

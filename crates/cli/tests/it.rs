@@ -1739,6 +1739,81 @@ fn a_sink_that_cannot_be_opened_leaves_no_empty_folder_behind() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// A first run that fails after some sinks opened leaves no table behind: a missing Delta or
+/// PostgreSQL table is created by the first commit that brings rows, or once the run has gone
+/// well. Resumed with every sink reachable, the run creates them all, the quarantine's too
+/// although no record is quarantined (an empty table readers and the next run can open).
+#[test]
+fn a_failed_first_run_leaves_no_empty_table_behind() {
+    let ns = format!("st_notable_{}", std::process::id());
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("in/a.csv"), "id,name\n1,x\n2,y\n").unwrap();
+    let spec = dir.path().join("s.yaml");
+    // Sinks open in name order: a (Delta) and b (PostgreSQL) before c, which cannot connect.
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\npipeline: {ns}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  a: {{ from: s, audience: internal, delta: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_GOOD, table: {ns}.b }} }}\n  c: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.c }} }}\nquarantine:\n  delta: {{ path: out/q }}\n"
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("ST_GOOD", pg_url())
+        .env("ST_URL", "postgres://postgres@127.0.0.1:1/test")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
+    assert!(!dir.path().join("out").exists(), "{err}");
+    let exists = |t: &str| {
+        pg_one(&format!(
+            "SELECT (to_regclass('{ns}.{t}') IS NOT NULL)::text"
+        ))
+    };
+    assert_eq!(exists("b"), "false");
+    let out = run_ok(
+        bin()
+            .arg("run")
+            .arg(&spec)
+            .env("ST_GOOD", pg_url())
+            .env("ST_URL", pg_url()),
+    );
+    assert!(out.contains("resum"), "{out}");
+    for t in ["b", "c"] {
+        assert_eq!(pg_one(&format!("SELECT count(*)::text FROM {ns}.{t}")), "2");
+    }
+    let d = dir.path().display();
+    let got = py(&format!(
+        "import deltalake\n\
+         print(len(deltalake.DeltaTable('{d}/out/a').to_pyarrow_table()), len(deltalake.DeltaTable('{d}/out/q').to_pyarrow_table()))"
+    ));
+    assert_eq!(got, "2 0");
+    // The run closed its state store: SQLite folded its write-ahead log in and removed it.
+    let home = dir.path().join(".sealtrail");
+    assert!(home.join("state.db").exists());
+    assert!(!home.join("state.db-wal").exists());
+    // So do commands, whatever exit code they end with.
+    let runs = run_ok(bin().arg("runs").current_dir(dir.path()));
+    assert!(runs.contains(&ns), "{runs}");
+    let audit = bin()
+        .args(["audit", "--sink", "a"])
+        .arg(&spec)
+        .env("ST_GOOD", pg_url())
+        .env("ST_URL", pg_url())
+        .output()
+        .unwrap();
+    assert!(audit.status.success(), "{audit:?}");
+    assert!(!home.join("state.db-wal").exists());
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
 #[test]
 fn parquet_files_are_a_source_with_typed_values_and_row_positions() {
     let dir = tempfile::tempdir().unwrap();

@@ -1434,6 +1434,24 @@ pub struct PgSink {
     schema: SchemaRef,
     /// Set when the table existed, has a lineage id column and no index leads with it.
     unindexed_ids: bool,
+    /// The DDL that creates the table, until it exists.
+    create: Option<String>,
+    /// The table's columns: names and PostgreSQL types.
+    want: Vec<(String, String)>,
+}
+
+fn columns_differ(table: &str, have: &[(String, String)], want: &[(String, String)]) -> String {
+    let show = |c: &[(String, String)]| {
+        c.iter()
+            .map(|(n, t)| format!("{n} {t}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "table {table} has columns ({}) but the pipeline writes ({}); point the sink at a new table or migrate it",
+        show(have),
+        show(want)
+    )
 }
 
 impl std::fmt::Debug for PgSink {
@@ -1494,6 +1512,7 @@ impl PgSink {
         let have = table_columns(&mut conn, table).await.map_err(db)?;
         let id = sealtrail_core::LINEAGE_ID_COLUMN;
         let mut unindexed_ids = false;
+        let mut create = None;
         if have.is_empty() {
             let cols = want
                 .iter()
@@ -1511,22 +1530,11 @@ impl PgSink {
                     quote_ident(id)
                 );
             }
-            conn.execute(ddl.as_str()).await.map_err(db)?;
+            // Created by the first commit that brings rows (in its transaction) or when the
+            // run ends well ([`PgSink::finish`]): a run that fails first leaves no table.
+            create = Some(ddl);
         } else if have != want {
-            let show = |c: &[(String, String)]| {
-                c.iter()
-                    .map(|(n, t)| format!("{n} {t}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            return Err(sink_err(
-                name,
-                format!(
-                    "table {table} has columns ({}) but the pipeline writes ({}); point the sink at a new table or migrate it",
-                    show(&have),
-                    show(&want)
-                ),
-            ));
+            return Err(sink_err(name, columns_differ(table, &have, &want)));
         } else if index_ids && schema.index_of(id).is_ok() {
             // An existing table is not altered; but without an index `prove --id` scans it
             // (seconds at ten million rows instead of milliseconds), so say how to add one.
@@ -1546,7 +1554,39 @@ impl PgSink {
             conn,
             schema,
             unindexed_ids,
+            create,
+            want,
         })
+    }
+
+    /// Creates the table when this sink is to and it is still missing, through `conn` (the
+    /// commit's transaction, or the connection). Another writer may have created it since
+    /// `open`: then its columns are checked as `open` checks an existing table's.
+    async fn create_table(
+        conn: &mut PgConnection,
+        name: &str,
+        table: &str,
+        ddl: &str,
+        want: &[(String, String)],
+    ) -> Result<()> {
+        let db = |e: sqlx::Error| sink_err(name, redact_db_error(&e));
+        let have = table_columns(conn, table).await.map_err(db)?;
+        if have.is_empty() {
+            conn.execute(ddl).await.map_err(db)?;
+        } else if have != want {
+            return Err(sink_err(name, columns_differ(table, &have, want)));
+        }
+        Ok(())
+    }
+
+    /// At the end of a run that went well: creates the table if no commit brought rows to it,
+    /// so that the sink exists (empty) for readers and the next run.
+    pub async fn finish(&mut self) -> Result<()> {
+        if let Some(ddl) = &self.create {
+            Self::create_table(&mut self.conn, &self.name, &self.table, ddl, &self.want).await?;
+            self.create = None;
+        }
+        Ok(())
     }
 
     /// True when the sink's table existed before, carries lineage ids and has no index that
@@ -1600,6 +1640,9 @@ impl PgSink {
             return Ok(false);
         }
         if rows > 0 {
+            if let Some(ddl) = &self.create {
+                Self::create_table(&mut tx, &name, &self.table, ddl, &self.want).await?;
+            }
             let cols = self
                 .schema
                 .fields()
@@ -1630,6 +1673,9 @@ impl PgSink {
             }
         }
         tx.commit().await.map_err(db)?;
+        if rows > 0 {
+            self.create = None;
+        }
         Ok(true)
     }
 }

@@ -253,6 +253,8 @@ pub enum SinkWriter {
         uri: String,
         table: Box<DeltaTable>,
         schema: SchemaRef,
+        /// Where and with which columns to create the table, until it exists.
+        create: Option<Box<(url::Url, StructType)>>,
     },
     Postgres(Box<crate::pg::PgSink>),
 }
@@ -264,8 +266,9 @@ fn sink_err(name: &str, reason: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Opens (creating when missing) the sink `name` for rows of `schema`. An existing Delta
-/// table must have exactly these columns and types.
+/// Opens the sink `name` for rows of `schema`. An existing Delta or PostgreSQL table must
+/// have exactly these columns and types; a missing one is created by the first commit that
+/// brings rows, or by [`SinkWriter::finish`] (so a run that fails before leaves no empty table).
 pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result<SinkWriter> {
     match target {
         Target::Parquet { dir } => {
@@ -304,33 +307,20 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
                 .as_ref()
                 .try_into_kernel()
                 .map_err(|e| sink_err(name, e))?;
-            let (table, created) = create_or_reopen(table, &url, name, &kernel).await?;
-            if !created {
-                let existing = table.snapshot().map_err(|e| sink_err(name, e))?.schema();
-                let want: Vec<(String, String)> = kernel
-                    .fields()
-                    .map(|f| (f.name().clone(), f.data_type().to_string()))
-                    .collect();
-                let have: Vec<(String, String)> = existing
-                    .fields()
-                    .map(|f| (f.name().clone(), f.data_type().to_string()))
-                    .collect();
-                if want != have {
-                    return Err(sink_err(
-                        name,
-                        format!(
-                            "the Delta table at {uri} has columns {} but the pipeline writes {}; point the sink at a new path or migrate the table",
-                            fmt_cols(&have),
-                            fmt_cols(&want)
-                        ),
-                    ));
-                }
-            }
+            // A missing table is created by the first commit that brings rows, or when the
+            // run ends well ([`SinkWriter::finish`]): a run that fails first leaves none.
+            let create = if table.version().is_some() {
+                check_delta_columns(name, uri, &table, &kernel)?;
+                None
+            } else {
+                Some(Box::new((url, kernel)))
+            };
             Ok(SinkWriter::Delta {
                 name: name.into(),
                 uri: uri.clone(),
                 table: Box::new(table),
                 schema,
+                create,
             })
         }
         Target::Postgres {
@@ -341,6 +331,35 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
             crate::pg::PgSink::open(name, url, table, schema, *index_ids).await?,
         ))),
     }
+}
+
+/// An existing Delta table must have exactly the columns and types the pipeline writes.
+fn check_delta_columns(
+    name: &str,
+    uri: &str,
+    table: &DeltaTable,
+    kernel: &StructType,
+) -> Result<()> {
+    let existing = table.snapshot().map_err(|e| sink_err(name, e))?.schema();
+    let want: Vec<(String, String)> = kernel
+        .fields()
+        .map(|f| (f.name().clone(), f.data_type().to_string()))
+        .collect();
+    let have: Vec<(String, String)> = existing
+        .fields()
+        .map(|f| (f.name().clone(), f.data_type().to_string()))
+        .collect();
+    if want != have {
+        return Err(sink_err(
+            name,
+            format!(
+                "the Delta table at {uri} has columns {} but the pipeline writes {}; point the sink at a new path or migrate the table",
+                fmt_cols(&have),
+                fmt_cols(&want)
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn fmt_cols(c: &[(String, String)]) -> String {
@@ -478,7 +497,17 @@ impl SinkWriter {
                 write_parquet_atomically(&path, schema, batches).map_err(|e| sink_err(name, e))?;
                 Ok(true)
             }
-            SinkWriter::Delta { name, table, .. } => {
+            SinkWriter::Delta {
+                name,
+                uri,
+                table,
+                create,
+                ..
+            } => {
+                if create.is_some() && rows == 0 {
+                    return Ok(true);
+                }
+                create_missing_table(name, uri, table, create).await?;
                 let app_id = key.app_id();
                 let mut conflicts = 0;
                 loop {
@@ -532,6 +561,46 @@ impl SinkWriter {
             SinkWriter::Postgres(pg) => pg.commit(&key.app_id(), key.batch, batches).await,
         }
     }
+}
+
+impl SinkWriter {
+    /// At the end of a run that went well: creates a sink's table that no commit brought rows
+    /// to, so that it exists (empty) for readers and the next run.
+    pub async fn finish(&mut self) -> Result<()> {
+        match self {
+            SinkWriter::Parquet { name, dir, .. } => std::fs::create_dir_all(&*dir).map_err(|e| {
+                sink_err(name, format!("cannot create folder {}: {e}", dir.display()))
+            }),
+            SinkWriter::Delta {
+                name,
+                uri,
+                table,
+                create,
+                ..
+            } => create_missing_table(name, uri, table, create).await,
+            SinkWriter::Postgres(pg) => pg.finish().await,
+        }
+    }
+}
+
+/// Creates a Delta sink's table if it is still to (`create`), or joins the one another
+/// writer created meanwhile once its columns are checked.
+async fn create_missing_table(
+    name: &str,
+    uri: &str,
+    table: &mut Box<DeltaTable>,
+    create: &mut Option<Box<(url::Url, StructType)>>,
+) -> Result<()> {
+    let Some((url, kernel)) = create.as_deref() else {
+        return Ok(());
+    };
+    let (t, created) = create_or_reopen(DeltaTable::clone(table), url, name, kernel).await?;
+    if !created {
+        check_delta_columns(name, uri, &t, kernel)?;
+    }
+    **table = t;
+    *create = None;
+    Ok(())
 }
 
 /// Writes a Parquet file under a hidden temporary name (ignored by Parquet readers), fsyncs
@@ -993,6 +1062,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (schema, b, target) = two_rows_for_delta(dir.path());
         let mut w = open_sink("t", &target, schema).await.unwrap();
+        w.finish().await.unwrap();
         // Another writer changes the table's metadata after `w` loaded it.
         let url = url::Url::from_directory_path(dir.path().join("t")).unwrap();
         let other = DeltaTable::try_from_url(url.clone()).await.unwrap();
@@ -1010,6 +1080,36 @@ mod tests {
         let t = DeltaTable::try_from_url(url).await.unwrap();
         assert_eq!(t.version(), Some(2));
         assert_eq!(rows_in(&target).await, 2);
+    }
+
+    /// Opening a missing table creates nothing, nor does a commit without rows; the first rows
+    /// create it (in two versions: the table's, then theirs), and `finish` creates it empty.
+    #[tokio::test]
+    async fn a_missing_table_is_created_by_the_first_rows_or_by_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, b, target) = two_rows_for_delta(dir.path());
+        let url = url::Url::from_directory_path(dir.path().join("t")).unwrap();
+        let version = || async {
+            DeltaTable::try_from_url(url.clone())
+                .await
+                .unwrap()
+                .version()
+        };
+        let mut w = open_sink("t", &target, schema.clone()).await.unwrap();
+        assert!(w.commit(&first_batch_of_run_r1(), &[]).await.unwrap());
+        assert_eq!(version().await, None);
+        assert!(w.commit(&first_batch_of_run_r1(), &[b]).await.unwrap());
+        assert_eq!((version().await, rows_in(&target).await), (Some(1), 2));
+        w.finish().await.unwrap();
+        assert_eq!(version().await, Some(1));
+
+        let dir = tempfile::tempdir().unwrap();
+        let (schema, _, target) = two_rows_for_delta(dir.path());
+        let url = url::Url::from_directory_path(dir.path().join("t")).unwrap();
+        let mut w = open_sink("t", &target, schema).await.unwrap();
+        w.finish().await.unwrap();
+        let t = DeltaTable::try_from_url(url).await.unwrap();
+        assert_eq!((t.version(), rows_in(&target).await), (Some(0), 0));
     }
 
     /// Two writers committing the same (run, batch) from snapshots taken before either did (two

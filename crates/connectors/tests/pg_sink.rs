@@ -351,12 +351,45 @@ async fn an_existing_table_without_a_lineage_id_index_is_reported_not_altered() 
         .await
         .unwrap()
     }
-    // Created by the sink: indexed, nothing to report.
-    let s = PgSink::open("s", &url, &table, schema.clone(), true)
+    async fn exists(c: &mut sqlx::PgConnection, table: &str) -> bool {
+        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(c)
+            .await
+            .unwrap()
+    }
+    // Created by the sink (once the run ends well, as no rows came; not by opening it nor by
+    // a commit without rows): indexed, nothing to report.
+    let mut s = PgSink::open("s", &url, &table, schema.clone(), true)
         .await
         .unwrap();
     assert!(!s.lineage_ids_unindexed());
+    assert!(s.commit("app", 0, &[]).await.unwrap());
+    assert!(!exists(&mut c, &table).await);
+    s.finish().await.unwrap();
+    assert!(exists(&mut c, &table).await);
     assert_eq!(indexes(&mut c, &table).await, 1);
+    drop(s);
+    drop_sink_table(&mut c, &table).await;
+
+    // Created meanwhile by someone else with other columns: the first rows are refused.
+    let mut s = PgSink::open("s", &url, &table, schema.clone(), true)
+        .await
+        .unwrap();
+    sqlx::query(&format!("CREATE TABLE {table} (v text)"))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let rows = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(arrow::array::Int64Array::from(vec![1])),
+            Arc::new(arrow::array::StringArray::from(vec!["id"])),
+        ],
+    )
+    .unwrap();
+    let err = s.commit("app", 1, &[rows]).await.unwrap_err().to_string();
+    assert!(err.contains("has columns (v text)"), "{err}");
     drop(s);
     drop_sink_table(&mut c, &table).await;
 

@@ -694,6 +694,14 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         return Err(Error::Spec(sealtrail_spec::Error::Invalid(diags)));
     }
     let st = StateStore::open(&opts.state_url).await?;
+    let result = run_with(p, opts, &st).await;
+    // Closed however the run ended: SQLite then folds its write-ahead log into the database
+    // and removes it, rather than leaving tens of megabytes beside it.
+    st.close().await;
+    result
+}
+
+async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<RunReport> {
     // Held to the end of the run: another process must not take this run for an interrupted
     // one and resume (or abandon) it while it goes on.
     let _lock = st
@@ -732,7 +740,7 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
             r
         }
         None => {
-            let inputs = choose_inputs(p, &st).await?;
+            let inputs = choose_inputs(p, st).await?;
             // Every input must open (and CSV headers fit the columns) before anything loads.
             preflight(p, &inputs)?;
             let r = RunId::new();
@@ -774,8 +782,8 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
         }
         None => None,
     };
-    let fresh = missing_parquet_folders(p);
-    let result = run_inner(p, opts, &st, &run_id).await;
+    let fresh = missing_local_folders(p);
+    let result = run_inner(p, opts, st, &run_id).await;
     if result.is_err() {
         remove_if_still_empty(&fresh);
     }
@@ -828,25 +836,30 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
     }
 }
 
-/// The Parquet folders (sinks' and the quarantine's) that do not exist yet, each with the
-/// outermost of its folders that does not: opening a sink creates them, and a run that fails
-/// before writing into them (a later sink cannot be opened, a check fails) takes them away
-/// again, so that a failed first run leaves no empty output behind. A local Delta table is
-/// left as created (its first commit is the table's; another writer may have joined it).
-fn missing_parquet_folders(p: &Pipeline) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+/// The local folders of Parquet sinks and Delta tables (sinks' and the quarantine's) that do
+/// not exist yet, each with the outermost of its folders that does not: opening a sink creates
+/// them, and a run that fails before writing into them (a later sink cannot be opened, a check
+/// fails) takes them away again, so that a failed first run leaves no empty output behind. (A
+/// missing Delta or PostgreSQL table is created only by a commit that brings rows, or once the
+/// run has gone well: [`SinkWriter::finish`].)
+fn missing_local_folders(p: &Pipeline) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
     p.sinks
         .iter()
         .map(|s| &s.target)
         .chain([&p.quarantine])
         .filter_map(|t| match t {
-            Target::Parquet { dir } if !dir.exists() => {
-                let top = dir
-                    .ancestors()
-                    .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
-                    .last()?;
-                Some((dir.clone(), top.to_path_buf()))
-            }
+            Target::Parquet { dir } => Some(dir.clone()),
+            Target::Delta { uri } if !uri.contains("://") => Some(std::path::PathBuf::from(uri)),
             _ => None,
+        })
+        .filter(|dir| !dir.exists())
+        .filter_map(|dir| {
+            let top = dir
+                .ancestors()
+                .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+                .last()?
+                .to_path_buf();
+            Some((dir, top))
         })
         .collect()
 }
@@ -1143,6 +1156,9 @@ async fn run_inner(
         protected.map_err(|_| stopped("protection", NOT_COMMITTED))?;
         let digests = decoded.map_err(|_| stopped("decode", NOT_COMMITTED))?;
         result?;
+        for (w, _) in &mut sinks {
+            w.finish().await?;
+        }
         for (input, sha256) in digests {
             st.set_content_digest(run_id, &source.name, &input, &sha256)
                 .await?;
@@ -1175,6 +1191,7 @@ async fn run_inner(
             ),
         });
     }
+    qsink.finish().await?;
     st.succeed(run_id, &p.name, total).await?;
     report.counts = total;
     let delivered = st.delivered(run_id).await?;

@@ -265,6 +265,13 @@ impl StateStore {
         })
     }
 
+    /// Closes the store's connections, waiting for those in use. A SQLite store's last
+    /// connection checkpoints the write-ahead log into the database and deletes it (a process
+    /// that exits without closing leaves the log for the next opener to fold in).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Takes the run lock of `pipeline`, or says who holds it: `Err(holder)` names the other
     /// process when it can be told (its pid, for SQLite).
     pub async fn lock_pipeline(
