@@ -18,6 +18,7 @@ mod custody_cmd;
 mod ledger_cmd;
 mod protect_cmd;
 mod reencrypt_cmd;
+mod retire_cmd;
 mod synth;
 
 use anyhow::{Context, Result};
@@ -123,7 +124,8 @@ enum Cmd {
         #[command(flatten)]
         state: StateArgs,
     },
-    /// The keyring: list keys, rotate an encryption key, shred a data subject's key.
+    /// The keyring: list keys, rotate an encryption key, re-encrypt and retire old versions,
+    /// shred a data subject's key.
     Keys {
         /// Folder holding `keyring.json` (and `master.key`, unless the master key comes from
         /// the environment) and the ledger that records key events (default `.sealtrail`).

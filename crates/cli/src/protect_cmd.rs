@@ -40,7 +40,7 @@ pub(crate) fn actor(by: &Option<String>) -> (String, [u8; 32]) {
     (name, h.into())
 }
 
-fn record(home: &Path, la: &LedgerArgs, events: Vec<Event>) -> Result<()> {
+pub(crate) fn record(home: &Path, la: &LedgerArgs, events: Vec<Event>) -> Result<()> {
     let mut log = ledger_cmd::open_writer(home, la, sealtrail_ledger::log::OpenMode::FailClosed)
         .context("opening the ledger to record this access")?;
     log.append(events)
@@ -93,6 +93,22 @@ pub enum KeysCmd {
     /// go on checking them. Rows that are not as delivered are refused. Values of subject keys
     /// stay as they are. With `--quarantine`, the records kept for repair instead.
     Reencrypt(crate::reencrypt_cmd::ReencryptArgs),
+    /// Destroy an old version of an encryption key (`name@version`, not the active one), once
+    /// no sink and no quarantine of the named specs holds a value under it (`keys reencrypt`
+    /// moves them): any value still under it elsewhere (a table's earlier versions, a backup,
+    /// a copy) can then no longer be decrypted by anyone. Recorded in the ledger.
+    Retire {
+        /// The version to destroy, as `name@version` (see `keys list`).
+        id: String,
+        /// A pipeline spec whose sinks and quarantine are checked for values under the
+        /// version (every text and binary column of every row); repeat for every pipeline
+        /// that encrypts with the key. The keyring is the one beside the first, unless --home.
+        #[arg(long = "spec", required = true)]
+        specs: Vec<PathBuf>,
+        /// Who is retiring (recorded in the ledger as a SHA-256 of the name; default `$USER`).
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Destroy a data subject's key: their encrypted values can no longer be decrypted by anyone.
     Shred {
         /// The subject's id, as it appears in the policy's `subject:` column.
@@ -109,19 +125,40 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
     if let KeysCmd::Reencrypt(a) = cmd {
         return crate::reencrypt_cmd::run(home, la, a).await;
     }
-    let home = &home.unwrap_or_else(|| PathBuf::from(".sealtrail"));
+    let home = &home.unwrap_or_else(|| match &cmd {
+        // Beside the spec, as for `reencrypt` and `audit`.
+        KeysCmd::Retire { specs, .. } => specs
+            .first()
+            .and_then(|s| s.parent())
+            .map_or_else(|| PathBuf::from(".sealtrail"), |d| d.join(".sealtrail")),
+        _ => PathBuf::from(".sealtrail"),
+    });
     let mut ring = open_keyring(home, false)?;
     match cmd {
         KeysCmd::List => {
-            outln!("{:<24} {:<8} {:>6}  versions", "key", "purpose", "active");
+            outln!(
+                "{:<24} {:<8} {:>6}  {:<12} retired",
+                "key",
+                "purpose",
+                "active",
+                "versions"
+            );
+            let list = |v: &[u32]| {
+                let v: Vec<String> = v.iter().map(u32::to_string).collect();
+                if v.is_empty() {
+                    "-".into()
+                } else {
+                    v.join(",")
+                }
+            };
             for k in ring.list() {
-                let v: Vec<String> = k.versions.iter().map(u32::to_string).collect();
                 outln!(
-                    "{:<24} {:<8} {:>6}  {}",
+                    "{:<24} {:<8} {:>6}  {:<12} {}",
                     k.name,
                     k.purpose.name(),
                     k.active,
-                    v.join(",")
+                    list(&k.versions),
+                    list(&k.retired)
                 );
             }
             let (live, shredded) = ring.subject_counts();
@@ -143,6 +180,9 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             outln!("{name}: new writes use {id} (rotated by {who}; recorded in the ledger)");
         }
         KeysCmd::Reencrypt(_) => {} // above
+        KeysCmd::Retire { id, specs, by } => {
+            return crate::retire_cmd::run(home, la, &mut ring, &id, &specs, &by).await;
+        }
         KeysCmd::Shred { subject, by } => {
             let (h, had) = ring.shred(&subject)?;
             let (who, a) = actor(&by);
@@ -239,6 +279,7 @@ pub fn decrypt(home: &Path, la: &LedgerArgs, a: DecryptArgs) -> Result<()> {
                             i + 1
                         )
                     }
+                    Err(e @ KeyError::Retired(..)) => bail!("value {}: {e}", i + 1),
                     Err(e) => return Err(e.into()),
                 };
                 *used.entry(id.to_string()).or_default() += 1;

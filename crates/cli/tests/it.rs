@@ -4246,6 +4246,19 @@ fn an_s3_delta_table_is_reencrypted_in_the_bucket() {
     // After a rotation, every value is sealed again under vk@2; with --purge the bucket holds
     // as many data files as before, and the table reads back whole.
     run_ok(bin().args(["keys", "rotate", "vk", "--home"]).arg(&home));
+    // `keys retire` reads the table in the bucket: refused while it holds values under vk@1.
+    let retire = || {
+        s3.env(bin().args(["keys", "retire", "vk@1", "--spec"]).arg(&spec))
+            .output()
+            .unwrap()
+    };
+    let out = retire();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("sink `out` holds 500 value(s) under vk@1"),
+        "{err}"
+    );
     let r = run_ok(&mut reencrypt(&["--purge"]));
     assert!(
         r.starts_with("re-encrypted 500 value(s) in 5 file(s)"),
@@ -4253,6 +4266,12 @@ fn an_s3_delta_table_is_reencrypted_in_the_bucket() {
     );
     assert_eq!(objects(), files);
     assert_eq!(versions(), "500 ['vk@2']");
+    let out = retire();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (code, out) = audit();
     assert_eq!(code, Some(0), "{out}");
     assert!(
@@ -4375,12 +4394,31 @@ fn a_postgres_sink_is_reencrypted_by_lineage_id() {
     };
     let rotate = || run_ok(bin().args(["keys", "rotate", "vk", "--home"]).arg(&home));
     rotate();
+    // `keys retire` reads the table's rows: refused while they hold values under vk@1.
+    let retire = || {
+        let mut c = bin();
+        with_pg(c.args(["keys", "retire", "vk@1", "--spec"]).arg(&spec));
+        c.output().unwrap()
+    };
+    let out = retire();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("sink `out` holds 500 value(s) under vk@1"),
+        "{err}"
+    );
     let r = run_ok(&mut reencrypt());
     assert!(
         r.starts_with("re-encrypted 500 value(s) in 5 batch(es) of rows"),
         "{r}"
     );
     assert_eq!(versions(), "500 vk@2");
+    let out = retire();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (code, out) = run_audit(&spec, &["out"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
@@ -4773,6 +4811,131 @@ fn loaded_contact_customers() -> (tempfile::TempDir, PathBuf) {
     std::fs::write(&spec, text).unwrap();
     run_ok(bin().arg("run").arg(&spec));
     (dir, spec)
+}
+
+/// `keys retire` destroys an old key version only once no sink and no quarantine of the named
+/// specs holds a value under it: never the active version, refused (naming where and the
+/// `keys reencrypt` to run) while values remain, and then for good: a value still under it
+/// (an old copy) no longer decrypts, the new ones do, and the ledger records it and verifies.
+#[test]
+fn a_key_version_is_retired_only_once_nothing_is_under_it() {
+    let (dir, spec) = loaded_contact_customers();
+    let home = dir.path().join(".sealtrail");
+    let d = dir.path().display();
+    let retire = |id: &str| {
+        bin()
+            .args(["keys", "retire", id, "--spec"])
+            .arg(&spec)
+            .output()
+            .unwrap()
+    };
+    let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).to_string();
+    let out = retire("contact@1");
+    assert_eq!(out.status.code(), Some(3), "{}", err(&out));
+    assert!(
+        err(&out).contains("it is the active version"),
+        "{}",
+        err(&out)
+    );
+    let first = |v: &str| {
+        py(&format!(
+            "import pyarrow.parquet as pq, glob\nvals = [e for f in sorted(glob.glob('{d}/out/customers/*.parquet')) for e in pq.read_table(f).column('email_enc').to_pylist() if e and e.startswith('st1:contact@{v}:')]\nprint(len(vals), vals[0] if vals else '')"
+        ))
+    };
+    let (n, old) = first("1")
+        .split_once(' ')
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .unwrap();
+    assert!(n.parse::<u32>().unwrap() > 200, "{n}");
+    for key in ["contact", "quarantine"] {
+        run_ok(bin().args(["keys", "rotate", key, "--home"]).arg(&home));
+    }
+    // Values remain under both old versions: refused, each naming where and what to run.
+    let out = retire("contact@1");
+    assert_eq!(out.status.code(), Some(3), "{}", err(&out));
+    assert!(
+        err(&out).contains(&format!(
+            "sink `customers` holds {n} value(s) under contact@1"
+        )) && err(&out).contains("--sink customers` moves them")
+            && err(&out).contains("nothing was retired"),
+        "{}",
+        err(&out)
+    );
+    let out = retire("quarantine@1");
+    assert_eq!(out.status.code(), Some(3), "{}", err(&out));
+    assert!(
+        err(&out).contains("the quarantine holds")
+            && err(&out).contains("--quarantine` moves them"),
+        "{}",
+        err(&out)
+    );
+    let dec = |v: &str| {
+        bin()
+            .args(["decrypt", "--reason", "retirement check", "--home"])
+            .arg(&home)
+            .arg(v)
+            .output()
+            .unwrap()
+    };
+    let plain = dec(&old);
+    assert!(plain.status.success(), "{}", err(&plain));
+    // Re-encrypted, the versions hold nothing any more and are retired.
+    run_ok(
+        bin()
+            .args(["keys", "reencrypt"])
+            .arg(&spec)
+            .args(["--sink", "customers"]),
+    );
+    run_ok(
+        bin()
+            .args(["keys", "reencrypt"])
+            .arg(&spec)
+            .arg("--quarantine"),
+    );
+    for id in ["contact@1", "quarantine@1"] {
+        let out = retire(id);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", err(&out));
+        assert!(
+            text.starts_with(&format!("retired {id}: its key is destroyed")),
+            "{text}"
+        );
+    }
+    // The old copy of a value no longer decrypts; its re-encrypted version does, to the same.
+    let out = dec(&old);
+    assert_eq!(out.status.code(), Some(3), "{}", err(&out));
+    assert!(
+        err(&out).contains("value 1: key `contact@1` was retired (destroyed)"),
+        "{}",
+        err(&out)
+    );
+    assert!(!err(&out).contains(&old));
+    let (_, new) = first("2")
+        .split_once(' ')
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .unwrap();
+    let again = dec(&new);
+    assert!(again.status.success(), "{}", err(&again));
+    assert_eq!(again.stdout, plain.stdout);
+    let list = run_ok(bin().args(["keys", "list", "--home"]).arg(&home));
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("contact ") && l.trim_end().ends_with(" 2            1")),
+        "{list}"
+    );
+    let keys = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "key_event", "--home"])
+            .arg(&home),
+    );
+    assert!(keys.contains("key contact@1 retire by actor "), "{keys}");
+    assert!(keys.contains("key quarantine@1 retire by actor "), "{keys}");
+    let v = run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
+    assert!(v.starts_with("verified:"), "{v}");
+    // Once retired, a version is gone: retiring it again says so.
+    let out = retire("contact@1");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(err(&out).contains("was retired"), "{}", err(&out));
 }
 
 /// `keys reencrypt` rewrites delivered files, which is what `audit` and `prove` detect: each

@@ -729,11 +729,18 @@ impl PgTable {
     /// Connects and reads the table's columns: every column, in table order (a column added
     /// since delivery changes every row's commitment, as it should).
     pub async fn open(name: &str, url: &SecretRef, table: &str) -> Result<Self> {
+        Self::open_existing(name, url, table)
+            .await?
+            .ok_or_else(|| sink_err(name, format!("table {table} does not exist")))
+    }
+
+    /// [`PgTable::open`], or None when the table does not exist.
+    pub async fn open_existing(name: &str, url: &SecretRef, table: &str) -> Result<Option<Self>> {
         let mut conn = connect(url, &format!("sink {name}")).await?;
         let db = |e: sqlx::Error| sink_err(name, redact_db_error(&e));
         let cols = table_columns(&mut conn, table).await.map_err(db)?;
         if cols.is_empty() {
-            return Err(sink_err(name, format!("table {table} does not exist")));
+            return Ok(None);
         }
         let mut fields = Vec::with_capacity(cols.len());
         let mut read = Vec::with_capacity(cols.len());
@@ -749,7 +756,7 @@ impl PgTable {
             read.push(how);
             fields.push(arrow::datatypes::Field::new(n, dt, true));
         }
-        Ok(Self {
+        Ok(Some(Self {
             name: name.to_string(),
             table: table.to_string(),
             conn,
@@ -758,7 +765,7 @@ impl PgTable {
             select: format!("SELECT {} FROM {}", select.join(", "), quote_table(table)),
             url: url.clone(),
             scan: None,
-        })
+        }))
     }
 
     /// `postgres table NAME`, for reports.

@@ -90,7 +90,7 @@ pub enum Event {
         purpose: String,
         rows: u64,
     },
-    /// 9: a key was created, rotated, used to decrypt, or shredded.
+    /// 9: a key was rotated, used to decrypt, re-encrypted away from, retired, or shredded.
     KeyEvent {
         key_id: String,
         action: String,

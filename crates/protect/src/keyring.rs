@@ -92,6 +92,12 @@ pub enum KeyError {
     Shredded,
     #[error("key `{0}` cannot be rotated: {1}")]
     NoRotate(String, &'static str),
+    #[error(
+        "key `{0}` was retired (destroyed) at {1}; values under it can no longer be decrypted by anyone"
+    )]
+    Retired(String, String),
+    #[error("key `{0}` cannot be retired: {1}")]
+    NoRetire(String, String),
     #[error("a wrapped key in the keyring failed authentication: the keyring was altered")]
     Tampered,
 }
@@ -134,6 +140,10 @@ struct Named {
     purpose: Purpose,
     active: u32,
     versions: BTreeMap<u32, Wrapped>,
+    /// Versions destroyed by `keys retire` -> when (kept so that their values are told
+    /// apart from values under a key this keyring never had, and no version is reused).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    retired: BTreeMap<u32, String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -151,6 +161,8 @@ pub struct KeyInfo {
     pub purpose: Purpose,
     pub active: u32,
     pub versions: Vec<u32>,
+    /// Versions destroyed by `keys retire`.
+    pub retired: Vec<u32>,
 }
 
 /// The master key and where it came from.
@@ -402,6 +414,7 @@ impl Keyring {
                 let id = format!("{name}@1");
                 Named {
                     purpose,
+                    retired: BTreeMap::new(),
                     active: 1,
                     versions: BTreeMap::from([(
                         1,
@@ -438,13 +451,68 @@ impl Keyring {
             .rsplit_once('@')
             .and_then(|(n, v)| Some((n, v.parse::<u32>().ok()?)))
             .ok_or_else(|| KeyError::Unknown(id.into()))?;
-        let w = self
-            .file
-            .keys
-            .get(name)
+        let named = self.file.keys.get(name);
+        if let Some(at) = named.and_then(|n| n.retired.get(&v)) {
+            return Err(KeyError::Retired(id.into(), at.clone()));
+        }
+        let w = named
             .and_then(|n| n.versions.get(&v))
             .ok_or_else(|| KeyError::Unknown(id.into()))?;
         self.master.unwrap(id, &w.wrapped)
+    }
+
+    /// Checks that `id` (`name@version`) names a version of an encryption key that may be
+    /// retired: it exists and is not the active one (new writes use that). Returns the name
+    /// and version.
+    pub fn retirable(&self, id: &str) -> Result<(String, u32), KeyError> {
+        let no = |why: &str| KeyError::NoRetire(id.into(), why.into());
+        let (name, v) = id
+            .rsplit_once('@')
+            .and_then(|(n, v)| Some((n, v.parse::<u32>().ok()?)))
+            .ok_or_else(|| no("name a version, as `name@version` (see `sealtrail keys list`)"))?;
+        let n = self
+            .file
+            .keys
+            .get(name)
+            .ok_or_else(|| KeyError::Unknown(name.into()))?;
+        if let Some(at) = n.retired.get(&v) {
+            return Err(KeyError::Retired(id.into(), at.clone()));
+        }
+        if !n.versions.contains_key(&v) {
+            return Err(KeyError::Unknown(id.into()));
+        }
+        if n.purpose != Purpose::Encrypt {
+            return Err(no(
+                "token and FPE keys have one version, which every output depends on",
+            ));
+        }
+        if n.active == v {
+            return Err(no(&format!(
+                "it is the active version, which new writes use; `sealtrail keys rotate {name}` first, then `keys reencrypt` what is under it"
+            )));
+        }
+        Ok((name.into(), v))
+    }
+
+    /// Destroys version `id` of an encryption key ([`Keyring::retirable`]): its wrapped key
+    /// leaves the file for good, and the version is kept as retired.
+    pub fn retire(&mut self, id: &str) -> Result<(), KeyError> {
+        let (name, v) = self.retirable(id)?;
+        self.modify(move |_, f| {
+            let n = f
+                .keys
+                .get_mut(&name)
+                .ok_or_else(|| KeyError::Unknown(name.clone()))?;
+            if n.active == v {
+                return Err(KeyError::NoRetire(
+                    format!("{name}@{v}"),
+                    "it became the active version meanwhile".into(),
+                ));
+            }
+            n.versions.remove(&v);
+            n.retired.insert(v, sealtrail_core::audit::now());
+            Ok(())
+        })
     }
 
     /// Keys of these subjects, created for those that have none. Returns (key id, key) per
@@ -514,7 +582,14 @@ impl Keyring {
                     "token and FPE keys are deterministic; a new version would change every output and break joins",
                 ));
             }
-            let v = n.versions.keys().max().copied().unwrap_or(0) + 1;
+            let v = n
+                .versions
+                .keys()
+                .chain(n.retired.keys())
+                .max()
+                .copied()
+                .unwrap_or(0)
+                + 1;
             let id = format!("{name}@{v}");
             n.versions.insert(v, Wrapped {
                 wrapped: m.wrap(&id, &KeyBytes::random()),
@@ -534,6 +609,7 @@ impl Keyring {
                 purpose: n.purpose,
                 active: n.active,
                 versions: n.versions.keys().copied().collect(),
+                retired: n.retired.keys().copied().collect(),
             })
             .collect()
     }
@@ -551,6 +627,37 @@ mod tests {
     fn ring(dir: &Path) -> Keyring {
         let k = KeyBytes::from_hex(&"11".repeat(32)).unwrap();
         Keyring::open(&dir.join("keyring.json"), Master::new(k, "test")).unwrap()
+    }
+
+    #[test]
+    fn a_retired_version_is_gone_for_good_and_never_reused() {
+        let d = tempfile::tempdir().unwrap();
+        let mut r = ring(d.path());
+        let (id1, _) = r.active("email", Purpose::Encrypt).unwrap();
+        assert!(matches!(r.retirable(&id1), Err(KeyError::NoRetire(..))));
+        let id2 = r.rotate("email").unwrap();
+        assert_eq!(r.retirable(&id1).unwrap(), ("email".to_string(), 1));
+        assert!(matches!(r.retirable("email"), Err(KeyError::NoRetire(..))));
+        assert!(matches!(r.retirable("email@9"), Err(KeyError::Unknown(_))));
+        r.active("tok", Purpose::Token).unwrap();
+        assert!(matches!(r.retirable("tok@1"), Err(KeyError::NoRetire(..))));
+        r.retire(&id1).unwrap();
+        // Reopened from the file: the version is retired, its material gone from the file.
+        let r = &mut ring(d.path());
+        assert!(matches!(r.by_id(&id1), Err(KeyError::Retired(..))));
+        assert!(matches!(r.retire(&id1), Err(KeyError::Retired(..))));
+        assert!(r.by_id(&id2).is_ok());
+        let text = std::fs::read_to_string(d.path().join("keyring.json")).unwrap();
+        let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            file["keys"]["email"]["versions"].get("1").is_none(),
+            "{text}"
+        );
+        let info = r.list().into_iter().find(|k| k.name == "email").unwrap();
+        assert_eq!((info.versions, info.retired), (vec![2], vec![1]));
+        assert_eq!(r.rotate("email").unwrap(), "email@3");
+        r.retire(&id2).unwrap();
+        assert_eq!(r.rotate("email").unwrap(), "email@4");
     }
 
     #[test]

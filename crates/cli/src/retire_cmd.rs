@@ -1,0 +1,218 @@
+//! `sealtrail keys retire`: destroys an old version of an encryption key, once no sink and no
+//! quarantine of the named specs holds a value under it. Rotation alone leaves every old
+//! version in the keyring, so old ciphertexts (in a table's earlier versions, a backup, an
+//! export) stay readable by whoever gets the keyring and its master key; retiring the version
+//! ends that, the last step of `rotate` -> `reencrypt` -> `retire`.
+
+use anyhow::{Context, Result, anyhow, bail};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use sealtrail_connectors::pg::PgTable;
+use sealtrail_connectors::s3::{TableCopy, is_s3};
+use sealtrail_connectors::sink::{read_parquet, sink_files};
+use sealtrail_ledger::entry::Event;
+use sealtrail_protect::keyring::Keyring;
+use sealtrail_spec::{Action, KeySource, Target};
+use std::path::{Path, PathBuf};
+
+use crate::ledger_cmd::LedgerArgs;
+use crate::protect_cmd::{actor, record};
+
+/// Exit code when values under the version remain (the work could not be done).
+const HELD: i32 = 3;
+
+/// Runs `keys retire ID --spec ...`; returns the exit code.
+pub async fn run(
+    home: &Path,
+    la: &LedgerArgs,
+    ring: &mut Keyring,
+    id: &str,
+    specs: &[PathBuf],
+    by: &Option<String>,
+) -> Result<i32> {
+    let (name, _) = ring.retirable(id)?;
+    let mut held = Vec::new();
+    let mut places = 0;
+    for spec in specs {
+        let p = sealtrail_spec::load(spec)?;
+        // A bare ciphertext does not name its key version: whether it is under this one
+        // cannot be told, so the version cannot be shown to be unused.
+        for s in &p.sources {
+            for r in &s.protect {
+                if let Action::Encrypt {
+                    key: KeySource::Keyring(k),
+                    bare: true,
+                    ..
+                } = &r.action
+                    && *k == name
+                {
+                    bail!(
+                        "{}:{}:{}: source `{}` encrypts with key `{name}` in the `bare` format, whose values do not name their key version, so whether any is under {id} cannot be told; nothing was retired",
+                        spec.display(),
+                        r.at.0,
+                        r.at.1,
+                        s.name
+                    );
+                }
+            }
+        }
+        let targets = p
+            .sinks
+            .iter()
+            .map(|s| (Some(s.name.as_str()), &s.target))
+            .chain([(None, &p.quarantine)]);
+        for (sink, target) in targets {
+            places += 1;
+            let what = sink.map_or_else(|| "the quarantine".to_string(), |s| format!("sink `{s}`"));
+            let n = values_under(sink.unwrap_or("quarantine"), target, id)
+                .await
+                .with_context(|| format!("{}: reading {what}", spec.display()))?;
+            if n > 0 {
+                let fix = match sink {
+                    Some(s) => format!("--sink {s}"),
+                    None => "--quarantine".into(),
+                };
+                held.push(format!(
+                    "{}: {what} holds {n} value(s) under {id}; `sealtrail keys reencrypt {} {fix}` moves them to the active version",
+                    spec.display(),
+                    spec.display()
+                ));
+            }
+        }
+    }
+    if !held.is_empty() {
+        for h in &held {
+            eprintln!("error: {h}");
+        }
+        eprintln!("nothing was retired: retiring {id} would make those values unreadable for good");
+        return Ok(HELD);
+    }
+    // In the ledger first: a key is never destroyed without a trace.
+    let (who, a) = actor(by);
+    record(
+        home,
+        la,
+        vec![Event::KeyEvent {
+            key_id: id.to_string(),
+            action: "retire".into(),
+            actor: a,
+        }],
+    )?;
+    ring.retire(id)?;
+    outln!(
+        "retired {id}: its key is destroyed, so any value still under it (in a table's earlier versions, a backup, a copy) can no longer be decrypted by anyone; the {places} sink(s) and quarantine(s) of {} spec(s) held none (by {who}; recorded in the ledger)",
+        specs.len()
+    );
+    Ok(0)
+}
+
+/// How many values of the sink or quarantine at `target` are ciphertexts under key `id`: every
+/// text and binary column of every row, as readers see the table now. A sink never written
+/// holds none.
+async fn values_under(name: &str, target: &Target, id: &str) -> Result<u64> {
+    let prefix = format!("st1:{id}:");
+    let prefix = prefix.as_bytes();
+    let in_files = |files: Vec<PathBuf>| -> Result<u64> {
+        let mut n = 0;
+        for f in files {
+            for b in read_parquet(&f).with_context(|| format!("reading {}", f.display()))? {
+                n += count(&b, prefix);
+            }
+        }
+        Ok(n)
+    };
+    match target {
+        Target::Parquet { dir } if !dir.exists() => Ok(0),
+        Target::Delta { uri } if is_s3(uri) => {
+            let (copy, _) = TableCopy::new(uri, true).await.map_err(|e| anyhow!(e))?;
+            let local = Target::Delta {
+                uri: copy.dir().display().to_string(),
+            };
+            in_files(sink_files(name, &local).await?)
+        }
+        Target::Delta { uri }
+            if !uri.contains("://") && !Path::new(uri).join("_delta_log").exists() =>
+        {
+            Ok(0)
+        }
+        Target::Postgres { url, table, .. } => {
+            let Some(mut t) = PgTable::open_existing(name, url, table).await? else {
+                return Ok(0);
+            };
+            t.scan().await?;
+            let mut n = 0;
+            while let Some(b) = t.next(65_536).await? {
+                n += count(&b, prefix);
+            }
+            Ok(n)
+        }
+        _ => in_files(sink_files(name, target).await?),
+    }
+}
+
+/// Values of `b`'s text and binary columns that start with `prefix`.
+fn count(b: &RecordBatch, prefix: &[u8]) -> u64 {
+    fn under<'a>(vals: impl Iterator<Item = Option<&'a [u8]>>, prefix: &[u8]) -> u64 {
+        vals.flatten().filter(|v| v.starts_with(prefix)).count() as u64
+    }
+    b.columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::Utf8 => under(
+                c.as_string::<i32>().iter().map(|v| v.map(str::as_bytes)),
+                prefix,
+            ),
+            DataType::LargeUtf8 => under(
+                c.as_string::<i64>().iter().map(|v| v.map(str::as_bytes)),
+                prefix,
+            ),
+            DataType::Utf8View => under(
+                c.as_string_view().iter().map(|v| v.map(str::as_bytes)),
+                prefix,
+            ),
+            DataType::Binary => under(c.as_binary::<i32>().iter(), prefix),
+            DataType::LargeBinary => under(c.as_binary::<i64>().iter(), prefix),
+            DataType::BinaryView => under(c.as_binary_view().iter(), prefix),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{BinaryArray, Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+    use std::sync::Arc;
+
+    #[test]
+    fn only_values_under_the_version_count() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Utf8, true),
+            Field::new("b", DataType::Binary, true),
+        ]));
+        let b = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+                Arc::new(StringArray::from(vec![
+                    Some("st1:email@1:AAAA"),
+                    Some("st1:email@12:AAAA"),
+                    None,
+                    Some("st1:email@1"),
+                ])),
+                Arc::new(BinaryArray::from(vec![
+                    Some(&b"st1:email@1:\x00\x01"[..]),
+                    Some(&b"st1:email@2:\x00"[..]),
+                    None,
+                    Some(&b"plain"[..]),
+                ])),
+            ],
+        )
+        .unwrap();
+        assert_eq!(count(&b, b"st1:email@1:"), 2);
+        assert_eq!(count(&b, b"st1:email@12:"), 1);
+        assert_eq!(count(&b, b"st1:other@1:"), 0);
+    }
+}
