@@ -108,6 +108,11 @@ pub enum KeysCmd {
         /// Who is retiring (recorded in the ledger as a SHA-256 of the name; default `$USER`).
         #[arg(long)]
         by: Option<String>,
+        /// Run state store of the specs' pipelines, whose run locks are held meanwhile (no
+        /// run or re-encryption writes under the version while it is checked): `sqlite://PATH`
+        /// (default `<home>/state.db`) or `postgres://...`.
+        #[arg(long, env = "SEALTRAIL_STATE_URL", hide_env_values = true)]
+        state_url: Option<String>,
     },
     /// Destroy a data subject's key: their encrypted values can no longer be decrypted by anyone.
     Shred {
@@ -180,8 +185,19 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             outln!("{name}: new writes use {id} (rotated by {who}; recorded in the ledger)");
         }
         KeysCmd::Reencrypt(_) => {} // above
-        KeysCmd::Retire { id, specs, by } => {
-            return crate::retire_cmd::run(home, la, &mut ring, &id, &specs, &by).await;
+        KeysCmd::Retire {
+            id,
+            specs,
+            by,
+            state_url,
+        } => {
+            let state = crate::StateArgs {
+                home: Some(home.clone()),
+                state_url,
+                ledger: la.clone(),
+            };
+            let url = state.url(home);
+            return crate::retire_cmd::run(home, la, &mut ring, &id, &specs, &by, &url).await;
         }
         KeysCmd::Shred { subject, by } => {
             let (h, had) = ring.shred(&subject)?;

@@ -29,12 +29,28 @@ pub async fn run(
     id: &str,
     specs: &[PathBuf],
     by: &Option<String>,
+    state_url: &str,
 ) -> Result<i32> {
     let (name, _) = ring.retirable(id)?;
+    let pipelines = specs
+        .iter()
+        .map(|s| Ok((s, sealtrail_spec::load(s)?)))
+        .collect::<Result<Vec<_>>>()?;
+    // No run (which may have protected a batch with the version before the rotation) and no
+    // re-encryption of these pipelines meanwhile.
+    let st = crate::open_state(state_url).await?;
+    let mut locks = Vec::new();
+    for (_, p) in &pipelines {
+        locks.push(st.lock_pipeline(&p.name).await?.map_err(|holder| {
+            anyhow!(
+                "pipeline `{}` is being run or re-encrypted by {holder}; run this again once it has finished (nothing was retired)",
+                p.name
+            )
+        })?);
+    }
     let mut held = Vec::new();
     let mut places = 0;
-    for spec in specs {
-        let p = sealtrail_spec::load(spec)?;
+    for (spec, p) in &pipelines {
         // A bare ciphertext does not name its key version: whether it is under this one
         // cannot be told, so the version cannot be shown to be unused.
         for s in &p.sources {
@@ -99,6 +115,7 @@ pub async fn run(
         }],
     )?;
     ring.retire(id)?;
+    drop(locks);
     outln!(
         "retired {id}: its key is destroyed, so any value still under it (in a table's earlier versions, a backup, a copy) can no longer be decrypted by anyone; the {places} sink(s) and quarantine(s) of {} spec(s) held none (by {who}; recorded in the ledger)",
         specs.len()

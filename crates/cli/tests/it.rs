@@ -4892,6 +4892,24 @@ fn a_key_version_is_retired_only_once_nothing_is_under_it() {
             .arg(&spec)
             .arg("--quarantine"),
     );
+    // Not while a run of the pipeline (here: this process holding its run lock) may write.
+    let key = &sealtrail_core::sha256_hex(b"sealtrail run lock\0customers")[..16];
+    let held = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(home.join(format!("state.db.run-locks/{key}.lock")))
+        .unwrap();
+    held.lock().unwrap();
+    let out = retire("contact@1");
+    assert_eq!(out.status.code(), Some(3), "{}", err(&out));
+    assert!(
+        err(&out).contains("pipeline `customers` is being run or re-encrypted by"),
+        "{}",
+        err(&out)
+    );
+    drop(held);
     for id in ["contact@1", "quarantine@1"] {
         let out = retire(id);
         let text = String::from_utf8_lossy(&out.stdout);
