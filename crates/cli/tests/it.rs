@@ -1701,29 +1701,33 @@ fn postgres_errors_name_the_source_and_never_the_password() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
-/// A run whose sink cannot be opened fails before anything loads and leaves no empty output
-/// folder behind (the quarantine's and the other sinks' are opened first); with the sink
-/// back, the same run resumes and loads every record once.
-#[test]
-fn a_sink_that_cannot_be_opened_leaves_no_empty_folder_behind() {
-    let ns = format!("st_nosink_{}", std::process::id());
+/// A project of one source (`in/a.csv`: `csv`) in a new schema `ns`, whose first run fails
+/// before anything loads: the sink reading `env:ST_URL` points at a closed port (`env:ST_GOOD`
+/// at the database). Asserts that the run failed so and that no `out` folder is left.
+fn first_run_failing_on_a_sink(
+    ns: &str,
+    csv: &str,
+    sinks: &str,
+    quarantine: &str,
+) -> (tempfile::TempDir, PathBuf) {
     pg(&format!(
         "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
     ));
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("in")).unwrap();
-    std::fs::write(dir.path().join("in/a.csv"), "id,name\n1,x\n2,y\nz,w\n").unwrap();
+    std::fs::write(dir.path().join("in/a.csv"), csv).unwrap();
     let spec = dir.path().join("s.yaml");
     std::fs::write(
         &spec,
         format!(
-            "version: 1\npipeline: {ns}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  a: {{ from: s, audience: internal, parquet: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.b }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+            "version: 1\npipeline: {ns}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n{sinks}quarantine:\n  {quarantine}\n"
         ),
     )
     .unwrap();
     let out = bin()
         .arg("run")
         .arg(&spec)
+        .env("ST_GOOD", pg_url())
         .env("ST_URL", "postgres://postgres@127.0.0.1:1/test")
         .output()
         .unwrap();
@@ -1731,6 +1735,23 @@ fn a_sink_that_cannot_be_opened_leaves_no_empty_folder_behind() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
     assert!(!dir.path().join("out").exists(), "{err}");
+    (dir, spec)
+}
+
+/// A run whose sink cannot be opened fails before anything loads and leaves no empty output
+/// folder behind (the quarantine's and the other sinks' are opened first); with the sink
+/// back, the same run resumes and loads every record once.
+#[test]
+fn a_sink_that_cannot_be_opened_leaves_no_empty_folder_behind() {
+    let ns = format!("st_nosink_{}", std::process::id());
+    let (dir, spec) = first_run_failing_on_a_sink(
+        &ns,
+        "id,name\n1,x\n2,y\nz,w\n",
+        &format!(
+            "  a: {{ from: s, audience: internal, parquet: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.b }} }}\n"
+        ),
+        "parquet: { path: out/q }",
+    );
     let out = run_ok(bin().arg("run").arg(&spec).env("ST_URL", pg_url()));
     assert!(out.contains("resum"), "{out}");
     assert_eq!(pg_one(&format!("SELECT count(*)::text FROM {ns}.b")), "2");
@@ -1746,32 +1767,15 @@ fn a_sink_that_cannot_be_opened_leaves_no_empty_folder_behind() {
 #[test]
 fn a_failed_first_run_leaves_no_empty_table_behind() {
     let ns = format!("st_notable_{}", std::process::id());
-    pg(&format!(
-        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("in")).unwrap();
-    std::fs::write(dir.path().join("in/a.csv"), "id,name\n1,x\n2,y\n").unwrap();
-    let spec = dir.path().join("s.yaml");
     // Sinks open in name order: a (Delta) and b (PostgreSQL) before c, which cannot connect.
-    std::fs::write(
-        &spec,
-        format!(
-            "version: 1\npipeline: {ns}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  a: {{ from: s, audience: internal, delta: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_GOOD, table: {ns}.b }} }}\n  c: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.c }} }}\nquarantine:\n  delta: {{ path: out/q }}\n"
+    let (dir, spec) = first_run_failing_on_a_sink(
+        &ns,
+        "id,name\n1,x\n2,y\n",
+        &format!(
+            "  a: {{ from: s, audience: internal, delta: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_GOOD, table: {ns}.b }} }}\n  c: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.c }} }}\n"
         ),
-    )
-    .unwrap();
-    let out = bin()
-        .arg("run")
-        .arg(&spec)
-        .env("ST_GOOD", pg_url())
-        .env("ST_URL", "postgres://postgres@127.0.0.1:1/test")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
-    assert!(!dir.path().join("out").exists(), "{err}");
+        "delta: { path: out/q }",
+    );
     let exists = |t: &str| {
         pg_one(&format!(
             "SELECT (to_regclass('{ns}.{t}') IS NOT NULL)::text"
@@ -4893,15 +4897,7 @@ fn a_key_version_is_retired_only_once_nothing_is_under_it() {
             .arg("--quarantine"),
     );
     // Not while a run of the pipeline (here: this process holding its run lock) may write.
-    let key = &sealtrail_core::sha256_hex(b"sealtrail run lock\0customers")[..16];
-    let held = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(home.join(format!("state.db.run-locks/{key}.lock")))
-        .unwrap();
-    held.lock().unwrap();
+    let held = hold_run_lock(&home, "customers");
     let out = retire("contact@1");
     assert_eq!(out.status.code(), Some(3), "{}", err(&out));
     assert!(
@@ -6651,16 +6647,13 @@ fn a_sink_of_other_columns_stops_the_run_saying_how_to_go_on() {
     assert!(v.starts_with("verified:"), "{v}");
 }
 
-/// While a run of a pipeline goes on, another process's `run` of it is refused (exit 3, naming
-/// the holder) instead of taking the running run for an interrupted one and committing its
-/// batches a second time; the lock is an OS file lock beside the state store (here held by
-/// this test process), gone with its holder.
-#[test]
-fn a_pipeline_being_run_is_not_run_again_at_once() {
-    let (dir, spec) = project("trades.yaml", 200);
-    let locks = dir.path().join(".sealtrail/state.db.run-locks");
+/// Takes the run lock of `pipeline` in the SQLite state store of `home`, as a run does (an OS
+/// file lock beside the store, naming this process), until the file is dropped.
+fn hold_run_lock(home: &Path, pipeline: &str) -> std::fs::File {
+    let locks = home.join("state.db.run-locks");
     std::fs::create_dir_all(&locks).unwrap();
-    let key = &sealtrail_core::sha256_hex(b"sealtrail run lock\0trades")[..16];
+    let key =
+        &sealtrail_core::sha256_hex(format!("sealtrail run lock\0{pipeline}").as_bytes())[..16];
     let held = std::fs::File::options()
         .read(true)
         .write(true)
@@ -6670,6 +6663,17 @@ fn a_pipeline_being_run_is_not_run_again_at_once() {
         .unwrap();
     held.lock().unwrap();
     std::io::Write::write_all(&mut &held, format!("{}\n", std::process::id()).as_bytes()).unwrap();
+    held
+}
+
+/// While a run of a pipeline goes on, another process's `run` of it is refused (exit 3, naming
+/// the holder) instead of taking the running run for an interrupted one and committing its
+/// batches a second time; the lock is an OS file lock beside the state store (here held by
+/// this test process), gone with its holder.
+#[test]
+fn a_pipeline_being_run_is_not_run_again_at_once() {
+    let (dir, spec) = project("trades.yaml", 200);
+    let held = hold_run_lock(&dir.path().join(".sealtrail"), "trades");
     let o = bin().arg("run").arg(&spec).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
