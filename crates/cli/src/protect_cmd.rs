@@ -105,6 +105,11 @@ pub enum KeysCmd {
         /// that encrypts with the key. The keyring is the one beside the first, unless --home.
         #[arg(long = "spec", required = true)]
         specs: Vec<PathBuf>,
+        /// A pipeline of the state store that no --spec names and that never encrypts with
+        /// the key (repeat for each): every pipeline the store has runs of must be named by a
+        /// spec or by this, so that none is overlooked.
+        #[arg(long = "not-using", value_name = "PIPELINE")]
+        not_using: Vec<String>,
         /// Who is retiring (recorded in the ledger as a SHA-256 of the name; default `$USER`).
         #[arg(long)]
         by: Option<String>,
@@ -188,6 +193,7 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
         KeysCmd::Retire {
             id,
             specs,
+            not_using,
             by,
             state_url,
         } => {
@@ -197,7 +203,8 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
                 ledger: la.clone(),
             };
             let url = state.url(home);
-            return crate::retire_cmd::run(home, la, &mut ring, &id, &specs, &by, &url).await;
+            let named = crate::retire_cmd::Named { specs, not_using };
+            return crate::retire_cmd::run(home, la, &mut ring, &id, &named, &by, &url).await;
         }
         KeysCmd::Shred { subject, by } => {
             let (h, had) = ring.shred(&subject)?;

@@ -20,6 +20,14 @@ use crate::protect_cmd::{actor, record};
 
 /// Exit code when values under the version remain (the work could not be done).
 const HELD: i32 = 3;
+/// Exit code when a pipeline of the state store is not accounted for (the command is wrong).
+const UNNAMED: i32 = 2;
+
+/// The pipelines the command is told about: by their specs (read), or as not using the key.
+pub struct Named {
+    pub specs: Vec<PathBuf>,
+    pub not_using: Vec<String>,
+}
 
 /// Runs `keys retire ID --spec ...`; returns the exit code.
 pub async fn run(
@@ -27,10 +35,11 @@ pub async fn run(
     la: &LedgerArgs,
     ring: &mut Keyring,
     id: &str,
-    specs: &[PathBuf],
+    named: &Named,
     by: &Option<String>,
     state_url: &str,
 ) -> Result<i32> {
+    let specs = &named.specs;
     let (name, _) = ring.retirable(id)?;
     let pipelines = specs
         .iter()
@@ -47,6 +56,34 @@ pub async fn run(
                 p.name
             )
         })?);
+    }
+    // Every pipeline that ran with this state store is accounted for: a forgotten one could
+    // hold values under the version that nothing here reads. A replay pipeline writes into
+    // its spec's sinks, which are read with them.
+    let unnamed: Vec<String> = st
+        .pipelines()
+        .await?
+        .into_iter()
+        .filter(|run| {
+            let base = run
+                .strip_suffix(sealtrail_spec::REPLAY_SUFFIX)
+                .unwrap_or(run);
+            !pipelines
+                .iter()
+                .any(|(_, p)| p.name == *run || p.name == base)
+                && !named.not_using.iter().any(|n| n == run || n == base)
+        })
+        .collect();
+    if !unnamed.is_empty() {
+        eprintln!(
+            "error: the state store has runs of pipeline(s) {} that no --spec names: name their specs with --spec (their sinks and quarantines are read too), or pass --not-using PIPELINE for each that never encrypts with key `{name}`; nothing was retired",
+            unnamed
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(UNNAMED);
     }
     let mut held = Vec::new();
     let mut places = 0;

@@ -4830,6 +4830,7 @@ fn a_key_version_is_retired_only_once_nothing_is_under_it() {
         bin()
             .args(["keys", "retire", id, "--spec"])
             .arg(&spec)
+            .args(["--not-using", "trades"])
             .output()
             .unwrap()
     };
@@ -4895,6 +4896,22 @@ fn a_key_version_is_retired_only_once_nothing_is_under_it() {
             .args(["keys", "reencrypt"])
             .arg(&spec)
             .arg("--quarantine"),
+    );
+    // Every pipeline that ran with the state store is named, by its spec or as not using the
+    // key: `trades` is neither here.
+    let trades = dir.path().join("trades.yaml");
+    std::fs::copy(root().join("examples/trades.yaml"), &trades).unwrap();
+    run_ok(bin().arg("run").arg(&trades));
+    let out = bin()
+        .args(["keys", "retire", "contact@1", "--spec"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", err(&out));
+    assert!(
+        err(&out).contains("has runs of pipeline(s) `trades` that no --spec names"),
+        "{}",
+        err(&out)
     );
     // Not while a run of the pipeline (here: this process holding its run lock) may write.
     let held = hold_run_lock(&home, "customers");

@@ -937,6 +937,14 @@ impl StateStore {
     }
 
     /// Recent runs, newest first.
+    /// Every pipeline the store has a run of, in name order.
+    pub async fn pipelines(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT DISTINCT pipeline FROM sealtrail_runs ORDER BY pipeline")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
     pub async fn runs(&self, pipeline: Option<&str>, limit: i64) -> Result<Vec<RunRow>> {
         let rows = sqlx::query("SELECT run_id, pipeline, status, started_at, ended_at, rows_in, rows_loaded, rows_quarantined, error FROM sealtrail_runs WHERE ($1 = '' OR pipeline = $1) ORDER BY started_at DESC LIMIT $2")
             .bind(pipeline.unwrap_or(""))
