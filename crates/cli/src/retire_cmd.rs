@@ -166,23 +166,28 @@ pub async fn run(
 async fn values_under(name: &str, target: &Target, id: &str) -> Result<u64> {
     let prefix = format!("st1:{id}:");
     let prefix = prefix.as_bytes();
-    let in_files = |files: Vec<PathBuf>| -> Result<u64> {
-        let mut n = 0;
-        for f in files {
-            for b in read_parquet(&f).with_context(|| format!("reading {}", f.display()))? {
-                n += count(&b, prefix);
-            }
-        }
-        Ok(n)
+    let in_file = |f: &Path| -> Result<u64> {
+        let batches = read_parquet(f).with_context(|| format!("reading {}", f.display()))?;
+        Ok(batches.iter().map(|b| count(b, prefix)).sum())
     };
     match target {
         Target::Parquet { dir } if !dir.exists() => Ok(0),
         Target::Delta { uri } if is_s3(uri) => {
-            let (copy, _) = TableCopy::new(uri, true).await.map_err(|e| anyhow!(e))?;
+            // A copy of the log; each data file is fetched, read and removed in turn, so the
+            // local disk holds one file at a time.
+            let (copy, _) = TableCopy::new(uri, false).await.map_err(|e| anyhow!(e))?;
             let local = Target::Delta {
                 uri: copy.dir().display().to_string(),
             };
-            in_files(sink_files(name, &local).await?)
+            let mut n = 0;
+            for f in sink_files(name, &local).await? {
+                copy.fetch(std::slice::from_ref(&f))
+                    .await
+                    .map_err(|e| anyhow!(e))?;
+                n += in_file(&f)?;
+                let _ = std::fs::remove_file(&f);
+            }
+            Ok(n)
         }
         Target::Delta { uri }
             if !uri.contains("://") && !Path::new(uri).join("_delta_log").exists() =>
@@ -200,7 +205,13 @@ async fn values_under(name: &str, target: &Target, id: &str) -> Result<u64> {
             }
             Ok(n)
         }
-        _ => in_files(sink_files(name, target).await?),
+        _ => {
+            let mut n = 0;
+            for f in sink_files(name, target).await? {
+                n += in_file(&f)?;
+            }
+            Ok(n)
+        }
     }
 }
 
