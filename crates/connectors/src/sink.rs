@@ -561,9 +561,7 @@ impl SinkWriter {
             SinkWriter::Postgres(pg) => pg.commit(&key.app_id(), key.batch, batches).await,
         }
     }
-}
 
-impl SinkWriter {
     /// At the end of a run that went well: creates a sink's table that no commit brought rows
     /// to, so that it exists (empty) for readers and the next run.
     pub async fn finish(&mut self) -> Result<()> {
