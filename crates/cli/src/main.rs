@@ -125,7 +125,7 @@ enum Cmd {
         state: StateArgs,
     },
     /// The keyring: list keys, rotate an encryption key, re-encrypt and retire old versions,
-    /// shred a data subject's key.
+    /// change the master key, shred a data subject's key.
     Keys {
         /// Folder holding `keyring.json` (and `master.key`, unless the master key comes from
         /// the environment) and the ledger that records key events (default `.sealtrail`).

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use sealtrail_ledger::entry::Event;
-use sealtrail_protect::keyring::{KeyError, Keyring, Master};
+use sealtrail_protect::keyring::{KeyBytes, KeyError, Keyring, Master};
 use sealtrail_protect::ops::{Sealer, key_id_of};
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -93,6 +93,22 @@ pub enum KeysCmd {
     /// go on checking them. Rows that are not as delivered are refused. Values of subject keys
     /// stay as they are. With `--quarantine`, the records kept for repair instead.
     Reencrypt(crate::reencrypt_cmd::ReencryptArgs),
+    /// Change the master key: every data key is wrapped anew under the new one (no data
+    /// changes; every value stays readable), in one atomic replacement of `keyring.json`.
+    /// Afterwards only the new master key opens the keyring: supply it from then on
+    /// (SEALTRAIL_MASTER_KEY or SEALTRAIL_MASTER_KEY_FILE) and destroy the old one. Recorded in
+    /// the ledger. Run it while no run is going (a run that creates a key meanwhile fails, and
+    /// resumes under the new master key).
+    Rewrap {
+        /// The new master key: `env:NAME` or `file:PATH` holding 64 hexadecimal characters
+        /// (never the key itself on the command line).
+        #[arg(long)]
+        to: String,
+        /// Who is re-wrapping (recorded in the ledger as a SHA-256 of the name; default
+        /// `$USER`).
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Destroy an old version of an encryption key (`name@version`, not the active one), once
     /// no sink and no quarantine of the named specs holds a value under it (`keys reencrypt`
     /// moves them): any value still under it elsewhere (a table's earlier versions, a backup,
@@ -190,6 +206,26 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             outln!("{name}: new writes use {id} (rotated by {who}; recorded in the ledger)");
         }
         KeysCmd::Reencrypt(_) => {} // above
+        KeysCmd::Rewrap { to, by } => {
+            let new = Master::new(key_from_ref("--to", &to)?, to.clone());
+            let old = ring.master().origin.clone();
+            let (who, h) = actor(&by);
+            // In the ledger first, as for every key event that cannot be undone.
+            record(
+                home,
+                la,
+                vec![Event::KeyEvent {
+                    key_id: "master".into(),
+                    action: "rewrap".into(),
+                    actor: h,
+                }],
+            )?;
+            ring.rewrap(new)?;
+            outln!(
+                "re-wrapped every data key of {} under the master key from {to} (by {who}; recorded in the ledger); no data changed. The keyring now opens only with that key: supply it from now on (SEALTRAIL_MASTER_KEY or SEALTRAIL_MASTER_KEY_FILE), and destroy the old one ({old})",
+                ring.path().display()
+            );
+        }
         KeysCmd::Retire {
             id,
             specs,
@@ -248,6 +284,20 @@ pub struct DecryptArgs {
     key: Option<String>,
 }
 
+/// A key named on the command line by reference (`env:NAME` or `file:PATH`, 64 hex characters
+/// there), never by its material.
+fn key_from_ref(flag: &str, r: &str) -> Result<KeyBytes> {
+    let r = match (r.strip_prefix("env:"), r.strip_prefix("file:")) {
+        (Some(n), _) => sealtrail_spec::SecretRef::Env(n.into()),
+        (_, Some(p)) => sealtrail_spec::SecretRef::File(p.into()),
+        _ => bail!(
+            "{flag} must be `env:NAME` or `file:PATH`; key material never goes on a command line"
+        ),
+    };
+    let s = r.resolve().map_err(anyhow::Error::msg)?;
+    Ok(KeyBytes::from_hex(s.expose())?)
+}
+
 pub fn decrypt(home: &Path, la: &LedgerArgs, a: DecryptArgs) -> Result<()> {
     let values: Vec<String> = if a.values.is_empty() {
         std::io::stdin()
@@ -261,19 +311,7 @@ pub fn decrypt(home: &Path, la: &LedgerArgs, a: DecryptArgs) -> Result<()> {
         bail!("--reason must say why the values are needed");
     }
     let bare = match &a.key {
-        Some(k) => {
-            let r = match (k.strip_prefix("env:"), k.strip_prefix("file:")) {
-                (Some(n), _) => sealtrail_spec::SecretRef::Env(n.into()),
-                (_, Some(p)) => sealtrail_spec::SecretRef::File(p.into()),
-                _ => bail!(
-                    "--key must be `env:NAME` or `file:PATH`; key material never goes on a command line"
-                ),
-            };
-            let s = r.resolve().map_err(anyhow::Error::msg)?;
-            Some(Sealer::bare(
-                &sealtrail_protect::keyring::KeyBytes::from_hex(s.expose())?,
-            ))
-        }
+        Some(k) => Some(Sealer::bare(&key_from_ref("--key", k)?)),
         None => None,
     };
     let ring = if bare.is_none() {

@@ -4817,6 +4817,93 @@ fn loaded_contact_customers() -> (tempfile::TempDir, PathBuf) {
     (dir, spec)
 }
 
+/// `keys rewrap` changes the master key without touching data: every value (under a named key
+/// or a subject's) decrypts as before with the new master key and not with the old one, later
+/// runs and `keys shred` go on under it, the change is in the ledger, and a new key given other
+/// than by reference is refused.
+#[test]
+fn the_master_key_is_changed_by_rewrapping_the_data_keys() {
+    let (dir, spec) = loaded_contact_customers();
+    let home = dir.path().join(".sealtrail");
+    let d = dir.path().display();
+    let values = py(&format!(
+        "import pyarrow.parquet as pq, glob\nt = pq.read_table(sorted(glob.glob('{d}/out/customers/*.parquet'))[0])\nr = [x for x in t.to_pylist() if x['email_enc'] and x['name_enc']][0]\nprint(r['email_enc'], r['name_enc'])"
+    ));
+    let (email, name) = values.split_once(' ').unwrap();
+    assert!(name.starts_with("st1:subject:"), "{name}");
+    let new_key = dir.path().join("new-master.key");
+    std::fs::write(&new_key, format!("{}\n", "5a".repeat(32))).unwrap();
+    let dec = |v: &str, new: bool| {
+        let mut c = bin();
+        c.args(["decrypt", "--reason", "rewrap check", "--home"])
+            .arg(&home)
+            .arg(v);
+        if new {
+            c.env("SEALTRAIL_MASTER_KEY_FILE", &new_key);
+        }
+        c.output().unwrap()
+    };
+    let before: Vec<_> = [email, name].iter().map(|v| dec(v, false).stdout).collect();
+    // Key material on the command line is refused; nothing changes.
+    let out = bin()
+        .args(["keys", "rewrap", "--to", &"5a".repeat(32), "--home"])
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--to must be `env:NAME` or `file:PATH`"),
+        "{out:?}"
+    );
+    assert!(dec(email, false).status.success());
+    let r = run_ok(
+        bin()
+            .args(["keys", "rewrap", "--to"])
+            .arg(format!("file:{}", new_key.display()))
+            .arg("--home")
+            .arg(&home),
+    );
+    assert!(r.starts_with("re-wrapped every data key of "), "{r}");
+    for (v, was) in [email, name].iter().zip(&before) {
+        let out = dec(v, true);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(&out.stdout, was);
+        let old = dec(v, false);
+        let err = String::from_utf8_lossy(&old.stderr);
+        assert_eq!(old.status.code(), Some(3), "{err}");
+        assert!(
+            err.contains("the master key does not open this keyring"),
+            "{err}"
+        );
+    }
+    // Runs and shredding go on under the new master key.
+    run_ok(
+        bin()
+            .arg("run")
+            .arg(&spec)
+            .env("SEALTRAIL_MASTER_KEY_FILE", &new_key),
+    );
+    let id = py(&format!(
+        "import pyarrow.parquet as pq, glob\nt = pq.read_table(sorted(glob.glob('{d}/out/customers/*.parquet'))[0])\nprint([x['customer_id'] for x in t.to_pylist() if x['name_enc'] == '{name}'][0])"
+    ));
+    run_ok(
+        bin()
+            .args(["keys", "shred", &id, "--home"])
+            .arg(&home)
+            .env("SEALTRAIL_MASTER_KEY_FILE", &new_key),
+    );
+    let out = dec(name, true);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was shredded"),
+        "{out:?}"
+    );
+    let keys = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "key_event", "--home"])
+            .arg(&home),
+    );
+    assert!(keys.contains("key master rewrap by actor "), "{keys}");
+}
+
 /// `keys retire` destroys an old key version only once no sink and no quarantine of the named
 /// specs holds a value under it: never the active version, refused (naming where and the
 /// `keys reencrypt` to run) while values remain, and then for good: a value still under it

@@ -90,7 +90,8 @@ pub enum Event {
         purpose: String,
         rows: u64,
     },
-    /// 9: a key was rotated, used to decrypt, re-encrypted away from, retired, or shredded.
+    /// 9: a key was rotated, used to decrypt, re-encrypted away from, retired, or shredded, or
+    /// the master key changed (`master`, `rewrap`).
     KeyEvent {
         key_id: String,
         action: String,

@@ -79,7 +79,7 @@ pub enum KeyError {
     )]
     NoMasterForKeyring(PathBuf, PathBuf),
     #[error(
-        "the master key does not open this keyring ({0}); supply the master key it was created with"
+        "the master key does not open this keyring ({0}); supply the master key it is under (the one it was created with, or the one of its last `keys rewrap`)"
     )]
     WrongMaster(PathBuf),
     #[error("keyring {path}: {msg}")]
@@ -98,6 +98,8 @@ pub enum KeyError {
     Retired(String, String),
     #[error("key `{0}` cannot be retired: {1}")]
     NoRetire(String, String),
+    #[error("the new master key is the one the keyring is under already")]
+    SameMaster,
     #[error("a wrapped key in the keyring failed authentication: the keyring was altered")]
     Tampered,
 }
@@ -132,7 +134,16 @@ struct File {
     subjects: BTreeMap<String, Wrapped>,
     /// Subject hash -> when it was shredded (kept so a later write cannot resurrect it).
     shredded: BTreeMap<String, String>,
+    /// The key that names data subjects ([`Keyring::subject_id`]), wrapped under the master
+    /// key. Absent until the first `rewrap`: until then it is derived from the master key, and
+    /// `rewrap` keeps that one (subject hashes are in the file and in every subject-keyed
+    /// ciphertext, so they must outlive the master key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject_key: Option<String>,
 }
+
+/// The id the subject-naming key is wrapped under (bound to it as associated data).
+const SUBJECT_KEY_ID: &str = "sealtrail subject id key";
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -241,10 +252,13 @@ impl Master {
         hex::encode(&hmac(self.key.expose(), b"sealtrail keyring check v1")[..16])
     }
 
-    /// Keyed hash naming a data subject in the keyring (never the subject id itself).
-    pub fn subject_id(&self, subject: &str) -> String {
-        let k = Zeroizing::new(hmac(self.key.expose(), b"sealtrail subject id key v1"));
-        hex::encode(&hmac(&*k, subject.as_bytes())[..16])
+    /// The subject-naming key of a keyring that was never re-wrapped: derived from this
+    /// master key.
+    fn derived_subject_key(&self) -> KeyBytes {
+        KeyBytes(Zeroizing::new(hmac(
+            self.key.expose(),
+            b"sealtrail subject id key v1",
+        )))
     }
 
     fn wrap(&self, id: &str, key: &KeyBytes) -> String {
@@ -257,6 +271,10 @@ impl Master {
             Zeroizing::new(open(&self.key, id.as_bytes(), &bytes).ok_or(KeyError::Tampered)?);
         KeyBytes::from_slice(&plain)
     }
+}
+
+fn subject_hash(key: &KeyBytes, subject: &str) -> String {
+    hex::encode(&hmac(key.expose(), subject.as_bytes())[..16])
 }
 
 pub(crate) fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
@@ -522,7 +540,8 @@ impl Keyring {
         &mut self,
         subjects: &[&str],
     ) -> Result<Vec<Option<(String, KeyBytes)>>, KeyError> {
-        let ids: Vec<String> = subjects.iter().map(|s| self.master.subject_id(s)).collect();
+        let k = self.subject_key()?;
+        let ids: Vec<String> = subjects.iter().map(|s| subject_hash(&k, s)).collect();
         let missing = ids
             .iter()
             .any(|h| !self.file.subjects.contains_key(h) && !self.file.shredded.contains_key(h));
@@ -558,7 +577,7 @@ impl Keyring {
 
     /// Deletes a subject's key. Returns its keyed hash and whether it had a key.
     pub fn shred(&mut self, subject: &str) -> Result<(String, bool), KeyError> {
-        let h = self.master.subject_id(subject);
+        let h = subject_hash(&self.subject_key()?, subject);
         let h2 = h.clone();
         let had = self.modify(move |_, f| {
             let had = f.subjects.remove(&h2).is_some();
@@ -566,6 +585,49 @@ impl Keyring {
             Ok(had)
         })?;
         Ok((h, had))
+    }
+
+    fn subject_key(&self) -> Result<KeyBytes, KeyError> {
+        match &self.file.subject_key {
+            Some(w) => self.master.unwrap(SUBJECT_KEY_ID, w),
+            None => Ok(self.master.derived_subject_key()),
+        }
+    }
+
+    /// Keyed hash naming a data subject in the keyring (never the subject id itself); the
+    /// same before and after a `rewrap`.
+    pub fn subject_id(&self, subject: &str) -> Result<String, KeyError> {
+        Ok(subject_hash(&self.subject_key()?, subject))
+    }
+
+    /// Wraps every data key (every version, every subject's, the subject-naming key) anew
+    /// under `new`, in one atomic replacement of the file: the master key changes, the data
+    /// keys and so every ciphertext stay. Afterwards only `new` opens the keyring.
+    pub fn rewrap(&mut self, new: Master) -> Result<(), KeyError> {
+        if new.check_value() == self.master.check_value() {
+            return Err(KeyError::SameMaster);
+        }
+        self.modify(|old, f| {
+            let subject_key = match &f.subject_key {
+                Some(w) => old.unwrap(SUBJECT_KEY_ID, w)?,
+                None => old.derived_subject_key(),
+            };
+            for (name, n) in &mut f.keys {
+                for (v, w) in &mut n.versions {
+                    let id = format!("{name}@{v}");
+                    w.wrapped = new.wrap(&id, &old.unwrap(&id, &w.wrapped)?);
+                }
+            }
+            for (h, w) in &mut f.subjects {
+                let id = format!("subject:{h}");
+                w.wrapped = new.wrap(&id, &old.unwrap(&id, &w.wrapped)?);
+            }
+            f.subject_key = Some(new.wrap(SUBJECT_KEY_ID, &subject_key));
+            f.check = new.check_value();
+            Ok(())
+        })?;
+        self.master = new;
+        Ok(())
     }
 
     /// Adds a new version of an encryption key and makes it active. Returns the new key id.
@@ -627,6 +689,51 @@ mod tests {
     fn ring(dir: &Path) -> Keyring {
         let k = KeyBytes::from_hex(&"11".repeat(32)).unwrap();
         Keyring::open(&dir.join("keyring.json"), Master::new(k, "test")).unwrap()
+    }
+
+    #[test]
+    fn rewrapping_changes_the_master_key_and_keeps_every_data_key() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("keyring.json");
+        let master = |b: &str| Master::new(KeyBytes::from_hex(&b.repeat(32)).unwrap(), "test");
+        let mut r = ring(d.path());
+        let (id1, k1) = r.active("email", Purpose::Encrypt).unwrap();
+        let id2 = r.rotate("email").unwrap();
+        let k2 = r.by_id(&id2).unwrap();
+        let (_, t) = r.active("tok", Purpose::Token).unwrap();
+        let subject = r.subject_keys(&["C-1"]).unwrap().remove(0).unwrap();
+        let h = r.subject_id("C-1").unwrap();
+        assert!(matches!(r.rewrap(master("11")), Err(KeyError::SameMaster)));
+        r.rewrap(master("22")).unwrap();
+        // The old master key no longer opens it; the new one opens every key as it was.
+        assert!(matches!(
+            Keyring::open(&path, master("11")),
+            Err(KeyError::WrongMaster(_))
+        ));
+        for mut r in [r, Keyring::open(&path, master("22")).unwrap()] {
+            assert_eq!(r.by_id(&id1).unwrap().expose(), k1.expose());
+            assert_eq!(r.by_id(&id2).unwrap().expose(), k2.expose());
+            assert_eq!(
+                r.active("tok", Purpose::Token).unwrap().1.expose(),
+                t.expose()
+            );
+            // Subjects keep their names (in the file and in their ciphertexts) and their keys.
+            assert_eq!(r.subject_id("C-1").unwrap(), h);
+            let again = r.subject_keys(&["C-1"]).unwrap().remove(0).unwrap();
+            assert_eq!(
+                (&again.0, again.1.expose()),
+                (&subject.0, subject.1.expose())
+            );
+        }
+        // And again, from the stored subject-naming key; shredding still finds the subject.
+        let mut r = Keyring::open(&path, master("22")).unwrap();
+        r.rewrap(master("33")).unwrap();
+        assert_eq!(r.subject_id("C-1").unwrap(), h);
+        let (shredded, had) = r.shred("C-1").unwrap();
+        assert_eq!((shredded, had), (h, true));
+        assert!(matches!(r.by_id(&subject.0), Err(KeyError::Shredded)));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&hex::encode(k1.expose())), "no key in clear");
     }
 
     #[test]
