@@ -396,6 +396,11 @@ impl SinkWriter {
         key: &CommitKey,
         fresh: &[RecordBatch],
     ) -> Result<Option<Vec<RecordBatch>>> {
+        if fresh.iter().all(|b| b.num_rows() == 0) {
+            // The batch brings this sink no rows, then as now (a table that only such batches
+            // reached does not even exist: the first rows create it).
+            return Ok(Some(Vec::new()));
+        }
         let read = |name: &str, f: &Path| {
             read_parquet(f)
                 .map_err(|e| sink_err(name, format!("cannot read {} back: {e}", f.display())))

@@ -438,3 +438,52 @@ async fn an_existing_table_without_a_lineage_id_index_is_reported_not_altered() 
     drop(s);
     drop_sink_table(&mut c, &table).await;
 }
+
+/// A batch that brought a new table no rows is committed (its key recorded) without creating
+/// the table; resumed, the batch is found committed and read back as the empty batch it was.
+#[tokio::test]
+async fn a_batch_without_rows_is_held_without_a_table() {
+    use sealtrail_connectors::{CommitKey, open_sink};
+    let table = format!("public.st_empty_{}", std::process::id());
+    let mut c = fresh_table(&table).await;
+    let target = sealtrail_spec::Target::Postgres {
+        url: SecretRef::Literal(Secret::new(url())),
+        table: table.clone(),
+        index_ids: true,
+    };
+    let empty = RecordBatch::new_empty(Arc::new(Schema::new(vec![
+        Field::new("v", DataType::Int64, true),
+        Field::new(sealtrail_core::LINEAGE_ID_COLUMN, DataType::Utf8, true),
+    ])));
+    let key = CommitKey {
+        pipeline: "p".into(),
+        run_id: format!("r-{}", std::process::id()),
+        source: "s".into(),
+        batch: 0,
+    };
+    let mut w = open_sink("s", &target, empty.schema()).await.unwrap();
+    assert!(w.commit(&key, std::slice::from_ref(&empty)).await.unwrap());
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&table)
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert!(!exists);
+    let mut again = open_sink("s", &target, empty.schema()).await.unwrap();
+    assert!(
+        !again
+            .commit(&key, std::slice::from_ref(&empty))
+            .await
+            .unwrap()
+    );
+    let held = again
+        .delivered(&key, std::slice::from_ref(&empty))
+        .await
+        .unwrap();
+    assert_eq!(held.map(|b| b.len()), Some(0));
+    sqlx::query("DELETE FROM sealtrail_sink_commits WHERE target = $1")
+        .bind(&table)
+        .execute(&mut c)
+        .await
+        .unwrap();
+}
