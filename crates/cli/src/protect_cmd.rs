@@ -97,8 +97,8 @@ pub enum KeysCmd {
     /// changes; every value stays readable), in one atomic replacement of `keyring.json`.
     /// Afterwards only the new master key opens the keyring: supply it from then on
     /// (SEALTRAIL_MASTER_KEY or SEALTRAIL_MASTER_KEY_FILE) and destroy the old one. Recorded in
-    /// the ledger. Run it while no run is going (a run that creates a key meanwhile fails, and
-    /// resumes under the new master key).
+    /// the ledger. The run locks of every pipeline of the state store are held meanwhile, so
+    /// no run is going.
     Rewrap {
         /// The new master key: `env:NAME` or `file:PATH` holding 64 hexadecimal characters
         /// (never the key itself on the command line).
@@ -108,6 +108,10 @@ pub enum KeysCmd {
         /// `$USER`).
         #[arg(long)]
         by: Option<String>,
+        /// Run state store whose pipelines' run locks are held meanwhile: `sqlite://PATH`
+        /// (default `<home>/state.db`) or `postgres://...`.
+        #[arg(long, env = "SEALTRAIL_STATE_URL", hide_env_values = true)]
+        state_url: Option<String>,
     },
     /// Destroy an old version of an encryption key (`name@version`, not the active one), once
     /// no sink and no quarantine of the named specs holds a value under it (`keys reencrypt`
@@ -206,9 +210,25 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             outln!("{name}: new writes use {id} (rotated by {who}; recorded in the ledger)");
         }
         KeysCmd::Reencrypt(_) => {} // above
-        KeysCmd::Rewrap { to, by } => {
+        KeysCmd::Rewrap { to, by, state_url } => {
             let new = Master::new(key_from_ref("--to", &to)?, to.clone());
             let old = ring.master().origin.clone();
+            // No run meanwhile: one would fail on the first key it creates after the change.
+            let url = crate::StateArgs {
+                home: Some(home.clone()),
+                state_url,
+                ledger: la.clone(),
+            }
+            .url(home);
+            let st = crate::open_state(&url).await?;
+            let mut locks = Vec::new();
+            for p in st.pipelines().await? {
+                locks.push(st.lock_pipeline(&p).await?.map_err(|holder| {
+                    anyhow::anyhow!(
+                        "pipeline `{p}` is being run or re-encrypted by {holder}; run this again once it has finished (nothing was re-wrapped)"
+                    )
+                })?);
+            }
             let (who, h) = actor(&by);
             // In the ledger first, as for every key event that cannot be undone.
             record(
@@ -221,6 +241,7 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
                 }],
             )?;
             ring.rewrap(new)?;
+            drop(locks);
             outln!(
                 "re-wrapped every data key of {} under the master key from {to} (by {who}; recorded in the ledger); no data changed. The keyring now opens only with that key: supply it from now on (SEALTRAIL_MASTER_KEY or SEALTRAIL_MASTER_KEY_FILE), and destroy the old one ({old})",
                 ring.path().display()

@@ -4855,13 +4855,26 @@ fn the_master_key_is_changed_by_rewrapping_the_data_keys() {
         "{out:?}"
     );
     assert!(dec(email, false).status.success());
-    let r = run_ok(
-        bin()
-            .args(["keys", "rewrap", "--to"])
+    let rewrap = || {
+        let mut c = bin();
+        c.args(["keys", "rewrap", "--to"])
             .arg(format!("file:{}", new_key.display()))
             .arg("--home")
-            .arg(&home),
+            .arg(&home);
+        c
+    };
+    // Not while a run of a pipeline of the state store is going.
+    let held = hold_run_lock(&home, "customers");
+    let out = rewrap().output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("pipeline `customers` is being run or re-encrypted by process"),
+        "{err}"
     );
+    drop(held);
+    assert!(dec(email, false).status.success());
+    let r = run_ok(&mut rewrap());
     assert!(r.starts_with("re-wrapped every data key of "), "{r}");
     for (v, was) in [email, name].iter().zip(&before) {
         let out = dec(v, true);
