@@ -242,8 +242,18 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             )?;
             ring.rewrap(new)?;
             drop(locks);
+            // The single-machine default reads `<home>/master.key`: the new key can go there.
+            let local = home.join("master.key");
+            let supply = if old == local.display().to_string() {
+                format!(
+                    "SEALTRAIL_MASTER_KEY, SEALTRAIL_MASTER_KEY_FILE, or in place of the old one in {}",
+                    local.display()
+                )
+            } else {
+                "SEALTRAIL_MASTER_KEY or SEALTRAIL_MASTER_KEY_FILE".into()
+            };
             outln!(
-                "re-wrapped every data key of {} under the master key from {to} (by {who}; recorded in the ledger); no data changed. The keyring now opens only with that key: supply it from now on (SEALTRAIL_MASTER_KEY or SEALTRAIL_MASTER_KEY_FILE), and destroy the old one ({old})",
+                "re-wrapped every data key of {} under the master key from {to} (by {who}; recorded in the ledger); no data changed. The keyring now opens only with that key: supply it from now on ({supply}), and destroy the old one ({old})",
                 ring.path().display()
             );
         }

@@ -4875,7 +4875,11 @@ fn the_master_key_is_changed_by_rewrapping_the_data_keys() {
     drop(held);
     assert!(dec(email, false).status.success());
     let r = run_ok(&mut rewrap());
-    assert!(r.starts_with("re-wrapped every data key of "), "{r}");
+    assert!(
+        r.starts_with("re-wrapped every data key of ")
+            && r.contains("or in place of the old one in "),
+        "{r}"
+    );
     for (v, was) in [email, name].iter().zip(&before) {
         let out = dec(v, true);
         assert!(out.status.success(), "{out:?}");
@@ -4915,6 +4919,11 @@ fn the_master_key_is_changed_by_rewrapping_the_data_keys() {
             .arg(&home),
     );
     assert!(keys.contains("key master rewrap by actor "), "{keys}");
+    // The new key in place of the local one: the default setup opens the keyring again.
+    std::fs::copy(&new_key, home.join("master.key")).unwrap();
+    let out = dec(email, false);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, before[0]);
 }
 
 /// `keys retire` destroys an old key version only once no sink and no quarantine of the named
