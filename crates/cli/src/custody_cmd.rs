@@ -323,6 +323,23 @@ enum SinkTable {
 }
 
 impl SinkTable {
+    /// [`SinkTable::open`], or None when the sink has no table or folder: never created (the
+    /// batches that reached it brought it no rows and the run did not end well), or removed.
+    async fn open_existing(sk: &Sink) -> Result<Option<Self>> {
+        Ok(match &sk.target {
+            Target::Postgres { url, table, .. } => PgTable::open_existing(&sk.name, url, table)
+                .await?
+                .map(|t| Self::Pg(Box::new(t))),
+            Target::Parquet { dir } if !dir.exists() => None,
+            Target::Delta { uri }
+                if !uri.contains("://") && !Path::new(uri).join("_delta_log").is_dir() =>
+            {
+                None
+            }
+            _ => Some(Self::open(sk).await?),
+        })
+    }
+
     async fn open(sk: &Sink) -> Result<Self> {
         Ok(match &sk.target {
             Target::Postgres { url, table, .. } => {
@@ -1677,7 +1694,15 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
 
     // Work items: each file (with its batch when its name says which), then each batch that
     // has no file. A PostgreSQL table has no files: it is read in one snapshot, in turns.
-    let (files, pg) = match SinkTable::open(sk).await? {
+    let table = SinkTable::open_existing(sk).await?;
+    // A sink with no table or folder holds no rows: every row the ledger says it delivered is
+    // reported deleted.
+    let missing = table.is_none().then(|| match &sk.target {
+        Target::Postgres { table, .. } => format!("postgres table {table}"),
+        Target::Parquet { dir } => dir.display().to_string(),
+        Target::Delta { uri } => uri.clone(),
+    });
+    let (files, pg) = match table.unwrap_or(SinkTable::Files(Vec::new())) {
         SinkTable::Files(files) => (files, None),
         SinkTable::Pg(mut t) => {
             let rows = t.scan().await?;
@@ -2019,12 +2044,14 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             "unreadable": unreadable,
             "other_pipelines_files": skipped,
             "other_pipelines_rows": other_rows,
+            "missing": missing.is_some(),
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        let from = match &pg_label {
-            Some(t) => t.clone(),
-            None => format!("{audited_files} file(s)"),
+        let from = match (&pg_label, &missing) {
+            (Some(t), _) => t.clone(),
+            (None, Some(m)) => format!("no table or folder at {m} (never created, or removed)"),
+            (None, None) => format!("{audited_files} file(s)"),
         };
         outln!(
             "sink `{sink}`: {rows} rows read from {from}, checked against {batches} committed batch(es) in the signed ledger (tree size {})",

@@ -1782,6 +1782,30 @@ fn a_failed_first_run_leaves_no_empty_table_behind() {
         ))
     };
     assert_eq!(exists("b"), "false");
+    let audit = |sink: &str| {
+        let o = bin()
+            .arg("audit")
+            .arg(&spec)
+            .args(["--sink", sink])
+            .env("ST_GOOD", pg_url())
+            .env("ST_URL", pg_url())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    // Nothing delivered, no table: as delivered.
+    for sink in ["a", "b"] {
+        let (code, text) = audit(sink);
+        assert_eq!(code, Some(0), "{text}");
+        assert!(
+            text.contains("0 rows read from no table or folder at ")
+                && text.contains("every row is as delivered"),
+            "{text}"
+        );
+    }
     let out = run_ok(
         bin()
             .arg("run")
@@ -1803,6 +1827,15 @@ fn a_failed_first_run_leaves_no_empty_table_behind() {
     let home = dir.path().join(".sealtrail");
     assert!(home.join("state.db").exists());
     assert!(!home.join("state.db-wal").exists());
+    // A delivered table removed whole: its rows are reported deleted, as any removed row.
+    pg(&format!("DROP TABLE {ns}.c"));
+    let (code, text) = audit("c");
+    assert_eq!(code, Some(4), "{text}");
+    assert!(
+        text.contains(&format!("no table or folder at postgres table {ns}.c"))
+            && text.contains("0 changed, 2 deleted, 0 added"),
+        "{text}"
+    );
     // So do commands, whatever exit code they end with.
     let runs = run_ok(bin().arg("runs").current_dir(dir.path()));
     assert!(runs.contains(&ns), "{runs}");
