@@ -1709,6 +1709,7 @@ fn first_run_failing_on_a_sink(
     csv: &str,
     sinks: &str,
     quarantine: &str,
+    env: impl Fn(&mut Command),
 ) -> (tempfile::TempDir, PathBuf) {
     pg(&format!(
         "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
@@ -1724,13 +1725,13 @@ fn first_run_failing_on_a_sink(
         ),
     )
     .unwrap();
-    let out = bin()
-        .arg("run")
+    let mut run = bin();
+    run.arg("run")
         .arg(&spec)
         .env("ST_GOOD", pg_url())
-        .env("ST_URL", "postgres://postgres@127.0.0.1:1/test")
-        .output()
-        .unwrap();
+        .env("ST_URL", "postgres://postgres@127.0.0.1:1/test");
+    env(&mut run);
+    let out = run.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
@@ -1751,12 +1752,58 @@ fn a_sink_that_cannot_be_opened_leaves_no_empty_folder_behind() {
             "  a: {{ from: s, audience: internal, parquet: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.b }} }}\n"
         ),
         "parquet: { path: out/q }",
+        |_| {},
     );
     let out = run_ok(bin().arg("run").arg(&spec).env("ST_URL", pg_url()));
     assert!(out.contains("resum"), "{out}");
     assert_eq!(pg_one(&format!("SELECT count(*)::text FROM {ns}.b")), "2");
     let files = |d: &str| std::fs::read_dir(dir.path().join(d)).unwrap().count();
     assert_eq!((files("out/a"), files("out/q")), (1, 1));
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
+/// The same for Delta tables in an object store: a failed first run leaves no object under
+/// them (its conditional-write probe removed too); the resumed run creates both tables, the
+/// quarantine's empty.
+#[test]
+fn a_failed_first_run_leaves_no_table_in_the_bucket() {
+    let s3 = S3Server::start("lazy");
+    let ns = format!("st_nobucket_{}", std::process::id());
+    let (_dir, spec) = first_run_failing_on_a_sink(
+        &ns,
+        "id,name\n1,x\n2,y\n",
+        &format!(
+            "  a: {{ from: s, audience: internal, delta: {{ path: \"s3://lazy/t\" }} }}\n  c: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.c }} }}\n"
+        ),
+        "delta: { path: \"s3://lazy/q\" }",
+        |c| {
+            s3.env(c);
+        },
+    );
+    let objects = || {
+        py(&format!(
+            "import boto3\n\
+             c = boto3.client('s3', endpoint_url='{}', aws_access_key_id='test', aws_secret_access_key='test', region_name='us-east-1')\n\
+             print(sorted(o['Key'].split('/')[0] for o in c.list_objects_v2(Bucket='lazy').get('Contents', [])))",
+            s3.endpoint
+        ))
+    };
+    assert_eq!(objects(), "[]");
+    run_ok(
+        s3.env(
+            bin()
+                .arg("run")
+                .arg(&spec)
+                .env("ST_GOOD", pg_url())
+                .env("ST_URL", pg_url()),
+        ),
+    );
+    let got = py(&format!(
+        "from deltalake import DeltaTable\nprint(len({}.to_pyarrow_table()), len({}.to_pyarrow_table()))",
+        s3.py_table("s3://lazy/t"),
+        s3.py_table("s3://lazy/q")
+    ));
+    assert_eq!(got, "2 0");
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
@@ -1775,6 +1822,7 @@ fn a_failed_first_run_leaves_no_empty_table_behind() {
             "  a: {{ from: s, audience: internal, delta: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_GOOD, table: {ns}.b }} }}\n  c: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.c }} }}\n"
         ),
         "delta: { path: out/q }",
+        |_| {},
     );
     let exists = |t: &str| {
         pg_one(&format!(
