@@ -265,11 +265,15 @@ impl StateStore {
         })
     }
 
-    /// Closes the store's connections, waiting for those in use. A SQLite store's last
-    /// connection checkpoints the write-ahead log into the database and deletes it (a process
-    /// that exits without closing leaves the log for the next opener to fold in).
+    /// Closes the store's connections, waiting (up to 30 s) for those in use. A SQLite store's
+    /// last connection checkpoints the write-ahead log into the database and deletes it (a
+    /// process that exits without closing leaves the log for the next opener to fold in, so
+    /// giving up on a connection that is never returned costs nothing but the file).
     pub async fn close(&self) {
-        self.pool.close().await;
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(30), self.pool.close());
+        if closed.await.is_err() {
+            tracing::warn!("a state store connection was still in use after 30 s; not closed");
+        }
     }
 
     /// Takes the run lock of `pipeline`, or says who holds it: `Err(holder)` names the other
