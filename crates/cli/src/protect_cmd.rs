@@ -212,6 +212,9 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
         KeysCmd::Reencrypt(_) => {} // above
         KeysCmd::Rewrap { to, by, state_url } => {
             let new = Master::new(key_from_ref("--to", &to)?, to.clone());
+            if ring.is_under(&new) {
+                return Err(KeyError::SameMaster.into());
+            }
             let old = ring.master().origin.clone();
             // No run meanwhile: one would fail on the first key it creates after the change.
             let url = crate::StateArgs {

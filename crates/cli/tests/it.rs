@@ -4944,6 +4944,21 @@ fn the_master_key_is_changed_by_rewrapping_the_data_keys() {
             .arg(&home);
         c
     };
+    // Not to the key it is under already (nothing recorded).
+    let current = dir.path().join("current.key");
+    std::fs::copy(home.join("master.key"), &current).unwrap();
+    let out = bin()
+        .args(["keys", "rewrap", "--to"])
+        .arg(format!("file:{}", current.display()))
+        .arg("--home")
+        .arg(&home)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the new master key is the one"),
+        "{out:?}"
+    );
     // Not while a run of a pipeline of the state store is going.
     let held = hold_run_lock(&home, "customers");
     let out = rewrap().output().unwrap();
@@ -4999,7 +5014,11 @@ fn the_master_key_is_changed_by_rewrapping_the_data_keys() {
             .args(["ledger", "show", "--type", "key_event", "--home"])
             .arg(&home),
     );
-    assert!(keys.contains("key master rewrap by actor "), "{keys}");
+    assert_eq!(
+        keys.matches("key master rewrap by actor ").count(),
+        1,
+        "{keys}"
+    );
     // The new key in place of the local one: the default setup opens the keyring again.
     std::fs::copy(&new_key, home.join("master.key")).unwrap();
     let out = dec(email, false);

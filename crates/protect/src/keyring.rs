@@ -600,11 +600,16 @@ impl Keyring {
         Ok(subject_hash(&self.subject_key()?, subject))
     }
 
+    /// Whether `m` is the master key the keyring is under.
+    pub fn is_under(&self, m: &Master) -> bool {
+        m.check_value() == self.master.check_value()
+    }
+
     /// Wraps every data key (every version, every subject's, the subject-naming key) anew
     /// under `new`, in one atomic replacement of the file: the master key changes, the data
     /// keys and so every ciphertext stay. Afterwards only `new` opens the keyring.
     pub fn rewrap(&mut self, new: Master) -> Result<(), KeyError> {
-        if new.check_value() == self.master.check_value() {
+        if self.is_under(&new) {
             return Err(KeyError::SameMaster);
         }
         self.modify(|old, f| {
