@@ -130,6 +130,10 @@ pub enum KeysCmd {
         /// spec or by this, so that none is overlooked.
         #[arg(long = "not-using", value_name = "PIPELINE")]
         not_using: Vec<String>,
+        /// Only check whether the version can be retired (exit 0) or what still holds values
+        /// under it (exit 3): nothing is destroyed or recorded.
+        #[arg(long)]
+        check: bool,
         /// Who is retiring (recorded in the ledger as a SHA-256 of the name; default `$USER`).
         #[arg(long)]
         by: Option<String>,
@@ -264,6 +268,7 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             id,
             specs,
             not_using,
+            check,
             by,
             state_url,
         } => {
@@ -273,7 +278,11 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
                 ledger: la.clone(),
             };
             let url = state.url(home);
-            let named = crate::retire_cmd::Named { specs, not_using };
+            let named = crate::retire_cmd::Named {
+                specs,
+                not_using,
+                check,
+            };
             return crate::retire_cmd::run(home, la, &mut ring, &id, &named, &by, &url).await;
         }
         KeysCmd::Shred { subject, by } => {

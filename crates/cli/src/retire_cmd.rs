@@ -27,6 +27,8 @@ const UNNAMED: i32 = 2;
 pub struct Named {
     pub specs: Vec<PathBuf>,
     pub not_using: Vec<String>,
+    /// Only check: report whether the version could be retired, change nothing.
+    pub check: bool,
 }
 
 /// Runs `keys retire ID --spec ...`; returns the exit code.
@@ -139,6 +141,13 @@ pub async fn run(
         }
         eprintln!("nothing was retired: retiring {id} would make those values unreadable for good");
         return Ok(HELD);
+    }
+    if named.check {
+        outln!(
+            "{id} can be retired: the {places} sink(s) and quarantine(s) of {} spec(s) hold no value under it (checked only: nothing was retired or recorded)",
+            specs.len()
+        );
+        return Ok(0);
     }
     // In the ledger first: a key is never destroyed without a trace.
     let (who, a) = actor(by);

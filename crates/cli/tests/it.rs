@@ -5132,6 +5132,18 @@ fn a_key_version_is_retired_only_once_nothing_is_under_it() {
         err(&out)
     );
     drop(held);
+    // `--check` says that it can be done, and does nothing.
+    let checked = run_ok(
+        bin()
+            .args(["keys", "retire", "contact@1", "--check", "--spec"])
+            .arg(&spec)
+            .args(["--not-using", "trades"]),
+    );
+    assert!(
+        checked.starts_with("contact@1 can be retired: the 2 sink(s) and quarantine(s) of 1 spec(s) hold no value under it"),
+        "{checked}"
+    );
+    assert!(dec(&old).status.success(), "still there after --check");
     for id in ["contact@1", "quarantine@1"] {
         let out = retire(id);
         let text = String::from_utf8_lossy(&out.stdout);
