@@ -315,7 +315,7 @@ async fn find_pg_rows(t: &mut PgTable, sel: &RowSelector) -> Result<Vec<FoundRow
 }
 
 /// Where a sink's delivered rows are read back from.
-enum SinkTable {
+pub(crate) enum SinkTable {
     /// Parquet files: a Parquet sink's folder, or the files of a Delta table's snapshot.
     Files(Vec<PathBuf>),
     /// A PostgreSQL sink's table, read with SQL.
@@ -323,11 +323,12 @@ enum SinkTable {
 }
 
 impl SinkTable {
-    /// [`SinkTable::open`], or None when the sink has no table or folder: never created (the
-    /// batches that reached it brought it no rows and the run did not end well), or removed.
-    async fn open_existing(sk: &Sink) -> Result<Option<Self>> {
-        Ok(match &sk.target {
-            Target::Postgres { url, table, .. } => PgTable::open_existing(&sk.name, url, table)
+    /// [`SinkTable::open`] of the sink (or quarantine) `name` at `target` (a local one: see
+    /// [`readable_sink`]), or None when it has no table or folder: never created (the batches
+    /// that reached it brought it no rows and the run did not end well), or removed.
+    pub(crate) async fn open_existing(name: &str, target: &Target) -> Result<Option<Self>> {
+        Ok(match target {
+            Target::Postgres { url, table, .. } => PgTable::open_existing(name, url, table)
                 .await?
                 .map(|t| Self::Pg(Box::new(t))),
             Target::Parquet { dir } if !dir.exists() => None,
@@ -336,7 +337,9 @@ impl SinkTable {
             {
                 None
             }
-            _ => Some(Self::open(sk).await?),
+            t => Some(Self::Files(
+                sealtrail_connectors::sink::sink_files(name, t).await?,
+            )),
         })
     }
 
@@ -1666,7 +1669,8 @@ fn file_batches<'a>(
 pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Result<i32> {
     let p = sealtrail_spec::load(spec)?;
     let home = state.home(Some(spec));
-    let (sk, _copy) = readable_sink(find_sink(&p, sink)?, false).await?;
+    let named = find_sink(&p, sink)?;
+    let (sk, _copy) = readable_sink(named, false).await?;
     let sk = &sk;
     let st = crate::open_state(&state.url(&home)).await?;
     let verifier = load_verifier(&home, None)?;
@@ -1694,10 +1698,10 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
 
     // Work items: each file (with its batch when its name says which), then each batch that
     // has no file. A PostgreSQL table has no files: it is read in one snapshot, in turns.
-    let table = SinkTable::open_existing(sk).await?;
+    let table = SinkTable::open_existing(&sk.name, &sk.target).await?;
     // A sink with no table or folder holds no rows: every row the ledger says it delivered is
     // reported deleted.
-    let missing = table.is_none().then(|| match &sk.target {
+    let missing = table.is_none().then(|| match &named.target {
         Target::Postgres { table, .. } => format!("postgres table {table}"),
         Target::Parquet { dir } => dir.display().to_string(),
         Target::Delta { uri } => uri.clone(),

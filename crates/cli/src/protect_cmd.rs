@@ -221,13 +221,7 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             }
             let old = ring.master().origin.clone();
             // No run meanwhile: one would fail on the first key it creates after the change.
-            let url = crate::StateArgs {
-                home: Some(home.clone()),
-                state_url,
-                ledger: la.clone(),
-            }
-            .url(home);
-            let st = crate::open_state(&url).await?;
+            let st = crate::open_state(&state_url_in(home, la, state_url)).await?;
             let mut locks = Vec::new();
             for p in st.pipelines().await? {
                 locks.push(st.lock_pipeline(&p).await?.map_err(|holder| {
@@ -272,12 +266,7 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             by,
             state_url,
         } => {
-            let state = crate::StateArgs {
-                home: Some(home.clone()),
-                state_url,
-                ledger: la.clone(),
-            };
-            let url = state.url(home);
+            let url = state_url_in(home, la, state_url);
             let named = crate::retire_cmd::Named {
                 specs,
                 not_using,
@@ -325,6 +314,16 @@ pub struct DecryptArgs {
     /// `file:PATH` (64 hex characters).
     #[arg(long)]
     key: Option<String>,
+}
+
+/// The state store of `home`: `state_url` when given, else `<home>/state.db`.
+fn state_url_in(home: &Path, la: &LedgerArgs, state_url: Option<String>) -> String {
+    crate::StateArgs {
+        home: Some(home.to_path_buf()),
+        state_url,
+        ledger: la.clone(),
+    }
+    .url(home)
 }
 
 /// A key named on the command line by reference (`env:NAME` or `file:PATH`, 64 hex characters
@@ -765,12 +764,7 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             let rows = read_quarantine(&path).await?;
             // Which were repaired and replayed, when a state store that could know is at hand.
             let st = if state_url.is_some() || home.join("state.db").exists() {
-                let state = crate::StateArgs {
-                    home: Some(home.to_path_buf()),
-                    state_url,
-                    ledger: la.clone(),
-                };
-                Some(crate::open_state(&state.url(home)).await?)
+                Some(crate::open_state(&state_url_in(home, la, state_url)).await?)
             } else {
                 None
             };

@@ -7,14 +7,14 @@
 use anyhow::{Context, Result, anyhow, bail};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
-use sealtrail_connectors::pg::PgTable;
 use sealtrail_connectors::s3::{TableCopy, is_s3};
-use sealtrail_connectors::sink::{read_parquet, sink_files};
+use sealtrail_connectors::sink::read_parquet;
 use sealtrail_ledger::entry::Event;
 use sealtrail_protect::keyring::Keyring;
 use sealtrail_spec::{Action, KeySource, Target};
 use std::path::{Path, PathBuf};
 
+use crate::custody_cmd::SinkTable;
 use crate::ledger_cmd::LedgerArgs;
 use crate::protect_cmd::{actor, record};
 
@@ -170,8 +170,8 @@ pub async fn run(
 }
 
 /// How many values of the sink or quarantine at `target` are ciphertexts under key `id`: every
-/// text and binary column of every row, as readers see the table now. A sink never written
-/// holds none.
+/// text and binary column of every row, as readers see the table now. A sink with no table or
+/// folder (never written, or removed) holds none.
 async fn values_under(name: &str, target: &Target, id: &str) -> Result<u64> {
     let prefix = format!("st1:{id}:");
     let prefix = prefix.as_bytes();
@@ -179,45 +179,39 @@ async fn values_under(name: &str, target: &Target, id: &str) -> Result<u64> {
         let batches = read_parquet(f).with_context(|| format!("reading {}", f.display()))?;
         Ok(batches.iter().map(|b| count(b, prefix)).sum())
     };
-    match target {
-        Target::Parquet { dir } if !dir.exists() => Ok(0),
+    // A table on S3: through a copy of its log, each data file fetched, read and removed in
+    // turn, so that the local disk holds one file at a time.
+    let copy = match target {
         Target::Delta { uri } if is_s3(uri) => {
-            // A copy of the log; each data file is fetched, read and removed in turn, so the
-            // local disk holds one file at a time.
-            let (copy, _) = TableCopy::new(uri, false).await.map_err(|e| anyhow!(e))?;
-            let local = Target::Delta {
-                uri: copy.dir().display().to_string(),
-            };
+            Some(TableCopy::new(uri, false).await.map_err(|e| anyhow!(e))?.0)
+        }
+        _ => None,
+    };
+    let local = copy.as_ref().map(|c| Target::Delta {
+        uri: c.dir().display().to_string(),
+    });
+    match SinkTable::open_existing(name, local.as_ref().unwrap_or(target)).await? {
+        None => Ok(0),
+        Some(SinkTable::Files(files)) => {
             let mut n = 0;
-            for f in sink_files(name, &local).await? {
-                copy.fetch(std::slice::from_ref(&f))
-                    .await
-                    .map_err(|e| anyhow!(e))?;
+            for f in files {
+                if let Some(c) = &copy {
+                    c.fetch(std::slice::from_ref(&f))
+                        .await
+                        .map_err(|e| anyhow!(e))?;
+                }
                 n += in_file(&f)?;
-                let _ = std::fs::remove_file(&f);
+                if copy.is_some() {
+                    let _ = std::fs::remove_file(&f);
+                }
             }
             Ok(n)
         }
-        Target::Delta { uri }
-            if !uri.contains("://") && !Path::new(uri).join("_delta_log").exists() =>
-        {
-            Ok(0)
-        }
-        Target::Postgres { url, table, .. } => {
-            let Some(mut t) = PgTable::open_existing(name, url, table).await? else {
-                return Ok(0);
-            };
+        Some(SinkTable::Pg(mut t)) => {
             t.scan().await?;
             let mut n = 0;
             while let Some(b) = t.next(65_536).await? {
                 n += count(&b, prefix);
-            }
-            Ok(n)
-        }
-        _ => {
-            let mut n = 0;
-            for f in sink_files(name, target).await? {
-                n += in_file(&f)?;
             }
             Ok(n)
         }

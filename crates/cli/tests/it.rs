@@ -1789,6 +1789,22 @@ fn a_failed_first_run_leaves_no_table_in_the_bucket() {
         ))
     };
     assert_eq!(objects(), "[]");
+    // Audited through a copy of what the bucket holds: no table, nothing delivered.
+    let audit = run_ok(
+        s3.env(
+            bin()
+                .arg("audit")
+                .arg(&spec)
+                .args(["--sink", "a"])
+                .env("ST_GOOD", pg_url())
+                .env("ST_URL", pg_url()),
+        ),
+    );
+    assert!(
+        audit.contains("0 rows read from no table or folder at s3://lazy/t ")
+            && audit.contains("every row is as delivered"),
+        "{audit}"
+    );
     run_ok(
         s3.env(
             bin()
