@@ -242,6 +242,16 @@ impl StateStore {
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 1 } else { 4 })
             .acquire_timeout(std::time::Duration::from_secs(10))
+            // No idle timeout and no lifetime, so the pool starts no maintenance task: in
+            // sqlx 0.8.6 (our lock) a race between returning and taking a connection can
+            // wrap the pool's idle count below zero, and that task then loops ~2^64 times
+            // without yielding, one core at 100 % and the process hung at exit (sqlx issue
+            // #3645, fixed upstream by pull request #4289). A test's `keys reencrypt` hung so
+            // for 20 minutes. The store's connections live as long as the process, which
+            // closes them at its end.
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .min_connections(0)
             // Per-connection settings go on every connection the pool opens, including those
             // that replace a connection it closed (idle or past its lifetime).
             .after_connect(move |conn, _| {
