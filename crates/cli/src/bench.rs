@@ -18,6 +18,9 @@ pub struct BenchArgs {
     /// Output format of the clean rows.
     #[arg(long, value_enum, default_value_t = SinkKind::Parquet)]
     sink: SinkKind,
+    /// Compression of the clean rows' files (the sink's `compression`), at its default level.
+    #[arg(long, value_enum, default_value_t = Codec::Zstd)]
+    compression: Codec,
     /// Work folder (emptied first).
     #[arg(long, default_value = "target/bench-work")]
     work: PathBuf,
@@ -47,6 +50,15 @@ enum SinkKind {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Codec {
+    Zstd,
+    Snappy,
+    Lz4,
+    Gzip,
+    None,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Switch {
     On,
     Off,
@@ -63,6 +75,19 @@ fn name(v: impl clap::ValueEnum) -> String {
     v.to_possible_value()
         .map(|p| p.get_name().to_string())
         .unwrap_or_default()
+}
+
+/// The bytes of every file under `dir` (a Delta table's log included).
+fn bytes_under(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
 }
 
 /// Reads `path` to its end, returning the bytes read and the seconds taken.
@@ -123,7 +148,11 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         .replace("data/trades_*.csv", &csv.display().to_string())
         .replace(
             "parquet: { path: out/clean.parquet }",
-            &format!("{}: {{ path: out/clean }}", name(a.sink)),
+            &format!(
+                "{}: {{ path: out/clean, compression: {} }}",
+                name(a.sink),
+                name(a.compression)
+            ),
         );
     for (var, fill) in [("PEERS_HMAC_KEY", "11"), ("PEERS_AES_KEY", "22")] {
         if std::env::var_os(var).is_none() {
@@ -185,10 +214,11 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         r.counts.rows_quarantined
     );
     outln!(
-        "seconds {secs:.2}  rows/s {:.0}  peak RSS {:.0} MiB  sink {}  protection {}  custody {}  input {}",
+        "seconds {secs:.2}  rows/s {:.0}  peak RSS {:.0} MiB  sink {} ({})  protection {}  custody {}  input {}",
         rows / secs,
         sealtrail_core::peak_rss_mib(),
         name(a.sink),
+        name(a.compression),
         name(a.protection),
         name(a.custody),
         name(a.input)
@@ -199,6 +229,10 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         sys1 - sys0,
         (user1 - user0 + sys1 - sys0) / rows.max(1.0) * 1e6,
         (user1 - user0 + sys1 - sys0) / secs
+    );
+    outln!(
+        "clean rows on disk: {:.1} MB",
+        bytes_under(&work.join("out/clean")) as f64 / 1e6
     );
     let want = &m["expected"]["quarantine_by_reason"];
     let mut ok = r.counts.rows_in == m["expected"]["rows_in"].as_u64().unwrap_or(0);

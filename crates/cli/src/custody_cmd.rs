@@ -150,7 +150,7 @@ pub struct RowSelector {
 /// are fetched with [`TableCopy::fetch`]). The copy lives as long as the returned guard.
 async fn readable_sink(sk: &Sink, log_only: bool) -> Result<(Sink, Option<TableCopy>)> {
     match &sk.target {
-        Target::Delta { uri } if sealtrail_connectors::s3::is_s3(uri) => {
+        Target::Delta { uri, .. } if sealtrail_connectors::s3::is_s3(uri) => {
             let (copy, n) = TableCopy::new(uri, !log_only)
                 .await
                 .map_err(|e| anyhow!("sink `{}`: {e}", sk.name))?;
@@ -158,6 +158,7 @@ async fn readable_sink(sk: &Sink, log_only: bool) -> Result<(Sink, Option<TableC
             let mut local = sk.clone();
             local.target = Target::Delta {
                 uri: copy.dir().display().to_string(),
+                compression: Default::default(),
             };
             Ok((local, Some(copy)))
         }
@@ -331,8 +332,8 @@ impl SinkTable {
             Target::Postgres { url, table, .. } => PgTable::open_existing(name, url, table)
                 .await?
                 .map(|t| Self::Pg(Box::new(t))),
-            Target::Parquet { dir } if !dir.exists() => None,
-            Target::Delta { uri }
+            Target::Parquet { dir, .. } if !dir.exists() => None,
+            Target::Delta { uri, .. }
                 if !uri.contains("://") && !Path::new(uri).join("_delta_log").is_dir() =>
             {
                 None
@@ -873,6 +874,7 @@ async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Target, Option<TableC
             .map_err(|e| anyhow!("{e}"))?;
         let target = sealtrail_spec::Target::Delta {
             uri: copy.dir().display().to_string(),
+            compression: Default::default(),
         };
         let files = sealtrail_connectors::sink::sink_files("table", &target).await?;
         return Ok((files, target, Some(copy)));
@@ -880,10 +882,12 @@ async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Target, Option<TableC
     let target = if path.join("_delta_log").is_dir() {
         sealtrail_spec::Target::Delta {
             uri: path.display().to_string(),
+            compression: Default::default(),
         }
     } else if path.is_dir() {
         sealtrail_spec::Target::Parquet {
             dir: path.to_path_buf(),
+            compression: Default::default(),
         }
     } else {
         bail!(
@@ -1228,7 +1232,7 @@ async fn other_pipelines_files(
         return Ok(out); // every file is this pipeline's (the Delta log is not read again)
     }
     let commits = match target {
-        Target::Delta { uri } => delta_file_commits(uri),
+        Target::Delta { uri, .. } => delta_file_commits(uri),
         _ => HashMap::new(),
     };
     for ((f, b), other) in files.iter().zip(paired).zip(&mut out) {
@@ -1621,11 +1625,11 @@ fn file_batches<'a>(
     target: &Target,
     batches: impl Iterator<Item = (&'a str, &'a str, &'a str, u64)>,
 ) -> Vec<Option<usize>> {
-    use sealtrail_connectors::sink::{CommitKey, batch_file_name, delta_file_commits};
-    let mut by_name: HashMap<String, usize> = HashMap::new();
+    use sealtrail_connectors::sink::{CommitKey, delta_file_commits, parse_batch_file_name};
+    let mut by_name: HashMap<(String, String, u64), usize> = HashMap::new();
     let mut by_commit: HashMap<(String, u64), usize> = HashMap::new();
     for (i, (pipeline, run_id, source, batch)) in batches.enumerate() {
-        by_name.insert(batch_file_name(run_id, source, batch), i);
+        by_name.insert((run_id.to_string(), source.to_string(), batch), i);
         let key = CommitKey {
             pipeline: pipeline.to_string(),
             run_id: run_id.to_string(),
@@ -1635,15 +1639,15 @@ fn file_batches<'a>(
         by_commit.insert((key.app_id(), batch), i);
     }
     let commits = match target {
-        Target::Delta { uri } => delta_file_commits(uri),
+        Target::Delta { uri, .. } => delta_file_commits(uri),
         _ => HashMap::new(),
     };
     let paired: Vec<Option<usize>> = files
         .iter()
         .map(|f| {
             let name = f.file_name()?.to_string_lossy();
-            by_name
-                .get(name.as_ref())
+            parse_batch_file_name(&name)
+                .and_then(|(r, s, b)| by_name.get(&(r.to_string(), s.to_string(), b)))
                 .or_else(|| commits.get(name.as_ref()).and_then(|k| by_commit.get(k)))
                 .copied()
         })
@@ -1703,8 +1707,8 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     // reported deleted.
     let missing = table.is_none().then(|| match &named.target {
         Target::Postgres { table, .. } => format!("postgres table {table}"),
-        Target::Parquet { dir } => dir.display().to_string(),
-        Target::Delta { uri } => uri.clone(),
+        Target::Parquet { dir, .. } => dir.display().to_string(),
+        Target::Delta { uri, .. } => uri.clone(),
     });
     let (files, pg) = match table.unwrap_or(SinkTable::Files(Vec::new())) {
         SinkTable::Files(files) => (files, None),
@@ -2147,8 +2151,8 @@ async fn undelivered(
         return Some(true);
     }
     let path = match &p.quarantine {
-        Target::Parquet { dir } => dir.clone(),
-        Target::Delta { uri } => PathBuf::from(uri),
+        Target::Parquet { dir, .. } => dir.clone(),
+        Target::Delta { uri, .. } => PathBuf::from(uri),
         // `check` refuses a quarantine in a table.
         Target::Postgres { .. } => return None,
     };

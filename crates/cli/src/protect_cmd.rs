@@ -622,6 +622,7 @@ async fn quarantine_files(
     use sealtrail_connectors::sink::sink_files;
     let delta = |uri: &Path| sealtrail_spec::Target::Delta {
         uri: uri.display().to_string(),
+        compression: Default::default(),
     };
     if let Some(uri) = path.to_str().filter(|p| sealtrail_connectors::s3::is_s3(p)) {
         let (copy, _) = sealtrail_connectors::s3::TableCopy::new(uri, true)
@@ -635,6 +636,7 @@ async fn quarantine_files(
     } else {
         sealtrail_spec::Target::Parquet {
             dir: path.to_path_buf(),
+            compression: Default::default(),
         }
     };
     Ok((sink_files("quarantine", &target).await?, None))
@@ -712,8 +714,8 @@ fn quarantine_named(named: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     }
     let p = sealtrail_spec::load(named)?;
     let at = match &p.quarantine {
-        sealtrail_spec::Target::Parquet { dir } => dir.clone(),
-        sealtrail_spec::Target::Delta { uri } => PathBuf::from(uri),
+        sealtrail_spec::Target::Parquet { dir, .. } => dir.clone(),
+        sealtrail_spec::Target::Delta { uri, .. } => PathBuf::from(uri),
         other => bail!(
             "the quarantine of pipeline `{}` is a {}, which `quarantine` does not read",
             p.name,

@@ -23,7 +23,7 @@ use sealtrail_ledger::entry::{Event, Hash};
 use sealtrail_ledger::merkle;
 use sealtrail_protect::keyring::{KeyBytes, Keyring, Purpose};
 use sealtrail_protect::ops::{Sealer, key_id_of};
-use sealtrail_spec::Target;
+use sealtrail_spec::{Codec, Target};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -99,7 +99,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
     let home = state.home(Some(&a.spec));
     let place = match &sk.target {
         Target::Parquet { .. } => Place::Parquet,
-        Target::Delta { uri } if sealtrail_connectors::s3::is_s3(uri) => {
+        Target::Delta { uri, .. } if sealtrail_connectors::s3::is_s3(uri) => {
             // Read through a local copy of the table's log; the data files of the batches are
             // fetched one at a time, rewritten locally, and uploaded.
             let (copy, _) = TableCopy::new(uri, false)
@@ -112,13 +112,13 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
                 copy: Some(copy),
             }
         }
-        Target::Delta { uri } if !uri.contains("://") => Place::Delta {
+        Target::Delta { uri, .. } if !uri.contains("://") => Place::Delta {
             dir: std::path::absolute(uri)?,
             table: uri.clone(),
             purge: a.purge,
             copy: None,
         },
-        Target::Delta { uri } => bail!(
+        Target::Delta { uri, .. } => bail!(
             "sink `{}` is a Delta table at {uri}: `keys reencrypt` rewrites local and `s3://` tables only",
             sink
         ),
@@ -238,11 +238,17 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
             (file.clone(), file.display().to_string(), schema, batches)
         };
         let held = commitments(&batches, c.row_format(), &label)?;
+        // A rewrite keeps the file's compression (whatever the spec says now); a PostgreSQL
+        // batch's rows are staged in a file of the default's.
+        let codec = match place {
+            Place::Postgres { .. } => Codec::default(),
+            _ => kept_codec(&file, &target)?,
+        };
         let mut lost_here = 0;
         if held != delivered {
             // A rewrite recorded in the ledger and the state store but not yet put in place
             // (the command was interrupted): its file is complete; finish it.
-            let recorded = place.pending(&file, &r, revisions.len());
+            let recorded = place.pending(&file, &r, revisions.len(), codec);
             if place.find_pending(&recorded).await?
                 && commitments(
                     &read(&recorded)?.1,
@@ -301,7 +307,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         // A rewrite never recorded (interrupted before its ledger entry) is dropped.
         // Revisions of the batch in every sink, numbered together (this command's own
         // revision back, when it recorded one above, included).
-        let pending = place.pending(&file, &r, revisions.len() + lost_here + 1);
+        let pending = place.pending(&file, &r, revisions.len() + lost_here + 1, codec);
         place.drop_pending(&pending).await?;
         let mut old_ids = BTreeSet::new();
         let (out, changed) =
@@ -325,7 +331,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
         if let Some(d) = pending.parent() {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        sealtrail_connectors::sink::write_parquet_file(&pending, &schema, &out)
+        sealtrail_connectors::sink::write_parquet_file(&pending, &schema, &out, codec)
             .with_context(|| format!("writing {}", pending.display()))?;
         sync_dir(&pending)?;
         place.stage(&pending).await?;
@@ -461,6 +467,7 @@ impl Place {
                 dir, copy: Some(_), ..
             } => Target::Delta {
                 uri: dir.display().to_string(),
+                compression: target.compression().unwrap_or_default(),
             },
             _ => target.clone(),
         }
@@ -547,12 +554,15 @@ impl Place {
     /// The name batch `r`'s rewrite as revision `n` of the batch is written under until it is
     /// put in place: a hidden name in a Parquet folder, a file of no commit in a Delta table
     /// (readers see only the files the log names).
-    fn pending(&self, file: &Path, r: &CustodyRef, n: usize) -> PathBuf {
+    fn pending(&self, file: &Path, r: &CustodyRef, n: usize, codec: Codec) -> PathBuf {
         match self {
             Place::Parquet => hidden_beside(file),
             Place::Delta { dir, .. } => dir.join(format!(
-                "part-sealtrail-{}-{}-{}-r{n}.zstd.parquet",
-                r.run_id, r.source, r.batch
+                "part-sealtrail-{}-{}-{}-r{n}{}.parquet",
+                r.run_id,
+                r.source,
+                r.batch,
+                codec.file_infix()
             )),
             Place::Postgres { .. } => {
                 let mut name = file.as_os_str().to_owned();
@@ -833,8 +843,9 @@ async fn quarantine(
         if changed == 0 {
             continue;
         }
-        let pending = q.pending(&file);
-        sealtrail_connectors::sink::write_parquet_file(&pending, &schema, &out)
+        let codec = kept_codec(&file, &p.quarantine)?;
+        let pending = q.pending(&file, codec);
+        sealtrail_connectors::sink::write_parquet_file(&pending, &schema, &out, codec)
             .with_context(|| format!("writing {}", pending.display()))?;
         sync_dir(&pending)?;
         q.stage(&pending).await?;
@@ -864,7 +875,7 @@ async fn quarantine(
 /// A quarantine's folder or table location, for messages.
 fn at(t: &Target) -> String {
     match t {
-        Target::Parquet { dir } => dir.display().to_string(),
+        Target::Parquet { dir, .. } => dir.display().to_string(),
         other => other.describe(),
     }
 }
@@ -891,8 +902,8 @@ impl QuarantinePlace {
     async fn open(t: &Target, purge: bool) -> Result<Option<Self>> {
         use sealtrail_connectors::sink::delta_file_commits;
         Ok(match t {
-            Target::Parquet { dir } => dir.exists().then(|| Self::Parquet(t.clone())),
-            Target::Delta { uri } if sealtrail_connectors::s3::is_s3(uri) => {
+            Target::Parquet { dir, .. } => dir.exists().then(|| Self::Parquet(t.clone())),
+            Target::Delta { uri, .. } if sealtrail_connectors::s3::is_s3(uri) => {
                 let (copy, _) = TableCopy::new(uri, false)
                     .await
                     .map_err(|e| anyhow!("the quarantine: {e}"))?;
@@ -907,7 +918,7 @@ impl QuarantinePlace {
                     purge,
                 })
             }
-            Target::Delta { uri } if !uri.contains("://") => {
+            Target::Delta { uri, .. } if !uri.contains("://") => {
                 let dir = std::path::absolute(uri)?;
                 dir.join("_delta_log").exists().then(|| Self::Delta {
                     batches: delta_file_commits(uri),
@@ -917,7 +928,7 @@ impl QuarantinePlace {
                     purge,
                 })
             }
-            Target::Delta { uri } => bail!(
+            Target::Delta { uri, .. } => bail!(
                 "the quarantine is a Delta table at {uri}: `keys reencrypt --quarantine` rewrites Parquet folders and local and `s3://` Delta tables only"
             ),
             Target::Postgres { .. } => bail!(
@@ -932,6 +943,7 @@ impl QuarantinePlace {
             Self::Parquet(t) => t.clone(),
             Self::Delta { dir, .. } => Target::Delta {
                 uri: dir.display().to_string(),
+                compression: Default::default(),
             },
         };
         Ok(sealtrail_connectors::sink::sink_files("quarantine", &t).await?)
@@ -951,12 +963,13 @@ impl QuarantinePlace {
     /// a Delta table a data file no commit names yet (no reader sees it), under a new name
     /// (a rewrite an interrupted run of the command left there is never reused: VACUUM
     /// removes it).
-    fn pending(&self, file: &Path) -> PathBuf {
+    fn pending(&self, file: &Path, codec: Codec) -> PathBuf {
         match self {
             Self::Parquet(_) => hidden_beside(file),
             Self::Delta { dir, .. } => dir.join(format!(
-                "part-sealtrail-quarantine-{}.zstd.parquet",
-                hex::encode(rand::random::<[u8; 12]>())
+                "part-sealtrail-quarantine-{}{}.parquet",
+                hex::encode(rand::random::<[u8; 12]>()),
+                codec.file_infix()
             )),
         }
     }
@@ -1028,6 +1041,18 @@ async fn replace_in_delta(
         }
     }
     Ok(())
+}
+
+/// The compression a rewrite of `file` keeps: the file's codec, at the level `target` (the
+/// spec) gives it when the spec names the same codec (a file does not record its level),
+/// else at the codec's default level.
+fn kept_codec(file: &Path, target: &Target) -> Result<Codec> {
+    let codec = sealtrail_connectors::sink::file_codec(file)
+        .with_context(|| format!("reading {}", file.display()))?;
+    Ok(match target.compression() {
+        Some(spec) if spec.name() == codec.name() => spec,
+        _ => codec,
+    })
 }
 
 /// The hidden name a rewrite of `file` in a Parquet folder is written under (readers of the

@@ -182,13 +182,14 @@ async fn values_under(name: &str, target: &Target, id: &str) -> Result<u64> {
     // A table on S3: through a copy of its log, each data file fetched, read and removed in
     // turn, so that the local disk holds one file at a time.
     let copy = match target {
-        Target::Delta { uri } if is_s3(uri) => {
+        Target::Delta { uri, .. } if is_s3(uri) => {
             Some(TableCopy::new(uri, false).await.map_err(|e| anyhow!(e))?.0)
         }
         _ => None,
     };
     let local = copy.as_ref().map(|c| Target::Delta {
         uri: c.dir().display().to_string(),
+        compression: Default::default(),
     });
     match SinkTable::open_existing(name, local.as_ref().unwrap_or(target)).await? {
         None => Ok(0),

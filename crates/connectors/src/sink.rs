@@ -25,10 +25,10 @@ use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::{StructType, Transaction};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use sealtrail_core::with_root_cause;
-use sealtrail_spec::Target;
+use sealtrail_spec::{Codec, Target};
 use std::path::{Path, PathBuf};
 
 /// Identifies one batch commit of one run.
@@ -60,14 +60,33 @@ impl CommitKey {
             batch,
         })
     }
-    fn file_name(&self) -> String {
-        batch_file_name(&self.run_id, &self.source, self.batch)
+    /// The file in `dir` that holds this batch, if one does, whatever its compression (a
+    /// spec's `compression` may change between a stopped run and its resumption).
+    fn existing_file(&self, dir: &Path) -> Option<PathBuf> {
+        Codec::FILE_INFIXES.iter().find_map(|infix| {
+            let f = dir.join(format!(
+                "{}{infix}.parquet",
+                batch_file_stem(&self.run_id, &self.source, self.batch)
+            ));
+            f.exists().then_some(f)
+        })
     }
 }
 
-/// The file a Parquet sink writes for one batch of a run (so `prove` reads only that one).
-pub fn batch_file_name(run_id: &str, source: &str, batch: u64) -> String {
-    format!("part-{run_id}-{source}-{batch:06}.zstd.parquet")
+/// The name a Parquet sink's file of one batch of a run starts with (so `prove` reads only
+/// that one): `part-<run>-<source>-<batch>`.
+fn batch_file_stem(run_id: &str, source: &str, batch: u64) -> String {
+    format!("part-{run_id}-{source}-{batch:06}")
+}
+
+/// The file a Parquet sink writes for one batch of a run, compressed with `codec`:
+/// `part-<run>-<source>-<batch>.zstd.parquet` for the default.
+pub fn batch_file_name(run_id: &str, source: &str, batch: u64, codec: Codec) -> String {
+    format!(
+        "{}{}.parquet",
+        batch_file_stem(run_id, source, batch),
+        codec.file_infix()
+    )
 }
 
 /// The (run id, source, batch) a [`batch_file_name`] names, if `name` is one.
@@ -79,11 +98,14 @@ pub fn parse_batch_file_name(name: &str) -> Option<(&str, &str, u64)> {
         8 | 13 | 18 | 23 => c == '-',
         _ => c.is_ascii_hexdigit(),
     });
-    let (source, batch) = rest
+    let stem = rest
         .get(36..)?
         .strip_prefix('-')?
-        .strip_suffix(".zstd.parquet")?
-        .rsplit_once('-')?;
+        .strip_suffix(".parquet")?;
+    let stem = Codec::FILE_INFIXES
+        .iter()
+        .find_map(|infix| stem.strip_suffix(infix))?;
+    let (source, batch) = stem.rsplit_once('-')?;
     let batch = batch
         .bytes()
         .all(|b| b.is_ascii_digit())
@@ -174,9 +196,9 @@ pub fn delta_file_commits(uri: &str) -> std::collections::HashMap<String, (Strin
 /// ciphertexts, digests, free text). For those a dictionary never pays off; the writer would
 /// intern every value until the dictionary page overflows and then fall back to plain
 /// encoding anyway. Low-cardinality columns (currencies, venues) keep their dictionary.
-pub fn writer_properties_for(batches: &[RecordBatch]) -> WriterProperties {
+pub fn writer_properties_for(batches: &[RecordBatch], codec: Codec) -> WriterProperties {
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_compression(compression(codec))
         .set_max_row_group_row_count(Some(1 << 20))
         // Pages of at most 4,096 rows: reading one row back (`prove`) decompresses a page per
         // column, not a fifth of the file; compression is unchanged to within a percent.
@@ -197,6 +219,18 @@ pub fn writer_properties_for(batches: &[RecordBatch]) -> WriterProperties {
         }
     }
     b.build()
+}
+
+/// The Parquet compression of `codec`. The spec checks the levels, so the fallbacks to a
+/// codec's default level are never taken.
+fn compression(codec: Codec) -> Compression {
+    match codec {
+        Codec::Zstd(l) => Compression::ZSTD(ZstdLevel::try_new(l.into()).unwrap_or_default()),
+        Codec::Snappy => Compression::SNAPPY,
+        Codec::Lz4 => Compression::LZ4_RAW,
+        Codec::Gzip(l) => Compression::GZIP(GzipLevel::try_new(l.into()).unwrap_or_default()),
+        Codec::None => Compression::UNCOMPRESSED,
+    }
 }
 
 /// Rows sampled per column to decide on a dictionary.
@@ -247,12 +281,14 @@ pub enum SinkWriter {
         name: String,
         dir: PathBuf,
         schema: SchemaRef,
+        codec: Codec,
     },
     Delta {
         name: String,
         uri: String,
         table: Box<DeltaTable>,
         schema: SchemaRef,
+        codec: Codec,
         /// Where and with which columns to create the table, until it exists.
         create: Option<Box<(url::Url, StructType)>>,
     },
@@ -271,7 +307,7 @@ fn sink_err(name: &str, reason: impl std::fmt::Display) -> Error {
 /// brings rows, or by [`SinkWriter::finish`] (so a run that fails before leaves no empty table).
 pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result<SinkWriter> {
     match target {
-        Target::Parquet { dir } => {
+        Target::Parquet { dir, compression } => {
             std::fs::create_dir_all(dir).map_err(|e| {
                 sink_err(name, format!("cannot create folder {}: {e}", dir.display()))
             })?;
@@ -279,9 +315,10 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
                 name: name.into(),
                 dir: dir.clone(),
                 schema,
+                codec: *compression,
             })
         }
-        Target::Delta { uri } => {
+        Target::Delta { uri, compression } => {
             crate::s3::register();
             if crate::s3::is_s3(uri) {
                 crate::s3::check_conditional_writes(uri)
@@ -320,6 +357,7 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
                 uri: uri.clone(),
                 table: Box::new(table),
                 schema,
+                codec: *compression,
                 create,
             })
         }
@@ -406,14 +444,10 @@ impl SinkWriter {
                 .map_err(|e| sink_err(name, format!("cannot read {} back: {e}", f.display())))
         };
         match self {
-            SinkWriter::Parquet { name, dir, .. } => {
-                let f = dir.join(key.file_name());
-                Ok(if f.exists() {
-                    Some(read(name, &f)?)
-                } else {
-                    None
-                })
-            }
+            SinkWriter::Parquet { name, dir, .. } => match key.existing_file(dir) {
+                Some(f) => Ok(Some(read(name, &f)?)),
+                None => Ok(None),
+            },
             SinkWriter::Delta { name, uri, .. } => {
                 let want = (key.app_id(), key.batch);
                 // A table on S3: through a copy of its log, fetching the one file.
@@ -432,7 +466,10 @@ impl SinkWriter {
                     None => uri.clone(),
                 };
                 let commits = delta_file_commits(&local);
-                let target = Target::Delta { uri: local };
+                let target = Target::Delta {
+                    uri: local,
+                    compression: Codec::default(),
+                };
                 let files: Vec<PathBuf> = sink_files(name, &target)
                     .await?
                     .into_iter()
@@ -486,11 +523,16 @@ impl SinkWriter {
     pub async fn commit(&mut self, key: &CommitKey, batches: &[RecordBatch]) -> Result<bool> {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         match self {
-            SinkWriter::Parquet { name, dir, schema } => {
-                let path = dir.join(key.file_name());
-                if path.exists() {
+            SinkWriter::Parquet {
+                name,
+                dir,
+                schema,
+                codec,
+            } => {
+                if key.existing_file(dir).is_some() {
                     return Ok(false);
                 }
+                let path = dir.join(batch_file_name(&key.run_id, &key.source, key.batch, *codec));
                 if rows == 0 {
                     return Ok(true);
                 }
@@ -499,7 +541,8 @@ impl SinkWriter {
                 std::fs::create_dir_all(&*dir).map_err(|e| {
                     sink_err(name, format!("cannot create folder {}: {e}", dir.display()))
                 })?;
-                write_parquet_atomically(&path, schema, batches).map_err(|e| sink_err(name, e))?;
+                write_parquet_atomically(&path, schema, batches, *codec)
+                    .map_err(|e| sink_err(name, e))?;
                 Ok(true)
             }
             SinkWriter::Delta {
@@ -507,6 +550,7 @@ impl SinkWriter {
                 uri,
                 table,
                 create,
+                codec,
                 ..
             } => {
                 if create.is_some() && rows == 0 {
@@ -532,7 +576,7 @@ impl SinkWriter {
                         .with_application_transaction(Transaction::new(&app_id, key.batch as i64));
                     let mut w = RecordBatchWriter::for_table(table)
                         .map_err(|e| sink_err(name, with_root_cause(&e)))?
-                        .with_writer_properties(writer_properties_for(batches))
+                        .with_writer_properties(writer_properties_for(batches, *codec))
                         .with_commit_properties(props);
                     for b in batches {
                         w.write(b.clone())
@@ -612,6 +656,7 @@ pub fn write_parquet_atomically(
     path: &Path,
     schema: &SchemaRef,
     batches: &[RecordBatch],
+    codec: Codec,
 ) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let fname = path
@@ -619,20 +664,49 @@ pub fn write_parquet_atomically(
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{fname}.tmp"));
-    write_parquet_file(&tmp, schema, batches)?;
+    write_parquet_file(&tmp, schema, batches, codec)?;
     std::fs::rename(&tmp, path)?;
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Writes `batches` as a new Parquet file at `path` with the sinks' writer properties, and
-/// syncs it to disk (not its folder: the caller renames it into place).
+/// The codec of the Parquet file at `path` (of its first column chunk), for a rewrite of the
+/// file to keep, at the codec's default level (a file does not record the level it was
+/// written at); the default when the file has no rows or a codec sealtrail does not write
+/// (LZ4 in its older framing, Brotli, LZO).
+pub fn file_codec(path: &Path) -> std::io::Result<Codec> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader =
+        SerializedFileReader::new(std::fs::File::open(path)?).map_err(std::io::Error::other)?;
+    let meta = reader.metadata();
+    let Some(chunk) = meta
+        .row_groups()
+        .first()
+        .and_then(|rg| rg.columns().first())
+    else {
+        return Ok(Codec::default());
+    };
+    Ok(match chunk.compression() {
+        Compression::ZSTD(_) => Codec::parse("zstd", None),
+        Compression::SNAPPY => Codec::parse("snappy", None),
+        Compression::LZ4_RAW => Codec::parse("lz4", None),
+        Compression::GZIP(_) => Codec::parse("gzip", None),
+        Compression::UNCOMPRESSED => Codec::parse("none", None),
+        _ => Ok(Codec::default()),
+    }
+    .unwrap_or_default())
+}
+
+/// Writes `batches` as a new Parquet file at `path` with the sinks' writer properties,
+/// compressed with `codec`, and syncs it to disk (not its folder: the caller renames it into
+/// place).
 pub fn write_parquet_file(
     path: &Path,
     schema: &SchemaRef,
     batches: &[RecordBatch],
+    codec: Codec,
 ) -> std::io::Result<()> {
     let file = std::fs::File::create(path)?;
-    let props = writer_properties_for(batches);
+    let props = writer_properties_for(batches, codec);
     let mut w =
         ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(std::io::Error::other)?;
     for b in batches {
@@ -732,7 +806,7 @@ pub fn table_url(uri: &str) -> std::result::Result<url::Url, String> {
 /// `audit`); PostgreSQL sinks are read with SQL instead ([`crate::pg::PgTable`]).
 pub async fn sink_files(name: &str, target: &Target) -> Result<Vec<PathBuf>> {
     match target {
-        Target::Parquet { dir } => {
+        Target::Parquet { dir, .. } => {
             let rd = std::fs::read_dir(dir)
                 .map_err(|e| sink_err(name, format!("cannot list {}: {e}", dir.display())))?;
             let mut out = Vec::new();
@@ -746,7 +820,7 @@ pub async fn sink_files(name: &str, target: &Target) -> Result<Vec<PathBuf>> {
             out.sort();
             Ok(out)
         }
-        Target::Delta { uri } => {
+        Target::Delta { uri, .. } => {
             crate::s3::register();
             let url = table_url(uri).map_err(|e| sink_err(name, e))?;
             let table = deltalake::open_table(url).await.map_err(|e| {
@@ -874,13 +948,22 @@ mod tests {
     #[test]
     fn batch_file_names_and_app_ids_give_back_their_batch() {
         let run = "01a23478-8217-7149-9cdc-665cae7e7a50";
+        let codecs = [
+            Codec::Zstd(1),
+            Codec::Snappy,
+            Codec::Lz4,
+            Codec::Gzip(6),
+            Codec::None,
+        ];
         for (source, batch) in [("s", 0), ("trades-eu", 12), ("a-b-c", 123_456_789)] {
-            let name = batch_file_name(run, source, batch);
-            assert_eq!(
-                parse_batch_file_name(&name),
-                Some((run, source, batch)),
-                "{name}"
-            );
+            for codec in codecs {
+                let name = batch_file_name(run, source, batch, codec);
+                assert_eq!(
+                    parse_batch_file_name(&name),
+                    Some((run, source, batch)),
+                    "{name}"
+                );
+            }
             let key = CommitKey {
                 pipeline: "my-pipe".into(),
                 run_id: run.into(),
@@ -895,7 +978,8 @@ mod tests {
             "part-01a23478-8217-7149-9cdc-665cae7e7a50--000000.zstd.parquet",
             "part-01a23478-8217-7149-9cdc-665cae7e7a50-s-00x000.zstd.parquet",
             "part-01a23478-8217-7149-9cdc-665cae7e7a50-s-+1.zstd.parquet",
-            "part-01a23478-8217-7149-9cdc-665cae7e7a50-s-000000.parquet",
+            "part-01a23478-8217-7149-9cdc-665cae7e7a50-s-000000.brotli.parquet",
+            "part-01a23478-8217-7149-9cdc-665cae7e7a50-s-000000.zstd",
             "01a23478-8217-7149-9cdc-665cae7e7a50-s-000000.zstd.parquet",
             "part-é",
         ] {
@@ -927,7 +1011,10 @@ mod tests {
             vec![Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef],
         )
         .unwrap();
-        let target = Target::Delta { uri: uri.clone() };
+        let target = Target::Delta {
+            uri: uri.clone(),
+            compression: Codec::default(),
+        };
         let mut w = open_sink("t", &target, schema).await.unwrap();
         let key = |batch| CommitKey {
             pipeline: "p".into(),
@@ -971,7 +1058,7 @@ mod tests {
     async fn a_rewritten_delta_file_keeps_its_batch_and_the_runs_version() {
         let dir = tempfile::tempdir().unwrap();
         let (schema, b, target) = two_rows_for_delta(dir.path());
-        let Target::Delta { uri } = &target else {
+        let Target::Delta { uri, .. } = &target else {
             unreachable!()
         };
         let mut w = open_sink("t", &target, schema.clone()).await.unwrap();
@@ -994,7 +1081,7 @@ mod tests {
             .unwrap();
         let new = "part-rewrite-0.zstd.parquet";
         let path = dir.path().join("t").join(new);
-        write_parquet_file(&path, &schema, std::slice::from_ref(&b)).unwrap();
+        write_parquet_file(&path, &schema, std::slice::from_ref(&b), Codec::default()).unwrap();
         let size = std::fs::metadata(&path).unwrap().len();
         delta_replace_file(uri, &old, new, size, Some((&key(0).app_id(), 0)))
             .await
@@ -1030,7 +1117,14 @@ mod tests {
         )
         .unwrap();
         let uri = dir.join("t").display().to_string();
-        (schema, b, Target::Delta { uri })
+        (
+            schema,
+            b,
+            Target::Delta {
+                uri,
+                compression: Codec::default(),
+            },
+        )
     }
 
     fn first_batch_of_run_r1() -> CommitKey {
@@ -1115,6 +1209,66 @@ mod tests {
         assert_eq!((t.version(), rows_in(&target).await), (Some(0), 0));
     }
 
+    /// Each codec writes files named after it that read back the same, with that codec in their
+    /// metadata; a batch a Parquet sink holds under one codec is found committed by a writer
+    /// of another (a spec's `compression` changed before a stopped run was resumed).
+    #[tokio::test]
+    async fn every_codec_writes_and_a_batch_is_found_under_any() {
+        let codecs = [
+            Codec::Zstd(3),
+            Codec::Snappy,
+            Codec::Lz4,
+            Codec::Gzip(9),
+            Codec::None,
+        ];
+        for codec in codecs {
+            let dir = tempfile::tempdir().unwrap();
+            let (schema, b, _) = two_rows_for_delta(dir.path());
+            let key = first_batch_of_run_r1();
+            let delta = Target::Delta {
+                uri: dir.path().join("t").display().to_string(),
+                compression: codec,
+            };
+            let mut w = open_sink("t", &delta, schema.clone()).await.unwrap();
+            assert!(w.commit(&key, std::slice::from_ref(&b)).await.unwrap());
+            let files = sink_files("t", &delta).await.unwrap();
+            let [f] = files.as_slice() else {
+                panic!("{files:?}")
+            };
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                name.ends_with(&format!("{}.parquet", codec.file_infix())),
+                "{name}"
+            );
+            assert_eq!(file_codec(f).unwrap().name(), codec.name(), "{name}");
+            assert_eq!(read_parquet(f).unwrap(), vec![b.clone()]);
+
+            let parquet = |compression| Target::Parquet {
+                dir: dir.path().join("p"),
+                compression,
+            };
+            let mut w = open_sink("p", &parquet(codec), schema.clone())
+                .await
+                .unwrap();
+            assert!(w.commit(&key, std::slice::from_ref(&b)).await.unwrap());
+            let f = dir
+                .path()
+                .join("p")
+                .join(batch_file_name("r1", "s", 0, codec));
+            assert_eq!(file_codec(&f).unwrap().name(), codec.name());
+            let other = codecs.into_iter().find(|c| *c != codec).unwrap();
+            let mut w = open_sink("p", &parquet(other), schema.clone())
+                .await
+                .unwrap();
+            assert_eq!(
+                w.delivered(&key, std::slice::from_ref(&b)).await.unwrap(),
+                Some(vec![b.clone()])
+            );
+            assert!(!w.commit(&key, std::slice::from_ref(&b)).await.unwrap());
+            assert_eq!(sink_files("p", &parquet(other)).await.unwrap(), vec![f]);
+        }
+    }
+
     /// Two writers committing the same (run, batch) from snapshots taken before either did (two
     /// processes resuming one run at once): the batch lands once.
     #[tokio::test]
@@ -1183,7 +1337,8 @@ mod tests {
         let b = RecordBatch::try_new(schema.clone(), cols).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.parquet");
-        write_parquet_atomically(&path, &schema, std::slice::from_ref(&b)).unwrap();
+        write_parquet_atomically(&path, &schema, std::slice::from_ref(&b), Codec::default())
+            .unwrap();
         let r = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
         let rg = r.metadata().row_group(0);
         let dict = |c: usize| rg.column(c).dictionary_page_offset().is_some();
@@ -1220,7 +1375,8 @@ mod tests {
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.parquet");
-        write_parquet_atomically(&path, &schema, std::slice::from_ref(&b)).unwrap();
+        write_parquet_atomically(&path, &schema, std::slice::from_ref(&b), Codec::default())
+            .unwrap();
         let valid = std::fs::read(&path).unwrap();
         let footer_len = u32::from_le_bytes(valid[valid.len() - 8..][..4].try_into().unwrap());
         let footer = valid.len() - 8 - footer_len as usize..valid.len() - 8;
@@ -1318,7 +1474,8 @@ mod tests {
         let b = RecordBatch::try_new(schema.clone(), cols).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.parquet");
-        write_parquet_atomically(&path, &schema, std::slice::from_ref(&b)).unwrap();
+        write_parquet_atomically(&path, &schema, std::slice::from_ref(&b), Codec::default())
+            .unwrap();
         for row in [0, 1, 77_777, 150_001, n - 1] {
             let got = read_parquet_row(&path, row).unwrap().unwrap();
             assert_eq!(got, b.slice(row, 1), "row {row}");

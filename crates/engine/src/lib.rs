@@ -848,8 +848,10 @@ fn missing_local_folders(p: &Pipeline) -> Vec<(std::path::PathBuf, std::path::Pa
         .map(|s| &s.target)
         .chain([&p.quarantine])
         .filter_map(|t| match t {
-            Target::Parquet { dir } => Some(dir.clone()),
-            Target::Delta { uri } if !uri.contains("://") => Some(std::path::PathBuf::from(uri)),
+            Target::Parquet { dir, .. } => Some(dir.clone()),
+            Target::Delta { uri, .. } if !uri.contains("://") => {
+                Some(std::path::PathBuf::from(uri))
+            }
             _ => None,
         })
         .filter(|dir| !dir.exists())

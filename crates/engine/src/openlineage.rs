@@ -112,15 +112,15 @@ impl Emitter {
 /// A dataset as OpenLineage names it.
 fn dataset_of_target(t: &Target) -> (String, String) {
     match t {
-        Target::Parquet { dir } => ("file".into(), absolute(dir)),
-        Target::Delta { uri } if uri.contains("://") => match url::Url::parse(uri) {
+        Target::Parquet { dir, .. } => ("file".into(), absolute(dir)),
+        Target::Delta { uri, .. } if uri.contains("://") => match url::Url::parse(uri) {
             Ok(u) => (
                 format!("{}://{}", u.scheme(), u.host_str().unwrap_or_default()),
                 u.path().to_string(),
             ),
             Err(_) => ("file".into(), uri.clone()),
         },
-        Target::Delta { uri } => ("file".into(), absolute(&PathBuf::from(uri))),
+        Target::Delta { uri, .. } => ("file".into(), absolute(&PathBuf::from(uri))),
         Target::Postgres { table, .. } => ("postgres".into(), table.clone()),
     }
 }

@@ -335,9 +335,11 @@ impl Audience {
 pub enum Target {
     Delta {
         uri: String,
+        compression: Codec,
     },
     Parquet {
         dir: PathBuf,
+        compression: Codec,
     },
     Postgres {
         url: SecretRef,
@@ -347,11 +349,95 @@ pub enum Target {
     },
 }
 
+/// The compression of the Parquet files a Delta or Parquet target writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Zstandard at a level from 1 to 22.
+    Zstd(u8),
+    Snappy,
+    /// LZ4 in Parquet's `LZ4_RAW` framing (the one current readers agree on).
+    Lz4,
+    /// Gzip (deflate) at a level from 0 to 9.
+    Gzip(u8),
+    None,
+}
+
+impl Default for Codec {
+    /// Zstandard at level 1: about as fast as Snappy to write here, and smaller.
+    fn default() -> Self {
+        Codec::Zstd(1)
+    }
+}
+
+impl Codec {
+    /// Every codec the spec accepts, by name.
+    pub const NAMES: [&str; 5] = ["zstd", "snappy", "lz4", "gzip", "none"];
+
+    /// The codec named `name` at `level` (its default level if `None`), or what is wrong.
+    pub fn parse(name: &str, level: Option<i64>) -> Result<Codec, String> {
+        let ranged = |lo: i64, hi: i64, default: u8| match level {
+            None => Ok(default),
+            Some(l) if (lo..=hi).contains(&l) => Ok(l as u8),
+            Some(l) => Err(format!(
+                "`compression_level: {l}` is out of range for {name} ({lo} to {hi})"
+            )),
+        };
+        let codec = match name {
+            "zstd" => return ranged(1, 22, 1).map(Codec::Zstd),
+            "gzip" => return ranged(0, 9, 6).map(Codec::Gzip),
+            "snappy" => Codec::Snappy,
+            "lz4" => Codec::Lz4,
+            "none" => Codec::None,
+            other => return Err(format!("unknown compression `{other}`")),
+        };
+        match level {
+            Some(_) => Err(format!("{name} has no compression level")),
+            None => Ok(codec),
+        }
+    }
+
+    /// The name the spec gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Zstd(_) => "zstd",
+            Codec::Snappy => "snappy",
+            Codec::Lz4 => "lz4",
+            Codec::Gzip(_) => "gzip",
+            Codec::None => "none",
+        }
+    }
+
+    /// What a Parquet file it compresses is named with before `.parquet` (the convention of
+    /// Spark and delta-rs: `part-….snappy.parquet`), empty for none.
+    pub fn file_infix(self) -> &'static str {
+        match self {
+            Codec::Zstd(_) => ".zstd",
+            Codec::Snappy => ".snappy",
+            Codec::Lz4 => ".lz4raw",
+            Codec::Gzip(_) => ".gz",
+            Codec::None => "",
+        }
+    }
+
+    /// Every [`Codec::file_infix`], longest first (so `""` comes last).
+    pub const FILE_INFIXES: [&str; 5] = [".lz4raw", ".snappy", ".zstd", ".gz", ""];
+}
+
 impl Target {
+    /// The compression of the files it writes; `None` for a PostgreSQL table.
+    pub fn compression(&self) -> Option<Codec> {
+        match self {
+            Target::Delta { compression, .. } | Target::Parquet { compression, .. } => {
+                Some(*compression)
+            }
+            Target::Postgres { .. } => None,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
-            Target::Delta { uri } => format!("delta {uri}"),
-            Target::Parquet { dir } => format!("parquet {}", dir.display()),
+            Target::Delta { uri, .. } => format!("delta {uri}"),
+            Target::Parquet { dir, .. } => format!("parquet {}", dir.display()),
             Target::Postgres { table, .. } => format!("postgres table {table}"),
         }
     }
@@ -686,7 +772,7 @@ fn overlap(a: &Target, b: &Target) -> Option<&'static str> {
 /// Where a Delta or Parquet target writes: its local folder lexically normalised (`.`, `..`
 /// and trailing separators resolved), or `s3://bucket/prefix`; `None` for a table.
 fn place(t: &Target) -> Option<String> {
-    if let Target::Delta { uri } = t
+    if let Target::Delta { uri, .. } = t
         && let Some(("s3" | "s3a", rest)) = uri.split_once("://")
     {
         return Some(format!("s3://{}", rest.trim_end_matches('/')));
@@ -697,12 +783,12 @@ fn place(t: &Target) -> Option<String> {
 /// The local folder of a Delta or Parquet target, lexically normalised.
 fn local_folder(t: &Target) -> Option<PathBuf> {
     let path = match t {
-        Target::Delta { uri } => match uri.split_once("://") {
+        Target::Delta { uri, .. } => match uri.split_once("://") {
             Some(("file", rest)) => PathBuf::from(rest),
             Some(_) => return None,
             None => PathBuf::from(uri),
         },
-        Target::Parquet { dir } => dir.clone(),
+        Target::Parquet { dir, .. } => dir.clone(),
         Target::Postgres { .. } => return None,
     };
     Some(normalised(&path))
@@ -725,15 +811,18 @@ fn normalised(path: &Path) -> PathBuf {
 }
 
 /// Names of files a target writes in its folder, as examples to match source patterns with.
-fn written_names(t: &Target) -> &'static [&'static str] {
+fn written_names(t: &Target) -> Vec<String> {
+    let infix = t.compression().unwrap_or_default().file_infix();
     match t {
         Target::Parquet { .. } => {
-            &["part-01a23a70-26cf-74f3-82ad-edd24aa12989-s-000000.zstd.parquet"]
+            vec![format!(
+                "part-01a23a70-26cf-74f3-82ad-edd24aa12989-s-000000{infix}.parquet"
+            )]
         }
-        _ => &[
-            "part-00000-42c955c6-e0ce-4a71-b183-de2eb6f21c04-c000.zstd.parquet",
-            "_delta_log/00000000000000000000.json",
-            "_delta_log/00000000000000000010.checkpoint.parquet",
+        _ => vec![
+            format!("part-00000-42c955c6-e0ce-4a71-b183-de2eb6f21c04-c000{infix}.parquet"),
+            "_delta_log/00000000000000000000.json".into(),
+            "_delta_log/00000000000000000010.checkpoint.parquet".into(),
         ],
     }
 }
@@ -826,7 +915,33 @@ fn compile_target<T>(
         );
         return None;
     }
+    let codec = |p: &raw::PathSink, cx: &mut Ctx| match &p.compression {
+        None if p.compression_level.is_some() => {
+            cx.err(
+                at,
+                format!("{what}: `compression_level` without `compression`"),
+                "add `compression: zstd` (levels 1 to 22) or `compression: gzip` (0 to 9)",
+            );
+            None
+        }
+        None => Some(Codec::default()),
+        Some(name) => match Codec::parse(name, p.compression_level) {
+            Ok(c) => Some(c),
+            Err(problem) => {
+                cx.err(
+                    at,
+                    format!("{what}: {problem}"),
+                    format!(
+                        "write `compression:` as one of {}; only zstd (levels 1 to 22) and gzip (0 to 9) take a `compression_level`",
+                        Codec::NAMES.join(", ")
+                    ),
+                );
+                None
+            }
+        },
+    };
     if let Some(d) = delta {
+        let compression = codec(d, cx)?;
         let uri = if let Some((scheme, _)) = d.path.split_once("://") {
             if !matches!(scheme, "s3" | "s3a" | "file") {
                 cx.err(
@@ -840,9 +955,10 @@ fn compile_target<T>(
         } else {
             resolve_path(base, &d.path).to_string_lossy().into_owned()
         };
-        return Some(Target::Delta { uri });
+        return Some(Target::Delta { uri, compression });
     }
     if let Some(p) = parquet {
+        let compression = codec(p, cx)?;
         if p.path.contains("://") {
             cx.err(
                 at,
@@ -853,6 +969,7 @@ fn compile_target<T>(
         }
         return Some(Target::Parquet {
             dir: resolve_path(base, &p.path),
+            compression,
         });
     }
     let pg = pg?;
@@ -1852,6 +1969,91 @@ quarantine:
         assert_eq!(p.sources[0].checks[1].label, "unique(id)");
     }
 
+    /// `compression` and `compression_level` of Delta and Parquet sinks and the quarantine:
+    /// the default, each codec, and every wrong combination reported at its sink with the
+    /// codecs to choose from.
+    #[test]
+    fn compression_is_chosen_per_sink_and_checked() {
+        let with = |sink: &str, q: &str| {
+            GOOD.replace("parquet: { path: out }", sink)
+                .replace("parquet: { path: q }", q)
+        };
+        let p = crate::parse_str(GOOD, Path::new("t.yaml")).unwrap();
+        assert_eq!(p.sinks[0].target.compression(), Some(Codec::Zstd(1)));
+        let p = crate::parse_str(
+            &with(
+                "delta: { path: out, compression: zstd, compression_level: 19 }",
+                "parquet: { path: q, compression: gzip }",
+            ),
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        assert_eq!(p.sinks[0].target.compression(), Some(Codec::Zstd(19)));
+        assert_eq!(p.quarantine.compression(), Some(Codec::Gzip(6)));
+        for (name, codec) in [
+            ("snappy", Codec::Snappy),
+            ("lz4", Codec::Lz4),
+            ("none", Codec::None),
+        ] {
+            let p = crate::parse_str(
+                &with(
+                    &format!("parquet: {{ path: out, compression: {name} }}"),
+                    "parquet: { path: q }",
+                ),
+                Path::new("t.yaml"),
+            )
+            .unwrap();
+            assert_eq!(p.sinks[0].target.compression(), Some(codec));
+        }
+        let d = diags(&with(
+            "parquet: { path: out, compression: brotli }",
+            "delta: { path: q, compression: gzip, compression_level: 10 }",
+        ));
+        let got: Vec<(u64, &str)> = d.iter().map(|x| (x.line, x.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (16, "sink `out`: unknown compression `brotli`"),
+                (
+                    18,
+                    "quarantine: `compression_level: 10` is out of range for gzip (0 to 9)"
+                ),
+            ]
+        );
+        assert!(
+            d[0].hint
+                .as_deref()
+                .unwrap()
+                .contains("zstd, snappy, lz4, gzip, none"),
+            "{}",
+            d[0]
+        );
+        for (sink, want) in [
+            (
+                "parquet: { path: out, compression: snappy, compression_level: 3 }",
+                "sink `out`: snappy has no compression level",
+            ),
+            (
+                "parquet: { path: out, compression_level: 3 }",
+                "sink `out`: `compression_level` without `compression`",
+            ),
+            (
+                "delta: { path: out, compression: zstd, compression_level: 0 }",
+                "sink `out`: `compression_level: 0` is out of range for zstd (1 to 22)",
+            ),
+        ] {
+            let d = diags(&with(sink, "parquet: { path: q }"));
+            assert_eq!(d.len(), 1, "{d:?}");
+            assert_eq!(d[0].message, want);
+        }
+        // A PostgreSQL table has no compression of sealtrail's to set.
+        let d = diags(&with(
+            "postgres: { url: 'postgres://h/db', table: t, compression: zstd }",
+            "parquet: { path: q }",
+        ));
+        assert!(d[0].message.contains("compression"), "{}", d[0]);
+    }
+
     #[test]
     fn unknown_key_is_an_error_with_location() {
         let d = diags(&GOOD.replace("batch", "x").replace(
@@ -2003,7 +2205,7 @@ quarantine:
     fn delta_tables_are_local_or_on_s3() {
         let s3 = GOOD.replace("parquet: { path: out }", "delta: { path: 's3://lake/t' }");
         let p = crate::parse_str(&s3, Path::new("t.yaml")).unwrap();
-        assert!(matches!(&p.sinks[0].target, Target::Delta { uri } if uri == "s3://lake/t"));
+        assert!(matches!(&p.sinks[0].target, Target::Delta { uri, .. } if uri == "s3://lake/t"));
         let gs = GOOD.replace("parquet: { path: out }", "delta: { path: 'gs://lake/t' }");
         let d = diags(&gs);
         assert!(

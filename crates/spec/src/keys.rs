@@ -695,7 +695,7 @@ mod tests {
                 ("requird", "sources.s.columns[0]", 8, Some("required")),
                 ("clas", "sources.s.columns[1]", 10, Some("class")),
                 ("nested", "sources.s.columns[1]", 11, None),
-                ("compresion", "sinks.o.parquet", 15, None),
+                ("compresion", "sinks.o.parquet", 15, Some("compression")),
             ]
         );
         assert_eq!(found[1].column, 28);

@@ -400,6 +400,14 @@ pub struct QuarantineSpec {
 pub struct PathSink {
     /// Local path (relative to the spec's folder) or, for Delta, an `s3://` URL.
     pub path: String,
+    /// Compression of the Parquet files written: `zstd` (the default), `snappy`, `lz4`,
+    /// `gzip` or `none`. Every Parquet reader reads `snappy`; some older ones no other codec.
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// Level of `zstd` (1 to 22, default 1) or `gzip` (0 to 9, default 6); the other codecs
+    /// have none.
+    #[serde(default)]
+    pub compression_level: Option<i64>,
 }
 
 /// A PostgreSQL table, written with COPY.
