@@ -344,15 +344,6 @@ impl SinkTable {
         })
     }
 
-    async fn open(sk: &Sink) -> Result<Self> {
-        Ok(match &sk.target {
-            Target::Postgres { url, table, .. } => {
-                Self::Pg(Box::new(PgTable::open(&sk.name, url, table).await?))
-            }
-            t => Self::Files(sealtrail_connectors::sink::sink_files(&sk.name, t).await?),
-        })
-    }
-
     /// The rows `sel` selects.
     async fn find(&mut self, sel: &RowSelector) -> Result<Vec<FoundRow>> {
         match self {
@@ -588,7 +579,12 @@ pub async fn prove(
     // are not copied.
     let (sk, copy) = readable_sink(find_sink(&p, sink)?, sel.id.is_some()).await?;
     let sk = &sk;
-    let mut table = SinkTable::open(sk).await?;
+    let Some(mut table) = SinkTable::open_existing(&sk.name, &sk.target).await? else {
+        bail!(
+            "sink `{sink}` has no table or folder ({}): no run has delivered rows to it, so it holds no row to prove (a run that fails before its first rows reach a sink leaves none; `sealtrail runs` lists the runs)",
+            find_sink(&p, sink)?.target.describe()
+        );
+    };
     let st = crate::open_state(&state.url(&home)).await?;
     // Given a record's lineage id, the custody records name the batch that delivered it, and
     // a Parquet sink's file names (a Delta table's log) name each file's batch: read that one
@@ -1144,15 +1140,23 @@ pub async fn verify_proof(
                 spec_in_force(spec, &p.spec_sha256, p.name != b.pipeline, &ok)
             );
             let (sk, _copy) = readable_sink(find_sink(&p, &b.output.sink)?, false).await?;
-            let mut t = SinkTable::open(&sk).await?;
-            let label = match &mut t {
-                SinkTable::Pg(pg) => pg.location(),
-                SinkTable::Files(files) => {
-                    in_batch = to_bundle_batch(files, &sk.target, &b);
-                    format!("sink `{}`", sk.name)
+            match SinkTable::open_existing(&sk.name, &sk.target).await? {
+                // No table or folder (removed whole): it holds no row at all.
+                None => (
+                    format!("sink `{}` (it has no table or folder)", sk.name),
+                    Vec::new(),
+                ),
+                Some(mut t) => {
+                    let label = match &mut t {
+                        SinkTable::Pg(pg) => pg.location(),
+                        SinkTable::Files(files) => {
+                            in_batch = to_bundle_batch(files, &sk.target, &b);
+                            format!("sink `{}`", sk.name)
+                        }
+                    };
+                    (label, t.find(&sel).await?)
                 }
-            };
-            (label, t.find(&sel).await?)
+            }
         }
         (None, None) => return Ok(0),
     };

@@ -1960,6 +1960,22 @@ fn a_failed_first_run_leaves_no_empty_table_behind() {
                 && text.contains("every row is as delivered"),
             "{text}"
         );
+        // Nor anything to prove: said in words, not in the table format's error.
+        let o = bin()
+            .arg("prove")
+            .arg(&spec)
+            .args(["--sink", sink, "--id", "s:x:2"])
+            .env("ST_GOOD", pg_url())
+            .env("ST_URL", pg_url())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{err}");
+        assert!(
+            err.contains(&format!("sink `{sink}` has no table or folder"))
+                && err.contains("no run has delivered rows to it"),
+            "{err}"
+        );
     }
     let out = run_ok(
         bin()
@@ -1982,8 +1998,38 @@ fn a_failed_first_run_leaves_no_empty_table_behind() {
     let home = dir.path().join(".sealtrail");
     assert!(home.join("state.db").exists());
     assert!(!home.join("state.db-wal").exists());
-    // A delivered table removed whole: its rows are reported deleted, as any removed row.
+    // A delivered table removed whole: its rows are reported deleted, as any removed row, by
+    // `audit` and by `verify-proof` of a row proven before.
+    let id = pg_one(&format!("SELECT min(_sealtrail_id) FROM {ns}.c"));
+    let bundle = dir.path().join("c.json");
+    run_ok(
+        bin()
+            .arg("prove")
+            .arg(&spec)
+            .args(["--sink", "c", "--id", &id, "--out"])
+            .arg(&bundle)
+            .env("ST_GOOD", pg_url())
+            .env("ST_URL", pg_url()),
+    );
     pg(&format!("DROP TABLE {ns}.c"));
+    let o = bin()
+        .arg("verify-proof")
+        .arg(&bundle)
+        .arg("--spec")
+        .arg(&spec)
+        .env("ST_GOOD", pg_url())
+        .env("ST_URL", pg_url())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{text}");
+    assert!(
+        text.contains(&format!(
+            "CHANGED: sink `c` (it has no table or folder) no longer holds row {id} (deleted)"
+        )),
+        "{text}"
+    );
     let (code, text) = audit("c");
     assert_eq!(code, Some(4), "{text}");
     assert!(
