@@ -2317,5 +2317,13 @@ quarantine:
             text.contains("batch_rows") && text.contains("row_count_between"),
             "{text}"
         );
+        // Editors offer every codec `check` takes, and no other.
+        let listed: Vec<&str> = s["$defs"]["PathSink"]["properties"]["compression"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(listed, Codec::NAMES);
     }
 }

@@ -402,7 +402,10 @@ pub struct PathSink {
     pub path: String,
     /// Compression of the Parquet files written: `zstd` (the default), `snappy`, `lz4`,
     /// `gzip` or `none`. Every Parquet reader reads `snappy`; some older ones no other codec.
+    // A string, not an enum, so that `check` says which codecs there are in its own words;
+    // the schema lists them for editors.
     #[serde(default)]
+    #[schemars(extend("enum" = ["zstd", "snappy", "lz4", "gzip", "none", null]))]
     pub compression: Option<String>,
     /// Level of `zstd` (1 to 22, default 1) or `gzip` (0 to 9, default 6); the other codecs
     /// have none.
