@@ -344,6 +344,23 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // Debug builds only (the tests' binary): a command still running after
+    // `SEALTRAIL_DEBUG_DEADLINE_SECS` is a hang (a deadlock, a task spinning without
+    // yielding) and ends with the internal-error code, saying so, so that the test fails
+    // within minutes instead of stalling the whole suite until CI's time runs out.
+    #[cfg(debug_assertions)]
+    if let Some(secs) = std::env::var("SEALTRAIL_DEBUG_DEADLINE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(secs));
+            eprintln!(
+                "error: still running after {secs} s (SEALTRAIL_DEBUG_DEADLINE_SECS): taken for a hang, ended"
+            );
+            std::process::exit(exit::INTERNAL);
+        });
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

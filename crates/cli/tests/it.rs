@@ -15,7 +15,10 @@ fn bin() -> Command {
         .env_remove("SEALTRAIL_MASTER_KEY_FILE")
         // The reference job's keys (WORKLOAD.md A.2): fixed, test-only values.
         .env("PEERS_HMAC_KEY", PEERS_HMAC_KEY)
-        .env("PEERS_AES_KEY", PEERS_AES_KEY);
+        .env("PEERS_AES_KEY", PEERS_AES_KEY)
+        // A command that hangs fails its test after ten minutes (the longest takes well
+        // under one) rather than holding up the suite.
+        .env("SEALTRAIL_DEBUG_DEADLINE_SECS", "600");
     c
 }
 
@@ -4149,6 +4152,33 @@ fn panics_report_their_location_not_their_message() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(value) && !err.contains("withheld"), "{err}");
+}
+
+/// A command that hangs (here waiting on a database that accepted the connection and never
+/// answers) ends at the debug build's deadline with the internal-error code, saying so, so a
+/// hang fails its test instead of stalling the suite.
+#[test]
+fn a_hung_command_ends_at_the_debug_deadline() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/test",
+        silent.local_addr().unwrap().port()
+    );
+    let started = std::time::Instant::now();
+    let out = bin()
+        .env("SEALTRAIL_DEBUG_DEADLINE_SECS", "2")
+        .args(["runs", "--state-url", &url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{err}");
+    assert!(
+        err.contains("still running after 2 s (SEALTRAIL_DEBUG_DEADLINE_SECS)"),
+        "{err}"
+    );
+    // Before the store's own 10 s wait for a connection would have given up.
+    assert!(started.elapsed() < std::time::Duration::from_secs(9));
+    drop(silent);
 }
 
 /// Keys rotate: after `keys rotate`, new ciphertexts name the new version and the old ones

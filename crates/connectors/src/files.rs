@@ -24,11 +24,23 @@ pub fn list(pattern: &str) -> Result<Vec<PathBuf>> {
         }
     }
     if out.is_empty() && !wild {
+        let path = Path::new(pattern);
+        let reason = if path.is_dir() {
+            format!(
+                "it is a folder, not a file; to read the files in it, give a pattern such as `{}`",
+                path.join("*").display()
+            )
+        } else if path.exists() {
+            "it is not a regular file (a named pipe, socket or device): sources read files, \
+             whole, so copy its data to a file first"
+                .to_string()
+        } else {
+            "no such file; check `path` in the spec (relative paths start at the spec's folder)"
+                .to_string()
+        };
         return Err(Error::Unreadable {
             input: pattern.into(),
-            reason:
-                "no such file; check `path` in the spec (relative paths start at the spec's folder)"
-                    .into(),
+            reason,
         });
     }
     out.sort();
@@ -245,6 +257,34 @@ impl std::io::Read for InputBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A path without wildcards that names no file says why: missing, a folder (with the
+    /// pattern that reads its files), or something that is not a regular file.
+    #[test]
+    fn a_path_that_is_no_file_says_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let reason = |p: &Path| match list(&p.display().to_string()) {
+            Err(Error::Unreadable { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        assert!(reason(&dir.path().join("nope.csv")).starts_with("no such file"));
+        let said = reason(dir.path());
+        assert!(
+            said.starts_with("it is a folder")
+                && said.contains(&dir.path().join("*").display().to_string()),
+            "{said}"
+        );
+        let pipe = dir.path().join("pipe.csv");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&pipe)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(reason(&pipe).starts_with("it is not a regular file"));
+        // A glob skips what is not a file.
+        let files = list(&dir.path().join("*").display().to_string()).unwrap();
+        assert!(files.is_empty(), "{files:?}");
+    }
 
     /// 50,000 short CSV lines.
     fn some_text() -> Vec<u8> {
