@@ -960,17 +960,22 @@ impl QuarantinePlace {
     }
 
     /// Where the rewrite of `file` is written: a hidden name beside it in a Parquet folder; in
-    /// a Delta table a data file no commit names yet (no reader sees it), under a new name
-    /// (a rewrite an interrupted run of the command left there is never reused: VACUUM
-    /// removes it).
+    /// a Delta table a data file no commit names yet (no reader sees it), named after `file`
+    /// (a digest of its name), so that a rewrite an interrupted run of the command left there
+    /// is written over by the next run's, not left beside it, and a rewrite of the rewrite
+    /// gets a name of its own.
     fn pending(&self, file: &Path, codec: Codec) -> PathBuf {
         match self {
             Self::Parquet(_) => hidden_beside(file),
-            Self::Delta { dir, .. } => dir.join(format!(
-                "part-sealtrail-quarantine-{}{}.parquet",
-                hex::encode(rand::random::<[u8; 12]>()),
-                codec.file_infix()
-            )),
+            Self::Delta { dir, .. } => {
+                let name = file.file_name().unwrap_or_default().to_string_lossy();
+                let digest = sealtrail_core::sha256_hex(name.as_bytes());
+                dir.join(format!(
+                    "part-sealtrail-quarantine-{}{}.parquet",
+                    &digest[..24],
+                    codec.file_infix()
+                ))
+            }
         }
     }
 
