@@ -1833,6 +1833,60 @@ fn first_run_failing_on_a_sink(
     (dir, spec)
 }
 
+/// Two PostgreSQL sinks whose connection references differ but reach one table: `check`
+/// cannot tell (it does not resolve secrets), the run can, and refuses before anything is
+/// written or any run is recorded, naming both sinks.
+#[test]
+fn two_sinks_reaching_one_postgres_table_are_refused_before_anything_loads() {
+    let ns = format!("st_onetable_{}", std::process::id());
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("in/a.csv"), "id,name\n1,x\n").unwrap();
+    let spec = dir.path().join("s.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\npipeline: {ns}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  a: {{ from: s, postgres: {{ url: env:ST_A, table: {ns}.t }} }}\n  b: {{ from: s, postgres: {{ url: env:ST_B, table: {ns}.t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    )
+    .unwrap();
+    // The same database, in other words.
+    let other = format!(
+        "{}{}application_name=second",
+        pg_url(),
+        if pg_url().contains('?') { '&' } else { '?' }
+    );
+    let with_urls = |c: &mut Command| {
+        c.env("ST_A", pg_url()).env("ST_B", &other);
+    };
+    let mut check = bin();
+    check.arg("check").arg(&spec);
+    with_urls(&mut check);
+    run_ok(&mut check);
+    let mut run = bin();
+    run.arg("run").arg(&spec);
+    with_urls(&mut run);
+    let out = run.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "s.yaml:9:6: sink `b` writes to the same PostgreSQL table as sink `a` ({ns}.t in the same database"
+        )) && err.contains("give each sink its own table"),
+        "{err}"
+    );
+    assert_eq!(
+        pg_one(&format!("SELECT (to_regclass('{ns}.t') IS NULL)::text")),
+        "true"
+    );
+    let runs = run_ok(bin().arg("runs").current_dir(dir.path()));
+    assert!(!runs.contains(&ns), "{runs}");
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
 /// A run whose sink cannot be opened fails before anything loads and leaves no empty output
 /// folder behind (the quarantine's and the other sinks' are opened first); with the sink
 /// back, the same run resumes and loads every record once.

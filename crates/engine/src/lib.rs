@@ -743,6 +743,7 @@ async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<Ru
             let inputs = choose_inputs(p, st).await?;
             // Every input must open (and CSV headers fit the columns) before anything loads.
             preflight(p, &inputs)?;
+            distinct_pg_tables(p).await?;
             let r = RunId::new();
             st.start_run(&r, &p.name, &p.spec_sha256, &inputs).await?;
             r
@@ -969,6 +970,39 @@ fn preflight(p: &Pipeline, inputs: &[(String, Vec<state::ChosenInput>)]) -> Resu
             ) {
                 sealtrail_connectors::files::check_compressed(std::path::Path::new(&i.input))?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// No two PostgreSQL sinks may write to one table. `check` compares their connection
+/// references; this compares the tables the resolved connections reach (two references to
+/// one database, `localhost` and `127.0.0.1`, `t` and `public.t`), before anything is written.
+/// Each row's custody would otherwise be claimed by two sinks, and each batch key committed
+/// twice to one table.
+async fn distinct_pg_tables(p: &Pipeline) -> Result<()> {
+    let mut seen: HashMap<String, &sealtrail_spec::Sink> = HashMap::new();
+    for s in &p.sinks {
+        let sealtrail_spec::Target::Postgres { url, table, .. } = &s.target else {
+            continue;
+        };
+        // A sink that cannot be reached fails the run when it is opened, as it always has.
+        let Ok(id) = sealtrail_connectors::pg::table_identity(&s.name, url, table).await else {
+            continue;
+        };
+        if let Some(first) = seen.insert(id, s) {
+            return Err(Error::Spec(sealtrail_spec::Error::Invalid(vec![
+                sealtrail_spec::Diagnostic {
+                    file: p.spec_path.clone(),
+                    line: s.at.0,
+                    column: s.at.1,
+                    message: format!(
+                        "sink `{}` writes to the same PostgreSQL table as sink `{}` ({table} in the same database, although their connection strings differ)",
+                        s.name, first.name
+                    ),
+                    hint: Some("give each sink its own table".into()),
+                },
+            ])));
         }
     }
     Ok(())
