@@ -60,8 +60,8 @@ impl CommitKey {
             batch,
         })
     }
-    /// The file in `dir` that holds this batch, if one does, whatever its compression (a
-    /// spec's `compression` may change between a stopped run and its resumption).
+    /// The file in `dir` that holds this batch, if one does, whatever its compression (the
+    /// codec the spec names now need not be the one the file was written with).
     fn existing_file(&self, dir: &Path) -> Option<PathBuf> {
         Codec::FILE_INFIXES.iter().find_map(|infix| {
             let f = dir.join(format!(
@@ -1211,7 +1211,7 @@ mod tests {
 
     /// Each codec writes files named after it that read back the same, with that codec in their
     /// metadata; a batch a Parquet sink holds under one codec is found committed by a writer
-    /// of another (a spec's `compression` changed before a stopped run was resumed).
+    /// of another.
     #[tokio::test]
     async fn every_codec_writes_and_a_batch_is_found_under_any() {
         let codecs = [
