@@ -62,7 +62,10 @@ fn valid_file() -> Vec<u8> {
     let mut w = parquet::arrow::ArrowWriter::try_new(
         &mut out,
         batch.schema(),
-        Some(writer_properties_for(std::slice::from_ref(&batch))),
+        Some(writer_properties_for(
+            std::slice::from_ref(&batch),
+            sealtrail_spec::Codec::default(),
+        )),
     )
     .expect("writer");
     w.write(&batch).expect("write");
