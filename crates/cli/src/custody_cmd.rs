@@ -156,10 +156,7 @@ async fn readable_sink(sk: &Sink, log_only: bool) -> Result<(Sink, Option<TableC
                 .map_err(|e| anyhow!("sink `{}`: {e}", sk.name))?;
             tracing::info!(sink = %sk.name, objects = n, log_only, "copied the S3 table to a local folder to read it");
             let mut local = sk.clone();
-            local.target = Target::Delta {
-                uri: copy.dir().display().to_string(),
-                compression: Default::default(),
-            };
+            local.target = Target::delta_at(copy.dir().display().to_string());
             Ok((local, Some(copy)))
         }
         _ => Ok((sk.clone(), None)),
@@ -324,7 +321,7 @@ pub(crate) enum SinkTable {
 }
 
 impl SinkTable {
-    /// [`SinkTable::open`] of the sink (or quarantine) `name` at `target` (a local one: see
+    /// The table of the sink (or quarantine) `name` at `target` (a local one: see
     /// [`readable_sink`]), or None when it has no table or folder: never created (the batches
     /// that reached it brought it no rows and the run did not end well), or removed.
     pub(crate) async fn open_existing(name: &str, target: &Target) -> Result<Option<Self>> {
@@ -868,23 +865,14 @@ async fn table_files(path: &Path) -> Result<(Vec<PathBuf>, Target, Option<TableC
         let (copy, _) = TableCopy::new(&text, true)
             .await
             .map_err(|e| anyhow!("{e}"))?;
-        let target = sealtrail_spec::Target::Delta {
-            uri: copy.dir().display().to_string(),
-            compression: Default::default(),
-        };
+        let target = sealtrail_spec::Target::delta_at(copy.dir().display().to_string());
         let files = sealtrail_connectors::sink::sink_files("table", &target).await?;
         return Ok((files, target, Some(copy)));
     }
     let target = if path.join("_delta_log").is_dir() {
-        sealtrail_spec::Target::Delta {
-            uri: path.display().to_string(),
-            compression: Default::default(),
-        }
+        sealtrail_spec::Target::delta_at(path.display().to_string())
     } else if path.is_dir() {
-        sealtrail_spec::Target::Parquet {
-            dir: path.to_path_buf(),
-            compression: Default::default(),
-        }
+        sealtrail_spec::Target::parquet_at(path.to_path_buf())
     } else {
         bail!(
             "{} is not a Delta table or a folder of Parquet files",

@@ -620,10 +620,7 @@ async fn quarantine_files(
     path: &Path,
 ) -> Result<(Vec<PathBuf>, Option<sealtrail_connectors::s3::TableCopy>)> {
     use sealtrail_connectors::sink::sink_files;
-    let delta = |uri: &Path| sealtrail_spec::Target::Delta {
-        uri: uri.display().to_string(),
-        compression: Default::default(),
-    };
+    let delta = |uri: &Path| sealtrail_spec::Target::delta_at(uri.display().to_string());
     if let Some(uri) = path.to_str().filter(|p| sealtrail_connectors::s3::is_s3(p)) {
         let (copy, _) = sealtrail_connectors::s3::TableCopy::new(uri, true)
             .await
@@ -634,10 +631,7 @@ async fn quarantine_files(
     let target = if path.join("_delta_log").is_dir() {
         delta(path)
     } else {
-        sealtrail_spec::Target::Parquet {
-            dir: path.to_path_buf(),
-            compression: Default::default(),
-        }
+        sealtrail_spec::Target::parquet_at(path.to_path_buf())
     };
     Ok((sink_files("quarantine", &target).await?, None))
 }

@@ -941,10 +941,7 @@ impl QuarantinePlace {
     async fn files(&self) -> Result<Vec<PathBuf>> {
         let t = match self {
             Self::Parquet(t) => t.clone(),
-            Self::Delta { dir, .. } => Target::Delta {
-                uri: dir.display().to_string(),
-                compression: Default::default(),
-            },
+            Self::Delta { dir, .. } => Target::delta_at(dir.display().to_string()),
         };
         Ok(sealtrail_connectors::sink::sink_files("quarantine", &t).await?)
     }

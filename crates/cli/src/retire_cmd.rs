@@ -187,10 +187,9 @@ async fn values_under(name: &str, target: &Target, id: &str) -> Result<u64> {
         }
         _ => None,
     };
-    let local = copy.as_ref().map(|c| Target::Delta {
-        uri: c.dir().display().to_string(),
-        compression: Default::default(),
-    });
+    let local = copy
+        .as_ref()
+        .map(|c| Target::delta_at(c.dir().display().to_string()));
     match SinkTable::open_existing(name, local.as_ref().unwrap_or(target)).await? {
         None => Ok(0),
         Some(SinkTable::Files(files)) => {

@@ -1872,9 +1872,10 @@ fn two_sinks_reaching_one_postgres_table_are_refused_before_anything_loads() {
     let out = run.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
+    let db = pg_one("SELECT current_database()");
     assert!(
         err.contains(&format!(
-            "s.yaml:9:6: sink `b` writes to the same PostgreSQL table as sink `a` ({ns}.t in the same database"
+            "s.yaml:9:6: sink `b` writes to the same PostgreSQL table as sink `a`: both reach {ns}.t in database {db} on one server"
         )) && err.contains("give each sink its own table"),
         "{err}"
     );

@@ -110,15 +110,13 @@ fn relation(source: &Source, pg: &PgSource) -> (String, String) {
     }
 }
 
-/// Decides what a new run reads: for an incremental source, the rows after the last loaded
-/// cursor value up to the current maximum. Also checks the relation's columns against the
-/// declared ones, so a wrong column fails before anything loads.
 /// Which table `table` is on the server `url` reaches, whatever the connection string says:
 /// the server's start time (one value per running PostgreSQL server, which any role may read),
 /// the database, and the table qualified with the schema an unqualified name is created in.
 /// Two sinks whose connection references differ (`env:A`, `env:B`; `localhost` and
-/// `127.0.0.1`) but reach one table get the same identity.
-pub async fn table_identity(name: &str, url: &SecretRef, table: &str) -> Result<String> {
+/// `127.0.0.1`) or whose names do (`t`, `public.t`) but reach one table get the same identity.
+/// Returns the identity and how to name the table in a message (`public.t in database test`).
+pub async fn table_identity(name: &str, url: &SecretRef, table: &str) -> Result<(String, String)> {
     let mut conn = connect(url, &format!("sink {name}")).await?;
     let (started, db, schema): (String, String, Option<String>) = sqlx::query_as(
         "SELECT pg_postmaster_start_time()::text, current_database(), current_schema()",
@@ -131,9 +129,15 @@ pub async fn table_identity(name: &str, url: &SecretRef, table: &str) -> Result<
         (false, Some(schema)) => format!("{schema}.{table}"),
         _ => table.to_string(),
     };
-    Ok(format!("{started}|{db}|{qualified}"))
+    Ok((
+        format!("{started}|{db}|{qualified}"),
+        format!("{qualified} in database {db}"),
+    ))
 }
 
+/// Decides what a new run reads: for an incremental source, the rows after the last loaded
+/// cursor value up to the current maximum. Also checks the relation's columns against the
+/// declared ones, so a wrong column fails before anything loads.
 pub async fn plan_input(source: &Source, pg: &PgSource, last: Option<PgInput>) -> Result<PgInput> {
     let (rel, what) = relation(source, pg);
     let mut conn = connect(&pg.url, &what).await?;

@@ -466,10 +466,7 @@ impl SinkWriter {
                     None => uri.clone(),
                 };
                 let commits = delta_file_commits(&local);
-                let target = Target::Delta {
-                    uri: local,
-                    compression: Codec::default(),
-                };
+                let target = Target::delta_at(local);
                 let files: Vec<PathBuf> = sink_files(name, &target)
                     .await?
                     .into_iter()
@@ -685,15 +682,16 @@ pub fn file_codec(path: &Path) -> std::io::Result<Codec> {
     else {
         return Ok(Codec::default());
     };
-    Ok(match chunk.compression() {
-        Compression::ZSTD(_) => Codec::parse("zstd", None),
-        Compression::SNAPPY => Codec::parse("snappy", None),
-        Compression::LZ4_RAW => Codec::parse("lz4", None),
-        Compression::GZIP(_) => Codec::parse("gzip", None),
-        Compression::UNCOMPRESSED => Codec::parse("none", None),
-        _ => Ok(Codec::default()),
-    }
-    .unwrap_or_default())
+    let name = match chunk.compression() {
+        Compression::ZSTD(_) => "zstd",
+        Compression::SNAPPY => "snappy",
+        Compression::LZ4_RAW => "lz4",
+        Compression::GZIP(_) => "gzip",
+        Compression::UNCOMPRESSED => "none",
+        _ => return Ok(Codec::default()),
+    };
+    // Every name above parses; the fallback is never taken.
+    Ok(Codec::parse(name, None).unwrap_or_default())
 }
 
 /// Writes `batches` as a new Parquet file at `path` with the sinks' writer properties,
@@ -1011,10 +1009,7 @@ mod tests {
             vec![Arc::new(StringArray::from(vec!["a", "b"])) as ArrayRef],
         )
         .unwrap();
-        let target = Target::Delta {
-            uri: uri.clone(),
-            compression: Codec::default(),
-        };
+        let target = Target::delta_at(uri.clone());
         let mut w = open_sink("t", &target, schema).await.unwrap();
         let key = |batch| CommitKey {
             pipeline: "p".into(),
@@ -1117,14 +1112,7 @@ mod tests {
         )
         .unwrap();
         let uri = dir.join("t").display().to_string();
-        (
-            schema,
-            b,
-            Target::Delta {
-                uri,
-                compression: Codec::default(),
-            },
-        )
+        (schema, b, Target::delta_at(uri))
     }
 
     fn first_batch_of_run_r1() -> CommitKey {

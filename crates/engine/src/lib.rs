@@ -987,7 +987,8 @@ async fn distinct_pg_tables(p: &Pipeline) -> Result<()> {
             continue;
         };
         // A sink that cannot be reached fails the run when it is opened, as it always has.
-        let Ok(id) = sealtrail_connectors::pg::table_identity(&s.name, url, table).await else {
+        let Ok((id, shown)) = sealtrail_connectors::pg::table_identity(&s.name, url, table).await
+        else {
             continue;
         };
         if let Some(first) = seen.insert(id, s) {
@@ -997,7 +998,7 @@ async fn distinct_pg_tables(p: &Pipeline) -> Result<()> {
                     line: s.at.0,
                     column: s.at.1,
                     message: format!(
-                        "sink `{}` writes to the same PostgreSQL table as sink `{}` ({table} in the same database, although their connection strings differ)",
+                        "sink `{}` writes to the same PostgreSQL table as sink `{}`: both reach {shown} on one server",
                         s.name, first.name
                     ),
                     hint: Some("give each sink its own table".into()),

@@ -252,8 +252,8 @@ impl StateStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .min_connections(0)
-            // Per-connection settings go on every connection the pool opens, including those
-            // that replace a connection it closed (idle or past its lifetime).
+            // Per-connection settings go on every connection the pool opens, including one
+            // that replaces a connection it dropped (broken).
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {

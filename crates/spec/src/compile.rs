@@ -425,6 +425,23 @@ impl Codec {
 }
 
 impl Target {
+    /// The Delta table at `uri`, written with the default compression: what reading it needs
+    /// (each file says its own codec; the target's matters only to writers).
+    pub fn delta_at(uri: impl Into<String>) -> Target {
+        Target::Delta {
+            uri: uri.into(),
+            compression: Codec::default(),
+        }
+    }
+
+    /// The Parquet folder `dir`, to read (see [`Target::delta_at`]).
+    pub fn parquet_at(dir: impl Into<PathBuf>) -> Target {
+        Target::Parquet {
+            dir: dir.into(),
+            compression: Codec::default(),
+        }
+    }
+
     /// The compression of the files it writes; `None` for a PostgreSQL table.
     pub fn compression(&self) -> Option<Codec> {
         match self {
