@@ -1911,6 +1911,62 @@ fn a_sink_that_cannot_be_opened_leaves_no_empty_folder_behind() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// In a run of two sources, a sink of the second that cannot be reached fails the run before
+/// the first source loads into its own sinks: every sink opens before any source loads. With
+/// the sink back, the run resumes and loads each source's records once.
+#[test]
+fn an_unreachable_sink_of_a_later_source_stops_the_run_before_anything_loads() {
+    let ns = format!("st_latesink_{}", std::process::id());
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::write(dir.path().join("in/a.csv"), "id,name\n1,x\n2,y\n").unwrap();
+    std::fs::write(dir.path().join("in/b.jsonl"), "{\"id\": 3}\n").unwrap();
+    let spec = dir.path().join("s.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\npipeline: {ns}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\n  t:\n    jsonl: {{ path: in/*.jsonl }}\n    columns: [{{ name: id, type: int64 }}]\nsinks:\n  a: {{ from: s, audience: internal, parquet: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_GOOD, table: {ns}.b }} }}\n  c: {{ from: t, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.c }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("ST_GOOD", pg_url())
+        .env("ST_URL", "postgres://postgres@127.0.0.1:1/test")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("cannot connect to PostgreSQL") && err.contains("sink c:"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out").exists(), "{err}");
+    assert_eq!(
+        pg_one(&format!("SELECT (to_regclass('{ns}.b') IS NULL)::text")),
+        "true"
+    );
+    let out = run_ok(
+        bin()
+            .arg("run")
+            .arg(&spec)
+            .env("ST_GOOD", pg_url())
+            .env("ST_URL", pg_url()),
+    );
+    assert!(out.contains("resum"), "{out}");
+    assert_eq!(
+        pg_one(&format!(
+            "SELECT (SELECT count(*) FROM {ns}.b)::text || ' ' || (SELECT count(*) FROM {ns}.c)::text"
+        )),
+        "2 1"
+    );
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
 /// The same for Delta tables in an object store: a failed first run leaves no object under
 /// them (its conditional-write probe removed too); the resumed run creates both tables, the
 /// quarantine's empty.

@@ -1064,6 +1064,30 @@ async fn run_inner(
             .map_err(|e| Error::Keys(e.to_string()))?;
         Sealer::new(&id, &key)
     };
+    // Every sink opens (connects, reads or checks its table) before any source loads: a sink
+    // that cannot be reached fails the run before anything is written, rather than after the
+    // sources before its own have loaded into theirs.
+    let mut opened: HashMap<&str, Vec<(SinkWriter, String)>> = HashMap::new();
+    for source in &p.sources {
+        let transforms = &planned
+            .get(&source.name)
+            .ok_or_else(|| Error::Internal(format!("source `{}` was not planned", source.name)))?
+            .transforms;
+        let mut sinks = Vec::new();
+        for s in p.sinks.iter().filter(|s| s.root_source == source.name) {
+            let sch = transforms
+                .schema_of(&s.from)
+                .ok_or_else(|| Error::Internal(format!("no schema for `{}`", s.from)))?;
+            let w = open_sink(&s.name, &s.target, sch).await?;
+            report.sinks.push(SinkReport {
+                name: s.name.clone(),
+                location: w.location(),
+                rows: 0,
+            });
+            sinks.push((w, s.from.clone()));
+        }
+        opened.insert(&source.name, sinks);
+    }
     for source in &p.sources {
         let schema = sealtrail_quality::typed::source_schema(source);
         let Planned {
@@ -1097,19 +1121,7 @@ async fn run_inner(
         let protector = Protector::new(source, &schema, &resolution, opts.keyring.clone())
             .map_err(|e| Error::Keys(e.to_string()))?
             .with_guards(guards);
-        let mut sinks: Vec<(SinkWriter, String)> = Vec::new();
-        for s in p.sinks.iter().filter(|s| s.root_source == source.name) {
-            let sch = transforms
-                .schema_of(&s.from)
-                .ok_or_else(|| Error::Internal(format!("no schema for `{}`", s.from)))?;
-            let w = open_sink(&s.name, &s.target, sch).await?;
-            report.sinks.push(SinkReport {
-                name: s.name.clone(),
-                location: w.location(),
-                rows: 0,
-            });
-            sinks.push((w, s.from.clone()));
-        }
+        let mut sinks = opened.remove(source.name.as_str()).unwrap_or_default();
 
         let inputs = located.remove(&source.name).unwrap_or_default();
         let commit = !opts.skip_commitments_for_benchmark;
