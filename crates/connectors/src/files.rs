@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 /// Files matching `pattern`, sorted by path so every run reads them in the same order.
 /// A pattern without wildcards that matches nothing is an error (a typo must not load nothing
-/// silently); a glob that matches nothing is an empty input.
+/// silently); a glob that matches nothing is an empty input. A glob skips the folders it
+/// matches (`in/*` beside a subfolder), which hold no records of their own, but refuses
+/// anything else that is not a file it can read (a named pipe, socket or device; a symbolic
+/// link whose target is gone): its records would otherwise be missed without a word.
 pub fn list(pattern: &str) -> Result<Vec<PathBuf>> {
     let wild = pattern.contains(['*', '?', '[']);
     let mut out = Vec::new();
@@ -19,8 +22,19 @@ pub fn list(pattern: &str) -> Result<Vec<PathBuf>> {
             input: pattern.into(),
             reason: e.to_string(),
         })?;
-        if p.is_file() {
-            out.push(p);
+        match std::fs::metadata(&p) {
+            Ok(m) if m.is_file() => out.push(p),
+            Ok(m) if m.is_dir() && wild => {}
+            _ if !wild => {} // said below, as a path
+            got => {
+                return Err(Error::Unreadable {
+                    input: p.display().to_string(),
+                    reason: format!(
+                        "`{pattern}` matches it, and {}; move it out of the folder or narrow the pattern",
+                        not_a_file(&p, got.err())
+                    ),
+                });
+            }
         }
     }
     if out.is_empty() && !wild {
@@ -30,10 +44,11 @@ pub fn list(pattern: &str) -> Result<Vec<PathBuf>> {
                 "it is a folder, not a file; to read the files in it, give a pattern such as `{}`",
                 path.join("*").display()
             )
-        } else if path.exists() {
-            "it is not a regular file (a named pipe, socket or device): sources read files, \
-             whole, so copy its data to a file first"
-                .to_string()
+        } else if path.exists() || path.is_symlink() {
+            format!(
+                "{}; sources read files, whole",
+                not_a_file(path, path.metadata().err())
+            )
         } else {
             "no such file; check `path` in the spec (relative paths start at the spec's folder)"
                 .to_string()
@@ -45,6 +60,23 @@ pub fn list(pattern: &str) -> Result<Vec<PathBuf>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// Why `p`, which exists as a name but is neither a file nor a folder to skip, cannot be read:
+/// `failed` is the error of following it, if that failed.
+fn not_a_file(p: &Path, failed: Option<std::io::Error>) -> String {
+    match failed {
+        Some(e) if p.is_symlink() => match std::fs::read_link(p) {
+            Ok(to) => format!(
+                "it is a symbolic link to {}, which cannot be read ({})",
+                to.display(),
+                e.kind()
+            ),
+            Err(_) => format!("it is a symbolic link that cannot be followed ({})", e.kind()),
+        },
+        Some(e) => format!("it cannot be read ({})", e.kind()),
+        None => "it is not a regular file (a named pipe, socket or device): copy its data to a file first".into(),
+    }
 }
 
 /// Identity of a file's content for incremental loads: path, size and modification time.
@@ -281,9 +313,47 @@ mod tests {
             .unwrap();
         assert!(made.success());
         assert!(reason(&pipe).starts_with("it is not a regular file"));
-        // A glob skips what is not a file.
-        let files = list(&dir.path().join("*").display().to_string()).unwrap();
-        assert!(files.is_empty(), "{files:?}");
+        // A glob skips folders, and refuses, by name, what else is not a file.
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("a.csv"), "id\n1\n").unwrap();
+        let files = list(&sub.parent().unwrap().join("*").display().to_string());
+        match files {
+            Err(Error::Unreadable { input, reason }) => {
+                assert_eq!(input, pipe.display().to_string());
+                assert!(
+                    reason.contains("matches it, and it is not a regular file")
+                        && reason.contains("narrow the pattern"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_file(&pipe).unwrap();
+        assert!(
+            list(&dir.path().join("*").display().to_string())
+                .unwrap()
+                .is_empty()
+        );
+        let gone = sub.join("b.csv");
+        std::os::unix::fs::symlink(dir.path().join("unmounted/b.csv"), &gone).unwrap();
+        match list(&sub.join("*.csv").display().to_string()) {
+            Err(Error::Unreadable { input, reason }) => {
+                assert_eq!(input, gone.display().to_string());
+                assert!(
+                    reason.contains("it is a symbolic link to ")
+                        && reason.contains("unmounted/b.csv"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(reason(&gone).starts_with("it is a symbolic link to "));
+        std::fs::remove_file(&gone).unwrap();
+        assert_eq!(
+            list(&sub.join("*.csv").display().to_string()).unwrap(),
+            vec![sub.join("a.csv")]
+        );
     }
 
     /// 50,000 short CSV lines.
