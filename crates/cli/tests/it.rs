@@ -2885,6 +2885,42 @@ DELETE FROM {ns}.shared WHERE id = 9"
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// A PostgreSQL source without a cursor reads every row on every run: the second run says
+/// that it adds them to the sinks once more, and how to read only new rows.
+#[test]
+fn a_table_read_again_by_a_source_without_a_cursor_is_pointed_out() {
+    let ns = format!("st_again_{}", std::process::id());
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns};\nCREATE TABLE {ns}.src (id bigint PRIMARY KEY);\nINSERT INTO {ns}.src VALUES (1), (2)"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("s.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\npipeline: {ns}\nsources:\n  s:\n    postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.src, key: id }}\n    columns: [{{ name: id, type: int64 }}]\nsinks:\n  t: {{ from: s, audience: internal, parquet: {{ path: out/t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    )
+    .unwrap();
+    let run = || {
+        let o = bin()
+            .arg("run")
+            .arg(&spec)
+            .env("ST_TEST_PG_URL", pg_url())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        (
+            counts(&String::from_utf8_lossy(&o.stdout)),
+            err.contains("this run reads every row of it again, adding its rows to the sinks once more: the source has no `cursor`"),
+        )
+    };
+    assert_eq!(run(), ((2, 2, 0), false));
+    assert_eq!(run(), ((2, 2, 0), true));
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
 /// A source that is not incremental loads its files on every run: the second run of an
 /// unchanged file says that it adds the file's records to the sinks once more, and how to load
 /// only new files; a changed file is new, and is loaded without the warning.

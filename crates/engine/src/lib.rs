@@ -537,6 +537,12 @@ async fn choose_inputs(
                     None => None,
                 };
                 let input = plan_input(s, pg, last).await?;
+                if pg.cursor.is_none() && st.last_loaded_input(&p.name, &s.name).await?.is_some() {
+                    tracing::warn!(
+                        source = %s.name,
+                        "an earlier run loaded this source, and this run reads every row of it again, adding its rows to the sinks once more: the source has no `cursor` (a cursor column reads only the rows added since the last run)"
+                    );
+                }
                 let fingerprint = format!("pg:{}", input.upto.as_deref().unwrap_or("full"));
                 out.push((
                     s.name.clone(),
