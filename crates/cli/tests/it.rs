@@ -1381,7 +1381,11 @@ fn pg(sql: &str) -> Vec<Vec<Option<String>>> {
             .expect("PostgreSQL at SEALTRAIL_TEST_PG (default 127.0.0.1:5432/test)");
         let mut out = Vec::new();
         for stmt in sql.split(";\n").filter(|s| !s.trim().is_empty()) {
-            for r in sqlx::query(stmt).fetch_all(&mut c).await.unwrap() {
+            for r in sqlx::query(sqlx::AssertSqlSafe(stmt.to_string()))
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+            {
                 out.push(
                     (0..r.len())
                         .map(|i| r.try_get::<Option<String>, _>(i).unwrap())
@@ -1831,6 +1835,89 @@ fn first_run_failing_on_a_sink(
     assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
     assert!(!dir.path().join("out").exists(), "{err}");
     (dir, spec)
+}
+
+/// A PostgreSQL sink over TLS with the server authenticated (`sslmode=verify-full`): with only
+/// an unrelated authority trusted (`SSL_CERT_FILE`, `SSL_CERT_DIR`, as for every TLS client
+/// here), the run is refused before anything is written, saying why; with the server's
+/// certificate named by `sslrootcert`, the same run resumes and loads.
+#[test]
+fn a_postgres_sink_is_reached_over_verified_tls() {
+    let ns = format!("st_tls_{}", std::process::id());
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    std::fs::create_dir_all(dir.path().join("no-certs")).unwrap();
+    std::fs::write(dir.path().join("in/a.csv"), "id,name\n1,x\n2,y\n").unwrap();
+    // An authority of our own, which signed nothing the server presents.
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=unrelated test authority",
+            "-days",
+            "1",
+            "-keyout",
+        ])
+        .arg(dir.path().join("ca.key"))
+        .arg("-out")
+        .arg(dir.path().join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let spec = dir.path().join("s.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\npipeline: {ns}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  t: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    )
+    .unwrap();
+    let url = format!(
+        "{}?sslmode=verify-full",
+        pg_url()
+            .split('?')
+            .next()
+            .unwrap()
+            .replace("@127.0.0.1:", "@localhost:")
+    );
+    let run = |url: &str| {
+        bin()
+            .arg("run")
+            .arg(&spec)
+            .env("ST_URL", url)
+            .env("SSL_CERT_FILE", dir.path().join("ca.pem"))
+            .env("SSL_CERT_DIR", dir.path().join("no-certs"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&url);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("cannot read sink t: cannot connect to PostgreSQL: TLS error: invalid peer certificate: UnknownIssuer")
+            && err.contains("`sslmode` and `sslrootcert`"),
+        "{err}"
+    );
+    assert_eq!(
+        pg_one(&format!("SELECT (to_regclass('{ns}.t') IS NULL)::text")),
+        "true"
+    );
+    let out = run(&format!(
+        "{url}&sslrootcert=/etc/ssl/certs/ssl-cert-snakeoil.pem"
+    ));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(pg_one(&format!("SELECT count(*)::text FROM {ns}.t")), "2");
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
 /// Two PostgreSQL sinks whose connection references differ but reach one table: `check`

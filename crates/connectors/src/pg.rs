@@ -29,7 +29,7 @@ use sealtrail_spec::raw::UnknownColumns;
 use sealtrail_spec::{PgFrom, PgSource, SecretRef, Source};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{Connection, Executor, Row};
+use sqlx::{AssertSqlSafe, Connection, Executor, Row, SqlSafeStr, Statement};
 use std::fmt::Write;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -68,6 +68,7 @@ pub async fn connect(url: &SecretRef, what: &str) -> Result<PgConnection> {
         input: what.to_string(),
         reason: "the connection URL is not a valid postgres:// URL".into(),
     })?;
+    sealtrail_core::db::before_connect(&opts, what);
     let mut conn = PgConnection::connect_with(&opts)
         .await
         .map_err(|e| Error::Unreadable {
@@ -153,7 +154,7 @@ pub async fn plan_input(source: &Source, pg: &PgSource, last: Option<PgInput>) -
             "SELECT max(q.{c})::text, pg_typeof(max(q.{c}))::text FROM ({rel}) q",
             c = quote_ident(c)
         );
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
             .fetch_one(&mut conn)
             .await
             .map_err(|e| Error::Unreadable {
@@ -175,8 +176,9 @@ async fn check_columns(
     rel: &str,
     what: &str,
 ) -> Result<()> {
+    // Prepared, not run: the statement's columns are known without reading a row.
     let d = conn
-        .describe(&format!("SELECT * FROM ({rel}) q"))
+        .prepare(AssertSqlSafe(format!("SELECT * FROM ({rel}) q")).into_sql_str())
         .await
         .map_err(|e| Error::Unreadable {
             input: what.to_string(),
@@ -338,7 +340,7 @@ pub fn sample_rows(
     let ncols = source.columns.len();
     r.rt.block_on(async {
         let mut conn = connect(&r.pg.url, &r.name).await?;
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
             .fetch_all(&mut conn)
             .await
             .map_err(|e| r.unreadable(&e))?;
@@ -368,9 +370,11 @@ impl SourceReader for PgReader {
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await
                     .map_err(|e| self.unreadable(&e))?;
-                conn.execute(format!("DECLARE sealtrail_read NO SCROLL CURSOR FOR {sql}").as_str())
-                    .await
-                    .map_err(|e| self.unreadable(&e))?;
+                conn.execute(AssertSqlSafe(format!(
+                    "DECLARE sealtrail_read NO SCROLL CURSOR FOR {sql}"
+                )))
+                .await
+                .map_err(|e| self.unreadable(&e))?;
                 Ok::<_, Error>(conn)
             })?;
             self.conn = Some(conn);
@@ -381,7 +385,7 @@ impl SourceReader for PgReader {
         };
         let rows = self
             .rt
-            .block_on(sqlx::query(&fetch).fetch_all(&mut *conn))
+            .block_on(sqlx::query(AssertSqlSafe(fetch.as_str())).fetch_all(&mut *conn))
             .map_err(|e| Error::Unreadable {
                 input: self.name.to_string(),
                 reason: redact_db_error(&e),
@@ -816,7 +820,7 @@ impl PgTable {
             ));
         }
         let sql = format!("{} WHERE {}::text = $1", self.select, quote_ident(column));
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(value)
             .fetch_all(&mut self.conn)
             .await
@@ -840,7 +844,7 @@ impl PgTable {
             ));
         };
         let sql = format!("{} WHERE {}::text = ANY($1)", self.select, quote_ident(id));
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
             .bind(ids)
             .fetch_all(&mut self.conn)
             .await
@@ -911,7 +915,7 @@ impl PgTable {
         let name = self.name.clone();
         let db = |e: sqlx::Error| sink_err(&name, redact_db_error(&e));
         let mut tx = self.conn.begin().await.map_err(db)?;
-        let mut q = sqlx::query(&sql).bind(ids);
+        let mut q = sqlx::query(AssertSqlSafe(sql.as_str())).bind(ids);
         for TextUpdate { old, new, .. } in columns {
             q = q.bind(old).bind(new);
         }
@@ -998,10 +1002,10 @@ impl PgTable {
             .execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(|e| self.err(&e))?;
-        let count: i64 = sqlx::query_scalar(&format!(
+        let count: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT count(*) FROM {}",
             quote_table(&self.table)
-        ))
+        )))
         .fetch_one(&mut self.conn)
         .await
         .map_err(|e| self.err(&e))?;
@@ -1015,11 +1019,10 @@ impl PgTable {
             // so a table sealtrail filled comes back in insertion order (with them, it may start
             // wherever an earlier scan stopped and wrap around).
             .execute(
-                format!(
+                AssertSqlSafe(format!(
                     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}; SET LOCAL synchronize_seqscans = off",
                     quote_literal(&snapshot)
-                )
-                .as_str(),
+                )),
             )
             .await
             .map_err(|e| self.err(&e))?;
@@ -1604,7 +1607,7 @@ impl PgSink {
         let db = |e: sqlx::Error| sink_err(name, redact_db_error(&e));
         let have = table_columns(conn, table).await.map_err(db)?;
         if have.is_empty() {
-            conn.execute(ddl).await.map_err(db)?;
+            conn.execute(AssertSqlSafe(ddl)).await.map_err(db)?;
         } else if have != want {
             return Err(sink_err(name, columns_differ(table, &have, want)));
         }

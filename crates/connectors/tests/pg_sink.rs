@@ -67,7 +67,7 @@ fn batch(ids: &[i64]) -> RecordBatch {
 /// A connection to the test database, with no table named `table` in it.
 async fn fresh_table(table: &str) -> sqlx::PgConnection {
     let mut c = sqlx::PgConnection::connect(&url()).await.unwrap();
-    sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {table}")))
         .execute(&mut c)
         .await
         .unwrap();
@@ -76,7 +76,7 @@ async fn fresh_table(table: &str) -> sqlx::PgConnection {
 
 /// Drops a test's sink table and forgets its commit keys.
 async fn drop_sink_table(c: &mut sqlx::PgConnection, table: &str) {
-    sqlx::query(&format!("DROP TABLE {table}"))
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
         .execute(&mut *c)
         .await
         .unwrap();
@@ -109,7 +109,7 @@ async fn commits_are_idempotent_and_values_round_trip() {
             .unwrap()
     );
     assert!(sink.commit("app/run1", 1, &[batch(&[6, 7])]).await.unwrap());
-    let rows = sqlx::query(&format!("SELECT id, name, amount::text, (extract(epoch FROM at) * 1000000)::bigint, ok FROM {table} ORDER BY id"))
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT id, name, amount::text, (extract(epoch FROM at) * 1000000)::bigint, ok FROM {table} ORDER BY id")))
         .fetch_all(&mut c)
         .await
         .unwrap();
@@ -376,10 +376,12 @@ async fn an_existing_table_without_a_lineage_id_index_is_reported_not_altered() 
     let mut s = PgSink::open("s", &url, &table, schema.clone(), true)
         .await
         .unwrap();
-    sqlx::query(&format!("CREATE TABLE {table} (v text)"))
-        .execute(&mut c)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {table} (v text)"
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
     let rows = RecordBatch::try_new(
         schema.clone(),
         vec![
@@ -394,9 +396,9 @@ async fn an_existing_table_without_a_lineage_id_index_is_reported_not_altered() 
     drop_sink_table(&mut c, &table).await;
 
     // Created by someone else without the index: reported, and left as it is.
-    sqlx::query(&format!(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "CREATE TABLE {table} (v bigint, _sealtrail_id text)"
-    ))
+    )))
     .execute(&mut c)
     .await
     .unwrap();
@@ -422,17 +424,22 @@ async fn an_existing_table_without_a_lineage_id_index_is_reported_not_altered() 
         format!("CREATE INDEX ON {table} (v, _sealtrail_id)"),
         format!("CREATE INDEX ON {table} (_sealtrail_id) WHERE v > 0"),
     ] {
-        sqlx::query(&ddl).execute(&mut c).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(ddl.to_string()))
+            .execute(&mut c)
+            .await
+            .unwrap();
     }
     let s = PgSink::open("s", &url, &table, schema.clone(), true)
         .await
         .unwrap();
     assert!(s.lineage_ids_unindexed());
     drop(s);
-    sqlx::query(&format!("CREATE INDEX ON {table} (_sealtrail_id, v)"))
-        .execute(&mut c)
-        .await
-        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE INDEX ON {table} (_sealtrail_id, v)"
+    )))
+    .execute(&mut c)
+    .await
+    .unwrap();
     let s = PgSink::open("s", &url, &table, schema, true).await.unwrap();
     assert!(!s.lineage_ids_unindexed());
     drop(s);
@@ -486,4 +493,97 @@ async fn a_batch_without_rows_is_held_without_a_table() {
         .execute(&mut c)
         .await
         .unwrap();
+}
+
+/// The server certificate the test database presents: Debian's `ssl-cert-snakeoil`, made for
+/// `localhost` (PostgreSQL's `ssl = on` by default on Debian).
+const SERVER_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+/// Connections use TLS as the URL's `sslmode` says, like libpq's: `prefer` (the default) takes
+/// it when the server offers it, `verify-ca` checks the certificate's signature against
+/// `sslrootcert` (and the system's trusted roots), `verify-full` the name it was made for too,
+/// and a failed check says what failed and how to choose, never the URL.
+#[tokio::test]
+async fn connections_use_tls_as_the_url_says() {
+    use sealtrail_connectors::pg::connect;
+    let mut plain = sqlx::PgConnection::connect(&format!("{}?sslmode=disable", url()))
+        .await
+        .unwrap();
+    let ssl: String = sqlx::query_scalar("SHOW ssl")
+        .fetch_one(&mut plain)
+        .await
+        .unwrap();
+    assert_eq!(
+        ssl, "on",
+        "the test database must offer TLS (PostgreSQL's `ssl = on`, Debian's default)"
+    );
+    let on_localhost = url().replace("@127.0.0.1:", "@localhost:");
+    assert_ne!(on_localhost, url(), "the test URL names 127.0.0.1");
+    let with = |base: &str, q: &str| {
+        SecretRef::Literal(Secret::new(format!(
+            "{base}{}{q}",
+            if base.contains('?') { '&' } else { '?' }
+        )))
+    };
+    let tls_of = |mut c: sqlx::PgConnection| async move {
+        let r = sqlx::query(
+            "SELECT ssl, coalesce(version, '') FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+        (r.get::<bool, _>(0), r.get::<String, _>(1))
+    };
+    let yes = (true, "TLSv1.3".to_string());
+    let no = (false, String::new());
+    let cases = [
+        (with(&url(), "sslmode=disable"), &no),
+        (SecretRef::Literal(Secret::new(url())), &yes),
+        (with(&url(), "sslmode=require"), &yes),
+        (
+            with(
+                &url(),
+                &format!("sslmode=verify-ca&sslrootcert={SERVER_CERT}"),
+            ),
+            &yes,
+        ),
+        (
+            with(
+                &on_localhost,
+                &format!("sslmode=verify-full&sslrootcert={SERVER_CERT}"),
+            ),
+            &yes,
+        ),
+    ];
+    for (i, (u, want)) in cases.iter().enumerate() {
+        let c = connect(u, "sink t")
+            .await
+            .unwrap_or_else(|e| panic!("case {i}: {e}"));
+        assert_eq!(&tls_of(c).await, *want, "case {i}");
+    }
+    let refused = |u: SecretRef| async move {
+        match connect(&u, "sink t").await {
+            Ok(c) => panic!("connected: {:?}", tls_of(c).await),
+            Err(e) => e.to_string(),
+        }
+    };
+    // The certificate is made for `localhost`, not for the address.
+    let err = refused(with(
+        &url(),
+        &format!("sslmode=verify-full&sslrootcert={SERVER_CERT}"),
+    ))
+    .await;
+    assert!(
+        err.starts_with(
+            "cannot read sink t: cannot connect to PostgreSQL: TLS error: invalid peer certificate"
+        ) && err.contains("127.0.0.1")
+            && err.contains("sslrootcert"),
+        "{err}"
+    );
+    // A certificate no trusted authority signed: the `it` test
+    // `a_postgres_sink_is_reached_over_verified_tls` (the trusted roots are set per process).
+    assert!(
+        !err.contains("postgres://") && !err.contains("postgres@"),
+        "{err}"
+    );
 }

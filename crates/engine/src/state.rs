@@ -239,16 +239,20 @@ impl StateStore {
                 .map_err(named)?;
             conn.close().await.map_err(named)?;
         }
+        if !sqlite
+            && let Ok(o) = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&url)
+        {
+            sealtrail_core::db::before_connect(&o, "the state store");
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 1 } else { 4 })
             .acquire_timeout(std::time::Duration::from_secs(10))
-            // No idle timeout and no lifetime, so the pool starts no maintenance task: in
-            // sqlx 0.8.6 (our lock) a race between returning and taking a connection can
-            // wrap the pool's idle count below zero, and that task then loops ~2^64 times
-            // without yielding, one core at 100 % and the process hung at exit (sqlx issue
-            // #3645, fixed upstream by pull request #4289). A test's `keys reencrypt` hung so
-            // for 20 minutes. The store's connections live as long as the process, which
-            // closes them at its end.
+            // No idle timeout and no lifetime, so the pool starts no maintenance task: the
+            // store's connections live as long as the process, which closes them at its end.
+            // (In sqlx 0.8.6 that task could spin forever once a race wrapped the pool's idle
+            // count below zero, issue #3645: a test's `keys reencrypt` hung so for 20 minutes.
+            // 0.9.1, our lock since, has the fix, pull request #4289; the task is still not
+            // needed.)
             .idle_timeout(None)
             .max_lifetime(None)
             .min_connections(0)
@@ -266,7 +270,7 @@ impl StateStore {
             .await
             .map_err(|e| StateError(format!("cannot open the run state store ({url_kind}): {e}; check --state-url / SEALTRAIL_STATE_URL")))?;
         for ddl in SCHEMA {
-            sqlx::query(ddl).execute(&pool).await?;
+            sqlx::query(*ddl).execute(&pool).await?;
         }
         Ok(Self {
             pool,

@@ -103,7 +103,7 @@ fn main() {
             rt.block_on(async {
                 use sqlx::Connection;
                 let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
-                sqlx::raw_sql(&format!("DROP SCHEMA {schema} CASCADE"))
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
                     .execute(&mut c)
                     .await
                     .expect("drop the scratch schema");

@@ -37,7 +37,7 @@ use crate::tiles::TileId;
 use crate::verify::{self, Seen, Tamper, Verified, VerifyError};
 use sealtrail_core::db::redact_db_error;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{Connection, Executor, Row};
+use sqlx::{AssertSqlSafe, Connection, Executor, Row};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -136,6 +136,7 @@ impl PgLedger {
         check_schema(schema)?;
         let opts = PgConnectOptions::from_str(url)
             .map_err(|_| LogError::Db("the ledger URL is not a valid postgres:// URL".into()))?;
+        sealtrail_core::db::before_connect(&opts, "the ledger");
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), LogError>>(1);
         let worker = std::thread::Builder::new()
@@ -219,20 +220,20 @@ impl PgLedger {
                     .execute(&mut *tx)
                     .await
                     .map_err(db)?;
-                tx.execute(SCHEMA_SQL.replace("{s}", &s).as_str())
+                tx.execute(AssertSqlSafe(SCHEMA_SQL.replace("{s}", &s)))
                     .await
                     .map_err(db)?;
                 let empty = CompactRange::default();
-                sqlx::query(&format!(
+                sqlx::query(AssertSqlSafe(format!(
                     "INSERT INTO {s}.head (id, origin, size, range, last_leaf) VALUES (1, $1, 0, ''::bytea, $2) ON CONFLICT (id) DO NOTHING"
-                ))
+                )))
                 .bind(signer.name())
                 .bind(vec![0u8; 32])
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
                 let origin: String =
-                    sqlx::query_scalar(&format!("SELECT origin FROM {s}.head WHERE id = 1"))
+                    sqlx::query_scalar(AssertSqlSafe(format!("SELECT origin FROM {s}.head WHERE id = 1")))
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(db)?;
@@ -243,7 +244,7 @@ impl PgLedger {
                     )));
                 }
                 let signed: i64 =
-                    sqlx::query_scalar(&format!("SELECT count(*) FROM {s}.checkpoints"))
+                    sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {s}.checkpoints")))
                         .fetch_one(&mut *tx)
                         .await
                         .map_err(db)?;
@@ -262,7 +263,7 @@ impl PgLedger {
         let role = format!("\"{}\"", role.replace('"', "\"\""));
         self.call(move |w| {
             w.block_on(async move |c| {
-                c.execute(
+                c.execute(AssertSqlSafe(
                     format!(
                         "GRANT USAGE ON SCHEMA {s} TO {role};
                          GRANT SELECT, INSERT ON {s}.entries, {s}.checkpoints TO {role};
@@ -270,7 +271,7 @@ impl PgLedger {
                          GRANT USAGE ON SEQUENCE {s}.checkpoints_id_seq TO {role};"
                     )
                     .as_str(),
-                )
+                ))
                 .await
                 .map_err(db)?;
                 Ok(())
@@ -283,9 +284,9 @@ impl PgLedger {
         let s = self.schema.clone();
         self.call(move |w| {
             w.block_on(async move |c| {
-                sqlx::query_scalar(&format!(
+                sqlx::query_scalar(AssertSqlSafe(format!(
                     "SELECT note FROM {s}.checkpoints ORDER BY size DESC, id DESC LIMIT 1"
-                ))
+                )))
                 .fetch_optional(c)
                 .await
                 .map_err(|e| not_initialised(&s, e))
@@ -311,9 +312,9 @@ impl PgLedger {
                 tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                     .await
                     .map_err(db)?;
-                let (size, note): (i64, String) = sqlx::query_as(&format!(
+                let (size, note): (i64, String) = sqlx::query_as(AssertSqlSafe(format!(
                     "SELECT size, note FROM {s}.checkpoints ORDER BY size DESC, id DESC LIMIT 1"
-                ))
+                )))
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(|e| not_initialised(&s, e))?
@@ -327,9 +328,9 @@ impl PgLedger {
                 let mut after = -1i64;
                 let mut first_gap = None;
                 loop {
-                    let rows = sqlx::query(&format!(
+                    let rows = sqlx::query(AssertSqlSafe(format!(
                         "SELECT seq, leaf_hash, entry FROM {s}.entries WHERE seq > $1 AND seq < $2 ORDER BY seq LIMIT $3"
-                    ))
+                    )))
                     .bind(after)
                     .bind(size)
                     .bind(EXPORT_CHUNK)
@@ -359,9 +360,9 @@ impl PgLedger {
                 }
                 tb.edge_tiles(&mut files);
                 write_tiles(&dir, &mut files)?;
-                let beyond: i64 = sqlx::query_scalar(&format!(
+                let beyond: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
                     "SELECT count(*) FROM {s}.entries WHERE seq >= $1"
-                ))
+                )))
                 .bind(size)
                 .fetch_one(&mut *tx)
                 .await
@@ -457,9 +458,9 @@ async fn insert_checkpoint(
     let note = signer
         .sign(&cp.to_text())
         .map_err(|e| LogError::Checkpoint(e.to_string()))?;
-    sqlx::query(&format!(
+    sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {s}.checkpoints (size, root, note, signed_by) VALUES ($1, $2, $3, $4)"
-    ))
+    )))
     .bind(size as i64)
     .bind(root.to_vec())
     .bind(&note)
@@ -476,9 +477,9 @@ async fn lock_head(
     s: &str,
     signer: &NoteSigner,
 ) -> Result<(CompactRange, Hash), LogError> {
-    let row = sqlx::query(&format!(
+    let row = sqlx::query(AssertSqlSafe(format!(
         "SELECT origin, size, range, last_leaf FROM {s}.head WHERE id = 1 FOR UPDATE"
-    ))
+    )))
     .fetch_optional(&mut *tx)
     .await
     .map_err(|e| not_initialised(s, e))?
@@ -497,9 +498,9 @@ async fn lock_head(
     let size: i64 = row.get(1);
     let range: Vec<u8> = row.get(2);
     let last: Vec<u8> = row.get(3);
-    let next: i64 = sqlx::query_scalar(&format!(
+    let next: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT coalesce(max(seq) + 1, 0) FROM {s}.entries"
-    ))
+    )))
     .fetch_one(&mut *tx)
     .await
     .map_err(db)?;
@@ -540,9 +541,9 @@ impl LedgerLog for PgLedger {
                     bytes.push(b);
                 }
                 let last = leaves.last().cloned().unwrap_or_else(|| last.to_vec());
-                sqlx::query(&format!(
+                sqlx::query(AssertSqlSafe(format!(
                     "INSERT INTO {s}.entries (seq, leaf_hash, entry, written_by) SELECT seq, leaf, entry, $4 FROM UNNEST($1::int8[], $2::bytea[], $3::bytea[]) AS t(seq, leaf, entry)"
-                ))
+                )))
                 .bind(&seqs)
                 .bind(&leaves)
                 .bind(&bytes)
@@ -550,9 +551,9 @@ impl LedgerLog for PgLedger {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-                sqlx::query(&format!(
+                sqlx::query(AssertSqlSafe(format!(
                     "UPDATE {s}.head SET size = $1, range = $2, last_leaf = $3 WHERE id = 1"
-                ))
+                )))
                 .bind(range.size() as i64)
                 .bind(range.parts().concat())
                 .bind(last)

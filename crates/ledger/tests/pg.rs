@@ -45,7 +45,7 @@ fn sql(url: &str, stmt: &str) -> Result<(), String> {
         .unwrap();
     rt.block_on(async {
         let mut c = sqlx::PgConnection::connect(url).await.unwrap();
-        sqlx::raw_sql(stmt)
+        sqlx::raw_sql(sqlx::AssertSqlSafe(stmt.to_string()))
             .execute(&mut c)
             .await
             .map(|_| ())
@@ -183,10 +183,12 @@ fn two_concurrent_writers_never_sign_conflicting_checkpoints() {
             .unwrap();
         rt.block_on(async {
             let mut c = sqlx::PgConnection::connect(&url()).await.unwrap();
-            sqlx::query_scalar::<_, String>(&format!("SELECT note FROM {s}.checkpoints"))
-                .fetch_all(&mut c)
-                .await
-                .unwrap()
+            sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(format!(
+                "SELECT note FROM {s}.checkpoints"
+            )))
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
         })
     };
     assert_eq!(
