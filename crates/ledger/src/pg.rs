@@ -263,15 +263,12 @@ impl PgLedger {
         let role = format!("\"{}\"", role.replace('"', "\"\""));
         self.call(move |w| {
             w.block_on(async move |c| {
-                c.execute(AssertSqlSafe(
-                    format!(
-                        "GRANT USAGE ON SCHEMA {s} TO {role};
+                c.execute(AssertSqlSafe(format!(
+                    "GRANT USAGE ON SCHEMA {s} TO {role};
                          GRANT SELECT, INSERT ON {s}.entries, {s}.checkpoints TO {role};
                          GRANT SELECT, UPDATE ON {s}.head TO {role};
                          GRANT USAGE ON SEQUENCE {s}.checkpoints_id_seq TO {role};"
-                    )
-                    .as_str(),
-                ))
+                )))
                 .await
                 .map_err(db)?;
                 Ok(())
