@@ -1616,7 +1616,25 @@ impl PgSink {
 
     /// At the end of a run that went well: creates the table if no commit brought rows to it,
     /// so that the sink exists (empty) for readers and the next run.
+    /// Connects again when the server closed the sink's connection since its last use: a sink
+    /// of a later source waits, connected, while the sources before it load (every sink opens
+    /// before any source loads), and a server restart or an idle timeout between two batches
+    /// would otherwise fail the run at its next commit. One round trip per commit.
+    async fn reconnect_if_lost(&mut self) -> Result<()> {
+        if self.conn.ping().await.is_err() {
+            tracing::warn!(
+                sink = %self.name,
+                "the connection to PostgreSQL was closed since the sink last wrote; connecting again"
+            );
+            self.conn = connect(&self.url, &format!("sink {}", self.name)).await?;
+        }
+        Ok(())
+    }
+
     pub async fn finish(&mut self) -> Result<()> {
+        if self.create.is_some() {
+            self.reconnect_if_lost().await?;
+        }
         if let Some(ddl) = &self.create {
             Self::create_table(&mut self.conn, &self.name, &self.table, ddl, &self.want).await?;
             self.create = None;
@@ -1657,6 +1675,7 @@ impl PgSink {
         let name = self.name.clone();
         let db = |e: sqlx::Error| sink_err(&name, redact_db_error(&e));
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        self.reconnect_if_lost().await?;
         let mut tx = self.conn.begin().await.map_err(db)?;
         let fresh = sqlx::query(
             "INSERT INTO sealtrail_sink_commits (target, app_id, batch, rows) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",

@@ -587,3 +587,37 @@ async fn connections_use_tls_as_the_url_says() {
         "{err}"
     );
 }
+
+/// A sink whose connection the server closed between two commits (a restart, an idle
+/// timeout, or the wait of a later source's sink while the sources before it load) connects
+/// again and commits: both batches land, once each.
+#[tokio::test]
+async fn a_sink_connects_again_when_the_server_closed_its_connection() {
+    let table = format!("public.st_sink_lost_{}", std::process::id());
+    let app = format!("st_lost_{}", std::process::id());
+    let mut c = fresh_table(&table).await;
+    let url = SecretRef::Literal(Secret::new(format!("{}?application_name={app}", url())));
+    let b = batch(&[1, 2, 3]);
+    let mut sink = PgSink::open("s", &url, &table, b.schema(), true)
+        .await
+        .unwrap();
+    assert!(sink.commit("app/run1", 0, &[b]).await.unwrap());
+    let ended: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1) t",
+    )
+    .bind(&app)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(ended, 1);
+    assert!(sink.commit("app/run1", 1, &[batch(&[4, 5])]).await.unwrap());
+    assert!(!sink.commit("app/run1", 1, &[batch(&[4, 5])]).await.unwrap());
+    let ids: Vec<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT id FROM {table} ORDER BY id"
+    )))
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+    drop_sink_table(&mut c, &table).await;
+}
