@@ -64,9 +64,12 @@ pub async fn connect(url: &SecretRef, what: &str) -> Result<PgConnection> {
         reason,
     })?;
     // The URL may hold a password: errors below must not echo it, only say what failed.
-    let opts = PgConnectOptions::from_str(secret.expose()).map_err(|_| Error::Unreadable {
+    let opts = PgConnectOptions::from_str(secret.expose()).map_err(|e| Error::Unreadable {
         input: what.to_string(),
-        reason: "the connection URL is not a valid postgres:// URL".into(),
+        reason: format!(
+            "the connection URL is not a valid postgres:// URL ({})",
+            redact_db_error(&e)
+        ),
     })?;
     sealtrail_core::db::before_connect(&opts, what);
     let mut conn = PgConnection::connect_with(&opts)

@@ -23,13 +23,23 @@ pub fn redact_db_error(e: &sqlx::Error) -> String {
         // A failed TLS handshake reaches sqlx as an I/O error carrying rustls' own.
         sqlx::Error::Io(io) => match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
             Some(t) => strict(format!("TLS error: {t}{TLS_HINT}"), "TLS error"),
-            None => format!("network error: {}", io.kind()),
+            // The system's words (`failed to lookup address information: Name or service not
+            // known`, `Connection refused`): a kind alone says `uncategorized error` for both.
+            None => strict(
+                format!("network error: {io}"),
+                &format!("network error: {}", io.kind()),
+            ),
         },
         // What failed in the handshake (`invalid peer certificate: UnknownIssuer`, a name the
         // certificate is not valid for, a server without TLS): the fix depends on it.
         sqlx::Error::Tls(t) => strict(format!("TLS error: {t}{TLS_HINT}"), "TLS error"),
         sqlx::Error::PoolTimedOut => "timed out".into(),
-        sqlx::Error::Configuration(_) => "bad connection settings".into(),
+        // What is wrong with the settings (`unknown value "verify-fulll" for `ssl_mode``): sqlx
+        // names the setting and the value given, never the password.
+        sqlx::Error::Configuration(c) => strict(
+            format!("bad connection settings: {c}"),
+            "bad connection settings",
+        ),
         other => strict(other.to_string(), "connection failed"),
     }
 }
@@ -95,6 +105,51 @@ fn unauthenticated_server(opts: &PgConnectOptions) -> Option<String> {
 mod tests {
     use super::*;
     use std::str::FromStr;
+
+    /// A URL's wrong setting is named, with the value given; nothing else of the URL is shown.
+    #[test]
+    fn a_wrong_connection_setting_is_named_without_the_url() {
+        let e = PgConnectOptions::from_str("postgres://u:Sup3rS3cret@db/x?sslmode=verify-fulll")
+            .unwrap_err();
+        let shown = redact_db_error(&e);
+        assert!(
+            shown.starts_with("bad connection settings: ") && shown.contains("verify-fulll"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("Sup3rS3cret") && !shown.contains("db/x"),
+            "{shown}"
+        );
+        let e = PgConnectOptions::from_str("postgres://u:Sup3rS3cret@db:99999/x").unwrap_err();
+        let shown = redact_db_error(&e);
+        assert!(!shown.contains("Sup3rS3cret"), "{shown}");
+    }
+
+    /// Network errors say what the system said, a failed handshake what rustls said; a text
+    /// that could hold a URL falls back to the error's kind.
+    #[test]
+    fn network_and_tls_errors_say_what_failed() {
+        use std::io::{Error, ErrorKind};
+        let io = |e: Error| redact_db_error(&sqlx::Error::Io(e));
+        assert_eq!(
+            io(Error::other(
+                "failed to lookup address information: Name or service not known"
+            )),
+            "network error: failed to lookup address information: Name or service not known"
+        );
+        assert_eq!(
+            io(Error::other("cannot reach postgres://u:pw@db/x")),
+            "network error: other error"
+        );
+        let tls = io(Error::new(
+            ErrorKind::InvalidData,
+            rustls::Error::General("handshake refused".into()),
+        ));
+        assert!(
+            tls.starts_with("TLS error: unexpected error: handshake refused (`sslmode`"),
+            "{tls}"
+        );
+    }
 
     /// Only a connection that leaves the machine without checking the server's certificate is
     /// warned about.

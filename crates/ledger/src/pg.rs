@@ -134,8 +134,12 @@ impl PgLedger {
         writer: &str,
     ) -> Result<Self, LogError> {
         check_schema(schema)?;
-        let opts = PgConnectOptions::from_str(url)
-            .map_err(|_| LogError::Db("the ledger URL is not a valid postgres:// URL".into()))?;
+        let opts = PgConnectOptions::from_str(url).map_err(|e| {
+            LogError::Db(format!(
+                "the ledger URL is not a valid postgres:// URL ({})",
+                redact_db_error(&e)
+            ))
+        })?;
         sealtrail_core::db::before_connect(&opts, "the ledger");
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), LogError>>(1);
