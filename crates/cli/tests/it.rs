@@ -1837,6 +1837,24 @@ fn first_run_failing_on_a_sink(
     (dir, spec)
 }
 
+/// A project in a new folder beside a fresh PostgreSQL schema `ns`: each of `files` (path under
+/// the folder, content) written, and `s.yaml`, the spec of pipeline `ns` whose sources, sinks
+/// and quarantine are `body`.
+fn pg_project(ns: &str, files: &[(&str, &str)], body: &str) -> (tempfile::TempDir, PathBuf) {
+    pg(&format!(
+        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    for (path, content) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    let spec = dir.path().join("s.yaml");
+    std::fs::write(&spec, format!("version: 1\npipeline: {ns}\n{body}")).unwrap();
+    (dir, spec)
+}
+
 /// A PostgreSQL sink over TLS with the server authenticated (`sslmode=verify-full`): with only
 /// an unrelated authority trusted (`SSL_CERT_FILE`, `SSL_CERT_DIR`, as for every TLS client
 /// here), the run is refused before anything is written, saying why; with the server's
@@ -1844,13 +1862,13 @@ fn first_run_failing_on_a_sink(
 #[test]
 fn a_postgres_sink_is_reached_over_verified_tls() {
     let ns = format!("st_tls_{}", std::process::id());
-    pg(&format!(
-        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("in")).unwrap();
-    std::fs::create_dir_all(dir.path().join("no-certs")).unwrap();
-    std::fs::write(dir.path().join("in/a.csv"), "id,name\n1,x\n2,y\n").unwrap();
+    let (dir, spec) = pg_project(
+        &ns,
+        &[("in/a.csv", "id,name\n1,x\n2,y\n"), ("no-certs/.keep", "")],
+        &format!(
+            "sources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  t: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    );
     // An authority of our own, which signed nothing the server presents.
     let made = Command::new("openssl")
         .args([
@@ -1873,14 +1891,6 @@ fn a_postgres_sink_is_reached_over_verified_tls() {
         .output()
         .unwrap();
     assert!(made.status.success(), "{made:?}");
-    let spec = dir.path().join("s.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            "version: 1\npipeline: {ns}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  t: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
-        ),
-    )
-    .unwrap();
     let url = format!(
         "{}?sslmode=verify-full",
         pg_url()
@@ -1926,20 +1936,13 @@ fn a_postgres_sink_is_reached_over_verified_tls() {
 #[test]
 fn two_sinks_reaching_one_postgres_table_are_refused_before_anything_loads() {
     let ns = format!("st_onetable_{}", std::process::id());
-    pg(&format!(
-        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("in")).unwrap();
-    std::fs::write(dir.path().join("in/a.csv"), "id,name\n1,x\n").unwrap();
-    let spec = dir.path().join("s.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            "version: 1\npipeline: {ns}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  a: {{ from: s, postgres: {{ url: env:ST_A, table: {ns}.t }} }}\n  b: {{ from: s, postgres: {{ url: env:ST_B, table: {ns}.t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+    let (dir, spec) = pg_project(
+        &ns,
+        &[("in/a.csv", "id,name\n1,x\n")],
+        &format!(
+            "sources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  a: {{ from: s, postgres: {{ url: env:ST_A, table: {ns}.t }} }}\n  b: {{ from: s, postgres: {{ url: env:ST_B, table: {ns}.t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
         ),
-    )
-    .unwrap();
+    );
     // The same database, in other words.
     let other = format!(
         "{}{}application_name=second",
@@ -2004,21 +2007,16 @@ fn a_sink_that_cannot_be_opened_leaves_no_empty_folder_behind() {
 #[test]
 fn an_unreachable_sink_of_a_later_source_stops_the_run_before_anything_loads() {
     let ns = format!("st_latesink_{}", std::process::id());
-    pg(&format!(
-        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("in")).unwrap();
-    std::fs::write(dir.path().join("in/a.csv"), "id,name\n1,x\n2,y\n").unwrap();
-    std::fs::write(dir.path().join("in/b.jsonl"), "{\"id\": 3}\n").unwrap();
-    let spec = dir.path().join("s.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            "version: 1\npipeline: {ns}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\n  t:\n    jsonl: {{ path: in/*.jsonl }}\n    columns: [{{ name: id, type: int64 }}]\nsinks:\n  a: {{ from: s, audience: internal, parquet: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_GOOD, table: {ns}.b }} }}\n  c: {{ from: t, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.c }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+    let (dir, spec) = pg_project(
+        &ns,
+        &[
+            ("in/a.csv", "id,name\n1,x\n2,y\n"),
+            ("in/b.jsonl", "{\"id\": 3}\n"),
+        ],
+        &format!(
+            "sources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\n  t:\n    jsonl: {{ path: in/*.jsonl }}\n    columns: [{{ name: id, type: int64 }}]\nsinks:\n  a: {{ from: s, audience: internal, parquet: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_GOOD, table: {ns}.b }} }}\n  c: {{ from: t, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.c }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
         ),
-    )
-    .unwrap();
+    );
     let out = bin()
         .arg("run")
         .arg(&spec)
@@ -2977,18 +2975,16 @@ DELETE FROM {ns}.shared WHERE id = 9"
 #[test]
 fn a_table_read_again_by_a_source_without_a_cursor_is_pointed_out() {
     let ns = format!("st_again_{}", std::process::id());
-    pg(&format!(
-        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns};\nCREATE TABLE {ns}.src (id bigint PRIMARY KEY);\nINSERT INTO {ns}.src VALUES (1), (2)"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("s.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            "version: 1\npipeline: {ns}\nsources:\n  s:\n    postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.src, key: id }}\n    columns: [{{ name: id, type: int64 }}]\nsinks:\n  t: {{ from: s, audience: internal, parquet: {{ path: out/t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+    let (_dir, spec) = pg_project(
+        &ns,
+        &[],
+        &format!(
+            "sources:\n  s:\n    postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.src, key: id }}\n    columns: [{{ name: id, type: int64 }}]\nsinks:\n  t: {{ from: s, audience: internal, parquet: {{ path: out/t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
         ),
-    )
-    .unwrap();
+    );
+    pg(&format!(
+        "CREATE TABLE {ns}.src (id bigint PRIMARY KEY);\nINSERT INTO {ns}.src VALUES (1), (2)"
+    ));
     let run = || {
         let o = bin()
             .arg("run")
