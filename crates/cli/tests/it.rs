@@ -1857,8 +1857,8 @@ fn pg_project(ns: &str, files: &[(&str, &str)], body: &str) -> (tempfile::TempDi
 
 /// A PostgreSQL sink over TLS with the server authenticated (`sslmode=verify-full`): with only
 /// an unrelated authority trusted (`SSL_CERT_FILE`, `SSL_CERT_DIR`, as for every TLS client
-/// here), the run is refused before anything is written, saying why; with the server's
-/// certificate named by `sslrootcert`, the same run resumes and loads.
+/// here), the run is refused before anything is written, saying why, and so is a state store
+/// there; with the server's certificate named by `sslrootcert`, the same run resumes and loads.
 #[test]
 fn a_postgres_sink_is_reached_over_verified_tls() {
     let ns = format!("st_tls_{}", std::process::id());
@@ -1920,6 +1920,21 @@ fn a_postgres_sink_is_reached_over_verified_tls() {
     assert_eq!(
         pg_one(&format!("SELECT (to_regclass('{ns}.t') IS NULL)::text")),
         "true"
+    );
+    // The state store's connection is checked the same way.
+    let out = bin()
+        .arg("runs")
+        .args(["--state-url", &url])
+        .env("SSL_CERT_FILE", dir.path().join("ca.pem"))
+        .env("SSL_CERT_DIR", dir.path().join("no-certs"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("cannot open the run state store (postgres): TLS error: invalid peer certificate: UnknownIssuer"),
+        "{err}"
     );
     let out = run(&format!(
         "{url}&sslrootcert=/etc/ssl/certs/ssl-cert-snakeoil.pem"

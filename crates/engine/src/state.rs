@@ -268,7 +268,17 @@ impl StateStore {
             })
             .connect(&url)
             .await
-            .map_err(|e| StateError(format!("cannot open the run state store ({url_kind}): {e}; check --state-url / SEALTRAIL_STATE_URL")))?;
+            .map_err(|e| {
+                // A PostgreSQL store's error as every connection's (what failed, never the URL).
+                let why = if sqlite {
+                    e.to_string()
+                } else {
+                    sealtrail_core::db::redact_db_error(&e)
+                };
+                StateError(format!(
+                    "cannot open the run state store ({url_kind}): {why}; check --state-url / SEALTRAIL_STATE_URL"
+                ))
+            })?;
         for ddl in SCHEMA {
             sqlx::query(*ddl).execute(&pool).await?;
         }
