@@ -1913,7 +1913,7 @@ fn a_postgres_sink_is_reached_over_verified_tls() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
-        err.contains("cannot read sink t: cannot connect to PostgreSQL: TLS error: invalid peer certificate: UnknownIssuer")
+        err.contains("sink `t` failed: cannot connect to PostgreSQL: TLS error: invalid peer certificate: UnknownIssuer")
             && err.contains("`sslmode` and `sslrootcert`"),
         "{err}"
     );
@@ -2042,7 +2042,7 @@ fn an_unreachable_sink_of_a_later_source_stops_the_run_before_anything_loads() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
-        err.contains("cannot connect to PostgreSQL") && err.contains("sink c:"),
+        err.contains("sink `c` failed: cannot connect to PostgreSQL"),
         "{err}"
     );
     assert!(!dir.path().join("out").exists(), "{err}");

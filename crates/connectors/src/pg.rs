@@ -87,6 +87,20 @@ pub async fn connect(url: &SecretRef, what: &str) -> Result<PgConnection> {
     Ok(conn)
 }
 
+/// Connects to write into sink `name`: a failure is the sink's (`sink `t` failed: cannot
+/// connect to PostgreSQL: ...`), not an input's that cannot be read.
+async fn connect_to_write(url: &SecretRef, name: &str) -> Result<PgConnection> {
+    connect(url, &format!("sink {name}"))
+        .await
+        .map_err(|e| match e {
+            Error::Unreadable { reason, .. } => Error::Sink {
+                sink: name.to_string(),
+                reason,
+            },
+            other => other,
+        })
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -1530,7 +1544,7 @@ impl PgSink {
         schema: SchemaRef,
         index_ids: bool,
     ) -> Result<Self> {
-        let mut conn = connect(url, &format!("sink {name}")).await?;
+        let mut conn = connect_to_write(url, name).await?;
         let db = |e: sqlx::Error| sink_err(name, redact_db_error(&e));
         let mut want = Vec::new();
         for f in schema.fields() {
@@ -1629,7 +1643,7 @@ impl PgSink {
                 sink = %self.name,
                 "the connection to PostgreSQL was closed since the sink last wrote; connecting again"
             );
-            self.conn = connect(&self.url, &format!("sink {}", self.name)).await?;
+            self.conn = connect_to_write(&self.url, &self.name).await?;
         }
         Ok(())
     }
