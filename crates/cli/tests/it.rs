@@ -1799,6 +1799,14 @@ fn postgres_errors_name_the_source_and_never_the_password() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// The `sources:` of a spec reading `in/*.csv` (`id,name`) as source `s`.
+const CSV_SOURCE_S: &str = "sources:\n  s:\n    csv: { path: in/*.csv }\n    columns: [{ name: id, type: int64 }, { name: name, class: none }]\n";
+
+/// Whether the schema-qualified table `t` exists.
+fn pg_table_exists(t: &str) -> bool {
+    pg_one(&format!("SELECT (to_regclass('{t}') IS NOT NULL)::text")) == "true"
+}
+
 /// A project of one source (`in/a.csv`: `csv`) in a new schema `ns`, whose first run fails
 /// before anything loads: the sink reading `env:ST_URL` points at a closed port (`env:ST_GOOD`
 /// at the database). Asserts that the run failed so and that no `out` folder is left.
@@ -1809,20 +1817,11 @@ fn first_run_failing_on_a_sink(
     quarantine: &str,
     env: impl Fn(&mut Command),
 ) -> (tempfile::TempDir, PathBuf) {
-    pg(&format!(
-        "DROP SCHEMA IF EXISTS {ns} CASCADE;\nCREATE SCHEMA {ns}"
-    ));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("in")).unwrap();
-    std::fs::write(dir.path().join("in/a.csv"), csv).unwrap();
-    let spec = dir.path().join("s.yaml");
-    std::fs::write(
-        &spec,
-        format!(
-            "version: 1\npipeline: {ns}\nsources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n{sinks}quarantine:\n  {quarantine}\n"
-        ),
-    )
-    .unwrap();
+    let (dir, spec) = pg_project(
+        ns,
+        &[("in/a.csv", csv)],
+        &format!("{CSV_SOURCE_S}sinks:\n{sinks}quarantine:\n  {quarantine}\n"),
+    );
     let mut run = bin();
     run.arg("run")
         .arg(&spec)
@@ -1866,7 +1865,7 @@ fn a_postgres_sink_is_reached_over_verified_tls() {
         &ns,
         &[("in/a.csv", "id,name\n1,x\n2,y\n"), ("no-certs/.keep", "")],
         &format!(
-            "sources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  t: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+            "{CSV_SOURCE_S}sinks:\n  t: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
         ),
     );
     // An authority of our own, which signed nothing the server presents.
@@ -1917,10 +1916,7 @@ fn a_postgres_sink_is_reached_over_verified_tls() {
             && err.contains("`sslmode` and `sslrootcert`"),
         "{err}"
     );
-    assert_eq!(
-        pg_one(&format!("SELECT (to_regclass('{ns}.t') IS NULL)::text")),
-        "true"
-    );
+    assert!(!pg_table_exists(&format!("{ns}.t")));
     // The state store's connection is checked the same way.
     let out = bin()
         .arg("runs")
@@ -1955,7 +1951,7 @@ fn two_sinks_reaching_one_postgres_table_are_refused_before_anything_loads() {
         &ns,
         &[("in/a.csv", "id,name\n1,x\n")],
         &format!(
-            "sources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  a: {{ from: s, postgres: {{ url: env:ST_A, table: {ns}.t }} }}\n  b: {{ from: s, postgres: {{ url: env:ST_B, table: {ns}.t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+            "{CSV_SOURCE_S}sinks:\n  a: {{ from: s, postgres: {{ url: env:ST_A, table: {ns}.t }} }}\n  b: {{ from: s, postgres: {{ url: env:ST_B, table: {ns}.t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
         ),
     );
     // The same database, in other words.
@@ -1984,10 +1980,7 @@ fn two_sinks_reaching_one_postgres_table_are_refused_before_anything_loads() {
         )) && err.contains("give each sink its own table"),
         "{err}"
     );
-    assert_eq!(
-        pg_one(&format!("SELECT (to_regclass('{ns}.t') IS NULL)::text")),
-        "true"
-    );
+    assert!(!pg_table_exists(&format!("{ns}.t")));
     let runs = run_ok(bin().arg("runs").current_dir(dir.path()));
     assert!(!runs.contains(&ns), "{runs}");
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
@@ -2029,7 +2022,7 @@ fn an_unreachable_sink_of_a_later_source_stops_the_run_before_anything_loads() {
             ("in/b.jsonl", "{\"id\": 3}\n"),
         ],
         &format!(
-            "sources:\n  s:\n    csv: {{ path: in/*.csv }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\n  t:\n    jsonl: {{ path: in/*.jsonl }}\n    columns: [{{ name: id, type: int64 }}]\nsinks:\n  a: {{ from: s, audience: internal, parquet: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_GOOD, table: {ns}.b }} }}\n  c: {{ from: t, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.c }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+            "{CSV_SOURCE_S}  t:\n    jsonl: {{ path: in/*.jsonl }}\n    columns: [{{ name: id, type: int64 }}]\nsinks:\n  a: {{ from: s, audience: internal, parquet: {{ path: out/a }} }}\n  b: {{ from: s, audience: internal, postgres: {{ url: env:ST_GOOD, table: {ns}.b }} }}\n  c: {{ from: t, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.c }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
         ),
     );
     let out = bin()
@@ -2046,10 +2039,7 @@ fn an_unreachable_sink_of_a_later_source_stops_the_run_before_anything_loads() {
         "{err}"
     );
     assert!(!dir.path().join("out").exists(), "{err}");
-    assert_eq!(
-        pg_one(&format!("SELECT (to_regclass('{ns}.b') IS NULL)::text")),
-        "true"
-    );
+    assert!(!pg_table_exists(&format!("{ns}.b")));
     let out = run_ok(
         bin()
             .arg("run")
@@ -2145,12 +2135,7 @@ fn a_failed_first_run_leaves_no_empty_table_behind() {
         "delta: { path: out/q }",
         |_| {},
     );
-    let exists = |t: &str| {
-        pg_one(&format!(
-            "SELECT (to_regclass('{ns}.{t}') IS NOT NULL)::text"
-        ))
-    };
-    assert_eq!(exists("b"), "false");
+    assert!(!pg_table_exists(&format!("{ns}.b")));
     let audit = |sink: &str| {
         let o = bin()
             .arg("audit")

@@ -317,18 +317,18 @@ mod tests {
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
         std::fs::write(sub.join("a.csv"), "id\n1\n").unwrap();
-        let files = list(&sub.parent().unwrap().join("*").display().to_string());
-        match files {
-            Err(Error::Unreadable { input, reason }) => {
-                assert_eq!(input, pipe.display().to_string());
-                assert!(
-                    reason.contains("matches it, and it is not a regular file")
-                        && reason.contains("narrow the pattern"),
-                    "{reason}"
-                );
-            }
+        // What `list(pattern)` refuses: the path it names, and why.
+        let refused = |pattern: &Path| match list(&pattern.display().to_string()) {
+            Err(Error::Unreadable { input, reason }) => (input, reason),
             other => panic!("{other:?}"),
-        }
+        };
+        let (input, why) = refused(&dir.path().join("*"));
+        assert_eq!(input, pipe.display().to_string());
+        assert!(
+            why.contains("matches it, and it is not a regular file")
+                && why.contains("narrow the pattern"),
+            "{why}"
+        );
         std::fs::remove_file(&pipe).unwrap();
         assert!(
             list(&dir.path().join("*").display().to_string())
@@ -337,17 +337,12 @@ mod tests {
         );
         let gone = sub.join("b.csv");
         std::os::unix::fs::symlink(dir.path().join("unmounted/b.csv"), &gone).unwrap();
-        match list(&sub.join("*.csv").display().to_string()) {
-            Err(Error::Unreadable { input, reason }) => {
-                assert_eq!(input, gone.display().to_string());
-                assert!(
-                    reason.contains("it is a symbolic link to ")
-                        && reason.contains("unmounted/b.csv"),
-                    "{reason}"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
+        let (input, why) = refused(&sub.join("*.csv"));
+        assert_eq!(input, gone.display().to_string());
+        assert!(
+            why.contains("it is a symbolic link to ") && why.contains("unmounted/b.csv"),
+            "{why}"
+        );
         assert!(reason(&gone).starts_with("it is a symbolic link to "));
         std::fs::remove_file(&gone).unwrap();
         assert_eq!(

@@ -171,7 +171,7 @@ pub async fn plan_input(source: &Source, pg: &PgSource, last: Option<PgInput>) -
             "SELECT max(q.{c})::text, pg_typeof(max(q.{c}))::text FROM ({rel}) q",
             c = quote_ident(c)
         );
-        let row = sqlx::query(AssertSqlSafe(sql.as_str()))
+        let row = sqlx::query(AssertSqlSafe(sql))
             .fetch_one(&mut conn)
             .await
             .map_err(|e| Error::Unreadable {
@@ -357,7 +357,7 @@ pub fn sample_rows(
     let ncols = source.columns.len();
     r.rt.block_on(async {
         let mut conn = connect(&r.pg.url, &r.name).await?;
-        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+        let rows = sqlx::query(AssertSqlSafe(sql))
             .fetch_all(&mut conn)
             .await
             .map_err(|e| r.unreadable(&e))?;
@@ -402,7 +402,7 @@ impl SourceReader for PgReader {
         };
         let rows = self
             .rt
-            .block_on(sqlx::query(AssertSqlSafe(fetch.as_str())).fetch_all(&mut *conn))
+            .block_on(sqlx::query(AssertSqlSafe(fetch)).fetch_all(&mut *conn))
             .map_err(|e| Error::Unreadable {
                 input: self.name.to_string(),
                 reason: redact_db_error(&e),
@@ -837,7 +837,7 @@ impl PgTable {
             ));
         }
         let sql = format!("{} WHERE {}::text = $1", self.select, quote_ident(column));
-        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+        let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(value)
             .fetch_all(&mut self.conn)
             .await
@@ -861,7 +861,7 @@ impl PgTable {
             ));
         };
         let sql = format!("{} WHERE {}::text = ANY($1)", self.select, quote_ident(id));
-        let rows = sqlx::query(AssertSqlSafe(sql.as_str()))
+        let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(ids)
             .fetch_all(&mut self.conn)
             .await
@@ -932,7 +932,7 @@ impl PgTable {
         let name = self.name.clone();
         let db = |e: sqlx::Error| sink_err(&name, redact_db_error(&e));
         let mut tx = self.conn.begin().await.map_err(db)?;
-        let mut q = sqlx::query(AssertSqlSafe(sql.as_str())).bind(ids);
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(ids);
         for TextUpdate { old, new, .. } in columns {
             q = q.bind(old).bind(new);
         }

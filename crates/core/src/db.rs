@@ -54,8 +54,11 @@ pub fn redact_db_error(e: &sqlx::Error) -> String {
 /// provider, and rustls has none of its own when, as here, it is built with two (ring and
 /// aws-lc-rs, asked for by different dependencies): that check would panic without this.
 pub fn before_connect(opts: &PgConnectOptions, what: &str) {
-    // Fails only when a provider is installed already (by us, or by a library): either serves.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        // Fails only when a library installed one first: that one serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
     let Some(server) = unauthenticated_server(opts) else {
         return;
     };
