@@ -337,7 +337,15 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("SEALTRAIL_LOG")
                 // delta-kernel logs an ERROR when it opens a table folder that has no log
                 // yet, which is how every new Delta sink starts; it is not an error for us.
-                .unwrap_or_else(|_| "warn,buoyant_kernel::snapshot::builder=off".into()),
+                .unwrap_or_else(|_| "warn,buoyant_kernel::snapshot::builder=off".into())
+                // sqlx warns of a URL setting it does not read with the setting's value, which
+                // can be a secret, at any level. `core::db::pg_connect_options` refuses such
+                // URLs before sqlx parses them; this keeps that warning out should one slip by.
+                .add_directive(
+                    "sqlx_postgres::options::parse=off"
+                        .parse()
+                        .expect("a valid directive"),
+                ),
         )
         .with_writer(std::io::stderr)
         // Colours only on a terminal: logs piped to a file or a collector stay plain text.

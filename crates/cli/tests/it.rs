@@ -4345,6 +4345,22 @@ fn secrets_never_reach_logs_errors_or_the_ledger() {
             }
         }
     }
+    // A connection URL with a setting the PostgreSQL driver does not read (libpq's key
+    // password): the driver would log it with its value at any level; it is refused, named,
+    // before the driver parses the URL.
+    let out = bin()
+        .env("SEALTRAIL_LOG", "trace")
+        .args(["runs", "--state-url"])
+        .arg(format!("{}?sslpassword=KEYPASS-S3CRET", pg_url()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("sets `sslpassword`, which sealtrail's PostgreSQL driver does not read"),
+        "{err}"
+    );
+    seen.push_str(&err);
     for secret in [PEERS_HMAC_KEY, PEERS_AES_KEY, master.as_str(), "S3CRET"] {
         assert!(!seen.contains(secret), "a secret leaked");
     }

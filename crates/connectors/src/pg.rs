@@ -28,10 +28,9 @@ use sealtrail_core::record::{PosKind, RawBatch, canonical_row};
 use sealtrail_spec::raw::UnknownColumns;
 use sealtrail_spec::{PgFrom, PgSource, SecretRef, Source};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection, Executor, Row, SqlSafeStr, Statement};
 use std::fmt::Write;
-use std::str::FromStr;
 use std::sync::Arc;
 
 /// What one run reads from a PostgreSQL source; stored as the run's input (JSON).
@@ -64,14 +63,12 @@ pub async fn connect(url: &SecretRef, what: &str) -> Result<PgConnection> {
         reason,
     })?;
     // The URL may hold a password: errors below must not echo it, only say what failed.
-    let opts = PgConnectOptions::from_str(secret.expose()).map_err(|e| Error::Unreadable {
-        input: what.to_string(),
-        reason: format!(
-            "the connection URL is not a valid postgres:// URL ({})",
-            redact_db_error(&e)
-        ),
+    let opts = sealtrail_core::db::pg_connect_options(secret.expose(), what).map_err(|e| {
+        Error::Unreadable {
+            input: what.to_string(),
+            reason: format!("cannot use the connection URL: {e}"),
+        }
     })?;
-    sealtrail_core::db::before_connect(&opts, what);
     let mut conn = PgConnection::connect_with(&opts)
         .await
         .map_err(|e| Error::Unreadable {

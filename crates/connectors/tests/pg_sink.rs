@@ -500,9 +500,10 @@ async fn a_batch_without_rows_is_held_without_a_table() {
 const SERVER_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
 
 /// Connections use TLS as the URL's `sslmode` says, like libpq's: `prefer` (the default) takes
-/// it when the server offers it, `verify-ca` checks the certificate's signature against
-/// `sslrootcert` (and the system's trusted roots), `verify-full` the name it was made for too,
-/// and a failed check says what failed and how to choose, never the URL.
+/// it when the server offers it, `verify-full` checks the certificate's signature against
+/// `sslrootcert` (and the system's trusted roots) and the name it was made for, a failed check
+/// says what failed and how to choose, never the URL, and what the driver would not honour as
+/// libpq does (`verify-ca`, `allow`, settings it does not read) is refused.
 #[tokio::test]
 async fn connections_use_tls_as_the_url_says() {
     use sealtrail_connectors::pg::connect;
@@ -542,13 +543,6 @@ async fn connections_use_tls_as_the_url_says() {
         (with(&url(), "sslmode=require"), &yes),
         (
             with(
-                &url(),
-                &format!("sslmode=verify-ca&sslrootcert={SERVER_CERT}"),
-            ),
-            &yes,
-        ),
-        (
-            with(
                 &on_localhost,
                 &format!("sslmode=verify-full&sslrootcert={SERVER_CERT}"),
             ),
@@ -580,6 +574,36 @@ async fn connections_use_tls_as_the_url_says() {
             && err.contains("sslrootcert"),
         "{err}"
     );
+    // What the driver would not do as libpq does is refused before anything is sent: a
+    // certificate checked without its name (any publicly issued one would pass), TLS only if
+    // the server insists (the driver never starts it), an authority named for a mode that
+    // checks no certificate.
+    for (q, says) in [
+        (
+            format!("sslmode=verify-ca&sslrootcert={SERVER_CERT}"),
+            "`sslmode=verify-ca` is not supported",
+        ),
+        (
+            "sslmode=allow".to_string(),
+            "`sslmode=allow` is not supported",
+        ),
+        (
+            format!("sslmode=require&sslrootcert={SERVER_CERT}"),
+            "`sslrootcert` is used only with `sslmode=verify-full`",
+        ),
+        (
+            "sslmode=verify-full&sslpassword=unread".to_string(),
+            "sets `sslpassword`, which sealtrail's PostgreSQL driver does not read",
+        ),
+    ] {
+        let err = refused(with(&on_localhost, &q)).await;
+        assert!(
+            err.starts_with("cannot read sink t: cannot use the connection URL: ")
+                && err.contains(says)
+                && !err.contains("unread"),
+            "{q}: {err}"
+        );
+    }
     // A certificate no trusted authority signed: the `it` test
     // `a_postgres_sink_is_reached_over_verified_tls` (the trusted roots are set per process).
     assert!(

@@ -1,8 +1,10 @@
-//! Database connections: error texts safe to show (never anything from the connection
-//! string), and a warning for a connection whose server is not authenticated.
+//! Database connections: URLs checked for what the driver would not honour, error texts safe
+//! to show (never anything from the connection string), and a warning for a connection whose
+//! server is not authenticated.
 
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use std::collections::BTreeSet;
+use std::str::FromStr;
 use std::sync::Mutex;
 
 const TLS_HINT: &str =
@@ -44,36 +46,183 @@ pub fn redact_db_error(e: &sqlx::Error) -> String {
     }
 }
 
-/// To be called before every PostgreSQL connection is opened: names ring as the process's
-/// TLS provider, and warns, once per server in a process, when a connection to another machine
-/// does not authenticate the server: records and credentials would cross the network to
-/// whoever answers, readable or alterable on the way when TLS is not required either. `what`
-/// names the connection (`sink trades`), never its URL.
+/// The settings sqlx's PostgreSQL driver reads from a URL's query (`options[NAME]` too). It
+/// passes over any other with a warning that quotes its value, and a value can be a secret
+/// (`sslpassword=...`); a setting libpq knows and the driver ignores can also weaken the
+/// connection without a word (`channel_binding=require`, `sslcrl`): both are refused instead.
+const URL_SETTINGS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Parses a PostgreSQL connection URL for connection `what` (`sink trades`, `the ledger`) and
+/// readies the process to open it. To be called before every PostgreSQL connection. Errors say
+/// what to change and never quote the URL.
 ///
-/// sqlx checks a certificate without its name (`sslmode=verify-ca`) with the process's
-/// provider, and rustls has none of its own when, as here, it is built with two (ring and
-/// aws-lc-rs, asked for by different dependencies): that check would panic without this.
-pub fn before_connect(opts: &PgConnectOptions, what: &str) {
+/// Refused, where the driver (sqlx with rustls) would silently do less than libpq does with
+/// the same URL:
+/// - a setting it does not read (see [`URL_SETTINGS`]);
+/// - `sslmode=verify-ca`: the driver checks the certificate against the system's trusted
+///   authorities *and* `sslrootcert`'s, without its name, so any certificate a public
+///   authority issued, for any name, would pass; `verify-full` checks the name too;
+/// - `sslmode=allow`: the driver never starts TLS with it;
+/// - `sslrootcert` with an `sslmode` below `verify-full`: the certificate would not be checked
+///   at all, against the intent the setting shows;
+/// - a certificate or key file that cannot be read, an `sslrootcert` without a PEM
+///   certificate, `sslcert` without `sslkey` (or the reverse), and a key file others may read
+///   (libpq's rule).
+///
+/// Then names ring as the process's TLS provider (rustls is built here with ring and
+/// aws-lc-rs, asked for by different dependencies, so it has no default, and the driver's
+/// certificate check would panic without one), and warns, once per server in a process, when
+/// a connection to another machine does not authenticate the server: records and credentials
+/// would cross the network to whoever answers.
+pub fn pg_connect_options(url: &str, what: &str) -> Result<PgConnectOptions, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a valid postgres:// URL ({e})"))?;
+    let mut files: Vec<(&'static str, String)> = Vec::new();
+    for (key, value) in parsed.query_pairs() {
+        let key = &*key;
+        let known =
+            URL_SETTINGS.contains(&key) || key.starts_with("options[") && key.ends_with(']');
+        if !known {
+            return Err(unknown_setting(key));
+        }
+        let setting = match key {
+            "sslrootcert" | "ssl-root-cert" | "ssl-ca" => "sslrootcert",
+            "sslcert" | "ssl-cert" => "sslcert",
+            "sslkey" | "ssl-key" => "sslkey",
+            _ => continue,
+        };
+        files.push((setting, value.into_owned()));
+    }
+    let opts = PgConnectOptions::from_str(url).map_err(|e| redact_db_error(&e))?;
+    let mode = opts.get_ssl_mode();
+    match mode {
+        PgSslMode::VerifyCa => {
+            return Err("`sslmode=verify-ca` is not supported: the driver would accept a certificate from any authority the system trusts, made for any name; use `sslmode=verify-full` with the host name the server's certificate is made for (and `sslrootcert=PATH` for a private authority)".into());
+        }
+        PgSslMode::Allow => {
+            return Err("`sslmode=allow` is not supported: the driver never starts TLS with it, so a server that requires TLS refuses the connection; use `sslmode=prefer` (TLS when the server offers it) or `sslmode=verify-full`".into());
+        }
+        _ => {}
+    }
+    if !matches!(mode, PgSslMode::VerifyFull) && files.iter().any(|(s, _)| *s == "sslrootcert") {
+        return Err("`sslrootcert` is used only with `sslmode=verify-full`: with a lower `sslmode` the server's certificate is not checked at all; add `sslmode=verify-full`".into());
+    }
+    // The same settings from the environment (`PGSSLROOTCERT`, ...), which the driver reads
+    // when the URL does not set them; a value holding PEM itself is no file.
+    for (setting, var) in [
+        ("sslrootcert", "PGSSLROOTCERT"),
+        ("sslcert", "PGSSLCERT"),
+        ("sslkey", "PGSSLKEY"),
+    ] {
+        if !files.iter().any(|(s, _)| *s == setting)
+            && let Ok(v) = std::env::var(var)
+            && !v.trim_start().starts_with("-----BEGIN")
+        {
+            files.push((setting, v));
+        }
+    }
+    if matches!(mode, PgSslMode::Disable) {
+        files.clear();
+    }
+    let has = |s: &str| files.iter().any(|(f, _)| *f == s);
+    if has("sslcert") != has("sslkey") {
+        return Err("`sslcert` and `sslkey` go together: a client certificate needs its private key (set both, or neither)".into());
+    }
+    for (setting, path) in &files {
+        check_tls_file(setting, path)?;
+    }
     static PROVIDER: std::sync::Once = std::sync::Once::new();
     PROVIDER.call_once(|| {
         // Fails only when a library installed one first: that one serves as well.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-    let Some(server) = unauthenticated_server(opts) else {
-        return;
+    if let Some(server) = unauthenticated_server(&opts) {
+        warn_once(&server, mode, what);
+    }
+    Ok(opts)
+}
+
+/// The refusal of a setting the driver does not read, naming it when it looks like a setting's
+/// name (a mistyped `password:S3cret` does not).
+fn unknown_setting(key: &str) -> String {
+    let named = !key.is_empty()
+        && key.len() <= 40
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let which = if named {
+        format!("`{key}`")
+    } else {
+        "a setting".to_string()
     };
+    format!(
+        "the connection URL sets {which}, which sealtrail's PostgreSQL driver does not read; remove it (the URL's query may set {})",
+        URL_SETTINGS.join(", ")
+    )
+}
+
+/// A certificate or key file the driver will read: readable; a root certificate file holds a
+/// PEM certificate; a key file is not readable by others (libpq's rule: `0600` or less, `0640`
+/// if root owns it). The path is named: it is no secret, and the fix depends on it.
+fn check_tls_file(setting: &str, path: &str) -> Result<(), String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("`{setting}` names `{path}`, which cannot be read: {e}"))?;
+    if setting == "sslrootcert"
+        && !bytes
+            .windows(27)
+            .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(format!(
+            "`{setting}` names `{path}`, which holds no PEM certificate (`-----BEGIN CERTIFICATE-----`); a DER file converts with `openssl x509 -inform der -in FILE -out FILE.pem`"
+        ));
+    }
+    #[cfg(unix)]
+    if setting == "sslkey" {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("`{setting}` names `{path}`, which cannot be read: {e}"))?;
+        let others = if meta.uid() == 0 { 0o037 } else { 0o077 };
+        if meta.mode() & others != 0 {
+            return Err(format!(
+                "`{setting}` names `{path}`, which others may read (mode {:o}): a private key must be `0600` or less (`chmod 600 {path}`)",
+                meta.mode() & 0o777
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Warns, once per server and process, of a connection that does not authenticate its server.
+fn warn_once(server: &str, mode: PgSslMode, what: &str) {
     static SAID: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
     let first = SAID
         .lock()
-        .map(|mut s| s.insert(server.clone()))
+        .map(|mut s| s.insert(server.to_string()))
         .unwrap_or(true);
     if first {
-        let mode = match opts.get_ssl_mode() {
+        let mode = match mode {
             PgSslMode::Disable => "disable: no TLS",
-            PgSslMode::Allow => "allow: TLS only if the server asks for it",
             PgSslMode::Prefer => "prefer, the default: TLS if the server offers it, unchecked",
             PgSslMode::Require => "require: TLS, but any certificate is accepted",
-            PgSslMode::VerifyCa | PgSslMode::VerifyFull => "",
+            PgSslMode::Allow | PgSslMode::VerifyCa | PgSslMode::VerifyFull => "",
         };
         tracing::warn!(
             connection = %what,
@@ -84,14 +233,9 @@ pub fn before_connect(opts: &PgConnectOptions, what: &str) {
 }
 
 /// `host:port` of a connection that leaves the machine (not a Unix socket, not a loopback
-/// address) with an `sslmode` below `verify-ca`; `None` for any other.
+/// address) with an `sslmode` below `verify-full`; `None` for any other.
 fn unauthenticated_server(opts: &PgConnectOptions) -> Option<String> {
-    if opts.get_socket().is_some()
-        || matches!(
-            opts.get_ssl_mode(),
-            PgSslMode::VerifyCa | PgSslMode::VerifyFull
-        )
-    {
+    if opts.get_socket().is_some() || matches!(opts.get_ssl_mode(), PgSslMode::VerifyFull) {
         return None;
     }
     let host = opts.get_host();
@@ -168,7 +312,7 @@ mod tests {
                 "postgres://u@10.1.2.3/x?sslmode=disable",
                 Some("10.1.2.3:5432"),
             ),
-            ("postgres://u@10.1.2.3/x?sslmode=verify-ca", None),
+            ("postgres://u@10.1.2.3/x?sslmode=verify-full", None),
             ("postgres://u@db.example.com/x?sslmode=verify-full", None),
             ("postgres://u@127.0.0.1/x", None),
             ("postgres://u@127.0.0.2/x", None),
@@ -179,8 +323,111 @@ mod tests {
             let o = PgConnectOptions::from_str(url).unwrap();
             assert_eq!(unauthenticated_server(&o).as_deref(), warned, "{url}");
             // Said at most once per server, and never panics.
-            before_connect(&o, "test");
-            before_connect(&o, "test");
+            pg_connect_options(url, "test").unwrap();
+            pg_connect_options(url, "test").unwrap();
         }
+    }
+
+    /// What the driver would silently not do as libpq does is refused, saying what to change,
+    /// never quoting a value of the URL; what it does is accepted.
+    #[test]
+    fn connection_urls_the_driver_would_not_honour_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+        std::fs::write(
+            path("ca.pem"),
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(path("ca.der"), [0x30, 0x82, 0x01, 0x0a]).unwrap();
+        std::fs::write(path("client.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
+        std::fs::write(path("client.key"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        std::fs::write(path("open.key"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |name: &str, m: u32| {
+            std::fs::set_permissions(path(name), std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        mode("client.key", 0o600);
+        mode("open.key", 0o644);
+        let base = "postgres://u:Sup3rS3cret@db.example.com/x";
+        let refused = |query: String, says: &[&str]| {
+            let e = pg_connect_options(&format!("{base}?{query}"), "test").unwrap_err();
+            for s in says {
+                assert!(e.contains(s), "{query}: {e}");
+            }
+            assert!(
+                !e.contains("Sup3rS3cret") && !e.contains("db.example.com") && !e.contains("V4lue"),
+                "{e}"
+            );
+        };
+        // Settings the driver does not read: named (when they look like one), never valued.
+        refused(
+            "sslpassword=V4lue".into(),
+            &["`sslpassword`", "does not read", "sslmode, ssl-mode"],
+        );
+        refused("channel_binding=require".into(), &["`channel_binding`"]);
+        refused("password:V4lue".into(), &["sets a setting"]);
+        refused(
+            format!("sslmode=verify-ca&sslrootcert={}", path("ca.pem")),
+            &[
+                "`sslmode=verify-ca` is not supported",
+                "any authority",
+                "verify-full",
+            ],
+        );
+        refused(
+            "sslmode=allow".into(),
+            &["`sslmode=allow` is not supported", "prefer"],
+        );
+        for mode in ["require", "prefer", "disable"] {
+            refused(
+                format!("sslmode={mode}&sslrootcert={}", path("ca.pem")),
+                &["only with `sslmode=verify-full`", "not checked at all"],
+            );
+        }
+        refused(
+            format!("sslmode=verify-full&sslrootcert={}", path("missing.pem")),
+            &[
+                "`sslrootcert` names `",
+                "missing.pem`, which cannot be read: No such file",
+            ],
+        );
+        refused(
+            format!("sslmode=verify-full&ssl-ca={}", path("ca.der")),
+            &["holds no PEM certificate", "openssl x509 -inform der"],
+        );
+        refused(
+            format!("sslmode=verify-full&sslcert={}", path("client.pem")),
+            &["`sslcert` and `sslkey` go together"],
+        );
+        refused(
+            format!(
+                "sslmode=verify-full&sslcert={}&sslkey={}",
+                path("client.pem"),
+                path("open.key")
+            ),
+            &["others may read (mode 644)", "chmod 600"],
+        );
+        refused(
+            "sslmode=verify-fulll".into(),
+            &["bad connection settings", "verify-fulll"],
+        );
+        // Accepted: the driver does what these say.
+        for query in [
+            String::new(),
+            "sslmode=require&application_name=etl&options[statement_timeout]=5s".into(),
+            format!("sslmode=verify-full&sslrootcert={}", path("ca.pem")),
+            format!(
+                "sslmode=verify-full&sslcert={}&ssl-key={}",
+                path("client.pem"),
+                path("client.key")
+            ),
+            format!("sslmode=disable&sslcert={}", path("missing.pem")),
+        ] {
+            let url = format!("{base}?{query}");
+            pg_connect_options(&url, "test").unwrap_or_else(|e| panic!("{query}: {e}"));
+        }
+        let e = pg_connect_options("db/x", "test").unwrap_err();
+        assert!(e.starts_with("not a valid postgres:// URL ("), "{e}");
     }
 }

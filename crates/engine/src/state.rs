@@ -239,10 +239,12 @@ impl StateStore {
                 .map_err(named)?;
             conn.close().await.map_err(named)?;
         }
-        if !sqlite
-            && let Ok(o) = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&url)
-        {
-            sealtrail_core::db::before_connect(&o, "the state store");
+        if !sqlite {
+            sealtrail_core::db::pg_connect_options(&url, "the state store").map_err(|e| {
+                StateError(format!(
+                    "cannot open the run state store (postgres): {e}; check --state-url / SEALTRAIL_STATE_URL"
+                ))
+            })?;
         }
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 1 } else { 4 })

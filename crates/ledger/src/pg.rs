@@ -36,10 +36,9 @@ use crate::note::{NoteSigner, NoteVerifier};
 use crate::tiles::TileId;
 use crate::verify::{self, Seen, Tamper, Verified, VerifyError};
 use sealtrail_core::db::redact_db_error;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 use sqlx::{AssertSqlSafe, Connection, Executor, Row};
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -134,13 +133,8 @@ impl PgLedger {
         writer: &str,
     ) -> Result<Self, LogError> {
         check_schema(schema)?;
-        let opts = PgConnectOptions::from_str(url).map_err(|e| {
-            LogError::Db(format!(
-                "the ledger URL is not a valid postgres:// URL ({})",
-                redact_db_error(&e)
-            ))
-        })?;
-        sealtrail_core::db::before_connect(&opts, "the ledger");
+        let opts = sealtrail_core::db::pg_connect_options(url, "the ledger")
+            .map_err(|e| LogError::Db(format!("cannot use the ledger URL: {e}")))?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), LogError>>(1);
         let worker = std::thread::Builder::new()
