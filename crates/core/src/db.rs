@@ -96,6 +96,7 @@ const URL_SETTINGS: &[&str] = &[
 pub fn pg_connect_options(url: &str, what: &str) -> Result<PgConnectOptions, String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("not a valid postgres:// URL ({e})"))?;
     let mut files: Vec<(&'static str, String)> = Vec::new();
+    let mut hostaddr = None;
     for (key, value) in parsed.query_pairs() {
         let key = &*key;
         let known =
@@ -107,6 +108,10 @@ pub fn pg_connect_options(url: &str, what: &str) -> Result<PgConnectOptions, Str
             "sslrootcert" | "ssl-root-cert" | "ssl-ca" => "sslrootcert",
             "sslcert" | "ssl-cert" => "sslcert",
             "sslkey" | "ssl-key" => "sslkey",
+            "hostaddr" => {
+                hostaddr = Some(value.into_owned());
+                continue;
+            }
             _ => continue,
         };
         files.push((setting, value.into_owned()));
@@ -154,7 +159,8 @@ pub fn pg_connect_options(url: &str, what: &str) -> Result<PgConnectOptions, Str
         // Fails only when a library installed one first: that one serves as well.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-    if let Some(server) = unauthenticated_server(&opts) {
+    let hostaddr = hostaddr.or_else(|| std::env::var("PGHOSTADDR").ok());
+    if let Some(server) = unauthenticated_server(&opts, hostaddr.as_deref()) {
         warn_once(&server, mode, what);
     }
     Ok(opts)
@@ -234,11 +240,12 @@ fn warn_once(server: &str, mode: PgSslMode, what: &str) {
 
 /// `host:port` of a connection that leaves the machine (not a Unix socket, not a loopback
 /// address) with an `sslmode` below `verify-full`; `None` for any other.
-fn unauthenticated_server(opts: &PgConnectOptions) -> Option<String> {
+/// A `hostaddr` is the address connected to (the host name then serves the certificate check).
+fn unauthenticated_server(opts: &PgConnectOptions, hostaddr: Option<&str>) -> Option<String> {
     if opts.get_socket().is_some() || matches!(opts.get_ssl_mode(), PgSslMode::VerifyFull) {
         return None;
     }
-    let host = opts.get_host();
+    let host = hostaddr.unwrap_or(opts.get_host());
     let local = host.starts_with('/')
         || host.eq_ignore_ascii_case("localhost")
         || host
@@ -319,9 +326,20 @@ mod tests {
             ("postgres://u@LOCALHOST/x?sslmode=disable", None),
             ("postgres://u@[::1]/x", None),
             ("postgres://u@%2Fvar%2Frun%2Fpostgresql/x", None),
+            // The address connected to decides, not the name.
+            (
+                "postgres://u@localhost/x?hostaddr=10.1.2.3",
+                Some("10.1.2.3:5432"),
+            ),
+            ("postgres://u@db.example.com/x?hostaddr=127.0.0.1", None),
         ] {
             let o = PgConnectOptions::from_str(url).unwrap();
-            assert_eq!(unauthenticated_server(&o).as_deref(), warned, "{url}");
+            let hostaddr = url.split_once("hostaddr=").map(|(_, a)| a);
+            assert_eq!(
+                unauthenticated_server(&o, hostaddr).as_deref(),
+                warned,
+                "{url}"
+            );
             // Said at most once per server, and never panics.
             pg_connect_options(url, "test").unwrap();
             pg_connect_options(url, "test").unwrap();
