@@ -612,6 +612,212 @@ async fn connections_use_tls_as_the_url_says() {
     );
 }
 
+/// A PostgreSQL server of one test's own (Debian's binaries, run as the `postgres` user),
+/// with TLS under an authority made for the test, admitting only clients that present a
+/// certificate that authority signed (`hostssl ... cert`). Stopped when dropped.
+struct CertServer {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl CertServer {
+    fn start() -> Self {
+        use std::process::Command;
+        let run = |c: &mut Command| {
+            let out = c.output().expect("the command runs");
+            assert!(
+                out.status.success(),
+                "{c:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server binaries in /usr/lib/postgresql (Debian's packages)")
+            .map(|e| e.unwrap().path().join("bin"))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .expect("an initdb under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().unwrap();
+        let at = |name: &str| dir.path().join(name);
+        // The server runs as `postgres`: it must reach its folder.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let openssl = |args: &[&str]| {
+            run(Command::new("openssl").current_dir(dir.path()).args(args));
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        for (name, subject) in [
+            ("ca", "/CN=test authority"),
+            ("other-ca", "/CN=other authority"),
+        ] {
+            let (k, p) = (format!("{name}.key"), format!("{name}.pem"));
+            let mut a = vec!["req", "-x509", "-subj", subject, "-days", "1"];
+            a.extend(key);
+            a.extend(["-keyout", &k, "-out", &p]);
+            openssl(&a);
+        }
+        std::fs::write(at("server.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+        std::fs::write(at("client.ext"), "basicConstraints=CA:FALSE\n").unwrap();
+        for (name, subject, ca, ext) in [
+            ("server", "/CN=localhost", "ca", Some("server.ext")),
+            ("client", "/CN=postgres", "ca", Some("client.ext")),
+            ("stranger", "/CN=postgres", "other-ca", Some("client.ext")),
+            // No extensions: X.509 version 1, which TLS libraries refuse to present.
+            ("old", "/CN=postgres", "ca", None),
+        ] {
+            let (k, csr, p) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            let mut a = vec!["req", "-subj", subject];
+            a.extend(key);
+            a.extend(["-keyout", &k, "-out", &csr]);
+            openssl(&a);
+            let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+            let mut a = vec![
+                "x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-days", "1",
+                "-out", &p,
+            ];
+            if let Some(ext) = ext {
+                a.extend(["-extfile", ext]);
+            }
+            openssl(&a);
+            std::fs::set_permissions(at(&k), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let data = at("data");
+        std::fs::create_dir(&data).unwrap();
+        run(Command::new("chown").arg("postgres:postgres").arg(&data));
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data));
+        for f in ["server.pem", "server.key", "ca.pem"] {
+            std::fs::copy(at(f), data.join(f)).unwrap();
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = format!(
+            "\nport = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = on\nssl_cert_file = 'server.pem'\nssl_key_file = 'server.key'\nssl_ca_file = 'ca.pem'\n",
+            data.display()
+        );
+        let mut c = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+        c.push_str(&conf);
+        std::fs::write(data.join("postgresql.conf"), c).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 cert\n",
+        )
+        .unwrap();
+        run(Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(&data));
+        run(Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("pg_ctl"))
+            .args(["-w", "-l"])
+            .arg(data.join("log"))
+            .arg("-D")
+            .arg(&data)
+            .arg("start"));
+        CertServer { dir, bin, port }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+impl Drop for CertServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-w", "-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("stop")
+            .output();
+    }
+}
+
+/// A server that admits only clients with a certificate (mutual TLS, as banks' databases often
+/// require) is reached with `sslcert`/`sslkey`: the server sees the client's name; without a
+/// certificate, or with one its authority did not sign, the connection is refused, saying so
+/// and never quoting the URL. Its own certificate, from a private authority, is trusted through
+/// `sslrootcert` alone.
+#[tokio::test]
+async fn a_server_that_wants_a_client_certificate_gets_it() {
+    use sealtrail_connectors::pg::connect;
+    let server = CertServer::start();
+    let url = |q: String| {
+        SecretRef::Literal(Secret::new(format!(
+            "postgres://postgres@localhost:{}/postgres?sslmode=verify-full{q}",
+            server.port
+        )))
+    };
+    let root = format!("&sslrootcert={}", server.path("ca.pem"));
+    let client = |name: &str| {
+        format!(
+            "&sslcert={}&sslkey={}",
+            server.path(&format!("{name}.pem")),
+            server.path(&format!("{name}.key"))
+        )
+    };
+    let mut c = connect(&url(format!("{root}{}", client("client"))), "sink t")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = sqlx::query("SELECT client_dn, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(r.get::<String, _>(0), "/CN=postgres");
+    assert_eq!(r.get::<String, _>(1), "TLSv1.3");
+    let refused = |u: SecretRef| async move {
+        match connect(&u, "sink t").await {
+            Ok(_) => panic!("connected"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let err = refused(url(root.clone())).await;
+    assert!(
+        err.starts_with("cannot read sink t: cannot connect to PostgreSQL: ")
+            && err.contains("connection requires a valid client certificate"),
+        "{err}"
+    );
+    let err = refused(url(format!("{root}{}", client("stranger")))).await;
+    assert!(
+        err.starts_with("cannot read sink t: cannot connect to PostgreSQL: TLS error: "),
+        "{err}"
+    );
+    // A version 1 certificate (which the server would accept) is refused before anything is
+    // sent, saying why, instead of failing the handshake as an `invalid peer certificate`.
+    let err = refused(url(format!("{root}{}", client("old")))).await;
+    assert!(
+        err.starts_with("cannot read sink t: cannot use the connection URL: `sslcert` names ")
+            && err.contains("X.509 version 1"),
+        "{err}"
+    );
+    // The server's authority is no system one: without `sslrootcert` it is unknown.
+    let err = refused(url(client("client"))).await;
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(
+        !err.contains("postgres://") && !err.contains("postgres@"),
+        "{err}"
+    );
+}
+
 /// A sink whose connection the server closed between two commits (a restart, an idle
 /// timeout, or the wait of a later source's sink while the sources before it load) connects
 /// again and commits: both batches land, once each.

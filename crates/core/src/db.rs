@@ -154,6 +154,10 @@ pub fn pg_connect_options(url: &str, what: &str) -> Result<PgConnectOptions, Str
     for (setting, path) in &files {
         check_tls_file(setting, path)?;
     }
+    let file = |s: &str| files.iter().find(|(f, _)| *f == s).map(|(_, p)| p.as_str());
+    if let (Some(cert), Some(key)) = (file("sslcert"), file("sslkey")) {
+        check_client_certificate(cert, key)?;
+    }
     static PROVIDER: std::sync::Once = std::sync::Once::new();
     PROVIDER.call_once(|| {
         // Fails only when a library installed one first: that one serves as well.
@@ -214,6 +218,46 @@ fn check_tls_file(setting: &str, path: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A client certificate and key rustls can present: the driver would otherwise fail the
+/// handshake with rustls' words for a server's certificate (`invalid peer certificate`). What
+/// the key file holds is never shown.
+fn check_client_certificate(cert: &str, key: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |setting: &str, path: &str| {
+        std::fs::read(path)
+            .map_err(|e| format!("`{setting}` names `{path}`, which cannot be read: {e}"))
+    };
+    let chain = CertificateDer::pem_slice_iter(&read("sslcert", cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            format!("`sslcert` names `{cert}`, which holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)")
+        })?;
+    let private = PrivateKeyDer::from_pem_slice(&read("sslkey", key)?).map_err(|_| {
+        format!("`sslkey` names `{key}`, which holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, private, &provider)
+        .map(|_| ())
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => format!(
+                "`sslkey` (`{key}`) is not the private key of the certificate in `sslcert` (`{cert}`)"
+            ),
+            rustls::Error::InvalidCertificate(c) => {
+                let why = format!("{c:?}");
+                let hint = if why.contains("UnsupportedCertVersion") {
+                    ": it is an X.509 version 1 certificate (what `openssl x509 -req` makes without extensions); issue it again with extensions, e.g. `-extfile` naming a file with `basicConstraints=CA:FALSE`"
+                } else {
+                    ""
+                };
+                format!("`sslcert` names `{cert}`, whose certificate TLS cannot present ({why}){hint}")
+            }
+            other => format!("`sslkey` names `{key}`, which TLS cannot use: {other}"),
+        })
 }
 
 /// Warns, once per server and process, of a connection that does not authenticate its server.
@@ -352,21 +396,61 @@ mod tests {
     fn connection_urls_the_driver_would_not_honour_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-        std::fs::write(
-            path("ca.pem"),
-            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
+        // Real certificates and keys (the `openssl` command, as CI's other TLS tests use): a
+        // client certificate (X.509 v3, self-signed: it serves as an authority's too), and an
+        // X.509 v1 certificate of another key.
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .current_dir(dir.path())
+                .args(args)
+                .output()
+                .expect("the openssl command");
+            assert!(out.status.success(), "{args:?}: {out:?}");
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let mut a = vec!["req", "-x509", "-subj", "/CN=postgres", "-days", "1"];
+        a.extend(key);
+        openssl(&[&a[..], &["-keyout", "client.key", "-out", "client.pem"]].concat());
+        let mut a = vec!["req", "-subj", "/CN=postgres"];
+        a.extend(key);
+        openssl(&[&a[..], &["-keyout", "other.key", "-out", "other.csr"]].concat());
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "other.csr",
+            "-signkey",
+            "other.key",
+            "-days",
+            "1",
+            "-out",
+            "v1.pem",
+        ]);
+        std::fs::copy(path("client.pem"), path("ca.pem")).unwrap();
+        std::fs::copy(path("client.key"), path("open.key")).unwrap();
         std::fs::write(path("ca.der"), [0x30, 0x82, 0x01, 0x0a]).unwrap();
-        std::fs::write(path("client.pem"), "-----BEGIN CERTIFICATE-----\n").unwrap();
-        std::fs::write(path("client.key"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
-        std::fs::write(path("open.key"), "-----BEGIN PRIVATE KEY-----\n").unwrap();
+        std::fs::write(path("empty.pem"), "").unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = |name: &str, m: u32| {
             std::fs::set_permissions(path(name), std::fs::Permissions::from_mode(m)).unwrap()
         };
-        mode("client.key", 0o600);
+        for k in ["client.key", "other.key", "empty.pem"] {
+            mode(k, 0o600);
+        }
         mode("open.key", 0o644);
+        let pair = |cert: &str, key: &str| {
+            format!(
+                "sslmode=verify-full&sslcert={}&sslkey={}",
+                path(cert),
+                path(key)
+            )
+        };
         let base = "postgres://u:Sup3rS3cret@db.example.com/x";
         let refused = |query: String, says: &[&str]| {
             let e = pg_connect_options(&format!("{base}?{query}"), "test").unwrap_err();
@@ -425,6 +509,26 @@ mod tests {
                 path("open.key")
             ),
             &["others may read (mode 644)", "chmod 600"],
+        );
+        refused(
+            pair("client.pem", "other.key"),
+            &["is not the private key of the certificate in `sslcert`"],
+        );
+        refused(
+            pair("v1.pem", "other.key"),
+            &[
+                "whose certificate TLS cannot present",
+                "X.509 version 1",
+                "-extfile",
+            ],
+        );
+        refused(
+            pair("empty.pem", "client.key"),
+            &["holds no PEM certificate"],
+        );
+        refused(
+            pair("client.pem", "empty.pem"),
+            &["holds no PEM private key"],
         );
         refused(
             "sslmode=verify-fulll".into(),
