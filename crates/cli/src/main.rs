@@ -65,7 +65,8 @@ enum Cmd {
         #[arg(long)]
         abandon_unfinished: bool,
         /// Send OpenLineage run events (START, COMPLETE, FAIL) to this file (JSON Lines,
-        /// appended) or HTTP endpoint (`http(s)://...`, POST per event).
+        /// appended) or HTTP endpoint (`http(s)://...`, POST per event; an API key in
+        /// SEALTRAIL_OPENLINEAGE_API_KEY is sent as `Authorization: Bearer`).
         #[arg(long, env = "SEALTRAIL_OPENLINEAGE", hide_env_values = true)]
         openlineage: Option<String>,
         /// Row format of the output commitments: 2 (binary, the default) or 1 (JSON, as
@@ -295,8 +296,23 @@ mod exit {
     pub const INTERNAL: i32 = 70;
 }
 
+/// A command line whose value is wrong (exit code 2): the message says what to fix.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 fn exit_code(e: &anyhow::Error) -> i32 {
     use sealtrail_engine::Error as E;
+    if e.downcast_ref::<UsageError>().is_some() {
+        return exit::USER;
+    }
     if let Some(e) = e.downcast_ref::<E>() {
         return match e {
             E::Spec(_) | E::UnfinishedRun { .. } => exit::USER,
@@ -974,6 +990,19 @@ async fn run_pipeline(
     openlineage: Option<&str>,
     row_format: RowFormat,
 ) -> Result<RunReport> {
+    // A wrong endpoint is the command's error, before anything is opened.
+    let openlineage = match openlineage {
+        Some(t) => {
+            use sealtrail_engine::openlineage::{API_KEY_VAR, Destination, Emitter};
+            let key = std::env::var(API_KEY_VAR)
+                .ok()
+                .map(sealtrail_core::secret::Secret::new);
+            Some(Emitter::new(
+                Destination::parse(t, key).map_err(UsageError)?,
+            ))
+        }
+        None => None,
+    };
     // A spec that does not check touches nothing: no ledger, keyring or master key is made
     // for it (the engine checks it again, as every run must).
     let diags = sealtrail_engine::check(p).await;
@@ -1002,11 +1031,7 @@ async fn run_pipeline(
         })),
         skip_commitments_for_benchmark: false,
         row_format,
-        openlineage: openlineage.map(|t| {
-            sealtrail_engine::openlineage::Emitter::new(
-                sealtrail_engine::openlineage::Destination::parse(t),
-            )
-        }),
+        openlineage,
     };
     let r = sealtrail_engine::run(p, &opts).await;
     pb.finish_and_clear();

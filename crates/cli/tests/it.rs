@@ -6996,6 +6996,7 @@ fn openlineage_events_validate_against_the_official_schemas() {
     let server = std::thread::spawn(move || {
         use std::io::{BufRead, Read, Write};
         let mut bodies = Vec::new();
+        let mut auths = Vec::new();
         for _ in 0..2 {
             let (s, _) = listener.accept().unwrap();
             let mut r = std::io::BufReader::new(s);
@@ -7010,6 +7011,11 @@ fn openlineage_events_validate_against_the_official_schemas() {
                 if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                     len = v.trim().parse().unwrap();
                 }
+                if let Some((name, v)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("authorization")
+                {
+                    auths.push(v.trim().to_string());
+                }
             }
             let mut body = vec![0; len];
             r.read_exact(&mut body).unwrap();
@@ -7020,7 +7026,7 @@ fn openlineage_events_validate_against_the_official_schemas() {
                 .unwrap();
             bodies.push(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
         }
-        bodies
+        (bodies, auths)
     });
     // The same pipeline, made to fail after reading: at most 10 records expected.
     let text = std::fs::read_to_string(&spec).unwrap();
@@ -7032,18 +7038,44 @@ fn openlineage_events_validate_against_the_official_schemas() {
     assert_ne!(failing, text);
     let fspec = dir.path().join("failing.yaml");
     std::fs::write(&fspec, failing).unwrap();
+    // An endpoint that wants an API key (OpenLineage's `api_key` authentication) gets it as a
+    // bearer token; the key shows nowhere else.
+    let key = "ol-key-S3CRET-7f3a";
     let out = bin()
         .arg("run")
         .arg(&fspec)
         .arg("--openlineage")
         .arg(&url)
         .env("SSL_CERT_FILE", &ca)
+        .env("SEALTRAIL_OPENLINEAGE_API_KEY", key)
+        .env("SEALTRAIL_LOG", "debug")
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let got = server.join().unwrap();
+    let (got, auths) = server.join().unwrap();
     let _ = front.kill();
     let _ = front.wait();
+    assert_eq!(auths, [format!("Bearer {key}"), format!("Bearer {key}")]);
+    let logged = String::from_utf8_lossy(&out.stderr);
+    assert!(!logged.contains("S3CRET"), "{logged}");
+    // The same key for an endpoint on another machine over plain http:// is refused before
+    // the run starts, saying why; nothing is sent.
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .arg("--openlineage")
+        .arg("http://192.0.2.1:5000/api/v1/lineage")
+        .env("SEALTRAIL_OPENLINEAGE_API_KEY", key)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the OpenLineage endpoint at 192.0.2.1 is plain http:// on another machine")
+            && err.contains("use https://")
+            && !err.contains("S3CRET"),
+        "{err}"
+    );
     let kinds: Vec<&str> = got
         .iter()
         .map(|e| e["eventType"].as_str().unwrap())

@@ -290,13 +290,7 @@ fn unauthenticated_server(opts: &PgConnectOptions, hostaddr: Option<&str>) -> Op
         return None;
     }
     let host = hostaddr.unwrap_or(opts.get_host());
-    let local = host.starts_with('/')
-        || host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    (!local).then(|| format!("{host}:{}", opts.get_port()))
+    (!crate::net::is_this_machine(host)).then(|| format!("{host}:{}", opts.get_port()))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 pub mod audit;
 pub mod class;
 pub mod db;
+pub mod net;
 pub mod record;
 pub mod secret;
 

@@ -7,6 +7,7 @@
 //! and never fails the run, whose record of truth is the ledger. See `docs/openlineage.md`.
 
 use crate::{Planned, trace_all};
+use sealtrail_core::secret::Secret;
 use sealtrail_spec::{PgFrom, Pipeline, SourceConnector, Target};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -38,19 +39,62 @@ pub fn producer() -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
     File(PathBuf),
-    Http(String),
+    /// An endpoint, and the API key sent as `Authorization: Bearer KEY` (the OpenLineage HTTP
+    /// transport's `api_key` authentication).
+    Http {
+        url: String,
+        api_key: Option<Secret>,
+    },
 }
 
 impl Destination {
-    /// `http://...` or `https://...` is an endpoint; anything else a file path.
-    pub fn parse(s: &str) -> Self {
-        if s.starts_with("http://") || s.starts_with("https://") {
-            Destination::Http(s.to_string())
-        } else {
-            Destination::File(PathBuf::from(s))
+    /// `http://...` or `https://...` is an endpoint; anything else a file path (which takes no
+    /// API key: one given is not used).
+    ///
+    /// An endpoint on another machine over plain `http://` is refused when it would receive
+    /// credentials (the API key, or a user and password in the URL): they would cross the
+    /// network readable by anyone on the way. Without credentials it is warned about: events
+    /// carry table names, schemas and the transforms' SQL. Errors never quote the URL or key.
+    pub fn parse(s: &str, api_key: Option<Secret>) -> Result<Self, String> {
+        if !(s.starts_with("http://") || s.starts_with("https://")) {
+            return Ok(Destination::File(PathBuf::from(s)));
         }
+        let u = url::Url::parse(s)
+            .map_err(|e| format!("the OpenLineage endpoint is not a valid URL ({e})"))?;
+        let host = u.host_str().unwrap_or_default().to_string();
+        if let Some(k) = &api_key
+            && (k.expose().is_empty()
+                || reqwest::header::HeaderValue::from_str(&format!("Bearer {}", k.expose()))
+                    .is_err())
+        {
+            return Err(format!(
+                "{API_KEY_VAR} is empty or holds characters an HTTP header cannot carry (a line break?); set it to the key alone"
+            ));
+        }
+        if u.scheme() == "http" && !sealtrail_core::net::is_this_machine(&host) {
+            if api_key.is_some() || !u.username().is_empty() || u.password().is_some() {
+                return Err(format!(
+                    "the OpenLineage endpoint at {host} is plain http:// on another machine: its credentials ({}) would cross the network readable by anyone on the way; use https://",
+                    if api_key.is_some() {
+                        API_KEY_VAR
+                    } else {
+                        "the user in the URL"
+                    }
+                ));
+            }
+            tracing::warn!(
+                "OpenLineage events go to {host} over plain http://: table names, schemas and SQL cross the network unencrypted; use https://"
+            );
+        }
+        Ok(Destination::Http {
+            url: s.to_string(),
+            api_key,
+        })
     }
 }
+
+/// The environment variable whose value is sent as the endpoint's API key.
+pub const API_KEY_VAR: &str = "SEALTRAIL_OPENLINEAGE_API_KEY";
 
 /// Sends events to a [`Destination`].
 #[derive(Debug, Clone)]
@@ -77,18 +121,31 @@ impl Emitter {
                     tracing::warn!("OpenLineage event not written to {}: {e}", path.display());
                 }
             }
-            Destination::Http(url) => {
+            Destination::Http { url, api_key } => {
                 let client = reqwest::Client::builder()
                     .timeout(std::time::Duration::from_secs(10))
+                    // A redirect could lead to plain http:// or another host; an endpoint
+                    // that moved says so (logged below) and its new address is configured.
+                    .redirect(reqwest::redirect::Policy::none())
                     .build();
                 let sent = match client {
-                    Ok(c) => c
-                        .post(url)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await
-                        .map(|r| r.status()),
+                    Ok(c) => {
+                        let mut req = c
+                            .post(url)
+                            .header("content-type", "application/json")
+                            .body(body);
+                        if let Some(k) = api_key
+                            && let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!(
+                                "Bearer {}",
+                                k.expose()
+                            ))
+                        {
+                            // Kept out of any debug output of the request.
+                            v.set_sensitive(true);
+                            req = req.header(reqwest::header::AUTHORIZATION, v);
+                        }
+                        req.send().await.map(|r| r.status())
+                    }
                     Err(e) => Err(e),
                 };
                 // The URL may carry credentials: name only its host.
@@ -98,6 +155,9 @@ impl Emitter {
                     .unwrap_or_default();
                 match sent {
                     Ok(s) if s.is_success() => {}
+                    Ok(s) if s.is_redirection() => tracing::warn!(
+                        "OpenLineage endpoint at {host} answered {s}: redirects are not followed; set the endpoint to the address it points to"
+                    ),
                     Ok(s) => tracing::warn!("OpenLineage endpoint at {host} answered {s}"),
                     Err(e) => tracing::warn!(
                         "OpenLineage endpoint at {host} unreachable: {}",
@@ -374,4 +434,65 @@ pub fn event(
         "inputs": inputs,
         "outputs": outputs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Credentials never go to another machine over plain http://; what is refused says why,
+    /// never quoting the key or the URL's password.
+    #[test]
+    fn credentials_never_go_to_another_machine_in_clear() {
+        let key = || Some(Secret::new("k3y-S3CRET".into()));
+        assert_eq!(
+            Destination::parse("events.jsonl", key()),
+            Ok(Destination::File(PathBuf::from("events.jsonl")))
+        );
+        for (url, with_key) in [
+            ("https://lineage.example.com/api/v1/lineage", true),
+            ("https://u:pw@lineage.example.com/api/v1/lineage", false),
+            ("http://127.0.0.1:5000/api/v1/lineage", true),
+            ("http://localhost:5000/api/v1/lineage", true),
+            // No credentials: sent, with a warning.
+            ("http://lineage.example.com/api/v1/lineage", false),
+        ] {
+            let k = if with_key { key() } else { None };
+            assert_eq!(
+                Destination::parse(url, k.clone()),
+                Ok(Destination::Http {
+                    url: url.into(),
+                    api_key: k
+                }),
+                "{url}"
+            );
+        }
+        for (url, k, says) in [
+            (
+                "http://lineage.example.com/api/v1/lineage",
+                key(),
+                "(SEALTRAIL_OPENLINEAGE_API_KEY) would cross the network",
+            ),
+            (
+                "http://u:pw-S3CRET@10.1.2.3:5000/api/v1/lineage",
+                None,
+                "(the user in the URL) would cross the network",
+            ),
+            (
+                "https://lineage.example.com/",
+                Some(Secret::new("k3y-S3CRET\r\nX-Injected: 1".into())),
+                "holds characters an HTTP header cannot carry",
+            ),
+            (
+                "https://lineage.example.com/",
+                Some(Secret::new(String::new())),
+                "is empty",
+            ),
+            ("http://[::1/", None, "not a valid URL"),
+        ] {
+            let e = Destination::parse(url, k).unwrap_err();
+            assert!(e.contains(says), "{url}: {e}");
+            assert!(!e.contains("S3CRET") && !e.contains("/api/"), "{e}");
+        }
+    }
 }
