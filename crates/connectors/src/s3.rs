@@ -103,9 +103,16 @@ pub async fn check_conditional_writes(uri: &str) -> Result<(), String> {
         self as os, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
     };
     let url = Url::parse(uri).map_err(|e| format!("bad table URL {uri}: {e}"))?;
-    let store = builder(&url)
-        .build()
-        .map_err(|e| format!("cannot reach {uri}: {e}"))?;
+    let b = builder(&url);
+    if let Some(host) = cleartext_remote(
+        b.get_config_value(&deltalake::logstore::object_store::aws::AmazonS3ConfigKey::Endpoint)
+            .as_deref(),
+    ) {
+        tracing::warn!(
+            "the S3 store of {uri} is at {host} over plain http:// (AWS_ALLOW_HTTP): the table's rows cross the network unencrypted; use an https:// endpoint"
+        );
+    }
+    let store = b.build().map_err(|e| format!("cannot reach {uri}: {e}"))?;
     let prefix = Path::from_url_path(url.path()).map_err(|e| format!("{uri}: {e}"))?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -137,6 +144,14 @@ pub async fn check_conditional_writes(uri: &str) -> Result<(), String> {
             with_root_cause(&e)
         )),
     }
+}
+
+/// The host of a plain `http://` endpoint on another machine (`AWS_ENDPOINT_URL`, which
+/// object_store accepts with `AWS_ALLOW_HTTP=true`); `None` for https:// or this machine.
+fn cleartext_remote(endpoint: Option<&str>) -> Option<String> {
+    let u = Url::parse(endpoint?).ok()?;
+    let host = u.host_str()?;
+    (u.scheme() == "http" && !sealtrail_core::net::is_this_machine(host)).then(|| host.to_string())
 }
 
 /// Removes the probes under `probes` named (`<pid>-<nanoseconds since the epoch>`) more than
@@ -339,5 +354,27 @@ impl TableCopy {
         }
         drop(f);
         std::fs::rename(&partial, &local).map_err(|e| format!("{}: {e}", local.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Only a plain http:// endpoint on another machine is pointed out.
+    #[test]
+    fn a_cleartext_endpoint_on_another_machine_is_pointed_out() {
+        for (endpoint, host) in [
+            (Some("http://minio.internal:9000"), Some("minio.internal")),
+            (Some("http://10.1.2.3:9000"), Some("10.1.2.3")),
+            (Some("https://minio.internal:9000"), None),
+            (Some("http://127.0.0.1:9000"), None),
+            (Some("http://localhost:9000"), None),
+            (None, None),
+        ] {
+            assert_eq!(
+                super::cleartext_remote(endpoint).as_deref(),
+                host,
+                "{endpoint:?}"
+            );
+        }
     }
 }
