@@ -94,42 +94,12 @@ const URL_SETTINGS: &[&str] = &[
 /// a connection to another machine does not authenticate the server: records and credentials
 /// would cross the network to whoever answers.
 pub fn pg_connect_options(url: &str, what: &str) -> Result<PgConnectOptions, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("not a valid postgres:// URL ({e})"))?;
-    let mut files: Vec<(&'static str, String)> = Vec::new();
-    let mut hostaddr = None;
-    for (key, value) in parsed.query_pairs() {
-        let key = &*key;
-        let known =
-            URL_SETTINGS.contains(&key) || key.starts_with("options[") && key.ends_with(']');
-        if !known {
-            return Err(unknown_setting(key));
-        }
-        let setting = match key {
-            "sslrootcert" | "ssl-root-cert" | "ssl-ca" => "sslrootcert",
-            "sslcert" | "ssl-cert" => "sslcert",
-            "sslkey" | "ssl-key" => "sslkey",
-            "hostaddr" => {
-                hostaddr = Some(value.into_owned());
-                continue;
-            }
-            _ => continue,
-        };
-        files.push((setting, value.into_owned()));
-    }
-    let opts = PgConnectOptions::from_str(url).map_err(|e| redact_db_error(&e))?;
+    let Parsed {
+        opts,
+        mut files,
+        hostaddr,
+    } = parse(url)?;
     let mode = opts.get_ssl_mode();
-    match mode {
-        PgSslMode::VerifyCa => {
-            return Err("`sslmode=verify-ca` is not supported: the driver would accept a certificate from any authority the system trusts, made for any name; use `sslmode=verify-full` with the host name the server's certificate is made for (and `sslrootcert=PATH` for a private authority)".into());
-        }
-        PgSslMode::Allow => {
-            return Err("`sslmode=allow` is not supported: the driver never starts TLS with it, so a server that requires TLS refuses the connection; use `sslmode=prefer` (TLS when the server offers it) or `sslmode=verify-full`".into());
-        }
-        _ => {}
-    }
-    if !matches!(mode, PgSslMode::VerifyFull) && files.iter().any(|(s, _)| *s == "sslrootcert") {
-        return Err("`sslrootcert` is used only with `sslmode=verify-full`: with a lower `sslmode` the server's certificate is not checked at all; add `sslmode=verify-full`".into());
-    }
     // The same settings from the environment (`PGSSLROOTCERT`, ...), which the driver reads
     // when the URL does not set them; a value holding PEM itself is no file.
     for (setting, var) in [
@@ -168,6 +138,63 @@ pub fn pg_connect_options(url: &str, what: &str) -> Result<PgConnectOptions, Str
         warn_once(&server, mode, what);
     }
     Ok(opts)
+}
+
+/// The checks of [`pg_connect_options`] that depend on the URL alone (no file is read), for
+/// `check` to report on a URL written in a spec, with its location.
+pub fn check_pg_url(url: &str) -> Result<(), String> {
+    parse(url).map(|_| ())
+}
+
+/// A URL's options, with the TLS files it names and the address it sets.
+struct Parsed {
+    opts: PgConnectOptions,
+    files: Vec<(&'static str, String)>,
+    hostaddr: Option<String>,
+}
+
+fn parse(url: &str) -> Result<Parsed, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a valid postgres:// URL ({e})"))?;
+    let mut files: Vec<(&'static str, String)> = Vec::new();
+    let mut hostaddr = None;
+    for (key, value) in parsed.query_pairs() {
+        let key = &*key;
+        let known =
+            URL_SETTINGS.contains(&key) || key.starts_with("options[") && key.ends_with(']');
+        if !known {
+            return Err(unknown_setting(key));
+        }
+        let setting = match key {
+            "sslrootcert" | "ssl-root-cert" | "ssl-ca" => "sslrootcert",
+            "sslcert" | "ssl-cert" => "sslcert",
+            "sslkey" | "ssl-key" => "sslkey",
+            "hostaddr" => {
+                hostaddr = Some(value.into_owned());
+                continue;
+            }
+            _ => continue,
+        };
+        files.push((setting, value.into_owned()));
+    }
+    let opts = PgConnectOptions::from_str(url).map_err(|e| redact_db_error(&e))?;
+    let mode = opts.get_ssl_mode();
+    match mode {
+        PgSslMode::VerifyCa => {
+            return Err("`sslmode=verify-ca` is not supported: the driver would accept a certificate from any authority the system trusts, made for any name; use `sslmode=verify-full` with the host name the server's certificate is made for (and `sslrootcert=PATH` for a private authority)".into());
+        }
+        PgSslMode::Allow => {
+            return Err("`sslmode=allow` is not supported: the driver never starts TLS with it, so a server that requires TLS refuses the connection; use `sslmode=prefer` (TLS when the server offers it) or `sslmode=verify-full`".into());
+        }
+        _ => {}
+    }
+    if !matches!(mode, PgSslMode::VerifyFull) && files.iter().any(|(s, _)| *s == "sslrootcert") {
+        return Err("`sslrootcert` is used only with `sslmode=verify-full`: with a lower `sslmode` the server's certificate is not checked at all; add `sslmode=verify-full`".into());
+    }
+    Ok(Parsed {
+        opts,
+        files,
+        hostaddr,
+    })
 }
 
 /// The refusal of a setting the driver does not read, naming it when it looks like a setting's

@@ -907,6 +907,18 @@ fn secret_ref<T>(cx: &mut Ctx, at: &Loc<T>, base: &Path, what: &str, s: &str) ->
         );
         return None;
     }
+    // What the connection would refuse (an unknown setting, `sslmode=verify-ca`, ...) is
+    // reported here, with its location, with every other error.
+    if (s.starts_with("postgres://") || s.starts_with("postgresql://"))
+        && let Err(e) = sealtrail_core::db::check_pg_url(s)
+    {
+        cx.err(
+            at,
+            format!("{what}: {e}"),
+            "see \"PostgreSQL over TLS\" in docs/spec.md for the settings a URL may carry",
+        );
+        return None;
+    }
     Some(SecretRef::Literal(Secret::new(s.to_string())))
 }
 
@@ -2234,6 +2246,39 @@ quarantine:
         let all: String = d.iter().map(|x| x.to_string()).collect();
         assert!(all.contains("password in clear"), "{all}");
         assert!(!all.contains("s3cr3tpw"), "{all}");
+    }
+
+    /// A literal connection URL the connection would refuse is reported by `check`, with its
+    /// location, next to every other error.
+    #[test]
+    fn connection_urls_the_driver_would_not_honour_are_reported_by_check() {
+        let bad = GOOD.replace(
+            "parquet: { path: out }",
+            "postgres: { url: 'postgres://etl@db.example.com/x?sslmode=verify-ca', table: t }",
+        );
+        let d = diags(&bad);
+        assert!(
+            d.len() == 1
+                && d[0]
+                    .message
+                    .contains("`sslmode=verify-ca` is not supported")
+                && d[0].line > 0,
+            "{d:?}"
+        );
+        let bad = GOOD.replace(
+            "parquet: { path: out }",
+            "postgres: { url: 'postgres://etl@db.example.com/x?connect_timeout=10', table: t }",
+        );
+        let d = diags(&bad);
+        assert!(
+            d.len() == 1 && d[0].message.contains("sets `connect_timeout`"),
+            "{d:?}"
+        );
+        let good = GOOD.replace(
+            "parquet: { path: out }",
+            "postgres: { url: 'postgres://etl@db.example.com/x?sslmode=verify-full', table: t }",
+        );
+        crate::parse_str(&good, Path::new("t.yaml")).unwrap();
     }
 
     #[test]
