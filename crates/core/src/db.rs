@@ -85,8 +85,9 @@ const URL_SETTINGS: &[&str] = &[
 /// - `sslrootcert` with an `sslmode` below `verify-full`: the certificate would not be checked
 ///   at all, against the intent the setting shows;
 /// - a certificate or key file that cannot be read, an `sslrootcert` without a PEM
-///   certificate, `sslcert` without `sslkey` (or the reverse), and a key file others may read
-///   (libpq's rule).
+///   certificate, `sslcert` without `sslkey` (or the reverse), a key file others may read
+///   (libpq's rule), a key that is not the certificate's, and an X.509 version 1 client
+///   certificate (rustls refuses to present one, in words that blame the server's).
 ///
 /// Then names ring as the process's TLS provider (rustls is built here with ring and
 /// aws-lc-rs, asked for by different dependencies, so it has no default, and the driver's
@@ -101,13 +102,15 @@ pub fn pg_connect_options(url: &str, what: &str) -> Result<PgConnectOptions, Str
     } = parse(url)?;
     let mode = opts.get_ssl_mode();
     // The same settings from the environment (`PGSSLROOTCERT`, ...), which the driver reads
-    // when the URL does not set them; a value holding PEM itself is no file.
+    // when the URL does not set them; a value holding PEM itself is no file. A root
+    // certificate is read only to check the server's (`verify-full`).
     for (setting, var) in [
         ("sslrootcert", "PGSSLROOTCERT"),
         ("sslcert", "PGSSLCERT"),
         ("sslkey", "PGSSLKEY"),
     ] {
-        if !files.iter().any(|(s, _)| *s == setting)
+        if (setting != "sslrootcert" || matches!(mode, PgSslMode::VerifyFull))
+            && !files.iter().any(|(s, _)| *s == setting)
             && let Ok(v) = std::env::var(var)
             && !v.trim_start().starts_with("-----BEGIN")
         {

@@ -63,9 +63,7 @@ impl Destination {
             .map_err(|e| format!("the OpenLineage endpoint is not a valid URL ({e})"))?;
         let host = u.host_str().unwrap_or_default().to_string();
         if let Some(k) = &api_key
-            && (k.expose().is_empty()
-                || reqwest::header::HeaderValue::from_str(&format!("Bearer {}", k.expose()))
-                    .is_err())
+            && (k.expose().is_empty() || bearer(k).is_none())
         {
             return Err(format!(
                 "{API_KEY_VAR} is empty or holds characters an HTTP header cannot carry (a line break?); set it to the key alone"
@@ -91,6 +89,16 @@ impl Destination {
             api_key,
         })
     }
+}
+
+/// The `Authorization` value for an API key, marked sensitive (kept out of any debug output of
+/// a request); `None` when the key holds what a header cannot (a line break). The text built on
+/// the way is wiped; the header's own copy lives as long as the request.
+fn bearer(key: &Secret) -> Option<reqwest::header::HeaderValue> {
+    let text = zeroize::Zeroizing::new(format!("Bearer {}", key.expose()));
+    let mut v = reqwest::header::HeaderValue::from_str(&text).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 /// The environment variable whose value is sent as the endpoint's API key.
@@ -134,14 +142,7 @@ impl Emitter {
                             .post(url)
                             .header("content-type", "application/json")
                             .body(body);
-                        if let Some(k) = api_key
-                            && let Ok(mut v) = reqwest::header::HeaderValue::from_str(&format!(
-                                "Bearer {}",
-                                k.expose()
-                            ))
-                        {
-                            // Kept out of any debug output of the request.
-                            v.set_sensitive(true);
+                        if let Some(v) = api_key.as_ref().and_then(bearer) {
                             req = req.header(reqwest::header::AUTHORIZATION, v);
                         }
                         req.send().await.map(|r| r.status())
