@@ -296,6 +296,34 @@ mod exit {
     pub const INTERNAL: i32 = 70;
 }
 
+/// A connection URL with a password given on the command line, where every user of the
+/// machine can read it (`ps`, `/proc/PID/cmdline`) and shell histories keep it: refused, naming
+/// the option and the environment variable to use instead, never the value.
+fn password_on_command_line() -> Option<String> {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    for (i, a) in args.iter().enumerate() {
+        for (flag, var) in [
+            ("--state-url", "SEALTRAIL_STATE_URL"),
+            ("--ledger-url", "SEALTRAIL_LEDGER_URL"),
+            ("--openlineage", "SEALTRAIL_OPENLINEAGE"),
+        ] {
+            let value = if a == flag {
+                args.get(i + 1).map(String::as_str)
+            } else {
+                a.strip_prefix(flag).and_then(|v| v.strip_prefix('='))
+            };
+            if value.is_some_and(sealtrail_core::secret::url_has_password) {
+                return Some(format!(
+                    "{flag} holds a password on the command line, where every user of this machine can read it (ps) and shell histories keep it; set {var} instead (or authenticate without a password in the URL: a .pgpass file, a client certificate)"
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// A command line whose value is wrong (exit code 2): the message says what to fix.
 #[derive(Debug)]
 struct UsageError(String);
@@ -368,6 +396,10 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Some(e) = password_on_command_line() {
+        eprintln!("error: {e}");
+        std::process::exit(exit::USER);
+    }
     // Debug builds only (the tests' binary): a command still running after
     // `SEALTRAIL_DEBUG_DEADLINE_SECS` is a hang (a deadlock, a task spinning without
     // yielding) and ends with the internal-error code, saying so, so that the test fails

@@ -4350,8 +4350,11 @@ fn secrets_never_reach_logs_errors_or_the_ledger() {
     // before the driver parses the URL.
     let out = bin()
         .env("SEALTRAIL_LOG", "trace")
-        .args(["runs", "--state-url"])
-        .arg(format!("{}?sslpassword=KEYPASS-S3CRET", pg_url()))
+        .env(
+            "SEALTRAIL_STATE_URL",
+            format!("{}?sslpassword=KEYPASS-S3CRET", pg_url()),
+        )
+        .arg("runs")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -4360,6 +4363,31 @@ fn secrets_never_reach_logs_errors_or_the_ledger() {
         err.contains("sets `sslpassword`, which sealtrail's PostgreSQL driver does not read"),
         "{err}"
     );
+    seen.push_str(&err);
+    // A password in a URL on the command line (readable by every user of the machine) is
+    // refused, naming the variable to use instead; the same URL in that variable is used.
+    let with_pw = pg_url().replacen("postgres@", "postgres:PW-S3CRET@", 1);
+    assert_ne!(with_pw, pg_url());
+    for args in [
+        vec!["runs".to_string(), "--state-url".into(), with_pw.clone()],
+        vec!["runs".to_string(), format!("--ledger-url={with_pw}")],
+    ] {
+        let out = bin().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("holds a password on the command line") && err.contains("SEALTRAIL_"),
+            "{err}"
+        );
+        seen.push_str(&err);
+    }
+    let out = bin()
+        .arg("runs")
+        .env("SEALTRAIL_STATE_URL", &with_pw)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     seen.push_str(&err);
     for secret in [PEERS_HMAC_KEY, PEERS_AES_KEY, master.as_str(), "S3CRET"] {
         assert!(!seen.contains(secret), "a secret leaked");

@@ -109,6 +109,15 @@ pub fn create_private_once(path: &std::path::Path, bytes: &[u8]) -> std::io::Res
     }
 }
 
+/// Whether a connection string holds a password: a user and password before `@`
+/// (`scheme://user:password@host`), or a `password=` setting.
+pub fn url_has_password(s: &str) -> bool {
+    s.split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        || s.contains("password=")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

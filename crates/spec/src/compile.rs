@@ -894,12 +894,7 @@ fn secret_ref<T>(cx: &mut Ctx, at: &Loc<T>, base: &Path, what: &str, s: &str) ->
     }
     // A URL with user:password@ is a plain secret in the spec: refuse it. The message names
     // the location only, never the value.
-    let has_password = s
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
-        || s.contains("password=");
-    if has_password {
+    if sealtrail_core::secret::url_has_password(s) {
         cx.err(
             at,
             format!("{what}: the connection string holds a password in clear"),
