@@ -63,18 +63,16 @@ pub async fn connect(url: &SecretRef, what: &str) -> Result<PgConnection> {
         reason,
     })?;
     // The URL may hold a password: errors below must not echo it, only say what failed.
-    let opts = sealtrail_core::db::pg_connect_options(secret.expose(), what).map_err(|e| {
+    let target = sealtrail_core::db::pg_connect_options(secret.expose(), what).map_err(|e| {
         Error::Unreadable {
             input: what.to_string(),
             reason: format!("cannot use the connection URL: {e}"),
         }
     })?;
-    let mut conn = PgConnection::connect_with(&opts)
-        .await
-        .map_err(|e| Error::Unreadable {
-            input: what.to_string(),
-            reason: format!("cannot connect to PostgreSQL: {}", redact_db_error(&e)),
-        })?;
+    let mut conn = target.connect().await.map_err(|e| Error::Unreadable {
+        input: what.to_string(),
+        reason: format!("cannot connect to PostgreSQL: {e}"),
+    })?;
     conn.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'; SET extra_float_digits = 1")
         .await
         .map_err(|e| Error::Unreadable {

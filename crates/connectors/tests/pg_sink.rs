@@ -612,6 +612,33 @@ async fn connections_use_tls_as_the_url_says() {
     );
 }
 
+/// A server that accepts the connection and never answers fails it within the URL's
+/// `connect_timeout`, saying so and how to change it (without one, within 30 s), instead of
+/// holding the run.
+#[tokio::test]
+async fn a_server_that_never_answers_fails_the_connection_within_its_timeout() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let u = SecretRef::Literal(Secret::new(format!(
+        "postgres://postgres@127.0.0.1:{}/test?connect_timeout=1",
+        silent.local_addr().unwrap().port()
+    )));
+    // A guard against a hang, not a measure of speed.
+    let r = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        sealtrail_connectors::pg::connect(&u, "sink t"),
+    )
+    .await
+    .expect("the connection attempt ends by its own timeout");
+    let err = match r {
+        Ok(_) => panic!("connected to a server that never answers"),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(
+        err,
+        "cannot read sink t: cannot connect to PostgreSQL: no connection within 1 s (`connect_timeout=SECONDS` in the connection URL sets how long to wait)"
+    );
+}
+
 /// A PostgreSQL server of one test's own (Debian's binaries, run as the `postgres` user),
 /// with TLS under an authority made for the test, admitting only clients that present a
 /// certificate that authority signed (`hostssl ... cert`). Stopped when dropped.

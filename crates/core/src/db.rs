@@ -69,7 +69,40 @@ const URL_SETTINGS: &[&str] = &[
     "password",
     "application_name",
     "options",
+    // Read by sealtrail itself (libpq's meaning), and taken out before the driver sees the URL.
+    "connect_timeout",
 ];
+
+/// How long a connection may take to open when the URL sets no `connect_timeout`: a server that
+/// accepted the connection and never answers, or an address nothing answers at, fails within
+/// it instead of holding a run for minutes (the system's own TCP timeout is about two).
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A checked PostgreSQL URL, ready to connect to (see [`pg_connect_options`]).
+#[derive(Debug)]
+pub struct PgTarget {
+    pub options: PgConnectOptions,
+    /// The URL's `connect_timeout` (seconds, libpq's meaning), if it sets one.
+    pub connect_timeout: Option<std::time::Duration>,
+    /// The URL without the settings sealtrail reads itself, for a driver that takes a URL.
+    pub url: String,
+}
+
+impl PgTarget {
+    /// Opens one connection within the URL's `connect_timeout` ([`DEFAULT_CONNECT_TIMEOUT`]
+    /// without one); the error never quotes the URL.
+    pub async fn connect(&self) -> Result<sqlx::PgConnection, String> {
+        use sqlx::Connection;
+        let limit = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        match tokio::time::timeout(limit, sqlx::PgConnection::connect_with(&self.options)).await {
+            Ok(r) => r.map_err(|e| redact_db_error(&e)),
+            Err(_) => Err(format!(
+                "no connection within {} s (`connect_timeout=SECONDS` in the connection URL sets how long to wait)",
+                limit.as_secs()
+            )),
+        }
+    }
+}
 
 /// Parses a PostgreSQL connection URL for connection `what` (`sink trades`, `the ledger`) and
 /// readies the process to open it. To be called before every PostgreSQL connection. Errors say
@@ -94,11 +127,13 @@ const URL_SETTINGS: &[&str] = &[
 /// certificate check would panic without one), and warns, once per server in a process, when
 /// a connection to another machine does not authenticate the server: records and credentials
 /// would cross the network to whoever answers.
-pub fn pg_connect_options(url: &str, what: &str) -> Result<PgConnectOptions, String> {
+pub fn pg_connect_options(url: &str, what: &str) -> Result<PgTarget, String> {
     let Parsed {
         opts,
         mut files,
         hostaddr,
+        connect_timeout,
+        url,
     } = parse(url)?;
     let mode = opts.get_ssl_mode();
     // The same settings from the environment (`PGSSLROOTCERT`, ...), which the driver reads
@@ -140,7 +175,11 @@ pub fn pg_connect_options(url: &str, what: &str) -> Result<PgConnectOptions, Str
     if let Some(server) = unauthenticated_server(&opts, hostaddr.as_deref()) {
         warn_once(&server, mode, what);
     }
-    Ok(opts)
+    Ok(PgTarget {
+        options: opts,
+        connect_timeout,
+        url,
+    })
 }
 
 /// The checks of [`pg_connect_options`] that depend on the URL alone (no file is read), for
@@ -154,12 +193,17 @@ struct Parsed {
     opts: PgConnectOptions,
     files: Vec<(&'static str, String)>,
     hostaddr: Option<String>,
+    connect_timeout: Option<std::time::Duration>,
+    /// The URL without `connect_timeout`.
+    url: String,
 }
 
 fn parse(url: &str) -> Result<Parsed, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("not a valid postgres:// URL ({e})"))?;
+    let mut parsed =
+        url::Url::parse(url).map_err(|e| format!("not a valid postgres:// URL ({e})"))?;
     let mut files: Vec<(&'static str, String)> = Vec::new();
     let mut hostaddr = None;
+    let mut connect_timeout = None;
     for (key, value) in parsed.query_pairs() {
         let key = &*key;
         let known =
@@ -175,11 +219,37 @@ fn parse(url: &str) -> Result<Parsed, String> {
                 hostaddr = Some(value.into_owned());
                 continue;
             }
+            "connect_timeout" => {
+                // libpq: whole seconds; zero (or none) waits without a limit, here the default.
+                let secs = value.trim().parse::<u64>().map_err(|_| {
+                    "`connect_timeout` must be a whole number of seconds (`connect_timeout=10`)"
+                        .to_string()
+                })?;
+                connect_timeout = (secs > 0).then(|| std::time::Duration::from_secs(secs));
+                continue;
+            }
             _ => continue,
         };
         files.push((setting, value.into_owned()));
     }
-    let opts = PgConnectOptions::from_str(url).map_err(|e| redact_db_error(&e))?;
+    // The driver reads the URL without the settings read here (it would pass over them with a
+    // warning).
+    let url = if parsed.query_pairs().any(|(k, _)| k == "connect_timeout") {
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(k, _)| k != "connect_timeout")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        parsed.to_string()
+    } else {
+        url.to_string()
+    };
+    let opts = PgConnectOptions::from_str(&url).map_err(|e| redact_db_error(&e))?;
     let mode = opts.get_ssl_mode();
     match mode {
         PgSslMode::VerifyCa => {
@@ -197,6 +267,8 @@ fn parse(url: &str) -> Result<Parsed, String> {
         opts,
         files,
         hostaddr,
+        connect_timeout,
+        url,
     })
 }
 
@@ -573,6 +645,31 @@ mod tests {
             let url = format!("{base}?{query}");
             pg_connect_options(&url, "test").unwrap_or_else(|e| panic!("{query}: {e}"));
         }
+        // `connect_timeout` (libpq's, in seconds) is read here and kept from the driver.
+        let t = pg_connect_options(
+            &format!("{base}?sslmode=require&connect_timeout=5&application_name=etl"),
+            "test",
+        )
+        .unwrap();
+        assert_eq!(t.connect_timeout, Some(std::time::Duration::from_secs(5)));
+        assert!(
+            !t.url.contains("connect_timeout")
+                && t.url.contains("sslmode=require")
+                && t.url.contains("application_name=etl"),
+            "the URL the driver gets keeps every other setting"
+        );
+        let t = pg_connect_options(&format!("{base}?connect_timeout=0"), "test").unwrap();
+        assert_eq!(
+            t.connect_timeout, None,
+            "0 is libpq's no limit: the default"
+        );
+        assert!(!t.url.contains('?'));
+        let t = pg_connect_options(base, "test").unwrap();
+        assert_eq!(t.url, base, "a URL without it is passed on as it is");
+        refused(
+            "connect_timeout=ten".into(),
+            &["`connect_timeout` must be a whole number of seconds"],
+        );
         let e = pg_connect_options("db/x", "test").unwrap_err();
         assert!(e.starts_with("not a valid postgres:// URL ("), "{e}");
     }

@@ -239,16 +239,25 @@ impl StateStore {
                 .map_err(named)?;
             conn.close().await.map_err(named)?;
         }
-        if !sqlite {
-            sealtrail_core::db::pg_connect_options(&url, "the state store").map_err(|e| {
-                StateError(format!(
-                    "cannot open the run state store (postgres): {e}; check --state-url / SEALTRAIL_STATE_URL"
-                ))
-            })?;
-        }
+        // A PostgreSQL store's URL is checked as every connection's; the pool takes it without
+        // the settings read here, and waits for a connection as long as its `connect_timeout`
+        // says (10 s without one).
+        let mut wait = std::time::Duration::from_secs(10);
+        let url = if sqlite {
+            url
+        } else {
+            let target = sealtrail_core::db::pg_connect_options(&url, "the state store")
+                .map_err(|e| {
+                    StateError(format!(
+                        "cannot open the run state store (postgres): {e}; check --state-url / SEALTRAIL_STATE_URL"
+                    ))
+                })?;
+            wait = target.connect_timeout.unwrap_or(wait);
+            target.url
+        };
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 1 } else { 4 })
-            .acquire_timeout(std::time::Duration::from_secs(10))
+            .acquire_timeout(wait)
             // No idle timeout and no lifetime, so the pool starts no maintenance task: the
             // store's connections live as long as the process, which closes them at its end.
             // (In sqlx 0.8.6 that task could spin forever once a race wrapped the pool's idle

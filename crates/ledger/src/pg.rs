@@ -133,7 +133,7 @@ impl PgLedger {
         writer: &str,
     ) -> Result<Self, LogError> {
         check_schema(schema)?;
-        let opts = sealtrail_core::db::pg_connect_options(url, "the ledger")
+        let target = sealtrail_core::db::pg_connect_options(url, "the ledger")
             .map_err(|e| LogError::Db(format!("cannot use the ledger URL: {e}")))?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<(), LogError>>(1);
@@ -152,12 +152,11 @@ impl PgLedger {
                         return;
                     }
                 };
-                let conn = match rt.block_on(PgConnection::connect_with(&opts)) {
+                let conn = match rt.block_on(target.connect()) {
                     Ok(c) => c,
                     Err(e) => {
                         let _ = ready_tx.send(Err(LogError::Db(format!(
-                            "cannot connect to the ledger database: {}",
-                            redact_db_error(&e)
+                            "cannot connect to the ledger database: {e}"
                         ))));
                         return;
                     }

@@ -2262,11 +2262,11 @@ quarantine:
         );
         let bad = GOOD.replace(
             "parquet: { path: out }",
-            "postgres: { url: 'postgres://etl@db.example.com/x?connect_timeout=10', table: t }",
+            "postgres: { url: 'postgres://etl@db.example.com/x?keepalives=1', table: t }",
         );
         let d = diags(&bad);
         assert!(
-            d.len() == 1 && d[0].message.contains("sets `connect_timeout`"),
+            d.len() == 1 && d[0].message.contains("sets `keepalives`"),
             "{d:?}"
         );
         let good = GOOD.replace(
