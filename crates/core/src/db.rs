@@ -285,8 +285,14 @@ fn unknown_setting(key: &str) -> String {
     } else {
         "a setting".to_string()
     };
+    let instead = match key {
+        "sslpassword" => {
+            "; the driver reads only unencrypted keys: decrypt the `sslkey` file into one only this user can read (`openssl pkey -in KEY -out PLAIN`, `chmod 600 PLAIN`)"
+        }
+        _ => "",
+    };
     format!(
-        "the connection URL sets {which}, which sealtrail's PostgreSQL driver does not read; remove it (the URL's query may set {})",
+        "the connection URL sets {which}, which sealtrail's PostgreSQL driver does not read; remove it (the URL's query may set {}){instead}",
         URL_SETTINGS.join(", ")
     )
 }
@@ -339,8 +345,21 @@ fn check_client_certificate(cert: &str, key: &str) -> Result<(), String> {
         .ok_or_else(|| {
             format!("`sslcert` names `{cert}`, which holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)")
         })?;
-    let private = PrivateKeyDer::from_pem_slice(&read("sslkey", key)?).map_err(|_| {
-        format!("`sslkey` names `{key}`, which holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")
+    let key_pem = zeroize::Zeroizing::new(read("sslkey", key)?);
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+        let encrypted = [&b"ENCRYPTED PRIVATE KEY"[..], b"Proc-Type: 4,ENCRYPTED"]
+            .iter()
+            .any(|m| key_pem.windows(m.len()).any(|w| w == *m));
+        if encrypted {
+            // libpq asks for `sslpassword`; the driver reads unencrypted keys only.
+            format!(
+                "`sslkey` names `{key}`, whose key is encrypted with a passphrase, which the driver cannot use; decrypt it into a file only this user can read (`openssl pkey -in {key} -out KEY`, then `chmod 600 KEY`) and name that"
+            )
+        } else {
+            format!(
+                "`sslkey` names `{key}`, which holds no PEM private key (PKCS#8, PKCS#1 or SEC1)"
+            )
+        }
     })?;
     let provider = rustls::crypto::ring::default_provider();
     rustls::sign::CertifiedKey::from_der(chain, private, &provider)
@@ -561,7 +580,12 @@ mod tests {
         // Settings the driver does not read: named (when they look like one), never valued.
         refused(
             "sslpassword=V4lue".into(),
-            &["`sslpassword`", "does not read", "sslmode, ssl-mode"],
+            &[
+                "`sslpassword`",
+                "does not read",
+                "sslmode, ssl-mode",
+                "decrypt the `sslkey` file",
+            ],
         );
         refused("channel_binding=require".into(), &["`channel_binding`"]);
         refused("password:V4lue".into(), &["sets a setting"]);
@@ -625,6 +649,21 @@ mod tests {
         refused(
             pair("client.pem", "empty.pem"),
             &["holds no PEM private key"],
+        );
+        openssl(&[
+            "pkey",
+            "-in",
+            "client.key",
+            "-aes256",
+            "-passout",
+            "pass:x",
+            "-out",
+            "locked.key",
+        ]);
+        mode("locked.key", 0o600);
+        refused(
+            pair("client.pem", "locked.key"),
+            &["encrypted with a passphrase", "openssl pkey -in"],
         );
         refused(
             "sslmode=verify-fulll".into(),
