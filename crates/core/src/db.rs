@@ -289,6 +289,12 @@ fn unknown_setting(key: &str) -> String {
         "sslpassword" => {
             "; the driver reads only unencrypted keys: decrypt the `sslkey` file into one only this user can read (`openssl pkey -in KEY -out PLAIN`, `chmod 600 PLAIN`)"
         }
+        "channel_binding" => {
+            "; to be sure of the server, use `sslmode=verify-full`, which authenticates it by its certificate"
+        }
+        "target_session_attrs" | "load_balance_hosts" => {
+            "; name the one server to use (the primary, for sinks) as the URL's host"
+        }
         _ => "",
     };
     format!(
@@ -587,7 +593,10 @@ mod tests {
                 "decrypt the `sslkey` file",
             ],
         );
-        refused("channel_binding=require".into(), &["`channel_binding`"]);
+        refused(
+            "channel_binding=require".into(),
+            &["`channel_binding`", "use `sslmode=verify-full`"],
+        );
         refused("password:V4lue".into(), &["sets a setting"]);
         refused(
             format!("sslmode=verify-ca&sslrootcert={}", path("ca.pem")),
