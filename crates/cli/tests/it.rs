@@ -1854,6 +1854,76 @@ fn pg_project(ns: &str, files: &[(&str, &str)], body: &str) -> (tempfile::TempDi
     (dir, spec)
 }
 
+/// With `SEALTRAIL_REQUIRE_VERIFIED_TLS=1` an administrator's policy holds: a connection to
+/// another machine that would not authenticate the server (a PostgreSQL `sslmode` below
+/// `verify-full`, a plain `http://` OpenLineage or S3 endpoint) is refused before anything is
+/// sent, saying what to change; connections on this machine are not affected.
+#[test]
+fn verified_tls_can_be_required_for_every_connection_leaving_the_machine() {
+    let ns = format!("st_strict_{}", std::process::id());
+    let (dir, spec) = pg_project(
+        &ns,
+        &[("in/a.csv", "id,name\n1,x\n2,y\n")],
+        &format!(
+            "{CSV_SOURCE_S}sinks:\n  t: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    );
+    let strict = |url: &str| {
+        let mut c = bin();
+        c.arg("run")
+            .arg(&spec)
+            .env("SEALTRAIL_REQUIRE_VERIFIED_TLS", "1")
+            .env("ST_URL", url);
+        c
+    };
+    let out = strict("postgres://postgres@192.0.2.1:5432/test?sslmode=require&connect_timeout=1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("the PostgreSQL server at 192.0.2.1:5432 would be reached without authenticating it (sslmode=require), which SEALTRAIL_REQUIRE_VERIFIED_TLS forbids; add `sslmode=verify-full`"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out").exists(), "nothing written");
+    let out = strict(&pg_url())
+        .args(["--openlineage", "http://192.0.2.1:5000/api/v1/lineage"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("the OpenLineage endpoint at 192.0.2.1 would be reached without authenticating it (plain http://)"),
+        "{err}"
+    );
+    // The same run on this machine's server loads.
+    run_ok(&mut strict(&pg_url()));
+    assert!(pg_table_exists(&format!("{ns}.t")));
+    // An S3 store behind a plain http:// endpoint elsewhere: refused before any request.
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\npipeline: {ns}_s3\n{CSV_SOURCE_S}sinks:\n  t: {{ from: s, audience: internal, delta: {{ path: 's3://lake/t' }} }}\nquarantine:\n  parquet: {{ path: out/q3 }}\n"
+        ),
+    )
+    .unwrap();
+    let out = strict(&pg_url())
+        .env("AWS_ENDPOINT_URL", "http://192.0.2.1:9000")
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("the S3 store of s3://lake/t at 192.0.2.1 would be reached without authenticating it (plain http://, AWS_ALLOW_HTTP)"),
+        "{err}"
+    );
+    pg(&format!("DROP SCHEMA IF EXISTS {ns} CASCADE"));
+}
+
 /// A PostgreSQL sink over TLS with the server authenticated (`sslmode=verify-full`): with only
 /// an unrelated authority trusted (`SSL_CERT_FILE`, `SSL_CERT_DIR`, as for every TLS client
 /// here), the run is refused before anything is written, saying why, and so is a state store

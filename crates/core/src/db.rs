@@ -173,6 +173,13 @@ pub fn pg_connect_options(url: &str, what: &str) -> Result<PgTarget, String> {
     });
     let hostaddr = hostaddr.or_else(|| std::env::var("PGHOSTADDR").ok());
     if let Some(server) = unauthenticated_server(&opts, hostaddr.as_deref()) {
+        if crate::net::verified_tls_required() {
+            return Err(crate::net::unverified_refusal(
+                &format!("the PostgreSQL server at {server}"),
+                &format!("sslmode={}", mode_name(mode)),
+                "add `sslmode=verify-full` to the connection URL (with `sslrootcert=PATH` for a private certificate authority)",
+            ));
+        }
         warn_once(&server, mode, what);
     }
     Ok(PgTarget {
@@ -385,6 +392,18 @@ fn check_client_certificate(cert: &str, key: &str) -> Result<(), String> {
             }
             other => format!("`sslkey` names `{key}`, which TLS cannot use: {other}"),
         })
+}
+
+/// `sslmode`'s value as a URL spells it.
+fn mode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
 }
 
 /// Warns, once per server and process, of a connection that does not authenticate its server.

@@ -12,6 +12,28 @@ pub fn is_this_machine(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The environment variable that makes an unauthenticated connection to another machine an
+/// error instead of a warning: a PostgreSQL `sslmode` below `verify-full`, a plain `http://`
+/// OpenLineage or S3 endpoint. For administrators who must be able to say that nothing leaves
+/// the machine to a server it has not authenticated.
+pub const REQUIRE_VERIFIED_TLS: &str = "SEALTRAIL_REQUIRE_VERIFIED_TLS";
+
+/// Whether [`REQUIRE_VERIFIED_TLS`] is set to `1`, `true` or `yes` (read once per process).
+pub fn verified_tls_required() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::env::var(REQUIRE_VERIFIED_TLS)
+            .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+    })
+}
+
+/// The refusal of an unauthenticated connection to `server` under [`REQUIRE_VERIFIED_TLS`].
+pub fn unverified_refusal(server: &str, how: &str, fix: &str) -> String {
+    format!(
+        "{server} would be reached without authenticating it ({how}), which {REQUIRE_VERIFIED_TLS} forbids; {fix}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -80,6 +80,13 @@ impl Destination {
                     }
                 ));
             }
+            if sealtrail_core::net::verified_tls_required() {
+                return Err(sealtrail_core::net::unverified_refusal(
+                    &format!("the OpenLineage endpoint at {host}"),
+                    "plain http://",
+                    "use https://",
+                ));
+            }
             tracing::warn!(
                 "OpenLineage events go to {host} over plain http://: table names, schemas and SQL cross the network unencrypted; use https://"
             );
