@@ -298,30 +298,28 @@ mod exit {
 
 /// A connection URL with a password given on the command line, where every user of the
 /// machine can read it (`ps`, `/proc/PID/cmdline`) and shell histories keep it: refused, naming
-/// the option and the environment variable to use instead, never the value.
-fn password_on_command_line() -> Option<String> {
-    let args: Vec<String> = std::env::args_os()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    for (i, a) in args.iter().enumerate() {
-        for (flag, var) in [
-            ("--state-url", "SEALTRAIL_STATE_URL"),
-            ("--ledger-url", "SEALTRAIL_LEDGER_URL"),
-            ("--openlineage", "SEALTRAIL_OPENLINEAGE"),
-        ] {
-            let value = if a == flag {
-                args.get(i + 1).map(String::as_str)
-            } else {
-                a.strip_prefix(flag).and_then(|v| v.strip_prefix('='))
-            };
-            if value.is_some_and(sealtrail_core::secret::url_has_password) {
-                return Some(format!(
-                    "{flag} holds a password on the command line, where every user of this machine can read it (ps) and shell histories keep it; set {var} instead (or authenticate without a password in the URL: a .pgpass file, a client certificate)"
-                ));
-            }
+/// the option and the environment variable to use instead, never the value. The same value from
+/// that variable is accepted: clap says where each value came from.
+fn password_on_command_line(m: &clap::ArgMatches) -> Option<String> {
+    for (id, flag, var) in [
+        ("state_url", "--state-url", "SEALTRAIL_STATE_URL"),
+        ("ledger_url", "--ledger-url", "SEALTRAIL_LEDGER_URL"),
+        ("openlineage", "--openlineage", "SEALTRAIL_OPENLINEAGE"),
+    ] {
+        // `try_get_one` first: it is an error (not a panic) for an id the level does not define
+        // (a global option propagated to the top), which `value_source` panics on.
+        let given = matches!(
+            m.try_get_one::<String>(id),
+            Ok(Some(v)) if sealtrail_core::secret::url_has_password(v)
+        ) && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        if given {
+            return Some(format!(
+                "{flag} holds a password on the command line, where every user of this machine can read it (ps) and shell histories keep it; set {var} instead (or authenticate without a password in the URL: a .pgpass file, a client certificate)"
+            ));
         }
     }
-    None
+    m.subcommand()
+        .and_then(|(_, sub)| password_on_command_line(sub))
 }
 
 /// A command line whose value is wrong (exit code 2): the message says what to fix.
@@ -395,8 +393,10 @@ fn main() {
         // Colours only on a terminal: logs piped to a file or a collector stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
-    if let Some(e) = password_on_command_line() {
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(e) = password_on_command_line(&matches) {
         eprintln!("error: {e}");
         std::process::exit(exit::USER);
     }

@@ -1857,7 +1857,8 @@ fn pg_project(ns: &str, files: &[(&str, &str)], body: &str) -> (tempfile::TempDi
 /// With `SEALTRAIL_REQUIRE_VERIFIED_TLS=1` an administrator's policy holds: a connection to
 /// another machine that would not authenticate the server (a PostgreSQL `sslmode` below
 /// `verify-full`, a plain `http://` OpenLineage or S3 endpoint) is refused before anything is
-/// sent, saying what to change; connections on this machine are not affected.
+/// sent, saying what to change; connections on this machine are not affected. (And a refused
+/// `sslmode` that comes from `PGSSLMODE` is named as such.)
 #[test]
 fn verified_tls_can_be_required_for_every_connection_leaving_the_machine() {
     let ns = format!("st_strict_{}", std::process::id());
@@ -1919,6 +1920,20 @@ fn verified_tls_can_be_required_for_every_connection_leaving_the_machine() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
         err.contains("the S3 store of s3://lake/t at 192.0.2.1 would be reached without authenticating it (plain http://, AWS_ALLOW_HTTP)"),
+        "{err}"
+    );
+    // A mode the driver would not honour, set by the environment rather than the URL, is
+    // named where it was set.
+    let out = bin()
+        .arg("runs")
+        .env("SEALTRAIL_STATE_URL", pg_url())
+        .env("PGSSLMODE", "verify-ca")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("`PGSSLMODE=verify-ca` (in the environment) is not supported"),
         "{err}"
     );
     pg(&format!("DROP SCHEMA IF EXISTS {ns} CASCADE"));

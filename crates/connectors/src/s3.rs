@@ -108,16 +108,12 @@ pub async fn check_conditional_writes(uri: &str) -> Result<(), String> {
         b.get_config_value(&deltalake::logstore::object_store::aws::AmazonS3ConfigKey::Endpoint)
             .as_deref(),
     ) {
-        if sealtrail_core::net::verified_tls_required() {
-            return Err(sealtrail_core::net::unverified_refusal(
-                &format!("the S3 store of {uri} at {host}"),
-                "plain http://, AWS_ALLOW_HTTP",
-                "use an https:// endpoint",
-            ));
-        }
-        tracing::warn!(
-            "the S3 store of {uri} is at {host} over plain http:// (AWS_ALLOW_HTTP): the table's rows cross the network unencrypted; use an https:// endpoint"
-        );
+        sealtrail_core::net::unauthenticated(
+            &format!("the S3 store of {uri} at {host}"),
+            "plain http://, AWS_ALLOW_HTTP",
+            "the table's rows, unencrypted,",
+            "use an https:// endpoint",
+        )?;
     }
     let store = b.build().map_err(|e| format!("cannot reach {uri}: {e}"))?;
     let prefix = Path::from_url_path(url.path()).map_err(|e| format!("{uri}: {e}"))?;

@@ -3,9 +3,7 @@
 //! server is not authenticated.
 
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
-use std::collections::BTreeSet;
 use std::str::FromStr;
-use std::sync::Mutex;
 
 const TLS_HINT: &str =
     " (`sslmode` and `sslrootcert` in the connection URL choose how the server is checked)";
@@ -79,13 +77,25 @@ const URL_SETTINGS: &[&str] = &[
 pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A checked PostgreSQL URL, ready to connect to (see [`pg_connect_options`]).
-#[derive(Debug)]
+///
+/// Its `Debug` shows the server and the timeout only: sqlx's options print their password, and
+/// the URL holds it too.
 pub struct PgTarget {
     pub options: PgConnectOptions,
     /// The URL's `connect_timeout` (seconds, libpq's meaning), if it sets one.
     pub connect_timeout: Option<std::time::Duration>,
     /// The URL without the settings sealtrail reads itself, for a driver that takes a URL.
-    pub url: String,
+    pub url: crate::secret::Secret,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("host", &self.options.get_host())
+            .field("port", &self.options.get_port())
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgTarget {
@@ -159,12 +169,15 @@ pub fn pg_connect_options(url: &str, what: &str) -> Result<PgTarget, String> {
     if has("sslcert") != has("sslkey") {
         return Err("`sslcert` and `sslkey` go together: a client certificate needs its private key (set both, or neither)".into());
     }
+    // Each file read once: checked here, the certificate and key then parsed together.
+    let mut read = Vec::with_capacity(files.len());
     for (setting, path) in &files {
-        check_tls_file(setting, path)?;
+        read.push((*setting, path.as_str(), check_tls_file(setting, path)?));
     }
-    let file = |s: &str| files.iter().find(|(f, _)| *f == s).map(|(_, p)| p.as_str());
-    if let (Some(cert), Some(key)) = (file("sslcert"), file("sslkey")) {
-        check_client_certificate(cert, key)?;
+    let file = |s: &str| read.iter().find(|(f, _, _)| *f == s);
+    if let (Some((_, cert, cert_pem)), Some((_, key, key_pem))) = (file("sslcert"), file("sslkey"))
+    {
+        check_client_certificate(cert, cert_pem, key, key_pem)?;
     }
     static PROVIDER: std::sync::Once = std::sync::Once::new();
     PROVIDER.call_once(|| {
@@ -173,19 +186,17 @@ pub fn pg_connect_options(url: &str, what: &str) -> Result<PgTarget, String> {
     });
     let hostaddr = hostaddr.or_else(|| std::env::var("PGHOSTADDR").ok());
     if let Some(server) = unauthenticated_server(&opts, hostaddr.as_deref()) {
-        if crate::net::verified_tls_required() {
-            return Err(crate::net::unverified_refusal(
-                &format!("the PostgreSQL server at {server}"),
-                &format!("sslmode={}", mode_name(mode)),
-                "add `sslmode=verify-full` to the connection URL (with `sslrootcert=PATH` for a private certificate authority)",
-            ));
-        }
-        warn_once(&server, mode, what);
+        crate::net::unauthenticated(
+            &format!("the PostgreSQL server at {server}"),
+            &format!("sslmode={}", mode_name(mode)),
+            &format!("the records and the credentials of {what}"),
+            "add `sslmode=verify-full` to the connection URL (with `sslrootcert=PATH` for a private certificate authority)",
+        )?;
     }
     Ok(PgTarget {
         options: opts,
         connect_timeout,
-        url,
+        url: crate::secret::Secret::new(url),
     })
 }
 
@@ -258,12 +269,29 @@ fn parse(url: &str) -> Result<Parsed, String> {
     };
     let opts = PgConnectOptions::from_str(&url).map_err(|e| redact_db_error(&e))?;
     let mode = opts.get_ssl_mode();
+    // Where the mode came from: the URL, or the environment the driver reads when it has none.
+    let set = |m: &str| {
+        if parsed
+            .query_pairs()
+            .any(|(k, _)| k == "sslmode" || k == "ssl-mode")
+        {
+            format!("`sslmode={m}`")
+        } else {
+            format!("`PGSSLMODE={m}` (in the environment)")
+        }
+    };
     match mode {
         PgSslMode::VerifyCa => {
-            return Err("`sslmode=verify-ca` is not supported: the driver would accept a certificate from any authority the system trusts, made for any name; use `sslmode=verify-full` with the host name the server's certificate is made for (and `sslrootcert=PATH` for a private authority)".into());
+            return Err(format!(
+                "{} is not supported: the driver would accept a certificate from any authority the system trusts, made for any name; use `sslmode=verify-full` with the host name the server's certificate is made for (and `sslrootcert=PATH` for a private authority)",
+                set("verify-ca")
+            ));
         }
         PgSslMode::Allow => {
-            return Err("`sslmode=allow` is not supported: the driver never starts TLS with it, so a server that requires TLS refuses the connection; use `sslmode=prefer` (TLS when the server offers it) or `sslmode=verify-full`".into());
+            return Err(format!(
+                "{} is not supported: the driver never starts TLS with it, so a server that requires TLS refuses the connection; use `sslmode=prefer` (TLS when the server offers it) or `sslmode=verify-full`",
+                set("allow")
+            ));
         }
         _ => {}
     }
@@ -312,10 +340,13 @@ fn unknown_setting(key: &str) -> String {
 
 /// A certificate or key file the driver will read: readable; a root certificate file holds a
 /// PEM certificate; a key file is not readable by others (libpq's rule: `0600` or less, `0640`
-/// if root owns it). The path is named: it is no secret, and the fix depends on it.
-fn check_tls_file(setting: &str, path: &str) -> Result<(), String> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("`{setting}` names `{path}`, which cannot be read: {e}"))?;
+/// if root owns it). The path is named: it is no secret, and the fix depends on it. Returns the
+/// file's bytes, wiped when dropped (a key file's are key material).
+fn check_tls_file(setting: &str, path: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    let bytes = zeroize::Zeroizing::new(
+        std::fs::read(path)
+            .map_err(|e| format!("`{setting}` names `{path}`, which cannot be read: {e}"))?,
+    );
     if setting == "sslrootcert"
         && !bytes
             .windows(27)
@@ -338,28 +369,28 @@ fn check_tls_file(setting: &str, path: &str) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// A client certificate and key rustls can present: the driver would otherwise fail the
 /// handshake with rustls' words for a server's certificate (`invalid peer certificate`). What
 /// the key file holds is never shown.
-fn check_client_certificate(cert: &str, key: &str) -> Result<(), String> {
+fn check_client_certificate(
+    cert: &str,
+    cert_pem: &[u8],
+    key: &str,
+    key_pem: &[u8],
+) -> Result<(), String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let read = |setting: &str, path: &str| {
-        std::fs::read(path)
-            .map_err(|e| format!("`{setting}` names `{path}`, which cannot be read: {e}"))
-    };
-    let chain = CertificateDer::pem_slice_iter(&read("sslcert", cert)?)
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .ok()
         .filter(|c| !c.is_empty())
         .ok_or_else(|| {
             format!("`sslcert` names `{cert}`, which holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)")
         })?;
-    let key_pem = zeroize::Zeroizing::new(read("sslkey", key)?);
-    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+    let private = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| {
         let encrypted = [&b"ENCRYPTED PRIVATE KEY"[..], b"Proc-Type: 4,ENCRYPTED"]
             .iter()
             .any(|m| key_pem.windows(m.len()).any(|w| w == *m));
@@ -403,28 +434,6 @@ fn mode_name(mode: PgSslMode) -> &'static str {
         PgSslMode::Require => "require",
         PgSslMode::VerifyCa => "verify-ca",
         PgSslMode::VerifyFull => "verify-full",
-    }
-}
-
-/// Warns, once per server and process, of a connection that does not authenticate its server.
-fn warn_once(server: &str, mode: PgSslMode, what: &str) {
-    static SAID: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
-    let first = SAID
-        .lock()
-        .map(|mut s| s.insert(server.to_string()))
-        .unwrap_or(true);
-    if first {
-        let mode = match mode {
-            PgSslMode::Disable => "disable: no TLS",
-            PgSslMode::Prefer => "prefer, the default: TLS if the server offers it, unchecked",
-            PgSslMode::Require => "require: TLS, but any certificate is accepted",
-            PgSslMode::Allow | PgSslMode::VerifyCa | PgSslMode::VerifyFull => "",
-        };
-        tracing::warn!(
-            connection = %what,
-            %server,
-            "the PostgreSQL server is not authenticated (sslmode={mode}): whoever answers at its address receives the records and credentials; add `sslmode=verify-full` to the connection URL (with `sslrootcert=PATH` for a private certificate authority)"
-        );
     }
 }
 
@@ -720,19 +729,24 @@ mod tests {
         .unwrap();
         assert_eq!(t.connect_timeout, Some(std::time::Duration::from_secs(5)));
         assert!(
-            !t.url.contains("connect_timeout")
-                && t.url.contains("sslmode=require")
-                && t.url.contains("application_name=etl"),
+            !t.url.expose().contains("connect_timeout")
+                && t.url.expose().contains("sslmode=require")
+                && t.url.expose().contains("application_name=etl"),
             "the URL the driver gets keeps every other setting"
         );
+        assert!(!format!("{t:?}").contains("Sup3rS3cret"), "{t:?}");
         let t = pg_connect_options(&format!("{base}?connect_timeout=0"), "test").unwrap();
         assert_eq!(
             t.connect_timeout, None,
             "0 is libpq's no limit: the default"
         );
-        assert!(!t.url.contains('?'));
+        assert!(!t.url.expose().contains('?'));
         let t = pg_connect_options(base, "test").unwrap();
-        assert_eq!(t.url, base, "a URL without it is passed on as it is");
+        assert_eq!(
+            t.url.expose(),
+            base,
+            "a URL without it is passed on as it is"
+        );
         refused(
             "connect_timeout=ten".into(),
             &["`connect_timeout` must be a whole number of seconds"],

@@ -19,7 +19,7 @@ pub fn is_this_machine(host: &str) -> bool {
 pub const REQUIRE_VERIFIED_TLS: &str = "SEALTRAIL_REQUIRE_VERIFIED_TLS";
 
 /// Whether [`REQUIRE_VERIFIED_TLS`] is set to `1`, `true` or `yes` (read once per process).
-pub fn verified_tls_required() -> bool {
+fn verified_tls_required() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {
         std::env::var(REQUIRE_VERIFIED_TLS)
@@ -27,11 +27,29 @@ pub fn verified_tls_required() -> bool {
     })
 }
 
-/// The refusal of an unauthenticated connection to `server` under [`REQUIRE_VERIFIED_TLS`].
-pub fn unverified_refusal(server: &str, how: &str, fix: &str) -> String {
-    format!(
-        "{server} would be reached without authenticating it ({how}), which {REQUIRE_VERIFIED_TLS} forbids; {fix}"
-    )
+/// A connection to another machine that would not authenticate its server: refused under
+/// [`REQUIRE_VERIFIED_TLS`], otherwise warned about once per server and process. `server` names
+/// it (`the PostgreSQL server at db:5432`), `how` says how it is reached (`sslmode=require`,
+/// `plain http://`), `exposed` what would reach whoever answers at its address, `fix` what to
+/// change. The one place PostgreSQL, OpenLineage and S3 connections decide this.
+pub fn unauthenticated(server: &str, how: &str, exposed: &str, fix: &str) -> Result<(), String> {
+    if verified_tls_required() {
+        return Err(format!(
+            "{server} would be reached without authenticating it ({how}), which {REQUIRE_VERIFIED_TLS} forbids; {fix}"
+        ));
+    }
+    static SAID: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let first = SAID
+        .lock()
+        .map(|mut s| s.insert(server.to_string()))
+        .unwrap_or(true);
+    if first {
+        tracing::warn!(
+            "{server} is reached without authenticating it ({how}): {exposed} go to whoever answers at its address; {fix}"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

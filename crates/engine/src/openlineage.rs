@@ -80,16 +80,12 @@ impl Destination {
                     }
                 ));
             }
-            if sealtrail_core::net::verified_tls_required() {
-                return Err(sealtrail_core::net::unverified_refusal(
-                    &format!("the OpenLineage endpoint at {host}"),
-                    "plain http://",
-                    "use https://",
-                ));
-            }
-            tracing::warn!(
-                "OpenLineage events go to {host} over plain http://: table names, schemas and SQL cross the network unencrypted; use https://"
-            );
+            sealtrail_core::net::unauthenticated(
+                &format!("the OpenLineage endpoint at {host}"),
+                "plain http://",
+                "the events (table names, schemas, the transforms' SQL), unencrypted,",
+                "use https://",
+            )?;
         }
         Ok(Destination::Http {
             url: s.to_string(),

@@ -253,7 +253,7 @@ impl StateStore {
                     ))
                 })?;
             wait = target.connect_timeout.unwrap_or(wait);
-            target.url
+            target.url.expose().to_string()
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 1 } else { 4 })
