@@ -564,6 +564,44 @@ async fn leading_index_on(
 
 /// The columns of `table` (`schema.table` or `table`) in order, with their PostgreSQL types
 /// (`numeric(p,s)` spelled out); empty when the table does not exist.
+/// Why a table named `table` could not be created by this connection's user, if it could not:
+/// its schema (or, unqualified, every schema of the `search_path`) does not exist, or the user
+/// lacks `CREATE` on it. Names and the user only; PostgreSQL's own message for the same failure
+/// comes later and without a hint.
+async fn uncreatable(
+    conn: &mut PgConnection,
+    table: &str,
+) -> std::result::Result<Option<String>, sqlx::Error> {
+    let schema_name = table.split_once('.').map(|(s, _)| s.to_string());
+    let (schema, exists, may_create, user): (Option<String>, bool, bool, String) = sqlx::query_as(
+        "SELECT q.s, n.oid IS NOT NULL, coalesce(has_schema_privilege(n.oid, 'CREATE'), false), \
+                current_user::text \
+         FROM (SELECT coalesce($1, current_schema()::text) AS s) q \
+         LEFT JOIN pg_namespace n ON n.nspname = q.s",
+    )
+    .bind(&schema_name)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(match schema {
+        None => Some(format!(
+            "table {table} does not exist and cannot be created: no schema of the user's \
+             search_path exists; name the table with its schema (`schema.table`)"
+        )),
+        Some(s) if !exists => Some(format!(
+            "table {table} cannot be created: schema {s} does not exist in the database; create \
+             it (CREATE SCHEMA {}) or name a table in an existing schema",
+            quote_ident(&s)
+        )),
+        Some(s) if !may_create => Some(format!(
+            "table {table} does not exist and user {user} may not create tables in schema {s}; \
+             create the table beforehand, or grant the right (GRANT CREATE ON SCHEMA {} TO {})",
+            quote_ident(&s),
+            quote_ident(&user)
+        )),
+        Some(_) => None,
+    })
+}
+
 async fn table_columns(
     conn: &mut PgConnection,
     table: &str,
@@ -822,6 +860,15 @@ impl PgTable {
         sink_err(&self.name, redact_db_error(e))
     }
 
+    /// [`ensure_own_table`] on this table's connection.
+    async fn own_table(&mut self, t: OwnTable) -> Result<()> {
+        match ensure_own_table(&mut self.conn, t).await {
+            Ok(None) => Ok(()),
+            Ok(Some(problem)) => Err(sink_err(&self.name, problem)),
+            Err(e) => Err(self.err(&e)),
+        }
+    }
+
     /// The rows whose column `column` has the text `value` (PostgreSQL's text form of the
     /// value, compared as text), in one batch.
     pub async fn rows_where(&mut self, column: &str, value: &str) -> Result<RecordBatch> {
@@ -959,10 +1006,7 @@ impl PgTable {
     /// the database itself, beside the table, replacing one of the same name: what is
     /// recorded as a revision must not depend on a local disk.
     pub async fn stage_pending(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        self.conn
-            .execute(PENDING_DDL)
-            .await
-            .map_err(|e| self.err(&e))?;
+        self.own_table(PENDING).await?;
         sqlx::query("INSERT INTO sealtrail_reencrypt_pending (target, name, data) VALUES ($1, $2, $3) ON CONFLICT (target, name) DO UPDATE SET data = EXCLUDED.data")
             .bind(&self.table)
             .bind(name)
@@ -975,10 +1019,7 @@ impl PgTable {
 
     /// The pending file `name` ([`PgTable::stage_pending`]), if there is one.
     pub async fn pending(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
-        self.conn
-            .execute(PENDING_DDL)
-            .await
-            .map_err(|e| self.err(&e))?;
+        self.own_table(PENDING).await?;
         sqlx::query_scalar(
             "SELECT data FROM sealtrail_reencrypt_pending WHERE target = $1 AND name = $2",
         )
@@ -991,10 +1032,7 @@ impl PgTable {
 
     /// Removes the pending file `name`, if there is one.
     pub async fn drop_pending(&mut self, name: &str) -> Result<()> {
-        self.conn
-            .execute(PENDING_DDL)
-            .await
-            .map_err(|e| self.err(&e))?;
+        self.own_table(PENDING).await?;
         sqlx::query("DELETE FROM sealtrail_reencrypt_pending WHERE target = $1 AND name = $2")
             .bind(&self.table)
             .bind(name)
@@ -1519,14 +1557,57 @@ fn sink_err(name: &str, reason: impl std::fmt::Display) -> Error {
 
 /// Rewrites of sink rows recorded as revisions but not yet put in place (`keys reencrypt`):
 /// Parquet files of the batch's rows, by table and name.
-const PENDING_DDL: &str = "CREATE TABLE IF NOT EXISTS sealtrail_reencrypt_pending (\
+const PENDING: OwnTable = OwnTable {
+    name: "sealtrail_reencrypt_pending",
+    what: "where `keys reencrypt` keeps rewrites waiting to be put in place",
+    ddl: "CREATE TABLE IF NOT EXISTS sealtrail_reencrypt_pending (\
     target TEXT NOT NULL, name TEXT NOT NULL, data BYTEA NOT NULL, \
-    PRIMARY KEY (target, name))";
+    PRIMARY KEY (target, name))",
+};
 
-const COMMITS_DDL: &str = "CREATE TABLE IF NOT EXISTS sealtrail_sink_commits (\
+/// The commit keys of every PostgreSQL sink of the database (exactly once).
+const COMMITS: OwnTable = OwnTable {
+    name: "sealtrail_sink_commits",
+    what: "where sealtrail keeps each sink's commit keys",
+    ddl: "CREATE TABLE IF NOT EXISTS sealtrail_sink_commits (\
     target TEXT NOT NULL, app_id TEXT NOT NULL, batch BIGINT NOT NULL, \
     rows BIGINT NOT NULL, committed_at TIMESTAMPTZ NOT NULL DEFAULT now(), \
-    PRIMARY KEY (target, app_id, batch))";
+    PRIMARY KEY (target, app_id, batch))",
+};
+
+/// One of sealtrail's own tables beside the sinks' tables: its name, what it holds and how it
+/// is made.
+#[derive(Clone, Copy)]
+struct OwnTable {
+    name: &'static str,
+    what: &'static str,
+    ddl: &'static str,
+}
+
+/// Makes sealtrail's own table `t` unless it exists; why it cannot be made, if it cannot.
+/// PostgreSQL checks the right to create before it looks whether the table exists, so a user
+/// without `CREATE` on the schema (the default for `public` since PostgreSQL 15) would fail
+/// `CREATE TABLE IF NOT EXISTS` even after an administrator made the table: look first.
+async fn ensure_own_table(
+    conn: &mut PgConnection,
+    t: OwnTable,
+) -> std::result::Result<Option<String>, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(t.name)
+        .fetch_one(&mut *conn)
+        .await?;
+    if exists {
+        return Ok(None);
+    }
+    if let Some(problem) = uncreatable(conn, t.name).await? {
+        return Ok(Some(format!(
+            "{problem} (it is {}); an administrator can make it with: {}",
+            t.what, t.ddl
+        )));
+    }
+    conn.execute(t.ddl).await?;
+    Ok(None)
+}
 
 impl PgSink {
     /// Connects, then creates the table from `schema` when missing (with an index on its
@@ -1555,12 +1636,20 @@ impl PgSink {
             })?;
             want.push((f.name().clone(), t));
         }
-        conn.execute(COMMITS_DDL).await.map_err(db)?;
+        if let Some(problem) = ensure_own_table(&mut conn, COMMITS).await.map_err(db)? {
+            return Err(sink_err(name, problem));
+        }
         let have = table_columns(&mut conn, table).await.map_err(db)?;
         let id = sealtrail_core::LINEAGE_ID_COLUMN;
         let mut unindexed_ids = false;
         let mut create = None;
         if have.is_empty() {
+            // The table is created by the first commit; a schema that is missing, or one the
+            // user may not create in, would fail that commit after the sources were read. Say
+            // so now, before anything is read, with what to do.
+            if let Some(problem) = uncreatable(&mut conn, table).await.map_err(db)? {
+                return Err(sink_err(name, problem));
+            }
             let cols = want
                 .iter()
                 .map(|(n, t)| format!("{} {t}", quote_ident(n)))

@@ -141,6 +141,132 @@ async fn commits_are_idempotent_and_values_round_trip() {
     drop_sink_table(&mut c, &table).await;
 }
 
+/// A sink table that could not be created is refused when the sink opens, before any source is
+/// read, saying why and what to do (PostgreSQL's own error came at the first commit, without a
+/// hint): a schema that does not exist; for a user who may not create tables (the default in
+/// `public` since PostgreSQL 15), sealtrail's own commit table, with the statement that makes
+/// it, then the sink's table, with the grant; once an administrator did what they say, the same
+/// user's sink commits.
+#[tokio::test]
+async fn a_table_that_cannot_be_created_is_refused_when_the_sink_opens() {
+    let pid = std::process::id();
+    let (schema, role) = (format!("st_locked_{pid}"), format!("st_nocreate_{pid}"));
+    let mut admin = sqlx::PgConnection::connect(&url()).await.unwrap();
+    for q in [
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        format!("DROP ROLE IF EXISTS {role}"),
+        format!("CREATE ROLE {role} LOGIN"),
+        format!("CREATE SCHEMA {schema}"),
+        format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+        // Unqualified names (sealtrail's own tables) resolve in the locked schema only.
+        format!("ALTER ROLE {role} SET search_path = {schema}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let b = batch(&[1, 2]);
+    let open = |url: String, table: String| {
+        let b = b.clone();
+        async move {
+            PgSink::open(
+                "s",
+                &SecretRef::Literal(Secret::new(url)),
+                &table,
+                b.schema(),
+                true,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }
+    };
+
+    let missing = format!("st_noschema_{pid}.t");
+    let err = open(url(), missing.clone()).await.unwrap_err();
+    assert!(
+        err.contains(&format!("schema st_noschema_{pid} does not exist"))
+            && err.contains(&format!("CREATE SCHEMA \"st_noschema_{pid}\"")),
+        "{err}"
+    );
+
+    let as_role = url().replacen("postgres@", &format!("{role}@"), 1);
+    assert_ne!(as_role, url(), "the test URL names its user as postgres@");
+    let table = format!("{schema}.t");
+    let err = open(as_role.clone(), table.clone()).await.unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "user {role} may not create tables in schema {schema}"
+        )) && err.contains("sealtrail_sink_commits"),
+        "{err}"
+    );
+    // What the message says an administrator can run makes the table.
+    let ddl = err
+        .split_once("make it with: ")
+        .map(|(_, d)| d.to_string())
+        .unwrap();
+    assert!(
+        ddl.starts_with("CREATE TABLE IF NOT EXISTS sealtrail_sink_commits"),
+        "{ddl}"
+    );
+    for q in [
+        format!("SET search_path = {schema}"),
+        ddl,
+        "RESET search_path".to_string(),
+        format!("GRANT SELECT, INSERT ON {schema}.sealtrail_sink_commits TO {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    let err = open(as_role.clone(), table.clone()).await.unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "table {table} does not exist and user {role} may not create"
+        )) && err.contains(&format!(
+            "GRANT CREATE ON SCHEMA \"{schema}\" TO \"{role}\""
+        )),
+        "{err}"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "GRANT CREATE ON SCHEMA {schema} TO {role}"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let mut sink = PgSink::open(
+        "s",
+        &SecretRef::Literal(Secret::new(as_role)),
+        &table,
+        b.schema(),
+        true,
+    )
+    .await
+    .unwrap();
+    assert!(
+        sink.commit("app/run1", 0, std::slice::from_ref(&b))
+            .await
+            .unwrap()
+    );
+    drop(sink);
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    for q in [
+        format!("DROP SCHEMA {schema} CASCADE"),
+        format!("DROP ROLE {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(q))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+}
+
 /// Every type the sink writes, cast by `deliverable`, reads back from the table exactly as
 /// delivered: same types, same values down to the bits of a float (equal batches have equal
 /// commitments, which is what `prove` and `audit` rely on). Nulls in every column.

@@ -233,7 +233,8 @@ impl ColumnType {
             "timestamp" => ColumnType::Timestamp,
             _ => {
                 let inner = s.strip_prefix("decimal(")?.strip_suffix(')')?;
-                let (p, sc) = inner.split_once(',')?;
+                // `decimal(P)` is `decimal(P,0)`, as in SQL.
+                let (p, sc) = inner.split_once(',').unwrap_or((inner, "0"));
                 let precision: u8 = p.trim().parse().ok()?;
                 let scale: i8 = sc.trim().parse().ok()?;
                 if precision == 0 || precision > 38 || scale < 0 || scale as u8 > precision {
@@ -1201,7 +1202,15 @@ fn compile_source(
         let ty = match cv.ty.as_deref() {
             None => ColumnType::Utf8,
             Some(t) => ColumnType::parse(t).unwrap_or_else(|| {
-                cx.err(c, format!("source `{name}`: column `{}` has unknown type `{t}`", cv.name), "use string, int64, float64, bool, date, timestamp or decimal(P,S) with P <= 38");
+                if t.trim_start().starts_with("decimal(") && !t.contains(')') {
+                    cx.err(
+                        c,
+                        format!("source `{name}`: column `{}` has type `{t}`, a `decimal(P,S)` cut at its comma: in a `{{ ... }}` mapping a comma ends the value", cv.name),
+                        "put the type in quotes: `type: \"decimal(18,4)\"`",
+                    );
+                } else {
+                    cx.err(c, format!("source `{name}`: column `{}` has unknown type `{t}`", cv.name), "use string, int64, float64, bool, date, timestamp, decimal(P,S) or decimal(P) with P <= 38 and S <= P");
+                }
                 ColumnType::Utf8
             }),
         };
@@ -2105,6 +2114,61 @@ quarantine:
         assert_eq!(d.len(), 1);
         assert!(d[0].message.contains("delimeter"), "{}", d[0]);
         assert_eq!(d[0].line, 5, "{}", d[0]);
+    }
+
+    /// `type: decimal(12,2)` in a `{ ... }` mapping is cut at its comma by YAML: both halves
+    /// say so and how to write it; `decimal(P)` is `decimal(P,0)`.
+    #[test]
+    fn a_decimal_type_cut_at_its_comma_says_to_quote_it() {
+        let d = diags(&GOOD.replace("type: int64 }", "type: decimal(12,2) }"));
+        let got: Vec<(u64, &str, &str)> = d
+            .iter()
+            .map(|x| (x.line, x.message.as_str(), x.hint.as_deref().unwrap_or("")))
+            .collect();
+        assert_eq!(got.len(), 2, "{d:?}");
+        assert!(
+            got[0]
+                .1
+                .contains("`decimal(12`, a `decimal(P,S)` cut at its comma")
+                && got[1].1.starts_with(
+                    "`2)` in `sources.t.columns[1]` is the end of a `decimal(P,S)` type"
+                ),
+            "{d:?}"
+        );
+        assert!(
+            got.iter()
+                .all(|g| g.0 == 8 && g.2.contains("type: \"decimal(18,4)\"")),
+            "{d:?}"
+        );
+        for (written, want) in [
+            (
+                "\"decimal(12,2)\"",
+                ColumnType::Decimal {
+                    precision: 12,
+                    scale: 2,
+                },
+            ),
+            (
+                "decimal(12)",
+                ColumnType::Decimal {
+                    precision: 12,
+                    scale: 0,
+                },
+            ),
+        ] {
+            let p = crate::parse_str(
+                &GOOD.replace("type: int64 }", &format!("type: {written} }}")),
+                Path::new("t.yaml"),
+            )
+            .unwrap();
+            assert_eq!(p.sources[0].columns[1].ty, want, "{written}");
+        }
+        // Out of range is still an unknown type.
+        let d = diags(&GOOD.replace("type: int64 }", "type: decimal(39) }"));
+        assert!(
+            d[0].message.contains("has unknown type `decimal(39)`"),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -178,6 +178,21 @@ fn unknown_key(k: &keys::UnknownKey, path: &Path) -> Diagnostic {
         Some(s) => format!("did you mean `{s}`? Allowed here: {allowed}"),
         None => format!("remove or correct the key; allowed here: {allowed}"),
     };
+    // `{ name: amount, type: decimal(12,2) }`: the flow mapping's comma cut the type, and its
+    // scale `2)` reads as a key.
+    let scale = k.key.trim().strip_suffix(')');
+    if scale.is_some_and(|d| !d.trim().is_empty() && d.trim().bytes().all(|b| b.is_ascii_digit())) {
+        return Diagnostic {
+            file: path.to_path_buf(),
+            line: k.line,
+            column: k.column,
+            message: format!(
+                "`{}`{within} is the end of a `decimal(P,S)` type cut at its comma (in a `{{ ... }}` mapping a comma ends the value)",
+                k.key
+            ),
+            hint: Some("put the type in quotes: `type: \"decimal(18,4)\"`".into()),
+        };
+    }
     Diagnostic {
         file: path.to_path_buf(),
         line: k.line,

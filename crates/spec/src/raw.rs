@@ -272,7 +272,7 @@ pub enum UnknownColumns {
 pub struct ColumnSpec {
     pub name: String,
     /// `string` (default), `int64`, `float64`, `bool`, `date`, `timestamp` or
-    /// `decimal(P,S)`.
+    /// `decimal(P,S)` (`decimal(P)` is `decimal(P,0)`; quote it inside `{ }`).
     #[serde(default, rename = "type")]
     pub ty: Option<String>,
     /// The column must be present in the source (header, keys, table).
