@@ -2116,6 +2116,22 @@ quarantine:
         assert_eq!(d[0].line, 5, "{}", d[0]);
     }
 
+    /// A wrong value of a required key (`action: tokenize`) is reported once, where it stands,
+    /// and not a second time in serde's words at 1:1 (its reader lost the position).
+    #[test]
+    fn a_wrong_required_value_is_reported_once_where_it_stands() {
+        let d = diags(&GOOD.replace(
+            "    checks:\n",
+            "    protect:\n      - { column: id, action: tokenize }\n    checks:\n",
+        ));
+        let got: Vec<(u64, &str)> = d.iter().map(|x| (x.line, x.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [(10, "`tokenize` is not a value `sources.t.protect[0].action` takes")],
+            "{d:?}"
+        );
+    }
+
     /// `type: decimal(12,2)` in a `{ ... }` mapping is cut at its comma by YAML: both halves
     /// say so and how to write it; `decimal(P)` is `decimal(P,0)`.
     #[test]
