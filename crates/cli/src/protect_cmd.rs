@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use sealtrail_ledger::entry::Event;
 use sealtrail_protect::keyring::{KeyBytes, KeyError, Keyring, Master};
 use sealtrail_protect::ops::{Sealer, key_id_of};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -534,8 +534,13 @@ pub enum QuarantineCmd {
         /// At most this many records, in source order.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        /// Run state store that knows which records were repaired and replayed:
-        /// `sqlite://PATH` (default `<home>/state.db`, when it exists) or `postgres://...`.
+        /// Only records quarantined by this run (its id as `sealtrail runs` prints it, or the
+        /// start of it).
+        #[arg(long)]
+        run: Option<String>,
+        /// Run state store that knows which records were repaired and replayed, and which
+        /// pipeline each run was: `sqlite://PATH` (default `<home>/state.db`, when it exists)
+        /// or `postgres://...`.
         #[arg(long, env = "SEALTRAIL_STATE_URL", hide_env_values = true)]
         state_url: Option<String>,
     },
@@ -559,6 +564,9 @@ pub enum QuarantineCmd {
         /// path components (`trades_01.csv`, `in/trades_01.csv`).
         #[arg(long)]
         input: Option<String>,
+        /// Only records quarantined by this run (its id, or the start of it).
+        #[arg(long)]
+        run: Option<String>,
         /// Why (recorded in the ledger).
         #[arg(long)]
         reason: String,
@@ -574,6 +582,10 @@ pub enum QuarantineCmd {
         /// print as `\xNN`) and to end the lines of `--out` as that encoding does.
         #[arg(long, default_value = "utf-8")]
         encoding: String,
+        /// Run state store that knows which pipeline each run was (to leave out the records
+        /// of other pipelines sharing the quarantine): as for `list`.
+        #[arg(long, env = "SEALTRAIL_STATE_URL", hide_env_values = true)]
+        state_url: Option<String>,
     },
     /// Load repaired records: FILE holds them in the source's format and encoding, one per
     /// line (no CSV header; for a Parquet or PostgreSQL source, the JSON objects
@@ -700,8 +712,8 @@ async fn read_quarantine(path: &Path) -> Result<Vec<QRow>> {
 }
 
 /// The quarantine `named` on the command line: a pipeline spec's (its `quarantine:`), or a
-/// folder or URL as it is; with the spec, when it was one.
-fn quarantine_named(named: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+/// folder or URL as it is; with the spec and its pipeline's name, when it was one.
+fn quarantine_named(named: &Path) -> Result<(PathBuf, Option<(PathBuf, String)>)> {
     let spec = named.is_file() && named.extension().is_some_and(|x| x == "yaml" || x == "yml");
     if !spec {
         return Ok((named.to_path_buf(), None));
@@ -716,7 +728,43 @@ fn quarantine_named(named: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
             other.describe()
         ),
     };
-    Ok((at, Some(named.to_path_buf())))
+    Ok((at, Some((named.to_path_buf(), p.name))))
+}
+
+/// The records of `rows` that a listing of the quarantine asked for: those of `run` (an id or
+/// its start) when one is named, and, for a quarantine named by its pipeline's spec, those of
+/// that pipeline's runs and its replays. A quarantine several pipelines share holds each one's
+/// records; those of runs the state store `st` knows as another pipeline's are left out and
+/// counted by pipeline (runs it does not know, of another state store, are kept).
+async fn of_run_and_pipeline(
+    rows: Vec<QRow>,
+    run: Option<&str>,
+    pipeline: Option<&str>,
+    st: Option<&sealtrail_engine::state::StateStore>,
+) -> Result<(Vec<QRow>, BTreeMap<String, usize>)> {
+    let mut others: BTreeMap<String, usize> = BTreeMap::new();
+    let mut owners: HashMap<String, Option<String>> = HashMap::new();
+    let mut kept = Vec::with_capacity(rows.len());
+    for q in rows {
+        if run.is_some_and(|r| !q.run_id.starts_with(r.trim())) {
+            continue;
+        }
+        if let (Some(pipeline), Some(st)) = (pipeline, st) {
+            if !owners.contains_key(&q.run_id) {
+                let owner = st.run_pipeline(&q.run_id).await?;
+                owners.insert(q.run_id.clone(), owner);
+            }
+            if let Some(Some(owner)) = owners.get(&q.run_id)
+                && owner != pipeline
+                && *owner != sealtrail_spec::replay_name(pipeline)
+            {
+                *others.entry(owner.clone()).or_default() += 1;
+                continue;
+            }
+        }
+        kept.push(q);
+    }
+    Ok((kept, others))
 }
 
 /// Runs `quarantine list` and `show` (`replay` runs a pipeline: `main` dispatches it). `home`
@@ -751,31 +799,50 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
         state_url: None,
         ledger: la.clone(),
     }
-    .home(spec.as_deref());
+    .home(spec.as_ref().map(|(s, _)| s.as_path()));
     let home = home.as_path();
+    let pipeline = spec.as_ref().map(|(_, name)| name.as_str());
+    // Which pipeline each run was, and which records were repaired and replayed, when a state
+    // store that could know is at hand.
+    let state = async |state_url: Option<String>| -> Result<_> {
+        Ok(if state_url.is_some() || home.join("state.db").exists() {
+            Some(crate::open_state(&state_url_in(home, la, state_url)).await?)
+        } else {
+            None
+        })
+    };
+    let say_others = |others: &BTreeMap<String, usize>| {
+        for (owner, n) in others {
+            outln!(
+                "left out {n} record(s) quarantined by pipeline `{owner}`, which shares the quarantine: list them with its spec"
+            );
+        }
+    };
     match cmd {
         QuarantineCmd::List {
-            limit, state_url, ..
+            limit,
+            run,
+            state_url,
+            ..
         } => {
-            let rows = read_quarantine(&path).await?;
-            // Which were repaired and replayed, when a state store that could know is at hand.
-            let st = if state_url.is_some() || home.join("state.db").exists() {
-                Some(crate::open_state(&state_url_in(home, la, state_url)).await?)
-            } else {
-                None
-            };
+            let st = state(state_url).await?;
+            let (rows, others) = of_run_and_pipeline(
+                read_quarantine(&path).await?,
+                run.as_deref(),
+                pipeline,
+                st.as_ref(),
+            )
+            .await?;
             // The last column only when a state store can say which records were repaired.
             outln!(
-                "{:<40} {:>10}  {:<22} {:<22} {}",
+                "{:<40} {:>10}  {:<22} {:<22} {:<24} {:<36}{}",
                 "input",
                 "position",
                 "reason",
                 "reasons",
-                if st.is_some() {
-                    format!("{:<24} repaired by", "rules")
-                } else {
-                    "rules".to_string()
-                }
+                "rules",
+                "run",
+                if st.is_some() { " repaired by" } else { "" }
             );
             let mut repaired = 0;
             for q in rows.iter().take(limit) {
@@ -792,16 +859,17 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                 repaired += usize::from(!by.is_empty());
                 let rules = printable(q.rules.as_bytes(), encoding_rs::UTF_8);
                 let last = match (&st, by.is_empty()) {
-                    (None, _) => rules,
-                    (Some(_), true) => format!("{rules:<24} -"),
-                    (Some(_), false) => format!("{rules:<24} replay run {}", by.join(", ")),
+                    (None, _) => String::new(),
+                    (Some(_), true) => " -".to_string(),
+                    (Some(_), false) => format!(" replay run {}", by.join(", ")),
                 };
                 outln!(
-                    "{:<40} {:>10}  {:<22} {:<22} {last}",
+                    "{:<40} {:>10}  {:<22} {:<22} {rules:<24} {:<36}{last}",
                     printable(q.input.as_bytes(), encoding_rs::UTF_8),
                     position(q),
                     q.reason,
                     q.reasons,
+                    q.run_id,
                 );
             }
             let shown = rows.len().min(limit);
@@ -815,6 +883,7 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                     None => String::new(),
                 }
             );
+            say_others(&others);
         }
         QuarantineCmd::Replay { .. } => unreachable!("dispatched by main (it runs a pipeline)"),
         QuarantineCmd::Show {
@@ -822,10 +891,12 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             key,
             row,
             input,
+            run,
             reason,
             by,
             out,
             encoding,
+            state_url,
             ..
         } => {
             if reason.trim().is_empty() {
@@ -840,7 +911,14 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                 );
             };
             let ring = open_keyring(home, false)?;
-            let rows = read_quarantine(&path).await?;
+            let st = state(state_url).await?;
+            let (rows, others) = of_run_and_pipeline(
+                read_quarantine(&path).await?,
+                run.as_deref(),
+                pipeline,
+                st.as_ref(),
+            )
+            .await?;
             let mut shown = Vec::new();
             let mut keys: BTreeMap<String, u64> = BTreeMap::new();
             let of_input = |q: &QRow| match &input {
@@ -867,11 +945,14 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                 shown.push((q, plain));
             }
             if shown.is_empty() {
+                say_others(&others);
                 bail!(
-                    "no quarantined record with line(s) {line:?}, key(s) {key:?} or row(s) {row:?}{}; see `sealtrail quarantine list`",
+                    "no quarantined record with line(s) {line:?}, key(s) {key:?} or row(s) {row:?}{}{}; see `sealtrail quarantine list`",
                     input
                         .as_ref()
-                        .map_or(String::new(), |i| format!(" in input `{i}`"))
+                        .map_or(String::new(), |i| format!(" in input `{i}`")),
+                    run.as_ref()
+                        .map_or(String::new(), |r| format!(" of run `{r}`"))
                 );
             }
             record_access(

@@ -2865,14 +2865,22 @@ fn classify_says_what_check_will_of_a_column_named_as_sensitive() {
 }
 
 /// Pipelines `<prefix>_a` and `<prefix>_b` in `dir`, each loading its CSV of `id,note` rows
-/// into the same `sinks` (YAML lines under `sinks:`), run once each.
-fn two_pipelines_sharing(dir: &Path, prefix: &str, rows: [(&str, &str); 2], sinks: &str) {
+/// into the same `sinks` (YAML lines under `sinks:`), run once each; each with a quarantine
+/// of its own, or `quarantine` (a folder) for both.
+fn two_pipelines_sharing(
+    dir: &Path,
+    prefix: &str,
+    rows: [(&str, &str); 2],
+    sinks: &str,
+    quarantine: Option<&str>,
+) {
     for (n, rows) in rows {
+        let q = quarantine.map_or(format!("out/q{n}"), str::to_string);
         std::fs::write(dir.join(format!("{n}.csv")), format!("id,note\n{rows}")).unwrap();
         std::fs::write(
             dir.join(format!("{n}.yaml")),
             format!(
-                "version: 1\npipeline: {prefix}_{n}\nsources:\n  s:\n    csv: {{ path: {n}.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: note, class: none }}\nsinks:\n{sinks}quarantine:\n  parquet: {{ path: out/q{n} }}\n"
+                "version: 1\npipeline: {prefix}_{n}\nsources:\n  s:\n    csv: {{ path: {n}.csv }}\n    columns:\n      - {{ name: id, type: int64, required: true }}\n      - {{ name: note, class: none }}\nsinks:\n{sinks}quarantine:\n  parquet: {{ path: {q} }}\n"
             ),
         )
         .unwrap();
@@ -2883,6 +2891,101 @@ fn two_pipelines_sharing(dir: &Path, prefix: &str, rows: [(&str, &str); 2], sink
                 .env("ST_TEST_PG_URL", pg_url()),
         );
     }
+}
+
+/// Two pipelines sharing one quarantine folder: `quarantine list` and `show` of a spec give
+/// that pipeline's records only (the state store knows each run's pipeline) and say how many
+/// of the other's were left out; the folder named outright lists them all; `--run` narrows
+/// either command to one run's records.
+#[test]
+fn pipelines_sharing_a_quarantine_list_their_own_records() {
+    let dir = tempfile::tempdir().unwrap();
+    two_pipelines_sharing(
+        dir.path(),
+        "sharedq",
+        [("a", "1,x\nbad,y\n"), ("b", "4,w\nworse,x\nnope,z\n")],
+        "  p: { from: s, audience: internal, parquet: { path: out/p } }\n",
+        Some("out/q"),
+    );
+    let spec = |n: &str| dir.path().join(format!("{n}.yaml"));
+    let list = |what: &Path, run: Option<&str>| {
+        let mut c = bin();
+        c.args(["quarantine", "list"]).arg(what);
+        if let Some(r) = run {
+            c.args(["--run", r]);
+        }
+        let out = run_ok(&mut c);
+        // (position, run) of each record listed
+        let rows: Vec<(String, String)> = out
+            .lines()
+            .filter(|l| l.contains("invalid_type"))
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let run = w
+                    .iter()
+                    .find(|x| x.len() == 36 && x.matches('-').count() == 4);
+                (w[1].to_string(), run.unwrap().to_string())
+            })
+            .collect();
+        (rows, out)
+    };
+    let (a, out) = list(&spec("a"), None);
+    assert_eq!(
+        a.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["3"],
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "left out 2 record(s) quarantined by pipeline `sharedq_b`, which shares the quarantine"
+        ),
+        "{out}"
+    );
+    let (b, out) = list(&spec("b"), None);
+    assert_eq!(
+        b.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(),
+        ["3", "4"],
+        "{out}"
+    );
+    assert!(
+        out.contains("left out 1 record(s) quarantined by pipeline `sharedq_a`"),
+        "{out}"
+    );
+    let (all, out) = list(&dir.path().join("out/q"), None);
+    assert_eq!(all.len(), 3, "{out}");
+    assert!(!out.contains("left out"), "{out}");
+    let show = |n: &str, run: Option<&str>| {
+        let mut c = bin();
+        c.args(["quarantine", "show"])
+            .arg(spec(n))
+            .args(["--line", "3", "--reason", "test"]);
+        if let Some(r) = run {
+            c.args(["--run", r]);
+        }
+        run_ok(&mut c)
+    };
+    let shown = show("a", None);
+    assert!(
+        shown.contains("bad,y") && !shown.contains("worse"),
+        "{shown}"
+    );
+    let shown = show("b", None);
+    assert!(
+        shown.contains("worse,x") && !shown.contains("bad"),
+        "{shown}"
+    );
+    // b again (not incremental: its records are read, and quarantined, once more).
+    let first = b[0].1.clone();
+    run_ok(bin().arg("run").arg(spec("b")));
+    let (b, out) = list(&spec("b"), None);
+    assert_eq!(b.len(), 4, "{out}");
+    let (of_first, out) = list(&spec("b"), Some(&first[..13]));
+    assert!(
+        of_first.len() == 2 && of_first.iter().all(|r| r.1 == first),
+        "{out}"
+    );
+    assert_eq!(show("b", None).lines().count(), 2);
+    assert_eq!(show("b", Some(&first)).lines().count(), 1);
 }
 
 /// Two pipelines loading one Parquet folder and one Delta table: each audit checks its own
@@ -2896,6 +2999,7 @@ fn pipelines_sharing_a_sink_audit_their_own_rows() {
         "shared",
         [("a", "1,x\n2,y\n"), ("b", "4,w\n3,x\n")],
         "  p: { from: s, audience: internal, parquet: { path: out/p } }\n  d: { from: s, audience: internal, delta: { path: out/d } }\n",
+        None,
     );
     let audit = |n: &str, sink: &str| run_audit(&dir.path().join(format!("{n}.yaml")), &[sink]);
     for sink in ["p", "d"] {
@@ -2987,6 +3091,7 @@ fn pipelines_sharing_a_postgres_table_audit_their_own_rows() {
         &format!(
             "  t: {{ from: s, audience: internal, postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.shared }} }}\n"
         ),
+        None,
     );
     let audit = |n: &str| {
         let (code, out) = run_audit(&dir.path().join(format!("{n}.yaml")), &["t", "--json"]);

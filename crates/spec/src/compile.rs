@@ -2127,7 +2127,10 @@ quarantine:
         let got: Vec<(u64, &str)> = d.iter().map(|x| (x.line, x.message.as_str())).collect();
         assert_eq!(
             got,
-            [(10, "`tokenize` is not a value `sources.t.protect[0].action` takes")],
+            [(
+                10,
+                "`tokenize` is not a value `sources.t.protect[0].action` takes"
+            )],
             "{d:?}"
         );
     }

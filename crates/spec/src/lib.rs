@@ -160,7 +160,9 @@ fn with_every_shape_error(text: &str, path: &Path, first: Vec<Diagnostic>) -> Ve
             let said = quiet.contains(&d.line)
                 || out[..walked].iter().any(|o| {
                     o.message == d.message
-                        || variant.as_ref().is_some_and(|v| o.message.starts_with(v.as_str()))
+                        || variant
+                            .as_ref()
+                            .is_some_and(|v| o.message.starts_with(v.as_str()))
                 });
             if !said {
                 out.push(d);
