@@ -4420,6 +4420,23 @@ fn release_check_names_the_path_and_runs_refuse_what_check_refuses() {
     // The same column for a restricted audience is fine.
     let (code, err) = check(&leaky.replace("audience: analyst", "audience: restricted"));
     assert_eq!(code, Some(0), "{err}");
+    // An unkeyed SHA-256 of a phone number is no protection (every number can be hashed and
+    // compared): refused for analysts, with `token` as the way; fine for restricted sinks.
+    let hashed = leaky.replace(
+        "{ column: phone, action: keep, as: phone_masked }",
+        "{ column: phone, action: hash, as: phone_masked }",
+    );
+    let (code, err) = check(&hashed);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("sink `customers` (audience analyst) would receive `contact` as an unkeyed SHA-256 of pii (phone) data, which anyone reverses by hashing every candidate value: via customers.phone_masked -> customers_by_country.contact")
+            && err.contains("`action: token` instead"),
+        "{err}"
+    );
+    let (code, err) = check(&hashed.replace("audience: analyst", "audience: restricted"));
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = check(&hashed.replace("action: hash", "action: token"));
+    assert_eq!(code, Some(0), "{err}");
     // No policy for a card number column.
     let (code, err) = check(&text.replace(
         "      - { column: card_pan, action: mask, keep_first: 6, keep_last: 4, as: card_masked }\n",

@@ -296,6 +296,28 @@ fn release_check(
                     continue;
                 }
                 let what = st.kind.map_or(String::new(), |k| format!(" ({k})"));
+                if st.protected_by == Some("hash") {
+                    out.push(Diagnostic {
+                        file: p.spec_path.clone(),
+                        line: sink.at.0,
+                        column: sink.at.1,
+                        message: format!(
+                            "sink `{}` (audience {}) would receive `{}` as an unkeyed SHA-256 of {}{what} data, which anyone reverses by hashing every candidate value: via {} -> sink {}.{}",
+                            sink.name,
+                            sink.audience.name(),
+                            f.name(),
+                            st.tag,
+                            path.join(" -> "),
+                            sink.name,
+                            f.name()
+                        ),
+                        hint: Some(format!(
+                            "protect `{}` with `action: token` instead (HMAC-SHA256 under a keyring key: equal values still give equal tokens, so joins work), or send it to a sink whose audience is cleared for {} data (`restricted`)",
+                            st.origin, st.tag
+                        )),
+                    });
+                    continue;
+                }
                 out.push(Diagnostic {
                     file: p.spec_path.clone(),
                     line: sink.at.0,
@@ -424,7 +446,8 @@ fn custody_check(p: &Pipeline, source: &Source, t: &Transforms) -> Vec<Diagnosti
     out
 }
 
-/// The raw sensitive protection-stage columns that column `col` of `table` is computed from,
+/// The sensitive protection-stage columns (raw, or hashed without a key from a guessable
+/// kind) that column `col` of `table` is computed from,
 /// each with its path (`source.col -> transform.col ...`).
 fn trace<'a>(
     source: &str,
@@ -433,9 +456,10 @@ fn trace<'a>(
     table: &str,
     col: &str,
 ) -> Vec<(Vec<String>, &'a ColumnState)> {
+    // A protected column's tag is `none`, except an unkeyed hash's of a guessable kind.
     trace_all(source, states, t, table, col)
         .into_iter()
-        .filter(|(_, s)| s.protected_by.is_none() && s.tag.is_sensitive())
+        .filter(|(_, s)| s.tag.is_sensitive())
         .collect()
 }
 

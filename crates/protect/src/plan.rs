@@ -26,7 +26,8 @@ pub struct ColumnState {
     pub name: String,
     /// The source column it comes from.
     pub origin: String,
-    /// The tag of its content as delivered: the source column's tag when raw, `none` when a
+    /// The tag of its content as delivered: the source column's tag when raw or hashed
+    /// without a key from a guessable kind (a card number, an email...), `none` when a
     /// protection action produced it.
     pub tag: Tag,
     pub kind: Option<Kind>,
@@ -142,7 +143,14 @@ pub fn resolve(source: &Source, classes: &[Classification]) -> Result<Resolution
                 continue;
             }
             let name = r.output.clone().unwrap_or_else(|| col.name.clone());
-            let raw = matches!(r.action, Action::Keep);
+            // An unkeyed SHA-256 of a value from a small or guessable space (a card number, a
+            // phone number, a date of birth, an email address from a list) is reversed by
+            // hashing every candidate: it stays the data it was for the release check (PCI DSS
+            // 4.0, 3.5.1.1, asks for keyed hashes of card numbers). Free text is no such space.
+            let guessable = matches!(r.action, Action::Hash)
+                && sensitive
+                && class.kind.is_some_and(|k| k != Kind::FreeText);
+            let raw = matches!(r.action, Action::Keep) || guessable;
             outputs.push(Resolved {
                 input: i,
                 action: r.action.clone(),
@@ -154,7 +162,7 @@ pub fn resolve(source: &Source, classes: &[Classification]) -> Result<Resolution
                 origin: col.name.clone(),
                 tag: if raw { class.tag } else { Tag::None },
                 kind: if raw { class.kind } else { None },
-                protected_by: (!raw).then(|| r.action.name()),
+                protected_by: (!raw || guessable).then(|| r.action.name()),
             });
         }
     }
