@@ -296,13 +296,27 @@ fn release_check(
                     continue;
                 }
                 let what = st.kind.map_or(String::new(), |k| format!(" ({k})"));
-                if st.protected_by == Some("hash") {
+                // A protection that leaves the data what it was ([`ColumnState::tag`]).
+                let weak = match st.protected_by {
+                    Some("hash") => Some((
+                        "an unkeyed SHA-256",
+                        "which anyone reverses by hashing every candidate value",
+                        "`action: token` instead (HMAC-SHA256 under a keyring key: equal values still give equal tokens, so joins work)",
+                    )),
+                    Some("mask") => Some((
+                        "a mask",
+                        "which shows more than the first 8 and last 4 digits PCI DSS 4.0 (3.4.1) allows of a card number",
+                        "`keep_first` of at most 8 and `keep_last` of at most 4, or `action: token` or `fpe`",
+                    )),
+                    _ => None,
+                };
+                if let Some((how, why, instead)) = weak {
                     out.push(Diagnostic {
                         file: p.spec_path.clone(),
                         line: sink.at.0,
                         column: sink.at.1,
                         message: format!(
-                            "sink `{}` (audience {}) would receive `{}` as an unkeyed SHA-256 of {}{what} data, which anyone reverses by hashing every candidate value: via {} -> sink {}.{}",
+                            "sink `{}` (audience {}) would receive `{}` as {how} of {}{what} data, {why}: via {} -> sink {}.{}",
                             sink.name,
                             sink.audience.name(),
                             f.name(),
@@ -312,7 +326,7 @@ fn release_check(
                             f.name()
                         ),
                         hint: Some(format!(
-                            "protect `{}` with `action: token` instead (HMAC-SHA256 under a keyring key: equal values still give equal tokens, so joins work), or send it to a sink whose audience is cleared for {} data (`restricted`)",
+                            "protect `{}` with {instead}, or send it to a sink whose audience is cleared for {} data (`restricted`)",
                             st.origin, st.tag
                         )),
                     });
@@ -446,8 +460,8 @@ fn custody_check(p: &Pipeline, source: &Source, t: &Transforms) -> Vec<Diagnosti
     out
 }
 
-/// The sensitive protection-stage columns (raw, or hashed without a key from a guessable
-/// kind) that column `col` of `table` is computed from,
+/// The sensitive protection-stage columns (raw, or weakly protected: [`ColumnState::tag`])
+/// that column `col` of `table` is computed from,
 /// each with its path (`source.col -> transform.col ...`).
 fn trace<'a>(
     source: &str,
@@ -456,7 +470,7 @@ fn trace<'a>(
     table: &str,
     col: &str,
 ) -> Vec<(Vec<String>, &'a ColumnState)> {
-    // A protected column's tag is `none`, except an unkeyed hash's of a guessable kind.
+    // A protected column's tag is `none`, unless its protection left it what it was.
     trace_all(source, states, t, table, col)
         .into_iter()
         .filter(|(_, s)| s.tag.is_sensitive())

@@ -26,9 +26,9 @@ pub struct ColumnState {
     pub name: String,
     /// The source column it comes from.
     pub origin: String,
-    /// The tag of its content as delivered: the source column's tag when raw or hashed
-    /// without a key from a guessable kind (a card number, an email...), `none` when a
-    /// protection action produced it.
+    /// The tag of its content as delivered: the source column's tag when raw, hashed without
+    /// a key from a guessable kind (a card number, an email...) or a card number masked to
+    /// show more than PCI DSS allows; `none` when a protection action produced it.
     pub tag: Tag,
     pub kind: Option<Kind>,
     /// The action that produced it; `None` when the value is delivered raw.
@@ -150,7 +150,14 @@ pub fn resolve(source: &Source, classes: &[Classification]) -> Result<Resolution
             let guessable = matches!(r.action, Action::Hash)
                 && sensitive
                 && class.kind.is_some_and(|k| k != Kind::FreeText);
-            let raw = matches!(r.action, Action::Keep) || guessable;
+            // A card number masked to show more than its first 8 and last 4 digits is still a
+            // card number (PCI DSS 4.0, 3.4.1: at most the BIN and the last four).
+            let shown = matches!(r.action, Action::Mask { keep_first, keep_last, fixed: None, .. }
+                    if keep_first > 8 || keep_last > 4)
+                && sensitive
+                && class.kind == Some(Kind::CardPan);
+            let weak = guessable || shown;
+            let raw = matches!(r.action, Action::Keep) || weak;
             outputs.push(Resolved {
                 input: i,
                 action: r.action.clone(),
@@ -162,7 +169,7 @@ pub fn resolve(source: &Source, classes: &[Classification]) -> Result<Resolution
                 origin: col.name.clone(),
                 tag: if raw { class.tag } else { Tag::None },
                 kind: if raw { class.kind } else { None },
-                protected_by: (!raw || guessable).then(|| r.action.name()),
+                protected_by: (!raw || weak).then(|| r.action.name()),
             });
         }
     }
