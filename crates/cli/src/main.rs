@@ -73,6 +73,15 @@ enum Cmd {
         /// versions before row format 2 wrote them; for compatibility tests only).
         #[arg(long, hide = true, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
         row_format: u8,
+        /// `text` for people; `json` for schedulers: one document on standard output, `{"ok":
+        /// true, "pipeline", "run_id", "resumed", "rows_in", "loaded", "quarantined",
+        /// "by_reason": {..} (of the batches this process committed: a resumed run's earlier
+        /// ones count in "quarantined" only), "sources": [..], "sinks": [{"name", "rows",
+        /// "location"}],
+        /// "quarantine"}`, or `{"ok": false, "error", "exit_code"}` when it fails (the error
+        /// goes to standard error too, and the exit code is the same in both formats).
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
     },
     /// Check specs: report every error with file, line, column and a hint.
     Check {
@@ -84,7 +93,7 @@ enum Cmd {
         /// "hint"}], "notes": [..]}]}` (line and column are null for a spec that cannot be
         /// read). The exit code is 2 when any spec has errors, in both formats.
         #[arg(long, value_enum, default_value = "text")]
-        format: CheckFormat,
+        format: Format,
     },
     /// Print the JSON Schema of pipeline specs (for editor autocompletion).
     Schema,
@@ -96,6 +105,11 @@ enum Cmd {
         /// At most this many runs, the newest first.
         #[arg(long, default_value_t = 20)]
         limit: i64,
+        /// `text`, or `json`: one array on standard output, a run an object (`run_id`,
+        /// `pipeline`, `status`, `started_at`, `ended_at`, `rows_in`, `loaded`, `quarantined`,
+        /// `error`), the newest first.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
         #[command(flatten)]
         state: StateArgs,
     },
@@ -501,23 +515,42 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             abandon_unfinished,
             openlineage,
             row_format,
+            format,
         } => {
-            let p = sealtrail_spec::load(&spec)?;
-            let home = state.home(Some(&spec));
-            let report = run_pipeline(
-                &p,
-                &home,
-                &state.ledger,
-                &state.url(&home),
-                abandon_unfinished,
-                openlineage.as_deref(),
-                match row_format {
-                    1 => RowFormat::Json,
-                    _ => RowFormat::Binary,
-                },
-            )
-            .await?;
-            print_report(&report);
+            let run = async {
+                let p = sealtrail_spec::load(&spec)?;
+                let home = state.home(Some(&spec));
+                run_pipeline(
+                    &p,
+                    &home,
+                    &state.ledger,
+                    &state.url(&home),
+                    abandon_unfinished,
+                    openlineage.as_deref(),
+                    match row_format {
+                        1 => RowFormat::Json,
+                        _ => RowFormat::Binary,
+                    },
+                )
+                .await
+            };
+            match (run.await, format) {
+                (Ok(report), Format::Text) => print_report(&report),
+                (Ok(report), Format::Json) => {
+                    outln!("{}", serde_json::to_string_pretty(&report_json(&report))?);
+                }
+                (Err(e), Format::Json) => {
+                    // Also on standard error and as the exit code, by `main`.
+                    let v = serde_json::json!({
+                        "ok": false,
+                        "error": format!("{e:#}"),
+                        "exit_code": exit_code(&e),
+                    });
+                    outln!("{}", serde_json::to_string_pretty(&v)?);
+                    return Err(e);
+                }
+                (Err(e), Format::Text) => return Err(e),
+            }
             Ok(())
         }
         Cmd::Check { specs, format } => check(&specs, format).await,
@@ -531,11 +564,32 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Runs {
             pipeline,
             limit,
+            format,
             state,
         } => {
             let home = state.home(None);
             let st = open_state(&state.url(&home)).await?;
             let runs = st.runs(pipeline.as_deref(), limit).await?;
+            if format == Format::Json {
+                let v: Vec<serde_json::Value> = runs
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "run_id": r.run_id,
+                            "pipeline": r.pipeline,
+                            "status": r.status,
+                            "started_at": r.started_at,
+                            "ended_at": r.ended_at,
+                            "rows_in": r.counts.rows_in,
+                            "loaded": r.counts.rows_loaded,
+                            "quarantined": r.counts.rows_quarantined,
+                            "error": r.error,
+                        })
+                    })
+                    .collect();
+                outln!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
             outln!(
                 "{:<38} {:<12} {:<10} {:>10} {:>10} {:>11}  started",
                 "run",
@@ -882,12 +936,12 @@ async fn link_repairs(
     Ok(Some(pairs.len()))
 }
 
-/// How `check` prints what it finds.
+/// How `check`, `run` and `runs` print what they found or did.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum CheckFormat {
-    /// `file:line:column: message` and a hint, for people.
+enum Format {
+    /// Lines for people (`check`: `file:line:column: message` and a hint).
     Text,
-    /// One JSON document on standard output, for editors and CI.
+    /// One JSON document on standard output, for editors, CI and schedulers.
     Json,
 }
 
@@ -930,7 +984,7 @@ impl Checked {
     }
 }
 
-async fn check(specs: &[PathBuf], format: CheckFormat) -> Result<()> {
+async fn check(specs: &[PathBuf], format: Format) -> Result<()> {
     let mut checked = Vec::new();
     for s in specs {
         let mut c = Checked {
@@ -955,14 +1009,14 @@ async fn check(specs: &[PathBuf], format: CheckFormat) -> Result<()> {
     }
     let bad = checked.iter().filter(|c| !c.ok()).count();
     match format {
-        CheckFormat::Json => {
+        Format::Json => {
             let doc = serde_json::json!({
                 "ok": bad == 0,
                 "specs": checked.iter().map(Checked::to_json).collect::<Vec<_>>(),
             });
             outln!("{}", serde_json::to_string_pretty(&doc)?);
         }
-        CheckFormat::Text => {
+        Format::Text => {
             for c in &checked {
                 if c.ok() {
                     outln!("{}: ok", c.file.display());
@@ -1100,6 +1154,32 @@ async fn note_stopped_run(p: &sealtrail_spec::Pipeline, state_url: &str) {
             u.run_id, c.rows_in, c.rows_loaded, c.rows_quarantined
         );
     }
+}
+
+/// What `run --format json` prints of a run that ended well.
+fn report_json(r: &RunReport) -> serde_json::Value {
+    serde_json::json!({
+        "ok": true,
+        "pipeline": r.pipeline,
+        "run_id": r.run_id.as_str(),
+        "resumed": r.resumed,
+        "rows_in": r.counts.rows_in,
+        "loaded": r.counts.rows_loaded,
+        "quarantined": r.counts.rows_quarantined,
+        "by_reason": r.by_reason,
+        "sources": r.per_source.iter().map(|(name, c)| serde_json::json!({
+            "name": name,
+            "rows_in": c.rows_in,
+            "loaded": c.rows_loaded,
+            "quarantined": c.rows_quarantined,
+        })).collect::<Vec<_>>(),
+        "sinks": r.sinks.iter().map(|k| serde_json::json!({
+            "name": k.name,
+            "rows": k.rows,
+            "location": k.location,
+        })).collect::<Vec<_>>(),
+        "quarantine": r.quarantine,
+    })
 }
 
 fn print_report(r: &RunReport) {

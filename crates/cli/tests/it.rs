@@ -2864,6 +2864,102 @@ fn classify_says_what_check_will_of_a_column_named_as_sensitive() {
     assert!(run_ok(bin().arg("check").arg(&spec)).contains(": ok"));
 }
 
+/// `run --format json` prints one document a scheduler can read: counts that balance, the
+/// quarantine by reason, each source and sink; when the run fails, `ok: false` with the error
+/// and the same exit code the process ends with (a spec error 2, a missing input 3). `runs
+/// --format json` lists the same run with the same counts.
+#[test]
+fn runs_report_as_json_for_schedulers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.csv"),
+        "id,qty\nA1,5\nA2,x\nA3,\nA4,7,9\n",
+    )
+    .unwrap();
+    let spec = dir.path().join("j.yaml");
+    let text = "version: 1\npipeline: jsonrun\nsources:\n  s:\n    csv: { path: in.csv }\n    columns:\n      - { name: id, required: true }\n      - { name: qty, type: int64 }\n    checks:\n      - { rule: not_null, column: qty }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n";
+    std::fs::write(&spec, text).unwrap();
+    let json = |c: &mut Command| {
+        let out = c.output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        (
+            out.status.code(),
+            v,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, v, err) = json(bin().arg("run").arg(&spec).args(["--format", "json"]));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        (
+            v["rows_in"].as_u64(),
+            v["loaded"].as_u64(),
+            v["quarantined"].as_u64()
+        ),
+        (Some(4), Some(1), Some(3)),
+        "{v}"
+    );
+    assert_eq!(
+        v["by_reason"],
+        serde_json::json!({"invalid_type": 1, "not_null": 1, "wrong_field_count": 1}),
+        "{v}"
+    );
+    assert_eq!(v["sources"][0]["name"], "s", "{v}");
+    assert_eq!(v["sources"][0]["loaded"].as_u64(), Some(1), "{v}");
+    assert_eq!(v["sinks"][0]["name"], "o", "{v}");
+    assert_eq!(v["sinks"][0]["rows"].as_u64(), Some(1), "{v}");
+    assert!(
+        v["sinks"][0]["location"]
+            .as_str()
+            .unwrap()
+            .ends_with("out/o"),
+        "{v}"
+    );
+    let run_id = v["run_id"].as_str().unwrap().to_string();
+    let (code, runs, err) = json(
+        bin()
+            .args(["runs", "--format", "json", "--home"])
+            .arg(dir.path().join(".sealtrail")),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(runs[0]["run_id"], run_id.as_str(), "{runs}");
+    assert_eq!(runs[0]["status"], "succeeded", "{runs}");
+    assert_eq!(
+        (runs[0]["rows_in"].as_u64(), runs[0]["quarantined"].as_u64()),
+        (Some(4), Some(3)),
+        "{runs}"
+    );
+    // Failures: a wrong spec, a missing input.
+    std::fs::write(
+        &spec,
+        text.replace("audience: internal", "audience: internall"),
+    )
+    .unwrap();
+    let (code, v, err) = json(bin().arg("run").arg(&spec).args(["--format", "json"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["exit_code"].as_i64(), Some(2), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown audience `internall`"),
+        "{v}"
+    );
+    assert!(err.contains("unknown audience `internall`"), "{err}");
+    std::fs::write(&spec, text.replace("path: in.csv", "path: gone.csv")).unwrap();
+    let (code, v, err) = json(bin().arg("run").arg(&spec).args(["--format", "json"]));
+    assert_eq!(code, Some(3), "{err}");
+    assert_eq!(
+        (v["ok"].as_bool(), v["exit_code"].as_i64()),
+        (Some(false), Some(3)),
+        "{v}"
+    );
+    assert!(v["error"].as_str().unwrap().contains("gone.csv"), "{v}");
+}
+
 /// Pipelines `<prefix>_a` and `<prefix>_b` in `dir`, each loading its CSV of `id,note` rows
 /// into the same `sinks` (YAML lines under `sinks:`), run once each; each with a quarantine
 /// of its own, or `quarantine` (a folder) for both.
