@@ -66,7 +66,8 @@ enum Cmd {
         abandon_unfinished: bool,
         /// Send OpenLineage run events (START, COMPLETE, FAIL) to this file (JSON Lines,
         /// appended) or HTTP endpoint (`http(s)://...`, POST per event; an API key in
-        /// SEALTRAIL_OPENLINEAGE_API_KEY is sent as `Authorization: Bearer`).
+        /// SEALTRAIL_OPENLINEAGE_API_KEY, or in the file SEALTRAIL_OPENLINEAGE_API_KEY_FILE
+        /// names, is sent as `Authorization: Bearer`).
         #[arg(long, env = "SEALTRAIL_OPENLINEAGE", hide_env_values = true)]
         openlineage: Option<String>,
         /// Row format of the output commitments: 2 (binary, the default) or 1 (JSON, as
@@ -1079,10 +1080,8 @@ async fn run_pipeline(
     // A wrong endpoint is the command's error, before anything is opened.
     let openlineage = match openlineage {
         Some(t) => {
-            use sealtrail_engine::openlineage::{API_KEY_VAR, Destination, Emitter};
-            let key = std::env::var(API_KEY_VAR)
-                .ok()
-                .map(sealtrail_core::secret::Secret::new);
+            use sealtrail_engine::openlineage::{Destination, Emitter, api_key_from_env};
+            let key = api_key_from_env().map_err(UsageError)?;
             Some(Emitter::new(
                 Destination::parse(t, key).map_err(UsageError)?,
             ))

@@ -7386,15 +7386,18 @@ fn openlineage_events_validate_against_the_official_schemas() {
     let fspec = dir.path().join("failing.yaml");
     std::fs::write(&fspec, failing).unwrap();
     // An endpoint that wants an API key (OpenLineage's `api_key` authentication) gets it as a
-    // bearer token; the key shows nowhere else.
+    // bearer token, here from a file (a mounted secret, as `echo` writes it: the line break is
+    // not the key's); the key shows nowhere else.
     let key = "ol-key-S3CRET-7f3a";
+    let key_file = dir.path().join("ol.key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
     let out = bin()
         .arg("run")
         .arg(&fspec)
         .arg("--openlineage")
         .arg(&url)
         .env("SSL_CERT_FILE", &ca)
-        .env("SEALTRAIL_OPENLINEAGE_API_KEY", key)
+        .env("SEALTRAIL_OPENLINEAGE_API_KEY_FILE", &key_file)
         .env("SEALTRAIL_LOG", "debug")
         .output()
         .unwrap();
@@ -7421,6 +7424,34 @@ fn openlineage_events_validate_against_the_official_schemas() {
         err.contains("the OpenLineage endpoint at 192.0.2.1 is plain http:// on another machine")
             && err.contains("use https://")
             && !err.contains("S3CRET"),
+        "{err}"
+    );
+    // The key in both places, or in a file that is not there: refused, naming what to fix.
+    let refused = |file: &Path, with_env: bool| {
+        let mut c = bin();
+        c.arg("run")
+            .arg(&spec)
+            .arg("--openlineage")
+            .arg("https://192.0.2.1/api/v1/lineage")
+            .env("SEALTRAIL_OPENLINEAGE_API_KEY_FILE", file);
+        if with_env {
+            c.env("SEALTRAIL_OPENLINEAGE_API_KEY", key);
+        }
+        let out = c.output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&key_file, true);
+    assert!(
+        err.contains(
+            "both SEALTRAIL_OPENLINEAGE_API_KEY and SEALTRAIL_OPENLINEAGE_API_KEY_FILE are set"
+        ),
+        "{err}"
+    );
+    let err = refused(&dir.path().join("no.key"), false);
+    assert!(
+        err.contains("SEALTRAIL_OPENLINEAGE_API_KEY_FILE names")
+            && err.contains("no.key, which cannot be read"),
         "{err}"
     );
     let kinds: Vec<&str> = got

@@ -66,7 +66,7 @@ impl Destination {
             && (k.expose().is_empty() || bearer(k).is_none())
         {
             return Err(format!(
-                "{API_KEY_VAR} is empty or holds characters an HTTP header cannot carry (a line break?); set it to the key alone"
+                "the OpenLineage API key ({API_KEY_VAR} or the file {API_KEY_FILE_VAR} names) is empty or holds characters an HTTP header cannot carry (a line break?); set it to the key alone"
             ));
         }
         if u.scheme() == "http" && !sealtrail_core::net::is_this_machine(&host) {
@@ -74,7 +74,7 @@ impl Destination {
                 return Err(format!(
                     "the OpenLineage endpoint at {host} is plain http:// on another machine: its credentials ({}) would cross the network readable by anyone on the way; use https://",
                     if api_key.is_some() {
-                        API_KEY_VAR
+                        "the API key"
                     } else {
                         "the user in the URL"
                     }
@@ -106,6 +106,42 @@ fn bearer(key: &Secret) -> Option<reqwest::header::HeaderValue> {
 
 /// The environment variable whose value is sent as the endpoint's API key.
 pub const API_KEY_VAR: &str = "SEALTRAIL_OPENLINEAGE_API_KEY";
+/// The environment variable naming a file that holds the API key instead (a mounted secret).
+pub const API_KEY_FILE_VAR: &str = "SEALTRAIL_OPENLINEAGE_API_KEY_FILE";
+
+/// The endpoint's API key, from [`API_KEY_VAR`] or from the file [`API_KEY_FILE_VAR`] names
+/// (one line ending in a line break is the key without it, as `echo` writes it). Both set is an
+/// error, as is a file that cannot be read; messages name the variable or file, never the key.
+pub fn api_key_from_env() -> Result<Option<Secret>, String> {
+    let file = std::env::var_os(API_KEY_FILE_VAR).filter(|f| !f.is_empty());
+    match (std::env::var(API_KEY_VAR).ok(), file) {
+        (Some(_), Some(_)) => Err(format!(
+            "both {API_KEY_VAR} and {API_KEY_FILE_VAR} are set; set one of them"
+        )),
+        (Some(k), None) => Ok(Some(Secret::new(k))),
+        (None, Some(f)) => {
+            let path = PathBuf::from(f);
+            let bytes = zeroize::Zeroizing::new(std::fs::read(&path).map_err(|e| {
+                format!(
+                    "{API_KEY_FILE_VAR} names {}, which cannot be read: {e}",
+                    path.display()
+                )
+            })?);
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
+                format!(
+                    "{API_KEY_FILE_VAR} names {}, which does not hold text; put the key alone in it",
+                    path.display()
+                )
+            })?;
+            let key = text
+                .strip_suffix("\r\n")
+                .or_else(|| text.strip_suffix('\n'))
+                .unwrap_or(text);
+            Ok(Some(Secret::new(key.to_string())))
+        }
+        (None, None) => Ok(None),
+    }
+}
 
 /// Sends events to a [`Destination`].
 #[derive(Debug, Clone)]
@@ -475,7 +511,7 @@ mod tests {
             (
                 "http://lineage.example.com/api/v1/lineage",
                 key(),
-                "(SEALTRAIL_OPENLINEAGE_API_KEY) would cross the network",
+                "(the API key) would cross the network",
             ),
             (
                 "http://u:pw-S3CRET@10.1.2.3:5000/api/v1/lineage",

@@ -604,7 +604,7 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
     }
     for (name, (input, at)) in &inputs {
         if !order.contains(name) {
-            let hint = format!("known inputs: {}", known(&roots));
+            let hint = known(input, &roots, "known inputs");
             cx.err(*at, format!("transform `{name}` reads `{input}`, which is not a source or a transform (or is part of a cycle)"), hint);
         }
     }
@@ -633,7 +633,10 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
                 cx.err(
                     s,
                     format!("sink `{name}`: unknown audience `{other}`"),
-                    "use restricted, internal, analyst or public",
+                    format!(
+                        "{}use restricted, internal, analyst or public",
+                        did_you_mean(other, &["restricted", "internal", "analyst", "public"])
+                    ),
                 );
                 Audience::Restricted
             }
@@ -645,7 +648,7 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
                     "sink `{name}` reads from `{}`, which is not a source or transform",
                     v.from
                 ),
-                format!("known: {}", known(&roots)),
+                known(&v.from, &roots, "known"),
             );
             continue;
         };
@@ -846,10 +849,22 @@ fn written_names(t: &Target) -> Vec<String> {
     }
 }
 
-fn known(roots: &HashMap<String, String>) -> String {
+/// The hint for `word`, which names no source or transform of `roots`.
+fn known(word: &str, roots: &HashMap<String, String>, what: &str) -> String {
     let mut k: Vec<&str> = roots.keys().map(String::as_str).collect();
     k.sort();
-    k.join(", ")
+    named_one_of(word, &k, what)
+}
+
+/// `did you mean `x`? ` when one of `names` is close enough to `word` to be what was meant.
+fn did_you_mean(word: &str, names: &[&str]) -> String {
+    crate::keys::closest_of(word, names.iter().copied())
+        .map_or(String::new(), |n| format!("did you mean `{n}`? "))
+}
+
+/// The hint for a name that is none of `names`: the likely one, then every one.
+fn named_one_of(word: &str, names: &[&str], what: &str) -> String {
+    format!("{}{what}: {}", did_you_mean(word, names), names.join(", "))
 }
 
 /// The first table name after FROM (case-insensitive), unquoted.
@@ -1350,7 +1365,7 @@ fn compile_policy(
                 cx.err(
                     at,
                     format!("{what} refers to column `{c}`, which is not declared"),
-                    format!("declared columns: {}", names.join(", ")),
+                    named_one_of(c, &names, "declared columns"),
                 );
             }
             Selector::Column(c.clone())
@@ -1634,7 +1649,7 @@ fn compile_check(
         let idx = columns.iter().position(|x| &x.name == n);
         if idx.is_none() {
             let names: Vec<&str> = columns.iter().map(|x| x.name.as_str()).collect();
-            cx.err(at, format!("source `{source}`: rule `{kind_name}` refers to column `{n}`, which is not declared"), format!("declared columns: {}", names.join(", ")));
+            cx.err(at, format!("source `{source}`: rule `{kind_name}` refers to column `{n}`, which is not declared"), named_one_of(n, &names, "declared columns"));
         }
         idx
     };
@@ -2114,6 +2129,45 @@ quarantine:
         assert_eq!(d.len(), 1);
         assert!(d[0].message.contains("delimeter"), "{}", d[0]);
         assert_eq!(d[0].line, 5, "{}", d[0]);
+    }
+
+    /// A name that is a likely typo of a declared column, a source or transform, or an
+    /// audience gets a "did you mean"; one that is not gets the list alone.
+    #[test]
+    fn misspelt_names_get_the_likely_one() {
+        let bad = GOOD
+            .replace("column: id, reason", "column: idd, reason")
+            .replace("{ from: clean,", "{ from: claen, audience: pubic,");
+        let d = diags(&bad);
+        let hints: Vec<(&str, &str)> = d
+            .iter()
+            .map(|x| (x.message.as_str(), x.hint.as_deref().unwrap_or("")))
+            .collect();
+        assert!(
+            hints
+                .iter()
+                .any(|(m, h)| m.contains("`idd`, which is not declared")
+                    && *h == "did you mean `id`? declared columns: id, qty"),
+            "{d:?}"
+        );
+        assert!(
+            hints.iter().any(|(m, h)| m.contains("reads from `claen`")
+                && *h == "did you mean `clean`? known: clean, t"),
+            "{d:?}"
+        );
+        assert!(
+            hints
+                .iter()
+                .any(|(m, h)| m.contains("unknown audience `pubic`")
+                    && h.starts_with("did you mean `public`? use restricted")),
+            "{d:?}"
+        );
+        let d = diags(&GOOD.replace("column: id, reason", "column: trade_ts, reason"));
+        assert_eq!(
+            d[0].hint.as_deref(),
+            Some("declared columns: id, qty"),
+            "{d:?}"
+        );
     }
 
     /// A wrong value of a required key (`action: tokenize`) is reported once, where it stands,

@@ -56,12 +56,20 @@ pub struct Entry {
 
 /// The candidate closest to `word`, when it is close enough to be a typo of it.
 fn closest<'a>(word: &str, candidates: &'a [String]) -> Option<&'a str> {
+    closest_of(word, candidates.iter().map(String::as_str))
+}
+
+/// [`closest`] over any names.
+pub(crate) fn closest_of<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
-        .iter()
+        .into_iter()
         .map(|a| (strsim::damerau_levenshtein(word, a), a))
         .filter(|(d, a)| *d <= (a.len() / 3).max(1))
         .min_by_key(|(d, _)| *d)
-        .map(|(_, a)| a.as_str())
+        .map(|(_, a)| a)
 }
 
 /// A value the schema does not allow, or a required key that is not there.
