@@ -190,6 +190,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         progress: None,
         skip_commitments_for_benchmark: a.custody == Switch::Off,
         openlineage: None,
+        stop: None,
         row_format: Default::default(),
     };
     if a.input == Input::Warm {

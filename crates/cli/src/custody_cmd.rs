@@ -582,7 +582,7 @@ pub async fn prove(
             find_sink(&p, sink)?.target.describe()
         );
     };
-    let st = crate::open_state(&state.url(&home)).await?;
+    let st = crate::open_state_to_read(&state.url(&home)).await?;
     // Given a record's lineage id, the custody records name the batch that delivered it, and
     // a Parquet sink's file names (a Delta table's log) name each file's batch: read that one
     // file, not the whole table. The batch's record is read in the parts a proof needs (a few
@@ -1668,7 +1668,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
     let named = find_sink(&p, sink)?;
     let (sk, _copy) = readable_sink(named, false).await?;
     let sk = &sk;
-    let st = crate::open_state(&state.url(&home)).await?;
+    let st = crate::open_state_to_read(&state.url(&home)).await?;
     let verifier = load_verifier(&home, None)?;
     let (dir, _guard) = state.ledger.readable(&home)?;
     let (cp, _) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
@@ -2277,7 +2277,7 @@ pub async fn lineage(
     };
 
     let home = state.home(Some(spec));
-    let st = crate::open_state(&state.url(&home)).await?;
+    let st = crate::open_state_to_read(&state.url(&home)).await?;
     let (source, key, pos) = custody::parse_id(id)
         .ok_or_else(|| anyhow!("`{id}` is not a lineage id (source:input:position)"))?;
     let refs = st

@@ -301,7 +301,9 @@ const EXIT_CODES: &str = "Exit codes (for schedulers and scripts):
   3   the work could not be done (a source, sink, database or file; the message says which)
   4   integrity: a run that does not balance, a ledger, proof or sink whose data was changed
   5   the ledger's checkpoint is older than `--max-age` (stale)
-  70  a bug in sealtrail: its location is printed; an interrupted run resumes when run again";
+  70  a bug in sealtrail: its location is printed; an interrupted run resumes when run again
+  130, 143  stopped by SIGINT or SIGTERM: a run ends at the next batch boundary, recorded as
+      stopped, and resumes when run again (a second signal stops it at once)";
 
 /// Exit codes: what kind of failure it was, for schedulers and scripts.
 mod exit {
@@ -309,6 +311,9 @@ mod exit {
     pub const EXECUTION: i32 = 3;
     pub const INTEGRITY: i32 = 4;
     pub const INTERNAL: i32 = 70;
+    /// Stopped by a signal (128 + its number, as a shell reports it).
+    pub const SIGINT: i32 = 130;
+    pub const SIGTERM: i32 = 143;
 }
 
 /// A connection URL with a password given on the command line, where every user of the
@@ -359,6 +364,10 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             E::Spec(_) | E::UnfinishedRun { .. } => exit::USER,
             E::Integrity { .. } => exit::INTEGRITY,
             E::Internal(_) | E::StageStopped { .. } => exit::INTERNAL,
+            E::Stopped { signal, .. } => match signal.as_str() {
+                "SIGINT" => exit::SIGINT,
+                _ => exit::SIGTERM,
+            },
             _ => exit::EXECUTION,
         };
     }
@@ -453,6 +462,7 @@ fn main() {
         }
         dispatch(cli.cmd).await
     };
+    rt.spawn(watch_signals());
     let done = rt.block_on(std::panic::AssertUnwindSafe(command).catch_unwind());
     rt.block_on(close_states());
     match done {
@@ -472,6 +482,44 @@ fn main() {
             std::process::exit(exit_code(&e));
         }
         Err(_) => std::process::exit(exit::INTERNAL),
+    }
+}
+
+/// The stop request of the run in progress, if one is ([`run_pipeline`]).
+static STOP: std::sync::Mutex<Option<Arc<std::sync::OnceLock<String>>>> =
+    std::sync::Mutex::new(None);
+
+/// SIGTERM (a scheduler's timeout, a service stopping) and SIGINT (Ctrl-C): during a run, the
+/// first asks it to stop at the next batch boundary, so that it ends recorded as stopped, in
+/// the state store and the ledger, with nothing half-written ([`Error::Stopped`]); a second,
+/// or one outside a run, ends the process at once with 128 + the signal's number, as the
+/// default action would (a run ended so resumes like a killed one).
+///
+/// [`Error::Stopped`]: sealtrail_engine::Error::Stopped
+async fn watch_signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    loop {
+        let (name, code) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", 143),
+            _ = int.recv() => ("SIGINT", 130),
+        };
+        let run = STOP.lock().ok().and_then(|g| g.clone());
+        match run {
+            Some(stop) if stop.set(name.to_string()).is_ok() => eprintln!(
+                "{name}: the run stops once the batch being committed is (send it again to stop at once; the next run resumes either way)"
+            ),
+            _ => {
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+                std::process::exit(code);
+            }
+        }
     }
 }
 
@@ -498,6 +546,20 @@ async fn open_state(url: &str) -> Result<sealtrail_engine::state::StateStore> {
         v.push(st.clone());
     }
     Ok(st)
+}
+
+/// [`open_state`] for a command that only reads what runs recorded: a SQLite store that does
+/// not exist is an error that says which home was looked in (a wrong `--home`, or a command
+/// run from another folder), not a new empty store and an empty answer.
+async fn open_state_to_read(url: &str) -> Result<sealtrail_engine::state::StateStore> {
+    if let Some(path) = url.strip_prefix("sqlite://")
+        && !Path::new(path.split('?').next().unwrap_or(path)).exists()
+    {
+        anyhow::bail!(
+            "no run was recorded here: there is no state store at {path}; pass --home (or set SEALTRAIL_HOME) for the folder the runs used (by default `.sealtrail` beside the spec), or --state-url for their store"
+        );
+    }
+    open_state(url).await
 }
 
 async fn close_states() {
@@ -569,7 +631,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             state,
         } => {
             let home = state.home(None);
-            let st = open_state(&state.url(&home)).await?;
+            let st = open_state_to_read(&state.url(&home)).await?;
             let runs = st.runs(pipeline.as_deref(), limit).await?;
             if format == Format::Json {
                 let v: Vec<serde_json::Value> = runs
@@ -672,7 +734,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Classify { spec, state, .. } => {
             let p = sealtrail_spec::load(&spec)?;
             let home = state.home(Some(&spec));
-            let st = open_state(&state.url(&home)).await?;
+            let st = open_state_to_read(&state.url(&home)).await?;
             let rows = st.classifications(&p.name).await?;
             if rows.is_empty() {
                 anyhow::bail!(
@@ -1106,6 +1168,10 @@ async fn run_pipeline(
     let audit = sealtrail_ledger::audit::LedgerAudit::new(log);
     let pb = progress_bar(&p.name);
     let pb2 = pb.clone();
+    let stop = Arc::new(std::sync::OnceLock::new());
+    if let Ok(mut g) = STOP.lock() {
+        *g = Some(stop.clone());
+    }
     let opts = RunOptions {
         state_url: state_url.to_string(),
         keyring: protect_cmd::shared_keyring(home)?,
@@ -1117,12 +1183,19 @@ async fn run_pipeline(
         skip_commitments_for_benchmark: false,
         row_format,
         openlineage,
+        stop: Some(stop),
     };
     let r = sealtrail_engine::run(p, &opts).await;
+    if let Ok(mut g) = STOP.lock() {
+        *g = None;
+    }
     pb.finish_and_clear();
     use sealtrail_engine::Error as E;
     if let Err(e) = &r
-        && !matches!(e, E::Spec(_) | E::UnfinishedRun { .. } | E::Busy { .. })
+        && !matches!(
+            e,
+            E::Spec(_) | E::UnfinishedRun { .. } | E::Busy { .. } | E::Stopped { .. }
+        )
     {
         note_stopped_run(p, state_url).await;
     }

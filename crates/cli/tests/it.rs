@@ -721,6 +721,80 @@ fn sigkill_then_rerun_loads_every_record_exactly_once() {
     );
 }
 
+/// SIGTERM (a scheduler's timeout) in the middle of a run: it finishes the batch being
+/// committed and stops there, exit code 143, saying how to go on; the state store records it
+/// as failed with that reason and the ledger has its `run_failed` entry (a kill leaves neither:
+/// the run would show as running); the next run resumes it and every record is loaded or
+/// quarantined exactly once.
+#[test]
+fn sigterm_stops_a_run_between_batches_and_it_resumes() {
+    let (dir, spec) = project("trades.yaml", 30_000);
+    let text = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("batch_rows: 65536", "batch_rows: 400");
+    std::fs::write(&spec, text).unwrap();
+    let home = dir.path().join(".sealtrail");
+    let checkpoint = home.join("ledger/checkpoint");
+    let entries = || {
+        std::fs::read_to_string(&checkpoint)
+            .ok()
+            .and_then(|s| s.lines().nth(1).and_then(|n| n.parse::<usize>().ok()))
+            .unwrap_or(0)
+    };
+    let child = bin()
+        .arg("run")
+        .arg(&spec)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A few batches in (about two ledger entries a batch), well before the end (75 batches).
+    let start = std::time::Instant::now();
+    while entries() < 8 && start.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("SIGTERM: the run stops once the batch being committed is")
+            && err.contains("stopped on SIGTERM after")
+            && err.contains("resumes it from there"),
+        "{err}"
+    );
+    let runs = run_ok(
+        bin()
+            .args(["runs", "--format", "json", "--home"])
+            .arg(&home),
+    );
+    let runs: serde_json::Value = serde_json::from_str(&runs).unwrap();
+    assert_eq!(runs[0]["status"], "failed", "{runs}");
+    assert!(
+        runs[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped on SIGTERM"),
+        "{runs}"
+    );
+    let loaded_before = runs[0]["rows_in"].as_u64().unwrap();
+    assert!(loaded_before > 0 && loaded_before < 30_000, "{runs}");
+    let failed = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "run_failed", "--home"])
+            .arg(&home),
+    );
+    assert_eq!(failed.lines().count(), 1, "{failed}");
+    let out = run_ok(bin().arg("run").arg(&spec));
+    assert!(out.contains("(resumed)"), "{out}");
+    let (total, quarantined) = loaded_once(dir.path());
+    assert_eq!((total, quarantined), (30_000, 153));
+}
+
 /// A bug that stops the decode or the protection stage mid-run (a panic in its thread; debug
 /// builds panic there on request) fails the run naming the stage, the source and how to go
 /// on; the batches committed before it stay, and the next run resumes and loads every record
@@ -2931,6 +3005,13 @@ fn runs_report_as_json_for_schedulers() {
         (Some(4), Some(3)),
         "{runs}"
     );
+    // A home where nothing ran is said to be one, and left as it was (no empty store made).
+    let elsewhere = dir.path().join("elsewhere");
+    let out = bin().args(["runs", "--home"]).arg(&elsewhere).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("no run was recorded here: there is no state store at"), "{err}");
+    assert!(!elsewhere.exists());
     // Failures: a wrong spec, a missing input.
     std::fs::write(
         &spec,

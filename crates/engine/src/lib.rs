@@ -79,6 +79,18 @@ pub enum Error {
         run_id: String,
         found: String,
     },
+    /// The run was asked to stop ([`RunOptions::stop`]) and stopped between two batches: what
+    /// it committed stays, and the next `run` resumes it from there.
+    #[error(
+        "run {run_id} of pipeline `{pipeline}` stopped on {signal} after {batches} committed batch(es) of source `{source_name}`; everything committed stays, and `sealtrail run` with the same spec resumes it from there"
+    )]
+    Stopped {
+        signal: String,
+        run_id: String,
+        pipeline: String,
+        source_name: String,
+        batches: u64,
+    },
     #[error("internal error (this is a bug): {0}")]
     Internal(String),
     /// A stage stopped on a panic (a bug; the panic hook reports where): the decode or
@@ -118,6 +130,11 @@ pub struct RunOptions {
     pub row_format: custody::RowFormat,
     /// Where to send OpenLineage run events, if anywhere.
     pub openlineage: Option<openlineage::Emitter>,
+    /// Set (to the signal's name: `SIGTERM`, `SIGINT`) to stop the run at the next batch
+    /// boundary: the batch being committed is finished, no other is started, and the run
+    /// ends as failed with [`Error::Stopped`] (recorded in the state store and the ledger),
+    /// to be resumed by the next run.
+    pub stop: Option<Arc<std::sync::OnceLock<String>>>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -1241,6 +1258,16 @@ async fn run_inner(
                 cb(&source.name, rows_seen);
             }
             batch_no += 1;
+            if let Some(signal) = opts.stop.as_ref().and_then(|s| s.get()) {
+                result = Err(Error::Stopped {
+                    signal: signal.clone(),
+                    run_id: run_id.to_string(),
+                    pipeline: p.name.clone(),
+                    source_name: source.name.clone(),
+                    batches: batch_no,
+                });
+                break;
+            }
         }
         drop(rx);
         // Both threads end once the channels close; join both before reporting either.
