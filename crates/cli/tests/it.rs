@@ -3007,10 +3007,17 @@ fn runs_report_as_json_for_schedulers() {
     );
     // A home where nothing ran is said to be one, and left as it was (no empty store made).
     let elsewhere = dir.path().join("elsewhere");
-    let out = bin().args(["runs", "--home"]).arg(&elsewhere).output().unwrap();
+    let out = bin()
+        .args(["runs", "--home"])
+        .arg(&elsewhere)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("no run was recorded here: there is no state store at"), "{err}");
+    assert!(
+        err.contains("no run was recorded here: there is no state store at"),
+        "{err}"
+    );
     assert!(!elsewhere.exists());
     // Failures: a wrong spec, a missing input.
     std::fs::write(

@@ -1814,6 +1814,34 @@ fn compile_check(
         K::GreaterThan => {
             let a = col(cx, &c.column, "column");
             let b = col(cx, &c.other, "other");
+            // Numbers compare as numbers, ISO dates and timestamps as text; a number never
+            // compares with a date, and booleans have no order: every record would fail.
+            let family = |t: ColumnType| match t {
+                ColumnType::Int64 | ColumnType::Float64 | ColumnType::Decimal { .. } => {
+                    Some("a number")
+                }
+                ColumnType::Date | ColumnType::Timestamp => Some("a date or timestamp"),
+                ColumnType::Boolean => Some("a boolean"),
+                ColumnType::Utf8 => None,
+            };
+            if let Some((a, b)) = a.zip(b) {
+                let (x, y) = (&columns[a], &columns[b]);
+                let (fx, fy) = (family(x.ty), family(y.ty));
+                let unordered = [fx, fy].contains(&Some("a boolean"));
+                if unordered || fx.zip(fy).is_some_and(|(p, q)| p != q) {
+                    cx.err(
+                        at,
+                        format!(
+                            "source `{source}`: rule `greater_than` compares `{}` ({}) with `{}` ({}), which never compare: every record would fail",
+                            x.name,
+                            fx.unwrap_or("text"),
+                            y.name,
+                            fy.unwrap_or("text")
+                        ),
+                        "compare two numbers, or two dates or timestamps (`columns:` declares their types)",
+                    );
+                }
+            }
             a.zip(b).map(|(a, b)| Rule::GreaterThan(a, b))
         }
         K::Checksum => {
@@ -2129,6 +2157,40 @@ quarantine:
         assert_eq!(d.len(), 1);
         assert!(d[0].message.contains("delimeter"), "{}", d[0]);
         assert_eq!(d[0].line, 5, "{}", d[0]);
+    }
+
+    /// `greater_than` of a number and a date (or of booleans) could only fail every record.
+    #[test]
+    fn greater_than_of_columns_that_never_compare_is_an_error() {
+        let with = |types: &str| {
+            GOOD.replace("      - { name: qty, type: int64 }\n", &format!("      - {{ name: qty, type: int64 }}\n{types}"))
+                .replace(
+                    "      - { rule: unique, column: id }\n",
+                    "      - { rule: unique, column: id }\n      - { rule: greater_than, column: a, other: b }\n",
+                )
+        };
+        let d = diags(&with(
+            "      - { name: a, type: date }\n      - { name: b, type: int64 }\n",
+        ));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            d[0].message,
+            "source `t`: rule `greater_than` compares `a` (a date or timestamp) with `b` (a number), which never compare: every record would fail"
+        );
+        let d = diags(&with(
+            "      - { name: a, type: bool }\n      - { name: b }\n",
+        ));
+        assert!(
+            d[0].message.contains("`a` (a boolean) with `b` (text)"),
+            "{d:?}"
+        );
+        for ok in [
+            "      - { name: a, type: date }\n      - { name: b, type: timestamp }\n",
+            "      - { name: a, type: \"decimal(9,2)\" }\n      - { name: b, type: float64 }\n",
+            "      - { name: a }\n      - { name: b, type: int64 }\n",
+        ] {
+            crate::parse_str(&with(ok), Path::new("t.yaml")).unwrap();
+        }
     }
 
     /// A name that is a likely typo of a declared column, a source or transform, or an
