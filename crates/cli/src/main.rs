@@ -108,7 +108,9 @@ enum Cmd {
         limit: i64,
         /// `text`, or `json`: one array on standard output, a run an object (`run_id`,
         /// `pipeline`, `status`, `started_at`, `ended_at`, `rows_in`, `loaded`, `quarantined`,
-        /// `error`), the newest first.
+        /// `error`), the newest first. Status: `running`, `succeeded`, `failed`, `abandoned`,
+        /// or `interrupted` (recorded as running, but no process runs it: killed; the next
+        /// `run` resumes it).
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
         #[command(flatten)]
@@ -632,7 +634,14 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         } => {
             let home = state.home(None);
             let st = open_state_to_read(&state.url(&home)).await?;
-            let runs = st.runs(pipeline.as_deref(), limit).await?;
+            let mut runs = st.runs(pipeline.as_deref(), limit).await?;
+            // A run recorded as running that no process runs was interrupted (killed, or its
+            // machine stopped); the next `run` of its pipeline resumes it.
+            for r in &mut runs {
+                if r.status == "running" && st.pipeline_running(&r.pipeline).await? == Some(false) {
+                    r.status = "interrupted".into();
+                }
+            }
             if format == Format::Json {
                 let v: Vec<serde_json::Value> = runs
                     .iter()

@@ -666,6 +666,14 @@ fn sigkill_then_rerun_loads_every_record_exactly_once() {
         c
     });
     assert!(kills >= 3, "the runs finished before they could be killed");
+    // Recorded as running, run by no process: listed as interrupted.
+    let listed = run_ok(
+        bin()
+            .args(["runs", "--format", "json", "--home"])
+            .arg(&home),
+    );
+    let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(v[0]["status"], "interrupted", "{v}");
     // The last kill may have torn the ledger too: then recover before resuming.
     let first = bin().arg("run").arg(&spec).output().unwrap();
     let out = if first.status.success() {

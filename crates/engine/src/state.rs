@@ -70,6 +70,12 @@ enum Held {
     Nothing,
 }
 
+/// What names a pipeline's run lock (a PostgreSQL advisory lock key, a lock file's name).
+fn lock_digest(pipeline: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(format!("sealtrail run lock\0{pipeline}").as_bytes()).into()
+}
+
 /// A run that did not finish.
 #[derive(Debug, Clone)]
 pub struct Unfinished {
@@ -311,14 +317,65 @@ impl StateStore {
         }
     }
 
+    /// Whether a process holds the run lock of `pipeline` now ([`StateStore::lock_pipeline`]),
+    /// found without taking it where the backend allows (PostgreSQL's `pg_locks`); `None`
+    /// when it cannot be told (an in-memory store). A run recorded as running whose lock
+    /// nobody holds was interrupted (killed, or its machine stopped).
+    pub async fn pipeline_running(&self, pipeline: &str) -> Result<Option<bool>> {
+        let digest = lock_digest(pipeline);
+        if self.url_kind == "postgres" {
+            // pg_try_advisory_lock(bigint) shows as classid = high 32 bits, objid = low 32.
+            let key = u64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
+            let held: bool = sqlx::query(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid::text::bigint = $1 AND objid::text::bigint = $2 AND objsubid = 1 \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            )
+            .bind((key >> 32) as i64)
+            .bind((key & 0xffff_ffff) as i64)
+            .fetch_one(&self.pool)
+            .await?
+            .get(0);
+            return Ok(Some(held));
+        }
+        let Some(path) = self.lock_file(&digest) else {
+            return Ok(None);
+        };
+        let f = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(false)),
+            Err(e) => {
+                return Err(StateError(format!("run lock {}: {e}", path.display())));
+            }
+        };
+        // A shared lock is granted only while no run holds the exclusive one; it is given back
+        // at once ([`StateStore::lock_pipeline`] tries again before it calls a pipeline busy).
+        Ok(Some(match f.try_lock_shared() {
+            Ok(()) => {
+                let _ = f.unlock();
+                false
+            }
+            Err(std::fs::TryLockError::WouldBlock) => true,
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StateError(format!("run lock {}: {e}", path.display())));
+            }
+        }))
+    }
+
+    /// The SQLite store's lock file for a pipeline's lock digest; `None` for an in-memory store.
+    fn lock_file(&self, digest: &[u8]) -> Option<std::path::PathBuf> {
+        let mut dir = self.sqlite_file.clone()?.into_os_string();
+        dir.push(".run-locks");
+        Some(std::path::PathBuf::from(dir).join(format!("{}.lock", hex::encode(&digest[..8]))))
+    }
+
     /// Takes the run lock of `pipeline`, or says who holds it: `Err(holder)` names the other
     /// process when it can be told (its pid, for SQLite).
     pub async fn lock_pipeline(
         &self,
         pipeline: &str,
     ) -> Result<std::result::Result<PipelineLock, String>> {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(format!("sealtrail run lock\0{pipeline}").as_bytes());
+        let digest = lock_digest(pipeline);
         if self.url_kind == "postgres" {
             let mut conn = self.pool.acquire().await?.detach();
             let key = i64::from_be_bytes(digest[..8].try_into().unwrap_or_default());
@@ -335,17 +392,17 @@ impl StateStore {
                 Err("another process, here or on another machine sharing this state store".into())
             });
         }
-        let Some(db) = &self.sqlite_file else {
+        let Some(path) = self.lock_file(&digest) else {
             return Ok(Ok(PipelineLock {
                 _held: Held::Nothing,
             }));
         };
-        let mut dir = db.clone().into_os_string();
-        dir.push(".run-locks");
-        let dir = std::path::PathBuf::from(dir);
+        let dir = path
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
         let io = |e: std::io::Error| StateError(format!("run lock in {}: {e}", dir.display()));
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let path = dir.join(format!("{}.lock", hex::encode(&digest[..8])));
         let mut f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -353,7 +410,17 @@ impl StateStore {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        match f.try_lock() {
+        // `runs` looks whether a run holds the lock by taking it shared for an instant
+        // ([`StateStore::pipeline_running`]): a few tries tell that from a run.
+        let mut locked = f.try_lock();
+        for _ in 0..5 {
+            if !matches!(locked, Err(std::fs::TryLockError::WouldBlock)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            locked = f.try_lock();
+        }
+        match locked {
             Ok(()) => {
                 // Who holds it, for the message another process gives.
                 use std::io::{Seek, Write};
@@ -1149,7 +1216,17 @@ mod tests {
                 StateStore::open(&url).await.unwrap(),
                 StateStore::open(&url).await.unwrap(),
             );
+            assert_eq!(
+                b.pipeline_running(&name).await.unwrap(),
+                Some(false),
+                "{url}"
+            );
             let held = a.lock_pipeline(&name).await.unwrap().unwrap();
+            assert_eq!(
+                b.pipeline_running(&name).await.unwrap(),
+                Some(true),
+                "{url}"
+            );
             let holder = b.lock_pipeline(&name).await.unwrap().unwrap_err();
             if url.starts_with("sqlite") {
                 assert_eq!(
@@ -1172,6 +1249,16 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             assert!(free, "{url}: released with its holder");
+            // Nobody holds it now (a PostgreSQL session ends as the server reads its socket).
+            let mut seen_free = false;
+            for _ in 0..100 {
+                if a.pipeline_running(&name).await.unwrap() == Some(false) {
+                    seen_free = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert!(seen_free, "{url}");
         }
     }
 
