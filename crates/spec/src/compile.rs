@@ -849,6 +849,12 @@ fn written_names(t: &Target) -> Vec<String> {
     }
 }
 
+/// `table` or `schema.table`, each a plain identifier (PostgreSQL reads `db.schema.table` as a
+/// reference to another database, which it refuses).
+fn plain_table(t: &str) -> bool {
+    t.split('.').count() <= 2 && t.split('.').all(valid_name)
+}
+
 /// The hint for `word`, which names no source or transform of `roots`.
 fn known(word: &str, roots: &HashMap<String, String>, what: &str) -> String {
     let mut k: Vec<&str> = roots.keys().map(String::as_str).collect();
@@ -1019,14 +1025,14 @@ fn compile_target<T>(
     }
     let pg = pg?;
     let url = secret_ref(cx, at, base, what, &pg.url)?;
-    if !pg.table.split('.').all(valid_name) {
+    if !plain_table(&pg.table) {
         cx.err(
             at,
             format!(
                 "{what}: table name `{}` is not a plain identifier",
                 pg.table
             ),
-            "use `table` or `schema.table` with letters, digits and `_`",
+            "use `table` or `schema.table` with letters, digits and `_` (the database is the URL's)",
         );
         return None;
     }
@@ -1164,12 +1170,12 @@ fn compile_source(
     } else if let Some(pg) = &v.postgres {
         let url = secret_ref(cx, s, base, &format!("source `{name}`"), &pg.url);
         let from = match (&pg.table, &pg.query) {
-            (Some(t), None) if t.split('.').all(valid_name) => Some(PgFrom::Table(t.clone())),
+            (Some(t), None) if plain_table(t) => Some(PgFrom::Table(t.clone())),
             (Some(t), None) => {
                 cx.err(
                     s,
                     format!("source `{name}`: table `{t}` is not a plain identifier"),
-                    "use `table` or `schema.table`",
+                    "use `table` or `schema.table` (the database is the URL's), or `query:`",
                 );
                 None
             }
@@ -2157,6 +2163,40 @@ quarantine:
         assert_eq!(d.len(), 1);
         assert!(d[0].message.contains("delimeter"), "{}", d[0]);
         assert_eq!(d[0].line, 5, "{}", d[0]);
+    }
+
+    /// A PostgreSQL table is `table` or `schema.table` of plain identifiers, as a sink and as a
+    /// source: a database part, spaces or quotes are refused by `check`.
+    #[test]
+    fn postgres_tables_are_plain_names_of_one_or_two_parts() {
+        for (table, ok) in [
+            ("t", true),
+            ("reporting.trades", true),
+            ("db.reporting.trades", false),
+            ("Bad Name", false),
+            ("x;drop", false),
+        ] {
+            let sink = GOOD.replace(
+                "parquet: { path: out } }",
+                &format!("postgres: {{ url: 'postgres://h/db', table: '{table}' }} }}"),
+            );
+            let source = GOOD.replace(
+                "csv: { path: 'in.csv' }",
+                &format!("postgres: {{ url: 'postgres://h/db', table: '{table}' }}"),
+            );
+            for (what, spec) in [("sink", sink), ("source", source)] {
+                let got = crate::parse_str(&spec, Path::new("t.yaml"));
+                assert_eq!(got.is_ok(), ok, "{what} {table}: {got:?}");
+                if !ok {
+                    let d = diags(&spec);
+                    assert!(
+                        d.iter()
+                            .any(|x| x.message.contains("is not a plain identifier")),
+                        "{d:?}"
+                    );
+                }
+            }
+        }
     }
 
     /// `greater_than` of a number and a date (or of booleans) could only fail every record.
