@@ -76,11 +76,10 @@ enum Cmd {
         row_format: u8,
         /// `text` for people; `json` for schedulers: one document on standard output, `{"ok":
         /// true, "pipeline", "run_id", "resumed", "rows_in", "loaded", "quarantined",
-        /// "by_reason": {..} (of the batches this process committed: a resumed run's earlier
-        /// ones count in "quarantined" only), "sources": [..], "sinks": [{"name", "rows",
-        /// "location"}],
-        /// "quarantine"}`, or `{"ok": false, "error", "exit_code"}` when it fails (the error
-        /// goes to standard error too, and the exit code is the same in both formats).
+        /// "by_reason", "sources", "sinks": [{"name", "rows", "location"}], "quarantine"}`
+        /// (`by_reason` counts the batches this process committed: a resumed run's earlier
+        /// ones are in `quarantined` only), or `{"ok": false, "error", "exit_code"}` when it
+        /// fails (the error goes to standard error too; the exit code is the same either way).
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },

@@ -802,14 +802,18 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
     .home(spec.as_ref().map(|(s, _)| s.as_path()));
     let home = home.as_path();
     let pipeline = spec.as_ref().map(|(_, name)| name.as_str());
-    // Which pipeline each run was, and which records were repaired and replayed, when a state
-    // store that could know is at hand.
-    let state = async |state_url: Option<String>| -> Result<_> {
-        Ok(if state_url.is_some() || home.join("state.db").exists() {
+    // The records asked for ([`of_run_and_pipeline`]), with the state store that knows which
+    // pipeline each run was and which records were repaired and replayed, when one is at hand.
+    let records = async |run: Option<String>, state_url: Option<String>| -> Result<_> {
+        let st = if state_url.is_some() || home.join("state.db").exists() {
             Some(crate::open_state(&state_url_in(home, la, state_url)).await?)
         } else {
             None
-        })
+        };
+        let rows = read_quarantine(&path).await?;
+        let (rows, others) =
+            of_run_and_pipeline(rows, run.as_deref(), pipeline, st.as_ref()).await?;
+        Ok((rows, others, st))
     };
     let say_others = |others: &BTreeMap<String, usize>| {
         for (owner, n) in others {
@@ -825,14 +829,7 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             state_url,
             ..
         } => {
-            let st = state(state_url).await?;
-            let (rows, others) = of_run_and_pipeline(
-                read_quarantine(&path).await?,
-                run.as_deref(),
-                pipeline,
-                st.as_ref(),
-            )
-            .await?;
+            let (rows, others, st) = records(run, state_url).await?;
             // The last column only when a state store can say which records were repaired.
             outln!(
                 "{:<40} {:>10}  {:<22} {:<22} {:<24} {:<36}{}",
@@ -911,14 +908,7 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                 );
             };
             let ring = open_keyring(home, false)?;
-            let st = state(state_url).await?;
-            let (rows, others) = of_run_and_pipeline(
-                read_quarantine(&path).await?,
-                run.as_deref(),
-                pipeline,
-                st.as_ref(),
-            )
-            .await?;
+            let (rows, others, _) = records(run.clone(), state_url).await?;
             let mut shown = Vec::new();
             let mut keys: BTreeMap<String, u64> = BTreeMap::new();
             let of_input = |q: &QRow| match &input {

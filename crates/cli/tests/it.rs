@@ -4629,18 +4629,18 @@ fn release_check_names_the_path_and_runs_refuse_what_check_refuses() {
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = check(&hashed.replace("action: hash", "action: token"));
     assert_eq!(code, Some(0), "{err}");
-    // A card number masked to show more than its first 8 and last 4 digits is one still.
+    // A card number masked to show more than its first 6 and last 4 digits is one still.
     let card = "{ column: card_pan, action: mask, keep_first: 6, keep_last: 4, as: card_masked }";
     for (keep, refused) in [
-        ("keep_first: 9, keep_last: 4", true),
+        ("keep_first: 7, keep_last: 4", true),
         ("keep_first: 6, keep_last: 5", true),
-        ("keep_first: 8, keep_last: 4", false),
+        ("keep_first: 6, keep_last: 4", false),
     ] {
         let (code, err) =
             check(&text.replace(card, &card.replace("keep_first: 6, keep_last: 4", keep)));
         assert_eq!(code, Some(if refused { 2 } else { 0 }), "{keep}: {err}");
         assert_eq!(
-            err.contains("would receive `card_masked` as a mask of financial (card_pan) data, which shows more than the first 8 and last 4 digits PCI DSS 4.0 (3.4.1) allows of a card number"),
+            err.contains("would receive `card_masked` as a mask of financial (card_pan) data, which shows more than the first 6 and last 4 digits PCI DSS 4.0 (3.4.1, 3.5.1) allows of every card number"),
             refused,
             "{keep}: {err}"
         );

@@ -562,8 +562,6 @@ async fn leading_index_on(
     .await
 }
 
-/// The columns of `table` (`schema.table` or `table`) in order, with their PostgreSQL types
-/// (`numeric(p,s)` spelled out); empty when the table does not exist.
 /// Why a table named `table` could not be created by this connection's user, if it could not:
 /// its schema (or, unqualified, every schema of the `search_path`) does not exist, or the user
 /// lacks `CREATE` on it. Names and the user only; PostgreSQL's own message for the same failure
@@ -602,6 +600,8 @@ async fn uncreatable(
     })
 }
 
+/// The columns of `table` (`schema.table` or `table`) in order, with their PostgreSQL types
+/// (`numeric(p,s)` spelled out); empty when the table does not exist.
 async fn table_columns(
     conn: &mut PgConnection,
     table: &str,

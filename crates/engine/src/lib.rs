@@ -322,49 +322,36 @@ fn release_check(
                     )),
                     Some("mask") => Some((
                         "a mask",
-                        "which shows more than the first 8 and last 4 digits PCI DSS 4.0 (3.4.1) allows of a card number",
-                        "`keep_first` of at most 8 and `keep_last` of at most 4, or `action: token` or `fpe`",
+                        "which shows more than the first 6 and last 4 digits PCI DSS 4.0 (3.4.1, 3.5.1) allows of every card number",
+                        "`keep_first` of at most 6 and `keep_last` of at most 4, or `action: token` or `fpe`",
                     )),
                     _ => None,
                 };
-                if let Some((how, why, instead)) = weak {
-                    out.push(Diagnostic {
-                        file: p.spec_path.clone(),
-                        line: sink.at.0,
-                        column: sink.at.1,
-                        message: format!(
-                            "sink `{}` (audience {}) would receive `{}` as {how} of {}{what} data, {why}: via {} -> sink {}.{}",
-                            sink.name,
-                            sink.audience.name(),
-                            f.name(),
-                            st.tag,
-                            path.join(" -> "),
-                            sink.name,
-                            f.name()
-                        ),
-                        hint: Some(format!(
-                            "protect `{}` with {instead}, or send it to a sink whose audience is cleared for {} data (`restricted`)",
-                            st.origin, st.tag
-                        )),
-                    });
-                    continue;
-                }
+                let (received, instead) = match weak {
+                    Some((how, why, instead)) => (
+                        format!("as {how} of {}{what} data, {why}:", st.tag),
+                        format!("with {instead},"),
+                    ),
+                    None => (
+                        format!("unprotected: {}{what} data,", st.tag),
+                        "under the source's `protect:` (token, mask, encrypt, drop...), leave it out of the SQL,".to_string(),
+                    ),
+                };
                 out.push(Diagnostic {
                     file: p.spec_path.clone(),
                     line: sink.at.0,
                     column: sink.at.1,
                     message: format!(
-                        "sink `{}` (audience {}) would receive `{}` unprotected: {}{what} data, via {} -> sink {}.{}",
+                        "sink `{}` (audience {}) would receive `{}` {received} via {} -> sink {}.{}",
                         sink.name,
                         sink.audience.name(),
                         f.name(),
-                        st.tag,
                         path.join(" -> "),
                         sink.name,
                         f.name()
                     ),
                     hint: Some(format!(
-                        "protect `{}` under the source's `protect:` (token, mask, encrypt, drop...), leave it out of the SQL, or send it to a sink whose audience is cleared for {} data (`restricted`)",
+                        "protect `{}` {instead} or send it to a sink whose audience is cleared for {} data (`restricted`)",
                         st.origin, st.tag
                     )),
                 });

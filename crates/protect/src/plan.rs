@@ -150,10 +150,12 @@ pub fn resolve(source: &Source, classes: &[Classification]) -> Result<Resolution
             let guessable = matches!(r.action, Action::Hash)
                 && sensitive
                 && class.kind.is_some_and(|k| k != Kind::FreeText);
-            // A card number masked to show more than its first 8 and last 4 digits is still a
-            // card number (PCI DSS 4.0, 3.4.1: at most the BIN and the last four).
+            // A card number masked to show more than its first 6 and last 4 digits is still a
+            // card number (PCI DSS 4.0, 3.4.1 and 3.5.1: at most the BIN and the last four; an
+            // 8-digit BIN only for PANs of 16 digits or more, and a 13-digit PAN with 8 + 4
+            // shown is one Luhn digit from whole).
             let shown = matches!(r.action, Action::Mask { keep_first, keep_last, fixed: None, .. }
-                    if keep_first > 8 || keep_last > 4)
+                    if keep_first > 6 || keep_last > 4)
                 && sensitive
                 && class.kind == Some(Kind::CardPan);
             let weak = guessable || shown;
