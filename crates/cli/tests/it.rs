@@ -583,6 +583,15 @@ print(len(got), len(qt))
     assert_eq!(py(&script), format!("{loaded} {q}"));
 }
 
+/// How many entries the ledger in `home` holds by its checkpoint (its second line; 0 before
+/// the first).
+fn ledger_entries(home: &Path) -> usize {
+    std::fs::read_to_string(home.join("ledger/checkpoint"))
+        .ok()
+        .and_then(|s| s.lines().nth(1).and_then(|n| n.parse::<usize>().ok()))
+        .unwrap_or(0)
+}
+
 /// Starts `run` once per target and kills it with SIGKILL as soon as the ledger in `home` holds
 /// that many entries (its checkpoint's second line; about two entries per committed batch), or
 /// after 120 s. A kill in the middle of a ledger append leaves a torn tail: the next run refuses
@@ -593,13 +602,7 @@ fn kill_runs_at_ledger_sizes(
     targets: &[usize],
     mut run: impl FnMut() -> Command,
 ) -> (usize, usize) {
-    let checkpoint = home.join("ledger/checkpoint");
-    let entries = || {
-        std::fs::read_to_string(&checkpoint)
-            .ok()
-            .and_then(|s| s.lines().nth(1).and_then(|n| n.parse::<usize>().ok()))
-            .unwrap_or(0)
-    };
+    let entries = || ledger_entries(home);
     let (mut kills, mut recovered) = (0, 0);
     for &target in targets {
         let mut child = run()
@@ -742,13 +745,7 @@ fn sigterm_stops_a_run_between_batches_and_it_resumes() {
         .replace("batch_rows: 65536", "batch_rows: 400");
     std::fs::write(&spec, text).unwrap();
     let home = dir.path().join(".sealtrail");
-    let checkpoint = home.join("ledger/checkpoint");
-    let entries = || {
-        std::fs::read_to_string(&checkpoint)
-            .ok()
-            .and_then(|s| s.lines().nth(1).and_then(|n| n.parse::<usize>().ok()))
-            .unwrap_or(0)
-    };
+    let entries = || ledger_entries(&home);
     let child = bin()
         .arg("run")
         .arg(&spec)

@@ -161,10 +161,7 @@ async fn a_table_that_cannot_be_created_is_refused_when_the_sink_opens() {
         // Unqualified names (sealtrail's own tables) resolve in the locked schema only.
         format!("ALTER ROLE {role} SET search_path = {schema}"),
     ] {
-        sqlx::query(sqlx::AssertSqlSafe(q))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        exec(&mut admin, q).await;
     }
     let b = batch(&[1, 2]);
     let open = |url: String, table: String| {
@@ -216,10 +213,7 @@ async fn a_table_that_cannot_be_created_is_refused_when_the_sink_opens() {
         "RESET search_path".to_string(),
         format!("GRANT SELECT, INSERT ON {schema}.sealtrail_sink_commits TO {role}"),
     ] {
-        sqlx::query(sqlx::AssertSqlSafe(q))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        exec(&mut admin, q).await;
     }
     let err = open(as_role.clone(), table.clone()).await.unwrap_err();
     assert!(
@@ -230,12 +224,11 @@ async fn a_table_that_cannot_be_created_is_refused_when_the_sink_opens() {
         )),
         "{err}"
     );
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "GRANT CREATE ON SCHEMA {schema} TO {role}"
-    )))
-    .execute(&mut admin)
-    .await
-    .unwrap();
+    exec(
+        &mut admin,
+        format!("GRANT CREATE ON SCHEMA {schema} TO {role}"),
+    )
+    .await;
     let mut sink = PgSink::open(
         "s",
         &SecretRef::Literal(Secret::new(as_role)),
@@ -260,11 +253,16 @@ async fn a_table_that_cannot_be_created_is_refused_when_the_sink_opens() {
         format!("DROP SCHEMA {schema} CASCADE"),
         format!("DROP ROLE {role}"),
     ] {
-        sqlx::query(sqlx::AssertSqlSafe(q))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        exec(&mut admin, q).await;
     }
+}
+
+/// Runs one statement of a test's own making.
+async fn exec(c: &mut sqlx::PgConnection, q: String) {
+    sqlx::query(sqlx::AssertSqlSafe(q))
+        .execute(c)
+        .await
+        .unwrap();
 }
 
 /// Every type the sink writes, cast by `deliverable`, reads back from the table exactly as
