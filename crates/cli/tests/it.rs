@@ -934,6 +934,18 @@ fn spec_errors_are_reported_all_at_once_with_locations() {
             "unknown type `integer`",
         ],
     );
+    // A value an `in_set` lists that its typed column can never hold.
+    let never = text.replace(
+        "{ rule: between, column: quantity, min: 1, reason: invalid_quantity }",
+        "{ rule: in_set, column: quantity, values: [\"1\", \"lots\"], reason: invalid_quantity }",
+    );
+    assert_ne!(never, text);
+    check_says(
+        &never,
+        &[
+            "trades.yaml:36:9: source `trades`: rule `in_set` on `quantity` (int64) lists `lots`, which does not parse as int64: no record can match it\n  hint: list int64 values, or declare the column as text",
+        ],
+    );
     // Values of the wrong type and misspelt enumeration values: every one at once, with a
     // key typo among them, each where it stands.
     let values = text

@@ -242,6 +242,11 @@ pub async fn check_with(
         hint: Some(hint),
     };
     for s in &p.sources {
+        out.extend(
+            sealtrail_quality::lint(s)
+                .into_iter()
+                .map(|(at, message, hint)| diag(at, message, hint)),
+        );
         let classes = protect::classify_source(s, samples.get(&s.name).map_or(&[], Vec::as_slice));
         let res = match protect::resolve(s, &classes) {
             Ok(r) => r,

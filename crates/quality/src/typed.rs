@@ -12,7 +12,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use sealtrail_core::Reason;
 use sealtrail_core::record::{Quarantined, RawBatch};
-use sealtrail_spec::{ColumnType, Source};
+use sealtrail_spec::{Column, ColumnType, Source};
 use std::sync::Arc;
 
 /// The Arrow type of a declared column type.
@@ -71,6 +71,110 @@ fn parse<'a>(v: &'a str, ty: ColumnType, format: Option<&str>) -> Option<Value<'
         ColumnType::Timestamp => Value::Micros(parse_timestamp(v, format)?),
         ColumnType::Decimal { precision, scale } => Value::Dec(parse_decimal(v, precision, scale)?),
     })
+}
+
+/// A typed value in a form that hashes and compares by value, as it will load: `7`, `007`
+/// and `+7` are one int64, `1.5` and `1.50` one decimal, `10:00+02:00` and `08:00Z` one
+/// instant. `unique`, `in_set` and `greater_than` on a typed column compare these, so what
+/// they accept is what lands (comparing the text, `007` and `7` both loaded under `unique`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Canon {
+    Int(i64),
+    /// The bits of a finite float, `-0.0` taken as `0.0`.
+    Float(u64),
+    Bool(bool),
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// Microseconds since 1970-01-01T00:00:00Z.
+    Micros(i64),
+    /// Unscaled value and scale.
+    Dec(i128, i8),
+}
+
+/// `v` as a value of column `col`'s declared type; `None` for a text column (compare the
+/// text) or a value that does not parse (its record is quarantined as `invalid_type`).
+pub fn canonical(v: &str, col: &Column) -> Option<Canon> {
+    Some(match parse(v, col.ty, col.format.as_deref())? {
+        Value::Null | Value::Str(_) => return None,
+        Value::I64(x) => Canon::Int(x),
+        Value::F64(x) => Canon::Float(if x == 0.0 { 0f64 } else { x }.to_bits()),
+        Value::Bool(x) => Canon::Bool(x),
+        Value::Date(x) => Canon::Date(x),
+        Value::Micros(x) => Canon::Micros(x),
+        Value::Dec(x) => match col.ty {
+            ColumnType::Decimal { scale, .. } => Canon::Dec(x, scale),
+            _ => return None,
+        },
+    })
+}
+
+impl Canon {
+    /// Bytes that identify the value (for keyed fingerprints): a tag, then the value.
+    pub fn bytes(&self) -> ([u8; 18], usize) {
+        let mut b = [0u8; 18];
+        let n = match *self {
+            Canon::Int(x) => put(&mut b, 1, &x.to_le_bytes()),
+            Canon::Float(x) => put(&mut b, 2, &x.to_le_bytes()),
+            Canon::Bool(x) => put(&mut b, 3, &[x as u8]),
+            Canon::Date(x) => put(&mut b, 4, &x.to_le_bytes()),
+            Canon::Micros(x) => put(&mut b, 5, &x.to_le_bytes()),
+            Canon::Dec(x, s) => {
+                b[17] = s as u8;
+                put(&mut b, 6, &x.to_le_bytes()).max(18)
+            }
+        };
+        (b, n)
+    }
+
+    /// `self > other`, or `None` when the two never compare (a number and a date, booleans).
+    /// Numbers compare exactly when both are integers or decimals, else as floats; a date is
+    /// its day's midnight UTC against a timestamp.
+    pub fn greater(&self, other: &Canon) -> Option<bool> {
+        use Canon::*;
+        let day = |d: i32| d as i64 * 86_400_000_000;
+        Some(match (*self, *other) {
+            (Date(a), Date(b)) => a > b,
+            (Micros(a), Micros(b)) => a > b,
+            (Date(a), Micros(b)) => day(a) > b,
+            (Micros(a), Date(b)) => a > day(b),
+            (a, b) => match (a.exact(), b.exact()) {
+                (Some((x, s)), Some((y, t))) => match (rescale(x, t), rescale(y, s)) {
+                    (Some(x), Some(y)) => x > y,
+                    _ => a.float()? > b.float()?,
+                },
+                _ => a.float()? > b.float()?,
+            },
+        })
+    }
+
+    /// An integer or decimal as (unscaled, scale).
+    fn exact(&self) -> Option<(i128, i8)> {
+        match *self {
+            Canon::Int(x) => Some((x as i128, 0)),
+            Canon::Dec(x, s) => Some((x, s)),
+            _ => None,
+        }
+    }
+
+    fn float(&self) -> Option<f64> {
+        match *self {
+            Canon::Int(x) => Some(x as f64),
+            Canon::Float(x) => Some(f64::from_bits(x)),
+            Canon::Dec(x, s) => Some(x as f64 / 10f64.powi(s as i32)),
+            _ => None,
+        }
+    }
+}
+
+/// `x` times 10^`by` (bringing two decimals to one scale), `None` on overflow.
+fn rescale(x: i128, by: i8) -> Option<i128> {
+    10i128.checked_pow(by.max(0) as u32)?.checked_mul(x)
+}
+
+fn put(b: &mut [u8; 18], tag: u8, v: &[u8]) -> usize {
+    b[0] = tag;
+    b[1..=v.len()].copy_from_slice(v);
+    v.len() + 1
 }
 
 const ISO_MS: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";

@@ -265,6 +265,8 @@ pub struct Check {
     pub reason: String,
     /// Human label naming rule and columns, e.g. `regex(quantity)`; never a value.
     pub label: String,
+    /// Where the check is written in the spec (line, column).
+    pub at: (u64, u64),
 }
 
 #[derive(Debug, Clone)]
@@ -1886,6 +1888,7 @@ fn compile_check(
         rule,
         reason,
         label: format!("{kind_name}({cols})"),
+        at: (at.line, at.column),
     }))
 }
 

@@ -300,7 +300,8 @@ pub enum CheckKind {
     /// The value of `columns` (or `column`) was not seen in an earlier record of the run that
     /// passed every check before this one. The first occurrence is kept.
     Unique,
-    /// `column` is one of `values` (exact, case-sensitive).
+    /// `column` is one of `values` (exact, case-sensitive; a typed column's values compare
+    /// as values of its type: `01` is in `["1"]` for an `int64`).
     InSet,
     /// `column` parses as a number in [`min`, `max`].
     Between,
