@@ -265,6 +265,22 @@ fn found_rows(
     Ok(())
 }
 
+/// `--where` names a column the sink does not have: say which it has, and that a row
+/// without an identifying column is named by its lineage id.
+fn no_such_column(col: &str, schema: &arrow::datatypes::Schema) -> anyhow::Error {
+    let names: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .filter(|n| *n != ID_COLUMN)
+        .map(|n| format!("`{n}`"))
+        .collect();
+    anyhow!(
+        "the sink has no column `{col}`; its columns are {}. Pick one for --where, or name the row by its lineage id with --id (its `{ID_COLUMN}`, which `lineage --id` and the source's other sinks show)",
+        names.join(", ")
+    )
+}
+
 /// Reads the table `files` make up and returns the rows `want` selects.
 fn find_rows(files: &[PathBuf], sel: &RowSelector) -> Result<Vec<FoundRow>> {
     let cond = sel.where_.as_deref().map(parse_where).transpose()?;
@@ -274,9 +290,11 @@ fn find_rows(files: &[PathBuf], sel: &RowSelector) -> Result<Vec<FoundRow>> {
             .with_context(|| format!("reading {}", f.display()))?
         {
             let col = match &cond {
-                Some((c, _)) => Some(b.schema().index_of(c).map_err(|_| {
-                    anyhow!("the sink has no column `{c}`; pick one of its columns for --where")
-                })?),
+                Some((c, _)) => Some(
+                    b.schema()
+                        .index_of(c)
+                        .map_err(|_| no_such_column(c, &b.schema()))?,
+                ),
                 None => None,
             };
             let what = f.display().to_string();
@@ -304,7 +322,7 @@ async fn find_pg_rows(t: &mut PgTable, sel: &RowSelector) -> Result<Vec<FoundRow
         (None, None) => bail!("name the row with --id or --where"),
     };
     if t.schema().index_of(&col).is_err() {
-        bail!("the sink has no column `{col}`; pick one of its columns for --where");
+        return Err(no_such_column(&col, &t.schema()));
     }
     let b = t.rows_where(&col, &value).await?;
     let mut out = Vec::new();
@@ -2238,13 +2256,9 @@ pub async fn lineage(
                 k.audience.name(),
                 chain_of(&p, k).join(" -> ")
             );
-            outln!(
-                "  {:<22} {:<22} {:<12} {:<14} path",
-                "column",
-                "from",
-                "delivered",
-                "protection"
-            );
+            let mut t =
+                crate::table::Table::new(&["column", "from", "delivered", "protection", "path"])
+                    .indent("  ");
             for f in schema.fields() {
                 let from = sealtrail_engine::trace_all(
                     &k.root_source,
@@ -2259,19 +2273,19 @@ pub async fn lineage(
                     } else {
                         "(constant)"
                     };
-                    outln!("  {:<22} {what}", f.name());
+                    t.row(vec![f.name().clone(), what.into()]);
                 }
                 for (path, st) in from {
-                    outln!(
-                        "  {:<22} {:<22} {:<12} {:<14} {}",
-                        f.name(),
+                    t.row(vec![
+                        f.name().clone(),
                         format!("{}.{}", k.root_source, st.origin),
                         st.tag.to_string(),
-                        st.protected_by.unwrap_or("raw"),
-                        path.join(" -> ")
-                    );
+                        st.protected_by.unwrap_or("raw").to_string(),
+                        path.join(" -> "),
+                    ]);
                 }
             }
+            t.print();
         }
         return Ok(0);
     };

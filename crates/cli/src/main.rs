@@ -20,6 +20,7 @@ mod protect_cmd;
 mod reencrypt_cmd;
 mod retire_cmd;
 mod synth;
+mod table;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -661,30 +662,30 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 outln!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            outln!(
-                "{:<38} {:<12} {:<10} {:>10} {:>10} {:>11}  started",
+            let mut t = table::Table::new(&[
                 "run",
                 "pipeline",
                 "status",
-                "rows in",
-                "loaded",
-                "quarantined"
-            );
+                ">rows in",
+                ">loaded",
+                ">quarantined",
+                "started",
+            ]);
             for r in runs {
-                outln!(
-                    "{:<38} {:<12} {:<10} {:>10} {:>10} {:>11}  {}",
-                    r.run_id,
-                    r.pipeline,
-                    r.status,
-                    r.counts.rows_in,
-                    r.counts.rows_loaded,
-                    r.counts.rows_quarantined,
-                    r.started_at
+                t.row_with(
+                    vec![
+                        r.run_id,
+                        r.pipeline,
+                        r.status.to_string(),
+                        r.counts.rows_in.to_string(),
+                        r.counts.rows_loaded.to_string(),
+                        r.counts.rows_quarantined.to_string(),
+                        r.started_at.to_string(),
+                    ],
+                    r.error.map(|e| format!("    error: {e}")),
                 );
-                if let Some(e) = r.error {
-                    outln!("    error: {e}");
-                }
             }
+            t.print();
             Ok(())
         }
         Cmd::Bench(args) => bench::run(args).await,
@@ -750,27 +751,21 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                     p.name
                 );
             }
-            outln!(
-                "{:<12} {:<20} {:<12} {:<15} {:>5}  {:<38} evidence",
-                "source",
-                "column",
-                "tag",
-                "kind",
-                "conf",
-                "run"
-            );
+            let mut t = table::Table::new(&[
+                "source", "column", "tag", "kind", ">conf", "run", "evidence",
+            ]);
             for r in rows {
-                outln!(
-                    "{:<12} {:<20} {:<12} {:<15} {:>5.2}  {:<38} {}",
+                t.row(vec![
                     r.source,
                     r.column,
-                    r.tag,
-                    r.kind.as_deref().unwrap_or("-"),
-                    r.confidence,
+                    r.tag.to_string(),
+                    r.kind.unwrap_or_else(|| "-".into()),
+                    format!("{:.2}", r.confidence),
                     r.run_id,
-                    r.evidence
-                );
+                    r.evidence,
+                ]);
             }
+            t.print();
             Ok(())
         }
         Cmd::Keys { home, ledger, cmd } => exit_with(protect_cmd::keys(home, &ledger, cmd).await?),

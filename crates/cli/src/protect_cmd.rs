@@ -170,13 +170,6 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
     let mut ring = open_keyring(home, false)?;
     match cmd {
         KeysCmd::List => {
-            outln!(
-                "{:<24} {:<8} {:>6}  {:<12} retired",
-                "key",
-                "purpose",
-                "active",
-                "versions"
-            );
             let list = |v: &[u32]| {
                 let v: Vec<String> = v.iter().map(u32::to_string).collect();
                 if v.is_empty() {
@@ -185,16 +178,18 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
                     v.join(",")
                 }
             };
+            let mut t =
+                crate::table::Table::new(&["key", "purpose", ">active", "versions", "retired"]);
             for k in ring.list() {
-                outln!(
-                    "{:<24} {:<8} {:>6}  {:<12} {}",
-                    k.name,
-                    k.purpose.name(),
-                    k.active,
+                t.row(vec![
+                    k.name.to_string(),
+                    k.purpose.name().to_string(),
+                    k.active.to_string(),
                     list(&k.versions),
-                    list(&k.retired)
-                );
+                    list(&k.retired),
+                ]);
             }
+            t.print();
             let (live, shredded) = ring.subject_counts();
             outln!("subject keys: {live} live, {shredded} shredded");
             outln!("master key: {}", ring.master().origin);
@@ -447,15 +442,9 @@ pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
     }
     // The guards of the sources that plan (one with a missing policy shows MISSING instead).
     let (planned, _) = sealtrail_engine::check_with(&p, &samples).await;
-    outln!(
-        "{:<12} {:<20} {:<12} {:<15} {:>5}  {:<22} evidence",
-        "source",
-        "column",
-        "tag",
-        "kind",
-        "conf",
-        "policy"
-    );
+    let mut t = crate::table::Table::new(&[
+        "source", "column", "tag", "kind", ">conf", "policy", "evidence",
+    ]);
     for s in &p.sources {
         let (classes, guards) = match planned.get(&s.name) {
             Some(pl) => (pl.classes.clone(), pl.guards.as_slice()),
@@ -508,18 +497,18 @@ pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
             if let Some(g) = guards.iter().find(|g| g.column == i) {
                 policy.push_str(&format!(" guard:{}", g.audience.name()));
             }
-            outln!(
-                "{:<12} {:<20} {:<12} {:<15} {:>5.2}  {:<22} {}",
-                s.name,
-                c.name,
-                k.tag,
+            t.row(vec![
+                s.name.clone(),
+                c.name.clone(),
+                k.tag.to_string(),
                 k.kind.map_or("-".to_string(), |k| k.to_string()),
-                k.confidence,
+                format!("{:.2}", k.confidence),
                 policy,
-                k.evidence
-            );
+                k.evidence.clone(),
+            ]);
         }
     }
+    t.print();
     Ok(())
 }
 
@@ -831,16 +820,11 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
         } => {
             let (rows, others, st) = records(run, state_url).await?;
             // The last column only when a state store can say which records were repaired.
-            outln!(
-                "{:<40} {:>10}  {:<22} {:<22} {:<24} {:<36}{}",
-                "input",
-                "position",
-                "reason",
-                "reasons",
-                "rules",
-                "run",
-                if st.is_some() { " repaired by" } else { "" }
-            );
+            let mut heads = vec!["input", ">position", "reason", "reasons", "rules", "run"];
+            if st.is_some() {
+                heads.push("repaired by");
+            }
+            let mut t = crate::table::Table::new(&heads);
             let mut repaired = 0;
             for q in rows.iter().take(limit) {
                 let mut by = Vec::new();
@@ -854,21 +838,23 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                     }
                 }
                 repaired += usize::from(!by.is_empty());
-                let rules = printable(q.rules.as_bytes(), encoding_rs::UTF_8);
-                let last = match (&st, by.is_empty()) {
-                    (None, _) => String::new(),
-                    (Some(_), true) => " -".to_string(),
-                    (Some(_), false) => format!(" replay run {}", by.join(", ")),
-                };
-                outln!(
-                    "{:<40} {:>10}  {:<22} {:<22} {rules:<24} {:<36}{last}",
+                let mut cells = vec![
                     printable(q.input.as_bytes(), encoding_rs::UTF_8),
                     position(q),
-                    q.reason,
-                    q.reasons,
-                    q.run_id,
-                );
+                    q.reason.clone(),
+                    q.reasons.clone(),
+                    printable(q.rules.as_bytes(), encoding_rs::UTF_8),
+                    q.run_id.clone(),
+                ];
+                if st.is_some() {
+                    cells.push(match by.is_empty() {
+                        true => "-".to_string(),
+                        false => format!("replay run {}", by.join(", ")),
+                    });
+                }
+                t.row(cells);
             }
+            t.print();
             let shown = rows.len().min(limit);
             outln!(
                 "{} quarantined record(s){}",
