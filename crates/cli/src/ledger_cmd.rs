@@ -812,7 +812,40 @@ fn describe(e: &Entry) -> String {
             &hex::encode(spec_sha256)[..16],
             &hex::encode(replay_spec_sha256)[..16]
         ),
-        other => format!("{other:?}"),
+        Event::DataAccess {
+            actor,
+            dataset,
+            purpose,
+            rows,
+        } => format!(
+            "{dataset}: {rows} item(s) read by actor {}, purpose {purpose:?}",
+            &hex::encode(actor)[..16]
+        ),
+        Event::SpecRegistered {
+            pipeline,
+            spec_sha256,
+        } => format!(
+            "pipeline {pipeline} spec {}",
+            &hex::encode(spec_sha256)[..16]
+        ),
+        Event::Approval {
+            pipeline,
+            spec_sha256,
+            approver,
+        } => format!(
+            "pipeline {pipeline} spec {} approved by {}",
+            &hex::encode(spec_sha256)[..16],
+            &hex::encode(approver)[..16]
+        ),
+        Event::Retention {
+            dataset,
+            action,
+            rows,
+        } => format!("{dataset}: {rows} row(s) {action}"),
+        Event::Erasure { subject, keys } => format!(
+            "subject {}: {keys} key(s) shredded",
+            &hex::encode(subject)[..16]
+        ),
     };
     format!("{:>8}  {t}  {:<19}  {body}", e.seq, e.event.name())
 }

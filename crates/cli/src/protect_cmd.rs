@@ -29,15 +29,38 @@ pub fn shared_keyring(home: &Path) -> Result<Arc<Mutex<Keyring>>> {
     Ok(Arc::new(Mutex::new(open_keyring(home, true)?)))
 }
 
-/// Who is acting: `--by`, else `$USER`. Recorded in the ledger as a SHA-256 (checkable by
-/// anyone who knows the name, without spelling names out in the ledger).
+/// Who is acting: `--by`, else `$USER` or `$LOGNAME`, else the account the process runs as
+/// (containers, cron and services often set neither variable; "unknown" told an auditor
+/// nothing). Recorded in the ledger as a SHA-256 (checkable by anyone who knows the name,
+/// without spelling names out in the ledger).
 pub(crate) fn actor(by: &Option<String>) -> (String, [u8; 32]) {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
     let name = by
         .clone()
-        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| env("USER"))
+        .or_else(|| env("LOGNAME"))
+        .or_else(os_account)
         .unwrap_or_else(|| "unknown".into());
     let h = <sha2::Sha256 as sha2::Digest>::digest(name.as_bytes());
     (name, h.into())
+}
+
+/// The name of the account the process runs as: the owner of `/proc/self` (Linux), named
+/// by `/etc/passwd`, else `uid N`.
+fn os_account() -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").ok()?.uid().to_string();
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let name = passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.splitn(4, ':').collect();
+            (f.len() == 4 && f[2] == uid).then(|| f[0].to_string())
+        });
+        Some(name.unwrap_or_else(|| format!("uid {uid}")))
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 pub(crate) fn record(home: &Path, la: &LedgerArgs, events: Vec<Event>) -> Result<()> {
@@ -83,7 +106,8 @@ pub enum KeysCmd {
     Rotate {
         /// The key's name (as `keys list` shows it, without `@version`).
         name: String,
-        /// Who is rotating (recorded in the ledger as a SHA-256 of the name; default `$USER`).
+        /// Who is rotating (recorded in the ledger as a SHA-256 of the name; default `$USER`,
+        /// `$LOGNAME` or the account the process runs as).
         #[arg(long)]
         by: Option<String>,
     },
@@ -105,7 +129,7 @@ pub enum KeysCmd {
         #[arg(long)]
         to: String,
         /// Who is re-wrapping (recorded in the ledger as a SHA-256 of the name; default
-        /// `$USER`).
+        /// `$USER`, `$LOGNAME` or the account the process runs as).
         #[arg(long)]
         by: Option<String>,
         /// Run state store whose pipelines' run locks are held meanwhile: `sqlite://PATH`
@@ -134,7 +158,8 @@ pub enum KeysCmd {
         /// under it (exit 3): nothing is destroyed or recorded.
         #[arg(long)]
         check: bool,
-        /// Who is retiring (recorded in the ledger as a SHA-256 of the name; default `$USER`).
+        /// Who is retiring (recorded in the ledger as a SHA-256 of the name; default `$USER`,
+        /// `$LOGNAME` or the account the process runs as).
         #[arg(long)]
         by: Option<String>,
         /// Run state store of the specs' pipelines, whose run locks are held meanwhile (no
@@ -147,7 +172,8 @@ pub enum KeysCmd {
     Shred {
         /// The subject's id, as it appears in the policy's `subject:` column.
         subject: String,
-        /// Who is shredding (recorded in the ledger as a SHA-256 of the name; default `$USER`).
+        /// Who is shredding (recorded in the ledger as a SHA-256 of the name; default `$USER`,
+        /// `$LOGNAME` or the account the process runs as).
         #[arg(long)]
         by: Option<String>,
     },
@@ -302,7 +328,7 @@ pub struct DecryptArgs {
     /// Why (recorded in the ledger).
     #[arg(long)]
     reason: String,
-    /// Who is decrypting (default `$USER`).
+    /// Who is decrypting (default `$USER`, `$LOGNAME` or the account the process runs as).
     #[arg(long)]
     by: Option<String>,
     /// For `format: bare` ciphertexts, which carry no key id: the key as `env:NAME` or
@@ -559,7 +585,8 @@ pub enum QuarantineCmd {
         /// Why (recorded in the ledger).
         #[arg(long)]
         reason: String,
-        /// Who is looking (recorded in the ledger as a SHA-256 of the name; default `$USER`).
+        /// Who is looking (recorded in the ledger as a SHA-256 of the name; default `$USER`,
+        /// `$LOGNAME` or the account the process runs as).
         #[arg(long)]
         by: Option<String>,
         /// Write the raw records to this file (one per line, mode 0600) for repair, instead

@@ -49,7 +49,8 @@ pub struct ReencryptArgs {
     /// makes and the transforms pass on under its name).
     #[arg(long, num_args = 1..)]
     pub column: Vec<String>,
-    /// Who is re-encrypting (recorded in the ledger as a SHA-256 of the name; default `$USER`).
+    /// Who is re-encrypting (recorded in the ledger as a SHA-256 of the name; default `$USER`,
+    /// `$LOGNAME` or the account the process runs as).
     #[arg(long)]
     pub by: Option<String>,
     /// Run state store, where the batches' custody records are: `sqlite://PATH` (default

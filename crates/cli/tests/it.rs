@@ -4578,6 +4578,39 @@ for x in r: print(x['customer_id'], x['email_enc'], x['name_enc'])
         assert!(String::from_utf8_lossy(&out.stderr).contains("shredded"));
     }
     assert!(dec(b[1]).status.success(), "another subject is untouched");
+    // Without --by, $USER or $LOGNAME (cron, containers), the act is the process's account's.
+    let account = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    let account = String::from_utf8_lossy(&account.stdout).trim().to_string();
+    let out = bin()
+        .args(["decrypt", "--reason", "no name set", "--home"])
+        .arg(&home)
+        .arg(b[1])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "data_access", "--home"])
+            .arg(&home),
+    );
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(account.as_bytes()));
+    assert!(
+        !account.is_empty()
+            && shown.contains(&format!(
+                "1 item(s) read by actor {}, purpose \"no name set\"",
+                &digest[..16]
+            )),
+        "the decryption by {account} ({digest}) is recorded:\n{shown}"
+    );
     // A new run never re-creates the shredded subject's key: its values are written as null.
     let v = run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
     assert!(v.starts_with("verified:"), "{v}");
