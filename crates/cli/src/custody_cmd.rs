@@ -394,24 +394,33 @@ fn damaged(r: &CustodyRef) -> anyhow::Error {
 /// The committed batches that read record `id`, newest first; only those of `run` when given.
 async fn batches_reading(
     st: &StateStore,
-    pipeline: &str,
+    p: &Pipeline,
     id: &str,
     run: Option<&str>,
 ) -> Result<Vec<CustodyRef>> {
-    let (source, key, pos) = custody::parse_id(id)
-        .ok_or_else(|| anyhow!("`{id}` is not a lineage id (source:input:position)"))?;
-    let mut refs = st
-        .custody_index(pipeline, Some((source, key, pos.parse().ok())))
-        .await?;
+    let mut refs = st.custody_index(&p.name, Some(index_of(p, id)?)).await?;
     if let Some(run) = run {
         refs.retain(|r| r.run_id == run);
     }
     Ok(refs)
 }
 
+/// What narrows the search for record `id`'s batches: its source, its input, and its
+/// position when it is one (a line or row number, which each batch's custody index spans). The
+/// last part of a PostgreSQL record's id is its key, which says nothing of its batch (an id
+/// `:4` is the row keyed 4, wherever the read put it): no position then.
+fn index_of<'a>(p: &Pipeline, id: &'a str) -> Result<(&'a str, &'a str, Option<u64>)> {
+    let (source, key, pos) = custody::parse_id(id)
+        .ok_or_else(|| anyhow!("`{id}` is not a lineage id (source:input:position)"))?;
+    let keyed = p.sources.iter().any(|s| {
+        s.name == source && matches!(s.connector, sealtrail_spec::SourceConnector::Postgres(_))
+    });
+    Ok((source, key, pos.parse().ok().filter(|_| !keyed)))
+}
+
 async fn locate(
     st: &StateStore,
-    pipeline: &str,
+    p: &Pipeline,
     sink: &str,
     id: &str,
     members: &[String],
@@ -421,7 +430,8 @@ async fn locate(
         .first()
         .ok_or_else(|| anyhow!("the row has no `{}`", custody::ID_COLUMN))?;
     let grouped = id != first;
-    let refs = batches_reading(st, pipeline, first, run).await?;
+    let pipeline = p.name.as_str();
+    let refs = batches_reading(st, p, first, run).await?;
     for r in refs {
         let record = st.custody(&r).await?;
         let c = CustodyView::parse(&record).ok_or_else(|| damaged(&r))?;
@@ -608,7 +618,7 @@ pub async fn prove(
     let mut fast = None;
     let early = match &sel.id {
         Some(id) if !id.starts_with(GROUP_ID_PREFIX) => {
-            let refs = batches_reading(&st, &p.name, id, run).await?;
+            let refs = batches_reading(&st, &p, id, run).await?;
             let runs: BTreeSet<&str> = refs.iter().map(|r| r.run_id.as_str()).collect();
             if run.is_none() && runs.len() > 1 {
                 eprintln!(
@@ -621,7 +631,7 @@ pub async fn prove(
             if fast.is_some() {
                 None
             } else {
-                Some(locate(&st, &p.name, sink, id, std::slice::from_ref(id), run).await?)
+                Some(locate(&st, &p, sink, id, std::slice::from_ref(id), run).await?)
             }
         }
         _ => None,
@@ -788,7 +798,7 @@ pub async fn prove(
         None => {
             let loc = match early {
                 Some(loc) => loc,
-                None => locate(&st, &p.name, sink, &row.id, &row.members, run).await?,
+                None => locate(&st, &p, sink, &row.id, &row.members, run).await?,
             };
             let revised = st.revisions(&loc.at).await?;
             let parts = full_parts(&loc)?;
@@ -2292,11 +2302,7 @@ pub async fn lineage(
 
     let home = state.home(Some(spec));
     let st = crate::open_state_to_read(&state.url(&home)).await?;
-    let (source, key, pos) = custody::parse_id(id)
-        .ok_or_else(|| anyhow!("`{id}` is not a lineage id (source:input:position)"))?;
-    let refs = st
-        .custody_index(&p.name, Some((source, key, pos.parse().ok())))
-        .await?;
+    let refs = st.custody_index(&p.name, Some(index_of(&p, id)?)).await?;
     let verifier = load_verifier(&home, None).ok();
     let ledger = state.ledger.readable(&home).ok();
     let mut found = 0;

@@ -44,6 +44,10 @@ pub struct PgInput {
     pub upto: Option<String>,
     /// The cursor column's PostgreSQL type, to compare the bounds as values, not text.
     pub cursor_type: Option<String>,
+    /// Without a `key` in the spec: the table's primary key, when it is one declared column
+    /// (found when the run was planned, so a resumed run keys and orders its rows the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_key: Option<String>,
 }
 
 impl PgInput {
@@ -155,11 +159,18 @@ pub async fn plan_input(source: &Source, pg: &PgSource, last: Option<PgInput>) -
     let (rel, what) = relation(source, pg);
     let mut conn = connect(&pg.url, &what).await?;
     check_columns(&mut conn, source, &rel, &what).await?;
+    let primary_key = match (&pg.key, &pg.from) {
+        (None, PgFrom::Table(t)) => primary_key(&mut conn, t)
+            .await
+            .filter(|k| source.column_index(k).is_some()),
+        _ => None,
+    };
     let mut input = PgInput {
         what: what.clone(),
         after: None,
         upto: None,
         cursor_type: None,
+        primary_key,
     };
     if let Some(c) = &pg.cursor {
         let sql = format!(
@@ -180,6 +191,23 @@ pub async fn plan_input(source: &Source, pg: &PgSource, last: Option<PgInput>) -
     }
     let _ = conn.close().await;
     Ok(input)
+}
+
+/// The column of `table`'s primary key, when it has one of one column. A lookup that fails
+/// (no such catalog entry, no right to read it) is no primary key: the read then orders by
+/// every column.
+async fn primary_key(conn: &mut PgConnection, table: &str) -> Option<String> {
+    let cols: Vec<String> = sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass($1) AND i.indisprimary",
+    )
+    .bind(quote_table(table))
+    .fetch_all(conn)
+    .await
+    .ok()?;
+    match cols.as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
 }
 
 async fn check_columns(
@@ -263,6 +291,7 @@ impl PgReader {
         let key_col = pg
             .key
             .as_deref()
+            .or(input.primary_key.as_deref())
             .or(pg.cursor.as_deref())
             .and_then(|k| source.column_index(k));
         Ok(Self {
@@ -320,18 +349,20 @@ impl PgReader {
 
     fn select_sql(&self) -> String {
         let mut sql = self.select_unordered();
-        // A deterministic order, so a resumed run cuts the same batches.
+        // A total order, so a resumed run cuts the same batches: by cursor, then key (the
+        // spec's, else the table's primary key). Without a key, rows that share a cursor value
+        // would come in any order (a resumed run could load one twice and another never), so
+        // every column orders them then (rows alike in every column are interchangeable).
+        let key = self.pg.key.as_ref().or(self.input.primary_key.as_ref());
         let mut order: Vec<String> = Vec::new();
-        for c in [&self.pg.cursor, &self.pg.key].into_iter().flatten() {
+        for c in [self.pg.cursor.as_ref(), key].into_iter().flatten() {
             let q = format!("q.{}", quote_ident(c));
             if !order.contains(&q) {
                 order.push(q);
             }
         }
-        if order.is_empty() {
-            order = (1..=self.source.columns.len())
-                .map(|i| i.to_string())
-                .collect();
+        if key.is_none() {
+            order.extend((1..=self.source.columns.len()).map(|i| i.to_string()));
         }
         let _ = write!(sql, " ORDER BY {}", order.join(", "));
         sql

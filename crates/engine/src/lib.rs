@@ -208,6 +208,12 @@ pub fn notes(p: &Pipeline, planned: &HashMap<String, Planned>) -> Vec<String> {
                 "source `{}` reads the rows whose `{c}` is above the last run's maximum: a row that commits later with a `{c}` at or below it (the same value, or one set by a transaction that committed after the run) is never read; fill `{c}` in commit order (docs/spec.md, PostgreSQL)",
                 s.name
             ));
+            if pg.key.is_none() {
+                out.push(format!(
+                    "source `{}` has no `key`: its records' lineage ids are the table's primary key when that is one declared column, else their `{c}` values, which rows may share (`prove --id` and `lineage --id` cannot tell such rows apart); set `key:` to a unique column",
+                    s.name
+                ));
+            }
         }
     }
     out
