@@ -94,10 +94,13 @@ pub fn first_difference(committed: &CustodyView<'_>, reread: &[(String, Hash)]) 
 
 /// Where a record is, for a message: `position 17` (a line or row number), or `a keyed
 /// record` for a record identified by its key (key values may be personal data, and messages
-/// go to logs and the ledger).
-pub fn describe_position(id: &str) -> String {
+/// go to logs and the ledger). `keyed`: the record's source keys its ids (PostgreSQL), whose
+/// keys may be numbers too (a numeric customer id is no position).
+pub fn describe_position(id: &str, keyed: bool) -> String {
     match parse_id(id) {
-        Some((_, _, pos)) if pos.bytes().all(|b| b.is_ascii_digit()) => format!("position {pos}"),
+        Some((_, _, pos)) if !keyed && pos.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("position {pos}")
+        }
         Some(_) => "a keyed record".to_string(),
         None => "a record without a lineage id".to_string(),
     }
@@ -2142,11 +2145,21 @@ mod tests {
         assert_eq!(first_difference(&view, &longer), Some(50));
         assert_eq!(first_difference(&view, &[]), Some(0));
         // Messages name positions, never key values (they may be personal data).
-        assert_eq!(describe_position("t:0123456789ab:17"), "position 17");
-        assert_eq!(describe_position("t:0123456789ab:C-1042"), "a keyed record");
-        assert_eq!(describe_position("t:0123456789ab:#5"), "a keyed record");
+        assert_eq!(describe_position("t:0123456789ab:17", false), "position 17");
         assert_eq!(
-            describe_position("nonsense"),
+            describe_position("t:0123456789ab:17", true),
+            "a keyed record"
+        );
+        assert_eq!(
+            describe_position("t:0123456789ab:C-1042", true),
+            "a keyed record"
+        );
+        assert_eq!(
+            describe_position("t:0123456789ab:#5", true),
+            "a keyed record"
+        );
+        assert_eq!(
+            describe_position("nonsense", false),
             "a record without a lineage id"
         );
     }

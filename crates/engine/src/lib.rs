@@ -708,6 +708,7 @@ async fn same_records_as_committed(
     st: &StateStore,
     run_id: &RunId,
     source: &str,
+    keyed: bool,
     batch_no: u64,
     reread: &InputCustody,
 ) -> Result<()> {
@@ -739,7 +740,10 @@ async fn same_records_as_committed(
             "batch {batch_no} of `{source}` was read again on resume and differs from what the run committed, from its record {} of {} on ({} of {}); the input changed since the run started. Restore the input as it was, or pass --abandon-unfinished to give the run up (its committed batches stay loaded)",
             i + 1,
             committed.inputs(),
-            custody::describe_position(records.get(i).map_or(committed.input(i).0, |r| &r.0)),
+            custody::describe_position(
+                records.get(i).map_or(committed.input(i).0, |r| &r.0),
+                keyed
+            ),
             reread.input,
         ))),
     }
@@ -1663,7 +1667,11 @@ async fn commit_one(
                 ),
             });
         }
-        return same_records_as_committed(st, run_id, source, batch_no, &prepared.custody).await;
+        let keyed = p.sources.iter().any(|s| {
+            s.name == source && matches!(s.connector, sealtrail_spec::SourceConnector::Postgres(_))
+        });
+        return same_records_as_committed(st, run_id, source, keyed, batch_no, &prepared.custody)
+            .await;
     }
     let key = CommitKey {
         pipeline: p.name.clone(),
