@@ -1002,7 +1002,7 @@ async fn link_repairs(
     Ok(Some(pairs.len()))
 }
 
-/// How `check`, `run` and `runs` print what they found or did.
+/// How `check`, `run`, `runs` and `quarantine list` print what they found or did.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {
     /// Lines for people (`check`: `file:line:column: message` and a hint).

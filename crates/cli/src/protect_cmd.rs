@@ -553,6 +553,13 @@ pub enum QuarantineCmd {
         /// start of it).
         #[arg(long)]
         run: Option<String>,
+        /// `text`, or `json`: one object on standard output: `total` (records quarantined),
+        /// `records` (at most `--limit`: `input`, `source`, `line`, `row`, `key`, `reason`,
+        /// `reasons`, `rules`, `run_id`, `repaired_by`: the replay runs that repaired the
+        /// record, or null without a state store) and `left_out` (records of other pipelines
+        /// sharing the quarantine, by pipeline).
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::Format,
         /// Run state store that knows which records were repaired and replayed, and which
         /// pipeline each run was: `sqlite://PATH` (default `<home>/state.db`, when it exists)
         /// or `postgres://...`.
@@ -803,8 +810,14 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             path.display()
         );
         match cmd {
-            QuarantineCmd::List { .. } => {
-                outln!("0 quarantined record(s) ({none})");
+            QuarantineCmd::List { format, .. } => {
+                match format {
+                    crate::Format::Json => outln!(
+                        "{}",
+                        serde_json::json!({"total": 0, "records": [], "left_out": {}})
+                    ),
+                    crate::Format::Text => outln!("0 quarantined record(s) ({none})"),
+                }
                 return Ok(());
             }
             _ => bail!("{none}"),
@@ -843,9 +856,12 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             limit,
             run,
             state_url,
+            format,
             ..
         } => {
             let (rows, others, st) = records(run, state_url).await?;
+            let json = format == crate::Format::Json;
+            let mut listed = Vec::new();
             // The last column only when a state store can say which records were repaired.
             let mut heads = vec!["input", ">position", "reason", "reasons", "rules", "run"];
             if st.is_some() {
@@ -865,6 +881,21 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                     }
                 }
                 repaired += usize::from(!by.is_empty());
+                if json {
+                    listed.push(serde_json::json!({
+                        "input": printable(q.input.as_bytes(), encoding_rs::UTF_8),
+                        "source": q.source,
+                        "line": q.line,
+                        "row": q.row,
+                        "key": q.key.as_deref().map(|k| printable(k.as_bytes(), encoding_rs::UTF_8)),
+                        "reason": q.reason,
+                        "reasons": q.reasons.split(';').filter(|r| !r.is_empty()).collect::<Vec<_>>(),
+                        "rules": printable(q.rules.as_bytes(), encoding_rs::UTF_8).split(';').filter(|r| !r.is_empty()).collect::<Vec<_>>(),
+                        "run_id": q.run_id,
+                        "repaired_by": st.as_ref().map(|_| by.clone()),
+                    }));
+                    continue;
+                }
                 let mut cells = vec![
                     printable(q.input.as_bytes(), encoding_rs::UTF_8),
                     position(q),
@@ -881,8 +912,19 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                 }
                 t.row(cells);
             }
-            t.print();
             let shown = rows.len().min(limit);
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "total": rows.len(),
+                        "records": listed,
+                        "left_out": others,
+                    }))?
+                );
+                return Ok(());
+            }
+            t.print();
             outln!(
                 "{} quarantined record(s){}",
                 rows.len(),

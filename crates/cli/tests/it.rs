@@ -3155,6 +3155,31 @@ fn pipelines_sharing_a_quarantine_list_their_own_records() {
     let (all, out) = list(&dir.path().join("out/q"), None);
     assert_eq!(all.len(), 3, "{out}");
     assert!(!out.contains("left out"), "{out}");
+    // The same for scripts: JSON.
+    let doc = run_ok(
+        bin()
+            .args(["quarantine", "list", "--format", "json"])
+            .arg(spec("b")),
+    );
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["total"], 2, "{doc:#}");
+    assert_eq!(doc["left_out"]["sharedq_a"], 1, "{doc:#}");
+    let records = doc["records"].as_array().unwrap();
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| r["line"].as_i64())
+            .collect::<Vec<_>>(),
+        [Some(3), Some(4)],
+        "{doc:#}"
+    );
+    assert_eq!(records[0]["reasons"][0], "invalid_type", "{doc:#}");
+    assert_eq!(records[0]["rules"][0], "type(id)", "{doc:#}");
+    assert!(
+        records[0]["run_id"].as_str().unwrap().len() == 36,
+        "{doc:#}"
+    );
+    assert_eq!(records[0]["repaired_by"], serde_json::json!([]), "{doc:#}");
     let show = |n: &str, run: Option<&str>| {
         let mut c = bin();
         c.args(["quarantine", "show"])
