@@ -366,7 +366,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             E::Spec(_) | E::UnfinishedRun { .. } => exit::USER,
             E::Integrity { .. } => exit::INTEGRITY,
             E::Internal(_) | E::StageStopped { .. } => exit::INTERNAL,
-            E::Stopped { signal, .. } => match signal.as_str() {
+            E::Stopped { signal, .. } | E::NotStarted { signal, .. } => match signal.as_str() {
                 "SIGINT" => exit::SIGINT,
                 _ => exit::SIGTERM,
             },
@@ -1197,7 +1197,11 @@ async fn run_pipeline(
     if let Err(e) = &r
         && !matches!(
             e,
-            E::Spec(_) | E::UnfinishedRun { .. } | E::Busy { .. } | E::Stopped { .. }
+            E::Spec(_)
+                | E::UnfinishedRun { .. }
+                | E::Busy { .. }
+                | E::Stopped { .. }
+                | E::NotStarted { .. }
         )
     {
         note_stopped_run(p, state_url).await;

@@ -3420,6 +3420,106 @@ fn a_table_read_again_by_a_source_without_a_cursor_is_pointed_out() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// SIGTERM while a run is being prepared stops it before anything loads: before the run is
+/// recorded (here while a PostgreSQL source's range is found), or, once it is recorded, before
+/// its first source starts (here while the source is sampled), leaving a failed run that the
+/// next `run` resumes. (A signal during preparation used to be acted on only after the first
+/// batch was committed.)
+#[test]
+fn a_signal_while_a_run_is_prepared_stops_it_before_anything_loads() {
+    let ns = format!("st_prep_{}", std::process::id());
+    let nap = format!("{ns}_nap");
+    let spec_with = |cursor: &str| {
+        format!(
+            "sources:\n  s:\n    postgres: {{ url: env:ST_TEST_PG_URL, query: \"SELECT s.id, s.at FROM {ns}.src s, pg_sleep(2) AS {nap}\", key: id{cursor} }}\n    columns: [{{ name: id, type: int64 }}, {{ name: at, type: timestamp }}]\nsinks:\n  t: {{ from: s, audience: internal, parquet: {{ path: out/t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        )
+    };
+    let (dir, spec) = pg_project(&ns, &[], &spec_with(", cursor: at"));
+    pg(&format!(
+        "CREATE TABLE {ns}.src (id bigint PRIMARY KEY, at timestamptz NOT NULL);\n\
+         INSERT INTO {ns}.src SELECT g, '2026-01-01T00:00:00Z'::timestamptz + g * interval '1 second' FROM generate_series(1, 3) g"
+    ));
+    // Runs the spec and sends SIGTERM once its query sleeps in the database.
+    let interrupted = || {
+        let child = bin()
+            .arg("run")
+            .arg(&spec)
+            .env("ST_TEST_PG_URL", pg_url())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while pg_one(&format!(
+            "SELECT count(*)::text FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() AND query LIKE '%{nap}%'"
+        )) == "0"
+        {
+            assert!(start.elapsed().as_secs() < 60, "the run never queried");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let term = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(term.success());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let runs = || -> serde_json::Value {
+        serde_json::from_str(&run_ok(
+            bin()
+                .args(["runs", "--format", "json", "--home"])
+                .arg(dir.path().join(".sealtrail")),
+        ))
+        .unwrap()
+    };
+    // The range of an incremental source is being found: no run is recorded.
+    let (code, err) = interrupted();
+    assert_eq!(code, Some(143), "{err}");
+    assert!(
+        err.contains(
+            "stopped on SIGTERM before its run started: nothing was loaded, written or recorded"
+        ),
+        "{err}"
+    );
+    assert_eq!(runs(), serde_json::json!([]));
+    // The source is being sampled: the run is recorded, and stops before the source starts.
+    std::fs::write(
+        &spec,
+        format!("version: 1\npipeline: {ns}\n{}", spec_with("")),
+    )
+    .unwrap();
+    let (code, err) = interrupted();
+    assert_eq!(code, Some(143), "{err}");
+    assert!(
+        err.contains("stopped on SIGTERM after 0 committed batch(es) of source `s`"),
+        "{err}"
+    );
+    let listed = runs();
+    assert_eq!(listed[0]["status"], "failed", "{listed}");
+    assert_eq!(listed[0]["rows_in"], 0, "{listed}");
+    assert!(!dir.path().join("out/t").exists(), "nothing was written");
+    // The next run resumes it and loads every row.
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("ST_TEST_PG_URL", pg_url())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("(resumed)"), "{stdout}");
+    assert_eq!(counts(&stdout), (3, 3, 0));
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
 /// A PostgreSQL source with a `cursor` but no `key`: its records' lineage ids are the
 /// table's primary key (rows sharing a cursor value used to share an id, and were read in any
 /// order among themselves, so a resumed run could cut its batches otherwise); `check` notes

@@ -91,6 +91,18 @@ pub enum Error {
         source_name: String,
         batches: u64,
     },
+    /// The run was asked to stop ([`RunOptions::stop`]) while it was being prepared (inputs
+    /// chosen, a PostgreSQL source's range found), before it was recorded: nothing was read
+    /// into a sink, written or recorded.
+    #[error(
+        "pipeline `{pipeline}` stopped on {signal} before its run started: nothing was loaded, written or recorded{}",
+        if *.resumed { "; the unfinished run stays as it was, and `sealtrail run` resumes it" } else { "" }
+    )]
+    NotStarted {
+        signal: String,
+        pipeline: String,
+        resumed: bool,
+    },
     #[error("internal error (this is a bug): {0}")]
     Internal(String),
     /// A stage stopped on a panic (a bug; the panic hook reports where): the decode or
@@ -797,8 +809,19 @@ async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<Ru
         Some(u) => (Some(u.run_id), true),
         None => (None, false),
     };
+    // A signal while the run was being prepared (inputs hashed, a PostgreSQL range found):
+    // stop before anything is recorded.
+    let not_started = |resumed: bool| match opts.stop.as_ref().and_then(|s| s.get()) {
+        Some(signal) => Err(Error::NotStarted {
+            signal: signal.clone(),
+            pipeline: p.name.clone(),
+            resumed,
+        }),
+        None => Ok(()),
+    };
     let run_id = match run_id {
         Some(r) => {
+            not_started(true)?;
             st.mark_running(&r).await?;
             r
         }
@@ -807,6 +830,7 @@ async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<Ru
             // Every input must open (and CSV headers fit the columns) before anything loads.
             preflight(p, &inputs)?;
             distinct_pg_tables(p).await?;
+            not_started(false)?;
             let r = RunId::new();
             st.start_run(&r, &p.name, &p.spec_sha256, &inputs).await?;
             r
@@ -1152,6 +1176,17 @@ async fn run_inner(
         opened.insert(&source.name, sinks);
     }
     for source in &p.sources {
+        // A signal while the run was prepared (sources sampled, sinks opened) or while the
+        // source before this one loaded: stop before this one starts.
+        if let Some(signal) = opts.stop.as_ref().and_then(|s| s.get()) {
+            return Err(Error::Stopped {
+                signal: signal.clone(),
+                run_id: run_id.to_string(),
+                pipeline: p.name.clone(),
+                source_name: source.name.clone(),
+                batches: 0,
+            });
+        }
         let schema = sealtrail_quality::typed::source_schema(source);
         let Planned {
             classes,
