@@ -24,7 +24,7 @@ use sealtrail_ledger::merkle;
 use sealtrail_protect::keyring::{KeyBytes, Keyring, Purpose};
 use sealtrail_protect::ops::{Sealer, key_id_of};
 use sealtrail_spec::{Codec, Target};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Exit code when a file is not as delivered.
@@ -829,6 +829,11 @@ async fn quarantine(
     let mut log = None;
     let mut recorded_ids = BTreeSet::new();
     let (mut rewritten, mut values) = (0usize, 0u64);
+    // Runs the state store knows as another pipeline's (a quarantine folder may be shared, and
+    // the other pipeline's records may be sealed under another keyring): their records are
+    // left as they are, as `quarantine list` and `show` leave them out.
+    let mut others: BTreeMap<String, usize> = BTreeMap::new();
+    let mut owner_of: HashMap<String, Option<String>> = HashMap::new();
     for file in q.files().await? {
         q.fetch(&file).await?;
         let label = file.display().to_string();
@@ -837,7 +842,26 @@ async fn quarantine(
         let mut out = Vec::with_capacity(batches.len());
         let mut changed = 0u64;
         for b in batches {
-            let (b, n) = reencrypt_raw(&mut ring, b, &label, &mut old_ids)?;
+            let runs = b
+                .column_by_name("run_id")
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| anyhow!("{label} is not a sealtrail quarantine file (no `run_id`)"))?
+                .clone();
+            let mut foreign = vec![false; b.num_rows()];
+            for (r, f) in foreign.iter_mut().enumerate() {
+                let run = runs.value(r);
+                if !owner_of.contains_key(run) {
+                    owner_of.insert(run.to_string(), st.run_pipeline(run).await?);
+                }
+                if let Some(Some(owner)) = owner_of.get(run)
+                    && *owner != p.name
+                    && *owner != sealtrail_spec::replay_name(&p.name)
+                {
+                    *f = true;
+                    *others.entry(owner.clone()).or_default() += 1;
+                }
+            }
+            let (b, n) = reencrypt_raw(&mut ring, b, &label, &foreign, &mut old_ids)?;
             out.push(b);
             changed += n;
         }
@@ -868,6 +892,11 @@ async fn quarantine(
         outln!(
             "re-encrypted {values} quarantined record(s) in {rewritten} file(s) of {} under the active key (by {who}); each old key version retired has a `key_event` ledger entry",
             at(&p.quarantine)
+        );
+    }
+    for (owner, n) in &others {
+        outln!(
+            "left {n} record(s) quarantined by pipeline `{owner}`, which shares the quarantine, as they were: re-encrypt them with its spec"
         );
     }
     Ok(0)
@@ -1079,12 +1108,14 @@ fn relative(dir: &Path, f: &Path) -> Result<String> {
 }
 
 /// `b` (a quarantine batch) with each `raw` value sealed under a key version that is not its
-/// key's active one sealed again under the active one; with the number of values re-sealed.
-/// The old key ids go into `old_ids`.
+/// key's active one sealed again under the active one, but for the rows `foreign` marks
+/// (another pipeline's); with the number of values re-sealed. The old key ids go into
+/// `old_ids`.
 fn reencrypt_raw(
     ring: &mut Keyring,
     b: RecordBatch,
     f: &str,
+    foreign: &[bool],
     old_ids: &mut BTreeSet<String>,
 ) -> Result<(RecordBatch, u64)> {
     let i = b
@@ -1102,6 +1133,10 @@ fn reencrypt_raw(
             continue;
         }
         let v = a.value(r);
+        if foreign.get(r).copied().unwrap_or(false) {
+            nb.append_value(v);
+            continue;
+        }
         match active_if_older(ring, v)? {
             Some((id, new_id, new_key)) => {
                 let plain = zeroize::Zeroizing::new(

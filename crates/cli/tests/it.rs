@@ -3212,6 +3212,29 @@ fn pipelines_sharing_a_quarantine_list_their_own_records() {
     );
     assert_eq!(show("b", None).lines().count(), 2);
     assert_eq!(show("b", Some(&first)).lines().count(), 1);
+    // After a rotation, `keys reencrypt --quarantine` of a seals a's records again and leaves
+    // b's as they were (they may be under another keyring; b's spec re-encrypts them).
+    run_ok(
+        bin()
+            .args(["keys", "rotate", "quarantine", "--home"])
+            .arg(dir.path().join(".sealtrail")),
+    );
+    let out = run_ok(
+        bin()
+            .args(["keys", "reencrypt", "--quarantine"])
+            .arg(spec("a")),
+    );
+    assert!(
+        out.contains("re-encrypted 1 quarantined record(s)")
+            && out.contains("left 4 record(s) quarantined by pipeline `sharedq_b`, which shares the quarantine, as they were"),
+        "{out}"
+    );
+    let keys = py(&format!(
+        "import pyarrow.parquet as pq\nt = pq.read_table('{}/out/q').to_pylist()\nprint(' '.join(sorted(r['source'] + r['input'][-5:] + '=' + r['raw'][:17].decode() for r in t)))",
+        dir.path().display()
+    ));
+    assert_eq!(keys.matches("a.csv=st1:quarantine@2").count(), 1, "{keys}");
+    assert_eq!(keys.matches("b.csv=st1:quarantine@1").count(), 4, "{keys}");
 }
 
 /// Two pipelines loading one Parquet folder and one Delta table: each audit checks its own
