@@ -3563,7 +3563,7 @@ fn a_postgres_source_without_a_key_is_keyed_by_its_primary_key() {
     ));
     let checked = run_ok(bin().arg("check").arg(&spec));
     assert!(
-        checked.contains("source `s` has no `key`: its records' lineage ids are the table's primary key when that is one declared column, else their `at` values"),
+        checked.contains("source `s` has no `key`: its records' lineage ids are the table's primary key when that is one declared column that holds no personal or financial data, else their `at` values"),
         "{checked}"
     );
     let out = bin()
@@ -3610,6 +3610,47 @@ fn a_postgres_source_without_a_key_is_keyed_by_its_primary_key() {
             .env("ST_TEST_PG_URL", pg_url()),
     );
     assert!(traced.contains("-> sink t: row"), "{traced}");
+    // A key that is personal data would reach the sink in the ids, whatever protects its
+    // column: a primary key of email addresses is not used (the ids are cursor values), and
+    // `check` refuses it as `key`.
+    pg(&format!(
+        "CREATE TABLE {ns}.people (email text PRIMARY KEY, at timestamptz NOT NULL);\n\
+         INSERT INTO {ns}.people VALUES ('ann@example.com', '2026-01-01T00:00:00Z')"
+    ));
+    let people = |key: &str| {
+        format!(
+            "version: 1\npipeline: {ns}_people\nsources:\n  s:\n    postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.people, cursor: at{key} }}\n    columns: [{{ name: email }}, {{ name: at, type: timestamp }}]\n    protect:\n      - {{ column: email, action: token }}\nsinks:\n  t: {{ from: s, audience: analyst, parquet: {{ path: out/people }} }}\nquarantine:\n  parquet: {{ path: out/pq }}\n"
+        )
+    };
+    let spec = dir.path().join("people.yaml");
+    std::fs::write(&spec, people("")).unwrap();
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("ST_TEST_PG_URL", pg_url())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids = py(&format!(
+        "import pyarrow.parquet as pq\nprint(pq.read_table('{}/out/people').to_pylist())",
+        dir.path().display()
+    ));
+    assert!(
+        !ids.contains("ann@example.com") && ids.contains(":2026-01-01 00:00:00+00'"),
+        "{ids}"
+    );
+    std::fs::write(&spec, people(", key: email")).unwrap();
+    let out = bin().arg("check").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(2)
+            && err.contains("the `key` column `email` is classified pii (email); its values would reach every sink unprotected in the lineage ids"),
+        "{err}"
+    );
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 

@@ -222,7 +222,7 @@ pub fn notes(p: &Pipeline, planned: &HashMap<String, Planned>) -> Vec<String> {
             ));
             if pg.key.is_none() {
                 out.push(format!(
-                    "source `{}` has no `key`: its records' lineage ids are the table's primary key when that is one declared column, else their `{c}` values, which rows may share (`prove --id` and `lineage --id` cannot tell such rows apart); set `key:` to a unique column",
+                    "source `{}` has no `key`: its records' lineage ids are the table's primary key when that is one declared column that holds no personal or financial data, else their `{c}` values, which rows may share (`prove --id` and `lineage --id` cannot tell such rows apart); set `key:` to a unique column",
                     s.name
                 ));
             }
@@ -266,6 +266,9 @@ pub async fn check_with(
                 .map(|(at, message, hint)| diag(at, message, hint)),
         );
         let classes = protect::classify_source(s, samples.get(&s.name).map_or(&[], Vec::as_slice));
+        if let Some((message, hint)) = key_check(s, &classes) {
+            out.push(diag(s.at, message, hint));
+        }
         let res = match protect::resolve(s, &classes) {
             Ok(r) => r,
             Err(problems) => {
@@ -314,6 +317,51 @@ pub async fn check_with(
         }
     }
     (ok, out)
+}
+
+/// The columns of `source` whose names (or declared classes) say they hold sensitive data.
+fn sensitive_columns(source: &Source) -> Vec<String> {
+    protect::classify_source(source, &[])
+        .iter()
+        .zip(&source.columns)
+        .filter(|(k, _)| {
+            k.tag.is_sensitive() && k.confidence >= sealtrail_protect::detect::THRESHOLD
+        })
+        .map(|(_, c)| c.name.clone())
+        .collect()
+}
+
+/// A PostgreSQL source's lineage ids end in its key's values (`key`, else the cursor when the
+/// table has no usable primary key), and the ids reach every sink (`_sealtrail_id`), proof
+/// bundles and listings whatever protects the column itself: a key column classified as
+/// sensitive is refused.
+fn key_check(
+    source: &Source,
+    classes: &[sealtrail_protect::detect::Classification],
+) -> Option<(String, String)> {
+    let sealtrail_spec::SourceConnector::Postgres(pg) = &source.connector else {
+        return None;
+    };
+    let (what, col) = match (&pg.key, &pg.cursor) {
+        (Some(k), _) => ("`key`", k),
+        (None, Some(c)) => ("`cursor` (which keys the records without a `key`)", c),
+        (None, None) => return None,
+    };
+    let i = source.column_index(col)?;
+    let k = &classes[i];
+    if !k.tag.is_sensitive() || k.confidence < sealtrail_protect::detect::THRESHOLD {
+        return None;
+    }
+    let kind = k.kind.map_or(String::new(), |x| format!(" ({x})"));
+    Some((
+        format!(
+            "source `{}`: the {what} column `{col}` is classified {}{kind}; its values would reach every sink unprotected in the lineage ids (`{}`), whatever policy protects the column",
+            source.name,
+            k.tag,
+            custody::ID_COLUMN
+        ),
+        "key the records by a column that identifies a row without being personal or financial data (a surrogate id), or, if the column holds no such data, declare `class: none` on it".into(),
+    ))
 }
 
 /// The release check ("push, don't pull"): follow every sink column back through the SQL
@@ -601,7 +649,15 @@ async fn choose_inputs(
                         .and_then(|i| PgInput::decode(&i)),
                     None => None,
                 };
-                let input = plan_input(s, pg, last).await?;
+                let mut input = plan_input(s, pg, last).await?;
+                // A primary key that holds personal or financial data would reach every sink
+                // in the lineage ids: the ids fall back to the cursor then (`check` refuses a
+                // sensitive `key` or cursor).
+                if let Some(k) = &input.primary_key
+                    && sensitive_columns(s).contains(k)
+                {
+                    input.primary_key = None;
+                }
                 if pg.cursor.is_none() && st.last_loaded_input(&p.name, &s.name).await?.is_some() {
                     tracing::warn!(
                         source = %s.name,
