@@ -3651,6 +3651,34 @@ fn a_postgres_source_without_a_key_is_keyed_by_its_primary_key() {
             && err.contains("the `key` column `email` is classified pii (email); its values would reach every sink unprotected in the lineage ids"),
         "{err}"
     );
+    // A primary key whose name says nothing, but whose values are email addresses: the run
+    // stops before anything loads.
+    pg(&format!(
+        "ALTER TABLE {ns}.people RENAME COLUMN email TO handle;\n\
+         INSERT INTO {ns}.people SELECT 'user' || g || '@example.com', '2026-01-02T00:00:00Z' FROM generate_series(1, 20) g"
+    ));
+    std::fs::write(
+        &spec,
+        people("")
+            .replace("pipeline: ", "pipeline: b")
+            .replace("name: email", "name: handle")
+            .replace("column: email", "column: handle")
+            .replace("out/p", "out/b"),
+    )
+    .unwrap();
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("ST_TEST_PG_URL", pg_url())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(2)
+            && err.contains("the table's primary key `handle`, which would key its records, holds pii data by its values"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out/beople").exists());
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 

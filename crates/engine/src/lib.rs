@@ -1193,7 +1193,35 @@ async fn run_inner(
             .map_err(|e| Error::Internal(format!("sampling a source: {e}")))??;
         samples.insert(source.name.clone(), got);
     }
-    let (mut planned, diags) = check_with(p, &samples).await;
+    let (mut planned, mut diags) = check_with(p, &samples).await;
+    // A primary key keying a PostgreSQL source (no `key` in the spec) whose sampled values
+    // turn out sensitive: the ids would carry them into the sinks.
+    for source in &p.sources {
+        let pk = located[&source.name]
+            .first()
+            .and_then(|(read, _)| sealtrail_connectors::pg::PgInput::decode(read))
+            .and_then(|i| i.primary_key);
+        let (Some(pk), Some(pl)) = (pk, planned.get(&source.name)) else {
+            continue;
+        };
+        let Some(k) = source.column_index(&pk).map(|i| &pl.classes[i]) else {
+            continue;
+        };
+        if k.tag.is_sensitive() && k.confidence >= sealtrail_protect::detect::THRESHOLD {
+            diags.push(Diagnostic {
+                file: p.spec_path.clone(),
+                line: source.at.0,
+                column: source.at.1,
+                message: format!(
+                    "source `{}` has no `key`, and the table's primary key `{pk}`, which would key its records, holds {} data by its values; the lineage ids would carry them into every sink (`{}`)",
+                    source.name,
+                    k.tag,
+                    custody::ID_COLUMN
+                ),
+                hint: Some("set `key:` to a unique column that holds no personal or financial data (a surrogate id), or, if the values are not what they look like, declare `class: none` on the column".into()),
+            });
+        }
+    }
     if !diags.is_empty() {
         return Err(Error::Spec(sealtrail_spec::Error::Invalid(diags)));
     }
