@@ -1002,3 +1002,43 @@ async fn a_sink_connects_again_when_the_server_closed_its_connection() {
     assert_eq!(ids, [1, 2, 3, 4, 5]);
     drop_sink_table(&mut c, &table).await;
 }
+
+/// PostgreSQL quotes the offending value in a data exception's message (SQLSTATE class 22);
+/// what sealtrail reports of it (logs, run errors, the ledger's `run_failed`) withholds it.
+#[tokio::test]
+async fn a_database_error_does_not_repeat_the_value_it_refused() {
+    let mut c = sqlx::PgConnection::connect(&url()).await.unwrap();
+    for sql in [
+        "SELECT 'alice@example.com'::int",
+        "SELECT '99999999999 alice'::date",
+        "SELECT 4000000000::bigint::int + length('alice@example.com')",
+    ] {
+        let e = sqlx::query(sql).fetch_one(&mut c).await.unwrap_err();
+        let said = sealtrail_core::db::redact_db_error(&e);
+        assert!(
+            !said.contains("alice") && !said.contains("4000000000"),
+            "{sql}: {said}"
+        );
+        assert!(
+            said.contains("(value withheld)") || said.contains("out of range"),
+            "{sql}: {said}"
+        );
+    }
+    let e = sqlx::query("SELECT 'x'::int")
+        .fetch_one(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sealtrail_core::db::redact_db_error(&e),
+        "invalid input syntax for type integer: \"…\" (value withheld)"
+    );
+    // Other errors keep their words (no value in them).
+    let e = sqlx::query("SELECT * FROM no_such_table_here")
+        .fetch_one(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        sealtrail_core::db::redact_db_error(&e),
+        "relation \"no_such_table_here\" does not exist"
+    );
+}

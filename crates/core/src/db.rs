@@ -19,6 +19,12 @@ pub fn redact_db_error(e: &sqlx::Error) -> String {
         }
     };
     match e {
+        // A data exception (SQLSTATE class 22: `invalid input syntax for type integer: "..."`,
+        // `value "..." is out of range`, `invalid input value for enum e: "..."`) quotes the
+        // value, which may be personal data bound for a log or the ledger: it is withheld.
+        sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("22")) => {
+            withhold_quoted(d.message())
+        }
         sqlx::Error::Database(d) => d.message().to_string(),
         // A failed TLS handshake reaches sqlx as an I/O error carrying rustls' own.
         sqlx::Error::Io(io) => match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
@@ -41,6 +47,21 @@ pub fn redact_db_error(e: &sqlx::Error) -> String {
             "bad connection settings",
         ),
         other => strict(other.to_string(), "connection failed"),
+    }
+}
+
+/// `message` with everything from its first `"` to its last replaced by `"…"` (a value
+/// PostgreSQL quoted, and whatever quotes it holds).
+fn withhold_quoted(message: &str) -> String {
+    match (message.find('"'), message.rfind('"')) {
+        (Some(a), Some(b)) if b > a => {
+            format!(
+                "{}\"…\"{} (value withheld)",
+                &message[..a],
+                &message[b + 1..]
+            )
+        }
+        _ => message.to_string(),
     }
 }
 
