@@ -3543,6 +3543,46 @@ fn a_signal_while_a_run_is_prepared_stops_it_before_anything_loads() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// A transform that fails on a value (a CAST of text that is no number) fails the run without
+/// repeating the value: not on stderr, in the run's recorded error or in the ledger's
+/// `run_failed` entry, which can never be erased (Arrow quotes the value it could not cast).
+#[test]
+fn a_transform_failing_on_a_value_does_not_repeat_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, spec) = one_file_id_note_project(
+        dir.path(),
+        "castfail",
+        "id,note\n1,12\n2,alice@example.com\n3,40000000000123\n",
+    );
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "sinks:\n  o: { from: s,",
+        "transforms:\n  c:\n    sql: SELECT id, CAST(note AS BIGINT) AS n FROM s\nsinks:\n  o: { from: c,",
+    );
+    std::fs::write(&spec, text).unwrap();
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("transform failed: Arrow error: Cast error: Cannot cast string '…' to value of Int64 type (values withheld)"),
+        "{err}"
+    );
+    let home = dir.path().join(".sealtrail");
+    let failed = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "run_failed", "--home"])
+            .arg(&home),
+    );
+    let runs = run_ok(
+        bin()
+            .args(["runs", "--format", "json", "--home"])
+            .arg(&home),
+    );
+    assert!(failed.contains("(values withheld)"), "{failed}");
+    for said in [&err.to_string(), &failed, &runs] {
+        assert!(!said.contains("alice"), "{said}");
+    }
+}
+
 /// A PostgreSQL source with a `cursor` but no `key`: its records' lineage ids are the
 /// table's primary key (rows sharing a cursor value used to share an id, and were read in any
 /// order among themselves, so a resumed run could cut its batches otherwise); `check` notes

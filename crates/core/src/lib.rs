@@ -170,6 +170,53 @@ pub fn with_root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
+/// An error message about data (a transform or a writer failing on a value) with the values
+/// it quotes withheld: each `'...'` becomes `'…'` (an unclosed quote cuts the rest) and each
+/// run of five or more digits `…`, since such messages go to logs, the run's error in the
+/// state store and the ledger's `run_failed` entry, which no one can erase. Arrow and
+/// DataFusion quote values so (`Cannot cast string 'x' to value of Int64 type`) and print
+/// numbers bare (`Overflow happened on: 9223372036854775807 * 10`).
+pub fn withhold_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut withheld = false;
+    let mut rest = message;
+    while let Some(open) = rest.find('\'') {
+        out.push_str(&rest[..open]);
+        out.push_str("'…'");
+        withheld = true;
+        match rest[open + 1..].find('\'') {
+            Some(close) => rest = &rest[open + 1 + close + 1..],
+            None => {
+                rest = "";
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    let mut digits = String::with_capacity(out.len());
+    let mut run = String::new();
+    for c in out.chars().chain(std::iter::once('\0')) {
+        if c.is_ascii_digit() {
+            run.push(c);
+            continue;
+        }
+        if run.len() >= 5 {
+            digits.push('…');
+            withheld = true;
+        } else {
+            digits.push_str(&run);
+        }
+        run.clear();
+        if c != '\0' {
+            digits.push(c);
+        }
+    }
+    if withheld {
+        digits.push_str(" (values withheld)");
+    }
+    digits
+}
+
 /// Lowercase hex SHA-256 of some bytes; used for spec versions and file fingerprints.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -301,5 +348,27 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         let b = RunId::new();
         assert!(a < b, "{a} should sort before {b}");
+    }
+
+    #[test]
+    fn values_in_data_errors_are_withheld() {
+        assert_eq!(
+            withhold_values(
+                "Arrow error: Cast error: Cannot cast string 'alice@example.com' to value of Int64 type"
+            ),
+            "Arrow error: Cast error: Cannot cast string '…' to value of Int64 type (values withheld)"
+        );
+        assert_eq!(
+            withhold_values("Overflow happened on: 9223372036854775807 * 10, in Int64 at 3"),
+            "Overflow happened on: … * 10, in Int64 at 3 (values withheld)"
+        );
+        assert_eq!(
+            withhold_values("bad 'a' and 'b' and 'unclosed secret"),
+            "bad '…' and '…' and '…' (values withheld)"
+        );
+        assert_eq!(
+            withhold_values("Schema error: no field named x"),
+            "Schema error: no field named x"
+        );
     }
 }

@@ -1801,7 +1801,7 @@ async fn commit_one(
     let outputs = transforms
         .apply(&prepared.valid)
         .await
-        .map_err(|e| Error::Transform(e.to_string()))?;
+        .map_err(|e| Error::Transform(sealtrail_core::withhold_values(&e.to_string())))?;
     let ic = &mut prepared.custody;
     let input = std::mem::take(&mut ic.records);
     if !opts.skip_commitments_for_benchmark && input.len() as u64 != counts.rows_in {
