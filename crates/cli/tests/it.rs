@@ -5119,6 +5119,21 @@ fn secrets_never_reach_logs_errors_or_the_ledger() {
         "{err}"
     );
     seen.push_str(&err);
+    // A malformed master key: named by where it came from, never repeated.
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("SEALTRAIL_MASTER_KEY", "not-a-key-S3CRET")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() != Some(0)
+            && err.contains("the master key in SEALTRAIL_MASTER_KEY is not a key: it must be 64 hexadecimal characters")
+            && !err.contains("S3CRET"),
+        "{err}"
+    );
+    seen.push_str(&err);
     // The keyring was made under the master key from the environment: without it, a run is
     // refused with what to supply, and leaves no new local master key (which could never
     // open the keyring) behind.

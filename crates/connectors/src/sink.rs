@@ -302,15 +302,34 @@ fn sink_err(name: &str, reason: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Creates a sink's folder (and its parents); a file where the folder (or a parent) should be
+/// is said to be one.
+fn create_folder(name: &str, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        let file = dir
+            .ancestors()
+            .find(|a| a.metadata().is_ok_and(|m| !m.is_dir()));
+        match file {
+            Some(f) => sink_err(
+                name,
+                format!(
+                    "cannot create folder {}: {} is a file, not a folder; name a folder for the output (or move the file away)",
+                    dir.display(),
+                    f.display()
+                ),
+            ),
+            None => sink_err(name, format!("cannot create folder {}: {e}", dir.display())),
+        }
+    })
+}
+
 /// Opens the sink `name` for rows of `schema`. An existing Delta or PostgreSQL table must
 /// have exactly these columns and types; a missing one is created by the first commit that
 /// brings rows, or by [`SinkWriter::finish`] (so a run that fails before leaves no empty table).
 pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result<SinkWriter> {
     match target {
         Target::Parquet { dir, compression } => {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                sink_err(name, format!("cannot create folder {}: {e}", dir.display()))
-            })?;
+            create_folder(name, dir)?;
             Ok(SinkWriter::Parquet {
                 name: name.into(),
                 dir: dir.clone(),
@@ -329,8 +348,7 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
                 url::Url::parse(uri)
                     .map_err(|e| sink_err(name, format!("bad table URL {uri}: {e}")))?
             } else {
-                std::fs::create_dir_all(uri)
-                    .map_err(|e| sink_err(name, format!("cannot create folder {uri}: {e}")))?;
+                create_folder(name, Path::new(uri))?;
                 url::Url::from_directory_path(uri)
                     .map_err(|_| sink_err(name, format!("bad table path {uri}")))?
             };
@@ -535,9 +553,7 @@ impl SinkWriter {
                 }
                 // Opening created it, but a failed run of another pipeline writing beside
                 // this one may have taken it away again while it was empty.
-                std::fs::create_dir_all(&*dir).map_err(|e| {
-                    sink_err(name, format!("cannot create folder {}: {e}", dir.display()))
-                })?;
+                create_folder(name, dir)?;
                 write_parquet_atomically(&path, schema, batches, *codec)
                     .map_err(|e| sink_err(name, e))?;
                 Ok(true)
@@ -612,9 +628,7 @@ impl SinkWriter {
     /// to, so that it exists (empty) for readers and the next run.
     pub async fn finish(&mut self) -> Result<()> {
         match self {
-            SinkWriter::Parquet { name, dir, .. } => std::fs::create_dir_all(&*dir).map_err(|e| {
-                sink_err(name, format!("cannot create folder {}: {e}", dir.display()))
-            }),
+            SinkWriter::Parquet { name, dir, .. } => create_folder(name, dir),
             SinkWriter::Delta {
                 name,
                 uri,
@@ -996,6 +1010,31 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use std::sync::Arc;
+
+    /// A file where a sink's folder (or a parent) should be is named as the problem.
+    #[tokio::test]
+    async fn a_file_in_the_way_of_a_sink_folder_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("out");
+        std::fs::write(&file, "x").unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
+        for target in [
+            Target::Parquet {
+                dir: file.join("p"),
+                compression: Codec::default(),
+            },
+            Target::delta_at(file.display().to_string()),
+        ] {
+            let Err(err) = open_sink("o", &target, schema.clone()).await else {
+                panic!("a file is in the way");
+            };
+            let err = err.to_string();
+            assert!(
+                err.contains(&format!("{} is a file, not a folder", file.display())),
+                "{err}"
+            );
+        }
+    }
 
     /// Each file of a Delta table written by sealtrail maps to the transaction (run, batch)
     /// that added it; files of a commit without one, and files claimed twice, do not map.

@@ -259,7 +259,28 @@ impl StateStore {
                     ))
                 })?;
             wait = target.connect_timeout.unwrap_or(wait);
-            target.url.expose().to_string()
+            let url = target.url.expose().to_string();
+            // One connection first, as for SQLite: the pool would retry a refused connection
+            // until its timeout and then say only "timed out".
+            use sqlx::Connection;
+            let failed = |why: String| {
+                StateError(format!(
+                    "cannot open the run state store (postgres): {why}; check --state-url / SEALTRAIL_STATE_URL"
+                ))
+            };
+            match tokio::time::timeout(wait, sqlx::AnyConnection::connect(&url)).await {
+                Ok(Ok(c)) => {
+                    let _ = c.close().await;
+                }
+                Ok(Err(e)) => return Err(failed(sealtrail_core::db::redact_db_error(&e))),
+                Err(_) => {
+                    return Err(failed(format!(
+                        "no answer within {} s (`connect_timeout` in the URL sets how long to wait)",
+                        wait.as_secs()
+                    )));
+                }
+            }
+            url
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if sqlite { 1 } else { 4 })
@@ -1111,6 +1132,22 @@ fn counts(a: i64, b: i64, c: i64) -> Counts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A PostgreSQL store that refuses connections is reported as such at once, not as the
+    /// pool's "timed out" ten seconds later.
+    #[tokio::test]
+    async fn a_refused_postgres_store_says_so() {
+        let err = match StateStore::open("postgres://postgres@127.0.0.1:1/test").await {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("nothing listens on port 1"),
+        };
+        assert!(
+            err.contains("cannot open the run state store (postgres): network error:")
+                && err.to_lowercase().contains("refused")
+                && !err.contains("timed out"),
+            "{err}"
+        );
+    }
 
     #[tokio::test]
     async fn a_damaged_sqlite_file_is_named_with_what_to_do() {

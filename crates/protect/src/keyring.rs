@@ -66,6 +66,11 @@ impl std::fmt::Debug for KeyBytes {
 pub enum KeyError {
     #[error("a key must be 64 hexadecimal characters (32 bytes)")]
     Malformed,
+    /// The master key at hand is not a key (the value itself is never repeated).
+    #[error(
+        "the master key in {0} is not a key: it must be 64 hexadecimal characters (32 bytes), for example from `openssl rand -hex 32`"
+    )]
+    MalformedMaster(String),
     /// No key in the environment and none in the home folder (which may be the wrong one).
     #[error(
         "no master key: there is no {0}; pass --home (or set SEALTRAIL_HOME) for the folder whose keyring to open, or supply its master key in SEALTRAIL_MASTER_KEY (64 hex characters) or SEALTRAIL_MASTER_KEY_FILE"
@@ -196,7 +201,11 @@ impl Master {
     pub fn locate(home: &Path, create_local: bool) -> Result<(Self, bool), KeyError> {
         if let Ok(hex) = std::env::var("SEALTRAIL_MASTER_KEY") {
             return Ok((
-                Self::new(KeyBytes::from_hex(&hex)?, "SEALTRAIL_MASTER_KEY"),
+                Self::new(
+                    KeyBytes::from_hex(&hex)
+                        .map_err(|_| KeyError::MalformedMaster("SEALTRAIL_MASTER_KEY".into()))?,
+                    "SEALTRAIL_MASTER_KEY",
+                ),
                 false,
             ));
         }
@@ -208,7 +217,8 @@ impl Master {
             Ok(mut s) => {
                 let k = KeyBytes::from_hex(&s);
                 s.zeroize();
-                Ok((Self::new(k?, path.display().to_string()), false))
+                let k = k.map_err(|_| KeyError::MalformedMaster(path.display().to_string()))?;
+                Ok((Self::new(k, path.display().to_string()), false))
             }
             // A keyring made under another master key (from the environment, say) can never
             // be opened by a new local one: refuse rather than leave a useless key file behind.
