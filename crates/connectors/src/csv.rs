@@ -25,7 +25,7 @@ use crate::{Decoded, Error, Result, SourceReader};
 use sealtrail_core::Reason;
 use sealtrail_core::record::{PosKind, Quarantined, RawBatch};
 use sealtrail_spec::raw::UnknownColumns;
-use sealtrail_spec::{CsvOptions, Source};
+use sealtrail_spec::{ColumnType, CsvOptions, Source};
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::Read;
@@ -697,6 +697,16 @@ impl SourceReader for CsvReader {
                 self.opts.empty_is_null,
                 self.opts.encoding,
             );
+            // Columns whose decimal comma is read as a point (`decimal: ","`).
+            let comma: Vec<bool> = self
+                .source
+                .columns
+                .iter()
+                .map(|c| {
+                    self.opts.decimal_comma
+                        && matches!(c.ty, ColumnType::Decimal { .. } | ColumnType::Float64)
+                })
+                .collect();
             let units = Units::of(enc);
             let Some(f) = self.cur.as_mut() else { continue };
             let mut batch = RawBatch::with_capacity(
@@ -766,16 +776,28 @@ impl SourceReader for CsvReader {
                     continue;
                 }
                 batch.begin(line_no, raw);
-                for m in &f.map {
+                for (m, &comma) in f.map.iter().zip(&comma) {
                     match m {
                         None => batch.push(None),
                         Some(j) => {
                             let (a, b, quoted) = self.fields[*j];
                             if a == b && empty_is_null {
                                 batch.push(None);
-                            } else if quoted {
+                            } else if quoted || comma {
                                 let s = batch.text_len();
-                                unescape_into(&text[a..b], quote as char, batch.text_mut());
+                                if quoted {
+                                    unescape_into(&text[a..b], quote as char, batch.text_mut());
+                                } else {
+                                    batch.text_mut().push_str(&text[a..b]);
+                                }
+                                if comma {
+                                    // One comma at most becomes the point; a second one (a
+                                    // thousands separator) stays, and the value does not parse.
+                                    let t = batch.text_mut();
+                                    if let Some(i) = t[s..].find(',') {
+                                        t.replace_range(s + i..s + i + 1, ".");
+                                    }
+                                }
                                 if empty_is_null && batch.text_len() == s {
                                     batch.push(None);
                                 } else {
@@ -904,6 +926,28 @@ mod tests {
         let (rows, bad) = read_encoded("utf-8", b"name,note\n\xfc,x\na,b\n");
         assert_eq!(rows.len(), 1);
         assert_eq!(bad[0].1, "invalid_utf8");
+    }
+
+    /// With `decimal: ","` a number column's decimal comma reads as a point (quoted or not);
+    /// text columns keep their commas, a second comma stays (the value does not parse), and
+    /// the raw bytes stay as written.
+    #[test]
+    fn a_decimal_comma_reads_as_a_point_in_number_columns() {
+        let (_dir, mut r) = crate::test_reader(
+            "csv: { path: in, delimiter: \";\", decimal: \",\" }",
+            &[
+                "amount, type: \"decimal(9,2)\"",
+                "rate, type: float64",
+                "note",
+            ],
+            b"amount;rate;note\n1234,56;0,5;a,b\n\"7,25\";1;c\n1,234,5;2,0;d\n",
+        );
+        let d = r.next_batch().unwrap().unwrap();
+        let row = |i: usize| -> Vec<Option<&str>> { (0..3).map(|c| d.batch.get(i, c)).collect() };
+        assert_eq!(row(0), [Some("1234.56"), Some("0.5"), Some("a,b")]);
+        assert_eq!(row(1), [Some("7.25"), Some("1"), Some("c")]);
+        assert_eq!(row(2), [Some("1.234,5"), Some("2.0"), Some("d")]);
+        assert_eq!(d.batch.raw(0), b"1234,56;0,5;a,b");
     }
 
     fn utf16(s: &str, le: bool) -> Vec<u8> {

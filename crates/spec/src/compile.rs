@@ -165,6 +165,9 @@ pub struct CsvOptions {
     /// Encoding Standard labels, decoded by `encoding_rs`).
     pub encoding: &'static encoding_rs::Encoding,
     pub empty_is_null: bool,
+    /// Numbers (`decimal`, `float64` columns) are written with a decimal comma: it is read as
+    /// a point (the record's raw bytes, and so its commitment, stay as written).
+    pub decimal_comma: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1157,6 +1160,26 @@ fn compile_source(
             None => encoding_rs::UTF_8,
             Some(label) => csv_encoding(cx, s, name, label, delimiter, quote),
         };
+        let decimal_comma = match c.decimal.as_deref() {
+            None | Some(".") => false,
+            Some(",") if delimiter == b',' => {
+                cx.err(
+                    s,
+                    format!("source `{name}`: csv `decimal: \",\"` with the comma as `delimiter` too"),
+                    "set `delimiter: \";\"` (or the one the files use): a decimal comma cannot also separate fields",
+                );
+                false
+            }
+            Some(",") => true,
+            Some(x) => {
+                cx.err(
+                    s,
+                    format!("source `{name}`: csv `decimal` is `{x}`; it is `.` or `,`"),
+                    "`decimal: \",\"` reads `1234,56` as 1234.56",
+                );
+                false
+            }
+        };
         Some(SourceConnector::Csv(CsvOptions {
             files: files(cx, &c.path, c.incremental),
             header: c.header,
@@ -1164,6 +1187,7 @@ fn compile_source(
             quote,
             encoding,
             empty_is_null: c.empty_is_null,
+            decimal_comma,
         }))
     } else if let Some(j) = &v.jsonl {
         Some(SourceConnector::Jsonl(files(cx, &j.path, j.incremental)))
@@ -2527,6 +2551,39 @@ quarantine:
         let d = diags(&gs);
         assert!(
             d.len() == 1 && d[0].message.contains("not at `gs://`"),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn a_decimal_comma_needs_another_delimiter() {
+        let with = |csv: &str| GOOD.replace("csv: { path: 'in.csv' }", csv);
+        let comma = |csv: &str| match &crate::parse_str(&with(csv), Path::new("t.yaml"))
+            .unwrap()
+            .sources[0]
+            .connector
+        {
+            SourceConnector::Csv(o) => o.decimal_comma,
+            other => panic!("{other:?}"),
+        };
+        assert!(!comma("csv: { path: 'in.csv' }"));
+        assert!(!comma("csv: { path: 'in.csv', decimal: '.' }"));
+        assert!(comma(
+            "csv: { path: 'in.csv', delimiter: ';', decimal: ',' }"
+        ));
+        let d = diags(&with("csv: { path: 'in.csv', decimal: ',' }"));
+        assert!(
+            d.len() == 1 && d[0].message.contains("with the comma as `delimiter` too"),
+            "{d:?}"
+        );
+        let d = diags(&with(
+            "csv: { path: 'in.csv', delimiter: ';', decimal: '·' }",
+        ));
+        assert!(
+            d.len() == 1
+                && d[0]
+                    .message
+                    .contains("csv `decimal` is `·`; it is `.` or `,`"),
             "{d:?}"
         );
     }

@@ -215,6 +215,11 @@ pub struct CsvSpec {
     /// An empty field is read as null. Default true.
     #[serde(default = "yes")]
     pub empty_is_null: bool,
+    /// Decimal mark of the `decimal` and `float64` columns: `.` (the default) or `,`
+    /// (`1234,56`, as many European systems write numbers; use another `delimiter` then, such
+    /// as `;`). Thousands separators are not read: such a value is quarantined.
+    #[serde(default)]
+    pub decimal: Option<String>,
     /// Only read files not loaded by an earlier successful run.
     #[serde(default)]
     pub incremental: bool,
