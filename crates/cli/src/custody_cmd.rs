@@ -412,9 +412,10 @@ async fn batches_reading(
 fn index_of<'a>(p: &Pipeline, id: &'a str) -> Result<(&'a str, &'a str, Option<u64>)> {
     let (source, key, pos) = custody::parse_id(id)
         .ok_or_else(|| anyhow!("`{id}` is not a lineage id (source:input:position)"))?;
-    let keyed = p.sources.iter().any(|s| {
-        s.name == source && matches!(s.connector, sealtrail_spec::SourceConnector::Postgres(_))
-    });
+    let keyed = p
+        .sources
+        .iter()
+        .any(|s| s.name == source && s.keys_records());
     Ok((source, key, pos.parse().ok().filter(|_| !keyed)))
 }
 

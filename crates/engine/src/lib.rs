@@ -1786,9 +1786,10 @@ async fn commit_one(
                 ),
             });
         }
-        let keyed = p.sources.iter().any(|s| {
-            s.name == source && matches!(s.connector, sealtrail_spec::SourceConnector::Postgres(_))
-        });
+        let keyed = p
+            .sources
+            .iter()
+            .any(|s| s.name == source && s.keys_records());
         return same_records_as_committed(st, run_id, source, keyed, batch_no, &prepared.custody)
             .await;
     }

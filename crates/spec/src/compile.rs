@@ -138,6 +138,12 @@ impl Source {
     pub fn column_index(&self, name: &str) -> Option<usize> {
         self.columns.iter().position(|c| c.name == name)
     }
+
+    /// Whether its records' lineage ids end in a key value (PostgreSQL), not a line or row
+    /// number: a numeric one is no position.
+    pub fn keys_records(&self) -> bool {
+        matches!(self.connector, SourceConnector::Postgres(_))
+    }
 }
 
 #[derive(Debug, Clone)]
