@@ -485,9 +485,7 @@ pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
         let by_name = sealtrail_protect::plan::classify_source(s, &[]);
         for (i, (c, k)) in s.columns.iter().zip(&classes).enumerate() {
             let named = &by_name[i];
-            let sensitive = |k: &sealtrail_protect::detect::Classification| {
-                k.tag.is_sensitive() && k.confidence >= sealtrail_protect::detect::THRESHOLD
-            };
+            let sensitive = sealtrail_protect::detect::Classification::is_sensitive;
             let k = if sensitive(named) && !sensitive(k) {
                 &sealtrail_protect::detect::Classification {
                     evidence: format!(

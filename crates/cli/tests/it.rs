@@ -3606,18 +3606,8 @@ fn a_postgres_source_without_a_key_is_keyed_by_its_primary_key() {
         checked.contains("source `s` has no `key`: its records' lineage ids are the table's primary key when that is one declared column that holds no personal or financial data, else their `at` values"),
         "{checked}"
     );
-    let out = bin()
-        .arg("run")
-        .arg(&spec)
-        .env("ST_TEST_PG_URL", pg_url())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(counts(&String::from_utf8_lossy(&out.stdout)), (5, 5, 0));
+    let run = |spec: &Path| run_ok(bin().arg("run").arg(spec).env("ST_TEST_PG_URL", pg_url()));
+    assert_eq!(counts(&run(&spec)), (5, 5, 0));
     let ids = py(&format!(
         "import pyarrow.parquet as pq\nt = pq.read_table('{}/out/t').to_pylist()\nprint(' '.join(sorted(str(r['id']) + '=' + r['_sealtrail_id'].split(':')[2] for r in t)))",
         dir.path().display()
@@ -3664,17 +3654,7 @@ fn a_postgres_source_without_a_key_is_keyed_by_its_primary_key() {
     };
     let spec = dir.path().join("people.yaml");
     std::fs::write(&spec, people("")).unwrap();
-    let out = bin()
-        .arg("run")
-        .arg(&spec)
-        .env("ST_TEST_PG_URL", pg_url())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(&spec);
     let ids = py(&format!(
         "import pyarrow.parquet as pq\nprint(pq.read_table('{}/out/people').to_pylist())",
         dir.path().display()
@@ -3715,7 +3695,7 @@ fn a_postgres_source_without_a_key_is_keyed_by_its_primary_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.code() == Some(2)
-            && err.contains("the table's primary key `handle`, which would key its records, holds pii data by its values"),
+            && err.contains("the primary key (which keys the records without a `key`) column `handle` is classified pii"),
         "{err}"
     );
     assert!(!dir.path().join("out/beople").exists());

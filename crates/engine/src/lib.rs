@@ -266,7 +266,7 @@ pub async fn check_with(
                 .map(|(at, message, hint)| diag(at, message, hint)),
         );
         let classes = protect::classify_source(s, samples.get(&s.name).map_or(&[], Vec::as_slice));
-        if let Some((message, hint)) = key_check(s, &classes) {
+        if let Some((message, hint)) = key_check(s, &classes, None) {
             out.push(diag(s.at, message, hint));
         }
         let res = match protect::resolve(s, &classes) {
@@ -324,32 +324,31 @@ fn sensitive_columns(source: &Source) -> Vec<String> {
     protect::classify_source(source, &[])
         .iter()
         .zip(&source.columns)
-        .filter(|(k, _)| {
-            k.tag.is_sensitive() && k.confidence >= sealtrail_protect::detect::THRESHOLD
-        })
+        .filter(|(k, _)| k.is_sensitive())
         .map(|(_, c)| c.name.clone())
         .collect()
 }
 
-/// A PostgreSQL source's lineage ids end in its key's values (`key`, else the cursor when the
-/// table has no usable primary key), and the ids reach every sink (`_sealtrail_id`), proof
-/// bundles and listings whatever protects the column itself: a key column classified as
-/// sensitive is refused.
+/// A PostgreSQL source's lineage ids end in its key's values (`key`, else the table's
+/// `primary_key` when a run found a usable one, else the cursor), and the ids reach every sink
+/// (`_sealtrail_id`), proof bundles and listings whatever protects the column itself: a key
+/// column classified as sensitive is refused.
 fn key_check(
     source: &Source,
     classes: &[sealtrail_protect::detect::Classification],
+    primary_key: Option<&str>,
 ) -> Option<(String, String)> {
     let sealtrail_spec::SourceConnector::Postgres(pg) = &source.connector else {
         return None;
     };
-    let (what, col) = match (&pg.key, &pg.cursor) {
-        (Some(k), _) => ("`key`", k),
-        (None, Some(c)) => ("`cursor` (which keys the records without a `key`)", c),
-        (None, None) => return None,
+    let (what, col) = match (pg.key.as_deref(), primary_key, pg.cursor.as_deref()) {
+        (Some(k), _, _) => ("`key`", k),
+        (None, Some(k), _) => ("primary key (which keys the records without a `key`)", k),
+        (None, None, Some(c)) => ("`cursor` (which keys the records without a `key`)", c),
+        (None, None, None) => return None,
     };
-    let i = source.column_index(col)?;
-    let k = &classes[i];
-    if !k.tag.is_sensitive() || k.confidence < sealtrail_protect::detect::THRESHOLD {
+    let k = &classes[source.column_index(col)?];
+    if !k.is_sensitive() {
         return None;
     }
     let kind = k.kind.map_or(String::new(), |x| format!(" ({x})"));
@@ -1201,24 +1200,15 @@ async fn run_inner(
             .first()
             .and_then(|(read, _)| sealtrail_connectors::pg::PgInput::decode(read))
             .and_then(|i| i.primary_key);
-        let (Some(pk), Some(pl)) = (pk, planned.get(&source.name)) else {
-            continue;
-        };
-        let Some(k) = source.column_index(&pk).map(|i| &pl.classes[i]) else {
-            continue;
-        };
-        if k.tag.is_sensitive() && k.confidence >= sealtrail_protect::detect::THRESHOLD {
+        if let (Some(pk), Some(pl)) = (pk, planned.get(&source.name))
+            && let Some((message, hint)) = key_check(source, &pl.classes, Some(&pk))
+        {
             diags.push(Diagnostic {
                 file: p.spec_path.clone(),
                 line: source.at.0,
                 column: source.at.1,
-                message: format!(
-                    "source `{}` has no `key`, and the table's primary key `{pk}`, which would key its records, holds {} data by its values; the lineage ids would carry them into every sink (`{}`)",
-                    source.name,
-                    k.tag,
-                    custody::ID_COLUMN
-                ),
-                hint: Some("set `key:` to a unique column that holds no personal or financial data (a surrogate id), or, if the values are not what they look like, declare `class: none` on the column".into()),
+                message,
+                hint: Some(hint),
             });
         }
     }

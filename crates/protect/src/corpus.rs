@@ -6,7 +6,7 @@
 //! city and product names, upper-case codes of IBAN or BIC length that fail their checks.
 //! `precision_recall` runs the classifier on it; the docs report its figures.
 
-use crate::detect::{THRESHOLD, classify_column};
+use crate::detect::classify_column;
 use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -231,9 +231,7 @@ pub fn precision_recall(c: &[Labelled]) -> (f64, f64, Vec<String>) {
     let mut wrong = Vec::new();
     for l in c {
         let got = classify_column(&l.name, &l.values);
-        let predicted = (got.tag.is_sensitive() && got.confidence >= THRESHOLD)
-            .then_some(())
-            .and(got.kind);
+        let predicted = got.is_sensitive().then_some(()).and(got.kind);
         match (predicted, l.truth) {
             (Some(p), Some(t)) if p == t => tp += 1,
             (Some(_), Some(_)) => {

@@ -422,6 +422,11 @@ pub struct Classification {
 }
 
 impl Classification {
+    /// Sensitive data, with the confidence at which a classification is acted upon.
+    pub fn is_sensitive(&self) -> bool {
+        self.tag.is_sensitive() && self.confidence >= THRESHOLD
+    }
+
     pub fn none(evidence: impl Into<String>) -> Self {
         Self {
             tag: Tag::None,

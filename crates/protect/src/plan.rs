@@ -7,7 +7,7 @@
 //! output column carries a [`ColumnState`]: its tag, and which action (if any) protected it,
 //! which the release check follows through SQL to each sink.
 
-use crate::detect::{Classification, THRESHOLD};
+use crate::detect::Classification;
 use crate::keyring::{KeyBytes, Keyring, Purpose};
 use crate::ops::{self, Fpe, Mask, OpError, Sealer, Tokenizer};
 use arrow::array::{
@@ -89,7 +89,7 @@ pub fn resolve(source: &Source, classes: &[Classification]) -> Result<Resolution
     let mut states = Vec::new();
     for (i, col) in source.columns.iter().enumerate() {
         let class = &classes[i];
-        let sensitive = class.tag.is_sensitive() && class.confidence >= THRESHOLD;
+        let sensitive = class.is_sensitive();
         let by = |f: &dyn Fn(&Selector) -> bool| {
             source
                 .protect
