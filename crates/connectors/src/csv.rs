@@ -681,6 +681,58 @@ fn refill(f: &mut OpenFile, scan_from: &mut usize) -> Result<()> {
     Ok(())
 }
 
+/// One split record's fields, in the order of the declared columns.
+struct Fields<'a> {
+    /// The declared columns' field numbers (`None`: not in the file).
+    map: &'a [Option<usize>],
+    /// Each field's span of `text`, and whether it was quoted.
+    spans: &'a [(usize, usize, bool)],
+    text: &'a str,
+    quote: u8,
+    empty_is_null: bool,
+}
+
+impl Fields<'_> {
+    /// Appends the record's values to `batch`; with `COMMA`, the first comma of the columns
+    /// `comma` marks is read as a decimal point.
+    #[inline(always)]
+    fn push_into<const COMMA: bool>(&self, batch: &mut RawBatch, comma: &[bool]) {
+        for (i, m) in self.map.iter().enumerate() {
+            let Some(j) = m else {
+                batch.push(None);
+                continue;
+            };
+            let (a, b, quoted) = self.spans[*j];
+            let comma = COMMA && comma[i];
+            if a == b && self.empty_is_null {
+                batch.push(None);
+            } else if quoted || comma {
+                let s = batch.text_len();
+                if quoted {
+                    unescape_into(&self.text[a..b], self.quote as char, batch.text_mut());
+                } else {
+                    batch.text_mut().push_str(&self.text[a..b]);
+                }
+                if comma {
+                    // One comma at most becomes the point; a second one (a thousands
+                    // separator) stays, and the value does not parse.
+                    let t = batch.text_mut();
+                    if let Some(i) = t[s..].find(',') {
+                        t.replace_range(s + i..s + i + 1, ".");
+                    }
+                }
+                if self.empty_is_null && batch.text_len() == s {
+                    batch.push(None);
+                } else {
+                    batch.push_span(s);
+                }
+            } else {
+                batch.push(Some(&self.text[a..b]));
+            }
+        }
+    }
+}
+
 impl SourceReader for CsvReader {
     fn next_batch(&mut self) -> Result<Option<Decoded>> {
         loop {
@@ -776,38 +828,19 @@ impl SourceReader for CsvReader {
                     continue;
                 }
                 batch.begin(line_no, raw);
-                for (m, &comma) in f.map.iter().zip(&comma) {
-                    match m {
-                        None => batch.push(None),
-                        Some(j) => {
-                            let (a, b, quoted) = self.fields[*j];
-                            if a == b && empty_is_null {
-                                batch.push(None);
-                            } else if quoted || comma {
-                                let s = batch.text_len();
-                                if quoted {
-                                    unescape_into(&text[a..b], quote as char, batch.text_mut());
-                                } else {
-                                    batch.text_mut().push_str(&text[a..b]);
-                                }
-                                if comma {
-                                    // One comma at most becomes the point; a second one (a
-                                    // thousands separator) stays, and the value does not parse.
-                                    let t = batch.text_mut();
-                                    if let Some(i) = t[s..].find(',') {
-                                        t.replace_range(s + i..s + i + 1, ".");
-                                    }
-                                }
-                                if empty_is_null && batch.text_len() == s {
-                                    batch.push(None);
-                                } else {
-                                    batch.push_span(s);
-                                }
-                            } else {
-                                batch.push(Some(&text[a..b]));
-                            }
-                        }
-                    }
+                // Two copies of the loop: a source without a decimal comma (nearly all of
+                // them) pays nothing per field for the option.
+                let fields = Fields {
+                    map: &f.map,
+                    spans: &self.fields,
+                    text: &text,
+                    quote,
+                    empty_is_null,
+                };
+                if self.opts.decimal_comma {
+                    fields.push_into::<true>(&mut batch, &comma);
+                } else {
+                    fields.push_into::<false>(&mut batch, &comma);
                 }
             }
             if rows == 0 {

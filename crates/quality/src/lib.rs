@@ -99,8 +99,8 @@ impl Validator {
         for row in 0..n {
             failed.clear();
             for (ci, check) in self.source.checks.iter().enumerate() {
-                let ok = match (&check.rule, &self.typed_sets[ci]) {
-                    (Rule::Unique(cols), _) => {
+                let ok = match &check.rule {
+                    Rule::Unique(cols) => {
                         // Register the key only when every earlier check passed: a record that
                         // is already rejected must not shadow a later good one.
                         let key = fingerprint(self.seed, batch, row, cols, &self.source.columns);
@@ -110,11 +110,16 @@ impl Validator {
                             Some(k) => !self.seen[ci].contains(k)?,
                         }
                     }
-                    (Rule::InSet(c, _), Some(set)) => batch
-                        .get(row, *c)
-                        .and_then(|v| typed::canonical(v, &self.source.columns[*c]))
-                        .is_none_or(|v| set.contains(&v)),
-                    (rule, _) => eval(rule, batch, row, &self.source.columns),
+                    Rule::InSet(c, set) => batch.get(row, *c).is_none_or(|v| {
+                        match &self.typed_sets[ci] {
+                            // A typed column's values compare by value (`007` is `7`); one
+                            // that does not parse is `invalid_type`'s business.
+                            Some(typed) => typed::canonical(v, &self.source.columns[*c])
+                                .is_none_or(|v| typed.contains(&v)),
+                            None => set.contains(v),
+                        }
+                    }),
+                    rule => eval(rule, batch, row, &self.source.columns),
                 };
                 if !ok {
                     failed.push(ci);
@@ -231,6 +236,7 @@ fn eval(rule: &Rule, b: &RawBatch, row: usize, columns: &[Column]) -> bool {
         Rule::Unique(_) => true,
         // Null values pass every rule but not_null: absence is not_null's business, so a
         // record missing an optional value gets one clear reason, not several.
+        // (The validator compares a typed column's set by value before it gets here.)
         Rule::InSet(c, set) => b.get(row, *c).is_none_or(|v| set.contains(v)),
         Rule::Between(c, lo, hi) => b
             .get(row, *c)
