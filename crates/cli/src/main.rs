@@ -108,9 +108,10 @@ enum Cmd {
         limit: i64,
         /// `text`, or `json`: one array on standard output, a run an object (`run_id`,
         /// `pipeline`, `status`, `started_at`, `ended_at`, `rows_in`, `loaded`, `quarantined`,
-        /// `error`), the newest first. Status: `running`, `succeeded`, `failed`, `abandoned`,
-        /// or `interrupted` (recorded as running, but no process runs it: killed; the next
-        /// `run` resumes it).
+        /// `error`), the newest first. Status: `running`, `succeeded`, `failed` (the next
+        /// `run` resumes it), `failed_before_load` (failed before any sink received a batch:
+        /// the next `run` starts afresh, under any spec), `abandoned`, or `interrupted`
+        /// (recorded as running, but no process runs it: killed; the next `run` resumes it).
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
         #[command(flatten)]
@@ -1215,13 +1216,25 @@ async fn note_stopped_run(p: &sealtrail_spec::Pipeline, state_url: &str) {
     let Ok(st) = open_state(state_url).await else {
         return;
     };
-    let Ok(Some(u)) = st.unfinished_run(&p.name).await else {
-        return;
+    let spec = p.spec_path.display();
+    let u = match st.unfinished_run(&p.name).await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            if let Ok(runs) = st.runs(Some(&p.name), 1).await
+                && let Some(r) = runs.first().filter(|r| r.status == "failed_before_load")
+            {
+                eprintln!(
+                    "note: run {} failed before any sink received a batch, so nothing of it is loaded; once the cause is fixed (in the spec or elsewhere), `sealtrail run {spec}` starts a new run",
+                    r.run_id
+                );
+            }
+            return;
+        }
+        Err(_) => return,
     };
     let Ok(c) = st.totals(&u.run_id, None).await else {
         return;
     };
-    let spec = p.spec_path.display();
     if c.rows_in == 0 {
         eprintln!(
             "note: run {} stopped before committing any batch; once the cause is fixed, `sealtrail run {spec}` resumes it (if the fix is an edit of the spec, which a run resumes only unchanged, add --abandon-unfinished to start afresh)",

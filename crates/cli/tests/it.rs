@@ -2164,7 +2164,7 @@ fn two_sinks_reaching_one_postgres_table_are_refused_before_anything_loads() {
 
 /// A run whose sink cannot be opened fails before anything loads and leaves no empty output
 /// folder behind (the quarantine's and the other sinks' are opened first); with the sink
-/// back, the same run resumes and loads every record once.
+/// back, a new run (the failed one is `failed_before_load`) loads every record once.
 #[test]
 fn a_sink_that_cannot_be_opened_leaves_no_empty_folder_behind() {
     let ns = format!("st_nosink_{}", std::process::id());
@@ -2178,7 +2178,10 @@ fn a_sink_that_cannot_be_opened_leaves_no_empty_folder_behind() {
         |_| {},
     );
     let out = run_ok(bin().arg("run").arg(&spec).env("ST_URL", pg_url()));
-    assert!(out.contains("resum"), "{out}");
+    assert!(
+        !out.contains("resum"),
+        "a new run: nothing of the failed one reached a sink: {out}"
+    );
     assert_eq!(pg_one(&format!("SELECT count(*)::text FROM {ns}.b")), "2");
     let files = |d: &str| std::fs::read_dir(dir.path().join(d)).unwrap().count();
     assert_eq!((files("out/a"), files("out/q")), (1, 1));
@@ -2187,7 +2190,7 @@ fn a_sink_that_cannot_be_opened_leaves_no_empty_folder_behind() {
 
 /// In a run of two sources, a sink of the second that cannot be reached fails the run before
 /// the first source loads into its own sinks: every sink opens before any source loads. With
-/// the sink back, the run resumes and loads each source's records once.
+/// the sink back, a new run loads each source's records once.
 #[test]
 fn an_unreachable_sink_of_a_later_source_stops_the_run_before_anything_loads() {
     let ns = format!("st_latesink_{}", std::process::id());
@@ -2223,7 +2226,10 @@ fn an_unreachable_sink_of_a_later_source_stops_the_run_before_anything_loads() {
             .env("ST_GOOD", pg_url())
             .env("ST_URL", pg_url()),
     );
-    assert!(out.contains("resum"), "{out}");
+    assert!(
+        !out.contains("resum"),
+        "a new run: nothing of the failed one reached a sink: {out}"
+    );
     assert_eq!(
         pg_one(&format!(
             "SELECT (SELECT count(*) FROM {ns}.b)::text || ' ' || (SELECT count(*) FROM {ns}.c)::text"
@@ -2296,7 +2302,7 @@ fn a_failed_first_run_leaves_no_table_in_the_bucket() {
 
 /// A first run that fails after some sinks opened leaves no table behind: a missing Delta or
 /// PostgreSQL table is created by the first commit that brings rows, or once the run has gone
-/// well. Resumed with every sink reachable, the run creates them all, the quarantine's too
+/// well. Run again with every sink reachable, a new run creates them all, the quarantine's too
 /// although no record is quarantined (an empty table readers and the next run can open).
 #[test]
 fn a_failed_first_run_leaves_no_empty_table_behind() {
@@ -2359,7 +2365,10 @@ fn a_failed_first_run_leaves_no_empty_table_behind() {
             .env("ST_GOOD", pg_url())
             .env("ST_URL", pg_url()),
     );
-    assert!(out.contains("resum"), "{out}");
+    assert!(
+        !out.contains("resum"),
+        "a new run: nothing of the failed one reached a sink: {out}"
+    );
     for t in ["b", "c"] {
         assert_eq!(pg_one(&format!("SELECT count(*)::text FROM {ns}.{t}")), "2");
     }
@@ -8137,8 +8146,8 @@ fn compressed_inputs_load_as_text_and_a_damaged_one_loads_nothing() {
 }
 
 /// A Delta sink whose table has other columns than the pipeline writes stops the run before any
-/// batch, saying what differs and how to go on: an edit of the spec needs a fresh run, which
-/// the note says how to start.
+/// batch, saying what differs and how to go on: nothing of the run reached a sink, so the
+/// edited spec's run is a new one, with no `--abandon-unfinished`.
 #[test]
 fn a_sink_of_other_columns_stops_the_run_saying_how_to_go_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -8167,34 +8176,40 @@ fn a_sink_of_other_columns_stops_the_run_saying_how_to_go_on() {
         "{err}"
     );
     assert!(
-        err.contains("stopped before committing any batch")
-            && err.contains("add --abandon-unfinished to start afresh"),
+        err.contains("failed before any sink received a batch, so nothing of it is loaded")
+            && err.contains("starts a new run"),
         "{err}"
     );
-    // Pointed at a new table, the edited spec runs once the stopped run is given up.
+    let runs = run_ok(
+        bin()
+            .args(["runs", "--format", "json"])
+            .current_dir(dir.path()),
+    );
+    let runs: serde_json::Value = serde_json::from_str(&runs).unwrap();
+    assert_eq!(runs[0]["status"], "failed_before_load", "{runs}");
+    let failed = runs[0]["run_id"].as_str().unwrap().to_string();
+    // Pointed at a new table, the edited spec runs: a new run, which loads the new file
+    // (the incremental source's first file was loaded by the first run).
     let edited = std::fs::read_to_string(&spec)
         .unwrap()
         .replace("out/t", "out/t2");
     std::fs::write(&spec, edited).unwrap();
-    let o = bin().arg("run").arg(&spec).output().unwrap();
-    assert_eq!(o.status.code(), Some(2), "another version of the spec");
-    let out = run_ok(bin().arg("run").arg(&spec).arg("--abandon-unfinished"));
+    let out = run_ok(bin().arg("run").arg(&spec));
     assert_eq!(counts(&out), (1, 1, 0), "{out}");
-    // Giving the run up is in the ledger, with what it had committed (nothing), before the
-    // new run starts.
+    assert!(
+        !out.contains(&failed),
+        "a new run, not the failed one: {out}"
+    );
+    // The ledger tells the failed run's end; nothing was given up.
     let home = dir.path().join(".sealtrail");
     let shown = run_ok(bin().args(["ledger", "show", "--home"]).arg(&home));
     let kinds: Vec<&str> = shown
         .lines()
         .map(|l| l.split_whitespace().nth(2).unwrap())
         .collect();
-    let at = kinds.iter().position(|k| *k == "run_abandoned").unwrap();
+    assert!(!kinds.contains(&"run_abandoned"), "{shown}");
+    let at = kinds.iter().position(|k| *k == "run_failed").unwrap();
     assert_eq!(kinds[at + 1], "run_started", "{shown}");
-    let line = shown.lines().nth(at).unwrap();
-    assert!(
-        line.contains("given up; its committed batches stay: in=0 loaded=0 quarantined=0"),
-        "{shown}"
-    );
     let v = run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
     assert!(v.starts_with("verified:"), "{v}");
 }

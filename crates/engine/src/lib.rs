@@ -37,6 +37,7 @@ use sealtrail_spec::{Diagnostic, Pipeline, SourceConnector, Target};
 use state::StateStore;
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use transform::Transforms;
 
@@ -926,7 +927,10 @@ async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<Ru
         None => None,
     };
     let fresh = missing_local_folders(p);
-    let result = run_inner(p, opts, st, &run_id).await;
+    // Set when the first batch's commit to a sink begins. A resumed run may have committed
+    // before (a kill between a sink's commit and the state store's leaves no trace here).
+    let delivering = AtomicBool::new(resumed);
+    let result = run_inner(p, opts, st, &run_id, &delivering).await;
     if result.is_err() {
         remove_if_still_empty(&fresh);
     }
@@ -967,7 +971,12 @@ async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<Ru
         Err(e) => {
             let msg = e.to_string();
             // Best effort: the original error matters more than a failure to record it.
-            let _ = st.fail(&run_id, &msg).await;
+            // A run that failed before any sink received a batch holds nothing to complete:
+            // the next run starts afresh (a spec fixed after a check that needed the data is
+            // not refused as "another version"). A stopped one resumes, as its message says.
+            let before_delivery =
+                !delivering.load(Ordering::SeqCst) && !matches!(e, Error::Stopped { .. });
+            let _ = st.fail(&run_id, &msg, before_delivery).await;
             let _ = audit(AuditEvent::RunFailed {
                 run_id: run_id.clone(),
                 pipeline: p.name.clone(),
@@ -1156,6 +1165,7 @@ async fn run_inner(
     opts: &RunOptions,
     st: &StateStore,
     run_id: &RunId,
+    delivering: &AtomicBool,
 ) -> Result<RunReport> {
     let mut report = RunReport {
         run_id: run_id.clone(),
@@ -1351,6 +1361,7 @@ async fn run_inner(
                 &versions,
                 opts,
                 &mut report,
+                delivering,
             ))
             .catch_unwind()
             .await;
@@ -1755,6 +1766,7 @@ async fn commit_one(
     versions: &Versions,
     opts: &RunOptions,
     report: &mut RunReport,
+    delivering: &AtomicBool,
 ) -> Result<()> {
     let counts = Counts {
         rows_in: prepared.rows_in,
@@ -1821,6 +1833,7 @@ async fn commit_one(
         tokio::task::spawn_blocking(move || batch_custody(input, &per_sink, format))
     });
     let mut held = Vec::new();
+    delivering.store(true, Ordering::SeqCst);
     for (i, ((w, _), (_, rows))) in sinks.iter_mut().zip(&per_sink).enumerate() {
         if !w.commit(&key, rows).await? {
             held.push(i);

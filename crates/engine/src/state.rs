@@ -6,7 +6,9 @@
 //! Run lifecycle (the `status` column):
 //! ```text
 //!   running ──all batches committed, counts balance──▶ succeeded
-//!      │  └──error──▶ failed ──next run of the pipeline resumes it──▶ running
+//!      │  ├──error──▶ failed ──next run of the pipeline resumes it──▶ running
+//!      │  └──error before any sink received a batch──▶ failed_before_load (never resumed:
+//!      │       nothing to complete; the next run is a new one, under any spec)
 //!      └──process killed: stays running; the next run resumes it (same id, same inputs)
 //!   running/failed ──`--abandon-unfinished`──▶ abandoned
 //! ```
@@ -1047,17 +1049,27 @@ impl StateStore {
             .collect()
     }
 
-    pub async fn fail(&self, run: &RunId, error: &str) -> Result<()> {
+    /// Records that `run` failed with `error`.
+    ///
+    /// `before_delivery`: the run failed before it began committing its first batch to a sink,
+    /// so no sink holds anything of it. It is recorded as `failed_before_load`, which the next
+    /// run does not resume: that one starts afresh, under whatever spec it is given.
+    pub async fn fail(&self, run: &RunId, error: &str, before_delivery: bool) -> Result<()> {
         // The counts of the batches committed before the failure: they stay loaded, and
         // `runs` shows how far the run got.
         let c = self.totals(run, None).await?;
-        sqlx::query("UPDATE sealtrail_runs SET status = 'failed', ended_at = $2, error = $3, rows_in = $4, rows_loaded = $5, rows_quarantined = $6 WHERE run_id = $1")
+        sqlx::query("UPDATE sealtrail_runs SET status = $7, ended_at = $2, error = $3, rows_in = $4, rows_loaded = $5, rows_quarantined = $6 WHERE run_id = $1")
             .bind(run.as_str())
             .bind(sealtrail_core::audit::now())
             .bind(error)
             .bind(c.rows_in as i64)
             .bind(c.rows_loaded as i64)
             .bind(c.rows_quarantined as i64)
+            .bind(if before_delivery {
+                "failed_before_load"
+            } else {
+                "failed"
+            })
             .execute(&self.pool)
             .await?;
         Ok(())
