@@ -2436,6 +2436,63 @@ fn a_failed_first_run_leaves_no_empty_table_behind() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// Dates and timestamps beyond what the calendar can show (Parquet holds them: days or
+/// milliseconds in 32 or 64 bits) are quarantined with the number the file stores, never
+/// loaded as null.
+#[test]
+fn parquet_values_beyond_the_calendar_are_quarantined_not_loaded_as_null() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let d = dir.path().display();
+    py(&format!(
+        "import pyarrow as pa, pyarrow.parquet as pq\n\
+         pq.write_table(pa.table({{\n\
+           'id': pa.array([1, 2, 3, 4], pa.int64()),\n\
+           'ts': pa.array([0, 2**62, 0, None], pa.timestamp('ms')),\n\
+           'day': pa.array([0, 0, -2**31, 2**31 - 1], pa.date32()),\n\
+         }}), '{d}/in/a.parquet')"
+    ));
+    let spec = dir.path().join("pq.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: far\nsources:\n  s:\n    parquet: { path: in/*.parquet }\n    columns:\n      - { name: id, type: int64 }\n      - { name: ts }\n      - { name: day, class: none }\nsinks:\n  out: { from: s, audience: internal, parquet: { path: out/data } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    assert_eq!(counts(&run_ok(bin().arg("run").arg(&spec))), (4, 1, 3));
+    let got = py(&format!(
+        "import pyarrow.parquet as pq\n\
+         print(pq.read_table('{d}/out/data').to_pylist()[0]['day'])\n\
+         q = pq.read_table('{d}/out/q').to_pylist()\n\
+         print(sorted((x['row'], x['reason']) for x in q))"
+    ));
+    assert_eq!(
+        got,
+        "1970-01-01\n[(1, 'invalid_type'), (2, 'invalid_type'), (3, 'invalid_type')]"
+    );
+    let home = dir.path().join(".sealtrail");
+    let list = run_ok(
+        bin()
+            .args(["quarantine", "list"])
+            .arg(dir.path().join("out/q")),
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.contains("row 1") && l.contains("type(ts)")),
+        "{list}"
+    );
+    let shown = run_ok(
+        bin()
+            .args(["quarantine", "show"])
+            .arg(dir.path().join("out/q"))
+            .args(["--row", "1", "--reason", "test", "--home"])
+            .arg(&home),
+    );
+    assert!(
+        shown.contains("\"ts\":\"4611686018427387904\""),
+        "the stored number, kept: {shown}"
+    );
+}
+
 #[test]
 fn parquet_files_are_a_source_with_typed_values_and_row_positions() {
     let dir = tempfile::tempdir().unwrap();

@@ -13,11 +13,14 @@
 
 use crate::guard::guarded;
 use crate::{Decoded, Error, Result, SourceReader};
-use arrow::array::{Array, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, FieldRef, Int64Type};
+use arrow::json::writer::{EncoderOptions, NullableEncoder, make_encoder};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
-use sealtrail_core::record::{PosKind, RawBatch, canonical_row};
+use sealtrail_core::Reason;
+use sealtrail_core::record::{PosKind, Quarantined, RawBatch, canonical_row};
 use sealtrail_spec::Source;
 use sealtrail_spec::raw::UnknownColumns;
 use std::collections::VecDeque;
@@ -163,24 +166,29 @@ impl SourceReader for ParquetReader {
                 }
                 Ok(Some(rb)) => rb.map_err(|e| damaged(&e))?,
             };
-            let batch = to_raw(&self.source, cur, &rb)?;
-            return Ok(Some(Decoded {
-                batch,
-                malformed: Vec::new(),
-            }));
+            let (batch, malformed) = to_raw(&self.source, cur, &rb)?;
+            return Ok(Some(Decoded { batch, malformed }));
         }
     }
 }
 
-/// One Arrow batch as field text plus canonical raw bytes per row.
-fn to_raw(source: &Source, cur: &mut OpenFile, rb: &RecordBatch) -> Result<RawBatch> {
+/// One Arrow batch as field text plus canonical raw bytes per row; a record holding a value
+/// Arrow cannot display (a date or timestamp beyond the calendar's range, year 262143) is
+/// quarantined as `invalid_type` for each such column, never loaded with the value as null.
+fn to_raw(
+    source: &Source,
+    cur: &mut OpenFile,
+    rb: &RecordBatch,
+) -> Result<(RawBatch, Vec<Quarantined>)> {
     let ncols = source.columns.len();
     let opts = FormatOptions::default().with_display_error(false);
-    let formatters = cur
+    let json_opts = EncoderOptions::default().with_explicit_nulls(true);
+    let fields: Vec<FieldRef> = rb.schema_ref().fields().iter().cloned().collect();
+    let mut formatters = cur
         .map
         .iter()
         .map(|m| {
-            m.map(|i| ArrayFormatter::try_new(rb.column(i).as_ref(), &opts))
+            m.map(|i| Shown::new(&fields[i], rb.column(i).as_ref(), &opts, &json_opts))
                 .transpose()
         })
         .collect::<std::result::Result<Vec<_>, _>>()
@@ -197,23 +205,191 @@ fn to_raw(source: &Source, cur: &mut OpenFile, rb: &RecordBatch) -> Result<RawBa
         rb.get_array_memory_size(),
     );
     let mut values: Vec<Option<String>> = vec![None; ncols];
+    let mut malformed = Vec::new();
+    let mut unshown = Vec::new();
     for row in 0..rb.num_rows() {
-        for (c, f) in formatters.iter().enumerate() {
+        unshown.clear();
+        for (c, f) in formatters.iter_mut().enumerate() {
             values[c] = match (f, cur.map[c]) {
                 (Some(f), Some(i)) if !rb.column(i).is_null(row) => {
-                    let mut s = String::new();
-                    // Writing to a String cannot fail; a value Arrow cannot display is null.
-                    write!(s, "{}", f.value(row)).ok().map(|_| s)
+                    Some(f.text(row).unwrap_or_else(|| {
+                        unshown.push(c);
+                        stored_value(rb.column(i).as_ref(), row)
+                    }))
                 }
                 _ => None,
             };
         }
         let refs: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
-        batch.begin(cur.next_row, &canonical_row(&names, &refs));
-        for v in &refs {
-            batch.push(*v);
+        let raw = canonical_row(&names, &refs);
+        if unshown.is_empty() {
+            batch.begin(cur.next_row, &raw);
+            for v in &refs {
+                batch.push(*v);
+            }
+        } else {
+            malformed.push(Quarantined {
+                input: cur.name.clone(),
+                pos_kind: PosKind::Row,
+                pos: cur.next_row,
+                key: None,
+                raw,
+                reasons: unshown
+                    .iter()
+                    .map(|&c| Reason::new("invalid_type", format!("type({})", names[c])))
+                    .collect(),
+            });
         }
         cur.next_row += 1;
     }
-    Ok(batch)
+    Ok((batch, malformed))
+}
+
+/// How a column's values become field text: as Arrow displays them, or, for nested values
+/// (lists, structs, maps), as JSON, which says where each element starts and ends (Arrow's
+/// display writes `["a,b"]` and `["a", "b"]` alike, without quotes, as `[a,b]` and `[a, b]`).
+enum Shown<'a> {
+    Display(ArrayFormatter<'a>),
+    Json(NullableEncoder<'a>),
+}
+
+impl<'a> Shown<'a> {
+    fn new(
+        field: &'a FieldRef,
+        array: &'a dyn Array,
+        opts: &'a FormatOptions<'a>,
+        json: &'a EncoderOptions,
+    ) -> std::result::Result<Self, arrow::error::ArrowError> {
+        Ok(match array.data_type() {
+            DataType::List(_)
+            | DataType::LargeList(_)
+            | DataType::FixedSizeList(..)
+            | DataType::Struct(_)
+            | DataType::Map(..) => Shown::Json(make_encoder(field, array, json)?),
+            _ => Shown::Display(ArrayFormatter::try_new(array, opts)?),
+        })
+    }
+
+    /// The non-null value at `row`; `None` when Arrow cannot display it (a date or timestamp
+    /// beyond the calendar's range).
+    fn text(&mut self, row: usize) -> Option<String> {
+        match self {
+            Shown::Display(f) => {
+                let mut s = String::new();
+                // Writing to a String fails only when Arrow cannot display the value.
+                write!(s, "{}", f.value(row)).ok().map(|_| s)
+            }
+            Shown::Json(e) => {
+                let mut out = Vec::new();
+                e.encode(row, &mut out);
+                String::from_utf8(out).ok()
+            }
+        }
+    }
+}
+
+/// The value at `row` of `array` as the number it is stored as (days or time units since
+/// 1970 for dates and timestamps), for a value Arrow cannot display: the quarantine keeps
+/// what the file holds.
+fn stored_value(array: &dyn Array, row: usize) -> String {
+    let one = array.slice(row, 1);
+    match arrow::compute::cast(&one, &DataType::Int64) {
+        Ok(n) => match n.as_primitive_opt::<Int64Type>() {
+            Some(n) if n.is_valid(0) => n.value(0).to_string(),
+            _ => format!("({} value)", array.data_type()),
+        },
+        Err(_) => format!("({} value)", array.data_type()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{
+        ArrayRef, Date32Array, Int64Array, ListBuilder, StringArray, StringBuilder, StructArray,
+    };
+    use arrow::datatypes::{DataType, Field};
+    use parquet::arrow::ArrowWriter;
+    use std::sync::Arc;
+
+    fn parquet_bytes(columns: Vec<(&str, ArrayRef)>) -> Vec<u8> {
+        let batch = arrow::array::RecordBatch::try_from_iter(columns).unwrap();
+        let mut out = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut out, batch.schema(), None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        out
+    }
+
+    #[test]
+    fn nested_parquet_values_read_as_json() {
+        let mut tags = ListBuilder::new(StringBuilder::new());
+        tags.values().append_value("a,b");
+        tags.append(true);
+        tags.values().append_value("a");
+        tags.values().append_value("b");
+        tags.append(true);
+        tags.append(false);
+        tags.append(true);
+        let party = StructArray::from(vec![
+            (
+                Arc::new(Field::new("name", DataType::Utf8, true)),
+                Arc::new(StringArray::from(vec![
+                    Some("Ann \"A\""),
+                    None,
+                    Some("x"),
+                    Some("y"),
+                ])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("n", DataType::Int64, true)),
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])) as ArrayRef,
+            ),
+        ]);
+        let bytes = parquet_bytes(vec![
+            ("tags", Arc::new(tags.finish()) as ArrayRef),
+            ("party", Arc::new(party) as ArrayRef),
+            (
+                "day",
+                Arc::new(Date32Array::from(vec![0, 1, i32::MAX, 3])) as ArrayRef,
+            ),
+        ]);
+        let (_dir, mut r) =
+            crate::test_reader("parquet: { path: in }", &["tags", "party", "day"], &bytes);
+        let d = r.next_batch().unwrap().unwrap();
+        let row = |i: usize| -> Vec<Option<&str>> { (0..3).map(|c| d.batch.get(i, c)).collect() };
+        // Element boundaries survive: one element "a,b" is not two elements a and b.
+        assert_eq!(
+            row(0),
+            [
+                Some(r#"["a,b"]"#),
+                Some(r#"{"name":"Ann \"A\"","n":1}"#),
+                Some("1970-01-01")
+            ]
+        );
+        assert_eq!(
+            row(1),
+            [
+                Some(r#"["a","b"]"#),
+                Some(r#"{"name":null,"n":2}"#),
+                Some("1970-01-02")
+            ]
+        );
+        assert_eq!(d.batch.get(2, 0), Some("[]"), "an empty list is not null");
+        assert_eq!(d.batch.len(), 3);
+        // Row 2's day is past what the calendar shows: quarantined with the stored number, and
+        // its null list stays null in the raw record.
+        assert_eq!(d.malformed.len(), 1);
+        let q = &d.malformed[0];
+        assert_eq!((q.pos, q.reasons.len()), (2, 1));
+        assert_eq!(
+            (q.reasons[0].code.as_str(), q.reasons[0].rule.as_str()),
+            ("invalid_type", "type(day)")
+        );
+        let raw = String::from_utf8(q.raw.clone()).unwrap();
+        assert!(
+            raw.contains(r#""tags":null"#) && raw.contains(r#""day":"2147483647""#),
+            "{raw}"
+        );
+        assert!(r.next_batch().unwrap().is_none());
+    }
 }
