@@ -1945,6 +1945,67 @@ fn pg_project(ns: &str, files: &[(&str, &str)], body: &str) -> (tempfile::TempDi
     (dir, spec)
 }
 
+/// A NUL character in a text value (valid UTF-8, and JSON's `\u0000`), which PostgreSQL text
+/// cannot store: with a PostgreSQL sink the record is quarantined, not the run failed by the
+/// sink's COPY; a pipeline without one loads it.
+#[test]
+fn a_nul_character_bound_for_postgres_is_quarantined_not_a_failed_run() {
+    let ns = format!("st_nul_{}", std::process::id());
+    let (dir, spec) = pg_project(
+        &ns,
+        &[
+            ("in/a.csv", "id,name\n1,x\n2,a\0b\n3,y\n"),
+            (
+                "in/b.jsonl",
+                "{\"id\": 4, \"name\": \"c\\u0000d\"}\n{\"id\": 5, \"name\": \"z\"}\n",
+            ),
+        ],
+        &format!(
+            "{CSV_SOURCE_S}  j:\n    jsonl: {{ path: in/*.jsonl }}\n    columns: [{{ name: id, type: int64 }}, {{ name: name, class: none }}]\nsinks:\n  t: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.t }} }}\n  u: {{ from: j, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.u }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    );
+    let out = run_ok(bin().arg("run").arg(&spec).env("ST_URL", pg_url()));
+    assert_eq!(counts(&out), (5, 3, 2), "{out}");
+    assert_eq!(
+        pg_one(&format!(
+            "SELECT string_agg(id::text || name, ',' ORDER BY id) FROM (SELECT id, name FROM {ns}.t UNION ALL SELECT id, name FROM {ns}.u) x"
+        )),
+        "1x,3y,5z"
+    );
+    let list = run_ok(
+        bin()
+            .args(["quarantine", "list"])
+            .arg(dir.path().join("out/q")),
+    );
+    for (input, line) in [("a.csv", "3"), ("b.jsonl", "1")] {
+        assert!(
+            list.lines().any(|l| l.contains(input)
+                && l.split_whitespace().nth(1) == Some(line)
+                && l.contains("invalid_text")
+                && l.contains("nul(name)")),
+            "{list}"
+        );
+    }
+    // Into Parquet, the same records load: the rule is PostgreSQL's.
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        text.replace(
+            &format!("postgres: {{ url: env:ST_URL, table: {ns}.t }}"),
+            "parquet: { path: out/t }",
+        )
+        .replace(
+            &format!("postgres: {{ url: env:ST_URL, table: {ns}.u }}"),
+            "parquet: { path: out/u }",
+        )
+        .replace(&format!("pipeline: {ns}"), &format!("pipeline: {ns}_files")),
+    )
+    .unwrap();
+    let out = run_ok(bin().arg("run").arg(&spec));
+    assert_eq!(counts(&out), (5, 5, 0), "{out}");
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
 /// With `SEALTRAIL_REQUIRE_VERIFIED_TLS=1` an administrator's policy holds: a connection to
 /// another machine that would not authenticate the server (a PostgreSQL `sslmode` below
 /// `verify-full`, a plain `http://` OpenLineage or S3 endpoint) is refused before anything is

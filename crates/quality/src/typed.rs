@@ -425,7 +425,9 @@ impl Builder {
 
 /// Converts the records of `batch` with `passed[row]` set into a typed [`RecordBatch`] of the
 /// source's schema. Records with a value that does not parse as its column's type are returned
-/// as quarantined (`invalid_type`, naming the column) and their flag is cleared.
+/// as quarantined (`invalid_type`, naming the column) and their flag is cleared; so are records
+/// with a NUL character in a text value when a PostgreSQL sink receives the source's records
+/// (`invalid_text`, rule `nul(COLUMN)`: [`Source::text_without_nul`]).
 /// Also returns, for each output row, its row index in `batch`.
 pub fn to_record_batch(
     source: &Source,
@@ -460,6 +462,10 @@ pub fn to_record_batch(
             match batch.get(row, ci) {
                 None => vals.push(Value::Null),
                 Some(text) => match parse(text, col.ty, col.format.as_deref()) {
+                    Some(Value::Str(s)) if source.text_without_nul && s.as_bytes().contains(&0) => {
+                        failed.push(Reason::new("invalid_text", format!("nul({})", col.name)));
+                        vals.push(Value::Null);
+                    }
                     Some(v) => vals.push(v),
                     None => {
                         failed.push(Reason::new("invalid_type", format!("type({})", col.name)));

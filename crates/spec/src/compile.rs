@@ -39,6 +39,10 @@ pub struct Source {
     pub digest: Option<String>,
     /// Line and column of the source in the spec.
     pub at: (u64, u64),
+    /// Whether a PostgreSQL sink receives this source's records: its text values must then
+    /// hold no NUL character (U+0000), which PostgreSQL text cannot store; a record with one
+    /// is quarantined (`invalid_text`) rather than failing the sink's commit, and the run.
+    pub text_without_nul: bool,
 }
 
 /// Which columns a policy applies to.
@@ -762,6 +766,11 @@ pub fn compile(spec: raw::PipelineSpec, path: &Path, sha: String) -> Result<Pipe
         cx.diags.sort_by_key(|d| (d.line, d.column));
         return Err(Error::Invalid(cx.diags));
     }
+    for source in &mut sources {
+        source.text_without_nul = sinks
+            .iter()
+            .any(|k| k.root_source == source.name && matches!(k.target, Target::Postgres { .. }));
+    }
     Ok(Pipeline {
         name: spec.pipeline.value,
         description: spec.description,
@@ -1338,6 +1347,8 @@ fn compile_source(
         protect,
         digest: v.digest.clone(),
         at: (s.line, s.column),
+        // Set once the sinks are compiled.
+        text_without_nul: false,
     })
 }
 
