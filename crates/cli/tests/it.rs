@@ -3710,6 +3710,39 @@ fn a_transform_failing_on_a_value_does_not_repeat_it() {
     }
 }
 
+/// A declared `key` whose value repeats in a run would give two records one lineage id: the
+/// later ones are quarantined as `duplicate_key`, and every delivered id names one row.
+#[test]
+fn a_repeated_value_of_a_declared_postgres_key_is_quarantined() {
+    let ns = format!("st_dupkey_{}", std::process::id());
+    let (dir, spec) = pg_project(
+        &ns,
+        &[],
+        &format!(
+            "batch_rows: 2\nsources:\n  s:\n    postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.src, key: ref }}\n    columns: [{{ name: ref, class: none }}, {{ name: n, type: int64 }}]\nsinks:\n  t: {{ from: s, audience: internal, parquet: {{ path: out/t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    );
+    pg(&format!(
+        "CREATE TABLE {ns}.src (ref text, n bigint);\n\
+         INSERT INTO {ns}.src VALUES ('a', 1), ('b', 2), ('a', 3), ('c', 4), ('b', 5)"
+    ));
+    let out = run_ok(bin().arg("run").arg(&spec).env("ST_TEST_PG_URL", pg_url()));
+    assert_eq!(counts(&out), (5, 3, 2), "{out}");
+    let got = py(&format!(
+        "import pyarrow.parquet as pq\n\
+         t = pq.read_table('{d}/out/t').to_pylist()\n\
+         ids = [r['_sealtrail_id'] for r in t]\n\
+         print(len(ids) == len(set(ids)), sorted((r['ref'], r['n']) for r in t))\n\
+         print(sorted((x['key'], x['reason'], x['rules']) for x in pq.read_table('{d}/out/q').to_pylist()))",
+        d = dir.path().display()
+    ));
+    assert_eq!(
+        got,
+        "True [('a', 1), ('b', 2), ('c', 4)]\n[('a', 'duplicate_key', 'unique(ref)'), ('b', 'duplicate_key', 'unique(ref)')]"
+    );
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
 /// A PostgreSQL source with a `cursor` but no `key`: its records' lineage ids are the
 /// table's primary key (rows sharing a cursor value used to share an id, and were read in any
 /// order among themselves, so a resumed run could cut its batches otherwise); `check` notes

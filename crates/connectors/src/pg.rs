@@ -352,7 +352,9 @@ impl PgReader {
         // A total order, so a resumed run cuts the same batches: by cursor, then key (the
         // spec's, else the table's primary key). Without a key, rows that share a cursor value
         // would come in any order (a resumed run could load one twice and another never), so
-        // every column orders them then (rows alike in every column are interchangeable).
+        // every column orders them then (rows alike in every column are interchangeable); so
+        // too after the spec's key, which nothing makes unique (its repeats are quarantined as
+        // `duplicate_key`, and which of them loads must not change on a re-read).
         let key = self.pg.key.as_ref().or(self.input.primary_key.as_ref());
         let mut order: Vec<String> = Vec::new();
         for c in [self.pg.cursor.as_ref(), key].into_iter().flatten() {
@@ -361,7 +363,7 @@ impl PgReader {
                 order.push(q);
             }
         }
-        if key.is_none() {
+        if key.is_none() || self.pg.key.is_some() {
             order.extend((1..=self.source.columns.len()).map(|i| i.to_string()));
         }
         let _ = write!(sql, " ORDER BY {}", order.join(", "));

@@ -1320,6 +1320,23 @@ fn compile_source(
             None => {}
         }
     }
+    // A declared `key` names each record in its lineage id, so a value that repeats in a run
+    // would give two records one id: the later ones are quarantined (`duplicate_key`), as by
+    // a `unique` check, which the spec may declare itself instead (a primary key, used when
+    // `key` is not declared, is unique by its constraint).
+    if let Some(k) = v.postgres.as_ref().and_then(|pg| pg.key.as_deref())
+        && let Some(i) = columns.iter().position(|c| c.name == k)
+        && !checks
+            .iter()
+            .any(|c: &Check| matches!(&c.rule, Rule::Unique(cols) if cols[..] == [i]))
+    {
+        checks.push(Check {
+            rule: Rule::Unique(vec![i]),
+            reason: "duplicate_key".into(),
+            label: format!("unique({k})"),
+            at: (s.line, s.column),
+        });
+    }
     let protect = v
         .protect
         .iter()
@@ -2089,6 +2106,46 @@ sinks:
 quarantine:
   parquet: { path: q }
 ";
+
+    #[test]
+    fn a_declared_postgres_key_is_checked_unique_once() {
+        let spec = |checks: &str| {
+            format!(
+                "version: 1\npipeline: p\nsources:\n  t:\n    postgres: {{ url: 'postgres://u@h/d', table: src, key: acct }}\n    columns: [{{ name: acct }}, {{ name: n, type: int64 }}]\n{checks}sinks:\n  out: {{ from: t, parquet: {{ path: out }} }}\nquarantine:\n  parquet: {{ path: q }}\n"
+            )
+        };
+        let p = crate::parse_str(&spec(""), Path::new("t.yaml")).unwrap();
+        let c = &p.sources[0].checks;
+        assert_eq!(c.len(), 1);
+        assert!(matches!(&c[0].rule, Rule::Unique(cols) if cols[..] == [0]));
+        assert_eq!(
+            (c[0].reason.as_str(), c[0].label.as_str()),
+            ("duplicate_key", "unique(acct)")
+        );
+        // The spec's own `unique` on the key stands for it; one on another column does not.
+        let p = crate::parse_str(
+            &spec("    checks: [{ rule: unique, column: acct, reason: dup }]\n"),
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let reasons: Vec<&str> = p.sources[0]
+            .checks
+            .iter()
+            .map(|c| c.reason.as_str())
+            .collect();
+        assert_eq!(reasons, ["dup"]);
+        let p = crate::parse_str(
+            &spec("    checks: [{ rule: unique, columns: [acct, n], reason: dup }]\n"),
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let reasons: Vec<&str> = p.sources[0]
+            .checks
+            .iter()
+            .map(|c| c.reason.as_str())
+            .collect();
+        assert_eq!(reasons, ["dup", "duplicate_key"]);
+    }
 
     #[test]
     fn a_good_spec_compiles() {
