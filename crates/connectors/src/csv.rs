@@ -800,6 +800,12 @@ impl SourceReader for CsvReader {
                 let line_no = f.line_no;
                 f.line_no += lines.max(1);
                 consume_terminator(f, units);
+                // An empty line holds no record when records have two or more fields (as a
+                // blank line in JSON Lines): skipped, not quarantined as a record with one
+                // field (exports often end with one). With one field it is an empty value.
+                if start == end && lines != 0 && f.nfields > 1 {
+                    continue;
+                }
                 rows += 1;
                 let raw = &f.buf[start..end];
                 let bad = |code: &str, rule: &str| Quarantined {
@@ -927,6 +933,22 @@ mod tests {
             }
         }
         (rows, bad)
+    }
+
+    #[test]
+    fn empty_lines_are_not_records_of_two_or_more_fields() {
+        let (rows, bad) = read_encoded("utf-8", b"name,note\r\n\r\na,1\n\nb,\"x\n\ny\"\n \n\n\n");
+        let names: Vec<_> = rows.iter().map(|(v, _)| v[0].clone()).collect();
+        assert_eq!(names, [Some("a".to_string()), Some("b".to_string())]);
+        // Blank lines inside a quoted value stay part of it; a line holding a space is a
+        // record (of one field), quarantined with its line number.
+        assert_eq!(rows[1].1, b"b,\"x\n\ny\"");
+        assert_eq!(bad, [(8, "wrong_field_count".to_string(), b" ".to_vec())]);
+        // With one field, an empty line is an empty value.
+        let (_dir, mut r) = crate::test_reader("csv: { path: in }", &["name"], b"name\na\n\nb\n");
+        let d = r.next_batch().unwrap().unwrap();
+        assert_eq!(d.batch.len(), 3);
+        assert!(d.malformed.is_empty());
     }
 
     #[test]
