@@ -821,6 +821,12 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             _ => bail!("{none}"),
         }
     }
+    if spec.is_none() && local && !path.exists() {
+        bail!(
+            "there is no quarantine at {}: no such folder (is the path mistyped? Name the pipeline's spec instead, to use the quarantine it declares)",
+            path.display()
+        );
+    }
     let home = crate::StateArgs {
         home,
         state_url: None,

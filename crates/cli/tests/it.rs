@@ -2497,6 +2497,33 @@ fn a_failed_first_run_leaves_no_empty_table_behind() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// `quarantine list` of a quarantine nothing was written to: by its spec, none yet (exit 0);
+/// by a folder that does not exist, an error that says so (a mistyped path, most likely).
+#[test]
+fn listing_a_quarantine_that_is_not_there_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, spec) = one_file_id_note_project(dir.path(), "noq", "id,note\n1,x\n");
+    let listed = run_ok(bin().args(["quarantine", "list"]).arg(&spec));
+    assert!(
+        listed.starts_with(
+            "0 quarantined record(s) (no record was quarantined: there is no quarantine at "
+        ),
+        "{listed}"
+    );
+    let o = bin()
+        .args(["quarantine", "list"])
+        .arg(dir.path().join("out/qq"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("there is no quarantine at ")
+            && err.contains("out/qq: no such folder (is the path mistyped?"),
+        "{err}"
+    );
+}
+
 /// Dates and timestamps beyond what the calendar can show (Parquet holds them: days or
 /// milliseconds in 32 or 64 bits) are quarantined with the number the file stores, never
 /// loaded as null.
