@@ -324,7 +324,10 @@ pub fn age_band(birth_days: i32, today_days: i32) -> &'static str {
     let (Some(b), Some(t)) = (from, to) else {
         return "unknown";
     };
-    let age = t.years_since(b).unwrap_or(0);
+    // A date of birth after today is no age (it was "<18", a band it is not in).
+    let Some(age) = t.years_since(b) else {
+        return "unknown";
+    };
     match age {
         0..=17 => "<18",
         18..=24 => "18-24",
@@ -376,6 +379,22 @@ mod tests {
 
     fn key(b: u8) -> KeyBytes {
         KeyBytes::from_slice(&[b; 32]).unwrap()
+    }
+
+    #[test]
+    fn age_bands_by_whole_years_and_none_for_a_birth_after_today() {
+        let day = |y, m, d| {
+            (chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap()
+                - chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap())
+            .num_days() as i32
+        };
+        let today = day(2026, 12, 5);
+        assert_eq!(age_band(day(2008, 12, 6), today), "<18");
+        assert_eq!(age_band(day(2008, 12, 5), today), "18-24");
+        assert_eq!(age_band(day(1961, 12, 5), today), "65+");
+        assert_eq!(age_band(today, today), "<18");
+        assert_eq!(age_band(day(2026, 12, 6), today), "unknown");
+        assert_eq!(age_band(day(2030, 1, 1), today), "unknown");
     }
 
     /// RFC 4231 test case 2 (HMAC-SHA256, key "Jefe") through our hex encoding. Our keys are 32
