@@ -256,6 +256,14 @@ pub fn first_kind(v: &str, wanted: impl Fn(Kind) -> bool) -> Option<Kind> {
         .map(|(k, _)| k)
 }
 
+/// Whether `v` may hold several parts, each of which could be sensitive: text of words, a
+/// list (`a@x.com;b@y.com`, `a, b`), or a document (a JSON array or object, as nested Parquet
+/// values and JSON Lines objects read; a PostgreSQL array or composite). Such values are
+/// scanned for embedded spans ([`scan_text`]); a value that is one thing is validated whole.
+pub fn has_parts(v: &str) -> bool {
+    v.contains(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '|' | '[' | '{'))
+}
+
 /// A sensitive span found in free text.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -511,10 +519,13 @@ pub fn classify_column<S: AsRef<str>>(name: &str, sample: &[S]) -> Classificatio
             );
         }
     }
-    // Free text: sensitive spans embedded in longer text.
+    // Free text: sensitive spans embedded in longer text, or in lists and documents (a JSON
+    // array of email addresses has no spaces).
     let texty = values
         .iter()
-        .filter(|v| v.split_whitespace().count() >= 3)
+        .filter(|v| {
+            v.split_whitespace().count() >= 3 || v.starts_with(['[', '{']) || v.contains([';', '|'])
+        })
         .count();
     if share(texty) >= 0.5 {
         let with_spans = values.iter().filter(|v| !scan_text(v).is_empty()).count();
@@ -648,6 +659,28 @@ mod tests {
         assert_eq!(value_kind("1234.5678"), None);
         assert_eq!(value_kind("12345678"), None);
         assert_eq!(value_kind("10.0.0.1"), Some(Kind::IpAddress));
+    }
+
+    #[test]
+    fn lists_and_documents_of_sensitive_values_are_free_text() {
+        let emails: Vec<String> = (0..20)
+            .map(|i| format!(r#"["ann{i}@example.com","bob{i}@corp.example"]"#))
+            .collect();
+        let c = classify_column("contacts", &emails);
+        assert_eq!(c.kind, Some(Kind::FreeText), "{c:?}");
+        let ibans: Vec<String> = (0..20)
+            .map(|i| format!(r#"{{"iban":"GB82WEST12345698765432","n":{i}}}"#))
+            .collect();
+        assert_eq!(classify_column("meta", &ibans).kind, Some(Kind::FreeText));
+        let listed: Vec<String> = (0..20)
+            .map(|i| format!("a{i}@x.example;b@y.example"))
+            .collect();
+        assert_eq!(classify_column("cc", &listed).kind, Some(Kind::FreeText));
+        // Documents without any sensitive value are nothing.
+        let plain: Vec<String> = (0..20)
+            .map(|i| format!(r#"{{"n":{i},"tags":["a","b"]}}"#))
+            .collect();
+        assert!(!classify_column("meta", &plain).is_sensitive());
     }
 
     #[test]

@@ -16,8 +16,9 @@
 //! - values that could be something else (a Luhn-valid number is also one order id in ten, a
 //!   grouped number may be a reference, `1.2.3.4` a version): only when they are at least half
 //!   of the batch's values in that column, the classifier's own threshold for a column;
-//! - text of several words: every embedded span the redactor would replace (emails, IBANs,
-//!   card numbers, SSNs, phone numbers).
+//! - text of several words, lists and documents (`a@x.com;b@y.com`, a JSON array or object):
+//!   every embedded span the redactor would replace (emails, IBANs, card numbers, SSNs, phone
+//!   numbers).
 //!
 //! A column whose class the spec declares (`class:`) is the spec author's word and is not
 //! guarded; neither is a column whose every loaded value a check already pins to values that
@@ -120,7 +121,7 @@ impl Guard {
                         None => weak.push((kind, vec![r])),
                     }
                 }
-            } else if v.contains(char::is_whitespace)
+            } else if detect::has_parts(v)
                 && let Some(span) = detect::scan_text(v)
                     .into_iter()
                     .find(|s| self.withheld(s.kind))
@@ -259,6 +260,23 @@ mod tests {
             ],
         );
         assert_eq!(out, [1, 2]);
+    }
+
+    #[test]
+    fn lists_and_documents_with_an_embedded_sensitive_value_are_stopped() {
+        let g = guard(Audience::Analyst);
+        let out = flagged(
+            &g,
+            &[
+                r#"["ann@example.com","bob@corp.example"]"#,
+                r#"{"iban":"GB82WEST12345698765432","n":1}"#,
+                "ann@example.com;bob@corp.example",
+                "{a,b,c}",
+                r#"["x","y"]"#,
+                "A-1|B-2",
+            ],
+        );
+        assert_eq!(out, [0, 1, 2]);
     }
 
     #[test]

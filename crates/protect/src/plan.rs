@@ -118,8 +118,10 @@ pub fn resolve(source: &Source, classes: &[Classification]) -> Result<Resolution
                         class.evidence
                     ),
                     hint: format!(
-                        "add a policy under `protect:` (e.g. `- {{ column: {}, action: token }}`; or `drop`, `mask`, `encrypt`...), or `action: keep` to deliver it raw to restricted sinks, or declare `class: none` on the column if it is not sensitive",
-                        col.name
+                        "add a policy under `protect:` (e.g. `- {{ column: {}, action: {} }}`; or `drop`, `mask`, `encrypt`...), or `action: keep` to deliver it raw to restricted sinks, or declare `class: none` on the column if it is not sensitive",
+                        col.name,
+                        // Free text keeps its words: only the sensitive spans go.
+                        if class.kind == Some(Kind::FreeText) { "redact" } else { "token" }
                     ),
                 });
             }
