@@ -95,6 +95,13 @@ enum Cmd {
         /// read). The exit code is 2 when any spec has errors, in both formats.
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
+        /// Also classify each source's columns from a sample of its data (its first 1,000
+        /// records, as a run samples them), so that a column whose values are sensitive and
+        /// that has no policy is reported here, not first by `run`. Without it, `check` reads
+        /// no data (columns are classified by name and declaration). A source that cannot be
+        /// read is an error of its spec.
+        #[arg(long)]
+        data: bool,
     },
     /// Print the JSON Schema of pipeline specs (for editor autocompletion).
     Schema,
@@ -619,7 +626,11 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Check { specs, format } => check(&specs, format).await,
+        Cmd::Check {
+            specs,
+            format,
+            data,
+        } => check(&specs, format, data).await,
         Cmd::Schema => {
             outln!(
                 "{}",
@@ -1051,7 +1062,7 @@ impl Checked {
     }
 }
 
-async fn check(specs: &[PathBuf], format: Format) -> Result<()> {
+async fn check(specs: &[PathBuf], format: Format, data: bool) -> Result<()> {
     let mut checked = Vec::new();
     for s in specs {
         let mut c = Checked {
@@ -1064,7 +1075,23 @@ async fn check(specs: &[PathBuf], format: Format) -> Result<()> {
             Err(sealtrail_spec::Error::Invalid(d)) => c.diags = d,
             Err(e) => c.unreadable = Some(e.to_string()),
             Ok(p) => {
-                let (planned, diags) = sealtrail_engine::check_with(&p, &Default::default()).await;
+                // The data is read only for a spec that checks without it (its paths and
+                // URLs are then sound), and sampled as a run samples it.
+                let samples = if data && sealtrail_engine::check(&p).await.is_empty() {
+                    match protect_cmd::sample_sources(&p, 1000).await {
+                        Ok(samples) => samples,
+                        Err(e) => {
+                            c.unreadable = Some(format!(
+                                "{}: cannot read a sample of the data: {e:#}",
+                                s.display()
+                            ));
+                            Default::default()
+                        }
+                    }
+                } else {
+                    Default::default()
+                };
+                let (planned, diags) = sealtrail_engine::check_with(&p, &samples).await;
                 c.notes = sealtrail_engine::notes(&p, &planned);
                 c.diags = diags;
             }

@@ -433,11 +433,12 @@ pub fn decrypt(home: &Path, la: &LedgerArgs, a: DecryptArgs) -> Result<()> {
     Ok(())
 }
 
-/// `sealtrail classify SPEC`: each source column's tag, kind and confidence from a sample, the
-/// policy that applies, and for a raw column bound for an audience not cleared for all data,
-/// that the release guard checks its every value at run time (`guard:AUDIENCE`).
-pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
-    let p = sealtrail_spec::load(spec)?;
+/// A sample of up to `rows` records of each source of `p`, read as a run would read them
+/// (every file the pattern matches now; a PostgreSQL table's or query's rows up to now).
+pub async fn sample_sources(
+    p: &sealtrail_spec::Pipeline,
+    rows: usize,
+) -> Result<sealtrail_engine::Samples> {
     let mut samples = sealtrail_engine::Samples::new();
     for s in &p.sources {
         let inputs: Vec<String> = match &s.connector {
@@ -466,6 +467,15 @@ pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
                 .await??;
         samples.insert(s.name.clone(), sample);
     }
+    Ok(samples)
+}
+
+/// `sealtrail classify SPEC`: each source column's tag, kind and confidence from a sample, the
+/// policy that applies, and for a raw column bound for an audience not cleared for all data,
+/// that the release guard checks its every value at run time (`guard:AUDIENCE`).
+pub async fn classify(spec: &Path, rows: usize) -> Result<()> {
+    let p = sealtrail_spec::load(spec)?;
+    let samples = sample_sources(&p, rows).await?;
     // The guards of the sources that plan (one with a missing policy shows MISSING instead).
     let (planned, _) = sealtrail_engine::check_with(&p, &samples).await;
     let mut t = crate::table::Table::new(&[

@@ -2524,6 +2524,66 @@ fn listing_a_quarantine_that_is_not_there_says_why() {
     );
 }
 
+/// Sensitive values nested in lists and documents (a Parquet list of emails, a struct holding
+/// an IBAN) are classified as free text: `check --data` reports the column without a policy
+/// that `check` alone, reading no data, cannot see, as `run` does; redacted, they load.
+#[test]
+fn check_with_data_finds_sensitive_values_nested_in_lists_and_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let d = dir.path().display();
+    py(&format!(
+        "import pyarrow as pa, pyarrow.parquet as pq\n\
+         pq.write_table(pa.table({{'id': list(range(40)),\n\
+           'contacts': [['ann%d@example.com' % i, 'bob%d@corp.example' % i] for i in range(40)],\n\
+           'meta': [{{'iban': 'GB82WEST12345698765432', 'n': i}} for i in range(40)]}}), '{d}/in/a.parquet')"
+    ));
+    let spec = dir.path().join("nested.yaml");
+    let text = "version: 1\npipeline: nested\nsources:\n  s:\n    parquet: { path: in/*.parquet }\n    columns:\n      - { name: id, type: int64 }\n      - { name: contacts }\n      - { name: meta }\nPROTECTsinks:\n  o: { from: s, audience: analyst, parquet: { path: out/o } }\nquarantine:\n  parquet: { path: out/q }\n";
+    std::fs::write(&spec, text.replace("PROTECT", "")).unwrap();
+    assert!(run_ok(bin().arg("check").arg(&spec)).contains(": ok"));
+    for args in [&["check", "--data"][..], &["run"][..]] {
+        let o = bin().args(args).arg(&spec).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        for col in ["contacts", "meta"] {
+            assert!(
+                err.contains(&format!("column `{col}` holds free_text (pii"))
+                    && err.contains(&format!("- {{ column: {col}, action: redact }}")),
+                "{args:?}: {err}"
+            );
+        }
+        assert!(!err.contains("ann0@") && !err.contains("GB82"), "{err}");
+    }
+    assert!(!dir.path().join("out/o").exists());
+    std::fs::write(
+        &spec,
+        text.replace(
+            "PROTECT",
+            "    protect:\n      - { column: contacts, action: redact }\n      - { column: meta, action: redact }\n",
+        ),
+    )
+    .unwrap();
+    assert!(run_ok(bin().args(["check", "--data"]).arg(&spec)).contains(": ok"));
+    assert_eq!(counts(&run_ok(bin().arg("run").arg(&spec))), (40, 40, 0));
+    let got = py(&format!(
+        "import pyarrow.parquet as pq, json\n\
+         r = pq.read_table('{d}/out/o').to_pylist()[0]\n\
+         print(json.loads(r['contacts']), json.loads(r['meta']))"
+    ));
+    assert_eq!(
+        got,
+        "['[REDACTED]', '[REDACTED]'] {'iban': '[REDACTED]', 'n': 0}"
+    );
+    // Data that cannot be read is an error of the spec under --data.
+    std::fs::remove_file(dir.path().join("in/a.parquet")).unwrap();
+    std::fs::write(dir.path().join("in/a.parquet"), b"not parquet").unwrap();
+    let o = bin().args(["check", "--data"]).arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot read a sample of the data"), "{err}");
+}
+
 /// Dates and timestamps beyond what the calendar can show (Parquet holds them: days or
 /// milliseconds in 32 or 64 bits) are quarantined with the number the file stores, never
 /// loaded as null.
