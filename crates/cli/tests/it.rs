@@ -99,6 +99,15 @@ fn python() -> Command {
     Command::new("python3")
 }
 
+/// A temporary project folder with an empty `in/` for input files, and its path as text (for
+/// the Python scripts that write them).
+fn dir_with_inputs() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    let d = dir.path().display().to_string();
+    (dir, d)
+}
+
 fn py(script: &str) -> String {
     // Some deltalake/pyarrow builds abort in thread teardown at interpreter exit, after the
     // script succeeded; leave at once when it is done (a failed assertion exits before this).
@@ -2529,9 +2538,7 @@ fn listing_a_quarantine_that_is_not_there_says_why() {
 /// that `check` alone, reading no data, cannot see, as `run` does; redacted, they load.
 #[test]
 fn check_with_data_finds_sensitive_values_nested_in_lists_and_documents() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("in")).unwrap();
-    let d = dir.path().display();
+    let (dir, d) = dir_with_inputs();
     py(&format!(
         "import pyarrow as pa, pyarrow.parquet as pq\n\
          pq.write_table(pa.table({{'id': list(range(40)),\n\
@@ -2589,9 +2596,7 @@ fn check_with_data_finds_sensitive_values_nested_in_lists_and_documents() {
 /// loaded as null.
 #[test]
 fn parquet_values_beyond_the_calendar_are_quarantined_not_loaded_as_null() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("in")).unwrap();
-    let d = dir.path().display();
+    let (dir, d) = dir_with_inputs();
     py(&format!(
         "import pyarrow as pa, pyarrow.parquet as pq\n\
          pq.write_table(pa.table({{\n\
@@ -2643,9 +2648,7 @@ fn parquet_values_beyond_the_calendar_are_quarantined_not_loaded_as_null() {
 
 #[test]
 fn parquet_files_are_a_source_with_typed_values_and_row_positions() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("in")).unwrap();
-    let d = dir.path().display();
+    let (dir, d) = dir_with_inputs();
     // Written by pyarrow: a real third-party Parquet file, with an extra column to drop.
     py(&format!(
         "import pyarrow as pa, pyarrow.parquet as pq, datetime as dt, decimal\n\

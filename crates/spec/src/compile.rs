@@ -2123,28 +2123,18 @@ quarantine:
             ("duplicate_key", "unique(acct)")
         );
         // The spec's own `unique` on the key stands for it; one on another column does not.
-        let p = crate::parse_str(
-            &spec("    checks: [{ rule: unique, column: acct, reason: dup }]\n"),
-            Path::new("t.yaml"),
-        )
-        .unwrap();
-        let reasons: Vec<&str> = p.sources[0]
-            .checks
-            .iter()
-            .map(|c| c.reason.as_str())
-            .collect();
-        assert_eq!(reasons, ["dup"]);
-        let p = crate::parse_str(
-            &spec("    checks: [{ rule: unique, columns: [acct, n], reason: dup }]\n"),
-            Path::new("t.yaml"),
-        )
-        .unwrap();
-        let reasons: Vec<&str> = p.sources[0]
-            .checks
-            .iter()
-            .map(|c| c.reason.as_str())
-            .collect();
-        assert_eq!(reasons, ["dup", "duplicate_key"]);
+        let reasons = |unique: &str| -> Vec<String> {
+            let checks = format!("    checks: [{{ rule: unique, {unique}, reason: dup }}]\n");
+            crate::parse_str(&spec(&checks), Path::new("t.yaml"))
+                .unwrap()
+                .sources[0]
+                .checks
+                .iter()
+                .map(|c| c.reason.clone())
+                .collect()
+        };
+        assert_eq!(reasons("column: acct"), ["dup"]);
+        assert_eq!(reasons("columns: [acct, n]"), ["dup", "duplicate_key"]);
     }
 
     #[test]
