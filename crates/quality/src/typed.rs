@@ -262,12 +262,15 @@ fn iso_timestamp(b: &[u8], frac_digits: Option<usize>) -> Option<i64> {
         if f.is_empty() || f.len() > 9 || frac_digits.is_some_and(|n| n != f.len()) {
             return None;
         }
+        // Stored to the microsecond: digits past it must be zeros (never cut, as a decimal's
+        // fraction digits past its scale are never rounded).
+        let (f, past) = f.split_at(f.len().min(6));
+        if past.iter().any(|&d| d != b'0') {
+            return None;
+        }
         let mut v = digits(f)? as i64;
         for _ in f.len()..6 {
             v *= 10;
-        }
-        for _ in 6..f.len() {
-            v /= 10;
         }
         v
     };
@@ -283,18 +286,24 @@ fn parse_timestamp(v: &str, format: Option<&str>) -> Option<i64> {
             .or_else(|| {
                 chrono::DateTime::parse_from_rfc3339(v)
                     .ok()
-                    .map(|t| t.timestamp_micros())
+                    .and_then(exact_micros)
             })
             .or_else(|| sql_timestamp(v)),
         Some(f) => {
             if let Ok(t) = chrono::DateTime::parse_from_str(v, f) {
-                return Some(t.timestamp_micros());
+                return exact_micros(t);
             }
             chrono::NaiveDateTime::parse_from_str(v, f)
                 .ok()
-                .map(|t| t.and_utc().timestamp_micros())
+                .and_then(|t| exact_micros(t.and_utc()))
         }
     }
+}
+
+/// The instant in microseconds, when it has no finer part: a timestamp is stored to the
+/// microsecond, and one with nanoseconds is not cut to fit (it does not parse).
+fn exact_micros<Tz: chrono::TimeZone>(t: chrono::DateTime<Tz>) -> Option<i64> {
+    (t.timestamp_subsec_nanos() % 1_000 == 0).then(|| t.timestamp_micros())
 }
 
 /// The spellings databases and Arrow tools print: `YYYY-MM-DD HH:MM:SS[.f]` or with `T`,
@@ -330,7 +339,7 @@ fn sql_timestamp(v: &str) -> Option<i64> {
             sign * (h * 3600 + m * 60)
         }
     };
-    Some(naive.and_utc().timestamp_micros() - off_secs * 1_000_000)
+    Some(exact_micros(naive.and_utc())? - off_secs * 1_000_000)
 }
 
 /// `-?digits(.digits)?` -> unscaled i128. More fraction digits than `scale`, or more integer
@@ -496,6 +505,36 @@ pub fn to_record_batch(
 mod tests {
     use super::*;
     use arrow::array::AsArray;
+
+    #[test]
+    fn timestamps_finer_than_a_microsecond_are_not_cut() {
+        let us = |s: &str| parse_timestamp(s, None);
+        let base = us("2026-01-01T10:00:00Z").unwrap();
+        for s in [
+            "2026-01-01T10:00:00.123456Z",
+            "2026-01-01T10:00:00.123456000Z",
+            "2026-01-01T10:00:00.123456+00:00",
+            "2026-01-01 10:00:00.123456000",
+            "2026-01-01 10:00:00.123456000+00",
+        ] {
+            assert_eq!(us(s), Some(base + 123_456), "{s}");
+        }
+        for s in [
+            "2026-01-01T10:00:00.123456789Z",
+            "2026-01-01T10:00:00.1234567Z",
+            "2026-01-01T10:00:00.123456789+01:00",
+            "2026-01-01 10:00:00.123456789",
+            "2026-01-01 10:00:00.0000001+00",
+        ] {
+            assert_eq!(us(s), None, "{s}: nanoseconds would be cut");
+        }
+        let f = Some("%d/%m/%Y %H:%M:%S%.f");
+        assert_eq!(
+            parse_timestamp("01/01/2026 10:00:00.5", f),
+            Some(base + 500_000)
+        );
+        assert_eq!(parse_timestamp("01/01/2026 10:00:00.0000005", f), None);
+    }
 
     #[test]
     fn timestamps_fast_path_matches_chrono() {
