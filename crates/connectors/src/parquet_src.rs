@@ -265,7 +265,11 @@ impl<'a> Shown<'a> {
             | DataType::LargeList(_)
             | DataType::FixedSizeList(..)
             | DataType::Struct(_)
-            | DataType::Map(..) => Shown::Json(make_encoder(field, array, json)?),
+            | DataType::Map(..) => match make_encoder(field, array, json) {
+                Ok(e) => Shown::Json(e),
+                // What JSON cannot say (a map keyed by numbers): as Arrow displays it.
+                Err(_) => Shown::Display(ArrayFormatter::try_new(array, opts)?),
+            },
             _ => Shown::Display(ArrayFormatter::try_new(array, opts)?),
         })
     }
