@@ -303,7 +303,9 @@ fn parse_timestamp(v: &str, format: Option<&str>) -> Option<i64> {
 /// The instant in microseconds, when it has no finer part: a timestamp is stored to the
 /// microsecond, and one with nanoseconds is not cut to fit (it does not parse).
 fn exact_micros<Tz: chrono::TimeZone>(t: chrono::DateTime<Tz>) -> Option<i64> {
-    (t.timestamp_subsec_nanos() % 1_000 == 0).then(|| t.timestamp_micros())
+    t.timestamp_subsec_nanos()
+        .is_multiple_of(1_000)
+        .then(|| t.timestamp_micros())
 }
 
 /// The spellings databases and Arrow tools print: `YYYY-MM-DD HH:MM:SS[.f]` or with `T`,
