@@ -1490,7 +1490,10 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
         "  sealtrail audit {} --sink trades_clean   # every row against the ledger",
         trades.display()
     );
-    outln!("  sealtrail check {}", trades.display());
+    outln!(
+        "  sealtrail check --data {}   # the spec, and its columns' data against its policies",
+        trades.display()
+    );
     outln!(
         "  sealtrail classify {}   # what each column holds, and its policy",
         trades.display()
