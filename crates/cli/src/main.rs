@@ -1075,23 +1075,23 @@ async fn check(specs: &[PathBuf], format: Format, data: bool) -> Result<()> {
             Err(sealtrail_spec::Error::Invalid(d)) => c.diags = d,
             Err(e) => c.unreadable = Some(e.to_string()),
             Ok(p) => {
+                let (mut planned, mut diags) =
+                    sealtrail_engine::check_with(&p, &Default::default()).await;
                 // The data is read only for a spec that checks without it (its paths and
                 // URLs are then sound), and sampled as a run samples it.
-                let samples = if data && sealtrail_engine::check(&p).await.is_empty() {
+                if data && diags.is_empty() {
                     match protect_cmd::sample_sources(&p, 1000).await {
-                        Ok(samples) => samples,
+                        Ok(samples) => {
+                            (planned, diags) = sealtrail_engine::check_with(&p, &samples).await;
+                        }
                         Err(e) => {
                             c.unreadable = Some(format!(
                                 "{}: cannot read a sample of the data: {e:#}",
                                 s.display()
                             ));
-                            Default::default()
                         }
                     }
-                } else {
-                    Default::default()
-                };
-                let (planned, diags) = sealtrail_engine::check_with(&p, &samples).await;
+                }
                 c.notes = sealtrail_engine::notes(&p, &planned);
                 c.diags = diags;
             }
