@@ -37,6 +37,14 @@ static BIC: LazyLock<Regex> =
     LazyLock::new(|| re(r"^[A-Z]{4}([A-Z]{2})[A-Z0-9]{2}(?:[A-Z0-9]{3})?$"));
 static DATE: LazyLock<Regex> =
     LazyLock::new(|| re(r"^(?:([0-9]{4})-[0-9]{2}-[0-9]{2}|[0-9]{2}[/.][0-9]{2}[/.]([0-9]{4}))$"));
+/// A calendar date at the start of a phone-shaped run: the date and hour of a timestamp
+/// (`2026-01-01 00` of `2026-01-01 00:00:00+00`, `31.12.2026 23` of `31.12.2026 23:59`) match
+/// [`PHONE_PATTERN`] up to the first colon. See [`date_lead`].
+static DATE_LEAD: LazyLock<Regex> = LazyLock::new(|| {
+    re(
+        r"^(?:(?:19|20)[0-9]{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[1-9]|[12][0-9]|3[01])[.-](?:0[1-9]|[12][0-9]|3[01])[.-](?:19|20)[0-9]{2})",
+    )
+});
 static ADDRESS: LazyLock<Regex> = LazyLock::new(|| {
     re(
         r"(?i)\b[0-9]{1,5}[A-Z]? +(?:[\p{L}'.-]+ +){0,4}(?:street|st|road|rd|avenue|ave|lane|ln|drive|dr|boulevard|blvd|way|court|ct|place|pl|square|sq|close|crescent|terrace|strasse|straße|rue|via|calle)\b",
@@ -139,7 +147,11 @@ fn is_phone(s: &str) -> bool {
         return false;
     }
     let n = s.bytes().filter(u8::is_ascii_digit).count();
-    if !(7..=15).contains(&n) || DATE.is_match(s) || s.parse::<std::net::Ipv4Addr>().is_ok() {
+    if !(7..=15).contains(&n)
+        || DATE.is_match(s)
+        || date_lead(s).is_some()
+        || s.parse::<std::net::Ipv4Addr>().is_ok()
+    {
         return false;
     }
     let groups = s
@@ -152,6 +164,14 @@ fn is_phone(s: &str) -> bool {
         || s.starts_with('(')
         || (groups >= 3 && n >= 10)
         || (groups == 2 && s.contains(' '))
+}
+
+/// The length of the calendar date `s` starts with, when a space or nothing follows it.
+fn date_lead(s: &str) -> Option<usize> {
+    DATE_LEAD
+        .find(s)
+        .map(|m| m.end())
+        .filter(|&end| matches!(s.as_bytes().get(end), None | Some(b' ')))
 }
 
 /// A date of birth: a real date, between 100 and 16 years ago.
@@ -301,8 +321,14 @@ pub fn scan_text(text: &str) -> Vec<Span> {
             add(m.range(), Kind::NationalId);
         }
     }
-    for m in PHONE_IN_TEXT.find_iter(text) {
-        if is_phone(m.as_str()) {
+    let mut at = 0;
+    while let Some(m) = PHONE_IN_TEXT.find_at(text, at) {
+        at = m.end();
+        if let Some(date) = date_lead(m.as_str()) {
+            // Look again after the date: a phone number may follow it (`on 2026-01-01 555
+            // 123 4567` is one match of the pattern).
+            at = m.start() + date;
+        } else if is_phone(m.as_str()) {
             add(m.range(), Kind::Phone);
         }
     }
@@ -658,6 +684,9 @@ mod tests {
         assert_eq!(value_kind("+44 20 7946 0958"), Some(Kind::Phone));
         assert_eq!(value_kind("(555) 123-4567"), Some(Kind::Phone));
         assert_eq!(value_kind("2025-03-14"), None);
+        assert_eq!(value_kind("2026-01-01 00"), None);
+        assert_eq!(value_kind("31.12.2026 23"), None);
+        assert_eq!(value_kind("2125-05-12 34"), Some(Kind::Phone));
         assert_eq!(value_kind("1234.5678"), None);
         assert_eq!(value_kind("12345678"), None);
         assert_eq!(value_kind("10.0.0.1"), Some(Kind::IpAddress));
@@ -696,6 +725,25 @@ mod tests {
         let kinds: Vec<Kind> = scan_text(t).into_iter().map(|s| s.kind).collect();
         assert_eq!(kinds, vec![Kind::Phone, Kind::Email, Kind::CardPan]);
         assert!(scan_text("order 4539578763621487 shipped").is_empty());
+        // A timestamp is no phone number, though PHONE_PATTERN matches its date and hour.
+        for t in [
+            "booked 2026-01-01 00:00:00+00 by desk",
+            "amended 31.12.2026 23:59, see ticket",
+            "[\"2026-03-04 10:11:12\",\"2026-03-05T09:00:00Z\"]",
+        ] {
+            assert!(scan_text(t).is_empty(), "{t}: {:?}", scan_text(t));
+        }
+        // ... and a phone number after a date is still found.
+        for (t, phone) in [
+            ("call 2026-01-01 then +44 20 7946 0958", "+44 20 7946 0958"),
+            ("on 2026-01-01 555 123 4567 called", "555 123 4567"),
+            // The hour before it goes with it (redacting too much is safe).
+            ("at 2026-01-01 10 (555) 123-4567", "10 (555) 123-4567"),
+        ] {
+            let spans = scan_text(t);
+            assert_eq!(spans.len(), 1, "{t}: {spans:?}");
+            assert_eq!(&t[spans[0].range.clone()], phone, "{t}");
+        }
     }
 
     #[test]
