@@ -140,9 +140,12 @@ impl SourceReader for JsonlReader {
                     malformed.push(bad("invalid_utf8", "decode(utf-8)".into()));
                     continue;
                 }
-                let Ok(Members(members)) = serde_json::from_slice::<Members<'_>>(raw) else {
-                    malformed.push(bad("invalid_json", "json(object)".into()));
-                    continue;
+                let members = match serde_json::from_slice::<Members<'_>>(raw) {
+                    Ok(Members(members)) => members,
+                    Err(e) => {
+                        malformed.push(bad("invalid_json", json_rule(&e)));
+                        continue;
+                    }
                 };
                 // Each declared column's member, by index into `members`; a key given twice is
                 // ambiguous (parsers differ on which value wins), so the record is not loaded.
@@ -246,6 +249,17 @@ impl SourceReader for JsonlReader {
 /// silently) and numbers keep their digits: through `f64`, a price of 17 significant digits
 /// would load rounded.
 struct Members<'a>(Vec<(String, &'a RawValue)>);
+
+/// The rule of a line that is not a JSON object: where it breaks, so the fix can be found,
+/// without serde_json's message (which may quote the input's text, a sensitive value).
+fn json_rule(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax => format!("json(syntax error at column {})", e.column()),
+        Category::Eof => "json(line ends inside the object)".into(),
+        Category::Data | Category::Io => "json(not an object)".into(),
+    }
+}
 
 impl<'de> Deserialize<'de> for Members<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -547,6 +561,34 @@ mod tests {
             [
                 (1, "invalid_json", "json(duplicate key a)"),
                 (3, "invalid_json", "json(duplicate undeclared key)")
+            ]
+        );
+    }
+
+    /// A line that is not an object says where it breaks, never what it holds.
+    #[test]
+    fn lines_that_are_not_objects_say_where_they_break() {
+        let (_dir, mut r) = crate::test_reader(
+            "jsonl: { path: in }",
+            &["a"],
+            b"{\"a\": \"x\" \"b\": 1}\n{\"a\": NaN}\n{\"a\": \"secret@x.io\"\n[\"secret@x.io\"]\n\"secret@x.io\"\n{\"a\": 1} x\n{\"a\": \"ok\"}\n",
+        );
+        let d = r.next_batch().unwrap().unwrap();
+        assert_eq!((d.batch.len(), d.batch.get(0, 0)), (1, Some("ok")));
+        let got: Vec<(u64, &str)> = d
+            .malformed
+            .iter()
+            .map(|q| (q.pos, q.reasons[0].rule.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "json(syntax error at column 11)"),
+                (2, "json(syntax error at column 7)"),
+                (3, "json(line ends inside the object)"),
+                (4, "json(not an object)"),
+                (5, "json(not an object)"),
+                (6, "json(syntax error at column 10)"),
             ]
         );
     }
