@@ -3812,7 +3812,8 @@ fn a_transform_failing_on_a_value_does_not_repeat_it() {
 }
 
 /// A declared `key` whose value repeats in a run would give two records one lineage id: the
-/// later ones are quarantined as `duplicate_key`, and every delivered id names one row.
+/// later ones are quarantined as `duplicate_key` (keyed `VALUE#2`, as the read numbers
+/// repeats of the value it is ordered by), and every delivered id names one row.
 #[test]
 fn a_repeated_value_of_a_declared_postgres_key_is_quarantined() {
     let ns = format!("st_dupkey_{}", std::process::id());
@@ -3839,7 +3840,7 @@ fn a_repeated_value_of_a_declared_postgres_key_is_quarantined() {
     ));
     assert_eq!(
         got,
-        "True [('a', 1), ('b', 2), ('c', 4)]\n[('a', 'duplicate_key', 'unique(ref)'), ('b', 'duplicate_key', 'unique(ref)')]"
+        "True [('a', 1), ('b', 2), ('c', 4)]\n[('a#2', 'duplicate_key', 'unique(ref)'), ('b#2', 'duplicate_key', 'unique(ref)')]"
     );
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
@@ -3960,6 +3961,79 @@ fn a_postgres_source_without_a_key_is_keyed_by_its_primary_key() {
         "{err}"
     );
     assert!(!dir.path().join("out/beople").exists());
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
+/// A PostgreSQL source keyed by its cursor (no `key`, no primary key): rows that share a
+/// cursor value get ids of their own, the second and later numbered in the order of the read
+/// (they shared one id, and `prove --id` and `lineage --id` could not tell them apart), across
+/// batches and runs.
+#[test]
+fn rows_that_share_a_cursor_value_get_ids_of_their_own() {
+    let ns = format!("st_curid_{}", std::process::id());
+    let (dir, spec) = pg_project(
+        &ns,
+        &[],
+        &format!(
+            "batch_rows: 2\nsources:\n  s:\n    postgres: {{ url: env:ST_TEST_PG_URL, table: {ns}.src, cursor: at }}\n    columns: [{{ name: n, type: int64 }}, {{ name: at, type: timestamp }}]\nsinks:\n  t: {{ from: s, audience: internal, parquet: {{ path: out/t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    );
+    pg(&format!(
+        "CREATE TABLE {ns}.src (n bigint, at timestamptz NOT NULL);\n\
+         INSERT INTO {ns}.src VALUES (3, '2026-01-01T10:00:00Z'), (1, '2026-01-01T10:00:00Z'), \
+         (2, '2026-01-01T10:00:00Z'), (4, '2026-01-01T11:00:00Z'), (5, '2026-01-01T11:00:00Z')"
+    ));
+    let run = || run_ok(bin().arg("run").arg(&spec).env("ST_TEST_PG_URL", pg_url()));
+    assert_eq!(counts(&run()), (5, 5, 0));
+    pg(&format!(
+        "INSERT INTO {ns}.src VALUES (7, '2026-01-01T12:00:00Z'), (6, '2026-01-01T12:00:00Z')"
+    ));
+    assert_eq!(counts(&run()), (2, 2, 0));
+    let ids = py(&format!(
+        "import pyarrow.parquet as pq\nt = pq.read_table('{}/out/t').to_pylist()\nprint(' | '.join(str(r['n']) + '=' + r['_sealtrail_id'].split(':', 2)[2] for r in sorted(t, key=lambda r: r['n'])))",
+        dir.path().display()
+    ));
+    // Ordered by cursor, then by every column: within a value, by `n`.
+    assert_eq!(
+        ids.trim(),
+        "1=2026-01-01 10:00:00+00 | 2=2026-01-01 10:00:00+00#2 | 3=2026-01-01 10:00:00+00#3 | \
+         4=2026-01-01 11:00:00+00 | 5=2026-01-01 11:00:00+00#2 | \
+         6=2026-01-01 12:00:00+00 | 7=2026-01-01 12:00:00+00#2"
+    );
+    // Each is traced and proven as its own row (row 3 is in the second batch of the first run).
+    let id = py(&format!(
+        "import pyarrow.parquet as pq\nprint([r['_sealtrail_id'] for r in pq.read_table('{}/out/t').to_pylist() if r['n'] == 3][0])",
+        dir.path().display()
+    ));
+    let traced = run_ok(
+        bin()
+            .args(["lineage", "--id", id.trim()])
+            .arg(&spec)
+            .env("ST_TEST_PG_URL", pg_url()),
+    );
+    assert!(
+        traced.contains("batch 1 of source `s`") && traced.matches("-> sink t: row").count() == 1,
+        "{traced}"
+    );
+    let bundle = dir.path().join("p.json");
+    run_ok(
+        bin()
+            .arg("prove")
+            .arg(&spec)
+            .args(["--sink", "t", "--id", id.trim(), "--out"])
+            .arg(&bundle)
+            .env("ST_TEST_PG_URL", pg_url()),
+    );
+    run_ok(
+        bin()
+            .arg("verify-proof")
+            .arg(&bundle)
+            .arg("--key")
+            .arg(dir.path().join(".sealtrail/ledger.pub"))
+            .arg("--spec")
+            .arg(&spec)
+            .env("ST_TEST_PG_URL", pg_url()),
+    );
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 

@@ -264,6 +264,12 @@ pub struct PgReader {
     done: bool,
     next_row: u64,
     key_col: Option<usize>,
+    /// Whether rows that share a key come one after another in the read (the key column
+    /// leads its ordering), and so are told apart as `KEY#2`, `KEY#3`...: the last key read
+    /// and how many rows before repeated it.
+    number_repeats: bool,
+    last_key: Option<String>,
+    repeats: u32,
 }
 
 impl std::fmt::Debug for PgReader {
@@ -288,12 +294,21 @@ impl PgReader {
                 input: input.what.clone(),
                 reason: e.to_string(),
             })?;
-        let key_col = pg
+        let key_name = pg
             .key
             .as_deref()
             .or(input.primary_key.as_deref())
-            .or(pg.cursor.as_deref())
-            .and_then(|k| source.column_index(k));
+            .or(pg.cursor.as_deref());
+        let key_col = key_name.and_then(|k| source.column_index(k));
+        // The read is ordered by the cursor, else by the key (`select_sql`): when the id
+        // column is the first of these, its repeats (a cursor value that rows share) are
+        // consecutive, and numbering them gives every record of the run an id of its own.
+        let first_order = pg
+            .cursor
+            .as_deref()
+            .or(pg.key.as_deref())
+            .or(input.primary_key.as_deref());
+        let number_repeats = key_name.is_some() && key_name == first_order;
         Ok(Self {
             name: input.what.clone().into(),
             source,
@@ -305,6 +320,9 @@ impl PgReader {
             done: false,
             next_row: 0,
             key_col,
+            number_repeats,
+            last_key: None,
+            repeats: 0,
         })
     }
 
@@ -471,6 +489,17 @@ impl SourceReader for PgReader {
             batch.begin(self.next_row, &canonical_row(&names, &refs));
             for v in &refs {
                 batch.push(*v);
+            }
+            if self.number_repeats
+                && let Some(k) = self.key_col.and_then(|k| refs[k])
+            {
+                if self.last_key.as_deref() == Some(k) {
+                    self.repeats += 1;
+                    batch.set_key_repeat(self.repeats);
+                } else {
+                    self.last_key = Some(k.to_owned());
+                    self.repeats = 0;
+                }
             }
             self.next_row += 1;
         }

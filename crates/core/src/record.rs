@@ -21,6 +21,8 @@ pub struct RawBatch {
     pub pos_kind: PosKind,
     ncols: usize,
     key_col: Option<usize>,
+    /// Per row, how many earlier rows of the read share its key (empty: none do).
+    key_repeats: Vec<u32>,
     text: String,
     spans: Vec<(u32, u32)>,
     positions: Vec<u64>,
@@ -47,6 +49,7 @@ impl RawBatch {
             pos_kind,
             ncols,
             key_col: None,
+            key_repeats: Vec::new(),
             text: String::new(),
             spans: Vec::new(),
             positions: Vec::new(),
@@ -76,9 +79,23 @@ impl RawBatch {
     pub fn set_key_column(&mut self, col: usize) {
         self.key_col = Some(col);
     }
-    /// The identifying key of `row`, when the batch has a key column and the value is not null.
-    pub fn key(&self, row: usize) -> Option<&str> {
-        self.get(row, self.key_col?)
+    /// Records that the row begun last is the `n`th (1-based) of the read to repeat the key
+    /// of an earlier row; its [`RawBatch::key`] becomes `KEY#n+1`.
+    pub fn set_key_repeat(&mut self, n: u32) {
+        let row = self.positions.len().saturating_sub(1);
+        if self.key_repeats.len() <= row {
+            self.key_repeats.resize(row + 1, 0);
+        }
+        self.key_repeats[row] = n;
+    }
+    /// The identifying key of `row`, when the batch has a key column and the value is not null:
+    /// the value, or `VALUE#n` for the `n`th row of the read with that value (`n` >= 2).
+    pub fn key(&self, row: usize) -> Option<std::borrow::Cow<'_, str>> {
+        let k = self.get(row, self.key_col?)?;
+        Some(match self.key_repeats.get(row) {
+            Some(&n) if n > 0 => format!("{k}#{}", u64::from(n) + 1).into(),
+            _ => k.into(),
+        })
     }
 
     pub fn ncols(&self) -> usize {

@@ -3,8 +3,9 @@
 //!
 //! - A record's lineage id is `source:input:position`: `input` is the first 12 hex digits of
 //!   SHA-256 of the input's name (file path or table), `position` its physical line (text
-//!   files), row index (Parquet) or key (PostgreSQL, else `#row`). It travels with the record
-//!   as the column [`ID_COLUMN`] through protection and every transform, into every sink.
+//!   files), row index (Parquet) or key (PostgreSQL: `KEY#n` for the nth row of a run with
+//!   that key, else `#row`). It travels with the record as the column [`ID_COLUMN`] through
+//!   protection and every transform, into every sink.
 //! - Input commitments are SHA-256 of the record's source bytes (the raw line, or the
 //!   canonical row encoding of typed sources: [`sealtrail_core::record::canonical_row`]).
 //! - Output commitments are SHA-256 of [`canonical_row`] of the row as delivered.

@@ -223,7 +223,7 @@ pub fn notes(p: &Pipeline, planned: &HashMap<String, Planned>) -> Vec<String> {
             ));
             if pg.key.is_none() {
                 out.push(format!(
-                    "source `{}` has no `key`: its records' lineage ids are the table's primary key when that is one declared column that holds no personal or financial data, else their `{c}` values, which rows may share (`prove --id` and `lineage --id` cannot tell such rows apart); set `key:` to a unique column",
+                    "source `{}` has no `key`: its records' lineage ids are the table's primary key when that is one declared column that holds no personal or financial data, else their `{c}` values, the rows that share one numbered in the order of the read (`VALUE#2`, `VALUE#3`...: a row inserted later with that value can change which row a number names); set `key:` to a unique column",
                     s.name
                 ));
             }
@@ -1480,7 +1480,7 @@ fn input_custody(
         Vec::with_capacity(b.len() + d.malformed.len());
     let ids = custody::RecordIds::new(source, &key);
     for r in 0..b.len() {
-        let id = ids.id(b.pos_kind, b.position(r), b.key(r));
+        let id = ids.id(b.pos_kind, b.position(r), b.key(r).as_deref());
         recs.push((b.position(r), r, id, commitment(b.raw(r))));
     }
     for q in &d.malformed {

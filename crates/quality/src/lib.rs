@@ -192,7 +192,7 @@ pub fn lint(source: &Source) -> Vec<((u64, u64), String, String)> {
 
 /// A quarantine record for row `row` of `batch`.
 pub fn quarantine(batch: &RawBatch, row: usize, reasons: Vec<Reason>) -> Quarantined {
-    let key = batch.key(row).map(str::to_owned);
+    let key = batch.key(row).map(std::borrow::Cow::into_owned);
     Quarantined {
         input: batch.input.clone(),
         pos_kind: batch.pos_kind,
