@@ -2012,6 +2012,50 @@ fn a_nul_character_bound_for_postgres_is_quarantined_not_a_failed_run() {
     .unwrap();
     let out = run_ok(bin().arg("run").arg(&spec));
     assert_eq!(counts(&out), (5, 5, 0), "{out}");
+    // A NUL that a transform's SQL makes fails the run before the sink writes anything, naming
+    // the column, the record and the fix; with the SQL fixed, the next run is a new one.
+    let made = |sql: &str| {
+        format!(
+            "version: 1\npipeline: {ns}_made\n{CSV_SOURCE_S}transforms:\n  x:\n    sql: \"{sql}\"\nsinks:\n  t: {{ from: x, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.made }} }}\nquarantine:\n  parquet: {{ path: out/mq }}\n"
+        )
+    };
+    let spec = dir.path().join("made.yaml");
+    std::fs::write(
+        &spec,
+        made("SELECT id, CASE WHEN id = 3 THEN concat(name, chr(0)) ELSE name END AS name FROM s"),
+    )
+    .unwrap();
+    let o = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("ST_URL", pg_url())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(
+            "column `name` holds a NUL character (U+0000) in row 1 of the batch (of the record `s:"
+        ) && err.contains(":4`), which PostgreSQL text cannot store; a transform's SQL made it")
+            && err.contains("replace(name, chr(0), '')")
+            && err.contains("failed before any sink received a batch"),
+        "{err}"
+    );
+    assert!(!pg_table_exists(&format!("{ns}.made")));
+    std::fs::write(
+        &spec,
+        made("SELECT id, CASE WHEN id = 3 THEN concat(name, '!') ELSE name END AS name FROM s"),
+    )
+    .unwrap();
+    let out = run_ok(bin().arg("run").arg(&spec).env("ST_URL", pg_url()));
+    // (The source's own NUL is quarantined as before.)
+    assert_eq!(counts(&out), (3, 2, 1), "{out}");
+    assert_eq!(
+        pg_one(&format!(
+            "SELECT string_agg(id::text || name, ',' ORDER BY id) FROM {ns}.made"
+        )),
+        "1x,3y!"
+    );
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 

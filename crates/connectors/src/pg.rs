@@ -20,7 +20,7 @@
 //! and the key become visible together or not at all.
 
 use crate::{Decoded, Error, Result, SourceReader};
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use sealtrail_core::db::redact_db_error;
@@ -557,8 +557,38 @@ pub fn delivered_type(dt: &DataType) -> Option<DataType> {
 
 /// `b` in the types a PostgreSQL sink delivers it as ([`delivered_type`]); `b` itself when
 /// they are already its types. Casting changes no value: every cast widens or relabels, and a
-/// value that would not fit fails the batch (no column type PostgreSQL has could hold it).
+/// value that would not fit fails the batch (no column type PostgreSQL has could hold it), as
+/// does text with a NUL character, which PostgreSQL's `text` cannot store (a source's values
+/// bound for a PostgreSQL sink are quarantined for it as `invalid_text`; a transform's SQL can
+/// make one): the batch fails before the sink starts writing, naming the column and the row.
 pub fn deliverable(b: &RecordBatch) -> std::result::Result<RecordBatch, String> {
+    let out = cast_deliverable(b)?;
+    for (f, c) in out.schema().fields().iter().zip(out.columns()) {
+        let Some(text) = c.as_string_opt::<i32>() else {
+            continue;
+        };
+        if !text.values().contains(&0) {
+            continue; // the common case: one scan of the column's bytes
+        }
+        let Some(row) = (0..text.len()).find(|&i| text.is_valid(i) && text.value(i).contains('\0'))
+        else {
+            continue; // the byte lies outside this slice of the buffer
+        };
+        let id = out
+            .column_by_name(sealtrail_core::LINEAGE_ID_COLUMN)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .map(|ids| format!(" (of the record `{}`)", ids.value(row)))
+            .unwrap_or_default();
+        return Err(format!(
+            "column `{}` holds a NUL character (U+0000) in row {row} of the batch{id}, which PostgreSQL text cannot store; a transform's SQL made it (the source's values are checked for it): remove it there, e.g. `replace({}, chr(0), '')`",
+            f.name(),
+            f.name()
+        ));
+    }
+    Ok(out)
+}
+
+fn cast_deliverable(b: &RecordBatch) -> std::result::Result<RecordBatch, String> {
     let schema = b.schema();
     let mut fields = Vec::with_capacity(schema.fields().len());
     for f in schema.fields() {
