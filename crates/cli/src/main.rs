@@ -809,6 +809,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 ledger: ledger.clone(),
             }
             .url(&home);
+            let source = protect_cmd::replay_source(&spec, &file, source)?;
             let (p, input, declared) =
                 protect_cmd::replay_pipeline(&spec, &source, &file, &home.join("replay"))?;
             // The same records under the same spec make the same replay spec version.
@@ -893,8 +894,15 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             )
             .await?;
             if let Some(n) = linked {
+                let again = report.counts.rows_quarantined;
                 outln!(
-                    "  repairs        {n} quarantined record(s), each linked to its replayed record in the ledger (`sealtrail lineage --id`)"
+                    "  repairs        {n} quarantined record(s), each linked to its replayed record in the ledger (`sealtrail lineage --id`){}",
+                    match again {
+                        0 => String::new(),
+                        q => format!(
+                            "; {q} of the replayed records failed again and are quarantined (`sealtrail quarantine list`)"
+                        ),
+                    }
                 );
             }
             Ok(())

@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use sealtrail_ledger::entry::Event;
 use sealtrail_protect::keyring::{KeyBytes, KeyError, Keyring, Master};
 use sealtrail_protect::ops::{Sealer, key_id_of};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -564,7 +564,8 @@ pub enum QuarantineCmd {
         /// `text`, or `json`: one object on standard output: `total` (records quarantined),
         /// `records` (at most `--limit`: `input`, `source`, `line`, `row`, `key`, `reason`,
         /// `reasons`, `rules`, `run_id`, `repaired_by`: the replay runs that repaired the
-        /// record, or null without a state store) and `left_out` (records of other pipelines
+        /// record, `replayed_and_quarantined_again_by`: those whose replayed record failed
+        /// again, both null without a state store) and `left_out` (records of other pipelines
         /// sharing the quarantine, by pipeline).
         #[arg(long, value_enum, default_value = "text")]
         format: crate::Format,
@@ -625,9 +626,10 @@ pub enum QuarantineCmd {
     Replay {
         /// The pipeline spec whose source the records belong to.
         spec: PathBuf,
-        /// The source the records belong to.
+        /// The source the records belong to (default: the one the origins file beside FILE
+        /// names, else the spec's only source).
         #[arg(long)]
-        source: String,
+        source: Option<String>,
         /// The repaired records (for example what `quarantine show --out` wrote, edited).
         file: PathBuf,
         /// Load them even if the same records were replayed before under the same spec
@@ -883,13 +885,25 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             }
             let mut t = crate::table::Table::new(&heads);
             let mut repaired = 0;
+            // A replayed record that failed again is in the quarantine too: its original is
+            // not repaired by that replay.
+            let quarantined: HashSet<String> = match st {
+                Some(_) => rows
+                    .iter()
+                    .flat_map(|q| q.origin().candidate_ids())
+                    .collect(),
+                None => HashSet::new(),
+            };
             for q in rows.iter().take(limit) {
-                let mut by = Vec::new();
+                let (mut by, mut failed) = (Vec::new(), Vec::new());
                 if let Some(st) = &st {
                     for id in q.origin().candidate_ids() {
-                        for (run, _, original, _) in st.repairs_of(&id).await? {
+                        for (run, replayed, original, _) in st.repairs_of(&id).await? {
                             if original == id {
-                                by.push(run);
+                                match quarantined.contains(&replayed) {
+                                    false => by.push(run),
+                                    true => failed.push(run),
+                                }
                             }
                         }
                     }
@@ -907,6 +921,7 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                         "rules": printable(q.rules.as_bytes(), encoding_rs::UTF_8).split(';').filter(|r| !r.is_empty()).collect::<Vec<_>>(),
                         "run_id": q.run_id,
                         "repaired_by": st.as_ref().map(|_| by.clone()),
+                        "replayed_and_quarantined_again_by": st.as_ref().map(|_| failed.clone()),
                     }));
                     continue;
                 }
@@ -919,9 +934,19 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                     q.run_id.clone(),
                 ];
                 if st.is_some() {
-                    cells.push(match by.is_empty() {
+                    let mut cell: Vec<String> = Vec::new();
+                    if !by.is_empty() {
+                        cell.push(format!("replay run {}", by.join(", ")));
+                    }
+                    if !failed.is_empty() {
+                        cell.push(format!(
+                            "not by replay run {} (quarantined again)",
+                            failed.join(", ")
+                        ));
+                    }
+                    cells.push(match cell.is_empty() {
                         true => "-".to_string(),
-                        false => format!("replay run {}", by.join(", ")),
+                        false => cell.join("; "),
                     });
                 }
                 t.row(cells);
@@ -1230,6 +1255,40 @@ fn encode_text(enc: &'static encoding_rs::Encoding, text: &str) -> Option<Vec<u8
     }
     let (bytes, _, unmappable) = enc.encode(text);
     (!unmappable).then(|| bytes.into_owned())
+}
+
+/// The source repaired records `file` belong to: `given`, else the one source the origins
+/// file beside `file` names (what `quarantine show --out` wrote), else the spec's only source.
+pub fn replay_source(spec: &Path, file: &Path, given: Option<String>) -> Result<String> {
+    if let Some(s) = given {
+        return Ok(s);
+    }
+    let p = sealtrail_spec::load(spec)?;
+    let names: Vec<&str> = p.sources.iter().map(|s| s.name.as_str()).collect();
+    let origins = std::fs::read(origins_path(file))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Origins>(&b).ok())
+        .filter(|o| o.format == ORIGINS_FORMAT);
+    let mut named: Vec<&str> = origins
+        .iter()
+        .flat_map(|o| o.records.iter().map(|r| r.source.as_str()))
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    match (named.as_slice(), names.as_slice()) {
+        ([one], _) if names.contains(one) => Ok((*one).to_string()),
+        ([], [only]) => Ok((*only).to_string()),
+        ([], _) => bail!(
+            "name the source the repaired records belong to with --source: the spec has sources {}",
+            names.join(", ")
+        ),
+        _ => bail!(
+            "{} names records of sources {} (of the spec's {}): replay each source's records from a file of their own, with --source",
+            origins_path(file).display(),
+            named.join(", "),
+            names.join(", ")
+        ),
+    }
 }
 
 /// The pipeline narrowed to one source, reading a copy of `file` (repaired records, plus the

@@ -7274,6 +7274,112 @@ open('{f}', 'w', encoding='utf-8').write(out.getvalue())
     (dir, spec, home, lines, fix)
 }
 
+/// A replay needs no `--source` for a spec of one source (or an origins file naming one), and
+/// a replayed record that fails again does not count its original as repaired: the listing
+/// says it was quarantined again.
+#[test]
+fn a_replayed_record_that_fails_again_is_not_listed_as_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_input, spec) = one_file_id_note_project(
+        dir.path(),
+        "again",
+        "id,note
+1,a
+x,b
+y,c
+4,d
+",
+    );
+    assert_eq!(run_counted(&spec).0, (4, 2, 2));
+    let fix = dir.path().join("fix.csv");
+    run_ok(
+        bin()
+            .args([
+                "quarantine",
+                "show",
+                "--reason",
+                "repair",
+                "--line",
+                "3",
+                "4",
+                "--out",
+            ])
+            .arg(&fix)
+            .arg(&spec),
+    );
+    // Line 3 repaired; line 4 still wrong.
+    std::fs::write(
+        &fix, "2,b
+z,c
+",
+    )
+    .unwrap();
+    let out = run_ok(bin().args(["quarantine", "replay"]).arg(&spec).arg(&fix));
+    assert_eq!(counts(&out), (2, 1, 1), "{out}");
+    assert!(
+        out.contains("repairs        2 quarantined record(s), each linked to its replayed record in the ledger (`sealtrail lineage --id`); 1 of the replayed records failed again and are quarantined"),
+        "{out}"
+    );
+    let listed = run_ok(bin().args(["quarantine", "list"]).arg(&spec));
+    let cell = |line: &str| {
+        listed
+            .lines()
+            .find(|l| l.contains("in.csv") && l.split_whitespace().nth(1) == Some(line))
+            .unwrap_or_else(|| panic!("line {line}: {listed}"))
+            .to_string()
+    };
+    assert!(
+        cell("3").contains("replay run ") && !cell("3").contains("quarantined again"),
+        "{listed}"
+    );
+    assert!(
+        cell("4").contains("not by replay run ") && cell("4").contains("(quarantined again)"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("3 quarantined record(s); 1 of the 3 listed repaired and replayed"),
+        "{listed}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run_ok(
+        bin()
+            .args(["quarantine", "list", "--format", "json"])
+            .arg(&spec),
+    ))
+    .unwrap();
+    let again: Vec<usize> = json["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["replayed_and_quarantined_again_by"]
+                .as_array()
+                .unwrap()
+                .len()
+        })
+        .collect();
+    assert_eq!(again.iter().sum::<usize>(), 1, "{json}");
+    // With two sources and no origins file, the source must be named.
+    let two = std::fs::read_to_string(&spec).unwrap().replace(
+        "sinks:",
+        "  t:\n    csv: { path: other.csv }\n    columns: [{ name: id, type: int64 }]\nsinks:",
+    );
+    std::fs::write(dir.path().join("two.yaml"), two).unwrap();
+    std::fs::write(dir.path().join("other.csv"), "id\n1\n").unwrap();
+    std::fs::remove_file(dir.path().join("fix.csv.origins")).unwrap();
+    let o = bin()
+        .args(["quarantine", "replay"])
+        .arg(dir.path().join("two.yaml"))
+        .arg(&fix)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("name the source the repaired records belong to with --source: the spec has sources s, t"),
+        "{err}"
+    );
+}
+
 /// `quarantine replay --source trades` of the repaired records `fix`.
 fn replay_cmd(home: &Path, spec: &Path, fix: &Path) -> Command {
     let mut c = bin();
