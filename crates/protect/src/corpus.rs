@@ -206,6 +206,34 @@ pub fn corpus(per_kind: usize, rows: usize, seed: u64) -> Vec<Labelled> {
             r.random_range(1..29)
         )
     });
+    // Timestamps kept as text (the phone pattern matches their date and hour).
+    col("booked_at", None, &mut |r| {
+        format!(
+            "2025-{:02}-{:02} {:02}:{:02}:00+00",
+            r.random_range(1..13),
+            r.random_range(1..29),
+            r.random_range(0..24),
+            r.random_range(0..60)
+        )
+    });
+    // Amounts as statements print them: thousands apart, negatives in parentheses.
+    col("shown", None, &mut |r| {
+        let (m, t, u, c) = (
+            r.random_range(1..999),
+            r.random_range(0..1000),
+            r.random_range(0..1000),
+            r.random_range(0..100),
+        );
+        match r.random_range(0..2) {
+            0 => format!("{m} {t:03} {u:03}.{c:02}"),
+            _ => format!("({m}{t:03}{u:03}.{c:02})"),
+        }
+    });
+    // Ranges.
+    col("band", None, &mut |r| {
+        let lo = r.random_range(1000..9999);
+        format!("{lo} - {}", lo + r.random_range(1000..99_999))
+    });
     col("city", None, &mut |r| pick(r, &cities).to_string());
     col("product_code", None, &mut |r| {
         (0..22)

@@ -45,6 +45,9 @@ static DATE_LEAD: LazyLock<Regex> = LazyLock::new(|| {
         r"^(?:(?:19|20)[0-9]{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[1-9]|[12][0-9]|3[01])[.-](?:0[1-9]|[12][0-9]|3[01])[.-](?:19|20)[0-9]{2})",
     )
 });
+static AMOUNT: LazyLock<Regex> =
+    LazyLock::new(|| re(r"^\(?(?:[0-9]{1,3}(?: [0-9]{3})+|[0-9]+)\.[0-9]{1,2}\)?$"));
+static AREA_CODE: LazyLock<Regex> = LazyLock::new(|| re(r"^\([0-9]{1,5}\)"));
 static ADDRESS: LazyLock<Regex> = LazyLock::new(|| {
     re(
         r"(?i)\b[0-9]{1,5}[A-Z]? +(?:[\p{L}'.-]+ +){0,4}(?:street|st|road|rd|avenue|ave|lane|ln|drive|dr|boulevard|blvd|way|court|ct|place|pl|square|sq|close|crescent|terrace|strasse|straße|rue|via|calle)\b",
@@ -154,16 +157,22 @@ fn is_phone(s: &str) -> bool {
     {
         return false;
     }
+    // An amount: `18 361 220.73` (thousands apart), `(1903406.82)` (a negative one as
+    // accounts write it). A parenthesis opens an area code, closed after at most five digits.
+    if AMOUNT.is_match(s) || (s.starts_with('(') && !AREA_CODE.is_match(s)) {
+        return false;
+    }
     let groups = s
         .split(|c: char| !c.is_ascii_digit())
         .filter(|g| !g.is_empty())
         .count();
     // Grouped numbers without a country or area prefix need ten digits: `12-345-6789` is as
-    // likely a reference code.
+    // likely a reference code; two groups apart (`0207 9460958`) are not a range
+    // (`8993 - 13715`).
     s.starts_with('+')
         || s.starts_with('(')
         || (groups >= 3 && n >= 10)
-        || (groups == 2 && s.contains(' '))
+        || (groups == 2 && s.contains(' ') && !s.contains(" - "))
 }
 
 /// The length of the calendar date `s` starts with, when a space or nothing follows it.
@@ -687,6 +696,23 @@ mod tests {
         assert_eq!(value_kind("2026-01-01 00"), None);
         assert_eq!(value_kind("31.12.2026 23"), None);
         assert_eq!(value_kind("2125-05-12 34"), Some(Kind::Phone));
+        // Amounts and ranges are not phone numbers; phones in their usual shapes are.
+        for v in [
+            "(19034063.82)",
+            "(1234567)",
+            "18 361 220.73",
+            "8993 - 13715",
+        ] {
+            assert_eq!(value_kind(v), None, "{v}");
+        }
+        for v in [
+            "(020) 7946 0958",
+            "(555)555-0123",
+            "01.23.45.67.89",
+            "07700 900123",
+        ] {
+            assert_eq!(value_kind(v), Some(Kind::Phone), "{v}");
+        }
         assert_eq!(value_kind("1234.5678"), None);
         assert_eq!(value_kind("12345678"), None);
         assert_eq!(value_kind("10.0.0.1"), Some(Kind::IpAddress));
@@ -733,6 +759,7 @@ mod tests {
         ] {
             assert!(scan_text(t).is_empty(), "{t}: {:?}", scan_text(t));
         }
+        assert!(scan_text("paid (1903406.82) and 18 361 220.73 EUR, qty 8993 - 13715").is_empty());
         // ... and a phone number after a date is still found.
         for (t, phone) in [
             ("call 2026-01-01 then +44 20 7946 0958", "+44 20 7946 0958"),
