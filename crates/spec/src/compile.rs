@@ -234,6 +234,28 @@ pub enum ColumnType {
     },
 }
 
+/// The spec's type for another system's name of one (`integer`, `datetime`, `numeric(12,2)`),
+/// for a hint: not accepted as such, since the names differ in range from system to system.
+fn type_meant(t: &str) -> Option<String> {
+    let t = t.trim().to_ascii_lowercase();
+    let (head, args) = match t.split_once('(') {
+        Some((h, a)) => (h.trim(), Some(a)),
+        None => (t.as_str(), None),
+    };
+    Some(match head {
+        "int" | "integer" | "int32" | "int16" | "int8" | "smallint" | "tinyint" | "i64" | "i32"
+        | "number" => "int64".into(),
+        "float" | "float32" | "real" | "f64" | "double precision" => "float64".into(),
+        "datetime" | "timestamptz" | "timestamp with time zone" | "instant" => "timestamp".into(),
+        "str" | "varchar" | "char" | "character varying" => "string".into(),
+        "numeric" | "dec" | "money" => match args {
+            Some(a) => format!("decimal({}", a.trim()),
+            None => "decimal(P,S)".into(),
+        },
+        _ => return None,
+    })
+}
+
 impl ColumnType {
     pub fn parse(s: &str) -> Option<ColumnType> {
         let s = s.trim();
@@ -1271,7 +1293,12 @@ fn compile_source(
                         "put the type in quotes: `type: \"decimal(18,4)\"`",
                     );
                 } else {
-                    cx.err(c, format!("source `{name}`: column `{}` has unknown type `{t}`", cv.name), "use string, int64, float64, bool, date, timestamp, decimal(P,S) or decimal(P) with P <= 38 and S <= P");
+                    let types = "string, int64, float64, bool, date, timestamp, decimal(P,S) or decimal(P) with P <= 38 and S <= P";
+                    let hint = match type_meant(t) {
+                        Some(m) => format!("did you mean `{m}`? Use {types}"),
+                        None => format!("use {types}"),
+                    };
+                    cx.err(c, format!("source `{name}`: column `{}` has unknown type `{t}`", cv.name), hint);
                 }
                 ColumnType::Utf8
             }),
@@ -2254,6 +2281,47 @@ quarantine:
         assert_eq!(d.len(), 1);
         assert!(d[0].message.contains("delimeter"), "{}", d[0]);
         assert_eq!(d[0].line, 5, "{}", d[0]);
+    }
+
+    /// Another system's type name hints the spec's, and a check written as `{ not_null: id }`
+    /// says how a check is written, once (not also serde's `missing field` at 1:1).
+    #[test]
+    fn near_misses_of_types_and_checks_say_what_was_meant() {
+        for (ty, meant) in [
+            ("integer", "int64"),
+            ("datetime", "timestamp"),
+            ("'numeric(12,2)'", "decimal(12,2)"),
+            ("varchar(20)", "string"),
+        ] {
+            let d = diags(&GOOD.replace("type: int64", &format!("type: {ty}")));
+            assert_eq!(d.len(), 1, "{d:?}");
+            assert!(
+                d[0].hint
+                    .as_deref()
+                    .is_some_and(|h| h.starts_with(&format!("did you mean `{meant}`?"))),
+                "{ty}: {}",
+                d[0]
+            );
+        }
+        let d = diags(&GOOD.replace(
+            "{ rule: not_null, column: id, reason: empty_id }",
+            "{ not_null: id }",
+        ));
+        let said: Vec<(u64, &str)> = d.iter().map(|d| (d.line, d.message.as_str())).collect();
+        assert_eq!(
+            said,
+            [
+                (10, "missing field `rule` in `sources.t.checks[0]`"),
+                (10, "unknown field `not_null` in `sources.t.checks[0]`")
+            ]
+        );
+        assert!(
+            d[1].hint
+                .as_deref()
+                .is_some_and(|h| h.ends_with("write `{ rule: not_null, column: ... }`")),
+            "{}",
+            d[1]
+        );
     }
 
     /// A PostgreSQL table is `table` or `schema.table` of plain identifiers, as a sink and as a

@@ -160,6 +160,9 @@ fn with_every_shape_error(text: &str, path: &Path, first: Vec<Diagnostic>) -> Ve
             let said = quiet.contains(&d.line)
                 || out[..walked].iter().any(|o| {
                     o.message == d.message
+                        // serde's `missing field `rule`` (at 1:1) for the walk's `missing
+                        // field `rule` in `sources.s.checks[0]`` where it is missing.
+                        || o.message.starts_with(&format!("{} in `", d.message))
                         || variant
                             .as_ref()
                             .is_some_and(|v| o.message.starts_with(v.as_str()))
@@ -186,7 +189,15 @@ fn unknown_key(k: &keys::UnknownKey, path: &Path) -> Diagnostic {
         .map(|a| format!("`{a}`"))
         .collect::<Vec<_>>()
         .join(", ");
+    // `{ not_null: id }`: a check named by its rule as a key.
+    let rule_as_key = k.within.contains(".checks[")
+        && serde_json::from_value::<raw::CheckKind>(serde_json::Value::String(k.key.clone()))
+            .is_ok();
     let hint = match k.suggestion() {
+        _ if rule_as_key => format!(
+            "a check names its rule under `rule:` and its column under `column:`: write `{{ rule: {}, column: ... }}`",
+            k.key
+        ),
         Some(s) => format!("did you mean `{s}`? Allowed here: {allowed}"),
         None => format!("remove or correct the key; allowed here: {allowed}"),
     };
