@@ -3815,6 +3815,50 @@ fn a_signal_while_a_run_is_prepared_stops_it_before_anything_loads() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// A transform that fails at run time names the record it fails on, found in a batch of many
+/// (a division by zero at line 701 of 1,001); one whose SQL cannot plan says why, not only
+/// which optimizer step failed (an invalid regex).
+#[test]
+fn a_failing_transform_names_its_record_and_a_bad_regex_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("id,note\n");
+    for i in 1..=1000 {
+        csv.push_str(&format!("{i},{}\n", if i == 700 { 0 } else { i }));
+    }
+    let (_, spec) = one_file_id_note_project(dir.path(), "divfail", &csv);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let with_sql = |sql: &str| {
+        std::fs::write(
+            &spec,
+            text.replace(
+                "sinks:\n  o: { from: s,",
+                &format!("transforms:\n  c:\n    sql: \"{sql}\"\nsinks:\n  o: {{ from: c,"),
+            ),
+        )
+        .unwrap();
+    };
+    with_sql("SELECT id, 100 / CAST(note AS BIGINT) AS n FROM s");
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("transform `c` failed on the record `s:")
+            && err.contains(":701` (position 701 of ")
+            && err.contains("Divide by zero error; quarantine such records before it"),
+        "{err}"
+    );
+    with_sql("SELECT id, regexp_like(note, '(') AS x FROM s");
+    let out = bin().arg("check").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(2)
+            && err.contains(
+                "transform `c`: External error: regex parse error: ( ^ error: unclosed group"
+            ),
+        "{err}"
+    );
+}
+
 /// A transform that fails on a value (a CAST of text that is no number) fails the run without
 /// repeating the value: not on stderr, in the run's recorded error or in the ledger's
 /// `run_failed` entry, which can never be erased (Arrow quotes the value it could not cast).
@@ -3835,7 +3879,9 @@ fn a_transform_failing_on_a_value_does_not_repeat_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
-        err.contains("transform failed: Arrow error: Cast error: Cannot cast string '…' to value of Int64 type (values withheld)"),
+        err.contains("transform `c` failed on the record `s:")
+            && err.contains(":3` (position 3 of ")
+            && err.contains("in.csv): Arrow error: Cast error: Cannot cast string '…' to value of Int64 type (values withheld); quarantine such records before it with a check on the source (a `parses` rule"),
         "{err}"
     );
     let home = dir.path().join(".sealtrail");

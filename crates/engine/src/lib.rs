@@ -21,7 +21,7 @@ pub mod quarantine;
 pub mod state;
 pub mod transform;
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use futures::FutureExt;
 use sealtrail_connectors::{CommitKey, SinkWriter, open_sink};
 use sealtrail_core::audit::{AuditEvent, AuditSink, now};
@@ -64,7 +64,9 @@ pub enum Error {
     /// Counts do not balance, or a run-level check failed.
     #[error("integrity check failed for run {run_id}: {reason}")]
     Integrity { run_id: String, reason: String },
-    #[error("transform failed: {0}")]
+    /// A transform failed on a batch, or its rows have no canonical encoding (the message
+    /// says which).
+    #[error("{0}")]
     Transform(String),
     #[error("audit log: {0}")]
     Audit(std::io::Error),
@@ -753,6 +755,39 @@ struct Prepared {
     quarantined: Vec<Quarantined>,
     rows_in: u64,
     custody: InputCustody,
+}
+
+/// Why a batch's transforms failed, for the run's error: which transform, on which record (its
+/// lineage id and position, found by [`Transforms::failing_row`]), DataFusion's words with any
+/// values withheld, and what to do so that such records are quarantined instead.
+async fn transform_failure(
+    transforms: &Transforms,
+    prepared: &Prepared,
+    f: transform::Failed,
+    keyed: bool,
+) -> String {
+    let why = sealtrail_core::withhold_values(&f.error.find_root().to_string());
+    let why = why.lines().next().unwrap_or_default();
+    let record = match transforms.failing_row(&prepared.valid).await {
+        Some(row) => prepared
+            .valid
+            .column_by_name(custody::ID_COLUMN)
+            .and_then(|c| c.as_string_opt::<i32>())
+            .map(|ids| {
+                let id = ids.value(row);
+                format!(
+                    " on the record `{id}` ({} of {})",
+                    custody::describe_position(id, keyed),
+                    prepared.custody.input
+                )
+            })
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    format!(
+        "transform `{}` failed{record}: {why}; quarantine such records before it with a check on the source (a `parses` rule for a value the SQL casts, `between` for a divisor), or make the SQL take them (`TRY_CAST`, `CASE`, `NULLIF`)",
+        f.transform
+    )
 }
 
 /// A batch's input records for the chain of custody.
@@ -1801,10 +1836,18 @@ async fn commit_one(
         source: source.to_string(),
         batch: batch_no,
     };
-    let outputs = transforms
-        .apply(&prepared.valid)
-        .await
-        .map_err(|e| Error::Transform(sealtrail_core::withhold_values(&e.to_string())))?;
+    let outputs = match transforms.apply(&prepared.valid).await {
+        Ok(o) => o,
+        Err(f) => {
+            let keyed = p
+                .sources
+                .iter()
+                .any(|s| s.name == source && s.keys_records());
+            return Err(Error::Transform(
+                transform_failure(transforms, &prepared, f, keyed).await,
+            ));
+        }
+    };
     let ic = &mut prepared.custody;
     let input = std::mem::take(&mut ic.records);
     if !opts.skip_commitments_for_benchmark && input.len() as u64 != counts.rows_in {
@@ -1842,7 +1885,7 @@ async fn commit_one(
     let hashed = |h: tokio::task::JoinHandle<std::result::Result<_, String>>| async move {
         h.await
             .map_err(|e| Error::Internal(format!("hashing output commitments: {e}")))?
-            .map_err(Error::Transform)
+            .map_err(|e| Error::Transform(format!("a transform's rows cannot be committed: {e}")))
     };
     let (bc, roots) = match hashing {
         Some(h) => hashed(h).await?,

@@ -29,6 +29,14 @@ pub struct Transforms {
     pub lineage: HashMap<String, Vec<(String, BTreeSet<String>)>>,
 }
 
+/// A transform that failed on a batch (a cast of a value that does not convert, a division by
+/// zero...). Its error may quote values: withhold them before showing it.
+#[derive(Debug)]
+pub struct Failed {
+    pub transform: String,
+    pub error: datafusion::error::DataFusionError,
+}
+
 /// A transform whose SQL does not plan against its input's columns.
 #[derive(Debug)]
 pub struct PlanError {
@@ -90,7 +98,7 @@ impl Transforms {
                 Err(e) => errors.push(PlanError {
                     transform: t.name.clone(),
                     at: t.at,
-                    message: first_line(&e.to_string()),
+                    message: plan_message(&e),
                 }),
             }
         }
@@ -140,29 +148,53 @@ impl Transforms {
     pub async fn apply(
         &self,
         batch: &RecordBatch,
-    ) -> datafusion::error::Result<HashMap<String, Vec<RecordBatch>>> {
+    ) -> Result<HashMap<String, Vec<RecordBatch>>, Failed> {
         let mut out = HashMap::new();
-        if self.chain.is_empty() {
+        let Some(first) = self.chain.first() else {
             return Ok(out);
-        }
+        };
+        let failed = |t: &Transform| {
+            let transform = t.name.clone();
+            move |error| Failed { transform, error }
+        };
         let ctx = session();
-        ctx.register_table(
-            self.source.as_str(),
-            Arc::new(MemTable::try_new(
-                self.source_schema.clone(),
-                vec![vec![batch.clone()]],
-            )?),
-        )?;
+        MemTable::try_new(self.source_schema.clone(), vec![vec![batch.clone()]])
+            .and_then(|m| ctx.register_table(self.source.as_str(), Arc::new(m)))
+            .map_err(failed(first))?;
         for t in &self.chain {
-            let rows = sql_keeping_ids(&ctx, &t.sql).await?.collect().await?;
+            let rows = async { sql_keeping_ids(&ctx, &t.sql).await?.collect().await }
+                .await
+                .map_err(failed(t))?;
             let schema = self.schemas[&t.name].clone();
-            ctx.register_table(
-                t.name.as_str(),
-                Arc::new(MemTable::try_new(schema, vec![rows.clone()])?),
-            )?;
+            MemTable::try_new(schema, vec![rows.clone()])
+                .and_then(|m| ctx.register_table(t.name.as_str(), Arc::new(m)))
+                .map_err(failed(t))?;
             out.insert(t.name.clone(), rows);
         }
         Ok(out)
+    }
+
+    /// The row of `batch` the chain fails on (it failed on the whole batch), found by halving:
+    /// the first failing half is searched until one row is left. `None` when no part fails
+    /// alone (an aggregate over the whole batch that overflows). Costs a few dozen runs of the
+    /// chain over ever smaller slices, only after a failure.
+    pub async fn failing_row(&self, batch: &RecordBatch) -> Option<usize> {
+        let (mut at, mut len) = (0, batch.num_rows());
+        while len > 1 {
+            let half = len / 2;
+            if self.apply(&batch.slice(at, half)).await.is_err() {
+                len = half;
+            } else if self
+                .apply(&batch.slice(at + half, len - half))
+                .await
+                .is_err()
+            {
+                (at, len) = (at + half, len - half);
+            } else {
+                return None;
+            }
+        }
+        (len == 1).then_some(at)
     }
 }
 
@@ -232,8 +264,17 @@ async fn sql_keeping_ids(
     ctx.execute_logical_plan(plan).await
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().to_string()
+/// What went wrong planning a transform: the innermost error (an optimizer's `Optimizer rule
+/// 'simplify_expressions' failed` wraps the invalid regex that made it fail), on one line (a
+/// regex error spans several).
+fn plan_message(e: &datafusion::error::DataFusionError) -> String {
+    e.find_root()
+        .to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// For each output column of `plan`, the names of the scanned table's columns it is computed
