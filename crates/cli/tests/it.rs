@@ -3815,17 +3815,21 @@ fn a_signal_while_a_run_is_prepared_stops_it_before_anything_loads() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
-/// A transform that fails at run time names the record it fails on, found in a batch of many
-/// (a division by zero at line 701 of 1,001); one whose SQL cannot plan says why, not only
-/// which optimizer step failed (an invalid regex).
+/// A record a transform fails on by itself (a division by zero at line 701 of 1,001, among a
+/// batch of many) is quarantined as `transform_failed`, the rest loaded; a transform failing on
+/// more records than a batch may quarantine fails the run, naming the first; one whose SQL
+/// cannot plan says why, not only which optimizer step failed (an invalid regex).
 #[test]
-fn a_failing_transform_names_its_record_and_a_bad_regex_why() {
+fn records_a_transform_fails_on_are_quarantined_and_a_bad_regex_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let mut csv = String::from("id,note\n");
-    for i in 1..=1000 {
-        csv.push_str(&format!("{i},{}\n", if i == 700 { 0 } else { i }));
-    }
-    let (_, spec) = one_file_id_note_project(dir.path(), "divfail", &csv);
+    let csv = |zero: &dyn Fn(u32) -> bool, n: u32| {
+        let mut csv = String::from("id,note\n");
+        for i in 1..=n {
+            csv.push_str(&format!("{i},{}\n", if zero(i) { 0 } else { i }));
+        }
+        csv
+    };
+    let (input, spec) = one_file_id_note_project(dir.path(), "divfail", &csv(&|i| i == 700, 1000));
     let text = std::fs::read_to_string(&spec).unwrap();
     let with_sql = |sql: &str| {
         std::fs::write(
@@ -3838,12 +3842,39 @@ fn a_failing_transform_names_its_record_and_a_bad_regex_why() {
         .unwrap();
     };
     with_sql("SELECT id, 100 / CAST(note AS BIGINT) AS n FROM s");
+    // In batches of 250, stopped by a panic in the commit of batch 3: the resumed run reads
+    // batch 2 (line 701) again and counts its quarantined record as the commit recorded it.
+    let batched = std::fs::read_to_string(&spec)
+        .unwrap()
+        .replace("pipeline: divfail\n", "pipeline: divfail\nbatch_rows: 250\n");
+    std::fs::write(&spec, batched).unwrap();
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "commit:3")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let out = run_ok(bin().arg("run").arg(&spec));
+    assert!(out.contains("(resumed)"), "{out}");
+    assert_eq!(counts(&out), (1000, 999, 1), "{out}");
+    let listed = run_ok(bin().args(["quarantine", "list"]).arg(&spec));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("701")
+                && l.contains("transform_failed")
+                && l.contains("transform(c): Arrow error: Divide by zero error")),
+        "{listed}"
+    );
+    // Every record failing: past the batch's limit the run fails, naming the first.
+    std::fs::write(&input, csv(&|_| true, 300)).unwrap();
     let out = bin().arg("run").arg(&spec).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
         err.contains("transform `c` failed on the record `s:")
-            && err.contains(":701` (position 701 of ")
+            && err.contains(":2` (position 2 of ")
             && err.contains("Divide by zero error; quarantine such records before it"),
         "{err}"
     );
@@ -3859,9 +3890,9 @@ fn a_failing_transform_names_its_record_and_a_bad_regex_why() {
     );
 }
 
-/// A transform that fails on a value (a CAST of text that is no number) fails the run without
-/// repeating the value: not on stderr, in the run's recorded error or in the ledger's
-/// `run_failed` entry, which can never be erased (Arrow quotes the value it could not cast).
+/// A transform that fails on a value (a CAST of text that is no number) quarantines the record
+/// without repeating the value: not in the quarantine's rules, on stderr, in the ledger or in
+/// the runs (Arrow quotes the value it could not cast).
 #[test]
 fn a_transform_failing_on_a_value_does_not_repeat_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -3872,32 +3903,42 @@ fn a_transform_failing_on_a_value_does_not_repeat_it() {
     );
     let text = std::fs::read_to_string(&spec).unwrap().replace(
         "sinks:\n  o: { from: s,",
-        "transforms:\n  c:\n    sql: SELECT id, CAST(note AS BIGINT) AS n FROM s\nsinks:\n  o: { from: c,",
+        "transforms:\n  c:\n    sql: SELECT id, CAST(note AS INT) AS n FROM s\nsinks:\n  o: { from: c,",
     );
     std::fs::write(&spec, text).unwrap();
     let out = bin().arg("run").arg(&spec).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(
-        err.contains("transform `c` failed on the record `s:")
-            && err.contains(":3` (position 3 of ")
-            && err.contains("in.csv): Arrow error: Cast error: Cannot cast string '…' to value of Int64 type (values withheld); quarantine such records before it with a check on the source (a `parses` rule"),
-        "{err}"
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{err}");
+    assert_eq!(counts(&stdout), (3, 1, 2), "{stdout}");
+    let listed = run_ok(bin().args(["quarantine", "list"]).arg(&spec));
+    assert_eq!(
+        listed
+            .matches("transform(c): Arrow error: Cast error: Cannot cast string '…' to value of Int32 type (values withheld)")
+            .count(),
+        2,
+        "{listed}"
     );
     let home = dir.path().join(".sealtrail");
-    let failed = run_ok(
-        bin()
-            .args(["ledger", "show", "--type", "run_failed", "--home"])
-            .arg(&home),
-    );
+    let ledger = run_ok(bin().args(["ledger", "show", "--home"]).arg(&home));
     let runs = run_ok(
         bin()
             .args(["runs", "--format", "json", "--home"])
             .arg(&home),
     );
-    assert!(failed.contains("(values withheld)"), "{failed}");
-    for said in [&err.to_string(), &failed, &runs] {
-        assert!(!said.contains("alice"), "{said}");
+    for said in [
+        &stdout.to_string(),
+        &err.to_string(),
+        &listed,
+        &ledger,
+        &runs,
+    ] {
+        assert!(
+            !said.contains("alice") && !said.contains("40000000000123"),
+            "{said}"
+        );
     }
 }
 

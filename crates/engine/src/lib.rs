@@ -755,6 +755,74 @@ struct Prepared {
     quarantined: Vec<Quarantined>,
     rows_in: u64,
     custody: InputCustody,
+    /// For a source with transforms: the batch's raw records and, for each row of `valid`, its
+    /// record there, so that a record a transform fails on is quarantined with its raw bytes.
+    raw: Option<(sealtrail_core::record::RawBatch, Vec<u32>)>,
+}
+
+/// At most this many records of a batch are quarantined for failing a transform; more, and
+/// the run fails (the SQL is more likely wrong than the records, and finding each costs a few
+/// dozen runs of the transforms).
+const TRANSFORM_FAILURES_PER_BATCH: usize = 100;
+
+/// The batch's transforms applied: a record they fail on by itself (a `CAST` of text that is
+/// no number, a division by zero) is quarantined as `transform_failed`, with the transform and
+/// DataFusion's words (values withheld) as its rule, and the rest transformed. The run fails
+/// instead when the records cannot be told ([`Transforms::failing_rows`]) or are too many.
+async fn transformed(
+    transforms: &Transforms,
+    mut prepared: Prepared,
+    keyed: bool,
+) -> Result<(HashMap<String, Vec<RecordBatch>>, Prepared)> {
+    let f = match transforms.apply(&prepared.valid).await {
+        Ok(o) => return Ok((o, prepared)),
+        Err(f) => f,
+    };
+    let rows = transforms
+        .failing_rows(&prepared.valid, TRANSFORM_FAILURES_PER_BATCH)
+        .await;
+    let (Some(rows), Some((raw, raw_rows))) = (rows, prepared.raw.as_ref()) else {
+        return Err(Error::Transform(
+            transform_failure(transforms, &prepared, f, keyed).await,
+        ));
+    };
+    let mut keep = vec![true; prepared.valid.num_rows()];
+    for &r in &rows {
+        keep[r] = false;
+        let rule = match transforms.apply(&prepared.valid.slice(r, 1)).await {
+            Err(e) => format!("transform({}): {}", e.transform, failure_words(&e)),
+            Ok(_) => format!("transform({})", f.transform),
+        };
+        prepared.quarantined.push(sealtrail_quality::quarantine(
+            raw,
+            raw_rows[r] as usize,
+            vec![sealtrail_core::Reason::new("transform_failed", rule)],
+        ));
+    }
+    prepared.quarantined.sort_by_key(|q| q.pos);
+    let raw_rows: Vec<u32> = raw_rows
+        .iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(r, _)| *r)
+        .collect();
+    prepared.valid = arrow::compute::filter_record_batch(&prepared.valid, &keep.into())
+        .map_err(|e| Error::Internal(format!("filtering a batch: {e}")))?;
+    if let Some((_, rows)) = prepared.raw.as_mut() {
+        *rows = raw_rows;
+    }
+    match transforms.apply(&prepared.valid).await {
+        Ok(o) => Ok((o, prepared)),
+        Err(f) => Err(Error::Transform(
+            transform_failure(transforms, &prepared, f, keyed).await,
+        )),
+    }
+}
+
+/// DataFusion's words for a transform's failure, on one line, values withheld.
+fn failure_words(f: &transform::Failed) -> String {
+    let why = sealtrail_core::withhold_values(&f.error.find_root().to_string());
+    why.lines().next().unwrap_or_default().to_string()
 }
 
 /// Why a batch's transforms failed, for the run's error: which transform, on which record (its
@@ -766,8 +834,7 @@ async fn transform_failure(
     f: transform::Failed,
     keyed: bool,
 ) -> String {
-    let why = sealtrail_core::withhold_values(&f.error.find_root().to_string());
-    let why = why.lines().next().unwrap_or_default();
+    let why = failure_words(&f);
     let record = match transforms.failing_row(&prepared.valid).await {
         Some(row) => prepared
             .valid
@@ -1342,6 +1409,7 @@ async fn run_inner(
 
         let inputs = located.remove(&source.name).unwrap_or_default();
         let commit = !opts.skip_commitments_for_benchmark;
+        let keep_raw = !transforms.is_empty();
         // Batches in flight bound the run's memory (each is tens of megabytes in several
         // forms): every stage works on one while the next works on the one before, the
         // decode thread hands its batch over when protection takes it (a rendezvous), and one
@@ -1357,7 +1425,7 @@ async fn run_inner(
             .map_err(|e| Error::Internal(e.to_string()))?;
         let protect = std::thread::Builder::new()
             .name(format!("protect-{}", source.name))
-            .spawn(move || protect_loop(protector, commit, crx, tx))
+            .spawn(move || protect_loop(protector, commit, keep_raw, crx, tx))
             .map_err(|e| Error::Internal(e.to_string()))?;
 
         let stopped = |stage, batch| Error::StageStopped {
@@ -1647,6 +1715,7 @@ fn decode_loop(
 fn protect_loop(
     protector: Protector,
     commitments: bool,
+    keep_raw: bool,
     rx: std::sync::mpsc::Receiver<Result<Checked>>,
     tx: tokio::sync::mpsc::Sender<Result<Prepared>>,
 ) {
@@ -1687,7 +1756,7 @@ fn protect_loop(
                 let _ = tx.blocking_send(Err(Error::Internal(format!("lineage ids: {e}"))));
                 return;
             }
-            Ok((Ok(b), failed)) if failed.is_empty() => b,
+            Ok((Ok(b), failed)) if failed.is_empty() => (b, c.rows),
             Ok((Ok(b), failed)) => {
                 let mut keep = vec![true; b.num_rows()];
                 for (i, reason) in failed {
@@ -1698,8 +1767,15 @@ fn protect_loop(
                         vec![reason],
                     ));
                 }
+                let rows = c
+                    .rows
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, k)| **k)
+                    .map(|(r, _)| *r)
+                    .collect();
                 match arrow::compute::filter_record_batch(&b, &keep.into()) {
-                    Ok(b) => b,
+                    Ok(b) => (b, rows),
                     Err(e) => {
                         let _ = tx
                             .blocking_send(Err(Error::Internal(format!("filtering a batch: {e}"))));
@@ -1714,11 +1790,13 @@ fn protect_loop(
         };
         // Quarantine in source order, whatever stage caught the record.
         quarantined.sort_by_key(|q| q.pos);
+        let (valid, rows) = valid;
         let prepared = Prepared {
             valid,
             quarantined,
             rows_in: c.rows_in,
             custody: c.custody,
+            raw: keep_raw.then_some((c.raw, rows)),
         };
         debug_panic_in("protection", batch_no);
         if tx.blocking_send(Ok(prepared)).is_err() {
@@ -1793,7 +1871,7 @@ async fn commit_one(
     run_id: &RunId,
     source: &str,
     batch_no: u64,
-    mut prepared: Prepared,
+    prepared: Prepared,
     transforms: &Transforms,
     sinks: &mut [(SinkWriter, String)],
     qsink: &mut SinkWriter,
@@ -1803,6 +1881,13 @@ async fn commit_one(
     report: &mut RunReport,
     delivering: &AtomicBool,
 ) -> Result<()> {
+    let keyed = p
+        .sources
+        .iter()
+        .any(|s| s.name == source && s.keys_records());
+    // Before the counts: a record the transforms fail on is quarantined, not loaded (and a
+    // resumed run, re-reading a committed batch, counts it alike).
+    let (outputs, mut prepared) = transformed(transforms, prepared, keyed).await?;
     let counts = Counts {
         rows_in: prepared.rows_in,
         rows_loaded: prepared.valid.num_rows() as u64,
@@ -1823,10 +1908,6 @@ async fn commit_one(
                 ),
             });
         }
-        let keyed = p
-            .sources
-            .iter()
-            .any(|s| s.name == source && s.keys_records());
         return same_records_as_committed(st, run_id, source, keyed, batch_no, &prepared.custody)
             .await;
     }
@@ -1835,18 +1916,6 @@ async fn commit_one(
         run_id: run_id.to_string(),
         source: source.to_string(),
         batch: batch_no,
-    };
-    let outputs = match transforms.apply(&prepared.valid).await {
-        Ok(o) => o,
-        Err(f) => {
-            let keyed = p
-                .sources
-                .iter()
-                .any(|s| s.name == source && s.keys_records());
-            return Err(Error::Transform(
-                transform_failure(transforms, &prepared, f, keyed).await,
-            ));
-        }
     };
     let ic = &mut prepared.custody;
     let input = std::mem::take(&mut ic.records);

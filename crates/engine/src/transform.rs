@@ -144,6 +144,11 @@ impl Transforms {
         }
     }
 
+    /// Whether the source has no transform.
+    pub fn is_empty(&self) -> bool {
+        self.chain.is_empty()
+    }
+
     /// Runs the chain over one batch; returns the rows of every transform by name.
     pub async fn apply(
         &self,
@@ -174,10 +179,8 @@ impl Transforms {
         Ok(out)
     }
 
-    /// The row of `batch` the chain fails on (it failed on the whole batch), found by halving:
-    /// the first failing half is searched until one row is left. `None` when no part fails
-    /// alone (an aggregate over the whole batch that overflows). Costs a few dozen runs of the
-    /// chain over ever smaller slices, only after a failure.
+    /// The first row of `batch` the chain fails on by itself (it failed on the whole batch),
+    /// found by halving; `None` when no part fails alone.
     pub async fn failing_row(&self, batch: &RecordBatch) -> Option<usize> {
         let (mut at, mut len) = (0, batch.num_rows());
         while len > 1 {
@@ -195,6 +198,46 @@ impl Transforms {
             }
         }
         (len == 1).then_some(at)
+    }
+
+    /// The rows of `batch` the chain fails on by themselves (it failed on the whole batch),
+    /// in order, found by halving: each failing half is searched until single rows are left.
+    /// `None` when a part fails that no row of fails alone (an aggregate over many rows that
+    /// overflows), or when more than `limit` rows fail (the SQL is more likely wrong than the
+    /// records). Costs about two runs of the chain over ever smaller slices per level of
+    /// halving and failing row, only after a failure.
+    pub async fn failing_rows(&self, batch: &RecordBatch, limit: usize) -> Option<Vec<usize>> {
+        let mut rows = Vec::new();
+        // Slices known to fail, as (start, length).
+        let mut failing = vec![(0, batch.num_rows())];
+        while let Some((at, len)) = failing.pop() {
+            if len <= 1 {
+                rows.extend((len == 1).then_some(at));
+                if rows.len() > limit {
+                    return None;
+                }
+                continue;
+            }
+            let half = len / 2;
+            let first = self.apply(&batch.slice(at, half)).await.is_err();
+            let second = self
+                .apply(&batch.slice(at + half, len - half))
+                .await
+                .is_err();
+            match (first, second) {
+                (false, false) => return None,
+                _ => {
+                    if second {
+                        failing.push((at + half, len - half));
+                    }
+                    if first {
+                        failing.push((at, half));
+                    }
+                }
+            }
+        }
+        rows.sort_unstable();
+        Some(rows)
     }
 }
 
