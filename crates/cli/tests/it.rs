@@ -3844,9 +3844,10 @@ fn records_a_transform_fails_on_are_quarantined_and_a_bad_regex_is_named() {
     with_sql("SELECT id, 100 / CAST(note AS BIGINT) AS n FROM s");
     // In batches of 250, stopped by a panic in the commit of batch 3: the resumed run reads
     // batch 2 (line 701) again and counts its quarantined record as the commit recorded it.
-    let batched = std::fs::read_to_string(&spec)
-        .unwrap()
-        .replace("pipeline: divfail\n", "pipeline: divfail\nbatch_rows: 250\n");
+    let batched = std::fs::read_to_string(&spec).unwrap().replace(
+        "pipeline: divfail\n",
+        "pipeline: divfail\nbatch_rows: 250\n",
+    );
     std::fs::write(&spec, batched).unwrap();
     let out = bin()
         .arg("run")

@@ -819,10 +819,60 @@ async fn transformed(
     }
 }
 
-/// DataFusion's words for a transform's failure, on one line, values withheld.
+/// DataFusion's words for a transform's failure, on one line, values withheld: quoted text
+/// and long digit runs ([`sealtrail_core::withhold_values`]), and every number standing on its
+/// own (`1234.56 is too large to store in a Decimal128 of precision 5` quotes an amount; the
+/// digits of a name such as `Int32` stay).
 fn failure_words(f: &transform::Failed) -> String {
     let why = sealtrail_core::withhold_values(&f.error.find_root().to_string());
-    why.lines().next().unwrap_or_default().to_string()
+    let line = why.lines().next().unwrap_or_default();
+    let mut out = String::with_capacity(line.len());
+    let mut prev: Option<char> = None;
+    let mut withheld = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        let attached = prev.is_some_and(|p| p.is_alphanumeric() || p == '_' || p == '…');
+        if c.is_ascii_digit() && !attached {
+            while chars.next_if(|d| d.is_ascii_digit() || *d == '.').is_some() {}
+            out.push('…');
+            prev = Some('…');
+            withheld = true;
+            continue;
+        }
+        out.push(c);
+        prev = Some(c);
+    }
+    if withheld && !out.ends_with("(values withheld)") {
+        out.push_str(" (values withheld)");
+    }
+    out
+}
+
+#[cfg(test)]
+mod failure_tests {
+    use super::*;
+
+    #[test]
+    fn failure_words_withhold_every_number_of_the_data() {
+        let words = |m: &str| {
+            failure_words(&transform::Failed {
+                transform: "t".into(),
+                error: datafusion::error::DataFusionError::Execution(m.into()),
+            })
+        };
+        assert_eq!(
+            words("1234.56 is too large to store in a Decimal128 of precision 5. Max is 999.99"),
+            "Execution error: … is too large to store in a Decimal128 of precision … Max is … (values withheld)"
+        );
+        assert_eq!(
+            words("Cannot cast string 'a@b.io' to value of Int32 type"),
+            "Execution error: Cannot cast string '…' to value of Int32 type (values withheld)"
+        );
+        assert_eq!(
+            words("Divide by zero error"),
+            "Execution error: Divide by zero error"
+        );
+    }
 }
 
 /// Why a batch's transforms failed, for the run's error: which transform, on which record (its
