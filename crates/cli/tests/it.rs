@@ -2059,6 +2059,51 @@ fn a_nul_character_bound_for_postgres_is_quarantined_not_a_failed_run() {
     pg(&format!("DROP SCHEMA {ns} CASCADE"));
 }
 
+/// A PostgreSQL sink whose table a spec change no longer fits (a column added): the run
+/// stops before anything loads, saying why a table keeps its columns and what to do.
+#[test]
+fn a_postgres_sink_table_that_no_longer_fits_the_spec_says_what_to_do() {
+    let ns = format!("st_fit_{}", std::process::id());
+    let (_dir, spec) = pg_project(
+        &ns,
+        &[("in/a.csv", "id,name\n1,x\n")],
+        &format!(
+            "{CSV_SOURCE_S}sinks:\n  t: {{ from: s, audience: internal, postgres: {{ url: env:ST_URL, table: {ns}.t }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    );
+    let out = run_ok(bin().arg("run").arg(&spec).env("ST_URL", pg_url()));
+    assert_eq!(counts(&out), (1, 1, 0), "{out}");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        text.replace(
+            "{ name: name, class: none }]",
+            "{ name: name, class: none }, { name: venue }]",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        spec.parent().unwrap().join("in/a.csv"),
+        "id,name,venue\n2,y,XLON\n",
+    )
+    .unwrap();
+    let o = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("ST_URL", pg_url())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("table {ns}.t has columns (id bigint, name text, _sealtrail_id text) but the pipeline writes (id bigint, name text, venue text, _sealtrail_id text): a table keeps the columns sealtrail gave it"))
+            && err.contains("point the sink at a new table for the new columns"),
+        "{err}"
+    );
+    assert_eq!(pg_one(&format!("SELECT count(*)::text FROM {ns}.t")), "1");
+    pg(&format!("DROP SCHEMA {ns} CASCADE"));
+}
+
 /// With `SEALTRAIL_REQUIRE_VERIFIED_TLS=1` an administrator's policy holds: a connection to
 /// another machine that would not authenticate the server (a PostgreSQL `sslmode` below
 /// `verify-full`, a plain `http://` OpenLineage or S3 endpoint) is refused before anything is
@@ -8736,7 +8781,7 @@ fn a_sink_of_other_columns_stops_the_run_saying_how_to_go_on() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(
-        err.contains("has columns id:long, note:string, _sealtrail_id:string but the pipeline writes id:long, note:string, amount:double, _sealtrail_id:string; point the sink at a new path or migrate the table"),
+        err.contains("has columns id:long, note:string, _sealtrail_id:string but the pipeline writes id:long, note:string, amount:double, _sealtrail_id:string: a table keeps the columns its first run gave it"),
         "{err}"
     );
     assert!(

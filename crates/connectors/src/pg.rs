@@ -1625,7 +1625,7 @@ fn columns_differ(table: &str, have: &[(String, String)], want: &[(String, Strin
             .join(", ")
     };
     format!(
-        "table {table} has columns ({}) but the pipeline writes ({}); point the sink at a new table or migrate it",
+        "table {table} has columns ({}) but the pipeline writes ({}): a table keeps the columns sealtrail gave it (the ledger's commitments of its rows cover them, in order); point the sink at a new table for the new columns (this table's rows stay provable by `audit` and `prove`), or put the spec's columns back",
         show(have),
         show(want)
     )

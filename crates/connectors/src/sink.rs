@@ -409,7 +409,7 @@ fn check_delta_columns(
         return Err(sink_err(
             name,
             format!(
-                "the Delta table at {uri} has columns {} but the pipeline writes {}; point the sink at a new path or migrate the table",
+                "the Delta table at {uri} has columns {} but the pipeline writes {}: a table keeps the columns its first run gave it (the ledger's commitments of its rows cover them); point the sink at a new path for the new columns (this table's rows stay provable by `audit` and `prove`), or put the spec's columns back",
                 fmt_cols(&have),
                 fmt_cols(&want)
             ),
