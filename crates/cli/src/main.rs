@@ -1088,7 +1088,7 @@ async fn check(specs: &[PathBuf], format: Format, data: bool) -> Result<()> {
                 // The data is read only for a spec that checks without it (its paths and
                 // URLs are then sound), and sampled as a run samples it.
                 if data && diags.is_empty() {
-                    match protect_cmd::sample_sources(&p, 1000).await {
+                    match protect_cmd::sample_sources(&p, sealtrail_engine::SAMPLE_ROWS).await {
                         Ok(samples) => {
                             (planned, diags) = sealtrail_engine::check_with(&p, &samples).await;
                         }

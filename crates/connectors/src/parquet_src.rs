@@ -314,15 +314,7 @@ impl<'a> Shown<'a> {
                 let b = value(row);
                 Some(match std::str::from_utf8(b) {
                     Ok(text) => text.to_owned(),
-                    Err(_) => {
-                        let mut s = String::with_capacity(2 + 2 * b.len());
-                        s.push_str("\\x");
-                        for byte in b {
-                            // Writing to a String cannot fail.
-                            let _ = write!(s, "{byte:02x}");
-                        }
-                        s
-                    }
+                    Err(_) => format!("\\x{}", hex::encode(b)),
                 })
             }
         }

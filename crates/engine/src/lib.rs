@@ -760,6 +760,9 @@ struct Prepared {
     raw: Option<(sealtrail_core::record::RawBatch, Vec<u32>)>,
 }
 
+/// Records of each source a run classifies its columns from (`check --data` samples as many).
+pub const SAMPLE_ROWS: usize = 1000;
+
 /// At most this many records of a batch are quarantined for failing a transform; more, and
 /// the run fails (the SQL is more likely wrong than the records, and finding each costs a few
 /// dozen runs of the transforms).
@@ -1349,7 +1352,7 @@ async fn run_inner(
             .collect();
         // Off the async workers: a PostgreSQL sample blocks on a runtime of its own.
         let s = source.clone();
-        let got = tokio::task::spawn_blocking(move || sample(&s, &inputs, 1000))
+        let got = tokio::task::spawn_blocking(move || sample(&s, &inputs, SAMPLE_ROWS))
             .await
             .map_err(|e| Error::Internal(format!("sampling a source: {e}")))??;
         samples.insert(source.name.clone(), got);

@@ -555,15 +555,8 @@ pub fn classify_column<S: AsRef<str>>(name: &str, sample: &[S]) -> Classificatio
         }
     }
     // Free text: sensitive spans embedded in longer text, or in lists and documents (a JSON
-    // array of email addresses has no spaces). Three words, not two as the guard's
-    // `has_parts` takes: a column of `2026-01-01 00:00:00+00` would read as phone numbers in
-    // text, and the guard looks only at text and integer columns, never at timestamps.
-    let texty = values
-        .iter()
-        .filter(|v| {
-            v.split_whitespace().count() >= 3 || v.starts_with(['[', '{']) || v.contains([';', '|'])
-        })
-        .count();
+    // array of email addresses has no spaces): the values the guard scans alike.
+    let texty = values.iter().filter(|v| has_parts(v)).count();
     if share(texty) >= 0.5 {
         let with_spans = values.iter().filter(|v| !scan_text(v).is_empty()).count();
         if with_spans > 0 {
@@ -733,7 +726,7 @@ mod tests {
             .map(|i| format!("a{i}@x.example;b@y.example"))
             .collect();
         assert_eq!(classify_column("cc", &listed).kind, Some(Kind::FreeText));
-        // Two words are not text: timestamps as PostgreSQL prints them hold no phone number.
+        // Timestamps as PostgreSQL prints them hold no phone number.
         let ts: Vec<String> = (0..20)
             .map(|i| format!("2026-01-{:02} 00:00:00+00", i + 1))
             .collect();
