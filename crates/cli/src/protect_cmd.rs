@@ -168,9 +168,11 @@ pub enum KeysCmd {
         #[arg(long, env = "SEALTRAIL_STATE_URL", hide_env_values = true)]
         state_url: Option<String>,
     },
-    /// Destroy a data subject's key: their encrypted values can no longer be decrypted by anyone.
+    /// Destroy a data subject's key: their encrypted values, and their records kept in
+    /// quarantine, can no longer be decrypted by anyone.
     Shred {
-        /// The subject's id, as it appears in the policy's `subject:` column.
+        /// The subject's id, as it appears in the policy's `subject:` column (as its type
+        /// loads it: `7` for an int64 column's `007`).
         subject: String,
         /// Who is shredding (recorded in the ledger as a SHA-256 of the name; default `$USER`,
         /// `$LOGNAME` or the account the process runs as).
@@ -309,7 +311,7 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             )?;
             if had {
                 outln!(
-                    "shredded the key of subject:{h}; their encrypted values can no longer be decrypted (by {who}; recorded in the ledger)"
+                    "shredded the key of subject:{h}; their encrypted values and quarantined records can no longer be decrypted (by {who}; recorded in the ledger)"
                 );
             } else {
                 outln!(
@@ -1019,14 +1021,36 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                         || (q.line.is_none() && q.key.is_none())
                             && q.row.is_some_and(|r| row.contains(&r)))
             };
+            // Records of a data subject whose key `keys shred` destroyed: erased with it.
+            let mut erased = Vec::new();
             for q in rows.iter().filter(|q| wanted(q)) {
                 let id = key_id_of(&q.raw)
                     .context("a quarantined record is not encrypted as sealtrail writes it")?;
-                let plain = Sealer::new(id, &ring.by_id(id)?)
+                let key = match ring.by_id(id) {
+                    Err(KeyError::Shredded) => {
+                        erased.push(q);
+                        continue;
+                    }
+                    k => k?,
+                };
+                let plain = Sealer::new(id, &key)
                     .open_bytes(&q.raw)
                     .map_err(|e| anyhow::anyhow!("{}:{:?}: {e}", q.input, q.line))?;
                 *keys.entry(id.to_string()).or_default() += 1;
                 shown.push((q, plain));
+            }
+            for q in &erased {
+                eprintln!(
+                    "{} {}: erased: the key of its data subject was shredded (`keys shred`), so the record can no longer be read",
+                    q.input,
+                    position(q)
+                );
+            }
+            if shown.is_empty() && !erased.is_empty() {
+                bail!(
+                    "every chosen record ({}) belongs to a data subject whose key was shredded: erased, nothing to show",
+                    erased.len()
+                );
             }
             if shown.is_empty() {
                 say_others(&others);

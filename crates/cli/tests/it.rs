@@ -5450,6 +5450,165 @@ for x in r: print(x['customer_id'], x['email_enc'], x['name_enc'])
     assert!(!ring.contains(&format!("\"{}\"", a[0])) && !ring.contains(&email));
 }
 
+/// Right to erasure reaches the quarantine: a record kept for repair that names its data
+/// subject (the spec's `subject:` column) is sealed under that subject's key, so after
+/// `keys shred` it can no longer be shown, while records of other subjects, and records that
+/// name none (a null id, a line that is no JSON), stay under the quarantine key and readable.
+/// A later run keeps nothing readable of a shredded subject's new bad records either.
+#[test]
+fn shredding_a_subject_erases_its_quarantined_records_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("customers.yaml");
+    std::fs::copy(root().join("examples/customers.yaml"), &spec).unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let rec = |id: &str, email: &str| {
+        format!(
+            r#"{{"customer_id": {id}, "name": "Ann Example", "email": "{email}", "phone": "+44 20 7946 0958", "card_pan": "4111111111111111", "date_of_birth": "1980-02-03", "iban": "GB82WEST12345698765432", "country": "GB", "onboarded_at": "2020-01-01T00:00:00Z"}}"#
+        )
+    };
+    let file1 = [
+        rec("1001", "ann@example.com"),
+        rec("1002", "not-an-email"),
+        rec("1003", "also-not-an-email"),
+        rec("null", "nobody@example.com"),
+        "{\"customer_id\": 1004, \"name\": ".to_string(),
+    ];
+    std::fs::write(
+        dir.path().join("data/customers_1.jsonl"),
+        file1.join("\n") + "\n",
+    )
+    .unwrap();
+    run_ok(bin().arg("run").arg(&spec));
+    let home = dir.path().join(".sealtrail");
+    let q = dir.path().join("out/quarantine/customers");
+    let sealed_under = || {
+        py(&format!(
+            r#"
+import pyarrow.parquet as pq
+for r in sorted(pq.read_table('{}').to_pylist(), key=lambda r: (r['input'], r['line'])):
+    raw = r['raw']
+    kind = 'subject' if raw.startswith(b'st1:subject:') else raw.split(b':')[1].decode()
+    # The key id, and whether anything follows it (nonce, ciphertext, tag).
+    key = raw.split(b':')[2].decode() if kind == 'subject' else '-'
+    body = 'sealed' if len(raw) > len(b'st1:subject::') + len(key) else 'nothing'
+    print(r['input'].split('/')[-1], r['line'], r['reason'], kind, key, body)
+"#,
+            q.display()
+        ))
+    };
+    let before = sealed_under();
+    let kinds: Vec<Vec<&str>> = before
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .collect();
+    let kind = |line: &str| {
+        kinds
+            .iter()
+            .find(|k| k[1] == line)
+            .unwrap_or_else(|| panic!("line {line} quarantined: {before}"))
+            .clone()
+    };
+    assert_eq!(kind("2")[3], "subject", "{before}");
+    assert_eq!(kind("3")[3], "subject", "{before}");
+    assert_eq!(kind("4")[2..4], ["missing_id", "quarantine@1"], "{before}");
+    assert_eq!(
+        kind("5")[3],
+        "quarantine@1",
+        "a line that is no JSON names no subject"
+    );
+    let show = |lines: &[&str]| {
+        let mut c = bin();
+        c.args(["quarantine", "show"]).arg(&spec);
+        for l in lines {
+            c.args(["--line", l]);
+        }
+        c.args(["--reason", "erasure test", "--by", "dpo"])
+            .output()
+            .unwrap()
+    };
+    let out = show(&["2", "3", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        shown.contains("not-an-email") && shown.contains("also-not-an-email"),
+        "{shown}"
+    );
+    run_ok(
+        bin()
+            .args(["keys", "shred", "1002", "--by", "dpo", "--home"])
+            .arg(&home),
+    );
+    let out = show(&["2", "3", "4"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stdout.contains("\"not-an-email\"") && stdout.contains("also-not-an-email"),
+        "1002's record is gone, 1003's is not: {stdout}"
+    );
+    assert!(stdout.contains("nobody@example.com"), "{stdout}");
+    assert!(
+        stderr.contains("customers_1.jsonl 2: erased: the key of its data subject was shredded"),
+        "{stderr}"
+    );
+    let out = show(&["2"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("whose key was shredded: erased"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A new bad record of the shredded subject: quarantined (counted, listed) with nothing
+    // that opens; a new good one of theirs loads with its encrypted columns null.
+    std::fs::write(
+        dir.path().join("data/customers_2.jsonl"),
+        [
+            rec("1002", "ann@example.com"),
+            rec("1002", "still-not-an-email"),
+        ]
+        .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    run_ok(bin().arg("run").arg(&spec));
+    let after = sealed_under();
+    let new = after
+        .lines()
+        .find(|l| l.starts_with("customers_2.jsonl 2 "))
+        .unwrap_or_else(|| panic!("{after}"));
+    // `st1:subject:H:` of the same subject as its first record, then no nonce, no ciphertext.
+    let first = after
+        .lines()
+        .find(|l| l.starts_with("customers_1.jsonl 2 "))
+        .unwrap_or_else(|| panic!("{after}"));
+    let h = first.split(' ').nth(4).unwrap();
+    assert!(first.ends_with(&format!(" subject {h} sealed")), "{first}");
+    assert!(new.ends_with(&format!(" subject {h} nothing")), "{new}");
+    let out = show(&["2"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("customers_2.jsonl 2: erased"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let loaded = py(&format!(
+        r#"
+import pyarrow.parquet as pq
+for r in pq.read_table('{}/out/customers').to_pylist():
+    if r['customer_id'] == 1002: print(r['email_enc'], r['email_domain'])
+"#,
+        dir.path().display()
+    ));
+    assert_eq!(loaded.trim(), "None example.com", "{loaded}");
+    let v = run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
+    assert!(v.starts_with("verified:"), "{v}");
+}
+
 /// "Push, don't pull": check rejects a sensitive column without a policy, and a raw
 /// sensitive column reaching an audience not cleared for it, naming the path from source to
 /// sink; a run refuses the same spec, and one whose data turns out sensitive, before writing.
@@ -6656,6 +6815,15 @@ fn loaded_contact_customers() -> (tempfile::TempDir, PathBuf) {
             "{ column: email, action: encrypt, key: contact, as: email_enc }",
         );
     std::fs::write(&spec, text).unwrap();
+    // Records that name no data subject (a null id, a line that is no JSON): the quarantine
+    // keeps them under its own key (the others, under their subjects' keys).
+    std::fs::write(
+        dir.path().join("data/customers_unnamed.jsonl"),
+        "{\"customer_id\": null, \"email\": \"x@example.com\"}\n\
+         {\"customer_id\": null, \"email\": \"y@example.com\"}\n\
+         {\"customer_id\": 7,\n",
+    )
+    .unwrap();
     run_ok(bin().arg("run").arg(&spec));
     (dir, spec)
 }

@@ -784,6 +784,7 @@ impl SourceReader for CsvReader {
                             pos_kind: PosKind::Line,
                             pos: f.line_no,
                             key: None,
+                            subject: None,
                             raw: head,
                             reasons: vec![Reason::new(
                                 "line_too_long",
@@ -813,6 +814,7 @@ impl SourceReader for CsvReader {
                     pos_kind: PosKind::Line,
                     pos: line_no,
                     key: None,
+                    subject: None,
                     raw: raw.to_vec(),
                     reasons: vec![Reason::new(code, rule)],
                 };

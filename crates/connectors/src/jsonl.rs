@@ -97,6 +97,7 @@ impl SourceReader for JsonlReader {
                         pos_kind: PosKind::Line,
                         pos: *line_no,
                         key: None,
+                        subject: None,
                         raw: std::mem::take(&mut self.line),
                         reasons: vec![Reason::new(
                             "line_too_long",
@@ -133,6 +134,7 @@ impl SourceReader for JsonlReader {
                     pos_kind: PosKind::Line,
                     pos: *line_no,
                     key: None,
+                    subject: None,
                     raw: raw.to_vec(),
                     reasons: vec![Reason::new(code, rule)],
                 };

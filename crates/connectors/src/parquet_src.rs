@@ -233,6 +233,7 @@ fn to_raw(
                 pos_kind: PosKind::Row,
                 pos: cur.next_row,
                 key: None,
+                subject: None,
                 raw,
                 reasons: unshown
                     .iter()

@@ -30,6 +30,12 @@ pub struct RawBatch {
     raw_spans: Vec<Range<usize>>,
     /// Whether the field text was freed ([`RawBatch::release_fields`]).
     released: bool,
+    /// The column naming each record's data subject ([`RawBatch::subject`]).
+    subject_col: Option<usize>,
+    /// After release, the subject column's text and one span per row (all a quarantined
+    /// record needs besides its raw bytes: the subject whose key seals it).
+    kept_text: String,
+    kept_spans: Vec<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +62,9 @@ impl RawBatch {
             raw: Vec::new(),
             raw_spans: Vec::new(),
             released: false,
+            subject_col: None,
+            kept_text: String::new(),
+            kept_spans: Vec::new(),
         }
     }
 
@@ -78,6 +87,21 @@ impl RawBatch {
     /// Names the column whose value identifies a row (for [`PosKind::Key`] batches).
     pub fn set_key_column(&mut self, col: usize) {
         self.key_col = Some(col);
+    }
+    /// Names the column holding each record's data subject (kept when the fields are
+    /// released, for [`RawBatch::subject`]).
+    pub fn set_subject_column(&mut self, col: usize) {
+        self.subject_col = Some(col);
+    }
+    /// The data subject of `row` (the subject column's text), if the batch names a subject
+    /// column and the value is not null; also after [`RawBatch::release_fields`].
+    pub fn subject(&self, row: usize) -> Option<&str> {
+        let col = self.subject_col?;
+        if !self.released {
+            return self.get(row, col);
+        }
+        let &(s, e) = self.kept_spans.get(row)?;
+        (s != NULL).then(|| &self.kept_text[s as usize..e as usize])
     }
     /// Records that the row begun last is the `n`th (1-based) of the read to repeat the key
     /// of an earlier row; its [`RawBatch::key`] becomes `KEY#n+1`.
@@ -164,12 +188,31 @@ impl RawBatch {
     /// what stays is each record's raw bytes and position (all quarantine needs). Half of a
     /// batch's memory, while it waits for and goes through protection. Fields read afterwards
     /// are `None`.
+    /// The subject column's text (short ids) is kept.
     pub fn release_fields(&mut self) {
-        if self.key_col.is_none() {
-            self.text = String::new();
-            self.spans = Vec::new();
-            self.released = true;
+        if self.key_col.is_some() {
+            return;
         }
+        if let Some(col) = self.subject_col {
+            let rows = self.len();
+            let mut text = String::new();
+            let mut spans = Vec::with_capacity(rows);
+            for row in 0..rows {
+                spans.push(match self.get(row, col) {
+                    None => (NULL, NULL),
+                    Some(v) => {
+                        let s = text.len() as u32;
+                        text.push_str(v);
+                        (s, text.len() as u32)
+                    }
+                });
+            }
+            self.kept_text = text;
+            self.kept_spans = spans;
+        }
+        self.text = String::new();
+        self.spans = Vec::new();
+        self.released = true;
     }
 
     /// Field `col` of record `row`.
@@ -236,6 +279,9 @@ pub struct Quarantined {
     pub pos: u64,
     /// For [`PosKind::Key`]: the key value.
     pub key: Option<String>,
+    /// The record's data subject as read (the source's subject column), when known: its raw
+    /// bytes are then sealed under that subject's key. In memory only, never written.
+    pub subject: Option<String>,
     pub raw: Vec<u8>,
     /// Every rule it failed, in check order; the first is the primary reason.
     pub reasons: Vec<Reason>,
@@ -276,6 +322,28 @@ mod tests {
             (b.get(1, 0), b.raw(1), b.position(1)),
             (None, &b"\"x\",y"[..], 3)
         );
+        assert_eq!(b.subject(0), None, "no subject column named");
+    }
+
+    #[test]
+    fn the_subject_column_outlives_the_release_of_the_fields() {
+        let mut b = RawBatch::new("f.csv".into(), PosKind::Line, 2);
+        b.set_subject_column(1);
+        for (pos, (a, s)) in [("x", Some("C-1")), ("y", None), ("z", Some("C-22"))]
+            .into_iter()
+            .enumerate()
+        {
+            b.begin(pos as u64 + 2, a.as_bytes());
+            b.push(Some(a));
+            b.push(s);
+        }
+        let before: Vec<_> = (0..3).map(|r| b.subject(r).map(str::to_owned)).collect();
+        assert_eq!(before, [Some("C-1".into()), None, Some("C-22".into())]);
+        b.release_fields();
+        assert_eq!((b.get(0, 0), b.get(0, 1)), (None, None), "fields are freed");
+        let after: Vec<_> = (0..3).map(|r| b.subject(r).map(str::to_owned)).collect();
+        assert_eq!(after, before);
+        assert_eq!(b.subject(3), None);
     }
 
     #[test]

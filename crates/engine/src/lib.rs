@@ -1710,6 +1710,9 @@ fn decode_loop(
                 return digests;
             }
         };
+        if let Some(col) = source.quarantine_subject() {
+            decoded.batch.set_subject_column(col);
+        }
         if let Some(name) = recorded.get(&*decoded.batch.input) {
             decoded.batch.input = name.clone();
             for m in &mut decoded.malformed {
@@ -2047,8 +2050,16 @@ async fn commit_one(
             root: hex(root),
         })
         .collect();
-    let qb = quarantine::to_batch(run_id.as_str(), source, &prepared.quarantined, qsealer)
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let sealing = quarantine::Sealing {
+        quarantine: qsealer,
+        keyring: &opts.keyring,
+        subject: p
+            .sources
+            .iter()
+            .find(|s| s.name == source)
+            .and_then(|s| Some(&s.columns[s.quarantine_subject()?])),
+    };
+    let qb = quarantine::to_batch(run_id.as_str(), source, &prepared.quarantined, &sealing)?;
     qsink.commit(&key, std::slice::from_ref(&qb)).await?;
     debug_panic_in("commit", batch_no);
     let mut by_reason: HashMap<&str, u64> = HashMap::new();

@@ -5,13 +5,79 @@
 //! rule's code), `reasons` and `rules` (every failed rule, `;`-separated, in check order),
 //! `raw` (the exact source bytes, encrypted: AES-256-GCM under the keyring's `quarantine` key,
 //! `st1:quarantine@N:` then nonce, ciphertext and tag; `sealtrail quarantine show` decrypts).
+//! A record of a source with per-subject keys whose subject is known is sealed under that
+//! subject's key instead (`st1:subject:H:`), so `keys shred` erases it with the subject's
+//! values; one of a subject already shredded keeps only `st1:subject:H:` (nothing to open).
 //! Reasons and rules never contain record values.
 
 use arrow::array::{BinaryBuilder, Int64Builder, RecordBatch, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use sealtrail_core::record::{PosKind, Quarantined};
+use sealtrail_protect::keyring::Keyring;
 use sealtrail_protect::ops::Sealer;
-use std::sync::{Arc, LazyLock};
+use sealtrail_spec::Column;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
+/// How a run seals the raw records it quarantines.
+#[derive(Debug)]
+pub struct Sealing<'a> {
+    /// The keyring's active `quarantine` key.
+    pub quarantine: &'a Sealer,
+    /// For subject keys.
+    pub keyring: &'a Mutex<Keyring>,
+    /// The source's subject column ([`sealtrail_spec::Source::quarantine_subject`]).
+    pub subject: Option<&'a Column>,
+}
+
+impl Sealing<'_> {
+    /// Each record's raw bytes sealed: under its subject's key where it names a subject (the
+    /// value as protection reads it), as `st1:subject:H:` alone for a shredded subject, else
+    /// under the quarantine key. One keyring lookup for the batch's distinct subjects.
+    fn seal(&self, rows: &[Quarantined]) -> Result<Vec<Vec<u8>>, crate::Error> {
+        let subjects: Vec<Option<String>> = rows
+            .iter()
+            .map(|q| {
+                let col = self.subject?;
+                sealtrail_quality::typed::loaded_text(q.subject.as_deref()?, col)
+            })
+            .collect();
+        let mut distinct: Vec<&str> = subjects.iter().flatten().map(String::as_str).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut by_subject: HashMap<&str, Result<Sealer, String>> = HashMap::new();
+        if !distinct.is_empty() {
+            let keys_err =
+                |e: sealtrail_protect::keyring::KeyError| crate::Error::Keys(e.to_string());
+            let mut ring = self
+                .keyring
+                .lock()
+                .map_err(|_| crate::Error::Keys("keyring lock poisoned".into()))?;
+            let keys = ring.subject_keys(&distinct).map_err(keys_err)?;
+            for (d, k) in distinct.iter().zip(keys) {
+                let sealer = match k {
+                    Some((id, key)) => Ok(Sealer::new(&id, &key)),
+                    None => Err(format!(
+                        "st1:subject:{}:",
+                        ring.subject_id(d).map_err(keys_err)?
+                    )),
+                };
+                by_subject.insert(d, sealer);
+            }
+        }
+        Ok(rows
+            .iter()
+            .zip(&subjects)
+            .map(
+                |(q, s)| match s.as_deref().and_then(|s| by_subject.get(s)) {
+                    Some(Ok(sealer)) => sealer.seal_bytes(&q.raw),
+                    Some(Err(erased)) => erased.as_bytes().to_vec(),
+                    None => self.quarantine.seal_bytes(&q.raw),
+                },
+            )
+            .collect())
+    }
+}
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -36,9 +102,10 @@ pub fn to_batch(
     run_id: &str,
     source: &str,
     rows: &[Quarantined],
-    sealer: &Sealer,
-) -> Result<RecordBatch, arrow::error::ArrowError> {
+    sealing: &Sealing,
+) -> Result<RecordBatch, crate::Error> {
     let n = rows.len();
+    let sealed = sealing.seal(rows)?;
     let mut run = StringBuilder::with_capacity(n, n * 36);
     let mut src = StringBuilder::new();
     let mut input = StringBuilder::new();
@@ -49,7 +116,7 @@ pub fn to_batch(
     let mut reasons = StringBuilder::new();
     let mut rules = StringBuilder::new();
     let mut raw = BinaryBuilder::new();
-    for q in rows {
+    for (q, sealed) in rows.iter().zip(&sealed) {
         run.append_value(run_id);
         src.append_value(source);
         input.append_value(&*q.input);
@@ -84,7 +151,7 @@ pub fn to_batch(
                 .collect::<Vec<_>>()
                 .join(";"),
         );
-        raw.append_value(sealer.seal_bytes(&q.raw));
+        raw.append_value(sealed);
     }
     RecordBatch::try_new(
         schema(),
@@ -101,4 +168,5 @@ pub fn to_batch(
             Arc::new(raw.finish()),
         ],
     )
+    .map_err(|e| crate::Error::Internal(format!("the quarantine batch: {e}")))
 }

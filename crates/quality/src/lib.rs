@@ -198,6 +198,7 @@ pub fn quarantine(batch: &RawBatch, row: usize, reasons: Vec<Reason>) -> Quarant
         pos_kind: batch.pos_kind,
         pos: batch.position(row),
         key,
+        subject: batch.subject(row).map(str::to_owned),
         raw: batch.raw(row).to_vec(),
         reasons,
     }

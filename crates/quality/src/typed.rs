@@ -108,6 +108,21 @@ pub fn canonical(v: &str, col: &Column) -> Option<Canon> {
     })
 }
 
+/// `v` as the text its loaded value casts to (Arrow's cast to `Utf8`, as protection reads a
+/// typed column: `007` of an int64 column is `7`); `None` when it does not parse as the
+/// column's type. Names a quarantined record's data subject as the loaded records name it.
+pub fn loaded_text(v: &str, col: &Column) -> Option<String> {
+    let value = parse(v, col.ty, col.format.as_deref())?;
+    if let Value::Str(s) = value {
+        return Some(s.to_owned());
+    }
+    let mut b = Builder::new(col.ty, 1, 0);
+    b.append(value);
+    let a = arrow::compute::cast(&b.finish().ok()?, &DataType::Utf8).ok()?;
+    let a = a.as_any().downcast_ref::<arrow::array::StringArray>()?;
+    arrow::array::Array::is_valid(a, 0).then(|| a.value(0).to_owned())
+}
+
 impl Canon {
     /// Bytes that identify the value (for keyed fingerprints): a tag, then the value.
     pub fn bytes(&self) -> ([u8; 18], usize) {
@@ -507,6 +522,36 @@ pub fn to_record_batch(
 mod tests {
     use super::*;
     use arrow::array::AsArray;
+
+    #[test]
+    fn loaded_text_is_the_text_protection_reads_of_the_typed_value() {
+        let col = |ty| Column {
+            name: "c".into(),
+            ty,
+            required: false,
+            format: None,
+            class: None,
+            at: (0, 0),
+        };
+        let int = col(ColumnType::Int64);
+        assert_eq!(loaded_text("007", &int).as_deref(), Some("7"));
+        assert_eq!(loaded_text("-12", &int).as_deref(), Some("-12"));
+        assert_eq!(loaded_text("x7", &int), None);
+        let text = col(ColumnType::Utf8);
+        assert_eq!(loaded_text(" C-1 ", &text).as_deref(), Some(" C-1 "));
+        // The same text as casting a whole typed column, which `encrypt` with a subject does.
+        let dec = col(ColumnType::Decimal {
+            precision: 10,
+            scale: 2,
+        });
+        let mut b = Builder::new(dec.ty, 1, 0);
+        b.append(parse("12.5", dec.ty, None).unwrap());
+        let cast = arrow::compute::cast(&b.finish().unwrap(), &DataType::Utf8).unwrap();
+        assert_eq!(
+            loaded_text("12.5", &dec).as_deref(),
+            Some(cast.as_string::<i32>().value(0))
+        );
+    }
 
     #[test]
     fn timestamps_finer_than_a_microsecond_are_not_cut() {

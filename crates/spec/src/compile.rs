@@ -148,6 +148,17 @@ impl Source {
     pub fn keys_records(&self) -> bool {
         matches!(self.connector, SourceConnector::Postgres(_))
     }
+    /// The column naming each record's data subject, for records kept in quarantine: that
+    /// of the first `encrypt` policy with a `subject:` (spec order). A quarantined record of
+    /// a known subject is sealed under the subject's key, so `keys shred` erases it too.
+    pub fn quarantine_subject(&self) -> Option<usize> {
+        self.protect.iter().find_map(|p| match &p.action {
+            Action::Encrypt {
+                subject: Some(s), ..
+            } => self.column_index(s),
+            _ => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
