@@ -1512,6 +1512,10 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
     );
     outln!("  sealtrail keys list --home {}", home.display());
     outln!(
+        "  sealtrail keys shred 1000 --home {}   # erase customer 1000 for good: their encrypted values and records in quarantine",
+        home.display()
+    );
+    outln!(
         "  python3 -c \"import deltalake; print(deltalake.DeltaTable('{}').to_pyarrow_table().num_rows)\"",
         clean.display()
     );

@@ -1041,9 +1041,10 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             }
             for q in &erased {
                 eprintln!(
-                    "{} {}: erased: the key of its data subject was shredded (`keys shred`), so the record can no longer be read",
-                    q.input,
-                    position(q)
+                    "{}:{} [{}] erased: the key of its data subject was shredded (`keys shred`), so the record can no longer be read",
+                    printable(q.input.as_bytes(), encoding_rs::UTF_8),
+                    position(q),
+                    q.reasons
                 );
             }
             if shown.is_empty() && !erased.is_empty() {

@@ -271,6 +271,7 @@ fn demo_runs_and_every_command_it_suggests_works() {
         }
         let said = run_ok(bin().current_dir(dir.path()).args(&args));
         let want = match args[0] {
+            "keys" if args[1] == "shred" => "shredded the key of subject:",
             "prove" => "wrote the proof of row trades:",
             "verify-proof" => "is the proven row, unchanged",
             "audit" => "every row is as delivered",
@@ -281,7 +282,7 @@ fn demo_runs_and_every_command_it_suggests_works() {
         assert!(said.contains(want), "{line}:\n{said}");
         ran += 1;
     }
-    assert_eq!(ran, 12, "every suggestion ran");
+    assert_eq!(ran, 13, "every suggestion ran");
     // Run again, the demo starts afresh in its folder: its tables hold one run's rows.
     let again = run_ok(
         bin()
@@ -5554,7 +5555,9 @@ for r in sorted(pq.read_table('{}').to_pylist(), key=lambda r: (r['input'], r['l
     );
     assert!(stdout.contains("nobody@example.com"), "{stdout}");
     assert!(
-        stderr.contains("customers_1.jsonl 2: erased: the key of its data subject was shredded"),
+        stderr.contains(
+            "customers_1.jsonl:2 [invalid_email] erased: the key of its data subject was shredded"
+        ),
         "{stderr}"
     );
     let out = show(&["2"]);
@@ -5592,7 +5595,8 @@ for r in sorted(pq.read_table('{}').to_pylist(), key=lambda r: (r['input'], r['l
     assert!(new.ends_with(&format!(" subject {h} nothing")), "{new}");
     let out = show(&["2"]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("customers_2.jsonl 2: erased"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("customers_2.jsonl:2 [duplicate_customer;invalid_email] erased"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
