@@ -195,6 +195,25 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             .map_or_else(|| PathBuf::from(".sealtrail"), |d| d.join(".sealtrail")),
         _ => PathBuf::from(".sealtrail"),
     });
+    // Shredding in a home without a keyring would make one, mark the subject there and report
+    // it: an erasure that never reached the pipelines' keyring (a command run from another
+    // folder, with the master key in the environment). Listing or rewrapping it would mislead
+    // alike.
+    if matches!(
+        cmd,
+        KeysCmd::Shred { .. } | KeysCmd::List | KeysCmd::Rewrap { .. }
+    ) && !home.join("keyring.json").exists()
+    {
+        bail!(
+            "there is no keyring at {}: no run under this home has made a key, so nothing here can be {}; name the pipelines' home with --home (or SEALTRAIL_HOME), the `.sealtrail` folder beside their specs by default",
+            home.join("keyring.json").display(),
+            match cmd {
+                KeysCmd::Shred { .. } => "shredded",
+                KeysCmd::List => "listed",
+                _ => "rewrapped",
+            }
+        );
+    }
     let mut ring = open_keyring(home, false)?;
     match cmd {
         KeysCmd::List => {

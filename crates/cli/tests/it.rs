@@ -5613,6 +5613,60 @@ for r in pq.read_table('{}/out/customers').to_pylist():
     assert!(v.starts_with("verified:"), "{v}");
 }
 
+/// An erasure must reach the pipelines' keyring or fail: `keys shred` from a folder whose home
+/// holds no keyring (the master key in the environment, the wrong working folder) refuses and
+/// makes nothing, instead of marking the subject in a keyring of its own and reporting it;
+/// and a subject value that keyring does not know is "no key", never "shredded".
+#[test]
+fn shredding_in_a_home_without_a_keyring_is_refused() {
+    let (dir, spec) = project("customers.yaml", 200);
+    run_ok(bin().arg("run").arg(&spec));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let master = "ab".repeat(32);
+    let in_elsewhere = |args: &[&str]| {
+        bin()
+            .current_dir(elsewhere.path())
+            .env("SEALTRAIL_MASTER_KEY", &master)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [&["keys", "shred", "1000"][..], &["keys", "list"]] {
+        let out = in_elsewhere(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains("there is no keyring at .sealtrail/keyring.json")
+                && err.contains("--home"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "nothing made"
+    );
+    // A value of the pipeline's subject, decrypted against another keyring.
+    let value = py(&format!(
+        "import pyarrow.parquet as pq\nprint(next(e for e in pq.read_table('{}/out/customers').column('email_enc').to_pylist() if e))",
+        dir.path().display()
+    ));
+    let other = elsewhere.path().join("h");
+    std::fs::create_dir(&other).unwrap();
+    let out = bin()
+        .env("SEALTRAIL_MASTER_KEY", &master)
+        .args(["decrypt", "--reason", "wrong home", "--home"])
+        .arg(&other)
+        .arg(value.trim())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no key `subject:") && !err.contains("shredded"),
+        "{err}"
+    );
+}
+
 /// "Push, don't pull": check rejects a sensitive column without a policy, and a raw
 /// sensitive column reaching an audience not cleared for it, naming the path from source to
 /// sink; a run refuses the same spec, and one whose data turns out sensitive, before writing.

@@ -472,7 +472,14 @@ impl Keyring {
             if self.file.shredded.contains_key(h) {
                 return Err(KeyError::Shredded);
             }
-            let w = self.file.subjects.get(h).ok_or(KeyError::Shredded)?;
+            // Neither live nor shredded: not this keyring's subject (another home's keyring,
+            // or a value from elsewhere); saying "shredded" would tell an erasure that never
+            // happened.
+            let w = self
+                .file
+                .subjects
+                .get(h)
+                .ok_or_else(|| KeyError::Unknown(id.into()))?;
             return self.master.unwrap(id, &w.wrapped);
         }
         let (name, v) = id
