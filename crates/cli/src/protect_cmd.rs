@@ -582,6 +582,11 @@ pub enum QuarantineCmd {
         /// start of it).
         #[arg(long)]
         run: Option<String>,
+        /// Only the records of this data subject (its id as in the source's `subject:`
+        /// column, as its type loads it), found by the key that seals them: no record is
+        /// decrypted. Needs the keyring (and its master key).
+        #[arg(long)]
+        subject: Option<String>,
         /// `text`, or `json`: one object on standard output: `total` (records quarantined),
         /// `records` (at most `--limit`: `input`, `source`, `line`, `row`, `key`, `reason`,
         /// `reasons`, `rules`, `run_id`, `repaired_by`: the replay runs that repaired the
@@ -603,7 +608,7 @@ pub enum QuarantineCmd {
         /// Delta table on S3, its `s3://` URL.
         path: PathBuf,
         /// Line numbers (text inputs) of the records to show.
-        #[arg(long, num_args = 1.., required_unless_present_any = ["key", "row"])]
+        #[arg(long, num_args = 1.., required_unless_present_any = ["key", "row", "subject"])]
         line: Vec<i64>,
         /// Keys (table inputs) of the records to show.
         #[arg(long, num_args = 1..)]
@@ -612,6 +617,10 @@ pub enum QuarantineCmd {
         /// records to show.
         #[arg(long, num_args = 1..)]
         row: Vec<i64>,
+        /// The records of this data subject (its id as in the source's `subject:` column):
+        /// every record sealed under the subject's key, for an access request.
+        #[arg(long)]
+        subject: Option<String>,
         /// Only records of this input: its name as `quarantine list` prints it, or its last
         /// path components (`trades_01.csv`, `in/trades_01.csv`).
         #[arg(long)]
@@ -888,15 +897,38 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             );
         }
     };
+    // The key id sealing a subject's records (`subject:H`), and whether it was shredded.
+    let subject_key = |subject: &str| -> Result<(String, bool)> {
+        if !home.join("keyring.json").exists() {
+            bail!(
+                "there is no keyring at {}, so no record is sealed under a subject's key there; name the pipeline's home with --home (or SEALTRAIL_HOME)",
+                home.join("keyring.json").display()
+            );
+        }
+        let ring = open_keyring(home, false)?;
+        let id = format!("subject:{}", ring.subject_id(subject)?);
+        let shredded = matches!(ring.by_id(&id), Err(KeyError::Shredded));
+        Ok((id, shredded))
+    };
+    let of_subject = |q: &QRow, id: &Option<(String, bool)>| {
+        id.as_ref()
+            .is_none_or(|(id, _)| key_id_of(&q.raw) == Some(id.as_str()))
+    };
     match cmd {
         QuarantineCmd::List {
             limit,
             run,
+            subject,
             state_url,
             format,
             ..
         } => {
+            let subject = subject.as_deref().map(subject_key).transpose()?;
             let (rows, others, st) = records(run, state_url).await?;
+            let rows: Vec<QRow> = rows
+                .into_iter()
+                .filter(|q| of_subject(q, &subject))
+                .collect();
             let json = format == crate::Format::Json;
             let mut listed = Vec::new();
             // The last column only when a state store can say which records were repaired.
@@ -980,11 +1012,22 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                         "total": rows.len(),
                         "records": listed,
                         "left_out": others,
+                        "subject": subject.as_ref().map(|(id, shredded)| serde_json::json!({"key": id, "shredded": shredded})),
                     }))?
                 );
                 return Ok(());
             }
             t.print();
+            if let Some((id, shredded)) = &subject {
+                outln!(
+                    "of data subject {id}{}",
+                    match shredded {
+                        true =>
+                            ": its key was shredded, these records are erased (positions and reasons stay, their bytes cannot be read)",
+                        false => "",
+                    }
+                );
+            }
             outln!(
                 "{} quarantined record(s){}",
                 rows.len(),
@@ -1002,6 +1045,7 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             line,
             key,
             row,
+            subject,
             input,
             run,
             reason,
@@ -1022,6 +1066,7 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                      label from the spec (e.g. utf-8, windows-1252, shift_jis)"
                 );
             };
+            let subject = subject.as_deref().map(subject_key).transpose()?;
             let ring = open_keyring(home, false)?;
             let (rows, others, _) = records(run.clone(), state_url).await?;
             let mut shown = Vec::new();
@@ -1035,7 +1080,8 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             };
             let wanted = |q: &QRow| {
                 of_input(q)
-                    && (q.line.is_some_and(|l| line.contains(&l))
+                    && (subject.is_some() && of_subject(q, &subject)
+                        || q.line.is_some_and(|l| line.contains(&l))
                         || q.key.as_ref().is_some_and(|k| key.contains(k))
                         || (q.line.is_none() && q.key.is_none())
                             && q.row.is_some_and(|r| row.contains(&r)))
@@ -1075,7 +1121,10 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             if shown.is_empty() {
                 say_others(&others);
                 bail!(
-                    "no quarantined record with line(s) {line:?}, key(s) {key:?} or row(s) {row:?}{}{}; see `sealtrail quarantine list`",
+                    "no quarantined record {}with line(s) {line:?}, key(s) {key:?} or row(s) {row:?}{}{}; see `sealtrail quarantine list`",
+                    subject.as_ref().map_or(String::new(), |(id, _)| format!(
+                        "of data subject {id}, nor "
+                    )),
                     input
                         .as_ref()
                         .map_or(String::new(), |i| format!(" in input `{i}`")),

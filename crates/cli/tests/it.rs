@@ -5538,10 +5538,58 @@ for r in sorted(pq.read_table('{}').to_pylist(), key=lambda r: (r['input'], r['l
         shown.contains("not-an-email") && shown.contains("also-not-an-email"),
         "{shown}"
     );
+    // A subject's records are found by the key that seals them (an access request), without
+    // decrypting any other: `list` and `show` by `--subject`.
+    let of_subject = |id: &str| {
+        run_ok(
+            bin()
+                .args(["quarantine", "list"])
+                .arg(&spec)
+                .args(["--subject", id]),
+        )
+    };
+    let listed = of_subject("1002");
+    assert!(
+        listed.contains("customers_1.jsonl") && listed.contains("1 quarantined record(s)"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("of data subject subject:") && !listed.contains("erased"),
+        "{listed}"
+    );
+    let shown = run_ok(bin().args(["quarantine", "show"]).arg(&spec).args([
+        "--subject",
+        "1003",
+        "--reason",
+        "access request 17",
+    ]));
+    assert!(
+        shown.contains(":3 [invalid_email]") && shown.lines().count() == 1,
+        "{shown}"
+    );
+    assert!(of_subject("4242").contains("0 quarantined record(s)"));
     run_ok(
         bin()
             .args(["keys", "shred", "1002", "--by", "dpo", "--home"])
             .arg(&home),
+    );
+    let listed = of_subject("1002");
+    assert!(
+        listed.contains("1 quarantined record(s)")
+            && listed.contains("its key was shredded, these records are erased"),
+        "{listed}"
+    );
+    let json = run_ok(bin().args(["quarantine", "list"]).arg(&spec).args([
+        "--subject",
+        "1002",
+        "--format",
+        "json",
+    ]));
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        (&json["total"], &json["subject"]["shredded"]),
+        (&serde_json::json!(1), &serde_json::json!(true)),
+        "{json}"
     );
     let out = show(&["2", "3", "4"]);
     let (stdout, stderr) = (
