@@ -406,23 +406,35 @@ fn withhold_panic_messages() {
     }));
 }
 
+/// `SEALTRAIL_LOG`, default `warn`, with what must never be logged whatever it asks.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let mut f = tracing_subscriber::EnvFilter::try_from_env("SEALTRAIL_LOG")
+        // delta-kernel logs an ERROR when it opens a table folder that has no log yet, which
+        // is how every new Delta sink starts; it is not an error for us.
+        .unwrap_or_else(|_| "warn,buoyant_kernel::snapshot::builder=off".into());
+    for d in [
+        // sqlx warns of a URL setting it does not read with the setting's value, which can be
+        // a secret, at any level. `core::db::pg_connect_options` refuses such URLs before sqlx
+        // parses them; this keeps that warning out should one slip by.
+        "sqlx_postgres::options::parse=off",
+        // The Delta Lake libraries' debug and trace events print a table's log as they read
+        // it, column statistics included: the smallest and largest delivered value of every
+        // column, raw ones for a restricted sink. Logs reach wider than a sink's audience, so
+        // these log at `info` at most, whatever SEALTRAIL_LOG asks.
+        "buoyant_kernel=info",
+        "delta_kernel=info",
+        "deltalake_core=info",
+        "deltalake=info",
+    ] {
+        f = f.add_directive(d.parse().expect("a valid directive"));
+    }
+    f
+}
+
 fn main() {
     withhold_panic_messages();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SEALTRAIL_LOG")
-                // delta-kernel logs an ERROR when it opens a table folder that has no log
-                // yet, which is how every new Delta sink starts; it is not an error for us.
-                .unwrap_or_else(|_| "warn,buoyant_kernel::snapshot::builder=off".into())
-                // sqlx warns of a URL setting it does not read with the setting's value, which
-                // can be a secret, at any level. `core::db::pg_connect_options` refuses such
-                // URLs before sqlx parses them; this keeps that warning out should one slip by.
-                .add_directive(
-                    "sqlx_postgres::options::parse=off"
-                        .parse()
-                        .expect("a valid directive"),
-                ),
-        )
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         // Colours only on a terminal: logs piped to a file or a collector stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -5835,6 +5835,83 @@ fn release_check_names_the_path_and_runs_refuse_what_check_refuses() {
     );
 }
 
+/// Raw values delivered to a restricted audience stay out of the logs, at every level: the
+/// Delta Lake libraries print a table's log at debug and trace, with every column's smallest
+/// and largest value, and are capped at `info`; the Parquet and PostgreSQL sinks log none.
+#[test]
+fn raw_values_for_a_restricted_sink_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("in")).unwrap();
+    let emails: Vec<String> = (0..40)
+        .map(|i| format!("person{i}.restricted@example.org"))
+        .collect();
+    let mut csv = "id,email\n".to_string();
+    for (i, e) in emails.iter().enumerate() {
+        csv.push_str(&format!("{i},{e}\n"));
+    }
+    std::fs::write(dir.path().join("in/c.csv"), csv).unwrap();
+    let table = format!("st_logs_{}", std::process::id());
+    pg(&format!("DROP TABLE IF EXISTS {table}"));
+    let spec = dir.path().join("p.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            r#"version: 1
+pipeline: raw_logs
+sources:
+  c:
+    csv: {{ path: in/c.csv }}
+    columns:
+      - {{ name: id, type: int64 }}
+      - {{ name: email }}
+    protect:
+      - {{ column: email, action: keep }}
+sinks:
+  delta:
+    from: c
+    audience: restricted
+    delta: {{ path: out/delta }}
+  parquet:
+    from: c
+    audience: restricted
+    parquet: {{ path: out/parquet }}
+  pg:
+    from: c
+    audience: restricted
+    postgres: {{ url: env:ST_TEST_PG_URL, table: {table} }}
+quarantine:
+  parquet: {{ path: out/q }}
+"#
+        ),
+    )
+    .unwrap();
+    // Twice: the second run reads the Delta table's log, statistics and all, to resume.
+    for level in ["trace", "debug"] {
+        let out = bin()
+            .arg("run")
+            .arg(&spec)
+            .env("SEALTRAIL_LOG", level)
+            .env("ST_TEST_PG_URL", pg_url())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(
+            err.contains("deltalake") || err.contains("datafusion") || err.contains("sqlx"),
+            "{level} logging of the libraries is on: {}",
+            &err[..err.len().min(2000)]
+        );
+        let leaked: Vec<&String> = emails.iter().filter(|e| err.contains(e.as_str())).collect();
+        assert!(leaked.is_empty(), "{level}: {} leaked", leaked.len());
+    }
+    let delivered = py(&format!(
+        "import deltalake\nprint(deltalake.DeltaTable('{}/out/delta').to_pyarrow_table().num_rows)",
+        dir.path().display()
+    ));
+    assert_eq!(delivered, "80", "both runs delivered, into the same table");
+    pg(&format!("DROP TABLE IF EXISTS {table}"));
+}
+
 /// Keys and credentials never appear in logs (at every level), errors, the ledger or the
 /// keyring, and a malformed key is refused without being echoed.
 #[test]
