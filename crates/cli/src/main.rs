@@ -406,39 +406,51 @@ fn withhold_panic_messages() {
     }));
 }
 
-/// `SEALTRAIL_LOG`, default `warn`, with what must never be logged whatever it asks.
+/// `SEALTRAIL_LOG`, default `warn`; what it enables is then capped by [`log_cap`].
 fn log_filter() -> tracing_subscriber::EnvFilter {
-    let mut f = tracing_subscriber::EnvFilter::try_from_env("SEALTRAIL_LOG")
+    tracing_subscriber::EnvFilter::try_from_env("SEALTRAIL_LOG")
         // delta-kernel logs an ERROR when it opens a table folder that has no log yet, which
         // is how every new Delta sink starts; it is not an error for us.
-        .unwrap_or_else(|_| "warn,buoyant_kernel::snapshot::builder=off".into());
-    for d in [
+        .unwrap_or_else(|_| "warn,buoyant_kernel::snapshot::builder=off".into())
+}
+
+/// What must never be logged, whatever `SEALTRAIL_LOG` asks: a second filter, so that a
+/// target is logged only at levels both allow (a directive added to the first would raise
+/// these targets to its level when `SEALTRAIL_LOG` asks less).
+fn log_cap() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::LevelFilter;
+    tracing_subscriber::filter::Targets::new()
+        .with_default(LevelFilter::TRACE)
         // sqlx warns of a URL setting it does not read with the setting's value, which can be
         // a secret, at any level. `core::db::pg_connect_options` refuses such URLs before sqlx
         // parses them; this keeps that warning out should one slip by.
-        "sqlx_postgres::options::parse=off",
+        .with_target("sqlx_postgres::options::parse", LevelFilter::OFF)
         // The Delta Lake libraries' debug and trace events print a table's log as they read
         // it, column statistics included: the smallest and largest delivered value of every
-        // column, raw ones for a restricted sink. Logs reach wider than a sink's audience, so
-        // these log at `info` at most, whatever SEALTRAIL_LOG asks.
-        "buoyant_kernel=info",
-        "delta_kernel=info",
-        "deltalake_core=info",
-        "deltalake=info",
-    ] {
-        f = f.add_directive(d.parse().expect("a valid directive"));
-    }
-    f
+        // column, raw ones for a restricted sink. Logs reach wider than a sink's audience.
+        .with_target("buoyant_kernel", LevelFilter::INFO)
+        .with_target("delta_kernel", LevelFilter::INFO)
+        .with_target("deltalake_core", LevelFilter::INFO)
+        .with_target("deltalake", LevelFilter::INFO)
 }
 
 fn main() {
     withhold_panic_messages();
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter())
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: logs piped to a file or a collector stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        use tracing_subscriber::util::SubscriberInitExt as _;
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    // Colours only on a terminal: logs piped to a file or a collector stay
+                    // plain text.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+            )
+            .with(log_filter())
+            .with(log_cap())
+            .init();
+    }
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

@@ -272,6 +272,9 @@ pub async fn check_with(
         if let Some((message, hint)) = key_check(s, &classes, None) {
             out.push(diag(s.at, message, hint));
         }
+        if let Some((message, hint)) = cursor_check(s, &classes) {
+            out.push(diag(s.at, message, hint));
+        }
         let res = match protect::resolve(s, &classes) {
             Ok(r) => r,
             Err(problems) => {
@@ -363,6 +366,35 @@ fn key_check(
             custody::ID_COLUMN
         ),
         "key the records by a column that identifies a row without being personal or financial data (a surrogate id), or, if the column holds no such data, declare `class: none` on it".into(),
+    ))
+}
+
+/// A PostgreSQL source's `cursor` values mark the range each run read: the largest is kept in
+/// the run state and in the ledger's `run_started` entry (the run's inputs), unprotected, so a
+/// cursor column classified as sensitive is refused. (A cursor that also keys the records is
+/// [`key_check`]'s.)
+fn cursor_check(
+    source: &Source,
+    classes: &[sealtrail_protect::detect::Classification],
+) -> Option<(String, String)> {
+    let sealtrail_spec::SourceConnector::Postgres(pg) = &source.connector else {
+        return None;
+    };
+    let col = pg.cursor.as_deref()?;
+    if pg.key.is_none() && key_check(source, classes, None).is_some() {
+        return None; // said once, as the column keying the records
+    }
+    let k = &classes[source.column_index(col)?];
+    if !k.is_sensitive() {
+        return None;
+    }
+    let kind = k.kind.map_or(String::new(), |x| format!(" ({x})"));
+    Some((
+        format!(
+            "source `{}`: the `cursor` column `{col}` is classified {}{kind}; the largest value each run reads is kept unprotected in the run state and the ledger (where the next run starts)",
+            source.name, k.tag
+        ),
+        "use a column that grows in commit order without being personal or financial data (an `updated_at` timestamp, a sequence id), or, if the column holds no such data, declare `class: none` on it".into(),
     ))
 }
 
