@@ -353,20 +353,28 @@ fn key_check(
         (None, None, Some(c)) => ("`cursor` (which keys the records without a `key`)", c),
         (None, None, None) => return None,
     };
-    let k = &classes[source.column_index(col)?];
-    if !k.is_sensitive() {
-        return None;
-    }
-    let kind = k.kind.map_or(String::new(), |x| format!(" ({x})"));
+    let class = sensitive_class(source, classes, col)?;
     Some((
         format!(
-            "source `{}`: the {what} column `{col}` is classified {}{kind}; its values would reach every sink unprotected in the lineage ids (`{}`), whatever policy protects the column",
+            "source `{}`: the {what} column `{col}` is classified {class}; its values would reach every sink unprotected in the lineage ids (`{}`), whatever policy protects the column",
             source.name,
-            k.tag,
             custody::ID_COLUMN
         ),
         "key the records by a column that identifies a row without being personal or financial data (a surrogate id), or, if the column holds no such data, declare `class: none` on it".into(),
     ))
+}
+
+/// `TAG (KIND)` of column `col` when it is classified as sensitive.
+fn sensitive_class(
+    source: &Source,
+    classes: &[sealtrail_protect::detect::Classification],
+    col: &str,
+) -> Option<String> {
+    let k = &classes[source.column_index(col)?];
+    k.is_sensitive().then(|| {
+        let kind = k.kind.map_or(String::new(), |x| format!(" ({x})"));
+        format!("{}{kind}", k.tag)
+    })
 }
 
 /// A PostgreSQL source's `cursor` values mark the range each run read: the largest is kept in
@@ -384,15 +392,11 @@ fn cursor_check(
     if pg.key.is_none() && key_check(source, classes, None).is_some() {
         return None; // said once, as the column keying the records
     }
-    let k = &classes[source.column_index(col)?];
-    if !k.is_sensitive() {
-        return None;
-    }
-    let kind = k.kind.map_or(String::new(), |x| format!(" ({x})"));
+    let class = sensitive_class(source, classes, col)?;
     Some((
         format!(
-            "source `{}`: the `cursor` column `{col}` is classified {}{kind}; the largest value each run reads is kept unprotected in the run state and the ledger (where the next run starts)",
-            source.name, k.tag
+            "source `{}`: the `cursor` column `{col}` is classified {class}; the largest value each run reads is kept unprotected in the run state and the ledger (where the next run starts)",
+            source.name
         ),
         "use a column that grows in commit order without being personal or financial data (an `updated_at` timestamp, a sequence id), or, if the column holds no such data, declare `class: none` on it".into(),
     ))
