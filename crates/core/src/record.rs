@@ -187,8 +187,7 @@ impl RawBatch {
     /// Frees the field text once the batch is typed, when no key column names its records:
     /// what stays is each record's raw bytes and position (all quarantine needs). Half of a
     /// batch's memory, while it waits for and goes through protection. Fields read afterwards
-    /// are `None`.
-    /// The subject column's text (short ids) is kept.
+    /// are `None`; the subject column's text (short ids) is kept for [`RawBatch::subject`].
     pub fn release_fields(&mut self) {
         if self.key_col.is_some() {
             return;
