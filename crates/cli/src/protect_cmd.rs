@@ -591,8 +591,9 @@ pub enum QuarantineCmd {
         /// `records` (at most `--limit`: `input`, `source`, `line`, `row`, `key`, `reason`,
         /// `reasons`, `rules`, `run_id`, `repaired_by`: the replay runs that repaired the
         /// record, `replayed_and_quarantined_again_by`: those whose replayed record failed
-        /// again, both null without a state store) and `left_out` (records of other pipelines
-        /// sharing the quarantine, by pipeline).
+        /// again, both null without a state store; `erased`: sealed under the key of a data
+        /// subject since shredded) and `left_out` (records of other pipelines sharing the
+        /// quarantine, by pipeline).
         #[arg(long, value_enum, default_value = "text")]
         format: crate::Format,
         /// Run state store that knows which records were repaired and replayed, and which
@@ -929,12 +930,20 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                 .into_iter()
                 .filter(|q| of_subject(q, &subject))
                 .collect();
+            // Records of subjects shredded since: erased (known without the master key).
+            let shredded =
+                Keyring::shredded_subjects(&home.join("keyring.json")).unwrap_or_default();
+            let erased = |q: &QRow| key_id_of(&q.raw).is_some_and(|id| shredded.contains(id));
+            let any_erased = rows.iter().take(limit).any(erased);
             let json = format == crate::Format::Json;
             let mut listed = Vec::new();
             // The last column only when a state store can say which records were repaired.
             let mut heads = vec!["input", ">position", "reason", "reasons", "rules", "run"];
             if st.is_some() {
                 heads.push("repaired by");
+            }
+            if any_erased {
+                heads.push("erased");
             }
             let mut t = crate::table::Table::new(&heads);
             let mut repaired = 0;
@@ -975,6 +984,7 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                         "run_id": q.run_id,
                         "repaired_by": st.as_ref().map(|_| by.clone()),
                         "replayed_and_quarantined_again_by": st.as_ref().map(|_| failed.clone()),
+                        "erased": erased(q),
                     }));
                     continue;
                 }
@@ -1000,6 +1010,12 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                     cells.push(match cell.is_empty() {
                         true => "-".to_string(),
                         false => cell.join("; "),
+                    });
+                }
+                if any_erased {
+                    cells.push(match erased(q) {
+                        true => "erased (subject's key shredded)".into(),
+                        false => "-".into(),
                     });
                 }
                 t.row(cells);

@@ -5588,6 +5588,35 @@ for r in sorted(pq.read_table('{}').to_pylist(), key=lambda r: (r['input'], r['l
             && listed.contains("its key was shredded, these records are erased"),
         "{listed}"
     );
+    // Every listing marks the erased records, without the master key.
+    let all = run_ok(
+        bin()
+            .args(["quarantine", "list"])
+            .arg(&spec)
+            .args(["--format", "json"])
+            .env("SEALTRAIL_MASTER_KEY_FILE", "/nonexistent"),
+    );
+    let all: serde_json::Value = serde_json::from_str(&all).unwrap();
+    let erased: Vec<(i64, bool)> = all["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["line"].as_i64().unwrap(), r["erased"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        erased,
+        [(2, true), (3, false), (4, false), (5, false)],
+        "{all}"
+    );
+    let table = run_ok(bin().args(["quarantine", "list"]).arg(&spec));
+    assert!(
+        table
+            .lines()
+            .filter(|l| l.contains("erased (subject's key shredded)"))
+            .count()
+            == 1,
+        "{table}"
+    );
     let json = run_ok(bin().args(["quarantine", "list"]).arg(&spec).args([
         "--subject",
         "1002",

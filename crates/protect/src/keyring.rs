@@ -611,6 +611,29 @@ impl Keyring {
         }
     }
 
+    /// The key ids (`subject:H`) of the subjects shredded in the keyring at `path` (none when
+    /// there is no keyring). Read without the master key: the keyring names shredded subjects
+    /// by their keyed hash only, as their ciphertexts do.
+    pub fn shredded_subjects(path: &Path) -> Result<std::collections::BTreeSet<String>, KeyError> {
+        match std::fs::read(path) {
+            Ok(b) => {
+                let f: File = serde_json::from_slice(&b).map_err(|e| KeyError::File {
+                    path: path.to_path_buf(),
+                    msg: e.to_string(),
+                })?;
+                Ok(f.shredded
+                    .into_keys()
+                    .map(|h| format!("subject:{h}"))
+                    .collect())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(KeyError::File {
+                path: path.to_path_buf(),
+                msg: e.to_string(),
+            }),
+        }
+    }
+
     /// Keyed hash naming a data subject in the keyring (never the subject id itself); the
     /// same before and after a `rewrap`.
     pub fn subject_id(&self, subject: &str) -> Result<String, KeyError> {
