@@ -25,6 +25,20 @@ pub fn open_keyring(home: &Path, create_local: bool) -> Result<Keyring> {
     Ok(Keyring::open(&home.join("keyring.json"), master)?)
 }
 
+/// The keyring a run under `home` made, refusing a home that has none: opened there, a new
+/// keyring would answer for the pipelines' own (a shredding recorded in the wrong place, a
+/// subject with no records), `doing` says what could not be done.
+fn existing_keyring(home: &Path, doing: &str) -> Result<Keyring> {
+    let path = home.join("keyring.json");
+    if !path.exists() {
+        bail!(
+            "there is no keyring at {}: no run under this home has made a key, so nothing here can be {doing}; name the pipelines' home with --home (or SEALTRAIL_HOME), the `.sealtrail` folder beside their specs by default",
+            path.display()
+        );
+    }
+    open_keyring(home, false)
+}
+
 pub fn shared_keyring(home: &Path) -> Result<Arc<Mutex<Keyring>>> {
     Ok(Arc::new(Mutex::new(open_keyring(home, true)?)))
 }
@@ -195,26 +209,15 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             .map_or_else(|| PathBuf::from(".sealtrail"), |d| d.join(".sealtrail")),
         _ => PathBuf::from(".sealtrail"),
     });
-    // Shredding in a home without a keyring would make one, mark the subject there and report
-    // it: an erasure that never reached the pipelines' keyring (a command run from another
-    // folder, with the master key in the environment). Listing or rewrapping it would mislead
-    // alike.
-    if matches!(
-        cmd,
-        KeysCmd::Shred { .. } | KeysCmd::List | KeysCmd::Rewrap { .. }
-    ) && !home.join("keyring.json").exists()
-    {
-        bail!(
-            "there is no keyring at {}: no run under this home has made a key, so nothing here can be {}; name the pipelines' home with --home (or SEALTRAIL_HOME), the `.sealtrail` folder beside their specs by default",
-            home.join("keyring.json").display(),
-            match cmd {
-                KeysCmd::Shred { .. } => "shredded",
-                KeysCmd::List => "listed",
-                _ => "rewrapped",
-            }
-        );
-    }
-    let mut ring = open_keyring(home, false)?;
+    // Shredding, listing or rewrapping in a home without a keyring would make one there: an
+    // erasure that never reached the pipelines' keyring (a command run from another folder,
+    // with the master key in the environment), or an empty listing that misleads alike.
+    let mut ring = match &cmd {
+        KeysCmd::Shred { .. } => existing_keyring(home, "shredded")?,
+        KeysCmd::List => existing_keyring(home, "listed")?,
+        KeysCmd::Rewrap { .. } => existing_keyring(home, "rewrapped")?,
+        _ => open_keyring(home, false)?,
+    };
     match cmd {
         KeysCmd::List => {
             let list = |v: &[u32]| {
@@ -899,14 +902,7 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
         }
     };
     // The key id sealing a subject's records (`subject:H`), and whether it was shredded.
-    let subject_key = |subject: &str| -> Result<(String, bool)> {
-        if !home.join("keyring.json").exists() {
-            bail!(
-                "there is no keyring at {}, so no record is sealed under a subject's key there; name the pipeline's home with --home (or SEALTRAIL_HOME)",
-                home.join("keyring.json").display()
-            );
-        }
-        let ring = open_keyring(home, false)?;
+    let subject_key = |ring: &Keyring, subject: &str| -> Result<(String, bool)> {
         let id = format!("subject:{}", ring.subject_id(subject)?);
         let shredded = matches!(ring.by_id(&id), Err(KeyError::Shredded));
         Ok((id, shredded))
@@ -924,15 +920,28 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
             format,
             ..
         } => {
-            let subject = subject.as_deref().map(subject_key).transpose()?;
+            let subject = match subject {
+                Some(sub) => Some(subject_key(
+                    &existing_keyring(home, "found by subject")?,
+                    &sub,
+                )?),
+                None => None,
+            };
             let (rows, others, st) = records(run, state_url).await?;
             let rows: Vec<QRow> = rows
                 .into_iter()
                 .filter(|q| of_subject(q, &subject))
                 .collect();
             // Records of subjects shredded since: erased (known without the master key).
-            let shredded =
-                Keyring::shredded_subjects(&home.join("keyring.json")).unwrap_or_default();
+            let shredded = match Keyring::shredded_subjects(&home.join("keyring.json")) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!(
+                        "warning: cannot tell which records are erased (records of shredded subjects): {e}"
+                    );
+                    Default::default()
+                }
+            };
             let erased = |q: &QRow| key_id_of(&q.raw).is_some_and(|id| shredded.contains(id));
             let any_erased = rows.iter().take(limit).any(erased);
             let json = format == crate::Format::Json;
@@ -1082,8 +1091,14 @@ pub async fn quarantine(home: Option<PathBuf>, la: &LedgerArgs, cmd: QuarantineC
                      label from the spec (e.g. utf-8, windows-1252, shift_jis)"
                 );
             };
-            let subject = subject.as_deref().map(subject_key).transpose()?;
-            let ring = open_keyring(home, false)?;
+            let ring = match subject {
+                Some(_) => existing_keyring(home, "found by subject")?,
+                None => open_keyring(home, false)?,
+            };
+            let subject = subject
+                .as_deref()
+                .map(|sub| subject_key(&ring, sub))
+                .transpose()?;
             let (rows, others, _) = records(run.clone(), state_url).await?;
             let mut shown = Vec::new();
             let mut keys: BTreeMap<String, u64> = BTreeMap::new();

@@ -5697,6 +5697,21 @@ for r in pq.read_table('{}/out/customers').to_pylist():
     assert_eq!(loaded.trim(), "None example.com", "{loaded}");
     let v = run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
     assert!(v.starts_with("verified:"), "{v}");
+    // A keyring that cannot be read: the listing still comes, saying what it cannot tell.
+    std::fs::write(home.join("keyring.json"), "{ damaged").unwrap();
+    let out = bin()
+        .args(["quarantine", "list"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("quarantined record(s)")
+            && err.contains("warning: cannot tell which records are erased")
+            && err.contains("keyring.json"),
+        "{err}"
+    );
 }
 
 /// An erasure must reach the pipelines' keyring or fail: `keys shred` from a folder whose home

@@ -1725,6 +1725,8 @@ fn decode_loop(
         .collect();
     let inputs = inputs.into_iter().map(|(read, _)| read).collect();
     let mut batch_no = 0u64;
+    // Records keep their subject through the stages, for the key that seals them in quarantine.
+    let subject_col = source.quarantine_subject();
     let mut reader = match sealtrail_connectors::open_source(&source, inputs, batch_rows) {
         Ok(r) => r,
         Err(e) => {
@@ -1746,7 +1748,7 @@ fn decode_loop(
                 return digests;
             }
         };
-        if let Some(col) = source.quarantine_subject() {
+        if let Some(col) = subject_col {
             decoded.batch.set_subject_column(col);
         }
         if let Some(name) = recorded.get(&*decoded.batch.input) {
