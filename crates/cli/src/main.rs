@@ -396,6 +396,9 @@ fn withhold_panic_messages() {
         return;
     }
     std::panic::set_hook(Box::new(|info| {
+        if caught_by_design(info) {
+            return;
+        }
         let at = info.location().map_or_else(
             || "an unknown place".to_string(),
             |l| format!("{}:{}", l.file(), l.line()),
@@ -404,6 +407,20 @@ fn withhold_panic_messages() {
             "error: internal error (a bug in sealtrail) at {at}; its message is withheld because it may quote data. Please report it with the command you ran; SEALTRAIL_PANIC_DETAILS=1 shows the message (on test data only)"
         );
     }));
+}
+
+/// A panic a library raises and catches itself, by design, so that it is no bug and nothing
+/// to report: `object_store`'s `BufWriter::abort` panics once a write has begun to shut down,
+/// which is where a Delta data file whose last bytes could not be written (a full disk) leaves
+/// it, and delta-rs aborts it under `catch_unwind` and warns (`deltalake_core::datafile`). The
+/// run fails with the write's own error either way.
+fn caught_by_design(info: &std::panic::PanicHookInfo<'_>) -> bool {
+    let Some(at) = info.location() else {
+        return false;
+    };
+    at.file().contains("object_store-")
+        && at.file().ends_with("buffered.rs")
+        && info.payload().downcast_ref::<&str>() == Some(&"Already shut down")
 }
 
 /// `SEALTRAIL_LOG`, default `warn`; what it enables is then capped by [`log_cap`].

@@ -555,7 +555,7 @@ impl SinkWriter {
                 // this one may have taken it away again while it was empty.
                 create_folder(name, dir)?;
                 write_parquet_atomically(&path, schema, batches, *codec)
-                    .map_err(|e| sink_err(name, e))?;
+                    .map_err(|e| sink_err(name, write_failed(&path, &e)))?;
                 Ok(true)
             }
             SinkWriter::Delta {
@@ -594,7 +594,7 @@ impl SinkWriter {
                     for b in batches {
                         w.write(b.clone())
                             .await
-                            .map_err(|e| sink_err(name, with_root_cause(&e)))?;
+                            .map_err(|e| delta_write_err(name, uri, &e))?;
                     }
                     match w.flush_and_commit(table).await {
                         Ok(_) => return Ok(true),
@@ -616,7 +616,7 @@ impl SinkWriter {
                                 .await
                                 .map_err(|e| sink_err(name, with_root_cause(&e)))?;
                         }
-                        Err(e) => return Err(sink_err(name, with_root_cause(&e))),
+                        Err(e) => return Err(delta_write_err(name, uri, &e)),
                     }
                 }
             }
@@ -639,6 +639,23 @@ impl SinkWriter {
             SinkWriter::Postgres(pg) => pg.finish().await,
         }
     }
+}
+
+/// A Delta write's error. When a file system error lies under it (a full disk), that error
+/// with the table it was writing into, not delta-rs's layers above it ("Failed to parse
+/// parquet: External: Generic LocalFileSystem error: Unable to copy data to file: ...").
+fn delta_write_err(name: &str, uri: &str, e: &deltalake::DeltaTableError) -> Error {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return sink_err(
+                name,
+                format!("writing a data file into {uri}: {}", with_root_cause(io)),
+            );
+        }
+        cause = c.source();
+    }
+    sink_err(name, with_root_cause(e))
 }
 
 /// Creates a Delta sink's table if it is still to (`create`), or joins the one another
@@ -676,7 +693,11 @@ pub fn write_parquet_atomically(
         .unwrap_or_default();
     let tmp = dir.join(format!(".{fname}.tmp"));
     write_parquet_file(&tmp, schema, batches, codec)?;
-    std::fs::rename(&tmp, path)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        // Nothing half-written stays behind (on a full disk least of all).
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::File::open(dir)?.sync_all()
 }
 
@@ -710,7 +731,8 @@ pub fn file_codec(path: &Path) -> std::io::Result<Codec> {
 
 /// Writes `batches` as a new Parquet file at `path` with the sinks' writer properties,
 /// compressed with `codec`, and syncs it to disk (not its folder: the caller renames it into
-/// place).
+/// place). A write that fails (a full disk, an I/O error) removes what it had written of the
+/// file, and its error is the file system's own (`ErrorKind::StorageFull` for a full disk).
 pub fn write_parquet_file(
     path: &Path,
     schema: &SchemaRef,
@@ -718,14 +740,38 @@ pub fn write_parquet_file(
     codec: Codec,
 ) -> std::io::Result<()> {
     let file = std::fs::File::create(path)?;
-    let props = writer_properties_for(batches, codec);
-    let mut w =
-        ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(std::io::Error::other)?;
-    for b in batches {
-        w.write(b).map_err(std::io::Error::other)?;
+    let written = (|| {
+        let props = writer_properties_for(batches, codec);
+        let mut w = ArrowWriter::try_new(file, schema.clone(), Some(props)).map_err(parquet_io)?;
+        for b in batches {
+            w.write(b).map_err(parquet_io)?;
+        }
+        w.into_inner().map_err(parquet_io)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(path);
     }
-    let file = w.into_inner().map_err(std::io::Error::other)?;
-    file.sync_all()
+    written
+}
+
+/// The I/O error under a Parquet writer's error (the writer wraps the file's errors as
+/// `External`), so that its kind and message are the file system's, without the writer's
+/// `External: ` prefix; any other error as it is.
+fn parquet_io(e: parquet::errors::ParquetError) -> std::io::Error {
+    match e {
+        parquet::errors::ParquetError::External(inner) => {
+            match inner.downcast::<std::io::Error>() {
+                Ok(io) => *io,
+                Err(other) => std::io::Error::other(other),
+            }
+        }
+        other => std::io::Error::other(other),
+    }
+}
+
+/// Why writing `path` failed, and for a full disk what to do.
+pub fn write_failed(path: &Path, e: &std::io::Error) -> String {
+    format!("writing {}: {}", path.display(), with_root_cause(e))
 }
 
 /// Replaces data file `old` of the Delta table at `table` (a local folder or an `s3://` URL)

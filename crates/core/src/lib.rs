@@ -165,6 +165,11 @@ pub fn with_root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         format!(
             "{msg}; the server's certificate is not trusted here: add its certificate authority to the system's trusted roots, or name a PEM file of trusted roots in SSL_CERT_FILE"
         )
+    } else if msg.contains("(os error 28)") {
+        // ENOSPC, as every writer below us words it (`std::io::Error`'s Display).
+        format!(
+            "{msg}; the disk is full: free space on it, then run the command again (a run stopped by it resumes where it stopped, and what it was writing was not kept)"
+        )
     } else {
         msg
     }
