@@ -26,15 +26,27 @@ pub struct StateError(String);
 
 impl From<sqlx::Error> for StateError {
     fn from(e: sqlx::Error) -> Self {
-        // SQLite's SQLITE_CORRUPT (11) and SQLITE_NOTADB (26), extended codes included.
-        let damaged = matches!(&e, sqlx::Error::Database(d)
-            if d.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 11 | 26)));
-        if damaged {
-            return StateError(format!(
+        let code = match &e {
+            sqlx::Error::Database(d) => d.code().map(|c| c.into_owned()),
+            _ => None,
+        };
+        // SQLite's codes are numbers (an extended code's low byte is its primary code):
+        // SQLITE_CORRUPT (11) and SQLITE_NOTADB (26), SQLITE_FULL (13). PostgreSQL's are
+        // five-character SQLSTATEs: 53100 is disk_full.
+        let sqlite = code
+            .as_deref()
+            .filter(|c| c.len() < 5)
+            .and_then(|c| c.parse::<i32>().ok())
+            .map(|c| c & 0xff);
+        match (sqlite, code.as_deref()) {
+            (Some(11 | 26), _) => StateError(format!(
                 "{e}: the SQLite file is damaged (truncated or overwritten); {DAMAGED_HINT}"
-            ));
+            )),
+            (Some(13), _) | (_, Some("53100")) => StateError(format!(
+                "{e}: the disk holding the state store is full; free space on it, then run the command again (a run stopped by it resumes where it stopped)"
+            )),
+            _ => StateError(e.to_string()),
         }
-        StateError(e.to_string())
     }
 }
 

@@ -224,6 +224,25 @@ pub fn write_once(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// fsynced, then each is renamed into place; as with `write_once`, the names are durable only
 /// after [`sync_dirs`].
 pub fn write_all_once(files: &[(PathBuf, &[u8])]) -> std::io::Result<()> {
+    let mut created = Vec::new();
+    let written = write_all_once_noting(files, &mut created);
+    if written.is_err() {
+        // Nothing this call made is referred to by a checkpoint yet (the caller signs one only
+        // after it returns Ok): take it all away again, so that a write that failed (a full
+        // disk) leaves no tail for `ledger recover` to discard. Files that were there already,
+        // with the same bytes, were not made here and stay.
+        for p in created.iter().rev() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    written
+}
+
+/// [`write_all_once`], noting in `created` every path it creates (temporary and final).
+fn write_all_once_noting(
+    files: &[(PathBuf, &[u8])],
+    created: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
     let mut pending: Vec<(&Path, PathBuf, std::fs::File)> = Vec::with_capacity(files.len());
     for (path, bytes) in files {
         if let Ok(old) = std::fs::read(path) {
@@ -240,6 +259,7 @@ pub fn write_all_once(files: &[(PathBuf, &[u8])]) -> std::io::Result<()> {
         }
         let tmp = tmp_path(path)?;
         let mut f = std::fs::File::create(&tmp)?;
+        created.push(tmp.clone());
         f.write_all(bytes)?;
         pending.push((path, tmp, f));
     }
@@ -258,6 +278,7 @@ pub fn write_all_once(files: &[(PathBuf, &[u8])]) -> std::io::Result<()> {
     crash_point();
     for (path, tmp, _) in &pending {
         std::fs::rename(tmp, path)?;
+        created.push(path.to_path_buf());
         crash_point();
     }
     Ok(())
@@ -479,4 +500,38 @@ pub fn read_entry(dir: &Path, size: u64, seq: u64) -> std::io::Result<Vec<u8>> {
     list.get((seq % TILE_WIDTH) as usize)
         .map(|e| e.to_vec())
         .ok_or_else(|| std::io::Error::other(format!("entry {seq} is missing from its bundle")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group write that fails part-way (here the second file's place is a folder, so its
+    /// rename fails after the first file's succeeded) takes away everything it made, final
+    /// names and temporary files alike, and leaves a file that was there already.
+    #[test]
+    fn a_failed_group_write_leaves_nothing_it_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("kept"), b"same").unwrap();
+        std::fs::create_dir_all(d.join("taken/inside")).unwrap();
+        let files: Vec<(PathBuf, &[u8])> = vec![
+            (d.join("kept"), b"same"),
+            (d.join("a"), b"first"),
+            (d.join("taken"), b"second"),
+        ];
+        assert!(write_all_once(&files).is_err());
+        let mut left: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["kept", "taken"]);
+        assert_eq!(std::fs::read(d.join("kept")).unwrap(), b"same");
+        // The same group, its obstacle gone, is written whole.
+        std::fs::remove_dir_all(d.join("taken")).unwrap();
+        write_all_once(&files).unwrap();
+        assert_eq!(std::fs::read(d.join("a")).unwrap(), b"first");
+        assert_eq!(std::fs::read(d.join("taken")).unwrap(), b"second");
+    }
 }
