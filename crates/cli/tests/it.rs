@@ -808,6 +808,66 @@ fn sigterm_stops_a_run_between_batches_and_it_resumes() {
     assert!(out.contains("(resumed)"), "{out}");
     let (total, quarantined) = loaded_once(dir.path());
     assert_eq!((total, quarantined), (30_000, 153));
+    // The resumed run's report counts its reasons over the whole run, the batches committed
+    // before the signal included, as it counts its records.
+    let by_reason: u64 = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("quarantined"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!((counts(&out).2, by_reason), (153, 153), "{out}");
+}
+
+/// A run whose state store is PostgreSQL holds its pipeline's run lock as an advisory lock of
+/// its own session. When the server ends that session mid-run (here an administrator's
+/// `pg_terminate_backend`; a restart or an idle timeout alike), the lock is gone and another
+/// process could start or resume the pipeline: the run stops before its next commit, saying
+/// so, and the next run resumes it and loads every record exactly once.
+#[test]
+fn a_run_that_loses_its_postgres_run_lock_stops_before_its_next_commit() {
+    let (dir, spec) = project("trades.yaml", 30_000);
+    let app = format!("st_locklost_{}", std::process::id());
+    std::fs::write(
+        &spec,
+        std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace("batch_rows: 65536", "batch_rows: 400")
+            .replace("pipeline: trades", &format!("pipeline: {app}")),
+    )
+    .unwrap();
+    let state = format!("{}?application_name={app}", pg_url());
+    let home = dir.path().join(".sealtrail");
+    let child = bin()
+        .arg("run")
+        .arg(&spec)
+        .args(["--state-url", &state])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A few batches in (about two ledger entries a batch), well before the end (75 batches).
+    let start = std::time::Instant::now();
+    while ledger_entries(&home) < 8 && start.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    // The lock's session: the one of this run whose last statement took or checked it.
+    let ended = pg_one(&format!(
+        "SELECT count(pg_terminate_backend(pid))::text FROM pg_stat_activity WHERE application_name = '{app}' AND query LIKE '%advisory%'"
+    ));
+    assert_eq!(ended, "1");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("of pipeline `{app}` lost its run lock"))
+            && err.contains("the run stopped before committing batch")
+            && err.contains("run it again to resume it"),
+        "{err}"
+    );
+    let out = run_ok(bin().arg("run").arg(&spec).args(["--state-url", &state]));
+    assert!(out.contains("(resumed)"), "{out}");
+    let (total, quarantined) = loaded_once(dir.path());
+    assert_eq!((total, quarantined), (30_000, 153));
 }
 
 /// A bug that stops the decode or the protection stage mid-run (a panic in its thread; debug

@@ -61,6 +61,18 @@ pub enum Error {
         "pipeline `{pipeline}` is being run by {holder}; runs of one pipeline go one at a time: wait for that run to end (an interrupted run resumes when run again)"
     )]
     Busy { pipeline: String, holder: String },
+    /// The pipeline's run lock was lost while the run went on (see
+    /// [`state::PipelineLock::confirm`]).
+    #[error(
+        "run {run_id} of pipeline `{pipeline}` lost its run lock: {why} (a server restart, a failover, an idle timeout or an administrator ending the session), so another process could start or resume the pipeline meanwhile; the run stopped before committing batch {batch} of source `{source_name}`: run it again to resume it (or, if another process is running it now, wait for that one)"
+    )]
+    LockLost {
+        run_id: String,
+        pipeline: String,
+        source_name: String,
+        batch: u64,
+        why: String,
+    },
     /// Counts do not balance, or a run-level check failed.
     #[error("integrity check failed for run {run_id}: {reason}")]
     Integrity { run_id: String, reason: String },
@@ -1026,7 +1038,7 @@ pub async fn run(p: &Pipeline, opts: &RunOptions) -> Result<RunReport> {
 async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<RunReport> {
     // Held to the end of the run: another process must not take this run for an interrupted
     // one and resume (or abandon) it while it goes on.
-    let _lock = st
+    let mut lock = st
         .lock_pipeline(&p.name)
         .await?
         .map_err(|holder| Error::Busy {
@@ -1121,7 +1133,7 @@ async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<Ru
     // Set when the first batch's commit to a sink begins. A resumed run may have committed
     // before (a kill between a sink's commit and the state store's leaves no trace here).
     let delivering = AtomicBool::new(resumed);
-    let result = run_inner(p, opts, st, &run_id, &delivering).await;
+    let result = run_inner(p, opts, st, &run_id, &delivering, &mut lock).await;
     if result.is_err() {
         remove_if_still_empty(&fresh);
     }
@@ -1357,6 +1369,7 @@ async fn run_inner(
     st: &StateStore,
     run_id: &RunId,
     delivering: &AtomicBool,
+    lock: &mut state::PipelineLock,
 ) -> Result<RunReport> {
     let mut report = RunReport {
         run_id: run_id.clone(),
@@ -1535,6 +1548,18 @@ async fn run_inner(
                 }
             };
             rows_seen += prepared.rows_in;
+            // Nothing is committed without the run lock: had it gone, another process could
+            // be resuming this very run, or loading the same new inputs in a run of its own.
+            if let Err(why) = lock.confirm().await {
+                result = Err(Error::LockLost {
+                    run_id: run_id.to_string(),
+                    pipeline: p.name.clone(),
+                    source_name: source.name.clone(),
+                    batch: batch_no,
+                    why,
+                });
+                break;
+            }
             // A panic in the commit (ours, or in DataFusion or a sink's writer under it) stops
             // the run like the other stages' panics, rather than the process: what was
             // written of the batch is skipped or completed when the run resumes (the sinks'
@@ -1958,6 +1983,28 @@ fn batch_custody(
     Ok((bc, roots))
 }
 
+/// The batch's quarantined records by their first reason, added to the run's report.
+fn tally_reasons<'a>(
+    report: &mut RunReport,
+    quarantined: &'a [Quarantined],
+) -> HashMap<&'a str, u64> {
+    let mut by_reason: HashMap<&str, u64> = HashMap::new();
+    for q in quarantined {
+        *by_reason
+            .entry(
+                q.reasons
+                    .first()
+                    .map(|r| r.code.as_str())
+                    .unwrap_or("unknown"),
+            )
+            .or_default() += 1;
+    }
+    for (k, v) in &by_reason {
+        *report.by_reason.entry(k.to_string()).or_default() += v;
+    }
+    by_reason
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn commit_one(
     p: &Pipeline,
@@ -2002,8 +2049,11 @@ async fn commit_one(
                 ),
             });
         }
-        return same_records_as_committed(st, run_id, source, keyed, batch_no, &prepared.custody)
-            .await;
+        same_records_as_committed(st, run_id, source, keyed, batch_no, &prepared.custody).await?;
+        // The run's report counts its reasons over every batch, those an earlier attempt
+        // committed too, as it counts its records.
+        tally_reasons(report, &prepared.quarantined);
+        return Ok(());
     }
     let key = CommitKey {
         pipeline: p.name.clone(),
@@ -2100,20 +2150,7 @@ async fn commit_one(
     let qb = quarantine::to_batch(run_id.as_str(), source, &prepared.quarantined, &sealing)?;
     qsink.commit(&key, std::slice::from_ref(&qb)).await?;
     debug_panic_in("commit", batch_no);
-    let mut by_reason: HashMap<&str, u64> = HashMap::new();
-    for q in &prepared.quarantined {
-        *by_reason
-            .entry(
-                q.reasons
-                    .first()
-                    .map(|r| r.code.as_str())
-                    .unwrap_or("unknown"),
-            )
-            .or_default() += 1;
-    }
-    for (k, v) in &by_reason {
-        *report.by_reason.entry(k.to_string()).or_default() += v;
-    }
+    let by_reason = tally_reasons(report, &prepared.quarantined);
     let ledger_seq = opts
         .audit
         .record(&AuditEvent::BatchCommitted {

@@ -71,14 +71,38 @@ pub struct PipelineLock {
     _held: Held,
 }
 
-/// What is held (never read: dropping it releases the lock).
+impl PipelineLock {
+    /// Whether the lock is still this process's. A file lock is held as long as its file is
+    /// open. A PostgreSQL advisory lock lives as long as its session: when the server closes
+    /// the connection (a restart, a failover, `idle_session_timeout`, an administrator's
+    /// `pg_terminate_backend`), the lock is gone and another process may start or resume the
+    /// pipeline, so the holder must stop before it commits again. Err says why it is lost.
+    pub async fn confirm(&mut self) -> std::result::Result<(), String> {
+        let Held::Session { conn } = &mut self._held else {
+            return Ok(());
+        };
+        // The connection is this lock's alone, so any advisory lock its session holds is it.
+        let held = sqlx::query(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted)",
+        )
+        .fetch_one(conn)
+        .await;
+        match held {
+            Ok(row) if row.try_get::<bool, _>(0).unwrap_or(false) => Ok(()),
+            Ok(_) => Err("its PostgreSQL session no longer holds it".into()),
+            Err(e) => Err(format!("its PostgreSQL connection is gone ({e})")),
+        }
+    }
+}
+
+/// What is held (never read but by [`PipelineLock::confirm`]: dropping it releases the lock).
 #[derive(Debug)]
 enum Held {
     File {
         _file: std::fs::File,
     },
     Session {
-        _conn: sqlx::AnyConnection,
+        conn: sqlx::AnyConnection,
     },
     /// An in-memory store is this process's own.
     Nothing,
@@ -421,7 +445,7 @@ impl StateStore {
                 .get(0);
             return Ok(if got {
                 Ok(PipelineLock {
-                    _held: Held::Session { _conn: conn },
+                    _held: Held::Session { conn },
                 })
             } else {
                 Err("another process, here or on another machine sharing this state store".into())
