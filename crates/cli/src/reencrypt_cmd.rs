@@ -136,7 +136,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
     let st = crate::open_state(&url).await?;
     // No run of the pipeline (which may be resuming a batch of this sink) and no other
     // re-encryption (whose revisions would not chain with these) meanwhile.
-    let _lock = st.lock_pipeline(&p.name).await?.map_err(|holder| {
+    let mut lock = st.lock_pipeline(&p.name).await?.map_err(|holder| {
         anyhow!(
             "pipeline `{}` is being run or re-encrypted by {holder}; run this again once it has finished",
             p.name
@@ -159,6 +159,7 @@ pub async fn run(home: Option<PathBuf>, la: &LedgerArgs, a: ReencryptArgs) -> Re
     let (mut rewritten, mut values, mut finished, mut missing, mut skipped, mut lost) =
         (0usize, 0u64, 0usize, 0usize, 0usize, 0usize);
     for r in st.custody_index(&p.name, None).await? {
+        still_locked(&mut lock, &p.name).await?;
         let revisions = st.revisions(&r).await?;
         let mismatch = || {
             eprintln!(
@@ -797,6 +798,20 @@ fn reencrypt_batches(
 /// output (no custody record covers their bytes; a record's commitment covers its plain
 /// bytes, which do not change), so a rewrite needs no revision; each old key version is
 /// named by a `key_event` before the first file that retires it is put in place.
+/// Stops the command before its next rewrite when the pipeline's run lock is gone (its
+/// PostgreSQL session ended: a run could now be writing beside it). What it rewrote stays
+/// recorded; running it again goes on from there.
+async fn still_locked(
+    lock: &mut sealtrail_engine::state::PipelineLock,
+    pipeline: &str,
+) -> Result<()> {
+    lock.confirm().await.map_err(|why| {
+        anyhow!(
+            "the run lock of pipeline `{pipeline}` was lost: {why}; nothing more was re-encrypted (what was is recorded): run this again to go on"
+        )
+    })
+}
+
 async fn quarantine(
     home: Option<PathBuf>,
     la: &LedgerArgs,
@@ -812,7 +827,7 @@ async fn quarantine(
     let mut ring = open_keyring(&home, false)?;
     let st = crate::open_state(&state.url(&home)).await?;
     // No run of the pipeline writes into the quarantine meanwhile.
-    let _lock = st.lock_pipeline(&p.name).await?.map_err(|holder| {
+    let mut lock = st.lock_pipeline(&p.name).await?.map_err(|holder| {
         anyhow!(
             "pipeline `{}` is being run or re-encrypted by {holder}; run this again once it has finished",
             p.name
@@ -835,6 +850,7 @@ async fn quarantine(
     let mut others: BTreeMap<String, usize> = BTreeMap::new();
     let mut owner_of: HashMap<String, Option<String>> = HashMap::new();
     for file in q.files().await? {
+        still_locked(&mut lock, &p.name).await?;
         q.fetch(&file).await?;
         let label = file.display().to_string();
         let (schema, batches) = read(&file)?;
