@@ -1212,6 +1212,65 @@ fn incremental_files_are_loaded_once() {
 /// the digest the run records is the file's SHA-256, so a touched copy of it is recognised;
 /// new bytes of the same size under a loaded name are hashed before the run, found new and
 /// loaded, and are recognised in turn.
+/// An incremental file a run loaded, to which a producer appended records since, is refused
+/// (exit 3, nothing loaded) instead of being loaded whole again, which would load its first
+/// records twice; the message's way out (the added records in a file of their own, the file
+/// cut back) loads each record once. A loaded file that held no record (a header line alone)
+/// and grew loads as a new file.
+#[test]
+fn an_incremental_file_that_grew_is_refused_not_loaded_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(d.join("in/f.csv"), "id,name\n1,a\n2,b\n").unwrap();
+    std::fs::write(d.join("in/h.csv"), "id,name\n").unwrap();
+    let spec = d.join("s.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: grow\nsources:\n  s:\n    csv: { path: in/*.csv, incremental: true }\n    columns:\n      - { name: id, type: int64 }\n      - { name: name, class: none }\nsinks:\n  out: { from: s, parquet: { path: out/rows } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    assert_eq!(run_counted(&spec).0, (2, 2, 0));
+    let append = |f: &str, text: &str| {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.join("in").join(f))
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    };
+    append("f.csv", "3,c\n");
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("in/f.csv` of source `s` grew since run ")
+            && err.contains("its first 16 bytes are the bytes that run loaded")
+            && err.contains("`truncate -s 16`")
+            && !err.contains("3,c"),
+        "{err}"
+    );
+    let ids = || {
+        py(&format!(
+            "import pyarrow.dataset as ds\nprint(sorted(ds.dataset('{}/out/rows').to_table().column('id').to_pylist()))",
+            d.display()
+        ))
+    };
+    assert_eq!(ids(), "[1, 2]");
+    // The way out the message gives.
+    std::fs::write(d.join("in/f2.csv"), "id,name\n3,c\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(d.join("in/f.csv"))
+        .unwrap()
+        .set_len(16)
+        .unwrap();
+    // And a header-only file the first run loaded (no record), grown since: new.
+    append("h.csv", "9,z\n");
+    assert_eq!(run_counted(&spec).0, (2, 2, 0));
+    assert_eq!(ids(), "[1, 2, 3, 9]");
+}
+
 #[test]
 fn incremental_csv_files_are_hashed_while_they_load() {
     let dir = tempfile::tempdir().unwrap();

@@ -124,23 +124,41 @@ pub fn matched_name(pattern: &str, path: &Path) -> String {
 
 /// Lowercase hex SHA-256 of a file's bytes, read in 1 MiB pieces.
 pub fn content_digest(path: &Path) -> Result<String> {
+    Ok(sha256_of(path, u64::MAX)?.0)
+}
+
+/// SHA-256 (lowercase hex) of the first `len` bytes of the file at `path`; None when it holds
+/// fewer.
+pub fn prefix_digest(path: &Path, len: u64) -> Result<Option<String>> {
+    let (digest, read) = sha256_of(path, len)?;
+    Ok((read == len).then_some(digest))
+}
+
+/// SHA-256 (lowercase hex) of the file's first `limit` bytes (all of it, if fewer), and how
+/// many that was.
+fn sha256_of(path: &Path, limit: u64) -> Result<(String, u64)> {
+    use sha2::Digest;
     use std::io::Read;
     let unreadable = |e: std::io::Error| Error::Unreadable {
         input: path.display().to_string(),
         reason: e.to_string(),
     };
-    let f = std::fs::File::open(path).map_err(unreadable)?;
-    let mut f = Hashed::new(f, true);
+    let mut f = std::fs::File::open(path).map_err(unreadable)?.take(limit);
+    let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
+    let mut read = 0u64;
     loop {
         match f.read(&mut buf) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(n) => {
+                h.update(&buf[..n]);
+                read += n as u64;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(unreadable(e)),
         }
     }
-    Ok(f.finish().unwrap_or_default())
+    Ok((hex::encode(h.finalize()), read))
 }
 
 /// A reader that hashes (SHA-256) the bytes read through it, when asked to: the decoders of

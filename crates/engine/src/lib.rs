@@ -84,6 +84,17 @@ pub enum Error {
     Audit(std::io::Error),
     #[error("protection keys: {0}")]
     Keys(String),
+    /// An incremental file that a succeeded run loaded has grown since: its first bytes are
+    /// those the run loaded, so loading it again would load those records twice.
+    #[error(
+        "input `{input}` of source `{source_name}` grew since run {run_id} loaded it: its first {loaded_bytes} bytes are the bytes that run loaded (its records), and a file is loaded once, whole, so loading it again would load those records twice; nothing was loaded. To load what was added, move it to a file of a new name (a CSV file with its header line) and cut this one back to the bytes loaded (`truncate -s {loaded_bytes}`); to load the whole file again, records already loaded included, give it a new name. Producers that append to a file should write each file once, complete, under a name the pattern does not match, then rename it"
+    )]
+    InputGrew {
+        input: String,
+        source_name: String,
+        run_id: String,
+        loaded_bytes: u64,
+    },
     /// A resumed run's input is no longer where the run read it, nor found again.
     #[error(
         "input `{input}` of source `{source_name}` of unfinished run {run_id} is gone, and {found}: put the file back (there, or where the spec's pattern finds it under the same name and size) to resume, or pass --abandon-unfinished to give the run up (its committed batches stay loaded)"
@@ -744,8 +755,8 @@ async fn choose_inputs(
                 // (Parquet is read by row group, not front to back: hashed here.)
                 let size = fs::fingerprint_size(&fingerprint);
                 let parquet = matches!(&s.connector, SourceConnector::Parquet(_));
-                let loaded = st.loaded_sizes(&p.name, &s.name, &name).await?;
-                let maybe_loaded = loaded.iter().any(|l| l.is_none() || *l == size);
+                let loaded = st.loaded_versions(&p.name, &s.name, &name).await?;
+                let maybe_loaded = loaded.iter().any(|l| l.size.is_none() || l.size == size);
                 let digest = if parquet || size.is_none() || maybe_loaded {
                     // Reading a whole file: off the async workers.
                     let path = path.clone();
@@ -768,6 +779,7 @@ async fn choose_inputs(
                         .await?;
                     continue;
                 }
+                grown_since_loaded(st, s, &path, size, &loaded).await?;
                 content = Some((name, digest));
             } else if st.is_loaded(&p.name, &s.name, &fingerprint).await? {
                 reloaded += 1;
@@ -795,6 +807,49 @@ async fn choose_inputs(
         out.push((s.name.clone(), chosen));
     }
     Ok(out)
+}
+
+/// Fails when `path` (of `size` bytes, not loaded as it is) is a file a succeeded run loaded
+/// with records in it, grown since: its first bytes are those the run loaded. Loading it whole
+/// again would load those records twice. (A loaded version that held no record, an empty file
+/// or a header line alone, is no obstacle: loading the file whole duplicates nothing.)
+async fn grown_since_loaded(
+    st: &StateStore,
+    s: &sealtrail_spec::Source,
+    path: &std::path::Path,
+    size: Option<u64>,
+    loaded: &[state::LoadedVersion],
+) -> Result<()> {
+    let Some(size) = size else {
+        return Ok(());
+    };
+    for v in loaded {
+        let Some(old) = v.size.filter(|&old| old > 0 && old < size) else {
+            continue;
+        };
+        let prefix = {
+            let path = path.to_path_buf();
+            // Reading up to a whole file: off the async workers.
+            tokio::task::spawn_blocking(move || {
+                sealtrail_connectors::files::prefix_digest(&path, old)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("hashing an input: {e}")))??
+        };
+        if prefix.as_deref() == Some(v.sha256.as_str())
+            && st
+                .read_records_of(&v.run_id, &s.name, &custody::input_key(&v.input))
+                .await?
+        {
+            return Err(Error::InputGrew {
+                input: path.display().to_string(),
+                source_name: s.name.clone(),
+                run_id: v.run_id.clone(),
+                loaded_bytes: old,
+            });
+        }
+    }
+    Ok(())
 }
 
 struct Prepared {

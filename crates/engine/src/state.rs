@@ -175,6 +175,19 @@ pub struct ChosenInput {
     pub content: Option<(String, String)>,
 }
 
+/// A file a succeeded run of an incremental source loaded, as [`StateStore::loaded_versions`]
+/// finds it by the name it matched its pattern under.
+#[derive(Debug, Clone)]
+pub struct LoadedVersion {
+    /// Its size then (from its fingerprint), when known.
+    pub size: Option<u64>,
+    /// SHA-256 of its bytes then, lowercase hex.
+    pub sha256: String,
+    pub run_id: String,
+    /// The input as that run recorded it (its lineage ids' input key is of this).
+    pub input: String,
+}
+
 /// What [`StateStore::commit_batch`] stores for proofs.
 #[derive(Debug, Clone)]
 pub struct CustodyRow {
@@ -709,13 +722,13 @@ impl StateStore {
     /// The sizes of the files loaded by succeeded runs under this name for `source` (`None`
     /// for one whose size cannot be read back): a file of another size cannot hold the same
     /// bytes, so the run need not hash it before reading it.
-    pub async fn loaded_sizes(
+    pub async fn loaded_versions(
         &self,
         pipeline: &str,
         source: &str,
         name: &str,
-    ) -> Result<Vec<Option<u64>>> {
-        let rows = sqlx::query("SELECT i.fingerprint FROM sealtrail_loaded_content l JOIN sealtrail_run_input_content c ON c.run_id = l.run_id AND c.source = l.source AND c.name = l.name AND c.sha256 = l.sha256 JOIN sealtrail_run_inputs i ON i.run_id = c.run_id AND i.source = c.source AND i.seq = c.seq WHERE l.pipeline = $1 AND l.source = $2 AND l.name = $3")
+    ) -> Result<Vec<LoadedVersion>> {
+        let rows = sqlx::query("SELECT i.fingerprint, l.sha256, l.run_id, i.input FROM sealtrail_loaded_content l JOIN sealtrail_run_input_content c ON c.run_id = l.run_id AND c.source = l.source AND c.name = l.name AND c.sha256 = l.sha256 JOIN sealtrail_run_inputs i ON i.run_id = c.run_id AND i.source = c.source AND i.seq = c.seq WHERE l.pipeline = $1 AND l.source = $2 AND l.name = $3")
             .bind(pipeline)
             .bind(source)
             .bind(name)
@@ -723,8 +736,27 @@ impl StateStore {
             .await?;
         Ok(rows
             .iter()
-            .map(|r| sealtrail_connectors::files::fingerprint_size(&r.get::<String, _>(0)))
+            .map(|r| LoadedVersion {
+                size: sealtrail_connectors::files::fingerprint_size(&r.get::<String, _>(0)),
+                sha256: r.get(1),
+                run_id: r.get(2),
+                input: r.get(3),
+            })
             .collect())
+    }
+
+    /// Whether `run` committed any record of the input whose lineage ids start with
+    /// `source:input_key:` (loaded or quarantined: every record read has custody).
+    pub async fn read_records_of(&self, run: &str, source: &str, input_key: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM sealtrail_custody WHERE run_id = $1 AND source = $2 AND input_key = $3 LIMIT 1",
+        )
+        .bind(run)
+        .bind(source)
+        .bind(input_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
     }
 
     /// Records the content digest of an input of `run` whose digest was left to be computed
