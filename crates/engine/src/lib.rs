@@ -691,7 +691,8 @@ pub fn sample(
 /// modification time (no need to read it), or the same bytes under the same name relative to
 /// the pattern (read and hashed: a file touched, copied again or moved with its project is
 /// not loaded twice). A file whose name and size match no loaded file's is new without being
-/// read: its digest is computed as the run loads it (CSV and JSON Lines).
+/// read: its digest is computed as the run loads it (CSV and JSON Lines). A loaded file that
+/// grew since fails the run ([`grown_since_loaded`]).
 async fn choose_inputs(
     p: &Pipeline,
     st: &StateStore,
