@@ -604,40 +604,19 @@ pub fn run(home: &Path, la: &LedgerArgs, cmd: LedgerCmd) -> Result<i32> {
                 );
             }
             let mut shown = std::collections::VecDeque::new();
-            for id in tiles::tiles_for(TileKind::Entries, cp.size) {
-                let p = dir.join(id.rel_path());
-                let b = std::fs::read(&p).or_else(|_| {
-                    std::fs::read(
-                        dir.join(
-                            tiles::TileId {
-                                width: TILE_WIDTH as u16,
-                                ..id
-                            }
-                            .rel_path(),
-                        ),
-                    )
-                })?;
-                let list = tiles::parse_bundle(&b).ok_or_else(|| {
-                    anyhow!(
-                        "{} is damaged; run `sealtrail ledger verify`",
-                        id.rel_path()
-                    )
-                })?;
-                for e in list.into_iter().take(usize::from(id.width)) {
-                    let e = Entry::decode(e)?;
-                    if kind.as_deref().is_some_and(|k| k != e.event.name())
-                        || run.as_deref().is_some_and(|r| e.event.run_id() != Some(r))
-                        || since.is_some_and(|s| e.time_micros < s)
-                        || until.is_some_and(|u| e.time_micros >= u)
-                    {
-                        continue;
-                    }
-                    shown.push_back(e);
-                    if shown.len() > limit {
-                        shown.pop_front();
-                    }
+            each_entry(&dir, cp.size, |e| {
+                if kind.as_deref().is_some_and(|k| k != e.event.name())
+                    || run.as_deref().is_some_and(|r| e.event.run_id() != Some(r))
+                    || since.is_some_and(|s| e.time_micros < s)
+                    || until.is_some_and(|u| e.time_micros >= u)
+                {
+                    return;
                 }
-            }
+                shown.push_back(e);
+                if shown.len() > limit {
+                    shown.pop_front();
+                }
+            })?;
             for e in shown {
                 outln!("{}", describe(&e));
             }
@@ -848,4 +827,65 @@ fn describe(e: &Entry) -> String {
         ),
     };
     format!("{:>8}  {t}  {:<19}  {body}", e.seq, e.event.name())
+}
+
+/// Calls `f` with each of the first `size` entries of the ledger folder `dir`, in order.
+fn each_entry(dir: &Path, size: u64, mut f: impl FnMut(Entry)) -> Result<()> {
+    for id in tiles::tiles_for(TileKind::Entries, size) {
+        let p = dir.join(id.rel_path());
+        let b = std::fs::read(&p).or_else(|_| {
+            std::fs::read(
+                dir.join(
+                    tiles::TileId {
+                        width: TILE_WIDTH as u16,
+                        ..id
+                    }
+                    .rel_path(),
+                ),
+            )
+        })?;
+        let list = tiles::parse_bundle(&b).ok_or_else(|| {
+            anyhow!(
+                "{} is damaged; run `sealtrail ledger verify`",
+                id.rel_path()
+            )
+        })?;
+        for e in list.into_iter().take(usize::from(id.width)) {
+            f(Entry::decode(e)?);
+        }
+    }
+    Ok(())
+}
+
+/// The runs of `pipeline` the ledger records (`run_started` entries, each run once): how many,
+/// and the last one's id. None when there is no ledger yet. Reads the whole ledger: for a run
+/// whose state store knows no run of the pipeline, which is rare past its first run.
+pub fn runs_recorded(
+    home: &Path,
+    la: &LedgerArgs,
+    pipeline: &str,
+) -> Result<Option<(usize, String)>> {
+    if la.ledger_url.is_none() && !home.join("ledger").join("checkpoint").exists() {
+        return Ok(None);
+    }
+    let v = load_verifier(home, None)?;
+    let (dir, _export) = la.readable(home)?;
+    let Some((cp, _)) = sealtrail_ledger::log::read_checkpoint(&dir, &v)? else {
+        return Ok(None);
+    };
+    let mut runs = std::collections::BTreeSet::new();
+    let mut last = None;
+    each_entry(&dir, cp.size, |e| {
+        if let Event::RunStarted {
+            run_id,
+            pipeline: p,
+            ..
+        } = &e.event
+            && p == pipeline
+        {
+            runs.insert(run_id.clone());
+            last = Some(run_id.clone());
+        }
+    })?;
+    Ok(last.map(|l| (runs.len(), l)))
 }

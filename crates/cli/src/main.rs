@@ -65,6 +65,10 @@ enum Cmd {
         /// Give up an unfinished earlier run instead of resuming it.
         #[arg(long)]
         abandon_unfinished: bool,
+        /// Run although the state store knows no run of the pipeline that the ledger records:
+        /// start its history afresh, loading again every input earlier runs loaded.
+        #[arg(long)]
+        fresh_state: bool,
         /// Send OpenLineage run events (START, COMPLETE, FAIL) to this file (JSON Lines,
         /// appended) or HTTP endpoint (`http(s)://...`, POST per event; an API key in
         /// SEALTRAIL_OPENLINEAGE_API_KEY, or in the file SEALTRAIL_OPENLINEAGE_API_KEY_FILE
@@ -627,6 +631,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             spec,
             state,
             abandon_unfinished,
+            fresh_state,
             openlineage,
             row_format,
             format,
@@ -634,6 +639,9 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             let run = async {
                 let p = sealtrail_spec::load(&spec)?;
                 let home = state.home(Some(&spec));
+                if !fresh_state {
+                    history_kept(&p, &home, &state.ledger, &state.url(&home)).await?;
+                }
                 run_pipeline(
                     &p,
                     &home,
@@ -1285,6 +1293,51 @@ async fn run_pipeline(
     }
     Ok(r?)
 }
+
+/// Refuses a run whose state store knows no run of the pipeline while the ledger records
+/// some: the store is not the one those runs used (another `--state-url` or home), or it was
+/// lost. The state store is what says which files and rows were loaded; run against a new
+/// one, every input would be loaded again, its records delivered twice.
+async fn history_kept(
+    p: &sealtrail_spec::Pipeline,
+    home: &Path,
+    ledger: &ledger_cmd::LedgerArgs,
+    state_url: &str,
+) -> Result<()> {
+    // A spec that does not check is reported as such by the run, first.
+    if !sealtrail_engine::check(p).await.is_empty() {
+        return Ok(());
+    }
+    let st = open_state(state_url).await?;
+    let known = !st.runs(Some(&p.name), 1).await?.is_empty();
+    st.close().await;
+    if known {
+        return Ok(());
+    }
+    let Some((n, last)) = ledger_cmd::runs_recorded(home, ledger, &p.name)
+        .context("reading the ledger for earlier runs of the pipeline")?
+    else {
+        return Ok(());
+    };
+    Err(StateLost(format!(
+        "the ledger records {n} run(s) of pipeline `{}` (the last {last}), but the run state store ({}) knows none of them: it is not the store those runs used (another --state-url, SEALTRAIL_STATE_URL or --home) or it was lost. Run against it, every input those runs loaded would be loaded again. Point the run at the store they used, or restore it from a backup; to start the pipeline's history afresh on purpose (every input loaded again), pass --fresh-state",
+        p.name,
+        sealtrail_core::db::url_location(state_url),
+    ))
+    .into())
+}
+
+/// A run refused by [`history_kept`] (exit 3).
+#[derive(Debug)]
+struct StateLost(String);
+
+impl std::fmt::Display for StateLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StateLost {}
 
 /// After a failed run: what it left loaded and how to go on (best effort; the run's own error
 /// follows). A run refused before it started (spec, unfinished run) has nothing to say here.

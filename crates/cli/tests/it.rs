@@ -1271,6 +1271,44 @@ fn an_incremental_file_that_grew_is_refused_not_loaded_twice() {
     assert_eq!(ids(), "[1, 2, 3, 9]");
 }
 
+/// A run whose state store knows no run of the pipeline while the ledger beside it records
+/// some (the store was lost, or the run points at another) is refused before anything loads:
+/// the state store is what says which files were loaded, and a new one would load them all
+/// again. `--fresh-state` starts the history afresh on purpose.
+#[test]
+fn a_run_against_a_state_store_that_lost_the_pipelines_history_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(d.join("in/f.csv"), "id,name\n1,a\n2,b\n").unwrap();
+    let spec = d.join("s.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: lost\nsources:\n  s:\n    csv: { path: in/*.csv, incremental: true }\n    columns:\n      - { name: id, type: int64 }\n      - { name: name, class: none }\nsinks:\n  out: { from: s, parquet: { path: out/rows } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    assert_eq!(run_counted(&spec).0, (2, 2, 0));
+    // An incremental run loads nothing new: the state store remembers the file.
+    assert_eq!(run_counted(&spec).0, (0, 0, 0));
+    std::fs::remove_file(d.join(".sealtrail/state.db")).unwrap();
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("the ledger records 2 run(s) of pipeline `lost`")
+            && err.contains("knows none of them")
+            && err.contains("--fresh-state"),
+        "{err}"
+    );
+    let files = || std::fs::read_dir(d.join("out/rows")).unwrap().count();
+    assert_eq!(files(), 1, "nothing loaded by the refused run");
+    let out = run_ok(bin().arg("run").arg(&spec).arg("--fresh-state"));
+    assert_eq!(counts(&out), (2, 2, 0));
+    assert_eq!(files(), 2);
+    // From then on the new store has the history: an ordinary run loads nothing again.
+    assert_eq!(run_counted(&spec).0, (0, 0, 0));
+}
+
 #[test]
 fn incremental_csv_files_are_hashed_while_they_load() {
     let dir = tempfile::tempdir().unwrap();

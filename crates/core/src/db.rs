@@ -8,6 +8,22 @@ use std::str::FromStr;
 const TLS_HINT: &str =
     " (`sslmode` and `sslrootcert` in the connection URL choose how the server is checked)";
 
+/// Where a state store or database URL points, to name it in a message: a SQLite URL as given
+/// (a file), a server's database by its name alone (nothing else of a connection string is
+/// shown, as in [`redact_db_error`]).
+pub fn url_location(url: &str) -> String {
+    if url.starts_with("sqlite:") {
+        return url.to_string();
+    }
+    match url::Url::parse(url) {
+        Ok(u) => format!(
+            "the PostgreSQL database `{}`",
+            u.path().trim_start_matches('/')
+        ),
+        Err(_) => "a database URL that does not parse".to_string(),
+    }
+}
+
 /// A database error without anything from the connection string (user, password, host).
 pub fn redact_db_error(e: &sqlx::Error) -> String {
     let strict = |s: String, instead: &str| {
