@@ -412,8 +412,13 @@ impl Keyring {
         if !self.path.exists() || serde_json::to_vec(&file).map_err(|e| self.err(e))? != before {
             let tmp = self.path.with_extension("json.tmp");
             let _ = std::fs::remove_file(&tmp);
-            write_private(&tmp, &after).map_err(|e| self.err(e))?;
-            std::fs::rename(&tmp, &self.path).map_err(|e| self.err(e))?;
+            // A write that fails (a full disk) leaves no part of the keyring behind.
+            if let Err(e) = write_private(&tmp, &after)
+                .and_then(|()| std::fs::rename(&tmp, &self.path))
+            {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(self.err(e));
+            }
             if let Ok(d) = std::fs::File::open(dir) {
                 let _ = d.sync_all();
             }
