@@ -1769,9 +1769,30 @@ quarantine:
     );
     // Nothing new: nothing read.
     assert_eq!(run(), (0, 0, 0));
-    // New rows past the cursor: only they are read.
+    // New rows past the cursor: only they are read. The range's bounds (the last run's
+    // maximum, 1000, and this one's, 1500) are bound as parameters, so the statement sqlx logs
+    // (at debug, and at warn when slow) holds no cursor value.
     pg_insert_trades(&format!("{ns}.src"), 1001, 1501);
-    let (rin, loaded, q) = run();
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("ST_TEST_PG_URL", pg_url())
+        .env("SEALTRAIL_LOG", "sqlx=debug")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("DECLARE sealtrail_read")
+            && stderr.contains("> CAST($1::text AS")
+            && !stderr.contains("'1000'")
+            && !stderr.contains("'1500'"),
+        "{stderr}"
+    );
+    let (rin, loaded, q) = counts(&stdout);
     assert_eq!((rin, loaded + q), (500, 500));
     assert_eq!(
         pg_one(&format!(

@@ -333,8 +333,10 @@ impl PgReader {
         }
     }
 
-    /// The read's SELECT (its columns as text, its range) without its ordering.
-    fn select_unordered(&self) -> String {
+    /// The read's SELECT (its columns as text, its range) without its ordering, and the
+    /// values of its range's bounds, bound as parameters `$1`, `$2` (never spelled into the
+    /// SQL, whose text drivers log: sqlx's slow-statement warning among them).
+    fn select_unordered(&self) -> (String, Vec<String>) {
         let (rel, _) = relation(&self.source, &self.pg);
         let cols = self
             .source
@@ -344,29 +346,30 @@ impl PgReader {
             .collect::<Vec<_>>()
             .join(", ");
         let mut sql = format!("SELECT {cols} FROM ({rel}) q");
+        let mut params = Vec::new();
         if let Some(c) = &self.pg.cursor {
             let c = quote_ident(c);
             let ty = self.input.cursor_type.as_deref().unwrap_or("text");
             match (&self.input.after, &self.input.upto) {
                 (_, None) => sql.push_str(" WHERE false"),
                 (None, Some(u)) => {
-                    let _ = write!(sql, " WHERE q.{c} <= CAST({} AS {ty})", quote_literal(u));
+                    let _ = write!(sql, " WHERE q.{c} <= CAST($1::text AS {ty})");
+                    params.push(u.clone());
                 }
                 (Some(a), Some(u)) => {
                     let _ = write!(
                         sql,
-                        " WHERE q.{c} > CAST({} AS {ty}) AND q.{c} <= CAST({} AS {ty})",
-                        quote_literal(a),
-                        quote_literal(u)
+                        " WHERE q.{c} > CAST($1::text AS {ty}) AND q.{c} <= CAST($2::text AS {ty})"
                     );
+                    params.extend([a.clone(), u.clone()]);
                 }
             }
         }
-        sql
+        (sql, params)
     }
 
-    fn select_sql(&self) -> String {
-        let mut sql = self.select_unordered();
+    fn select_sql(&self) -> (String, Vec<String>) {
+        let (mut sql, params) = self.select_unordered();
         // A total order, so a resumed run cuts the same batches: by cursor, then key (the
         // spec's, else the table's primary key). Without a key, rows that share a cursor value
         // would come in any order (a resumed run could load one twice and another never), so
@@ -385,7 +388,7 @@ impl PgReader {
             order.extend((1..=self.source.columns.len()).map(|i| i.to_string()));
         }
         let _ = write!(sql, " ORDER BY {}", order.join(", "));
-        sql
+        (sql, params)
     }
 }
 
@@ -399,11 +402,14 @@ pub fn sample_rows(
     n: usize,
 ) -> Result<Vec<Vec<Option<String>>>> {
     let r = PgReader::new(source.clone(), pg.clone(), input, n)?;
-    let sql = format!("{} LIMIT {n}", r.select_unordered());
+    let (sql, params) = r.select_unordered();
+    let sql = format!("{sql} LIMIT {n}");
     let ncols = source.columns.len();
     r.rt.block_on(async {
         let mut conn = connect(&r.pg.url, &r.name).await?;
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let rows = params
+            .iter()
+            .fold(sqlx::query(AssertSqlSafe(sql)), |q, v| q.bind(v))
             .fetch_all(&mut conn)
             .await
             .map_err(|e| r.unreadable(&e))?;
@@ -427,17 +433,23 @@ impl SourceReader for PgReader {
             return Ok(None);
         }
         if self.conn.is_none() {
-            let sql = self.select_sql();
+            let (sql, params) = self.select_sql();
             let conn = self.rt.block_on(async {
                 let mut conn = connect(&self.pg.url, &self.name).await?;
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await
                     .map_err(|e| self.unreadable(&e))?;
-                conn.execute(AssertSqlSafe(format!(
-                    "DECLARE sealtrail_read NO SCROLL CURSOR FOR {sql}"
-                )))
-                .await
-                .map_err(|e| self.unreadable(&e))?;
+                params
+                    .iter()
+                    .fold(
+                        sqlx::query(AssertSqlSafe(format!(
+                            "DECLARE sealtrail_read NO SCROLL CURSOR FOR {sql}"
+                        ))),
+                        |q, v| q.bind(v),
+                    )
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| self.unreadable(&e))?;
                 Ok::<_, Error>(conn)
             })?;
             self.conn = Some(conn);

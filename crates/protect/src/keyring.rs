@@ -413,8 +413,8 @@ impl Keyring {
             let tmp = self.path.with_extension("json.tmp");
             let _ = std::fs::remove_file(&tmp);
             // A write that fails (a full disk) leaves no part of the keyring behind.
-            if let Err(e) = write_private(&tmp, &after)
-                .and_then(|()| std::fs::rename(&tmp, &self.path))
+            if let Err(e) =
+                write_private(&tmp, &after).and_then(|()| std::fs::rename(&tmp, &self.path))
             {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(self.err(e));
