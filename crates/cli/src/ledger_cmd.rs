@@ -830,8 +830,16 @@ fn describe(e: &Entry) -> String {
 }
 
 /// Calls `f` with each of the first `size` entries of the ledger folder `dir`, in order.
-fn each_entry(dir: &Path, size: u64, mut f: impl FnMut(Entry)) -> Result<()> {
+fn each_entry(dir: &Path, size: u64, f: impl FnMut(Entry)) -> Result<()> {
+    each_entry_from(dir, 0, size, f)
+}
+
+/// [`each_entry`] from entry `from` on (the bundles before it are not read).
+fn each_entry_from(dir: &Path, from: u64, size: u64, mut f: impl FnMut(Entry)) -> Result<()> {
     for id in tiles::tiles_for(TileKind::Entries, size) {
+        if (id.index + 1) * TILE_WIDTH <= from {
+            continue;
+        }
         let p = dir.join(id.rel_path());
         let b = std::fs::read(&p).or_else(|_| {
             std::fs::read(
@@ -850,21 +858,24 @@ fn each_entry(dir: &Path, size: u64, mut f: impl FnMut(Entry)) -> Result<()> {
                 id.rel_path()
             )
         })?;
-        for e in list.into_iter().take(usize::from(id.width)) {
-            f(Entry::decode(e)?);
+        for (i, e) in list.into_iter().take(usize::from(id.width)).enumerate() {
+            if id.index * TILE_WIDTH + i as u64 >= from {
+                f(Entry::decode(e)?);
+            }
         }
     }
     Ok(())
 }
 
-/// The runs of `pipeline` the ledger records (`run_started` entries, each run once): how many,
-/// and the last one's id. None when there is no ledger yet. Reads the whole ledger: for a run
-/// whose state store knows no run of the pipeline, which is rare past its first run.
-pub fn runs_recorded(
+/// The runs of `pipeline` the ledger records from entry `from` on: the entry of each
+/// `run_started` (a resumed run's every start) and its run id, in order. None when there is no
+/// ledger yet. Reads the ledger's entries from `from` to its end.
+pub fn runs_started_since(
     home: &Path,
     la: &LedgerArgs,
     pipeline: &str,
-) -> Result<Option<(usize, String)>> {
+    from: u64,
+) -> Result<Option<Vec<(u64, String)>>> {
     if la.ledger_url.is_none() && !home.join("ledger").join("checkpoint").exists() {
         return Ok(None);
     }
@@ -873,9 +884,8 @@ pub fn runs_recorded(
     let Some((cp, _)) = sealtrail_ledger::log::read_checkpoint(&dir, &v)? else {
         return Ok(None);
     };
-    let mut runs = std::collections::BTreeSet::new();
-    let mut last = None;
-    each_entry(&dir, cp.size, |e| {
+    let mut runs = Vec::new();
+    each_entry_from(&dir, from, cp.size, |e| {
         if let Event::RunStarted {
             run_id,
             pipeline: p,
@@ -883,9 +893,8 @@ pub fn runs_recorded(
         } = &e.event
             && p == pipeline
         {
-            runs.insert(run_id.clone());
-            last = Some(run_id.clone());
+            runs.push((e.seq, run_id.clone()));
         }
     })?;
-    Ok(last.map(|l| (runs.len(), l)))
+    Ok(Some(runs))
 }

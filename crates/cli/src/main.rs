@@ -65,8 +65,9 @@ enum Cmd {
         /// Give up an unfinished earlier run instead of resuming it.
         #[arg(long)]
         abandon_unfinished: bool,
-        /// Run although the state store knows no run of the pipeline that the ledger records:
-        /// start its history afresh, loading again every input earlier runs loaded.
+        /// Run although the ledger records runs of the pipeline that the state store does not
+        /// know (a lost store, another one, an older copy): go on with this store, loading
+        /// again the inputs those runs loaded.
         #[arg(long)]
         fresh_state: bool,
         /// Send OpenLineage run events (START, COMPLETE, FAIL) to this file (JSON Lines,
@@ -1294,10 +1295,13 @@ async fn run_pipeline(
     Ok(r?)
 }
 
-/// Refuses a run whose state store knows no run of the pipeline while the ledger records
-/// some: the store is not the one those runs used (another `--state-url` or home), or it was
-/// lost. The state store is what says which files and rows were loaded; run against a new
-/// one, every input would be loaded again, its records delivered twice.
+/// Refuses a run whose state store does not know a run of the pipeline that the ledger
+/// records: the store is not the one those runs used (another `--state-url` or home), an older
+/// copy of it (restored from a backup), or it was lost. The state store is what says which
+/// files and rows were loaded; run against it, the inputs those runs loaded would be loaded
+/// again, their records delivered twice. The ledger is read from the store's last known batch
+/// entry on (all of it when the store knows no batch of the pipeline); with the ledger in
+/// PostgreSQL (read through an export), only when the store knows no run of the pipeline.
 async fn history_kept(
     p: &sealtrail_spec::Pipeline,
     home: &Path,
@@ -1310,19 +1314,43 @@ async fn history_kept(
     }
     let st = open_state(state_url).await?;
     let known = !st.runs(Some(&p.name), 1).await?.is_empty();
+    let unknown = if known && ledger.ledger_url.is_some() {
+        Vec::new()
+    } else {
+        let from = st.last_ledger_seq(&p.name).await?.map_or(0, |s| s + 1);
+        let started = ledger_cmd::runs_started_since(home, ledger, &p.name, from)
+            .context("reading the ledger for earlier runs of the pipeline")?
+            .unwrap_or_default();
+        let mut ids = st.run_ids(&p.name).await?;
+        let mut unknown: Vec<(u64, String)> = Vec::new();
+        for (seq, run) in started {
+            // Each unknown run once (a resumed run starts again).
+            if ids.insert(run.clone()) {
+                unknown.push((seq, run));
+            }
+        }
+        unknown
+    };
     st.close().await;
-    if known {
-        return Ok(());
-    }
-    let Some((n, last)) = ledger_cmd::runs_recorded(home, ledger, &p.name)
-        .context("reading the ledger for earlier runs of the pipeline")?
-    else {
+    let Some((seq, last)) = unknown.last() else {
         return Ok(());
     };
+    let store = sealtrail_core::db::url_location(state_url);
+    let what = if known {
+        format!(
+            "the ledger records {} run(s) of pipeline `{}` that the run state store ({store}) does not know (the last {last}, entry {seq}): it is an older copy of the store those runs used (restored from a backup?) or another store",
+            unknown.len(),
+            p.name
+        )
+    } else {
+        format!(
+            "the ledger records {} run(s) of pipeline `{}` (the last {last}), but the run state store ({store}) knows none of them: it is not the store those runs used (another --state-url, SEALTRAIL_STATE_URL or --home) or it was lost",
+            unknown.len(),
+            p.name
+        )
+    };
     Err(StateLost(format!(
-        "the ledger records {n} run(s) of pipeline `{}` (the last {last}), but the run state store ({}) knows none of them: it is not the store those runs used (another --state-url, SEALTRAIL_STATE_URL or --home) or it was lost. Run against it, every input those runs loaded would be loaded again. Point the run at the store they used, or restore it from a backup; to start the pipeline's history afresh on purpose (every input loaded again), pass --fresh-state",
-        p.name,
-        sealtrail_core::db::url_location(state_url),
+        "{what}. Run against it, the inputs those runs loaded would be loaded again. Point the run at the store they used, or restore its latest copy; to go on with this store on purpose (those inputs loaded again), pass --fresh-state"
     ))
     .into())
 }

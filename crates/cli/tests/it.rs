@@ -1271,10 +1271,10 @@ fn an_incremental_file_that_grew_is_refused_not_loaded_twice() {
     assert_eq!(ids(), "[1, 2, 3, 9]");
 }
 
-/// A run whose state store knows no run of the pipeline while the ledger beside it records
-/// some (the store was lost, or the run points at another) is refused before anything loads:
-/// the state store is what says which files were loaded, and a new one would load them all
-/// again. `--fresh-state` starts the history afresh on purpose.
+/// A run whose state store does not know runs of the pipeline that the ledger beside it
+/// records (the store was lost, the run points at another, or an older copy was restored) is
+/// refused before anything loads: the state store is what says which files were loaded, and
+/// such a store would load them again. `--fresh-state` goes on with the store on purpose.
 #[test]
 fn a_run_against_a_state_store_that_lost_the_pipelines_history_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -1307,6 +1307,23 @@ fn a_run_against_a_state_store_that_lost_the_pipelines_history_is_refused() {
     assert_eq!(files(), 2);
     // From then on the new store has the history: an ordinary run loads nothing again.
     assert_eq!(run_counted(&spec).0, (0, 0, 0));
+    // A copy of the store taken now, restored after a later run: that run is unknown to it.
+    let store = d.join(".sealtrail/state.db");
+    let backup = d.join("state.db.backup");
+    std::fs::copy(&store, &backup).unwrap();
+    std::fs::write(d.join("in/g.csv"), "id,name\n3,c\n").unwrap();
+    assert_eq!(run_counted(&spec).0, (1, 1, 0));
+    std::fs::copy(&backup, &store).unwrap();
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("the ledger records 1 run(s) of pipeline `lost` that the run state store")
+            && err.contains("older copy")
+            && err.contains("--fresh-state"),
+        "{err}"
+    );
+    assert_eq!(files(), 3, "nothing loaded by the refused run");
 }
 
 #[test]

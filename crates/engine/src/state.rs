@@ -745,6 +745,24 @@ impl StateStore {
             .collect())
     }
 
+    /// The last ledger entry a committed batch of `pipeline` was recorded under, if any.
+    pub async fn last_ledger_seq(&self, pipeline: &str) -> Result<Option<u64>> {
+        let row = sqlx::query("SELECT max(ledger_seq) FROM sealtrail_custody WHERE pipeline = $1")
+            .bind(pipeline)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?.map(|s| s as u64))
+    }
+
+    /// The ids of every run of `pipeline` the store knows.
+    pub async fn run_ids(&self, pipeline: &str) -> Result<std::collections::HashSet<String>> {
+        let rows = sqlx::query("SELECT run_id FROM sealtrail_runs WHERE pipeline = $1")
+            .bind(pipeline)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     /// Whether `run` committed any record of the input whose lineage ids start with
     /// `source:input_key:` (loaded or quarantined: every record read has custody).
     pub async fn read_records_of(&self, run: &str, source: &str, input_key: &str) -> Result<bool> {
