@@ -461,14 +461,33 @@ fn main() {
     {
         use tracing_subscriber::layer::SubscriberExt as _;
         use tracing_subscriber::util::SubscriberInitExt as _;
+        let json = match std::env::var("SEALTRAIL_LOG_FORMAT").as_deref() {
+            Err(_) | Ok("" | "text") => false,
+            Ok("json") => true,
+            Ok(other) => {
+                eprintln!(
+                    "error: SEALTRAIL_LOG_FORMAT is `{other}`, which is no log format: `text` (the default) or `json` (one JSON object a line, for log collectors)"
+                );
+                std::process::exit(exit::USER);
+            }
+        };
+        let _ = JSON_LOGS.set(json);
         tracing_subscriber::registry()
-            .with(
+            .with((!json).then(|| {
                 tracing_subscriber::fmt::layer()
                     .with_writer(std::io::stderr)
                     // Colours only on a terminal: logs piped to a file or a collector stay
                     // plain text.
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-            )
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            }))
+            .with(json.then(|| {
+                // One object a line: `timestamp`, `level`, `target`, `fields` (with `message`)
+                // and the spans the event is in, as collectors (Loki, Elastic, Splunk) take
+                // them. The same filters decide what is logged.
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+            }))
             .with(log_filter())
             .with(log_cap())
             .init();
@@ -531,15 +550,35 @@ fn main() {
             }
         }
         Ok(Err(e)) => {
-            eprintln!("error: {e}");
-            for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+            if JSON_LOGS.get() == Some(&true) {
+                // The command's failure as a collector takes it: one object, like the log's,
+                // whatever the filter lets through (it is the command's result, not a log).
+                let v = serde_json::json!({
+                    "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                    "level": "ERROR",
+                    "fields": {
+                        "message": e.to_string(),
+                        "causes": e.chain().skip(1).map(|c| c.to_string()).collect::<Vec<_>>(),
+                        "exit_code": exit_code(&e),
+                    },
+                    "target": "sealtrail",
+                });
+                eprintln!("{v}");
+            } else {
+                eprintln!("error: {e}");
+                for cause in e.chain().skip(1) {
+                    eprintln!("  caused by: {cause}");
+                }
             }
             std::process::exit(exit_code(&e));
         }
         Err(_) => std::process::exit(exit::INTERNAL),
     }
 }
+
+/// Whether the log is JSON (`SEALTRAIL_LOG_FORMAT=json`): the command's error is then one
+/// JSON object too.
+static JSON_LOGS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
 /// The stop request of the run in progress, if one is ([`run_pipeline`]).
 static STOP: std::sync::Mutex<Option<Arc<std::sync::OnceLock<String>>>> =

@@ -1326,6 +1326,71 @@ fn a_run_against_a_state_store_that_lost_the_pipelines_history_is_refused() {
     assert_eq!(files(), 3, "nothing loaded by the refused run");
 }
 
+/// `SEALTRAIL_LOG_FORMAT=json`: the log is one JSON object a line (level, target, fields
+/// with the message), and a command's error is one such object with its exit code; an unknown
+/// format is refused, saying which there are.
+#[test]
+fn logs_are_json_lines_for_collectors_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(d.join("in/f.csv"), "id,name\n1,a\n").unwrap();
+    let spec = d.join("s.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: jsonlog\nsources:\n  s:\n    csv: { path: in/*.csv }\n    columns:\n      - { name: id, type: int64 }\n      - { name: name, class: none }\nsinks:\n  out: { from: s, parquet: { path: out/rows } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    run_ok(bin().arg("run").arg(&spec));
+    // The second run reads the file again (the source is not incremental) and warns so.
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("SEALTRAIL_LOG_FORMAT", "json")
+        .env("SEALTRAIL_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines.iter().any(|v| v["level"] == "WARN"
+            && v["target"] == "sealtrail_engine"
+            && v["fields"]["source"] == "s"
+            && v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("loaded again"))),
+        "{err}"
+    );
+    let out = bin()
+        .args(["run", "missing.yaml"])
+        .env("SEALTRAIL_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value = serde_json::from_str(err.trim()).expect("one JSON object");
+    assert_eq!(
+        (v["level"].as_str(), v["fields"]["exit_code"].as_i64()),
+        (Some("ERROR"), Some(2))
+    );
+    assert!(
+        v["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing.yaml")
+    );
+    let out = bin()
+        .arg("runs")
+        .env("SEALTRAIL_LOG_FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`text` (the default) or `json`"));
+}
+
 #[test]
 fn incremental_csv_files_are_hashed_while_they_load() {
     let dir = tempfile::tempdir().unwrap();
