@@ -789,15 +789,6 @@ fn reencrypt_batches(
     Ok((out, changed))
 }
 
-/// `keys reencrypt --quarantine`: every record kept for repair in the pipeline's quarantine
-/// (a Parquet folder, or a Delta table local or on S3) whose `raw` value is sealed under an
-/// old version of its key is sealed again under the active one, file by file: in a Parquet
-/// folder a complete new file is renamed over the old one; in a Delta table one commit
-/// replaces the old file with the new one (deleted at once with `--purge`, else left to a
-/// VACUUM). The records, reasons and positions stay as they are. Quarantine files are no sink
-/// output (no custody record covers their bytes; a record's commitment covers its plain
-/// bytes, which do not change), so a rewrite needs no revision; each old key version is
-/// named by a `key_event` before the first file that retires it is put in place.
 /// Stops the command before its next rewrite when the pipeline's run lock is gone (its
 /// PostgreSQL session ended: a run could now be writing beside it). What it rewrote stays
 /// recorded; running it again goes on from there.
@@ -812,6 +803,15 @@ async fn still_locked(
     })
 }
 
+/// `keys reencrypt --quarantine`: every record kept for repair in the pipeline's quarantine
+/// (a Parquet folder, or a Delta table local or on S3) whose `raw` value is sealed under an
+/// old version of its key is sealed again under the active one, file by file: in a Parquet
+/// folder a complete new file is renamed over the old one; in a Delta table one commit
+/// replaces the old file with the new one (deleted at once with `--purge`, else left to a
+/// VACUUM). The records, reasons and positions stay as they are. Quarantine files are no sink
+/// output (no custody record covers their bytes; a record's commitment covers its plain
+/// bytes, which do not change), so a rewrite needs no revision; each old key version is
+/// named by a `key_event` before the first file that retires it is put in place.
 async fn quarantine(
     home: Option<PathBuf>,
     la: &LedgerArgs,

@@ -68,7 +68,7 @@ pub struct StateStore {
 /// process dies however it dies (the kernel drops the file lock, the server ends the session).
 #[derive(Debug)]
 pub struct PipelineLock {
-    _held: Held,
+    held: Held,
 }
 
 impl PipelineLock {
@@ -78,7 +78,7 @@ impl PipelineLock {
     /// `pg_terminate_backend`), the lock is gone and another process may start or resume the
     /// pipeline, so the holder must stop before it commits again. Err says why it is lost.
     pub async fn confirm(&mut self) -> std::result::Result<(), String> {
-        let Held::Session { conn } = &mut self._held else {
+        let Held::Session { conn } = &mut self.held else {
             return Ok(());
         };
         // The connection is this lock's alone, so any advisory lock its session holds is it.
@@ -90,7 +90,10 @@ impl PipelineLock {
         match held {
             Ok(row) if row.try_get::<bool, _>(0).unwrap_or(false) => Ok(()),
             Ok(_) => Err("its PostgreSQL session no longer holds it".into()),
-            Err(e) => Err(format!("its PostgreSQL connection is gone ({e})")),
+            Err(e) => Err(format!(
+                "its PostgreSQL connection is gone ({})",
+                sealtrail_core::db::redact_db_error(&e)
+            )),
         }
     }
 }
@@ -458,7 +461,7 @@ impl StateStore {
                 .get(0);
             return Ok(if got {
                 Ok(PipelineLock {
-                    _held: Held::Session { conn },
+                    held: Held::Session { conn },
                 })
             } else {
                 Err("another process, here or on another machine sharing this state store".into())
@@ -466,7 +469,7 @@ impl StateStore {
         }
         let Some(path) = self.lock_file(&digest) else {
             return Ok(Ok(PipelineLock {
-                _held: Held::Nothing,
+                held: Held::Nothing,
             }));
         };
         let dir = path
@@ -500,7 +503,7 @@ impl StateStore {
                 f.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
                 writeln!(f, "{}", std::process::id()).map_err(io)?;
                 Ok(Ok(PipelineLock {
-                    _held: Held::File { _file: f },
+                    held: Held::File { _file: f },
                 }))
             }
             Err(std::fs::TryLockError::WouldBlock) => {
