@@ -192,6 +192,10 @@ pub enum KeysCmd {
         /// `$LOGNAME` or the account the process runs as).
         #[arg(long)]
         by: Option<String>,
+        /// A pipeline spec (repeatable) whose quarantine to count the subject's records in:
+        /// they are erased with the key (counted by the key that seals them, nothing opened).
+        #[arg(long)]
+        spec: Vec<PathBuf>,
     },
 }
 
@@ -319,7 +323,18 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             };
             return crate::retire_cmd::run(home, la, &mut ring, &id, &named, &by, &url).await;
         }
-        KeysCmd::Shred { subject, by } => {
+        KeysCmd::Shred { subject, by, spec } => {
+            // Every quarantine to count in is found before anything is shredded.
+            let quarantines = spec
+                .iter()
+                .map(|s| match quarantine_named(s)? {
+                    (at, Some((_, pipeline))) => Ok((at, pipeline)),
+                    (_, None) => bail!(
+                        "--spec {} is no pipeline spec (a .yaml or .yml file); name the spec whose quarantine to count in",
+                        s.display()
+                    ),
+                })
+                .collect::<Result<Vec<_>>>()?;
             let (h, had) = ring.shred(&subject)?;
             let (who, a) = actor(&by);
             record(
@@ -338,6 +353,25 @@ pub async fn keys(home: Option<PathBuf>, la: &LedgerArgs, cmd: KeysCmd) -> Resul
             } else {
                 outln!(
                     "subject:{h} had no key; it is marked shredded so none is ever created (by {who}; recorded in the ledger)"
+                );
+            }
+            let id = format!("subject:{h}");
+            for (at, pipeline) in quarantines {
+                let local = at
+                    .to_str()
+                    .is_none_or(|p| !sealtrail_connectors::s3::is_s3(p));
+                let n = if local && !at.exists() {
+                    0
+                } else {
+                    read_quarantine(&at)
+                        .await?
+                        .iter()
+                        .filter(|q| key_id_of(&q.raw) == Some(id.as_str()))
+                        .count()
+                };
+                outln!(
+                    "{n} record(s) of subject:{h} in the quarantine of pipeline `{pipeline}` ({}) are erased with it",
+                    at.display()
                 );
             }
         }

@@ -5930,10 +5930,19 @@ for r in sorted(pq.read_table('{}').to_pylist(), key=lambda r: (r['input'], r['l
         "{shown}"
     );
     assert!(of_subject("4242").contains("0 quarantined record(s)"));
-    run_ok(
+    // `--spec` counts the subject's records in that pipeline's quarantine, erased with the key.
+    let shredded = run_ok(
         bin()
             .args(["keys", "shred", "1002", "--by", "dpo", "--home"])
-            .arg(&home),
+            .arg(&home)
+            .arg("--spec")
+            .arg(&spec),
+    );
+    assert!(
+        shredded.contains("1 record(s) of subject:")
+            && shredded.contains("in the quarantine of pipeline `customers`")
+            && shredded.contains("are erased with it"),
+        "{shredded}"
     );
     let listed = of_subject("1002");
     assert!(
