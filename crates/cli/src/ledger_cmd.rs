@@ -169,6 +169,12 @@ pub enum LedgerCmd {
         /// At most this many entries (the latest).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// `text`: a line an entry; `json`: one document, `{"checkpoint": {"origin", "size",
+        /// "root"}, "entries": [{"seq", "time", "prev", "type", ...the entry's fields}]}`,
+        /// hashes in lowercase hex (for a SIEM or an auditor's scripts). Entries are read up to
+        /// the signed checkpoint; `ledger verify` checks them against it.
+        #[arg(long, value_enum, default_value = "text")]
+        format: crate::Format,
     },
     /// Discard an unacknowledged tail left by a crash, recording the discard as an entry.
     Recover,
@@ -575,6 +581,7 @@ pub fn run(home: &Path, la: &LedgerArgs, cmd: LedgerCmd) -> Result<i32> {
             since,
             until,
             limit,
+            format,
         } => {
             let v = load_verifier(home, None)?;
             let (dir, _export) = la.readable(home)?;
@@ -617,6 +624,36 @@ pub fn run(home: &Path, la: &LedgerArgs, cmd: LedgerCmd) -> Result<i32> {
                     shown.pop_front();
                 }
             })?;
+            if format == crate::Format::Json {
+                let entries: Vec<serde_json::Value> = shown
+                    .iter()
+                    .map(|e| {
+                        let mut v = serde_json::json!({
+                            "seq": e.seq,
+                            "time": time_of(e),
+                            "prev": hex::encode(e.prev),
+                        });
+                        if let (Some(v), Ok(serde_json::Value::Object(fields))) =
+                            (v.as_object_mut(), serde_json::to_value(&e.event))
+                        {
+                            v.extend(fields);
+                        }
+                        v
+                    })
+                    .collect();
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "checkpoint": {
+                            "origin": cp.origin,
+                            "size": cp.size,
+                            "root": base64::engine::general_purpose::STANDARD.encode(cp.root),
+                        },
+                        "entries": entries,
+                    }))?
+                );
+                return Ok(0);
+            }
             for e in shown {
                 outln!("{}", describe(&e));
             }
@@ -685,10 +722,15 @@ pub fn run(home: &Path, la: &LedgerArgs, cmd: LedgerCmd) -> Result<i32> {
     }
 }
 
-fn describe(e: &Entry) -> String {
-    let t = chrono::DateTime::from_timestamp_micros(e.time_micros)
+/// An entry's time, RFC 3339 to the millisecond.
+fn time_of(e: &Entry) -> String {
+    chrono::DateTime::from_timestamp_micros(e.time_micros)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn describe(e: &Entry) -> String {
+    let t = time_of(e);
     let body = match &e.event {
         Event::RunStarted {
             run_id,

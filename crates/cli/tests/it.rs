@@ -1391,6 +1391,55 @@ fn logs_are_json_lines_for_collectors_when_asked() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`text` (the default) or `json`"));
 }
 
+/// `ledger show --format json` reads the ledger back as one document (the signed checkpoint,
+/// then each entry with its type and fields, hashes in hex), and a run's `run_started` entry
+/// holds commitments of its inputs' names, never the names, which can be a person's.
+#[test]
+fn the_ledger_reads_back_as_json_and_holds_no_input_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(d.join("in/statement_john_smith.csv"), "id,name\n1,a\n").unwrap();
+    let spec = d.join("s.yaml");
+    std::fs::write(
+        &spec,
+        "version: 1\npipeline: readback\nsources:\n  s:\n    csv: { path: in/*.csv }\n    columns:\n      - { name: id, type: int64 }\n      - { name: name, class: none }\nsinks:\n  out: { from: s, parquet: { path: out/rows } }\nquarantine:\n  parquet: { path: out/q }\n",
+    )
+    .unwrap();
+    run_ok(bin().arg("run").arg(&spec));
+    let home = d.join(".sealtrail");
+    let out = run_ok(
+        bin()
+            .args(["ledger", "show", "--format", "json", "--home"])
+            .arg(&home),
+    );
+    assert!(!out.contains("john_smith"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(v["checkpoint"]["size"].as_u64(), Some(entries.len() as u64));
+    let types: Vec<&str> = entries
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["run_started", "batch_committed", "run_ended"]);
+    let started = &entries[0];
+    assert_eq!(started["pipeline"], "readback");
+    let path = d.join("in/statement_john_smith.csv").display().to_string();
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(path.as_bytes()))
+    };
+    assert_eq!(started["inputs"], serde_json::json!([digest]), "{started}");
+    let batch = &entries[1];
+    assert_eq!(
+        (batch["seq"].as_u64(), batch["rows_loaded"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(batch["outputs"][0]["sink"], "out");
+    assert_eq!(batch["outputs"][0]["root"].as_str().map(str::len), Some(64));
+    assert_eq!(batch["prev"].as_str().map(str::len), Some(64));
+}
+
 #[test]
 fn incremental_csv_files_are_hashed_while_they_load() {
     let dir = tempfile::tempdir().unwrap();

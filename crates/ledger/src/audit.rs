@@ -46,7 +46,15 @@ pub fn to_event(e: &AuditEvent) -> Event {
             pipeline: pipeline.clone(),
             spec_sha256: hash_from_hex(spec_sha256),
             resumed: *resumed,
-            inputs: inputs.clone(),
+            // Commitments, not names: a file's name can hold a person's name, and the ledger
+            // is never rewritten (the state store keeps the names).
+            inputs: inputs
+                .iter()
+                .map(|i| {
+                    use sha2::Digest as _;
+                    hex::encode(sha2::Sha256::digest(i.as_bytes()))
+                })
+                .collect(),
         },
         AuditEvent::BatchCommitted {
             run_id,

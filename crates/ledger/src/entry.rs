@@ -29,16 +29,28 @@ pub fn replay_version(spec: &Hash, records: &Hash) -> Hash {
     h.finalize().into()
 }
 
-/// What happened. Each variant's fields are encoded in the order written here.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Hashes as lowercase hex in JSON (`ledger show --format json`).
+fn hex_hash<S: serde::Serializer>(h: &Hash, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(h))
+}
+
+/// What happened. Each variant's fields are encoded in the order written here. In JSON (for
+/// reading the ledger back: `ledger show --format json`), a variant is an object whose `type`
+/// is its [`kind_name`], hashes in lowercase hex.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// 1: a run started (or resumed).
     RunStarted {
         run_id: String,
         pipeline: String,
+        #[serde(serialize_with = "hex_hash")]
         spec_sha256: Hash,
         resumed: bool,
-        /// Commitments (SHA-256) of the input names, never the names of people.
+        /// Commitments (SHA-256, lowercase hex) of the input names as the run state store
+        /// records them (file paths, PostgreSQL ranges), never the names: a file's name can
+        /// hold a person's, and the ledger is never rewritten. (Entries written before
+        /// 2026-12-05 hold the names.)
         inputs: Vec<String>,
     },
     /// 2: a run ended with balanced counts.
@@ -58,11 +70,15 @@ pub enum Event {
         rows_quarantined: u64,
         /// SHA-256 of the spec file, of the transforms' SQL and of the resolved protection
         /// policy in force (see `docs/custody.md`).
+        #[serde(serialize_with = "hex_hash")]
         spec_sha256: Hash,
+        #[serde(serialize_with = "hex_hash")]
         transforms_sha256: Hash,
+        #[serde(serialize_with = "hex_hash")]
         policy_sha256: Hash,
         /// Merkle root (record leaves, `docs/custody.md`) of every input record of the batch,
         /// loaded or quarantined, in source order.
+        #[serde(serialize_with = "hex_hash")]
         input_root: Hash,
         /// Per sink, in spec order: rows written and the Merkle root of their commitments.
         outputs: Vec<SinkRoot>,
@@ -80,11 +96,14 @@ pub enum Event {
     /// 7: a spec version was approved.
     Approval {
         pipeline: String,
+        #[serde(serialize_with = "hex_hash")]
         spec_sha256: Hash,
+        #[serde(serialize_with = "hex_hash")]
         approver: Hash,
     },
     /// 8: someone read protected data.
     DataAccess {
+        #[serde(serialize_with = "hex_hash")]
         actor: Hash,
         dataset: String,
         purpose: String,
@@ -95,6 +114,7 @@ pub enum Event {
     KeyEvent {
         key_id: String,
         action: String,
+        #[serde(serialize_with = "hex_hash")]
         actor: Hash,
     },
     /// 10: data reached its retention limit and was removed.
@@ -109,6 +129,7 @@ pub enum Event {
     Recovery {
         discarded_entries: u64,
         /// SHA-256 over the discarded bytes, so what was dropped can be matched later.
+        #[serde(serialize_with = "hex_hash")]
         discarded_sha256: Hash,
         note: String,
     },
@@ -122,10 +143,13 @@ pub enum Event {
         batch: u64,
         sink: String,
         rows: u64,
+        #[serde(serialize_with = "hex_hash")]
         old_root: Hash,
+        #[serde(serialize_with = "hex_hash")]
         new_root: Hash,
         /// What rewrote them (`reencrypt`).
         action: String,
+        #[serde(serialize_with = "hex_hash")]
         actor: Hash,
     },
     /// 14: an unfinished run was given up (`--abandon-unfinished`): it never resumes; the
@@ -149,8 +173,11 @@ pub enum Event {
     /// ran under.
     ReplayDeclared {
         pipeline: String,
+        #[serde(serialize_with = "hex_hash")]
         spec_sha256: Hash,
+        #[serde(serialize_with = "hex_hash")]
         records_sha256: Hash,
+        #[serde(serialize_with = "hex_hash")]
         replay_spec_sha256: Hash,
     },
 }
@@ -224,10 +251,11 @@ pub fn kind_name(kind: u8) -> Option<&'static str> {
 }
 
 /// What one batch wrote to one sink.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SinkRoot {
     pub sink: String,
     pub rows: u64,
+    #[serde(serialize_with = "hex_hash")]
     pub root: Hash,
 }
 
