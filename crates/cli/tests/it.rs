@@ -4823,6 +4823,29 @@ fn a_run_stopped_by_a_damaged_input_resumes_only_over_the_same_records() {
         "{err}"
     );
     assert_eq!(rows_out(), "1500 1500 True");
+    // The ledger's `run_failed` names the input by its key, never by its name (which can be a
+    // person's); the state store keeps the message whole.
+    let failed = run_ok(
+        bin()
+            .args([
+                "ledger",
+                "show",
+                "--type",
+                "run_failed",
+                "--format",
+                "json",
+                "--home",
+            ])
+            .arg(dir.path().join(".sealtrail")),
+    );
+    let failed: serde_json::Value = serde_json::from_str(&failed).unwrap();
+    let error = failed["entries"][0]["error"].as_str().unwrap();
+    assert!(
+        !error.contains("t.parquet")
+            && error.contains("input ")
+            && error.contains("the Parquet file is damaged in its rows from row 1500 on"),
+        "{error}"
+    );
     let runs = run_ok(bin().arg("runs").current_dir(dir.path()));
     assert!(
         runs.lines()

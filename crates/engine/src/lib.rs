@@ -810,6 +810,22 @@ async fn choose_inputs(
     Ok(out)
 }
 
+/// `msg` with every input name of the run in it replaced by `input <key>`, the input part of
+/// its records' lineage ids ([`custody::input_key`]): for the ledger, which is never rewritten,
+/// while a file's name can hold a person's (the state store keeps the message whole).
+fn without_input_names(msg: &str, inputs: &[String]) -> String {
+    let mut names: Vec<&String> = inputs.iter().filter(|i| !i.is_empty()).collect();
+    // The longest first: a name inside another (`a.csv` in `data/a.csv`) must not break it.
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    let mut out = msg.to_string();
+    for n in names {
+        if out.contains(n.as_str()) {
+            out = out.replace(n.as_str(), &format!("input {}", custody::input_key(n)));
+        }
+    }
+    out
+}
+
 /// Fails when `path` (of `size` bytes, not loaded as it is) is a file a succeeded run loaded
 /// with records in it, grown since: its first bytes are those the run loaded. Loading it whole
 /// again would load those records twice. (A loaded version that held no record, an empty file
@@ -958,6 +974,20 @@ fn failure_words(f: &transform::Failed) -> String {
 #[cfg(test)]
 mod failure_tests {
     use super::*;
+
+    #[test]
+    fn input_names_leave_failure_messages_for_the_ledger() {
+        let inputs = ["a.csv".to_string(), "data/a.csv".to_string()];
+        let key = custody::input_key("data/a.csv");
+        assert_eq!(
+            without_input_names("cannot read data/a.csv: gone; nor a.csv", &inputs),
+            format!(
+                "cannot read input {key}: gone; nor input {}",
+                custody::input_key("a.csv")
+            )
+        );
+        assert_eq!(without_input_names("no name here", &inputs), "no name here");
+    }
 
     #[test]
     fn failure_words_withhold_every_number_of_the_data() {
@@ -1161,7 +1191,7 @@ async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<Ru
         pipeline: p.name.clone(),
         spec_sha256: p.spec_sha256.clone(),
         resumed,
-        inputs: inputs_all,
+        inputs: inputs_all.clone(),
         at: now(),
     })?;
     let lineage = match &opts.openlineage {
@@ -1239,7 +1269,7 @@ async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<Ru
             let _ = audit(AuditEvent::RunFailed {
                 run_id: run_id.clone(),
                 pipeline: p.name.clone(),
-                error: msg,
+                error: without_input_names(&msg, &inputs_all),
                 at: now(),
             });
             Err(e)
