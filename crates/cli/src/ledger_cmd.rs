@@ -160,6 +160,9 @@ pub enum LedgerCmd {
         /// Only entries of this run.
         #[arg(long)]
         run: Option<String>,
+        /// Only entries of this pipeline: those naming it, and those of its runs.
+        #[arg(long)]
+        pipeline: Option<String>,
         /// Only entries at or after this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
@@ -578,6 +581,7 @@ pub fn run(home: &Path, la: &LedgerArgs, cmd: LedgerCmd) -> Result<i32> {
         LedgerCmd::Show {
             kind,
             run,
+            pipeline,
             since,
             until,
             limit,
@@ -611,7 +615,21 @@ pub fn run(home: &Path, la: &LedgerArgs, cmd: LedgerCmd) -> Result<i32> {
                 );
             }
             let mut shown = std::collections::VecDeque::new();
+            // The runs of `pipeline` met so far: a run's entries follow its `run_started`.
+            let mut runs_of = std::collections::HashSet::new();
             each_entry(&dir, cp.size, |e| {
+                if let Some(p) = &pipeline {
+                    if e.event.pipeline() == Some(p.as_str())
+                        && let Some(r) = e.event.run_id()
+                    {
+                        runs_of.insert(r.to_string());
+                    }
+                    let of_it = e.event.pipeline() == Some(p.as_str())
+                        || e.event.run_id().is_some_and(|r| runs_of.contains(r));
+                    if !of_it {
+                        return;
+                    }
+                }
                 if kind.as_deref().is_some_and(|k| k != e.event.name())
                     || run.as_deref().is_some_and(|r| e.event.run_id() != Some(r))
                     || since.is_some_and(|s| e.time_micros < s)

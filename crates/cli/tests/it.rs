@@ -1438,6 +1438,43 @@ fn the_ledger_reads_back_as_json_and_holds_no_input_names() {
     assert_eq!(batch["outputs"][0]["sink"], "out");
     assert_eq!(batch["outputs"][0]["root"].as_str().map(str::len), Some(64));
     assert_eq!(batch["prev"].as_str().map(str::len), Some(64));
+    // Another pipeline in the same home: `--pipeline` keeps each one's entries apart.
+    let other = d.join("other.yaml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace("pipeline: readback", "pipeline: other")
+            .replace("out/", "out2/"),
+    )
+    .unwrap();
+    run_ok(bin().arg("run").arg(&other));
+    let of = |pipeline: &str| {
+        let out = run_ok(
+            bin()
+                .args([
+                    "ledger",
+                    "show",
+                    "--format",
+                    "json",
+                    "--pipeline",
+                    pipeline,
+                    "--home",
+                ])
+                .arg(&home),
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        (of("readback"), of("other")),
+        (vec![0, 1, 2], vec![3, 4, 5])
+    );
 }
 
 #[test]

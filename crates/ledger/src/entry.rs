@@ -210,6 +210,18 @@ impl Event {
     }
 
     /// The run this entry belongs to, if any.
+    /// The pipeline the event names itself, for the kinds that do (a run's other events name
+    /// its run, whose `run_started` names the pipeline).
+    pub fn pipeline(&self) -> Option<&str> {
+        match self {
+            Event::RunStarted { pipeline, .. }
+            | Event::SpecRegistered { pipeline, .. }
+            | Event::Approval { pipeline, .. }
+            | Event::ReplayDeclared { pipeline, .. } => Some(pipeline),
+            _ => None,
+        }
+    }
+
     pub fn run_id(&self) -> Option<&str> {
         match self {
             Event::RunStarted { run_id, .. }
