@@ -26,10 +26,7 @@ use std::fmt::Write as _;
 
 pub use sealtrail_ledger::custody::ID_COLUMN;
 
-/// The input part of lineage ids: 12 hex digits of SHA-256 of the input's name.
-pub fn input_key(input: &str) -> String {
-    hex::encode(&Sha256::digest(input.as_bytes())[..6])
-}
+pub use sealtrail_ledger::custody::input_key;
 
 /// The lineage id of a record.
 pub fn record_id(

@@ -810,6 +810,14 @@ async fn choose_inputs(
     Ok(out)
 }
 
+/// The average records of a source's batches in a run, when many batches were small (at
+/// least 100 of them, under 1,000 records each and under a sixteenth of `batch_rows` on
+/// average): many small input files, each its own batch.
+fn small_batches(batches: u64, rows: u64, batch_rows: usize) -> Option<u64> {
+    let avg = rows / batches.max(1);
+    (batches >= 100 && avg < 1000 && avg < batch_rows as u64 / 16).then_some(avg)
+}
+
 /// `msg` with every input name of the run in it replaced by `input <key>`, the input part of
 /// its records' lineage ids ([`custody::input_key`]): for the ledger, which is never rewritten,
 /// while a file's name can hold a person's (the state store keeps the message whole).
@@ -974,6 +982,16 @@ fn failure_words(f: &transform::Failed) -> String {
 #[cfg(test)]
 mod failure_tests {
     use super::*;
+
+    #[test]
+    fn many_small_batches_are_pointed_out() {
+        assert_eq!(small_batches(2000, 20_000, 65_536), Some(10));
+        // Few batches, or batches near their size, are no concern.
+        assert_eq!(small_batches(99, 990, 65_536), None);
+        assert_eq!(small_batches(200, 200 * 5000, 65_536), None);
+        assert_eq!(small_batches(200, 200 * 500, 4096), None);
+        assert_eq!(small_batches(0, 0, 65_536), None);
+    }
 
     #[test]
     fn input_names_leave_failure_messages_for_the_ledger() {
@@ -1703,6 +1721,13 @@ async fn run_inner(
         result?;
         for (w, _) in &mut sinks {
             w.finish().await?;
+        }
+        if let Some(avg) = small_batches(batch_no, rows_seen, p.batch_rows) {
+            tracing::warn!(
+                source = %source.name,
+                batches = batch_no,
+                "this run committed {batch_no} batches of {avg} records on average: a batch never spans two input files, and each is one commit (a Parquet file, a Delta table version, a ledger entry and a custody record), so many small files make a slow run and many small files for readers; combine small files before they land where the source's pattern finds them"
+            );
         }
         for (input, sha256) in digests {
             st.set_content_digest(run_id, &source.name, &input, &sha256)

@@ -30,6 +30,12 @@ pub const BUNDLE_FORMAT_V1: &str = "sealtrail-proof/1";
 /// The output column that names each row's source record.
 pub const ID_COLUMN: &str = sealtrail_core::LINEAGE_ID_COLUMN;
 
+/// The input part of lineage ids: 12 hex digits of SHA-256 of the input's name (a file path,
+/// an encoded PostgreSQL range). Also how the ledger names a run's inputs.
+pub fn input_key(input: &str) -> String {
+    hex::encode(&Sha256::digest(input.as_bytes())[..6])
+}
+
 /// A record's commitment: SHA-256 of its canonical bytes.
 pub fn commitment(bytes: &[u8]) -> Hash {
     Sha256::digest(bytes).into()

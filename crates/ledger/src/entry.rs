@@ -47,10 +47,10 @@ pub enum Event {
         #[serde(serialize_with = "hex_hash")]
         spec_sha256: Hash,
         resumed: bool,
-        /// Commitments (SHA-256, lowercase hex) of the input names as the run state store
-        /// records them (file paths, PostgreSQL ranges), never the names: a file's name can
-        /// hold a person's, and the ledger is never rewritten. (Entries written before
-        /// 2026-12-05 hold the names.)
+        /// The inputs' keys (the input part of their records' lineage ids), never their
+        /// names: a file's name can hold a person's, and the ledger is never rewritten; a run
+        /// of many inputs is named by one digest ([`crate::audit::input_commitments`]).
+        /// (Entries written before 2026-12-05 hold the names.)
         inputs: Vec<String>,
     },
     /// 2: a run ended with balanced counts.
