@@ -679,15 +679,15 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             let run = async {
                 let p = sealtrail_spec::load(&spec)?;
                 let home = state.home(Some(&spec));
-                if !fresh_state {
-                    history_kept(&p, &home, &state.ledger, &state.url(&home)).await?;
-                }
                 run_pipeline(
                     &p,
                     &home,
                     &state.ledger,
                     &state.url(&home),
-                    abandon_unfinished,
+                    Starting {
+                        abandon: abandon_unfinished,
+                        check_history: !fresh_state,
+                    },
                     openlineage.as_deref(),
                     match row_format {
                         1 => RowFormat::Json,
@@ -944,22 +944,29 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                 st.add_replay_declaration(&p.spec_sha256, seq).await?;
             }
             drop(st);
-            let report =
-                match run_pipeline(&p, &home, &ledger, &url, false, None, RowFormat::default())
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        // A replay that never started leaves nothing to resume from.
-                        if matches!(
-                            e.downcast_ref::<sealtrail_engine::Error>(),
-                            Some(sealtrail_engine::Error::Busy { .. })
-                        ) {
-                            let _ = std::fs::remove_file(&input);
-                        }
-                        return Err(e);
+            let report = match run_pipeline(
+                &p,
+                &home,
+                &ledger,
+                &url,
+                Starting::default(),
+                None,
+                RowFormat::default(),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    // A replay that never started leaves nothing to resume from.
+                    if matches!(
+                        e.downcast_ref::<sealtrail_engine::Error>(),
+                        Some(sealtrail_engine::Error::Busy { .. })
+                    ) {
+                        let _ = std::fs::remove_file(&input);
                     }
-                };
+                    return Err(e);
+                }
+            };
             // Loaded: the clear copies go, this one and any an interrupted replay of the
             // pipeline left (the run just finished resumed it, or it had been given up).
             if let Some(work) = input.parent()
@@ -1258,15 +1265,26 @@ fn progress_bar(label: &str) -> ProgressBar {
     pb
 }
 
+/// How [`run_pipeline`] starts a run.
+#[derive(Debug, Default, Clone, Copy)]
+struct Starting {
+    /// Give up an unfinished run instead of resuming it (`--abandon-unfinished`).
+    abandon: bool,
+    /// Refuse a state store that misses runs the ledger records ([`history_kept`]; `run`
+    /// without `--fresh-state`).
+    check_history: bool,
+}
+
 async fn run_pipeline(
     p: &sealtrail_spec::Pipeline,
     home: &Path,
     ledger: &ledger_cmd::LedgerArgs,
     state_url: &str,
-    abandon: bool,
+    starting: Starting,
     openlineage: Option<&str>,
     row_format: RowFormat,
 ) -> Result<RunReport> {
+    let abandon = starting.abandon;
     // A wrong endpoint is the command's error, before anything is opened.
     let openlineage = match openlineage {
         Some(t) => {
@@ -1283,6 +1301,9 @@ async fn run_pipeline(
     let diags = sealtrail_engine::check(p).await;
     if !diags.is_empty() {
         return Err(sealtrail_engine::Error::Spec(sealtrail_spec::Error::Invalid(diags)).into());
+    }
+    if starting.check_history {
+        history_kept(p, home, ledger, state_url).await?;
     }
     // Every audit event goes to the ledger, durably and signed, before the run goes on.
     let log = ledger_cmd::open_writer(home, ledger, sealtrail_ledger::log::OpenMode::FailClosed)
@@ -1347,10 +1368,6 @@ async fn history_kept(
     ledger: &ledger_cmd::LedgerArgs,
     state_url: &str,
 ) -> Result<()> {
-    // A spec that does not check is reported as such by the run, first.
-    if !sealtrail_engine::check(p).await.is_empty() {
-        return Ok(());
-    }
     let st = open_state(state_url).await?;
     let known = !st.runs(Some(&p.name), 1).await?.is_empty();
     let unknown = if known && ledger.ledger_url.is_some() {
@@ -1597,7 +1614,7 @@ async fn demo(dir: &Path, rows: usize) -> Result<()> {
             &home,
             &ledger_cmd::LedgerArgs::default(),
             &url,
-            false,
+            Starting::default(),
             Some(&lineage),
             RowFormat::default(),
         )
