@@ -936,7 +936,17 @@ pub fn runs_started_since(
     pipeline: &str,
     from: u64,
 ) -> Result<Option<Vec<(u64, String)>>> {
-    if la.ledger_url.is_none() && !home.join("ledger").join("checkpoint").exists() {
+    if let Some(l) = la.pg(None)? {
+        // Read in place: only the entries since `from`, not an export of the whole ledger.
+        return Ok(Some(
+            l.runs_started_from(from)?
+                .into_iter()
+                .filter(|(_, _, p)| p == pipeline)
+                .map(|(seq, run, _)| (seq, run))
+                .collect(),
+        ));
+    }
+    if !home.join("ledger").join("checkpoint").exists() {
         return Ok(None);
     }
     let v = load_verifier(home, None)?;

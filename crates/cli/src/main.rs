@@ -1360,8 +1360,8 @@ async fn run_pipeline(
 /// copy of it (restored from a backup), or it was lost. The state store is what says which
 /// files and rows were loaded; run against it, the inputs those runs loaded would be loaded
 /// again, their records delivered twice. The ledger is read from the store's last known batch
-/// entry on (all of it when the store knows no batch of the pipeline); with the ledger in
-/// PostgreSQL (read through an export), only when the store knows no run of the pipeline.
+/// entry on (all of it when the store knows no batch of the pipeline), in PostgreSQL by a
+/// query from that entry on.
 async fn history_kept(
     p: &sealtrail_spec::Pipeline,
     home: &Path,
@@ -1370,9 +1370,7 @@ async fn history_kept(
 ) -> Result<()> {
     let st = open_state(state_url).await?;
     let known = !st.runs(Some(&p.name), 1).await?.is_empty();
-    let unknown = if known && ledger.ledger_url.is_some() {
-        Vec::new()
-    } else {
+    let unknown = {
         let from = st.last_ledger_seq(&p.name).await?.map_or(0, |s| s + 1);
         let started = ledger_cmd::runs_started_since(home, ledger, &p.name, from)
             .context("reading the ledger for earlier runs of the pipeline")?

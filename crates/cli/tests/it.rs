@@ -1643,6 +1643,22 @@ fn runs_record_into_a_postgres_ledger_that_the_same_verifier_checks() {
     let mut c = bin();
     ledger(c.args(["ledger", "prove", "--entry", "1"]));
     assert!(run_ok(&mut c).contains("\"type\": \"inclusion\""));
+    // A run state store that misses the runs this ledger records is refused, the ledger read
+    // in PostgreSQL (from the store's last batch entry on) as in a folder.
+    let store = home.join("state.db");
+    let kept = dir.path().join("state.db.kept");
+    std::fs::rename(&store, &kept).unwrap();
+    let mut c = bin();
+    ledger(c.arg("run").arg(&spec));
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("the ledger records 2 run(s) of pipeline `trades`")
+            && err.contains("knows none of them"),
+        "{err}"
+    );
+    std::fs::rename(&kept, &store).unwrap();
 
     // Re-signing an idle ledger stores a fresh checkpoint of the same tree; a verifier that
     // demands freshness accepts it, and refuses it (exit 5) once it is older than allowed.

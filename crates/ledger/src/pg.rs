@@ -27,7 +27,7 @@
 //! nested `block_on` would panic; so the connection lives on a worker thread with its own
 //! single-threaded runtime, and calls hand it jobs over a channel.
 
-use crate::entry::Event;
+use crate::entry::{Entry, Event};
 use crate::log::{
     Appended, LedgerLog, LogError, TileBuilder, encode_events, now_micros, stamped_checkpoint,
 };
@@ -284,6 +284,64 @@ impl PgLedger {
                 .fetch_optional(c)
                 .await
                 .map_err(|e| not_initialised(&s, e))
+            })
+        })
+    }
+
+    /// The `run_started` entries from entry `from` up to the newest checkpoint, in order: each
+    /// one's seq, run id and pipeline, as the table holds them (not checked against the tree:
+    /// `ledger verify` does that). Read in chunks in one snapshot, so that reading what was
+    /// appended since an entry costs that.
+    pub fn runs_started_from(&self, from: u64) -> Result<Vec<(u64, String, String)>, LogError> {
+        let s = self.schema.clone();
+        self.call(move |w| {
+            w.block_on(async move |c| {
+                let mut tx = c.begin().await.map_err(db)?;
+                tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await
+                    .map_err(db)?;
+                let size: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+                    "SELECT size FROM {s}.checkpoints ORDER BY size DESC, id DESC LIMIT 1"
+                )))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|e| not_initialised(&s, e))?;
+                let mut started = Vec::new();
+                let Some(size) = size else {
+                    return Ok(started);
+                };
+                let mut after = from as i64 - 1;
+                loop {
+                    let rows = sqlx::query(AssertSqlSafe(format!(
+                        "SELECT seq, entry FROM {s}.entries WHERE seq > $1 AND seq < $2 ORDER BY seq LIMIT $3"
+                    )))
+                    .bind(after)
+                    .bind(size)
+                    .bind(EXPORT_CHUNK)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    let n = rows.len() as i64;
+                    for r in rows {
+                        after = r.get(0);
+                        let bytes: Vec<u8> = r.get(1);
+                        if let Ok(Entry {
+                            seq,
+                            event: Event::RunStarted {
+                                run_id, pipeline, ..
+                            },
+                            ..
+                        }) = Entry::decode(&bytes)
+                        {
+                            started.push((seq, run_id, pipeline));
+                        }
+                    }
+                    if n < EXPORT_CHUNK {
+                        break;
+                    }
+                }
+                tx.commit().await.map_err(db)?;
+                Ok(started)
             })
         })
     }
