@@ -617,7 +617,7 @@ pub fn run(home: &Path, la: &LedgerArgs, cmd: LedgerCmd) -> Result<i32> {
             let mut shown = std::collections::VecDeque::new();
             // The runs of `pipeline` met so far: a run's entries follow its `run_started`.
             let mut runs_of = std::collections::HashSet::new();
-            each_entry(&dir, cp.size, |e| {
+            each_entry_from(&dir, 0, cp.size, |e| {
                 if let Some(p) = &pipeline {
                     if e.event.pipeline() == Some(p.as_str())
                         && let Some(r) = e.event.run_id()
@@ -889,12 +889,8 @@ fn describe(e: &Entry) -> String {
     format!("{:>8}  {t}  {:<19}  {body}", e.seq, e.event.name())
 }
 
-/// Calls `f` with each of the first `size` entries of the ledger folder `dir`, in order.
-fn each_entry(dir: &Path, size: u64, f: impl FnMut(Entry)) -> Result<()> {
-    each_entry_from(dir, 0, size, f)
-}
-
-/// [`each_entry`] from entry `from` on (the bundles before it are not read).
+/// Calls `f` with each entry of the ledger folder `dir` from entry `from` up to `size`, in
+/// order (the bundles before `from` are not read).
 fn each_entry_from(dir: &Path, from: u64, size: u64, mut f: impl FnMut(Entry)) -> Result<()> {
     for id in tiles::tiles_for(TileKind::Entries, size) {
         if (id.index + 1) * TILE_WIDTH <= from {
@@ -946,7 +942,7 @@ pub fn runs_started_since(
                 .collect(),
         ));
     }
-    if !home.join("ledger").join("checkpoint").exists() {
+    if !paths(home).dir.join("checkpoint").exists() {
         return Ok(None);
     }
     let v = load_verifier(home, None)?;

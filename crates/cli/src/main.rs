@@ -1369,23 +1369,20 @@ async fn history_kept(
     state_url: &str,
 ) -> Result<()> {
     let st = open_state(state_url).await?;
-    let known = !st.runs(Some(&p.name), 1).await?.is_empty();
-    let unknown = {
-        let from = st.last_ledger_seq(&p.name).await?.map_or(0, |s| s + 1);
-        let started = ledger_cmd::runs_started_since(home, ledger, &p.name, from)
-            .context("reading the ledger for earlier runs of the pipeline")?
-            .unwrap_or_default();
-        let mut ids = st.run_ids(&p.name).await?;
-        let mut unknown: Vec<(u64, String)> = Vec::new();
-        for (seq, run) in started {
-            // Each unknown run once (a resumed run starts again).
-            if ids.insert(run.clone()) {
-                unknown.push((seq, run));
-            }
-        }
-        unknown
-    };
+    let from = st.last_ledger_seq(&p.name).await?.map_or(0, |s| s + 1);
+    let mut ids = st.run_ids(&p.name).await?;
     st.close().await;
+    let known = !ids.is_empty();
+    let started = ledger_cmd::runs_started_since(home, ledger, &p.name, from)
+        .context("reading the ledger for earlier runs of the pipeline")?
+        .unwrap_or_default();
+    let mut unknown: Vec<(u64, String)> = Vec::new();
+    for (seq, run) in started {
+        // Each unknown run once (a resumed run starts again).
+        if ids.insert(run.clone()) {
+            unknown.push((seq, run));
+        }
+    }
     let Some((seq, last)) = unknown.last() else {
         return Ok(());
     };
@@ -1403,23 +1400,11 @@ async fn history_kept(
             p.name
         )
     };
-    Err(StateLost(format!(
+    // Exit 3, as any error `exit_code` does not name: the run could not be done as asked.
+    anyhow::bail!(
         "{what}. Run against it, the inputs those runs loaded would be loaded again. Point the run at the store they used, or restore its latest copy; to go on with this store on purpose (those inputs loaded again), pass --fresh-state"
-    ))
-    .into())
+    )
 }
-
-/// A run refused by [`history_kept`] (exit 3).
-#[derive(Debug)]
-struct StateLost(String);
-
-impl std::fmt::Display for StateLost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StateLost {}
 
 /// After a failed run: what it left loaded and how to go on (best effort; the run's own error
 /// follows). A run refused before it started (spec, unfinished run) has nothing to say here.

@@ -1212,6 +1212,30 @@ fn incremental_files_are_loaded_once() {
 /// the digest the run records is the file's SHA-256, so a touched copy of it is recognised;
 /// new bytes of the same size under a loaded name are hashed before the run, found new and
 /// loaded, and are recognised in turn.
+/// A project of CSV files `in/*.csv` of records `id,name` (its `incremental` as asked) into a
+/// Parquet sink `out/rows`, with `files` (name under `in/`, content) written: its folder and
+/// spec.
+fn id_name_project(
+    pipeline: &str,
+    incremental: bool,
+    files: &[(&str, &str)],
+) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("in")).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join("in").join(name), text).unwrap();
+    }
+    let spec = dir.path().join("s.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\npipeline: {pipeline}\nsources:\n  s:\n    csv: {{ path: in/*.csv, incremental: {incremental} }}\n    columns:\n      - {{ name: id, type: int64 }}\n      - {{ name: name, class: none }}\nsinks:\n  out: {{ from: s, parquet: {{ path: out/rows }} }}\nquarantine:\n  parquet: {{ path: out/q }}\n"
+        ),
+    )
+    .unwrap();
+    (dir, spec)
+}
+
 /// An incremental file a run loaded, to which a producer appended records since, is refused
 /// (exit 3, nothing loaded) instead of being loaded whole again, which would load its first
 /// records twice; the message's way out (the added records in a file of their own, the file
@@ -1219,17 +1243,12 @@ fn incremental_files_are_loaded_once() {
 /// and grew loads as a new file.
 #[test]
 fn an_incremental_file_that_grew_is_refused_not_loaded_twice() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, spec) = id_name_project(
+        "grow",
+        true,
+        &[("f.csv", "id,name\n1,a\n2,b\n"), ("h.csv", "id,name\n")],
+    );
     let d = dir.path();
-    std::fs::create_dir_all(d.join("in")).unwrap();
-    std::fs::write(d.join("in/f.csv"), "id,name\n1,a\n2,b\n").unwrap();
-    std::fs::write(d.join("in/h.csv"), "id,name\n").unwrap();
-    let spec = d.join("s.yaml");
-    std::fs::write(
-        &spec,
-        "version: 1\npipeline: grow\nsources:\n  s:\n    csv: { path: in/*.csv, incremental: true }\n    columns:\n      - { name: id, type: int64 }\n      - { name: name, class: none }\nsinks:\n  out: { from: s, parquet: { path: out/rows } }\nquarantine:\n  parquet: { path: out/q }\n",
-    )
-    .unwrap();
     assert_eq!(run_counted(&spec).0, (2, 2, 0));
     let append = |f: &str, text: &str| {
         use std::io::Write;
@@ -1277,16 +1296,8 @@ fn an_incremental_file_that_grew_is_refused_not_loaded_twice() {
 /// such a store would load them again. `--fresh-state` goes on with the store on purpose.
 #[test]
 fn a_run_against_a_state_store_that_lost_the_pipelines_history_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, spec) = id_name_project("lost", true, &[("f.csv", "id,name\n1,a\n2,b\n")]);
     let d = dir.path();
-    std::fs::create_dir_all(d.join("in")).unwrap();
-    std::fs::write(d.join("in/f.csv"), "id,name\n1,a\n2,b\n").unwrap();
-    let spec = d.join("s.yaml");
-    std::fs::write(
-        &spec,
-        "version: 1\npipeline: lost\nsources:\n  s:\n    csv: { path: in/*.csv, incremental: true }\n    columns:\n      - { name: id, type: int64 }\n      - { name: name, class: none }\nsinks:\n  out: { from: s, parquet: { path: out/rows } }\nquarantine:\n  parquet: { path: out/q }\n",
-    )
-    .unwrap();
     assert_eq!(run_counted(&spec).0, (2, 2, 0));
     // An incremental run loads nothing new: the state store remembers the file.
     assert_eq!(run_counted(&spec).0, (0, 0, 0));
@@ -1331,16 +1342,7 @@ fn a_run_against_a_state_store_that_lost_the_pipelines_history_is_refused() {
 /// format is refused, saying which there are.
 #[test]
 fn logs_are_json_lines_for_collectors_when_asked() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("in")).unwrap();
-    std::fs::write(d.join("in/f.csv"), "id,name\n1,a\n").unwrap();
-    let spec = d.join("s.yaml");
-    std::fs::write(
-        &spec,
-        "version: 1\npipeline: jsonlog\nsources:\n  s:\n    csv: { path: in/*.csv }\n    columns:\n      - { name: id, type: int64 }\n      - { name: name, class: none }\nsinks:\n  out: { from: s, parquet: { path: out/rows } }\nquarantine:\n  parquet: { path: out/q }\n",
-    )
-    .unwrap();
+    let (_dir, spec) = id_name_project("jsonlog", false, &[("f.csv", "id,name\n1,a\n")]);
     run_ok(bin().arg("run").arg(&spec));
     // The second run reads the file again (the source is not incremental) and warns so.
     let out = bin()
@@ -1396,16 +1398,12 @@ fn logs_are_json_lines_for_collectors_when_asked() {
 /// holds commitments of its inputs' names, never the names, which can be a person's.
 #[test]
 fn the_ledger_reads_back_as_json_and_holds_no_input_names() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, spec) = id_name_project(
+        "readback",
+        false,
+        &[("statement_john_smith.csv", "id,name\n1,a\n")],
+    );
     let d = dir.path();
-    std::fs::create_dir_all(d.join("in")).unwrap();
-    std::fs::write(d.join("in/statement_john_smith.csv"), "id,name\n1,a\n").unwrap();
-    let spec = d.join("s.yaml");
-    std::fs::write(
-        &spec,
-        "version: 1\npipeline: readback\nsources:\n  s:\n    csv: { path: in/*.csv }\n    columns:\n      - { name: id, type: int64 }\n      - { name: name, class: none }\nsinks:\n  out: { from: s, parquet: { path: out/rows } }\nquarantine:\n  parquet: { path: out/q }\n",
-    )
-    .unwrap();
     run_ok(bin().arg("run").arg(&spec));
     let home = d.join(".sealtrail");
     let out = run_ok(

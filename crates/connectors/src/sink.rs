@@ -554,8 +554,13 @@ impl SinkWriter {
                 // Opening created it, but a failed run of another pipeline writing beside
                 // this one may have taken it away again while it was empty.
                 create_folder(name, dir)?;
-                write_parquet_atomically(&path, schema, batches, *codec)
-                    .map_err(|e| sink_err(name, write_failed(&path, &e)))?;
+                write_parquet_atomically(&path, schema, batches, *codec).map_err(|e| {
+                    // The file system's own words (with what to do on a full disk).
+                    sink_err(
+                        name,
+                        format!("writing {}: {}", path.display(), with_root_cause(&e)),
+                    )
+                })?;
                 Ok(true)
             }
             SinkWriter::Delta {
@@ -767,11 +772,6 @@ fn parquet_io(e: parquet::errors::ParquetError) -> std::io::Error {
         }
         other => std::io::Error::other(other),
     }
-}
-
-/// Why writing `path` failed, and for a full disk what to do.
-pub fn write_failed(path: &Path, e: &std::io::Error) -> String {
-    format!("writing {}: {}", path.display(), with_root_cause(e))
 }
 
 /// Replaces data file `old` of the Delta table at `table` (a local folder or an `s3://` URL)

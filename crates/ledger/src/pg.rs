@@ -296,10 +296,7 @@ impl PgLedger {
         let s = self.schema.clone();
         self.call(move |w| {
             w.block_on(async move |c| {
-                let mut tx = c.begin().await.map_err(db)?;
-                tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .await
-                    .map_err(db)?;
+                let mut tx = snapshot(c).await?;
                 let size: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
                     "SELECT size FROM {s}.checkpoints ORDER BY size DESC, id DESC LIMIT 1"
                 )))
@@ -312,24 +309,17 @@ impl PgLedger {
                 };
                 let mut after = from as i64 - 1;
                 loop {
-                    let rows = sqlx::query(AssertSqlSafe(format!(
-                        "SELECT seq, entry FROM {s}.entries WHERE seq > $1 AND seq < $2 ORDER BY seq LIMIT $3"
-                    )))
-                    .bind(after)
-                    .bind(size)
-                    .bind(EXPORT_CHUNK)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db)?;
+                    let rows = entries_after(&mut tx, &s, after, size).await?;
                     let n = rows.len() as i64;
                     for r in rows {
                         after = r.get(0);
-                        let bytes: Vec<u8> = r.get(1);
+                        let bytes: Vec<u8> = r.get(2);
                         if let Ok(Entry {
                             seq,
-                            event: Event::RunStarted {
-                                run_id, pipeline, ..
-                            },
+                            event:
+                                Event::RunStarted {
+                                    run_id, pipeline, ..
+                                },
                             ..
                         }) = Entry::decode(&bytes)
                         {
@@ -360,10 +350,7 @@ impl PgLedger {
         let dir = dir.to_path_buf();
         self.call(move |w| {
             w.block_on(async move |c| {
-                let mut tx = c.begin().await.map_err(db)?;
-                tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .await
-                    .map_err(db)?;
+                let mut tx = snapshot(c).await?;
                 let (size, note): (i64, String) = sqlx::query_as(AssertSqlSafe(format!(
                     "SELECT size, note FROM {s}.checkpoints ORDER BY size DESC, id DESC LIMIT 1"
                 )))
@@ -380,15 +367,7 @@ impl PgLedger {
                 let mut after = -1i64;
                 let mut first_gap = None;
                 loop {
-                    let rows = sqlx::query(AssertSqlSafe(format!(
-                        "SELECT seq, leaf_hash, entry FROM {s}.entries WHERE seq > $1 AND seq < $2 ORDER BY seq LIMIT $3"
-                    )))
-                    .bind(after)
-                    .bind(size)
-                    .bind(EXPORT_CHUNK)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db)?;
+                    let rows = entries_after(&mut tx, &s, after, size).await?;
                     let n = rows.len() as i64;
                     for r in rows {
                         let seq: i64 = r.get(0);
@@ -496,6 +475,34 @@ fn not_initialised(s: &str, e: sqlx::Error) -> LogError {
         )),
         _ => db(e),
     }
+}
+
+/// A read-only transaction on one snapshot, so that the reads in it agree with each other.
+async fn snapshot(c: &mut PgConnection) -> Result<sqlx::Transaction<'_, sqlx::Postgres>, LogError> {
+    let mut tx = c.begin().await.map_err(db)?;
+    tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(db)?;
+    Ok(tx)
+}
+
+/// Up to [`EXPORT_CHUNK`] stored entries with `after < seq < size`, in order: each row's
+/// `seq`, `leaf_hash` and `entry`. Fewer than a chunk: the last.
+async fn entries_after(
+    tx: &mut PgConnection,
+    s: &str,
+    after: i64,
+    size: i64,
+) -> Result<Vec<sqlx::postgres::PgRow>, LogError> {
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT seq, leaf_hash, entry FROM {s}.entries WHERE seq > $1 AND seq < $2 ORDER BY seq LIMIT $3"
+    )))
+    .bind(after)
+    .bind(size)
+    .bind(EXPORT_CHUNK)
+    .fetch_all(tx)
+    .await
+    .map_err(db)
 }
 
 async fn insert_checkpoint(
