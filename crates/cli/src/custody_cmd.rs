@@ -118,6 +118,32 @@ impl<'a> Signed<'a> {
         }))
     }
 
+    /// The hand-overs of the signing key within the signed tree, oldest first, as a bundle
+    /// carries them (from the hand-over checkpoints kept in `rotations/`).
+    pub fn handovers(&self) -> Result<Vec<sealtrail_ledger::custody::Handover>> {
+        let d = self.dir.join(sealtrail_ledger::log::ROTATIONS);
+        let mut sizes: Vec<u64> = match std::fs::read_dir(&d) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .filter(|t| (1..=self.size).contains(t))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(anyhow!("reading {}: {e}", d.display())),
+        };
+        sizes.sort_unstable();
+        sizes
+            .into_iter()
+            .map(|t| {
+                let consistency = merkle::consistency_proof(&self.reader, t, self.size)?;
+                Ok(sealtrail_ledger::custody::Handover {
+                    entry: self.entry_proof(t - 1)?,
+                    checkpoint: std::fs::read_to_string(d.join(t.to_string()))?,
+                    consistency: consistency.iter().map(hex::encode).collect(),
+                })
+            })
+            .collect()
+    }
+
     /// The inclusion proof of entry `seq`, as a bundle carries it.
     pub fn entry_proof(&self, seq: u64) -> Result<EntryProof> {
         use base64::Engine;
@@ -722,6 +748,7 @@ pub async fn prove(
     let (cp, note) = sealtrail_ledger::log::read_checkpoint(&dir, &verifier)?
         .ok_or_else(|| anyhow!("the ledger has no checkpoint"))?;
     let signed = Signed::new(&dir, &cp);
+    let handovers = signed.handovers()?;
     let make = |at: &CustodyRef,
                 revisions: &[(String, u64)],
                 parts: Parts,
@@ -753,6 +780,7 @@ pub async fn prove(
                 .map(|(_, seq)| signed.entry_proof(*seq))
                 .collect::<Result<_>>()?,
             replay: None,
+            handovers: handovers.clone(),
             checkpoint: note.clone(),
         })
     };
@@ -1059,6 +1087,11 @@ pub async fn verify_proof(
         Ok(ok) => ok,
         Err(e) => {
             outln!("NOT VERIFIED: {e}");
+            if matches!(e, sealtrail_ledger::custody::BundleError::Signature(_)) {
+                outln!(
+                    "  (if the ledger's signing key was rotated after this bundle was made, verify it with the key in charge then: `sealtrail ledger show --type signer_rotated` names every key)"
+                );
+            }
             return Ok(TAMPERED);
         }
     };
@@ -1071,6 +1104,17 @@ pub async fn verify_proof(
         b.source,
         b.batch
     );
+    if !b.handovers.is_empty() {
+        outln!(
+            "  the ledger's signing key was handed over {} time(s) up to the checkpoint (entries {}); each hand-over is signed by both keys",
+            b.handovers.len(),
+            b.handovers
+                .iter()
+                .map(|h| h.entry.index.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if let Some(input) = &b.input {
         outln!(
             "  input record commitment {} is leaf {} of {} under the batch's input root",
@@ -1098,7 +1142,7 @@ pub async fn verify_proof(
         "  batch entry {} is in the ledger tree of {} entries, checkpoint signed by {}{}",
         ok.entry_index,
         ok.tree_size,
-        v.name(),
+        ok.signer,
         ok.checkpoint_time
             .as_ref()
             .map(|t| format!(" at {t}"))

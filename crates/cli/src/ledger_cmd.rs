@@ -5,6 +5,7 @@
 //!   ledger/            the log, in the C2SP tlog-tiles layout (publishable as is)
 //!   ledger.key         the checkpoint signing key (mode 0600, never printed)
 //!   ledger.pub         the verifier key: give it to auditors
+//!   ledger.key.next    during `ledger rotate-key` only: the new signing key
 //! ```
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -181,6 +182,17 @@ pub enum LedgerCmd {
     },
     /// Discard an unacknowledged tail left by a crash, recording the discard as an entry.
     Recover,
+    /// Replace the checkpoint signing key (`ledger.key` leaked, or due for renewal). The log
+    /// records the hand-over in a `signer_rotated` entry whose checkpoint both keys sign, so
+    /// verifiers holding the old verifier key follow it to the new one; `ledger.pub` becomes
+    /// the new key and the old signing key is deleted, and it can no longer sign for the log.
+    /// Stop runs first: a writer still holding the old key fails at its next append (and
+    /// resumes when run again). Interrupted, run it again: it finishes with the same new key.
+    RotateKey {
+        /// Who rotates (recorded as a SHA-256 of the name; default `$USER`).
+        #[arg(long)]
+        by: Option<String>,
+    },
     /// Append synthetic entries with durable group commits and print entries/s.
     Bench {
         /// Number of entries to append.
@@ -221,9 +233,7 @@ pub fn init(home: &Path, origin: &str) -> Result<NoteSigner> {
         load_signer(home)?
     } else {
         std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
-        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut *seed);
-        let signer = NoteSigner::from_seed(origin, &seed).map_err(|e| anyhow!("{e}"))?;
+        let signer = NoteSigner::from_seed(origin, &random_seed()).map_err(|e| anyhow!("{e}"))?;
         let created = sealtrail_core::secret::create_private_once(
             &p.key,
             signer.to_secret_string().as_bytes(),
@@ -243,15 +253,14 @@ pub fn init(home: &Path, origin: &str) -> Result<NoteSigner> {
 
 pub fn load_signer(home: &Path) -> Result<NoteSigner> {
     let p = paths(home).key;
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(&p).with_context(|| {
-        format!(
-            "reading the ledger key {}; create it with `sealtrail ledger init`",
+    if !p.exists() {
+        bail!(
+            "no ledger key at {}; create it with `sealtrail ledger init`",
             p.display()
-        )
-    })?);
+        );
+    }
     // The parse error never includes the key text.
-    NoteSigner::parse(&text)
-        .map_err(|e| anyhow!("the ledger key {} is not valid: {e}", p.display()))
+    load_key_file(&p)
 }
 
 pub(crate) fn load_verifier(home: &Path, key: Option<&str>) -> Result<NoteVerifier> {
@@ -355,9 +364,20 @@ pub fn verify_cmd(
                 "verified: {} entries, root {}, signed by {} ({:.0} entries/s)",
                 ok.size,
                 b64(&ok.root),
-                v.name(),
+                ok.signer.who(),
                 ok.size as f64 / secs.max(1e-9)
             );
+            if !ok.handovers.is_empty() {
+                outln!(
+                    "the log handed its signing over from the given key (entries {}); the key in charge now is {}: verify with it from now on",
+                    ok.handovers
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    ok.signer.to_key_string()
+                );
+            }
             if let Some(parent) = state.parent() {
                 std::fs::create_dir_all(parent)?;
             }
@@ -365,7 +385,8 @@ pub fn verify_cmd(
                 .with_context(|| format!("saving the verifier state {}", state.display()))?;
             outln!("{}", ok.checkpoint.trim_end());
             if let Some(minutes) = max_age {
-                let signed = v
+                let signed = ok
+                    .signer
                     .open(&ok.checkpoint)
                     .ok()
                     .and_then(|t| Checkpoint::parse(t).ok())
@@ -400,6 +421,112 @@ pub fn verify_cmd(
             Ok(Outcome::Unreadable)
         }
     }
+}
+
+/// `ledger rotate-key`. The new key is made durable (`ledger.key.next`) before the log names
+/// it, the log's hand-over is one commit (a checkpoint signed by both keys), and only then does
+/// the new key replace `ledger.key`: interrupted anywhere, a second run finishes the same
+/// rotation (after `ledger recover` when a crash tore the append itself).
+fn rotate_key(home: &Path, la: &LedgerArgs, by: &Option<String>) -> Result<i32> {
+    let p = paths(home);
+    let old = load_signer(home)?;
+    let next = home.join("ledger.key.next");
+    let new = if next.exists() {
+        load_key_file(&next)?
+    } else {
+        let fresh =
+            NoteSigner::from_seed(old.name(), &random_seed()).map_err(|e| anyhow!("{e}"))?;
+        let created =
+            sealtrail_core::secret::create_private_once(&next, fresh.to_secret_string().as_bytes())
+                .with_context(|| format!("creating {}", next.display()))?;
+        if created {
+            fresh
+        } else {
+            load_key_file(&next)?
+        }
+    };
+    if new.name() != old.name() {
+        bail!(
+            "{} is a key for `{}`, not for this ledger's origin `{}`; remove it and run the command again",
+            next.display(),
+            new.name(),
+            old.name()
+        );
+    }
+    let (new_pub, old_pub) = (new.verifier(), old.verifier());
+    let (_, actor) = crate::protect_cmd::actor(by);
+    // Done already (the checkpoint is the new key's) when an earlier run stopped after the
+    // hand-over committed.
+    let current = match la.pg(None)? {
+        Some(l) => l.checkpoint()?,
+        None => std::fs::read_to_string(p.dir.join("checkpoint")).ok(),
+    };
+    if current.is_some_and(|n| new_pub.signed_last(&n)) {
+        outln!(
+            "finishing a rotation that an earlier run left half done: the log already hands the signing over to {}",
+            new_pub.who()
+        );
+    } else {
+        let a = match la.pg(Some(old))? {
+            Some(mut l) => l.rotate_signer(new, actor)?,
+            None => {
+                let mut w = LogWriter::open(
+                    &p.dir,
+                    old_pub.name(),
+                    load_signer(home)?,
+                    OpenMode::FailClosed,
+                )?;
+                w.rotate_signer(new, actor)?
+            }
+        };
+        outln!(
+            "entry {} hands the signing over from {} to {}; the checkpoint of the tree ending with it is signed by both",
+            a.first_seq,
+            old_pub.who(),
+            new_pub.who()
+        );
+    }
+    // The new key replaces the old one (a rename: one or the other, never neither).
+    std::fs::rename(&next, &p.key)
+        .and_then(|()| std::fs::File::open(home)?.sync_all())
+        .with_context(|| format!("putting the new key in place of {}", p.key.display()))?;
+    let tmp = home.join(format!(".ledger.pub.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, format!("{}\n", new_pub.to_key_string()))
+        .and_then(|()| std::fs::rename(&tmp, &p.public))
+        .with_context(|| format!("writing {}", p.public.display()))?;
+    outln!(
+        "new verifier key, now in {} (give it to auditors): {}",
+        p.public.display(),
+        new_pub.to_key_string()
+    );
+    outln!(
+        "verifiers holding the old key still verify the log: they follow the hand-over to the new one"
+    );
+    outln!(
+        "the old signing key is deleted from {}; any copy of it (a backup, another writer machine) can no longer sign for this log{}",
+        p.key.display(),
+        if la.ledger_url.is_some() {
+            ": copy the new ledger.key and ledger.pub to every writer machine"
+        } else {
+            ""
+        }
+    );
+    Ok(0)
+}
+
+fn random_seed() -> zeroize::Zeroizing<[u8; 32]> {
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut *seed);
+    seed
+}
+
+/// Reads a signing key file; errors name the file, never the key.
+fn load_key_file(p: &Path) -> Result<NoteSigner> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+    );
+    NoteSigner::parse(&text)
+        .map_err(|e| anyhow!("the ledger key {} is not valid: {e}", p.display()))
 }
 
 /// Runs a ledger subcommand; returns the process exit code.
@@ -497,6 +624,7 @@ pub fn run(home: &Path, la: &LedgerArgs, cmd: LedgerCmd) -> Result<i32> {
             }
             Ok(0)
         }
+        LedgerCmd::RotateKey { by } => rotate_key(home, la, &by),
         LedgerCmd::Recover if la.ledger_url.is_some() => {
             outln!(
                 "nothing to recover: a PostgreSQL ledger appends each group in one transaction, so a crash leaves no torn tail"
@@ -741,6 +869,11 @@ pub fn run(home: &Path, la: &LedgerArgs, cmd: LedgerCmd) -> Result<i32> {
 }
 
 /// An entry's time, RFC 3339 to the millisecond.
+/// `name+id` of a verifier key text (`name+id+base64`), how messages name keys.
+fn key_who(key: &str) -> String {
+    key.splitn(3, '+').take(2).collect::<Vec<_>>().join("+")
+}
+
 fn time_of(e: &Entry) -> String {
     chrono::DateTime::from_timestamp_micros(e.time_micros)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
@@ -808,6 +941,16 @@ fn describe(e: &Entry) -> String {
                 .join(" ")
         ),
         Event::RunFailed { run_id, error } => format!("run {run_id} error: {error}"),
+        Event::SignerRotated {
+            old_key,
+            new_key,
+            actor,
+        } => format!(
+            "checkpoint signing handed over from {} to {} by actor {}",
+            key_who(old_key),
+            key_who(new_key),
+            &hex::encode(actor)[..16]
+        ),
         Event::Recovery {
             discarded_entries,
             note,

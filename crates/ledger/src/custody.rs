@@ -14,7 +14,7 @@
 
 use crate::entry::{Entry, Event, Hash};
 use crate::merkle::{self, ProofError};
-use crate::note::{Checkpoint, NoteVerifier};
+use crate::note::{Checkpoint, NoteVerifier, unverified_text};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -255,8 +255,25 @@ pub struct Bundle {
     /// `replay_declared` entry that ties the batch's spec version to the pipeline's spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<EntryProof>,
+    /// The hand-overs of the ledger's signing key (`signer_rotated` entries) up to the
+    /// checkpoint, oldest first: how a verifier holding an earlier key reaches the key that
+    /// signed the checkpoint. Absent when the key was never rotated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handovers: Vec<Handover>,
     /// The signed checkpoint (C2SP signed note) the entry proof leads to.
     pub checkpoint: String,
+}
+
+/// One hand-over of the ledger's checkpoint signing key, proven offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// The `signer_rotated` entry, with its inclusion path in the tree of the bundle's
+    /// checkpoint.
+    pub entry: EntryProof,
+    /// The checkpoint of the tree ending with that entry, signed by its old key and its new one.
+    pub checkpoint: String,
+    /// Consistency proof (lowercase hex) from that tree to the tree of the bundle's checkpoint.
+    pub consistency: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -291,6 +308,8 @@ pub enum BundleError {
     Revision(usize, String),
     #[error("the replay entry does not declare the batch's spec version: {0}")]
     Replay(String),
+    #[error("hand-over {0} of the signing key does not hold: {1}")]
+    Handover(usize, String),
 }
 
 /// What a `replay_declared` entry of a bundle establishes about a replayed row's batch.
@@ -316,6 +335,9 @@ pub struct Verified {
     pub revisions: Vec<u64>,
     /// For a replayed row whose bundle carries it: the `replay_declared` entry.
     pub replay: Option<ReplayOf>,
+    /// The key that signed the checkpoint (`name+id`): the given one, or the one its
+    /// hand-overs lead to.
+    pub signer: String,
 }
 
 fn hash_of(s: &str, field: &'static str) -> Result<Hash, BundleError> {
@@ -335,10 +357,12 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
         BUNDLE_FORMAT_V1 => false,
         _ => return Err(BundleError::Format(b.format.clone())),
     };
-    let text = key
+    let text = unverified_text(&b.checkpoint).map_err(|e| BundleError::Signature(e.to_string()))?;
+    let cp = Checkpoint::parse(text).map_err(|e| BundleError::Checkpoint(e.to_string()))?;
+    let signer = key_in_charge(b, &cp, key)?;
+    signer
         .open(&b.checkpoint)
         .map_err(|e| BundleError::Signature(e.to_string()))?;
-    let cp = Checkpoint::parse(text).map_err(|e| BundleError::Checkpoint(e.to_string()))?;
 
     let entry = included(&b.entry, &cp)?;
     let Event::BatchCommitted {
@@ -496,6 +520,7 @@ pub fn verify(b: &Bundle, key: &NoteVerifier) -> Result<Verified, BundleError> {
         time_micros: entry.time_micros,
         revisions: b.revisions.iter().map(|r| r.index).collect(),
         replay,
+        signer: signer.who(),
     })
 }
 
@@ -595,6 +620,71 @@ impl RowsState {
 }
 
 /// The entry `ep` carries, checked to be entry `ep.index` of the checkpoint's tree.
+/// The key that must have signed the bundle's checkpoint `cp`: `key`, or the key its chain of
+/// hand-overs leads to from `key`. Each hand-over's entry is in `cp`'s tree, hands over from
+/// the previous one's new key, and has a checkpoint of the tree ending with it, signed by both
+/// keys, that `cp`'s tree extends.
+fn key_in_charge(
+    b: &Bundle,
+    cp: &Checkpoint,
+    key: &NoteVerifier,
+) -> Result<NoteVerifier, BundleError> {
+    let mut links: Vec<(NoteVerifier, NoteVerifier)> = Vec::with_capacity(b.handovers.len());
+    for (i, h) in b.handovers.iter().enumerate() {
+        let bad = |what: String| BundleError::Handover(i + 1, what);
+        let entry = included(&h.entry, cp)?;
+        let Event::SignerRotated {
+            old_key, new_key, ..
+        } = &entry.event
+        else {
+            return Err(bad(format!(
+                "entry {} is a {} entry",
+                entry.seq,
+                entry.event.name()
+            )));
+        };
+        let parse = |k: &str| NoteVerifier::parse(k).map_err(|e| bad(e.to_string()));
+        let (old, new) = (parse(old_key)?, parse(new_key)?);
+        if links.last().is_some_and(|(_, prev)| *prev != old) {
+            return Err(bad(
+                "it does not hand over from the previous hand-over's key".into(),
+            ));
+        }
+        let mut text = "";
+        for k in [&old, &new] {
+            text = k.open(&h.checkpoint).map_err(|e| bad(e.to_string()))?;
+        }
+        let at = Checkpoint::parse(text).map_err(|e| bad(e.to_string()))?;
+        if at.size != entry.seq + 1 {
+            return Err(bad(
+                "its checkpoint is not of the tree ending with its entry".into(),
+            ));
+        }
+        merkle::verify_consistency(
+            at.size,
+            cp.size,
+            &at.root,
+            &cp.root,
+            &path_of(&h.consistency, "handovers.consistency")?,
+        )
+        .map_err(|e| {
+            bad(format!(
+                "the checkpoint's tree does not extend its tree: {e}"
+            ))
+        })?;
+        links.push((old, new));
+    }
+    let from_key =
+        links.first().is_none_or(|(old, _)| old == key) || links.iter().any(|(_, new)| new == key);
+    if !from_key {
+        return Err(BundleError::Signature(format!(
+            "key {} is none of the keys the bundle's hand-overs name",
+            key.who()
+        )));
+    }
+    Ok(links.last().map_or(key, |(_, new)| new).clone())
+}
+
 fn included(ep: &EntryProof, cp: &Checkpoint) -> Result<Entry, BundleError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(&ep.bytes)

@@ -180,6 +180,17 @@ pub enum Event {
         #[serde(serialize_with = "hex_hash")]
         replay_spec_sha256: Hash,
     },
+    /// 17: the ledger's checkpoint signing key changed (`ledger rotate-key`): from the tree
+    /// that holds this entry on, checkpoints are signed by `new_key`. Both are verifier keys
+    /// (`name+id+base64`). The checkpoint of the tree ending with this entry is signed by both
+    /// keys and kept (`rotations/<size>`), so a verifier trusting the old key learns the new
+    /// one from the log itself (`docs/ledger-format.md` section 4a).
+    SignerRotated {
+        old_key: String,
+        new_key: String,
+        #[serde(serialize_with = "hex_hash")]
+        actor: Hash,
+    },
 }
 
 impl Event {
@@ -201,6 +212,7 @@ impl Event {
             Event::RunAbandoned { .. } => 14,
             Event::RecordsRepaired { .. } => 15,
             Event::ReplayDeclared { .. } => 16,
+            Event::SignerRotated { .. } => 17,
         }
     }
 
@@ -238,7 +250,10 @@ impl Event {
 }
 
 /// Every entry kind, in order.
-pub const KINDS: std::ops::RangeInclusive<u8> = 1..=16;
+pub const KINDS: std::ops::RangeInclusive<u8> = 1..=17;
+
+/// The kind byte of a `signer_rotated` entry (the verifier spots them by it).
+pub const SIGNER_ROTATED: u8 = 17;
 
 pub fn kind_name(kind: u8) -> Option<&'static str> {
     Some(match kind {
@@ -258,6 +273,7 @@ pub fn kind_name(kind: u8) -> Option<&'static str> {
         14 => "run_abandoned",
         15 => "records_repaired",
         16 => "replay_declared",
+        17 => "signer_rotated",
         _ => return None,
     })
 }
@@ -562,6 +578,15 @@ impl Entry {
                 w.hash(records_sha256);
                 w.hash(replay_spec_sha256);
             }
+            Event::SignerRotated {
+                old_key,
+                new_key,
+                actor,
+            } => {
+                w.str(old_key);
+                w.str(new_key);
+                w.hash(actor);
+            }
         }
         w.0
     }
@@ -704,6 +729,11 @@ impl Entry {
                 records_sha256: r.hash()?,
                 replay_spec_sha256: r.hash()?,
             },
+            17 => Event::SignerRotated {
+                old_key: r.str()?,
+                new_key: r.str()?,
+                actor: r.hash()?,
+            },
             k => return Err(DecodeError::Kind(k)),
         };
         if !r.0.is_empty() {
@@ -824,6 +854,11 @@ mod tests {
                 spec_sha256: [13; 32],
                 records_sha256: [14; 32],
                 replay_spec_sha256: [15; 32],
+            },
+            Event::SignerRotated {
+                old_key: "o+00000000+AQ==".into(),
+                new_key: "o+11111111+AQ==".into(),
+                actor: [16; 32],
             },
         ]
     }

@@ -43,6 +43,10 @@ pub enum LogError {
     },
     #[error("the checkpoint is not valid: {0}")]
     Checkpoint(String),
+    #[error(
+        "the ledger's checkpoint is not signed by this signing key ({key}): the key was rotated (`sealtrail ledger rotate-key`) or replaced. Sign with the ledger's current key (copy `ledger.key` from where it was rotated); if a `sealtrail ledger rotate-key` was interrupted, run it again to finish it"
+    )]
+    NotSigner { key: String },
     #[error("an entry is {0} bytes; the limit is 65535")]
     TooLarge(usize),
     #[error("ledger database: {0}")]
@@ -57,6 +61,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
         source,
     }
 }
+
+/// The folder, beside `tile/`, of the checkpoints that hand the signing over from one key to
+/// the next (`rotations/<tree size>`, signed by both; written once, kept for good).
+pub const ROTATIONS: &str = "rotations";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpenMode {
@@ -252,6 +260,47 @@ pub fn read_checkpoint(
     Ok(Some((cp, note)))
 }
 
+/// The checkpoint of `dir` for a writer signing with `verifier`'s key: the key must have signed
+/// it last (after a hand-over the old key's signature is still on the hand-over checkpoint,
+/// but it no longer signs for the log).
+fn read_own_checkpoint(
+    dir: &Path,
+    verifier: &NoteVerifier,
+) -> Result<Option<Checkpoint>, LogError> {
+    let path = dir.join("checkpoint");
+    match std::fs::read_to_string(&path) {
+        Ok(note) if !verifier.signed_last(&note) => Err(LogError::NotSigner {
+            key: verifier.who(),
+        }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+        _ => Ok(read_checkpoint(dir, verifier)?.map(|(cp, _)| cp)),
+    }
+}
+
+/// Files of `rotations/` that the checkpoint of size `size` does not cover: hand-over notes of
+/// a torn tail, and temporary files.
+fn torn_rotations(dir: &Path, size: u64) -> Result<Vec<(String, Option<TileId>)>, LogError> {
+    let d = dir.join(ROTATIONS);
+    let rd = match std::fs::read_dir(&d) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&d)(e)),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let name = e
+            .map_err(io(&d))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if name.parse::<u64>().is_ok_and(|t| t <= size) {
+            continue;
+        }
+        out.push((format!("{ROTATIONS}/{name}"), None));
+    }
+    Ok(out)
+}
+
 /// Every tile file under `dir`, with its path; stray temporary files are reported as `None`.
 pub fn list_tiles(dir: &Path) -> Result<Vec<(String, Option<TileId>)>, LogError> {
     let mut out = Vec::new();
@@ -293,8 +342,8 @@ impl LogWriter {
         // Held while the tail is judged: another process's append in flight is not torn.
         let _lock = lock(dir)?;
         let verifier = signer.verifier();
-        let (size, root) = match read_checkpoint(dir, &verifier)? {
-            Some((cp, _)) => {
+        let (size, root) = match read_own_checkpoint(dir, &verifier)? {
+            Some(cp) => {
                 if cp.origin != origin {
                     return Err(LogError::Checkpoint(format!(
                         "origin is `{}`, expected `{origin}`",
@@ -307,11 +356,12 @@ impl LogWriter {
         };
         // Files beyond the checkpoint: a torn tail.
         let listed = list_tiles(dir)?;
-        let torn: Vec<(String, Option<TileId>)> = listed
+        let mut torn: Vec<(String, Option<TileId>)> = listed
             .iter()
             .filter(|(_, id)| !id.is_some_and(|id| id.within(size)))
             .cloned()
             .collect();
+        torn.extend(torn_rotations(dir, size)?);
         let mut discarded = (0u64, Sha256::new());
         if !torn.is_empty() {
             if mode == OpenMode::FailClosed {
@@ -386,14 +436,17 @@ impl LogWriter {
         }
         if !torn.is_empty() {
             let digest: Hash = discarded.1.finalize().into();
-            w.append_locked(vec![Event::Recovery {
-                discarded_entries: discarded.0,
-                discarded_sha256: digest,
-                note: format!(
-                    "removed {} file(s) beyond checkpoint size {size}",
-                    torn.len()
-                ),
-            }])?;
+            w.append_locked(
+                vec![Event::Recovery {
+                    discarded_entries: discarded.0,
+                    discarded_sha256: digest,
+                    note: format!(
+                        "removed {} file(s) beyond checkpoint size {size}",
+                        torn.len()
+                    ),
+                }],
+                None,
+            )?;
         }
         Ok(w)
     }
@@ -472,13 +525,45 @@ impl LogWriter {
     fn append_inner(&mut self, events: Vec<Event>) -> Result<Appended, LogError> {
         let _lock = lock(&self.dir)?;
         self.catch_up()?;
-        self.append_locked(events)
+        self.append_locked(events, None)
+    }
+
+    /// Hands the signing over to `new` (`sealtrail ledger rotate-key`): appends a
+    /// `signer_rotated` entry naming both keys (and `actor`), signs the checkpoint of the tree
+    /// ending with it with the current key, then `new`, keeps that note as
+    /// `rotations/<size>` before it becomes the checkpoint, and signs with `new` from then on.
+    /// Until the checkpoint is written the entry is a torn tail (`ledger recover` discards it);
+    /// once it is, a writer holding the old key can no longer append.
+    pub fn rotate_signer(&mut self, new: NoteSigner, actor: Hash) -> Result<Appended, LogError> {
+        if self.poisoned {
+            return Err(LogError::Poisoned);
+        }
+        let r = (|| {
+            let _lock = lock(&self.dir)?;
+            self.catch_up()?;
+            let event = Event::SignerRotated {
+                old_key: self.signer.verifier().to_key_string(),
+                new_key: new.verifier().to_key_string(),
+                actor,
+            };
+            self.append_locked(vec![event], Some(&new))
+        })();
+        match r {
+            Ok(a) => {
+                self.signer = new;
+                Ok(a)
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(e)
+            }
+        }
     }
 
     /// Reloads the right edge when another writer moved the checkpoint since this one last
     /// wrote. Called with the lock held.
     fn catch_up(&mut self) -> Result<(), LogError> {
-        let Some((cp, _)) = read_checkpoint(&self.dir, &self.signer.verifier())? else {
+        let Some(cp) = read_own_checkpoint(&self.dir, &self.signer.verifier())? else {
             return Ok(());
         };
         if cp.size == self.size() && cp.root == self.root() {
@@ -503,7 +588,12 @@ impl LogWriter {
     }
 
     /// Appends with the lock held and the edge current.
-    fn append_locked(&mut self, events: Vec<Event>) -> Result<Appended, LogError> {
+    /// With `cosigner`, the checkpoint is a hand-over (see [`LogWriter::rotate_signer`]).
+    fn append_locked(
+        &mut self,
+        events: Vec<Event>,
+        cosigner: Option<&NoteSigner>,
+    ) -> Result<Appended, LogError> {
         let first_seq = self.size();
         let encoded = encode_events(first_seq, self.tb.last_leaf, now_micros(), events)?;
         let mut files: Vec<(TileId, Vec<u8>)> = Vec::new();
@@ -519,7 +609,7 @@ impl LogWriter {
         let paths: Vec<PathBuf> = named.into_iter().map(|(p, _)| p).collect();
         // Every new name durable before the checkpoint refers to it.
         tiles::sync_dirs(&self.dir, paths.iter().map(PathBuf::as_path)).map_err(io(&self.dir))?;
-        let checkpoint = self.sign_locked()?;
+        let checkpoint = self.sign_locked(cosigner)?;
         // Committed: the partial tiles that this append's full tiles replace can go. A failure
         // here does not undo the append; what is left is pruned when a writer next opens.
         for (id, _) in &files {
@@ -540,15 +630,22 @@ impl LogWriter {
     pub fn sign_checkpoint(&mut self) -> Result<String, LogError> {
         let _lock = lock(&self.dir)?;
         self.catch_up()?;
-        self.sign_locked()
+        self.sign_locked(None)
     }
 
-    fn sign_locked(&mut self) -> Result<String, LogError> {
+    fn sign_locked(&mut self, cosigner: Option<&NoteSigner>) -> Result<String, LogError> {
         let cp = stamped_checkpoint(&self.origin, self.size(), self.root());
-        let note = self
-            .signer
-            .sign(&cp.to_text())
-            .map_err(|e| LogError::Checkpoint(e.to_string()))?;
+        let bad = |e: crate::note::NoteError| LogError::Checkpoint(e.to_string());
+        let mut note = self.signer.sign(&cp.to_text()).map_err(bad)?;
+        if let Some(new) = cosigner {
+            note = new.cosign(&note).map_err(bad)?;
+            // Kept for good, and durable before the checkpoint makes the entry part of the log.
+            let p = self.dir.join(ROTATIONS).join(self.size().to_string());
+            std::fs::create_dir_all(self.dir.join(ROTATIONS))
+                .and_then(|()| tiles::write_once(&p, note.as_bytes()))
+                .and_then(|()| tiles::sync_dirs(&self.dir, [p.as_path()]))
+                .map_err(io(&p))?;
+        }
         let p = self.dir.join("checkpoint");
         tiles::write_replace(&p, note.as_bytes()).map_err(|e| {
             self.poisoned = true;

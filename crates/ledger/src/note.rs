@@ -150,6 +150,55 @@ impl NoteSigner {
     }
 }
 
+impl NoteSigner {
+    /// Adds this key's signature line to `note`, a note signed by others, over the same text.
+    pub fn cosign(&self, note: &str) -> Result<String, NoteError> {
+        let (text, _) = split(note)?;
+        let sig = self.key.sign(text.as_bytes());
+        let mut blob = self.id.to_be_bytes().to_vec();
+        blob.extend_from_slice(&sig.to_bytes());
+        Ok(format!(
+            "{note}{SIG_PREFIX}{} {}\n",
+            self.name,
+            B64.encode(blob)
+        ))
+    }
+}
+
+/// A signature line: key name, decoded `key id || signature`.
+type SigLine<'a> = (&'a str, Vec<u8>);
+
+/// The text of a signed note and its signature lines, unverified.
+fn split(note: &str) -> Result<(&str, Vec<SigLine<'_>>), NoteError> {
+    let at = note
+        .rfind("\n\n")
+        .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
+    let (text, sigs) = (&note[..at + 1], &note[at + 2..]);
+    if sigs.is_empty() || !sigs.ends_with('\n') {
+        return Err(NoteError::Malformed("signature lines end with a newline"));
+    }
+    let mut out = Vec::new();
+    for line in sigs.lines() {
+        let rest = line.strip_prefix(SIG_PREFIX).ok_or(NoteError::Malformed(
+            "a signature line starts with an em dash",
+        ))?;
+        let (name, b64) = rest.split_once(' ').ok_or(NoteError::Malformed(
+            "a signature line is: — name signature",
+        ))?;
+        let blob = B64
+            .decode(b64)
+            .map_err(|_| NoteError::Malformed("a signature is not base64"))?;
+        out.push((name, blob));
+    }
+    Ok((text, out))
+}
+
+/// The text of a signed note, its signatures not checked (to read what a note claims before
+/// knowing which key must have signed it).
+pub fn unverified_text(note: &str) -> Result<&str, NoteError> {
+    split(note).map(|(text, _)| text)
+}
+
 /// A note verifier (public key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoteVerifier {
@@ -191,6 +240,22 @@ impl NoteVerifier {
         &self.name
     }
 
+    /// `name+id`, how messages name the key.
+    pub fn who(&self) -> String {
+        format!("{}+{:08x}", self.name, self.id)
+    }
+
+    /// Whether the last signature line of `note` is by this key (name and id), without
+    /// checking it: the signer currently in charge of a log signs last (a checkpoint co-signed
+    /// at a rotation lists the old key, then the new one).
+    pub fn signed_last(&self, note: &str) -> bool {
+        split(note).is_ok_and(|(_, sigs)| {
+            sigs.last().is_some_and(|(name, blob)| {
+                *name == self.name && blob.len() >= 4 && blob[..4] == self.id.to_be_bytes()
+            })
+        })
+    }
+
     pub fn to_key_string(&self) -> String {
         let mut raw = vec![ED25519];
         raw.extend_from_slice(self.key.as_bytes());
@@ -200,24 +265,9 @@ impl NoteVerifier {
     /// Verifies a signed note and returns its text. Signatures by other keys are ignored;
     /// one by this key (name and id) must be present and valid.
     pub fn open<'a>(&self, note: &'a str) -> Result<&'a str, NoteError> {
-        let split = note
-            .rfind("\n\n")
-            .ok_or(NoteError::Malformed("no blank line before the signatures"))?;
-        let (text, sigs) = (&note[..split + 1], &note[split + 2..]);
-        if sigs.is_empty() || !sigs.ends_with('\n') {
-            return Err(NoteError::Malformed("signature lines end with a newline"));
-        }
-        let who = format!("{}+{:08x}", self.name, self.id);
-        for line in sigs.lines() {
-            let rest = line.strip_prefix(SIG_PREFIX).ok_or(NoteError::Malformed(
-                "a signature line starts with an em dash",
-            ))?;
-            let (name, b64) = rest.split_once(' ').ok_or(NoteError::Malformed(
-                "a signature line is: — name signature",
-            ))?;
-            let Ok(blob) = B64.decode(b64) else {
-                return Err(NoteError::Malformed("a signature is not base64"));
-            };
+        let (text, sigs) = split(note)?;
+        let who = self.who();
+        for (name, blob) in sigs {
             if name != self.name || blob.len() < 4 || blob[..4] != self.id.to_be_bytes() {
                 continue;
             }

@@ -29,7 +29,8 @@
 
 use crate::entry::{Entry, Event};
 use crate::log::{
-    Appended, LedgerLog, LogError, TileBuilder, encode_events, now_micros, stamped_checkpoint,
+    Appended, LedgerLog, LogError, ROTATIONS, TileBuilder, encode_events, now_micros,
+    stamped_checkpoint,
 };
 use crate::merkle::{CompactRange, Hash};
 use crate::note::{NoteSigner, NoteVerifier};
@@ -246,7 +247,7 @@ impl PgLedger {
                         .await
                         .map_err(db)?;
                 if signed == 0 {
-                    insert_checkpoint(&mut tx, &s, &signer, &writer, 0, empty.root()).await?;
+                    insert_checkpoint(&mut tx, &s, &signer, None, &writer, 0, empty.root()).await?;
                 }
                 tx.commit().await.map_err(db)
             })
@@ -366,6 +367,7 @@ impl PgLedger {
                 let mut files: Vec<(TileId, Vec<u8>)> = Vec::new();
                 let mut after = -1i64;
                 let mut first_gap = None;
+                let mut rotations = Vec::new();
                 loop {
                     let rows = entries_after(&mut tx, &s, after, size).await?;
                     let n = rows.len() as i64;
@@ -379,7 +381,11 @@ impl PgLedger {
                         // A damaged stored hash still exports (as zeros): the verifier then
                         // names the entry, instead of the export failing without a diagnosis.
                         let leaf = hash32(&leaf).unwrap_or([0; 32]);
-                        tb.push(r.get(2), leaf, &mut files);
+                        let entry: Vec<u8> = r.get(2);
+                        if entry.get(1) == Some(&crate::entry::SIGNER_ROTATED) {
+                            rotations.push(seq + 1);
+                        }
+                        tb.push(entry, leaf, &mut files);
                     }
                     write_tiles(&dir, &mut files)?;
                     if n < EXPORT_CHUNK {
@@ -398,6 +404,24 @@ impl PgLedger {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(db)?;
+                // Each hand-over's checkpoint: the first one signed for the tree ending with
+                // its `signer_rotated` entry (inserted by the same transaction).
+                for t in rotations {
+                    let handover: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+                        "SELECT note FROM {s}.checkpoints WHERE size = $1 ORDER BY id LIMIT 1"
+                    )))
+                    .bind(t)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    if let Some(n) = handover {
+                        let d = dir.join(ROTATIONS);
+                        let p = d.join(t.to_string());
+                        std::fs::create_dir_all(&d)
+                            .and_then(|()| std::fs::write(&p, n))
+                            .map_err(|e| io_err(&p, e))?;
+                    }
+                }
                 let p = dir.join("checkpoint");
                 std::fs::write(&p, note).map_err(|e| io_err(&p, e))?;
                 tx.commit().await.map_err(db)?;
@@ -505,18 +529,23 @@ async fn entries_after(
     .map_err(db)
 }
 
+/// Signs the checkpoint of the tree (`size`, `root`) and inserts it; with `cosigner` it is a
+/// hand-over, signed by the current key and then the new one.
 async fn insert_checkpoint(
     tx: &mut PgConnection,
     s: &str,
     signer: &NoteSigner,
+    cosigner: Option<&NoteSigner>,
     writer: &str,
     size: u64,
     root: Hash,
 ) -> Result<String, LogError> {
     let cp = stamped_checkpoint(signer.name(), size, root);
-    let note = signer
-        .sign(&cp.to_text())
-        .map_err(|e| LogError::Checkpoint(e.to_string()))?;
+    let bad = |e: crate::note::NoteError| LogError::Checkpoint(e.to_string());
+    let mut note = signer.sign(&cp.to_text()).map_err(bad)?;
+    if let Some(new) = cosigner {
+        note = new.cosign(&note).map_err(bad)?;
+    }
     sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO {s}.checkpoints (size, root, note, signed_by) VALUES ($1, $2, $3, $4)"
     )))
@@ -554,6 +583,17 @@ async fn lock_head(
             signer.name()
         )));
     }
+    // After a hand-over (`ledger rotate-key` on another machine) this key no longer signs.
+    let newest: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT note FROM {s}.checkpoints ORDER BY size DESC, id DESC LIMIT 1"
+    )))
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(db)?;
+    let me = signer.verifier();
+    if newest.is_some_and(|n| !me.signed_last(&n)) {
+        return Err(LogError::NotSigner { key: me.who() });
+    }
     let size: i64 = row.get(1);
     let range: Vec<u8> = row.get(2);
     let last: Vec<u8> = row.get(3);
@@ -579,8 +619,28 @@ async fn lock_head(
     Ok((CompactRange::from_parts(size, parts), hash32(&last)?))
 }
 
-impl LedgerLog for PgLedger {
-    fn append(&mut self, events: Vec<Event>) -> Result<Appended, LogError> {
+impl PgLedger {
+    /// Hands the signing over to `new`, as [`crate::log::LogWriter::rotate_signer`] does: the
+    /// `signer_rotated` entry and its checkpoint, signed by both keys, in one transaction.
+    /// Writers elsewhere that still hold the old key are refused from then on.
+    pub fn rotate_signer(&mut self, new: NoteSigner, actor: Hash) -> Result<Appended, LogError> {
+        let old = self.signer()?;
+        let new = Arc::new(new);
+        let event = Event::SignerRotated {
+            old_key: old.verifier().to_key_string(),
+            new_key: new.verifier().to_key_string(),
+            actor,
+        };
+        let a = self.append_with(vec![event], Some(new.clone()))?;
+        self.signer = Some(new);
+        Ok(a)
+    }
+
+    fn append_with(
+        &mut self,
+        events: Vec<Event>,
+        cosigner: Option<Arc<NoteSigner>>,
+    ) -> Result<Appended, LogError> {
         let signer = self.signer()?;
         let s = self.schema.clone();
         let writer = self.writer.clone();
@@ -619,9 +679,16 @@ impl LedgerLog for PgLedger {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-                let checkpoint =
-                    insert_checkpoint(&mut tx, &s, &signer, &writer, range.size(), range.root())
-                        .await?;
+                let checkpoint = insert_checkpoint(
+                    &mut tx,
+                    &s,
+                    &signer,
+                    cosigner.as_deref(),
+                    &writer,
+                    range.size(),
+                    range.root(),
+                )
+                .await?;
                 tx.commit().await.map_err(db)?;
                 Ok(Appended {
                     first_seq,
@@ -632,6 +699,12 @@ impl LedgerLog for PgLedger {
             })
         })
     }
+}
+
+impl LedgerLog for PgLedger {
+    fn append(&mut self, events: Vec<Event>) -> Result<Appended, LogError> {
+        self.append_with(events, None)
+    }
 
     fn resign(&mut self) -> Result<String, LogError> {
         let signer = self.signer()?;
@@ -641,9 +714,16 @@ impl LedgerLog for PgLedger {
             w.block_on(async move |c| {
                 let mut tx = c.begin().await.map_err(db)?;
                 let (range, _) = lock_head(&mut tx, &s, &signer).await?;
-                let note =
-                    insert_checkpoint(&mut tx, &s, &signer, &writer, range.size(), range.root())
-                        .await?;
+                let note = insert_checkpoint(
+                    &mut tx,
+                    &s,
+                    &signer,
+                    None,
+                    &writer,
+                    range.size(),
+                    range.root(),
+                )
+                .await?;
                 tx.commit().await.map_err(db)?;
                 Ok(note)
             })

@@ -10,14 +10,17 @@
 //!    equals the checkpoint's.
 //! 6. Consistency: the tree at the size of the last checkpoint this verifier accepted has the
 //!    root it had then (kept by the verifier, in its own state file).
+//! 7. The signer: from the given key, along the log's `signer_rotated` entries, each handed
+//!    over by a checkpoint that both keys signed (`rotations/<size>`), to the key that must
+//!    have signed the checkpoint.
 //!
 //! The first failure is reported with the entry it concerns and what is wrong.
 
-use crate::entry::Entry;
+use crate::entry::{Entry, Event, SIGNER_ROTATED};
+use crate::log::ROTATIONS;
 use crate::log::list_tiles;
 use crate::merkle::{CompactRange, Hash, leaf_hash};
-use crate::note::Checkpoint;
-use crate::note::NoteVerifier;
+use crate::note::{Checkpoint, NoteVerifier, unverified_text};
 use crate::tiles::{self, TILE_WIDTH, TileId, TileKind};
 use std::path::Path;
 
@@ -26,6 +29,8 @@ use std::path::Path;
 pub enum Tamper {
     #[error("the checkpoint's signature does not verify: {0}")]
     BadSignature(String),
+    #[error("the signing key hand-over at entry {seq} does not hold: {what}")]
+    Handover { seq: u64, what: String },
     #[error("entry {seq} was modified: {what}")]
     Modified { seq: u64, what: String },
     #[error("an entry was inserted at position {pos} (it claims to be entry {claims})")]
@@ -83,6 +88,11 @@ pub struct Verified {
     pub size: u64,
     pub root: Hash,
     pub checkpoint: String,
+    /// The key that signed the checkpoint: the given one, or the one the log handed the
+    /// signing over to from it.
+    pub signer: NoteVerifier,
+    /// The entries that handed the signing over from the given key on (`signer_rotated`).
+    pub handovers: Vec<u64>,
 }
 
 /// Per position: (sequence number the entry claims, its prev, its leaf hash).
@@ -105,9 +115,14 @@ pub fn verify(
     let note_path = dir.join("checkpoint");
     let note = std::fs::read_to_string(&note_path)
         .map_err(|e| VerifyError::Unreadable(format!("{}: {e}", note_path.display())))?;
-    let text = key
-        .open(&note)
-        .map_err(|e| Tamper::BadSignature(e.to_string()))?;
+    // The checkpoint of a log whose signing key was never handed over must be signed by the
+    // given key; otherwise the key in charge follows from the entries (step 7, at the end).
+    let handed_over = rotation_notes(dir)?;
+    if handed_over.is_empty() {
+        key.open(&note)
+            .map_err(|e| Tamper::BadSignature(e.to_string()))?;
+    }
+    let text = unverified_text(&note).map_err(|e| Tamper::BadSignature(e.to_string()))?;
     // Signed but not a checkpoint: whoever holds the key wrote something else there.
     let cp = Checkpoint::parse(text).map_err(|e| {
         VerifyError::Unreadable(format!("the signed checkpoint does not parse: {e}"))
@@ -135,6 +150,7 @@ pub fn verify(
     if let Some((s, _)) = seen {
         keep.push(s / TILE_WIDTH);
     }
+    keep.extend(handed_over.iter().map(|t| t / TILE_WIDTH));
     let chunk = bundles.len().div_ceil(threads).max(1);
     let spans: Option<Vec<Span>> = par_chunks(&bundles, chunk, |part| {
         Ok(scan_span(dir, part, &stored, &keep))
@@ -142,15 +158,17 @@ pub fn verify(
     .into_iter()
     .map(|r| r.ok().flatten())
     .collect();
-    let (tile_roots, kept) = match spans.filter(|s| spans_link(s, size)) {
+    let (tile_roots, kept, rotations) = match spans.filter(|s| spans_link(s, size)) {
         Some(spans) => {
             let mut roots = Vec::with_capacity((size / TILE_WIDTH) as usize);
             let mut kept = std::collections::HashMap::new();
+            let mut rotations = Vec::new();
             for s in spans {
                 roots.extend(s.tile_roots);
                 kept.extend(s.kept);
+                rotations.extend(s.rotations);
             }
-            (roots, kept)
+            (roots, kept, rotations)
         }
         None => diagnose(dir, size, &bundles, &stored, threads, &keep)?,
     };
@@ -228,12 +246,134 @@ pub fn verify(
             .into());
         }
     }
+    let (signer, handovers) = check_signer(dir, size, &rotations, key, &note, root_at)?;
     Ok(Verified {
         origin: cp.origin,
         size,
         root,
         checkpoint: note,
+        signer,
+        handovers,
     })
+}
+
+/// The tree sizes of the hand-over checkpoints kept in `rotations/`.
+fn rotation_notes(dir: &Path) -> Result<Vec<u64>, VerifyError> {
+    let d = dir.join(ROTATIONS);
+    let rd = match std::fs::read_dir(&d) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(VerifyError::Unreadable(format!("{}: {e}", d.display()))),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| VerifyError::Unreadable(format!("{}: {e}", d.display())))?;
+        if let Some(t) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Step 7. Each `signer_rotated` entry hands the signing over from its old key to its new one:
+/// the next entry's old key, and the checkpoint of the tree ending with it, kept as
+/// `rotations/<size>`, must be signed by both and be of that tree. The given key must be one
+/// of the chain's keys, and the checkpoint must be signed by the last one: whoever holds a
+/// retired key (a leaked one, say) can no longer sign for the log. Returns the key in charge
+/// and the hand-overs from the given key on.
+fn check_signer(
+    dir: &Path,
+    size: u64,
+    rotations: &[u64],
+    key: &NoteVerifier,
+    note: &str,
+    root_at: impl Fn(u64) -> Hash,
+) -> Result<(NoteVerifier, Vec<u64>), VerifyError> {
+    let mut links: Vec<(u64, NoteVerifier, NoteVerifier)> = Vec::with_capacity(rotations.len());
+    for &seq in rotations {
+        let bad = |what: String| Tamper::Handover { seq, what };
+        let bytes = tiles::read_entry(dir, size, seq)
+            .map_err(|e| VerifyError::Unreadable(format!("entry {seq}: {e}")))?;
+        let Ok(Entry {
+            event: Event::SignerRotated {
+                old_key, new_key, ..
+            },
+            ..
+        }) = Entry::decode(&bytes)
+        else {
+            return Err(bad("it does not decode as a signer_rotated entry".into()).into());
+        };
+        let parse = |k: &str| {
+            NoteVerifier::parse(k).map_err(|e| bad(format!("a key it names does not parse: {e}")))
+        };
+        let (old, new) = (parse(&old_key)?, parse(&new_key)?);
+        if old.name() != new.name() {
+            return Err(
+                bad("the new key has another name (origin) than the old one".into()).into(),
+            );
+        }
+        if let Some((_, _, in_charge)) = links.last()
+            && *in_charge != old
+        {
+            return Err(bad(format!(
+                "it hands the signing over from key {}, but the key in charge was {}",
+                old.who(),
+                in_charge.who()
+            ))
+            .into());
+        }
+        let rel = format!("{ROTATIONS}/{}", seq + 1);
+        let handover = match std::fs::read_to_string(dir.join(&rel)) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(bad(format!(
+                    "its checkpoint signed by both keys ({rel}) is missing"
+                ))
+                .into());
+            }
+            Err(e) => return Err(VerifyError::Unreadable(format!("{rel}: {e}"))),
+        };
+        let mut text = "";
+        for k in [&old, &new] {
+            text = k.open(&handover).map_err(|e| bad(format!("{rel}: {e}")))?;
+        }
+        let cp = Checkpoint::parse(text).map_err(|e| bad(format!("{rel}: {e}")))?;
+        if cp.size != seq + 1 || cp.root != root_at(seq + 1) {
+            return Err(bad(format!(
+                "{rel} is not the checkpoint of the tree ending with it"
+            ))
+            .into());
+        }
+        links.push((seq, old, new));
+    }
+    // The hand-overs after the given key took charge.
+    let from = if links.first().is_none_or(|(_, old, _)| old == key) {
+        0
+    } else if let Some(j) = links.iter().position(|(_, _, new)| new == key) {
+        j + 1
+    } else {
+        return Err(Tamper::BadSignature(format!(
+            "key {} never signed this log (its first signing key is {})",
+            key.who(),
+            links[0].1.who()
+        ))
+        .into());
+    };
+    let in_charge = links.last().map_or(key, |(_, _, new)| new).clone();
+    if let Err(e) = in_charge.open(note) {
+        return Err(Tamper::BadSignature(match links.last() {
+            Some((seq, _, _)) => format!(
+                "{e}; since the hand-over at entry {seq}, key {} signs this log",
+                in_charge.who()
+            ),
+            None => e.to_string(),
+        })
+        .into());
+    }
+    Ok((
+        in_charge,
+        links[from..].iter().map(|(seq, _, _)| *seq).collect(),
+    ))
 }
 
 /// Step 6: partial tiles that a wider tile of the checkpoint's tree supersedes (the rightmost
@@ -310,6 +450,8 @@ struct Span {
     tile_roots: Vec<Hash>,
     /// The leaves of the asked-for tiles.
     kept: Vec<(u64, Vec<Hash>)>,
+    /// The numbers of the `signer_rotated` entries.
+    rotations: Vec<u64>,
 }
 
 /// The fast pass over `ids`: every entry decodes and has its position as number, chains to the
@@ -326,6 +468,7 @@ fn scan_span(
         entries: 0,
         tile_roots: Vec::with_capacity(ids.len()),
         kept: Vec::new(),
+        rotations: Vec::new(),
     };
     let mut leaves: Vec<Hash> = Vec::with_capacity(TILE_WIDTH as usize);
     for id in ids {
@@ -355,6 +498,9 @@ fn scan_span(
                 span.first_prev = prev;
             } else if prev != span.last_leaf {
                 return None;
+            }
+            if e[1] == SIGNER_ROTATED {
+                span.rotations.push(seq);
             }
             span.last_leaf = leaf_hash(e);
             span.entries += 1;
@@ -419,13 +565,23 @@ fn diagnose(
     stored: &std::collections::HashMap<u64, Vec<u16>>,
     threads: usize,
     keep: &[u64],
-) -> Result<(Vec<Hash>, std::collections::HashMap<u64, Vec<Hash>>), VerifyError> {
+) -> Result<
+    (
+        Vec<Hash>,
+        std::collections::HashMap<u64, Vec<Hash>>,
+        Vec<u64>,
+    ),
+    VerifyError,
+> {
     let chunk = bundles.len().div_ceil(threads).max(1);
     let results = par_chunks(bundles, chunk, |part| read_bundles(dir, part, stored));
     // (seq claimed, prev, leaf hash) per position.
     let mut entries: Vec<(u64, Hash, Hash)> = Vec::with_capacity(size as usize);
+    let mut rotations = Vec::new();
     for r in results {
-        entries.extend(r?);
+        let (scanned, rotated) = r?;
+        entries.extend(scanned);
+        rotations.extend(rotated);
     }
     classify_sequence(&entries, size)?;
     let leaves: Vec<Hash> = entries.iter().map(|e| e.2).collect();
@@ -448,7 +604,7 @@ fn diagnose(
             (t, leaves[start..end].to_vec())
         })
         .collect();
-    Ok((tile_roots, kept))
+    Ok((tile_roots, kept, rotations))
 }
 
 /// Runs `f` on chunks of `items` (`per` each) on scoped threads; results in chunk order.
@@ -542,8 +698,9 @@ fn read_bundles(
     dir: &Path,
     ids: &[TileId],
     stored: &std::collections::HashMap<u64, Vec<u16>>,
-) -> Result<Scanned, VerifyError> {
+) -> Result<(Scanned, Vec<u64>), VerifyError> {
     let mut out = Vec::with_capacity(ids.len() * TILE_WIDTH as usize);
+    let mut rotations = Vec::new();
     for id in ids {
         // The exact width, or the full bundle (a partial one may be superseded).
         let widths = stored.get(&id.index).cloned().unwrap_or_default();
@@ -601,7 +758,12 @@ fn read_bundles(
         for (k, e) in list.iter().take(take).enumerate() {
             let pos = first + k as u64;
             match Entry::check(e) {
-                Ok((seq, prev)) => out.push((seq, prev, leaf_hash(e))),
+                Ok((seq, prev)) => {
+                    if e[1] == SIGNER_ROTATED {
+                        rotations.push(seq);
+                    }
+                    out.push((seq, prev, leaf_hash(e)));
+                }
                 Err(err) => {
                     return Err(Tamper::Modified {
                         seq: pos,
@@ -612,7 +774,7 @@ fn read_bundles(
             }
         }
     }
-    Ok(out)
+    Ok((out, rotations))
 }
 
 /// Names the first position whose entry is not the expected one.
@@ -689,7 +851,7 @@ mod tests {
                     .map(|c| scan_span(dir.path(), c, &stored, &keep).expect("sound"))
                     .collect();
                 assert!(spans_link(&spans, n), "n={n}");
-                let (roots, kept) =
+                let (roots, kept, _) =
                     diagnose(dir.path(), n, &bundles, &stored, threads, &keep).unwrap();
                 let fast_roots: Vec<Hash> =
                     spans.iter().flat_map(|s| s.tile_roots.clone()).collect();
