@@ -273,8 +273,42 @@ fn read_own_checkpoint(
             key: verifier.who(),
         }),
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
-        _ => Ok(read_checkpoint(dir, verifier)?.map(|(cp, _)| cp)),
+        _ => match read_checkpoint(dir, verifier)? {
+            Some((cp, _)) if handed_over(dir, verifier, cp.size)? => Err(LogError::NotSigner {
+                key: verifier.who(),
+            }),
+            cp => Ok(cp.map(|(cp, _)| cp)),
+        },
     }
+}
+
+/// Whether a hand-over kept in `rotations/` retired `verifier`'s key (it signed the hand-over
+/// first, not last) within the tree of `size` entries: a checkpoint it signs since is not the
+/// log's, even when it is the one on disk (signed with a copy of the key).
+fn handed_over(dir: &Path, verifier: &NoteVerifier, size: u64) -> Result<bool, LogError> {
+    let d = dir.join(ROTATIONS);
+    let rd = match std::fs::read_dir(&d) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io(&d)(e)),
+    };
+    for e in rd {
+        let e = e.map_err(io(&d))?;
+        // A hand-over beyond the checkpoint is a torn tail's, not yet the log's.
+        if !e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|t| t <= size)
+        {
+            continue;
+        }
+        let note = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if verifier.open(&note).is_ok() && !verifier.signed_last(&note) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Files of `rotations/` that the checkpoint of size `size` does not cover: hand-over notes of

@@ -472,3 +472,138 @@ fn superseded_partial_tiles_are_pruned_once_their_tile_fills_and_verified_until_
         "{listed:?}"
     );
 }
+
+fn key(seed: u8) -> NoteSigner {
+    NoteSigner::from_seed(ORIGIN, &[seed; 32]).unwrap()
+}
+
+fn verify_with(dir: &Path, seed: u8) -> Result<sealtrail_ledger::verify::Verified, VerifyError> {
+    verify(dir, &key(seed).verifier(), None, 2)
+}
+
+/// `ledger rotate-key`: the signing is handed over twice (keys 3 -> 4 -> 5) between appends
+/// that span tiles. A verifier holding any of the three keys follows the hand-overs to the
+/// key in charge; a checkpoint signed by a retired key (a leaked one), a missing or altered
+/// hand-over, and a key the log never had are each caught; the retired key can no longer
+/// append; and a hand-over torn by a crash is discarded by recovery, its note with it.
+#[test]
+fn the_signing_key_is_handed_over_and_verifiers_of_every_key_follow() {
+    let d = tempfile::tempdir().unwrap();
+    let mut w = build(d.path(), 300, 100);
+    let a = w.rotate_signer(key(4), [1; 32]).unwrap();
+    assert_eq!((a.first_seq, a.size), (300, 301));
+    w.append((301..600).map(ev).collect()).unwrap();
+    w.rotate_signer(key(5), [2; 32]).unwrap();
+    w.append((601..700).map(ev).collect()).unwrap();
+    drop(w);
+    let kept: Vec<String> = {
+        let mut v: Vec<String> = std::fs::read_dir(d.path().join("rotations"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(kept, ["301", "601"]);
+    for (seed, followed) in [(3, vec![300, 600]), (4, vec![600]), (5, vec![])] {
+        let ok = verify_with(d.path(), seed).unwrap();
+        assert_eq!(ok.size, 700);
+        assert_eq!(ok.signer, key(5).verifier(), "from key {seed}");
+        assert_eq!(ok.handovers, followed, "from key {seed}");
+    }
+    let bad = |seed| match verify_with(d.path(), seed) {
+        Err(VerifyError::Tampered(t)) => t,
+        other => panic!("expected tampering, got {other:?}"),
+    };
+    // A key the log never had.
+    assert!(matches!(bad(9), Tamper::BadSignature(m) if m.contains("never signed")));
+
+    // A retired key signs the tree: refused by every verifier, whatever key it holds.
+    let good = std::fs::read_to_string(d.path().join("checkpoint")).unwrap();
+    let text = sealtrail_ledger::note::unverified_text(&good).unwrap();
+    std::fs::write(d.path().join("checkpoint"), key(4).sign(text).unwrap()).unwrap();
+    for seed in [3, 4, 5] {
+        assert!(
+            matches!(bad(seed), Tamper::BadSignature(ref m) if m.contains("since the hand-over at entry 600")),
+            "{seed}"
+        );
+    }
+    // ... and the retired key cannot append.
+    assert!(matches!(
+        LogWriter::open(d.path(), ORIGIN, key(4), OpenMode::FailClosed),
+        Err(LogError::NotSigner { .. })
+    ));
+    std::fs::write(d.path().join("checkpoint"), &good).unwrap();
+    assert!(matches!(
+        LogWriter::open(d.path(), ORIGIN, key(3), OpenMode::FailClosed),
+        Err(LogError::NotSigner { .. })
+    ));
+
+    // A hand-over note missing or signed by one key only: caught even with the newest key.
+    let note = d.path().join("rotations/301");
+    let handover = std::fs::read_to_string(&note).unwrap();
+    std::fs::remove_file(&note).unwrap();
+    for seed in [3, 5] {
+        assert!(
+            matches!(bad(seed), Tamper::Handover { seq: 300, ref what } if what.contains("missing")),
+            "{seed}"
+        );
+    }
+    let text = sealtrail_ledger::note::unverified_text(&handover).unwrap();
+    std::fs::write(&note, key(3).sign(text).unwrap()).unwrap();
+    assert!(matches!(bad(5), Tamper::Handover { seq: 300, .. }));
+    // A note of another tree, signed by both keys: not this hand-over's.
+    let other = key(4)
+        .cosign(
+            &key(3)
+                .sign(&sealtrail_ledger::log::stamped_checkpoint(ORIGIN, 301, [0; 32]).to_text())
+                .unwrap(),
+        )
+        .unwrap();
+    std::fs::write(&note, other).unwrap();
+    assert!(
+        matches!(bad(3), Tamper::Handover { seq: 300, ref what } if what.contains("not the checkpoint"))
+    );
+    std::fs::write(&note, &handover).unwrap();
+    assert_eq!(verify_with(d.path(), 3).unwrap().size, 700);
+
+    // A crash after the hand-over's files but before its checkpoint: a torn tail, which
+    // recovery discards together with the hand-over note.
+    let mut w = LogWriter::open(d.path(), ORIGIN, key(5), OpenMode::FailClosed).unwrap();
+    w.rotate_signer(key(6), [3; 32]).unwrap();
+    drop(w);
+    std::fs::write(d.path().join("checkpoint"), &good).unwrap();
+    assert!(matches!(
+        LogWriter::open(d.path(), ORIGIN, key(5), OpenMode::FailClosed),
+        Err(LogError::TornTail { size: 700, .. })
+    ));
+    let w = LogWriter::open(d.path(), ORIGIN, key(5), OpenMode::Recover).unwrap();
+    assert_eq!(w.size(), 701);
+    drop(w);
+    assert!(!d.path().join("rotations/701").exists());
+    let ok = verify_with(d.path(), 3).unwrap();
+    assert_eq!((ok.size, ok.signer), (701, key(5).verifier()));
+}
+
+/// Every changed byte of a kept hand-over note is caught, whichever key the verifier holds.
+#[test]
+fn every_changed_byte_of_a_handover_is_caught() {
+    let d = tempfile::tempdir().unwrap();
+    let mut w = build(d.path(), 40, 40);
+    w.rotate_signer(key(4), [1; 32]).unwrap();
+    w.append((41..50).map(ev).collect()).unwrap();
+    drop(w);
+    let f = d.path().join("rotations/41");
+    let original = std::fs::read(&f).unwrap();
+    for at in 0..original.len() {
+        let mut b = original.clone();
+        b[at] ^= 0x01;
+        std::fs::write(&f, &b).unwrap();
+        for seed in [3, 4] {
+            let r = std::panic::catch_unwind(|| verify_with(d.path(), seed));
+            assert!(matches!(r, Ok(Err(_))), "byte {at} from key {seed}: {r:?}");
+        }
+    }
+    std::fs::write(&f, &original).unwrap();
+    assert_eq!(verify_with(d.path(), 3).unwrap().size, 50);
+}

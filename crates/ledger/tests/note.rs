@@ -69,3 +69,32 @@ fn checkpoints_round_trip_through_a_signed_note() {
         assert!(Checkpoint::parse(bad).is_err(), "{bad:?}");
     }
 }
+
+/// A co-signed note (a ledger's signing-key hand-over) carries both signatures, each key
+/// opens it, and the key that signed last is the one in charge.
+#[test]
+fn a_cosigned_note_opens_with_either_key_and_names_the_last_signer() {
+    let old = NoteSigner::from_seed("example.com/log", &[1; 32]).unwrap();
+    let new = NoteSigner::from_seed("example.com/log", &[2; 32]).unwrap();
+    let text = "example.com/log\n1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n";
+    let once = old.sign(text).unwrap();
+    let both = new.cosign(&once).unwrap();
+    assert!(both.starts_with(&once) && both.lines().count() == once.lines().count() + 1);
+    for k in [&old, &new] {
+        assert_eq!(k.verifier().open(&both).unwrap(), text);
+    }
+    assert!(new.verifier().signed_last(&both) && !old.verifier().signed_last(&both));
+    assert!(old.verifier().signed_last(&once) && !new.verifier().signed_last(&once));
+    assert_eq!(
+        sealtrail_ledger::note::unverified_text(&both).unwrap(),
+        text
+    );
+    // The second signature is over the same text: changing the text breaks both.
+    let forged = both.replacen("\n1\n", "\n2\n", 1);
+    for k in [&old, &new] {
+        assert!(matches!(
+            k.verifier().open(&forged),
+            Err(NoteError::BadSignature(_))
+        ));
+    }
+}

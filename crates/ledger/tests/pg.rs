@@ -346,3 +346,35 @@ fn connection_errors_name_no_secret() {
         .to_string();
     assert!(err.contains("not a usable schema name"), "{err}");
 }
+
+/// A hand-over of the signing key in PostgreSQL: one transaction appends the entry and its
+/// checkpoint signed by both keys; the export carries that checkpoint (`rotations/<size>`)
+/// so a verifier holding the old key follows it; a writer elsewhere still holding the old key
+/// is refused, and the new key appends.
+#[test]
+fn the_signing_key_is_handed_over_in_the_database() {
+    let (s, mut l) = fresh("rotation");
+    l.append((0..5).map(ev).collect()).unwrap();
+    let mut elsewhere = PgLedger::connect(&url(), &s, Some(signer()), "old-writer").unwrap();
+    let new = || NoteSigner::from_seed(ORIGIN, &[10; 32]).unwrap();
+    let a = l.rotate_signer(new(), [1; 32]).unwrap();
+    assert_eq!((a.first_seq, a.size), (5, 6));
+    assert!(new().verifier().signed_last(&a.checkpoint));
+    assert!(signer().verifier().open(&a.checkpoint).is_ok());
+    l.append((6..9).map(ev).collect()).unwrap();
+    match elsewhere.append(vec![ev(99)]) {
+        Err(sealtrail_ledger::log::LogError::NotSigner { key }) => {
+            assert_eq!(key, signer().verifier().who())
+        }
+        other => panic!("{other:?}"),
+    }
+    for (verifier, followed) in [(signer().verifier(), vec![5]), (new().verifier(), vec![])] {
+        let d = tempfile::tempdir().unwrap();
+        let ok = l.verify(d.path(), &verifier, None, 2).unwrap();
+        assert_eq!((ok.size, &ok.handovers), (9, &followed));
+        assert_eq!(ok.signer, new().verifier());
+        assert!(d.path().join("rotations/6").exists());
+    }
+    drop(elsewhere);
+    sql(&url(), &format!("DROP SCHEMA {s} CASCADE")).unwrap();
+}
