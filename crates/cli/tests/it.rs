@@ -1701,6 +1701,45 @@ fn runs_record_into_a_postgres_ledger_that_the_same_verifier_checks() {
     );
     assert!(out.contains(&format!("verified: {n} entries")), "{out}");
 
+    // The signing key handed over in the database: a writer machine still holding the old key
+    // (its own home) is refused; the old verifier key follows the hand-over.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    for f in ["ledger.key", "ledger.pub"] {
+        std::fs::copy(home.join(f), elsewhere.join(f)).unwrap();
+    }
+    let mut c = bin();
+    ledger(c.args(["ledger", "rotate-key"]));
+    let out = run_ok(&mut c);
+    assert!(
+        out.contains("copy the new ledger.key and ledger.pub to every writer machine"),
+        "{out}"
+    );
+    let o = bin()
+        .args(["ledger", "sign", "--home"])
+        .arg(&elsewhere)
+        .env("SEALTRAIL_LEDGER_URL", pg_url())
+        .env("SEALTRAIL_LEDGER_SCHEMA", &schema)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not signed by this signing key"),
+        "{o:?}"
+    );
+    let mut c = bin();
+    ledger(
+        c.args(["ledger", "verify", "--key"])
+            .arg(elsewhere.join("ledger.pub"))
+            .arg("--state")
+            .arg(dir.path().join("old-key.seen")),
+    );
+    let out = run_ok(&mut c);
+    assert!(
+        out.contains(&format!("verified: {} entries", n + 1)),
+        "{out}"
+    );
+    assert!(out.contains("handed its signing over"), "{out}");
+
     // A row changed behind the triggers' back: tampered, exit 4, the entry named.
     pg(&format!(
         "ALTER TABLE {schema}.entries DISABLE TRIGGER append_only;
@@ -1714,6 +1753,100 @@ ALTER TABLE {schema}.entries ENABLE TRIGGER append_only"
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("entry 2 was modified"), "{text}");
     pg(&format!("DROP SCHEMA {schema} CASCADE"));
+}
+
+/// `ledger rotate-key`: the signing key is handed over in the log. A bundle proven after it
+/// verifies offline with the old verifier key (it carries the hand-over), `ledger verify` with
+/// the old key follows it and names the new one, and the old key can no longer sign. A
+/// rotation interrupted before the log took it resumes with the same new key; one interrupted
+/// after is finished, not repeated.
+#[test]
+fn the_ledger_signing_key_is_rotated_and_old_verifiers_follow() {
+    let (dir, spec) = id_name_project("rotation", true, &[("a.csv", "id,name\n1,a\n")]);
+    let d = dir.path();
+    let home = d.join(".sealtrail");
+    run_ok(bin().arg("run").arg(&spec));
+    let ledger = |args: &[&str]| {
+        let mut c = bin();
+        c.arg("ledger").arg("--home").arg(&home).args(args);
+        c
+    };
+    let prove = |id: &str, out: &str| {
+        run_ok(
+            bin()
+                .arg("prove")
+                .arg(&spec)
+                .args(["--sink", "out", "--where", &format!("id={id}"), "--out"])
+                .arg(d.join(out)),
+        )
+    };
+    prove("1", "before.json");
+    for f in ["ledger.pub", "ledger.key"] {
+        std::fs::copy(home.join(f), d.join(format!("old.{f}"))).unwrap();
+    }
+    // Interrupted before the log named it: the new key was already kept as ledger.key.next.
+    let other = d.join("other");
+    run_ok(bin().args(["ledger", "init", "--home"]).arg(&other));
+    std::fs::copy(other.join("ledger.key"), home.join("ledger.key.next")).unwrap();
+    let out = run_ok(&mut ledger(&["rotate-key", "--by", "ops"]));
+    assert!(out.contains("hands the signing over"), "{out}");
+    let new_pub = std::fs::read_to_string(home.join("ledger.pub")).unwrap();
+    assert_eq!(
+        new_pub,
+        std::fs::read_to_string(other.join("ledger.pub")).unwrap()
+    );
+    assert!(!home.join("ledger.key.next").exists());
+    assert!(home.join("ledger/rotations").read_dir().unwrap().count() == 1);
+
+    std::fs::write(d.join("in/b.csv"), "id,name\n2,b\n").unwrap();
+    run_ok(bin().arg("run").arg(&spec));
+    prove("2", "after.json");
+    let old_pub = d.join("old.ledger.pub");
+    let (code, out) = verify_proof(&d.join("after.json"), &old_pub, None);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("handed over 1 time(s)"), "{out}");
+    // A bundle made before the rotation is signed by the old key only.
+    let (code, out) = verify_proof(&d.join("before.json"), &old_pub, None);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = verify_proof(&d.join("before.json"), &home.join("ledger.pub"), None);
+    assert_eq!(code, Some(4), "{out}");
+    assert!(out.contains("signer_rotated"), "{out}");
+    let out = run_ok(
+        ledger(&["verify", "--key"])
+            .arg(&old_pub)
+            .arg("--state")
+            .arg(d.join("seen")),
+    );
+    assert!(
+        out.contains("handed its signing over") && out.contains(new_pub.trim()),
+        "{out}"
+    );
+
+    // The old key, put back, cannot sign for the log any more.
+    std::fs::copy(home.join("ledger.key"), d.join("new.key")).unwrap();
+    std::fs::copy(d.join("old.ledger.key"), home.join("ledger.key")).unwrap();
+    let o = ledger(&["sign"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not signed by this signing key"));
+    std::fs::copy(d.join("new.key"), home.join("ledger.key")).unwrap();
+
+    // A second rotation, interrupted after the log took it (the new key not yet in place):
+    // running it again finishes it without a third hand-over.
+    run_ok(&mut ledger(&["rotate-key"]));
+    std::fs::copy(home.join("ledger.key"), home.join("ledger.key.next")).unwrap();
+    std::fs::copy(d.join("new.key"), home.join("ledger.key")).unwrap();
+    let out = run_ok(&mut ledger(&["rotate-key"]));
+    assert!(out.contains("finishing a rotation"), "{out}");
+    let shown = run_ok(&mut ledger(&["show", "--type", "signer_rotated"]));
+    assert_eq!(shown.lines().count(), 2, "{shown}");
+    run_ok(bin().arg("run").arg(&spec));
+    let out = run_ok(
+        ledger(&["verify", "--key"])
+            .arg(&old_pub)
+            .arg("--state")
+            .arg(d.join("seen")),
+    );
+    assert!(out.contains("verified:"), "{out}");
 }
 
 #[test]
