@@ -85,6 +85,9 @@ pub(crate) fn record(home: &Path, la: &LedgerArgs, events: Vec<Event>) -> Result
     Ok(())
 }
 
+/// The longest `--reason` a decryption records.
+pub(crate) const MAX_REASON_BYTES: usize = 1024;
+
 /// Records a decryption: one `key_event` per key used and one `data_access` with the reason.
 fn record_access<'a>(
     home: &Path,
@@ -95,6 +98,14 @@ fn record_access<'a>(
     reason: &str,
     rows: usize,
 ) -> Result<()> {
+    // Kept in the ledger for good: a reference, not a story (an entry has 64 KiB at most, and
+    // a longer text failed the command with a bare "entry is N bytes").
+    if reason.len() > MAX_REASON_BYTES {
+        bail!(
+            "the reason is {} bytes; give one of at most {MAX_REASON_BYTES} (it is kept in the ledger for good: a ticket or case number, say)",
+            reason.len()
+        );
+    }
     let (_, h) = actor(by);
     let mut events: Vec<Event> = keys
         .map(|id| Event::KeyEvent {

@@ -68,6 +68,12 @@ fn assert_forged_bundle_rejected(dir: &Path, forged: &serde_json::Value, key: &P
 fn python() -> Command {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        // One install at a time across test processes too (nextest runs each test in its own):
+        // a second process would otherwise see a half-installed package and fail.
+        let lock =
+            std::fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("python.lock"))
+                .expect("lock file for the Python install");
+        lock.lock().expect("locking the Python install");
         let ok = Command::new("python3")
             .args([
                 "-c",
@@ -6017,6 +6023,23 @@ for x in r: print(x['customer_id'], x['email_enc'], x['name_enc'])
         assert!(String::from_utf8_lossy(&out.stderr).contains("shredded"));
     }
     assert!(dec(b[1]).status.success(), "another subject is untouched");
+    // A reason is kept in the ledger for good: one too long is refused before anything is
+    // decrypted or recorded, saying how long it may be.
+    let entries = ledger_entries(&home);
+    let out = bin()
+        .args(["decrypt", "--reason", &"x".repeat(70_000), "--home"])
+        .arg(&home)
+        .arg(b[1])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the reason is 70000 bytes; give one of at most 1024"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(ledger_entries(&home), entries);
     // Without --by, $USER or $LOGNAME (cron, containers), the act is the process's account's.
     let account = std::process::Command::new("id")
         .arg("-un")
