@@ -56,6 +56,9 @@ pub struct CsvReader {
     bytes_per_row: usize,
     /// Content digests of the files read to their end (incremental sources only).
     digests: Vec<(Arc<str>, String)>,
+    /// Per input: the bytes an earlier run loaded, whose records are read past (a file that
+    /// grew since: [`crate::SkipLoaded`]).
+    skips: crate::SkipLoaded,
 }
 
 #[derive(Debug)]
@@ -69,6 +72,10 @@ struct OpenFile {
     chunk: usize,
     /// Physical line number of the next line to read (1-based).
     line_no: u64,
+    /// Offset in the file of `buf[0]`.
+    base: u64,
+    /// Records that start before this offset were loaded by an earlier run: read past.
+    skip: u64,
     /// For each declared column, its index among the file's fields.
     map: Vec<Option<usize>>,
     nfields: usize,
@@ -199,7 +206,14 @@ impl CsvReader {
             fields: Vec::new(),
             bytes_per_row: 64,
             digests: Vec::new(),
+            skips: Default::default(),
         }
+    }
+
+    /// Reads past the records of each input that start before its offset in `skips`.
+    pub fn skipping(mut self, skips: crate::SkipLoaded) -> Self {
+        self.skips = skips;
+        self
     }
 
     fn open(&mut self, path: PathBuf) -> Result<OpenFile> {
@@ -218,6 +232,8 @@ impl CsvReader {
             eof: false,
             chunk: FIRST_READ,
             line_no: 1,
+            base: 0,
+            skip: self.skips.get(&path).copied().unwrap_or(0),
             map: Vec::new(),
             nfields: 0,
         };
@@ -655,6 +671,7 @@ fn skip_line(f: &mut OpenFile, u: Units) -> Result<()> {
 fn refill(f: &mut OpenFile, scan_from: &mut usize) -> Result<()> {
     let keep = f.pos;
     f.buf.drain(..keep);
+    f.base += keep as u64;
     *scan_from -= keep;
     f.pos = 0;
     let old = f.buf.len();
@@ -775,9 +792,15 @@ impl SourceReader for CsvReader {
                 && batch.text_len().max(batch.raw_len())
                     < RawBatch::MAX_TEXT_BYTES - (MAX_RECORD_BYTES + MAX_LINE_BYTES) * 2
             {
+                let at = f.base + f.pos as u64;
                 let (start, end, lines) = match next_record(f, enc, quote, &mut self.fields, delim)?
                 {
                     Some(Next::Record(start, end, lines)) => (start, end, lines),
+                    Some(Next::TooLong(_)) if at < f.skip => {
+                        f.line_no += 1;
+                        consume_terminator(f, units);
+                        continue;
+                    }
                     Some(Next::TooLong(head)) => {
                         malformed.push(Quarantined {
                             input: f.name.clone(),
@@ -800,6 +823,11 @@ impl SourceReader for CsvReader {
                 };
                 let line_no = f.line_no;
                 f.line_no += lines.max(1);
+                if at < f.skip {
+                    crate::check_not_straddling(&f.name, f.base + end as u64, f.skip)?;
+                    consume_terminator(f, units);
+                    continue;
+                }
                 consume_terminator(f, units);
                 // An empty line holds no record when records have two or more fields (as a
                 // blank line in JSON Lines): skipped, not quarantined as a record with one

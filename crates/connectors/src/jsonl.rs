@@ -30,10 +30,25 @@ pub struct JsonlReader {
     source: Source,
     inputs: VecDeque<PathBuf>,
     batch_rows: usize,
-    cur: Option<(Arc<str>, std::io::BufReader<InputBytes>, u64)>,
+    cur: Option<OpenJsonl>,
     line: Vec<u8>,
     /// Content digests of the files read to their end (incremental sources only).
     digests: Vec<(Arc<str>, String)>,
+    /// Per input: the bytes an earlier run loaded ([`crate::SkipLoaded`]).
+    skips: crate::SkipLoaded,
+}
+
+/// The file being read.
+#[derive(Debug)]
+struct OpenJsonl {
+    name: Arc<str>,
+    reader: std::io::BufReader<InputBytes>,
+    /// The last line's number (1-based; 0 before the first).
+    line_no: u64,
+    /// Offset in the file of the next line.
+    offset: u64,
+    /// Lines that start before this offset were loaded by an earlier run: read past.
+    skip: u64,
 }
 
 impl JsonlReader {
@@ -45,7 +60,14 @@ impl JsonlReader {
             cur: None,
             line: Vec::new(),
             digests: Vec::new(),
+            skips: Default::default(),
         }
+    }
+
+    /// Reads past the records of each input that start before its offset in `skips`.
+    pub fn skipping(mut self, skips: crate::SkipLoaded) -> Self {
+        self.skips = skips;
+        self
     }
 }
 
@@ -63,10 +85,24 @@ impl SourceReader for JsonlReader {
                     input: name.to_string(),
                     reason: e.to_string(),
                 })?;
-                self.cur = Some((name, std::io::BufReader::with_capacity(1 << 20, f), 0));
+                let skip = self.skips.get(&path).copied().unwrap_or(0);
+                self.cur = Some(OpenJsonl {
+                    name,
+                    reader: std::io::BufReader::with_capacity(1 << 20, f),
+                    line_no: 0,
+                    offset: 0,
+                    skip,
+                });
             }
             let ncols = self.source.columns.len();
-            let Some((name, reader, line_no)) = self.cur.as_mut() else {
+            let Some(OpenJsonl {
+                name,
+                reader,
+                line_no,
+                offset,
+                skip,
+            }) = self.cur.as_mut()
+            else {
                 continue;
             };
             let mut batch = RawBatch::new(name.clone(), PosKind::Line, ncols);
@@ -90,6 +126,12 @@ impl SourceReader for JsonlReader {
                     break;
                 }
                 *line_no += 1;
+                let at = *offset;
+                *offset += n as u64;
+                if at < *skip {
+                    crate::check_not_straddling(name, *offset - 1, *skip)?;
+                    continue;
+                }
                 if cut {
                     rows += 1;
                     malformed.push(Quarantined {

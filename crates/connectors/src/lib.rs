@@ -94,6 +94,17 @@ pub(crate) fn test_reader(
     columns: &[&str],
     bytes: &[u8],
 ) -> (tempfile::TempDir, Box<dyn SourceReader>) {
+    test_reader_skipping(connector, columns, bytes, 0)
+}
+
+/// [`test_reader`], reading past the records in the first `skip` bytes.
+#[cfg(test)]
+pub(crate) fn test_reader_skipping(
+    connector: &str,
+    columns: &[&str],
+    bytes: &[u8],
+    skip: u64,
+) -> (tempfile::TempDir, Box<dyn SourceReader>) {
     let dir = tempfile::tempdir().unwrap();
     let cols: String = columns
         .iter()
@@ -105,8 +116,33 @@ pub(crate) fn test_reader(
     let p = sealtrail_spec::parse_str(&yaml, &dir.path().join("p.yaml")).unwrap();
     let file = dir.path().join("in");
     std::fs::write(&file, bytes).unwrap();
-    let r = open_source(&p.sources[0], vec![file.display().to_string()], 100).unwrap();
+    let r = open_source_skipping(
+        &p.sources[0],
+        vec![file.display().to_string()],
+        SkipLoaded::from([(file, skip)]),
+        100,
+    )
+    .unwrap();
     (dir, r)
+}
+
+/// Per input file (CSV or JSON Lines, read as it is stored): the length of its first bytes,
+/// which an earlier run loaded before the file grew. Its records that start there are read
+/// past (their line numbers counted), so only the records added since are loaded.
+pub type SkipLoaded = std::collections::HashMap<std::path::PathBuf, u64>;
+
+/// Fails when a record read past (it starts in the first `skip` bytes, loaded before) ends at
+/// or after byte `end` >= `skip`: it was cut where the earlier run stopped reading.
+pub(crate) fn check_not_straddling(input: &str, end: u64, skip: u64) -> Result<()> {
+    if end < skip {
+        return Ok(());
+    }
+    Err(Error::Unreadable {
+        input: input.to_string(),
+        reason: format!(
+            "a record starts in the first {skip} bytes, which an earlier run loaded, and ends after them: the file was read while a record was being written. Move the records added since into a new file and cut this one back (`truncate -s {skip}`), or rename it to load all of it again"
+        ),
+    })
 }
 
 /// Opens `source` over the given inputs, chosen by the engine when the run started: file
@@ -116,19 +152,25 @@ pub fn open_source(
     inputs: Vec<String>,
     batch_rows: usize,
 ) -> Result<Box<dyn SourceReader>> {
+    open_source_skipping(source, inputs, SkipLoaded::new(), batch_rows)
+}
+
+/// [`open_source`], reading past the records that earlier runs loaded of files that grew.
+pub fn open_source_skipping(
+    source: &Source,
+    inputs: Vec<String>,
+    skips: SkipLoaded,
+    batch_rows: usize,
+) -> Result<Box<dyn SourceReader>> {
     let inputs_as_paths = || inputs.iter().map(std::path::PathBuf::from).collect();
     match &source.connector {
-        SourceConnector::Csv(opts) => Ok(Box::new(csv::CsvReader::new(
-            source.clone(),
-            opts.clone(),
-            inputs_as_paths(),
-            batch_rows,
-        ))),
-        SourceConnector::Jsonl(_) => Ok(Box::new(jsonl::JsonlReader::new(
-            source.clone(),
-            inputs_as_paths(),
-            batch_rows,
-        ))),
+        SourceConnector::Csv(opts) => Ok(Box::new(
+            csv::CsvReader::new(source.clone(), opts.clone(), inputs_as_paths(), batch_rows)
+                .skipping(skips),
+        )),
+        SourceConnector::Jsonl(_) => Ok(Box::new(
+            jsonl::JsonlReader::new(source.clone(), inputs_as_paths(), batch_rows).skipping(skips),
+        )),
         SourceConnector::Parquet(_) => Ok(Box::new(parquet_src::ParquetReader::new(
             source.clone(),
             inputs_as_paths(),
@@ -147,5 +189,56 @@ pub fn open_source(
                 reason: "a PostgreSQL source reads one input per run".into(),
             }),
         },
+    }
+}
+
+#[cfg(test)]
+mod skip_tests {
+    use super::*;
+
+    /// (position, first field) of every record read, and the quarantined positions.
+    type Read = (Vec<(u64, String)>, Vec<u64>);
+
+    fn read_all(r: &mut Box<dyn SourceReader>) -> Result<Read> {
+        let (mut rows, mut bad) = (Vec::new(), Vec::new());
+        while let Some(d) = r.next_batch()? {
+            for i in 0..d.batch.len() {
+                rows.push((
+                    d.batch.position(i),
+                    d.batch.get(i, 0).unwrap_or("").to_string(),
+                ));
+            }
+            bad.extend(d.malformed.iter().map(|q| q.pos));
+        }
+        Ok((rows, bad))
+    }
+
+    /// Records that start in the skipped bytes are read past, their lines counted: positions go
+    /// on from them. CSV (quoted line breaks, CRLF, a bad record in the skipped part) and JSON
+    /// Lines alike.
+    #[test]
+    fn records_in_the_loaded_bytes_are_read_past_and_positions_go_on() {
+        let csv = b"id,n\r\n1,\"a\nb\"\r\n2,x,extra\r\n3,c\r\n4,d,bad\r\n";
+        let loaded = csv.len() - b"3,c\r\n4,d,bad\r\n".len();
+        let (_d, mut r) =
+            test_reader_skipping("csv: { path: in }", &["id", "n"], csv, loaded as u64);
+        assert_eq!(read_all(&mut r).unwrap(), (vec![(5, "3".into())], vec![6]));
+        let jsonl = b"{\"id\": \"1\"}\n\n{bad\n{\"id\": \"2\"}\r\n{\"id\": \"3\"}\n";
+        let loaded = jsonl.len() - b"{\"id\": \"2\"}\r\n{\"id\": \"3\"}\n".len();
+        let (_d, mut r) =
+            test_reader_skipping("jsonl: { path: in }", &["id"], jsonl, loaded as u64);
+        assert_eq!(
+            read_all(&mut r).unwrap(),
+            (vec![(4, "2".into()), (5, "3".into())], vec![])
+        );
+    }
+
+    /// A record that starts in the skipped bytes and ends after them fails the read.
+    #[test]
+    fn a_record_across_the_loaded_bytes_fails_the_read() {
+        let csv = b"id,n\n1,\"open\nclosed\"\n2,b\n";
+        let (_d, mut r) = test_reader_skipping("csv: { path: in }", &["id", "n"], csv, 13);
+        let e = read_all(&mut r).unwrap_err().to_string();
+        assert!(e.contains("a record starts in the first 13 bytes"), "{e}");
     }
 }

@@ -84,16 +84,18 @@ pub enum Error {
     Audit(std::io::Error),
     #[error("protection keys: {0}")]
     Keys(String),
-    /// An incremental file that a succeeded run loaded has grown since: its first bytes are
-    /// those the run loaded, so loading it again would load those records twice.
+    /// An incremental file that a succeeded run loaded has grown since (its first bytes are
+    /// those the run loaded), and the records added cannot be told apart from those loaded
+    /// (`why`): loading it again would load those records twice.
     #[error(
-        "input `{input}` of source `{source_name}` grew since run {run_id} loaded it: its first {loaded_bytes} bytes are the bytes that run loaded (its records), and a file is loaded once, whole, so loading it again would load those records twice; nothing was loaded. To load what was added, move it to a file of a new name (a CSV file with its header line) and cut this one back to the bytes loaded (`truncate -s {loaded_bytes}`); to load the whole file again, records already loaded included, give it a new name. Producers that append to a file should write each file once, complete, under a name the pattern does not match, then rename it"
+        "input `{input}` of source `{source_name}` grew since run {run_id} loaded it: its first {loaded_bytes} bytes are the bytes that run loaded (its records), and {why}, so only the whole file could be loaded again, which would load those records twice; nothing was loaded. To load what was added, move it to a file of a new name (a CSV file with its header line) and cut this one back to the bytes loaded (`truncate -s {loaded_bytes}`); to load the whole file again, records already loaded included, give it a new name. Producers that append to a file should append whole lines, uncompressed"
     )]
     InputGrew {
         input: String,
         source_name: String,
         run_id: String,
         loaded_bytes: u64,
+        why: String,
     },
     /// A resumed run's input is no longer where the run read it, nor found again.
     #[error(
@@ -691,8 +693,8 @@ pub fn sample(
 /// modification time (no need to read it), or the same bytes under the same name relative to
 /// the pattern (read and hashed: a file touched, copied again or moved with its project is
 /// not loaded twice). A file whose name and size match no loaded file's is new without being
-/// read: its digest is computed as the run loads it (CSV and JSON Lines). A loaded file that
-/// grew since fails the run ([`grown_since_loaded`]).
+/// read: its digest is computed as the run loads it (CSV and JSON Lines). Of a loaded file that
+/// grew since, only the records added are read ([`grown_since_loaded`]).
 async fn choose_inputs(
     p: &Pipeline,
     st: &StateStore,
@@ -733,6 +735,7 @@ async fn choose_inputs(
                         input: input.encode(),
                         fingerprint,
                         content: None,
+                        skip: 0,
                     }],
                 ));
                 continue;
@@ -746,6 +749,7 @@ async fn choose_inputs(
         for path in fs::list(&files.pattern)? {
             let fingerprint = fs::fingerprint(&path)?;
             let mut content = None;
+            let mut skip = 0;
             if files.incremental {
                 if st.is_loaded(&p.name, &s.name, &fingerprint).await? {
                     continue;
@@ -780,7 +784,7 @@ async fn choose_inputs(
                         .await?;
                     continue;
                 }
-                grown_since_loaded(st, s, &path, size, &loaded).await?;
+                skip = grown_since_loaded(st, s, &path, size, &loaded).await?;
                 content = Some((name, digest));
             } else if st.is_loaded(&p.name, &s.name, &fingerprint).await? {
                 reloaded += 1;
@@ -796,6 +800,7 @@ async fn choose_inputs(
                 input: path.display().to_string(),
                 fingerprint,
                 content,
+                skip,
             });
         }
         if reloaded > 0 {
@@ -834,24 +839,32 @@ fn without_input_names(msg: &str, inputs: &[String]) -> String {
     out
 }
 
-/// Fails when `path` (of `size` bytes, not loaded as it is) is a file a succeeded run loaded
-/// with records in it, grown since: its first bytes are those the run loaded. Loading it whole
-/// again would load those records twice. (A loaded version that held no record, an empty file
-/// or a header line alone, is no obstacle: loading the file whole duplicates nothing.)
+/// Of `path` (of `size` bytes, not loaded as it is): how many of its first bytes a succeeded
+/// run loaded with records in them, when it is such a file grown since (0 when not). Those
+/// records are then read past, and only the records added are loaded: a CSV (not UTF-16) or
+/// JSON Lines file stored uncompressed, whose loaded bytes end with a line break. Any other
+/// grown file fails the run: loading it whole again would load those records twice. (A loaded
+/// version that held no record, an empty file or a header line alone, is no obstacle: loading
+/// the file whole duplicates nothing.)
 async fn grown_since_loaded(
     st: &StateStore,
     s: &sealtrail_spec::Source,
     path: &std::path::Path,
     size: Option<u64>,
     loaded: &[state::LoadedVersion],
-) -> Result<()> {
+) -> Result<u64> {
     let Some(size) = size else {
-        return Ok(());
+        return Ok(0);
     };
+    // The longest loaded version the file starts with (it may have grown more than once).
+    let mut found: Option<(u64, &state::LoadedVersion)> = None;
     for v in loaded {
         let Some(old) = v.size.filter(|&old| old > 0 && old < size) else {
             continue;
         };
+        if found.is_some_and(|(f, _)| f >= old) {
+            continue;
+        }
         let prefix = {
             let path = path.to_path_buf();
             // Reading up to a whole file: off the async workers.
@@ -866,15 +879,62 @@ async fn grown_since_loaded(
                 .read_records_of(&v.run_id, &s.name, &custody::input_key(&v.input))
                 .await?
         {
-            return Err(Error::InputGrew {
-                input: path.display().to_string(),
-                source_name: s.name.clone(),
-                run_id: v.run_id.clone(),
-                loaded_bytes: old,
-            });
+            found = Some((old, v));
         }
     }
-    Ok(())
+    let Some((old, v)) = found else {
+        return Ok(0);
+    };
+    let grew = |why: String| Error::InputGrew {
+        input: path.display().to_string(),
+        source_name: s.name.clone(),
+        run_id: v.run_id.clone(),
+        loaded_bytes: old,
+        why,
+    };
+    let unreadable = |e: std::io::Error| {
+        Error::Connector(sealtrail_connectors::Error::Unreadable {
+            input: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    };
+    match &s.connector {
+        SourceConnector::Csv(o) if o.encoding.name().starts_with("UTF-16") => {
+            return Err(grew(format!(
+                "it is {}, whose records are not read past by their bytes",
+                o.encoding.name()
+            )));
+        }
+        SourceConnector::Csv(_) | SourceConnector::Jsonl(_) => {}
+        _ => return Err(grew("it is not a CSV or JSON Lines file".into())),
+    }
+    let opened = sealtrail_connectors::files::InputBytes::open(path, false).map_err(unreadable)?;
+    if let Some(c) = opened.compression() {
+        return Err(grew(format!(
+            "it is {c}-compressed: the records added cannot be told apart from those loaded by their bytes"
+        )));
+    }
+    let last = {
+        use std::io::{Read as _, Seek as _};
+        let mut f = std::fs::File::open(path).map_err(unreadable)?;
+        let mut b = [0u8; 1];
+        f.seek(std::io::SeekFrom::Start(old - 1))
+            .and_then(|_| f.read_exact(&mut b))
+            .map_err(unreadable)?;
+        b[0]
+    };
+    if last != b'\n' {
+        return Err(grew(
+            "the bytes loaded do not end with a line break: that run read the file while its last record was being written".into(),
+        ));
+    }
+    tracing::info!(
+        source = %s.name,
+        input = %path.display(),
+        "the file grew since run {} loaded its first {old} bytes: reading past their records, loading only the records added",
+        v.run_id
+    );
+    Ok(old)
 }
 
 struct Prepared {
@@ -1614,6 +1674,12 @@ async fn run_inner(
         let mut sinks = opened.remove(source.name.as_str()).unwrap_or_default();
 
         let inputs = located.remove(&source.name).unwrap_or_default();
+        // Files that grew since a run loaded their first bytes: read past those records.
+        let recorded_skips = st.run_input_skips(run_id, &source.name).await?;
+        let skips: sealtrail_connectors::SkipLoaded = inputs
+            .iter()
+            .filter_map(|(read, name)| Some((read.into(), *recorded_skips.get(name)?)))
+            .collect();
         let commit = !opts.skip_commitments_for_benchmark;
         let keep_raw = !transforms.is_empty();
         // Batches in flight bound the run's memory (each is tens of megabytes in several
@@ -1627,7 +1693,7 @@ async fn run_inner(
         let (ctx, crx) = std::sync::mpsc::sync_channel::<Result<Checked>>(0);
         let decoder = std::thread::Builder::new()
             .name(format!("decode-{}", source.name))
-            .spawn(move || decode_loop(src, inputs, batch_rows, schema, ctx, commit))
+            .spawn(move || decode_loop(src, inputs, skips, batch_rows, schema, ctx, commit))
             .map_err(|e| Error::Internal(e.to_string()))?;
         let protect = std::thread::Builder::new()
             .name(format!("protect-{}", source.name))
@@ -1846,6 +1912,7 @@ fn input_custody(
 fn decode_loop(
     source: sealtrail_spec::Source,
     inputs: Vec<(String, String)>,
+    skips: sealtrail_connectors::SkipLoaded,
     batch_rows: usize,
     schema: arrow::datatypes::SchemaRef,
     tx: std::sync::mpsc::SyncSender<Result<Checked>>,
@@ -1863,13 +1930,14 @@ fn decode_loop(
     let mut batch_no = 0u64;
     // Records keep their subject through the stages, for the key that seals them in quarantine.
     let subject_col = source.quarantine_subject();
-    let mut reader = match sealtrail_connectors::open_source(&source, inputs, batch_rows) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = tx.send(Err(e.into()));
-            return digests;
-        }
-    };
+    let mut reader =
+        match sealtrail_connectors::open_source_skipping(&source, inputs, skips, batch_rows) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(Err(e.into()));
+                return digests;
+            }
+        };
     loop {
         let next = reader.next_batch();
         for (input, d) in reader.content_digests() {

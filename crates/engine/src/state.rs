@@ -17,7 +17,7 @@ use sealtrail_core::{Counts, RunId};
 use sqlx::AnyPool;
 use sqlx::Row;
 use sqlx::any::AnyPoolOptions;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +140,9 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sealtrail_runs (run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, spec_sha256 TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, rows_in BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT, error TEXT)",
     "CREATE TABLE IF NOT EXISTS sealtrail_run_inputs (run_id TEXT NOT NULL, source TEXT NOT NULL, seq BIGINT NOT NULL, input TEXT NOT NULL, fingerprint TEXT NOT NULL, PRIMARY KEY (run_id, source, seq))",
     "CREATE TABLE IF NOT EXISTS sealtrail_batches (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, rows_in BIGINT NOT NULL, rows_loaded BIGINT NOT NULL, rows_quarantined BIGINT NOT NULL, committed_at TEXT NOT NULL, PRIMARY KEY (run_id, source, batch))",
+    // Inputs of a run that are files an earlier run loaded the first `skip` bytes of, before
+    // they grew: only the records after them are read (a resumed run reads the same ones).
+    "CREATE TABLE IF NOT EXISTS sealtrail_run_input_skips (run_id TEXT NOT NULL, source TEXT NOT NULL, seq BIGINT NOT NULL, skip BIGINT NOT NULL, PRIMARY KEY (run_id, source, seq))",
     "CREATE TABLE IF NOT EXISTS sealtrail_loaded_files (pipeline TEXT NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (pipeline, source, fingerprint))",
     // Incremental files by content: the name a file matched its pattern under and the SHA-256
     // of its bytes (a file touched, copied again or moved with its project is not new).
@@ -176,6 +179,9 @@ pub struct ChosenInput {
     /// its bytes (empty when the run computes it while reading the file:
     /// [`StateStore::set_content_digest`]).
     pub content: Option<(String, String)>,
+    /// For an incremental file that grew since a run loaded its first bytes: how many, whose
+    /// records this run reads past (0: the whole file is read).
+    pub skip: u64,
 }
 
 /// A file a succeeded run of an incremental source loaded, as [`StateStore::loaded_versions`]
@@ -655,6 +661,15 @@ impl StateStore {
                     .bind(i.fingerprint.as_str())
                     .execute(&mut *tx)
                     .await?;
+                if i.skip > 0 {
+                    sqlx::query("INSERT INTO sealtrail_run_input_skips (run_id, source, seq, skip) VALUES ($1, $2, $3, $4)")
+                        .bind(run.as_str())
+                        .bind(source.as_str())
+                        .bind(seq as i64)
+                        .bind(i.skip as i64)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 if let Some((name, sha256)) = &i.content {
                     sqlx::query("INSERT INTO sealtrail_run_input_content (run_id, source, seq, name, sha256) VALUES ($1, $2, $3, $4, $5)")
                         .bind(run.as_str())
@@ -683,6 +698,22 @@ impl StateStore {
     pub async fn run_inputs(&self, run: &RunId, source: &str) -> Result<Vec<String>> {
         let inputs = self.run_inputs_fingerprinted(run, source).await?;
         Ok(inputs.into_iter().map(|(input, _)| input).collect())
+    }
+
+    /// The inputs of a run's source whose first bytes an earlier run loaded (they grew since),
+    /// with how many: the run reads only the records after them.
+    pub async fn run_input_skips(&self, run: &RunId, source: &str) -> Result<HashMap<String, u64>> {
+        let rows = sqlx::query(
+            "SELECT i.input, s.skip FROM sealtrail_run_input_skips s JOIN sealtrail_run_inputs i ON i.run_id = s.run_id AND i.source = s.source AND i.seq = s.seq WHERE s.run_id = $1 AND s.source = $2",
+        )
+        .bind(run.as_str())
+        .bind(source)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
+            .collect())
     }
 
     /// [`Self::run_inputs`] with the fingerprint each input had when the run chose it.
@@ -1419,11 +1450,13 @@ mod tests {
                         input: "/p/data/a.csv".into(),
                         fingerprint: "/p/data/a.csv|3|1".into(),
                         content: Some(("a.csv".into(), "d1".into())),
+                        skip: 0,
                     },
                     ChosenInput {
                         input: "/p/data/b.csv".into(),
                         fingerprint: "/p/data/b.csv|3|1".into(),
                         content: None,
+                        skip: 0,
                     },
                 ],
             )];

@@ -295,11 +295,10 @@ fn handed_over(dir: &Path, verifier: &NoteVerifier, size: u64) -> Result<bool, L
     for e in rd {
         let e = e.map_err(io(&d))?;
         // A hand-over beyond the checkpoint is a torn tail's, not yet the log's.
-        if !e
-            .file_name()
+        if e.file_name()
             .to_str()
             .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|t| t <= size)
+            .is_none_or(|t| t > size)
         {
             continue;
         }
