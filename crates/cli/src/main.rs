@@ -1290,9 +1290,10 @@ async fn run_pipeline(
         Some(t) => {
             use sealtrail_engine::openlineage::{Destination, Emitter, api_key_from_env};
             let key = api_key_from_env().map_err(UsageError)?;
-            Some(Emitter::new(
-                Destination::parse(t, key).map_err(UsageError)?,
-            ))
+            Some(
+                Emitter::new(Destination::parse(t, key).map_err(UsageError)?)
+                    .spooling_in(home.join("openlineage-spool")),
+            )
         }
         None => None,
     };

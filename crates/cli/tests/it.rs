@@ -9475,6 +9475,118 @@ impl OpenLineageSchemas {
 
 /// Every run emits OpenLineage START and COMPLETE (or FAIL) events, to a file or over HTTP,
 /// valid against the official schemas, with column lineage that flags protected columns.
+/// Events an OpenLineage endpoint does not take (it is down) are kept in the home folder and
+/// sent, in order, before the next run's own; an event it refuses for good (400) is dropped,
+/// not kept forever. The runs succeed either way.
+#[test]
+fn openlineage_events_an_endpoint_misses_are_kept_and_sent_by_the_next_run() {
+    let (dir, spec) = id_name_project("ol", true, &[("a.csv", "id,name\n1,a\n")]);
+    let d = dir.path();
+    // A port nothing listens on, then a listener on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/api/v1/lineage");
+    let run = || {
+        bin()
+            .arg("run")
+            .arg(&spec)
+            .args(["--openlineage", &url])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("OpenLineage endpoint at 127.0.0.1 unreachable")
+            && err.contains("sent, in order, by the next run"),
+        "{err}"
+    );
+    let spool = d.join(".sealtrail/openlineage-spool");
+    let kept: Vec<String> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".jsonl"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let text = std::fs::read_to_string(spool.join(&kept[0])).unwrap();
+    let types: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["eventType"].to_string())
+        .collect();
+    assert_eq!(types, ["\"START\"", "\"COMPLETE\""]);
+
+    // The endpoint is back: it refuses the first event it gets for good, takes the rest.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let server = std::thread::spawn(move || {
+        use std::io::{BufRead, Read, Write};
+        let mut got = Vec::new();
+        for i in 0..4 {
+            let (s, _) = listener.accept().unwrap();
+            let mut r = std::io::BufReader::new(s);
+            let (mut len, mut line) = (0usize, String::new());
+            loop {
+                line.clear();
+                r.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let status: &[u8] = if i == 0 {
+                b"400 Bad Request"
+            } else {
+                b"201 Created"
+            };
+            r.get_mut()
+                .write_all(
+                    &[
+                        b"HTTP/1.1 ",
+                        status,
+                        b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                    ]
+                    .concat(),
+                )
+                .unwrap();
+            let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            got.push((
+                e["eventType"].as_str().unwrap().to_string(),
+                e["run"]["runId"].as_str().unwrap().to_string(),
+            ));
+        }
+        got
+    });
+    std::fs::write(d.join("in/b.csv"), "id,name\n2,b\n").unwrap();
+    let out = run();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("answered 400 Bad Request; the event is dropped"),
+        "{err}"
+    );
+    let got = server.join().unwrap();
+    let kinds: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["START", "COMPLETE", "START", "COMPLETE"]);
+    assert_eq!(got[0].1, got[1].1);
+    assert_eq!(got[2].1, got[3].1);
+    assert_ne!(got[1].1, got[2].1, "the first run's, then the second's");
+    assert!(
+        !std::fs::read_dir(&spool).unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".jsonl")),
+        "nothing left to send"
+    );
+}
+
 #[test]
 fn openlineage_events_validate_against_the_official_schemas() {
     let schemas = OpenLineageSchemas::load();

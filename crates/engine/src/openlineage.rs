@@ -147,11 +147,34 @@ pub fn api_key_from_env() -> Result<Option<Secret>, String> {
 #[derive(Debug, Clone)]
 pub struct Emitter {
     target: Destination,
+    /// Where events an endpoint did not take wait for the next run ([`Emitter::spooling_in`]).
+    spool: Option<PathBuf>,
+}
+
+/// What became of one POST.
+enum Posted {
+    Taken,
+    /// The endpoint refused this event for good (a `4xx` other than `401`, `403`, `408` and
+    /// `429`): sending it again cannot succeed.
+    Refused(String),
+    /// Not taken this time (unreachable, `5xx`, a redirect, authentication): kept to send again.
+    NotNow(String),
 }
 
 impl Emitter {
     pub fn new(target: Destination) -> Self {
-        Self { target }
+        Self {
+            target,
+            spool: None,
+        }
+    }
+
+    /// Keeps the events an endpoint does not take (it is down, overloaded, or refuses the
+    /// credentials) in `dir`, one file per endpoint, and sends them, in order, before the next
+    /// event to that endpoint: a run while the catalogue is down loses no lineage.
+    pub fn spooling_in(mut self, dir: PathBuf) -> Self {
+        self.spool = Some(dir);
+        self
     }
 
     /// Emits one event; failures are logged, never returned (see the module docs).
@@ -169,43 +192,149 @@ impl Emitter {
                 }
             }
             Destination::Http { url, api_key } => {
-                let client = reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(10))
-                    // A redirect could lead to plain http:// or another host; an endpoint
-                    // that moved says so (logged below) and its new address is configured.
-                    .redirect(reqwest::redirect::Policy::none())
-                    .build();
-                let sent = match client {
-                    Ok(c) => {
-                        let mut req = c
-                            .post(url)
-                            .header("content-type", "application/json")
-                            .body(body);
-                        if let Some(v) = api_key.as_ref().and_then(bearer) {
-                            req = req.header(reqwest::header::AUTHORIZATION, v);
-                        }
-                        req.send().await.map(|r| r.status())
-                    }
-                    Err(e) => Err(e),
-                };
                 // The URL may carry credentials: name only its host.
                 let host = url::Url::parse(url)
                     .ok()
                     .and_then(|u| u.host_str().map(str::to_owned))
                     .unwrap_or_default();
-                match sent {
-                    Ok(s) if s.is_success() => {}
-                    Ok(s) if s.is_redirection() => tracing::warn!(
-                        "OpenLineage endpoint at {host} answered {s}: redirects are not followed; set the endpoint to the address it points to"
-                    ),
-                    Ok(s) => tracing::warn!("OpenLineage endpoint at {host} answered {s}"),
-                    Err(e) => tracing::warn!(
-                        "OpenLineage endpoint at {host} unreachable: {}",
-                        sealtrail_core::with_root_cause(&e.without_url())
-                    ),
+                let client = match reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(10))
+                    // A redirect could lead to plain http:// or another host; an endpoint
+                    // that moved says so (logged below) and its new address is configured.
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("OpenLineage client: {e}");
+                        return;
+                    }
+                };
+                let Some(dir) = &self.spool else {
+                    match post(&client, url, api_key.as_ref(), body).await {
+                        Posted::Taken => {}
+                        Posted::Refused(why) | Posted::NotNow(why) => {
+                            tracing::warn!("OpenLineage endpoint at {host} {why}")
+                        }
+                    }
+                    return;
+                };
+                if let Err(e) = self
+                    .through_spool(dir, &client, url, api_key.as_ref(), &host, body)
+                    .await
+                {
+                    tracing::warn!(
+                        "OpenLineage events kept for {host} in {} could not be read or written: {e}",
+                        dir.display()
+                    );
                 }
             }
         }
+    }
+
+    /// Sends the events kept for `url`, then `body`, in order, until one is not taken; keeps
+    /// that one and those after it (a lock serialises runs at once).
+    async fn through_spool(
+        &self,
+        dir: &std::path::Path,
+        client: &reqwest::Client,
+        url: &str,
+        api_key: Option<&Secret>,
+        host: &str,
+        body: String,
+    ) -> std::io::Result<()> {
+        use sha2::Digest as _;
+        std::fs::create_dir_all(dir)?;
+        let name = &hex::encode(sha2::Sha256::digest(url.as_bytes()))[..16];
+        let file = dir.join(format!("{name}.jsonl"));
+        let lock = std::fs::File::create(dir.join(format!("{name}.lock")))?;
+        lock.lock()?;
+        let mut pending: Vec<String> = match std::fs::read_to_string(&file) {
+            Ok(t) => t
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let kept = pending.len();
+        pending.push(body);
+        let mut done = 0;
+        for b in &pending {
+            match post(client, url, api_key, b.clone()).await {
+                Posted::Taken => done += 1,
+                Posted::Refused(why) => {
+                    tracing::warn!("OpenLineage endpoint at {host} {why}; the event is dropped");
+                    done += 1;
+                }
+                Posted::NotNow(why) => {
+                    tracing::warn!(
+                        "OpenLineage endpoint at {host} {why}; {} event(s) kept in {} are sent, in order, by the next run with this endpoint",
+                        pending.len() - done,
+                        file.display()
+                    );
+                    break;
+                }
+            }
+        }
+        if done > 0 && kept > 0 {
+            tracing::info!(
+                "OpenLineage: {} event(s) kept from earlier runs sent to {host}",
+                done.min(kept)
+            );
+        }
+        let rest = &pending[done..];
+        if rest.is_empty() {
+            match std::fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        } else {
+            let tmp = dir.join(format!("{name}.jsonl.tmp"));
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            let mut f = o.open(&tmp)?;
+            for l in rest {
+                f.write_all(l.as_bytes())?;
+                f.write_all(b"\n")?;
+            }
+            f.sync_all()?;
+            std::fs::rename(&tmp, &file)?;
+        }
+        Ok(())
+    }
+}
+
+/// POSTs one event.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    api_key: Option<&Secret>,
+    body: String,
+) -> Posted {
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(v) = api_key.and_then(bearer) {
+        req = req.header(reqwest::header::AUTHORIZATION, v);
+    }
+    match req.send().await.map(|r| r.status()) {
+        Ok(s) if s.is_success() => Posted::Taken,
+        Ok(s) if s.is_redirection() => Posted::NotNow(format!(
+            "answered {s}: redirects are not followed; set the endpoint to the address it points to"
+        )),
+        Ok(s) if s.is_client_error() && ![401, 403, 408, 429].contains(&s.as_u16()) => {
+            Posted::Refused(format!("answered {s}"))
+        }
+        Ok(s) => Posted::NotNow(format!("answered {s}")),
+        Err(e) => Posted::NotNow(format!(
+            "unreachable: {}",
+            sealtrail_core::with_root_cause(&e.without_url())
+        )),
     }
 }
 
