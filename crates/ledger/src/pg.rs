@@ -58,15 +58,33 @@ type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 struct Worker {
     rt: tokio::runtime::Runtime,
     conn: PgConnection,
+    target: sealtrail_core::db::PgTarget,
 }
 
 impl Worker {
+    /// Runs `f` on the connection, connecting again first when the server ended it since the
+    /// last job (a restart, a failover, `idle_session_timeout`, `pg_terminate_backend`): a run
+    /// then goes on, where its next append failed before. A connection lost during a job is
+    /// that job's error: whether an append's commit landed is not known then, and it is never
+    /// retried blindly.
     fn block_on<R>(
         &mut self,
         f: impl AsyncFnOnce(&mut PgConnection) -> Result<R, LogError>,
     ) -> Result<R, LogError> {
-        let Self { rt, conn } = self;
-        rt.block_on(f(conn))
+        let Self { rt, conn, target } = self;
+        rt.block_on(async move {
+            if conn.ping().await.is_err() {
+                *conn = target.connect().await.map_err(|e| {
+                    LogError::Db(format!(
+                        "the connection to the ledger database was lost, and connecting again failed: {e}"
+                    ))
+                })?;
+                tracing::warn!(
+                    "the connection to the ledger database was lost (a server restart, a failover, an idle timeout); connected again"
+                );
+            }
+            f(conn).await
+        })
     }
 }
 
@@ -163,7 +181,7 @@ impl PgLedger {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                let mut w = Worker { rt, conn };
+                let mut w = Worker { rt, conn, target };
                 while let Ok(job) = rx.recv() {
                     job(&mut w);
                 }

@@ -378,3 +378,31 @@ fn the_signing_key_is_handed_over_in_the_database() {
     drop(elsewhere);
     sql(&url(), &format!("DROP SCHEMA {s} CASCADE")).unwrap();
 }
+
+/// The server ends the writer's connection between two appends (a restart, a failover, an
+/// idle timeout): the next append connects again and goes on, one log, nothing lost.
+#[test]
+fn an_append_after_the_server_ended_the_connection_connects_again() {
+    let s = schema("reconnect");
+    sql(&url(), &format!("DROP SCHEMA IF EXISTS {s} CASCADE")).unwrap();
+    let app = format!("st_ledger_reconnect_{}", std::process::id());
+    let with_app = format!("{}?application_name={app}", url());
+    let mut l = PgLedger::connect(&with_app, &s, Some(signer()), "test-writer").unwrap();
+    l.init().unwrap();
+    l.append((0..3).map(ev).collect()).unwrap();
+    // The writer's own session, found by its name, and ended.
+    sql(
+        &url(),
+        &format!(
+            "DO $$ BEGIN IF (SELECT count(*) FROM pg_stat_activity WHERE application_name = '{app}') <> 1 THEN RAISE EXCEPTION 'no writer session'; END IF; END $$; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}'"
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let a = l.append((3..5).map(ev).collect()).unwrap();
+    assert_eq!((a.first_seq, a.size), (3, 5));
+    let d = tempfile::tempdir().unwrap();
+    assert_eq!(export_and_verify(&l, d.path()).unwrap(), 5);
+    drop(l);
+    sql(&url(), &format!("DROP SCHEMA {s} CASCADE")).unwrap();
+}
