@@ -9475,6 +9475,42 @@ impl OpenLineageSchemas {
 
 /// Every run emits OpenLineage START and COMPLETE (or FAIL) events, to a file or over HTTP,
 /// valid against the official schemas, with column lineage that flags protected columns.
+/// Accepts one HTTP/1.1 request on `listener`, answers it with `status` (e.g. `201 Created`)
+/// and returns its `authorization` header, if any, and its body as JSON.
+fn serve_one_json(
+    listener: &std::net::TcpListener,
+    status: &str,
+) -> (Option<String>, serde_json::Value) {
+    use std::io::{BufRead, Read, Write};
+    let (s, _) = listener.accept().unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let (mut len, mut auth, mut line) = (0usize, None, String::new());
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+        if let Some((name, v)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("authorization")
+        {
+            auth = Some(v.trim().to_string());
+        }
+    }
+    let mut body = vec![0; len];
+    r.read_exact(&mut body).unwrap();
+    r.get_mut()
+        .write_all(
+            format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    (auth, serde_json::from_slice(&body).unwrap())
+}
+
 /// Events an OpenLineage endpoint does not take (it is down) are kept in the home folder and
 /// sent, in order, before the next run's own; an event it refuses for good (400) is dropped,
 /// not kept forever. The runs succeed either way.
@@ -9522,46 +9558,20 @@ fn openlineage_events_an_endpoint_misses_are_kept_and_sent_by_the_next_run() {
     // The endpoint is back: it refuses the first event it gets for good, takes the rest.
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let server = std::thread::spawn(move || {
-        use std::io::{BufRead, Read, Write};
-        let mut got = Vec::new();
-        for i in 0..4 {
-            let (s, _) = listener.accept().unwrap();
-            let mut r = std::io::BufReader::new(s);
-            let (mut len, mut line) = (0usize, String::new());
-            loop {
-                line.clear();
-                r.read_line(&mut line).unwrap();
-                if line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-            let status: &[u8] = if i == 0 {
-                b"400 Bad Request"
-            } else {
-                b"201 Created"
-            };
-            r.get_mut()
-                .write_all(
-                    &[
-                        b"HTTP/1.1 ",
-                        status,
-                        b"\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                    ]
-                    .concat(),
+        (0..4)
+            .map(|i| {
+                let status = if i == 0 {
+                    "400 Bad Request"
+                } else {
+                    "201 Created"
+                };
+                let (_, e) = serve_one_json(&listener, status);
+                (
+                    e["eventType"].as_str().unwrap().to_string(),
+                    e["run"]["runId"].as_str().unwrap().to_string(),
                 )
-                .unwrap();
-            let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            got.push((
-                e["eventType"].as_str().unwrap().to_string(),
-                e["run"]["runId"].as_str().unwrap().to_string(),
-            ));
-        }
-        got
+            })
+            .collect::<Vec<_>>()
     });
     std::fs::write(d.join("in/b.csv"), "id,name\n2,b\n").unwrap();
     let out = run();
@@ -9686,37 +9696,12 @@ fn openlineage_events_validate_against_the_official_schemas() {
     let (mut front, port, ca) = tls_front(&certs, listener.local_addr().unwrap().port());
     let url = format!("https://127.0.0.1:{port}/api/v1/lineage");
     let server = std::thread::spawn(move || {
-        use std::io::{BufRead, Read, Write};
         let mut bodies = Vec::new();
         let mut auths = Vec::new();
         for _ in 0..2 {
-            let (s, _) = listener.accept().unwrap();
-            let mut r = std::io::BufReader::new(s);
-            let mut len = 0usize;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                r.read_line(&mut line).unwrap();
-                if line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-                if let Some((name, v)) = line.split_once(':')
-                    && name.eq_ignore_ascii_case("authorization")
-                {
-                    auths.push(v.trim().to_string());
-                }
-            }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-            r.get_mut()
-                .write_all(
-                    b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                )
-                .unwrap();
-            bodies.push(serde_json::from_slice::<serde_json::Value>(&body).unwrap());
+            let (auth, body) = serve_one_json(&listener, "201 Created");
+            auths.extend(auth);
+            bodies.push(body);
         }
         (bodies, auths)
     });

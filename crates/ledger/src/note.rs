@@ -139,29 +139,21 @@ impl NoteSigner {
                 "the text of a note ends with a newline",
             ));
         }
-        let sig = self.key.sign(text.as_bytes());
-        let mut blob = self.id.to_be_bytes().to_vec();
-        blob.extend_from_slice(&sig.to_bytes());
-        Ok(format!(
-            "{text}\n{SIG_PREFIX}{} {}\n",
-            self.name,
-            B64.encode(blob)
-        ))
+        Ok(format!("{text}\n{}", self.signature_line(text)))
     }
-}
 
-impl NoteSigner {
     /// Adds this key's signature line to `note`, a note signed by others, over the same text.
     pub fn cosign(&self, note: &str) -> Result<String, NoteError> {
         let (text, _) = split(note)?;
+        Ok(format!("{note}{}", self.signature_line(text)))
+    }
+
+    /// `— <name> <base64(key id || signature over text)>` and a line break.
+    fn signature_line(&self, text: &str) -> String {
         let sig = self.key.sign(text.as_bytes());
         let mut blob = self.id.to_be_bytes().to_vec();
         blob.extend_from_slice(&sig.to_bytes());
-        Ok(format!(
-            "{note}{SIG_PREFIX}{} {}\n",
-            self.name,
-            B64.encode(blob)
-        ))
+        format!("{SIG_PREFIX}{} {}\n", self.name, B64.encode(blob))
     }
 }
 
