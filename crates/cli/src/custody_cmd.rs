@@ -122,14 +122,11 @@ impl<'a> Signed<'a> {
     /// carries them (from the hand-over checkpoints kept in `rotations/`).
     pub fn handovers(&self) -> Result<Vec<sealtrail_ledger::custody::Handover>> {
         let d = self.dir.join(sealtrail_ledger::log::ROTATIONS);
-        let mut sizes: Vec<u64> = match std::fs::read_dir(&d) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .filter(|t| (1..=self.size).contains(t))
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(anyhow!("reading {}: {e}", d.display())),
-        };
+        let mut sizes: Vec<u64> = sealtrail_ledger::log::list_rotations(self.dir)
+            .with_context(|| format!("reading {}", d.display()))?
+            .into_iter()
+            .filter_map(|(_, t)| t.filter(|t| (1..=self.size).contains(t)))
+            .collect();
         sizes.sort_unstable();
         sizes
             .into_iter()

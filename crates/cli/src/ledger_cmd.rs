@@ -467,17 +467,13 @@ fn rotate_key(home: &Path, la: &LedgerArgs, by: &Option<String>) -> Result<i32> 
             new_pub.who()
         );
     } else {
-        let a = match la.pg(Some(old))? {
-            Some(mut l) => l.rotate_signer(new, actor)?,
-            None => {
-                let mut w = LogWriter::open(
-                    &p.dir,
-                    old_pub.name(),
-                    load_signer(home)?,
-                    OpenMode::FailClosed,
-                )?;
-                w.rotate_signer(new, actor)?
-            }
+        let a = if la.ledger_url.is_some() {
+            la.pg(Some(old))?
+                .ok_or_else(|| anyhow!("--ledger-url is required here"))?
+                .rotate_signer(new, actor)?
+        } else {
+            LogWriter::open(&p.dir, old_pub.name(), old, OpenMode::FailClosed)?
+                .rotate_signer(new, actor)?
         };
         outln!(
             "entry {} hands the signing over from {} to {}; the checkpoint of the tree ending with it is signed by both",

@@ -674,9 +674,7 @@ fn key_in_charge(
         })?;
         links.push((old, new));
     }
-    let from_key =
-        links.first().is_none_or(|(old, _)| old == key) || links.iter().any(|(_, new)| new == key);
-    if !from_key {
+    if crate::verify::taking_charge(links.iter().map(|(old, new)| (old, new)), key).is_none() {
         return Err(BundleError::Signature(format!(
             "key {} is none of the keys the bundle's hand-overs name",
             key.who()

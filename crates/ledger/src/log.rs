@@ -282,29 +282,34 @@ fn read_own_checkpoint(
     }
 }
 
+/// The files of `<dir>/rotations/`: each name, and the tree size it names (`None`: not a
+/// number, such as a temporary file). Empty when the folder does not exist.
+pub fn list_rotations(dir: &Path) -> std::io::Result<Vec<(String, Option<u64>)>> {
+    let rd = match std::fs::read_dir(dir.join(ROTATIONS)) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    rd.map(|e| {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        let size = name.parse().ok();
+        Ok((name, size))
+    })
+    .collect()
+}
+
 /// Whether a hand-over kept in `rotations/` retired `verifier`'s key (it signed the hand-over
-/// first, not last) within the tree of `size` entries: a checkpoint it signs since is not the
-/// log's, even when it is the one on disk (signed with a copy of the key).
+/// first, not last) within the tree of `size` entries (one beyond it is a torn tail's, not yet
+/// the log's): a checkpoint it signs since is not the log's, even when it is the one on disk
+/// (signed with a copy of the key).
 fn handed_over(dir: &Path, verifier: &NoteVerifier, size: u64) -> Result<bool, LogError> {
     let d = dir.join(ROTATIONS);
-    let rd = match std::fs::read_dir(&d) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(io(&d)(e)),
-    };
-    for e in rd {
-        let e = e.map_err(io(&d))?;
-        // A hand-over beyond the checkpoint is a torn tail's, not yet the log's.
-        if e.file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u64>().ok())
-            .is_none_or(|t| t > size)
-        {
-            continue;
-        }
-        let note = std::fs::read_to_string(e.path()).unwrap_or_default();
-        if verifier.open(&note).is_ok() && !verifier.signed_last(&note) {
-            return Ok(true);
+    for (name, t) in list_rotations(dir).map_err(io(&d))? {
+        if t.is_some_and(|t| t <= size) {
+            let note = std::fs::read_to_string(d.join(name)).unwrap_or_default();
+            if verifier.open(&note).is_ok() && !verifier.signed_last(&note) {
+                return Ok(true);
+            }
         }
     }
     Ok(false)
@@ -313,25 +318,12 @@ fn handed_over(dir: &Path, verifier: &NoteVerifier, size: u64) -> Result<bool, L
 /// Files of `rotations/` that the checkpoint of size `size` does not cover: hand-over notes of
 /// a torn tail, and temporary files.
 fn torn_rotations(dir: &Path, size: u64) -> Result<Vec<(String, Option<TileId>)>, LogError> {
-    let d = dir.join(ROTATIONS);
-    let rd = match std::fs::read_dir(&d) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io(&d)(e)),
-    };
-    let mut out = Vec::new();
-    for e in rd {
-        let name = e
-            .map_err(io(&d))?
-            .file_name()
-            .to_string_lossy()
-            .into_owned();
-        if name.parse::<u64>().is_ok_and(|t| t <= size) {
-            continue;
-        }
-        out.push((format!("{ROTATIONS}/{name}"), None));
-    }
-    Ok(out)
+    Ok(list_rotations(dir)
+        .map_err(io(&dir.join(ROTATIONS)))?
+        .into_iter()
+        .filter(|(_, t)| t.is_none_or(|t| t > size))
+        .map(|(name, _)| (format!("{ROTATIONS}/{name}"), None))
+        .collect())
 }
 
 /// Every tile file under `dir`, with its path; stray temporary files are reported as `None`.

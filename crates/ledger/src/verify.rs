@@ -117,7 +117,11 @@ pub fn verify(
         .map_err(|e| VerifyError::Unreadable(format!("{}: {e}", note_path.display())))?;
     // The checkpoint of a log whose signing key was never handed over must be signed by the
     // given key; otherwise the key in charge follows from the entries (step 7, at the end).
-    let handed_over = rotation_notes(dir)?;
+    let handed_over: Vec<u64> = crate::log::list_rotations(dir)
+        .map_err(|e| VerifyError::Unreadable(format!("{}: {e}", dir.join(ROTATIONS).display())))?
+        .into_iter()
+        .filter_map(|(_, t)| t)
+        .collect();
     if handed_over.is_empty() {
         key.open(&note)
             .map_err(|e| Tamper::BadSignature(e.to_string()))?;
@@ -257,22 +261,23 @@ pub fn verify(
     })
 }
 
-/// The tree sizes of the hand-over checkpoints kept in `rotations/`.
-fn rotation_notes(dir: &Path) -> Result<Vec<u64>, VerifyError> {
-    let d = dir.join(ROTATIONS);
-    let rd = match std::fs::read_dir(&d) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(VerifyError::Unreadable(format!("{}: {e}", d.display()))),
+/// Where a verifier given `key` joins a chain of hand-overs (old key, new key), in order: 0 when
+/// the key is the first one (or there is no hand-over), the hand-over after the one that gave
+/// it charge when it is a later one, `None` when the chain never names it as in charge.
+pub(crate) fn taking_charge<'a>(
+    mut links: impl Iterator<Item = (&'a NoteVerifier, &'a NoteVerifier)>,
+    key: &NoteVerifier,
+) -> Option<usize> {
+    let Some((first_old, first_new)) = links.next() else {
+        return Some(0);
     };
-    let mut out = Vec::new();
-    for e in rd {
-        let e = e.map_err(|e| VerifyError::Unreadable(format!("{}: {e}", d.display())))?;
-        if let Some(t) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
-            out.push(t);
-        }
+    if first_old == key {
+        return Some(0);
     }
-    Ok(out)
+    if first_new == key {
+        return Some(1);
+    }
+    links.position(|(_, new)| new == key).map(|j| j + 2)
 }
 
 /// Step 7. Each `signer_rotated` entry hands the signing over from its old key to its new one:
@@ -347,11 +352,7 @@ fn check_signer(
         links.push((seq, old, new));
     }
     // The hand-overs after the given key took charge.
-    let from = if links.first().is_none_or(|(_, old, _)| old == key) {
-        0
-    } else if let Some(j) = links.iter().position(|(_, _, new)| new == key) {
-        j + 1
-    } else {
+    let Some(from) = taking_charge(links.iter().map(|(_, old, new)| (old, new)), key) else {
         return Err(Tamper::BadSignature(format!(
             "key {} never signed this log (its first signing key is {})",
             key.who(),
