@@ -82,9 +82,11 @@ enum Cmd {
         row_format: u8,
         /// `text` for people; `json` for schedulers: one document on standard output, `{"ok":
         /// true, "pipeline", "run_id", "resumed", "rows_in", "loaded", "quarantined",
-        /// "by_reason", "sources", "sinks": [{"name", "rows", "location"}], "quarantine"}`
-        /// (`by_reason` counts the batches this process committed: a resumed run's earlier
-        /// ones are in `quarantined` only), or `{"ok": false, "error", "exit_code"}` when it
+        /// "by_reason", "sources", "sinks": [{"name", "rows", "location"}], "quarantine", "grown":
+        /// [{"source", "input", "read_past_bytes"}]}` (`by_reason` counts the batches this
+        /// process committed: a resumed run's earlier ones are in `quarantined` only; `grown`
+        /// lists files that grew since a run loaded them, of which only the records added were
+        /// loaded), or `{"ok": false, "error", "exit_code"}` when it
         /// fails (the error goes to standard error too; the exit code is the same either way).
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
@@ -1288,11 +1290,14 @@ async fn run_pipeline(
     // A wrong endpoint is the command's error, before anything is opened.
     let openlineage = match openlineage {
         Some(t) => {
-            use sealtrail_engine::openlineage::{Destination, Emitter, api_key_from_env};
+            use sealtrail_engine::openlineage::{
+                Destination, Emitter, SpoolLimits, api_key_from_env,
+            };
             let key = api_key_from_env().map_err(UsageError)?;
             Some(
                 Emitter::new(Destination::parse(t, key).map_err(UsageError)?)
-                    .spooling_in(home.join("openlineage-spool")),
+                    .spooling_in(home.join("openlineage-spool"))
+                    .with_spool_limits(SpoolLimits::from_env().map_err(UsageError)?),
             )
         }
         None => None,
@@ -1468,6 +1473,11 @@ fn report_json(r: &RunReport) -> serde_json::Value {
             "location": k.location,
         })).collect::<Vec<_>>(),
         "quarantine": r.quarantine,
+        "grown": r.grown.iter().map(|g| serde_json::json!({
+            "source": g.source,
+            "input": g.input,
+            "read_past_bytes": g.read_past,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -1500,6 +1510,13 @@ fn print_report(r: &RunReport) {
         r.counts.rows_quarantined,
         r.quarantine
     );
+    for g in &r.grown {
+        outln!(
+            "  grown {}: its first {} bytes were loaded by an earlier run; only the records added since were loaded",
+            g.input,
+            g.read_past
+        );
+    }
 }
 
 /// Marks a folder `demo` made, so that a later `demo` there may clear what it wrote.

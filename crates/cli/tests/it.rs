@@ -1280,7 +1280,25 @@ fn an_incremental_file_that_grew_loads_only_the_records_added() {
     };
     // Records 3 (line 4) and a malformed one (line 5) added: only they are read.
     append("f.csv", b"3,c\n4,x,extra\n");
-    assert_eq!(run_counted(&spec).0, (2, 1, 1));
+    let out = run_ok(bin().args(["run", "--format", "json"]).arg(&spec));
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            &report["rows_in"],
+            &report["loaded"],
+            &report["quarantined"]
+        ),
+        (&2.into(), &1.into(), &1.into())
+    );
+    // The report says which file grew and how much of it was read past ("id,name\n1,a\n2,b\n").
+    let grown = report["grown"].as_array().unwrap();
+    assert_eq!(grown.len(), 1, "{report}");
+    assert!(
+        grown[0]["input"].as_str().unwrap().ends_with("in/f.csv")
+            && grown[0]["source"] == "s"
+            && grown[0]["read_past_bytes"] == 16,
+        "{report}"
+    );
     assert_eq!(ids(), "[(1, '2'), (2, '3'), (3, '4')]");
     let q = run_ok(bin().args(["quarantine", "list"]).arg(&spec));
     assert!(q.contains("1 quarantined record(s)"), "{q}");
@@ -1309,6 +1327,13 @@ fn an_incremental_file_that_grew_loads_only_the_records_added() {
     );
     let resumed = run_ok(bin().arg("run").arg(&spec));
     assert!(resumed.contains("resumed"), "{resumed}");
+    // The resumed run names the grown file as the first attempt would have (f.csv read past
+    // its first 30 bytes; h.csv's header-only version held no record, so it is loaded whole).
+    let grown: Vec<&str> = resumed.lines().filter(|l| l.contains("grown")).collect();
+    assert!(
+        grown.len() == 1 && grown[0].contains("in/f.csv: its first 30 bytes were loaded"),
+        "{resumed}"
+    );
     assert_eq!(
         ids(),
         "[(1, '2'), (2, '3'), (3, '4'), (5, '6'), (6, '7'), (7, '8'), (9, '2')]"
@@ -9554,6 +9579,24 @@ fn openlineage_events_an_endpoint_misses_are_kept_and_sent_by_the_next_run() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["eventType"].to_string())
         .collect();
     assert_eq!(types, ["\"START\"", "\"COMPLETE\""]);
+    // An event kept from long ago (past the 30 days the spool keeps them) goes unsent.
+    let old_event =
+        r#"{"eventType":"START","eventTime":"2020-01-01T00:00:00Z","run":{"runId":"old"}}"#;
+    std::fs::write(spool.join(&kept[0]), format!("{old_event}\n{text}")).unwrap();
+    // A limit that is not a number refuses the run before it starts.
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .args(["--openlineage", &url])
+        .env("SEALTRAIL_OPENLINEAGE_SPOOL_DAYS", "thirty")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SEALTRAIL_OPENLINEAGE_SPOOL_DAYS must be a whole number"),
+        "{err}"
+    );
 
     // The endpoint is back: it refuses the first event it gets for good, takes the rest.
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
@@ -9578,10 +9621,13 @@ fn openlineage_events_an_endpoint_misses_are_kept_and_sent_by_the_next_run() {
     assert!(out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("answered 400 Bad Request; the event is dropped"),
+        err.contains("answered 400 Bad Request; the event is dropped")
+            && err
+                .contains("1 event(s) kept for 127.0.0.1 longer than 30 days were dropped unsent"),
         "{err}"
     );
     let got = server.join().unwrap();
+    assert!(got.iter().all(|(_, run)| run != "old"), "{got:?}");
     let kinds: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(kinds, ["START", "COMPLETE", "START", "COMPLETE"]);
     assert_eq!(got[0].1, got[1].1);

@@ -197,6 +197,19 @@ pub struct RunReport {
     pub by_reason: BTreeMap<String, u64>,
     pub sinks: Vec<SinkReport>,
     pub quarantine: String,
+    /// Files that grew since an earlier run loaded them, whose loaded records this run read
+    /// past (only the records added were loaded).
+    pub grown: Vec<GrownInput>,
+}
+
+/// An input file that grew since a run loaded its first bytes (see [`RunReport::grown`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrownInput {
+    pub source: String,
+    /// The input as the run recorded it.
+    pub input: String,
+    /// How many of its first bytes (their records loaded before) were read past.
+    pub read_past: u64,
 }
 
 /// A sink of a run: where it is and how many rows the run delivered to it.
@@ -1544,6 +1557,7 @@ async fn run_inner(
         by_reason: BTreeMap::new(),
         sinks: Vec::new(),
         quarantine: String::new(),
+        grown: Vec::new(),
     };
     let mut qsink = open_sink("quarantine", &p.quarantine, quarantine::schema()).await?;
     report.quarantine = qsink.location();
@@ -1676,6 +1690,17 @@ async fn run_inner(
         let inputs = located.remove(&source.name).unwrap_or_default();
         // Files that grew since a run loaded their first bytes: read past those records.
         let recorded_skips = st.run_input_skips(run_id, &source.name).await?;
+        let mut grown: Vec<GrownInput> = recorded_skips
+            .iter()
+            .filter(|&(_, &skip)| skip > 0)
+            .map(|(input, &skip)| GrownInput {
+                source: source.name.clone(),
+                input: input.clone(),
+                read_past: skip,
+            })
+            .collect();
+        grown.sort_by(|a, b| a.input.cmp(&b.input));
+        report.grown.extend(grown);
         let skips: sealtrail_connectors::SkipLoaded = inputs
             .iter()
             .filter_map(|(read, name)| Some((read.into(), *recorded_skips.get(name)?)))

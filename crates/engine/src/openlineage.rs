@@ -149,6 +149,101 @@ pub struct Emitter {
     target: Destination,
     /// Where events an endpoint did not take wait for the next run ([`Emitter::spooling_in`]).
     spool: Option<PathBuf>,
+    limits: SpoolLimits,
+}
+
+/// How much a spool file keeps for an endpoint that stays away: past either limit the oldest
+/// events are dropped, with a warning, so that a catalogue gone for good cannot fill the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolLimits {
+    /// Bytes of events kept per endpoint (`None`: no limit).
+    pub max_bytes: Option<u64>,
+    /// Age of the oldest event kept, by its `eventTime` (`None`: no limit).
+    pub max_age: Option<std::time::Duration>,
+}
+
+/// Sets [`SpoolLimits::max_bytes`], in MiB (`0`: no limit).
+pub const SPOOL_MB_VAR: &str = "SEALTRAIL_OPENLINEAGE_SPOOL_MB";
+/// Sets [`SpoolLimits::max_age`], in days (`0`: no limit).
+pub const SPOOL_DAYS_VAR: &str = "SEALTRAIL_OPENLINEAGE_SPOOL_DAYS";
+
+impl Default for SpoolLimits {
+    /// 64 MiB (a few hundred thousand events: months of runs) and 30 days.
+    fn default() -> Self {
+        Self {
+            max_bytes: Some(64 << 20),
+            max_age: Some(std::time::Duration::from_secs(30 * 86_400)),
+        }
+    }
+}
+
+impl SpoolLimits {
+    /// The defaults, with [`SPOOL_MB_VAR`] and [`SPOOL_DAYS_VAR`] when set. A value that is not
+    /// a whole number is an error naming the variable.
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_vars(|var| match std::env::var(var) {
+            Ok(v) => Some(v),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => Some(String::new()),
+        })
+    }
+
+    /// [`SpoolLimits::from_env`] over any lookup of variables.
+    fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let read = |var: &str| -> Result<Option<u64>, String> {
+            get(var)
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| {
+                        format!("{var} must be a whole number (0 for no limit), not `{v}`")
+                    })
+                })
+                .transpose()
+        };
+        let mut l = Self::default();
+        if let Some(mb) = read(SPOOL_MB_VAR)? {
+            l.max_bytes = (mb > 0).then(|| mb.saturating_mul(1 << 20));
+        }
+        if let Some(days) = read(SPOOL_DAYS_VAR)? {
+            l.max_age =
+                (days > 0).then(|| std::time::Duration::from_secs(days.saturating_mul(86_400)));
+        }
+        Ok(l)
+    }
+
+    /// Drops from the front of `events` (oldest first) those past the limits at `now`:
+    /// returns how many went for their age and how many for the size. An event whose
+    /// `eventTime` cannot be read is kept while the size allows (its age is unknown).
+    fn prune(
+        &self,
+        events: &mut Vec<String>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> (usize, usize) {
+        let too_old = |e: &str| {
+            let Some(max) = self.max_age else {
+                return false;
+            };
+            let time = serde_json::from_str::<Value>(e).ok().and_then(|v| {
+                chrono::DateTime::parse_from_rfc3339(v.get("eventTime")?.as_str()?).ok()
+            });
+            time.is_some_and(|t| {
+                now.signed_duration_since(t)
+                    .to_std()
+                    .is_ok_and(|age| age > max)
+            })
+        };
+        let aged = events.iter().take_while(|e| too_old(e)).count();
+        events.drain(..aged);
+        let mut sized = 0;
+        if let Some(max) = self.max_bytes {
+            let mut total: u64 = events.iter().map(|e| e.len() as u64 + 1).sum();
+            while total > max && sized < events.len() {
+                total -= events[sized].len() as u64 + 1;
+                sized += 1;
+            }
+            events.drain(..sized);
+        }
+        (aged, sized)
+    }
 }
 
 /// What became of one POST.
@@ -166,7 +261,14 @@ impl Emitter {
         Self {
             target,
             spool: None,
+            limits: SpoolLimits::default(),
         }
+    }
+
+    /// How much the spool keeps ([`SpoolLimits`]; the defaults otherwise).
+    pub fn with_spool_limits(mut self, limits: SpoolLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Keeps the events an endpoint does not take (it is down, overloaded, or refuses the
@@ -248,7 +350,17 @@ impl Emitter {
         let name = &hex::encode(sha2::Sha256::digest(url.as_bytes()))[..16];
         let file = dir.join(format!("{name}.jsonl"));
         let lock = std::fs::File::create(dir.join(format!("{name}.lock")))?;
-        lock.lock()?;
+        // Another run may hold the lock while it posts (up to its timeout per event): wait
+        // without holding up one of the runtime's workers.
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
         let mut pending: Vec<String> = match std::fs::read_to_string(&file) {
             Ok(t) => t
                 .lines()
@@ -258,8 +370,22 @@ impl Emitter {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e),
         };
-        let kept = pending.len();
         pending.push(body);
+        let (aged, sized) = self.limits.prune(&mut pending, chrono::Utc::now());
+        if aged > 0 {
+            tracing::warn!(
+                "OpenLineage: {aged} event(s) kept for {host} longer than {} days were dropped unsent ({SPOOL_DAYS_VAR} sets the limit; the ledger still records those runs)",
+                self.limits.max_age.map_or(0, |a| a.as_secs() / 86_400)
+            );
+        }
+        if sized > 0 {
+            tracing::warn!(
+                "OpenLineage: the {sized} oldest event(s) kept for {host} were dropped unsent: the events kept for it would pass {} MiB ({SPOOL_MB_VAR} sets the limit; the ledger still records those runs)",
+                self.limits.max_bytes.map_or(0, |b| b >> 20)
+            );
+        }
+        // The events kept from earlier runs (this run's own is last, unless dropped above).
+        let kept = pending.len().saturating_sub(1);
         let mut done = 0;
         for b in &pending {
             match post(client, url, api_key, b.clone()).await {
@@ -663,5 +789,83 @@ mod tests {
             assert!(e.contains(says), "{url}: {e}");
             assert!(!e.contains("S3CRET") && !e.contains("/api/"), "{e}");
         }
+    }
+
+    /// Past its age or size, the spool drops its oldest events first; what it keeps stays in
+    /// order, and an event without a readable time is kept while the size allows.
+    #[test]
+    fn the_spool_drops_the_oldest_events_past_its_limits() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-05T12:00:00Z")
+            .unwrap()
+            .to_utc();
+        let ev = |t: &str, n: usize| format!(r#"{{"eventTime":"{t}","pad":"{}"}}"#, "x".repeat(n));
+        let events = vec![
+            ev("2026-10-01T00:00:00Z", 10),
+            ev("2026-11-04T11:00:00Z", 10),
+            ev("2026-11-20T00:00:00Z", 100),
+            "not json".to_string(),
+            ev("2026-12-05T11:59:00Z", 100),
+        ];
+        // The defaults: 30 days, 64 MiB.
+        let mut kept = events.clone();
+        assert_eq!(SpoolLimits::default().prune(&mut kept, now), (2, 0));
+        assert_eq!(kept, events[2..]);
+        // A size limit keeps the newest events that fit (each with its line break).
+        let fit: u64 = events[3..].iter().map(|e| e.len() as u64 + 1).sum();
+        for (max, aged, sized) in [(fit, 0, 3), (fit - 1, 0, 4), (u64::MAX, 0, 0)] {
+            let limits = SpoolLimits {
+                max_bytes: Some(max),
+                max_age: None,
+            };
+            let mut kept = events.clone();
+            assert_eq!(limits.prune(&mut kept, now), (aged, sized), "{max}");
+            assert_eq!(kept, events[sized..]);
+        }
+        // No limit keeps everything; an unreadable time is not taken for old.
+        let none = SpoolLimits {
+            max_bytes: None,
+            max_age: None,
+        };
+        let mut kept = events.clone();
+        assert_eq!(none.prune(&mut kept, now), (0, 0));
+        assert_eq!(kept, events);
+        let mut kept = vec!["{}".to_string(), ev("2020-01-01T00:00:00Z", 1)];
+        assert_eq!(SpoolLimits::default().prune(&mut kept, now), (0, 0));
+    }
+
+    /// The limits come from two variables; a value that is no whole number names its variable.
+    #[test]
+    fn spool_limits_are_read_from_two_variables() {
+        let vars = |mb: Option<&str>, days: Option<&str>| {
+            let (mb, days) = (mb.map(str::to_owned), days.map(str::to_owned));
+            SpoolLimits::from_vars(move |v| {
+                if v == SPOOL_MB_VAR {
+                    mb.clone()
+                } else {
+                    days.clone()
+                }
+            })
+        };
+        assert_eq!(vars(None, None), Ok(SpoolLimits::default()));
+        assert_eq!(
+            vars(Some("2"), Some("0")),
+            Ok(SpoolLimits {
+                max_bytes: Some(2 << 20),
+                max_age: None
+            })
+        );
+        assert_eq!(
+            vars(Some(" 0 "), Some("7")),
+            Ok(SpoolLimits {
+                max_bytes: None,
+                max_age: Some(std::time::Duration::from_secs(7 * 86_400))
+            })
+        );
+        let err = vars(None, Some("a week")).unwrap_err();
+        assert!(
+            err.contains(SPOOL_DAYS_VAR) && err.contains("whole number"),
+            "{err}"
+        );
+        assert!(vars(Some("-1"), None).unwrap_err().contains(SPOOL_MB_VAR));
     }
 }
