@@ -1367,10 +1367,15 @@ impl<'a> InputOwners<'a> {
 /// One difference between a sink and what the ledger says was delivered.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Finding {
-    Changed(String),
-    Deleted(String),
+    /// A row's id, and the batch (an index into the audit's batch list) that delivered it.
+    Changed(String, u32),
+    Deleted(String, u32),
+    /// A row no batch delivered.
     Added(String),
 }
+
+/// Rows of each kind `audit` lists in text unless `--all` is given (the counts are whole).
+const AUDIT_LISTED: usize = 20;
 
 /// A row of a sink file as `audit` sees it: its lineage id (`None` when it has none) and the
 /// commitment of its canonical encoding in each row format the sink's batches use.
@@ -1732,7 +1737,16 @@ fn file_batches<'a>(
 /// record are matched row by row, on every core, one batch in memory at a time. Rows that do
 /// not match there (changed, moved, added), files of no batch, batches with no file and the
 /// rows of a PostgreSQL table are then matched by lineage id.
-pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Result<i32> {
+/// How `audit` reports: JSON, or text listing every row (`all`) or the first
+/// [`AUDIT_LISTED`] of each kind.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditOutput {
+    pub json: bool,
+    pub all: bool,
+}
+
+pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, output: AuditOutput) -> Result<i32> {
+    let AuditOutput { json, all } = output;
     let p = sealtrail_spec::load(spec)?;
     let home = state.home(Some(spec));
     let named = find_sink(&p, sink)?;
@@ -1980,7 +1994,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         let key = row.id.as_deref().map(|id| ById::key(residual.seed, id));
         match key.and_then(|k| residual.take(k, same)) {
             Some((_, true)) => {}
-            Some((_, false)) => findings.push(Finding::Changed(label())),
+            Some((e, false)) => findings.push(Finding::Changed(label(), e.batch)),
             None => findings.push(Finding::Added(label())),
         }
     };
@@ -2070,7 +2084,7 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         let (_, s) = c.sink(sink).ok_or_else(changed)?;
         for e in group {
             let (k, _) = s.row(e.row as usize);
-            findings.push(Finding::Deleted(c.row_id(s, k)));
+            findings.push(Finding::Deleted(c.row_id(s, k), e.batch));
         }
     }
     // A PostgreSQL table several pipelines load: rows whose ids name an input that only other
@@ -2091,14 +2105,38 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         }
         findings = kept;
     }
-    let batches = delivered_batches;
     findings.sort();
     let count = |f: fn(&Finding) -> bool| findings.iter().filter(|x| f(x)).count();
     let (changed, deleted, added) = (
-        count(|f| matches!(f, Finding::Changed(_))),
-        count(|f| matches!(f, Finding::Deleted(_))),
+        count(|f| matches!(f, Finding::Changed(..))),
+        count(|f| matches!(f, Finding::Deleted(..))),
         count(|f| matches!(f, Finding::Added(_))),
     );
+    // Per batch: (changed, deleted), in the order of the batches' ledger entries.
+    let mut per_batch: BTreeMap<(Option<u64>, u32), (usize, usize)> = BTreeMap::new();
+    for f in &findings {
+        let (b, changed) = match f {
+            Finding::Changed(_, b) => (*b, true),
+            Finding::Deleted(_, b) => (*b, false),
+            Finding::Added(_) => continue,
+        };
+        let n = per_batch
+            .entry((batches[b as usize].0.ledger_seq, b))
+            .or_default();
+        if changed {
+            n.0 += 1;
+        } else {
+            n.1 += 1;
+        }
+    }
+    let per_batch: Vec<(&CustodyRef, u64, usize, usize)> = per_batch
+        .into_iter()
+        .map(|((_, b), (c, d))| {
+            let (r, (rows, _)) = &batches[b as usize];
+            (r, *rows, c, d)
+        })
+        .collect();
+    let batches = delivered_batches;
     if json {
         let list = |want: fn(&Finding) -> Option<&String>| -> Vec<&String> {
             findings.iter().filter_map(want).collect()
@@ -2108,9 +2146,18 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
             "rows": rows,
             "batches": batches,
             "revised_batches": revised,
-            "changed": list(|f| if let Finding::Changed(s) = f { Some(s) } else { None }),
-            "deleted": list(|f| if let Finding::Deleted(s) = f { Some(s) } else { None }),
+            "changed": list(|f| if let Finding::Changed(s, _) = f { Some(s) } else { None }),
+            "deleted": list(|f| if let Finding::Deleted(s, _) = f { Some(s) } else { None }),
             "added": list(|f| if let Finding::Added(s) = f { Some(s) } else { None }),
+            "by_batch": per_batch.iter().map(|(r, rows, c, d)| serde_json::json!({
+                "run_id": r.run_id,
+                "source": r.source,
+                "batch": r.batch,
+                "ledger_entry": r.ledger_seq,
+                "delivered": rows,
+                "changed": c,
+                "deleted": d,
+            })).collect::<Vec<_>>(),
             "unreadable": unreadable,
             "other_pipelines_files": skipped,
             "other_pipelines_rows": other_rows,
@@ -2145,12 +2192,40 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, json: bool) -> Re
         for u in &unreadable {
             outln!("  UNREADABLE  {u}");
         }
+        // Where the differences are: each batch with its count, so that a batch missing whole
+        // (a file removed, a commit undone) reads as one line.
+        for (r, rows, c, d) in &per_batch {
+            let what = match (c, d) {
+                (0, d) if *d as u64 == *rows => "every row deleted".to_string(),
+                (0, d) => format!("{d} deleted"),
+                (c, 0) => format!("{c} changed"),
+                (c, d) => format!("{c} changed, {d} deleted"),
+            };
+            outln!(
+                "  run {} source `{}` batch {} (ledger entry {}, {rows} rows delivered): {what}",
+                r.run_id,
+                r.source,
+                r.batch,
+                r.ledger_seq.map_or("?".into(), |s| s.to_string())
+            );
+        }
+        let mut listed = [0usize; 3];
         for f in &findings {
-            match f {
-                Finding::Changed(id) => outln!("  CHANGED  {id}"),
-                Finding::Deleted(id) => outln!("  DELETED  {id}"),
-                Finding::Added(id) => outln!("  ADDED    {id}"),
+            let (k, line) = match f {
+                Finding::Changed(id, _) => (0, format!("  CHANGED  {id}")),
+                Finding::Deleted(id, _) => (1, format!("  DELETED  {id}")),
+                Finding::Added(id) => (2, format!("  ADDED    {id}")),
+            };
+            listed[k] += 1;
+            if all || listed[k] <= AUDIT_LISTED {
+                outln!("{line}");
             }
+        }
+        let unlisted: usize = listed.iter().map(|n| n.saturating_sub(AUDIT_LISTED)).sum();
+        if !all && unlisted > 0 {
+            outln!(
+                "  ... and {unlisted} more row(s) not listed here (the first {AUDIT_LISTED} of each kind are): `--all` lists every one, `--json` too"
+            );
         }
         if findings.is_empty() && unreadable.is_empty() {
             outln!("every row is as delivered: no change, deletion or addition");

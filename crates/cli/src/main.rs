@@ -244,9 +244,13 @@ enum Cmd {
         /// The sink to audit (a name under the spec's `sinks:`).
         #[arg(long)]
         sink: String,
-        /// Print the findings as JSON.
+        /// Print the findings as JSON (every row, and the counts per batch).
         #[arg(long)]
         json: bool,
+        /// List every changed, deleted and added row (by default the first 20 of each kind;
+        /// the counts, per batch and in all, are always whole).
+        #[arg(long)]
+        all: bool,
         #[command(flatten)]
         state: StateArgs,
     },
@@ -831,8 +835,12 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             spec,
             sink,
             json,
+            all,
             state,
-        } => exit_with(custody_cmd::audit(&spec, &sink, &state, json).await?),
+        } => exit_with(
+            custody_cmd::audit(&spec, &sink, &state, custody_cmd::AuditOutput { json, all })
+                .await?,
+        ),
         Cmd::Ledger { home, ledger, cmd } => {
             let home = home.unwrap_or_else(|| PathBuf::from(".sealtrail"));
             exit_with(ledger_cmd::run(&home, &ledger, cmd)?)

@@ -5295,9 +5295,10 @@ fn audit_reports_a_damaged_sink_file_and_checks_the_rest() {
         .collect();
     files.sort();
     assert_eq!(files.len(), 3, "{files:?}");
-    let audit = || {
+    let audit_with = |more: &[&str]| {
         let out = bin()
             .args(["audit", spec.to_str().unwrap(), "--sink", "out"])
+            .args(more)
             .output()
             .unwrap();
         (
@@ -5305,12 +5306,23 @@ fn audit_reports_a_damaged_sink_file_and_checks_the_rest() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
-    assert_eq!(audit().0, Some(0));
+    assert_eq!(audit_with(&[]).0, Some(0));
     // The middle file cut in half: its footer is gone.
     let b = std::fs::read(&files[1]).unwrap();
     std::fs::write(&files[1], &b[..b.len() / 2]).unwrap();
-    let (code, out) = audit();
+    // By default the first 20 rows of each kind are listed, and the batch they came from.
+    let (code, out) = audit_with(&[]);
     assert_eq!(code, Some(4), "{out}");
+    assert_eq!(out.matches("  DELETED  s:").count(), 20, "{out}");
+    assert!(
+        out.contains("... and 80 more row(s) not listed here")
+            && out.lines().any(|l| l.contains(" batch 1 (ledger entry ")
+                && l.ends_with("100 rows delivered): every row deleted")),
+        "{out}"
+    );
+    let (code, out) = audit_with(&["--all"]);
+    assert_eq!(code, Some(4), "{out}");
+    assert!(!out.contains("not listed here"), "{out}");
     let name = files[1].file_name().unwrap().to_string_lossy().into_owned();
     assert!(
         out.lines()
