@@ -192,6 +192,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         openlineage: None,
         stop: None,
         row_format: Default::default(),
+        reload_inputs_of: Vec::new(),
     };
     if a.input == Input::Warm {
         // The pre-read's speed says how much of the file was cached before it.

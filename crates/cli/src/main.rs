@@ -70,6 +70,12 @@ enum Cmd {
         /// again the inputs those runs loaded.
         #[arg(long)]
         fresh_state: bool,
+        /// The first run of a pipeline is refused when it would load inputs that another
+        /// pipeline of the state store loaded under a source of the same name (a renamed
+        /// pipeline would load them all again): load them again anyway, naming that pipeline
+        /// (repeatable).
+        #[arg(long, value_name = "PIPELINE")]
+        reload_inputs_of: Vec<String>,
         /// Send OpenLineage run events (START, COMPLETE, FAIL) to this file (JSON Lines,
         /// appended) or HTTP endpoint (`http(s)://...`, POST per event; an API key in
         /// SEALTRAIL_OPENLINEAGE_API_KEY, or in the file SEALTRAIL_OPENLINEAGE_API_KEY_FILE
@@ -382,7 +388,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     }
     if let Some(e) = e.downcast_ref::<E>() {
         return match e {
-            E::Spec(_) | E::UnfinishedRun { .. } => exit::USER,
+            E::Spec(_) | E::UnfinishedRun { .. } | E::LoadedByAnotherPipeline { .. } => exit::USER,
             E::Integrity { .. } => exit::INTEGRITY,
             E::Internal(_) | E::StageStopped { .. } => exit::INTERNAL,
             E::Stopped { signal, .. } | E::NotStarted { signal, .. } => match signal.as_str() {
@@ -678,6 +684,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             state,
             abandon_unfinished,
             fresh_state,
+            reload_inputs_of,
             openlineage,
             row_format,
             format,
@@ -693,6 +700,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
                     Starting {
                         abandon: abandon_unfinished,
                         check_history: !fresh_state,
+                        reload_inputs_of,
                     },
                     openlineage.as_deref(),
                     match row_format {
@@ -1276,13 +1284,15 @@ fn progress_bar(label: &str) -> ProgressBar {
 }
 
 /// How [`run_pipeline`] starts a run.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Starting {
     /// Give up an unfinished run instead of resuming it (`--abandon-unfinished`).
     abandon: bool,
     /// Refuse a state store that misses runs the ledger records ([`history_kept`]; `run`
     /// without `--fresh-state`).
     check_history: bool,
+    /// `run --reload-inputs-of` ([`RunOptions::reload_inputs_of`]).
+    reload_inputs_of: Vec<String>,
 }
 
 async fn run_pipeline(
@@ -1295,6 +1305,7 @@ async fn run_pipeline(
     row_format: RowFormat,
 ) -> Result<RunReport> {
     let abandon = starting.abandon;
+    let reload_inputs_of = starting.reload_inputs_of;
     // A wrong endpoint is the command's error, before anything is opened.
     let openlineage = match openlineage {
         Some(t) => {
@@ -1347,6 +1358,7 @@ async fn run_pipeline(
         row_format,
         openlineage,
         stop: Some(stop),
+        reload_inputs_of,
     };
     let r = sealtrail_engine::run(p, &opts).await;
     if let Ok(mut g) = STOP.lock() {

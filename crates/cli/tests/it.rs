@@ -1242,6 +1242,81 @@ fn id_name_project(
     (dir, spec)
 }
 
+/// A renamed pipeline would load again every file the old name loaded (what a pipeline loaded
+/// is kept under its name): its first run is refused, exit 2, naming the old name and both ways
+/// on, and nothing is loaded; named with --reload-inputs-of, the other pipeline's files load
+/// again. A new pipeline whose inputs no other pipeline loaded runs as any other.
+#[test]
+fn a_renamed_pipeline_does_not_load_the_old_names_files_again() {
+    let (dir, spec) = id_name_project(
+        "trades",
+        true,
+        &[("a.csv", "id,name\n1,a\n"), ("b.csv", "id,name\n2,b\n")],
+    );
+    let d = dir.path();
+    assert_eq!(run_counted(&spec).0, (2, 2, 0));
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        text.replace("pipeline: trades\n", "pipeline: trades_eu\n"),
+    )
+    .unwrap();
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pipeline `trades_eu` has no succeeded run in this run state store, and 2 of the 2 file(s) its source `s` would load were loaded by pipeline `trades`")
+            && err.contains("put its old name back (`pipeline: trades`)")
+            && err.contains("--reload-inputs-of trades. Nothing was loaded"),
+        "{err}"
+    );
+    let rows = || {
+        py(&format!(
+            "import pyarrow.dataset as ds\nprint(ds.dataset('{}/out/rows').count_rows())",
+            d.display()
+        ))
+    };
+    assert_eq!(rows(), "2");
+    let runs = run_ok(bin().arg("runs").arg("--home").arg(d.join(".sealtrail")));
+    assert!(
+        !runs.contains("trades_eu"),
+        "the refused run is not recorded: {runs}"
+    );
+    // A file no pipeline loaded does not make the refusal go away.
+    std::fs::write(d.join("in/c.csv"), "id,name\n3,c\n").unwrap();
+    let out = bin().arg("run").arg(&spec).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 of the 3 file(s)"),
+        "{out:?}"
+    );
+    // Loading them again on purpose.
+    let out = run_ok(
+        bin()
+            .arg("run")
+            .arg(&spec)
+            .args(["--reload-inputs-of", "trades"]),
+    );
+    assert_eq!(counts(&out), (3, 3, 0));
+    assert_eq!(rows(), "5");
+    // From then on the pipeline is checked no more: it has a run of its own.
+    std::fs::write(d.join("in/d.csv"), "id,name\n4,d\n").unwrap();
+    assert_eq!(run_counted(&spec).0, (1, 1, 0));
+    // A new pipeline of the same project reading files no other pipeline loaded is not held up.
+    std::fs::create_dir_all(d.join("in2")).unwrap();
+    std::fs::write(d.join("in2/x.csv"), "id,name\n9,x\n").unwrap();
+    let other = d.join("other.yaml");
+    std::fs::write(
+        &other,
+        text.replace("pipeline: trades\n", "pipeline: fresh\n")
+            .replace("in/*.csv", "in2/*.csv")
+            .replace("out/rows", "out/rows2")
+            .replace("out/q", "out/q2"),
+    )
+    .unwrap();
+    assert_eq!(run_counted(&other).0, (1, 1, 0));
+}
+
 /// An incremental file a run loaded, to which a producer appended records since, loads only
 /// the records added (its line numbers, and so its lineage ids, going on from the loaded ones),
 /// however many times it grows; a loaded file that held no record (a header line alone) and
@@ -2196,6 +2271,33 @@ quarantine:
     );
     // Nothing new: nothing read.
     assert_eq!(run(), (0, 0, 0));
+    // Renamed, the pipeline would read the table from its start again: refused, nothing read.
+    let renamed = dir.path().join("renamed.yaml");
+    std::fs::write(
+        &renamed,
+        std::fs::read_to_string(&spec).unwrap().replace(
+            &format!("pipeline: pg_{ns}\n"),
+            &format!("pipeline: pg_{ns}_v2\n"),
+        ),
+    )
+    .unwrap();
+    let out = bin()
+        .arg("run")
+        .arg(&renamed)
+        .env("ST_TEST_PG_URL", pg_url())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "its source `src` would read every row of table {ns}.src again, which pipeline `pg_{ns}` read up to its cursor"
+        )),
+        "{out:?}"
+    );
+    assert_eq!(
+        pg_one(&format!("SELECT count(*)::text FROM {ns}.out")),
+        "940"
+    );
     // New rows past the cursor: only they are read. The range's bounds (the last run's
     // maximum, 1000, and this one's, 1500) are bound as parameters, so the statement sqlx logs
     // (at debug, and at warn when slow) holds no cursor value.
@@ -4833,9 +4935,11 @@ fn a_postgres_source_without_a_key_is_keyed_by_its_primary_key() {
             .replace("out/p", "out/b"),
     )
     .unwrap();
+    // (A second pipeline reading the table the first one read, on purpose.)
     let out = bin()
         .arg("run")
         .arg(&spec)
+        .args(["--reload-inputs-of", &format!("{ns}_people")])
         .env("ST_TEST_PG_URL", pg_url())
         .output()
         .unwrap();

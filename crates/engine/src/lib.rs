@@ -51,6 +51,18 @@ pub enum Error {
     Connector(#[from] sealtrail_connectors::Error),
     #[error(transparent)]
     State(#[from] state::StateError),
+    /// A pipeline that has never loaded anything with this state store would load inputs that
+    /// other pipelines of the store loaded: a renamed pipeline (whose loaded files and cursors
+    /// stay under its old name) would load them all again. [`RunOptions::reload_inputs_of`]
+    /// names the pipelines whose inputs may be loaded again.
+    #[error(
+        "pipeline `{pipeline}` has no succeeded run in this run state store, and {what}: if the pipeline was renamed, put its old name back (`pipeline: {other}`), since the files and cursor positions a pipeline loaded are kept under its name; to load them again on purpose (another pipeline reading the same inputs), run with --reload-inputs-of {other}. Nothing was loaded"
+    )]
+    LoadedByAnotherPipeline {
+        pipeline: String,
+        other: String,
+        what: String,
+    },
     /// An earlier run of this pipeline did not finish under a different spec.
     #[error(
         "run {run_id} of pipeline `{pipeline}` did not finish and was started with another version of the spec; run it with that spec to complete it, or pass --abandon-unfinished to give it up (its committed batches stay loaded)"
@@ -175,6 +187,9 @@ pub struct RunOptions {
     /// ends as failed with [`Error::Stopped`] (recorded in the state store and the ledger),
     /// to be resumed by the next run.
     pub stop: Option<Arc<std::sync::OnceLock<String>>>,
+    /// Other pipelines of the state store whose loaded inputs a first run of this one may load
+    /// again (otherwise [`Error::LoadedByAnotherPipeline`]).
+    pub reload_inputs_of: Vec<String>,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -828,6 +843,96 @@ async fn choose_inputs(
     Ok(out)
 }
 
+/// Refuses the first run of a pipeline (none succeeded with this state store) that would load
+/// inputs another pipeline of the store loaded under a source of the same name, unless that
+/// pipeline is `allowed`: files of an incremental source by their fingerprint or bytes, and a
+/// PostgreSQL source with a cursor by its relation. That is what a renamed pipeline does: what it
+/// loaded is kept under its old name, so it would load everything again into the same sinks.
+async fn loaded_under_another_name(
+    p: &Pipeline,
+    st: &StateStore,
+    inputs: &[(String, Vec<state::ChosenInput>)],
+    allowed: &[String],
+) -> Result<()> {
+    if st.has_succeeded_run(&p.name).await? {
+        return Ok(());
+    }
+    for (source, chosen) in inputs {
+        let Some(s) = p.sources.iter().find(|s| &s.name == source) else {
+            continue;
+        };
+        // Per other pipeline: the inputs it loaded, in the run's order.
+        let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        match &s.connector {
+            SourceConnector::Csv(o) if o.files.incremental => {}
+            SourceConnector::Jsonl(f) | SourceConnector::Parquet(f) if f.incremental => {}
+            SourceConnector::Postgres(pg) if pg.cursor.is_some() => {
+                // A table is one relation whoever reads it; queries of two pipelines' sources
+                // of one name may read different rows, and are not compared.
+                let Some(what) = chosen
+                    .first()
+                    .and_then(|c| sealtrail_connectors::pg::PgInput::decode(&c.input))
+                    .map(|i| i.what)
+                    .filter(|w| w.starts_with("table "))
+                else {
+                    continue;
+                };
+                for (other, input) in st.last_loaded_inputs_of_others(&p.name, source).await? {
+                    if allowed.contains(&other) {
+                        continue;
+                    }
+                    if sealtrail_connectors::pg::PgInput::decode(&input)
+                        .is_some_and(|i| i.what == what)
+                    {
+                        found.entry(other).or_default().push(what.clone());
+                    }
+                }
+                if let Some((other, _)) = found.into_iter().next() {
+                    return Err(Error::LoadedByAnotherPipeline {
+                        pipeline: p.name.clone(),
+                        other: other.clone(),
+                        what: format!(
+                            "its source `{source}` would read every row of {what} again, which pipeline `{other}` read up to its cursor under a source of the same name"
+                        ),
+                    });
+                }
+                continue;
+            }
+            _ => continue,
+        }
+        for c in chosen {
+            let content = c.content.as_ref().filter(|(_, d)| !d.is_empty());
+            for other in st
+                .loaded_by_others(&p.name, source, &c.fingerprint, content)
+                .await?
+            {
+                if !allowed.contains(&other) {
+                    found.entry(other).or_default().push(c.input.clone());
+                }
+            }
+        }
+        if let Some((other, files)) = found.into_iter().next() {
+            let shown: Vec<&str> = files.iter().take(3).map(String::as_str).collect();
+            return Err(Error::LoadedByAnotherPipeline {
+                pipeline: p.name.clone(),
+                other: other.clone(),
+                what: format!(
+                    "{} of the {} file(s) its source `{source}` would load were loaded by pipeline `{other}` under a source of the same name ({}{})",
+                    files.len(),
+                    chosen.len(),
+                    shown.join(", "),
+                    if files.len() > shown.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The average records of a source's batches in a run, when many batches were small (at
 /// least 100 of them, under 1,000 records each and under a sixteenth of `batch_rows` on
 /// average): many small input files, each its own batch.
@@ -1263,6 +1368,7 @@ async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<Ru
         }
         None => {
             let inputs = choose_inputs(p, st).await?;
+            loaded_under_another_name(p, st, &inputs, &opts.reload_inputs_of).await?;
             // Every input must open (and CSV headers fit the columns) before anything loads.
             preflight(p, &inputs)?;
             distinct_pg_tables(p).await?;

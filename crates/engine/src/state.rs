@@ -732,6 +732,62 @@ impl StateStore {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    /// Whether a run of `pipeline` succeeded with this store.
+    pub async fn has_succeeded_run(&self, pipeline: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 FROM sealtrail_runs WHERE pipeline = $1 AND status = 'succeeded' LIMIT 1",
+        )
+        .bind(pipeline)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// The pipelines other than `pipeline` that loaded, under a source named `source`, a file
+    /// of this fingerprint, or of this matched name and content digest (`content`).
+    pub async fn loaded_by_others(
+        &self,
+        pipeline: &str,
+        source: &str,
+        fingerprint: &str,
+        content: Option<&(String, String)>,
+    ) -> Result<Vec<String>> {
+        let (name, sha256) = content.map_or(("", ""), |(n, d)| (n.as_str(), d.as_str()));
+        let rows = sqlx::query(
+            "SELECT pipeline FROM sealtrail_loaded_files WHERE source = $1 AND fingerprint = $2 AND pipeline <> $3 UNION SELECT pipeline FROM sealtrail_loaded_content WHERE source = $1 AND name = $4 AND sha256 = $5 AND pipeline <> $3 ORDER BY 1",
+        )
+        .bind(source)
+        .bind(fingerprint)
+        .bind(pipeline)
+        .bind(name)
+        .bind(sha256)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// For each pipeline other than `pipeline`, the last input of its source named `source`
+    /// that a succeeded run read (as [`Self::last_loaded_input`]).
+    pub async fn last_loaded_inputs_of_others(
+        &self,
+        pipeline: &str,
+        source: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT r.pipeline, i.input FROM sealtrail_run_inputs i JOIN sealtrail_runs r ON r.run_id = i.run_id WHERE r.pipeline <> $1 AND i.source = $2 AND r.status = 'succeeded' ORDER BY r.pipeline, r.ended_at DESC, i.seq DESC")
+            .bind(pipeline)
+            .bind(source)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut last: Vec<(String, String)> = Vec::new();
+        for r in rows {
+            let other: String = r.get(0);
+            if last.last().is_none_or(|(o, _)| *o != other) {
+                last.push((other, r.get(1)));
+            }
+        }
+        Ok(last)
+    }
+
     /// The last input of `source` read by a succeeded run of `pipeline` (for database sources:
     /// where the incremental cursor stands).
     pub async fn last_loaded_input(&self, pipeline: &str, source: &str) -> Result<Option<String>> {
