@@ -2804,7 +2804,7 @@ fn a_postgres_sink_table_that_no_longer_fits_the_spec_says_what_to_do() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(
-        err.contains(&format!("table {ns}.t has columns (id bigint, name text, _sealtrail_id text) but the pipeline writes (id bigint, name text, venue text, _sealtrail_id text): a table keeps the columns sealtrail gave it"))
+        err.contains(&format!("table {ns}.t has columns (id bigint, name text, _sealtrail_id text) but the pipeline writes (id bigint, name text, venue text, _sealtrail_id text) (added: `venue`): a table keeps the columns sealtrail gave it"))
             && err.contains("point the sink at a new table for the new columns"),
         "{err}"
     );
@@ -10180,7 +10180,7 @@ fn a_sink_of_other_columns_stops_the_run_saying_how_to_go_on() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(
-        err.contains("has columns id:long, note:string, _sealtrail_id:string but the pipeline writes id:long, note:string, amount:double, _sealtrail_id:string: a table keeps the columns its first run gave it"),
+        err.contains("has columns id:long, note:string, _sealtrail_id:string but the pipeline writes id:long, note:string, amount:double, _sealtrail_id:string (added: `amount`): a table keeps the columns its first run gave it"),
         "{err}"
     );
     assert!(
@@ -10220,6 +10220,56 @@ fn a_sink_of_other_columns_stops_the_run_saying_how_to_go_on() {
     assert_eq!(kinds[at + 1], "run_started", "{shown}");
     let v = run_ok(bin().args(["ledger", "verify", "--home"]).arg(&home));
     assert!(v.starts_with("verified:"), "{v}");
+}
+
+/// A Parquet folder is held to the columns and types its files have, as a Delta table is:
+/// readers take one schema for a folder (a column added later is left out, a type changed
+/// fails the read). A run that would write other columns stops before any batch, saying what
+/// differs; the folder keeps its one file.
+#[test]
+fn a_parquet_folder_of_other_columns_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, spec) = incremental_id_note_project(dir.path(), "folder");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    assert!(text.contains("parquet: { path: out/o }"), "{text}");
+    std::fs::write(input.join("a.csv"), "id,note\n1,x\n").unwrap();
+    assert_eq!(run_counted(&spec).0, (1, 1, 0));
+    let files = || std::fs::read_dir(dir.path().join("out/o")).unwrap().count();
+    assert_eq!(files(), 1);
+    for (edited, csv, differences) in [
+        (
+            text.replace(
+                "      - { name: note, class: none }\n",
+                "      - { name: note, class: none }\n      - { name: amount, type: float64 }\n",
+            ),
+            "id,note,amount\n2,y,1.5\n",
+            "(added: `amount`)",
+        ),
+        (
+            text.replace("name: id, type: int64", "name: id, type: text"),
+            "id,note\n2,y\n",
+            "(of another type: `id` (Int64, now Utf8))",
+        ),
+    ] {
+        assert_ne!(edited, text);
+        std::fs::write(&spec, &edited).unwrap();
+        std::fs::write(input.join("b.csv"), csv).unwrap();
+        let o = bin().arg("run").arg(&spec).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{err}");
+        assert!(
+            err.contains("sink `o` failed: the Parquet folder")
+                && err.contains(differences)
+                && err.contains("a folder keeps the columns its first run gave it"),
+            "{err}"
+        );
+        assert_eq!(files(), 1, "nothing written");
+    }
+    // The spec as it was: the folder takes the run.
+    std::fs::write(&spec, &text).unwrap();
+    std::fs::write(input.join("b.csv"), "id,note\n2,y\n").unwrap();
+    assert_eq!(run_counted(&spec).0, (1, 1, 0));
+    assert_eq!(files(), 2);
 }
 
 /// Takes the run lock of `pipeline` in the SQLite state store of `home`, as a run does (an OS

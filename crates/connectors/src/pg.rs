@@ -1637,9 +1637,10 @@ fn columns_differ(table: &str, have: &[(String, String)], want: &[(String, Strin
             .join(", ")
     };
     format!(
-        "table {table} has columns ({}) but the pipeline writes ({}): a table keeps the columns sealtrail gave it (the ledger's commitments of its rows cover them, in order); point the sink at a new table for the new columns (this table's rows stay provable by `audit` and `prove`), or put the spec's columns back",
+        "table {table} has columns ({}) but the pipeline writes ({}) ({}): a table keeps the columns sealtrail gave it (the ledger's commitments of its rows cover them, in order); point the sink at a new table for the new columns (this table's rows stay provable by `audit` and `prove`), or put the spec's columns back",
         show(have),
-        show(want)
+        show(want),
+        crate::sink::column_differences(have, want)
     )
 }
 

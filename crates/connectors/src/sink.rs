@@ -18,7 +18,7 @@
 use crate::guard::guarded;
 use crate::{Error, Result};
 use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use deltalake::DeltaTable;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
 use deltalake::kernel::transaction::CommitProperties;
@@ -330,6 +330,7 @@ pub async fn open_sink(name: &str, target: &Target, schema: SchemaRef) -> Result
     match target {
         Target::Parquet { dir, compression } => {
             create_folder(name, dir)?;
+            check_parquet_columns(name, dir, &schema)?;
             Ok(SinkWriter::Parquet {
                 name: name.into(),
                 dir: dir.clone(),
@@ -409,13 +410,120 @@ fn check_delta_columns(
         return Err(sink_err(
             name,
             format!(
-                "the Delta table at {uri} has columns {} but the pipeline writes {}: a table keeps the columns its first run gave it (the ledger's commitments of its rows cover them); point the sink at a new path for the new columns (this table's rows stay provable by `audit` and `prove`), or put the spec's columns back",
+                "the Delta table at {uri} has columns {} but the pipeline writes {} ({}): a table keeps the columns its first run gave it (the ledger's commitments of its rows cover them); point the sink at a new path for the new columns (this table's rows stay provable by `audit` and `prove`), or put the spec's columns back",
                 fmt_cols(&have),
-                fmt_cols(&want)
+                fmt_cols(&want),
+                column_differences(&have, &want)
             ),
         ));
     }
     Ok(())
+}
+
+/// A Parquet folder's batch files must have the columns and types the pipeline writes, as a
+/// Delta table's must: readers take one schema for the folder's files (a column added later is
+/// left out, a type changed fails the read) and the ledger's commitments cover the columns
+/// each batch had. The newest batch file (run ids grow with time) stands for the folder; one
+/// that cannot be read (damaged: `audit` names it) is passed over for the one before.
+fn check_parquet_columns(name: &str, dir: &Path, schema: &SchemaRef) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut files: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| parse_batch_file_name(n).is_some())
+        .collect();
+    files.sort();
+    let cols = |s: &Schema| -> Vec<(String, String)> {
+        s.fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().to_string()))
+            .collect()
+    };
+    let want = cols(schema);
+    for f in files.iter().rev().take(3) {
+        let path = dir.join(f);
+        let Ok(have) = parquet_file_schema(&path) else {
+            continue;
+        };
+        let have = cols(&have);
+        if have != want {
+            return Err(sink_err(
+                name,
+                format!(
+                    "the Parquet folder {} holds files of columns {} (the newest, {f}) but the pipeline writes {} ({}): a folder keeps the columns its first run gave it (readers take one schema for all its files, and the ledger's commitments of its rows cover them); point the sink at a new folder for the new columns (this folder's rows stay provable by `audit` and `prove`), or put the spec's columns back",
+                    dir.display(),
+                    fmt_cols(&have),
+                    fmt_cols(&want),
+                    column_differences(&have, &want)
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// The Arrow schema of a Parquet file, from its footer alone.
+fn parquet_file_schema(path: &Path) -> std::io::Result<SchemaRef> {
+    let f = std::fs::File::open(path)?;
+    guarded(|| {
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .map(|b| b.schema().clone())
+    })
+    .map_err(std::io::Error::other)?
+    .map_err(std::io::Error::other)
+}
+
+/// What differs between a table's columns (`have`) and those a pipeline writes (`want`), both
+/// (name, type) in order: `added: x; removed: y; of another type: z (t1, now t2); in another
+/// order`.
+pub(crate) fn column_differences(have: &[(String, String)], want: &[(String, String)]) -> String {
+    let find =
+        |c: &[(String, String)], n: &str| c.iter().find(|(m, _)| m == n).map(|(_, t)| t.clone());
+    let names = |c: Vec<&String>| {
+        c.iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let added: Vec<&String> = want
+        .iter()
+        .filter(|(n, _)| find(have, n).is_none())
+        .map(|(n, _)| n)
+        .collect();
+    let removed: Vec<&String> = have
+        .iter()
+        .filter(|(n, _)| find(want, n).is_none())
+        .map(|(n, _)| n)
+        .collect();
+    let retyped: Vec<String> = want
+        .iter()
+        .filter_map(|(n, t)| {
+            let old = find(have, n)?;
+            (old != *t).then(|| format!("`{n}` ({old}, now {t})"))
+        })
+        .collect();
+    let mut parts = Vec::new();
+    if !added.is_empty() {
+        parts.push(format!("added: {}", names(added)));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("removed: {}", names(removed)));
+    }
+    if !retyped.is_empty() {
+        parts.push(format!("of another type: {}", retyped.join(", ")));
+    }
+    let common = |a: &[(String, String)], b: &[(String, String)]| -> Vec<String> {
+        a.iter()
+            .filter(|(n, _)| find(b, n).is_some())
+            .map(|(n, _)| n.clone())
+            .collect()
+    };
+    if common(have, want) != common(want, have) {
+        parts.push("in another order".into());
+    }
+    parts.join("; ")
 }
 
 fn fmt_cols(c: &[(String, String)]) -> String {
@@ -1554,5 +1662,31 @@ mod tests {
             assert_eq!(got, b.slice(row, 1), "row {row}");
         }
         assert!(read_parquet_row(&path, n).unwrap().is_none());
+    }
+
+    /// What differs between a table's columns and the pipeline's is named, kind by kind.
+    #[test]
+    fn column_differences_name_what_was_added_removed_retyped_or_moved() {
+        let cols = |c: &[(&str, &str)]| -> Vec<(String, String)> {
+            c.iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect()
+        };
+        let have = cols(&[("id", "Int64"), ("a", "Utf8"), ("b", "Utf8")]);
+        assert_eq!(column_differences(&have, &have), "");
+        assert_eq!(
+            column_differences(
+                &have,
+                &cols(&[("id", "Utf8"), ("b", "Utf8"), ("c", "Int64")])
+            ),
+            "added: `c`; removed: `a`; of another type: `id` (Int64, now Utf8)"
+        );
+        assert_eq!(
+            column_differences(
+                &have,
+                &cols(&[("a", "Utf8"), ("id", "Int64"), ("b", "Utf8")])
+            ),
+            "in another order"
+        );
     }
 }
