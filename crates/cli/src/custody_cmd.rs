@@ -2196,7 +2196,14 @@ pub async fn audit(spec: &Path, sink: &str, state: &StateArgs, output: AuditOutp
         // (a file removed, a commit undone) reads as one line.
         for (r, rows, c, d) in &per_batch {
             let what = match (c, d) {
-                (0, d) if *d as u64 == *rows => "every row deleted".to_string(),
+                (0, d) if *d as u64 == *rows => match &named.target {
+                    // A Parquet batch's file is named after it: say which is missing.
+                    Target::Parquet { .. } => format!(
+                        "every row deleted (its file {}.*parquet is gone, or holds none of them)",
+                        sealtrail_connectors::sink::batch_file_stem(&r.run_id, &r.source, r.batch)
+                    ),
+                    _ => "every row deleted".to_string(),
+                },
                 (0, d) => format!("{d} deleted"),
                 (c, 0) => format!("{c} changed"),
                 (c, d) => format!("{c} changed, {d} deleted"),

@@ -5421,7 +5421,8 @@ fn audit_reports_a_damaged_sink_file_and_checks_the_rest() {
     assert!(
         out.contains("... and 80 more row(s) not listed here")
             && out.lines().any(|l| l.contains(" batch 1 (ledger entry ")
-                && l.ends_with("100 rows delivered): every row deleted")),
+                && l.contains("100 rows delivered): every row deleted (its file part-")
+                && l.ends_with("-s-000001.*parquet is gone, or holds none of them)")),
         "{out}"
     );
     let (code, out) = audit_with(&["--all"]);

@@ -75,7 +75,7 @@ impl CommitKey {
 
 /// The name a Parquet sink's file of one batch of a run starts with (so `prove` reads only
 /// that one): `part-<run>-<source>-<batch>`.
-fn batch_file_stem(run_id: &str, source: &str, batch: u64) -> String {
+pub fn batch_file_stem(run_id: &str, source: &str, batch: u64) -> String {
     format!("part-{run_id}-{source}-{batch:06}")
 }
 
