@@ -210,9 +210,10 @@ impl SpoolLimits {
         Ok(l)
     }
 
-    /// Drops from the front of `events` (oldest first) those past the limits at `now`:
-    /// returns how many went for their age and how many for the size. An event whose
-    /// `eventTime` cannot be read is kept while the size allows (its age is unknown).
+    /// Drops from `events` (oldest first) those past the limits at `now`: every event older
+    /// than the age limit, then from the front until the rest fit the size. Returns how many
+    /// went for their age and how many for the size. An event whose `eventTime` cannot be read
+    /// is kept while the size allows (its age is unknown).
     fn prune(
         &self,
         events: &mut Vec<String>,
@@ -231,8 +232,9 @@ impl SpoolLimits {
                     .is_ok_and(|age| age > max)
             })
         };
-        let aged = events.iter().take_while(|e| too_old(e)).count();
-        events.drain(..aged);
+        let before = events.len();
+        events.retain(|e| !too_old(e));
+        let aged = before - events.len();
         let mut sized = 0;
         if let Some(max) = self.max_bytes {
             let mut total: u64 = events.iter().map(|e| e.len() as u64 + 1).sum();
@@ -830,7 +832,8 @@ mod tests {
         assert_eq!(none.prune(&mut kept, now), (0, 0));
         assert_eq!(kept, events);
         let mut kept = vec!["{}".to_string(), ev("2020-01-01T00:00:00Z", 1)];
-        assert_eq!(SpoolLimits::default().prune(&mut kept, now), (0, 0));
+        assert_eq!(SpoolLimits::default().prune(&mut kept, now), (1, 0));
+        assert_eq!(kept, ["{}"]);
     }
 
     /// The limits come from two variables; a value that is no whole number names its variable.
