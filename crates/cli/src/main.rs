@@ -1374,6 +1374,10 @@ async fn run_pipeline(
                 | E::Busy { .. }
                 | E::Stopped { .. }
                 | E::NotStarted { .. }
+                // Refused while its inputs were chosen, before the run was recorded: a note
+                // would be about an earlier run.
+                | E::LoadedByAnotherPipeline { .. }
+                | E::InputGrew { .. }
         )
     {
         note_stopped_run(p, state_url).await;

@@ -210,8 +210,9 @@ impl SpoolLimits {
         Ok(l)
     }
 
-    /// Drops from `events` (oldest first) those past the limits at `now`: every event older
-    /// than the age limit, then from the front until the rest fit the size. Returns how many
+    /// Drops from `events` (oldest first) those past the limits at `now`: the events older than
+    /// the age limit before the first one young enough, then from the front until the rest fit
+    /// the size. Returns how many
     /// went for their age and how many for the size. An event whose `eventTime` cannot be read
     /// is kept while the size allows (its age is unknown).
     fn prune(
@@ -219,21 +220,24 @@ impl SpoolLimits {
         events: &mut Vec<String>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> (usize, usize) {
-        let too_old = |e: &str| {
-            let Some(max) = self.max_age else {
-                return false;
-            };
-            let time = serde_json::from_str::<Value>(e).ok().and_then(|v| {
-                chrono::DateTime::parse_from_rfc3339(v.get("eventTime")?.as_str()?).ok()
-            });
-            time.is_some_and(|t| {
-                now.signed_duration_since(t)
-                    .to_std()
-                    .is_ok_and(|age| age > max)
-            })
-        };
+        // Events are kept in the order they were emitted: once one of a readable time is young
+        // enough, so are those after it, and they are not parsed.
+        let mut old = vec![false; events.len()];
+        if let Some(max) = self.max_age {
+            for (e, old) in events.iter().zip(&mut old) {
+                let time = serde_json::from_str::<Value>(e).ok().and_then(|v| {
+                    chrono::DateTime::parse_from_rfc3339(v.get("eventTime")?.as_str()?).ok()
+                });
+                match time.map(|t| now.signed_duration_since(t).to_std()) {
+                    Some(Ok(age)) if age > max => *old = true,
+                    Some(_) => break,
+                    None => {}
+                }
+            }
+        }
         let before = events.len();
-        events.retain(|e| !too_old(e));
+        let mut old = old.into_iter();
+        events.retain(|_| !old.next().unwrap_or(false));
         let aged = before - events.len();
         let mut sized = 0;
         if let Some(max) = self.max_bytes {
@@ -794,7 +798,8 @@ mod tests {
     }
 
     /// Past its age or size, the spool drops its oldest events first; what it keeps stays in
-    /// order, and an event without a readable time is kept while the size allows.
+    /// order, an event without a readable time is kept while the size allows, and events after
+    /// the first young one are not looked at.
     #[test]
     fn the_spool_drops_the_oldest_events_past_its_limits() {
         let now = chrono::DateTime::parse_from_rfc3339("2026-12-05T12:00:00Z")
@@ -834,6 +839,15 @@ mod tests {
         let mut kept = vec!["{}".to_string(), ev("2020-01-01T00:00:00Z", 1)];
         assert_eq!(SpoolLimits::default().prune(&mut kept, now), (1, 0));
         assert_eq!(kept, ["{}"]);
+        // The scan stops at the first young event: what follows it came later, and is kept.
+        let late = vec![
+            ev("2020-01-01T00:00:00Z", 1),
+            ev("2026-12-05T11:00:00Z", 1),
+            ev("2020-01-01T00:00:00Z", 1),
+        ];
+        let mut kept = late.clone();
+        assert_eq!(SpoolLimits::default().prune(&mut kept, now), (1, 0));
+        assert_eq!(kept, late[1..]);
     }
 
     /// The limits come from two variables; a value that is no whole number names its variable.
