@@ -78,6 +78,97 @@ pub trait SourceReader: Send {
     }
 }
 
+/// A reader whose small batches (the last records of a file, a small file) wait for the next
+/// input's records and go on as one batch of up to `batch_rows` records: a batch is one commit
+/// (a Parquet file, a Delta table version, a ledger entry, a custody record), so a thousand
+/// files of twenty records make one batch of 20,000 records, not a thousand commits. Batches
+/// of a decoder are full until its input ends, so records are joined only at input
+/// boundaries; each keeps its input and position ([`RawBatch::input`]). Joining is
+/// deterministic, so a resumed run cuts its batches where the interrupted one did.
+pub struct Coalescing {
+    inner: Box<dyn SourceReader>,
+    batch_rows: usize,
+    pending: Option<Decoded>,
+    ready: std::collections::VecDeque<Decoded>,
+    /// The inner reader came to its end (it is not asked again).
+    done: bool,
+}
+
+impl std::fmt::Debug for Coalescing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coalescing")
+            .field("batch_rows", &self.batch_rows)
+            .field("pending", &self.pending.as_ref().map(Decoded::rows_in))
+            .field("ready", &self.ready.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Coalescing {
+    pub fn new(inner: Box<dyn SourceReader>, batch_rows: usize) -> Self {
+        Self {
+            inner,
+            batch_rows: batch_rows.max(1),
+            pending: None,
+            ready: std::collections::VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Takes the next decoded batch: joins it to the one waiting when both fit in a batch,
+    /// and holds the result back while it is not full.
+    fn take(&mut self, d: Decoded) {
+        let d = match self.pending.take() {
+            Some(mut p) if p.rows_in() + d.rows_in() <= self.batch_rows as u64 => {
+                match p.batch.append(d.batch) {
+                    Ok(()) => {
+                        p.malformed.extend(d.malformed);
+                        p
+                    }
+                    Err(batch) => {
+                        self.ready.push_back(p);
+                        Decoded {
+                            batch: *batch,
+                            malformed: d.malformed,
+                        }
+                    }
+                }
+            }
+            Some(p) => {
+                self.ready.push_back(p);
+                d
+            }
+            None => d,
+        };
+        if d.rows_in() >= self.batch_rows as u64 {
+            self.ready.push_back(d);
+        } else {
+            self.pending = Some(d);
+        }
+    }
+}
+
+impl SourceReader for Coalescing {
+    fn next_batch(&mut self) -> Result<Option<Decoded>> {
+        loop {
+            if let Some(d) = self.ready.pop_front() {
+                return Ok(Some(d));
+            }
+            if self.done {
+                return Ok(self.pending.take());
+            }
+            match self.inner.next_batch()? {
+                Some(d) => self.take(d),
+                None => self.done = true,
+            }
+        }
+    }
+
+    fn content_digests(&mut self) -> Vec<(Arc<str>, String)> {
+        self.inner.content_digests()
+    }
+}
+
 /// A source with nothing to read.
 impl SourceReader for std::iter::Empty<Decoded> {
     fn next_batch(&mut self) -> Result<Option<Decoded>> {
@@ -240,5 +331,136 @@ mod skip_tests {
         let (_d, mut r) = test_reader_skipping("csv: { path: in }", &["id", "n"], csv, 13);
         let e = read_all(&mut r).unwrap_err().to_string();
         assert!(e.contains("a record starts in the first 13 bytes"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod coalescing_tests {
+    use super::*;
+
+    /// Files of `sizes` records each (`id,n`; in file `f` the record on line `bad_line` has a
+    /// field too many), read as one source in batches of up to `batch_rows` records joined
+    /// across files: per batch, its (input file name, line, id) and malformed (file, line).
+    #[allow(clippy::type_complexity)]
+    fn read_joined(
+        sizes: &[usize],
+        batch_rows: usize,
+        bad: Option<(usize, u64)>,
+    ) -> Vec<(Vec<(String, u64, String)>, Vec<(String, u64)>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        let mut id = 0;
+        for (f, n) in sizes.iter().enumerate() {
+            let mut csv = String::from("id,n\n");
+            for r in 0..*n {
+                if bad == Some((f, r as u64 + 2)) {
+                    csv.push_str("x,y,z\n");
+                } else {
+                    csv.push_str(&format!("{id},{r}\n"));
+                }
+                id += 1;
+            }
+            let path = dir.path().join(format!("f{f}.csv"));
+            std::fs::write(&path, csv).unwrap();
+            files.push(path.display().to_string());
+        }
+        let yaml = "version: 1\npipeline: p\nsources:\n  s:\n    csv: { path: '*.csv' }\n    columns:\n      - { name: id }\n      - { name: n }\nsinks:\n  o: { from: s, audience: internal, parquet: { path: out } }\nquarantine:\n  parquet: { path: q }\n";
+        let p = sealtrail_spec::parse_str(yaml, &dir.path().join("p.yaml")).unwrap();
+        let inner = open_source(&p.sources[0], files, batch_rows).unwrap();
+        let mut r = Coalescing::new(inner, batch_rows);
+        let name = |s: &str| s.rsplit('/').next().unwrap().to_string();
+        let mut out = Vec::new();
+        while let Some(d) = r.next_batch().unwrap() {
+            let rows = (0..d.batch.len())
+                .map(|i| {
+                    (
+                        name(d.batch.input(i)),
+                        d.batch.position(i),
+                        d.batch.get(i, 0).unwrap().to_string(),
+                    )
+                })
+                .collect();
+            let bad = d
+                .malformed
+                .iter()
+                .map(|q| (name(&q.input), q.pos))
+                .collect();
+            out.push((rows, bad));
+        }
+        // The inner reader is not asked again past its end.
+        assert!(r.next_batch().unwrap().is_none());
+        out
+    }
+
+    #[test]
+    fn small_files_join_into_full_batches_and_keep_their_files_and_lines() {
+        // Five files of three: 9 (three files) and 6; no batch holds more than 10.
+        let got = read_joined(&[3, 3, 3, 3, 3], 10, None);
+        let sizes: Vec<usize> = got.iter().map(|b| b.0.len()).collect();
+        assert_eq!(sizes, [9, 6]);
+        let first: Vec<_> = got[0].0.iter().map(|(f, l, _)| (f.as_str(), *l)).collect();
+        assert_eq!(
+            first,
+            [
+                ("f0.csv", 2),
+                ("f0.csv", 3),
+                ("f0.csv", 4),
+                ("f1.csv", 2),
+                ("f1.csv", 3),
+                ("f1.csv", 4),
+                ("f2.csv", 2),
+                ("f2.csv", 3),
+                ("f2.csv", 4)
+            ]
+        );
+        let ids: Vec<String> = got
+            .iter()
+            .flat_map(|b| b.0.iter().map(|r| r.2.clone()))
+            .collect();
+        assert_eq!(ids, (0..15).map(|i| i.to_string()).collect::<Vec<_>>());
+        // Exactly full: ten files of one record are one batch of ten, then the rest.
+        let got = read_joined(&[1; 12], 10, None);
+        assert_eq!(got.iter().map(|b| b.0.len()).collect::<Vec<_>>(), [10, 2]);
+    }
+
+    #[test]
+    fn large_files_keep_their_batches_and_their_ends_join_the_next_file() {
+        // 25 records (10, 10, 5), then 3: the 5 and the 3 join; a full batch never waits.
+        let got = read_joined(&[25, 3, 12], 10, None);
+        let shape: Vec<Vec<(String, usize)>> = got
+            .iter()
+            .map(|b| {
+                let mut per: Vec<(String, usize)> = Vec::new();
+                for (f, ..) in &b.0 {
+                    match per.last_mut() {
+                        Some((last, n)) if last == f => *n += 1,
+                        _ => per.push((f.clone(), 1)),
+                    }
+                }
+                per
+            })
+            .collect();
+        let s = |f: &str, n: usize| (f.to_string(), n);
+        assert_eq!(
+            shape,
+            [
+                vec![s("f0.csv", 10)],
+                vec![s("f0.csv", 10)],
+                vec![s("f0.csv", 5), s("f1.csv", 3)],
+                vec![s("f2.csv", 10)],
+                vec![s("f2.csv", 2)],
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_records_travel_with_the_batch_their_file_joined() {
+        // File 1's line 3 has a field too many: quarantined with its own file and line, in
+        // the batch that holds file 1's other records.
+        let got = read_joined(&[3, 3, 3], 100, Some((1, 3)));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0.len(), 8);
+        assert_eq!(got[0].1, [("f1.csv".to_string(), 3)]);
+        assert!(!got[0].0.iter().any(|(f, l, _)| f == "f1.csv" && *l == 3));
     }
 }

@@ -1,8 +1,10 @@
 //! Records as decoded, before any check: text fields plus where they came from.
 //!
-//! A [`RawBatch`] holds well-formed records of one input (one file, one table read), with
-//! their field text (unescaped, `None` for null), their position and their exact source bytes
-//! (kept for quarantine and, later, record commitments). Records that cannot even be split into
+//! A [`RawBatch`] holds well-formed records of one or more inputs (files, one table read),
+//! with their field text (unescaped, `None` for null), their input and position and their exact
+//! source bytes (kept for quarantine and, later, record commitments). A decoder fills a batch
+//! from one input; the engine appends the batches of small files to one another
+//! ([`RawBatch::append`]) so that a batch is one commit however small the files. Records that cannot even be split into
 //! fields (invalid UTF-8, wrong field count, invalid JSON) never enter a batch: the decoder
 //! turns them straight into [`Quarantined`] records.
 
@@ -15,8 +17,10 @@ const NULL: u32 = u32::MAX;
 
 #[derive(Debug, Clone)]
 pub struct RawBatch {
-    /// The file or table the records come from.
-    pub input: Arc<str>,
+    /// The inputs (files or tables) the records come from, in reading order: (index of the
+    /// first row read from it, its name). An input may hold no row of the batch (all its
+    /// records were malformed): it then starts where the next one does.
+    inputs: Vec<(usize, Arc<str>)>,
     /// What `positions` count: physical lines (text files) or rows.
     pub pos_kind: PosKind,
     ncols: usize,
@@ -51,7 +55,7 @@ pub enum PosKind {
 impl RawBatch {
     pub fn new(input: Arc<str>, pos_kind: PosKind, ncols: usize) -> Self {
         Self {
-            input,
+            inputs: vec![(0, input)],
             pos_kind,
             ncols,
             key_col: None,
@@ -124,6 +128,88 @@ impl RawBatch {
 
     pub fn ncols(&self) -> usize {
         self.ncols
+    }
+
+    /// The input row `row` was read from.
+    pub fn input(&self, row: usize) -> &Arc<str> {
+        // The first input starts at row 0, so some input starts at or before any row.
+        let i = self.inputs.partition_point(|(first, _)| *first <= row);
+        &self.inputs[i.saturating_sub(1)].1
+    }
+    /// The input read first (the only one of a batch a decoder filled).
+    pub fn first_input(&self) -> &Arc<str> {
+        &self.inputs[0].1
+    }
+    /// Every input of the batch in reading order, with the rows read from it.
+    pub fn inputs(&self) -> impl Iterator<Item = (Range<usize>, &Arc<str>)> {
+        let rows = self.len();
+        self.inputs
+            .iter()
+            .enumerate()
+            .map(move |(i, (first, name))| {
+                let end = self.inputs.get(i + 1).map_or(rows, |(next, _)| *next);
+                (*first..end, name)
+            })
+    }
+    /// Gives each input `rename` names another name (the name a run recorded for an input it
+    /// now reads from elsewhere).
+    pub fn rename_inputs(&mut self, mut rename: impl FnMut(&str) -> Option<Arc<str>>) {
+        for (_, name) in &mut self.inputs {
+            if let Some(n) = rename(name) {
+                *name = n;
+            }
+        }
+    }
+
+    /// Whether [`RawBatch::append`] takes `other`: the same shape of records, fields not yet
+    /// released, and text that stays addressable.
+    pub fn can_append(&self, other: &RawBatch) -> bool {
+        self.pos_kind == other.pos_kind
+            && self.ncols == other.ncols
+            && self.key_col == other.key_col
+            && self.subject_col == other.subject_col
+            && !self.released
+            && !other.released
+            && self.text.len() + other.text.len() < Self::MAX_TEXT_BYTES
+    }
+
+    /// Appends the records of `other` (read after this batch's), keeping their inputs and
+    /// positions. The caller checks [`RawBatch::can_append`] first; a batch it refuses is
+    /// handed back unchanged.
+    pub fn append(&mut self, other: RawBatch) -> Result<(), Box<RawBatch>> {
+        if !self.can_append(&other) {
+            return Err(Box::new(other));
+        }
+        let rows = self.len();
+        let text_at = self.text.len() as u32;
+        let raw_at = self.raw.len();
+        for (first, name) in other.inputs {
+            match self.inputs.last() {
+                Some((_, last)) if *last == name => {}
+                _ => self.inputs.push((rows + first, name)),
+            }
+        }
+        if !self.key_repeats.is_empty() || !other.key_repeats.is_empty() {
+            self.key_repeats.resize(rows, 0);
+            self.key_repeats.extend_from_slice(&other.key_repeats);
+        }
+        self.text.push_str(&other.text);
+        self.spans.extend(other.spans.iter().map(|&(s, e)| {
+            if s == NULL {
+                (NULL, NULL)
+            } else {
+                (s + text_at, e + text_at)
+            }
+        }));
+        self.positions.extend_from_slice(&other.positions);
+        self.raw.extend_from_slice(&other.raw);
+        self.raw_spans.extend(
+            other
+                .raw_spans
+                .into_iter()
+                .map(|r| r.start + raw_at..r.end + raw_at),
+        );
+        Ok(())
     }
     pub fn len(&self) -> usize {
         self.positions.len()
@@ -322,6 +408,70 @@ mod tests {
             (None, &b"\"x\",y"[..], 3)
         );
         assert_eq!(b.subject(0), None, "no subject column named");
+    }
+
+    #[test]
+    fn appended_batches_keep_each_records_input_position_and_fields() {
+        let mut a = RawBatch::new("a.csv".into(), PosKind::Line, 2);
+        a.begin(2, b"1,x");
+        a.push(Some("1"));
+        a.push(Some("x"));
+        // An input whose records were all malformed holds no row.
+        let empty = RawBatch::new("empty.csv".into(), PosKind::Line, 2);
+        let mut b = RawBatch::new("b.csv".into(), PosKind::Line, 2);
+        for (pos, raw) in [(2, "2,"), (5, "3,z")] {
+            b.begin(pos, raw.as_bytes());
+            let (id, note) = raw.split_once(',').unwrap();
+            b.push(Some(id));
+            b.push((!note.is_empty()).then_some(note));
+        }
+        assert!(a.can_append(&empty) && a.append(empty).is_ok());
+        assert!(a.append(b).is_ok());
+        // More of the last input continues it.
+        let mut more = RawBatch::new("b.csv".into(), PosKind::Line, 2);
+        more.begin(6, b"4,w");
+        more.push(Some("4"));
+        more.push(Some("w"));
+        assert!(a.append(more).is_ok());
+        let rows: Vec<_> = (0..a.len())
+            .map(|r| {
+                (
+                    &**a.input(r),
+                    a.position(r),
+                    a.get(r, 0),
+                    a.get(r, 1),
+                    a.raw(r),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("a.csv", 2, Some("1"), Some("x"), &b"1,x"[..]),
+                ("b.csv", 2, Some("2"), None, &b"2,"[..]),
+                ("b.csv", 5, Some("3"), Some("z"), &b"3,z"[..]),
+                ("b.csv", 6, Some("4"), Some("w"), &b"4,w"[..]),
+            ]
+        );
+        let parts: Vec<_> = a.inputs().map(|(r, n)| (r, n.to_string())).collect();
+        assert_eq!(
+            parts,
+            [
+                (0..1, "a.csv".to_string()),
+                (1..1, "empty.csv".to_string()),
+                (1..4, "b.csv".to_string())
+            ]
+        );
+        a.rename_inputs(|n| (n == "b.csv").then(|| Arc::from("moved/b.csv")));
+        assert_eq!(&**a.input(3), "moved/b.csv");
+        assert_eq!(&**a.first_input(), "a.csv");
+        // Batches of another shape, or released, are handed back unchanged.
+        let other = RawBatch::new("c.csv".into(), PosKind::Line, 3);
+        assert_eq!(a.append(other).unwrap_err().ncols(), 3);
+        let mut released = RawBatch::new("d.csv".into(), PosKind::Line, 2);
+        released.release_fields();
+        assert!(!a.can_append(&released));
+        assert_eq!(a.len(), 4);
     }
 
     #[test]

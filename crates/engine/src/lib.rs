@@ -263,7 +263,7 @@ pub fn notes(p: &Pipeline, planned: &HashMap<String, Planned>) -> Vec<String> {
             .is_ok_and(|f| matches!(f.data_type(), arrow::datatypes::DataType::List(_)))
         {
             out.push(format!(
-                "sink `{}` receives rows of `{}` aggregated within each batch of {} records (`batch_rows`; a batch never spans input files), not over the whole input: a group met in several batches is delivered once per batch. To group over everything, aggregate the sink's rows where they land (a view over the table), or raise `batch_rows` above the input's record count (memory grows with it)",
+                "sink `{}` receives rows of `{}` aggregated within each batch of {} records (`batch_rows`; small files join into one batch, a large one is cut into several), not over the whole input: a group met in several batches is delivered once per batch. To group over everything, aggregate the sink's rows where they land (a view over the table), or raise `batch_rows` above the input's record count (memory grows with it)",
                 sink.name, sink.from, p.batch_rows
             ));
         }
@@ -933,14 +933,6 @@ async fn loaded_under_another_name(
     Ok(())
 }
 
-/// The average records of a source's batches in a run, when many batches were small (at
-/// least 100 of them, under 1,000 records each and under a sixteenth of `batch_rows` on
-/// average): many small input files, each its own batch.
-fn small_batches(batches: u64, rows: u64, batch_rows: usize) -> Option<u64> {
-    let avg = rows / batches.max(1);
-    (batches >= 100 && avg < 1000 && avg < batch_rows as u64 / 16).then_some(avg)
-}
-
 /// `msg` with every input name of the run in it replaced by `input <key>`, the input part of
 /// its records' lineage ids ([`custody::input_key`]): for the ledger, which is never rewritten,
 /// while a file's name can hold a person's (the state store keeps the message whole).
@@ -1162,16 +1154,6 @@ mod failure_tests {
     use super::*;
 
     #[test]
-    fn many_small_batches_are_pointed_out() {
-        assert_eq!(small_batches(2000, 20_000, 65_536), Some(10));
-        // Few batches, or batches near their size, are no concern.
-        assert_eq!(small_batches(99, 990, 65_536), None);
-        assert_eq!(small_batches(200, 200 * 5000, 65_536), None);
-        assert_eq!(small_batches(200, 200 * 500, 4096), None);
-        assert_eq!(small_batches(0, 0, 65_536), None);
-    }
-
-    #[test]
     fn input_names_leave_failure_messages_for_the_ledger() {
         let inputs = ["a.csv".to_string(), "data/a.csv".to_string()];
         let key = custody::input_key("data/a.csv");
@@ -1228,7 +1210,7 @@ async fn transform_failure(
                 format!(
                     " on the record `{id}` ({} of {})",
                     custody::describe_position(id, keyed),
-                    prepared.custody.input
+                    prepared.custody.input_named_by(id)
                 )
             })
             .unwrap_or_default(),
@@ -1240,15 +1222,47 @@ async fn transform_failure(
     )
 }
 
-/// A batch's input records for the chain of custody.
-struct InputCustody {
-    /// The input the batch was read from (named when a resume finds it changed).
+/// The records of one input in a batch (a batch of small files holds several).
+#[derive(Debug, Clone)]
+struct InputPart {
+    /// The input as the run recorded it (named when a resume finds it changed).
     input: String,
+    /// The input part of its records' lineage ids ([`custody::input_key`]).
     input_key: String,
     first_pos: u64,
     last_pos: u64,
+    records: u64,
+}
+
+/// A batch's input records for the chain of custody.
+struct InputCustody {
+    /// The inputs the batch read records of, in reading order.
+    inputs: Vec<InputPart>,
     /// Every record of the batch, loaded or quarantined, in source order: (id, commitment).
     records: Vec<(String, sealtrail_ledger::entry::Hash)>,
+}
+
+impl InputCustody {
+    /// The input record `i` of [`InputCustody::records`] was read from.
+    fn input_of(&self, i: usize) -> &str {
+        let mut end = 0;
+        for p in &self.inputs {
+            end += p.records as usize;
+            if i < end {
+                return &p.input;
+            }
+        }
+        self.inputs.last().map_or("", |p| p.input.as_str())
+    }
+
+    /// The input a record of the batch with lineage id `id` was read from.
+    fn input_named_by(&self, id: &str) -> &str {
+        self.inputs
+            .iter()
+            .find(|p| custody::parse_id(id).is_some_and(|(_, key, _)| key == p.input_key))
+            .or(self.inputs.first())
+            .map_or("", |p| p.input.as_str())
+    }
 }
 
 /// On resume, a batch that was already committed is read again (to rebuild the state of
@@ -1297,7 +1311,7 @@ async fn same_records_as_committed(
                 records.get(i).map_or(committed.input(i).0, |r| &r.0),
                 keyed
             ),
-            reread.input,
+            reread.input_of(i),
         ))),
     }
 }
@@ -1919,13 +1933,6 @@ async fn run_inner(
         for (w, _) in &mut sinks {
             w.finish().await?;
         }
-        if let Some(avg) = small_batches(batch_no, rows_seen, p.batch_rows) {
-            tracing::warn!(
-                source = %source.name,
-                batches = batch_no,
-                "this run committed {batch_no} batches of {avg} records on average: a batch never spans two input files, and each is one commit (a Parquet file, a Delta table version, a ledger entry and a custody record), so many small files make a slow run and many small files for readers; combine small files before they land where the source's pattern finds them"
-            );
-        }
         for (input, sha256) in digests {
             st.set_content_digest(run_id, &source.name, &input, &sha256)
                 .await?;
@@ -1999,41 +2006,58 @@ fn input_custody(
         }
     };
     let b = &d.batch;
-    let key = custody::input_key(&b.input);
-    // (position, raw row or usize::MAX for a malformed record, id, commitment)
-    let mut recs: Vec<(u64, usize, String, sealtrail_ledger::entry::Hash)> =
+    // The batch's inputs in reading order, then any other a malformed record names.
+    let mut names: Vec<Arc<str>> = b.inputs().map(|(_, n)| n.clone()).collect();
+    let mut keys: Vec<String> = names.iter().map(|n| custody::input_key(n)).collect();
+    // (input, position, raw row or usize::MAX for a malformed record, id, commitment)
+    let mut recs: Vec<(usize, u64, usize, String, sealtrail_ledger::entry::Hash)> =
         Vec::with_capacity(b.len() + d.malformed.len());
-    let ids = custody::RecordIds::new(source, &key);
-    for r in 0..b.len() {
-        let id = ids.id(b.pos_kind, b.position(r), b.key(r).as_deref());
-        recs.push((b.position(r), r, id, commitment(b.raw(r))));
+    for (k, (rows, _)) in b.inputs().enumerate() {
+        let ids = custody::RecordIds::new(source, &keys[k]);
+        for r in rows {
+            let id = ids.id(b.pos_kind, b.position(r), b.key(r).as_deref());
+            recs.push((k, b.position(r), r, id, commitment(b.raw(r))));
+        }
     }
     for q in &d.malformed {
-        // Malformed records come from the batch's input (the key is not hashed again).
-        let id = if q.input == b.input {
-            ids.id(q.pos_kind, q.pos, q.key.as_deref())
-        } else {
-            let k = custody::input_key(&q.input);
-            custody::record_id(source, &k, q.pos_kind, q.pos, q.key.as_deref())
+        let k = match names.iter().position(|n| *n == q.input) {
+            Some(k) => k,
+            None => {
+                names.push(q.input.clone());
+                keys.push(custody::input_key(&q.input));
+                names.len() - 1
+            }
         };
-        recs.push((q.pos, usize::MAX, id, commitment(&q.raw)));
+        let id = custody::record_id(source, &keys[k], q.pos_kind, q.pos, q.key.as_deref());
+        recs.push((k, q.pos, usize::MAX, id, commitment(&q.raw)));
     }
     // Records arrive in source order except malformed ones, which come separately.
     if !d.malformed.is_empty() {
-        recs.sort_by_key(|r| r.0);
+        recs.sort_by_key(|r| (r.0, r.1));
     }
     let mut record_of = vec![0u32; b.len()];
-    for (k, r) in recs.iter().enumerate() {
-        if r.1 != usize::MAX {
-            record_of[r.1] = k as u32;
+    let mut inputs: Vec<InputPart> = Vec::new();
+    for (i, r) in recs.iter().enumerate() {
+        if r.2 != usize::MAX {
+            record_of[r.2] = i as u32;
+        }
+        match inputs.last_mut() {
+            Some(p) if p.input_key == keys[r.0] => {
+                p.last_pos = r.1;
+                p.records += 1;
+            }
+            _ => inputs.push(InputPart {
+                input: names[r.0].to_string(),
+                input_key: keys[r.0].clone(),
+                first_pos: r.1,
+                last_pos: r.1,
+                records: 1,
+            }),
         }
     }
     let c = InputCustody {
-        input: b.input.to_string(),
-        input_key: key,
-        first_pos: recs.first().map_or(0, |r| r.0),
-        last_pos: recs.last().map_or(0, |r| r.0),
-        records: recs.into_iter().map(|(_, _, id, c)| (id, c)).collect(),
+        inputs,
+        records: recs.into_iter().map(|(_, _, _, id, c)| (id, c)).collect(),
     };
     (record_of, c)
 }
@@ -2058,12 +2082,13 @@ fn decode_loop(
         .map(|(read, name)| (read.clone(), Arc::from(name.as_str())))
         .collect();
     let inputs = inputs.into_iter().map(|(read, _)| read).collect();
+    use sealtrail_connectors::SourceReader as _;
     let mut batch_no = 0u64;
     // Records keep their subject through the stages, for the key that seals them in quarantine.
     let subject_col = source.quarantine_subject();
     let mut reader =
         match sealtrail_connectors::open_source_skipping(&source, inputs, skips, batch_rows) {
-            Ok(r) => r,
+            Ok(r) => sealtrail_connectors::Coalescing::new(r, batch_rows),
             Err(e) => {
                 let _ = tx.send(Err(e.into()));
                 return digests;
@@ -2086,10 +2111,12 @@ fn decode_loop(
         if let Some(col) = subject_col {
             decoded.batch.set_subject_column(col);
         }
-        if let Some(name) = recorded.get(&*decoded.batch.input) {
-            decoded.batch.input = name.clone();
+        if !recorded.is_empty() {
+            decoded.batch.rename_inputs(|n| recorded.get(n).cloned());
             for m in &mut decoded.malformed {
-                m.input = name.clone();
+                if let Some(name) = recorded.get(&*m.input) {
+                    m.input = name.clone();
+                }
             }
         }
         let rows_in = decoded.rows_in();
@@ -2498,9 +2525,16 @@ async fn commit_one(
     let ic = &prepared.custody;
     let row = state::CustodyRow {
         pipeline: p.name.clone(),
-        input_key: ic.input_key.clone(),
-        first_pos: ic.first_pos,
-        last_pos: ic.last_pos,
+        inputs: ic
+            .inputs
+            .iter()
+            .map(|i| state::CustodyInput {
+                input_key: i.input_key.clone(),
+                first_pos: i.first_pos,
+                last_pos: i.last_pos,
+                records: i.records,
+            })
+            .collect(),
         ledger_seq,
         data: bc.encode(),
         delivered: per_sink

@@ -136,6 +136,10 @@ pub struct RunRow {
     pub error: Option<String>,
 }
 
+/// The PostgreSQL advisory lock key under which a store's tables are created (any fixed
+/// number; run locks are keyed by a digest of the pipeline name).
+const SCHEMA_LOCK: i64 = 0x5ea1_7a11_0000_0001;
+
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sealtrail_runs (run_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, spec_sha256 TEXT NOT NULL, status TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, rows_in BIGINT, rows_loaded BIGINT, rows_quarantined BIGINT, error TEXT)",
     "CREATE TABLE IF NOT EXISTS sealtrail_run_inputs (run_id TEXT NOT NULL, source TEXT NOT NULL, seq BIGINT NOT NULL, input TEXT NOT NULL, fingerprint TEXT NOT NULL, PRIMARY KEY (run_id, source, seq))",
@@ -150,7 +154,17 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sealtrail_loaded_content (pipeline TEXT NOT NULL, source TEXT NOT NULL, name TEXT NOT NULL, sha256 TEXT NOT NULL, run_id TEXT NOT NULL, PRIMARY KEY (pipeline, source, name, sha256))",
     // Chain of custody: per committed batch, the record commitments needed to prove any of
     // its rows (`custody::BatchCustody`), and the ledger entry that holds its roots.
+    // (`input_key`, `first_pos` and `last_pos` are those of the batch's first input; every
+    // input's are in `sealtrail_custody_inputs`.)
     "CREATE TABLE IF NOT EXISTS sealtrail_custody (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, pipeline TEXT NOT NULL, input_key TEXT NOT NULL, first_pos BIGINT NOT NULL, last_pos BIGINT NOT NULL, ledger_seq BIGINT, data BYTEA NOT NULL, PRIMARY KEY (run_id, source, batch))",
+    // Per committed batch, each input it read records of (in reading order, `seq`), with the
+    // range of their positions and their count: where `prove --id` finds a record's batch.
+    "CREATE TABLE IF NOT EXISTS sealtrail_custody_inputs (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, seq BIGINT NOT NULL, input_key TEXT NOT NULL, first_pos BIGINT NOT NULL, last_pos BIGINT NOT NULL, records BIGINT NOT NULL, PRIMARY KEY (run_id, source, batch, seq))",
+    "CREATE INDEX IF NOT EXISTS sealtrail_custody_inputs_by_key ON sealtrail_custody_inputs (source, input_key)",
+    // Stores written before batches could read several inputs kept one per batch in
+    // `sealtrail_custody` only: each such batch gets its one input here (once; a batch's rows
+    // are written in one transaction, so a batch with any row here has them all).
+    "INSERT INTO sealtrail_custody_inputs (run_id, source, batch, seq, input_key, first_pos, last_pos, records) SELECT c.run_id, c.source, c.batch, 0, c.input_key, c.first_pos, c.last_pos, b.rows_in FROM sealtrail_custody c JOIN sealtrail_batches b ON b.run_id = c.run_id AND b.source = c.source AND b.batch = c.batch WHERE NOT EXISTS (SELECT 1 FROM sealtrail_custody_inputs i WHERE i.run_id = c.run_id AND i.source = c.source AND i.batch = c.batch) ON CONFLICT DO NOTHING",
     // Rows each committed batch delivered to each sink (a record a transform filters out, or
     // aggregates with others, is loaded but is not one row of every sink).
     "CREATE TABLE IF NOT EXISTS sealtrail_batch_outputs (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, sink TEXT NOT NULL, row_count BIGINT NOT NULL, PRIMARY KEY (run_id, source, batch, sink))",
@@ -197,14 +211,23 @@ pub struct LoadedVersion {
     pub input: String,
 }
 
+/// The records of one input in a committed batch: the input part of their lineage ids, the
+/// range of their positions and how many there are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustodyInput {
+    pub input_key: String,
+    pub first_pos: u64,
+    pub last_pos: u64,
+    pub records: u64,
+}
+
 /// What [`StateStore::commit_batch`] stores for proofs.
 #[derive(Debug, Clone)]
 pub struct CustodyRow {
     pub pipeline: String,
-    /// The input part of the batch's lineage ids, and the range of positions it holds.
-    pub input_key: String,
-    pub first_pos: u64,
-    pub last_pos: u64,
+    /// The inputs the batch read records of, in reading order (a batch of small files reads
+    /// several).
+    pub inputs: Vec<CustodyInput>,
     /// The `batch_committed` ledger entry, when the audit sink numbers its entries.
     pub ledger_seq: Option<u64>,
     /// `custody::BatchCustody::encode`.
@@ -377,9 +400,31 @@ impl StateStore {
                     "cannot open the run state store ({url_kind}): {why}; check --state-url / SEALTRAIL_STATE_URL"
                 ))
             })?;
-        for ddl in SCHEMA {
-            sqlx::query(*ddl).execute(&pool).await?;
+        // PostgreSQL's `CREATE TABLE IF NOT EXISTS` is not safe against another session
+        // creating the same table at that moment (a unique violation in its catalogue): stores
+        // opened at once (runs of several pipelines, tests) create the tables one at a time.
+        let mut conn = pool.acquire().await?;
+        if !sqlite {
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(SCHEMA_LOCK)
+                .execute(&mut *conn)
+                .await?;
         }
+        let mut created = Ok(());
+        for ddl in SCHEMA {
+            if let Err(e) = sqlx::query(*ddl).execute(&mut *conn).await {
+                created = Err(e);
+                break;
+            }
+        }
+        if !sqlite {
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(SCHEMA_LOCK)
+                .execute(&mut *conn)
+                .await?;
+        }
+        created?;
+        drop(conn);
         Ok(Self {
             pool,
             url_kind,
@@ -857,7 +902,7 @@ impl StateStore {
     /// `source:input_key:` (loaded or quarantined: every record read has custody).
     pub async fn read_records_of(&self, run: &str, source: &str, input_key: &str) -> Result<bool> {
         let row = sqlx::query(
-            "SELECT 1 FROM sealtrail_custody WHERE run_id = $1 AND source = $2 AND input_key = $3 LIMIT 1",
+            "SELECT 1 FROM sealtrail_custody_inputs WHERE run_id = $1 AND source = $2 AND input_key = $3 LIMIT 1",
         )
         .bind(run)
         .bind(source)
@@ -964,18 +1009,32 @@ impl StateStore {
             .bind(sealtrail_core::audit::now())
             .execute(&mut *tx)
             .await?;
+        let first = custody.inputs.first();
         sqlx::query("INSERT INTO sealtrail_custody (run_id, source, batch, pipeline, input_key, first_pos, last_pos, ledger_seq, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(run.as_str())
             .bind(source)
             .bind(batch as i64)
             .bind(&custody.pipeline)
-            .bind(&custody.input_key)
-            .bind(custody.first_pos as i64)
-            .bind(custody.last_pos as i64)
+            .bind(first.map_or("", |i| i.input_key.as_str()))
+            .bind(first.map_or(0, |i| i.first_pos as i64))
+            .bind(first.map_or(0, |i| i.last_pos as i64))
             .bind(custody.ledger_seq.map(|s| s as i64))
             .bind(&custody.data)
             .execute(&mut *tx)
             .await?;
+        for (seq, i) in custody.inputs.iter().enumerate() {
+            sqlx::query("INSERT INTO sealtrail_custody_inputs (run_id, source, batch, seq, input_key, first_pos, last_pos, records) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+                .bind(run.as_str())
+                .bind(source)
+                .bind(batch as i64)
+                .bind(seq as i64)
+                .bind(&i.input_key)
+                .bind(i.first_pos as i64)
+                .bind(i.last_pos as i64)
+                .bind(i.records as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
         for (sink, rows) in &custody.delivered {
             sqlx::query("INSERT INTO sealtrail_batch_outputs (run_id, source, batch, sink, row_count) VALUES ($1, $2, $3, $4, $5)")
                 .bind(run.as_str())
@@ -999,7 +1058,7 @@ impl StateStore {
         at: Option<(&str, &str, Option<u64>)>,
     ) -> Result<Vec<CustodyRef>> {
         let (source, key, pos) = at.unwrap_or(("", "", None));
-        let rows = sqlx::query("SELECT c.run_id, c.source, c.batch, c.ledger_seq, c.pipeline FROM sealtrail_custody c JOIN sealtrail_runs r ON r.run_id = c.run_id WHERE (c.pipeline = $1 OR c.pipeline = $5) AND ($2 = '' OR (c.source = $2 AND c.input_key = $3)) AND ($4 < 0 OR (c.first_pos <= $4 AND c.last_pos >= $4)) ORDER BY r.started_at DESC, c.run_id DESC, c.source, c.batch")
+        let rows = sqlx::query("SELECT c.run_id, c.source, c.batch, c.ledger_seq, c.pipeline FROM sealtrail_custody c JOIN sealtrail_runs r ON r.run_id = c.run_id WHERE (c.pipeline = $1 OR c.pipeline = $5) AND ($2 = '' OR EXISTS (SELECT 1 FROM sealtrail_custody_inputs i WHERE i.run_id = c.run_id AND i.source = c.source AND i.batch = c.batch AND i.source = $2 AND i.input_key = $3 AND ($4 < 0 OR (i.first_pos <= $4 AND i.last_pos >= $4)))) ORDER BY r.started_at DESC, c.run_id DESC, c.source, c.batch")
             .bind(pipeline)
             .bind(source)
             .bind(key)
@@ -1023,7 +1082,7 @@ impl StateStore {
     /// ids `source:key:...`), to tell apart the rows of a table several pipelines load.
     pub async fn pipelines_reading(&self, source: &str, key: &str) -> Result<Vec<String>> {
         let rows = sqlx::query(
-            "SELECT DISTINCT c.pipeline FROM sealtrail_custody c WHERE c.source = $1 AND c.input_key = $2 ORDER BY c.pipeline",
+            "SELECT DISTINCT c.pipeline FROM sealtrail_custody c JOIN sealtrail_custody_inputs i ON i.run_id = c.run_id AND i.source = c.source AND i.batch = c.batch WHERE i.source = $1 AND i.input_key = $2 ORDER BY c.pipeline",
         )
         .bind(source)
         .bind(key)
@@ -1134,9 +1193,9 @@ impl StateStore {
     }
 
     /// Records the run's committed batches read, by source and the input key of their lineage
-    /// ids (a batch never spans inputs). Batches without a custody record count none.
+    /// ids. Batches without a custody record count none.
     pub async fn read_per_input(&self, run: &RunId) -> Result<BTreeMap<(String, String), u64>> {
-        let rows = sqlx::query("SELECT b.source, c.input_key, CAST(SUM(b.rows_in) AS BIGINT) FROM sealtrail_batches b JOIN sealtrail_custody c ON c.run_id = b.run_id AND c.source = b.source AND c.batch = b.batch WHERE b.run_id = $1 GROUP BY b.source, c.input_key")
+        let rows = sqlx::query("SELECT i.source, i.input_key, CAST(SUM(i.records) AS BIGINT) FROM sealtrail_custody_inputs i WHERE i.run_id = $1 GROUP BY i.source, i.input_key")
             .bind(run.as_str())
             .fetch_all(&self.pool)
             .await?;
@@ -1554,6 +1613,80 @@ mod tests {
         }
     }
 
+    /// A batch of several inputs is found by any of its inputs' keys and positions; a store
+    /// written before batches could span files (custody rows in `sealtrail_custody` only) gets
+    /// each batch's one input row when it is opened, once, in SQLite and PostgreSQL alike.
+    #[tokio::test]
+    async fn stores_before_batches_spanned_files_get_their_custody_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let pg = std::env::var("SEALTRAIL_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let sqlite = format!("sqlite://{}", dir.path().join("state.db").display());
+        for url in [sqlite, pg] {
+            let mut st = StateStore::open(&url).await.unwrap();
+            let pipeline = format!("span_{}", RunId::new());
+            let run = RunId::new();
+            st.start_run(&run, &pipeline, "spec", &[]).await.unwrap();
+            let part = |k: &str, first_pos, last_pos, records| CustodyInput {
+                input_key: k.into(),
+                first_pos,
+                last_pos,
+                records,
+            };
+            let row = |inputs| CustodyRow {
+                pipeline: pipeline.clone(),
+                inputs,
+                ledger_seq: None,
+                data: b"x".to_vec(),
+                delivered: Vec::new(),
+            };
+            let n = |rows_in| Counts {
+                rows_in,
+                rows_loaded: rows_in,
+                rows_quarantined: 0,
+            };
+            let two = row(vec![part("ka", 2, 4, 3), part("kb", 2, 3, 2)]);
+            st.commit_batch(&run, "s", 0, n(5), &two).await.unwrap();
+            let one = row(vec![part("kc", 2, 5, 4)]);
+            st.commit_batch(&run, "s", 1, n(4), &one).await.unwrap();
+            macro_rules! found {
+                ($key:expr, $pos:expr) => {
+                    st.custody_index(&pipeline, Some(("s", $key, Some($pos))))
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|r| r.batch)
+                        .collect::<Vec<_>>()
+                };
+            }
+            assert_eq!(found!("ka", 4), [0], "{url}");
+            assert_eq!(found!("kb", 3), [0], "{url}");
+            assert_eq!(found!("kc", 5), [1], "{url}");
+            assert!(found!("kb", 4).is_empty(), "{url}");
+            assert!(st.read_records_of(run.as_str(), "s", "kb").await.unwrap());
+            let per_input = |m: BTreeMap<(String, String), u64>| {
+                m.into_iter().map(|((_, k), n)| (k, n)).collect::<Vec<_>>()
+            };
+            let expected = vec![("ka".into(), 3), ("kb".into(), 2), ("kc".into(), 4)];
+            assert_eq!(per_input(st.read_per_input(&run).await.unwrap()), expected);
+            // As an older store holds it: batch 1's input in `sealtrail_custody` only.
+            sqlx::query("DELETE FROM sealtrail_custody_inputs WHERE run_id = $1 AND batch = 1")
+                .bind(run.as_str())
+                .execute(&st.pool)
+                .await
+                .unwrap();
+            assert!(found!("kc", 5).is_empty(), "{url}");
+            st.close().await;
+            for _ in 0..2 {
+                st = StateStore::open(&url).await.unwrap();
+                assert_eq!(found!("kc", 5), [1], "{url}");
+                assert_eq!(found!("kb", 3), [0], "{url}");
+                assert_eq!(per_input(st.read_per_input(&run).await.unwrap()), expected);
+                st.close().await;
+            }
+        }
+    }
+
     /// A batch's newest revision is its custody record from then on (whole and in ranges),
     /// revisions are numbered per batch in order, in SQLite and PostgreSQL alike.
     #[tokio::test]
@@ -1569,9 +1702,12 @@ mod tests {
             st.start_run(&run, &pipeline, "spec", &[]).await.unwrap();
             let custody = CustodyRow {
                 pipeline: pipeline.clone(),
-                input_key: "k".into(),
-                first_pos: 1,
-                last_pos: 2,
+                inputs: vec![CustodyInput {
+                    input_key: "k".into(),
+                    first_pos: 1,
+                    last_pos: 2,
+                    records: 2,
+                }],
                 ledger_seq: Some(7),
                 data: b"original".to_vec(),
                 delivered: vec![("o".into(), 2)],

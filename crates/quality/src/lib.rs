@@ -194,7 +194,7 @@ pub fn lint(source: &Source) -> Vec<((u64, u64), String, String)> {
 pub fn quarantine(batch: &RawBatch, row: usize, reasons: Vec<Reason>) -> Quarantined {
     let key = batch.key(row).map(std::borrow::Cow::into_owned);
     Quarantined {
-        input: batch.input.clone(),
+        input: batch.input(row).clone(),
         pos_kind: batch.pos_kind,
         pos: batch.position(row),
         key,
