@@ -9837,6 +9837,25 @@ fn openlineage_events_an_endpoint_misses_are_kept_and_sent_by_the_next_run() {
         err.contains("SEALTRAIL_OPENLINEAGE_SPOOL_DAYS must be a whole number"),
         "{err}"
     );
+    // Nor is a value that is not text at all.
+    use std::os::unix::ffi::OsStrExt;
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .args(["--openlineage", &url])
+        .env(
+            "SEALTRAIL_OPENLINEAGE_SPOOL_MB",
+            std::ffi::OsStr::from_bytes(b"6\xff4"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("SEALTRAIL_OPENLINEAGE_SPOOL_MB must be a whole number")
+            && err.contains("not UTF-8"),
+        "{err}"
+    );
 
     // The endpoint is back: it refuses the first event it gets for good, takes the rest.
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
@@ -10394,6 +10413,17 @@ fn a_parquet_folder_of_other_columns_stops_the_run() {
     std::fs::write(input.join("b.csv"), "id,note\n2,y\n").unwrap();
     assert_eq!(run_counted(&spec).0, (1, 1, 0));
     assert_eq!(files(), 2);
+    // Batch files without a readable footer cannot be compared: the run goes on, saying so.
+    for f in std::fs::read_dir(dir.path().join("out/o")).unwrap() {
+        std::fs::write(f.unwrap().path(), b"PAR1 damaged").unwrap();
+    }
+    std::fs::write(input.join("c.csv"), "id,note\n3,z\n").unwrap();
+    let (n, err) = run_counted(&spec);
+    assert_eq!(n, (1, 1, 0));
+    assert!(
+        err.contains("have no readable footer, so the columns this run writes were not compared"),
+        "{err}"
+    );
 }
 
 /// Takes the run lock of `pipeline` in the SQLite state store of `home`, as a run does (an OS

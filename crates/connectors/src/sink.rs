@@ -441,9 +441,11 @@ fn check_parquet_columns(name: &str, dir: &Path, schema: &SchemaRef) -> Result<(
             .collect()
     };
     let want = cols(schema);
+    let mut unreadable = Vec::new();
     for f in files.iter().rev().take(3) {
         let path = dir.join(f);
         let Ok(have) = parquet_file_schema(&path) else {
+            unreadable.push(f.as_str());
             continue;
         };
         let have = cols(&have);
@@ -460,6 +462,16 @@ fn check_parquet_columns(name: &str, dir: &Path, schema: &SchemaRef) -> Result<(
             ));
         }
         return Ok(());
+    }
+    if !unreadable.is_empty() {
+        // Damaged files are `audit`'s to report; the run is not stopped for them, but it is
+        // said that the folder's columns went unchecked.
+        tracing::warn!(
+            sink = name,
+            "the newest batch files of the Parquet folder {} ({}) have no readable footer, so the columns this run writes were not compared with the folder's; `sealtrail audit` names damaged files",
+            dir.display(),
+            unreadable.join(", ")
+        );
     }
     Ok(())
 }

@@ -181,11 +181,14 @@ impl SpoolLimits {
     /// The defaults, with [`SPOOL_MB_VAR`] and [`SPOOL_DAYS_VAR`] when set. A value that is not
     /// a whole number is an error naming the variable.
     pub fn from_env() -> Result<Self, String> {
-        Self::from_vars(|var| match std::env::var(var) {
-            Ok(v) => Some(v),
-            Err(std::env::VarError::NotPresent) => None,
-            Err(std::env::VarError::NotUnicode(_)) => Some(String::new()),
-        })
+        for var in [SPOOL_MB_VAR, SPOOL_DAYS_VAR] {
+            if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(var) {
+                return Err(format!(
+                    "{var} must be a whole number (0 for no limit); its value is not UTF-8 text"
+                ));
+            }
+        }
+        Self::from_vars(|var| std::env::var(var).ok())
     }
 
     /// [`SpoolLimits::from_env`] over any lookup of variables.
