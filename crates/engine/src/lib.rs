@@ -1933,10 +1933,8 @@ async fn run_inner(
         for (w, _) in &mut sinks {
             w.finish().await?;
         }
-        for (input, sha256) in digests {
-            st.set_content_digest(run_id, &source.name, &input, &sha256)
-                .await?;
-        }
+        st.set_content_digests(run_id, &source.name, &digests)
+            .await?;
 
         let c = st.totals(run_id, Some(&source.name)).await?;
         if let Some((lo, hi)) = source.row_count
