@@ -687,7 +687,13 @@ fn small_files_join_into_batches_and_a_killed_run_resumes_them() {
         c
     });
     assert!(kills >= 2, "the runs finished before they could be killed");
-    let first = bin().arg("run").arg(&spec).output().unwrap();
+    let events = dir.path().join("ol.jsonl");
+    let resume = || {
+        let mut c = bin();
+        c.arg("run").arg(&spec).arg("--openlineage").arg(&events);
+        c
+    };
+    let first = resume().output().unwrap();
     let out = if first.status.success() {
         String::from_utf8_lossy(&first.stdout).into_owned()
     } else {
@@ -695,9 +701,23 @@ fn small_files_join_into_batches_and_a_killed_run_resumes_them() {
         assert!(err.contains("ledger recover"), "{err}");
         run_ok(bin().args(["ledger", "recover", "--home"]).arg(&home));
         recovered += 1;
-        run_ok(bin().arg("run").arg(&spec))
+        run_ok(&mut resume())
     };
     assert!(out.contains("(resumed)"), "{out}");
+    // OpenLineage describes the 600 files as one dataset, the folder holding them, with every
+    // record the run read (the killed attempts' committed batches included).
+    let complete = last_event(&events);
+    assert_eq!(complete["eventType"], "COMPLETE");
+    let inputs = complete["inputs"].as_array().unwrap();
+    assert_eq!(inputs.len(), 1, "{complete}");
+    assert_eq!(
+        inputs[0]["name"].as_str(),
+        Some(input.display().to_string().as_str())
+    );
+    assert_eq!(
+        inputs[0]["inputFacets"]["inputStatistics"]["rowCount"],
+        6000
+    );
     // 12 batches of 500 records: 12 Parquet files and 12 Delta commits (after the table's
     // creation), whatever the kills; every record once, in sinks or quarantine.
     let d = dir.path().display();
