@@ -1526,6 +1526,8 @@ pub fn replay_pipeline(
     let files = sealtrail_spec::FileSet {
         pattern: input.display().to_string(),
         incremental: false,
+        // Written just now, and whole: never left for later.
+        min_age: None,
     };
     match &mut s.connector {
         C::Csv(o) => o.files = files,

@@ -649,6 +649,59 @@ fn kill_runs_at_ledger_sizes(
 
 /// Kills the run with SIGKILL at several points, re-runs, and checks every record is loaded
 /// or quarantined exactly once.
+/// A file modified less than the source's `min_age` ago (perhaps still being written or
+/// copied in) is left for a later run, which loads it once it has aged; a `min_age` that is no
+/// duration is a `check` error naming it.
+#[test]
+fn files_younger_than_min_age_wait_for_a_later_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, spec) = incremental_id_note_project(dir.path(), "aged");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let aged = |age: &str| {
+        text.replace(
+            "incremental: true }",
+            &format!("incremental: true, min_age: {age} }}"),
+        )
+    };
+    std::fs::write(&spec, aged("1h")).unwrap();
+    let set_age = |name: &str, secs: u64| {
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+        std::fs::File::options()
+            .write(true)
+            .open(input.join(name))
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+    };
+    std::fs::write(input.join("old.csv"), "id,note\n1,x\n").unwrap();
+    set_age("old.csv", 7200);
+    std::fs::write(input.join("new.csv"), "id,note\n2,y\n").unwrap();
+    let (n, err) = run_counted(&spec);
+    assert_eq!(n, (1, 1, 0));
+    assert!(
+        err.contains(
+            "1 file(s) modified less than `min_age` (3600 s) ago were left for a later run"
+        ),
+        "{err}"
+    );
+    // Aged, it loads; the file loaded before does not load again.
+    set_age("new.csv", 3700);
+    let (n, err) = run_counted(&spec);
+    assert_eq!(n, (1, 1, 0));
+    assert!(!err.contains("left for a later run"), "{err}");
+    // A number alone is seconds; anything else is refused where it stands.
+    std::fs::write(&spec, aged("90")).unwrap();
+    run_ok(bin().arg("check").arg(&spec));
+    std::fs::write(&spec, aged("soon")).unwrap();
+    let o = bin().arg("check").arg(&spec).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("`min_age` is `soon`, not a duration") && out.contains("p.yaml:"),
+        "{out}"
+    );
+}
+
 /// Many small files join into batches of up to `batch_rows` records, each one commit (a
 /// Parquet file, a Delta version, a ledger entry), not one commit per file; each record keeps
 /// its own file and line (lineage id, quarantine, `prove`, `audit`). A run killed between

@@ -774,7 +774,19 @@ async fn choose_inputs(
         // Unchanged files of a source that is not incremental, which earlier runs loaded.
         let mut reloaded = 0usize;
         let header = matches!(&s.connector, SourceConnector::Csv(o) if o.header);
+        // Files modified within `min_age` (perhaps still being written), left for later.
+        let mut young = 0usize;
+        let now = std::time::SystemTime::now();
         for path in fs::list(&files.pattern)? {
+            if let Some(min) = files.min_age {
+                // A time in the future is as young as can be.
+                let modified = std::fs::metadata(&path).and_then(|m| m.modified());
+                let age = modified.map(|t| now.duration_since(t).unwrap_or_default());
+                if age.is_ok_and(|a| a < min) {
+                    young += 1;
+                    continue;
+                }
+            }
             let fingerprint = fs::fingerprint(&path)?;
             let mut content = None;
             let mut skip = 0;
@@ -830,6 +842,13 @@ async fn choose_inputs(
                 content,
                 skip,
             });
+        }
+        if young > 0 {
+            tracing::warn!(
+                source = %s.name,
+                "{young} file(s) modified less than `min_age` ({} s) ago were left for a later run (they may still be being written)",
+                files.min_age.map_or(0, |a| a.as_secs())
+            );
         }
         if reloaded > 0 {
             tracing::warn!(

@@ -174,6 +174,27 @@ pub enum SourceConnector {
 pub struct FileSet {
     pub pattern: String,
     pub incremental: bool,
+    /// Files modified less than this long ago are left for a later run.
+    pub min_age: Option<std::time::Duration>,
+}
+
+/// A duration as a spec writes it: a whole number with `s`, `m`, `h` or `d`, or a number of
+/// seconds alone.
+pub fn parse_age(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&t[..i], t[i..].trim()),
+        None => (t, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Debug, Clone)]
@@ -1172,7 +1193,7 @@ fn compile_source(
         + v.jsonl.is_some() as u8
         + v.parquet.is_some() as u8
         + v.postgres.is_some() as u8;
-    let files = |cx: &mut Ctx, path: &str, incremental: bool| {
+    let files = |cx: &mut Ctx, path: &str, incremental: bool, min_age: &Option<String>| {
         let pattern = resolve_path(base, path).to_string_lossy().into_owned();
         if let Err(e) = glob::Pattern::new(&pattern) {
             cx.err(
@@ -1181,9 +1202,21 @@ fn compile_source(
                 "fix the glob; `*` and `?` are wildcards",
             );
         }
+        let min_age = min_age.as_deref().and_then(|a| {
+            let age = parse_age(a);
+            if age.is_none() {
+                cx.err(
+                    s,
+                    format!("source `{name}`: `min_age` is `{a}`, not a duration"),
+                    "write a whole number with `s`, `m`, `h` or `d` (`30s`, `5m`), or a number of seconds",
+                );
+            }
+            age
+        });
         FileSet {
             pattern,
             incremental,
+            min_age,
         }
     };
     let connector = if n != 1 {
@@ -1229,7 +1262,7 @@ fn compile_source(
             }
         };
         Some(SourceConnector::Csv(CsvOptions {
-            files: files(cx, &c.path, c.incremental),
+            files: files(cx, &c.path, c.incremental, &c.min_age),
             header: c.header,
             delimiter,
             quote,
@@ -1238,9 +1271,19 @@ fn compile_source(
             decimal_comma,
         }))
     } else if let Some(j) = &v.jsonl {
-        Some(SourceConnector::Jsonl(files(cx, &j.path, j.incremental)))
+        Some(SourceConnector::Jsonl(files(
+            cx,
+            &j.path,
+            j.incremental,
+            &j.min_age,
+        )))
     } else if let Some(p) = &v.parquet {
-        Some(SourceConnector::Parquet(files(cx, &p.path, p.incremental)))
+        Some(SourceConnector::Parquet(files(
+            cx,
+            &p.path,
+            p.incremental,
+            &p.min_age,
+        )))
     } else if let Some(pg) = &v.postgres {
         let url = secret_ref(cx, s, base, &format!("source `{name}`"), &pg.url);
         let from = match (&pg.table, &pg.query) {
@@ -1990,6 +2033,27 @@ fn compile_check(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ages_are_whole_numbers_of_a_unit_or_seconds() {
+        use std::time::Duration;
+        let age = super::parse_age;
+        assert_eq!(age("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(age(" 5m "), Some(Duration::from_secs(300)));
+        assert_eq!(age("2 h"), Some(Duration::from_secs(7200)));
+        assert_eq!(age("1d"), Some(Duration::from_secs(86_400)));
+        assert_eq!(age("90"), Some(Duration::from_secs(90)));
+        for bad in [
+            "",
+            "s",
+            "1.5m",
+            "-3s",
+            "5 minutes",
+            "1w",
+            "99999999999999999999d",
+        ] {
+            assert_eq!(age(bad), None, "{bad}");
+        }
+    }
     use super::*;
 
     fn diags(yaml: &str) -> Vec<Diagnostic> {

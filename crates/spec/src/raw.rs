@@ -223,6 +223,11 @@ pub struct CsvSpec {
     /// Only read files not loaded by an earlier successful run.
     #[serde(default)]
     pub incremental: bool,
+    /// Leave files modified less than this long ago for a later run (a file still being
+    /// written, or copied in, would be read cut short): `30s`, `5m`, `2h`, `1d`, or a number
+    /// of seconds. Default: every file is read however new.
+    #[serde(default)]
+    pub min_age: Option<String>,
 }
 
 fn yes() -> bool {
@@ -238,6 +243,11 @@ pub struct FileSpec {
     /// Only read files not loaded by an earlier successful run.
     #[serde(default)]
     pub incremental: bool,
+    /// Leave files modified less than this long ago for a later run (a file still being
+    /// written, or copied in, would be read cut short): `30s`, `5m`, `2h`, `1d`, or a number
+    /// of seconds. Default: every file is read however new.
+    #[serde(default)]
+    pub min_age: Option<String>,
 }
 
 /// A PostgreSQL table or query.
