@@ -4,12 +4,12 @@
 #
 #   bench/small_files.sh FILES ROWS_PER_FILE [SEALTRAIL_BINARY] [WORK_DIR]
 #
-# For example `bench/small_files.sh 20000 5 target/bench/sealtrail /tmp/small` (build it with
+# For example `bench/small_files.sh 20000 5 target/release/sealtrail /tmp/small` (build it with
 # `cargo build --profile bench -p sealtrail`). The work folder is emptied first.
 set -euo pipefail
 files=${1:?number of files}
 rows=${2:?records per file}
-bin=${3:-target/bench/sealtrail}
+bin=${3:-target/release/sealtrail}
 work=${4:-target/bench-small-files}
 bin=$(realpath "$bin")
 rm -rf "$work"

@@ -89,10 +89,11 @@ enum Cmd {
         /// `text` for people; `json` for schedulers: one document on standard output, `{"ok":
         /// true, "pipeline", "run_id", "resumed", "rows_in", "loaded", "quarantined",
         /// "by_reason", "sources", "sinks": [{"name", "rows", "location"}], "quarantine", "grown":
-        /// [{"source", "input", "read_past_bytes"}]}` (`by_reason` counts the batches this
-        /// process committed: a resumed run's earlier ones are in `quarantined` only; `grown`
-        /// lists files that grew since a run loaded them, of which only the records added were
-        /// loaded), or `{"ok": false, "error", "exit_code"}` when it
+        /// [{"source", "input", "read_past_bytes"}], "deferred": [{"source", "files"}]}`
+        /// (`by_reason` counts the batches this process committed: a resumed run's earlier ones
+        /// are in `quarantined` only; `grown` lists files that grew since a run loaded them, of
+        /// which only the records added were loaded; `deferred` counts files younger than the
+        /// source's `min_age`, left for a later run), or `{"ok": false, "error", "exit_code"}` when it
         /// fails (the error goes to standard error too; the exit code is the same either way).
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
@@ -1502,6 +1503,10 @@ fn report_json(r: &RunReport) -> serde_json::Value {
             "input": g.input,
             "read_past_bytes": g.read_past,
         })).collect::<Vec<_>>(),
+        "deferred": r.deferred.iter().map(|(source, files)| serde_json::json!({
+            "source": source,
+            "files": files,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -1539,6 +1544,11 @@ fn print_report(r: &RunReport) {
             "  grown {}: its first {} bytes were loaded by an earlier run; only the records added since were loaded",
             g.input,
             g.read_past
+        );
+    }
+    for (source, files) in &r.deferred {
+        outln!(
+            "  deferred {source}: {files} file(s) modified less than `min_age` ago, left for a later run"
         );
     }
 }

@@ -676,19 +676,47 @@ fn files_younger_than_min_age_wait_for_a_later_run() {
     std::fs::write(input.join("old.csv"), "id,note\n1,x\n").unwrap();
     set_age("old.csv", 7200);
     std::fs::write(input.join("new.csv"), "id,note\n2,y\n").unwrap();
-    let (n, err) = run_counted(&spec);
-    assert_eq!(n, (1, 1, 0));
+    let o = bin()
+        .args(["run", "--format", "json"])
+        .arg(&spec)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
     assert!(
         err.contains(
             "1 file(s) modified less than `min_age` (3600 s) ago were left for a later run"
         ),
         "{err}"
     );
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["loaded"], 1, "{report}");
+    assert_eq!(
+        report["deferred"],
+        serde_json::json!([{ "source": "s", "files": 1 }])
+    );
     // Aged, it loads; the file loaded before does not load again.
     set_age("new.csv", 3700);
-    let (n, err) = run_counted(&spec);
-    assert_eq!(n, (1, 1, 0));
-    assert!(!err.contains("left for a later run"), "{err}");
+    let o = bin().arg("run").arg(&spec).output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{err}");
+    assert_eq!(counts(&out), (1, 1, 0));
+    assert!(
+        !err.contains("left for a later run") && !out.contains("deferred"),
+        "{out}{err}"
+    );
+    // Said in the summary too.
+    std::fs::write(input.join("newer.csv"), "id,note\n3,z\n").unwrap();
+    let out = run_ok(bin().arg("run").arg(&spec));
+    assert!(
+        out.contains(
+            "deferred s: 1 file(s) modified less than `min_age` ago, left for a later run"
+        ),
+        "{out}"
+    );
     // A number alone is seconds; anything else is refused where it stands.
     std::fs::write(&spec, aged("90")).unwrap();
     run_ok(bin().arg("check").arg(&spec));

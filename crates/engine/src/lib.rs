@@ -215,6 +215,9 @@ pub struct RunReport {
     /// Files that grew since an earlier run loaded them, whose loaded records this run read
     /// past (only the records added were loaded).
     pub grown: Vec<GrownInput>,
+    /// Per source, the files this run left for a later one: modified less than its `min_age`
+    /// ago (a resumed run reads the inputs its start chose, and leaves none).
+    pub deferred: Vec<(String, u64)>,
 }
 
 /// An input file that grew since a run loaded its first bytes (see [`RunReport::grown`]).
@@ -723,11 +726,13 @@ pub fn sample(
 /// not loaded twice). A file whose name and size match no loaded file's is new without being
 /// read: its digest is computed as the run loads it (CSV and JSON Lines). Of a loaded file that
 /// grew since, only the records added are read ([`grown_since_loaded`]).
+/// Also returns, per source with any, how many files were left for a later run (`min_age`).
 async fn choose_inputs(
     p: &Pipeline,
     st: &StateStore,
-) -> Result<Vec<(String, Vec<state::ChosenInput>)>> {
+) -> Result<(Vec<SourceInputs>, Vec<(String, u64)>)> {
     let mut out = Vec::new();
+    let mut deferred = Vec::new();
     for s in &p.sources {
         let files = match &s.connector {
             SourceConnector::Csv(o) => &o.files,
@@ -844,6 +849,7 @@ async fn choose_inputs(
             });
         }
         if young > 0 {
+            deferred.push((s.name.clone(), young as u64));
             tracing::warn!(
                 source = %s.name,
                 "{young} file(s) modified less than `min_age` ({} s) ago were left for a later run (they may still be being written)",
@@ -859,8 +865,11 @@ async fn choose_inputs(
         }
         out.push((s.name.clone(), chosen));
     }
-    Ok(out)
+    Ok((out, deferred))
 }
+
+/// The inputs a new run chose for one source, by source name.
+type SourceInputs = (String, Vec<state::ChosenInput>);
 
 /// Refuses the first run of a pipeline (none succeeded with this state store) that would load
 /// inputs another pipeline of the store loaded under a source of the same name, unless that
@@ -1393,6 +1402,7 @@ async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<Ru
         }),
         None => Ok(()),
     };
+    let mut deferred = Vec::new();
     let run_id = match run_id {
         Some(r) => {
             not_started(true)?;
@@ -1400,7 +1410,8 @@ async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<Ru
             r
         }
         None => {
-            let inputs = choose_inputs(p, st).await?;
+            let (inputs, left) = choose_inputs(p, st).await?;
+            deferred = left;
             loaded_under_another_name(p, st, &inputs, &opts.reload_inputs_of).await?;
             // Every input must open (and CSV headers fit the columns) before anything loads.
             preflight(p, &inputs)?;
@@ -1449,7 +1460,12 @@ async fn run_with(p: &Pipeline, opts: &RunOptions, st: &StateStore) -> Result<Ru
     // Set when the first batch's commit to a sink begins. A resumed run may have committed
     // before (a kill between a sink's commit and the state store's leaves no trace here).
     let delivering = AtomicBool::new(resumed);
-    let result = run_inner(p, opts, st, &run_id, &delivering, &mut lock).await;
+    let result = run_inner(p, opts, st, &run_id, &delivering, &mut lock)
+        .await
+        .map(|mut r| {
+            r.deferred = deferred;
+            r
+        });
     if result.is_err() {
         remove_if_still_empty(&fresh);
     }
@@ -1697,6 +1713,7 @@ async fn run_inner(
         sinks: Vec::new(),
         quarantine: String::new(),
         grown: Vec::new(),
+        deferred: Vec::new(),
     };
     let mut qsink = open_sink("quarantine", &p.quarantine, quarantine::schema()).await?;
     report.quarantine = qsink.location();
