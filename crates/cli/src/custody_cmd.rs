@@ -593,18 +593,24 @@ async fn fast_proof(
     id: &str,
     refs: &[CustodyRef],
 ) -> Result<Option<(CustodyRef, custody::PartialProof)>> {
-    if custody::parse_id(id).is_none_or(|(_, _, pos)| pos.parse::<u64>().is_err()) {
+    let Some((_, key, pos)) = custody::parse_id(id) else {
+        return Ok(None);
+    };
+    if pos.parse::<u64>().is_err() {
         return Ok(None);
     }
     let Some(at) = refs.first().cloned() else {
         return Ok(None);
     };
+    // Where the records of the id's input sit in the batch (a batch of small files reads
+    // several inputs, whose positions each start again).
+    let within = st.input_records_of(&at, key).await?;
     let mut rec = StoredRecord {
         st,
         at: &at,
         read: 0,
     };
-    let got = custody::partial_proof(&mut rec, id, sink).await?;
+    let got = custody::partial_proof(&mut rec, id, sink, within).await?;
     match &got {
         Some(_) => tracing::debug!(bytes = rec.read, "custody record read in parts"),
         None => tracing::debug!("custody record parts do not answer: reading it whole"),

@@ -836,6 +836,24 @@ print(len(files), len(glob.glob('{d}/out/d/_delta_log/*.json')))
             id.starts_with("s:") && id.ends_with(":9"),
             "line 9 of its file: {id}"
         );
+        // By its id, the proof reads only the parts of the batch's custody record it needs
+        // (where its file's records sit in the batch, from the state store), and is the same.
+        let by_id = dir.path().join(format!("{sink}-by-id.json"));
+        let o = bin()
+            .arg("prove")
+            .arg(&spec)
+            .args(["--sink", sink, "--id", &id, "--out"])
+            .arg(&by_id)
+            .env("SEALTRAIL_LOG", "debug")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        assert!(err.contains("custody record read in parts"), "{err}");
+        assert_eq!(
+            std::fs::read(&by_id).unwrap(),
+            std::fs::read(&bundle).unwrap()
+        );
         let v = run_ok(
             bin()
                 .arg("verify-proof")

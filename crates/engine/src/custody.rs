@@ -1537,10 +1537,17 @@ fn entries_at(bytes: &[u8], first: usize, into: &mut HashMap<u64, (String, Hash)
 /// not answer (an older record, rows of an aggregation, an id with a key rather than a
 /// position, the record not delivered to the sink by this batch): the caller then reads the
 /// whole record with [`CustodyView`].
+///
+/// `within`: the indexes of the batch's records read from the id's input, when the caller
+/// knows them (`StateStore::input_records_of`). Positions go up within an input, not across
+/// the inputs of a batch of small files: without them, the chunk is found by position alone,
+/// which answers for a batch of one input (a batch of several then falls back to the whole
+/// record).
 pub async fn partial_proof<R: RangeRead>(
     rec: &mut R,
     id: &str,
     sink: &str,
+    within: Option<std::ops::Range<u64>>,
 ) -> Result<Option<PartialProof>, R::Error> {
     let pos = id_position(id);
     let front = rec.read(0, HEAD_GUESS).await?;
@@ -1570,10 +1577,23 @@ pub async fn partial_proof<R: RangeRead>(
     {
         return Ok(None);
     }
-    // The chunk whose first record's position is the last at or before the id's.
-    let c = head.input_chunks.partition_point(|(_, p)| *p <= pos);
-    let Some(c) = c.checked_sub(1) else {
-        return Ok(None);
+    // The chunk whose first record's position is the last at or before the id's, among the
+    // chunks holding records of the id's input when those are known (the first of them may
+    // start with another input's records: it is the one taken when no later one fits).
+    let c = match within {
+        Some(r) if r.start < r.end && r.end <= n as u64 => {
+            let lo = r.start as usize / chunk;
+            let hi = (r.end as usize - 1) / chunk;
+            lo + head.input_chunks[lo + 1..=hi].partition_point(|(_, p)| *p <= pos)
+        }
+        Some(_) => return Ok(None),
+        None => {
+            let c = head.input_chunks.partition_point(|(_, p)| *p <= pos);
+            let Some(c) = c.checked_sub(1) else {
+                return Ok(None);
+            };
+            c
+        }
     };
     // Input entries of chunks [lo, hi] into `entries`; chunks already read are not read again.
     let mut entries: HashMap<u64, (String, Hash)> = HashMap::new();
@@ -2351,7 +2371,7 @@ mod tests {
             for bytes in [junk, changed] {
                 for id in ["t:0123456789ab:2", "t:0123456789ab:30", "t:0123456789ab:41"] {
                     let mut mem = Mem { b: &bytes, read: 0, reads: 0 };
-                    let _ = rt.block_on(partial_proof(&mut mem, id, "clean"));
+                    let _ = rt.block_on(partial_proof(&mut mem, id, "clean", None));
                 }
                 if let Some(v) = CustodyView::parse(&bytes) {
                     for i in 0..v.inputs() {
@@ -2392,6 +2412,101 @@ mod tests {
         }
     }
 
+    /// A batch of small files: the positions of each input start again. Told where the id's
+    /// input sits in the batch, the parts answer for every record, as the whole record does;
+    /// not told, they answer rightly or not at all.
+    #[test]
+    fn a_row_of_a_batch_of_several_inputs_is_proven_from_parts() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let sizes = [300u32, 10, 4000, 1];
+        let mut input = Vec::new();
+        let mut ranges = Vec::new();
+        for (f, n) in sizes.iter().enumerate() {
+            let first = input.len() as u64;
+            for i in 0..*n {
+                input.push((
+                    format!("t:{f:012x}:{}", i + 2),
+                    commitment(&(f as u32 * 1000 + i).to_be_bytes()),
+                ));
+            }
+            ranges.push(first..input.len() as u64);
+        }
+        let n = input.len() as u32;
+        let mut c = BatchCustody {
+            input,
+            ..Default::default()
+        };
+        c.outputs.push(SinkCustody {
+            sink: "clean".into(),
+            rows: (0..n).map(|k| (k, [k as u8; 32])).collect(),
+            ..Default::default()
+        });
+        c.seal();
+        let bytes = c.encode();
+        let v = CustodyView::parse(&bytes).unwrap();
+        let (_, sv) = v.sink("clean").unwrap();
+        let whole_in =
+            ChunkedTree::new(n as u64, v.input_chunks(), |i| v.input_leaf(i as usize)).unwrap();
+        let mut answered_without = 0;
+        for (f, range) in ranges.iter().enumerate() {
+            // Every record of the small inputs; of the large one, a sample and chunk edges.
+            let ks = range
+                .clone()
+                .filter(|k| range.end - range.start < 500 || k % 37 == 0 || (k + 1) % 256 < 2);
+            for k in ks {
+                let (id, h) = v.input(k as usize);
+                let mut mem = Mem {
+                    b: &bytes,
+                    read: 0,
+                    reads: 0,
+                };
+                let got = rt
+                    .block_on(partial_proof(&mut mem, id, "clean", Some(range.clone())))
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("record {k} of input {f}"));
+                assert_eq!(got.row_index, sv.position(k as u32).unwrap());
+                assert_eq!(got.input, whole_in.inclusion(k, &h).unwrap());
+                assert!(
+                    mem.read * 4 < bytes.len(),
+                    "read {} of {}",
+                    mem.read,
+                    bytes.len()
+                );
+                let mut mem = Mem {
+                    b: &bytes,
+                    read: 0,
+                    reads: 0,
+                };
+                if let Some(g) = rt
+                    .block_on(partial_proof(&mut mem, id, "clean", None))
+                    .unwrap()
+                {
+                    assert_eq!(g, got);
+                    answered_without += 1;
+                }
+            }
+        }
+        assert!(
+            answered_without < n,
+            "positions alone cannot find every record"
+        );
+        // A range that is not the batch's is no answer, never a wrong one.
+        let (id, _) = v.input(5);
+        let mut mem = Mem {
+            b: &bytes,
+            read: 0,
+            reads: 0,
+        };
+        let out_of_batch = Some(u64::from(n)..u64::from(n) + 3);
+        assert_eq!(
+            rt.block_on(partial_proof(&mut mem, id, "clean", out_of_batch))
+                .unwrap(),
+            None
+        );
+    }
+
     #[test]
     fn a_row_proven_from_parts_matches_the_whole_record() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -2417,7 +2532,9 @@ mod tests {
                     read: 0,
                     reads: 0,
                 };
-                let got = rt.block_on(partial_proof(&mut mem, id, "clean")).unwrap();
+                let got = rt
+                    .block_on(partial_proof(&mut mem, id, "clean", None))
+                    .unwrap();
                 let Some(j) = sv.position(k as u32) else {
                     // Quarantined: no row to prove.
                     assert_eq!(got, None, "record {k} of {n}");
@@ -2449,7 +2566,8 @@ mod tests {
                     reads: 0,
                 };
                 assert_eq!(
-                    rt.block_on(partial_proof(&mut mem, id, "agg")).unwrap(),
+                    rt.block_on(partial_proof(&mut mem, id, "agg", None))
+                        .unwrap(),
                     None
                 );
             }
@@ -2465,7 +2583,8 @@ mod tests {
                     reads: 0,
                 };
                 assert_eq!(
-                    rt.block_on(partial_proof(&mut mem, id, sink)).unwrap(),
+                    rt.block_on(partial_proof(&mut mem, id, sink, None))
+                        .unwrap(),
                     None
                 );
             }
@@ -2489,7 +2608,8 @@ mod tests {
             };
             let id = v.input(0).0;
             assert_eq!(
-                rt.block_on(partial_proof(&mut mem, id, "clean")).unwrap(),
+                rt.block_on(partial_proof(&mut mem, id, "clean", None))
+                    .unwrap(),
                 None
             );
         }

@@ -1099,6 +1099,31 @@ impl StateStore {
             .collect())
     }
 
+    /// The indexes, among the records of batch `at`, of those read from input `key` (the
+    /// input part of their lineage ids): inputs are stored in reading order with their record
+    /// counts. `None` when the batch lists no such input.
+    pub async fn input_records_of(
+        &self,
+        at: &CustodyRef,
+        key: &str,
+    ) -> Result<Option<std::ops::Range<u64>>> {
+        let rows = sqlx::query("SELECT input_key, records FROM sealtrail_custody_inputs WHERE run_id = $1 AND source = $2 AND batch = $3 ORDER BY seq")
+            .bind(&at.run_id)
+            .bind(&at.source)
+            .bind(at.batch as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut first = 0u64;
+        for r in rows {
+            let n = r.get::<i64, _>(1).max(0) as u64;
+            if r.get::<String, _>(0) == key {
+                return Ok(Some(first..first + n));
+            }
+            first += n;
+        }
+        Ok(None)
+    }
+
     /// The pipelines whose committed batches read records of input `key` of `source` (lineage
     /// ids `source:key:...`), to tell apart the rows of a table several pipelines load.
     pub async fn pipelines_reading(&self, source: &str, key: &str) -> Result<Vec<String>> {
