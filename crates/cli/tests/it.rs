@@ -608,6 +608,43 @@ fn ledger_entries(home: &Path) -> usize {
         .unwrap_or(0)
 }
 
+/// Runs `run` once more after kills: the last kill may have torn the ledger, which is then
+/// recovered (counted in `recovered`) before running again. Returns what the run printed,
+/// which must be a resumed run's.
+fn resume_after_kills(home: &Path, recovered: &mut usize, run: impl Fn() -> Command) -> String {
+    let first = run().output().unwrap();
+    let out = if first.status.success() {
+        String::from_utf8_lossy(&first.stdout).into_owned()
+    } else {
+        let err = String::from_utf8_lossy(&first.stderr);
+        assert!(err.contains("ledger recover"), "{err}");
+        run_ok(bin().args(["ledger", "recover", "--home"]).arg(home));
+        *recovered += 1;
+        run_ok(&mut run())
+    };
+    assert!(out.contains("(resumed)"), "{out}");
+    out
+}
+
+/// The ledger in `home` verifies (its verifier's state kept in `dir/seen`) and records each of
+/// the `recovered` recoveries.
+fn assert_ledger_verifies_with_recoveries(dir: &Path, home: &Path, recovered: usize) {
+    let v = run_ok(
+        bin()
+            .args(["ledger", "verify", "--home"])
+            .arg(home)
+            .arg("--state")
+            .arg(dir.join("seen")),
+    );
+    assert!(v.starts_with("verified:"), "{v}");
+    let shown = run_ok(
+        bin()
+            .args(["ledger", "show", "--type", "recovery", "--home"])
+            .arg(home),
+    );
+    assert_eq!(shown.lines().count(), recovered, "{shown}");
+}
+
 /// Starts `run` once per target and kills it with SIGKILL as soon as the ledger in `home` holds
 /// that many entries (its checkpoint's second line; about two entries per committed batch), or
 /// after 120 s. A kill in the middle of a ledger append leaves a torn tail: the next run refuses
@@ -774,17 +811,7 @@ fn small_files_join_into_batches_and_a_killed_run_resumes_them() {
         c.arg("run").arg(&spec).arg("--openlineage").arg(&events);
         c
     };
-    let first = resume().output().unwrap();
-    let out = if first.status.success() {
-        String::from_utf8_lossy(&first.stdout).into_owned()
-    } else {
-        let err = String::from_utf8_lossy(&first.stderr);
-        assert!(err.contains("ledger recover"), "{err}");
-        run_ok(bin().args(["ledger", "recover", "--home"]).arg(&home));
-        recovered += 1;
-        run_ok(&mut resume())
-    };
-    assert!(out.contains("(resumed)"), "{out}");
+    resume_after_kills(&home, &mut recovered, resume);
     // OpenLineage describes the 600 files as one dataset, the folder holding them, with every
     // record the run read (the killed attempts' committed batches included).
     let complete = last_event(&events);
@@ -869,20 +896,7 @@ print(len(files), len(glob.glob('{d}/out/d/_delta_log/*.json')))
         let (code, out) = run_audit(&spec, &[sink]);
         assert_eq!(code, Some(0), "{out}");
     }
-    let v = run_ok(
-        bin()
-            .args(["ledger", "verify", "--home"])
-            .arg(&home)
-            .arg("--state")
-            .arg(dir.path().join("seen")),
-    );
-    assert!(v.starts_with("verified:"), "{v}");
-    let shown = run_ok(
-        bin()
-            .args(["ledger", "show", "--type", "recovery", "--home"])
-            .arg(&home),
-    );
-    assert_eq!(shown.lines().count(), recovered, "{shown}");
+    assert_ledger_verifies_with_recoveries(dir.path(), &home, recovered);
     // New small files: only they load, in one batch.
     (600..603).for_each(write);
     let (n, loaded, _) = counts(&run_ok(bin().arg("run").arg(&spec)));
@@ -935,17 +949,11 @@ fn sigkill_then_rerun_loads_every_record_exactly_once() {
     let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(v[0]["status"], "interrupted", "{v}");
     // The last kill may have torn the ledger too: then recover before resuming.
-    let first = bin().arg("run").arg(&spec).output().unwrap();
-    let out = if first.status.success() {
-        String::from_utf8_lossy(&first.stdout).into_owned()
-    } else {
-        let err = String::from_utf8_lossy(&first.stderr);
-        assert!(err.contains("ledger recover"), "{err}");
-        run_ok(bin().args(["ledger", "recover", "--home"]).arg(&home));
-        recovered += 1;
-        run_ok(bin().arg("run").arg(&spec))
-    };
-    assert!(out.contains("(resumed)"), "{out}");
+    resume_after_kills(&home, &mut recovered, || {
+        let mut c = bin();
+        c.arg("run").arg(&spec);
+        c
+    });
     let (total, quarantined) = loaded_once(dir.path());
     assert_eq!(total, 30_000, "every record loaded or quarantined once");
     // The generator injects 0.5% defects: round(30000 * 0.005 / 9) = 17 per kind, 153 in all.
@@ -958,20 +966,7 @@ fn sigkill_then_rerun_loads_every_record_exactly_once() {
         assert_eq!(code, Some(0), "{out}");
     }
     // The ledger verifies after the kills and recoveries, and records each recovery.
-    let v = run_ok(
-        bin()
-            .args(["ledger", "verify", "--home"])
-            .arg(&home)
-            .arg("--state")
-            .arg(dir.path().join("seen")),
-    );
-    assert!(v.starts_with("verified:"), "{v}");
-    let shown = run_ok(
-        bin()
-            .args(["ledger", "show", "--type", "recovery", "--home"])
-            .arg(&home),
-    );
-    assert_eq!(shown.lines().count(), recovered, "{shown}");
+    assert_ledger_verifies_with_recoveries(dir.path(), &home, recovered);
     // The resumed run recorded the file's bytes: touched, it is known and not loaded again.
     let csv = std::fs::read_dir(dir.path().join("data"))
         .unwrap()
