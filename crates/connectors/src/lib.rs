@@ -157,6 +157,8 @@ impl SourceReader for Coalescing {
             if self.done {
                 return Ok(self.pending.take());
             }
+            // An error ends the read and drops the batch waiting: handed on alone it would be
+            // committed as a batch that a resumed run, past the error, cuts otherwise.
             match self.inner.next_batch()? {
                 Some(d) => self.take(d),
                 None => self.done = true,

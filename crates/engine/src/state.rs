@@ -161,10 +161,6 @@ const SCHEMA: &[&str] = &[
     // range of their positions and their count: where `prove --id` finds a record's batch.
     "CREATE TABLE IF NOT EXISTS sealtrail_custody_inputs (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, seq BIGINT NOT NULL, input_key TEXT NOT NULL, first_pos BIGINT NOT NULL, last_pos BIGINT NOT NULL, records BIGINT NOT NULL, PRIMARY KEY (run_id, source, batch, seq))",
     "CREATE INDEX IF NOT EXISTS sealtrail_custody_inputs_by_key ON sealtrail_custody_inputs (source, input_key)",
-    // Stores written before batches could read several inputs kept one per batch in
-    // `sealtrail_custody` only: each such batch gets its one input here (once; a batch's rows
-    // are written in one transaction, so a batch with any row here has them all).
-    "INSERT INTO sealtrail_custody_inputs (run_id, source, batch, seq, input_key, first_pos, last_pos, records) SELECT c.run_id, c.source, c.batch, 0, c.input_key, c.first_pos, c.last_pos, b.rows_in FROM sealtrail_custody c JOIN sealtrail_batches b ON b.run_id = c.run_id AND b.source = c.source AND b.batch = c.batch WHERE NOT EXISTS (SELECT 1 FROM sealtrail_custody_inputs i WHERE i.run_id = c.run_id AND i.source = c.source AND i.batch = c.batch) ON CONFLICT DO NOTHING",
     // Rows each committed batch delivered to each sink (a record a transform filters out, or
     // aggregates with others, is loaded but is not one row of every sink).
     "CREATE TABLE IF NOT EXISTS sealtrail_batch_outputs (run_id TEXT NOT NULL, source TEXT NOT NULL, batch BIGINT NOT NULL, sink TEXT NOT NULL, row_count BIGINT NOT NULL, PRIMARY KEY (run_id, source, batch, sink))",
@@ -181,6 +177,14 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sealtrail_replays (replay_spec_sha256 TEXT PRIMARY KEY, ledger_seq BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS sealtrail_classifications (pipeline TEXT NOT NULL, source TEXT NOT NULL, col TEXT NOT NULL, tag TEXT NOT NULL, kind TEXT, confidence DOUBLE PRECISION NOT NULL, evidence TEXT NOT NULL, run_id TEXT NOT NULL, classified_at TEXT NOT NULL, PRIMARY KEY (pipeline, source, col))",
 ];
+
+/// Stores written before batches could read several inputs kept one input per batch in
+/// `sealtrail_custody` only: each such batch gets its one input in `sealtrail_custody_inputs`
+/// when the store is opened (once; a batch's rows there are written in one transaction, so a
+/// batch with any has them all). Looked for first, so that opening a store writes nothing
+/// once it is done.
+const CUSTODY_INPUTS_MISSING: &str = "SELECT 1 FROM sealtrail_custody c WHERE NOT EXISTS (SELECT 1 FROM sealtrail_custody_inputs i WHERE i.run_id = c.run_id AND i.source = c.source AND i.batch = c.batch) LIMIT 1";
+const CUSTODY_INPUTS_FILL: &str = "INSERT INTO sealtrail_custody_inputs (run_id, source, batch, seq, input_key, first_pos, last_pos, records) SELECT c.run_id, c.source, c.batch, 0, c.input_key, c.first_pos, c.last_pos, b.rows_in FROM sealtrail_custody c JOIN sealtrail_batches b ON b.run_id = c.run_id AND b.source = c.source AND b.batch = c.batch WHERE NOT EXISTS (SELECT 1 FROM sealtrail_custody_inputs i WHERE i.run_id = c.run_id AND i.source = c.source AND i.batch = c.batch) ON CONFLICT DO NOTHING";
 
 /// An input a new run chose to read.
 #[derive(Debug, Clone)]
@@ -416,6 +420,19 @@ impl StateStore {
                 created = Err(e);
                 break;
             }
+        }
+        if created.is_ok() {
+            created = match sqlx::query(CUSTODY_INPUTS_MISSING)
+                .fetch_optional(&mut *conn)
+                .await
+            {
+                Ok(Some(_)) => sqlx::query(CUSTODY_INPUTS_FILL)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|_| ()),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
         }
         if !sqlite {
             sqlx::query("SELECT pg_advisory_unlock($1)")
