@@ -686,6 +686,61 @@ fn kill_runs_at_ledger_sizes(
 
 /// Kills the run with SIGKILL at several points, re-runs, and checks every record is loaded
 /// or quarantined exactly once.
+/// A file is read up to the size it had when the run chose it: records a producer appends
+/// while the run reads it (here: before the stopped run resumes) are the next run's, which
+/// finds the file grown and loads only them. Read to its end instead, the run loaded them
+/// under the file's earlier size, and the next run took the file for a new one and loaded
+/// every record of it again.
+#[test]
+fn records_appended_while_a_run_reads_the_file_are_the_next_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, spec) = incremental_id_note_project(dir.path(), "appended");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        text.replace(
+            "pipeline: appended\n",
+            "pipeline: appended\nbatch_rows: 2\n",
+        ),
+    )
+    .unwrap();
+    let file = input.join("a.csv");
+    std::fs::write(&file, "id,note\n1,a\n2,b\n3,c\n4,d\n5,e\n").unwrap();
+    // Stopped by a bug in the commit of its second batch; records appended before it resumes.
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "commit:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        f.write_all(b"6,f\n7,g\n8,h\n").unwrap();
+    }
+    let resumed = run_ok(bin().arg("run").arg(&spec));
+    assert!(resumed.contains("(resumed)"), "{resumed}");
+    assert_eq!(
+        counts(&resumed),
+        (5, 5, 0),
+        "the records the run chose: {resumed}"
+    );
+    let next = run_ok(bin().arg("run").arg(&spec));
+    assert_eq!(counts(&next), (3, 3, 0), "{next}");
+    assert!(next.contains("grown"), "{next}");
+    let ids = py(&format!(
+        "import pyarrow.dataset as ds\nprint(sorted(ds.dataset('{}/out/o').to_table().column('id').to_pylist()))",
+        dir.path().display()
+    ));
+    assert_eq!(ids, "[1, 2, 3, 4, 5, 6, 7, 8]", "every record once");
+    let again = run_ok(bin().arg("run").arg(&spec));
+    assert_eq!(counts(&again), (0, 0, 0), "{again}");
+}
+
 /// A file modified less than the source's `min_age` ago (perhaps still being written or
 /// copied in) is left for a later run, which loads it once it has aged; a `min_age` that is no
 /// duration is a `check` error naming it.

@@ -59,6 +59,8 @@ pub struct CsvReader {
     /// Per input: the bytes an earlier run loaded, whose records are read past (a file that
     /// grew since: [`crate::SkipLoaded`]).
     skips: crate::SkipLoaded,
+    /// Per input, the size it had when the run chose it: no more of it is read.
+    sizes: crate::ReadSizes,
 }
 
 #[derive(Debug)]
@@ -207,6 +209,7 @@ impl CsvReader {
             bytes_per_row: 64,
             digests: Vec::new(),
             skips: Default::default(),
+            sizes: Default::default(),
         }
     }
 
@@ -216,14 +219,24 @@ impl CsvReader {
         self
     }
 
+    /// Reads no more of each input in `sizes` than its size there.
+    pub fn reading_up_to(mut self, sizes: crate::ReadSizes) -> Self {
+        self.sizes = sizes;
+        self
+    }
+
     fn open(&mut self, path: PathBuf) -> Result<OpenFile> {
         let name: Arc<str> = path.display().to_string().into();
         let unreadable = |e: std::io::Error| Error::Unreadable {
             input: name.to_string(),
             reason: e.to_string(),
         };
-        let file = crate::files::InputBytes::open(&path, self.opts.files.incremental)
-            .map_err(unreadable)?;
+        let file = crate::files::InputBytes::open_upto(
+            &path,
+            self.opts.files.incremental,
+            self.sizes.get(&path).copied(),
+        )
+        .map_err(unreadable)?;
         let mut f = OpenFile {
             name: name.clone(),
             file,

@@ -204,11 +204,14 @@ impl<R: std::io::Read> std::io::Read for Hashed<R> {
 /// (what [`content_digest`] computes before a run).
 pub struct InputBytes(Inner);
 
+/// A file read up to the size it had when the run chose it.
+type Upto = std::io::Take<std::fs::File>;
+
 enum Inner {
-    Plain(Hashed<std::fs::File>),
+    Plain(Hashed<Upto>),
     // Boxed: one per open file, and the decoders' states are hundreds of bytes.
-    Gzip(Box<flate2::read::MultiGzDecoder<std::io::BufReader<Hashed<std::fs::File>>>>),
-    Zstd(Box<zstd::stream::read::Decoder<'static, std::io::BufReader<Hashed<std::fs::File>>>>),
+    Gzip(Box<flate2::read::MultiGzDecoder<std::io::BufReader<Hashed<Upto>>>>),
+    Zstd(Box<zstd::stream::read::Decoder<'static, std::io::BufReader<Hashed<Upto>>>>),
 }
 
 impl std::fmt::Debug for InputBytes {
@@ -220,6 +223,14 @@ impl std::fmt::Debug for InputBytes {
 impl InputBytes {
     /// Opens `path`; `hash`: compute the digest of its bytes while reading.
     pub fn open(path: &Path, hash: bool) -> std::io::Result<Self> {
+        Self::open_upto(path, hash, None)
+    }
+
+    /// [`InputBytes::open`], reading no more than the first `size` bytes (the size the file
+    /// had when the run chose it): a file a producer appends to while the run reads it is
+    /// loaded, and hashed, as the run recorded it, and what was appended is a later run's
+    /// (which reads past these bytes: the file grew).
+    pub fn open_upto(path: &Path, hash: bool, size: Option<u64>) -> std::io::Result<Self> {
         use std::io::{Read, Seek};
         let mut magic = [0u8; 4];
         let mut n = 0;
@@ -234,7 +245,7 @@ impl InputBytes {
         }
         // Back to the start: the hasher must see every byte.
         f.rewind()?;
-        let file = Hashed::new(f, hash);
+        let file = Hashed::new(f.take(size.unwrap_or(u64::MAX)), hash);
         Ok(Self(match &magic[..n] {
             [0x1f, 0x8b, ..] => Inner::Gzip(Box::new(flate2::read::MultiGzDecoder::new(
                 std::io::BufReader::new(file),
@@ -466,6 +477,24 @@ mod tests {
         assert_eq!(n("/p/./data/*.csv", "/p/./data/a.csv"), "a.csv");
         // Moved project, same pattern relative to it: same name.
         assert_eq!(n("/q/r/data/*.csv", "/q/r/data/a.csv"), "a.csv");
+    }
+
+    /// Read up to the size a run chose it at, a file that grew since gives those bytes and
+    /// their digest (what the run records), not the bytes appended.
+    #[test]
+    fn a_file_is_read_up_to_the_size_it_was_chosen_at() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.csv");
+        std::fs::write(&path, "id\n1\n2\n").unwrap();
+        for (size, want) in [(Some(5), &b"id\n1\n"[..]), (None, &b"id\n1\n2\n"[..])] {
+            let mut r = InputBytes::open_upto(&path, true, size).unwrap();
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).unwrap();
+            assert_eq!(got, want);
+            let digest = prefix_digest(&path, want.len() as u64).unwrap();
+            assert_eq!(r.finish(), digest);
+        }
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct JsonlReader {
     digests: Vec<(Arc<str>, String)>,
     /// Per input: the bytes an earlier run loaded ([`crate::SkipLoaded`]).
     skips: crate::SkipLoaded,
+    /// Per input, the size it had when the run chose it: no more of it is read.
+    sizes: crate::ReadSizes,
 }
 
 /// The file being read.
@@ -61,12 +63,19 @@ impl JsonlReader {
             line: Vec::new(),
             digests: Vec::new(),
             skips: Default::default(),
+            sizes: Default::default(),
         }
     }
 
     /// Reads past the records of each input that start before its offset in `skips`.
     pub fn skipping(mut self, skips: crate::SkipLoaded) -> Self {
         self.skips = skips;
+        self
+    }
+
+    /// Reads no more of each input in `sizes` than its size there.
+    pub fn reading_up_to(mut self, sizes: crate::ReadSizes) -> Self {
+        self.sizes = sizes;
         self
     }
 }
@@ -81,10 +90,11 @@ impl SourceReader for JsonlReader {
                 let name: Arc<str> = path.display().to_string().into();
                 let hash =
                     matches!(&self.source.connector, SourceConnector::Jsonl(f) if f.incremental);
-                let f = InputBytes::open(&path, hash).map_err(|e| Error::Unreadable {
-                    input: name.to_string(),
-                    reason: e.to_string(),
-                })?;
+                let f = InputBytes::open_upto(&path, hash, self.sizes.get(&path).copied())
+                    .map_err(|e| Error::Unreadable {
+                        input: name.to_string(),
+                        reason: e.to_string(),
+                    })?;
                 let skip = self.skips.get(&path).copied().unwrap_or(0);
                 self.cur = Some(OpenJsonl {
                     name,

@@ -224,6 +224,12 @@ pub(crate) fn test_reader_skipping(
 /// past (their line numbers counted), so only the records added since are loaded.
 pub type SkipLoaded = std::collections::HashMap<std::path::PathBuf, u64>;
 
+/// Per input file (CSV or JSON Lines), the size it had when the run chose it: no more of it is
+/// read, so that bytes a producer appends while the run reads are left for a later run (which
+/// finds the file grown and reads past what this one loaded) instead of being loaded under a
+/// record of the file that does not hold them.
+pub type ReadSizes = std::collections::HashMap<std::path::PathBuf, u64>;
+
 /// Fails when a record read past (it starts in the first `skip` bytes, loaded before) ends at
 /// or after byte `end` >= `skip`: it was cut where the earlier run stopped reading.
 pub(crate) fn check_not_straddling(input: &str, end: u64, skip: u64) -> Result<()> {
@@ -255,14 +261,28 @@ pub fn open_source_skipping(
     skips: SkipLoaded,
     batch_rows: usize,
 ) -> Result<Box<dyn SourceReader>> {
+    open_source_within(source, inputs, skips, ReadSizes::new(), batch_rows)
+}
+
+/// [`open_source_skipping`], reading no more of each file in `sizes` than its size there.
+pub fn open_source_within(
+    source: &Source,
+    inputs: Vec<String>,
+    skips: SkipLoaded,
+    sizes: ReadSizes,
+    batch_rows: usize,
+) -> Result<Box<dyn SourceReader>> {
     let inputs_as_paths = || inputs.iter().map(std::path::PathBuf::from).collect();
     match &source.connector {
         SourceConnector::Csv(opts) => Ok(Box::new(
             csv::CsvReader::new(source.clone(), opts.clone(), inputs_as_paths(), batch_rows)
-                .skipping(skips),
+                .skipping(skips)
+                .reading_up_to(sizes),
         )),
         SourceConnector::Jsonl(_) => Ok(Box::new(
-            jsonl::JsonlReader::new(source.clone(), inputs_as_paths(), batch_rows).skipping(skips),
+            jsonl::JsonlReader::new(source.clone(), inputs_as_paths(), batch_rows)
+                .skipping(skips)
+                .reading_up_to(sizes),
         )),
         SourceConnector::Parquet(_) => Ok(Box::new(parquet_src::ParquetReader::new(
             source.clone(),

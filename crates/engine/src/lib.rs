@@ -1861,6 +1861,23 @@ async fn run_inner(
             .iter()
             .filter_map(|(read, name)| Some((read.into(), *recorded_skips.get(name)?)))
             .collect();
+        // Each file is read up to the size it had when the run chose it (its fingerprint):
+        // what a producer appends meanwhile is the next run's, and a resumed run reads the
+        // same bytes as the attempt it resumes.
+        let sizes: sealtrail_connectors::ReadSizes = {
+            let recorded: HashMap<String, String> = st
+                .run_inputs_fingerprinted(run_id, &source.name)
+                .await?
+                .into_iter()
+                .collect();
+            inputs
+                .iter()
+                .filter_map(|(read, name)| {
+                    let size = sealtrail_connectors::files::fingerprint_size(recorded.get(name)?)?;
+                    Some((read.into(), size))
+                })
+                .collect()
+        };
         let commit = !opts.skip_commitments_for_benchmark;
         let keep_raw = !transforms.is_empty();
         // Batches in flight bound the run's memory (each is tens of megabytes in several
@@ -1874,7 +1891,9 @@ async fn run_inner(
         let (ctx, crx) = std::sync::mpsc::sync_channel::<Result<Checked>>(0);
         let decoder = std::thread::Builder::new()
             .name(format!("decode-{}", source.name))
-            .spawn(move || decode_loop(src, inputs, skips, batch_rows, schema, ctx, commit))
+            .spawn(move || {
+                decode_loop(src, inputs, (skips, sizes), batch_rows, schema, ctx, commit)
+            })
             .map_err(|e| Error::Internal(e.to_string()))?;
         let protect = std::thread::Builder::new()
             .name(format!("protect-{}", source.name))
@@ -2101,7 +2120,10 @@ fn input_custody(
 fn decode_loop(
     source: sealtrail_spec::Source,
     inputs: Vec<(String, String)>,
-    skips: sealtrail_connectors::SkipLoaded,
+    (skips, sizes): (
+        sealtrail_connectors::SkipLoaded,
+        sealtrail_connectors::ReadSizes,
+    ),
     batch_rows: usize,
     schema: arrow::datatypes::SchemaRef,
     tx: std::sync::mpsc::SyncSender<Result<Checked>>,
@@ -2121,7 +2143,7 @@ fn decode_loop(
     // Records keep their subject through the stages, for the key that seals them in quarantine.
     let subject_col = source.quarantine_subject();
     let mut reader =
-        match sealtrail_connectors::open_source_skipping(&source, inputs, skips, batch_rows) {
+        match sealtrail_connectors::open_source_within(&source, inputs, skips, sizes, batch_rows) {
             Ok(r) => sealtrail_connectors::Coalescing::new(r, batch_rows),
             Err(e) => {
                 let _ = tx.send(Err(e.into()));
