@@ -741,6 +741,48 @@ fn records_appended_while_a_run_reads_the_file_are_the_next_runs() {
     assert_eq!(counts(&again), (0, 0, 0), "{again}");
 }
 
+/// A file cut (or rewritten shorter) while a run reads it stops the run, saying so, instead
+/// of loading less than the run recorded; restored, the run resumes and loads it once.
+#[test]
+fn a_file_cut_while_a_run_reads_it_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, spec) = incremental_id_note_project(dir.path(), "cut");
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(
+        &spec,
+        text.replace("pipeline: cut\n", "pipeline: cut\nbatch_rows: 2\n"),
+    )
+    .unwrap();
+    let file = input.join("a.csv");
+    let whole = "id,note\n1,a\n2,b\n3,c\n4,d\n5,e\n";
+    std::fs::write(&file, whole).unwrap();
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "commit:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    // Its last record cut away before the run resumes.
+    std::fs::write(&file, "id,note\n1,a\n2,b\n3,c\n4,d\n").unwrap();
+    let o = bin().arg("run").arg(&spec).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("a.csv")
+            && err.contains("ended 4 byte(s) short of the size it had when the run chose it"),
+        "{err}"
+    );
+    std::fs::write(&file, whole).unwrap();
+    let resumed = run_ok(bin().arg("run").arg(&spec));
+    assert!(resumed.contains("(resumed)"), "{resumed}");
+    let ids = py(&format!(
+        "import pyarrow.dataset as ds\nprint(sorted(ds.dataset('{}/out/o').to_table().column('id').to_pylist()))",
+        dir.path().display()
+    ));
+    assert_eq!(ids, "[1, 2, 3, 4, 5]", "every record once");
+}
+
 /// A file modified less than the source's `min_age` ago (perhaps still being written or
 /// copied in) is left for a later run, which loads it once it has aged; a `min_age` that is no
 /// duration is a `check` error naming it.

@@ -893,6 +893,9 @@ impl SourceReader for CsvReader {
                 }
             }
             if rows == 0 {
+                if let Some(short) = f.file.short_by() {
+                    return Err(crate::changed_while_read(&f.name, short));
+                }
                 // At the end of the file: every byte went through the hasher.
                 if let Some(d) = f.file.finish() {
                     self.digests.push((f.name.clone(), d));

@@ -202,7 +202,7 @@ impl<R: std::io::Read> std::io::Read for Hashed<R> {
 /// the file is gzip or zstd, known by its first bytes (not its name), and hashed as they come
 /// off the disk, so that an incremental file's content digest is that of the file itself
 /// (what [`content_digest`] computes before a run).
-pub struct InputBytes(Inner);
+pub struct InputBytes(Inner, bool);
 
 /// A file read up to the size it had when the run chose it.
 type Upto = std::io::Take<std::fs::File>;
@@ -246,15 +246,18 @@ impl InputBytes {
         // Back to the start: the hasher must see every byte.
         f.rewind()?;
         let file = Hashed::new(f.take(size.unwrap_or(u64::MAX)), hash);
-        Ok(Self(match &magic[..n] {
-            [0x1f, 0x8b, ..] => Inner::Gzip(Box::new(flate2::read::MultiGzDecoder::new(
-                std::io::BufReader::new(file),
-            ))),
-            [0x28, 0xb5, 0x2f, 0xfd] => {
-                Inner::Zstd(Box::new(zstd::stream::read::Decoder::new(file)?))
-            }
-            _ => Inner::Plain(file),
-        }))
+        Ok(Self(
+            match &magic[..n] {
+                [0x1f, 0x8b, ..] => Inner::Gzip(Box::new(flate2::read::MultiGzDecoder::new(
+                    std::io::BufReader::new(file),
+                ))),
+                [0x28, 0xb5, 0x2f, 0xfd] => {
+                    Inner::Zstd(Box::new(zstd::stream::read::Decoder::new(file)?))
+                }
+                _ => Inner::Plain(file),
+            },
+            size.is_some(),
+        ))
     }
 
     /// `gzip` or `zstd` for a compressed file.
@@ -270,13 +273,31 @@ impl InputBytes {
     /// once the decoder has read to its end. What a compressed stream leaves after its end is
     /// read through the hasher too, so the digest is always of the whole file.
     pub fn finish(&mut self) -> Option<String> {
-        let file = match &mut self.0 {
+        let file = self.file();
+        std::io::copy(file, &mut std::io::sink()).ok()?;
+        file.finish()
+    }
+
+    /// Once the decoder has read to its end: how many bytes short of the size it was opened
+    /// with ([`InputBytes::open_upto`]) the file ended, when it did (it was cut, or rewritten
+    /// shorter, while the run read it). `None` when it was whole, or opened without a size.
+    pub fn short_by(&mut self) -> Option<u64> {
+        if !self.1 {
+            return None;
+        }
+        let file = self.file();
+        std::io::copy(file, &mut std::io::sink()).ok()?;
+        let left = file.inner.limit();
+        (left > 0).then_some(left)
+    }
+
+    /// The file under any decompression, as read so far.
+    fn file(&mut self) -> &mut Hashed<Upto> {
+        match &mut self.0 {
             Inner::Plain(f) => f,
             Inner::Gzip(d) => d.get_mut().get_mut(),
             Inner::Zstd(d) => d.get_mut().get_mut(),
-        };
-        std::io::copy(file, &mut std::io::sink()).ok()?;
-        file.finish()
+        }
     }
 }
 
@@ -494,7 +515,12 @@ mod tests {
             assert_eq!(got, want);
             let digest = prefix_digest(&path, want.len() as u64).unwrap();
             assert_eq!(r.finish(), digest);
+            assert_eq!(r.short_by(), None, "read whole");
         }
+        // Cut shorter than it was chosen at: it says by how much.
+        let mut r = InputBytes::open_upto(&path, false, Some(12)).unwrap();
+        std::io::copy(&mut r, &mut std::io::sink()).unwrap();
+        assert_eq!(r.short_by(), Some(5));
     }
 
     #[test]

@@ -279,6 +279,9 @@ impl SourceReader for JsonlReader {
                 }
             }
             if rows == 0 && batch.is_empty() && malformed.is_empty() {
+                if let Some(short) = reader.get_mut().short_by() {
+                    return Err(crate::changed_while_read(name, short));
+                }
                 // At the end of the file: every byte went through the hasher.
                 if let Some(d) = reader.get_mut().finish() {
                     self.digests.push((name.clone(), d));

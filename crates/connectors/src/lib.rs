@@ -230,6 +230,16 @@ pub type SkipLoaded = std::collections::HashMap<std::path::PathBuf, u64>;
 /// record of the file that does not hold them.
 pub type ReadSizes = std::collections::HashMap<std::path::PathBuf, u64>;
 
+/// The error of an input that ended `short` bytes before the size the run chose it at.
+pub(crate) fn changed_while_read(input: &str, short: u64) -> Error {
+    Error::Unreadable {
+        input: input.to_string(),
+        reason: format!(
+            "it ended {short} byte(s) short of the size it had when the run chose it: it was cut or rewritten while the run read it, so what the run loaded of it is not what it recorded; restore the file as it was and run again (the run resumes), or pass --abandon-unfinished to give the run up"
+        ),
+    }
+}
+
 /// Fails when a record read past (it starts in the first `skip` bytes, loaded before) ends at
 /// or after byte `end` >= `skip`: it was cut where the earlier run stopped reading.
 pub(crate) fn check_not_straddling(input: &str, end: u64, skip: u64) -> Result<()> {
