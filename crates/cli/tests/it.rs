@@ -686,6 +686,38 @@ fn kill_runs_at_ledger_sizes(
 
 /// Kills the run with SIGKILL at several points, re-runs, and checks every record is loaded
 /// or quarantined exactly once.
+/// An incremental project `name` in `dir` (batches of 2 records) whose input `in/a.csv` holds
+/// `csv`, and a run of it stopped by a bug in the commit of its second batch (its first
+/// committed): the input file and the spec.
+fn stopped_after_its_first_batch(dir: &Path, name: &str, csv: &str) -> (PathBuf, PathBuf) {
+    let (input, spec) = incremental_id_note_project(dir, name);
+    let text = std::fs::read_to_string(&spec).unwrap();
+    let batches = format!("pipeline: {name}\nbatch_rows: 2\n");
+    std::fs::write(
+        &spec,
+        text.replace(&format!("pipeline: {name}\n"), &batches),
+    )
+    .unwrap();
+    let file = input.join("a.csv");
+    std::fs::write(&file, csv).unwrap();
+    let out = bin()
+        .arg("run")
+        .arg(&spec)
+        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "commit:1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    (file, spec)
+}
+
+/// The `id` column of the Parquet sink `out/o` of the project in `dir`, sorted.
+fn sink_ids(dir: &Path) -> String {
+    py(&format!(
+        "import pyarrow.dataset as ds\nprint(sorted(ds.dataset('{}/out/o').to_table().column('id').to_pylist()))",
+        dir.display()
+    ))
+}
+
 /// A file is read up to the size it had when the run chose it: records a producer appends
 /// while the run reads it (here: before the stopped run resumes) are the next run's, which
 /// finds the file grown and loads only them. Read to its end instead, the run loaded them
@@ -694,26 +726,9 @@ fn kill_runs_at_ledger_sizes(
 #[test]
 fn records_appended_while_a_run_reads_the_file_are_the_next_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, spec) = incremental_id_note_project(dir.path(), "appended");
-    let text = std::fs::read_to_string(&spec).unwrap();
-    std::fs::write(
-        &spec,
-        text.replace(
-            "pipeline: appended\n",
-            "pipeline: appended\nbatch_rows: 2\n",
-        ),
-    )
-    .unwrap();
-    let file = input.join("a.csv");
-    std::fs::write(&file, "id,note\n1,a\n2,b\n3,c\n4,d\n5,e\n").unwrap();
     // Stopped by a bug in the commit of its second batch; records appended before it resumes.
-    let out = bin()
-        .arg("run")
-        .arg(&spec)
-        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "commit:1")
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{out:?}");
+    let (file, spec) =
+        stopped_after_its_first_batch(dir.path(), "appended", "id,note\n1,a\n2,b\n3,c\n4,d\n5,e\n");
     {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
@@ -732,11 +747,11 @@ fn records_appended_while_a_run_reads_the_file_are_the_next_runs() {
     let next = run_ok(bin().arg("run").arg(&spec));
     assert_eq!(counts(&next), (3, 3, 0), "{next}");
     assert!(next.contains("grown"), "{next}");
-    let ids = py(&format!(
-        "import pyarrow.dataset as ds\nprint(sorted(ds.dataset('{}/out/o').to_table().column('id').to_pylist()))",
-        dir.path().display()
-    ));
-    assert_eq!(ids, "[1, 2, 3, 4, 5, 6, 7, 8]", "every record once");
+    assert_eq!(
+        sink_ids(dir.path()),
+        "[1, 2, 3, 4, 5, 6, 7, 8]",
+        "every record once"
+    );
     let again = run_ok(bin().arg("run").arg(&spec));
     assert_eq!(counts(&again), (0, 0, 0), "{again}");
 }
@@ -746,23 +761,8 @@ fn records_appended_while_a_run_reads_the_file_are_the_next_runs() {
 #[test]
 fn a_file_cut_while_a_run_reads_it_stops_the_run() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, spec) = incremental_id_note_project(dir.path(), "cut");
-    let text = std::fs::read_to_string(&spec).unwrap();
-    std::fs::write(
-        &spec,
-        text.replace("pipeline: cut\n", "pipeline: cut\nbatch_rows: 2\n"),
-    )
-    .unwrap();
-    let file = input.join("a.csv");
     let whole = "id,note\n1,a\n2,b\n3,c\n4,d\n5,e\n";
-    std::fs::write(&file, whole).unwrap();
-    let out = bin()
-        .arg("run")
-        .arg(&spec)
-        .env("SEALTRAIL_DEBUG_PANIC_STAGE", "commit:1")
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "{out:?}");
+    let (file, spec) = stopped_after_its_first_batch(dir.path(), "cut", whole);
     // Its last record cut away before the run resumes.
     std::fs::write(&file, "id,note\n1,a\n2,b\n3,c\n4,d\n").unwrap();
     let o = bin().arg("run").arg(&spec).output().unwrap();
@@ -776,11 +776,7 @@ fn a_file_cut_while_a_run_reads_it_stops_the_run() {
     std::fs::write(&file, whole).unwrap();
     let resumed = run_ok(bin().arg("run").arg(&spec));
     assert!(resumed.contains("(resumed)"), "{resumed}");
-    let ids = py(&format!(
-        "import pyarrow.dataset as ds\nprint(sorted(ds.dataset('{}/out/o').to_table().column('id').to_pylist()))",
-        dir.path().display()
-    ));
-    assert_eq!(ids, "[1, 2, 3, 4, 5]", "every record once");
+    assert_eq!(sink_ids(dir.path()), "[1, 2, 3, 4, 5]", "every record once");
 }
 
 /// A file modified less than the source's `min_age` ago (perhaps still being written or
