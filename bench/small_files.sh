@@ -4,7 +4,7 @@
 #
 #   bench/small_files.sh FILES ROWS_PER_FILE [SEALTRAIL_BINARY] [WORK_DIR]
 #
-# For example `bench/small_files.sh 20000 5 target/release/sealtrail /tmp/small` (build it with
+# For example `bench/small_files.sh 20000 5 target/release/sealtrail target/bench-small-files` (build it with
 # `cargo build --profile bench -p sealtrail`). The work folder is emptied first.
 set -euo pipefail
 files=${1:?number of files}

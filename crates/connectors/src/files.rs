@@ -100,6 +100,12 @@ pub fn fingerprint_size(fingerprint: &str) -> Option<u64> {
     fingerprint.rsplit('|').nth(1)?.parse().ok()
 }
 
+/// The modification time in a [`fingerprint`] (`None` when the file system gave none).
+pub fn fingerprint_modified(fingerprint: &str) -> Option<std::time::SystemTime> {
+    let nanos: u64 = fingerprint.rsplit('|').next()?.parse().ok()?;
+    (nanos > 0).then(|| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos))
+}
+
 /// The name a file matched its pattern under: its path relative to the pattern's last folder
 /// before the first wildcard (`/p/data/*/t.csv` matching `/p/data/2026/t.csv` gives
 /// `2026/t.csv`), or its file name for a pattern without wildcards. Moving the project, or the
@@ -476,12 +482,20 @@ mod tests {
     }
 
     #[test]
-    fn a_fingerprint_gives_back_its_size_whatever_the_path() {
+    fn a_fingerprint_gives_back_its_size_and_time_whatever_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("a|7|b.csv");
         std::fs::write(&p, b"12345").unwrap();
         assert_eq!(fingerprint_size(&fingerprint(&p).unwrap()), Some(5));
         assert_eq!(fingerprint_size("no size"), None);
+        // And its modification time, to the nanosecond the file system keeps.
+        let modified = std::fs::metadata(&p).unwrap().modified().unwrap();
+        assert_eq!(
+            fingerprint_modified(&fingerprint(&p).unwrap()),
+            Some(modified)
+        );
+        assert_eq!(fingerprint_modified("a|5|0"), None);
+        assert_eq!(fingerprint_modified("a|5|soon"), None);
     }
 
     #[test]

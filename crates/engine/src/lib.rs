@@ -783,16 +783,16 @@ async fn choose_inputs(
         let mut young = 0usize;
         let now = std::time::SystemTime::now();
         for path in fs::list(&files.pattern)? {
-            if let Some(min) = files.min_age {
+            let fingerprint = fs::fingerprint(&path)?;
+            if let Some(min) = files.min_age
+                && let Some(modified) = fs::fingerprint_modified(&fingerprint)
+            {
                 // A time in the future is as young as can be.
-                let modified = std::fs::metadata(&path).and_then(|m| m.modified());
-                let age = modified.map(|t| now.duration_since(t).unwrap_or_default());
-                if age.is_ok_and(|a| a < min) {
+                if now.duration_since(modified).unwrap_or_default() < min {
                     young += 1;
                     continue;
                 }
             }
-            let fingerprint = fs::fingerprint(&path)?;
             let mut content = None;
             let mut skip = 0;
             if files.incremental {
@@ -834,7 +834,7 @@ async fn choose_inputs(
             } else if st.is_loaded(&p.name, &s.name, &fingerprint).await? {
                 reloaded += 1;
             }
-            if header && std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            if header && fs::fingerprint_size(&fingerprint) == Some(0) {
                 tracing::warn!(
                     source = %s.name,
                     input = %path.display(),
@@ -2072,15 +2072,18 @@ fn input_custody(
             recs.push((k, b.position(r), r, id, commitment(b.raw(r))));
         }
     }
+    // A batch of small files may hold thousands of inputs: malformed records find theirs by
+    // name in a map, not by a scan per record.
+    let mut index: HashMap<Arc<str>, usize> = HashMap::new();
+    if !d.malformed.is_empty() {
+        index.extend(names.iter().cloned().enumerate().map(|(k, n)| (n, k)));
+    }
     for q in &d.malformed {
-        let k = match names.iter().position(|n| *n == q.input) {
-            Some(k) => k,
-            None => {
-                names.push(q.input.clone());
-                keys.push(custody::input_key(&q.input));
-                names.len() - 1
-            }
-        };
+        let k = *index.entry(q.input.clone()).or_insert_with(|| {
+            names.push(q.input.clone());
+            keys.push(custody::input_key(&q.input));
+            names.len() - 1
+        });
         let id = custody::record_id(source, &keys[k], q.pos_kind, q.pos, q.key.as_deref());
         recs.push((k, q.pos, usize::MAX, id, commitment(&q.raw)));
     }
